@@ -1,0 +1,128 @@
+# cython: language_level=3
+"""The LSTM cell, written once.  Forward, backward and the streaming step use
+these inline functions; nothing else in cylstm computes gate math.
+
+Notation (used in comments throughout the kernels, the NumPy reference in
+tests/reference.py and the docs).  We are at one time step of one sample:
+
+    x_t      input, (I,)            h_prev, c_prev  state before the step, (H,)
+    z        gate pre-activations, (4H,) = x_t @ W + h_prev @ U + b,
+             laid out as four blocks [i | f | g | o] of H each (Keras order
+             i, f, c, o; PyTorch calls the c block g)
+    i = sigmoid(z_i)   f = sigmoid(z_f)   g = tanh(z_g)   o = sigmoid(z_o)
+    c = f * c_prev + i * g
+    h = o * tanh(c)
+
+Backward, given dh (dL/dh, from the output and from the next step) and dc
+(dL/dc from the next step), numbered as in tests/reference.py:
+
+    (B1) tc = tanh(c)
+    (B2) do = dh * tc
+    (B3) dc = dc + dh * o * (1 - tc^2)
+    (B4) di = dc * g,  dg = dc * i,  df = dc * c_prev
+    (B5) dc_prev = dc * f
+    (B6) dz_i = di i (1 - i),  dz_f = df f (1 - f),  dz_g = dg (1 - g^2),
+         dz_o = do o (1 - o)
+    (B7) dh_prev = dz @ U^T  (a GEMM, in the kernel, not here)
+    (B8) dW = sum_t x_t^T dz_t,  dU = sum_t h_prev^T dz_t,  db = sum_t dz_t
+         (GEMMs over all steps, after the time loop)
+"""
+from cython cimport floating
+
+
+cdef extern from "cylstm_math.h" nogil:
+    float cyl_sigmoidf(float x) noexcept
+    float cyl_tanhf(float x) noexcept
+    double cyl_sigmoid(double x) noexcept
+    double cyl_tanh(double x) noexcept
+
+
+cdef inline floating sigmoid(floating x) noexcept nogil:
+    if floating is float:
+        return cyl_sigmoidf(x)
+    else:
+        return cyl_sigmoid(x)
+
+
+cdef inline floating tanh_(floating x) noexcept nogil:
+    if floating is float:
+        return cyl_tanhf(x)
+    else:
+        return cyl_tanh(x)
+
+
+cdef inline void cell_forward(Py_ssize_t H, const floating* za,
+                              const floating* zb, const floating* bias,
+                              const floating* c_prev, floating* gates,
+                              floating* c_out, floating* h_out) noexcept nogil:
+    """One step of one sample.
+
+    z = za + zb + bias (each 4H; ``zb`` may be NULL).  Writes the activated
+    gates [i|f|g|o] to ``gates`` (4H; may alias ``za``: each element is read
+    before it is written), the new cell to ``c_out`` (H; may alias ``c_prev``)
+    and the new hidden state to ``h_out`` (H).
+    """
+    cdef Py_ssize_t j
+    cdef floating zi, zf, zg, zo, gi, gf, gg, go, c
+    if zb == NULL:
+        for j in range(H):
+            zi = za[j] + bias[j]
+            zf = za[H + j] + bias[H + j]
+            zg = za[2 * H + j] + bias[2 * H + j]
+            zo = za[3 * H + j] + bias[3 * H + j]
+            gi = sigmoid(zi)
+            gf = sigmoid(zf)
+            gg = tanh_(zg)
+            go = sigmoid(zo)
+            c = gf * c_prev[j] + gi * gg
+            gates[j] = gi
+            gates[H + j] = gf
+            gates[2 * H + j] = gg
+            gates[3 * H + j] = go
+            c_out[j] = c
+            h_out[j] = go * tanh_(c)
+    else:
+        for j in range(H):
+            zi = za[j] + zb[j] + bias[j]
+            zf = za[H + j] + zb[H + j] + bias[H + j]
+            zg = za[2 * H + j] + zb[2 * H + j] + bias[2 * H + j]
+            zo = za[3 * H + j] + zb[3 * H + j] + bias[3 * H + j]
+            gi = sigmoid(zi)
+            gf = sigmoid(zf)
+            gg = tanh_(zg)
+            go = sigmoid(zo)
+            c = gf * c_prev[j] + gi * gg
+            gates[j] = gi
+            gates[H + j] = gf
+            gates[2 * H + j] = gg
+            gates[3 * H + j] = go
+            c_out[j] = c
+            h_out[j] = go * tanh_(c)
+
+
+cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
+                               const floating* c, const floating* c_prev,
+                               const floating* dh, floating* dc,
+                               floating* dz) noexcept nogil:
+    """Steps (B1)-(B6) for one sample.
+
+    ``gates`` are the activated [i|f|g|o] of the forward step, ``c`` its new
+    cell, ``c_prev`` the cell before it, ``dh`` the total gradient reaching h.
+    ``dc`` holds dL/dc from the next step on entry and dL/dc_prev on exit.
+    Writes dL/dz to ``dz`` (4H; may alias ``gates``).
+    """
+    cdef Py_ssize_t j
+    cdef floating gi, gf, gg, go, tc, dcj, dhj
+    for j in range(H):
+        gi = gates[j]
+        gf = gates[H + j]
+        gg = gates[2 * H + j]
+        go = gates[3 * H + j]
+        dhj = dh[j]
+        tc = tanh_(c[j])                                   # (B1)
+        dcj = dc[j] + dhj * go * (1 - tc * tc)             # (B3)
+        dz[j] = dcj * gg * gi * (1 - gi)                   # (B4, B6) i
+        dz[H + j] = dcj * c_prev[j] * gf * (1 - gf)        # f
+        dz[2 * H + j] = dcj * gi * (1 - gg * gg)           # g
+        dz[3 * H + j] = dhj * tc * go * (1 - go)           # (B2, B6) o
+        dc[j] = dcj * gf                                   # (B5)

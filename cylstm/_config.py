@@ -1,0 +1,160 @@
+"""Threads and build facts: ``set_num_threads``, ``get_num_threads``, ``show_config``."""
+import ctypes
+import os
+import threading
+
+from cylstm import _openmp_helpers
+
+_lock = threading.Lock()
+_num_threads = None
+_blas_lib = None  # (path, set_fn, get_fn) of the BLAS SciPy calls, or None
+
+
+def _available_cores():
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+def _default_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return _available_cores()
+
+
+def get_num_threads():
+    """Threads cylstm's kernels use (OpenMP threads and BLAS threads alike).
+
+    Defaults to the cores this process may run on, or ``OMP_NUM_THREADS``.
+    """
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _default_threads()
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Set the number of threads cylstm's kernels use (``n >= 1``).
+
+    The kernels either split the batch across ``n`` OpenMP threads, each
+    calling a single-threaded BLAS, or run on the calling thread with SciPy's
+    BLAS limited to ``n`` threads; the two pools never run at once.
+    """
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"set_num_threads: n must be an int; got {type(n).__name__}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1; got {n}")
+    with _lock:
+        _num_threads = n
+
+
+def _find_scipy_blas():
+    """Locate the BLAS library behind scipy.linalg.cython_blas and its thread setter."""
+    import scipy.linalg.cython_blas  # noqa: F401  (makes sure it is loaded)
+
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                p = line.split()[-1] if line.split() else ""
+                if ".so" in p and "blas" in p.lower() and p not in paths:
+                    paths.append(p)
+    except OSError:
+        return None
+    # SciPy's own copy first (numpy ships a separate one)
+    paths.sort(key=lambda p: (0 if "scipy" in p else 1, p))
+    for p in paths:
+        try:
+            lib = ctypes.CDLL(p)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas_", "openblas_"):
+            set_fn = getattr(lib, prefix + "set_num_threads", None)
+            get_fn = getattr(lib, prefix + "get_num_threads", None)
+            if set_fn is not None and get_fn is not None:
+                get_fn.restype = ctypes.c_int
+                return p, set_fn, get_fn
+    return None
+
+
+def _blas():
+    global _blas_lib
+    if _blas_lib is None:
+        found = _find_scipy_blas()
+        _blas_lib = found if found is not None else False
+        from cylstm import _lstm
+
+        addr = ctypes.cast(found[1], ctypes.c_void_p).value if found else 0
+        _lstm._set_blas_thread_setter(addr or 0)
+        try:
+            from cylstm import _stream
+
+            _stream._set_blas_thread_setter(addr or 0)
+        except (ImportError, AttributeError):
+            pass
+    return _blas_lib or None
+
+
+def blas_info():
+    """Dict describing the BLAS SciPy provides (via threadpoolctl when installed)."""
+    info = {"library": None, "version": None, "threading": None, "kernel": None,
+            "num_threads": None}
+    found = _blas()
+    if found:
+        info["library"] = os.path.basename(found[0])
+        info["num_threads"] = found[2]()
+    try:
+        from threadpoolctl import threadpool_info
+
+        for d in threadpool_info():
+            if d.get("user_api") == "blas" and "scipy" in d.get("filepath", "") or (
+                found and d.get("filepath") == found[0]
+            ):
+                info.update(library=d.get("internal_api"), version=d.get("version"),
+                            threading=d.get("threading_layer"),
+                            kernel=d.get("architecture"),
+                            num_threads=d.get("num_threads"))
+                break
+    except ImportError:
+        pass
+    return info
+
+
+def show_config(file=None):
+    """Print how cylstm was built and what it runs on."""
+    import sys
+
+    import numpy
+    import scipy
+
+    from cylstm import __version__
+    from cylstm import _build_info
+
+    out = file or sys.stdout
+    b = blas_info()
+    cuda = getattr(_build_info, "CUDA", False)
+    cuda_avail = False
+    if cuda:
+        try:
+            from cylstm import cuda as _cuda
+
+            cuda_avail = _cuda.is_available()
+        except Exception:  # noqa: BLE001 - report, never fail
+            cuda_avail = False
+    lines = [
+        f"cylstm {__version__}",
+        f"  numpy {numpy.__version__}, scipy {scipy.__version__}",
+        f"  BLAS (from SciPy): {b['library']} {b['version'] or ''} "
+        f"threading={b['threading']} kernel={b['kernel']} threads={b['num_threads']}",
+        f"  OpenMP: {'on' if _openmp_helpers.openmp_enabled() else 'OFF (serial build)'}"
+        f" (omp max threads {_openmp_helpers.omp_max_threads()})",
+        f"  cylstm threads: {get_num_threads()} (cores available: {_available_cores()})",
+        f"  CUDA backend built: {bool(cuda)}; GPU available: {cuda_avail}",
+        f"  debug build: {_build_info.DEBUG}, native build: {_build_info.NATIVE}",
+    ]
+    print("\n".join(lines), file=out)

@@ -1,0 +1,257 @@
+"""The functional LSTM: NumPy arrays in, NumPy arrays out, compiled kernels inside.
+
+All arrays are batch-first: ``x`` is (batch, time, features).  Weights use the
+public Keras layout with gate blocks in the order i, f, c (= g), o:
+
+    kernel            (input_dim, 4 * units)
+    recurrent_kernel  (units, 4 * units)
+    bias              (4 * units,)
+
+PyTorch's ``weight_ih_l0`` is ``kernel.T`` and ``weight_hh_l0`` is
+``recurrent_kernel.T`` (same gate order); its bias is ``bias_ih + bias_hh``.
+
+Example
+-------
+>>> out = lstm_forward(x, W, U, b, training=True)
+>>> grads = lstm_backward(out.cache, grad_output=dy)
+"""
+from collections import namedtuple
+import numbers
+
+import numpy as np
+
+from cylstm import _config, _lstm
+
+__all__ = ["lstm_forward", "lstm_backward", "LSTMForward", "LSTMGrads", "as_float_array"]
+
+LSTMForward = namedtuple("LSTMForward", ["output", "h", "c", "cache"])
+LSTMForward.__doc__ = """Result of :func:`lstm_forward`.
+
+output : (B, T, H) when ``return_sequences`` else (B, H) (the final h)
+h, c   : (B, H) final states (for each sample, the state after its last valid step)
+cache  : what :func:`lstm_backward` needs (``training=True``), else None
+"""
+LSTMGrads = namedtuple(
+    "LSTMGrads", ["dx", "dkernel", "drecurrent_kernel", "dbias", "dh0", "dc0"]
+)
+
+# Below this many samples per thread, splitting the batch costs more than it saves
+# (measured in bench/compare.py: see README, "threads").
+MIN_ROWS_PER_THREAD = 4
+
+
+def _dtype_of(name, a):
+    a = np.asarray(a) if not isinstance(a, np.ndarray) else a
+    k = a.dtype.kind
+    if k in "cOSUVMm":
+        raise TypeError(f"{name} must be a real numeric array; got dtype {a.dtype}")
+    return a
+
+
+def as_float_array(name, a, dtype, ndim=None):
+    """Return ``a`` as a C-contiguous array of ``dtype``; refuse complex/object."""
+    if a is None:
+        raise TypeError(f"{name} must be an array; got None")
+    try:
+        arr = _dtype_of(name, a)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, TypeError) and str(e).startswith(name):
+            raise
+        raise TypeError(f"{name} must be a numeric array; got {type(a).__name__}") from e
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims; got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _weights_dtype(kernel):
+    k = _dtype_of("kernel", kernel)
+    if k.dtype == np.float64:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _threads_for(B, num_threads):
+    n = _config.get_num_threads() if num_threads is None else int(num_threads)
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1; got {n}")
+    return n, max(1, min(n, B // MIN_ROWS_PER_THREAD))
+
+
+def _check_lengths(lengths, B, T):
+    if lengths is None:
+        return None
+    la = np.asarray(lengths)
+    if la.dtype.kind not in "iu":
+        if la.dtype.kind == "f" and np.all(np.isfinite(la)) and np.all(la == np.round(la)):
+            la = la.astype(np.int64)
+        else:
+            raise TypeError(f"lengths must be integers; got dtype {la.dtype}")
+    if la.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one per sample); got {la.shape}")
+    if B and (la.min() < 1 or la.max() > T):
+        raise ValueError(
+            f"lengths must lie in [1, {T}] (time steps of x); got min {la.min()}, "
+            f"max {la.max()}"
+        )
+    la = np.ascontiguousarray(la, dtype=np.int64)
+    if B and la.min() == T:
+        return None  # all full: the fast path
+    return la
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
+                 lengths=None, go_backwards=False, return_sequences=True,
+                 training=False, num_threads=None):
+    """Run an LSTM over whole sequences.
+
+    Parameters
+    ----------
+    x : array (B, T, I)
+        Input; integer arrays are cast, complex and object arrays refused.
+    kernel, recurrent_kernel, bias : arrays (I, 4H), (H, 4H), (4H,) or None
+        Weights in Keras layout (gates i, f, c, o).  Their dtype (float32 or
+        float64) is the compute dtype; other inputs are cast to it.
+    initial_state : (h0, c0), each (B, H), or None for zeros.
+    lengths : int array (B,) or None
+        Valid steps per sample (1 <= L <= T), PyTorch packed-sequence
+        semantics: outputs past a sample's length are zero, its final state
+        is the one after its last valid step, and with ``go_backwards`` it
+        runs from its own last valid step back to step 0.
+    go_backwards : bool
+        Process time in reverse.  ``output[:, t]`` is still the state
+        computed at time ``t`` (PyTorch's convention; the Keras layer flips).
+    return_sequences : bool
+        Return all outputs (B, T, H) or only the final h (B, H).
+    training : bool
+        Keep what :func:`lstm_backward` needs (the activated gates, cell
+        states and previous hidden states); inference keeps nothing extra.
+    num_threads : int or None
+        Defaults to :func:`cylstm.get_num_threads`.
+
+    Returns
+    -------
+    LSTMForward(output, h, c, cache)
+    """
+    dtype = _weights_dtype(kernel)
+    W = as_float_array("kernel", kernel, dtype, 2)
+    x = as_float_array("x", x, dtype)
+    if x.ndim != 3:
+        raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
+    B, T, I = x.shape
+    if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
+        raise ValueError(
+            f"kernel must have shape (input_dim={I}, 4*units); got {W.shape} for x of shape "
+            f"{x.shape}"
+        )
+    H = W.shape[1] // 4
+    U = as_float_array("recurrent_kernel", recurrent_kernel, dtype, 2)
+    if U.shape != (H, 4 * H):
+        raise ValueError(
+            f"recurrent_kernel must have shape ({H}, {4 * H}) for kernel of shape {W.shape}; "
+            f"got {U.shape}"
+        )
+    if bias is None:
+        b = np.zeros(4 * H, dtype)
+    else:
+        b = as_float_array("bias", bias, dtype, 1)
+        if b.shape != (4 * H,):
+            raise ValueError(f"bias must have shape ({4 * H},); got {b.shape}")
+    if T == 0:
+        raise ValueError(f"x has zero time steps (shape {x.shape}); an LSTM needs T >= 1")
+    if I == 0:
+        raise ValueError(f"x has zero features (shape {x.shape})")
+    lens = _check_lengths(lengths, B, T)
+    if initial_state is None:
+        hs = np.zeros((B, H), dtype)
+        cs = np.zeros((B, H), dtype)
+    else:
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+            raise TypeError("initial_state must be a pair (h0, c0)")
+        hs = np.array(as_float_array("h0", initial_state[0], dtype), dtype=dtype, order="C")
+        cs = np.array(as_float_array("c0", initial_state[1], dtype), dtype=dtype, order="C")
+        for name, a in (("h0", hs), ("c0", cs)):
+            if a.shape != (B, H):
+                raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
+    c0 = cs.copy() if training else None
+    n_total, nt = _threads_for(B, num_threads)
+    _config._blas()
+
+    alloc = np.zeros if lens is not None else np.empty
+    G = np.empty((B, T, 4 * H), dtype)
+    y = alloc((B, T, H), dtype) if (return_sequences or training) else None
+    C = np.empty((B, T, H), dtype) if training else None
+    Hp = alloc((B, T, H), dtype) if training else None
+    Z = np.empty((B, 4 * H), dtype)
+    _lstm.forward(x, W, U, b, lens, bool(go_backwards), y, hs, cs, G, C, Hp, Z,
+                  nt, n_total)
+    cache = None
+    if training:
+        cache = {
+            "x": x, "W": W, "U": U, "c0": c0, "lengths": lens,
+            "reverse": bool(go_backwards), "G": G, "C": C, "Hp": Hp,
+            "return_sequences": bool(return_sequences), "used": False,
+        }
+    out = y if return_sequences else hs.copy()
+    return LSTMForward(out, hs, cs, cache)
+
+
+def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
+                  need_input_grad=True, num_threads=None):
+    """Backpropagate through a training-mode :func:`lstm_forward`.
+
+    Parameters
+    ----------
+    cache : the ``cache`` of a ``lstm_forward(..., training=True)`` call.
+        It is consumed (its gate buffer becomes dL/dz): call backward once.
+    grad_output : dL/d output, same shape as the forward's ``output``, or None.
+    grad_h, grad_c : dL/d final h and c, (B, H) each, or None.
+    need_input_grad : compute dL/dx (skip it for a first layer).
+
+    Returns
+    -------
+    LSTMGrads(dx, dkernel, drecurrent_kernel, dbias, dh0, dc0); ``dx`` is None
+    when ``need_input_grad`` is False.
+    """
+    if not isinstance(cache, dict) or "G" not in cache:
+        raise TypeError("cache must be the cache of lstm_forward(..., training=True)")
+    if cache["used"]:
+        raise ValueError("this cache was already used by lstm_backward; run the forward again")
+    x, W, U, G = cache["x"], cache["W"], cache["U"], cache["G"]
+    dtype = W.dtype
+    B, T, I = x.shape
+    H = U.shape[0]
+    dhs = np.zeros((B, H), dtype)
+    dcs = np.zeros((B, H), dtype)
+    dy = None
+    if grad_output is not None:
+        g = as_float_array("grad_output", grad_output, dtype)
+        if cache["return_sequences"]:
+            if g.shape != (B, T, H):
+                raise ValueError(f"grad_output must have shape {(B, T, H)}; got {g.shape}")
+            dy = g
+        else:
+            if g.shape != (B, H):
+                raise ValueError(f"grad_output must have shape {(B, H)}; got {g.shape}")
+            dhs += g
+    for name, g, dst in (("grad_h", grad_h, dhs), ("grad_c", grad_c, dcs)):
+        if g is not None:
+            g = as_float_array(name, g, dtype)
+            if g.shape != (B, H):
+                raise ValueError(f"{name} must have shape {(B, H)}; got {g.shape}")
+            dst += g
+    n_total, nt = _threads_for(B, num_threads)
+    _config._blas()
+    cache["used"] = True
+    D = np.zeros((B, 4 * H), dtype)
+    dHp = np.empty((B, H), dtype)
+    dx = np.empty((B, T, I), dtype) if need_input_grad else None
+    dW = np.empty((I, 4 * H), dtype)
+    dU = np.empty((H, 4 * H), dtype)
+    db = np.empty(4 * H, dtype)
+    parts = np.empty((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
+    _lstm.backward(x, W, U, cache["c0"], cache["lengths"], cache["reverse"], G,
+                   cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
+                   parts, nt, n_total)
+    for k in ("G", "C", "Hp"):
+        cache[k] = None  # free the activations now
+    return LSTMGrads(dx, dW, dU, db, dhs, dcs)
