@@ -52,12 +52,19 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         const floating* x, const floating* W,
                         const floating* U, const floating* bias,
                         const int64_t* lengths, bint reverse,
+                        const floating* rmask, floating* hm,
                         floating* y, floating* G, floating* C, floating* Hp,
                         floating* hs, floating* cs, floating* Z) noexcept nogil:
-    """Forward over samples [b0, b1) for all steps; hs/cs hold the state."""
+    """Forward over samples [b0, b1) for all steps; hs/cs hold the state.
+
+    ``rmask`` (B, H) or NULL: recurrent dropout, one mask per sequence as in
+    Keras: the recurrent product reads h_prev * mask (kept in ``hm``), the
+    carried state and the outputs stay unmasked.
+    """
     cdef Py_ssize_t nb = b1 - b0, H4 = 4 * H
-    cdef Py_ssize_t s, b, t, L, row, Lmax = 0
+    cdef Py_ssize_t s, b, t, L, row, j, Lmax = 0
     cdef size_t hbytes = H * sizeof(floating)
+    cdef floating* hsrc = hs if rmask == NULL else hm
     if nb <= 0:
         return
     for b in range(b0, b1):
@@ -67,8 +74,11 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     gemm(False, False, <int> (nb * T), <int> H4, <int> I, 1,
          x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
     for s in range(Lmax):
+        if rmask != NULL:
+            for j in range(b0 * H, b1 * H):
+                hm[j] = hs[j] * rmask[j]
         # Z[b0:b1] (nb, 4H) = h_prev (nb, H) @ U (H, 4H)
-        matmul(False, <int> nb, <int> H4, <int> H, 1, hs + b0 * H, <int> H,
+        matmul(False, <int> nb, <int> H4, <int> H, 1, hsrc + b0 * H, <int> H,
                U, <int> H4, 0, Z + b0 * H4, <int> H4)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
@@ -77,7 +87,7 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
             t = L - 1 - s if reverse else s
             row = b * T + t
             if Hp != NULL:
-                memcpy(Hp + row * H, hs + b * H, hbytes)
+                memcpy(Hp + row * H, hsrc + b * H, hbytes)
             cell_forward(H, G + row * H4, Z + b * H4, bias, cs + b * H,
                          G + row * H4, cs + b * H, hs + b * H)
             if y != NULL:
@@ -91,6 +101,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          const floating* x, const floating* W,
                          const floating* U, const floating* c0,
                          const int64_t* lengths, bint reverse,
+                         const floating* rmask,
                          floating* G, const floating* C, const floating* Hp,
                          const floating* dy, floating* dhs, floating* dcs,
                          floating* D, floating* dHp, floating* dx,
@@ -137,7 +148,11 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:
-                memcpy(dhs + b * H, dHp + b * H, hbytes)
+                if rmask != NULL:
+                    for j in range(H):
+                        dhs[b * H + j] = dHp[b * H + j] * rmask[b * H + j]
+                else:
+                    memcpy(dhs + b * H, dHp + b * H, hbytes)
     # (B8) over all nb*T rows of this slice (padding rows are zero in dz)
     # dW (I, 4H) = X^T (I, nb*T) @ dz (nb*T, 4H)
     gemm(True, False, <int> I, <int> H4, <int> (nb * T), 1, x + b0 * T * I, <int> I,
@@ -163,6 +178,7 @@ cdef inline floating* _ptr3(floating[:, :, ::1] a) noexcept nogil:
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             const floating[:, ::1] U, const floating[::1] bias,
             const int64_t[::1] lengths, bint reverse,
+            const floating[:, ::1] rmask, floating[:, ::1] hm,
             floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
             floating[:, :, ::1] G, floating[:, :, ::1] C,
             floating[:, :, ::1] Hp, floating[:, ::1] Z,
@@ -180,21 +196,25 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef floating* yp = _ptr3(y)
     cdef floating* Cp = _ptr3(C)
     cdef floating* Hpp = _ptr3(Hp)
+    cdef const floating* rmp = NULL if rmask is None else &rmask[0, 0]
+    cdef floating* hmp = NULL if hm is None else &hm[0, 0]
     if B == 0 or T == 0:
         return
+    if rmp != NULL and hmp == NULL:
+        raise ValueError("forward: recurrent mask needs the hm scratch buffer")
     nt = nt if nt > 1 else 1
     with nogil:
         if nt == 1:
             _blas_threads(blas_threads)
             _forward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
-                          lp, reverse, yp, &G[0, 0, 0], Cp, Hpp,
+                          lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
                           &hs[0, 0], &cs[0, 0], &Z[0, 0])
         else:
             _blas_threads(1)
             for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
                 _forward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
                               &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
-                              lp, reverse, yp, &G[0, 0, 0], Cp, Hpp,
+                              lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
                               &hs[0, 0], &cs[0, 0], &Z[0, 0])
             _blas_threads(blas_threads)
 
@@ -202,6 +222,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
 def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              const floating[:, ::1] U, const floating[:, ::1] c0,
              const int64_t[::1] lengths, bint reverse,
+             const floating[:, ::1] rmask,
              floating[:, :, ::1] G, const floating[:, :, ::1] C,
              const floating[:, :, ::1] Hp, const floating[:, :, ::1] dy,
              floating[:, ::1] dhs, floating[:, ::1] dcs,
@@ -219,6 +240,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef int tid
     cdef const int64_t* lp = NULL if lengths is None else &lengths[0]
     cdef const floating* dyp = NULL if dy is None else &dy[0, 0, 0]
+    cdef const floating* rmp = NULL if rmask is None else &rmask[0, 0]
     cdef floating* dxp = _ptr3(dx)
     cdef floating* pp
     cdef floating* dWp
@@ -236,7 +258,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
         if nt == 1:
             _blas_threads(blas_threads)
             _backward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &c0[0, 0],
-                           lp, reverse, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
+                           lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
                            &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
                            &dW[0, 0], &dU[0, 0], &db[0])
         else:
@@ -253,7 +275,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                     dbp = pp + (I + H) * H4
                 _backward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
                                &x[0, 0, 0], &W[0, 0], &U[0, 0], &c0[0, 0],
-                               lp, reverse, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
+                               lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
                                &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
                                dWp, dUp, dbp)
             _blas_threads(blas_threads)

@@ -101,7 +101,7 @@ def _check_lengths(lengths, B, T):
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                  lengths=None, go_backwards=False, return_sequences=True,
-                 training=False, num_threads=None):
+                 training=False, recurrent_mask=None, num_threads=None):
     """Run an LSTM over whole sequences.
 
     Parameters
@@ -125,6 +125,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     training : bool
         Keep what :func:`lstm_backward` needs (the activated gates, cell
         states and previous hidden states); inference keeps nothing extra.
+    recurrent_mask : array (B, H) or None
+        Recurrent dropout as in Keras: one mask per sequence (already scaled
+        by 1 / (1 - rate)) that multiplies h_prev in the recurrent product
+        ``h_prev @ U`` at every step; the carried state is not masked.
     num_threads : int or None
         Defaults to :func:`cylstm.get_num_threads`.
 
@@ -172,6 +176,15 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         for name, a in (("h0", hs), ("c0", cs)):
             if a.shape != (B, H):
                 raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
+    rmask = None
+    hm = None
+    if recurrent_mask is not None:
+        rmask = as_float_array("recurrent_mask", recurrent_mask, dtype)
+        if rmask.shape != (B, H):
+            raise ValueError(
+                f"recurrent_mask must have shape (batch={B}, units={H}); got {rmask.shape}"
+            )
+        hm = np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
     n_total, nt = _threads_for(B, num_threads)
     _config._blas()
@@ -182,13 +195,13 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     C = np.empty((B, T, H), dtype) if training else None
     Hp = alloc((B, T, H), dtype) if training else None
     Z = np.empty((B, 4 * H), dtype)
-    _lstm.forward(x, W, U, b, lens, bool(go_backwards), y, hs, cs, G, C, Hp, Z,
+    _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
                   nt, n_total)
     cache = None
     if training:
         cache = {
             "x": x, "W": W, "U": U, "c0": c0, "lengths": lens,
-            "reverse": bool(go_backwards), "G": G, "C": C, "Hp": Hp,
+            "reverse": bool(go_backwards), "G": G, "C": C, "Hp": Hp, "rmask": rmask,
             "return_sequences": bool(return_sequences), "used": False,
         }
     out = y if return_sequences else hs.copy()
@@ -249,7 +262,7 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     dU = np.empty((H, 4 * H), dtype)
     db = np.empty(4 * H, dtype)
     parts = np.empty((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
-    _lstm.backward(x, W, U, cache["c0"], cache["lengths"], cache["reverse"], G,
+    _lstm.backward(x, W, U, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
                    parts, nt, n_total)
     for k in ("G", "C", "Hp"):

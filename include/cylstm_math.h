@@ -11,7 +11,7 @@
  * [-20, 20] against float64 libm, see tests/test_math.py):
  *   cyl_expf     relative error <= 2.5e-7 on [-87, 88]
  *   cyl_tanhf    absolute error <= 2.0e-7, relative error <= 4e-7 for |x| >= 1e-3
- *   cyl_sigmoidf absolute error <= 1.2e-7, relative error <= 4e-7
+ *   cyl_sigmoidf absolute error <= 2.0e-7, relative error <= 4e-7
  * which is 2-4 float32 ulps: below the rounding noise of the gate GEMMs.
  *
  * Derivatives are written in terms of the outputs (y = f(x)):

@@ -1,0 +1,89 @@
+"""A plain NumPy float64 LSTM, written independently of the kernels.
+
+Per-sample, per-step Python loops: slow and obviously correct.  Step numbers
+(B1)-(B8) match cylstm/_cell.pxd and cylstm/_lstm.pyx.
+"""
+import numpy as np
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def lstm_ref(x, W, U, b, h0=None, c0=None, lengths=None, reverse=False, rmask=None):
+    """Returns y (B, T, H) by time index (zeros past each length), hT, cT, tape."""
+    x = np.asarray(x, np.float64)
+    W, U, b = (np.asarray(a, np.float64) for a in (W, U, b))
+    B, T, _ = x.shape
+    H = U.shape[0]
+    h0 = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
+    c0 = np.zeros((B, H)) if c0 is None else np.asarray(c0, np.float64)
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    y = np.zeros((B, T, H))
+    hT = np.zeros((B, H))
+    cT = np.zeros((B, H))
+    tape = []
+    for n in range(B):
+        h, c = h0[n].copy(), c0[n].copy()
+        L = int(lengths[n])
+        steps = range(L - 1, -1, -1) if reverse else range(L)
+        sample = []
+        for t in steps:
+            hr = h * rmask[n] if rmask is not None else h
+            z = x[n, t] @ W + hr @ U + b
+            i = sigmoid(z[:H])
+            f = sigmoid(z[H:2 * H])
+            g = np.tanh(z[2 * H:3 * H])
+            o = sigmoid(z[3 * H:])
+            c_prev = c
+            c = f * c_prev + i * g
+            h_new = o * np.tanh(c)
+            sample.append((t, hr, c_prev, i, f, g, o, c))
+            h = h_new
+            y[n, t] = h
+        hT[n], cT[n] = h, c
+        tape.append(sample)
+    return y, hT, cT, tape
+
+
+def lstm_ref_backward(x, W, U, tape, dy=None, dhT=None, dcT=None, rmask=None):
+    """Gradients of sum(dy * y) + sum(dhT * hT) + sum(dcT * cT)."""
+    x = np.asarray(x, np.float64)
+    B, T, I = x.shape
+    H = U.shape[0]
+    dx = np.zeros_like(x)
+    dW = np.zeros((I, 4 * H))
+    dU = np.zeros((H, 4 * H))
+    db = np.zeros(4 * H)
+    dh0 = np.zeros((B, H))
+    dc0 = np.zeros((B, H))
+    for n in range(B):
+        dh = np.zeros(H) if dhT is None else np.array(dhT[n], np.float64)
+        dc = np.zeros(H) if dcT is None else np.array(dcT[n], np.float64)
+        for (t, hr, c_prev, i, f, g, o, c) in reversed(tape[n]):
+            if dy is not None:
+                dh = dh + dy[n, t]
+            tc = np.tanh(c)                               # (B1)
+            do = dh * tc                                  # (B2)
+            dc = dc + dh * o * (1 - tc ** 2)              # (B3)
+            di, dg, df = dc * g, dc * i, dc * c_prev      # (B4)
+            dc_prev = dc * f                              # (B5)
+            dz = np.concatenate([di * i * (1 - i), df * f * (1 - f),
+                                 dg * (1 - g ** 2), do * o * (1 - o)])  # (B6)
+            dhr = U @ dz                                  # (B7)
+            dh = dhr * rmask[n] if rmask is not None else dhr
+            dW += np.outer(x[n, t], dz)                   # (B8)
+            dU += np.outer(hr, dz)
+            db += dz
+            dx[n, t] = W @ dz
+            dc = dc_prev
+        dh0[n], dc0[n] = dh, dc
+    return dx, dW, dU, db, dh0, dc0
+
+
+def random_lstm(rng, B, T, I, H, scale=0.5):
+    x = rng.standard_normal((B, T, I))
+    W = rng.standard_normal((I, 4 * H)) * scale / np.sqrt(I)
+    U = rng.standard_normal((H, 4 * H)) * scale / np.sqrt(H)
+    b = rng.standard_normal(4 * H) * 0.1
+    return x, W, U, b

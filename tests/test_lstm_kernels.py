@@ -1,0 +1,196 @@
+"""The compiled LSTM kernels against the NumPy float64 reference, finite
+differences and PyTorch."""
+import threading
+
+import numpy as np
+import pytest
+
+import cylstm
+from cylstm.functional import lstm_backward, lstm_forward
+from reference import lstm_ref, lstm_ref_backward, random_lstm
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=2e-6)}
+
+
+def _case(B=3, T=6, I=4, H=5, seed=0):
+    return random_lstm(np.random.default_rng(seed), B, T, I, H)
+
+
+def _run(x, W, U, b, dtype, **kw):
+    cast = [np.asarray(a, dtype) for a in (x, W, U, b)]
+    return lstm_forward(*cast, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward_matches_reference(dtype, reverse, with_lengths, threads):
+    B, T, I, H = 9, 7, 4, 5
+    x, W, U, b = _case(B, T, I, H)
+    rng = np.random.default_rng(1)
+    h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    y, hT, cT, _ = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
+    out = _run(x, W, U, b, dtype, initial_state=(h0, c0), lengths=lengths,
+               go_backwards=reverse, num_threads=threads)
+    assert out.output.dtype == dtype
+    np.testing.assert_allclose(out.output, y, **TOL[dtype])
+    np.testing.assert_allclose(out.h, hT, **TOL[dtype])
+    np.testing.assert_allclose(out.c, cT, **TOL[dtype])
+    last = _run(x, W, U, b, dtype, initial_state=(h0, c0), lengths=lengths,
+                go_backwards=reverse, return_sequences=False, num_threads=threads)
+    np.testing.assert_allclose(last.output, hT, **TOL[dtype])
+    if with_lengths:  # outputs past each length are exactly zero
+        for n, L in enumerate(lengths):
+            assert not out.output[n, L:].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backward_matches_reference(dtype, reverse, with_lengths, threads):
+    B, T, I, H = 10, 6, 3, 4
+    x, W, U, b = _case(B, T, I, H, seed=2)
+    rng = np.random.default_rng(3)
+    h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    dy = rng.standard_normal((B, T, H))
+    dhT, dcT = rng.standard_normal((2, B, H))
+    y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
+    ref = lstm_ref_backward(x, W, U, tape, dy, dhT, dcT)
+    out = _run(x, W, U, b, dtype, initial_state=(h0, c0), lengths=lengths,
+               go_backwards=reverse, training=True, num_threads=threads)
+    g = lstm_backward(out.cache, dy.astype(dtype), dhT.astype(dtype), dcT.astype(dtype),
+                      num_threads=threads)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
+        np.testing.assert_allclose(got, want, err_msg=name, **tol)
+
+
+def test_recurrent_mask_matches_reference():
+    B, T, I, H = 5, 6, 3, 4
+    x, W, U, b = _case(B, T, I, H, seed=4)
+    rng = np.random.default_rng(5)
+    rmask = (rng.random((B, H)) > 0.3) / 0.7
+    dy = rng.standard_normal((B, T, H))
+    y, hT, cT, tape = lstm_ref(x, W, U, b, rmask=rmask)
+    ref = lstm_ref_backward(x, W, U, tape, dy, rmask=rmask)
+    out = lstm_forward(x, W, U, b, training=True, recurrent_mask=rmask)
+    np.testing.assert_allclose(out.output, y, rtol=1e-10, atol=1e-12)
+    g = lstm_backward(out.cache, dy)
+    for got, want in zip(g, ref):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _loss(x, W, U, b, h0, c0, lengths, reverse, dy, dhT, dcT):
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), lengths=lengths,
+                       go_backwards=reverse)
+    return (out.output * dy).sum() + (out.h * dhT).sum() + (out.c * dcT).sum()
+
+
+@pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, False),
+                                                  (False, True), (True, True)])
+def test_gradients_finite_differences(reverse, with_lengths):
+    """Central differences in float64 for every input of the backward."""
+    B, T, I, H = 3, 5, 2, 3
+    x, W, U, b = _case(B, T, I, H, seed=6)
+    rng = np.random.default_rng(7)
+    h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+    lengths = np.array([5, 2, 4]) if with_lengths else None
+    dy, = rng.standard_normal((1, B, T, H))
+    dhT, dcT = rng.standard_normal((2, B, H))
+    args = dict(x=x, W=W, U=U, b=b, h0=h0, c0=c0)
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), lengths=lengths,
+                       go_backwards=reverse, training=True)
+    g = lstm_backward(out.cache, dy, dhT, dcT)
+    analytic = dict(x=g.dx, W=g.dkernel, U=g.drecurrent_kernel, b=g.dbias, h0=g.dh0, c0=g.dc0)
+    eps = 1e-6
+    for name, arr in args.items():
+        num = np.zeros_like(arr)
+        it = np.nditer(arr, flags=["multi_index"])
+        for _ in it:
+            idx = it.multi_index
+            old = arr[idx]
+            arr[idx] = old + eps
+            fp = _loss(**args, lengths=lengths, reverse=reverse, dy=dy, dhT=dhT, dcT=dcT)
+            arr[idx] = old - eps
+            fm = _loss(**args, lengths=lengths, reverse=reverse, dy=dy, dhT=dhT, dcT=dcT)
+            arr[idx] = old
+            num[idx] = (fp - fm) / (2 * eps)
+        np.testing.assert_allclose(analytic[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_float32_long_sequence_stays_close_to_float64():
+    """100 steps: the float32 kernel (fast activations) within 1e-5 relative."""
+    B, T, I, H = 4, 100, 8, 16
+    x, W, U, b = _case(B, T, I, H, seed=8)
+    y64 = lstm_forward(x, W, U, b).output
+    y32 = _run(x, W, U, b, np.float32).output
+    np.testing.assert_allclose(y32, y64, rtol=1e-5, atol=1e-6)
+
+
+def test_one_and_two_threads_agree_exactly():
+    x, W, U, b = _case(16, 12, 5, 7, seed=9)
+    x, W, U, b = (a.astype(np.float32) for a in (x, W, U, b))
+    dy = np.random.default_rng(0).standard_normal((16, 12, 7)).astype(np.float32)
+    res = []
+    for n in (1, 2):
+        out = lstm_forward(x, W, U, b, training=True, num_threads=n)
+        g = lstm_backward(out.cache, dy, num_threads=n)
+        res.append((out.output, g.dx, g.dkernel, g.drecurrent_kernel))
+    # the forward is bitwise identical: each sample follows the same code path
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    np.testing.assert_array_equal(res[0][1], res[1][1])
+    for a, c in zip(res[0][2:], res[1][2:]):  # weight sums are split by thread
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_threads_api():
+    old = cylstm.get_num_threads()
+    try:
+        cylstm.set_num_threads(1)
+        assert cylstm.get_num_threads() == 1
+        with pytest.raises(ValueError, match="n must be >= 1"):
+            cylstm.set_num_threads(0)
+        with pytest.raises(TypeError):
+            cylstm.set_num_threads("2")
+    finally:
+        cylstm.set_num_threads(old)
+
+
+def test_show_config_mentions_blas_and_openmp(capsys):
+    cylstm.show_config()
+    text = capsys.readouterr().out
+    assert "BLAS" in text and "OpenMP" in text and "CUDA" in text
+
+
+def test_concurrent_calls_from_threads_match_serial():
+    x, W, U, b = (a.astype(np.float32) for a in _case(8, 20, 6, 9, seed=10))
+    want = lstm_forward(x, W, U, b).output
+    results = [None] * 6
+
+    def work(k):
+        results[k] = lstm_forward(x, W, U, b).output
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for r in results:
+        np.testing.assert_array_equal(r, want)
+
+
+def test_cache_is_single_use():
+    x, W, U, b = _case()
+    out = lstm_forward(x, W, U, b, training=True)
+    lstm_backward(out.cache, np.ones_like(out.output))
+    with pytest.raises(ValueError, match="already used"):
+        lstm_backward(out.cache, np.ones_like(out.output))
+
+
+def test_inference_keeps_no_cache():
+    x, W, U, b = _case()
+    assert lstm_forward(x, W, U, b).cache is None
