@@ -1,0 +1,667 @@
+// _kernels.cu -- cylstm's CUDA backend: cuBLAS GEMMs + fused LSTM cell kernels.
+//
+// The C interface, layouts and aliasing rules are documented in include/cylstm_cuda.h.
+// The decomposition mirrors the CPU kernels (cylstm/_lstm.pyx) step for step, and the
+// cell math is the one of cylstm/_cell.pxd, with the same step numbers (B1)..(B8):
+//
+//   z = x_t @ W + h_prev @ U + b,  blocks [i | f | g | o] of H each
+//   i = sigmoid(z_i)  f = sigmoid(z_f)  g = tanh(z_g)  o = sigmoid(z_o)
+//   c = f * c_prev + i * g,  h = o * tanh(c)
+//
+// All matrices are row-major.  cuBLAS is column-major, so every GEMM goes through
+// rm_gemm below, which does the row-major trick once: row-major C = op(A) op(B) is
+// column-major C^T = op(B)^T op(A)^T, i.e. swap the operands and m/n.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cylstm_cuda.h"
+
+struct cyl_cuda_ctx {
+    int device;
+    int async_alloc;       // the device supports stream-ordered pools (cudaMallocAsync)
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void* ones[2];         // a vector of ones (float, double) for db = dZ^T @ 1
+    size_t ones_len[2];
+    char msg[1024];
+};
+
+// ---------------------------------------------------------------- error handling
+
+static void write_msg(char* buf, size_t len, const char* fmt, ...)
+{
+    if (buf == NULL || len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+static cyl_cuda_status cuda_fail(cyl_cuda_ctx* ctx, cudaError_t e, const char* what, int line)
+{
+    // clear a non-sticky error so that the next call starts clean
+    (void)cudaGetLastError();
+    write_msg(ctx->msg, sizeof(ctx->msg), "%s failed: %s (%s) [_kernels.cu:%d]", what,
+              cudaGetErrorName(e), cudaGetErrorString(e), line);
+    return CYL_CUDA_ERR_CUDA;
+}
+
+static cyl_cuda_status blas_fail(cyl_cuda_ctx* ctx, cublasStatus_t s, const char* what, int line)
+{
+    write_msg(ctx->msg, sizeof(ctx->msg), "%s failed: %s (%s) [_kernels.cu:%d]", what,
+              cublasGetStatusName(s), cublasGetStatusString(s), line);
+    return CYL_CUDA_ERR_CUBLAS;
+}
+
+static cyl_cuda_status arg_fail(cyl_cuda_ctx* ctx, const char* what)
+{
+    write_msg(ctx->msg, sizeof(ctx->msg), "%s", what);
+    return CYL_CUDA_ERR_ARG;
+}
+
+#define CK(call)                                                                    \
+    do {                                                                            \
+        cudaError_t e_ = (call);                                                    \
+        if (e_ != cudaSuccess)                                                      \
+            return cuda_fail(ctx, e_, #call, __LINE__);                             \
+    } while (0)
+
+#define CKB(call)                                                                   \
+    do {                                                                            \
+        cublasStatus_t s_ = (call);                                                 \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                            \
+            return blas_fail(ctx, s_, #call, __LINE__);                             \
+    } while (0)
+
+#define CKS(call)                                                                   \
+    do {                                                                            \
+        cyl_cuda_status st_ = (call);                                               \
+        if (st_ != CYL_CUDA_OK)                                                     \
+            return st_;                                                             \
+    } while (0)
+
+// a kernel launch: configuration errors show at once, execution errors at the next sync
+#define CK_LAUNCH(name) CK(cudaGetLastError())
+
+// ---------------------------------------------------------------- device math
+
+__device__ __forceinline__ float dsigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ double dsigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+__device__ __forceinline__ float dtanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double dtanh(double x) { return tanh(x); }
+
+// ---------------------------------------------------------------- kernels
+
+static const int THREADS = 256;
+
+static inline unsigned int blocks_for(int64_t n)
+{
+    return (unsigned int)((n + THREADS - 1) / THREADS);
+}
+
+// One forward step for every (sample b, unit j): the body of _cell.pxd's cell_forward.
+// G row (b, t) holds x_t @ W on entry and the activated gates on exit (kept for the
+// backward when `store_gates`); Z row b holds h_prev @ U.  Each thread reads and
+// writes only element j of its sample's h/c, and the GEMM that read h_prev ran
+// before this kernel on the same stream, so updating h in place is safe.
+template <typename F>
+__global__ void fwd_step_kernel(int B, int T, int H, int s, int reverse,
+                                const int64_t* __restrict__ lengths, F* __restrict__ G,
+                                const F* __restrict__ Z, const F* __restrict__ bias,
+                                F* __restrict__ h, F* __restrict__ c, F* __restrict__ y,
+                                F* __restrict__ Cs, F* __restrict__ Hp, int store_gates)
+{
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (int64_t)B * H)
+        return;
+    int b = (int)(idx / H);
+    int j = (int)(idx - (int64_t)b * H);
+    int L = lengths == NULL ? T : (int)lengths[b];
+    if (s >= L)
+        return;  // this sample is done: its state stays frozen
+    int t = reverse ? L - 1 - s : s;
+    int64_t row = (int64_t)b * T + t;
+    F* g = G + row * 4 * H;
+    const F* z = Z + (int64_t)b * 4 * H;
+    F gi = dsigmoid(g[j] + z[j] + bias[j]);
+    F gf = dsigmoid(g[H + j] + z[H + j] + bias[H + j]);
+    F gg = dtanh(g[2 * H + j] + z[2 * H + j] + bias[2 * H + j]);
+    F go = dsigmoid(g[3 * H + j] + z[3 * H + j] + bias[3 * H + j]);
+    F cn = gf * c[idx] + gi * gg;
+    F hn = go * dtanh(cn);
+    if (Hp != NULL)
+        Hp[row * H + j] = h[idx];
+    if (store_gates) {
+        g[j] = gi;
+        g[H + j] = gf;
+        g[2 * H + j] = gg;
+        g[3 * H + j] = go;
+    }
+    c[idx] = cn;
+    h[idx] = hn;
+    if (y != NULL)
+        y[row * H + j] = hn;
+    if (Cs != NULL)
+        Cs[row * H + j] = cn;
+}
+
+// One backward step for every (b, j): steps (B1)-(B6) of _cell.pxd's cell_backward.
+// dh = dL/dh reaching this step: the caller's dL/dh_T at the sample's first backward
+// step (s == L - 1), else dHp (= dz_next @ U^T from the previous GEMM), plus dy.
+// dz goes over the gates in G (for the weight GEMMs after the loop) and into D row b
+// (for this step's B7 GEMM); finished samples (s >= L) put zeros in D.
+template <typename F>
+__global__ void bwd_step_kernel(int B, int T, int H, int s, int reverse,
+                                const int64_t* __restrict__ lengths, F* __restrict__ G,
+                                const F* __restrict__ Cs, const F* __restrict__ c0,
+                                const F* __restrict__ dy, const F* __restrict__ dh_last,
+                                const F* __restrict__ dHp, F* __restrict__ dc,
+                                F* __restrict__ D)
+{
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (int64_t)B * H)
+        return;
+    int b = (int)(idx / H);
+    int j = (int)(idx - (int64_t)b * H);
+    int L = lengths == NULL ? T : (int)lengths[b];
+    F* d = D + (int64_t)b * 4 * H;
+    if (s >= L) {
+        d[j] = 0;
+        d[H + j] = 0;
+        d[2 * H + j] = 0;
+        d[3 * H + j] = 0;
+        return;
+    }
+    int t = reverse ? L - 1 - s : s;
+    int64_t row = (int64_t)b * T + t;
+    F dhj = (s == L - 1) ? dh_last[idx] : dHp[idx];
+    if (dy != NULL)
+        dhj += dy[row * H + j];
+    F cp;
+    if (s == 0) {
+        cp = c0[idx];
+    } else {
+        int tp = reverse ? t + 1 : t - 1;
+        cp = Cs[((int64_t)b * T + tp) * H + j];
+    }
+    F* g = G + row * 4 * H;
+    F gi = g[j], gf = g[H + j], gg = g[2 * H + j], go = g[3 * H + j];
+    F tc = dtanh(Cs[row * H + j]);                        // (B1)
+    F dcj = dc[idx] + dhj * go * ((F)1 - tc * tc);        // (B3)
+    F dzi = dcj * gg * gi * ((F)1 - gi);                  // (B4, B6) i
+    F dzf = dcj * cp * gf * ((F)1 - gf);                  // f
+    F dzg = dcj * gi * ((F)1 - gg * gg);                  // g
+    F dzo = dhj * tc * go * ((F)1 - go);                  // (B2, B6) o
+    dc[idx] = dcj * gf;                                   // (B5)
+    g[j] = dzi;
+    g[H + j] = dzf;
+    g[2 * H + j] = dzg;
+    g[3 * H + j] = dzo;
+    d[j] = dzi;
+    d[H + j] = dzf;
+    d[2 * H + j] = dzg;
+    d[3 * H + j] = dzo;
+}
+
+// Zero the gate rows past each sample's length: they must contribute nothing to the
+// weight-gradient GEMMs over all B*T rows (B8).
+template <typename F>
+__global__ void zero_padding_kernel(int B, int T, int H4, const int64_t* __restrict__ lengths,
+                                    F* __restrict__ G)
+{
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (int64_t)B * T * H4)
+        return;
+    int64_t row = idx / H4;
+    int b = (int)(row / T);
+    int t = (int)(row - (int64_t)b * T);
+    if (t >= (int)lengths[b])
+        G[idx] = 0;
+}
+
+template <typename F>
+__global__ void fill_kernel(int64_t n, F value, F* __restrict__ out)
+{
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < n)
+        out[idx] = value;
+}
+
+// ---------------------------------------------------------------- cuBLAS, row-major
+
+static cublasStatus_t xgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                            int m, int n, int k, const float* alpha, const float* A, int lda,
+                            const float* B, int ldb, const float* beta, float* C, int ldc)
+{
+    return cublasSgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static cublasStatus_t xgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                            int m, int n, int k, const double* alpha, const double* A,
+                            int lda, const double* B, int ldb, const double* beta, double* C,
+                            int ldc)
+{
+    return cublasDgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static cublasStatus_t xgemv(cublasHandle_t h, cublasOperation_t t, int m, int n,
+                            const float* alpha, const float* A, int lda, const float* x,
+                            const float* beta, float* y)
+{
+    return cublasSgemv(h, t, m, n, alpha, A, lda, x, 1, beta, y, 1);
+}
+
+static cublasStatus_t xgemv(cublasHandle_t h, cublasOperation_t t, int m, int n,
+                            const double* alpha, const double* A, int lda, const double* x,
+                            const double* beta, double* y)
+{
+    return cublasDgemv(h, t, m, n, alpha, A, lda, x, 1, beta, y, 1);
+}
+
+// Row-major C (M, N) = op(A) (M, K) @ op(B) (K, N) (+ beta C); lda/ldb/ldc are row
+// strides of the stored matrices.  Column-major: C^T = op(B)^T op(A)^T.
+template <typename F>
+static cyl_cuda_status rm_gemm(cyl_cuda_ctx* ctx, bool trans_a, bool trans_b, int64_t M,
+                               int64_t N, int64_t K, const F* A, int64_t lda, const F* Bm,
+                               int64_t ldb, F beta, F* C, int64_t ldc, const char* what)
+{
+    const F one = 1;
+    if (M == 0 || N == 0)
+        return CYL_CUDA_OK;
+    cublasStatus_t s = xgemm(ctx->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N, (int)M, (int)K,
+                             &one, Bm, (int)ldb, A, (int)lda, &beta, C, (int)ldc);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return blas_fail(ctx, s, what, __LINE__);
+    return CYL_CUDA_OK;
+}
+
+template <typename F> static int dtype_slot();
+template <> int dtype_slot<float>() { return 0; }
+template <> int dtype_slot<double>() { return 1; }
+
+template <typename F>
+static cyl_cuda_status ones_vector(cyl_cuda_ctx* ctx, int64_t n, const F** out)
+{
+    int k = dtype_slot<F>();
+    if (ctx->ones_len[k] < (size_t)n) {
+        if (ctx->ones[k] != NULL) {
+            CK(cudaStreamSynchronize(ctx->stream));
+            CK(cudaFree(ctx->ones[k]));
+            ctx->ones[k] = NULL;
+            ctx->ones_len[k] = 0;
+        }
+        void* p = NULL;
+        CK(cudaMalloc(&p, (size_t)n * sizeof(F)));
+        ctx->ones[k] = p;
+        ctx->ones_len[k] = (size_t)n;
+        fill_kernel<F><<<blocks_for(n), THREADS, 0, ctx->stream>>>(n, (F)1, (F*)p);
+        CK_LAUNCH("fill_kernel");
+    }
+    *out = (const F*)ctx->ones[k];
+    return CYL_CUDA_OK;
+}
+
+static cyl_cuda_status check_dims(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I,
+                                  int64_t H, int64_t max_len)
+{
+    const int64_t lim = 2147483647;
+    if (B < 0 || T < 1 || I < 1 || H < 1)
+        return arg_fail(ctx, "lstm: need B >= 0, T >= 1, I >= 1, H >= 1");
+    if (B * T > lim || 4 * H > lim || I > lim || B * T * 4 * H / 4 / H != B * T)
+        return arg_fail(ctx, "lstm: B*T, I or 4H exceeds the int range of cuBLAS");
+    if (max_len < 0 || max_len > T)
+        return arg_fail(ctx, "lstm: max_len must lie in [0, T]");
+    return CYL_CUDA_OK;
+}
+
+// ---------------------------------------------------------------- forward / backward
+
+template <typename F>
+static cyl_cuda_status lstm_forward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I,
+                                    int64_t H, const F* x, const F* W, const F* U,
+                                    const F* bias, const int64_t* lengths, int64_t max_len,
+                                    int reverse, F* y, F* h, F* c, F* G, F* C, F* Hp, F* Z,
+                                    int training)
+{
+    if (ctx == NULL)
+        return CYL_CUDA_ERR_ARG;
+    CKS(check_dims(ctx, B, T, I, H, max_len));
+    if (training && (C == NULL || Hp == NULL))
+        return arg_fail(ctx, "lstm_forward: training needs C and Hp");
+    if (B == 0)
+        return CYL_CUDA_OK;
+    if (!x || !W || !U || !bias || !h || !c || !G || !Z)
+        return arg_fail(ctx, "lstm_forward: x, W, U, bias, h, c, G, Z must not be NULL");
+    CK(cudaSetDevice(ctx->device));
+    const int64_t H4 = 4 * H;
+    // G (B*T, 4H) = X (B*T, I) @ W (I, 4H): one GEMM for every step; bias joins in the cell
+    CKS(rm_gemm<F>(ctx, false, false, B * T, H4, I, x, I, W, H4, (F)0, G, H4,
+                   "cublas gemm G = X @ W"));
+    for (int64_t s = 0; s < max_len; ++s) {
+        // Z (B, 4H) = h_prev (B, H) @ U (H, 4H)
+        CKS(rm_gemm<F>(ctx, false, false, B, H4, H, h, H, U, H4, (F)0, Z, H4,
+                       "cublas gemm Z = h @ U"));
+        fwd_step_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(
+            (int)B, (int)T, (int)H, (int)s, reverse, lengths, G, Z, bias, h, c, y,
+            training ? C : (F*)NULL, training ? Hp : (F*)NULL, training);
+        CK_LAUNCH("fwd_step_kernel");
+    }
+    return CYL_CUDA_OK;
+}
+
+template <typename F>
+static cyl_cuda_status lstm_backward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I,
+                                     int64_t H, const F* x, const F* W, const F* U,
+                                     const F* c0, const int64_t* lengths, int64_t max_len,
+                                     int reverse, F* G, const F* C, const F* Hp, const F* dy,
+                                     F* dh, F* dc, F* D, F* dHp, F* dx, F* dW, F* dU, F* db)
+{
+    if (ctx == NULL)
+        return CYL_CUDA_ERR_ARG;
+    CKS(check_dims(ctx, B, T, I, H, max_len));
+    if (!dW || !dU || !db)
+        return arg_fail(ctx, "lstm_backward: dW, dU, db must not be NULL");
+    CK(cudaSetDevice(ctx->device));
+    const int64_t H4 = 4 * H;
+    if (B == 0) {
+        CK(cudaMemsetAsync(dW, 0, (size_t)(I * H4) * sizeof(F), ctx->stream));
+        CK(cudaMemsetAsync(dU, 0, (size_t)(H * H4) * sizeof(F), ctx->stream));
+        CK(cudaMemsetAsync(db, 0, (size_t)H4 * sizeof(F), ctx->stream));
+        return CYL_CUDA_OK;
+    }
+    if (!x || !W || !U || !c0 || !G || !C || !Hp || !dh || !dc || !D || !dHp)
+        return arg_fail(ctx, "lstm_backward: a required pointer is NULL");
+    if (lengths != NULL) {  // padding rows take no gradient
+        zero_padding_kernel<F><<<blocks_for(B * T * H4), THREADS, 0, ctx->stream>>>(
+            (int)B, (int)T, (int)H4, lengths, G);
+        CK_LAUNCH("zero_padding_kernel");
+    }
+    for (int64_t s = max_len - 1; s >= 0; --s) {
+        // (B1)-(B6): dz over the gates and into D
+        bwd_step_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(
+            (int)B, (int)T, (int)H, (int)s, reverse, lengths, G, C, c0, dy, dh, dHp, dc, D);
+        CK_LAUNCH("bwd_step_kernel");
+        // (B7) dh_prev (B, H) = dz (B, 4H) @ U^T, U stored (H, 4H)
+        CKS(rm_gemm<F>(ctx, false, true, B, H, H4, D, H4, U, H4, (F)0, dHp, H,
+                       "cublas gemm dh_prev = dz @ U^T"));
+    }
+    // every sample is active at s = 0, so dHp now holds dL/dh0 for all of them
+    if (max_len > 0)
+        CK(cudaMemcpyAsync(dh, dHp, (size_t)(B * H) * sizeof(F), cudaMemcpyDeviceToDevice,
+                           ctx->stream));
+    // (B8) over all B*T rows (padding rows are zero in dz)
+    // dW (I, 4H) = X^T (I, B*T) @ dz (B*T, 4H)
+    CKS(rm_gemm<F>(ctx, true, false, I, H4, B * T, x, I, G, H4, (F)0, dW, H4,
+                   "cublas gemm dW = X^T @ dz"));
+    // dU (H, 4H) = Hp^T (H, B*T) @ dz (B*T, 4H)
+    CKS(rm_gemm<F>(ctx, true, false, H, H4, B * T, Hp, H, G, H4, (F)0, dU, H4,
+                   "cublas gemm dU = Hp^T @ dz"));
+    // db (4H) = dz^T @ 1: row-major dz (B*T, 4H) is column-major (4H, B*T), lda 4H
+    const F* ones = NULL;
+    CKS(ones_vector<F>(ctx, B * T, &ones));
+    {
+        const F one = 1, zero = 0;
+        CKB(xgemv(ctx->blas, CUBLAS_OP_N, (int)H4, (int)(B * T), &one, G, (int)H4, ones,
+                  &zero, db));
+    }
+    if (dx != NULL) {
+        // dx (B*T, I) = dz (B*T, 4H) @ W^T, W stored (I, 4H)
+        CKS(rm_gemm<F>(ctx, false, true, B * T, I, H4, G, H4, W, H4, (F)0, dx, I,
+                       "cublas gemm dx = dz @ W^T"));
+    }
+    return CYL_CUDA_OK;
+}
+
+// ---------------------------------------------------------------- the C interface
+
+extern "C" {
+
+cyl_cuda_status cyl_cuda_device_count(int* count, char* msg, size_t msg_len)
+{
+    int n = 0;
+    if (count == NULL)
+        return CYL_CUDA_ERR_ARG;
+    *count = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        write_msg(msg, msg_len, "cudaGetDeviceCount: %s (%s)", cudaGetErrorName(e),
+                  cudaGetErrorString(e));
+        return CYL_CUDA_OK;
+    }
+    if (n == 0)
+        write_msg(msg, msg_len, "no CUDA device visible");
+    *count = n;
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_create(int device, cyl_cuda_ctx** out, char* msg, size_t msg_len)
+{
+    if (out == NULL)
+        return CYL_CUDA_ERR_ARG;
+    *out = NULL;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        write_msg(msg, msg_len, "no CUDA device: %s",
+                  e != cudaSuccess ? cudaGetErrorString(e) : "none visible");
+        return CYL_CUDA_ERR_NO_DEVICE;
+    }
+    if (device < 0 || device >= n) {
+        write_msg(msg, msg_len, "device %d out of range: %d CUDA device(s) visible", device, n);
+        return CYL_CUDA_ERR_ARG;
+    }
+    cyl_cuda_ctx* ctx = (cyl_cuda_ctx*)calloc(1, sizeof(cyl_cuda_ctx));
+    if (ctx == NULL) {
+        write_msg(msg, msg_len, "out of host memory");
+        return CYL_CUDA_ERR_ARG;
+    }
+    ctx->device = device;
+    cyl_cuda_status st = CYL_CUDA_OK;
+    int pools = 0;
+    cublasStatus_t bs;
+    if ((e = cudaSetDevice(device)) != cudaSuccess)
+        goto cuda_error;
+    if ((e = cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device)) !=
+        cudaSuccess)
+        goto cuda_error;
+    ctx->async_alloc = pools != 0;
+    if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        goto cuda_error;
+    bs = cublasCreate(&ctx->blas);
+    if (bs == CUBLAS_STATUS_SUCCESS)
+        bs = cublasSetStream(ctx->blas, ctx->stream);
+    if (bs == CUBLAS_STATUS_SUCCESS)  // full FP32 unless the user opts into TF32
+        bs = cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        write_msg(msg, msg_len, "cuBLAS initialization failed: %s (%s)", cublasGetStatusName(bs),
+                  cublasGetStatusString(bs));
+        st = CYL_CUDA_ERR_CUBLAS;
+        goto fail;
+    }
+    *out = ctx;
+    return CYL_CUDA_OK;
+cuda_error:
+    (void)cudaGetLastError();
+    write_msg(msg, msg_len, "CUDA initialization failed on device %d: %s (%s)", device,
+              cudaGetErrorName(e), cudaGetErrorString(e));
+    st = CYL_CUDA_ERR_CUDA;
+fail:
+    if (ctx->blas)
+        cublasDestroy(ctx->blas);
+    if (ctx->stream)
+        cudaStreamDestroy(ctx->stream);
+    free(ctx);
+    return st;
+}
+
+void cyl_cuda_destroy(cyl_cuda_ctx* ctx)
+{
+    if (ctx == NULL)
+        return;
+    cudaSetDevice(ctx->device);
+    cudaStreamSynchronize(ctx->stream);
+    for (int k = 0; k < 2; ++k)
+        if (ctx->ones[k])
+            cudaFree(ctx->ones[k]);
+    cublasDestroy(ctx->blas);
+    cudaStreamDestroy(ctx->stream);
+    (void)cudaGetLastError();
+    free(ctx);
+}
+
+const char* cyl_cuda_last_error(const cyl_cuda_ctx* ctx)
+{
+    return ctx == NULL ? "no CUDA context" : ctx->msg;
+}
+
+cyl_cuda_status cyl_cuda_device_name(cyl_cuda_ctx* ctx, char* buf, size_t len)
+{
+    if (ctx == NULL || buf == NULL)
+        return CYL_CUDA_ERR_ARG;
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, ctx->device));
+    write_msg(buf, len, "%s (sm_%d%d)", prop.name, prop.major, prop.minor);
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_set_tf32(cyl_cuda_ctx* ctx, int enable)
+{
+    if (ctx == NULL)
+        return CYL_CUDA_ERR_ARG;
+    CKB(cublasSetMathMode(ctx->blas, enable ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_malloc(cyl_cuda_ctx* ctx, void** ptr, size_t bytes)
+{
+    if (ctx == NULL || ptr == NULL)
+        return CYL_CUDA_ERR_ARG;
+    *ptr = NULL;
+    if (bytes == 0)
+        return CYL_CUDA_OK;
+    CK(cudaSetDevice(ctx->device));
+    if (ctx->async_alloc)
+        CK(cudaMallocAsync(ptr, bytes, ctx->stream));
+    else
+        CK(cudaMalloc(ptr, bytes));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_free(cyl_cuda_ctx* ctx, void* ptr)
+{
+    if (ctx == NULL)
+        return CYL_CUDA_ERR_ARG;
+    if (ptr == NULL)
+        return CYL_CUDA_OK;
+    CK(cudaSetDevice(ctx->device));
+    if (ctx->async_alloc)
+        CK(cudaFreeAsync(ptr, ctx->stream));
+    else
+        CK(cudaFree(ptr));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_memset0(cyl_cuda_ctx* ctx, void* ptr, size_t bytes)
+{
+    if (ctx == NULL || (ptr == NULL && bytes))
+        return CYL_CUDA_ERR_ARG;
+    if (bytes)
+        CK(cudaMemsetAsync(ptr, 0, bytes, ctx->stream));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_h2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t bytes)
+{
+    if (ctx == NULL || ((dst == NULL || src == NULL) && bytes))
+        return CYL_CUDA_ERR_ARG;
+    if (bytes == 0)
+        return CYL_CUDA_OK;
+    CK(cudaSetDevice(ctx->device));
+    // from pageable memory this returns once `src` has been staged, so the caller may
+    // free or change it at once; the copy itself is ordered on the stream
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_d2h(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t bytes)
+{
+    if (ctx == NULL || ((dst == NULL || src == NULL) && bytes))
+        return CYL_CUDA_ERR_ARG;
+    CK(cudaSetDevice(ctx->device));
+    if (bytes)
+        CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
+    CK(cudaStreamSynchronize(ctx->stream));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_d2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t bytes)
+{
+    if (ctx == NULL || ((dst == NULL || src == NULL) && bytes))
+        return CYL_CUDA_ERR_ARG;
+    if (bytes)
+        CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_synchronize(cyl_cuda_ctx* ctx)
+{
+    if (ctx == NULL)
+        return CYL_CUDA_ERR_ARG;
+    CK(cudaSetDevice(ctx->device));
+    CK(cudaStreamSynchronize(ctx->stream));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_lstm_forward_f32(
+    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const float* x,
+    const float* W, const float* U, const float* bias, const int64_t* lengths, int64_t max_len,
+    int reverse, float* y, float* h, float* c, float* G, float* C, float* Hp, float* Z,
+    int training)
+{
+    return lstm_forward<float>(ctx, B, T, I, H, x, W, U, bias, lengths, max_len, reverse, y,
+                               h, c, G, C, Hp, Z, training);
+}
+
+cyl_cuda_status cyl_cuda_lstm_forward_f64(
+    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const double* x,
+    const double* W, const double* U, const double* bias, const int64_t* lengths,
+    int64_t max_len, int reverse, double* y, double* h, double* c, double* G, double* C,
+    double* Hp, double* Z, int training)
+{
+    return lstm_forward<double>(ctx, B, T, I, H, x, W, U, bias, lengths, max_len, reverse, y,
+                                h, c, G, C, Hp, Z, training);
+}
+
+cyl_cuda_status cyl_cuda_lstm_backward_f32(
+    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const float* x,
+    const float* W, const float* U, const float* c0, const int64_t* lengths, int64_t max_len,
+    int reverse, float* G, const float* C, const float* Hp, const float* dy, float* dh,
+    float* dc, float* D, float* dHp, float* dx, float* dW, float* dU, float* db)
+{
+    return lstm_backward<float>(ctx, B, T, I, H, x, W, U, c0, lengths, max_len, reverse, G, C,
+                                Hp, dy, dh, dc, D, dHp, dx, dW, dU, db);
+}
+
+cyl_cuda_status cyl_cuda_lstm_backward_f64(
+    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const double* x,
+    const double* W, const double* U, const double* c0, const int64_t* lengths,
+    int64_t max_len, int reverse, double* G, const double* C, const double* Hp,
+    const double* dy, double* dh, double* dc, double* D, double* dHp, double* dx,
+    double* dW, double* dU, double* db)
+{
+    return lstm_backward<double>(ctx, B, T, I, H, x, W, U, c0, lengths, max_len, reverse, G,
+                                 C, Hp, dy, dh, dc, D, dHp, dx, dW, dU, db);
+}
+
+}  // extern "C"
