@@ -1,0 +1,197 @@
+"""A framework-neutral description of an imported model, and its assembly into cylstm.
+
+Every importer (PyTorch, Keras, ONNX) first converts the foreign model into a list of
+plain layer specs holding NumPy arrays already in cylstm's (Keras) layout:
+
+    kernel            (input_dim, 4 * units)   gates i, f, c, o
+    recurrent_kernel  (units, 4 * units)
+    bias              (4 * units,) or None
+
+and only then builds a :class:`cylstm.models.Sequential` through the public layer API
+(constructors + ``set_weights``).  Keeping the conversion pure makes it testable without
+the model classes and keeps all three importers honest about the same invariants.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["LSTMSpec", "BidirectionalSpec", "DenseSpec", "MaskingSpec", "DropoutSpec",
+           "build_sequential", "reorder_gates", "DENSE_ACTIVATIONS"]
+
+# Dense activations cylstm supports, by canonical Keras name.
+DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
+
+
+def reorder_gates(a, order, axis=0):
+    """Permute the four gate blocks of ``a`` along ``axis`` into cylstm's i, f, c, o.
+
+    Parameters
+    ----------
+    a : array whose ``axis`` has length ``4 * H``.
+    order : str of four letters naming the gate of each source block, e.g. ``"iofc"``
+        for ONNX or ``"ifgo"`` for PyTorch (``g`` and ``c`` are the same gate).
+    """
+    order = order.replace("g", "c")
+    if sorted(order) != sorted("ifco"):
+        raise ValueError(f"gate order must be a permutation of 'ifco'; got {order!r}")
+    n = a.shape[axis]
+    if n % 4:
+        raise ValueError(f"gate axis must have length 4*H; got {n}")
+    blocks = np.split(a, 4, axis=axis)
+    return np.concatenate([blocks[order.index(g)] for g in "ifco"], axis=axis)
+
+
+@dataclass
+class LSTMSpec:
+    """One unidirectional LSTM layer in Keras semantics.
+
+    ``go_backwards`` follows Keras: the layer reads the sequence from the end and, with
+    ``return_sequences``, returns its outputs in processing order (reversed time).
+    """
+
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    bias: object = None
+    return_sequences: bool = True
+    go_backwards: bool = False
+
+    @property
+    def units(self):
+        return self.recurrent_kernel.shape[0]
+
+    @property
+    def input_dim(self):
+        return self.kernel.shape[0]
+
+    def check(self, where):
+        """Refuse inconsistent shapes or non-finite values (a wrong model is worse than none)."""
+        H = self.recurrent_kernel.shape[0]
+        if self.recurrent_kernel.shape != (H, 4 * H):
+            raise ValueError(f"{where}: recurrent kernel must be (units, 4*units); got "
+                             f"{self.recurrent_kernel.shape}")
+        if self.kernel.ndim != 2 or self.kernel.shape[1] != 4 * H:
+            raise ValueError(f"{where}: kernel must be (input_dim, {4 * H}); got "
+                             f"{self.kernel.shape}")
+        if self.bias is not None and self.bias.shape != (4 * H,):
+            raise ValueError(f"{where}: bias must be ({4 * H},); got {self.bias.shape}")
+        for name, a in (("kernel", self.kernel), ("recurrent_kernel", self.recurrent_kernel),
+                        ("bias", self.bias)):
+            if a is not None and not np.all(np.isfinite(a)):
+                raise ValueError(f"{where}: {name} holds NaN or infinite values")
+
+
+@dataclass
+class BidirectionalSpec:
+    """A Keras ``Bidirectional`` wrapper: ``backward.go_backwards`` is True."""
+
+    forward: LSTMSpec
+    backward: LSTMSpec
+    merge_mode: str = "concat"
+
+    @property
+    def input_dim(self):
+        return self.forward.input_dim
+
+
+@dataclass
+class DenseSpec:
+    kernel: np.ndarray
+    bias: object = None
+    activation: str = "linear"
+
+    @property
+    def input_dim(self):
+        return self.kernel.shape[0]
+
+
+@dataclass
+class MaskingSpec:
+    mask_value: float = 0.0
+
+
+@dataclass
+class DropoutSpec:
+    rate: float = 0.0
+
+
+@dataclass
+class ModelSpec:
+    layers: list = field(default_factory=list)
+    input_dim: int = 0
+    dtype: object = np.float32
+
+
+def _cast(a, dtype):
+    return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+
+
+def _lstm_layer(spec, dtype, input_shape=None):
+    from cylstm.layers import LSTM
+
+    kw = {} if input_shape is None else {"input_shape": input_shape}
+    layer = LSTM(spec.units, use_bias=spec.bias is not None,
+                 return_sequences=spec.return_sequences, go_backwards=spec.go_backwards,
+                 dtype=dtype, **kw)
+    return layer
+
+
+def _lstm_weights(spec, dtype):
+    w = [_cast(spec.kernel, dtype), _cast(spec.recurrent_kernel, dtype)]
+    if spec.bias is not None:
+        w.append(_cast(spec.bias, dtype))
+    return w
+
+
+def build_sequential(model_spec, name=None):
+    """Assemble a cylstm ``Sequential`` from a :class:`ModelSpec`.
+
+    Layers are created through the public constructors, the model is built for inputs of
+    shape ``(batch, time, input_dim)``, and the weights are set with ``set_weights`` so
+    the model owns ordinary (flat, trainable) parameters.
+    """
+    from cylstm import layers as L
+    from cylstm.models import Sequential
+
+    dtype = np.dtype(model_spec.dtype)
+    if dtype not in (np.float32, np.float64):
+        dtype = np.dtype(np.float32)
+    input_shape = (None, int(model_spec.input_dim))
+    built = []
+    weights = []
+    for i, spec in enumerate(model_spec.layers):
+        shape = input_shape if i == 0 else None
+        kw = {} if shape is None else {"input_shape": shape}
+        if isinstance(spec, LSTMSpec):
+            spec.check(f"layer {i}")
+            built.append(_lstm_layer(spec, dtype, shape))
+            weights += _lstm_weights(spec, dtype)
+        elif isinstance(spec, BidirectionalSpec):
+            spec.forward.check(f"layer {i} (forward)")
+            spec.backward.check(f"layer {i} (backward)")
+            fwd = _lstm_layer(spec.forward, dtype)
+            bwd = _lstm_layer(spec.backward, dtype)
+            built.append(L.Bidirectional(fwd, merge_mode=spec.merge_mode, backward_layer=bwd,
+                                         **kw))
+            weights += _lstm_weights(spec.forward, dtype) + _lstm_weights(spec.backward, dtype)
+        elif isinstance(spec, DenseSpec):
+            if not np.all(np.isfinite(spec.kernel)) or (
+                    spec.bias is not None and not np.all(np.isfinite(spec.bias))):
+                raise ValueError(f"layer {i} (Dense): weights hold NaN or infinite values")
+            built.append(L.Dense(spec.kernel.shape[1], activation=spec.activation,
+                                 use_bias=spec.bias is not None, **kw))
+            weights.append(_cast(spec.kernel, dtype))
+            if spec.bias is not None:
+                weights.append(_cast(spec.bias, dtype))
+        elif isinstance(spec, MaskingSpec):
+            built.append(L.Masking(mask_value=spec.mask_value, **kw))
+        elif isinstance(spec, DropoutSpec):
+            built.append(L.Dropout(spec.rate))
+        else:  # pragma: no cover - importers only emit the specs above
+            raise TypeError(f"unknown layer spec {type(spec).__name__}")
+    if not built:
+        raise ValueError("the imported model has no layers")
+    model = Sequential(built, name=name)
+    if not model.built:
+        model.build((None, None, int(model_spec.input_dim)))
+    model.set_weights(weights)
+    return model
