@@ -1,0 +1,770 @@
+#!/usr/bin/env python
+"""cylstm against its peers, side by side, in one process: the benchmark to judge it by.
+
+    pip install .                    # then, from the repository root:
+    python bench/compare.py --quick  # under a minute
+    python bench/compare.py          # all workloads, threads 1 and 2: a few minutes on 2 cores
+
+Workloads (names for ``--only``; a case name or ``workload/case`` selects one case):
+
+    forward   full-sequence inference, shapes TxBxIxH: 100x32x10x50 (the Keras example),
+              100x32x128x256, 50x64x512x512, 25x16x1024x1024 and 25x1x512x512 (DeepBench),
+              150x1x256x256 and 200x1x64x128 (batch-1 sequences)
+    train     one training step on the first four shapes: forward + backward with the
+              gradients of x, W, U and b, for a fixed upstream gradient dL/dy
+    stream    per-step latency at batch 1 (median and p99), from bench/stream_bench.py
+    epoch     one epoch of the Keras example model (LSTM(50, return_sequences) -> LSTM(20)
+              -> Dense(1), Adam(0.001), MSE) on 2048 x 50 x 10 synthetic data, batch 32
+
+Implementations: cylstm; NumPy "naive" (per step ``x_t @ W + h @ U + b`` with fresh arrays)
+and "good" (the input projection of all steps as one GEMM, then one ``h @ U`` per step into a
+preallocated gate-major buffer, one tanh pass serving all gates); PyTorch ``nn.LSTM`` with its
+default oneDNN path and with oneDNN disabled; ONNX Runtime (an ONNX ``LSTM`` node, W/R/B
+initializers); Keras/TensorFlow when importable.  A peer that is not installed is listed as
+skipped, with the reason.  See bench/_impls.py for each implementation and the layouts used.
+
+Method
+------
+* Float32 everywhere.  One thread count for every library at a time (``--threads``, default
+  1 and 2): ``cylstm.set_num_threads``, ``torch.set_num_threads``, ONNX Runtime's
+  ``intra_op_num_threads``, threadpoolctl limits on NumPy's and SciPy's OpenBLAS; TensorFlow's
+  pools can be sized only once per process.
+* The sgemm rate (SciPy's sgemm on a 2048 cube, 1024 with ``--quick``) is measured at each
+  thread count; every row shows GFLOP/s and its percentage of that rate.  FLOPs counted:
+  2*T*B*(I+H)*4H for a forward pass, 3x that for a training step (forward, weight gradients,
+  input/hidden gradients); the epoch counts 3x the forward FLOPs of both LSTM layers.
+* Before timing, every implementation's result is compared with cylstm's (outputs; for
+  training dx, dW, dU, db; for the epoch the untrained models' predictions from the same
+  initial weights, and the final losses).  A disagreement beyond tolerance is reported, that
+  implementation is not timed, and the script exits with status 1.
+* The first call (setup, warm-up) is not timed, nor is a second warm-up call, which also
+  sizes a block: k calls back to back lasting about 20-50 ms.  Then ``--repeat`` rounds; each
+  round runs one block of every implementation, in an order rotated every round.  Before each
+  block the script pauses (``--pause``, 0.25 s; 0.02 s at one thread) so that the previous
+  library's spinning worker threads (OpenBLAS, OpenMP, ONNX Runtime) have gone to sleep and
+  every figure is the library's own.
+* Time shown: median over all timed calls, (min-max) of the per-block medians.  The speed-up
+  is the peer's median over cylstm's (> 1: cylstm is faster).  The epoch: median seconds per
+  epoch over epochs 2.. (epoch 1 is shown separately); epochs are interleaved like blocks.
+
+JSON (``--json PATH``), written after each workload and at the end::
+
+    schema        "cylstm-bench/1"
+    command, date (UTC ISO), quick, threads [int], repeat, pause_s, elapsed_s
+    machine       {cpu, cores, flags, platform, versions {lib: version or null,
+                   lib_missing: reason}, blas_pools [threadpoolctl entries], cylstm_config,
+                   cylstm_file, torch}
+    sgemm         {"<threads>": {n, gflops, best_gflops}}
+    results       [ {workload, case, threads, unit ("s"), flops (per call or epoch, or null),
+                     tolerance {atol, rtol}, outside_load_cores (CPU other processes used
+                     while this case was timed, in cores; null where unknown),
+                     rows [ {impl, status: "ok"|"skipped"|"mismatch"|"error", reason,
+                             median_s, min_s, max_s, n_calls, block_medians_s,
+                             gflops, pct_sgemm, max_abs_diff, max_rel_diff, speedup,
+                             (stream) p99_s, (epoch) first_epoch_s, epoch_losses,
+                             final_loss} ] } ]
+    skipped       [ {workload, case, threads, impl, reason} ]  (also in their rows)
+    mismatches    [ {workload, case, threads, impl, max_abs_diff, max_rel_diff, reason} ]
+    ok            true when nothing disagreed with cylstm and cylstm itself ran
+
+``--plot PATH`` writes a PNG of cylstm's speed-up over each peer (needs matplotlib).
+"""
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import _impls  # noqa: E402
+import _machine  # noqa: E402
+from _impls import Skip  # noqa: E402
+
+FORWARD_SHAPES = [(100, 32, 10, 50), (100, 32, 128, 256), (50, 64, 512, 512),
+                  (25, 16, 1024, 1024), (25, 1, 512, 512), (150, 1, 256, 256),
+                  (200, 1, 64, 128)]
+TRAIN_SHAPES = FORWARD_SHAPES[:4]
+QUICK_FORWARD = [(100, 32, 10, 50), (100, 32, 128, 256), (25, 1, 512, 512), (200, 1, 64, 128)]
+QUICK_TRAIN = [(100, 32, 10, 50), (100, 32, 128, 256)]
+EPOCH_CASE = "keras-example"
+WORKLOADS = ["forward", "train", "stream", "epoch"]
+TITLES = {
+    "forward": "forward inference, full sequences (TxBxIxH), float32",
+    "train": "training step: forward + backward, grads of x, W, U, b (TxBxIxH), float32",
+    "stream": "streaming at batch 1: latency per step",
+    "epoch": "one training epoch of the Keras example (2048x50x10, batch 32, Adam)",
+}
+TOL = {"forward": (1e-4, 1e-4), "train": (1e-4, 1e-3), "stream": (1e-4, 1e-4),
+       "epoch": (1e-4, 1e-4)}
+# An epoch's final loss may drift by float rounding between frameworks; more than this
+# relative difference from cylstm's means one of them does not train the same model.
+EPOCH_LOSS_RTOL = 0.10
+
+
+def case_name(shape):
+    return "x".join(str(v) for v in shape)
+
+
+def fwd_flops(T, B, I, H):
+    return 2.0 * T * B * (I + H) * 4 * H
+
+
+def log(msg="", end="\n"):
+    print(msg, end=end, flush=True)
+
+
+def import_cylstm():
+    """The installed cylstm, else the one in this checkout (in-place build)."""
+    try:
+        import cylstm
+    except ImportError:
+        sys.path.insert(1, os.path.dirname(HERE))
+        import cylstm
+    return cylstm
+
+
+# ---------------------------------------------------------------------------
+# Selection
+
+class Selection:
+    def __init__(self, only, quick):
+        self.tokens = [t.strip() for item in (only or []) for t in item.split(",") if t.strip()]
+        self.quick = quick
+
+    def cases(self, workload, all_cases, quick_cases):
+        """Cases of ``workload`` to run, in order."""
+        default = quick_cases if self.quick else all_cases
+        if not self.tokens:
+            return list(default)
+        out = []
+        for c in all_cases:
+            for tok in self.tokens:
+                if tok == workload and c in default or tok in (c, f"{workload}/{c}"):
+                    out.append(c)
+                    break
+        return out
+
+    def unmatched(self, known):
+        """Tokens that name no workload and no case (typos)."""
+        return [t for t in self.tokens if t not in known]
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+class Bench:
+    def __init__(self, args, cylstm, threads_ctl):
+        self.args = args
+        self.cylstm = cylstm
+        self.thr = threads_ctl
+        self.results = []
+        self.sgemm = {}
+
+    # -- helpers -------------------------------------------------------------
+    def pause(self, n):
+        gc.collect()
+        time.sleep(self.args.pause if n > 1 else min(self.args.pause, 0.02))
+
+    def new_result(self, workload, case, n, flops):
+        atol, rtol = TOL[workload]
+        res = {"workload": workload, "case": case, "threads": n, "unit": "s", "flops": flops,
+               "tolerance": {"atol": atol, "rtol": rtol}, "rows": []}
+        self.results.append(res)
+        return res
+
+    @staticmethod
+    def compare(got, ref, atol, rtol):
+        """(max abs diff, max diff relative to each array's magnitude, ok)."""
+        if len(got) != len(ref):
+            return math.inf, math.inf, False
+        mad, mrd, ok = 0.0, 0.0, True
+        for g, r in zip(got, ref):
+            g = np.asarray(g, dtype=np.float64)
+            r = np.asarray(r, dtype=np.float64)
+            if g.shape != r.shape:
+                return math.inf, math.inf, False
+            d = float(np.max(np.abs(g - r))) if r.size else 0.0
+            if not np.isfinite(d):
+                d = math.inf
+            scale = float(np.max(np.abs(r))) if r.size else 0.0
+            mad = max(mad, d)
+            mrd = max(mrd, d / max(scale, 1e-30))
+            ok &= d <= atol + rtol * scale
+        return mad, mrd, ok
+
+    def fill_speed(self, res, sgemm_gflops):
+        rows = res["rows"]
+        ref = next((r for r in rows if r["impl"] == "cylstm" and r["status"] == "ok"), None)
+        for r in rows:
+            if r["status"] != "ok" or r.get("median_s") is None:
+                continue
+            if res["flops"]:
+                r["gflops"] = res["flops"] / r["median_s"] / 1e9
+                r["pct_sgemm"] = 100.0 * r["gflops"] / sgemm_gflops if sgemm_gflops else None
+            if ref is not None and r is not ref:
+                r["speedup"] = r["median_s"] / ref["median_s"]
+
+    # -- forward / training step ------------------------------------------------
+    def run_calls(self, workload, case, n, flops, builders):
+        """Check then time a list of (label, builder) where builder() -> Impl."""
+        res = self.new_result(workload, case, n, flops)
+        atol, rtol = TOL[workload]
+        t_case = time.perf_counter()
+        log(f"  {workload} {case} threads={n}: ", end="")
+        active, ref_out = [], None
+        for label, build in builders:
+            row = {"impl": label, "status": "ok", "reason": None}
+            res["rows"].append(row)
+            try:
+                impl = build()
+                row["impl"] = impl.name
+                self.pause(n)
+                out = impl.result(impl.run())           # first call: setup + check
+                t0 = time.perf_counter()
+                impl.run()                               # warm-up, sizes the block
+                est = time.perf_counter() - t0
+            except Skip as e:
+                row.update(status="skipped", reason=str(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - a broken peer is a row, not a crash
+                row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+                continue
+            if label == "cylstm":
+                ref_out = out
+                row.update(max_abs_diff=0.0, max_rel_diff=0.0)
+            elif ref_out is None:
+                row.update(status="error", reason="no cylstm result to check against")
+                continue
+            else:
+                mad, mrd, ok = self.compare(out, ref_out, atol, rtol)
+                row.update(max_abs_diff=mad, max_rel_diff=mrd)
+                if not ok:
+                    row.update(status="mismatch",
+                               reason=f"differs from cylstm by {mad:.3g} (max abs), "
+                                      f"{mrd:.3g} relative; tolerance {atol:g} + {rtol:g}*max|ref|")
+                    continue
+            k = int(min(1000, max(1, math.ceil(self.args.block / max(est, 1e-7)))))
+            active.append((impl, row, k))
+            row["calls_per_block"] = k
+            del out
+        log("checked " + ", ".join(f"{r['impl']}: {r['status']}" for r in res["rows"]) +
+            "; timing", end="")
+        meter = _machine.LoadMeter().start()
+        blocks = {id(row): [] for _, row, _ in active}
+        for rnd in range(self.args.repeat):
+            s = rnd % max(1, len(active))
+            for impl, row, k in active[s:] + active[:s]:
+                self.pause(n)
+                ts = np.empty(k)
+                run = impl.run
+                for j in range(k):
+                    t0 = time.perf_counter()
+                    run()
+                    ts[j] = time.perf_counter() - t0
+                blocks[id(row)].append(ts)
+            log(".", end="")
+        for impl, row, k in active:
+            b = blocks[id(row)]
+            allt = np.concatenate(b)
+            meds = [float(np.median(x)) for x in b]
+            row.update(median_s=float(np.median(allt)), min_s=min(meds), max_s=max(meds),
+                       n_calls=int(allt.size), block_medians_s=meds)
+        self.fill_speed(res, self.sgemm.get(n, {}).get("gflops"))
+        self.end_case(res, meter, t_case)
+        return res
+
+    @staticmethod
+    def end_case(res, meter, t_case):
+        load = meter.stop()
+        res["outside_load_cores"] = load
+        note = ""
+        if load is not None and load > 0.2:
+            note = f" (other processes used {load:.1f} cores meanwhile: noisy)"
+        log(f" {time.perf_counter() - t_case:.1f} s{note}")
+
+    def forward(self, shape, n):
+        d = _impls.make_lstm_data(*shape, seed=0)
+        cy = self.cylstm
+        builders = [
+            ("cylstm", lambda: _impls.cylstm_forward(cy, d)),
+            ("numpy naive", lambda: _impls.numpy_naive_forward(d)),
+            ("numpy good", lambda: _impls.numpy_good_forward(d)),
+            ("torch (oneDNN)", lambda: _impls.torch_forward(d, onednn=True)),
+            ("torch (oneDNN off)", lambda: _impls.torch_forward(d, onednn=False)),
+            ("onnxruntime", lambda: _impls.ort_forward(d, n)),
+            ("keras/TF tf.function", lambda: _impls.keras_forward(d, n)),
+        ]
+        return self.run_calls("forward", case_name(shape), n, fwd_flops(*shape), builders)
+
+    def train(self, shape, n):
+        d = _impls.make_lstm_data(*shape, seed=0, train=True)
+        cy = self.cylstm
+        builders = [
+            ("cylstm", lambda: _impls.cylstm_train(cy, d)),
+            ("numpy", lambda: _impls.numpy_train(d)),
+            ("torch (oneDNN)", lambda: _impls.torch_train(d, onednn=True)),
+            ("torch (oneDNN off)", lambda: _impls.torch_train(d, onednn=False)),
+        ]
+        return self.run_calls("train", case_name(shape), n, 3 * fwd_flops(*shape), builders)
+
+    # -- streaming -----------------------------------------------------------------
+    def stream(self, n):
+        """Per-step latency at batch 1, measured by bench/stream_bench.py (helper module)."""
+        try:
+            import stream_bench
+            measure = stream_bench.measure_streaming
+        except (ImportError, AttributeError) as e:
+            res = self.new_result("stream", "all", n, None)
+            res["rows"].append({"impl": "all", "status": "skipped",
+                                "reason": "bench/stream_bench.py with measure_streaming() is "
+                                          f"not available ({type(e).__name__}: {e})"})
+            log(f"  stream threads={n}: skipped ({res['rows'][0]['reason']})")
+            return [res]
+        return measure(self, n)
+
+    # -- epoch ------------------------------------------------------------------------
+    def epoch(self, n):
+        a = self.args
+        x, y = _impls.make_epoch_data()
+        w = _impls.keras_initial_weights(F=x.shape[2])
+        res = self.new_result("epoch", EPOCH_CASE, n, float(_impls.epoch_flops()))
+        atol, rtol = TOL["epoch"]
+        t_case = time.perf_counter()
+        log(f"  epoch {EPOCH_CASE} threads={n}: ", end="")
+        cy = self.cylstm
+        builders = [
+            ("cylstm", lambda: _impls.cylstm_epoch(cy, x, y, w)),
+            ("torch (oneDNN)", lambda: _impls.torch_epoch(x, y, w, onednn=True)),
+            ("torch (oneDNN off)", lambda: _impls.torch_epoch(x, y, w, onednn=False)),
+            ("keras/TF fit", lambda: _impls.keras_epoch(x, y, w, n)),
+        ]
+        probe = x[:256]
+        active, ref_pred = [], None
+        for label, build in builders:
+            row = {"impl": label, "status": "ok", "reason": None}
+            res["rows"].append(row)
+            try:
+                impl = build()
+                pred = impl.predict(probe)
+            except Skip as e:
+                row.update(status="skipped", reason=str(e))
+                continue
+            except Exception as e:  # noqa: BLE001
+                row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+                continue
+            if label == "cylstm":
+                ref_pred = pred
+                row.update(max_abs_diff=0.0, max_rel_diff=0.0)
+            elif ref_pred is None:
+                row.update(status="error", reason="no cylstm model to check against")
+                continue
+            else:
+                mad, mrd, ok = self.compare((pred,), (ref_pred,), atol, rtol)
+                row.update(max_abs_diff=mad, max_rel_diff=mrd)
+                if not ok:
+                    row.update(status="mismatch",
+                               reason=f"predictions from the same initial weights differ from "
+                                      f"cylstm's by {mad:.3g}")
+                    continue
+            active.append((impl, row))
+        log("checked " + ", ".join(f"{r['impl']}: {r['status']}" for r in res["rows"]) +
+            "; epochs", end="")
+        meter = _machine.LoadMeter().start()
+        times = {id(row): [] for _, row in active}
+        losses = {id(row): [] for _, row in active}
+        for e in range(a.epochs):
+            s = e % max(1, len(active))
+            for impl, row in active[s:] + active[:s]:
+                self.pause(n)
+                try:
+                    t0 = time.perf_counter()
+                    loss = impl.epoch()
+                    times[id(row)].append(time.perf_counter() - t0)
+                    losses[id(row)].append(loss)
+                except Exception as err:  # noqa: BLE001
+                    row.update(status="error", reason=f"{type(err).__name__}: {err}"[:300])
+            active = [(i, r) for i, r in active if r["status"] == "ok"]
+            log(".", end="")
+        ref_loss = None
+        for impl, row in active:
+            t = times[id(row)]
+            later = t[1:] or t
+            row.update(median_s=float(np.median(later)), min_s=min(later), max_s=max(later),
+                       n_calls=len(later), block_medians_s=later, first_epoch_s=t[0],
+                       epoch_losses=losses[id(row)], final_loss=losses[id(row)][-1])
+            if row["impl"] == "cylstm":
+                ref_loss = row["final_loss"]
+        for impl, row in active:
+            if ref_loss is not None and row["impl"] != "cylstm":
+                rel = abs(row["final_loss"] - ref_loss) / max(abs(ref_loss), 1e-12)
+                row["final_loss_rel_diff"] = rel
+                if not np.isfinite(rel) or rel > EPOCH_LOSS_RTOL:
+                    row.update(status="mismatch",
+                               reason=f"final loss {row['final_loss']:.4g} vs cylstm's "
+                                      f"{ref_loss:.4g} from the same start ({rel:.0%} apart)")
+        self.fill_speed(res, self.sgemm.get(n, {}).get("gflops"))
+        self.end_case(res, meter, t_case)
+        return [res]
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+def fmt(v, digits=3):
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    if not np.isfinite(v):
+        return str(v)
+    return f"{v:.{digits}g}"
+
+
+def fmt_time(row, scale):
+    if row.get("median_s") is None:
+        return "-"
+    return (f"{fmt(row['median_s'] * scale)} ({fmt(row['min_s'] * scale)}-"
+            f"{fmt(row['max_s'] * scale)})")
+
+
+UNITS = {"forward": ("ms", 1e3), "train": ("ms", 1e3), "stream": ("us", 1e6),
+         "epoch": ("s", 1.0)}
+
+
+def print_table(workload, results):
+    unit, scale = UNITS[workload]
+    log(f"\n== {workload}: {TITLES[workload]} ==")
+    head = ["case", "thr", "impl", f"time {unit} median (min-max)"]
+    if workload == "stream":
+        head += [f"p99 {unit}"]
+    if workload == "epoch":
+        head += ["1st epoch s", "final loss"]
+    head += ["GFLOP/s", "% sgemm", "max|diff|", "cylstm speed-up"]
+    lines = []
+    for res in results:
+        for r in res["rows"]:
+            status = r["status"]
+            noisy = (res.get("outside_load_cores") or 0) > 0.2
+            line = [res["case"] + ("*" if noisy else ""), str(res["threads"]), r["impl"]]
+            if status == "ok":
+                line.append(fmt_time(r, scale))
+            else:
+                line.append(status.upper() + (": " + r["reason"] if r.get("reason") else ""))
+            if workload == "stream":
+                line.append(fmt(r["p99_s"] * scale) if r.get("p99_s") is not None else "-")
+            if workload == "epoch":
+                line += [fmt(r.get("first_epoch_s")), fmt(r.get("final_loss"), 4)]
+            line += [fmt(r.get("gflops")), fmt(r.get("pct_sgemm"), 2),
+                     fmt(r.get("max_abs_diff"), 2),
+                     (f"{r['speedup']:.2f}x" if r.get("speedup") else "-")]
+            lines.append(line)
+    # long reasons (skipped/mismatch) span the remaining columns instead of widening them
+    widths = [len(h) for h in head]
+    for line in lines:
+        if len(line) == len(head):
+            for i, v in enumerate(line):
+                if i != 3 or not line[3][:1].isalpha():
+                    widths[i] = max(widths[i], len(v))
+    log("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for line in lines:
+        log("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    loads = [r.get("outside_load_cores") or 0 for r in results]
+    if max(loads, default=0) > 0.2:
+        log(f"  * other processes used more than 0.2 cores while this case ran (up to "
+            f"{max(loads):.1f}): treat its figures as noisy")
+
+
+def write_json(path, doc):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".bench-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def plot(path, results):
+    """PNG of cylstm's speed-up over each peer, one panel per workload."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log(f"--plot: matplotlib is not installed; no chart written ({path})")
+        return False
+    panels = []
+    for wl in WORKLOADS:
+        rs = [r for r in results if r["workload"] == wl]
+        peers = []
+        for r in rs:
+            for row in r["rows"]:
+                if row.get("speedup") and row["impl"] not in peers:
+                    peers.append(row["impl"])
+        if peers:
+            panels.append((wl, rs, peers))
+    if not panels:
+        log("--plot: no speed-ups to draw")
+        return False
+    heights = [max(2.0, 0.28 * len(rs) * (len(peers) + 1) + 1.2) for _, rs, peers in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (wl, rs, peers) in zip(axes[:, 0], panels):
+        labels = [f"{r['case']} t={r['threads']}" for r in rs]
+        bar_h = 0.8 / len(peers)
+        for j, p in enumerate(peers):
+            vals = []
+            for r in rs:
+                row = next((x for x in r["rows"] if x["impl"] == p), None)
+                vals.append(row.get("speedup") if row and row.get("speedup") else np.nan)
+            ys = np.arange(len(rs)) + j * bar_h
+            ax.barh(ys, vals, height=bar_h, label=p)
+        ax.set_yticks(np.arange(len(rs)) + 0.4 - bar_h / 2)
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{wl}: cylstm speed-up over each peer (>1 = cylstm faster)", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log(f"chart written to {path}")
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Main
+
+def machine_facts(cylstm, torch):
+    import io
+
+    buf = io.StringIO()
+    try:
+        cylstm.show_config(file=buf)
+    except Exception as e:  # noqa: BLE001
+        buf.write(f"show_config failed: {e}")
+    facts = {
+        "cpu": _machine.cpu_model(), "cores": _machine.available_cores(),
+        "flags": _machine.cpu_flags(), "platform": platform.platform(),
+        "versions": _machine.versions(), "blas_pools": _machine.blas_pools(),
+        "cylstm_config": buf.getvalue().strip().splitlines(),
+        "cylstm_file": os.path.dirname(getattr(cylstm, "__file__", "") or ""),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                           "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
+                if k in os.environ},
+    }
+    facts["versions"]["cylstm"] = getattr(cylstm, "__version__", "unknown")
+    if torch is not None:
+        facts["torch"] = _machine.torch_details(torch)
+    return facts
+
+
+def print_facts(m):
+    log(f"machine: {m['cpu']}, {m['cores']} cores available, {m['platform']}")
+    log(f"  SIMD: {' '.join(m['flags']) or 'unknown'}")
+    v = m["versions"]
+    have = [f"{k} {v[k]}" for k in v if not k.endswith("_missing") and v[k]]
+    log("  versions: " + ", ".join(have))
+    missing = [f"{k[:-8]} ({v[k]})" for k in v if k.endswith("_missing")]
+    if missing:
+        log("  not importable: " + "; ".join(missing))
+    for p in m["blas_pools"]:
+        if "note" in p:
+            log("  " + p["note"])
+        else:
+            log(f"  pool: {p['user_api']}/{p['internal_api']} {p['version'] or ''} "
+                f"kernel={p['kernel']} threading={p['threading']} threads={p['num_threads']} "
+                f"({p['file']})")
+    for line in m["cylstm_config"]:
+        log("  " + line.strip())
+    log(f"  cylstm from {m['cylstm_file']}")
+    if m.get("torch"):
+        log("  torch: " + "; ".join(m["torch"].get("build", [])))
+    if m["env"]:
+        log("  env: " + " ".join(f"{k}={val}" for k, val in m["env"].items()))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="Benchmark cylstm against NumPy, PyTorch, ONNX Runtime and Keras/TF "
+                    "(whichever are installed), in one process, same threads and data.")
+    p.add_argument("--quick", action="store_true",
+                   help="a run under a minute: fewer shapes, repeats and epochs")
+    p.add_argument("--threads", type=int, nargs="+", default=None, metavar="N",
+                   help="thread counts to run (default: 1 2)")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="workload (forward, train, stream, epoch), case (e.g. 100x32x10x50) "
+                        "or workload/case; repeatable or comma-separated")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="timed rounds per case (default 5; 3 with --quick)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="epochs per implementation in the epoch workload (default 5; 2 quick)")
+    p.add_argument("--pause", type=float, default=None, metavar="S",
+                   help="seconds to pause before each timed block (default 0.25; 0.15 quick; "
+                        "at most 0.02 at one thread, where no pool spins)")
+    p.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speed-ups")
+    p.add_argument("--list", action="store_true", help="list workloads and cases, then exit")
+    a = p.parse_args(argv)
+    a.threads = a.threads or [1, 2]
+    if any(t < 1 for t in a.threads):
+        p.error(f"--threads must be >= 1; got {a.threads}")
+    a.repeat = a.repeat if a.repeat is not None else (3 if a.quick else 5)
+    a.epochs = a.epochs if a.epochs is not None else (2 if a.quick else 5)
+    a.pause = a.pause if a.pause is not None else (0.15 if a.quick else 0.25)
+    if a.repeat < 1 or a.epochs < 1 or a.pause < 0:
+        p.error("--repeat and --epochs must be >= 1 and --pause >= 0")
+    a.block = 0.02 if a.quick else 0.05   # seconds per timed block, roughly
+    return a
+
+
+def stream_cases(quick):
+    try:
+        import stream_bench
+        return list(stream_bench.cases(quick))
+    except (ImportError, AttributeError):
+        return ["all"]
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    sel = Selection(a.only, a.quick)
+    fwd_all = [case_name(s) for s in FORWARD_SHAPES]
+    trn_all = [case_name(s) for s in TRAIN_SHAPES]
+    st_all = stream_cases(False)
+    plan = {
+        "forward": sel.cases("forward", fwd_all, [case_name(s) for s in QUICK_FORWARD]),
+        "train": sel.cases("train", trn_all, [case_name(s) for s in QUICK_TRAIN]),
+        "stream": sel.cases("stream", st_all, stream_cases(True)),
+        "epoch": sel.cases("epoch", [EPOCH_CASE], [EPOCH_CASE]),
+    }
+    known = set(WORKLOADS) | set(fwd_all) | set(st_all) | {EPOCH_CASE}
+    known |= {f"{w}/{c}" for w, cs in (("forward", fwd_all), ("train", trn_all),
+                                       ("stream", st_all), ("epoch", [EPOCH_CASE])) for c in cs}
+    if a.list:
+        for w in WORKLOADS:
+            allc = {"forward": fwd_all, "train": trn_all, "stream": st_all,
+                    "epoch": [EPOCH_CASE]}[w]
+            log(f"{w}: {' '.join(allc)}    ({TITLES[w]})")
+        return 0
+    bad = sel.unmatched(known)
+    if bad:
+        log(f"--only: unknown workload or case {bad}; see --list")
+        return 2
+    if not any(plan.values()):
+        log("--only selected nothing; see --list")
+        return 2
+
+    t_start = time.perf_counter()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    cylstm = import_cylstm()
+    try:
+        torch = _impls.import_torch()
+    except Skip:
+        torch = None
+    thr = _machine.Threads(cylstm, torch)
+    facts = machine_facts(cylstm, torch)
+    print_facts(facts)
+    cores = facts["cores"]
+    if max(a.threads) > cores:
+        log(f"  note: --threads {max(a.threads)} exceeds the {cores} cores available; "
+            "those figures measure oversubscription")
+
+    bench = Bench(a, cylstm, thr)
+    n_sg = 1024 if a.quick else 2048
+    for n in a.threads:
+        thr.set(n)
+        bench.sgemm[n] = _machine.sgemm_rate(n_sg)
+        log(f"  sgemm rate (SciPy, {n_sg}^3, threads={n}): "
+            f"{bench.sgemm[n]['gflops']:.1f} GFLOP/s (best {bench.sgemm[n]['best_gflops']:.1f})")
+    log(f"method: float32; {a.repeat} interleaved rounds; {a.pause:g} s pause before each "
+        "block; time = median (min-max of block medians); speed-up = peer / cylstm")
+
+    doc = {"schema": "cylstm-bench/1", "command": " ".join([sys.executable] + sys.argv),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "quick": a.quick, "threads": a.threads, "repeat": a.repeat, "epochs": a.epochs,
+           "pause_s": a.pause, "machine": facts,
+           "sgemm": {str(k): v for k, v in bench.sgemm.items()}, "results": bench.results}
+
+    def dump():
+        if a.json:
+            doc["elapsed_s"] = time.perf_counter() - t_start
+            doc.update(summarize(bench.results))
+            write_json(a.json, doc)
+
+    for wl in WORKLOADS:
+        cases = plan[wl]
+        if not cases:
+            continue
+        log(f"\n[{wl}] {TITLES[wl]}")
+        first = len(bench.results)
+        for case in cases:
+            for n in a.threads:
+                thr.set(n)
+                if wl == "forward":
+                    bench.forward(tuple(int(v) for v in case.split("x")), n)
+                elif wl == "train":
+                    bench.train(tuple(int(v) for v in case.split("x")), n)
+                elif wl == "epoch":
+                    bench.epoch(n)
+        if wl == "stream":
+            for n in a.threads:
+                thr.set(n)
+                bench.stream(n)
+        print_table(wl, bench.results[first:])
+        dump()
+
+    summ = summarize(bench.results)
+    doc.update(summ)
+    dump()
+    if a.plot:
+        plot(a.plot, bench.results)
+    log(f"\ndone in {time.perf_counter() - t_start:.1f} s")
+    for s in summ["skipped"]:
+        log(f"  skipped: {s['workload']} {s['case']} t={s['threads']} {s['impl']}: "
+            f"{s['reason']}")
+    if not summ["ok"]:
+        for m in summ["mismatches"]:
+            log(f"  MISMATCH: {m['workload']} {m['case']} t={m['threads']} {m['impl']}: "
+                f"{m['reason']}")
+        log("FAILED: some implementation disagrees with cylstm beyond tolerance (or cylstm "
+            "failed); see above")
+        return 1
+    return 0
+
+
+def summarize(results):
+    skipped, mismatches, ok = [], [], True
+    seen_skip = set()
+    for res in results:
+        for r in res["rows"]:
+            key = (res["workload"], r["impl"], r.get("reason"))
+            if r["status"] == "skipped" and key not in seen_skip:
+                seen_skip.add(key)
+                skipped.append({"workload": res["workload"], "case": res["case"],
+                                "threads": res["threads"], "impl": r["impl"],
+                                "reason": r["reason"]})
+            if r["status"] == "mismatch" or (r["impl"] == "cylstm" and r["status"] == "error"):
+                ok = False
+                mismatches.append({"workload": res["workload"], "case": res["case"],
+                                   "threads": res["threads"], "impl": r["impl"],
+                                   "max_abs_diff": r.get("max_abs_diff"),
+                                   "max_rel_diff": r.get("max_rel_diff"),
+                                   "reason": r["reason"]})
+    return {"skipped": skipped, "mismatches": mismatches, "ok": ok}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Smoke test of bench/compare.py: it runs, checks, and writes the JSON it documents.
+
+No timing is asserted; only that the benchmark works end to end on one small case.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "compare.py")
+
+
+def _run(args, timeout=120):
+    env = dict(os.environ)
+    # the checkout's in-place build when cylstm is not installed
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("OMP_NUM_THREADS", None)
+    return subprocess.run([sys.executable, SCRIPT] + args, capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def _load_compare():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_compare", SCRIPT)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.pop(0)
+
+
+def test_quick_forward_case_writes_documented_json(tmp_path):
+    out = tmp_path / "bench.json"
+    png = tmp_path / "bench.png"
+    p = _run(["--quick", "--only", "forward/100x32x10x50", "--threads", "1", "--repeat", "1",
+              "--json", str(out), "--plot", str(png)])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "sgemm rate" in p.stdout and "== forward" in p.stdout
+    doc = json.loads(out.read_text())
+    for key in ("schema", "command", "date", "quick", "threads", "repeat", "machine", "sgemm",
+                "results", "skipped", "mismatches", "ok", "elapsed_s"):
+        assert key in doc, key
+    assert doc["schema"] == "cylstm-bench/1"
+    assert doc["ok"] is True and doc["mismatches"] == []
+    assert doc["threads"] == [1] and doc["quick"] is True
+    m = doc["machine"]
+    assert m["cores"] >= 1 and m["versions"]["numpy"] == np.__version__
+    assert "cylstm" in m["versions"] and isinstance(m["blas_pools"], list)
+    assert doc["sgemm"]["1"]["gflops"] > 0 and doc["sgemm"]["1"]["n"] == 1024
+
+    assert len(doc["results"]) == 1
+    res = doc["results"][0]
+    assert (res["workload"], res["case"], res["threads"]) == ("forward", "100x32x10x50", 1)
+    assert res["flops"] == 2 * 100 * 32 * (10 + 50) * 4 * 50
+    rows = {r["impl"]: r for r in res["rows"]}
+    assert {"cylstm", "numpy naive", "numpy good"} <= set(rows)
+    for r in rows.values():
+        assert r["status"] in ("ok", "skipped", "error"), r
+        if r["status"] == "ok":
+            assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+            assert r["n_calls"] >= 1 and r["gflops"] > 0 and r["pct_sgemm"] > 0
+            assert 0 <= r["max_abs_diff"] < 1e-4
+            if r["impl"] != "cylstm":
+                assert r["speedup"] > 0
+        else:
+            assert r["reason"]
+    assert rows["cylstm"]["status"] == "ok" and rows["numpy good"]["status"] == "ok"
+    # a peer that is missing is listed as skipped, with the reason
+    for r in rows.values():
+        if r["status"] == "skipped":
+            assert any(s["impl"] == r["impl"] for s in doc["skipped"])
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_only_is_refused():
+    p = _run(["--only", "no-such-workload"], timeout=60)
+    assert p.returncode == 2
+    assert "no-such-workload" in p.stdout
+
+
+def test_list_names_every_workload():
+    p = _run(["--list"], timeout=60)
+    assert p.returncode == 0
+    for w in ("forward", "train", "stream", "epoch", "25x16x1024x1024"):
+        assert w in p.stdout
+
+
+def test_compare_flags_disagreement():
+    mod = _load_compare()
+    ref = (np.array([1.0, -2.0], np.float32),)
+    mad, mrd, ok = mod.Bench.compare((ref[0] + 1e-6,), ref, 1e-4, 1e-4)
+    assert ok and mad == pytest.approx(1e-6, rel=0.1)
+    mad, mrd, ok = mod.Bench.compare((ref[0] * 1.01,), ref, 1e-4, 1e-4)
+    assert not ok and mad == pytest.approx(0.02, rel=1e-3) and mrd == pytest.approx(0.01, 1e-3)
+    assert not mod.Bench.compare((np.array([np.nan, 0.0]),), ref, 1e-4, 1e-4)[2]
+    assert not mod.Bench.compare((np.zeros(3),), ref, 1e-4, 1e-4)[2]  # shape differs
