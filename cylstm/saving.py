@@ -1,0 +1,240 @@
+"""Safe model files: NumPy arrays plus a JSON config in one ``.npz``.
+
+Layout of a file written by :func:`save_model`:
+
+``__cylstm__``
+    uint8 array holding UTF-8 JSON: ``{"format": "cylstm.model", "version": 1,
+    "model": <Sequential.get_config()>, "compile": {...} or null,
+    "n_weights": N, "weight_names": [...], "optimizer_state": [keys]}``
+``weight_00000`` ... ``weight_{N-1}``
+    the weights in ``model.get_weights()`` order
+``optimizer/<key>``
+    ``optimizer.get_state()`` (slots and iterations), so training resumes
+
+Files are read with ``np.load(allow_pickle=False)`` and configs may only
+name cylstm's own classes, so loading an untrusted file never runs code.
+Writes go to a temporary file in the same directory that is then renamed
+over the target (``os.replace``), so a crash mid-save leaves the previous
+file intact.
+"""
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+
+import numpy as np
+
+__all__ = ["save_model", "load_model", "save_weights", "load_weights"]
+
+_META = "__cylstm__"
+_VERSION = 1
+
+
+def _encode(meta):
+    return np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+
+
+def _atomic_savez(filepath, arrays, overwrite):
+    path = os.fspath(filepath)
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{path} exists and overwrite=False")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _read(filepath):
+    """(meta dict, {name: array}) of a cylstm file; ValueError if it is not one."""
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("not an .npz archive")
+            if _META not in z.files:
+                raise ValueError(f"no {_META!r} entry")
+            raw = z[_META]
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise ValueError(f"{_META!r} entry is not a uint8 byte array")
+            meta = json.loads(raw.tobytes().decode("utf-8"))
+            arrays = {k: z[k] for k in z.files if k != _META}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError,
+            AttributeError) as e:
+        raise ValueError(f"{path!r} is not a valid cylstm file (corrupt or another format): "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("cylstm."):
+        raise ValueError(f"{path!r} is not a cylstm file (unknown format "
+                         f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
+    if meta.get("version", 0) > _VERSION:
+        raise ValueError(f"{path!r} was written by a newer cylstm (format version "
+                         f"{meta['version']}; this one reads {_VERSION})")
+    return meta, arrays
+
+
+def _weight_names(model):
+    return [f"{o.name}/{n}" for o, n in model._param_items()]
+
+
+def _weights_list(meta, arrays, path):
+    try:
+        n = int(meta["n_weights"])
+        return [arrays[f"weight_{i:05d}"] for i in range(n)]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path!r} is corrupt: missing weight arrays ({e})") from e
+
+
+def _compile_config(model):
+    if not model.compiled:
+        return None
+    from cylstm import losses
+
+    opt = model.optimizer
+    try:
+        opt_cfg = {"class_name": type(opt).__name__, "config": opt.get_config()}
+        json.dumps(opt_cfg)
+    except (TypeError, ValueError):
+        warnings.warn("the optimizer's config (e.g. a learning-rate schedule) cannot be saved as "
+                      "JSON; the file is saved without compile settings")
+        return None
+    if isinstance(model.loss, str):
+        loss_cfg = model.loss
+    else:
+        try:
+            loss_cfg = losses.serialize(model._loss_fn)
+            json.dumps(loss_cfg)
+        except (TypeError, ValueError):
+            warnings.warn(f"loss {model.loss!r} cannot be saved; the file is saved without "
+                          "compile settings")
+            return None
+    metrics = []
+    for mid, fn in zip(model._metric_ids, model._metric_fns):
+        metrics.append(mid if isinstance(mid, str) else fn.name)
+    return {"optimizer": opt_cfg, "loss": loss_cfg, "metrics": metrics}
+
+
+def save_model(model, filepath, overwrite=True, include_optimizer=True):
+    """Write ``model`` (architecture, weights, compile settings, optimizer state).
+
+    Parameters
+    ----------
+    model : cylstm.models.Sequential
+    filepath : str or path-like
+        Written exactly as given (any extension; ``.npz`` content).
+    overwrite : bool
+    include_optimizer : bool
+        Also save the optimizer state, so ``fit`` continues where it stopped.
+    """
+    model._require_built("save")
+    arrays = {}
+    for i, w in enumerate(model.get_weights()):
+        arrays[f"weight_{i:05d}"] = w
+    comp = _compile_config(model)
+    state_keys = []
+    if comp is not None and include_optimizer:
+        for k, v in model.optimizer.get_state().items():
+            arrays["optimizer/" + k] = np.asarray(v)
+            state_keys.append(k)
+    meta = {"format": "cylstm.model", "version": _VERSION, "model": model.get_config(),
+            "compile": comp, "n_weights": len(model.get_weights()),
+            "weight_names": _weight_names(model), "optimizer_state": state_keys}
+    arrays[_META] = _encode(meta)
+    _atomic_savez(filepath, arrays, overwrite)
+
+
+def _optimizer_from_config(cfg):
+    from cylstm import optimizers
+
+    cls_name = cfg.get("class_name") if isinstance(cfg, dict) else None
+    cls = getattr(optimizers, cls_name, None) if isinstance(cls_name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, optimizers.Optimizer)):
+        raise ValueError(f"unknown optimizer class {cls_name!r}")
+    return cls.from_config(dict(cfg.get("config", {})))
+
+
+def load_model(filepath, compile=True):
+    """Read a model written by :func:`save_model`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is corrupt, not a cylstm model, or names unknown classes.
+    """
+    from cylstm import losses
+    from cylstm.models import Sequential
+
+    path = os.fspath(filepath)
+    meta, arrays = _read(path)
+    if meta.get("format") != "cylstm.model":
+        raise ValueError(f"{path!r} holds {meta.get('format')!r}, not a model; use "
+                         "model.load_weights for weights files")
+    try:
+        model = Sequential.from_config(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path!r} has an invalid model config: {e}") from e
+    if not model.built:
+        raise ValueError(f"{path!r} holds an unbuilt model (no input shape); nothing to load")
+    try:
+        model.set_weights(_weights_list(meta, arrays, path))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path!r} does not match its own config: {e}") from e
+    comp = meta.get("compile")
+    if compile and comp:
+        try:
+            opt = _optimizer_from_config(comp["optimizer"])
+            loss = comp["loss"]
+            if isinstance(loss, dict):
+                loss = losses.deserialize(loss)
+            model.compile(optimizer=opt, loss=loss, metrics=comp.get("metrics") or None)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path!r} has invalid compile settings: {e}") from e
+        keys = meta.get("optimizer_state") or []
+        if keys:
+            try:
+                state = {k: arrays["optimizer/" + k] for k in keys}
+                model.optimizer.set_state(state)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path!r} has an invalid optimizer state: {e}") from e
+    return model
+
+
+def save_weights(model, filepath, overwrite=True):
+    """Write only the weights (with their names and shapes, for checking on load)."""
+    model._require_built("save_weights")
+    ws = model.get_weights()
+    arrays = {f"weight_{i:05d}": w for i, w in enumerate(ws)}
+    meta = {"format": "cylstm.weights", "version": _VERSION, "n_weights": len(ws),
+            "weight_names": _weight_names(model),
+            "shapes": [list(w.shape) for w in ws]}
+    arrays[_META] = _encode(meta)
+    _atomic_savez(filepath, arrays, overwrite)
+
+
+def load_weights(model, filepath):
+    """Set ``model``'s weights from a file of :func:`save_weights` or :func:`save_model`."""
+    path = os.fspath(filepath)
+    meta, arrays = _read(path)
+    ws = _weights_list(meta, arrays, path)
+    model._require_built("load_weights")
+    n_model = len(model._param_items())
+    if len(ws) != n_model:
+        raise ValueError(f"{path!r} holds {len(ws)} weight arrays; model {model.name!r} has "
+                         f"{n_model}")
+    model.set_weights(ws)
