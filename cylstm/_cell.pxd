@@ -36,6 +36,22 @@ cdef extern from "cylstm_math.h" nogil:
     double cyl_sigmoid(double x) noexcept
     double cyl_tanh(double x) noexcept
 
+cdef extern from "cylstm_cell.h" nogil:
+    # The loops live in C (include/cylstm_cell.h) so that they vectorize and
+    # get per-ISA clones; these declarations are their only doorway.
+    void cyl_cell_forward_f32(Py_ssize_t H, const float* za, const float* zb,
+                              const float* bias, const float* c_prev, float* gates,
+                              float* c_out, float* h_out) noexcept
+    void cyl_cell_forward_f64(Py_ssize_t H, const double* za, const double* zb,
+                              const double* bias, const double* c_prev, double* gates,
+                              double* c_out, double* h_out) noexcept
+    void cyl_cell_backward_f32(Py_ssize_t H, const float* gates, const float* c,
+                               const float* c_prev, const float* dh, float* dc,
+                               float* dz) noexcept
+    void cyl_cell_backward_f64(Py_ssize_t H, const double* gates, const double* c,
+                               const double* c_prev, const double* dh, double* dc,
+                               double* dz) noexcept
+
 
 cdef inline floating sigmoid(floating x) noexcept nogil:
     if floating is float:
@@ -62,42 +78,10 @@ cdef inline void cell_forward(Py_ssize_t H, const floating* za,
     before it is written), the new cell to ``c_out`` (H; may alias ``c_prev``)
     and the new hidden state to ``h_out`` (H).
     """
-    cdef Py_ssize_t j
-    cdef floating zi, zf, zg, zo, gi, gf, gg, go, c
-    if zb == NULL:
-        for j in range(H):
-            zi = za[j] + bias[j]
-            zf = za[H + j] + bias[H + j]
-            zg = za[2 * H + j] + bias[2 * H + j]
-            zo = za[3 * H + j] + bias[3 * H + j]
-            gi = sigmoid(zi)
-            gf = sigmoid(zf)
-            gg = tanh_(zg)
-            go = sigmoid(zo)
-            c = gf * c_prev[j] + gi * gg
-            gates[j] = gi
-            gates[H + j] = gf
-            gates[2 * H + j] = gg
-            gates[3 * H + j] = go
-            c_out[j] = c
-            h_out[j] = go * tanh_(c)
+    if floating is float:
+        cyl_cell_forward_f32(H, za, zb, bias, c_prev, gates, c_out, h_out)
     else:
-        for j in range(H):
-            zi = za[j] + zb[j] + bias[j]
-            zf = za[H + j] + zb[H + j] + bias[H + j]
-            zg = za[2 * H + j] + zb[2 * H + j] + bias[2 * H + j]
-            zo = za[3 * H + j] + zb[3 * H + j] + bias[3 * H + j]
-            gi = sigmoid(zi)
-            gf = sigmoid(zf)
-            gg = tanh_(zg)
-            go = sigmoid(zo)
-            c = gf * c_prev[j] + gi * gg
-            gates[j] = gi
-            gates[H + j] = gf
-            gates[2 * H + j] = gg
-            gates[3 * H + j] = go
-            c_out[j] = c
-            h_out[j] = go * tanh_(c)
+        cyl_cell_forward_f64(H, za, zb, bias, c_prev, gates, c_out, h_out)
 
 
 cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
@@ -111,18 +95,7 @@ cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
     ``dc`` holds dL/dc from the next step on entry and dL/dc_prev on exit.
     Writes dL/dz to ``dz`` (4H; may alias ``gates``).
     """
-    cdef Py_ssize_t j
-    cdef floating gi, gf, gg, go, tc, dcj, dhj
-    for j in range(H):
-        gi = gates[j]
-        gf = gates[H + j]
-        gg = gates[2 * H + j]
-        go = gates[3 * H + j]
-        dhj = dh[j]
-        tc = tanh_(c[j])                                   # (B1)
-        dcj = dc[j] + dhj * go * (1 - tc * tc)             # (B3)
-        dz[j] = dcj * gg * gi * (1 - gi)                   # (B4, B6) i
-        dz[H + j] = dcj * c_prev[j] * gf * (1 - gf)        # f
-        dz[2 * H + j] = dcj * gi * (1 - gg * gg)           # g
-        dz[3 * H + j] = dhj * tc * go * (1 - go)           # (B2, B6) o
-        dc[j] = dcj * gf                                   # (B5)
+    if floating is float:
+        cyl_cell_backward_f32(H, gates, c, c_prev, dh, dc, dz)
+    else:
+        cyl_cell_backward_f64(H, gates, c, c_prev, dh, dc, dz)

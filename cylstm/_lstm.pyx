@@ -28,7 +28,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from cylstm._blas cimport gemm, matmul
+from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_backward
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
@@ -78,8 +78,8 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
             for j in range(b0 * H, b1 * H):
                 hm[j] = hs[j] * rmask[j]
         # Z[b0:b1] (nb, 4H) = h_prev (nb, H) @ U (H, 4H)
-        matmul(False, <int> nb, <int> H4, <int> H, 1, hsrc + b0 * H, <int> H,
-               U, <int> H4, 0, Z + b0 * H4, <int> H4)
+        gemm_tiled(False, <int> nb, <int> H4, <int> H, 1, hsrc + b0 * H, <int> H,
+                   U, <int> H4, 0, Z + b0 * H4, <int> H4)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s >= L:
@@ -143,8 +143,8 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                           G + row * H4)
             memcpy(D + b * H4, G + row * H4, H4 * sizeof(floating))
         # (B7) dh_prev (nb, H) = dz (nb, 4H) @ U^T, U stored (H, 4H)
-        matmul(True, <int> nb, <int> H, <int> H4, 1, D + b0 * H4, <int> H4,
-               U, <int> H4, 0, dHp + b0 * H, <int> H)
+        gemm_tiled(True, <int> nb, <int> H, <int> H4, 1, D + b0 * H4, <int> H4,
+                   U, <int> H4, 0, dHp + b0 * H, <int> H)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:

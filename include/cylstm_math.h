@@ -35,11 +35,11 @@ CYL_INLINE float cyl_expf(float v)
     /* clamp so that 2^k stays a normal float and nothing overflows */
     v = v < -87.0f ? -87.0f : v;
     v = v > 88.0f ? 88.0f : v;
-    /* k = round(v / ln2), r = v - k ln2 with ln2 split in two (Cody-Waite) */
-    float kf = v * 1.44269504088896341f;
-    kf = kf + (kf >= 0.0f ? 0.5f : -0.5f);
-    int32_t k = (int32_t)kf;            /* truncation after +-0.5: round half away */
-    float kk = (float)k;
+    /* k = round(v / ln2), r = v - k ln2 with ln2 split in two (Cody-Waite).
+     * Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without
+     * a branch or a libm call (|v / ln2| < 2^22 after the clamp). */
+    float kk = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    int32_t k = (int32_t)kk;
     float r = v - kk * 0.693145751953125f;
     r = r - kk * 1.42860682030941723212e-6f;
     /* exp(r) on |r| <= ln2/2 + eps: Taylor to degree 7, truncation < 6e-9 */
