@@ -129,10 +129,9 @@ def _lstm_layer(spec, dtype, input_shape=None):
     from cylstm.layers import LSTM
 
     kw = {} if input_shape is None else {"input_shape": input_shape}
-    layer = LSTM(spec.units, use_bias=spec.bias is not None,
-                 return_sequences=spec.return_sequences, go_backwards=spec.go_backwards,
-                 dtype=dtype, **kw)
-    return layer
+    return LSTM(spec.units, use_bias=spec.bias is not None,
+                return_sequences=spec.return_sequences, go_backwards=spec.go_backwards,
+                dtype=dtype.name, **kw)
 
 
 def _lstm_weights(spec, dtype):
@@ -160,7 +159,9 @@ def build_sequential(model_spec, name=None):
     weights = []
     for i, spec in enumerate(model_spec.layers):
         shape = input_shape if i == 0 else None
-        kw = {} if shape is None else {"input_shape": shape}
+        kw = {"dtype": dtype.name}
+        if shape is not None:
+            kw["input_shape"] = shape
         if isinstance(spec, LSTMSpec):
             spec.check(f"layer {i}")
             built.append(_lstm_layer(spec, dtype, shape))
@@ -185,7 +186,7 @@ def build_sequential(model_spec, name=None):
         elif isinstance(spec, MaskingSpec):
             built.append(L.Masking(mask_value=spec.mask_value, **kw))
         elif isinstance(spec, DropoutSpec):
-            built.append(L.Dropout(spec.rate))
+            built.append(L.Dropout(spec.rate, **kw))
         else:  # pragma: no cover - importers only emit the specs above
             raise TypeError(f"unknown layer spec {type(spec).__name__}")
     if not built:
