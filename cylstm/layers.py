@@ -655,19 +655,23 @@ def _as_index(x, name):
     raise TypeError(f"Embedding {name!r} needs integer indices; got dtype {a.dtype}")
 
 
-_RECURRENT_MASK = None
+_RECURRENT_MASK = None  # (forward takes recurrent_mask, backward takes it too)
 
 
-def _recurrent_mask_supported():
+def _recurrent_mask_support():
     global _RECURRENT_MASK
     if _RECURRENT_MASK is None:
         try:
-            params = inspect.signature(_F.lstm_forward).parameters
-            bparams = inspect.signature(_F.lstm_backward).parameters
-            _RECURRENT_MASK = "recurrent_mask" in params and "recurrent_mask" in bparams
+            fwd = "recurrent_mask" in inspect.signature(_F.lstm_forward).parameters
+            bwd = "recurrent_mask" in inspect.signature(_F.lstm_backward).parameters
         except (TypeError, ValueError):
-            _RECURRENT_MASK = False
+            fwd = bwd = False
+        _RECURRENT_MASK = (fwd, bwd)
     return _RECURRENT_MASK
+
+
+def _recurrent_mask_supported():
+    return _recurrent_mask_support()[0]
 
 
 class LSTM(Layer):
@@ -966,6 +970,8 @@ class LSTM(Layer):
     def _backward(self, dy, need_input_grad=True, grad_h=None, grad_c=None):
         fcache, dmask, kw, info, flip = self._cache
         self._cache = None
+        if kw and not _recurrent_mask_support()[1]:
+            kw = {}  # the forward's cache carries the recurrent mask
         need_dx = need_input_grad
         if info is None:
             if self.return_sequences and (self.go_backwards != flip):
