@@ -54,6 +54,7 @@ class LSTMSpec:
     bias: object = None
     return_sequences: bool = True
     go_backwards: bool = False
+    options: dict = field(default_factory=dict)  # extra LSTM(...) arguments (dropout, ...)
 
     @property
     def units(self):
@@ -131,7 +132,7 @@ def _lstm_layer(spec, dtype, input_shape=None):
     kw = {} if input_shape is None else {"input_shape": input_shape}
     return LSTM(spec.units, use_bias=spec.bias is not None,
                 return_sequences=spec.return_sequences, go_backwards=spec.go_backwards,
-                dtype=dtype.name, **kw)
+                dtype=dtype.name, **spec.options, **kw)
 
 
 def _lstm_weights(spec, dtype):
