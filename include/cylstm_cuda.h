@@ -103,12 +103,17 @@ cyl_cuda_status cyl_cuda_synchronize(cyl_cuda_ctx* ctx);
  *   lengths (B,) int64  in, device, each in [1, T]; or NULL (all T)
  *   max_len             max(lengths) (T when lengths is NULL): the number of steps
  *   reverse             nonzero: go_backwards
+ *   rmask   (B, H)      in, or NULL: recurrent dropout as in Keras, one mask per
+ *                       sequence (already scaled by 1/(1-rate)); the recurrent GEMM
+ *                       reads h_prev * rmask, the carried state and y stay unmasked
+ *   hm      (B, H)      scratch for h * rmask (may be NULL when rmask is NULL)
  *   y       (B, T, H)   out, or NULL (not needed)
  *   h, c    (B, H)      in: initial state, out: final state (per sample, after its
  *                       last valid step)
  *   G       (B, T, 4H)  out: scratch; with `training` the activated gates
  *   C       (B, T, H)   out (training) or NULL
- *   Hp      (B, T, H)   out (training) or NULL
+ *   Hp      (B, T, H)   out (training) or NULL: the h_prev the recurrent GEMM read
+ *                       (masked under recurrent dropout)
  *   Z       (B, 4H)     scratch
  *   training            nonzero: C and Hp must be given; G keeps the gates
  *
@@ -119,19 +124,21 @@ cyl_cuda_status cyl_cuda_lstm_forward_f32(
     cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
     const float* x, const float* W, const float* U, const float* bias,
     const int64_t* lengths, int64_t max_len, int reverse,
-    float* y, float* h, float* c, float* G, float* C, float* Hp, float* Z,
+    const float* rmask, float* hm, float* y, float* h, float* c, float* G, float* C, float* Hp,
+    float* Z,
     int training);
 cyl_cuda_status cyl_cuda_lstm_forward_f64(
     cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
     const double* x, const double* W, const double* U, const double* bias,
     const int64_t* lengths, int64_t max_len, int reverse,
-    double* y, double* h, double* c, double* G, double* C, double* Hp, double* Z,
+    const double* rmask, double* hm, double* y, double* h, double* c, double* G, double* C,
+    double* Hp, double* Z,
     int training);
 
 /*
  * Backpropagation through time after a training forward.
  *
- *   x, W, U, lengths, max_len, reverse   as given to the forward
+ *   x, W, U, lengths, max_len, reverse, rmask   as given to the forward
  *   c0      (B, H)      in: the initial cell state of the forward
  *   G       (B, T, 4H)  in: the forward's activated gates; out: dL/dz (rows past a
  *                       sample's length are set to zero)
@@ -152,14 +159,14 @@ cyl_cuda_status cyl_cuda_lstm_forward_f64(
 cyl_cuda_status cyl_cuda_lstm_backward_f32(
     cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
     const float* x, const float* W, const float* U, const float* c0,
-    const int64_t* lengths, int64_t max_len, int reverse,
+    const int64_t* lengths, int64_t max_len, int reverse, const float* rmask,
     float* G, const float* C, const float* Hp, const float* dy,
     float* dh, float* dc, float* D, float* dHp,
     float* dx, float* dW, float* dU, float* db);
 cyl_cuda_status cyl_cuda_lstm_backward_f64(
     cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
     const double* x, const double* W, const double* U, const double* c0,
-    const int64_t* lengths, int64_t max_len, int reverse,
+    const int64_t* lengths, int64_t max_len, int reverse, const double* rmask,
     double* G, const double* C, const double* Hp, const double* dy,
     double* dh, double* dc, double* D, double* dHp,
     double* dx, double* dW, double* dU, double* db);

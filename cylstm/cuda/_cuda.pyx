@@ -35,32 +35,37 @@ cdef extern from "cylstm_cuda.h" nogil:
         cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
         const float* x, const float* W, const float* U, const float* bias,
         const int64_t* lengths, int64_t max_len, int reverse,
-        float* y, float* h, float* c, float* G, float* C, float* Hp, float* Z,
+        const float* rmask, float* hm, float* y, float* h, float* c, float* G, float* C,
+        float* Hp, float* Z,
         int training)
     cyl_cuda_status cyl_cuda_lstm_forward_f64(
         cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
         const double* x, const double* W, const double* U, const double* bias,
         const int64_t* lengths, int64_t max_len, int reverse,
-        double* y, double* h, double* c, double* G, double* C, double* Hp, double* Z,
+        const double* rmask, double* hm, double* y, double* h, double* c, double* G, double* C,
+        double* Hp, double* Z,
         int training)
     cyl_cuda_status cyl_cuda_lstm_backward_f32(
         cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
         const float* x, const float* W, const float* U, const float* c0,
-        const int64_t* lengths, int64_t max_len, int reverse,
+        const int64_t* lengths, int64_t max_len, int reverse, const float* rmask,
         float* G, const float* C, const float* Hp, const float* dy,
         float* dh, float* dc, float* D, float* dHp,
         float* dx, float* dW, float* dU, float* db)
     cyl_cuda_status cyl_cuda_lstm_backward_f64(
         cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
         const double* x, const double* W, const double* U, const double* c0,
-        const int64_t* lengths, int64_t max_len, int reverse,
+        const int64_t* lengths, int64_t max_len, int reverse, const double* rmask,
         double* G, const double* C, const double* Hp, const double* dy,
         double* dh, double* dc, double* D, double* dHp,
         double* dx, double* dW, double* dU, double* db)
 
 
-class CudaError(RuntimeError):
-    """A CUDA runtime or cuBLAS call of the backend failed (the message says which)."""
+try:  # one exception class for the whole backend
+    from cylstm.cuda import CudaError
+except ImportError:  # built and loaded outside the package (tests of the build)
+    class CudaError(RuntimeError):
+        """A CUDA runtime or cuBLAS call of the backend failed (the message says which)."""
 
 
 _STATUS = {1: "CUDA error", 2: "cuBLAS error", 3: "invalid argument", 4: "no CUDA device"}
@@ -260,8 +265,9 @@ cdef int _want(DeviceArray a, str name, tuple shape, object dtype,
 
 
 def forward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArray bias,
-            DeviceArray lengths, int64_t max_len, bint reverse, DeviceArray y,
-            DeviceArray h, DeviceArray c, DeviceArray G, DeviceArray C, DeviceArray Hp,
+            DeviceArray lengths, int64_t max_len, bint reverse, DeviceArray rmask,
+            DeviceArray hm, DeviceArray y, DeviceArray h, DeviceArray c, DeviceArray G,
+            DeviceArray C, DeviceArray Hp,
             DeviceArray Z, bint training):
     """Run cyl_cuda_lstm_forward_{f32,f64}; see include/cylstm_cuda.h."""
     cdef int64_t B, T, I, H
@@ -279,6 +285,8 @@ def forward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArra
     _want(U, "U", (H, 4 * H), dt)
     _want(bias, "bias", (4 * H,), dt)
     _want(lengths, "lengths", (B,), np.dtype(np.int64), True)
+    _want(rmask, "rmask", (B, H), dt, True)
+    _want(hm, "hm", (B, H), dt, rmask is None)
     _want(y, "y", (B, T, H), dt, True)
     _want(h, "h", (B, H), dt)
     _want(c, "c", (B, H), dt)
@@ -292,6 +300,8 @@ def forward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArra
     cdef void* pW = _p(W)
     cdef void* pU = _p(U)
     cdef void* pb = _p(bias)
+    cdef void* prm = _p(rmask)
+    cdef void* phm = _p(hm)
     cdef void* py = _p(y)
     cdef void* ph = _p(h)
     cdef void* pc = _p(c)
@@ -303,20 +313,21 @@ def forward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArra
         if f32:
             st = cyl_cuda_lstm_forward_f32(
                 cx, B, T, I, H, <const float*> px, <const float*> pW, <const float*> pU,
-                <const float*> pb, lp, max_len, reverse, <float*> py, <float*> ph,
-                <float*> pc, <float*> pG, <float*> pC, <float*> pHp, <float*> pZ, training)
+                <const float*> pb, lp, max_len, reverse, <const float*> prm, <float*> phm,
+                <float*> py, <float*> ph, <float*> pc, <float*> pG, <float*> pC, <float*> pHp,
+                <float*> pZ, training)
         else:
             st = cyl_cuda_lstm_forward_f64(
                 cx, B, T, I, H, <const double*> px, <const double*> pW, <const double*> pU,
-                <const double*> pb, lp, max_len, reverse, <double*> py, <double*> ph,
-                <double*> pc, <double*> pG, <double*> pC, <double*> pHp, <double*> pZ,
-                training)
+                <const double*> pb, lp, max_len, reverse, <const double*> prm, <double*> phm,
+                <double*> py, <double*> ph, <double*> pc, <double*> pG, <double*> pC,
+                <double*> pHp, <double*> pZ, training)
     ctx.check(st, "lstm forward")
 
 
 def backward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArray c0,
-             DeviceArray lengths, int64_t max_len, bint reverse, DeviceArray G,
-             DeviceArray C, DeviceArray Hp, DeviceArray dy, DeviceArray dh,
+             DeviceArray lengths, int64_t max_len, bint reverse, DeviceArray rmask,
+             DeviceArray G, DeviceArray C, DeviceArray Hp, DeviceArray dy, DeviceArray dh,
              DeviceArray dc, DeviceArray D, DeviceArray dHp, DeviceArray dx,
              DeviceArray dW, DeviceArray dU, DeviceArray db):
     """Run cyl_cuda_lstm_backward_{f32,f64}; see include/cylstm_cuda.h."""
@@ -335,6 +346,7 @@ def backward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArr
     _want(U, "U", (H, 4 * H), dt)
     _want(c0, "c0", (B, H), dt)
     _want(lengths, "lengths", (B,), np.dtype(np.int64), True)
+    _want(rmask, "rmask", (B, H), dt, True)
     _want(G, "G", (B, T, 4 * H), dt)
     _want(C, "C", (B, T, H), dt)
     _want(Hp, "Hp", (B, T, H), dt)
@@ -353,6 +365,7 @@ def backward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArr
     cdef void* pW = _p(W)
     cdef void* pU = _p(U)
     cdef void* pc0 = _p(c0)
+    cdef void* prm = _p(rmask)
     cdef void* pG = _p(G)
     cdef void* pC = _p(C)
     cdef void* pHp = _p(Hp)
@@ -369,15 +382,17 @@ def backward(Context ctx, DeviceArray x, DeviceArray W, DeviceArray U, DeviceArr
         if f32:
             st = cyl_cuda_lstm_backward_f32(
                 cx, B, T, I, H, <const float*> px, <const float*> pW, <const float*> pU,
-                <const float*> pc0, lp, max_len, reverse, <float*> pG, <const float*> pC,
-                <const float*> pHp, <const float*> pdy, <float*> pdh, <float*> pdc,
+                <const float*> pc0, lp, max_len, reverse, <const float*> prm,
+                <float*> pG, <const float*> pC, <const float*> pHp, <const float*> pdy,
+                <float*> pdh, <float*> pdc,
                 <float*> pD, <float*> pdHp, <float*> pdx, <float*> pdW, <float*> pdU,
                 <float*> pdb)
         else:
             st = cyl_cuda_lstm_backward_f64(
                 cx, B, T, I, H, <const double*> px, <const double*> pW, <const double*> pU,
-                <const double*> pc0, lp, max_len, reverse, <double*> pG, <const double*> pC,
-                <const double*> pHp, <const double*> pdy, <double*> pdh, <double*> pdc,
+                <const double*> pc0, lp, max_len, reverse, <const double*> prm,
+                <double*> pG, <const double*> pC, <const double*> pHp, <const double*> pdy,
+                <double*> pdh, <double*> pdc,
                 <double*> pD, <double*> pdHp, <double*> pdx, <double*> pdW, <double*> pdU,
                 <double*> pdb)
     ctx.check(st, "lstm backward")

@@ -117,7 +117,9 @@ __global__ void fwd_step_kernel(int B, int T, int H, int s, int reverse,
                                 const int64_t* __restrict__ lengths, F* __restrict__ G,
                                 const F* __restrict__ Z, const F* __restrict__ bias,
                                 F* __restrict__ h, F* __restrict__ c, F* __restrict__ y,
-                                F* __restrict__ Cs, F* __restrict__ Hp, int store_gates)
+                                F* __restrict__ Cs, F* __restrict__ Hp,
+                                const F* __restrict__ rmask, F* __restrict__ hm,
+                                int store_gates)
 {
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (int64_t)B * H)
@@ -137,8 +139,8 @@ __global__ void fwd_step_kernel(int B, int T, int H, int s, int reverse,
     F go = dsigmoid(g[3 * H + j] + z[3 * H + j] + bias[3 * H + j]);
     F cn = gf * c[idx] + gi * gg;
     F hn = go * dtanh(cn);
-    if (Hp != NULL)
-        Hp[row * H + j] = h[idx];
+    if (Hp != NULL)  // what the recurrent GEMM read: h_prev, masked under recurrent dropout
+        Hp[row * H + j] = rmask != NULL ? hm[idx] : h[idx];
     if (store_gates) {
         g[j] = gi;
         g[H + j] = gf;
@@ -147,6 +149,8 @@ __global__ void fwd_step_kernel(int B, int T, int H, int s, int reverse,
     }
     c[idx] = cn;
     h[idx] = hn;
+    if (rmask != NULL)  // the next step's recurrent GEMM reads h * mask
+        hm[idx] = hn * rmask[idx];
     if (y != NULL)
         y[row * H + j] = hn;
     if (Cs != NULL)
@@ -163,8 +167,8 @@ __global__ void bwd_step_kernel(int B, int T, int H, int s, int reverse,
                                 const int64_t* __restrict__ lengths, F* __restrict__ G,
                                 const F* __restrict__ Cs, const F* __restrict__ c0,
                                 const F* __restrict__ dy, const F* __restrict__ dh_last,
-                                const F* __restrict__ dHp, F* __restrict__ dc,
-                                F* __restrict__ D)
+                                const F* __restrict__ dHp, const F* __restrict__ rmask,
+                                F* __restrict__ dc, F* __restrict__ D)
 {
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (int64_t)B * H)
@@ -182,7 +186,11 @@ __global__ void bwd_step_kernel(int B, int T, int H, int s, int reverse,
     }
     int t = reverse ? L - 1 - s : s;
     int64_t row = (int64_t)b * T + t;
-    F dhj = (s == L - 1) ? dh_last[idx] : dHp[idx];
+    F dhj;
+    if (s == L - 1)
+        dhj = dh_last[idx];
+    else  // recurrent dropout: h_prev reached the next step only through h_prev * mask
+        dhj = rmask != NULL ? dHp[idx] * rmask[idx] : dHp[idx];
     if (dy != NULL)
         dhj += dy[row * H + j];
     F cp;
@@ -225,6 +233,15 @@ __global__ void zero_padding_kernel(int B, int T, int H4, const int64_t* __restr
     int t = (int)(row - (int64_t)b * T);
     if (t >= (int)lengths[b])
         G[idx] = 0;
+}
+
+// out = a * m elementwise (the recurrent dropout mask); out may alias a
+template <typename F>
+__global__ void mul_kernel(int64_t n, const F* a, const F* __restrict__ m, F* out)
+{
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < n)
+        out[idx] = a[idx] * m[idx];
 }
 
 template <typename F>
@@ -329,8 +346,8 @@ template <typename F>
 static cyl_cuda_status lstm_forward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I,
                                     int64_t H, const F* x, const F* W, const F* U,
                                     const F* bias, const int64_t* lengths, int64_t max_len,
-                                    int reverse, F* y, F* h, F* c, F* G, F* C, F* Hp, F* Z,
-                                    int training)
+                                    int reverse, const F* rmask, F* hm, F* y, F* h, F* c,
+                                    F* G, F* C, F* Hp, F* Z, int training)
 {
     if (ctx == NULL)
         return CYL_CUDA_ERR_ARG;
@@ -341,18 +358,26 @@ static cyl_cuda_status lstm_forward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int
         return CYL_CUDA_OK;
     if (!x || !W || !U || !bias || !h || !c || !G || !Z)
         return arg_fail(ctx, "lstm_forward: x, W, U, bias, h, c, G, Z must not be NULL");
+    if (rmask != NULL && hm == NULL)
+        return arg_fail(ctx, "lstm_forward: a recurrent mask needs the hm scratch");
     CK(cudaSetDevice(ctx->device));
     const int64_t H4 = 4 * H;
     // G (B*T, 4H) = X (B*T, I) @ W (I, 4H): one GEMM for every step; bias joins in the cell
     CKS(rm_gemm<F>(ctx, false, false, B * T, H4, I, x, I, W, H4, (F)0, G, H4,
                    "cublas gemm G = X @ W"));
+    const F* hsrc = h;
+    if (rmask != NULL) {  // hm = h0 * mask; the step kernels keep it current
+        mul_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(B * H, h, rmask, hm);
+        CK_LAUNCH("mul_kernel");
+        hsrc = hm;
+    }
     for (int64_t s = 0; s < max_len; ++s) {
-        // Z (B, 4H) = h_prev (B, H) @ U (H, 4H)
-        CKS(rm_gemm<F>(ctx, false, false, B, H4, H, h, H, U, H4, (F)0, Z, H4,
+        // Z (B, 4H) = h_prev (B, H) @ U (H, 4H)   (h_prev * mask under recurrent dropout)
+        CKS(rm_gemm<F>(ctx, false, false, B, H4, H, hsrc, H, U, H4, (F)0, Z, H4,
                        "cublas gemm Z = h @ U"));
         fwd_step_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(
             (int)B, (int)T, (int)H, (int)s, reverse, lengths, G, Z, bias, h, c, y,
-            training ? C : (F*)NULL, training ? Hp : (F*)NULL, training);
+            training ? C : (F*)NULL, training ? Hp : (F*)NULL, rmask, hm, training);
         CK_LAUNCH("fwd_step_kernel");
     }
     return CYL_CUDA_OK;
@@ -362,8 +387,9 @@ template <typename F>
 static cyl_cuda_status lstm_backward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I,
                                      int64_t H, const F* x, const F* W, const F* U,
                                      const F* c0, const int64_t* lengths, int64_t max_len,
-                                     int reverse, F* G, const F* C, const F* Hp, const F* dy,
-                                     F* dh, F* dc, F* D, F* dHp, F* dx, F* dW, F* dU, F* db)
+                                     int reverse, const F* rmask, F* G, const F* C,
+                                     const F* Hp, const F* dy, F* dh, F* dc, F* D, F* dHp,
+                                     F* dx, F* dW, F* dU, F* db)
 {
     if (ctx == NULL)
         return CYL_CUDA_ERR_ARG;
@@ -388,16 +414,21 @@ static cyl_cuda_status lstm_backward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, in
     for (int64_t s = max_len - 1; s >= 0; --s) {
         // (B1)-(B6): dz over the gates and into D
         bwd_step_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(
-            (int)B, (int)T, (int)H, (int)s, reverse, lengths, G, C, c0, dy, dh, dHp, dc, D);
+            (int)B, (int)T, (int)H, (int)s, reverse, lengths, G, C, c0, dy, dh, dHp, rmask,
+            dc, D);
         CK_LAUNCH("bwd_step_kernel");
         // (B7) dh_prev (B, H) = dz (B, 4H) @ U^T, U stored (H, 4H)
         CKS(rm_gemm<F>(ctx, false, true, B, H, H4, D, H4, U, H4, (F)0, dHp, H,
                        "cublas gemm dh_prev = dz @ U^T"));
     }
-    // every sample is active at s = 0, so dHp now holds dL/dh0 for all of them
-    if (max_len > 0)
+    // every sample is active at s = 0, so dHp (times the mask) is dL/dh0 for all of them
+    if (max_len > 0 && rmask != NULL) {
+        mul_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(B * H, dHp, rmask, dh);
+        CK_LAUNCH("mul_kernel");
+    } else if (max_len > 0) {
         CK(cudaMemcpyAsync(dh, dHp, (size_t)(B * H) * sizeof(F), cudaMemcpyDeviceToDevice,
                            ctx->stream));
+    }
     // (B8) over all B*T rows (padding rows are zero in dz)
     // dW (I, 4H) = X^T (I, B*T) @ dz (B*T, 4H)
     CKS(rm_gemm<F>(ctx, true, false, I, H4, B * T, x, I, G, H4, (F)0, dW, H4,
@@ -623,45 +654,28 @@ cyl_cuda_status cyl_cuda_synchronize(cyl_cuda_ctx* ctx)
     return CYL_CUDA_OK;
 }
 
-cyl_cuda_status cyl_cuda_lstm_forward_f32(
-    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const float* x,
-    const float* W, const float* U, const float* bias, const int64_t* lengths, int64_t max_len,
-    int reverse, float* y, float* h, float* c, float* G, float* C, float* Hp, float* Z,
-    int training)
-{
-    return lstm_forward<float>(ctx, B, T, I, H, x, W, U, bias, lengths, max_len, reverse, y,
-                               h, c, G, C, Hp, Z, training);
-}
+#define CYL_DEFINE(SFX, F)                                                                \
+    cyl_cuda_status cyl_cuda_lstm_forward_##SFX(                                        \
+        cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const F* x,      \
+        const F* W, const F* U, const F* bias, const int64_t* lengths, int64_t max_len, \
+        int reverse, const F* rmask, F* hm, F* y, F* h, F* c, F* G, F* C, F* Hp, F* Z,  \
+        int training)                                                                   \
+    {                                                                                   \
+        return lstm_forward<F>(ctx, B, T, I, H, x, W, U, bias, lengths, max_len,        \
+                               reverse, rmask, hm, y, h, c, G, C, Hp, Z, training);     \
+    }                                                                                   \
+    cyl_cuda_status cyl_cuda_lstm_backward_##SFX(                                       \
+        cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const F* x,      \
+        const F* W, const F* U, const F* c0, const int64_t* lengths, int64_t max_len,   \
+        int reverse, const F* rmask, F* G, const F* C, const F* Hp, const F* dy, F* dh, \
+        F* dc, F* D, F* dHp, F* dx, F* dW, F* dU, F* db)                                \
+    {                                                                                   \
+        return lstm_backward<F>(ctx, B, T, I, H, x, W, U, c0, lengths, max_len,         \
+                                reverse, rmask, G, C, Hp, dy, dh, dc, D, dHp, dx, dW,   \
+                                dU, db);                                                \
+    }
 
-cyl_cuda_status cyl_cuda_lstm_forward_f64(
-    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const double* x,
-    const double* W, const double* U, const double* bias, const int64_t* lengths,
-    int64_t max_len, int reverse, double* y, double* h, double* c, double* G, double* C,
-    double* Hp, double* Z, int training)
-{
-    return lstm_forward<double>(ctx, B, T, I, H, x, W, U, bias, lengths, max_len, reverse, y,
-                                h, c, G, C, Hp, Z, training);
-}
-
-cyl_cuda_status cyl_cuda_lstm_backward_f32(
-    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const float* x,
-    const float* W, const float* U, const float* c0, const int64_t* lengths, int64_t max_len,
-    int reverse, float* G, const float* C, const float* Hp, const float* dy, float* dh,
-    float* dc, float* D, float* dHp, float* dx, float* dW, float* dU, float* db)
-{
-    return lstm_backward<float>(ctx, B, T, I, H, x, W, U, c0, lengths, max_len, reverse, G, C,
-                                Hp, dy, dh, dc, D, dHp, dx, dW, dU, db);
-}
-
-cyl_cuda_status cyl_cuda_lstm_backward_f64(
-    cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H, const double* x,
-    const double* W, const double* U, const double* c0, const int64_t* lengths,
-    int64_t max_len, int reverse, double* G, const double* C, const double* Hp,
-    const double* dy, double* dh, double* dc, double* D, double* dHp, double* dx,
-    double* dW, double* dU, double* db)
-{
-    return lstm_backward<double>(ctx, B, T, I, H, x, W, U, c0, lengths, max_len, reverse, G,
-                                 C, Hp, dy, dh, dc, D, dHp, dx, dW, dU, db);
-}
+CYL_DEFINE(f32, float)
+CYL_DEFINE(f64, double)
 
 }  // extern "C"

@@ -1,0 +1,244 @@
+"""The functional LSTM on a CUDA GPU: the API of :mod:`cylstm.functional`.
+
+``lstm_forward`` / ``lstm_backward`` take and return NumPy arrays exactly like their CPU
+counterparts (same arguments, same results, same validation and error messages), so a
+layer can dispatch to either.  Inside, the batch is copied to the device, the kernels of
+``include/cylstm_cuda.h`` run there (cuBLAS GEMMs + fused cell kernels), and the results
+are copied back.  The training cache stays on the device between the forward and the
+backward call.
+
+Weights stay resident: pass ``weights_version`` (any hashable value that changes
+whenever the weights change, e.g. from :func:`new_weights_version`) and the device copy
+of each weight array is reused while the version is unchanged.  Without it the weights
+are uploaded on every call (always correct, slower for large layers).
+
+Extra keyword arguments over the CPU API: ``weights_version`` and ``device`` (the CUDA
+device index).  ``num_threads`` is accepted and ignored.
+"""
+from collections import OrderedDict
+import itertools
+
+import numpy as np
+
+from cylstm.functional import (LSTMForward, LSTMGrads, _check_lengths, _weights_dtype,
+                               as_float_array)
+
+__all__ = ["lstm_forward", "lstm_backward", "new_weights_version"]
+
+MAX_CACHED_WEIGHTS = 64  # device copies kept (LRU); a model has 3 per LSTM layer
+
+_weights = OrderedDict()  # key -> (version, DeviceArray)
+_versions = itertools.count(1)
+
+
+def new_weights_version():
+    """A process-wide unique version number for :func:`lstm_forward`'s weight cache.
+
+    A model calls this after every change of its weights (optimizer step,
+    ``set_weights``, ``load_weights``) and passes the result as ``weights_version``.
+    """
+    return next(_versions)
+
+
+def _backend():
+    from cylstm import cuda
+
+    ext = cuda._require()
+    return cuda, ext
+
+
+def _device_weight(ext, ctx, name, original, host, version):
+    """Device copy of a weight array, reused while (array, version) is unchanged."""
+    if version is None or not isinstance(original, np.ndarray):
+        return ext.DeviceArray.from_host(ctx, host)
+    key = (ctx.device, name, original.__array_interface__["data"][0], original.shape,
+           original.strides, original.dtype.str, host.dtype.str)
+    hit = _weights.get(key)
+    if hit is not None and hit[0] == version:
+        _weights.move_to_end(key)
+        return hit[1]
+    dev = ext.DeviceArray.from_host(ctx, host)
+    _weights[key] = (version, dev)
+    _weights.move_to_end(key)
+    while len(_weights) > MAX_CACHED_WEIGHTS:
+        _weights.popitem(last=False)
+    return dev
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
+                 lengths=None, go_backwards=False, return_sequences=True,
+                 training=False, recurrent_mask=None, num_threads=None,
+                 weights_version=None, device=0):
+    """Run an LSTM over whole sequences on the GPU.
+
+    Same parameters and result as :func:`cylstm.functional.lstm_forward`, plus:
+
+    Parameters
+    ----------
+    weights_version : hashable or None
+        Reuse the device copies of ``kernel``, ``recurrent_kernel`` and ``bias`` made
+        under the same version (keyed by the arrays' memory, shape and dtype).  The
+        caller promises the arrays did not change while the version stayed the same.
+        None uploads them on every call.
+    device : int
+        CUDA device index.
+
+    Returns
+    -------
+    LSTMForward(output, h, c, cache): NumPy arrays; ``cache`` holds device buffers and
+    must go to :func:`cylstm.cuda.functional.lstm_backward` (not the CPU one).
+    """
+    cuda, ext = _backend()
+    dtype = _weights_dtype(kernel)
+    W = as_float_array("kernel", kernel, dtype, 2)
+    x = as_float_array("x", x, dtype)
+    if x.ndim != 3:
+        raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
+    B, T, I = x.shape
+    if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
+        raise ValueError(
+            f"kernel must have shape (input_dim={I}, 4*units); got {W.shape} for x of shape "
+            f"{x.shape}"
+        )
+    H = W.shape[1] // 4
+    U = as_float_array("recurrent_kernel", recurrent_kernel, dtype, 2)
+    if U.shape != (H, 4 * H):
+        raise ValueError(
+            f"recurrent_kernel must have shape ({H}, {4 * H}) for kernel of shape {W.shape}; "
+            f"got {U.shape}"
+        )
+    if bias is None:
+        b = np.zeros(4 * H, dtype)
+    else:
+        b = as_float_array("bias", bias, dtype, 1)
+        if b.shape != (4 * H,):
+            raise ValueError(f"bias must have shape ({4 * H},); got {b.shape}")
+    if T == 0:
+        raise ValueError(f"x has zero time steps (shape {x.shape}); an LSTM needs T >= 1")
+    if I == 0:
+        raise ValueError(f"x has zero features (shape {x.shape})")
+    lens = _check_lengths(lengths, B, T)
+    if initial_state is None:
+        hs = np.zeros((B, H), dtype)
+        cs = np.zeros((B, H), dtype)
+    else:
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+            raise TypeError("initial_state must be a pair (h0, c0)")
+        hs = as_float_array("h0", initial_state[0], dtype)
+        cs = as_float_array("c0", initial_state[1], dtype)
+        for name, a in (("h0", hs), ("c0", cs)):
+            if a.shape != (B, H):
+                raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
+    rmask = None
+    if recurrent_mask is not None:
+        rmask = as_float_array("recurrent_mask", recurrent_mask, dtype)
+        if rmask.shape != (B, H):
+            raise ValueError(
+                f"recurrent_mask must have shape (batch={B}, units={H}); got {rmask.shape}"
+            )
+    ctx = cuda.get_context(device)
+    DA = ext.DeviceArray
+    with cuda.context_lock(device):
+        dW = _device_weight(ext, ctx, "kernel", kernel, W, weights_version)
+        dU = _device_weight(ext, ctx, "recurrent_kernel", recurrent_kernel, U,
+                            weights_version)
+        db = _device_weight(ext, ctx, "bias", bias, b, weights_version if bias is not None
+                            else None)
+        dx = DA.from_host(ctx, x)
+        dlens = DA.from_host(ctx, lens) if lens is not None else None
+        max_len = int(lens.max()) if lens is not None else T
+        h = DA.from_host(ctx, hs)
+        c = DA.from_host(ctx, cs)
+        c0 = DA.from_host(ctx, cs) if training else None
+        dmask = DA.from_host(ctx, rmask) if rmask is not None else None
+        hm = DA.empty(ctx, (B, H), dtype) if rmask is not None else None
+        # rows past a sample's length are never written: zeros there, as on the CPU
+        # (Hp too: its padding rows meet zero rows of dz in the dU GEMM, and 0 * NaN
+        # from uninitialized memory would poison it)
+        alloc = DA.zeros if lens is not None else DA.empty
+        y = alloc(ctx, (B, T, H), dtype) if return_sequences else None
+        G = DA.empty(ctx, (B, T, 4 * H), dtype)
+        C = DA.empty(ctx, (B, T, H), dtype) if training else None
+        Hp = alloc(ctx, (B, T, H), dtype) if training else None
+        Z = DA.empty(ctx, (B, 4 * H), dtype)
+        ext.forward(ctx, dx, dW, dU, db, dlens, max_len, bool(go_backwards), dmask, hm, y,
+                    h, c, G, C, Hp, Z, bool(training))
+        del Z, hm
+        out = y.to_host() if return_sequences else None
+        h_host = h.to_host()
+        c_host = c.to_host()
+    if out is None:
+        out = h_host.copy()
+    cache = None
+    if training:
+        cache = {
+            "backend": "cuda", "device": int(device), "shape": (B, T, I, H),
+            "dtype": dtype, "x": dx, "W": dW, "U": dU, "c0": c0, "lengths": dlens,
+            "max_len": max_len, "reverse": bool(go_backwards), "G": G, "C": C, "Hp": Hp,
+            "rmask": dmask, "return_sequences": bool(return_sequences), "used": False,
+        }
+    return LSTMForward(out, h_host, c_host, cache)
+
+
+def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
+                  need_input_grad=True, recurrent_mask=None, num_threads=None):
+    """Backpropagate through a training-mode GPU :func:`lstm_forward`.
+
+    Same parameters and result as :func:`cylstm.functional.lstm_backward` (NumPy
+    gradients).  ``num_threads`` is ignored, and so is ``recurrent_mask``: the cache
+    carries the forward's mask.  The cache is consumed: its device buffers are freed.
+    """
+    if not isinstance(cache, dict) or cache.get("backend") != "cuda":
+        raise TypeError("cache must be the cache of cylstm.cuda.functional.lstm_forward("
+                        "..., training=True)")
+    if cache["used"]:
+        raise ValueError("this cache was already used by lstm_backward; run the forward again")
+    cuda, ext = _backend()
+    B, T, I, H = cache["shape"]
+    dtype = cache["dtype"]
+    dhs = np.zeros((B, H), dtype)
+    dcs = np.zeros((B, H), dtype)
+    dy_host = None
+    if grad_output is not None:
+        g = as_float_array("grad_output", grad_output, dtype)
+        if cache["return_sequences"]:
+            if g.shape != (B, T, H):
+                raise ValueError(f"grad_output must have shape {(B, T, H)}; got {g.shape}")
+            dy_host = g
+        else:
+            if g.shape != (B, H):
+                raise ValueError(f"grad_output must have shape {(B, H)}; got {g.shape}")
+            dhs += g
+    for name, g, dst in (("grad_h", grad_h, dhs), ("grad_c", grad_c, dcs)):
+        if g is not None:
+            g = as_float_array(name, g, dtype)
+            if g.shape != (B, H):
+                raise ValueError(f"{name} must have shape {(B, H)}; got {g.shape}")
+            dst += g
+    device = cache["device"]
+    ctx = cuda.get_context(device)
+    DA = ext.DeviceArray
+    cache["used"] = True
+    with cuda.context_lock(device):
+        dy = DA.from_host(ctx, dy_host) if dy_host is not None else None
+        dh = DA.from_host(ctx, dhs)
+        dc = DA.from_host(ctx, dcs)
+        D = DA.empty(ctx, (B, 4 * H), dtype)
+        dHp = DA.empty(ctx, (B, H), dtype)
+        dx = DA.empty(ctx, (B, T, I), dtype) if need_input_grad else None
+        dW = DA.empty(ctx, (I, 4 * H), dtype)
+        dU = DA.empty(ctx, (H, 4 * H), dtype)
+        db = DA.empty(ctx, (4 * H,), dtype)
+        try:
+            ext.backward(ctx, cache["x"], cache["W"], cache["U"], cache["c0"],
+                         cache["lengths"], cache["max_len"], cache["reverse"], cache["rmask"],
+                         cache["G"], cache["C"], cache["Hp"], dy, dh, dc, D, dHp, dx, dW, dU,
+                         db)
+        finally:
+            for k in ("x", "G", "C", "Hp", "c0"):
+                cache[k] = None  # free the activations (stream-ordered, after the kernels)
+        grads = LSTMGrads(
+            dx.to_host() if dx is not None else None, dW.to_host(), dU.to_host(),
+            db.to_host(), dh.to_host(), dc.to_host(),
+        )
+    return grads
