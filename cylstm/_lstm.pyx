@@ -99,7 +99,7 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
 cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          Py_ssize_t I, Py_ssize_t H,
                          const floating* x, const floating* W,
-                         const floating* U, const floating* c0,
+                         const floating* UT, const floating* c0,
                          const int64_t* lengths, bint reverse,
                          const floating* rmask,
                          floating* G, const floating* C, const floating* Hp,
@@ -142,9 +142,10 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
             cell_backward(H, G + row * H4, C + row * H, cp, dh, dcs + b * H,
                           G + row * H4)
             memcpy(D + b * H4, G + row * H4, H4 * sizeof(floating))
-        # (B7) dh_prev (nb, H) = dz (nb, 4H) @ U^T, U stored (H, 4H)
-        gemm_tiled(True, <int> nb, <int> H, <int> H4, 1, D + b0 * H4, <int> H4,
-                   U, <int> H4, 0, dHp + b0 * H, <int> H)
+        # (B7) dh_prev (nb, H) = dz (nb, 4H) @ UT (4H, H), UT = U^T made once
+        # (a transposed operand would be repacked by OpenBLAS on every tile)
+        gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, D + b0 * H4, <int> H4,
+                   UT, <int> H, 0, dHp + b0 * H, <int> H)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:
@@ -220,7 +221,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
 
 
 def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
-             const floating[:, ::1] U, const floating[:, ::1] c0,
+             const floating[:, ::1] UT, const floating[:, ::1] c0,
              const int64_t[::1] lengths, bint reverse,
              const floating[:, ::1] rmask,
              floating[:, :, ::1] G, const floating[:, :, ::1] C,
@@ -229,13 +230,14 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              floating[:, ::1] D, floating[:, ::1] dHp, floating[:, :, ::1] dx,
              floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
              floating[:, :, ::1] parts, int n_threads, int blas_threads):
-    """Run BPTT.  ``G`` holds the training forward's gates and is overwritten
+    """Run BPTT.  ``UT`` is the recurrent kernel transposed, (4H, H) C-contiguous.
+    ``G`` holds the training forward's gates and is overwritten
     with dL/dz.  ``dhs``/``dcs`` hold dL/dh_T, dL/dc_T on entry and dL/dh0,
     dL/dc0 on exit.  ``parts`` (n_threads - 1, I + H + 1, 4H) is scratch for
     the per-thread weight-gradient sums (None when n_threads == 1).
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = U.shape[0], H4 = 4 * H, n, k
+    cdef Py_ssize_t H = UT.shape[1], H4 = 4 * H, n, k
     cdef int nt = n_threads if n_threads < B else <int> B
     cdef int tid
     cdef const int64_t* lp = NULL if lengths is None else &lengths[0]
@@ -257,7 +259,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     with nogil:
         if nt == 1:
             _blas_threads(blas_threads)
-            _backward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &c0[0, 0],
+            _backward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &UT[0, 0], &c0[0, 0],
                            lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
                            &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
                            &dW[0, 0], &dU[0, 0], &db[0])
@@ -274,7 +276,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                     dUp = pp + I * H4
                     dbp = pp + (I + H) * H4
                 _backward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
-                               &x[0, 0, 0], &W[0, 0], &U[0, 0], &c0[0, 0],
+                               &x[0, 0, 0], &W[0, 0], &UT[0, 0], &c0[0, 0],
                                lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
                                &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
                                dWp, dUp, dbp)

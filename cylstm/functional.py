@@ -262,7 +262,8 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     dU = np.empty((H, 4 * H), dtype)
     db = np.empty(4 * H, dtype)
     parts = np.empty((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
-    _lstm.backward(x, W, U, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
+    UT = np.ascontiguousarray(U.T)
+    _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
                    parts, nt, n_total)
     for k in ("G", "C", "Hp"):
