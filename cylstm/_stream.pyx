@@ -1,0 +1,520 @@
+# cython: language_level=3
+"""Streaming runner kernels: one call per time step for a whole LSTM/Dense stack.
+
+One step of the whole stack is one call into ``_step``: every LSTM layer
+computes, panel by panel (see include/cylstm_stream.h),
+
+    z[panel] (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)   (kernel)
+    c, h[panel]     = cell_forward(hb, z, bias[panel], c_prev[panel])
+
+and every Dense layer y = act(x @ kernel + bias), panel by panel.  Panels are
+split across the OpenMP team (one barrier after each layer, because the next
+layer reads all of this one's output), or run on the calling thread.
+
+Buffers: h is double-buffered per LSTM layer (panels read the whole h_prev
+while others write h_new); ``par`` says which half is the current state.  The
+c of a panel is updated in place (cell_forward allows c_out == c_prev).
+
+Nothing here allocates: the runner (``Core``) owns every buffer, the packed
+weights belong to a ``cylstm.stream._Pack`` shared by all runners of a model.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport parallel, threadid
+from libc.math cimport exp
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from cylstm._blas cimport gemm
+from cylstm._cell cimport cell_forward, sigmoid, tanh_
+
+cnp.import_array()
+
+cdef extern from "cylstm_stream.h" nogil:
+    void cyl_stream_panel_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
+                              const float* a0, Py_ssize_t ka, Py_ssize_t lda,
+                              const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                              float* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_panel_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
+                              const double* a0, Py_ssize_t ka, Py_ssize_t lda,
+                              const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                              double* z0, Py_ssize_t ldz) noexcept
+    int cyl_stream_cpu_level() noexcept
+    const char* CYL_STREAM_CLONES_NAME
+    void cyl_stream_barrier() noexcept
+    int CYL_STREAM_VLF
+    int CYL_STREAM_VLD
+
+cdef extern from "cylstm_math.h" nogil:
+    float cyl_expf(float x) noexcept
+
+ctypedef void (*set_threads_fn)(int) noexcept nogil
+
+cdef set_threads_fn _blas_set_threads = NULL
+
+# Widest panel (elements) the local arrays hold: 4 gates x 16 float32 units,
+# or 4 x 8 float64 units; Dense panels are as wide.
+cdef enum:
+    MAXW = 64
+
+cdef enum:
+    KIND_LSTM = 0
+    KIND_DENSE = 1
+
+cdef enum:
+    ACT_LINEAR = 0
+    ACT_RELU = 1
+    ACT_TANH = 2
+    ACT_SIGMOID = 3
+    ACT_SOFTMAX = 4
+
+ACTIVATIONS = {"linear": ACT_LINEAR, "relu": ACT_RELU, "tanh": ACT_TANH,
+               "sigmoid": ACT_SIGMOID, "softmax": ACT_SOFTMAX}
+VECTOR_FLOATS = CYL_STREAM_VLF
+VECTOR_DOUBLES = CYL_STREAM_VLD
+KERNEL_BUILD = CYL_STREAM_CLONES_NAME.decode()
+
+
+cdef struct LayerC:
+    int kind
+    int act
+    Py_ssize_t n_in        # I (LSTM) or input width (Dense)
+    Py_ssize_t n_out       # H (LSTM) or units (Dense)
+    Py_ssize_t K           # rows of the packed matrix: I + H (LSTM), n_in (Dense)
+    Py_ssize_t span        # hidden units (LSTM) or columns (Dense) per full panel
+    Py_ssize_t n_panels
+    const void* P          # packed weights, shared by every runner of the model
+    const void* bias       # LSTM: panel-ordered (4H,); Dense: (units,)
+    void* h0               # LSTM: state h, half 0; Dense: the output (B, units)
+    void* h1               # LSTM: state h, half 1; Dense: == h0
+    void* c                # LSTM: cell state (B, H)
+
+
+cdef struct Ctx:
+    Py_ssize_t B
+    int n_layers
+    int n_threads
+    int use_blas
+    int blas_threads
+    int par                # which half of each LSTM's h is the current state
+    LayerC* L
+    const void* x          # this step's input (B, n_in)
+    void* out              # where the final output goes (B, n_out of the last layer)
+    void* scratch          # BLAS path: n_threads x (B, MAXW)
+
+
+def _set_blas_thread_setter(size_t address):
+    """Install ``openblas_set_num_threads`` of SciPy's BLAS (0 to disable)."""
+    global _blas_set_threads
+    _blas_set_threads = <set_threads_fn> address
+
+
+def cpu_level():
+    """The kernel clone this CPU runs: 2 AVX-512, 1 AVX2 + FMA, 0 baseline."""
+    return cyl_stream_cpu_level()
+
+
+cdef inline void _blas_threads(int n) noexcept nogil:
+    if _blas_set_threads != NULL:
+        _blas_set_threads(n)
+
+
+cdef inline void _kernel(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
+                         const floating* a, Py_ssize_t ka, Py_ssize_t lda,
+                         const floating* b, Py_ssize_t kb, Py_ssize_t ldb,
+                         floating* z, Py_ssize_t ldz) noexcept nogil:
+    if floating is float:
+        cyl_stream_panel_f32(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz)
+    else:
+        cyl_stream_panel_f64(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz)
+
+
+cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
+    """The layer's output after this step: the new h (the half not current)."""
+    if L.kind == KIND_LSTM:
+        return L.h0 if par == 1 else L.h1
+    return L.h0
+
+
+cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
+                       Py_ssize_t p1, floating* zs) noexcept nogil:
+    """Panels [p0, p1) of one LSTM layer for every row of the batch."""
+    cdef Py_ssize_t B = ctx.B, I = L.n_in, H = L.n_out, K = L.K, span = L.span
+    cdef Py_ssize_t p, r, j0, hb, w, wv, vl
+    cdef const floating* P
+    cdef const floating* Pp
+    cdef const floating* bp
+    cdef const floating* hprev = <const floating*> (L.h0 if ctx.par == 0 else L.h1)
+    cdef floating* hnew = <floating*> (L.h1 if ctx.par == 0 else L.h0)
+    cdef floating* c = <floating*> L.c
+    cdef const floating* z
+    cdef floating zl[MAXW]
+    cdef floating gl[MAXW]
+    if floating is float:
+        vl = CYL_STREAM_VLF
+    else:
+        vl = CYL_STREAM_VLD
+    P = <const floating*> L.P
+    for p in range(p0, p1):
+        j0 = p * span
+        hb = H - j0 if H - j0 < span else span
+        w = 4 * hb
+        Pp = P + p * K * 4 * span
+        bp = <const floating*> L.bias + p * 4 * span
+        if ctx.use_blas:
+            wv = (w // vl) * vl
+            # Zs[:, :wv] (B, wv) = X (B, I) @ M_main[:I] (I, wv) + Hp (B, H) @ M_main[I:]
+            gemm(False, False, <int> B, <int> wv, <int> I, 1, x, <int> I, Pp, <int> wv,
+                 0, zs, <int> w)
+            gemm(False, False, <int> B, <int> wv, <int> H, 1, hprev, <int> H,
+                 Pp + I * wv, <int> wv, 1, zs, <int> w)
+            # Zs[:, wv:w] (B, w - wv) = X @ T[:, :I]^T + Hp @ T[:, I:]^T, T (w - wv, K)
+            gemm(False, True, <int> B, <int> (w - wv), <int> I, 1, x, <int> I,
+                 Pp + K * wv, <int> K, 0, zs + wv, <int> w)
+            gemm(False, True, <int> B, <int> (w - wv), <int> H, 1, hprev, <int> H,
+                 Pp + K * wv + I, <int> K, 1, zs + wv, <int> w)
+        for r in range(B):
+            if ctx.use_blas:
+                z = zs + r * w
+            else:
+                # z (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)
+                _kernel(Pp, w, 1, x + r * I, I, I, hprev + r * H, H, H, zl, w)
+                z = zl
+            cell_forward(hb, z, NULL, bp, c + r * H + j0, gl, c + r * H + j0,
+                         hnew + r * H + j0)
+
+
+cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
+                        Py_ssize_t p1, floating* zs) noexcept nogil:
+    """Panels [p0, p1) of one Dense layer: y = act(x @ kernel + bias)."""
+    cdef Py_ssize_t B = ctx.B, K = L.K, U = L.n_out, span = L.span
+    cdef Py_ssize_t p, r, j, j0, w, wv, vl
+    cdef const floating* P = <const floating*> L.P
+    cdef const floating* Pp
+    cdef const floating* bias = <const floating*> L.bias
+    cdef floating* y = <floating*> L.h0
+    cdef const floating* z
+    cdef floating zl[MAXW]
+    cdef floating v
+    cdef int act = L.act
+    if floating is float:
+        vl = CYL_STREAM_VLF
+    else:
+        vl = CYL_STREAM_VLD
+    for p in range(p0, p1):
+        j0 = p * span
+        w = U - j0 if U - j0 < span else span
+        Pp = P + p * K * span
+        if ctx.use_blas:
+            wv = (w // vl) * vl
+            # Zs (B, wv) = X (B, K) @ M_main (K, wv); Zs[:, wv:] = X @ T^T, T (w - wv, K)
+            gemm(False, False, <int> B, <int> wv, <int> K, 1, x, <int> K, Pp, <int> wv,
+                 0, zs, <int> w)
+            gemm(False, True, <int> B, <int> (w - wv), <int> K, 1, x, <int> K,
+                 Pp + K * wv, <int> K, 0, zs + wv, <int> w)
+        for r in range(B):
+            if ctx.use_blas:
+                z = zs + r * w
+            else:
+                _kernel(Pp, w, 1, x + r * K, K, K, x + r * K, 0, 0, zl, w)
+                z = zl
+            for j in range(w):
+                v = z[j] + bias[j0 + j]
+                if act == ACT_RELU:
+                    v = v if v > 0 else 0
+                elif act == ACT_TANH:
+                    v = tanh_(v)
+                elif act == ACT_SIGMOID:
+                    v = sigmoid(v)
+                y[r * U + j0 + j] = v
+
+
+cdef void _softmax_rows(Py_ssize_t B, Py_ssize_t U, floating* y) noexcept nogil:
+    cdef Py_ssize_t r, j
+    cdef floating m, s
+    cdef floating* row
+    for r in range(B):
+        row = y + r * U
+        m = row[0]
+        for j in range(1, U):
+            m = row[j] if row[j] > m else m
+        s = 0
+        for j in range(U):
+            if floating is float:
+                row[j] = cyl_expf(row[j] - m)
+            else:
+                row[j] = exp(row[j] - m)
+            s = s + row[j]
+        s = 1 / s
+        for j in range(U):
+            row[j] = row[j] * s
+
+
+cdef void _run(Ctx* ctx, int tid, int nt, floating* zs) noexcept nogil:
+    """Thread ``tid`` of ``nt``: its share of every layer, a barrier after each."""
+    cdef int l
+    cdef LayerC* L
+    cdef const floating* x = <const floating*> ctx.x
+    cdef Py_ssize_t p0, p1
+    for l in range(ctx.n_layers):
+        L = &ctx.L[l]
+        p0 = (tid * L.n_panels) // nt
+        p1 = ((tid + 1) * L.n_panels) // nt
+        if L.kind == KIND_LSTM:
+            _lstm_panels(L, ctx, x, p0, p1, zs)
+        else:
+            _dense_panels(L, ctx, x, p0, p1, zs)
+        if nt > 1:
+            cyl_stream_barrier()
+        if L.kind == KIND_DENSE and L.act == ACT_SOFTMAX:
+            if tid == 0:
+                _softmax_rows(ctx.B, L.n_out, <floating*> L.h0)
+            if nt > 1:
+                cyl_stream_barrier()
+        x = <const floating*> _output_of(L, ctx.par)
+
+
+cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
+    """One time step of the whole stack (called with the GIL released)."""
+    cdef int tid, nt = ctx.n_threads
+    cdef LayerC* last = &ctx.L[ctx.n_layers - 1]
+    cdef Py_ssize_t stride = ctx.B * MAXW
+    if ctx.use_blas:
+        _blas_threads(1 if nt > 1 else ctx.blas_threads)
+    if nt <= 1:
+        _run(ctx, 0, 1, scratch)
+    else:
+        with parallel(num_threads=nt):
+            tid = threadid()
+            _run(ctx, tid, nt, scratch + tid * stride)
+    if ctx.use_blas and nt > 1:
+        _blas_threads(ctx.blas_threads)
+    memcpy(ctx.out, _output_of(last, ctx.par),
+           ctx.B * last.n_out * sizeof(floating))
+    ctx.par = 1 - ctx.par
+
+
+cdef class Core:
+    """The compiled half of :class:`cylstm.stream.StreamRunner` (see there).
+
+    Owns this runner's state buffers and a table of layers whose weight
+    pointers point into the shared packed arrays it keeps alive.
+    """
+    cdef Ctx ctx
+    cdef LayerC* _layers
+    cdef object _pack
+    cdef list _keep
+    cdef list _lstm_layers
+    cdef cnp.ndarray _out
+    cdef cnp.ndarray _out1d
+    cdef cnp.ndarray _xbuf
+    cdef cnp.ndarray _scratch
+    cdef int _typenum
+    cdef Py_ssize_t _n_in
+    cdef Py_ssize_t _n_out
+    cdef object _dtype
+
+    def __cinit__(self):
+        self._layers = NULL
+
+    def __dealloc__(self):
+        if self._layers != NULL:
+            free(self._layers)
+            self._layers = NULL
+
+    def _setup(self, pack, Py_ssize_t batch_size, int n_threads, bint use_blas,
+               int blas_threads):
+        """Build the layer table over ``pack`` (a cylstm.stream._Pack)."""
+        cdef Py_ssize_t B = batch_size
+        cdef int i, n = len(pack.layers)
+        cdef LayerC* L
+        cdef cnp.ndarray a
+        if n == 0:
+            raise ValueError("a streaming runner needs at least one layer")
+        dtype = np.dtype(pack.dtype)
+        if dtype == np.float32:
+            self._typenum = cnp.NPY_FLOAT32
+        elif dtype == np.float64:
+            self._typenum = cnp.NPY_FLOAT64
+        else:
+            raise TypeError(f"a streaming runner computes in float32 or float64; got {dtype}")
+        self._dtype = dtype
+        self._pack = pack
+        self._keep = []
+        self._lstm_layers = []
+        self._layers = <LayerC*> malloc(n * sizeof(LayerC))
+        if self._layers == NULL:
+            raise MemoryError()
+        memset(self._layers, 0, n * sizeof(LayerC))
+        for i, spec in enumerate(pack.layers):
+            L = &self._layers[i]
+            L.kind = KIND_LSTM if spec.kind == "lstm" else KIND_DENSE
+            L.act = ACTIVATIONS[spec.activation]
+            L.n_in = spec.n_in
+            L.n_out = spec.n_out
+            L.K = spec.K
+            L.span = spec.span
+            L.n_panels = spec.n_panels
+            a = spec.P
+            L.P = cnp.PyArray_DATA(a)
+            a = spec.bias
+            L.bias = cnp.PyArray_DATA(a)
+            if L.kind == KIND_LSTM:
+                hbuf = np.zeros((2, B, spec.n_out), dtype)
+                cbuf = np.zeros((B, spec.n_out), dtype)
+                self._keep += [hbuf, cbuf]
+                self._lstm_layers.append((hbuf, cbuf))
+                a = hbuf
+                L.h0 = cnp.PyArray_DATA(a)
+                L.h1 = <char*> L.h0 + B * L.n_out * <Py_ssize_t> dtype.itemsize
+                a = cbuf
+                L.c = cnp.PyArray_DATA(a)
+            else:
+                ybuf = np.zeros((B, spec.n_out), dtype)
+                self._keep.append(ybuf)
+                a = ybuf
+                L.h0 = cnp.PyArray_DATA(a)
+                L.h1 = L.h0
+        self._n_in = self._layers[0].n_in
+        self._n_out = self._layers[n - 1].n_out
+        self._out = np.zeros((B, self._n_out), dtype)
+        self._out1d = self._out.reshape(-1)
+        self._xbuf = np.zeros((B, self._n_in), dtype)
+        n_threads = max(1, n_threads)
+        self._scratch = np.zeros(n_threads * B * MAXW if use_blas else 1, dtype)
+        self.ctx.B = B
+        self.ctx.n_layers = n
+        self.ctx.n_threads = n_threads
+        self.ctx.use_blas = use_blas
+        self.ctx.blas_threads = max(1, blas_threads)
+        self.ctx.par = 0
+        self.ctx.L = self._layers
+        self.ctx.x = NULL
+        self.ctx.out = NULL
+        self.ctx.scratch = cnp.PyArray_DATA(self._scratch)
+
+    # ---- the hot path -------------------------------------------------------
+
+    def step(self, x_t, out=None):
+        """Advance every stream by one time step and return the model's output.
+
+        Parameters
+        ----------
+        x_t : array (batch_size, features)
+            This step's input.  Of the runner's dtype and C-contiguous it is
+            read in place; other real arrays are cast and copied first.
+        out : array (batch_size, units), optional
+            Where to write the output (the runner's dtype, C-contiguous).
+
+        Returns
+        -------
+        array (batch_size, units of the last layer)
+            ``out`` if given, else a buffer of the runner that the next call
+            overwrites (copy it to keep it).
+        """
+        cdef cnp.ndarray xa
+        cdef cnp.ndarray oa
+        cdef const void* xp = NULL
+        cdef bint flat = False
+        cdef Py_ssize_t B = self.ctx.B
+        if self._layers == NULL:
+            raise RuntimeError("this runner was not set up; use model.streamer()")
+        if cnp.PyArray_CheckExact(x_t):
+            xa = <cnp.ndarray> x_t
+            if (cnp.PyArray_TYPE(xa) == self._typenum and cnp.PyArray_ISCARRAY_RO(xa)
+                    and cnp.PyArray_ISNOTSWAPPED(xa)):
+                if (cnp.PyArray_NDIM(xa) == 2 and cnp.PyArray_DIMS(xa)[0] == B
+                        and cnp.PyArray_DIMS(xa)[1] == self._n_in):
+                    xp = cnp.PyArray_DATA(xa)
+                elif (cnp.PyArray_NDIM(xa) == 1 and B == 1
+                        and cnp.PyArray_DIMS(xa)[0] == self._n_in):
+                    xp = cnp.PyArray_DATA(xa)
+                    flat = True
+        if xp == NULL:
+            flat = self._coerce_input(x_t)
+            xp = cnp.PyArray_DATA(self._xbuf)
+        if out is None:
+            oa = self._out1d if flat else self._out
+        else:
+            oa = self._check_out(out, flat)
+        self.ctx.x = xp
+        self.ctx.out = cnp.PyArray_DATA(oa)
+        with nogil:
+            if self._typenum == cnp.NPY_FLOAT32:
+                _step(&self.ctx, <float*> self.ctx.scratch)
+            else:
+                _step(&self.ctx, <double*> self.ctx.scratch)
+        return oa
+
+    # ---- the slow paths (errors, casts) -------------------------------------
+
+    cdef bint _coerce_input(self, x_t) except -1:
+        """Copy (and cast) an input that is not exactly our layout into _xbuf."""
+        cdef Py_ssize_t B = self.ctx.B
+        a = x_t
+        if not isinstance(a, np.ndarray):
+            try:
+                a = np.asarray(a)
+            except Exception as e:
+                raise TypeError(f"x_t must be an array of shape ({B}, {self._n_in}) "
+                                f"(batch, features); got {type(x_t).__name__}") from e
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"x_t must be a real numeric array; got dtype {a.dtype}")
+        flat = a.ndim == 1 and B == 1 and a.shape[0] == self._n_in
+        if not flat and (a.ndim != 2 or a.shape[0] != B or a.shape[1] != self._n_in):
+            extra = " (or (features,) at batch size 1)" if B == 1 else ""
+            raise ValueError(f"x_t must have shape ({B}, {self._n_in}) (batch, features)"
+                             f"{extra}; got shape {a.shape}")
+        np.copyto(self._xbuf, a.reshape(B, self._n_in), casting="unsafe")
+        return flat
+
+    cdef cnp.ndarray _check_out(self, out, bint flat):
+        cdef Py_ssize_t B = self.ctx.B
+        if flat:
+            shape = (self._n_out,)
+        else:
+            shape = (B, self._n_out)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a NumPy array of shape {shape} and dtype "
+                            f"{self._dtype}; got {type(out).__name__}")
+        oa = <cnp.ndarray> out
+        if out.dtype != self._dtype:
+            raise TypeError(f"out must have dtype {self._dtype}; got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape}; got {out.shape}")
+        if not (cnp.PyArray_ISCARRAY(oa) and cnp.PyArray_ISNOTSWAPPED(oa)):
+            raise ValueError("out must be a writeable, aligned, C-contiguous array in "
+                             "native byte order")
+        return oa
+
+    # ---- state ---------------------------------------------------------------
+
+    def _reset(self):
+        for hbuf, cbuf in self._lstm_layers:
+            hbuf.fill(0)
+            cbuf.fill(0)
+        self._out.fill(0)
+
+    def _get_state(self):
+        cdef int par = self.ctx.par
+        return [(hbuf[par].copy(), cbuf.copy()) for hbuf, cbuf in self._lstm_layers]
+
+    def _set_state(self, pairs):
+        """Write validated (h, c) arrays of shape (B, H) per LSTM layer."""
+        cdef int par = self.ctx.par
+        for (hbuf, cbuf), (h, c) in zip(self._lstm_layers, pairs):
+            hbuf[par] = h
+            cbuf[...] = c
+
+    @property
+    def _state_shapes(self):
+        return [cbuf.shape for _, cbuf in self._lstm_layers]
+
+    @property
+    def _info(self):
+        return {"batch_size": self.ctx.B, "num_threads": self.ctx.n_threads,
+                "use_blas": bool(self.ctx.use_blas), "n_in": self._n_in,
+                "n_out": self._n_out, "dtype": self._dtype,
+                "isa_level": cyl_stream_cpu_level()}

@@ -1,0 +1,440 @@
+"""Streaming inference: one time step per call, batch 1 first, no allocation.
+
+A service that receives one frame (sensor reading, audio frame, market tick)
+at a time calls :meth:`StreamRunner.step` with it and gets the model's output
+for that step; the runner carries the LSTM states from call to call.
+
+>>> runner = model.streamer()            # batch_size=1
+>>> for frame in frames:                 # frame: (1, features) float32
+...     y = runner.step(frame)           # (1, units of the last layer)
+>>> runner.reset()                       # a new stream
+
+How it is fast
+--------------
+- One call into compiled code per step for the whole stack of layers, with
+  the GIL released; no Python object and no array is allocated per step.
+- At creation the weights of every LSTM layer are laid out once as one fused
+  matrix [kernel; recurrent_kernel] cut into column panels that each hold the
+  four gates of a few units, in the order the product kernel reads them
+  (include/cylstm_stream.h).  That packed copy is made once per model and
+  weights version and shared by every runner of the model.
+- Small batches use that kernel (a BLAS GEMV call costs more than the
+  arithmetic at these sizes); batches of :data:`BLAS_MIN_BATCH` rows and more
+  use SciPy's BLAS per panel.  When the weights do not fit in one core's cache
+  (or are close to it) the panels are split across two OpenMP threads; small
+  models run on the calling thread, where a fork/join would cost more than it
+  saves.
+"""
+import hashlib
+import threading
+import weakref
+
+import numpy as np
+
+from cylstm import _config, _stream
+
+__all__ = ["StreamRunner", "BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES"]
+
+# Batch sizes from here up use BLAS per panel instead of the GEMV-shaped kernel
+# (measured in bench/stream_bench.py: below it the kernel wins).
+BLAS_MIN_BATCH = 8
+
+# Packed weight bytes (all layers) from which a step splits its panels across
+# two threads.  At (64, 128) fp32 (393 KB) one thread reads the weights from
+# its L2 in ~3.5 us and two threads take ~2.4 us including the fork/join; at a
+# quarter of that the fork/join is most of the step.
+PARALLEL_MIN_BYTES = 256 * 1024
+
+_PANEL_UNITS = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}   # LSTM units per panel
+_VL = {np.dtype(np.float32): _stream.VECTOR_FLOATS, np.dtype(np.float64): _stream.VECTOR_DOUBLES}
+_ALIGN = 64
+
+
+def _aligned_empty(n, dtype):
+    """A 1-D array of n elements whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    return raw[off:off + n * dtype.itemsize].view(dtype)
+
+
+class _LayerPack:
+    """One layer, laid out for the kernel (read-only; shared by runners)."""
+
+    __slots__ = ("kind", "activation", "n_in", "n_out", "K", "span", "n_panels", "P", "bias")
+
+
+def _pack_columns(M, col_groups, K, dtype):
+    """Pack the columns of M (K, N) panel by panel; col_groups[p] = column indices.
+
+    Within a panel of width w the first wv = w - w % VL columns are stored
+    row-major (K, wv), the rest transposed (w - wv, K) (include/cylstm_stream.h).
+    Panel p starts at p * K * w_full (every panel but the last is full).
+    """
+    vl = _VL[dtype]
+    w_full = len(col_groups[0])
+    out = _aligned_empty(sum(K * len(c) for c in col_groups), dtype)
+    for p, cols in enumerate(col_groups):
+        w = len(cols)
+        wv = w - w % vl
+        off = p * K * w_full
+        out[off:off + K * wv] = M[:, cols[:wv]].ravel()
+        out[off + K * wv:off + K * w] = M[:, cols[wv:]].T.ravel()
+    out.flags.writeable = False
+    return out
+
+
+def _pack_lstm(kernel, recurrent_kernel, bias, dtype):
+    I, H4 = kernel.shape
+    H = H4 // 4
+    span = _PANEL_UNITS[dtype]
+    M = np.concatenate([kernel, recurrent_kernel], axis=0).astype(dtype, copy=False)
+    groups = []
+    for j0 in range(0, H, span):
+        j1 = min(H, j0 + span)
+        groups.append(np.concatenate([np.arange(g * H + j0, g * H + j1) for g in range(4)]))
+    lp = _LayerPack()
+    lp.kind, lp.activation = "lstm", "linear"
+    lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = I, H, I + H, span, len(groups)
+    lp.P = _pack_columns(M, groups, I + H, dtype)
+    b = np.empty(4 * H, dtype)
+    b[:] = np.asarray(bias, dtype)[np.concatenate(groups)]
+    b.flags.writeable = False
+    lp.bias = b
+    return lp
+
+
+def _pack_dense(kernel, bias, activation, dtype):
+    K, U = kernel.shape
+    span = 4 * _PANEL_UNITS[dtype]
+    groups = [np.arange(j0, min(U, j0 + span)) for j0 in range(0, U, span)]
+    lp = _LayerPack()
+    lp.kind, lp.activation = "dense", activation
+    lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = K, U, K, span, len(groups)
+    lp.P = _pack_columns(np.asarray(kernel, dtype), groups, K, dtype)
+    b = np.array(bias, dtype).reshape(U)
+    b.flags.writeable = False
+    lp.bias = b
+    return lp
+
+
+class _Pack:
+    """The packed weights of one model (one weights version), shared by runners."""
+
+    def __init__(self, specs, dtype):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _PANEL_UNITS:
+            raise TypeError(f"a streaming runner computes in float32 or float64; got {dtype}")
+        self.layers = []
+        for s in specs:
+            if s["type"] == "lstm":
+                self.layers.append(_pack_lstm(s["kernel"], s["recurrent_kernel"], s["bias"],
+                                              self.dtype))
+            else:
+                self.layers.append(_pack_dense(s["kernel"], s["bias"], s["activation"],
+                                               self.dtype))
+        self.nbytes = sum(lp.P.nbytes for lp in self.layers)
+
+
+def _check_specs(specs, dtype):
+    """Validate a list of layer descriptions; return them with arrays of ``dtype``."""
+    if not specs:
+        raise ValueError("a streaming runner needs at least one LSTM or Dense layer")
+    out = []
+    n_prev = None
+    for i, s in enumerate(specs):
+        kind = s.get("type")
+        if kind == "lstm":
+            W = np.asarray(s["kernel"])
+            U = np.asarray(s["recurrent_kernel"])
+            if W.ndim != 2 or U.ndim != 2 or U.shape[1] != 4 * U.shape[0] \
+                    or W.shape[1] != U.shape[1]:
+                raise ValueError(
+                    f"layer {i}: LSTM weights must be kernel (I, 4H) and recurrent_kernel "
+                    f"(H, 4H); got {W.shape} and {U.shape}")
+            H = U.shape[0]
+            b = s.get("bias")
+            b = np.zeros(4 * H) if b is None else np.asarray(b)
+            if b.shape != (4 * H,):
+                raise ValueError(f"layer {i}: LSTM bias must have shape ({4 * H},); got {b.shape}")
+            n_in, n_out = W.shape[0], H
+            d = dict(type="lstm", kernel=W.astype(dtype), recurrent_kernel=U.astype(dtype),
+                     bias=b.astype(dtype))
+        elif kind == "dense":
+            W = np.asarray(s["kernel"])
+            if W.ndim != 2:
+                raise ValueError(f"layer {i}: Dense kernel must be 2-D (in, units); got {W.shape}")
+            b = s.get("bias")
+            b = np.zeros(W.shape[1]) if b is None else np.asarray(b)
+            if b.shape != (W.shape[1],):
+                raise ValueError(
+                    f"layer {i}: Dense bias must have shape ({W.shape[1]},); got {b.shape}")
+            act = s.get("activation") or "linear"
+            if act not in _stream.ACTIVATIONS:
+                raise ValueError(f"layer {i}: Dense activation must be one of "
+                                 f"{sorted(_stream.ACTIVATIONS)}; got {act!r}")
+            n_in, n_out = W.shape
+            d = dict(type="dense", kernel=W.astype(dtype), bias=b.astype(dtype), activation=act)
+        else:
+            raise ValueError(f"layer {i}: type must be 'lstm' or 'dense'; got {kind!r}")
+        if n_prev is not None and n_in != n_prev:
+            raise ValueError(f"layer {i} expects {n_in} input features but the layer before "
+                             f"it outputs {n_prev}")
+        n_prev = n_out
+        out.append(d)
+    return out
+
+
+def _specs_from_model(model):
+    """Layer descriptions of a cylstm Sequential (weights referenced, not copied)."""
+    from cylstm import layers as L
+
+    if not hasattr(model, "layers"):
+        raise TypeError(f"StreamRunner needs a cylstm Sequential model; got "
+                        f"{type(model).__name__}")
+    if not getattr(model, "built", False):
+        shape = getattr(model, "input_shape", None)
+        if shape is None or not hasattr(model, "build"):
+            raise ValueError("the model is not built: give its first layer input_shape= (or "
+                             "call it on data) before creating a streamer")
+        model.build(shape)
+    specs = []
+    for layer in model.layers:
+        name = f"{type(layer).__name__} {getattr(layer, 'name', '')!r}"
+        if isinstance(layer, L.Dropout):
+            continue  # the identity at inference
+        if isinstance(layer, L.LSTM):
+            if layer.go_backwards:
+                raise ValueError(f"{name} has go_backwards=True: a stream only moves forward "
+                                 "in time, so it cannot run a reversed LSTM")
+            if layer.activation != "tanh" or layer.recurrent_activation != "sigmoid":
+                raise ValueError(f"{name}: the streaming runner computes activation='tanh', "
+                                 "recurrent_activation='sigmoid'")
+            specs.append(dict(type="lstm", kernel=layer.kernel,
+                              recurrent_kernel=layer.recurrent_kernel, bias=layer.bias))
+        elif isinstance(layer, L.Dense):
+            specs.append(dict(type="dense", kernel=layer.kernel,
+                              bias=layer.bias if layer.use_bias else None,
+                              activation=layer.activation or "linear"))
+        elif isinstance(layer, getattr(L, "Bidirectional", ())):
+            raise ValueError(f"{name}: a bidirectional layer needs the future of the sequence; "
+                             "a streaming runner supports unidirectional LSTM, Dense and "
+                             "Dropout layers")
+        else:
+            raise ValueError(f"{name} is not supported by the streaming runner (it runs "
+                             "LSTM, Dense and Dropout layers)")
+    if not specs:
+        raise ValueError("the model has no LSTM or Dense layer to stream")
+    return specs
+
+
+def _fingerprint(specs, dtype):
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(np.dtype(dtype)).encode())
+    for s in specs:
+        h.update(repr((s["type"], s.get("activation"))).encode())
+        for key in ("kernel", "recurrent_kernel", "bias"):
+            a = s.get(key)
+            if a is None:
+                h.update(b"none")
+                continue
+            a = np.ascontiguousarray(a)
+            h.update(repr((a.shape, str(a.dtype))).encode())
+            h.update(memoryview(a).cast("B"))
+    return h.digest()
+
+
+_cache_lock = threading.Lock()
+# model -> (fingerprint, _Pack); weak keys: the cache dies with the model
+_pack_cache = weakref.WeakKeyDictionary()
+
+
+def _pack_for_model(model, specs, dtype):
+    """The shared packed weights of ``model`` at its current weights (made once)."""
+    key = _fingerprint(specs, dtype)
+    with _cache_lock:
+        try:
+            hit = _pack_cache.get(model)
+        except TypeError:  # not weak-referenceable: no sharing
+            hit = None
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        pack = _Pack(_check_specs(specs, dtype), dtype)
+        try:
+            _pack_cache[model] = (key, pack)
+        except TypeError:
+            pass
+        return pack
+
+
+def _blas_address():
+    found = _config._blas()
+    if not found:
+        return 0
+    import ctypes
+
+    return ctypes.cast(found[1], ctypes.c_void_p).value or 0
+
+
+class StreamRunner(_stream.Core):
+    """Run a model one time step at a time, carrying the LSTM states.
+
+    Parameters
+    ----------
+    model : cylstm.models.Sequential
+        Unidirectional ``LSTM`` layers, ``Dense`` layers (activation linear,
+        relu, tanh, sigmoid or softmax) and ``Dropout`` (the identity here), in
+        any order that makes a valid model.  Usually created with
+        ``model.streamer(batch_size)``.
+    batch_size : int
+        Independent streams stepped together (rows of ``x_t``).
+    num_threads : int, optional
+        Threads one step may use.  By default one, or up to two (never more
+        than :func:`cylstm.get_num_threads`) when the packed weights reach
+        :data:`PARALLEL_MIN_BYTES`.
+
+    Notes
+    -----
+    **Weights.**  The runner uses the weights the model had when the runner
+    was created (a packed copy, made once per model and weights version and
+    shared by all its runners -- creating more runners does not copy them).
+    After ``fit`` or ``set_weights``, create a new runner.
+
+    **Outputs.**  ``step`` returns an array owned by the runner that the next
+    ``step`` overwrites; keep a copy (``y.copy()``) or pass ``out=``.
+
+    **Threads.**  Runners are independent: many runners over one model can
+    step at the same time from different threads and give exactly the serial
+    results.  One runner must not be stepped from two threads at once.  With
+    ``num_threads=2`` the second thread is an OpenMP worker that spins briefly
+    between steps; a service stepping rarely may prefer ``num_threads=1`` for
+    the steadiest latency.
+
+    **Inputs.**  ``x_t`` of the runner's dtype, C-contiguous, shape
+    ``(batch_size, features)`` (or ``(features,)`` at batch size 1, giving a
+    1-D output) takes the zero-copy path.  Other real arrays and sequences
+    (e.g. float64 into a float32 runner, strided views) are cast and copied
+    into an internal buffer first -- the same casting ``model.predict`` does;
+    complex, object and string inputs raise TypeError, wrong shapes
+    ValueError.  A refused step leaves the state untouched.
+
+    Examples
+    --------
+    >>> runner = model.streamer()
+    >>> y = runner.step(x[:, 0])                 # (1, units)
+    >>> saved = runner.state                     # [(h, c)] per LSTM layer
+    >>> runner.reset()
+    >>> runner.state = saved                     # resume
+    """
+
+    def __init__(self, model, batch_size=1, num_threads=None):
+        specs = _specs_from_model(model)
+        dtype = np.dtype(getattr(model, "dtype", np.float32))
+        pack = _pack_for_model(model, specs, dtype)
+        self._init_from_pack(pack, batch_size, num_threads)
+
+    @classmethod
+    def _from_specs(cls, specs, batch_size=1, num_threads=None, dtype=np.float32):
+        """A runner over raw weights, without a model (tests, interop).
+
+        ``specs``: list of dicts ``{"type": "lstm", "kernel": (I, 4H),
+        "recurrent_kernel": (H, 4H), "bias": (4H,) or None}`` and ``{"type":
+        "dense", "kernel": (in, units), "bias": (units,) or None, "activation":
+        name}``, Keras layouts, gate order i, f, c, o.
+        """
+        self = cls.__new__(cls)
+        dtype = np.dtype(dtype)
+        self._init_from_pack(_Pack(_check_specs(specs, dtype), dtype), batch_size, num_threads)
+        return self
+
+    def _init_from_pack(self, pack, batch_size, num_threads):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size must be an int; got {type(batch_size).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        cap = _config.get_num_threads()
+        if num_threads is None:
+            nt = min(2, cap) if pack.nbytes >= PARALLEL_MIN_BYTES else 1
+        else:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+                raise TypeError(f"num_threads must be an int; got {type(num_threads).__name__}")
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be >= 1; got {num_threads}")
+            nt = int(num_threads)
+        nt = min(nt, max(p.n_panels for p in pack.layers))
+        use_blas = batch_size >= BLAS_MIN_BATCH
+        if use_blas:
+            _stream._set_blas_thread_setter(_blas_address())
+        self._setup(pack, int(batch_size), nt, use_blas, cap)
+
+    # ---- public API; step() is the compiled Core.step (no Python frame per step) -------
+    def reset(self):
+        """Zero every LSTM state (the start of a new stream)."""
+        self._reset()
+
+    @property
+    def state(self):
+        """Copies of the states: a list with one ``(h, c)`` per LSTM layer, each
+        ``(batch_size, units)``.  Assign such a list (or None for zeros) to set them."""
+        return self._get_state()
+
+    @state.setter
+    def state(self, value):
+        if value is None:
+            self.reset()
+            return
+        shapes = self._state_shapes
+        if isinstance(value, np.ndarray) or not hasattr(value, "__len__"):
+            raise TypeError("state must be a list with one (h, c) pair per LSTM layer; got "
+                            f"{type(value).__name__}")
+        if len(value) != len(shapes):
+            raise ValueError(f"state must hold {len(shapes)} (h, c) pair(s), one per LSTM "
+                             f"layer; got {len(value)}")
+        dtype = self.dtype
+        checked = []
+        for i, (pair, shape) in enumerate(zip(value, shapes)):
+            if isinstance(pair, np.ndarray) or not hasattr(pair, "__len__") or len(pair) != 2:
+                raise ValueError(f"state[{i}] must be a pair (h, c)")
+            arrs = []
+            for name, a in zip("hc", pair):
+                a = np.asarray(a)
+                if a.dtype.kind not in "fiu":
+                    raise TypeError(f"state[{i}] {name} must be a real array; got dtype "
+                                    f"{a.dtype}")
+                if a.shape == shape[1:] and shape[0] == 1:
+                    a = a.reshape(shape)
+                if a.shape != shape:
+                    raise ValueError(f"state[{i}] {name} must have shape {shape} "
+                                     f"(batch_size, units); got {a.shape}")
+                arrs.append(a.astype(dtype, copy=False))
+            checked.append(tuple(arrs))
+        self._set_state(checked)   # all validated first: a refused state changes nothing
+
+    @property
+    def batch_size(self):
+        return self._info["batch_size"]
+
+    @property
+    def num_threads(self):
+        return self._info["num_threads"]
+
+    @property
+    def dtype(self):
+        return self._info["dtype"]
+
+    @property
+    def input_shape(self):
+        """(batch_size, features) of ``x_t``."""
+        i = self._info
+        return (i["batch_size"], i["n_in"])
+
+    @property
+    def output_shape(self):
+        """(batch_size, units) of what :meth:`step` returns."""
+        i = self._info
+        return (i["batch_size"], i["n_out"])
+
+    def __repr__(self):
+        i = self._info
+        return (f"<StreamRunner batch_size={i['batch_size']} in={i['n_in']} out={i['n_out']} "
+                f"dtype={np.dtype(i['dtype']).name} threads={i['num_threads']}>")

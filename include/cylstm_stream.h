@@ -1,0 +1,214 @@
+/*
+ * cylstm_stream.h -- the small-batch product kernel of the streaming runner.
+ *
+ * One streaming step of an LSTM layer needs z = [x_t, h_prev] @ [W; U], a
+ * (1 x K) @ (K x 4H) product with K = I + H.  At batch 1 that is a GEMV, and
+ * the BLAS calls for it cost more than the arithmetic at small sizes (OpenBLAS
+ * sgemm with M = 1 is ~4x slower than sgemv, and sgemv itself has a call
+ * overhead of a few hundred nanoseconds), so the runner uses this kernel over
+ * weights it laid out once, at creation, in the order the loop reads them.
+ *
+ * Packed panel layout.  The fused matrix M (K x N) is cut into column panels;
+ * panel p holds w_p columns.  For an LSTM layer a panel holds the four gate
+ * blocks of hb hidden units, columns [i(hb) | f(hb) | g(hb) | o(hb)], so that
+ * cylstm/_cell.pxd's cell_forward runs on it with H = hb right after the
+ * product, while the panel's pre-activations are still in L1.  In memory a
+ * panel of width w is
+ *
+ *     main block  K rows x wv columns, row-major (row stride wv),
+ *                 wv = w rounded down to a multiple of the vector length VL
+ *     tail block  the remaining w - wv columns, stored transposed
+ *                 ((w - wv) rows x K), each read as a dot product
+ *
+ * so the main block streams through memory in address order: for each k, one
+ * broadcast of v[k] and w/VL fused multiply-adds into accumulators that stay in
+ * registers for the whole panel (no load/store of z per k, as an axpy would).
+ *
+ * VL is 16 floats / 8 doubles (64 bytes).  The kernel is written with GCC/Clang
+ * vector extensions and compiled three times (target_clones): x86-64-v4
+ * (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline; the loader picks the
+ * clone for the CPU once.  Other compilers get the plain C loops below.  Products are summed in
+ * k order, one accumulator per output column, so a result does not depend on
+ * which thread computes which panel (serial == threaded, bit for bit, with one
+ * module).
+ */
+#ifndef CYLSTM_STREAM_H
+#define CYLSTM_STREAM_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define CYL_STREAM_VLF 16   /* floats per vector */
+#define CYL_STREAM_VLD 8    /* doubles per vector */
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER)
+#define CYL_STREAM_VECTOR 1
+#else
+#define CYL_STREAM_VECTOR 0
+#endif
+
+#if CYL_STREAM_VECTOR && defined(__x86_64__) && defined(__linux__) && \
+    !defined(CYLSTM_NO_CLONES) && (defined(__clang__) || __GNUC__ >= 12)
+#define CYL_STREAM_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define CYL_STREAM_CLONES_NAME "target_clones(x86-64-v4, x86-64-v3, default)"
+#else
+#define CYL_STREAM_CLONES
+#define CYL_STREAM_CLONES_NAME "single build"
+#endif
+
+#if CYL_STREAM_VECTOR
+typedef float cyl_vf __attribute__((vector_size(64)));
+typedef double cyl_vd __attribute__((vector_size(64)));
+
+/* memcpy loads/stores: no alignment or aliasing assumptions; compile to one
+ * (unaligned) vector move. */
+#define CYL_LD(T, p) ({ T v_; memcpy(&v_, (p), sizeof(T)); v_; })
+#define CYL_ST(p, v) do { __typeof__(v) v2_ = (v); memcpy((p), &v2_, sizeof(v2_)); } while (0)
+
+/* Body shared by the float and double kernels, for one row v = [a(ka), b(kb)].
+ * T: scalar type, VT: vector type, VL: elements per vector. */
+#define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
+    {                                                                              \
+        const ptrdiff_t K = ka + kb;                                               \
+        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        ptrdiff_t j = 0, k;                                                        \
+        for (; j + 4 * VL <= wv; j += 4 * VL) {                                    \
+            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += wv) {                                    \
+                const T v = a[k];                                                  \
+                s0 += v * CYL_LD(VT, p);                                           \
+                s1 += v * CYL_LD(VT, p + VL);                                      \
+                s2 += v * CYL_LD(VT, p + 2 * VL);                                  \
+                s3 += v * CYL_LD(VT, p + 3 * VL);                                  \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += wv) {                                    \
+                const T v = b[k];                                                  \
+                s0 += v * CYL_LD(VT, p);                                           \
+                s1 += v * CYL_LD(VT, p + VL);                                      \
+                s2 += v * CYL_LD(VT, p + 2 * VL);                                  \
+                s3 += v * CYL_LD(VT, p + 3 * VL);                                  \
+            }                                                                      \
+            CYL_ST(z + j, s0);                                                     \
+            CYL_ST(z + j + VL, s1);                                                \
+            CYL_ST(z + j + 2 * VL, s2);                                            \
+            CYL_ST(z + j + 3 * VL, s3);                                            \
+        }                                                                          \
+        for (; j < wv; j += VL) {                                                  \
+            VT s0 = {0};                                                           \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += wv)                                      \
+                s0 += a[k] * CYL_LD(VT, p);                                        \
+            for (k = 0; k < kb; k++, p += wv)                                      \
+                s0 += b[k] * CYL_LD(VT, p);                                        \
+            CYL_ST(z + j, s0);                                                     \
+        }                                                                          \
+        /* tail columns, stored transposed: dot products of length K */            \
+        for (; j < w; j++) {                                                       \
+            const T* q = P + K * wv + (j - wv) * K;                                \
+            VT s0 = {0};                                                           \
+            T acc = 0;                                                             \
+            ptrdiff_t i;                                                           \
+            for (k = 0; k + VL <= ka; k += VL)                                     \
+                s0 += CYL_LD(VT, a + k) * CYL_LD(VT, q + k);                       \
+            for (; k < ka; k++)                                                    \
+                acc += a[k] * q[k];                                                \
+            q += ka;                                                               \
+            for (k = 0; k + VL <= kb; k += VL)                                     \
+                s0 += CYL_LD(VT, b + k) * CYL_LD(VT, q + k);                       \
+            for (; k < kb; k++)                                                    \
+                acc += b[k] * q[k];                                                \
+            for (i = 0; i < VL; i++)                                               \
+                acc += s0[i];                                                      \
+            z[j] = acc;                                                            \
+        }                                                                          \
+    }
+#else
+/* Portable C: the same arithmetic, one column at a time. */
+#define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
+    {                                                                              \
+        const ptrdiff_t K = ka + kb;                                               \
+        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        ptrdiff_t j, k;                                                            \
+        for (j = 0; j < wv; j++) {                                                 \
+            T acc = 0;                                                             \
+            for (k = 0; k < ka; k++) acc += a[k] * P[k * wv + j];                  \
+            for (k = 0; k < kb; k++) acc += b[k] * P[(ka + k) * wv + j];           \
+            z[j] = acc;                                                            \
+        }                                                                          \
+        for (; j < w; j++) {                                                       \
+            const T* q = P + K * wv + (j - wv) * K;                                \
+            T acc = 0;                                                             \
+            for (k = 0; k < ka; k++) acc += a[k] * q[k];                           \
+            for (k = 0; k < kb; k++) acc += b[k] * q[ka + k];                      \
+            z[j] = acc;                                                            \
+        }                                                                          \
+    }
+#endif
+
+/*
+ * z[r, 0:w] = [a[r, 0:ka], b[r, 0:kb]] @ panel, for r in [0, nrows).
+ * Row r of a, b and z starts at a + r*lda, b + r*ldb, z + r*ldz.
+ * kb may be 0 (b is then not read: Dense layers).
+ */
+CYL_STREAM_CLONES
+static void cyl_stream_panel_f32(const float* P, ptrdiff_t w, ptrdiff_t nrows,
+                                 const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                 const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                 float* z0, ptrdiff_t ldz)
+{
+    ptrdiff_t r;
+    for (r = 0; r < nrows; r++) {
+        const float* a = a0 + r * lda;
+        const float* b = b0 + r * ldb;
+        float* z = z0 + r * ldz;
+        CYL_PANEL_ROW_BODY(float, cyl_vf, CYL_STREAM_VLF)
+    }
+}
+
+CYL_STREAM_CLONES
+static void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
+                                 const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                 const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                 double* z0, ptrdiff_t ldz)
+{
+    ptrdiff_t r;
+    for (r = 0; r < nrows; r++) {
+        const double* a = a0 + r * lda;
+        const double* b = b0 + r * ldb;
+        double* z = z0 + r * ldz;
+        CYL_PANEL_ROW_BODY(double, cyl_vd, CYL_STREAM_VLD)
+    }
+}
+
+/* The kernel clone this CPU runs: 2 = AVX-512 (x86-64-v4),
+ * 1 = AVX2 + FMA (x86-64-v3), 0 = baseline. */
+static int cyl_stream_cpu_level(void)
+{
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx2")
+        && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("movbe")
+        && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi")
+        && __builtin_cpu_supports("popcnt"))
+        return 1;
+#endif
+    return 0;
+}
+
+/* An orphaned OpenMP barrier: binds to the team of the enclosing parallel
+ * region (a no-op outside one, and in a build without OpenMP). */
+static void cyl_stream_barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+#endif /* CYLSTM_STREAM_H */
