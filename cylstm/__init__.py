@@ -1,10 +1,44 @@
 """cylstm: the fastest practical LSTM on CPUs.
 
-Cython kernels over SciPy's BLAS with OpenMP, under a Keras-compatible API.
+Cython kernels over SciPy's BLAS with OpenMP, under a Keras-compatible API::
+
+    from cylstm import Sequential, LSTM, Dense
+    from cylstm.optimizers import Adam
+
+Submodules: ``functional`` (the kernels over NumPy arrays), ``layers``,
+``models``, ``optimizers``, ``losses``, ``metrics``, ``callbacks``,
+``initializers``, ``utils``, ``stream``, ``interop``, ``cuda``.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from cylstm._config import get_num_threads, set_num_threads, show_config  # noqa: F401
-from cylstm import functional  # noqa: F401
+from cylstm._config import get_num_threads, set_num_threads, show_config  # noqa: E402,F401
+from cylstm import functional  # noqa: E402,F401
 
-__all__ = ["get_num_threads", "set_num_threads", "show_config", "functional", "__version__"]
+_LAZY = {
+    "LSTM": "cylstm.layers", "Dense": "cylstm.layers", "Bidirectional": "cylstm.layers",
+    "Dropout": "cylstm.layers", "Masking": "cylstm.layers", "Embedding": "cylstm.layers",
+    "Input": "cylstm.layers", "Sequential": "cylstm.models", "load_model": "cylstm.models",
+}
+_SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks",
+               "initializers", "utils", "stream", "interop", "cuda", "activations"}
+
+__all__ = ["get_num_threads", "set_num_threads", "show_config", "functional",
+           "__version__", *_LAZY, *sorted(_SUBMODULES)]
+
+
+def __getattr__(name):
+    # Imported on first use, so `import cylstm` stays light for services that
+    # only need the functional kernels or the streaming runner.
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cylstm.{name}")
+    raise AttributeError(f"module 'cylstm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
