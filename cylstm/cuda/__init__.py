@@ -18,6 +18,8 @@ device between batches.
 """
 import ctypes
 import glob
+import importlib
+import importlib.util
 import os
 import threading
 
@@ -43,8 +45,6 @@ def _preload_cublas():
     extension moved to another environment that has the wheels elsewhere.
     """
     try:
-        import importlib.util
-
         spec = importlib.util.find_spec("nvidia")
     except (ImportError, ValueError):
         return False
@@ -72,13 +72,13 @@ def _load():
         if _ext is not None or _reason is not None:
             return _ext
         try:
-            from cylstm.cuda import _cuda
+            _cuda = importlib.import_module("cylstm.cuda._cuda")
         except ImportError as e:
             first = e
             _cuda = None
             if "libcublas" in str(e) and _preload_cublas():
                 try:
-                    from cylstm.cuda import _cuda
+                    _cuda = importlib.import_module("cylstm.cuda._cuda")
                 except ImportError as e2:
                     first = e2
             if _cuda is None:
@@ -125,7 +125,7 @@ def _require():
 def device_count():
     """Number of visible CUDA devices (0 without the extension or a driver)."""
     try:
-        from cylstm.cuda import _cuda
+        _cuda = importlib.import_module("cylstm.cuda._cuda")
     except ImportError:
         return 0
     return _cuda.device_count()[0]
@@ -180,7 +180,5 @@ def clear_cache():
 
 def __getattr__(name):
     if name == "functional":  # imported lazily: it imports cylstm.functional
-        import importlib
-
         return importlib.import_module("cylstm.cuda.functional")
     raise AttributeError(f"module 'cylstm.cuda' has no attribute {name!r}")

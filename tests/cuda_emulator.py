@@ -1,0 +1,224 @@
+"""A NumPy stand-in for the compiled ``cylstm.cuda._cuda`` module, for machines without
+a GPU.
+
+It has the extension's Python interface (``Context``, ``DeviceArray``, ``forward``,
+``backward``, ``device_count``) and executes the launch sequence of
+cylstm/cuda/_kernels.cu line by line: the same row-major GEMM calls (``rm_gemm``, with
+the same operands, transposes and leading dimensions), and each kernel as a loop over
+its (sample, unit) threads with the kernel's exact indexing.  Keep it in step with the
+.cu file: it is how the time-loop logic (ragged lengths, go_backwards, the dh hand-over
+between steps, recurrent dropout, padding) is checked against the CPU kernels where no
+GPU is available.  What it cannot check: the CUDA code compiling to the same thing
+(the build test covers compiling), launch configurations and memory races.
+
+Fresh device memory is filled with NaN, so reading memory the kernels never wrote
+shows up as NaN in the results.
+"""
+import numpy as np
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+def device_count():
+    return 1, ""
+
+
+class Context:
+    def __init__(self, device=0):
+        self.device = device
+        self.name = "NumPy emulator (sm_00)"
+        self.launches = 0
+
+    def set_tf32(self, enable):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+class DeviceArray:
+    def __init__(self, ctx, shape, dtype):
+        self.ctx = ctx
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.a = np.empty(self.shape, self.dtype)
+        if self.dtype.kind == "f":
+            self.a.fill(np.nan)  # uninitialized device memory
+        else:
+            self.a.fill(-(2 ** 40))
+        self.nbytes = self.a.nbytes
+
+    @staticmethod
+    def empty(ctx, shape, dtype):
+        return DeviceArray(ctx, shape, dtype)
+
+    @staticmethod
+    def zeros(ctx, shape, dtype):
+        d = DeviceArray(ctx, shape, dtype)
+        d.a[...] = 0
+        return d
+
+    @staticmethod
+    def from_host(ctx, arr):
+        arr = np.ascontiguousarray(arr)
+        d = DeviceArray(ctx, arr.shape, arr.dtype)
+        d.a[...] = arr
+        return d
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def to_host(self, out=None):
+        return self.a.copy()
+
+
+def _flat(d):
+    return None if d is None else d.a.reshape(-1)
+
+
+def rm_gemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc):
+    """Row-major C (M, N) = op(A) @ op(B) (+ beta C) on flat buffers with row strides."""
+    if M == 0 or N == 0:
+        return
+    rows_a, cols_a = (K, M) if trans_a else (M, K)
+    rows_b, cols_b = (N, K) if trans_b else (K, N)
+    Am = np.lib.stride_tricks.as_strided(A, (rows_a, cols_a), (lda * A.itemsize, A.itemsize))
+    Bm = np.lib.stride_tricks.as_strided(B, (rows_b, cols_b), (ldb * B.itemsize, B.itemsize))
+    Am = Am.T if trans_a else Am
+    Bm = Bm.T if trans_b else Bm
+    Cm = np.lib.stride_tricks.as_strided(C, (M, N), (ldc * C.itemsize, C.itemsize))
+    prod = Am @ Bm
+    Cm[...] = prod if beta == 0 else prod + beta * Cm
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def fwd_step_kernel(B, T, H, s, reverse, lengths, G, Z, bias, h, c, y, Cs, Hp, rmask, hm,
+                    store_gates):
+    j = np.arange(H)  # the threads of one sample, run together
+    for b in range(B):
+        L = T if lengths is None else int(lengths[b])
+        if s >= L:
+            continue
+        t = L - 1 - s if reverse else s
+        row = b * T + t
+        g = G[row * 4 * H:(row + 1) * 4 * H]
+        z = Z[b * 4 * H:(b + 1) * 4 * H]
+        idx = b * H + j
+        gi = _sigmoid(g[j] + z[j] + bias[j])
+        gf = _sigmoid(g[H + j] + z[H + j] + bias[H + j])
+        gg = np.tanh(g[2 * H + j] + z[2 * H + j] + bias[2 * H + j])
+        go = _sigmoid(g[3 * H + j] + z[3 * H + j] + bias[3 * H + j])
+        cn = gf * c[idx] + gi * gg
+        hn = go * np.tanh(cn)
+        if Hp is not None:
+            Hp[row * H + j] = hm[idx] if rmask is not None else h[idx]
+        if store_gates:
+            g[j], g[H + j], g[2 * H + j], g[3 * H + j] = gi, gf, gg, go
+        c[idx] = cn
+        h[idx] = hn
+        if rmask is not None:
+            hm[idx] = hn * rmask[idx]
+        if y is not None:
+            y[row * H + j] = hn
+        if Cs is not None:
+            Cs[row * H + j] = cn
+
+
+def bwd_step_kernel(B, T, H, s, reverse, lengths, G, Cs, c0, dy, dh_last, dHp, rmask, dc, D):
+    j = np.arange(H)
+    for b in range(B):
+        L = T if lengths is None else int(lengths[b])
+        d = D[b * 4 * H:(b + 1) * 4 * H]
+        if s >= L:
+            d[j] = d[H + j] = d[2 * H + j] = d[3 * H + j] = 0
+            continue
+        t = L - 1 - s if reverse else s
+        row = b * T + t
+        idx = b * H + j
+        if s == L - 1:
+            dhj = dh_last[idx].copy()
+        else:
+            dhj = dHp[idx] * rmask[idx] if rmask is not None else dHp[idx].copy()
+        if dy is not None:
+            dhj = dhj + dy[row * H + j]
+        if s == 0:
+            cp = c0[idx]
+        else:
+            tp = t + 1 if reverse else t - 1
+            cp = Cs[(b * T + tp) * H + j]
+        g = G[row * 4 * H:(row + 1) * 4 * H]
+        gi, gf, gg, go = g[j].copy(), g[H + j].copy(), g[2 * H + j].copy(), g[3 * H + j].copy()
+        tc = np.tanh(Cs[row * H + j])                 # (B1)
+        dcj = dc[idx] + dhj * go * (1 - tc * tc)      # (B3)
+        dzi = dcj * gg * gi * (1 - gi)                # (B4, B6)
+        dzf = dcj * cp * gf * (1 - gf)
+        dzg = dcj * gi * (1 - gg * gg)
+        dzo = dhj * tc * go * (1 - go)                # (B2, B6)
+        dc[idx] = dcj * gf                            # (B5)
+        g[j], g[H + j], g[2 * H + j], g[3 * H + j] = dzi, dzf, dzg, dzo
+        d[j], d[H + j], d[2 * H + j], d[3 * H + j] = dzi, dzf, dzg, dzo
+
+
+def forward(ctx, x, W, U, bias, lengths, max_len, reverse, rmask, hm, y, h, c, G, C, Hp, Z,
+            training):
+    B, T, I = x.shape
+    H = U.shape[0]
+    H4 = 4 * H
+    if training and (C is None or Hp is None):
+        raise CudaError("lstm_forward: training needs C and Hp")
+    if B == 0:
+        return
+    f = _flat
+    lens = None if lengths is None else lengths.a
+    rm_gemm(False, False, B * T, H4, I, f(x), I, f(W), H4, 0, f(G), H4)
+    hsrc = f(h)
+    if rmask is not None:
+        f(hm)[:] = f(h) * f(rmask)
+        hsrc = f(hm)
+    for s in range(max_len):
+        rm_gemm(False, False, B, H4, H, hsrc, H, f(U), H4, 0, f(Z), H4)
+        fwd_step_kernel(B, T, H, s, reverse, lens, f(G), f(Z), f(bias), f(h), f(c), f(y),
+                        f(C) if training else None, f(Hp) if training else None, f(rmask),
+                        f(hm), training)
+
+
+def backward(ctx, x, W, U, c0, lengths, max_len, reverse, rmask, G, C, Hp, dy, dh, dc, D,
+             dHp, dx, dW, dU, db):
+    B, T, I = x.shape
+    H = U.shape[0]
+    H4 = 4 * H
+    f = _flat
+    if B == 0:
+        f(dW)[:] = 0
+        f(dU)[:] = 0
+        f(db)[:] = 0
+        return
+    lens = None if lengths is None else lengths.a
+    if lens is not None:  # zero_padding_kernel
+        Gf = f(G)
+        for i in range(B * T * H4):
+            row = i // H4
+            b = row // T
+            t = row - b * T
+            if t >= lens[b]:
+                Gf[i] = 0
+    for s in range(max_len - 1, -1, -1):
+        bwd_step_kernel(B, T, H, s, reverse, lens, f(G), f(C), f(c0), f(dy), f(dh), f(dHp),
+                        f(rmask), f(dc), f(D))
+        rm_gemm(False, True, B, H, H4, f(D), H4, f(U), H4, 0, f(dHp), H)
+    if max_len > 0 and rmask is not None:
+        f(dh)[:] = f(dHp) * f(rmask)
+    elif max_len > 0:
+        f(dh)[:] = f(dHp)
+    rm_gemm(True, False, I, H4, B * T, f(x), I, f(G), H4, 0, f(dW), H4)
+    rm_gemm(True, False, H, H4, B * T, f(Hp), H, f(G), H4, 0, f(dU), H4)
+    # db = dz^T @ ones (the GEMV)
+    f(db)[:] = f(G).reshape(B * T, H4).T @ np.ones(B * T, G.dtype)
+    if dx is not None:
+        rm_gemm(False, True, B * T, I, H4, f(G), H4, f(W), H4, 0, f(dx), I)
