@@ -124,6 +124,14 @@ def _load_model(path):
                              f"{e})") from e
     if not model.HasField("graph") or len(model.graph.output) == 0:
         raise ValueError("the ONNX model has no graph or no graph outputs (corrupt file?)")
+    # Before anything else reads tensors: never follow a file's pointers to other files.
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            raise ValueError(f"tensor {t.name!r} refers to external data; cylstm only reads "
+                             "self-contained ONNX files (save with all tensors inside the "
+                             "file)")
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - the checker raises its own exception types
