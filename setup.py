@@ -95,6 +95,9 @@ def _base_flags():
         cflags.append("-march=native")
     # Cython-generated code trips these on purpose; they are noise, not bugs.
     cflags += ["-Wno-unused-function", "-Wno-unreachable-code"]
+    # cylstm never reads errno; with math-errno on, GCC guards every sqrt with a libm
+    # call for errno, which stops elementwise loops (the optimizer updates) vectorizing.
+    cflags.append("-fno-math-errno")
     return cflags, lflags
 
 

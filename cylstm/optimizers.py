@@ -283,8 +283,26 @@ class Optimizer:
                 f"got {params.size} {params.dtype}"
             )
 
+    def _segments(self, segments, n):
+        """Segments as an (S, 2) int64 array tiling [0, n), cached across steps.
+
+        A model passes the same layout every step; validating it once saves most
+        of the Python cost of a step on small models.
+        """
+        try:
+            key = (n, None if segments is None else tuple(map(tuple, segments)))
+        except TypeError:
+            raise TypeError("segments must be a list of (start, stop) int pairs") from None
+        cache = self.__dict__.get("_seg_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        seg = self._tile_segments(segments, n)
+        seg.flags.writeable = False
+        self._seg_cache = (key, seg)
+        return seg
+
     @staticmethod
-    def _segments(segments, n):
+    def _tile_segments(segments, n):
         """Segments as an (S, 2) int64 array tiling [0, n) (gaps become segments)."""
         if segments is None:
             return np.array([[0, n]], dtype=np.int64)
@@ -359,12 +377,13 @@ class Optimizer:
         if self._slots is None:
             self._build(n, params.dtype)
         decay = lr * self.weight_decay if self.weight_decay else 0.0
-        clipvalue = self.clipvalue or 0.0
+        # +inf (not 0) means "off" to the kernels: a branch-free min/max clip
+        clipvalue = self.clipvalue if self.clipvalue is not None else math.inf
         if self._impl == "compiled":
             self._apply_compiled(params, grads, seg, scale, clipvalue, decay, lr, nthreads)
         else:
             g = grads.astype(np.float64) * np.repeat(scale, seg[:, 1] - seg[:, 0])
-            if clipvalue:
+            if self.clipvalue is not None:
                 g = np.clip(g, -clipvalue, clipvalue)
             g = g.astype(params.dtype)
             if decay:
