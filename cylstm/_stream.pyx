@@ -509,6 +509,11 @@ cdef class Core:
             cbuf[...] = c
 
     @property
+    def _shared_pack(self):
+        """The packed weights this runner reads (shared with the model's other runners)."""
+        return self._pack
+
+    @property
     def _state_shapes(self):
         return [cbuf.shape for _, cbuf in self._lstm_layers]
 

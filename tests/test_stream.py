@@ -1,0 +1,341 @@
+"""The streaming runner (cylstm.stream) against independent NumPy float64 references.
+
+Step by step against tests/reference.py's LSTM, against model.predict on the
+same sequence, state handling, threads, bad input and allocation on the hot path.
+"""
+import itertools
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from reference import lstm_ref
+
+from cylstm import stream
+from cylstm.layers import LSTM, Dense, Dropout
+from cylstm.models import Sequential
+from cylstm.stream import StreamRunner
+
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def _lstm_spec(rng, I, H, scale=0.4):
+    return dict(type="lstm", kernel=rng.uniform(-scale, scale, (I, 4 * H)),
+                recurrent_kernel=rng.uniform(-scale, scale, (H, 4 * H)),
+                bias=rng.uniform(-0.2, 0.2, 4 * H))
+
+
+def _dense_spec(rng, I, U, act):
+    return dict(type="dense", kernel=rng.uniform(-0.5, 0.5, (I, U)),
+                bias=rng.uniform(-0.2, 0.2, U), activation=act)
+
+
+def _act_ref(z, act):
+    if act == "linear":
+        return z
+    if act == "relu":
+        return np.maximum(z, 0)
+    if act == "tanh":
+        return np.tanh(z)
+    if act == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _stack_ref(specs, x):
+    """float64 reference of the whole stack on a sequence x (B, T, I): (B, T, out)."""
+    y = np.asarray(x, np.float64)
+    for s in specs:
+        if s["type"] == "lstm":
+            y = lstm_ref(y, s["kernel"], s["recurrent_kernel"], s["bias"])[0]
+        else:
+            y = _act_ref(y @ s["kernel"] + s["bias"], s["activation"])
+    return y
+
+
+def _run(runner, x):
+    return np.stack([runner.step(x[:, t]).copy() for t in range(x.shape[1])], axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# against the NumPy reference
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("I,H", [(5, 16), (7, 20), (3, 37), (33, 48)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_layer_matches_reference(dtype, I, H, threads):
+    # H = 20, 37: a last panel narrower than the others, with transposed tail columns
+    rng = np.random.default_rng(I * 100 + H)
+    specs = [_lstm_spec(rng, I, H)]
+    x = rng.standard_normal((1, 12, I))
+    r = StreamRunner._from_specs(specs, 1, num_threads=threads, dtype=dtype)
+    assert r.num_threads == min(threads, -(-H // (16 if dtype == np.float32 else 8)))
+    got = _run(r, x.astype(dtype))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, _stack_ref(specs, x), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [2, 3, stream.BLAS_MIN_BATCH + 1])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batches_match_reference(dtype, B, threads):
+    # B >= BLAS_MIN_BATCH takes the BLAS path per panel
+    rng = np.random.default_rng(B)
+    specs = [_lstm_spec(rng, 6, 21), _lstm_spec(rng, 21, 19), _dense_spec(rng, 19, 3, "tanh")]
+    x = rng.standard_normal((B, 8, 6))
+    r = StreamRunner._from_specs(specs, B, num_threads=threads, dtype=dtype)
+    np.testing.assert_allclose(_run(r, x.astype(dtype)), _stack_ref(specs, x), **TOL[dtype])
+
+
+@pytest.mark.parametrize("act", ["linear", "relu", "tanh", "sigmoid", "softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_heads(act, dtype):
+    # two Dense layers: one wider than a panel (70 > 64 columns), then the head
+    rng = np.random.default_rng(7)
+    specs = [_lstm_spec(rng, 4, 30), _dense_spec(rng, 30, 70, "relu"),
+             _dense_spec(rng, 70, 11, act)]
+    x = rng.standard_normal((2, 6, 4))
+    for threads in (1, 2):
+        r = StreamRunner._from_specs(specs, 2, num_threads=threads, dtype=dtype)
+        got = _run(r, x.astype(dtype))
+        np.testing.assert_allclose(got, _stack_ref(specs, x), **TOL[dtype])
+    if act == "softmax":
+        np.testing.assert_allclose(got.sum(-1), 1, rtol=1e-5)
+
+
+def test_threads_give_bitwise_serial_results():
+    rng = np.random.default_rng(3)
+    specs = [_lstm_spec(rng, 10, 70), _lstm_spec(rng, 70, 40), _dense_spec(rng, 40, 2, "linear")]
+    x = rng.standard_normal((1, 20, 10)).astype(np.float32)
+    a = _run(StreamRunner._from_specs(specs, 1, num_threads=1), x)
+    b = _run(StreamRunner._from_specs(specs, 1, num_threads=2), x)
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# against the model
+
+def _model(dtype="float32", seed=0):
+    m = Sequential([LSTM(24, return_sequences=True, input_shape=(None, 6), dtype=dtype, seed=seed),
+                    Dropout(0.3),
+                    LSTM(18, return_sequences=True, dtype=dtype, seed=seed + 1),
+                    Dense(5, activation="softmax", dtype=dtype)])
+    m.build()
+    return m
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_runner_matches_predict(dtype):
+    m = _model(dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 11, 6)).astype(dtype)
+    want = m.predict(x, verbose=0)
+    r = m.streamer(batch_size=3)
+    assert r.dtype == np.dtype(dtype) and r.output_shape == (3, 5)
+    got = _run(r, x)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(got, want, **tol)
+
+
+def test_last_lstm_without_sequences_matches_predict():
+    m = Sequential([LSTM(12, input_shape=(None, 3), seed=4)])
+    x = np.random.default_rng(1).standard_normal((2, 9, 3)).astype(np.float32)
+    want = m.predict(x, verbose=0)          # the final h
+    r = m.streamer(batch_size=2)
+    for t in range(9):
+        y = r.step(x[:, t])
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_are_shared_and_snapshotted():
+    m = _model()
+    r1, r2 = m.streamer(), m.streamer()
+    assert r1._shared_pack is r2._shared_pack            # one packed copy per model
+    x = np.random.default_rng(2).standard_normal((1, 4, 6)).astype(np.float32)
+    before = _run(r1, x)
+    w = m.get_weights()
+    m.set_weights([a * 0.5 for a in w])
+    r3 = m.streamer()
+    assert r3._shared_pack is not r1._shared_pack         # new weights: repacked
+    r1.reset()
+    np.testing.assert_array_equal(_run(r1, x), before)    # old runner: old weights
+    np.testing.assert_allclose(_run(r3, x), m.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_layers_are_refused():
+    from cylstm.layers import Bidirectional
+
+    m = Sequential([LSTM(4, go_backwards=True, input_shape=(None, 3))])
+    with pytest.raises(ValueError, match="go_backwards"):
+        m.streamer()
+    m = Sequential([Bidirectional(LSTM(4), input_shape=(None, 3))])
+    with pytest.raises(ValueError, match="bidirectional"):
+        m.streamer()
+
+
+# ---------------------------------------------------------------------------------------
+# state, out=, bad input
+
+def test_state_get_set_reset():
+    rng = np.random.default_rng(5)
+    specs = [_lstm_spec(rng, 4, 9), _lstm_spec(rng, 9, 7)]
+    x = rng.standard_normal((2, 10, 4)).astype(np.float32)
+    r = StreamRunner._from_specs(specs, 2)
+    full = _run(r, x)
+    r.reset()
+    _run(r, x[:, :6])
+    saved = r.state
+    assert [tuple(a.shape for a in p) for p in saved] == [((2, 9), (2, 9)), ((2, 7), (2, 7))]
+    # the final state of the first layer is the reference's
+    _, h, c, _ = lstm_ref(x[:, :6], *(specs[0][k] for k in ("kernel", "recurrent_kernel", "bias")))
+    np.testing.assert_allclose(saved[0][0], h, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(saved[0][1], c, rtol=2e-5, atol=2e-5)
+    rest = _run(r, x[:, 6:])
+    np.testing.assert_array_equal(rest, full[:, 6:])
+    r.reset()
+    assert all(not a.any() for p in r.state for a in p)
+    r.state = saved                                   # resume from the saved point
+    np.testing.assert_array_equal(_run(r, x[:, 6:]), full[:, 6:])
+    saved[0][0][:] = 99                               # copies: the runner is unaffected
+    r.state = None
+    assert all(not a.any() for p in r.state for a in p)
+
+
+def test_initial_state_matches_reference():
+    rng = np.random.default_rng(8)
+    s = _lstm_spec(rng, 3, 5)
+    x = rng.standard_normal((1, 5, 3))
+    h0, c0 = rng.standard_normal((1, 5)), rng.standard_normal((1, 5))
+    r = StreamRunner._from_specs([s], 1, dtype=np.float64)
+    r.state = [(h0[0], c0[0])]                        # (H,) accepted at batch size 1
+    want = lstm_ref(x, s["kernel"], s["recurrent_kernel"], s["bias"], h0=h0, c0=c0)[0]
+    np.testing.assert_allclose(_run(r, x), want, rtol=1e-12, atol=1e-13)
+
+
+def test_out_buffer_and_returned_view():
+    rng = np.random.default_rng(6)
+    specs = [_lstm_spec(rng, 3, 8), _dense_spec(rng, 8, 2, "linear")]
+    r = StreamRunner._from_specs(specs, 1)
+    x = rng.standard_normal((1, 3)).astype(np.float32)
+    y1 = r.step(x)
+    keep = y1.copy()
+    y2 = r.step(x)
+    assert y2 is y1                                    # the runner's buffer, overwritten
+    r.reset()
+    buf = np.full((1, 2), np.nan, np.float32)
+    assert r.step(x, out=buf) is buf
+    np.testing.assert_array_equal(buf, keep)
+    # 1-D input at batch size 1 gives a 1-D output
+    r.reset()
+    y = r.step(x[0])
+    assert y.shape == (2,)
+    np.testing.assert_array_equal(y, keep[0])
+
+
+def test_bad_input_is_refused_and_runner_still_works():
+    rng = np.random.default_rng(9)
+    specs = [_lstm_spec(rng, 4, 6), _dense_spec(rng, 6, 3, "linear")]
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    want = _run(StreamRunner._from_specs(specs, 2), x)
+    r = StreamRunner._from_specs(specs, 2)
+    got = []
+    for t in range(5):
+        with pytest.raises(ValueError, match=r"x_t must have shape \(2, 4\).*got shape \(2, 5\)"):
+            r.step(np.zeros((2, 5), np.float32))
+        with pytest.raises(ValueError, match="x_t must have shape"):
+            r.step(np.zeros((4,), np.float32))         # 1-D only at batch size 1
+        with pytest.raises(TypeError, match="real numeric"):
+            r.step(np.zeros((2, 4), np.complex64))
+        with pytest.raises(TypeError, match="out must have dtype float32"):
+            r.step(x[:, t], out=np.zeros((2, 3)))
+        with pytest.raises(ValueError, match=r"out must have shape \(2, 3\)"):
+            r.step(x[:, t], out=np.zeros((3, 2), np.float32))
+        with pytest.raises(ValueError, match="C-contiguous"):
+            r.step(x[:, t], out=np.zeros((3, 2), np.float32).T)
+        with pytest.raises(ValueError, match="state must hold 1"):
+            r.state = [(np.zeros((2, 6)), np.zeros((2, 6)))] * 2
+        with pytest.raises(ValueError, match=r"state\[0\] c must have shape \(2, 6\)"):
+            r.state = [(np.zeros((2, 6)), np.zeros((2, 7)))]
+        got.append(r.step(x[:, t]).copy())
+    np.testing.assert_array_equal(np.stack(got, 1), want)
+
+
+def test_inputs_are_cast_documented():
+    # float64 (NumPy's default), lists, strided views: cast/copied, same result
+    rng = np.random.default_rng(10)
+    specs = [_lstm_spec(rng, 4, 6)]
+    x = rng.standard_normal((1, 4))
+    a = StreamRunner._from_specs(specs, 1)
+    b = StreamRunner._from_specs(specs, 1)
+    ya = a.step(x.astype(np.float32)).copy()
+    np.testing.assert_array_equal(b.step(x), ya)
+    a.reset(), b.reset()
+    wide = np.zeros((1, 8), np.float32)
+    wide[:, ::2] = x
+    np.testing.assert_array_equal(b.step(wide[:, ::2]), a.step(wide[:, ::2].copy()))
+    a.reset(), b.reset()
+    np.testing.assert_array_equal(b.step(x.tolist()), a.step(x.astype(np.float32)))
+
+
+def test_bad_specs_and_arguments():
+    rng = np.random.default_rng(11)
+    with pytest.raises(ValueError, match="expects 5 input features"):
+        StreamRunner._from_specs([_lstm_spec(rng, 3, 4), _lstm_spec(rng, 5, 4)])
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], 0)
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], 1.5)
+    with pytest.raises(ValueError, match="activation"):
+        StreamRunner._from_specs([_dense_spec(rng, 3, 4, "gelu")])
+
+
+# ---------------------------------------------------------------------------------------
+# threads and allocation
+
+def test_eight_threads_with_own_runners_match_serial():
+    m = _model(seed=3)
+    rng = np.random.default_rng(12)
+    xs = [rng.standard_normal((1, 60, 6)).astype(np.float32) for _ in range(8)]
+    serial = [_run(m.streamer(), x) for x in xs]
+    runners = [m.streamer() for _ in xs]
+    results = [None] * 8
+    start = threading.Barrier(8)
+
+    def work(i):
+        start.wait()
+        results[i] = _run(runners[i], xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, serial):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_no_python_allocation_per_step(threads):
+    rng = np.random.default_rng(13)
+    specs = [_lstm_spec(rng, 8, 40), _dense_spec(rng, 40, 3, "softmax")]
+    r = StreamRunner._from_specs(specs, 1, num_threads=threads)
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    out = np.empty((1, 3), np.float32)
+    step = r.step
+    step(x)
+    step(x, out=out)
+    loop1, loop2 = itertools.repeat(None, 10_000), itertools.repeat(None, 1000)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in loop1:
+            step(x)
+        for _ in loop2:
+            step(x, out=out)
+        cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cur == base and peak == base, (base, cur, peak)
