@@ -407,20 +407,21 @@ def import_tf(n_threads):
     return tf, keras
 
 
-def keras_forward(d, n_threads):
+def keras_forward(d, n_threads, xla=False):
     tf, keras = import_tf(n_threads)
     B, T, I = d["x"].shape
     H = d["U"].shape[0]
     layer = keras.layers.LSTM(H, return_sequences=True)
     layer.build((B, T, I))
     layer.set_weights([d["W"], d["U"], d["b"]])
-    fn = tf.function(lambda v: layer(v))
+    fn = tf.function(lambda v: layer(v), jit_compile=bool(xla))
     x = tf.constant(d["x"])
 
     def run():
         return fn(x)
 
-    return Impl("keras/TF tf.function", "tf", run, lambda y: (y.numpy(),))
+    name = "keras/TF XLA" if xla else "keras/TF tf.function"
+    return Impl(name, "tf", run, lambda y: (y.numpy(),))
 
 
 # ---------------------------------------------------------------------------

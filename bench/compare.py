@@ -307,6 +307,7 @@ class Bench:
             ("torch (oneDNN off)", lambda: _impls.torch_forward(d, onednn=False)),
             ("onnxruntime", lambda: _impls.ort_forward(d, n)),
             ("keras/TF tf.function", lambda: _impls.keras_forward(d, n)),
+            ("keras/TF XLA", lambda: _impls.keras_forward(d, n, xla=True)),
         ]
         return self.run_calls("forward", case_name(shape), n, fwd_flops(*shape), builders)
 

@@ -101,3 +101,22 @@ def test_compare_flags_disagreement():
     assert not ok and mad == pytest.approx(0.02, rel=1e-3) and mrd == pytest.approx(0.01, 1e-3)
     assert not mod.Bench.compare((np.array([np.nan, 0.0]),), ref, 1e-4, 1e-4)[2]
     assert not mod.Bench.compare((np.zeros(3),), ref, 1e-4, 1e-4)[2]  # shape differs
+
+
+def test_summary_fails_on_mismatch_or_cylstm_error():
+    mod = _load_compare()
+
+    def res(rows):
+        return {"workload": "forward", "case": "1x1x1x1", "threads": 1, "rows": rows}
+
+    ok = [res([{"impl": "cylstm", "status": "ok", "reason": None},
+               {"impl": "keras/TF", "status": "skipped", "reason": "not installed"}])]
+    s = mod.summarize(ok)
+    assert s["ok"] and s["mismatches"] == [] and s["skipped"][0]["impl"] == "keras/TF"
+    bad = [res([{"impl": "cylstm", "status": "ok", "reason": None},
+                {"impl": "peer", "status": "mismatch", "reason": "differs",
+                 "max_abs_diff": 0.5}])]
+    s = mod.summarize(bad)
+    assert not s["ok"] and s["mismatches"][0]["impl"] == "peer"
+    broken = [res([{"impl": "cylstm", "status": "error", "reason": "boom"}])]
+    assert not mod.summarize(broken)["ok"]
