@@ -86,8 +86,6 @@ def _lstm_options(where, cfg):
         raise ValueError(f"{where}: return_state=True cannot be part of a Sequential model")
     if cfg.get("time_major"):
         raise ValueError(f"{where}: time_major=True is not supported")
-    if cfg.get("use_cudnn") not in (None, "auto", True, False):
-        pass
     opts = {}
     for k in ("dropout", "recurrent_dropout"):
         if cfg.get(k):
@@ -121,7 +119,8 @@ def _plan(layer_cfgs):
         dtype = dtype or _dtype_name(cfg)
         shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
         if shape and input_dim is None:
-            if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not isinstance(shape[-1], int):
+            if not isinstance(shape, (list, tuple)) or len(shape) != 3 \
+                    or not isinstance(shape[-1], int):
                 raise ValueError(f"{where}: input shape {shape} is not (batch, time, features)")
             input_dim = shape[-1]
         if cls == "InputLayer":

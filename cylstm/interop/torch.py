@@ -123,8 +123,8 @@ def _lstm_spec(sd):
             for kind in ("weight_ih", "weight_hh"):
                 if (kind, lay, rev) not in parsed:
                     key = f"{kind}_l{lay}{'_reverse' if rev else ''}"
-                    raise ValueError(f"state_dict is missing key {key!r} (it describes "
-                                     f"{n_layers} layer(s){', bidirectional' if bidirectional else ''})")
+                    what = f"{n_layers} layer(s)" + (", bidirectional" if bidirectional else "")
+                    raise ValueError(f"state_dict is missing key {key!r} (it describes {what})")
     # Biases are all-or-none across the module (nn.LSTM(bias=...) is one flag).
     has_bias = {(lay, rev): ("bias_ih", lay, rev) in parsed or ("bias_hh", lay, rev) in parsed
                 for lay in range(n_layers) for rev in dirs}
