@@ -479,7 +479,10 @@ class Sequential:
         except BaseException:
             self._clear_caches()
             raise
-        self.optimizer.update(self._flat, self._flat_grad, self._segments)
+        opt = self.optimizer
+        # per-tensor segments only matter to clipnorm; skipping them saves Python work
+        opt.update(self._flat, self._flat_grad,
+                   self._segments if getattr(opt, "clipnorm", None) else None)
         return loss, y_pred
 
     def _forward_backward(self, x, y, sample_weight=None):
@@ -790,7 +793,12 @@ class Sequential:
         sw = self._sample_weights(y, x.shape[0], sample_weight, class_weight)
         if self._flat_sig != self._signature():
             self._bind_flat()
-        loss, y_pred = self._train_step(x, y, sw)
+        try:
+            loss, y_pred = self._train_step(x, y, sw)
+        except FloatingPointError as err:
+            raise FloatingPointError(
+                f"non-finite loss or gradient ({err}); the update was skipped, so the weights "
+                "are unchanged") from err
         res = [loss] + [float(m(y, y_pred)) for m in self._metric_fns]
         if return_dict:
             return dict(zip(self.metrics_names, res))
