@@ -39,16 +39,16 @@ cdef extern from "cylstm_math.h" nogil:
 cdef extern from "cylstm_cell.h" nogil:
     # The loops live in C (include/cylstm_cell.h) so that they vectorize and
     # get per-ISA clones; these declarations are their only doorway.
-    void cyl_cell_forward_f32(Py_ssize_t H, const float* za, const float* zb,
+    void cyl_cell_forward_f32(Py_ssize_t H, Py_ssize_t gs, const float* za, const float* zb,
                               const float* bias, const float* c_prev, float* gates,
                               float* c_out, float* h_out) noexcept
-    void cyl_cell_forward_f64(Py_ssize_t H, const double* za, const double* zb,
+    void cyl_cell_forward_f64(Py_ssize_t H, Py_ssize_t gs, const double* za, const double* zb,
                               const double* bias, const double* c_prev, double* gates,
                               double* c_out, double* h_out) noexcept
-    void cyl_cell_backward_f32(Py_ssize_t H, const float* gates, const float* c,
+    void cyl_cell_backward_f32(Py_ssize_t H, Py_ssize_t gs, const float* gates, const float* c,
                                const float* c_prev, const float* dh, float* dc,
                                float* dz) noexcept
-    void cyl_cell_backward_f64(Py_ssize_t H, const double* gates, const double* c,
+    void cyl_cell_backward_f64(Py_ssize_t H, Py_ssize_t gs, const double* gates, const double* c,
                                const double* c_prev, const double* dh, double* dc,
                                double* dz) noexcept
 
@@ -79,9 +79,9 @@ cdef inline void cell_forward(Py_ssize_t H, const floating* za,
     and the new hidden state to ``h_out`` (H).
     """
     if floating is float:
-        cyl_cell_forward_f32(H, za, zb, bias, c_prev, gates, c_out, h_out)
+        cyl_cell_forward_f32(H, H, za, zb, bias, c_prev, gates, c_out, h_out)
     else:
-        cyl_cell_forward_f64(H, za, zb, bias, c_prev, gates, c_out, h_out)
+        cyl_cell_forward_f64(H, H, za, zb, bias, c_prev, gates, c_out, h_out)
 
 
 cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
@@ -96,6 +96,18 @@ cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
     Writes dL/dz to ``dz`` (4H; may alias ``gates``).
     """
     if floating is float:
-        cyl_cell_backward_f32(H, gates, c, c_prev, dh, dc, dz)
+        cyl_cell_backward_f32(H, H, gates, c, c_prev, dh, dc, dz)
     else:
-        cyl_cell_backward_f64(H, gates, c, c_prev, dh, dc, dz)
+        cyl_cell_backward_f64(H, H, gates, c, c_prev, dh, dc, dz)
+
+
+cdef inline void cell_forward_strided(Py_ssize_t n, Py_ssize_t gs, const floating* za,
+                                      const floating* zb, const floating* bias,
+                                      const floating* c_prev, floating* gates,
+                                      floating* c_out, floating* h_out) noexcept nogil:
+    """:func:`cell_forward` for ``n`` units of a layer whose gate blocks are ``gs``
+    apart (pointers already offset to the first unit): a thread's share."""
+    if floating is float:
+        cyl_cell_forward_f32(n, gs, za, zb, bias, c_prev, gates, c_out, h_out)
+    else:
+        cyl_cell_forward_f64(n, gs, za, zb, bias, c_prev, gates, c_out, h_out)

@@ -29,7 +29,18 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
-from cylstm._cell cimport cell_forward, cell_backward
+from cylstm._cell cimport cell_forward, cell_forward_strided, cell_backward
+
+cdef extern from *:
+    """
+    /* An orphaned barrier: legal inside a parallel region, a no-op outside. */
+    static inline void cylstm_omp_barrier(void) {
+    #ifdef _OPENMP
+    #pragma omp barrier
+    #endif
+    }
+    """
+    void cylstm_omp_barrier() noexcept nogil
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 
@@ -54,8 +65,14 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         const int64_t* lengths, bint reverse,
                         const floating* rmask, floating* hm,
                         floating* y, floating* G, floating* C, floating* Hp,
-                        floating* hs, floating* cs, floating* Z) noexcept nogil:
+                        floating* hs, floating* cs, floating* Z,
+                        int big_threads) noexcept nogil:
     """Forward over samples [b0, b1) for all steps; hs/cs hold the state.
+
+    BLAS may use ``big_threads`` threads for the input projection; the time
+    loop always runs single-threaded BLAS (its products are too small for a
+    thread team, and idle BLAS workers spinning between steps steal the core
+    the gate math needs).
 
     ``rmask`` (B, H) or NULL: recurrent dropout, one mask per sequence as in
     Keras: the recurrent product reads h_prev * mask (kept in ``hm``), the
@@ -71,8 +88,10 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         L = T if lengths == NULL else lengths[b]
         Lmax = L if L > Lmax else Lmax
     # G[b0:b1] (nb*T, 4H) = X[b0:b1] (nb*T, I) @ W (I, 4H); bias joins in the cell
+    _blas_threads(big_threads)
     gemm(False, False, <int> (nb * T), <int> H4, <int> I, 1,
          x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
+    _blas_threads(1)
     for s in range(Lmax):
         if rmask != NULL:
             for j in range(b0 * H, b1 * H):
@@ -96,6 +115,58 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                 memcpy(C + row * H, cs + b * H, hbytes)
 
 
+cdef void _forward_cols(int tid, int nt, Py_ssize_t B, Py_ssize_t T,
+                        Py_ssize_t I, Py_ssize_t H,
+                        const floating* x, const floating* W,
+                        const floating* U, const floating* bias,
+                        const int64_t* lengths, bint reverse,
+                        floating* y, floating* G, floating* hbuf,
+                        floating* cs, floating* Z) noexcept nogil:
+    """Inference forward with the *units* split across threads (small batches).
+
+    Thread ``tid`` owns units [j0, j1) of every sample: columns j0..j1 of each
+    gate block of W, U and bias.  It streams only its share of U each step,
+    so small batches with large U use every core's cache and bandwidth.  The
+    next step needs all of h, so h is double-buffered in ``hbuf`` (2, B, H)
+    and the threads meet at one barrier per step.  On return the final h is
+    in hbuf[Lmax % 2].
+    """
+    cdef Py_ssize_t H4 = 4 * H, j0 = (tid * H) // nt, j1 = ((tid + 1) * H) // nt
+    cdef Py_ssize_t hb = j1 - j0, s, b, t, L, row, g, Lmax = 0
+    cdef size_t hbytes = hb * sizeof(floating)
+    cdef floating* cur = hbuf
+    cdef floating* nxt = hbuf + B * H
+    cdef floating* tmp
+    for b in range(B):
+        L = T if lengths == NULL else lengths[b]
+        Lmax = L if L > Lmax else Lmax
+    # G[:, :, gate block g, units j0:j1] = X (B*T, I) @ W[:, g*H + j0 : g*H + j1]
+    for g in range(4):
+        gemm(False, False, <int> (B * T), <int> hb, <int> I, 1, x, <int> I,
+             W + g * H + j0, <int> H4, 0, G + g * H + j0, <int> H4)
+    for s in range(Lmax):
+        # Z[:, gate g, j0:j1] (B, hb) = h_prev (B, H) @ U[:, g*H + j0 : g*H + j1]
+        for g in range(4):
+            gemm_tiled(False, <int> B, <int> hb, <int> H, 1, cur, <int> H,
+                       U + g * H + j0, <int> H4, 0, Z + g * H + j0, <int> H4)
+        for b in range(B):
+            L = T if lengths == NULL else lengths[b]
+            if s >= L:  # finished: carry the state into the other buffer
+                memcpy(nxt + b * H + j0, cur + b * H + j0, hbytes)
+                continue
+            t = L - 1 - s if reverse else s
+            row = b * T + t
+            cell_forward_strided(hb, H, G + row * H4 + j0, Z + b * H4 + j0, bias + j0,
+                                 cs + b * H + j0, G + row * H4 + j0, cs + b * H + j0,
+                                 nxt + b * H + j0)
+            if y != NULL:
+                memcpy(y + row * H + j0, nxt + b * H + j0, hbytes)
+        cylstm_omp_barrier()  # all of h_t written before anyone reads it
+        tmp = cur
+        cur = nxt
+        nxt = tmp
+
+
 cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          Py_ssize_t I, Py_ssize_t H,
                          const floating* x, const floating* W,
@@ -105,8 +176,12 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          floating* G, const floating* C, const floating* Hp,
                          const floating* dy, floating* dhs, floating* dcs,
                          floating* D, floating* dHp, floating* dx,
-                         floating* dW, floating* dU, floating* db) noexcept nogil:
-    """BPTT over samples [b0, b1); dW/dU/db receive this slice's sums."""
+                         floating* dW, floating* dU, floating* db,
+                         int big_threads) noexcept nogil:
+    """BPTT over samples [b0, b1); dW/dU/db receive this slice's sums.
+
+    The time loop runs single-threaded BLAS; the weight-gradient GEMMs after
+    it may use ``big_threads``."""
     cdef Py_ssize_t nb = b1 - b0, H4 = 4 * H
     cdef Py_ssize_t s, b, t, tp, L, row, j, r, Lmax = 0
     cdef const floating* cp
@@ -122,6 +197,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         Lmax = L if L > Lmax else Lmax
         if L < T:  # padding rows take no gradient
             memset(G + (b * T + L) * H4, 0, (T - L) * H4 * sizeof(floating))
+    _blas_threads(1)
     for s in range(Lmax - 1, -1, -1):
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
@@ -154,6 +230,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         dhs[b * H + j] = dHp[b * H + j] * rmask[b * H + j]
                 else:
                     memcpy(dhs + b * H, dHp + b * H, hbytes)
+    _blas_threads(big_threads)
     # (B8) over all nb*T rows of this slice (padding rows are zero in dz)
     # dW (I, 4H) = X^T (I, nb*T) @ dz (nb*T, 4H)
     gemm(True, False, <int> I, <int> H4, <int> (nb * T), 1, x + b0 * T * I, <int> I,
@@ -183,16 +260,21 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
             floating[:, :, ::1] G, floating[:, :, ::1] C,
             floating[:, :, ::1] Hp, floating[:, ::1] Z,
-            int n_threads, int blas_threads):
+            int n_threads, int blas_threads, bint split_units=False,
+            floating[:, :, ::1] hbuf=None):
     """Run the forward kernel.  Arguments are validated by cylstm.functional.
 
     ``hs``/``cs`` (B, H) hold the initial state on entry and the final state
     on exit.  ``y``, ``C``, ``Hp`` may be None.  ``lengths`` may be None.
+
+    ``split_units`` (inference only, needs ``hbuf`` (2, B, H)) splits the
+    units instead of the batch across the ``n_threads`` threads.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = U.shape[0]
     cdef int nt = n_threads if n_threads < B else <int> B
-    cdef int tid
+    cdef int tid, ntu = n_threads
+    cdef Py_ssize_t Lmax = T, b
     cdef const int64_t* lp = NULL if lengths is None else &lengths[0]
     cdef floating* yp = _ptr3(y)
     cdef floating* Cp = _ptr3(C)
@@ -204,19 +286,37 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if rmp != NULL and hmp == NULL:
         raise ValueError("forward: recurrent mask needs the hm scratch buffer")
     nt = nt if nt > 1 else 1
+    if split_units and ntu > 1:
+        if hbuf is None or C is not None or Hp is not None or rmp != NULL:
+            raise ValueError("forward: split_units is for inference without masks")
+        if lp != NULL:
+            Lmax = 0
+            for b in range(B):
+                Lmax = lengths[b] if lengths[b] > Lmax else Lmax
+        hbuf[0, :, :] = hs
+        with nogil:
+            _blas_threads(1)
+            for tid in prange(ntu, num_threads=ntu, schedule='static', chunksize=1):
+                _forward_cols(tid, ntu, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0],
+                              &bias[0], lp, reverse, yp, &G[0, 0, 0], &hbuf[0, 0, 0],
+                              &cs[0, 0], &Z[0, 0])
+            _blas_threads(blas_threads)
+        hs[:, :] = hbuf[Lmax % 2]
+        return
     with nogil:
         if nt == 1:
             _blas_threads(blas_threads)
             _forward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
                           lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
-                          &hs[0, 0], &cs[0, 0], &Z[0, 0])
+                          &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads)
+            _blas_threads(blas_threads)
         else:
             _blas_threads(1)
             for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
                 _forward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
                               &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
                               lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
-                              &hs[0, 0], &cs[0, 0], &Z[0, 0])
+                              &hs[0, 0], &cs[0, 0], &Z[0, 0], 1)
             _blas_threads(blas_threads)
 
 
@@ -262,7 +362,8 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             _backward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &UT[0, 0], &c0[0, 0],
                            lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
                            &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
-                           &dW[0, 0], &dU[0, 0], &db[0])
+                           &dW[0, 0], &dU[0, 0], &db[0], blas_threads)
+            _blas_threads(blas_threads)
         else:
             _blas_threads(1)
             for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
@@ -279,7 +380,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                                &x[0, 0, 0], &W[0, 0], &UT[0, 0], &c0[0, 0],
                                lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
                                &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
-                               dWp, dUp, dbp)
+                               dWp, dUp, dbp, 1)
             _blas_threads(blas_threads)
             # reduce the per-thread sums (fixed order: results do not depend
             # on scheduling)

@@ -38,6 +38,12 @@ LSTMGrads = namedtuple(
 # Below this many samples per thread, splitting the batch costs more than it saves
 # (measured in bench/compare.py: see README, "threads").
 MIN_ROWS_PER_THREAD = 4
+# Inference on batches too small to split (or whose recurrent kernel is too big
+# for one core's cache) splits the units instead, with a barrier per step;
+# worth it only when each thread gets this many units.
+MIN_UNITS_PER_THREAD = 128
+# ... and for batches up to this size (larger ones split the batch).
+MAX_BATCH_FOR_UNIT_SPLIT = 16
 
 
 def _dtype_of(name, a):
@@ -187,6 +193,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         hm = np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
     n_total, nt = _threads_for(B, num_threads)
+    split_units = (not training and rmask is None and n_total > 1
+                   and H >= MIN_UNITS_PER_THREAD * n_total
+                   and B <= MAX_BATCH_FOR_UNIT_SPLIT)
     _config._blas()
 
     alloc = np.zeros if lens is not None else np.empty
@@ -195,8 +204,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     C = np.empty((B, T, H), dtype) if training else None
     Hp = alloc((B, T, H), dtype) if training else None
     Z = np.empty((B, 4 * H), dtype)
+    hbuf = np.empty((2, B, H), dtype) if split_units else None
     _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
-                  nt, n_total)
+                  nt, n_total, split_units, hbuf)
     cache = None
     if training:
         cache = {

@@ -8,6 +8,10 @@
  * clone per instruction set (AVX-512, AVX2+FMA, baseline SSE2) picked at load
  * time, so a portable wheel still runs 16-wide on a CPU that has AVX-512.
  *
+ * H is the number of units processed, gs the stride between the gate blocks
+ * [i | f | g | o] of za, zb, bias, gates and dz (gs == H for a whole layer;
+ * a thread that owns units j0..j0+H of a wider layer passes gs = units).
+ *
  * Aliasing: `gates` may equal `za` and `c_out` may equal `c_prev` (each
  * element is read before it is written, index by index); `dz` may equal
  * `gates`.  Nothing else may overlap.
@@ -38,13 +42,13 @@
         CYL_SIMD                                                              \
         for (ptrdiff_t j = 0; j < H; j++) {                                   \
             T zi = za[j] + zb[j] + bias[j];                                   \
-            T zf = za[H + j] + zb[H + j] + bias[H + j];                       \
-            T zg = za[2 * H + j] + zb[2 * H + j] + bias[2 * H + j];           \
-            T zo = za[3 * H + j] + zb[3 * H + j] + bias[3 * H + j];           \
+            T zf = za[gs + j] + zb[gs + j] + bias[gs + j];                       \
+            T zg = za[2 * gs + j] + zb[2 * gs + j] + bias[2 * gs + j];           \
+            T zo = za[3 * gs + j] + zb[3 * gs + j] + bias[3 * gs + j];           \
             T gi = SIG(zi), gf = SIG(zf), gg = TANH(zg), go = SIG(zo);        \
             T c = gf * c_prev[j] + gi * gg;                                   \
-            gates[j] = gi; gates[H + j] = gf;                                 \
-            gates[2 * H + j] = gg; gates[3 * H + j] = go;                     \
+            gates[j] = gi; gates[gs + j] = gf;                                 \
+            gates[2 * gs + j] = gg; gates[3 * gs + j] = go;                     \
             c_out[j] = c;                                                     \
             h_out[j] = go * TANH(c);                                          \
         }                                                                     \
@@ -52,13 +56,13 @@
         CYL_SIMD                                                              \
         for (ptrdiff_t j = 0; j < H; j++) {                                   \
             T zi = za[j] + bias[j];                                           \
-            T zf = za[H + j] + bias[H + j];                                   \
-            T zg = za[2 * H + j] + bias[2 * H + j];                           \
-            T zo = za[3 * H + j] + bias[3 * H + j];                           \
+            T zf = za[gs + j] + bias[gs + j];                                   \
+            T zg = za[2 * gs + j] + bias[2 * gs + j];                           \
+            T zo = za[3 * gs + j] + bias[3 * gs + j];                           \
             T gi = SIG(zi), gf = SIG(zf), gg = TANH(zg), go = SIG(zo);        \
             T c = gf * c_prev[j] + gi * gg;                                   \
-            gates[j] = gi; gates[H + j] = gf;                                 \
-            gates[2 * H + j] = gg; gates[3 * H + j] = go;                     \
+            gates[j] = gi; gates[gs + j] = gf;                                 \
+            gates[2 * gs + j] = gg; gates[3 * gs + j] = go;                     \
             c_out[j] = c;                                                     \
             h_out[j] = go * TANH(c);                                          \
         }                                                                     \
@@ -68,42 +72,42 @@
 #define CYL_CELL_BACKWARD_BODY(T, TANH)                                       \
     CYL_SIMD                                                                  \
     for (ptrdiff_t j = 0; j < H; j++) {                                       \
-        T gi = gates[j], gf = gates[H + j];                                   \
-        T gg = gates[2 * H + j], go = gates[3 * H + j];                       \
+        T gi = gates[j], gf = gates[gs + j];                                   \
+        T gg = gates[2 * gs + j], go = gates[3 * gs + j];                       \
         T dhj = dh[j];                                                        \
         T tc = TANH(c[j]);                                   /* B1 */         \
         T dcj = dc[j] + dhj * go * (1 - tc * tc);            /* B3 */         \
         T cp = c_prev[j];                                                     \
         dz[j] = dcj * gg * gi * (1 - gi);                    /* B4, B6 */     \
-        dz[H + j] = dcj * cp * gf * (1 - gf);                                 \
-        dz[2 * H + j] = dcj * gi * (1 - gg * gg);                             \
-        dz[3 * H + j] = dhj * tc * go * (1 - go);            /* B2, B6 */     \
+        dz[gs + j] = dcj * cp * gf * (1 - gf);                                 \
+        dz[2 * gs + j] = dcj * gi * (1 - gg * gg);                             \
+        dz[3 * gs + j] = dhj * tc * go * (1 - go);            /* B2, B6 */     \
         dc[j] = dcj * gf;                                    /* B5 */         \
     }
 
 CYL_CLONES static void cyl_cell_forward_f32(
-    ptrdiff_t H, const float *za, const float *zb, const float *bias,
+    ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, const float *bias,
     const float *c_prev, float *gates, float *c_out, float *h_out)
 {
     CYL_CELL_FORWARD_BODY(float, cyl_sigmoidf, cyl_tanhf)
 }
 
 CYL_CLONES static void cyl_cell_forward_f64(
-    ptrdiff_t H, const double *za, const double *zb, const double *bias,
+    ptrdiff_t H, ptrdiff_t gs, const double *za, const double *zb, const double *bias,
     const double *c_prev, double *gates, double *c_out, double *h_out)
 {
     CYL_CELL_FORWARD_BODY(double, cyl_sigmoid, cyl_tanh)
 }
 
 CYL_CLONES static void cyl_cell_backward_f32(
-    ptrdiff_t H, const float *gates, const float *c, const float *c_prev,
+    ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
     const float *dh, float *dc, float *dz)
 {
     CYL_CELL_BACKWARD_BODY(float, cyl_tanhf)
 }
 
 CYL_CLONES static void cyl_cell_backward_f64(
-    ptrdiff_t H, const double *gates, const double *c, const double *c_prev,
+    ptrdiff_t H, ptrdiff_t gs, const double *gates, const double *c, const double *c_prev,
     const double *dh, double *dc, double *dz)
 {
     CYL_CELL_BACKWARD_BODY(double, cyl_tanh)
