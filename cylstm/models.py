@@ -849,8 +849,6 @@ class Sequential:
             if layer.trainable and self.trainable:
                 trainable += cnt
             kind = type(layer).__name__
-            if isinstance(layer, _layers.Bidirectional):
-                kind = f"Bidirectional(LSTM)"
             lines.append(row([f"{layer.name} ({kind})", shp, f"{cnt:,}" if layer.built
                               else "0 (unbuilt)"]))
             lines.append("=" * width if i == len(self.layers) - 1 else "_" * width)

@@ -69,8 +69,10 @@ def _layer_grads(layer, x, mask, R, training=True):
     return y, dx, grads
 
 
-def _numeric_grads(layer, x, mask, R, eps=1e-6):
+def _numeric_grads(layer, x, mask, R, eps=1e-6, forward=None):
     def loss():
+        if forward is not None:
+            return float(np.sum(R * forward()))
         y, _ = layer._forward(x, mask, False)
         return float(np.sum(R * y))
 
@@ -272,6 +274,39 @@ def test_lstm_layer_gradients_finite_differences(case):
     for g, n in zip(grads, ngrads):
         np.testing.assert_allclose(g, n, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dx, ndx, rtol=1e-6, atol=1e-8)
+
+
+def test_lstm_dropout_gradients_with_fixed_masks():
+    """Input and recurrent dropout masks enter the backward exactly (masks fixed by
+    re-seeding the layer's generator before every forward)."""
+    from cylstm import layers as L
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((4, 5, 3))
+    kw = dict(dropout=0.3)
+    if L._recurrent_mask_supported():
+        kw["recurrent_dropout"] = 0.4
+    layer = LSTM(3, return_sequences=True, dtype="float64", **kw)
+    layer(x)
+    _rand_lstm(layer, rng)
+
+    def forward():
+        layer._rng = np.random.default_rng(123)
+        y, _ = layer._forward(x, None, True)
+        layer_cache[0] = layer._cache
+        return y
+
+    layer_cache = [None]
+    y = forward()
+    R = rng.standard_normal(y.shape)
+    dx = layer._backward(R, True)
+    grads = [np.array(o._grads[n]) for o, n in layer._param_items()]
+    ndx, ngrads = _numeric_grads(layer, x, None, R, forward=forward)
+    layer._cache = None
+    for g, n in zip(grads, ngrads):
+        np.testing.assert_allclose(g, n, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-6, atol=1e-8)
+    assert not np.allclose(y, layer(x))  # the masks were active
 
 
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
