@@ -83,6 +83,48 @@ def _threads_for(B, num_threads):
     return n, max(1, min(n, B // MIN_ROWS_PER_THREAD))
 
 
+_INT_MAX = 2**31 - 1  # BLAS (LP64) dimensions and leading dimensions are C ints
+
+
+def _mem_available():
+    """Bytes the kernel may still get (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_sizes(B, T, I, H, itemsize, training):
+    """Refuse, before allocating anything, work that cannot be done.
+
+    Element indices are 64-bit throughout the kernels; what stays 32-bit is
+    each BLAS dimension (rows B*T of the input projection, columns 4H, and
+    the inner size I).  Large buffers are checked against the memory
+    available, so an impossible request is a clear error, not the OOM killer.
+    """
+    if B * T > _INT_MAX or 4 * H > _INT_MAX or I > _INT_MAX:
+        raise ValueError(
+            f"x of shape ({B}, {T}, {I}) with {H} units exceeds the BLAS index range "
+            f"(batch*time={B * T}, 4*units={4 * H}, features={I}; each must be < 2**31)"
+        )
+    per_row = 4 * H + H  # gate buffer + outputs
+    if training:
+        per_row += 2 * H  # cell states and previous h
+    need = B * T * per_row * itemsize
+    if need > 2**30:
+        avail = _mem_available()
+        if avail is not None and need > avail:
+            raise MemoryError(
+                f"lstm_forward on x of shape ({B}, {T}, {I}) with {H} units needs about "
+                f"{need / 2**30:.1f} GiB of buffers; only {avail / 2**30:.1f} GiB is available "
+                f"(use a smaller batch{'' if training else ' or return_sequences=False'})"
+            )
+
+
 def _check_lengths(lengths, B, T):
     if lengths is None:
         return None
@@ -144,9 +186,12 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     """
     dtype = _weights_dtype(kernel)
     W = as_float_array("kernel", kernel, dtype, 2)
+    xs = np.shape(x) if isinstance(x, np.ndarray) else np.shape(_dtype_of("x", x))
+    if len(xs) != 3:
+        raise ValueError(f"x must have 3 dims (batch, time, features); got shape {xs}")
+    if W.shape[1] % 4 == 0 and W.shape[1]:
+        _check_sizes(xs[0], xs[1], xs[2], W.shape[1] // 4, dtype.itemsize, training)
     x = as_float_array("x", x, dtype)
-    if x.ndim != 3:
-        raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
     B, T, I = x.shape
     if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
         raise ValueError(
