@@ -168,6 +168,32 @@ def test_reverse_sequence_feeding_forward_lstm(tmp_path):
     np.testing.assert_allclose(got, ort_run(p, xo).transpose(1, 0, 2), **TOL)
 
 
+def test_opset_11_graph_with_attribute_axes(tmp_path):
+    """Older exporters: Squeeze axes as an attribute, Softmax's flattening semantics."""
+    rng = np.random.default_rng(13)
+    inits = dict(lstm_weights(rng, 3, 4), Wd=rng.standard_normal((4, 2)).astype(np.float32))
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "yh"], hidden_size=4),
+             helper.make_node("Squeeze", ["yh"], ["h"], axes=[0]),
+             helper.make_node("MatMul", ["h", "Wd"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["y"], axis=1)]
+    p = save(tmp_path, make_model(nodes, inits, ["T", "N", 3], y_rank=2, opset=11))
+    xo = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(from_onnx(p).predict(xo.transpose(1, 0, 2), verbose=0),
+                               ort_run(p, xo), **TOL)
+
+
+def test_softmax_over_a_non_feature_axis_is_refused(tmp_path):
+    rng = np.random.default_rng(14)
+    inits = dict(lstm_weights(rng, 3, 4), Wd=rng.standard_normal((4, 2)).astype(np.float32),
+                 ax=np.array([1], np.int64))
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y1"], hidden_size=4),
+             helper.make_node("Squeeze", ["y1", "ax"], ["s"]),
+             helper.make_node("MatMul", ["s", "Wd"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["y"], axis=0)]
+    with pytest.raises(ValueError, match="axis=0"):
+        from_onnx(save(tmp_path, make_model(nodes, inits, ["T", "N", 3])))
+
+
 def test_reverse_sequence_as_output_is_refused(tmp_path):
     rng = np.random.default_rng(3)
     inits = dict(lstm_weights(rng, 3, 4), ax=np.array([1], np.int64))
@@ -363,6 +389,8 @@ def _models():
             L.Bidirectional(L.LSTM(4, return_sequences=True), merge_mode=mode,
                             input_shape=(None, 3)),
             L.Bidirectional(L.LSTM(3), merge_mode=mode), L.Dense(2, activation="relu")])
+    yield "dense-first", Sequential([
+        L.Dense(4, activation="tanh", input_shape=(None, 3)), L.LSTM(3), L.Dense(2)])
     yield "sequence-head", Sequential([
         L.LSTM(4, return_sequences=True, input_shape=(None, 3), use_bias=False),
         L.Dense(3, activation="tanh"), L.Dense(2, activation="sigmoid", use_bias=False)])
@@ -385,6 +413,15 @@ def test_round_trip_through_onnx_runtime(tmp_path, name, model):
     # batch and time are symbolic: other sizes run too
     x2 = rng.standard_normal((1, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(ort_run(p, x2), model.predict(x2, verbose=0), **TOL)
+
+
+def test_embedding_model_export(tmp_path):
+    model = Sequential([L.Embedding(10, 4, input_shape=(None,)),
+                        L.LSTM(3, return_sequences=True), L.Dense(2)])
+    x = np.random.default_rng(12).integers(0, 10, (2, 5))
+    to_onnx(model, tmp_path / "e.onnx")
+    np.testing.assert_allclose(ort_run(tmp_path / "e.onnx", x.astype(np.int64)),
+                               model.predict(x, verbose=0), **TOL)
 
 
 def test_model_to_onnx_method_and_atomic_replace(tmp_path):

@@ -404,6 +404,10 @@ def keras_to_spec(model_or_path, config=None):
                 return _spec_from_h5(f, layer_cfgs, path)
         if path.endswith(".h5") or path.endswith(".hdf5"):
             if config is None:
+                with _open_h5(path, path) as f:
+                    if "model_config" in f.attrs or "model_weights" in f:
+                        raise ValueError(f"{path!r} is a legacy (Keras 2) HDF5 model; re-save "
+                                         "it as .keras with Keras 3")
                 raise ValueError(f"{path!r} holds weights only: pass the architecture as "
                                  "config= (a Keras model config dict or JSON, a .keras or "
                                  ".json file, or a cylstm Sequential of the same layers)")

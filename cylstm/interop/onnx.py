@@ -207,7 +207,8 @@ class _Importer:
 
     def clean(self, node, s):
         """Require a stream of only batch / time / feature axes (no raw LSTM D or H)."""
-        if not set(s.labels) <= {"B", "T", "F"} or len(set(s.labels)) != len(s.labels):
+        named = [lab for lab in s.labels if not lab.startswith("?")]  # "?k": not yet known
+        if not set(named) <= {"B", "T", "F"} or len(set(named)) != len(named):
             raise _err(node, f"its input has axes {s!r}; expected batch, time and feature "
                              "axes (an LSTM output whose direction axis was not squeezed "
                              "or merged into the features?)")
@@ -239,10 +240,10 @@ class _Importer:
         return [n for n in g.node if id(n) in need]
 
     def pick_data_input(self, nodes):
-        aux = set()  # graph inputs used directly as LSTM sequence_lens / initial states
+        aux = set()  # graph inputs used directly as LSTM sequence_lens / initial states / P
         for n in nodes:
             if n.op_type == "LSTM":
-                aux.update(i for i in list(n.input)[4:7] if i)
+                aux.update(i for i in list(n.input)[4:8] if i)
         cands = [i for i in self.inputs if i.name not in aux and i.name in self.needed_tensors]
         if len(cands) != 1:
             raise ValueError("the ONNX graph must have exactly one data input feeding its "
