@@ -30,10 +30,10 @@ def format_logs(logs):
 
 def _fmt_duration(s):
     if s >= 3600:
-        return "%d:%02d:%02d" % (s // 3600, (s % 3600) // 60, s % 60)
+        return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
     if s >= 60:
-        return "%d:%02d" % (s // 60, s % 60)
-    return "%ds" % s
+        return f"{int(s // 60)}:{int(s % 60):02d}"
+    return f"{int(s)}s"
 
 
 def _fmt_step(s):

@@ -7,7 +7,7 @@ activations its compiled kernels implement (``tanh`` and ``sigmoid``).
 """
 import numpy as np
 
-__all__ = ["get", "serialize", "linear", "relu", "tanh", "sigmoid", "softmax", "NAMES"]
+__all__ = ["NAMES", "get", "linear", "relu", "serialize", "sigmoid", "softmax", "tanh"]
 
 # canonical name -> accepted spellings
 _ALIASES = {

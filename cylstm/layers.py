@@ -28,8 +28,20 @@ import numpy as np
 from cylstm import activations as _act
 from cylstm import functional as _F
 
-__all__ = ["Layer", "Input", "InputLayer", "LSTM", "Dense", "Bidirectional", "Dropout",
-           "Masking", "Embedding", "get", "deserialize", "serialize"]
+__all__ = [
+    "LSTM",
+    "Bidirectional",
+    "Dense",
+    "Dropout",
+    "Embedding",
+    "Input",
+    "InputLayer",
+    "Layer",
+    "Masking",
+    "deserialize",
+    "get",
+    "serialize",
+]
 
 _name_counts = collections.defaultdict(int)
 
@@ -634,7 +646,6 @@ class Embedding(Layer):
         g = self._grads["embeddings"]
         g[...] = 0
         np.add.at(g, idx.ravel(), dy.reshape(-1, self.output_dim))
-        return None
 
     def get_config(self):
         cfg = super().get_config()
@@ -870,7 +881,7 @@ class LSTM(Layer):
         if x.ndim != 3:
             raise ValueError(f"LSTM {self.name!r} expects 3-D inputs (batch, time, features); "
                              f"got shape {x.shape}")
-        B, T, I = x.shape
+        B, _T, I = x.shape
         if I != self.input_dim:
             raise ValueError(f"LSTM {self.name!r} was built for {self.input_dim} features; got "
                              f"inputs of shape {x.shape}")
@@ -1065,7 +1076,7 @@ class Bidirectional(Layer):
         self.merge_mode = merge_mode
         fcfg = layer.get_config()
         fcfg.pop("batch_input_shape", None)
-        base = layer.name[len("forward_"):] if layer.name.startswith("forward_") else layer.name
+        base = layer.name.removeprefix("forward_")
         fcfg["name"] = "forward_" + base
         self.forward_layer = LSTM.from_config(fcfg)
         if backward_layer is None:

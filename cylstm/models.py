@@ -20,9 +20,9 @@ import warnings
 import numpy as np
 
 from cylstm import layers as _layers
-from cylstm._progress import Progbar, format_logs
+from cylstm._progress import Progbar
 
-__all__ = ["Sequential", "Model", "load_model"]
+__all__ = ["Model", "Sequential", "load_model"]
 
 
 def _check_int(name, v, minimum):
@@ -325,10 +325,7 @@ class Sequential:
         if loss_weights is not None:
             raise NotImplementedError("loss_weights is for multi-output models; a Sequential "
                                       "model has one output")
-        if isinstance(optimizer, str) or isinstance(optimizer, dict):
-            opt = _optimizers.get(optimizer)
-        else:
-            opt = _optimizers.get(optimizer)
+        opt = _optimizers.get(optimizer)
         loss_fn = _losses.get(loss)
         mids = []
         for group in (metrics, weighted_metrics):
@@ -578,7 +575,7 @@ class Sequential:
                 swv = self._sample_weights(yv, xv.shape[0], validation_data[2], None)
             val = (xv, yv, swv)
         elif validation_split:
-            split = int(math.floor(n * (1.0 - validation_split)))
+            split = math.floor(n * (1.0 - validation_split))
             if split < 1 or split >= n:
                 raise ValueError(f"validation_split={validation_split} leaves no training or no "
                                  f"validation samples out of {n}")

@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["save_model", "load_model", "save_weights", "load_weights"]
+__all__ = ["load_model", "load_weights", "save_model", "save_weights"]
 
 _META = "__cylstm__"
 _VERSION = 1

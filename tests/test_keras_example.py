@@ -5,8 +5,8 @@ import numpy as np
 
 
 def test_keras_example_runs_with_imports_swapped():
-    from cylstm.models import Sequential
     from cylstm.layers import LSTM, Dense
+    from cylstm.models import Sequential
     from cylstm.optimizers import Adam
 
     rng = np.random.default_rng(0)

@@ -10,16 +10,16 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
-from cylstm.layers import LSTM, Bidirectional, Dense, Embedding, Masking  # noqa: E402
-from cylstm.models import Sequential  # noqa: E402
-from cylstm import optimizers  # noqa: E402
+from cylstm import optimizers
+from cylstm.layers import LSTM, Bidirectional, Dense, Embedding, Masking
+from cylstm.models import Sequential
 
 kl = keras.layers
 
 # keras 3 on numpy 2 warns about __array__(copy=); not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-TOL = dict(rtol=2e-5, atol=2e-6)
+TOL = {"rtol": 2e-5, "atol": 2e-6}
 
 
 def _pair(ours, theirs, rng, scale=0.4):

@@ -3,8 +3,17 @@ finite-difference checks of each layer's backward."""
 import numpy as np
 import pytest
 
-from cylstm.layers import (LSTM, Bidirectional, Dense, Dropout, Embedding, Input, Masking,
-                           deserialize, serialize)
+from cylstm.layers import (
+    LSTM,
+    Bidirectional,
+    Dense,
+    Dropout,
+    Embedding,
+    Input,
+    Masking,
+    deserialize,
+    serialize,
+)
 
 
 # --------------------------------------------------------------------------- references
@@ -252,12 +261,12 @@ def test_lstm_recurrent_dropout_matches_masked_reference():
 
 # --------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("case", [
-    dict(), dict(go_backwards=True), dict(return_sequences=True),
-    dict(return_sequences=True, go_backwards=True),
-    dict(mask="right"), dict(mask="left", return_sequences=True),
-    dict(mask="holes", go_backwards=True, return_sequences=True),
-    dict(mask="empty_row", return_sequences=True, zero_output_for_mask=True),
-    dict(mask="right", go_backwards=True),
+    {}, {"go_backwards": True}, {"return_sequences": True},
+    {"return_sequences": True, "go_backwards": True},
+    {"mask": "right"}, {"mask": "left", "return_sequences": True},
+    {"mask": "holes", "go_backwards": True, "return_sequences": True},
+    {"mask": "empty_row", "return_sequences": True, "zero_output_for_mask": True},
+    {"mask": "right", "go_backwards": True},
 ])
 def test_lstm_layer_gradients_finite_differences(case):
     case = dict(case)
@@ -283,7 +292,7 @@ def test_lstm_dropout_gradients_with_fixed_masks():
 
     rng = np.random.default_rng(13)
     x = rng.standard_normal((4, 5, 3))
-    kw = dict(dropout=0.3)
+    kw = {"dropout": 0.3}
     if L._recurrent_mask_supported():
         kw["recurrent_dropout"] = 0.4
     layer = LSTM(3, return_sequences=True, dtype="float64", **kw)

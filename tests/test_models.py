@@ -2,11 +2,10 @@
 reference, finite-difference gradients through whole models, bad input."""
 import numpy as np
 import pytest
+from test_layers import dense_ref, keras_lstm_ref
 
 from cylstm.layers import LSTM, Bidirectional, Dense, Dropout, Embedding, Input, Masking
 from cylstm.models import Sequential
-
-from test_layers import dense_ref, keras_lstm_ref
 
 
 def _example(dtype=None, **kw):

@@ -100,7 +100,7 @@ def test_uncompiled_and_unbuilt(tmp_path):
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
-    x, _ = _data(rng, 5)
+    _x, _ = _data(rng, 5)
     m = _model()
     path = tmp_path / "m.npz"
     m.save(path)
