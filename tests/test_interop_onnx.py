@@ -409,6 +409,7 @@ def test_round_trip_through_onnx_runtime(tmp_path, name, model):
     assert to_onnx(model, p) == str(p)
     np.testing.assert_allclose(ort_run(p, x), want, **TOL)
     back = from_onnx(p)
+    assert back.dtype == np.float32
     np.testing.assert_allclose(back.predict(x, verbose=0), want, **TOL)
     # batch and time are symbolic: other sizes run too
     x2 = rng.standard_normal((1, 2, 3)).astype(np.float32)

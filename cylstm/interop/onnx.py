@@ -255,6 +255,7 @@ class _Importer:
         if tt.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
             raise ValueError(f"graph input {inp.name!r} must be a float tensor; got elem_type "
                              f"{tt.elem_type}")
+        self.dtype = np.float64 if tt.elem_type == TensorProto.DOUBLE else np.float32
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if len(dims) != 3:
             raise ValueError(f"graph input {inp.name!r} must have rank 3 (a batch of "
@@ -327,9 +328,8 @@ class _Importer:
             raise ValueError("the first graph output is the sequence of a direction='reverse' "
                              "LSTM; cylstm's go_backwards layer returns it in reversed time "
                              "order, so it cannot reproduce this graph")
-        first = self.layers[0]
-        dtype = np.float64 if _layer_dtype(first) == np.float64 else np.float32
-        return ModelSpec(self.layers, first.input_dim, dtype)
+        # The graph's input element type is its compute type (float16 graphs run in float32).
+        return ModelSpec(self.layers, self.layers[0].input_dim, self.dtype)
 
     # -- constants and shape arithmetic -------------------------------------------
     def op_Constant(self, n):
@@ -766,7 +766,7 @@ class _Importer:
             raise _err(n, "both its Y and Y_h outputs are used; a Sequential layer has one "
                           "output")
         seq = used[0]
-        dtype = np.float64 if W.dtype == np.float64 else np.float32
+        dtype = self.dtype
 
         def spec(d, go_backwards):
             k = reorder_gates(W[d].astype(np.float64), "iofc").T
@@ -944,12 +944,6 @@ class _Importer:
             raise _err(n, f"axis={axis} on a rank-{r} tensor; only a softmax over the last "
                           "(feature) axis is supported")
         self._activation(n, "softmax")
-
-
-def _layer_dtype(spec):
-    if isinstance(spec, BidirectionalSpec):
-        spec = spec.forward
-    return spec.kernel.dtype
 
 
 def from_onnx(path, *, name=None):
