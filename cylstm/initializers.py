@@ -19,13 +19,37 @@ import numbers
 import numpy as np
 
 __all__ = [
-    "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform",
-    "TruncatedNormal", "VarianceScaling", "GlorotUniform", "GlorotNormal", "HeNormal",
-    "HeUniform", "LecunNormal", "LecunUniform", "Orthogonal", "Identity", "get",
-    "serialize", "deserialize",
-    "zeros", "ones", "glorot_uniform", "glorot_normal", "he_normal", "he_uniform",
-    "lecun_normal", "lecun_uniform", "orthogonal", "random_normal", "random_uniform",
+    "Constant",
+    "GlorotNormal",
+    "GlorotUniform",
+    "HeNormal",
+    "HeUniform",
+    "Identity",
+    "Initializer",
+    "LecunNormal",
+    "LecunUniform",
+    "Ones",
+    "Orthogonal",
+    "RandomNormal",
+    "RandomUniform",
+    "TruncatedNormal",
+    "VarianceScaling",
+    "Zeros",
+    "deserialize",
+    "get",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "ones",
+    "orthogonal",
+    "random_normal",
+    "random_uniform",
+    "serialize",
     "truncated_normal",
+    "zeros",
 ]
 
 # std of a standard normal truncated to [-2, 2]: dividing by it restores unit variance
@@ -246,7 +270,8 @@ def _preset(name, scale, mode, distribution, doc):
 
 
 GlorotUniform = _preset("GlorotUniform", 1.0, "fan_avg", "uniform",
-                        "Glorot/Xavier uniform: ``U(-l, l)``, ``l = sqrt(6 / (fan_in + fan_out))``.")
+                        "Glorot/Xavier uniform: ``U(-l, l)``, "
+                        "``l = sqrt(6 / (fan_in + fan_out))``.")
 GlorotNormal = _preset("GlorotNormal", 1.0, "fan_avg", "truncated_normal",
                        "Glorot normal: truncated normal, std ``sqrt(2 / (fan_in + fan_out))``.")
 HeNormal = _preset("HeNormal", 2.0, "fan_in", "truncated_normal",

@@ -28,11 +28,25 @@ import numbers
 import numpy as np
 
 __all__ = [
-    "Loss", "MeanSquaredError", "MeanAbsoluteError", "Huber", "BinaryCrossentropy",
-    "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "LossFunctionWrapper",
-    "mean_squared_error", "mean_absolute_error", "huber", "binary_crossentropy",
-    "categorical_crossentropy", "sparse_categorical_crossentropy", "mse", "mae",
-    "get", "serialize", "deserialize",
+    "BinaryCrossentropy",
+    "CategoricalCrossentropy",
+    "Huber",
+    "Loss",
+    "LossFunctionWrapper",
+    "MeanAbsoluteError",
+    "MeanSquaredError",
+    "SparseCategoricalCrossentropy",
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "deserialize",
+    "get",
+    "huber",
+    "mae",
+    "mean_absolute_error",
+    "mean_squared_error",
+    "mse",
+    "serialize",
+    "sparse_categorical_crossentropy",
 ]
 
 #: Keras' ``backend.epsilon()``: probabilities are clipped to [EPSILON, 1 - EPSILON].
@@ -178,7 +192,7 @@ class Loss:
 
     def _mask_from_true(self, y_true):
         """Entries the targets themselves exclude (Keras' ``ignore_class``), or None."""
-        return None
+        return
 
     def _pred(self, y_pred):
         y_pred = _as_pred(y_pred)
@@ -457,9 +471,9 @@ class SparseCategoricalCrossentropy(Loss):
                 f"(or {y_pred.shape[:-1] + (1,)}) for y_pred {y_pred.shape}; got y_true "
                 f"{shape0}"
             )
-        if yt.dtype.kind == "f":
-            if not np.all(np.isfinite(yt)) or np.any(yt != np.round(yt)):
-                raise ValueError("y_true must hold integer class labels; got non-integer values")
+        if yt.dtype.kind == "f" and (not np.all(np.isfinite(yt))
+                                     or np.any(yt != np.round(yt))):
+            raise ValueError("y_true must hold integer class labels; got non-integer values")
         labels = yt.astype(np.int64)
         C = y_pred.shape[-1]
         valid = np.ones(labels.shape, dtype=bool)

@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "get", "serialize", "deserialize"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "deserialize", "get", "serialize"]
 
 try:  # the compiled fused kernels; the NumPy path below is the reference
     from cylstm import _optim
