@@ -578,10 +578,15 @@ def torch_epoch(x, y, weights, batch_size=32, onednn=True):
             lstm.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(r.T)))
             lstm.bias_ih_l0.copy_(torch.from_numpy(b))
             lstm.bias_hh_l0.zero_()
+            # nn.LSTM has two bias vectors (b_ih + b_hh) where Keras has one; Adam would
+            # move their sum twice as fast.  Freezing b_hh at zero trains exactly Keras's
+            # parameters, so the losses of all implementations can be compared.
+            lstm.bias_hh_l0.requires_grad_(False)
         net.fc.weight.copy_(torch.from_numpy(np.ascontiguousarray(dk.T)))
         net.fc.bias.copy_(torch.from_numpy(db))
     # Keras's Adam epsilon (1e-7) so both optimizers take the same steps.
-    opt = torch.optim.Adam(net.parameters(), lr=0.001, eps=1e-7)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.001,
+                           eps=1e-7)
     loss_fn = nn.MSELoss()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     batches = [(xt[i:i + batch_size], yt[i:i + batch_size]) for i in range(0, len(x), batch_size)]
