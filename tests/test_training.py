@@ -198,3 +198,17 @@ def test_recurrent_dropout_trains():
     m.compile("adam", "mse")
     h = m.fit(x, y, epochs=2, batch_size=16, verbose=0)
     assert all(np.isfinite(h.history["loss"]))
+
+
+def test_frozen_layer_is_not_updated():
+    x, y = _task(32)
+    m = _model()
+    m.layers[0].trainable = False
+    m.compile("adam", "mse")
+    frozen = [w.copy() for w in m.layers[0].get_weights()]
+    other = [w.copy() for w in m.layers[1].get_weights()]
+    m.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(frozen, m.layers[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(other, m.layers[1].get_weights()))
+    assert m._flat.size == m.count_params() - sum(w.size for w in frozen)
