@@ -74,6 +74,15 @@ class DeviceArray:
     def to_host(self, out=None):
         return self.a.copy()
 
+    def copy_from(self, other):
+        assert other.shape == self.shape and other.dtype == self.dtype
+        self.a[...] = other.a
+        return self
+
+    def copy_from_host(self, arr):
+        self.a[...] = arr
+        return self
+
 
 def _flat(d):
     return None if d is None else d.a.reshape(-1)

@@ -188,6 +188,39 @@ def test_bad_input_raises_like_the_cpu(gpu):
         gpu.lstm_backward(cpu.lstm_forward(np.zeros((2, 3, 3)), W, U, b, training=True).cache)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_resident_chain_matches_cpu(gpu, dtype):
+    """Two stacked layers with the activations and dx kept on the device."""
+    rng = np.random.default_rng(8)
+    B, T, I, H1, H2 = 3, 6, 4, 5, 7
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    W1, U1, b1 = _weights(rng, I, H1, dtype)
+    W2, U2, b2 = _weights(rng, H1, H2, dtype)
+    dy = rng.standard_normal((B, T, H2)).astype(dtype)
+    r1 = cpu.lstm_forward(x, W1, U1, b1, training=True)
+    r2 = cpu.lstm_forward(r1.output, W2, U2, b2, training=True)
+    q2 = cpu.lstm_backward(r2.cache, grad_output=dy)
+    q1 = cpu.lstm_backward(r1.cache, grad_output=q2.dx)
+
+    DA = cuda.DeviceArray
+    ctx = cuda.get_context()
+    g1 = gpu.lstm_forward(DA.from_host(ctx, x), W1, U1, b1, training=True,
+                          output_on_device=True)
+    assert isinstance(g1.output, DA) and isinstance(g1.h, DA)
+    g2 = gpu.lstm_forward(g1.output, W2, U2, b2, training=True, output_on_device=True)
+    _close(g2.output.to_host(), r2.output, dtype, "output")
+    _close(g2.c.to_host(), r2.c, dtype, "c")
+    p2 = gpu.lstm_backward(g2.cache, grad_output=DA.from_host(ctx, dy), dx_on_device=True)
+    assert isinstance(p2.dx, DA)
+    p1 = gpu.lstm_backward(g1.cache, grad_output=p2.dx)
+    for f in q1._fields:
+        _close(getattr(p1, f), getattr(q1, f), dtype, f"layer 1 {f}")
+    _close(p2.drecurrent_kernel, q2.drecurrent_kernel, dtype, "layer 2 dU")
+    with pytest.raises(TypeError, match="weights' dtype"):
+        other = np.float64 if dtype == np.float32 else np.float32
+        gpu.lstm_forward(DA.from_host(ctx, x.astype(other)), W1, U1, b1)
+
+
 def _train_example(F, dtype, steps=6, **kw):
     """The Keras example (LSTM(50, return_sequences) -> LSTM(20) -> Dense(1), MSE) trained
     with plain SGD through the functional API; returns the losses."""

@@ -24,7 +24,8 @@ import os
 import threading
 
 __all__ = ["is_available", "unavailable_reason", "device_count", "device_name",
-           "get_context", "set_tf32", "clear_cache", "CudaError", "functional"]
+           "get_context", "set_tf32", "clear_cache", "CudaError", "functional",
+           "DeviceArray"]
 
 _lock = threading.Lock()
 _ext = None
@@ -181,4 +182,6 @@ def clear_cache():
 def __getattr__(name):
     if name == "functional":  # imported lazily: it imports cylstm.functional
         return importlib.import_module("cylstm.cuda.functional")
+    if name == "DeviceArray":  # the extension's class (needs the backend)
+        return _require().DeviceArray
     raise AttributeError(f"module 'cylstm.cuda' has no attribute {name!r}")

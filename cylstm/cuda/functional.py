@@ -12,8 +12,11 @@ whenever the weights change, e.g. from :func:`new_weights_version`) and the devi
 of each weight array is reused while the version is unchanged.  Without it the weights
 are uploaded on every call (always correct, slower for large layers).
 
-Extra keyword arguments over the CPU API: ``weights_version`` and ``device`` (the CUDA
-device index).  ``num_threads`` is accepted and ignored.
+Extra keyword arguments over the CPU API: ``weights_version``, ``device`` (the CUDA
+device index), and for chaining layers without host round trips ``output_on_device``
+(forward) and ``dx_on_device`` (backward); ``x`` and ``grad_output`` may then be
+``DeviceArray``s (``cylstm.cuda.DeviceArray``) of the weights' dtype.  ``num_threads``
+is accepted and ignored.
 """
 from collections import OrderedDict
 import itertools
@@ -68,7 +71,7 @@ def _device_weight(ext, ctx, name, original, host, version):
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                  lengths=None, go_backwards=False, return_sequences=True,
                  training=False, recurrent_mask=None, num_threads=None,
-                 weights_version=None, device=0):
+                 weights_version=None, device=0, output_on_device=False):
     """Run an LSTM over whole sequences on the GPU.
 
     Same parameters and result as :func:`cylstm.functional.lstm_forward`, plus:
@@ -82,16 +85,30 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         None uploads them on every call.
     device : int
         CUDA device index.
+    output_on_device : bool
+        Return ``output``, ``h`` and ``c`` as DeviceArrays (no copy back, no wait).
+
+    ``x`` may be a DeviceArray (B, T, I) of the weights' dtype on ``device``: it is
+    used in place, not copied.
 
     Returns
     -------
-    LSTMForward(output, h, c, cache): NumPy arrays; ``cache`` holds device buffers and
-    must go to :func:`cylstm.cuda.functional.lstm_backward` (not the CPU one).
+    LSTMForward(output, h, c, cache): NumPy arrays (DeviceArrays with
+    ``output_on_device``); ``cache`` holds device buffers and must go to
+    :func:`cylstm.cuda.functional.lstm_backward` (not the CPU one).
     """
     cuda, ext = _backend()
     dtype = _weights_dtype(kernel)
     W = as_float_array("kernel", kernel, dtype, 2)
-    x = as_float_array("x", x, dtype)
+    x_on_device = isinstance(x, ext.DeviceArray)
+    if x_on_device:
+        if x.dtype != dtype:
+            raise TypeError(f"x on the device must have the weights' dtype {dtype}; "
+                            f"got {x.dtype}")
+        if x.ctx.device != int(device):
+            raise ValueError(f"x lives on CUDA device {x.ctx.device}; device={device}")
+    else:
+        x = as_float_array("x", x, dtype)
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
     B, T, I = x.shape
@@ -144,7 +161,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                             weights_version)
         db = _device_weight(ext, ctx, "bias", bias, b, weights_version if bias is not None
                             else None)
-        dx = DA.from_host(ctx, x)
+        dx = x if x_on_device else DA.from_host(ctx, x)
         dlens = DA.from_host(ctx, lens) if lens is not None else None
         max_len = int(lens.max()) if lens is not None else T
         h = DA.from_host(ctx, hs)
@@ -164,9 +181,13 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         ext.forward(ctx, dx, dW, dU, db, dlens, max_len, bool(go_backwards), dmask, hm, y,
                     h, c, G, C, Hp, Z, bool(training))
         del Z, hm
-        out = y.to_host() if return_sequences else None
-        h_host = h.to_host()
-        c_host = c.to_host()
+        if output_on_device:
+            out = y if return_sequences else DA.empty(ctx, (B, H), dtype).copy_from(h)
+            h_host, c_host = h, c
+        else:
+            out = y.to_host() if return_sequences else None
+            h_host = h.to_host()
+            c_host = c.to_host()
     if out is None:
         out = h_host.copy()
     cache = None
@@ -181,12 +202,14 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
 
 
 def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
-                  need_input_grad=True, recurrent_mask=None, num_threads=None):
+                  need_input_grad=True, recurrent_mask=None, num_threads=None,
+                  dx_on_device=False):
     """Backpropagate through a training-mode GPU :func:`lstm_forward`.
 
     Same parameters and result as :func:`cylstm.functional.lstm_backward` (NumPy
     gradients).  ``num_threads`` is ignored, and so is ``recurrent_mask``: the cache
     carries the forward's mask.  The cache is consumed: its device buffers are freed.
+    ``grad_output`` may be a DeviceArray; ``dx_on_device`` returns ``dx`` as one.
     """
     if not isinstance(cache, dict) or cache.get("backend") != "cuda":
         raise TypeError("cache must be the cache of cylstm.cuda.functional.lstm_forward("
@@ -199,6 +222,20 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     dhs = np.zeros((B, H), dtype)
     dcs = np.zeros((B, H), dtype)
     dy_host = None
+    dy_dev = None
+    if isinstance(grad_output, ext.DeviceArray):
+        want = (B, T, H) if cache["return_sequences"] else (B, H)
+        if grad_output.shape != want or grad_output.dtype != dtype:
+            raise ValueError(f"grad_output must have shape {want} and dtype {dtype}; got "
+                             f"{grad_output.shape} {grad_output.dtype}")
+        if cache["return_sequences"]:
+            dy_dev, grad_output = grad_output, None
+        else:
+            grad_output = grad_output.to_host()
+    if isinstance(grad_h, ext.DeviceArray):
+        grad_h = grad_h.to_host()
+    if isinstance(grad_c, ext.DeviceArray):
+        grad_c = grad_c.to_host()
     if grad_output is not None:
         g = as_float_array("grad_output", grad_output, dtype)
         if cache["return_sequences"]:
@@ -220,7 +257,7 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     DA = ext.DeviceArray
     cache["used"] = True
     with cuda.context_lock(device):
-        dy = DA.from_host(ctx, dy_host) if dy_host is not None else None
+        dy = DA.from_host(ctx, dy_host) if dy_host is not None else dy_dev
         dh = DA.from_host(ctx, dhs)
         dc = DA.from_host(ctx, dcs)
         D = DA.empty(ctx, (B, 4 * H), dtype)
@@ -237,8 +274,10 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
         finally:
             for k in ("x", "G", "C", "Hp", "c0"):
                 cache[k] = None  # free the activations (stream-ordered, after the kernels)
+        if dx is not None and not dx_on_device:
+            dx = dx.to_host()
         grads = LSTMGrads(
-            dx.to_host() if dx is not None else None, dW.to_host(), dU.to_host(),
+            dx, dW.to_host(), dU.to_host(),
             db.to_host(), dh.to_host(), dc.to_host(),
         )
     return grads
