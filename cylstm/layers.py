@@ -834,6 +834,8 @@ class LSTM(Layer):
         h, c = self._check_state(states, None)
         self._states = [h.copy(), c.copy()]
 
+    reset_state = reset_states  # Keras 3 spelling
+
     def _reset_state(self):
         if self.stateful:
             self.reset_states()

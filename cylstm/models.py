@@ -308,6 +308,8 @@ class Sequential:
         for layer in self.layers:
             layer._reset_state()
 
+    reset_state = reset_states  # Keras 3 spelling
+
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
                 weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
