@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 from cylstm import _config, _lstm
+from cylstm._workspace import give, take
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMForward", "LSTMGrads", "as_float_array"]
 
@@ -243,15 +244,19 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                    and B <= MAX_BATCH_FOR_UNIT_SPLIT)
     _config._blas()
 
-    alloc = np.zeros if lens is not None else np.empty
-    G = np.empty((B, T, 4 * H), dtype)
+    ragged = lens is not None
+    alloc = np.zeros if ragged else np.empty
+    G = take((B, T, 4 * H), dtype)
     y = alloc((B, T, H), dtype) if (return_sequences or training) else None
-    C = np.empty((B, T, H), dtype) if training else None
-    Hp = alloc((B, T, H), dtype) if training else None
-    Z = np.empty((B, 4 * H), dtype)
-    hbuf = np.empty((2, B, H), dtype) if split_units else None
+    C = take((B, T, H), dtype) if training else None
+    Hp = take((B, T, H), dtype, zero=ragged) if training else None
+    Z = take((B, 4 * H), dtype)
+    hbuf = take((2, B, H), dtype) if split_units else None
     _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
                   nt, n_total, split_units, hbuf)
+    give(Z, hbuf)
+    if not training:
+        give(G)
     cache = None
     if training:
         cache = {
@@ -310,17 +315,19 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     n_total, nt = _threads_for(B, num_threads)
     _config._blas()
     cache["used"] = True
-    D = np.zeros((B, 4 * H), dtype)
-    dHp = np.empty((B, H), dtype)
+    D = take((B, 4 * H), dtype, zero=True)
+    dHp = take((B, H), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
     dW = np.empty((I, 4 * H), dtype)
     dU = np.empty((H, 4 * H), dtype)
     db = np.empty(4 * H, dtype)
-    parts = np.empty((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
-    UT = np.ascontiguousarray(U.T)
+    parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
+    UT = take((4 * H, H), dtype)
+    UT[...] = U.T
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
                    parts, nt, n_total)
+    give(D, dHp, parts, UT, G, cache["C"], cache["Hp"])
     for k in ("G", "C", "Hp"):
-        cache[k] = None  # free the activations now
+        cache[k] = None  # the activations go back to the pool now
     return LSTMGrads(dx, dW, dU, db, dhs, dcs)
