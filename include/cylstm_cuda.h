@@ -80,6 +80,11 @@ cyl_cuda_status cyl_cuda_device_name(cyl_cuda_ctx* ctx, char* buf, size_t len);
  * which keeps float32 GEMMs in full FP32 (parity with the CPU to ~1e-5). */
 cyl_cuda_status cyl_cuda_set_tf32(cyl_cuda_ctx* ctx, int enable);
 
+/* Run the whole time loop of a layer in one kernel launch (a thread block per sample,
+ * no cuBLAS call per step) when units H <= max_units (and 4H <= 1024); larger layers
+ * use one cuBLAS GEMM + one fused cell kernel per step.  Default 128; 0 disables. */
+cyl_cuda_status cyl_cuda_set_fused_max_units(cyl_cuda_ctx* ctx, int64_t max_units);
+
 /* Memory, stream-ordered on the context's stream (cudaMallocAsync pools).
  * malloc of 0 bytes returns NULL and CYL_CUDA_OK; free(NULL) is a no-op. */
 cyl_cuda_status cyl_cuda_malloc(cyl_cuda_ctx* ctx, void** ptr, size_t bytes);
@@ -118,7 +123,9 @@ cyl_cuda_status cyl_cuda_synchronize(cyl_cuda_ctx* ctx);
  *   training            nonzero: C and Hp must be given; G keeps the gates
  *
  * Launches: one GEMM for x @ W over all steps, then per step one GEMM (h @ U) and
- * one fused kernel (bias, activations, cell update, all stores).
+ * one fused kernel (bias, activations, cell update, all stores); for small H (see
+ * cyl_cuda_set_fused_max_units) a single kernel for all steps instead.  Z and hm are
+ * then unused.
  */
 cyl_cuda_status cyl_cuda_lstm_forward_f32(
     cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
@@ -153,8 +160,8 @@ cyl_cuda_status cyl_cuda_lstm_forward_f64(
  *   db      (4H,)       out
  *
  * Launches: per step one fused kernel (steps B1-B6 of _cell.pxd) and one GEMM
- * (B7: dh_prev = dz @ U^T); then (B8) three GEMMs/GEMV over all B*T rows: dW, dU,
- * db, and one GEMM for dx.
+ * (B7: dh_prev = dz @ U^T), or for small H one kernel for all steps; then (B8) three
+ * GEMMs/GEMV over all B*T rows: dW, dU, db, and one GEMM for dx.
  */
 cyl_cuda_status cyl_cuda_lstm_backward_f32(
     cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,

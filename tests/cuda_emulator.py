@@ -29,10 +29,13 @@ class Context:
     def __init__(self, device=0):
         self.device = device
         self.name = "NumPy emulator (sm_00)"
-        self.launches = 0
+        self.seq_max_h = 128
 
     def set_tf32(self, enable):
         pass
+
+    def set_fused_max_units(self, n):
+        self.seq_max_h = max(0, int(n))
 
     def synchronize(self):
         pass
@@ -174,6 +177,83 @@ def bwd_step_kernel(B, T, H, s, reverse, lengths, G, Cs, c0, dy, dh_last, dHp, r
         d[j], d[H + j], d[2 * H + j], d[3 * H + j] = dzi, dzf, dzg, dzo
 
 
+def seq_fwd_kernel(B, T, H, reverse, lengths, G, U, bias, h, c, y, Cs, Hp, rmask,
+                   store_gates):
+    """One block per sample; the phases between __syncthreads run in order."""
+    H4 = 4 * H
+    k = np.arange(H4)  # threads k < 4H (the padding threads do nothing)
+    j = np.arange(H)
+    is_g = (k >= 2 * H) & (k < 3 * H)
+    for b in range(B):
+        L = T if lengths is None else int(lengths[b])
+        base = b * H
+        h_reg = h[base + j].copy()
+        c_reg = c[base + j].copy()
+        hsrc = h_reg * rmask[base + j] if rmask is not None else h_reg.copy()
+        for s in range(L):
+            t = L - 1 - s if reverse else s
+            row = b * T + t
+            acc = G[row * H4 + k] + bias[k]
+            for m in range(H):
+                acc = acc + hsrc[m] * U[m * H4 + k]
+            gate = np.where(is_g, np.tanh(acc), _sigmoid(acc))
+            if store_gates:
+                G[row * H4 + k] = gate
+            # __syncthreads()
+            gi, gf, gg, go = gate[j], gate[H + j], gate[2 * H + j], gate[3 * H + j]
+            c_reg = gf * c_reg + gi * gg
+            h_reg = go * np.tanh(c_reg)
+            if Hp is not None:
+                Hp[row * H + j] = hsrc
+            if y is not None:
+                y[row * H + j] = h_reg
+            if Cs is not None:
+                Cs[row * H + j] = c_reg
+            hsrc = h_reg * rmask[base + j] if rmask is not None else h_reg.copy()
+            # __syncthreads()
+        h[base + j] = h_reg
+        c[base + j] = c_reg
+
+
+def seq_bwd_kernel(B, T, H, reverse, lengths, G, Cs, c0, U, dy, dh, dc, rmask):
+    H4 = 4 * H
+    j = np.arange(H)
+    for b in range(B):
+        L = T if lengths is None else int(lengths[b])
+        base = b * H
+        dc_reg = dc[base + j].copy()
+        dhp = None
+        for s in range(L - 1, -1, -1):
+            t = L - 1 - s if reverse else s
+            row = b * T + t
+            dhj = dh[base + j].copy() if s == L - 1 else dhp.copy()
+            if dy is not None:
+                dhj = dhj + dy[row * H + j]
+            if s == 0:
+                cp = c0[base + j]
+            else:
+                tp = t + 1 if reverse else t - 1
+                cp = Cs[(b * T + tp) * H + j]
+            g = G[row * H4:(row + 1) * H4]
+            gi, gf, gg, go = g[j].copy(), g[H + j].copy(), g[2 * H + j].copy(), g[3 * H + j].copy()
+            tc = np.tanh(Cs[row * H + j])
+            dcj = dc_reg + dhj * go * (1 - tc * tc)
+            dzi = dcj * gg * gi * (1 - gi)
+            dzf = dcj * cp * gf * (1 - gf)
+            dzg = dcj * gi * (1 - gg * gg)
+            dzo = dhj * tc * go * (1 - go)
+            dc_reg = dcj * gf
+            g[j], g[H + j], g[2 * H + j], g[3 * H + j] = dzi, dzf, dzg, dzo
+            dz = np.concatenate([dzi, dzf, dzg, dzo])
+            # __syncthreads(); (B7) one warp per row m of U
+            Um = U.reshape(H, H4)
+            acc = np.array([np.sum(dz * Um[m]) for m in range(H)])
+            dhp = acc * rmask[base + j] if rmask is not None else acc
+            # __syncthreads()
+        dh[base + j] = dhp
+        dc[base + j] = dc_reg
+
+
 def forward(ctx, x, W, U, bias, lengths, max_len, reverse, rmask, hm, y, h, c, G, C, Hp, Z,
             training):
     B, T, I = x.shape
@@ -186,6 +266,11 @@ def forward(ctx, x, W, U, bias, lengths, max_len, reverse, rmask, hm, y, h, c, G
     f = _flat
     lens = None if lengths is None else lengths.a
     rm_gemm(False, False, B * T, H4, I, f(x), I, f(W), H4, 0, f(G), H4)
+    if H <= ctx.seq_max_h and 4 * H <= 1024:
+        seq_fwd_kernel(B, T, H, reverse, lens, f(G), f(U), f(bias), f(h), f(c), f(y),
+                       f(C) if training else None, f(Hp) if training else None, f(rmask),
+                       training)
+        return
     hsrc = f(h)
     if rmask is not None:
         f(hm)[:] = f(h) * f(rmask)
@@ -217,6 +302,10 @@ def backward(ctx, x, W, U, c0, lengths, max_len, reverse, rmask, G, C, Hp, dy, d
             t = row - b * T
             if t >= lens[b]:
                 Gf[i] = 0
+    if H <= ctx.seq_max_h and 4 * H <= 1024:
+        seq_bwd_kernel(B, T, H, reverse, lens, f(G), f(C), f(c0), f(U), f(dy), f(dh), f(dc),
+                       f(rmask))
+        max_len = 0
     for s in range(max_len - 1, -1, -1):
         bwd_step_kernel(B, T, H, s, reverse, lens, f(G), f(C), f(c0), f(dy), f(dh), f(dHp),
                         f(rmask), f(dc), f(D))

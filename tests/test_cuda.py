@@ -26,12 +26,13 @@ def _gpu():
     return gpu
 
 
-@pytest.fixture(params=["cuda", "emulated"])
+@pytest.fixture(params=["cuda-fused", "cuda-cublas", "emulated-fused", "emulated-cublas"])
 def gpu(request, monkeypatch):
-    """cylstm.cuda.functional on the real backend, or on the NumPy emulator."""
+    """cylstm.cuda.functional on the real backend or the NumPy emulator, with small
+    layers in the one-kernel time loop ("fused") or on cuBLAS per step ("cublas")."""
     from cylstm.cuda import functional as F
 
-    if request.param == "cuda":
+    if request.param.startswith("cuda"):
         if not cuda.is_available():
             pytest.skip(f"CUDA backend unavailable: {cuda.unavailable_reason()}")
     else:
@@ -40,9 +41,11 @@ def gpu(request, monkeypatch):
         monkeypatch.setattr(cuda, "_load", lambda: cuda_emulator)
         monkeypatch.setattr(cuda, "_contexts", {})
         monkeypatch.setattr(cuda, "_ctx_locks", {})
+    cuda.set_fused_max_units(128 if request.param.endswith("fused") else 0)
     F._weights.clear()
     yield F
     F._weights.clear()
+    cuda.set_fused_max_units(128)
 
 
 def _weights(rng, I, H, dtype, scale=0.4):

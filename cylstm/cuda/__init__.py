@@ -24,8 +24,8 @@ import os
 import threading
 
 __all__ = ["is_available", "unavailable_reason", "device_count", "device_name",
-           "get_context", "set_tf32", "clear_cache", "CudaError", "functional",
-           "DeviceArray"]
+           "get_context", "set_tf32", "set_fused_max_units", "clear_cache", "CudaError",
+           "functional", "DeviceArray"]
 
 _lock = threading.Lock()
 _ext = None
@@ -33,6 +33,7 @@ _reason = None
 _contexts = {}
 _ctx_locks = {}  # one op at a time per context: its weight cache and scratch are shared
 _tf32 = False
+_fused_max_units = None  # None: the backend's default (128)
 
 
 class CudaError(RuntimeError):
@@ -142,6 +143,8 @@ def get_context(device=0):
             ctx = ext.Context(device)
             if _tf32:
                 ctx.set_tf32(True)
+            if _fused_max_units is not None:
+                ctx.set_fused_max_units(_fused_max_units)
             _contexts[device] = ctx
             _ctx_locks[device] = threading.RLock()
     return ctx
@@ -170,6 +173,24 @@ def set_tf32(enabled):
     with _lock:
         for ctx in _contexts.values():
             ctx.set_tf32(_tf32)
+
+
+def set_fused_max_units(n):
+    """Run the whole time loop of layers with at most ``n`` units in one kernel.
+
+    Small layers are dominated by launch latency: two launches per step (a cuBLAS GEMM
+    and the cell kernel) cost more than their math, so up to ``n`` units (default 128,
+    at most 256) each sample's sequence runs in one thread block of a single kernel.
+    ``0`` always uses cuBLAS per step.
+    """
+    global _fused_max_units
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"set_fused_max_units: n must be >= 0; got {n}")
+    _fused_max_units = n
+    with _lock:
+        for ctx in _contexts.values():
+            ctx.set_fused_max_units(n)
 
 
 def clear_cache():

@@ -24,6 +24,7 @@ cdef extern from "cylstm_cuda.h" nogil:
     const char* cyl_cuda_last_error(const cyl_cuda_ctx* ctx)
     cyl_cuda_status cyl_cuda_device_name(cyl_cuda_ctx* ctx, char* buf, size_t len)
     cyl_cuda_status cyl_cuda_set_tf32(cyl_cuda_ctx* ctx, int enable)
+    cyl_cuda_status cyl_cuda_set_fused_max_units(cyl_cuda_ctx* ctx, int64_t max_units)
     cyl_cuda_status cyl_cuda_malloc(cyl_cuda_ctx* ctx, void** ptr, size_t nbytes)
     cyl_cuda_status cyl_cuda_free(cyl_cuda_ctx* ctx, void* ptr)
     cyl_cuda_status cyl_cuda_memset0(cyl_cuda_ctx* ctx, void* ptr, size_t nbytes)
@@ -119,6 +120,10 @@ cdef class Context:
     def set_tf32(self, bint enable):
         """Let float32 GEMMs use TF32 tensor cores (faster, ~1e-3 relative error)."""
         self.check(cyl_cuda_set_tf32(self.ctx, enable), "set_tf32")
+
+    def set_fused_max_units(self, int64_t n):
+        """Layers with at most ``n`` units run the time loop in one kernel (0: never)."""
+        self.check(cyl_cuda_set_fused_max_units(self.ctx, n), "set_fused_max_units")
 
     def synchronize(self):
         """Wait for all queued work; raises the error of any failed kernel."""

@@ -30,6 +30,8 @@ struct cyl_cuda_ctx {
     cublasHandle_t blas;
     void* ones[2];         // a vector of ones (float, double) for db = dZ^T @ 1
     size_t ones_len[2];
+    int64_t seq_max_h;     // H up to this runs the whole time loop in one kernel
+                           // (0: never); see seq_fwd_kernel
     char msg[1024];
 };
 
@@ -219,6 +221,160 @@ __global__ void bwd_step_kernel(int B, int T, int H, int s, int reverse,
     d[3 * H + j] = dzo;
 }
 
+// ---- the time loop in one launch (small H)
+//
+// For small H the per-step work is tiny and two launches per step (GEMM + cell) cost
+// more than the math.  These kernels run a sample's whole sequence in one thread
+// block: the block computes z = (x_t @ W)[precomputed] + h_prev @ U + b itself, one
+// thread per gate element, with h_prev in shared memory and U read through the cache,
+// then the cell update, then the next step.  Samples are independent, so the blocks
+// never wait for each other: one launch for the whole recurrence.  blockDim.x is 4H
+// rounded up to a warp (4H <= 1024); h and c of unit j live in thread j's registers.
+
+template <typename F>
+__device__ __forceinline__ F gate_act(int64_t k, int64_t H, F z)
+{
+    return (k >= 2 * H && k < 3 * H) ? dtanh(z) : dsigmoid(z);
+}
+
+template <typename F>
+__global__ void seq_fwd_kernel(int T, int H, int reverse, const int64_t* __restrict__ lengths,
+                               F* __restrict__ G, const F* __restrict__ U,
+                               const F* __restrict__ bias, F* __restrict__ h,
+                               F* __restrict__ c, F* __restrict__ y, F* __restrict__ Cs,
+                               F* __restrict__ Hp, const F* __restrict__ rmask,
+                               int store_gates)
+{
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    F* hsrc = reinterpret_cast<F*>(smem_raw);  // (H): what the recurrent product reads
+    F* gate = hsrc + H;                         // (4H): activated gates of this step
+    const int b = blockIdx.x;
+    const int k = threadIdx.x;
+    const int H4 = 4 * H;
+    const int L = lengths == NULL ? T : (int)lengths[b];
+    const int64_t base = (int64_t)b * H;
+    F h_reg = 0, c_reg = 0;
+    if (k < H) {
+        h_reg = h[base + k];
+        c_reg = c[base + k];
+        hsrc[k] = rmask != NULL ? h_reg * rmask[base + k] : h_reg;
+    }
+    __syncthreads();
+    for (int s = 0; s < L; ++s) {
+        const int t = reverse ? L - 1 - s : s;
+        const int64_t row = (int64_t)b * T + t;
+        if (k < H4) {
+            // z_k = (x_t @ W)_k + b_k + sum_m h_prev[m] U[m, k]
+            F acc = G[row * H4 + k] + bias[k];
+            const F* u = U + k;
+#pragma unroll 4
+            for (int m = 0; m < H; ++m)
+                acc += hsrc[m] * __ldg(u + (int64_t)m * H4);
+            F a = gate_act<F>(k, H, acc);
+            gate[k] = a;
+            if (store_gates)
+                G[row * H4 + k] = a;
+        }
+        __syncthreads();  // all gates written, all reads of hsrc done
+        if (k < H) {
+            const F gi = gate[k], gf = gate[H + k], gg = gate[2 * H + k],
+                    go = gate[3 * H + k];
+            c_reg = gf * c_reg + gi * gg;
+            h_reg = go * dtanh(c_reg);
+            if (Hp != NULL)
+                Hp[row * H + k] = hsrc[k];
+            if (y != NULL)
+                y[row * H + k] = h_reg;
+            if (Cs != NULL)
+                Cs[row * H + k] = c_reg;
+            hsrc[k] = rmask != NULL ? h_reg * rmask[base + k] : h_reg;
+        }
+        __syncthreads();  // the new h is visible before the next step reads it
+    }
+    if (k < H) {
+        h[base + k] = h_reg;
+        c[base + k] = c_reg;
+    }
+}
+
+// BPTT of one sample per block, all its steps in one launch.  Per step: threads j < H
+// run (B1)-(B6) for unit j (dc_j in a register) and put dz in shared memory and over
+// the gates in G; then (B7) dh_prev = dz @ U^T with one warp per row of U (lanes
+// stride over the 4H columns, coalesced, then a warp reduction).
+template <typename F>
+__global__ void seq_bwd_kernel(int T, int H, int reverse, const int64_t* __restrict__ lengths,
+                               F* __restrict__ G, const F* __restrict__ Cs,
+                               const F* __restrict__ c0, const F* __restrict__ U,
+                               const F* __restrict__ dy, F* __restrict__ dh,
+                               F* __restrict__ dc, const F* __restrict__ rmask)
+{
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    F* dz = reinterpret_cast<F*>(smem_raw);  // (4H)
+    F* dhp = dz + 4 * H;                      // (H): dL/dh_prev from the last B7
+    const int b = blockIdx.x;
+    const int k = threadIdx.x;
+    const int H4 = 4 * H;
+    const int L = lengths == NULL ? T : (int)lengths[b];
+    const int64_t base = (int64_t)b * H;
+    const int lane = k & 31, warp = k >> 5, nwarps = (blockDim.x + 31) >> 5;
+    F dc_reg = k < H ? dc[base + k] : (F)0;
+    for (int s = L - 1; s >= 0; --s) {
+        const int t = reverse ? L - 1 - s : s;
+        const int64_t row = (int64_t)b * T + t;
+        if (k < H) {
+            F dhj = (s == L - 1) ? dh[base + k] : dhp[k];
+            if (dy != NULL)
+                dhj += dy[row * H + k];
+            F cp;
+            if (s == 0) {
+                cp = c0[base + k];
+            } else {
+                const int tp = reverse ? t + 1 : t - 1;
+                cp = Cs[((int64_t)b * T + tp) * H + k];
+            }
+            F* g = G + row * H4;
+            const F gi = g[k], gf = g[H + k], gg = g[2 * H + k], go = g[3 * H + k];
+            const F tc = dtanh(Cs[row * H + k]);                  // (B1)
+            const F dcj = dc_reg + dhj * go * ((F)1 - tc * tc);   // (B3)
+            const F dzi = dcj * gg * gi * ((F)1 - gi);            // (B4, B6) i
+            const F dzf = dcj * cp * gf * ((F)1 - gf);            // f
+            const F dzg = dcj * gi * ((F)1 - gg * gg);            // g
+            const F dzo = dhj * tc * go * ((F)1 - go);            // (B2, B6) o
+            dc_reg = dcj * gf;                                    // (B5)
+            g[k] = dzi;
+            g[H + k] = dzf;
+            g[2 * H + k] = dzg;
+            g[3 * H + k] = dzo;
+            dz[k] = dzi;
+            dz[H + k] = dzf;
+            dz[2 * H + k] = dzg;
+            dz[3 * H + k] = dzo;
+        }
+        __syncthreads();  // dz complete; every read of dhp for this step done
+        // (B7) dh_prev[m] = sum_k dz[k] U[m, k]  (times the recurrent mask)
+        for (int m = warp; m < H; m += nwarps) {
+            const F* u = U + (int64_t)m * H4;
+            F acc = 0;
+            for (int q = lane; q < H4; q += 32)
+                acc += dz[q] * __ldg(u + q);
+            for (int off = 16; off > 0; off >>= 1)
+                acc += __shfl_down_sync(0xffffffffu, acc, off);
+            if (lane == 0)
+                dhp[m] = rmask != NULL ? acc * rmask[base + m] : acc;
+        }
+        __syncthreads();  // dhp complete before the next step reads it
+    }
+    if (k < H) {  // every sample runs its step 0 last: dhp is dL/dh0
+        dh[base + k] = dhp[k];
+        dc[base + k] = dc_reg;
+    }
+}
+
+static int seq_threads(int64_t H)
+{
+    return (int)(((4 * H + 31) / 32) * 32);
+}
+
 // Zero the gate rows past each sample's length: they must contribute nothing to the
 // weight-gradient GEMMs over all B*T rows (B8).
 template <typename F>
@@ -365,6 +521,14 @@ static cyl_cuda_status lstm_forward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int
     // G (B*T, 4H) = X (B*T, I) @ W (I, 4H): one GEMM for every step; bias joins in the cell
     CKS(rm_gemm<F>(ctx, false, false, B * T, H4, I, x, I, W, H4, (F)0, G, H4,
                    "cublas gemm G = X @ W"));
+    if (H <= ctx->seq_max_h && 4 * H <= 1024) {  // the whole time loop in one launch
+        size_t smem = (size_t)(5 * H) * sizeof(F);
+        seq_fwd_kernel<F><<<(unsigned int)B, seq_threads(H), smem, ctx->stream>>>(
+            (int)T, (int)H, reverse, lengths, G, U, bias, h, c, y, training ? C : (F*)NULL,
+            training ? Hp : (F*)NULL, rmask, training);
+        CK_LAUNCH("seq_fwd_kernel");
+        return CYL_CUDA_OK;
+    }
     const F* hsrc = h;
     if (rmask != NULL) {  // hm = h0 * mask; the step kernels keep it current
         mul_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(B * H, h, rmask, hm);
@@ -410,6 +574,13 @@ static cyl_cuda_status lstm_backward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, in
         zero_padding_kernel<F><<<blocks_for(B * T * H4), THREADS, 0, ctx->stream>>>(
             (int)B, (int)T, (int)H4, lengths, G);
         CK_LAUNCH("zero_padding_kernel");
+    }
+    if (H <= ctx->seq_max_h && 4 * H <= 1024) {  // the whole time loop in one launch
+        size_t smem = (size_t)(5 * H) * sizeof(F);
+        seq_bwd_kernel<F><<<(unsigned int)B, seq_threads(H), smem, ctx->stream>>>(
+            (int)T, (int)H, reverse, lengths, G, C, c0, U, dy, dh, dc, rmask);
+        CK_LAUNCH("seq_bwd_kernel");
+        max_len = 0;  // skip the per-step loop and the dh hand-over below
     }
     for (int64_t s = max_len - 1; s >= 0; --s) {
         // (B1)-(B6): dz over the gates and into D
@@ -498,6 +669,7 @@ cyl_cuda_status cyl_cuda_create(int device, cyl_cuda_ctx** out, char* msg, size_
         return CYL_CUDA_ERR_ARG;
     }
     ctx->device = device;
+    ctx->seq_max_h = 128;
     cyl_cuda_status st = CYL_CUDA_OK;
     int pools = 0;
     cublasStatus_t bs;
@@ -507,6 +679,17 @@ cyl_cuda_status cyl_cuda_create(int device, cyl_cuda_ctx** out, char* msg, size_
         cudaSuccess)
         goto cuda_error;
     ctx->async_alloc = pools != 0;
+    if (ctx->async_alloc) {
+        // keep freed blocks in the pool across synchronizations (the default threshold
+        // of 0 hands them back to the driver at every sync, and the next batch pays
+        // for mapping them again)
+        cudaMemPool_t pool;
+        if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+            uint64_t keep = UINT64_MAX;
+            (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+        }
+        (void)cudaGetLastError();
+    }
     if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
         goto cuda_error;
     bs = cublasCreate(&ctx->blas);
@@ -571,6 +754,14 @@ cyl_cuda_status cyl_cuda_set_tf32(cyl_cuda_ctx* ctx, int enable)
     if (ctx == NULL)
         return CYL_CUDA_ERR_ARG;
     CKB(cublasSetMathMode(ctx->blas, enable ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_set_fused_max_units(cyl_cuda_ctx* ctx, int64_t max_units)
+{
+    if (ctx == NULL)
+        return CYL_CUDA_ERR_ARG;
+    ctx->seq_max_h = max_units < 0 ? 0 : max_units;
     return CYL_CUDA_OK;
 }
 
