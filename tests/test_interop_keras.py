@@ -214,6 +214,42 @@ def test_corrupt_and_hostile_files(tmp_path, hand_made):
         from_keras(42)
 
 
+def test_damaged_archives_give_clear_errors_only(tmp_path, hand_made):
+    """Random byte flips in the weights and junk values in the config: ValueError/TypeError
+    or a model, never another exception."""
+    config, weights, _, _ = hand_made
+    h5 = tmp_path / "w.h5"
+    write_weights(h5, weights)
+    base = h5.read_bytes()
+    rng = np.random.default_rng(16)
+    p = tmp_path / "bad.keras"
+    for _ in range(100):
+        b = bytearray(base)
+        for pos in rng.integers(0, len(b), rng.integers(1, 6)):
+            b[pos] = rng.integers(0, 256)
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("config.json", json.dumps(config))
+            z.writestr("model.weights.h5", bytes(b))
+        try:
+            from_keras(p)
+        except (ValueError, TypeError):
+            pass
+    junk = [None, -1, 0, "relu", "GRU", [], {}, [1, 2], 1.5, True]
+    for _ in range(100):
+        cfg = json.loads(json.dumps(config))
+        layer = cfg["config"]["layers"][rng.integers(5)]
+        target = layer if rng.random() < 0.3 else layer["config"]
+        key = str(rng.choice(sorted(target)))
+        target[key] = junk[rng.integers(len(junk))]
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("config.json", json.dumps(cfg))
+            z.writestr("model.weights.h5", base)
+        try:
+            from_keras(p)
+        except (ValueError, TypeError):
+            pass
+
+
 # ---------------------------------------------------------------- parity with real Keras
 @pytest.fixture(scope="module")
 def keras():

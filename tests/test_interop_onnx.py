@@ -307,6 +307,41 @@ def test_corrupt_and_truncated_files(tmp_path):
         from_onnx(12)
 
 
+def test_damaged_files_give_clear_errors_only(tmp_path):
+    """Random byte flips and graph edits: a ValueError/TypeError or a model, never a crash."""
+    model = Sequential([L.Bidirectional(L.LSTM(3, return_sequences=True),
+                                        input_shape=(None, 2)), L.LSTM(2), L.Dense(2)])
+    good = tmp_path / "good.onnx"
+    to_onnx(model, good)
+    base = good.read_bytes()
+    rng = np.random.default_rng(15)
+    bad = tmp_path / "bad.onnx"
+    for _ in range(150):
+        b = bytearray(base)
+        for pos in rng.integers(0, len(b), rng.integers(1, 5)):
+            b[pos] = rng.integers(0, 256)
+        bad.write_bytes(bytes(b))
+        try:
+            from_onnx(bad)
+        except (ValueError, TypeError):
+            pass
+    proto = onnx.load(str(good))
+    for _ in range(150):
+        m = onnx.ModelProto()
+        m.CopyFrom(proto)
+        node = m.graph.node[rng.integers(len(m.graph.node))]
+        if len(node.input) and rng.random() < 0.5:
+            node.input[rng.integers(len(node.input))] = str(rng.choice(["", "x", "nope"]))
+        else:
+            node.op_type = str(rng.choice(["Transpose", "Squeeze", "Reshape", "Gather", "Slice",
+                                           "Expand", "Add", "MatMul", "ReduceSum", "Concat"]))
+        bad.write_bytes(m.SerializeToString())
+        try:
+            from_onnx(bad)
+        except (ValueError, TypeError):
+            pass
+
+
 def test_external_data_reference_is_refused(tmp_path):
     """A hostile file must not make the importer read other files from disk."""
     m = onnx.load(str(_single_lstm(tmp_path)))

@@ -45,9 +45,17 @@ def _dtype_name(cfg):
     return d if isinstance(d, str) else None
 
 
+def _act_name(value):
+    """The name of an activation given as a string or a serialized object."""
+    if isinstance(value, dict):  # {'class_name': ..., 'config': {'name': ...}}
+        inner = value.get("config")
+        got = inner.get("name") if isinstance(inner, dict) else None
+        return got if got is not None else value.get("class_name")
+    return value
+
+
 def _activation(where, value, allowed):
-    if isinstance(value, dict):  # serialized activation objects: {'class_name': ..., ...}
-        value = value.get("config", {}).get("name", value.get("class_name"))
+    value = _act_name(value)
     name = _ACT_ALIASES.get(value, value)
     if name not in allowed:
         raise ValueError(f"{where}: activation {value!r} is not supported (supported: "
@@ -68,7 +76,7 @@ def _layers_config(config):
             raise ValueError(f"only Keras Sequential models are supported; got "
                              f"{config['class_name']!r}")
         config = config.get("config", {})
-    layers = config.get("layers")
+    layers = config.get("layers") if isinstance(config, dict) else None
     if not isinstance(layers, list):
         raise ValueError("the Keras config has no 'layers' list (is it a Sequential config?)")
     return layers
@@ -76,9 +84,7 @@ def _layers_config(config):
 
 def _lstm_options(where, cfg):
     for k, default in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
-        got = cfg.get(k, default)
-        if isinstance(got, dict):
-            got = got.get("config", {}).get("name", got.get("class_name"))
+        got = _act_name(cfg.get(k, default))
         if got != default:
             raise ValueError(f"{where}: {k}={got!r} is not supported (cylstm's LSTM computes "
                              f"{k}={default!r})")
@@ -296,11 +302,15 @@ def _open_h5(data_or_path, source):
 
 
 def _spec_from_h5(f, layer_cfgs, source):
-    if "model_config" in f.attrs or "model_weights" in f:
-        raise ValueError(f"{source}: this is a legacy (Keras 2) HDF5 file; re-save the model "
-                         "as .keras with Keras 3")
     plans, input_dim, dtype = _plan(layer_cfgs)
-    return _build_spec(plans, input_dim, dtype, _h5_reader(f, source))
+    try:
+        if "model_config" in f.attrs or "model_weights" in f:
+            raise ValueError(f"{source}: this is a legacy (Keras 2) HDF5 file; re-save the "
+                             "model as .keras with Keras 3")
+        return _build_spec(plans, input_dim, dtype, _h5_reader(f, source))
+    except (OSError, RuntimeError, KeyError) as e:
+        # HDF5's own checks on a damaged file (bad addresses, B-trees, dataspaces)
+        raise ValueError(f"{source}: corrupt weights file ({type(e).__name__}: {e})") from e
 
 
 def _read_keras_archive(path):
@@ -390,6 +400,14 @@ def _live_spec(model):
 
 def keras_to_spec(model_or_path, config=None):
     """The :class:`ModelSpec` :func:`from_keras` would build."""
+    try:
+        return _keras_to_spec(model_or_path, config)
+    except (AttributeError, KeyError, IndexError) as e:
+        # a config entry of the wrong type or shape somewhere deep in the JSON
+        raise ValueError(f"malformed Keras model config ({type(e).__name__}: {e})") from e
+
+
+def _keras_to_spec(model_or_path, config):
     obj = model_or_path
     if isinstance(obj, (str, bytes, os.PathLike)):
         path = os.fsdecode(os.fspath(obj))

@@ -313,7 +313,13 @@ class _Importer:
                 if i and i not in self.env:
                     raise _err(n, f"input {i!r} is neither a graph input, an initializer nor "
                                   "an earlier node's output")
-            handler(n)
+            try:
+                handler(n)
+            except (ValueError, TypeError):
+                raise
+            except (IndexError, KeyError, ArithmeticError, AttributeError) as e:
+                # a missing input, an out-of-range axis or index: a malformed graph
+                raise _err(n, f"malformed operator ({type(e).__name__}: {e})") from e
         out = self.env.get(self.graph.output[0].name)
         if not isinstance(out, _Stream):
             raise ValueError("the first graph output does not depend on the data input")
