@@ -260,3 +260,41 @@ def test_dropout_layer_model_and_call():
     x = np.random.default_rng(8).standard_normal((4, 3, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(x), model.predict(x))
     assert not np.allclose(model(x, training=True), model(x, training=True))
+
+
+def test_streamer_and_onnx_delegations(tmp_path):
+    rng = np.random.default_rng(9)
+    model = _example()
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    runner = model.streamer(batch_size=2)
+    for t in range(5):
+        out = runner.step(x[:, t])
+    np.testing.assert_allclose(out, model.predict(x), rtol=1e-5, atol=1e-6)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path = tmp_path / "m.onnx"
+    model.to_onnx(str(path))
+    sess = ort.InferenceSession(str(path))
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_progress_bar_redraws_on_a_terminal():
+    import io
+
+    from cylstm._progress import Progbar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    f = Tty()
+    bar = Progbar(4, 1, file=f, interval=0)
+    for i in range(1, 4):
+        bar.update(i, {"loss": 1.0 / i})
+    bar.update(4, {"loss": 0.25, "val_loss": 0.5}, finalize=True)
+    text = f.getvalue()
+    assert text.count("\r") == 4 and text.endswith("\n")
+    assert "2/4" in text and "loss: 0.5000" in text
+    assert text.splitlines()[-1].split("\r")[-1].startswith("4/4 " + "━" * 20)
+    assert "val_loss: 0.5000" in text
