@@ -289,7 +289,8 @@ def test_csv_logger(tmp_path):
     path = tmp_path / "log.csv"
     fit(FakeModel(), [C.CSVLogger(path)], [{"loss": 1.5, "val_loss": 2.0}] * 2)
     fit(FakeModel(), [C.CSVLogger(path, append=True)], [{"loss": 0.5, "val_loss": 1.0}])
-    rows = list(csv.DictReader(open(path)))
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
     assert [r["loss"] for r in rows] == ["1.5", "1.5", "0.5"]
     assert [r["epoch"] for r in rows] == ["0", "1", "0"]
 
