@@ -82,6 +82,21 @@ def test_unavailable_backend_raises_a_clear_error():
         _gpu().lstm_forward(x, W, U, b)
 
 
+def test_resolve_device_spellings():
+    assert cuda.resolve_device("cpu") == ("cpu", None)
+    assert cuda.resolve_device(None) == ("cpu", None)
+    with pytest.raises(ValueError, match="'cpu', 'cuda' or 'cuda:N'"):
+        cuda.resolve_device("tpu")
+    with pytest.raises(ValueError):
+        cuda.resolve_device("cuda:x")
+    if cuda.is_available():
+        assert cuda.resolve_device("cuda") == ("cuda", 0)
+        assert cuda.resolve_device("CUDA:0") == ("cuda", 0)
+    else:
+        with pytest.raises(cuda.CudaError, match="not available"):
+            cuda.resolve_device("cuda")
+
+
 def test_device_count_is_an_int():
     assert isinstance(cuda.device_count(), int) and cuda.device_count() >= 0
 

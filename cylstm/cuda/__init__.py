@@ -1,6 +1,6 @@
 """cylstm's optional CUDA backend: cuBLAS GEMMs and fused LSTM cell kernels.
 
-Built only when the package is built with ``CYLSTM_CUDA=1`` (see the README, "GPU");
+Built only when the package is built with ``CYLSTM_CUDA=1`` (see cylstm/cuda/README.md);
 the default build is CPU-only and this module then imports fine and reports the backend
 as unavailable.
 
@@ -24,7 +24,8 @@ import os
 import threading
 
 __all__ = ["is_available", "unavailable_reason", "device_count", "device_name",
-           "get_context", "set_tf32", "set_fused_max_units", "clear_cache", "CudaError",
+           "get_context", "resolve_device", "set_tf32", "set_fused_max_units", "clear_cache",
+           "CudaError",
            "functional", "DeviceArray"]
 
 _lock = threading.Lock()
@@ -173,6 +174,30 @@ def set_tf32(enabled):
     with _lock:
         for ctx in _contexts.values():
             ctx.set_tf32(_tf32)
+
+
+def resolve_device(device):
+    """Parse a device spelling: ``'cpu'`` -> ``('cpu', None)``; ``'cuda'``, ``'gpu'`` or
+    ``'cuda:N'`` -> ``('cuda', N)`` after checking that the backend and device N exist.
+
+    Raises ValueError for an unknown spelling and :class:`CudaError` (saying why) when
+    the CUDA backend or that device is unavailable.  Layers and models call this for
+    their ``device`` argument / ``to(device)``.
+    """
+    if device is None:
+        return "cpu", None
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return "cpu", None
+    kind, _, index = text.partition(":")
+    if kind not in ("cuda", "gpu") or (index and not index.isdigit()):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    n = int(index) if index else 0
+    _require()
+    count = device_count()
+    if n >= count:
+        raise CudaError(f"CUDA device {n} requested; {count} visible")
+    return "cuda", n
 
 
 def set_fused_max_units(n):

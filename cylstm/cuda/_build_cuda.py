@@ -21,7 +21,8 @@ Where things are found:
   from ``nvcc --dryrun`` (robust to wrapper scripts and symlinks).
 * cuBLAS: the toolkit's, else the pip wheels (``nvidia-cublas`` for CUDA 13, which
   installs into ``site-packages/nvidia/cu13``; ``nvidia-cublas-cu12`` into
-  ``nvidia/cublas``).  Its major version must match nvcc's.  The extension gets an
+  ``nvidia/cublas``), found in this interpreter's site-packages even under pip's build
+  isolation, or in ``CYLSTM_NVIDIA_DIR`` (a ``site-packages/nvidia`` folder).  Its major version must match nvcc's.  The extension gets an
   RPATH to that folder (absolute, and relative to the installed extension) so that
   ``import cylstm.cuda._cuda`` finds libcublas without ``LD_LIBRARY_PATH``.
 * The CUDA runtime is linked statically (``libcudart_static.a``), so the only shared
@@ -36,8 +37,10 @@ import os
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 
 from setuptools import Extension
 from setuptools.command.build_ext import build_ext
@@ -50,14 +53,40 @@ class CudaBuildError(RuntimeError):
 
 
 def _wheel_roots():
-    """Folders of the ``nvidia`` namespace package (pip wheels), without importing it."""
+    """Folders of the ``nvidia`` namespace package (pip wheels), without importing it.
+
+    Under pip's build isolation the build runs in a temporary environment that does not
+    see the target environment's packages, so besides ``sys.path`` this also looks in
+    the interpreter's own site-packages, the active virtualenv and ``CYLSTM_NVIDIA_DIR``.
+    """
+    roots = []
     try:
         spec = importlib.util.find_spec("nvidia")
+        if spec is not None and spec.submodule_search_locations:
+            roots += list(spec.submodule_search_locations)
     except (ImportError, ValueError):
-        return []
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    return [p for p in spec.submodule_search_locations if os.path.isdir(p)]
+        pass
+    sites = [os.environ.get("CYLSTM_NVIDIA_DIR", "")]
+    paths = sysconfig.get_paths()
+    sites += [paths.get("purelib", ""), paths.get("platlib", "")]
+    for prefix in (os.environ.get("VIRTUAL_ENV"), sys.base_prefix, sys.prefix):
+        if prefix:
+            sites += glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages"))
+    try:
+        sites.append(site.getusersitepackages())
+    except AttributeError:
+        pass
+    for d in sites:
+        if not d:
+            continue
+        cand = d if os.path.basename(d) == "nvidia" else os.path.join(d, "nvidia")
+        roots.append(cand)
+    seen = []
+    for r in roots:
+        r = os.path.normpath(r)
+        if os.path.isdir(r) and r not in seen:
+            seen.append(r)
+    return seen
 
 
 def find_nvcc():
