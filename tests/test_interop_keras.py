@@ -8,11 +8,11 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from cylstm import layers as L  # noqa: E402
-from cylstm.interop import from_keras  # noqa: E402
-from cylstm.models import Sequential  # noqa: E402
+from cylstm import layers as L
+from cylstm.interop import from_keras
+from cylstm.models import Sequential
 
-TOL = dict(rtol=1e-5, atol=2e-6)
+TOL = {"rtol": 1e-5, "atol": 2e-6}
 # Keras 3 on NumPy 2 warns about __array__(copy=...) inside its own code
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 
-from cylstm import layers as L  # noqa: E402
-from cylstm.interop import from_onnx  # noqa: E402
-from cylstm.interop.onnx import to_onnx  # noqa: E402
-from cylstm.models import Sequential  # noqa: E402
+from cylstm import layers as L
+from cylstm.interop import from_onnx
+from cylstm.interop.onnx import to_onnx
+from cylstm.models import Sequential
 
-TOL = dict(rtol=1e-5, atol=2e-6)
+TOL = {"rtol": 1e-5, "atol": 2e-6}
 
 
 def _ort():
@@ -234,10 +234,10 @@ def _single_lstm(tmp_path, extra_inputs=(), inits_extra=None, **attrs):
 
 
 @pytest.mark.parametrize("attrs,match", [
-    (dict(clip=3.0), "clip"),
-    (dict(input_forget=1), "input_forget"),
-    (dict(activations=["Sigmoid", "Relu", "Relu"]), "activations"),
-    (dict(activations=["HardSigmoid", "Tanh", "Tanh"], activation_alpha=[0.2]),
+    ({"clip": 3.0}, "clip"),
+    ({"input_forget": 1}, "input_forget"),
+    ({"activations": ["Sigmoid", "Relu", "Relu"]}, "activations"),
+    ({"activations": ["HardSigmoid", "Tanh", "Tanh"], "activation_alpha": [0.2]},
      "activations|activation_alpha"),
 ])
 def test_unsupported_lstm_attributes_are_named(tmp_path, attrs, match):
@@ -418,7 +418,7 @@ def _models():
         L.LSTM(5, return_sequences=True, input_shape=(None, 3)),
         L.Dropout(0.2),
         L.LSTM(4, return_sequences=True, go_backwards=True),
-        L.LSTM(3), L.Dense(2, activation="softmax")])
+        L.LSTM(3, go_backwards=True), L.Dense(2, activation="softmax")])
     for mode in ("concat", "sum", "ave", "mul"):
         yield f"bidirectional-{mode}", Sequential([
             L.Bidirectional(L.LSTM(4, return_sequences=True), merge_mode=mode,

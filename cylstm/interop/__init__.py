@@ -10,7 +10,7 @@ each function imports what it needs (torch, h5py, onnx) only when called, and on
 the input requires it.
 """
 
-__all__ = ["from_torch", "from_keras", "from_onnx", "to_onnx"]
+__all__ = ["from_keras", "from_onnx", "from_torch", "to_onnx"]
 
 
 def from_torch(obj, *, name=None):

@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LSTMSpec", "BidirectionalSpec", "DenseSpec", "MaskingSpec", "DropoutSpec",
-           "build_sequential", "reorder_gates", "DENSE_ACTIVATIONS"]
+__all__ = [
+    "DENSE_ACTIVATIONS",
+    "BidirectionalSpec",
+    "DenseSpec",
+    "DropoutSpec",
+    "LSTMSpec",
+    "MaskingSpec",
+    "build_sequential",
+    "reorder_gates",
+]
 
 # Dense activations cylstm supports, by canonical Keras name.
 DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")

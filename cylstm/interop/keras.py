@@ -20,9 +20,16 @@ import zipfile
 
 import numpy as np
 
-from cylstm.interop._spec import (DENSE_ACTIVATIONS, BidirectionalSpec, DenseSpec,
-                                  DropoutSpec, LSTMSpec, MaskingSpec, ModelSpec,
-                                  build_sequential)
+from cylstm.interop._spec import (
+    DENSE_ACTIVATIONS,
+    BidirectionalSpec,
+    DenseSpec,
+    DropoutSpec,
+    LSTMSpec,
+    MaskingSpec,
+    ModelSpec,
+    build_sequential,
+)
 
 __all__ = ["from_keras"]
 
@@ -78,7 +85,8 @@ def _layers_config(config):
         config = config.get("config", {})
     layers = config.get("layers") if isinstance(config, dict) else None
     if not isinstance(layers, list):
-        raise ValueError("the Keras config has no 'layers' list (is it a Sequential config?)")
+        raise ValueError(  # noqa: TRY004 - a malformed file, not a wrong argument type
+            "the Keras config has no 'layers' list (is it a Sequential config?)")
     return layers
 
 
@@ -120,7 +128,7 @@ def _plan(layer_cfgs):
         cls = entry["class_name"]
         cfg = entry.get("config") or {}
         if not isinstance(cfg, dict):
-            raise ValueError(f"layer {i} ({cls}): malformed config")
+            raise ValueError(f"layer {i} ({cls}): malformed config")  # noqa: TRY004 - file
         where = f"layer {i} ({cls} {cfg.get('name', '?')!r})"
         dtype = dtype or _dtype_name(cfg)
         shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
@@ -254,15 +262,16 @@ def _h5_reader(f, source):
                 raise ValueError(f"{source}: missing {path!r} in the weights file (is it a "
                                  "Keras 3 weights file of this architecture?)")
             if not isinstance(link, h5py.HardLink):
-                raise ValueError(f"{source}: {path!r} is a {type(link).__name__}; only plain "
-                                 "groups and datasets are read")
+                kind = type(link).__name__
+                raise ValueError(  # noqa: TRY004 - the file's content, not an argument's type
+                    f"{source}: {path!r} is a {kind}; only plain groups and datasets are read")
             node = node[part]
         return node
 
     def read(path):
         ds = get(path)
         if not isinstance(ds, h5py.Dataset):
-            raise ValueError(f"{source}: {path!r} is not a dataset")
+            raise ValueError(f"{source}: {path!r} is not a dataset")  # noqa: TRY004
         if ds.external or ds.is_virtual:
             raise ValueError(f"{source}: dataset {path!r} refers to data outside the file")
         if ds.dtype.kind != "f" or ds.ndim not in (1, 2):
@@ -272,7 +281,7 @@ def _h5_reader(f, source):
             raise ValueError(f"{source}: dataset {path!r} is implausibly large ({ds.shape})")
         try:
             a = ds[()]
-        except Exception as e:  # noqa: BLE001 - corrupt chunks raise various h5py errors
+        except Exception as e:
             raise ValueError(f"{source}: cannot read dataset {path!r}: {e}") from e
         return np.asarray(a, np.float64 if a.dtype == np.float64 else np.float32)
 
@@ -297,7 +306,7 @@ def _open_h5(data_or_path, source):
         raise ImportError("reading Keras files needs h5py (pip install h5py)") from e
     try:
         return h5py.File(data_or_path, "r")
-    except Exception as e:  # noqa: BLE001 - h5py raises OSError and others on garbage
+    except Exception as e:
         raise ValueError(f"{source}: not a readable HDF5 weights file ({e})") from e
 
 
@@ -420,7 +429,7 @@ def _keras_to_spec(model_or_path, config):
             layer_cfgs = _layers_config(cfg)
             with _open_h5(io.BytesIO(weights), path) as f:
                 return _spec_from_h5(f, layer_cfgs, path)
-        if path.endswith(".h5") or path.endswith(".hdf5"):
+        if path.endswith((".h5", ".hdf5")):
             if config is None:
                 with _open_h5(path, path) as f:
                     if "model_config" in f.attrs or "model_weights" in f:

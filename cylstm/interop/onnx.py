@@ -24,9 +24,15 @@ import tempfile
 
 import numpy as np
 
-from cylstm.interop._spec import (DENSE_ACTIVATIONS, BidirectionalSpec, DenseSpec,
-                                  DropoutSpec, LSTMSpec, ModelSpec, build_sequential,
-                                  reorder_gates)
+from cylstm.interop._spec import (
+    DENSE_ACTIVATIONS,
+    BidirectionalSpec,
+    DenseSpec,
+    LSTMSpec,
+    ModelSpec,
+    build_sequential,
+    reorder_gates,
+)
 
 __all__ = ["from_onnx", "to_onnx"]
 
@@ -119,7 +125,7 @@ def _load_model(path):
                 data = f.read()
             model = onnx.ModelProto()
             model.ParseFromString(data)
-        except Exception as e:  # noqa: BLE001 - protobuf raises several types on garbage
+        except Exception as e:
             raise ValueError(f"{path!r} is not a readable ONNX model ({type(e).__name__}: "
                              f"{e})") from e
     if not model.HasField("graph") or len(model.graph.output) == 0:
@@ -134,7 +140,7 @@ def _load_model(path):
                              "file)")
     try:
         onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 - the checker raises its own exception types
+    except Exception as e:
         raise ValueError(f"the ONNX model is not valid: {e}") from e
     return model
 
@@ -150,7 +156,7 @@ def _tensor_to_array(t, what):
         raise ValueError(f"{what} {t.name!r} has an unusable shape {dims}")
     try:
         a = numpy_helper.to_array(t)
-    except Exception as e:  # noqa: BLE001 - malformed payloads raise various errors
+    except Exception as e:
         raise ValueError(f"{what} {t.name!r} cannot be decoded: {e}") from e
     if list(a.shape) != dims:
         raise ValueError(f"{what} {t.name!r} holds {a.size} values for shape {dims}")
@@ -275,7 +281,7 @@ class _Importer:
                 mapping[old] = new
             elif old != new:
                 raise _err(node, f"expects axes {labels}; got {s!r}")
-        if len(set(mapping.values()) | set(lab for lab in s.labels if not lab.startswith("?"))) \
+        if len(set(mapping.values()) | {lab for lab in s.labels if not lab.startswith("?")}) \
                 != len(s.labels):
             raise _err(node, f"cannot read axes {s!r} as {labels}")
         if mapping:
@@ -322,7 +328,8 @@ class _Importer:
                 raise _err(n, f"malformed operator ({type(e).__name__}: {e})") from e
         out = self.env.get(self.graph.output[0].name)
         if not isinstance(out, _Stream):
-            raise ValueError("the first graph output does not depend on the data input")
+            raise ValueError(  # noqa: TRY004 - a property of the file, not of an argument
+                "the first graph output does not depend on the data input")
         if self.n_lstm == 0:
             raise ValueError("the ONNX graph has no LSTM operator on the path to its first "
                              "output")
@@ -691,8 +698,8 @@ class _Importer:
         return groups
 
     # -- the recurrent core ---------------------------------------------------------
-    _LSTM_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
-                   "hidden_size", "input_forget", "layout"}
+    _LSTM_ATTRS = frozenset({"activation_alpha", "activation_beta", "activations", "clip",
+                             "direction", "hidden_size", "input_forget", "layout"})
 
     def op_LSTM(self, n):
         a = _attrs(n)
@@ -1220,11 +1227,10 @@ def to_onnx(model, path, *, dtype=None):
         elif isinstance(layer, L.Dense):
             cur = ex.dense(layer, cur, where)
             continue
-        elif isinstance(layer, L.Masking):
-            raise ValueError(f"{where}: Masking cannot be exported (the ONNX LSTM operator has "
-                             "no per-step mask)")
         else:
-            raise ValueError(f"{where}: this layer type cannot be exported to ONNX")
+            why = ("the ONNX LSTM operator has no per-step mask" if isinstance(layer, L.Masking)
+                   else "no ONNX mapping for this layer type")
+            raise ValueError(f"{where}: cannot be exported to ONNX ({why})")  # noqa: TRY004
         seq = layer.return_sequences
         rank = 3 if seq else 2
         time_major = seq

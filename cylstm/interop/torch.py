@@ -15,8 +15,7 @@ import sys
 
 import numpy as np
 
-from cylstm.interop._spec import (BidirectionalSpec, LSTMSpec, ModelSpec,
-                                  build_sequential)
+from cylstm.interop._spec import BidirectionalSpec, LSTMSpec, ModelSpec, build_sequential
 
 __all__ = ["from_torch", "torch_state_dict_to_spec"]
 
@@ -37,7 +36,7 @@ def _to_numpy(key, v):
         v = v.cpu().numpy()
     try:
         a = np.asarray(v)
-    except Exception as e:  # noqa: BLE001 - any conversion failure is the caller's bad input
+    except Exception as e:
         raise TypeError(f"state_dict[{key!r}] must be a tensor or array; got "
                         f"{type(v).__name__}") from e
     if a.dtype.kind not in "fiu":
