@@ -914,6 +914,12 @@ class LSTM(Layer):
                 rmask = (self._rng.random((B, self.units)) < keep).astype(x.dtype)
                 rmask *= 1.0 / keep
                 kw["recurrent_mask"] = rmask
+        if mask is not None:
+            mask = np.asarray(mask)
+        if mask is not None and mask.shape == (B, x.shape[1]) and mask.all():
+            mask_in, mask = mask, None  # nothing masked: the plain path is exact
+        else:
+            mask_in = mask
         if mask is None:
             r = _F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
                                 initial_state=state, go_backwards=self.go_backwards,
@@ -929,7 +935,7 @@ class LSTM(Layer):
             self._states = [h.copy(), c.copy()]
         if training:
             self._cache = (r.cache, dmask, kw, info, flip)
-        return y, (mask if self.return_sequences else None)
+        return y, (mask_in if self.return_sequences else None)
 
     def _masked_forward(self, x, mask, state, training, kw, flip):
         B, T, _ = x.shape

@@ -738,11 +738,12 @@ class Sequential:
         if x.shape[0] == 0:
             raise ValueError("x has no samples")
         sw = self._sample_weights(y, x.shape[0], sample_weight, None)
+        steps_n = (x.shape[0] + bs - 1) // bs
+        bar = Progbar(steps_n, verbose) if verbose else None
         res = self._evaluate_arrays(x, y, sw, bs)
         names = self.metrics_names
-        if verbose:
-            steps_n = (x.shape[0] + bs - 1) // bs
-            Progbar(steps_n, verbose).update(steps_n, dict(zip(names, res)), finalize=True)
+        if bar is not None:
+            bar.update(steps_n, dict(zip(names, res)), finalize=True)
         if return_dict:
             return dict(zip(names, res))
         return res[0] if len(res) == 1 else res
@@ -755,6 +756,7 @@ class Sequential:
         self._ensure_built(x)
         n = x.shape[0]
         out = None
+        bar = Progbar((n + bs - 1) // bs, verbose) if verbose == 1 and n else None
         for s in range(0, n, bs):
             e = min(s + bs, n)
             yb, _ = self._run_forward(x[s:e], False)
@@ -764,9 +766,8 @@ class Sequential:
         if out is None:
             shape = self.layers[-1].compute_output_shape((0,) + x.shape[1:])
             out = np.empty(tuple(0 if d is None else d for d in shape), self.dtype)
-        if verbose == 1 and n:
-            steps_n = (n + bs - 1) // bs
-            Progbar(steps_n, verbose).update(steps_n, {}, finalize=True)
+        if bar is not None:
+            bar.update(bar.target, {}, finalize=True)
         return out
 
     def __call__(self, inputs, training=False, mask=None):
