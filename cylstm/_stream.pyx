@@ -266,13 +266,16 @@ cdef void _run(Ctx* ctx, int tid, int nt, floating* zs) noexcept nogil:
             _lstm_panels(L, ctx, x, p0, p1, zs)
         else:
             _dense_panels(L, ctx, x, p0, p1, zs)
-        if nt > 1:
-            cyl_stream_barrier()
         if L.kind == KIND_DENSE and L.act == ACT_SOFTMAX:
-            if tid == 0:
-                _softmax_rows(ctx.B, L.n_out, <floating*> L.h0)
+            # the row maximum and sum need every panel
             if nt > 1:
                 cyl_stream_barrier()
+            if tid == 0:
+                _softmax_rows(ctx.B, L.n_out, <floating*> L.h0)
+        # the next layer reads all of this one's output; after the last layer the
+        # end of the parallel region is the barrier
+        if nt > 1 and l + 1 < ctx.n_layers:
+            cyl_stream_barrier()
         x = <const floating*> _output_of(L, ctx.par)
 
 
@@ -282,14 +285,15 @@ cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
     cdef LayerC* last = &ctx.L[ctx.n_layers - 1]
     cdef Py_ssize_t stride = ctx.B * MAXW
     if ctx.use_blas:
-        _blas_threads(1 if nt > 1 else ctx.blas_threads)
+        # each panel's GEMM is small: threads come from the panel split, not BLAS
+        _blas_threads(1)
     if nt <= 1:
         _run(ctx, 0, 1, scratch)
     else:
         with parallel(num_threads=nt):
             tid = threadid()
             _run(ctx, tid, nt, scratch + tid * stride)
-    if ctx.use_blas and nt > 1:
+    if ctx.use_blas:
         _blas_threads(ctx.blas_threads)
     memcpy(ctx.out, _output_of(last, ctx.par),
            ctx.B * last.n_out * sizeof(floating))

@@ -35,9 +35,11 @@ from cylstm import _config, _stream
 
 __all__ = ["StreamRunner", "BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES"]
 
-# Batch sizes from here up use BLAS per panel instead of the GEMV-shaped kernel
-# (measured in bench/stream_bench.py: below it the kernel wins).
-BLAS_MIN_BATCH = 8
+# Batch sizes from here up use SciPy's BLAS (one GEMM per panel, single-threaded
+# BLAS) instead of the GEMV-shaped kernel, which re-reads a panel per row.  Measured
+# at (64, 128) / (256, 512), one thread, us per step: batch 1 kernel 4.1 / 71 vs
+# BLAS 4.6 / 72; batch 2 kernel 8.0 / 280 vs BLAS 5.2 / 154.
+BLAS_MIN_BATCH = 2
 
 # Packed weight bytes (all layers) from which a step splits its panels across
 # two threads.  At (64, 128) fp32 (393 KB) one thread reads the weights from
