@@ -12,7 +12,10 @@ Workloads (names for ``--only``; a case name or ``workload/case`` selects one ca
               150x1x256x256 and 200x1x64x128 (batch-1 sequences)
     train     one training step on the first four shapes: forward + backward with the
               gradients of x, W, U and b, for a fixed upstream gradient dL/dy
-    stream    per-step latency at batch 1 (median and p99), from bench/stream_bench.py
+    stream    per-step latency at batch 1 (median and p99) of a stack of L LSTM layers and a
+              Dense(1) head, cases IxHxLL: 64x128x1L, 64x128x2L, 256x512x1L, 256x512x2L
+              (bench/stream_bench.py: cylstm's StreamRunner, torch LSTMCell and nn.LSTM with
+              T=1, ONNX Runtime session.run with the state fed back, NumPy)
     epoch     one epoch of the Keras example model (LSTM(50, return_sequences) -> LSTM(20)
               -> Dense(1), Adam(0.001), MSE) on 2048 x 50 x 10 synthetic data, batch 32
 
@@ -101,6 +104,9 @@ TRAIN_SHAPES = FORWARD_SHAPES[:4]
 QUICK_FORWARD = [(100, 32, 10, 50), (100, 32, 128, 256), (25, 1, 512, 512), (200, 1, 64, 128)]
 QUICK_TRAIN = [(100, 32, 128, 256)]
 EPOCH_CASE = "keras-example"
+# --quick keeps the strongest peer of each library and drops these slower variants.
+QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1"}
+STREAM_IMPLS = ["cylstm", "torch LSTMCell", "torch LSTM T=1", "onnxruntime", "numpy"]
 WORKLOADS = ["forward", "train", "stream", "epoch"]
 TITLES = {
     "forward": "forward inference, full sequences (TxBxIxH), float32",
@@ -225,6 +231,8 @@ class Bench:
         atol, rtol = TOL[workload]
         t_case = time.perf_counter()
         log(f"  {workload} {case} threads={n}: ", end="")
+        if self.args.quick:
+            builders = [b for b in builders if b[0] not in QUICK_DROP]
         active, ref_out = [], None
         for label, build in builders:
             row = {"impl": label, "status": "ok", "reason": None}
@@ -232,7 +240,6 @@ class Bench:
             try:
                 impl = build()
                 row["impl"] = impl.name
-                self.pause(n)
                 out = impl.result(impl.run())           # first call: setup + check
                 t0 = time.perf_counter()
                 impl.run()                               # warm-up, sizes the block
@@ -323,19 +330,42 @@ class Bench:
         return self.run_calls("train", case_name(shape), n, 3 * fwd_flops(*shape), builders)
 
     # -- streaming -----------------------------------------------------------------
-    def stream(self, n):
-        """Per-step latency at batch 1, measured by bench/stream_bench.py (helper module)."""
+    def stream(self, case, n):
+        """Per-step latency at batch 1 for one case ``IxHxLL`` (I inputs, H units, L layers
+        and a Dense(1) head), measured by bench/stream_bench.py's ``run_case``: every call
+        timed on its own, median and p99 over all timed steps of interleaved rounds."""
         try:
             import stream_bench
-            measure = stream_bench.measure_streaming
-        except (ImportError, AttributeError) as e:
-            res = self.new_result("stream", "all", n, None)
+        except ImportError as e:
+            res = self.new_result("stream", case, n, None)
             res["rows"].append({"impl": "all", "status": "skipped",
-                                "reason": "bench/stream_bench.py with measure_streaming() is "
-                                          f"not available ({type(e).__name__}: {e})"})
+                                "reason": "bench/stream_bench.py is not available "
+                                          f"({type(e).__name__}: {e})"})
             log(f"  stream threads={n}: skipped ({res['rows'][0]['reason']})")
             return [res]
-        return measure(self, n)
+        if not hasattr(stream_bench, "run_case"):
+            return stream_bench.measure_streaming(self, n)   # its own choice of cases
+        I, H, L = (int(v) for v in case.rstrip("L").split("x"))
+        a = self.args
+        flops = 2.0 * (I + H) * 4 * H + 2.0 * (L - 1) * 8 * H * H   # per step, LSTM layers
+        res = self.new_result("stream", case, n, flops)
+        t_case = time.perf_counter()
+        log(f"  stream {case} threads={n}: ", end="")
+        meter = _machine.LoadMeter().start()
+        repeat = a.repeat if a.repeat_given else (2 if a.quick else 3)
+        steps, warmup = (500, 100) if a.quick else (2000, 300)
+        res["rows"] = stream_bench.run_case(
+            I, H, L, n, n_steps=steps, repeat=repeat, warmup=warmup,
+            pause=a.pause if n > 1 else min(a.pause, 0.02),
+            impls=[i for i in STREAM_IMPLS if not (a.quick and i in QUICK_DROP)])
+        for r in res["rows"]:
+            if r["impl"].startswith("cylstm"):
+                r["impl_detail"], r["impl"] = r["impl"], "cylstm"
+        res["steps_per_block"] = steps
+        log(", ".join(f"{r['impl']}: {r['status']}" for r in res["rows"]), end="")
+        self.fill_speed(res, self.sgemm.get(n, {}).get("gflops"))
+        self.end_case(res, meter, t_case)
+        return [res]
 
     # -- epoch ------------------------------------------------------------------------
     def epoch(self, n):
@@ -354,7 +384,7 @@ class Bench:
             ("keras/TF fit", lambda: _impls.keras_epoch(x, y, w, n)),
         ]
         if a.quick:  # the slow oneDNN-off epoch would take half the quick run
-            builders = [b for b in builders if b[0] != "torch (oneDNN off)"]
+            builders = [b for b in builders if b[0] not in QUICK_DROP]
         probe = x[:256]
         active, ref_pred = [], None
         for label, build in builders:
@@ -433,6 +463,8 @@ def fmt(v, digits=3):
         return "0"
     if not np.isfinite(v):
         return str(v)
+    if abs(v) >= 10 ** digits:
+        return f"{v:.0f}"
     return f"{v:.{digits}g}"
 
 
@@ -624,7 +656,9 @@ def parse_args(argv):
         description="Benchmark cylstm against NumPy, PyTorch, ONNX Runtime and Keras/TF "
                     "(whichever are installed), in one process, same threads and data.")
     p.add_argument("--quick", action="store_true",
-                   help="a run under a minute: fewer shapes, repeats and epochs")
+                   help="a run under a minute: fewer shapes, repeats, steps and epochs, and "
+                        "only the strongest variant of each peer (no NumPy naive, no PyTorch "
+                        "with oneDNN off, no nn.LSTM T=1 streaming)")
     p.add_argument("--threads", type=int, nargs="+", default=None, metavar="N",
                    help="thread counts to run (default: 1 2)")
     p.add_argument("--only", action="append", metavar="NAME",
@@ -644,6 +678,7 @@ def parse_args(argv):
     a.threads = a.threads or [1, 2]
     if any(t < 1 for t in a.threads):
         p.error(f"--threads must be >= 1; got {a.threads}")
+    a.repeat_given = a.repeat is not None
     a.repeat = a.repeat if a.repeat is not None else (3 if a.quick else 5)
     a.epochs = a.epochs if a.epochs is not None else (2 if a.quick else 5)
     a.pause = a.pause if a.pause is not None else (0.15 if a.quick else 0.25)
@@ -654,9 +689,11 @@ def parse_args(argv):
 
 
 def stream_cases(quick):
+    """Case names IxHxLL of bench/stream_bench.py, or ["all"] (reported as skipped)."""
     try:
         import stream_bench
-        return list(stream_bench.cases(quick))
+        cases = stream_bench.QUICK_CASES if quick else stream_bench.CASES
+        return [f"{i}x{h}x{n_layers}L" for i, h, n_layers in cases]
     except (ImportError, AttributeError):
         return ["all"]
 
@@ -674,6 +711,7 @@ def main(argv=None):
         "epoch": sel.cases("epoch", [EPOCH_CASE], [EPOCH_CASE]),
     }
     known = set(WORKLOADS) | set(fwd_all) | set(st_all) | {EPOCH_CASE}
+    known |= set(stream_cases(True))
     known |= {f"{w}/{c}" for w, cs in (("forward", fwd_all), ("train", trn_all),
                                        ("stream", st_all), ("epoch", [EPOCH_CASE])) for c in cs}
     if a.list:
@@ -742,10 +780,8 @@ def main(argv=None):
                     bench.train(tuple(int(v) for v in case.split("x")), n)
                 elif wl == "epoch":
                     bench.epoch(n)
-        if wl == "stream":
-            for n in a.threads:
-                thr.set(n)
-                bench.stream(n)
+                elif wl == "stream":
+                    bench.stream(case, n)
         print_table(wl, bench.results[first:])
         dump()
 
