@@ -87,6 +87,8 @@ def _match_rank(y_true, y_pred):
     Returns ``y_true`` with the shape of ``y_pred`` (broadcast, read-only view).
     """
     shape_t, shape_p = y_true.shape, y_pred.shape
+    if shape_t == shape_p:  # the common case, and the cheapest
+        return y_true
     if y_true.ndim == y_pred.ndim + 1 and y_true.shape[-1] == 1:
         y_true = y_true.reshape(y_true.shape[:-1])
     elif y_pred.ndim == y_true.ndim + 1 and y_pred.shape[-1] == 1:
@@ -130,6 +132,11 @@ def _validate_reduction(reduction):
             f"got {reduction!r}"
         )
     return "none" if reduction is None else reduction
+
+
+def _mean_last(a):
+    """``np.mean(a, axis=-1)`` without the wrapper overhead (called every batch)."""
+    return np.add.reduce(a, axis=-1) / a.dtype.type(a.shape[-1])
 
 
 def _sigmoid(x):
@@ -227,7 +234,7 @@ class Loss:
             if need_grad:
                 raise ValueError("value_and_grad needs a scalar reduction; got 'none'")
             return values, None
-        total = np.sum(values, dtype=np.float64)
+        total = values.sum(dtype=np.float64)
         if self.reduction == "sum":
             divisor = 1.0
         elif self.reduction == "mean_with_sample_weight" and sample_weight is not None:
@@ -284,7 +291,7 @@ class MeanSquaredError(Loss):
     def call_and_grad(self, y_true, y_pred):
         d = y_pred - y_true
         n = y_pred.shape[-1]
-        return np.mean(d * d, axis=-1), d * np.asarray(2.0 / n, dtype=d.dtype)
+        return _mean_last(d * d), d * d.dtype.type(2.0 / n)
 
 
 class MeanAbsoluteError(Loss):
@@ -295,7 +302,7 @@ class MeanAbsoluteError(Loss):
     def call_and_grad(self, y_true, y_pred):
         d = y_pred - y_true
         n = y_pred.shape[-1]
-        return np.mean(np.abs(d), axis=-1), np.sign(d) * np.asarray(1.0 / n, dtype=d.dtype)
+        return _mean_last(np.abs(d)), np.sign(d) * d.dtype.type(1.0 / n)
 
 
 class Huber(Loss):
@@ -319,7 +326,7 @@ class Huber(Loss):
         per = np.where(small, 0.5 * e * e, dlt * a - 0.5 * dlt * dlt)
         n = y_pred.shape[-1]
         g = np.where(small, e, dlt * np.sign(e)) * np.asarray(1.0 / n, dtype=e.dtype)
-        return np.mean(per, axis=-1), g
+        return _mean_last(per), g
 
     def get_config(self):
         return {**super().get_config(), "delta": self.delta}
@@ -366,7 +373,7 @@ class BinaryCrossentropy(Loss):
             # TensorFlow's clip passes the gradient on [lo, hi] inclusive, zero outside
             inside = (y_pred >= eps) & (y_pred <= one - eps)
             g = np.where(inside, (p - t) / (p * (one - p)), 0.0).astype(y_pred.dtype) * inv_n
-        return np.mean(per, axis=-1), g
+        return _mean_last(per), g
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,
