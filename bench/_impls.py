@@ -394,6 +394,9 @@ def import_tf(n_threads):
             import keras
     except Exception as e:  # noqa: BLE001
         raise Skip(f"tensorflow/keras not importable ({type(e).__name__}: {e})".splitlines()[0])
+    backend = getattr(getattr(keras, "backend", None), "backend", lambda: "tensorflow")()
+    if backend != "tensorflow":
+        raise Skip(f"keras runs on its {backend!r} backend here (KERAS_BACKEND), not TensorFlow")
     if _tf_threads is None:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(int(n_threads))

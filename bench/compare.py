@@ -56,20 +56,26 @@ Method
 JSON (``--json PATH``), written after each workload and at the end::
 
     schema        "cylstm-bench/1"
-    command, date (UTC ISO), quick, threads [int], repeat, pause_s, elapsed_s
-    machine       {cpu, cores, flags, platform, versions {lib: version or null,
-                   lib_missing: reason}, blas_pools [threadpoolctl entries], cylstm_config,
-                   cylstm_file, torch}
-    sgemm         {"<threads>": {n, gflops, best_gflops}}
-    results       [ {workload, case, threads, unit ("s"), flops (per call or epoch, or null),
-                     tolerance {atol, rtol}, outside_load_cores (CPU other processes used
-                     while this case was timed, in cores; null where unknown),
+    command, date (UTC ISO), quick, threads [int], repeat, epochs, pause_s, elapsed_s
+    machine       {cpu, cores, flags, platform, env (thread variables set),
+                   versions {lib: version or null, lib_missing: reason},
+                   blas_pools [threadpoolctl entries], cylstm_config [show_config lines],
+                   cylstm_file, torch {mkldnn_available, build}}
+    sgemm         {"<threads>": {n, gflops (median), best_gflops}}
+    results       [ {workload, case, threads, unit ("s": every time is in seconds),
+                     flops (per call, per step or per epoch; null where not counted),
+                     tolerance {atol, rtol}, outside_load_cores (CPU that other processes
+                     used while the case ran, in cores; null where unknown),
+                     (stream) steps_per_block,
                      rows [ {impl, status: "ok"|"skipped"|"mismatch"|"error", reason,
-                             median_s, min_s, max_s, n_calls, block_medians_s,
-                             gflops, pct_sgemm, max_abs_diff, max_rel_diff, speedup,
-                             (stream) p99_s, (epoch) first_epoch_s, epoch_losses,
-                             final_loss} ] } ]
-    skipped       [ {workload, case, threads, impl, reason} ]  (also in their rows)
+                             median_s, min_s, max_s (min/max of the block medians), n_calls,
+                             block_medians_s, gflops, pct_sgemm, max_abs_diff, max_rel_diff,
+                             speedup (this row's median / cylstm's; absent on cylstm's row),
+                             (forward, train) calls_per_block,
+                             (stream) p90_s, p99_s, impl_detail,
+                             (epoch) first_epoch_s, epoch_losses, final_loss,
+                             final_loss_rel_diff} ] } ]
+    skipped       [ {workload, case, threads, impl, reason} ]  (first occurrence of each)
     mismatches    [ {workload, case, threads, impl, max_abs_diff, max_rel_diff, reason} ]
     ok            true when nothing disagreed with cylstm and cylstm itself ran
 

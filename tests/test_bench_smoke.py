@@ -15,10 +15,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "compare.py")
 
 
+def _source_tree_is_built():
+    src = os.path.join(ROOT, "cylstm")
+    return any(f.startswith("_lstm.") and f.endswith((".so", ".pyd")) for f in os.listdir(src))
+
+
 def _run(args, timeout=120):
     env = dict(os.environ)
-    # the checkout's in-place build when cylstm is not installed
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    if _source_tree_is_built():
+        # test the checkout's in-place build (as conftest.py does); after `pip install .`
+        # the source tree has no extensions and the installed package is used
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("OMP_NUM_THREADS", None)
     return subprocess.run([sys.executable, SCRIPT] + args, capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
