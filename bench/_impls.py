@@ -390,8 +390,8 @@ def import_tf(n_threads):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import tensorflow as tf
             import keras
+            import tensorflow as tf
     except Exception as e:  # noqa: BLE001
         raise Skip(f"tensorflow/keras not importable ({type(e).__name__}: {e})".splitlines()[0])
     backend = getattr(getattr(keras, "backend", None), "backend", lambda: "tensorflow")()
@@ -617,7 +617,7 @@ def torch_epoch(x, y, weights, batch_size=32, onednn=True):
 
 
 def keras_epoch(x, y, weights, n_threads, batch_size=32):
-    tf, keras = import_tf(n_threads)
+    _tf, keras = import_tf(n_threads)
     F = x.shape[2]
     model = keras.Sequential([
         keras.Input(shape=(None, F)),

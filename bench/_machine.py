@@ -94,8 +94,8 @@ def torch_details(torch):
             if s.startswith(("Intel(R) MKL-DNN", "Intel(R) oneAPI Math Kernel", "OpenMP",
                              "CPU capability")):
                 info.setdefault("build", []).append(s[:100])
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as e:  # noqa: BLE001 - build facts are informative only
+        info["build_error"] = f"{type(e).__name__}: {e}"[:160]
     return info
 
 

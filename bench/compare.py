@@ -99,9 +99,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-import _impls  # noqa: E402
-import _machine  # noqa: E402
-from _impls import Skip  # noqa: E402
+import _impls
+import _machine
+from _impls import Skip
 
 FORWARD_SHAPES = [(100, 32, 10, 50), (100, 32, 128, 256), (50, 64, 512, 512),
                   (25, 16, 1024, 1024), (25, 1, 512, 512), (150, 1, 256, 256),

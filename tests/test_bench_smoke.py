@@ -27,8 +27,8 @@ def _run(args, timeout=120):
         # the source tree has no extensions and the installed package is used
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("OMP_NUM_THREADS", None)
-    return subprocess.run([sys.executable, SCRIPT] + args, capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, SCRIPT] + args, check=False, capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 def _load_compare():
