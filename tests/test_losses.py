@@ -359,3 +359,26 @@ def test_torch_parity():
         np.eye(3)[lab], yp)
     assert v == pytest.approx(tl.item(), rel=1e-12)
     np.testing.assert_allclose(g, x.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_keras_documented_values():
+    """The numbers printed in Keras' own loss docstrings."""
+    yt, yp = [[0.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 0.0]]
+    assert MeanSquaredError()(yt, yp) == pytest.approx(0.5)
+    assert MeanSquaredError()(yt, yp, sample_weight=[0.7, 0.3]) == pytest.approx(0.25)
+    assert MeanAbsoluteError()(yt, yp) == pytest.approx(0.5)
+    yp = [[0.6, 0.4], [0.4, 0.6]]
+    assert Huber()(yt, yp) == pytest.approx(0.155)
+    assert BinaryCrossentropy()(yt, yp) == pytest.approx(0.815, abs=5e-4)
+    assert BinaryCrossentropy()(yt, yp, sample_weight=[1, 0]) == pytest.approx(0.458, abs=5e-4)
+    assert BinaryCrossentropy(from_logits=True)(
+        [0, 1, 0, 0], [-18.6, 0.51, 2.94, -12.8]) == pytest.approx(0.865, abs=5e-4)
+    yt3, yp3 = [[0, 1, 0], [0, 0, 1]], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]
+    assert CategoricalCrossentropy()(yt3, yp3) == pytest.approx(1.177, abs=5e-4)
+    assert CategoricalCrossentropy()(yt3, yp3, sample_weight=[0.3, 0.7]) == pytest.approx(
+        0.814, abs=5e-4)
+    assert SparseCategoricalCrossentropy()([1, 2], yp3) == pytest.approx(1.177, abs=5e-4)
+    # un-normalized probabilities are divided by their sum first (TF-Keras docs: 0.3239)
+    assert SparseCategoricalCrossentropy()(
+        [0, 1, 2], [[0.9, 0.05, 0.05], [0.5, 0.89, 0.6], [0.05, 0.01, 0.94]]
+    ) == pytest.approx(0.3239, abs=1e-4)
