@@ -47,7 +47,7 @@ def _time(fn, sync, min_time=0.4, max_reps=50, warmup=3):
 
 
 def bench_cylstm(T, B, I, H, seed=0):
-    import cylstm.cuda as cuda
+    from cylstm import cuda
     from cylstm.cuda import functional as gpu
 
     rng = np.random.default_rng(seed)
@@ -123,7 +123,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="shorter timing loops")
     ap.add_argument("--tf32", action="store_true", help="let cylstm's fp32 GEMMs use TF32")
     args = ap.parse_args(argv)
-    import cylstm.cuda as cuda
+    from cylstm import cuda
 
     if not cuda.is_available():
         print(f"cylstm.cuda unavailable: {cuda.unavailable_reason()}")
@@ -134,7 +134,7 @@ def main(argv=None):
     if args.quick:
         base = _time
 
-        def _time(fn, sync):  # noqa: F811 - quick mode: fewer repetitions
+        def _time(fn, sync):
             return base(fn, sync, min_time=0.1, max_reps=10, warmup=2)
 
     try:
@@ -163,7 +163,7 @@ def main(argv=None):
         tt = ms.get("torch_train_dev")
         ratio = ms["cylstm_train_dev"] / tt if tt else float("nan")
         row["train_ratio_dev"] = ratio
-        print(f"{str((T, B, I, H)):>18} | {ms['cylstm_fwd_host']:10.3f} "
+        print(f"{(T, B, I, H)!s:>18} | {ms['cylstm_fwd_host']:10.3f} "
               f"{ms['cylstm_fwd_dev']:8.3f} {ms.get('torch_fwd_dev', float('nan')):8.3f} "
               f"{ms.get('torch_fwd_host', float('nan')):8.3f} | "
               f"{ms['cylstm_train_host']:12.3f} {ms['cylstm_train_dev']:8.3f} "

@@ -11,7 +11,7 @@ the GPU, and the float32 activations differ by a few ulps from the CPU's).
 import numpy as np
 import pytest
 
-import cylstm.cuda as cuda
+from cylstm import cuda
 from cylstm import functional as cpu
 
 needs_gpu = pytest.mark.skipif(not cuda.is_available(),

@@ -23,10 +23,20 @@ import importlib.util
 import os
 import threading
 
-__all__ = ["is_available", "unavailable_reason", "device_count", "device_name",
-           "get_context", "resolve_device", "set_tf32", "set_fused_max_units", "clear_cache",
-           "CudaError",
-           "functional", "DeviceArray"]
+__all__ = [
+    "CudaError",
+    "DeviceArray",
+    "clear_cache",
+    "device_count",
+    "device_name",
+    "functional",
+    "get_context",
+    "is_available",
+    "resolve_device",
+    "set_fused_max_units",
+    "set_tf32",
+    "unavailable_reason",
+]
 
 _lock = threading.Lock()
 _ext = None

@@ -110,14 +110,14 @@ def find_nvcc():
 
 def _nvcc_info(nvcc):
     """(major, minor, include dirs, library dirs) of the toolkit behind ``nvcc``."""
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([nvcc, "--version"], check=False, capture_output=True, text=True, timeout=60)
     m = re.search(r"release (\d+)\.(\d+)", out.stdout)
     if not m:
         raise CudaBuildError(f"cannot read the CUDA version from `{nvcc} --version`: "
                              f"{out.stdout.strip() or out.stderr.strip()}")
     major, minor = int(m.group(1)), int(m.group(2))
     dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-                         capture_output=True, text=True, timeout=60)
+                         check=False, capture_output=True, text=True, timeout=60)
     text = dry.stdout + dry.stderr
     incs, libs = [], []
     for line in text.splitlines():
@@ -142,7 +142,7 @@ def _nvcc_info(nvcc):
 
 def _wheel_dirs(major):
     """(include, lib) folder pairs of CUDA pip wheels matching CUDA ``major``."""
-    subs = ["cu%d" % major] if major >= 13 else ["cublas", "cuda_runtime"]
+    subs = [f"cu{major}"] if major >= 13 else ["cublas", "cuda_runtime"]
     pairs = []
     for root in _wheel_roots():
         for sub in subs:
@@ -165,9 +165,9 @@ def _find_cublas_lib(dirs, major):
     for d in dirs:
         if os.path.exists(os.path.join(d, "libcublas.so")):
             return d, "-lcublas"
-        exact = os.path.join(d, "libcublas.so.%d" % major)
+        exact = os.path.join(d, f"libcublas.so.{major}")
         if os.path.exists(exact):
-            return d, "-l:libcublas.so.%d" % major
+            return d, f"-l:libcublas.so.{major}"
     return None
 
 
@@ -236,7 +236,7 @@ def cuda_extension(here, debug=False):
     # at run time: the wheel folder relative to the installed extension
     # (site-packages/cylstm/cuda/_cuda*.so -> site-packages/nvidia/<sub>/lib), and the
     # absolute folder found now (toolkit or wheel) for in-place and editable builds
-    rel = ["$ORIGIN/../../nvidia/cu%d/lib" % major] if major >= 13 else [
+    rel = [f"$ORIGIN/../../nvidia/cu{major}/lib"] if major >= 13 else [
         "$ORIGIN/../../nvidia/cublas/lib"]
     rpaths = rel + [cfg["cublas_dir"]]
     include = os.path.join(here, "include")

@@ -18,15 +18,14 @@ device index), and for chaining layers without host round trips ``output_on_devi
 ``DeviceArray``s (``cylstm.cuda.DeviceArray``) of the weights' dtype.  ``num_threads``
 is accepted and ignored.
 """
-from collections import OrderedDict
 import itertools
+from collections import OrderedDict
 
 import numpy as np
 
-from cylstm.functional import (LSTMForward, LSTMGrads, _check_lengths, _weights_dtype,
-                               as_float_array)
+from cylstm.functional import LSTMForward, LSTMGrads, _check_lengths, _weights_dtype, as_float_array
 
-__all__ = ["lstm_forward", "lstm_backward", "new_weights_version"]
+__all__ = ["lstm_backward", "lstm_forward", "new_weights_version"]
 
 MAX_CACHED_WEIGHTS = 64  # device copies kept (LRU); a model has 3 per LSTM layer
 
