@@ -32,6 +32,7 @@ RMSprop
 AdamW
     Adam with ``weight_decay=0.004`` by default.
 """
+import inspect
 import math
 import numbers
 import warnings
@@ -72,6 +73,18 @@ def _check_float(name, value, minimum=None, maximum=None, allow_none=False,
     return value
 
 
+def _takes_an_argument(fn):
+    """Whether a learning-rate callable wants the step (``f(step)``) or nothing."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: assume Keras' schedule
+        return True
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL):
+            return True
+    return False
+
+
 def _check_clip(name, value):
     value = _check_float(name, value, 0.0, allow_none=True)
     # Keras treats 0 as "off" too
@@ -84,13 +97,15 @@ class Optimizer:
     Parameters
     ----------
     learning_rate : float or callable
-        A float, or a schedule ``f(iterations) -> float`` (called each step).
+        A float, or a schedule ``f(iterations) -> float`` called each step (a
+        callable taking no argument is called as ``f()``, as Keras does).
     weight_decay : float, optional
         Decoupled weight decay: ``p -= p * weight_decay * lr`` before the update.
     clipnorm : float, optional
         Clip each weight tensor's gradient (each ``segment``) to this L2 norm.
     clipvalue : float, optional
-        Clip each gradient element to ``[-clipvalue, clipvalue]``.
+        Clip each gradient element to ``[-clipvalue, clipvalue]`` (ignored, as in
+        Keras, when ``clipnorm`` or ``global_clipnorm`` is set).
     global_clipnorm : float, optional
         Clip the gradient of all parameters together to this L2 norm.
     name : str, optional
@@ -144,13 +159,16 @@ class Optimizer:
         """The learning rate of the next step (a float; a schedule is evaluated)."""
         lr = self._learning_rate
         if callable(lr):
-            return _check_float("learning_rate schedule value", lr(self.iterations), 0.0)
+            # Keras: a LearningRateSchedule gets the step, a plain callable nothing
+            v = lr(self.iterations) if self._schedule_takes_step else lr()
+            return _check_float("learning_rate schedule value", v, 0.0)
         return lr
 
     @learning_rate.setter
     def learning_rate(self, value):
         if callable(value) and not isinstance(value, numbers.Real):
             self._learning_rate = value
+            self._schedule_takes_step = _takes_an_argument(value)
             return
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value.item()
@@ -381,13 +399,16 @@ class Optimizer:
         if self._slots is None:
             self._build(n, params.dtype)
         decay = lr * self.weight_decay if self.weight_decay else 0.0
-        # +inf (not 0) means "off" to the kernels: a branch-free min/max clip
-        clipvalue = self.clipvalue if self.clipvalue is not None else math.inf
+        # Keras applies clipvalue only when neither norm clip is set; +inf (not 0)
+        # means "off" to the kernels: a branch-free min/max clip
+        use_clipvalue = (self.clipvalue is not None and self.clipnorm is None
+                         and self.global_clipnorm is None)
+        clipvalue = self.clipvalue if use_clipvalue else math.inf
         if self._impl == "compiled":
             self._apply_compiled(params, grads, seg, scale, clipvalue, decay, lr, nthreads)
         else:
             g = grads.astype(np.float64) * np.repeat(scale, seg[:, 1] - seg[:, 0])
-            if self.clipvalue is not None:
+            if use_clipvalue:
                 g = np.clip(g, -clipvalue, clipvalue)
             g = g.astype(params.dtype)
             if decay:

@@ -445,3 +445,22 @@ def test_iterations_and_bias_correction_first_step():
     Adam(learning_rate=0.1).update(p, g)
     np.testing.assert_allclose(p, -0.1 * np.sign(g), rtol=1e-3)
     assert math.isclose(Adam()._alpha(1.0), math.sqrt(1 - 0.999) / (1 - 0.9))
+
+
+def test_clipvalue_ignored_with_a_norm_clip_as_keras():
+    for impl in ("compiled", "numpy"):
+        p = np.zeros(2)
+        opt = SGD(learning_rate=1.0, clipnorm=10.0, clipvalue=0.1)
+        opt._impl = impl
+        opt.update(p, np.array([3.0, 4.0]))  # norm 5 < 10: no clipping at all
+        np.testing.assert_allclose(p, [-3.0, -4.0])
+
+
+def test_zero_argument_learning_rate_callable():
+    box = {"lr": 0.5}
+    opt = SGD(learning_rate=lambda: box["lr"])
+    p = np.zeros(1)
+    opt.update(p, np.ones(1))
+    box["lr"] = 0.25
+    opt.update(p, np.ones(1))
+    np.testing.assert_allclose(p, [-0.75])
