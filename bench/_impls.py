@@ -616,7 +616,7 @@ def torch_epoch(x, y, weights, batch_size=32, onednn=True):
     return EpochImpl(_torch_label(onednn), "torch", epoch, predict)
 
 
-def keras_epoch(x, y, weights, n_threads, batch_size=32):
+def keras_epoch(x, y, weights, n_threads, batch_size=32, xla=False):
     _tf, keras = import_tf(n_threads)
     F = x.shape[2]
     model = keras.Sequential([
@@ -626,7 +626,7 @@ def keras_epoch(x, y, weights, n_threads, batch_size=32):
         keras.layers.Dense(1),
     ])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.001),
-                  loss="mean_squared_error")
+                  loss="mean_squared_error", jit_compile=bool(xla))
     model.set_weights(weights)
     timer = _epoch_timer(keras.callbacks.Callback)
 
@@ -636,4 +636,4 @@ def keras_epoch(x, y, weights, n_threads, batch_size=32):
     def predict(xs):
         return np.asarray(model.predict(xs, verbose=0))
 
-    return EpochImpl("keras/TF fit", "tf", epoch, predict)
+    return EpochImpl("keras/TF fit XLA" if xla else "keras/TF fit", "tf", epoch, predict)

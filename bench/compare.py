@@ -111,7 +111,7 @@ QUICK_FORWARD = [(100, 32, 10, 50), (100, 32, 128, 256), (25, 1, 512, 512), (200
 QUICK_TRAIN = [(100, 32, 128, 256)]
 EPOCH_CASE = "keras-example"
 # --quick keeps the strongest peer of each library and drops these slower variants.
-QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1"}
+QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1", "keras/TF fit XLA"}
 STREAM_IMPLS = ["cylstm", "torch LSTMCell", "torch LSTM T=1", "onnxruntime", "numpy"]
 WORKLOADS = ["forward", "train", "stream", "epoch"]
 TITLES = {
@@ -388,6 +388,7 @@ class Bench:
             ("torch (oneDNN)", lambda: _impls.torch_epoch(x, y, w, onednn=True)),
             ("torch (oneDNN off)", lambda: _impls.torch_epoch(x, y, w, onednn=False)),
             ("keras/TF fit", lambda: _impls.keras_epoch(x, y, w, n)),
+            ("keras/TF fit XLA", lambda: _impls.keras_epoch(x, y, w, n, xla=True)),
         ]
         if a.quick:  # the slow oneDNN-off epoch would take half the quick run
             builders = [b for b in builders if b[0] not in QUICK_DROP]
