@@ -160,8 +160,9 @@ cyl_cuda_status cyl_cuda_lstm_forward_f64(
  *   db      (4H,)       out
  *
  * Launches: per step one fused kernel (steps B1-B6 of _cell.pxd) and one GEMM
- * (B7: dh_prev = dz @ U^T), or for small H one kernel for all steps; then (B8) three
- * GEMMs/GEMV over all B*T rows: dW, dU, db, and one GEMM for dx.
+ * (B7: dh_prev = dz @ U^T), or for small H one kernel for all steps (D and dHp are
+ * then unused); then (B8) three GEMMs/GEMV over all B*T rows: dW, dU, db, and one
+ * GEMM for dx.
  */
 cyl_cuda_status cyl_cuda_lstm_backward_f32(
     cyl_cuda_ctx* ctx, int64_t B, int64_t T, int64_t I, int64_t H,
