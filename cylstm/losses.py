@@ -270,6 +270,31 @@ class Loss:
         """Return ``(loss, dloss/dy_pred)``; the gradient has ``y_pred``'s shape and dtype."""
         return self._reduce(y_true, y_pred, sample_weight, mask, need_grad=True)
 
+    #: The output activation this loss can absorb: ``"sigmoid"`` for binary and
+    #: ``"softmax"`` for (sparse) categorical crossentropy on probabilities, else None.
+    #: See :meth:`value_and_grad_from_logits`.
+    fusable_activation = None
+
+    def value_and_grad_from_logits(self, y_true, logits, sample_weight=None, mask=None):
+        """Loss and gradient with respect to the *pre-activation* of the output layer.
+
+        For a model whose last layer applies :attr:`fusable_activation` (sigmoid or
+        softmax) this is what TensorFlow-Keras computes in ``fit``: it takes the
+        logits from under the activation instead of clipping probabilities, so the
+        loss stays exact and the gradient does not vanish on saturated outputs;
+        and the activation's backward pass is skipped.  The value and the gradient
+        are those of this loss with ``from_logits=True``.
+        """
+        if self.fusable_activation is None:
+            raise TypeError(f"{type(self).__name__} has no activation to fuse with "
+                            "(fusable_activation is None)")
+        twin = self.__dict__.get("_logits_twin")
+        if twin is None:
+            cfg = self.get_config()
+            cfg["from_logits"] = True
+            twin = self._logits_twin = type(self).from_config(cfg)
+        return twin.value_and_grad(y_true, logits, sample_weight=sample_weight, mask=mask)
+
     def get_config(self):
         return {"name": self.name, "reduction": self.reduction}
 
@@ -345,6 +370,10 @@ class BinaryCrossentropy(Loss):
 
     _default_name = "binary_crossentropy"
 
+    @property
+    def fusable_activation(self):
+        return None if self.from_logits else "sigmoid"
+
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, name=None,
                  reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
@@ -396,6 +425,10 @@ class CategoricalCrossentropy(Loss):
     """
 
     _default_name = "categorical_crossentropy"
+
+    @property
+    def fusable_activation(self):
+        return None if self.from_logits else "softmax"
 
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, name=None,
                  reduction="sum_over_batch_size", dtype=None):
@@ -450,6 +483,10 @@ class SparseCategoricalCrossentropy(Loss):
     """
 
     _default_name = "sparse_categorical_crossentropy"
+
+    @property
+    def fusable_activation(self):
+        return None if self.from_logits else "softmax"
 
     def __init__(self, from_logits=False, ignore_class=None, axis=-1, name=None,
                  reduction="sum_over_batch_size", dtype=None):

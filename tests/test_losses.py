@@ -382,3 +382,36 @@ def test_keras_documented_values():
     assert SparseCategoricalCrossentropy()(
         [0, 1, 2], [[0.9, 0.05, 0.05], [0.5, 0.89, 0.6], [0.05, 0.01, 0.94]]
     ) == pytest.approx(0.3239, abs=1e-4)
+
+
+def test_fused_activation_from_logits_equals_chain_rule():
+    rng = np.random.default_rng(10)
+    z = rng.standard_normal((6, 3))
+    # sigmoid + binary crossentropy
+    yt = (rng.random((6, 3)) < 0.5).astype(float)
+    bce = BinaryCrossentropy()
+    assert bce.fusable_activation == "sigmoid"
+    p = 1 / (1 + np.exp(-z))
+    v, g = bce.value_and_grad_from_logits(yt, z)
+    v2, g2 = bce.value_and_grad(yt, p)
+    assert v == pytest.approx(v2, rel=1e-12)
+    np.testing.assert_allclose(g, g2 * p * (1 - p), rtol=1e-10, atol=1e-15)
+    # softmax + (sparse) categorical crossentropy
+    lab = rng.integers(0, 3, 6)
+    s = softmax(z)
+    for loss, target in ((CategoricalCrossentropy(), np.eye(3)[lab]),
+                         (SparseCategoricalCrossentropy(), lab)):
+        assert loss.fusable_activation == "softmax"
+        v, g = loss.value_and_grad_from_logits(target, z)
+        v2, g2 = loss.value_and_grad(target, s)
+        assert v == pytest.approx(v2, rel=1e-12)
+        # back through softmax: dz = s * (g - sum(g * s))
+        np.testing.assert_allclose(g, s * (g2 - np.sum(g2 * s, -1, keepdims=True)),
+                                   rtol=1e-9, atol=1e-14)
+    # saturated outputs: the fused path keeps the gradient clipping would zero
+    v, g = bce.value_and_grad_from_logits(np.array([[1.0]]), np.array([[-40.0]]))
+    assert v == pytest.approx(40.0) and g[0, 0] == pytest.approx(-1.0)
+    assert BinaryCrossentropy(from_logits=True).fusable_activation is None
+    assert MeanSquaredError().fusable_activation is None
+    with pytest.raises(TypeError, match="fuse"):
+        MeanSquaredError().value_and_grad_from_logits(yt, z)
