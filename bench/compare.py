@@ -32,8 +32,9 @@ Method
   1 and 2): ``cylstm.set_num_threads``, ``torch.set_num_threads``, ONNX Runtime's
   ``intra_op_num_threads``, threadpoolctl limits on NumPy's and SciPy's OpenBLAS; TensorFlow's
   pools can be sized only once per process.
-* The sgemm rate (SciPy's sgemm on a 2048 cube, 1024 with ``--quick``) is measured at each
-  thread count; every row shows GFLOP/s and its percentage of that rate.  FLOPs counted:
+* The sgemm rate (SciPy's sgemm on a 2048 cube, 1024 with ``--quick``; the best of 5, which
+  load from other processes disturbs least) is measured at each thread count; every row shows
+  GFLOP/s and its percentage of that rate.  FLOPs counted:
   2*T*B*(I+H)*4H for a forward pass, 3x that for a training step (forward, weight gradients,
   input/hidden gradients); the epoch counts 3x the forward FLOPs of both LSTM layers.
 * Before timing, every implementation's result is compared with cylstm's (outputs; for
@@ -61,7 +62,7 @@ JSON (``--json PATH``), written after each workload and at the end::
                    versions {lib: version or null, lib_missing: reason},
                    blas_pools [threadpoolctl entries], cylstm_config [show_config lines],
                    cylstm_file, torch {mkldnn_available, build}}
-    sgemm         {"<threads>": {n, gflops (median), best_gflops}}
+    sgemm         {"<threads>": {n, gflops (median), best_gflops (the reference rate)}}
     results       [ {workload, case, threads, unit ("s": every time is in seconds),
                      flops (per call, per step or per epoch; null where not counted),
                      tolerance {atol, rtol}, outside_load_cores (CPU that other processes
@@ -187,6 +188,11 @@ class Bench:
         self.sgemm = {}
 
     # -- helpers -------------------------------------------------------------
+    def sgemm_rate(self, n):
+        """The reference rate at n threads: the best sgemm repeat, which a busy machine
+        disturbs least (the median is in the JSON too)."""
+        return self.sgemm.get(n, {}).get("best_gflops")
+
     def pause(self, n):
         gc.collect()
         time.sleep(self.args.pause if n > 1 else min(self.args.pause, 0.02))
@@ -281,22 +287,29 @@ class Bench:
         for rnd in range(self.args.repeat):
             s = rnd % max(1, len(active))
             for impl, row, k in active[s:] + active[:s]:
+                if row["status"] != "ok":
+                    continue
                 self.pause(n)
                 ts = np.empty(k)
                 run = impl.run
-                for j in range(k):
-                    t0 = time.perf_counter()
-                    run()
-                    ts[j] = time.perf_counter() - t0
+                try:
+                    for j in range(k):
+                        t0 = time.perf_counter()
+                        run()
+                        ts[j] = time.perf_counter() - t0
+                except Exception as e:  # noqa: BLE001
+                    row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+                    continue
                 blocks[id(row)].append(ts)
             log(".", end="")
+        active = [(i, r, k) for i, r, k in active if r["status"] == "ok"]
         for impl, row, k in active:
             b = blocks[id(row)]
             allt = np.concatenate(b)
             meds = [float(np.median(x)) for x in b]
             row.update(median_s=float(np.median(allt)), min_s=min(meds), max_s=max(meds),
                        n_calls=int(allt.size), block_medians_s=meds)
-        self.fill_speed(res, self.sgemm.get(n, {}).get("gflops"))
+        self.fill_speed(res, self.sgemm_rate(n))
         self.end_case(res, meter, t_case)
         return res
 
@@ -369,7 +382,7 @@ class Bench:
                 r["impl_detail"], r["impl"] = r["impl"], "cylstm"
         res["steps_per_block"] = steps
         log(", ".join(f"{r['impl']}: {r['status']}" for r in res["rows"]), end="")
-        self.fill_speed(res, self.sgemm.get(n, {}).get("gflops"))
+        self.fill_speed(res, self.sgemm_rate(n))
         self.end_case(res, meter, t_case)
         return [res]
 
@@ -455,7 +468,7 @@ class Bench:
                     row.update(status="mismatch",
                                reason=f"final loss {row['final_loss']:.4g} vs cylstm's "
                                       f"{ref_loss:.4g} from the same start ({rel:.0%} apart)")
-        self.fill_speed(res, self.sgemm.get(n, {}).get("gflops"))
+        self.fill_speed(res, self.sgemm_rate(n))
         self.end_case(res, meter, t_case)
         return [res]
 
@@ -492,9 +505,9 @@ UNITS = {"forward": ("ms", 1e3), "train": ("ms", 1e3), "stream": ("us", 1e6),
          "epoch": ("s", 1.0)}
 
 
-def print_table(workload, results):
+def table(workload, results):
+    """(title, header, rows, notes, footer) of one workload's table."""
     unit, scale = UNITS[workload]
-    log(f"\n== {workload}: {TITLES[workload]} ==")
     head = ["case", "thr", "impl", f"time {unit} median (min-max)"]
     if workload == "stream":
         head += [f"p99 {unit}"]
@@ -522,6 +535,17 @@ def print_table(workload, results):
                      fmt(r.get("max_abs_diff"), 2),
                      (f"{r['speedup']:.2f}x" if r.get("speedup") else "-")]
             lines.append(line)
+    loads = [r.get("outside_load_cores") or 0 for r in results]
+    footer = None
+    if max(loads, default=0) > 0.2:
+        footer = (f"* other processes used more than 0.2 cores while this case ran (up to "
+                  f"{max(loads):.1f}): treat its figures as noisy")
+    return f"{workload}: {TITLES[workload]}", head, lines, notes, footer
+
+
+def print_table(workload, results):
+    title, head, lines, notes, footer = table(workload, results)
+    log(f"\n== {title} ==")
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
               for i, h in enumerate(head)]
     log("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
@@ -529,10 +553,44 @@ def print_table(workload, results):
         log("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
     for i, note in enumerate(notes):
         log(f"  [{i + 1}] {note}")
-    loads = [r.get("outside_load_cores") or 0 for r in results]
-    if max(loads, default=0) > 0.2:
-        log(f"  * other processes used more than 0.2 cores while this case ran (up to "
-            f"{max(loads):.1f}): treat its figures as noisy")
+    if footer:
+        log("  " + footer)
+
+
+def write_markdown(path, doc):
+    """The run as Markdown (facts, then one table per workload), for the README."""
+    m = doc["machine"]
+    v = m["versions"]
+    out = [f"Run {doc['date']}: `{doc['command']}` ({doc.get('elapsed_s', 0):.0f} s)", "",
+           (f"- Machine: {m['cpu']}, {m['cores']} cores ({' '.join(m['flags'])}), "
+            f"{m['platform']}"),
+           "- Versions: " + ", ".join(f"{k} {v[k]}" for k in v
+                                     if not k.endswith("_missing") and v[k])]
+    blas = [p for p in m["blas_pools"] if p.get("user_api") == "blas"]
+    if blas:
+        out.append("- BLAS: " + "; ".join(f"{p['file']} ({p['internal_api']} {p['version']}, "
+                                         f"{p['kernel']}, {p['threading']})" for p in blas))
+    out.append("- sgemm rate: " + ", ".join(
+        f"{g['best_gflops']:.1f} GFLOP/s at {t} thread{'s' if t != '1' else ''} ({g['n']}^3)"
+        for t, g in doc["sgemm"].items()))
+    for wl in WORKLOADS:
+        rs = [r for r in doc["results"] if r["workload"] == wl]
+        if not rs:
+            continue
+        title, head, lines, notes, footer = table(wl, rs)
+        out += ["", f"**{title}**", "",
+                "| " + " | ".join(h.replace("|", "\\|") for h in head) + " |",
+                "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(x.replace("|", "\\|") for x in line) + " |"
+                for line in lines]
+        if notes or footer:
+            out.append("")
+        out += [f"[{i + 1}] {n}  " for i, n in enumerate(notes)]
+        if footer:
+            out.append(footer)
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    log(f"Markdown tables written to {path}")
 
 
 def write_json(path, doc):
@@ -680,6 +738,8 @@ def parse_args(argv):
                         "at most 0.02 at one thread, where no pool spins)")
     p.add_argument("--json", metavar="PATH", help="write all results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speed-ups")
+    p.add_argument("--markdown", metavar="PATH",
+                   help="write the facts and tables as Markdown (for the README)")
     p.add_argument("--list", action="store_true", help="list workloads and cases, then exit")
     a = p.parse_args(argv)
     a.threads = a.threads or [1, 2]
@@ -754,13 +814,14 @@ def main(argv=None):
     n_sg = 1024 if a.quick else 2048
     for n in a.threads:
         thr.set(n)
-        bench.sgemm[n] = _machine.sgemm_rate(n_sg)
+        bench.sgemm[n] = _machine.sgemm_rate(n_sg, repeat=5)
         log(f"  sgemm rate (SciPy, {n_sg}^3, threads={n}): "
-            f"{bench.sgemm[n]['gflops']:.1f} GFLOP/s (best {bench.sgemm[n]['best_gflops']:.1f})")
+            f"{bench.sgemm[n]['best_gflops']:.1f} GFLOP/s best of 5 (median "
+            f"{bench.sgemm[n]['gflops']:.1f}); rows show their % of the best")
     log(f"method: float32; {a.repeat} interleaved rounds; {a.pause:g} s pause before each "
         "block; time = median (min-max of block medians); speed-up = peer / cylstm")
 
-    doc = {"schema": "cylstm-bench/1", "command": " ".join([sys.executable] + sys.argv),
+    doc = {"schema": "cylstm-bench/1", "command": " ".join(["python"] + sys.argv),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "quick": a.quick, "threads": a.threads, "repeat": a.repeat, "epochs": a.epochs,
            "pause_s": a.pause, "machine": facts,
@@ -797,6 +858,9 @@ def main(argv=None):
     dump()
     if a.plot:
         plot(a.plot, bench.results)
+    if a.markdown:
+        doc["elapsed_s"] = time.perf_counter() - t_start
+        write_markdown(a.markdown, doc)
     log(f"\ndone in {time.perf_counter() - t_start:.1f} s")
     for s in summ["skipped"]:
         log(f"  skipped: {s['workload']} {s['case']} t={s['threads']} {s['impl']}: "
