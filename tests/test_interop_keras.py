@@ -150,6 +150,26 @@ def test_hand_made_weights_file_with_each_kind_of_config(tmp_path, hand_made):
         from_keras(h5)
 
 
+def test_hand_made_embedding_archive(tmp_path):
+    rng = np.random.default_rng(6)
+    table = rng.uniform(-1, 1, (7, 3)).astype(np.float32)
+    k, r, b = (rng.uniform(-0.5, 0.5, s).astype(np.float32) for s in ((3, 8), (2, 8), (8,)))
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_shape": [None, None], "dtype": "int32"}},
+        {"class_name": "Embedding", "config": {"name": "embedding", "input_dim": 7,
+                                               "output_dim": 3, "mask_zero": False}},
+        _lstm_cfg("lstm", 2)]}}
+    weights = {"layers/embedding/vars/0": table, "layers/lstm/cell/vars/0": k,
+               "layers/lstm/cell/vars/1": r, "layers/lstm/cell/vars/2": b}
+    model = from_keras(write_keras(tmp_path / "e.keras", config, weights, tmp_path))
+    ids = rng.integers(0, 7, (2, 5))
+    ref = keras_lstm_reference(table[ids].astype(np.float64), k, r, b, False)
+    np.testing.assert_allclose(model.predict(ids, verbose=0), ref, **TOL)
+    config["config"]["layers"][1]["config"]["input_dim"] = 8
+    with pytest.raises(ValueError, match="embeddings"):
+        from_keras(write_keras(tmp_path / "e2.keras", config, weights, tmp_path))
+
+
 def test_weights_not_fitting_the_config(tmp_path, hand_made):
     config, weights, _, _ = hand_made
     weights["layers/dense/vars/0"] = np.zeros((5, 2), np.float32)
@@ -307,6 +327,25 @@ def test_keras_parity_live_and_files(tmp_path, keras):
         lstms = [l for l in m.layers if type(l).__name__ == "LSTM"]
         if name == "sequence-heads":
             assert lstms[0].dropout == pytest.approx(0.2)  # kept for fine-tuning
+
+
+@pytest.mark.parametrize("mask_zero", [False, True])
+def test_keras_embedding_model(tmp_path, keras, mask_zero):
+    kl = keras.layers
+    km = keras.Sequential([keras.Input((None,), dtype="int32"),
+                           kl.Embedding(12, 4, mask_zero=mask_zero),
+                           kl.LSTM(5, return_sequences=True), kl.Bidirectional(kl.LSTM(3)),
+                           kl.Dense(2)])
+    _perturb(keras, km, np.random.default_rng(4))
+    x = np.random.default_rng(5).integers(1, 12, (3, 6))
+    x[0, 4:] = 0
+    x[1, :2] = 0
+    want = km.predict(x, verbose=0)
+    km.save(tmp_path / "e.keras")
+    for model in (from_keras(km), from_keras(tmp_path / "e.keras")):
+        assert type(model.layers[0]).__name__ == "Embedding"
+        assert model.layers[0].mask_zero == mask_zero
+        np.testing.assert_allclose(model.predict(x, verbose=0), want, **TOL)
 
 
 def test_keras_unsupported_layer_is_named(keras):

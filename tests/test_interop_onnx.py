@@ -456,8 +456,11 @@ def test_embedding_model_export(tmp_path):
                         L.LSTM(3, return_sequences=True), L.Dense(2)])
     x = np.random.default_rng(12).integers(0, 10, (2, 5))
     to_onnx(model, tmp_path / "e.onnx")
-    np.testing.assert_allclose(ort_run(tmp_path / "e.onnx", x.astype(np.int64)),
-                               model.predict(x, verbose=0), **TOL)
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(ort_run(tmp_path / "e.onnx", x.astype(np.int64)), want, **TOL)
+    back = from_onnx(tmp_path / "e.onnx")
+    assert type(back.layers[0]).__name__ == "Embedding"
+    np.testing.assert_allclose(back.predict(x, verbose=0), want, **TOL)
 
 
 def test_model_to_onnx_method_and_atomic_replace(tmp_path):
@@ -490,6 +493,9 @@ def test_float64_model_export(tmp_path):
 def test_export_refusals(tmp_path):
     with pytest.raises(ValueError, match="Masking"):
         to_onnx(Sequential([L.Masking(input_shape=(None, 2)), L.LSTM(3)]), tmp_path / "a.onnx")
+    with pytest.raises(ValueError, match="mask_zero"):
+        to_onnx(Sequential([L.Embedding(5, 2, mask_zero=True, input_shape=(None,)), L.LSTM(3)]),
+                tmp_path / "a.onnx")
     with pytest.raises(ValueError, match="not built"):
         to_onnx(Sequential([L.LSTM(3)]), tmp_path / "b.onnx")
     with pytest.raises(TypeError):

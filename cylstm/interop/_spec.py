@@ -20,6 +20,7 @@ __all__ = [
     "BidirectionalSpec",
     "DenseSpec",
     "DropoutSpec",
+    "EmbeddingSpec",
     "LSTMSpec",
     "MaskingSpec",
     "build_sequential",
@@ -114,6 +115,14 @@ class DenseSpec:
 
 
 @dataclass
+class EmbeddingSpec:
+    """A first-layer ``Embedding``: integer (batch, time) inputs, table (vocabulary, dim)."""
+
+    embeddings: np.ndarray
+    mask_zero: bool = False
+
+
+@dataclass
 class MaskingSpec:
     mask_value: float = 0.0
 
@@ -163,7 +172,11 @@ def build_sequential(model_spec, name=None):
     dtype = np.dtype(model_spec.dtype)
     if dtype not in (np.float32, np.float64):
         dtype = np.dtype(np.float32)
-    input_shape = (None, int(model_spec.input_dim))
+    first = model_spec.layers[0] if model_spec.layers else None
+    if isinstance(first, EmbeddingSpec):
+        input_shape = (None,)  # integer token ids (batch, time)
+    else:
+        input_shape = (None, int(model_spec.input_dim))
     built = []
     weights = []
     for i, spec in enumerate(model_spec.layers):
@@ -192,6 +205,15 @@ def build_sequential(model_spec, name=None):
             weights.append(_cast(spec.kernel, dtype))
             if spec.bias is not None:
                 weights.append(_cast(spec.bias, dtype))
+        elif isinstance(spec, EmbeddingSpec):
+            if i != 0:
+                raise ValueError(f"layer {i}: an Embedding must be the first layer")
+            E = spec.embeddings
+            if E.ndim != 2 or 0 in E.shape or not np.all(np.isfinite(E)):
+                raise ValueError(f"layer {i} (Embedding): the table must be a finite "
+                                 f"(vocabulary, dim) matrix; got shape {E.shape}")
+            built.append(L.Embedding(E.shape[0], E.shape[1], mask_zero=spec.mask_zero, **kw))
+            weights.append(_cast(E, dtype))
         elif isinstance(spec, MaskingSpec):
             built.append(L.Masking(mask_value=spec.mask_value, **kw))
         elif isinstance(spec, DropoutSpec):
@@ -202,6 +224,6 @@ def build_sequential(model_spec, name=None):
         raise ValueError("the imported model has no layers")
     model = Sequential(built, name=name)
     if not model.built:
-        model.build((None, None, int(model_spec.input_dim)))
+        model.build((None,) + input_shape)
     model.set_weights(weights)
     return model

@@ -25,6 +25,7 @@ from cylstm.interop._spec import (
     BidirectionalSpec,
     DenseSpec,
     DropoutSpec,
+    EmbeddingSpec,
     LSTMSpec,
     MaskingSpec,
     ModelSpec,
@@ -133,10 +134,12 @@ def _plan(layer_cfgs):
         dtype = dtype or _dtype_name(cfg)
         shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
         if shape and input_dim is None:
-            if not isinstance(shape, (list, tuple)) or len(shape) != 3 \
-                    or not isinstance(shape[-1], int):
-                raise ValueError(f"{where}: input shape {shape} is not (batch, time, features)")
-            input_dim = shape[-1]
+            if not isinstance(shape, (list, tuple)) or len(shape) not in (2, 3) or (
+                    len(shape) == 3 and not isinstance(shape[-1], int)):
+                raise ValueError(f"{where}: input shape {shape} is not (batch, time, features) "
+                                 "or (batch, time) token ids")
+            if len(shape) == 3:
+                input_dim = shape[-1]
         if cls == "InputLayer":
             continue
         base = _snake(cls)
@@ -146,10 +149,16 @@ def _plan(layer_cfgs):
         else:
             used[base] = 0
             key = base
-        if cls not in ("LSTM", "Bidirectional", "Dense", "Masking", "Dropout"):
+        if cls not in ("LSTM", "Bidirectional", "Dense", "Masking", "Dropout", "Embedding"):
             raise ValueError(f"{where}: layer class {cls!r} is not supported (supported: "
-                             "InputLayer, LSTM, Bidirectional(LSTM), Dense, Masking, Dropout)")
-        if cls == "LSTM":
+                             "InputLayer, LSTM, Bidirectional(LSTM), Dense, Masking, Dropout, "
+                             "and a first Embedding)")
+        if cls == "Embedding":
+            if plans:
+                raise ValueError(f"{where}: an Embedding is supported as the first layer only")
+            if cfg.get("lora_rank"):
+                raise ValueError(f"{where}: lora_rank={cfg['lora_rank']} is not supported")
+        elif cls == "LSTM":
             _lstm_options(where, cfg)
         elif cls == "Bidirectional":
             for part in ("layer", "backward_layer"):
@@ -214,6 +223,15 @@ def _build_spec(plans, input_dim, dtype, weights_of):
             spec = DenseSpec(k, b, _activation(p.where, cfg.get("activation"),
                                                DENSE_ACTIVATIONS))
             feat = k.shape[1]
+        elif p.kind == "Embedding":
+            (table,) = weights_of(p, None, 1)
+            want = (cfg.get("input_dim"), cfg.get("output_dim"))
+            if table.ndim != 2 or any(w is not None and w != g for w, g in
+                                      zip(want, table.shape)):
+                raise ValueError(f"{p.where}: embeddings have shape {table.shape}; expected "
+                                 f"{want}")
+            spec = EmbeddingSpec(table, bool(cfg.get("mask_zero", False)))
+            feat = table.shape[1]
         elif p.kind == "Masking":
             spec = MaskingSpec(float(cfg.get("mask_value", 0.0)))
         else:
@@ -221,7 +239,9 @@ def _build_spec(plans, input_dim, dtype, weights_of):
         specs.append(spec)
     first = next((s for s in specs if isinstance(s, (LSTMSpec, BidirectionalSpec, DenseSpec))),
                  None)
-    if input_dim is None:
+    if isinstance(specs[0], EmbeddingSpec):
+        input_dim = None  # token ids: no feature axis
+    elif input_dim is None:
         if first is None:
             raise ValueError("the Keras model's input shape is unknown")
         input_dim = first.input_dim
@@ -455,6 +475,10 @@ def _keras_to_spec(model_or_path, config):
 def from_keras(model_or_path, *, config=None, name=None):
     """Build a cylstm ``Sequential`` from a Keras ``Sequential``.
 
+    Supported layers: ``InputLayer``, ``LSTM``, ``Bidirectional(LSTM)`` (merge modes concat,
+    sum, mul, ave), ``Dense`` (linear, relu, tanh, sigmoid, softmax), ``Masking``,
+    ``Dropout``, and ``Embedding`` as the first layer (``mask_zero`` included).
+
     Parameters
     ----------
     model_or_path : keras.Sequential, str or os.PathLike
@@ -480,9 +504,10 @@ def from_keras(model_or_path, *, config=None, name=None):
     Raises
     ------
     ValueError
-        For a layer class other than InputLayer, LSTM, Bidirectional(LSTM), Dense, Masking
-        and Dropout, an activation other than the LSTM's tanh/sigmoid or Dense's linear,
-        relu, tanh, sigmoid, softmax (the message names the layer and the value), weights
+        For a layer class other than InputLayer, LSTM, Bidirectional(LSTM), Dense, Masking,
+        Dropout and a first Embedding, an activation other than the LSTM's tanh/sigmoid or
+        Dense's linear, relu, tanh, sigmoid, softmax (the message names the layer and the
+        value), weights
         that do not fit the architecture, and corrupt or hostile files (external links,
         external datasets, implausible sizes).
     """

@@ -28,6 +28,7 @@ from cylstm.interop._spec import (
     DENSE_ACTIVATIONS,
     BidirectionalSpec,
     DenseSpec,
+    EmbeddingSpec,
     LSTMSpec,
     ModelSpec,
     build_sequential,
@@ -258,14 +259,18 @@ class _Importer:
         tt = inp.type.tensor_type
         from onnx import TensorProto
 
-        if tt.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
-            raise ValueError(f"graph input {inp.name!r} must be a float tensor; got elem_type "
-                             f"{tt.elem_type}")
+        floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+        ints = (TensorProto.INT64, TensorProto.INT32)
+        if tt.elem_type not in floats + ints:
+            raise ValueError(f"graph input {inp.name!r} must be a float tensor (or integer token "
+                             f"ids); got elem_type {tt.elem_type}")
         self.dtype = np.float64 if tt.elem_type == TensorProto.DOUBLE else np.float32
+        self.token_ids = tt.elem_type in ints
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if len(dims) != 3:
+        if len(dims) != (2 if self.token_ids else 3):
             raise ValueError(f"graph input {inp.name!r} must have rank 3 (a batch of "
-                             f"sequences); got shape {dims}")
+                             "sequences), or rank 2 for integer token ids; got shape "
+                             f"{dims}")
         for i in self.inputs:
             if i is not inp:
                 self.env[i.name] = _GraphInput(i.name)
@@ -341,8 +346,10 @@ class _Importer:
             raise ValueError("the first graph output is the sequence of a direction='reverse' "
                              "LSTM; cylstm's go_backwards layer returns it in reversed time "
                              "order, so it cannot reproduce this graph")
-        # The graph's input element type is its compute type (float16 graphs run in float32).
-        return ModelSpec(self.layers, self.layers[0].input_dim, self.dtype)
+        # The graph's input element type is its compute type (float16 graphs run in float32);
+        # a token-id graph computes in its embedding table's type.
+        first = self.layers[0]
+        return ModelSpec(self.layers, getattr(first, "input_dim", None), self.dtype)
 
     # -- constants and shape arithmetic -------------------------------------------
     def op_Constant(self, n):
@@ -415,13 +422,22 @@ class _Importer:
             self.set_out(n, 0, _Sym(pick) if any(isinstance(e, str) for e in pick)
                          else np.array(pick, np.int64))
             return
+        if isinstance(data, np.ndarray) and isinstance(idx, _Stream) and axis == 0:
+            # an embedding lookup of the token-id input: Embedding(vocabulary, dim)
+            if self.layers or len(idx.axes) != 2 or data.ndim != 2 or data.dtype.kind != "f":
+                raise _err(n, "only a first-layer embedding lookup (table[ids], ids of shape "
+                              "(batch, time), a float (vocabulary, dim) table) is supported")
+            self.dtype = np.float64 if data.dtype == np.float64 else np.float32
+            self.layers.append(EmbeddingSpec(data.astype(self.dtype), False))
+            self.set_out(n, 0, _Stream(list(idx.axes) + [("F", data.shape[1])]))
+            return
         if isinstance(data, np.ndarray) and isinstance(idx, np.ndarray):
             if idx.dtype.kind not in "iu" or data.size > _MAX_ELEMENTS:
                 raise _err(n, "unsupported constant Gather")
             self.set_out(n, 0, np.asarray(np.take(data, idx.astype(np.int64), axis=axis)))
             return
-        raise _err(n, "Gather is only supported on constants and shape vectors (an "
-                      "Embedding lookup is not an LSTM-graph head cylstm imports)")
+        raise _err(n, "Gather is supported on constants, shape vectors, and as a first-layer "
+                      "embedding lookup table[ids]")
 
     def op_Unsqueeze(self, n):
         v = self.env[n.input[0]]
@@ -979,7 +995,8 @@ def from_onnx(path, *, name=None):
 
     Supported graphs
     ----------------
-    A chain from one float input of rank 3 to the first output made of:
+    A chain from one float input of rank 3 (or integer token ids of rank 2, read by a
+    first ``Gather`` from a constant table: an ``Embedding``) to the first output made of:
 
     * ``LSTM`` (any opset) with direction forward, reverse or bidirectional (becoming
       ``LSTM``, ``LSTM(go_backwards=True)`` or ``Bidirectional(merge_mode='concat')``),
