@@ -24,6 +24,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from libc.math cimport exp
+from libc.stdint cimport uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -41,6 +42,10 @@ cdef extern from "cylstm_stream.h" nogil:
                               const double* a0, Py_ssize_t ka, Py_ssize_t lda,
                               const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
                               double* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_panel_bf16(const uint16_t* P, Py_ssize_t w, Py_ssize_t nrows,
+                               const float* a0, Py_ssize_t ka, Py_ssize_t lda,
+                               const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                               float* z0, Py_ssize_t ldz) noexcept
     int cyl_stream_cpu_level() noexcept
     const char* CYL_STREAM_CLONES_NAME
     void cyl_stream_barrier() noexcept
@@ -80,6 +85,7 @@ KERNEL_BUILD = CYL_STREAM_CLONES_NAME.decode()
 cdef struct LayerC:
     int kind
     int act
+    int bf16               # P holds bfloat16 weights (float32 runners only)
     Py_ssize_t n_in        # I (LSTM) or input width (Dense)
     Py_ssize_t n_out       # H (LSTM) or units (Dense)
     Py_ssize_t K           # rows of the packed matrix: I + H (LSTM), n_in (Dense)
@@ -121,14 +127,18 @@ cdef inline void _blas_threads(int n) noexcept nogil:
         _blas_set_threads(n)
 
 
-cdef inline void _kernel(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
-                         const floating* a, Py_ssize_t ka, Py_ssize_t lda,
-                         const floating* b, Py_ssize_t kb, Py_ssize_t ldb,
-                         floating* z, Py_ssize_t ldz) noexcept nogil:
+cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w,
+                         const floating* a, Py_ssize_t ka, const floating* b,
+                         Py_ssize_t kb, floating* z) noexcept nogil:
+    """z (w) = [a (ka), b (kb)] @ the panel starting ``off`` elements into L.P."""
     if floating is float:
-        cyl_stream_panel_f32(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz)
+        if L.bf16:
+            cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, 1, a, ka, ka, b, kb, kb,
+                                  z, w)
+        else:
+            cyl_stream_panel_f32(<const float*> L.P + off, w, 1, a, ka, ka, b, kb, kb, z, w)
     else:
-        cyl_stream_panel_f64(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz)
+        cyl_stream_panel_f64(<const double*> L.P + off, w, 1, a, ka, ka, b, kb, kb, z, w)
 
 
 cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
@@ -180,7 +190,7 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
                 z = zs + r * w
             else:
                 # z (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)
-                _kernel(Pp, w, 1, x + r * I, I, I, hprev + r * H, H, H, zl, w)
+                _kernel(L, p * K * 4 * span, w, x + r * I, I, hprev + r * H, H, zl)
                 z = zl
             cell_forward(hb, z, NULL, bp, c + r * H + j0, gl, c + r * H + j0,
                          hnew + r * H + j0)
@@ -218,7 +228,7 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
             if ctx.use_blas:
                 z = zs + r * w
             else:
-                _kernel(Pp, w, 1, x + r * K, K, K, x + r * K, 0, 0, zl, w)
+                _kernel(L, p * K * span, w, x + r * K, K, x + r * K, 0, zl)
                 z = zl
             for j in range(w):
                 v = z[j] + bias[j0 + j]
@@ -355,6 +365,9 @@ cdef class Core:
         for i, spec in enumerate(pack.layers):
             L = &self._layers[i]
             L.kind = KIND_LSTM if spec.kind == "lstm" else KIND_DENSE
+            L.bf16 = spec.P.dtype == np.uint16
+            if L.bf16 and (self._typenum != cnp.NPY_FLOAT32 or use_blas):
+                raise ValueError("bfloat16 weights need a float32 runner on the kernel path")
             L.act = ACTIVATIONS[spec.activation]
             L.n_in = spec.n_in
             L.n_out = spec.n_out

@@ -36,6 +36,7 @@
 #define CYLSTM_STREAM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #define CYL_STREAM_VLF 16   /* floats per vector */
@@ -179,6 +180,120 @@ static void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
         const double* b = b0 + r * ldb;
         double* z = z0 + r * ldz;
         CYL_PANEL_ROW_BODY(double, cyl_vd, CYL_STREAM_VLD)
+    }
+}
+
+/*
+ * The same product over bfloat16 weights (the upper 16 bits of float32, rounded
+ * to nearest even when packed): half the bytes to stream, for models whose
+ * weights come from L3 or memory every step.  Inputs, accumulation and outputs
+ * stay float32; a weight widens exactly (bf16 -> f32 is a 16-bit shift).
+ *
+ * Layout: as the float32 panels, except that in the main block every group of
+ * 32 columns c0..c31 of a row is stored interleaved c0 c16 c1 c17 ... c15 c31,
+ * so one 64-byte load holds 16 32-bit lanes (c_j | c_{j+16} << 16): `lane << 16`
+ * is columns c0..c15 as float32 and `lane & 0xffff0000` columns c16..c31 -- two
+ * cheap integer operations per 32 weights, no widening shuffles.  A last group
+ * of 16 columns (w % 32 == 16) is stored plainly; tail columns transposed.
+ */
+static inline float cyl_bf16_to_f32(uint16_t v)
+{
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* Position of column j (0 <= j < wv) of a bf16 main-block row in memory. */
+static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t wv)
+{
+    ptrdiff_t g = j / 32, m = j % 32;
+    if (g * 32 + 32 > wv)
+        return j;                               /* the plain last 16 */
+    return g * 32 + (m < 16 ? 2 * m : 2 * (m - 16) + 1);
+}
+
+#if CYL_STREAM_VECTOR
+typedef uint32_t cyl_vu __attribute__((vector_size(64)));
+#define CYL_BF_LO(u) ((cyl_vf)((u) << 16))
+#define CYL_BF_HI(u) ((cyl_vf)((u) & 0xffff0000u))
+#endif
+
+CYL_STREAM_CLONES
+static void cyl_stream_panel_bf16(const uint16_t* P, ptrdiff_t w, ptrdiff_t nrows,
+                                  const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                  float* z0, ptrdiff_t ldz)
+{
+    const ptrdiff_t VL = CYL_STREAM_VLF;
+    ptrdiff_t r;
+    for (r = 0; r < nrows; r++) {
+        const float* a = a0 + r * lda;
+        const float* b = b0 + r * ldb;
+        float* z = z0 + r * ldz;
+        const ptrdiff_t K = ka + kb;
+        const ptrdiff_t wv = (w / VL) * VL;
+        ptrdiff_t j = 0, k;
+#if CYL_STREAM_VECTOR
+        for (; j + 64 <= wv; j += 64) {
+            cyl_vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+            const uint16_t* p = P + j;
+            for (k = 0; k < ka; k++, p += wv) {
+                const float v = a[k];
+                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);
+                s0 += v * CYL_BF_LO(u0);
+                s1 += v * CYL_BF_HI(u0);
+                s2 += v * CYL_BF_LO(u1);
+                s3 += v * CYL_BF_HI(u1);
+            }
+            for (k = 0; k < kb; k++, p += wv) {
+                const float v = b[k];
+                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);
+                s0 += v * CYL_BF_LO(u0);
+                s1 += v * CYL_BF_HI(u0);
+                s2 += v * CYL_BF_LO(u1);
+                s3 += v * CYL_BF_HI(u1);
+            }
+            CYL_ST(z + j, s0);
+            CYL_ST(z + j + 16, s1);
+            CYL_ST(z + j + 32, s2);
+            CYL_ST(z + j + 48, s3);
+        }
+        for (; j + 32 <= wv; j += 32) {
+            cyl_vf s0 = {0}, s1 = {0};
+            const uint16_t* p = P + j;
+            for (k = 0; k < ka; k++, p += wv) {
+                const cyl_vu u0 = CYL_LD(cyl_vu, p);
+                s0 += a[k] * CYL_BF_LO(u0);
+                s1 += a[k] * CYL_BF_HI(u0);
+            }
+            for (k = 0; k < kb; k++, p += wv) {
+                const cyl_vu u0 = CYL_LD(cyl_vu, p);
+                s0 += b[k] * CYL_BF_LO(u0);
+                s1 += b[k] * CYL_BF_HI(u0);
+            }
+            CYL_ST(z + j, s0);
+            CYL_ST(z + j + 16, s1);
+        }
+#endif
+        for (; j < wv; j++) {   /* the plain last 16 (or everything, portable C) */
+            const ptrdiff_t c = cyl_bf16_slot(j, wv);
+            float acc = 0;
+            for (k = 0; k < ka; k++)
+                acc += a[k] * cyl_bf16_to_f32(P[k * wv + c]);
+            for (k = 0; k < kb; k++)
+                acc += b[k] * cyl_bf16_to_f32(P[(ka + k) * wv + c]);
+            z[j] = acc;
+        }
+        for (; j < w; j++) {
+            const uint16_t* q = P + K * wv + (j - wv) * K;
+            float acc = 0;
+            for (k = 0; k < ka; k++)
+                acc += a[k] * cyl_bf16_to_f32(q[k]);
+            for (k = 0; k < kb; k++)
+                acc += b[k] * cyl_bf16_to_f32(q[ka + k]);
+            z[j] = acc;
+        }
     }
 }
 

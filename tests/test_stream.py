@@ -78,10 +78,12 @@ def test_one_layer_matches_reference(dtype, I, H, threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B", [2, 3, stream.BLAS_MIN_BATCH + 1])
+@pytest.mark.parametrize("B", [2, 5])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batches_match_reference(dtype, B, threads):
-    # B >= BLAS_MIN_BATCH takes the BLAS path per panel
+@pytest.mark.parametrize("path", ["kernel", "blas"])
+def test_batches_match_reference(dtype, B, threads, path, monkeypatch):
+    # batches of BLAS_MIN_BATCH rows and more take the BLAS path per panel
+    monkeypatch.setattr(stream, "BLAS_MIN_BATCH", 1 if path == "blas" else 10**9)
     rng = np.random.default_rng(B)
     specs = [_lstm_spec(rng, 6, 21), _lstm_spec(rng, 21, 19), _dense_spec(rng, 19, 3, "tanh")]
     x = rng.standard_normal((B, 8, 6))
@@ -112,6 +114,45 @@ def test_threads_give_bitwise_serial_results():
     a = _run(StreamRunner._from_specs(specs, 1, num_threads=1), x)
     b = _run(StreamRunner._from_specs(specs, 1, num_threads=2), x)
     np.testing.assert_array_equal(a, b)
+
+
+def _bf16_round(a):
+    """Round to bfloat16 (nearest even), returned as float64: an independent rounding."""
+    a = np.asarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("H", [20, 24, 37, 80])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bfloat16_weights(H, threads):
+    # H = 20, 24, 37: panels of 64, 32 and 16 (+ tail) columns in the interleaved layout
+    rng = np.random.default_rng(H)
+    specs = [_lstm_spec(rng, 7, H), _dense_spec(rng, H, 70, "tanh")]
+    x = rng.standard_normal((2, 9, 7))
+    r = StreamRunner._from_specs(specs, 2, num_threads=threads, weights_dtype="bfloat16")
+    assert r.weights_dtype == "bfloat16"
+    got = _run(r, x.astype(np.float32))
+    # exactly the model whose weights are the bfloat16 roundings (biases stay float32)
+    rounded = [dict(s, kernel=_bf16_round(s["kernel"]),
+                    **({"recurrent_kernel": _bf16_round(s["recurrent_kernel"])}
+                       if s["type"] == "lstm" else {}),
+                    bias=np.asarray(s["bias"], np.float32).astype(np.float64))
+               for s in specs]
+    np.testing.assert_allclose(got, _stack_ref(rounded, x), rtol=2e-5, atol=2e-5)
+    # and within bfloat16's precision of the float32 model
+    err = np.abs(got - _stack_ref(specs, x)).max()
+    assert 0 < err < 2e-2
+
+
+def test_bfloat16_needs_float32():
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match="float32 model"):
+        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], dtype=np.float64,
+                                 weights_dtype="bfloat16")
+    with pytest.raises(ValueError, match="weights_dtype must be"):
+        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], weights_dtype="int8")
 
 
 # ---------------------------------------------------------------------------------------
