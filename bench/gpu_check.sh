@@ -9,12 +9,14 @@
 # 2. build in place with CYLSTM_CUDA=1 (all extensions, parallel; SASS for
 #    CYLSTM_CUDA_ARCH, default "80;90", plus PTX)
 # 3. the GPU tests (tests/test_cuda.py, tests/test_cuda_build.py); they must not skip
-# 4. timings against torch.nn.LSTM on CUDA (cuDNN): bench/gpu_bench.py, shapes
+# 4. compute-sanitizer memcheck + racecheck over bench/gpu_sanitize.py (tiny shapes)
+# 5. timings against torch.nn.LSTM on CUDA (cuDNN): bench/gpu_bench.py, shapes
 #    (T, B, I, H) = (50, 64, 512, 512), (25, 16, 1024, 1024), (100, 32, 10, 50)
 #
 # Output: a table on stdout; files in $OUT if set (else bench/results/): gpu_check.json
-# (timings), gpu_build.log, gpu_tests.log.  Exit status: 0 all passed, 1 build failed,
-# 2 tests failed, 3 benchmark failed.  Set GPU_CHECK_QUICK=1 for shorter timing loops.
+# (timings), gpu_build.log, gpu_tests.log, gpu_sanitize_*.log.  Exit status: 0 all
+# passed, 1 build failed, 2 tests failed, 3 benchmark failed, 4 compute-sanitizer found
+# errors.  GPU_CHECK_QUICK=1: shorter timing loops; GPU_CHECK_SANITIZE=0: no sanitizer.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -88,6 +90,26 @@ if grep -q "SKIPPED.*test_cuda.py.*CUDA backend unavailable" "$RESULTS/gpu_tests
     [ "$test_rc" -eq 0 ] && test_rc=2
 fi
 
+step "compute-sanitizer (memcheck, racecheck) on a small workload"
+san_rc=0
+SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer \
+    /usr/local/cuda*/compute-sanitizer/compute-sanitizer /opt/nvidia/*/compute-sanitizer \
+    2>/dev/null | head -n 1 || true)"
+if [ -n "$SAN" ] && [ "${GPU_CHECK_SANITIZE:-1}" = "1" ]; then
+    for tool in memcheck racecheck; do
+        if timeout 150 "$SAN" --tool "$tool" --error-exitcode 9 "$PY" bench/gpu_sanitize.py \
+                >"$RESULTS/gpu_sanitize_$tool.log" 2>&1; then
+            echo "$tool: clean ($(tail -n 1 "$RESULTS/gpu_sanitize_$tool.log"))"
+        else
+            san_rc=$?
+            echo "$tool: FAILED (rc=$san_rc); last lines:"
+            tail -n 25 "$RESULTS/gpu_sanitize_$tool.log"
+        fi
+    done
+else
+    echo "compute-sanitizer not found (or GPU_CHECK_SANITIZE=0): skipped"
+fi
+
 step "timings vs torch.nn.LSTM (cuDNN)"
 quick=""
 [ "${GPU_CHECK_QUICK:-0}" = "1" ] && quick="--quick"
@@ -99,7 +121,8 @@ if [ "${GPU_CHECK_TF32:-1}" = "1" ] && [ $bench_rc -eq 0 ]; then
 fi
 
 step "done"
-echo "tests rc=$test_rc  bench rc=$bench_rc  results in $RESULTS"
+echo "tests rc=$test_rc  sanitizer rc=$san_rc  bench rc=$bench_rc  results in $RESULTS"
 [ "$test_rc" -ne 0 ] && exit 2
+[ "$san_rc" -ne 0 ] && exit 4
 [ "$bench_rc" -ne 0 ] && exit 3
 exit 0
