@@ -31,20 +31,28 @@ __all__ = [
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
     "Huber",
+    "LogCosh",
     "Loss",
     "LossFunctionWrapper",
     "MeanAbsoluteError",
+    "MeanAbsolutePercentageError",
     "MeanSquaredError",
+    "MeanSquaredLogarithmicError",
     "SparseCategoricalCrossentropy",
     "binary_crossentropy",
     "categorical_crossentropy",
     "deserialize",
     "get",
     "huber",
+    "log_cosh",
     "mae",
+    "mape",
     "mean_absolute_error",
+    "mean_absolute_percentage_error",
     "mean_squared_error",
+    "mean_squared_logarithmic_error",
     "mse",
+    "msle",
     "serialize",
     "sparse_categorical_crossentropy",
 ]
@@ -328,6 +336,51 @@ class MeanAbsoluteError(Loss):
         d = y_pred - y_true
         n = y_pred.shape[-1]
         return _mean_last(np.abs(d)), np.sign(d) * d.dtype.type(1.0 / n)
+
+
+class MeanAbsolutePercentageError(Loss):
+    """``100 mean(|y_true - y_pred| / max(|y_true|, 1e-7), axis=-1)`` per sample."""
+
+    _default_name = "mean_absolute_percentage_error"
+
+    def call_and_grad(self, y_true, y_pred):
+        d = y_pred - y_true
+        scale = np.maximum(np.abs(y_true), y_pred.dtype.type(EPSILON))
+        n = y_pred.shape[-1]
+        per = _mean_last(np.abs(d) / scale) * y_pred.dtype.type(100.0)
+        return per, np.sign(d) / scale * y_pred.dtype.type(100.0 / n)
+
+
+class MeanSquaredLogarithmicError(Loss):
+    """``mean((log(max(y_pred, eps) + 1) - log(max(y_true, eps) + 1))^2, axis=-1)``.
+
+    The gradient is zero where ``y_pred < 1e-7`` (the max picks the constant).
+    """
+
+    _default_name = "mean_squared_logarithmic_error"
+
+    def call_and_grad(self, y_true, y_pred):
+        eps = y_pred.dtype.type(EPSILON)
+        one = y_pred.dtype.type(1.0)
+        yp = np.maximum(y_pred, eps)
+        d = np.log(yp + one) - np.log(np.maximum(y_true, eps) + one)
+        n = y_pred.shape[-1]
+        g = np.where(y_pred >= eps, d / (yp + one), 0.0).astype(y_pred.dtype)
+        return _mean_last(d * d), g * y_pred.dtype.type(2.0 / n)
+
+
+class LogCosh(Loss):
+    """``mean(log(cosh(y_pred - y_true)), axis=-1)``, computed without overflow."""
+
+    _default_name = "log_cosh"
+
+    def call_and_grad(self, y_true, y_pred):
+        x = y_pred - y_true
+        # log cosh x = |x| + log1p(exp(-2|x|)) - log 2: no overflow for large |x|
+        a = np.abs(x)
+        per = a + np.log1p(np.exp(-2 * a)) - x.dtype.type(np.log(2.0))
+        n = y_pred.shape[-1]
+        return _mean_last(per), np.tanh(x) * x.dtype.type(1.0 / n)
 
 
 class Huber(Loss):
@@ -632,8 +685,26 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     return SparseCategoricalCrossentropy(from_logits, ignore_class, axis).call(y_true, y_pred)
 
 
+def mean_absolute_percentage_error(y_true, y_pred):
+    """Per-sample mean absolute percentage error."""
+    return MeanAbsolutePercentageError().call(y_true, y_pred)
+
+
+def mean_squared_logarithmic_error(y_true, y_pred):
+    """Per-sample mean squared logarithmic error."""
+    return MeanSquaredLogarithmicError().call(y_true, y_pred)
+
+
+def log_cosh(y_true, y_pred):
+    """Per-sample mean of ``log(cosh(y_pred - y_true))``."""
+    return LogCosh().call(y_true, y_pred)
+
+
 mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
+mape = MAPE = mean_absolute_percentage_error
+msle = MSLE = mean_squared_logarithmic_error
+logcosh = log_cosh
 
 _FUNCTIONS = {
     mean_squared_error: MeanSquaredError,
@@ -642,10 +713,14 @@ _FUNCTIONS = {
     binary_crossentropy: BinaryCrossentropy,
     categorical_crossentropy: CategoricalCrossentropy,
     sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
+    mean_absolute_percentage_error: MeanAbsolutePercentageError,
+    mean_squared_logarithmic_error: MeanSquaredLogarithmicError,
+    log_cosh: LogCosh,
 }
 _CLASSES = {c.__name__: c for c in (
     MeanSquaredError, MeanAbsoluteError, Huber, BinaryCrossentropy, CategoricalCrossentropy,
-    SparseCategoricalCrossentropy)}
+    SparseCategoricalCrossentropy, MeanAbsolutePercentageError, MeanSquaredLogarithmicError,
+    LogCosh)}
 _NAMES = {
     "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
     "meansquarederror": MeanSquaredError,
@@ -657,11 +732,19 @@ _NAMES = {
     "categoricalcrossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "sparsecategoricalcrossentropy": SparseCategoricalCrossentropy,
+    "mape": MeanAbsolutePercentageError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "meanabsolutepercentageerror": MeanAbsolutePercentageError,
+    "msle": MeanSquaredLogarithmicError,
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "meansquaredlogarithmicerror": MeanSquaredLogarithmicError,
+    "log_cosh": LogCosh, "logcosh": LogCosh,
 }
 #: The names :func:`get` accepts (case-insensitive; class names too).
 VALID_NAMES = ("mse", "mean_squared_error", "mae", "mean_absolute_error", "huber",
                "huber_loss", "binary_crossentropy", "categorical_crossentropy",
-               "sparse_categorical_crossentropy")
+               "sparse_categorical_crossentropy", "mape", "mean_absolute_percentage_error",
+               "msle", "mean_squared_logarithmic_error", "log_cosh")
 
 
 def serialize(loss):

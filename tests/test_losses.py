@@ -42,6 +42,13 @@ def ref_per_sample(name, yt, yp, **kw):
         d = kw.get("delta", 1.0)
         e = np.abs(yp - yt)
         return np.mean(np.where(e <= d, 0.5 * e ** 2, d * e - 0.5 * d ** 2), axis=-1)
+    if name == "mape":
+        return 100 * np.mean(np.abs(yt - yp) / np.maximum(np.abs(yt), EPS), axis=-1)
+    if name == "msle":
+        return np.mean((np.log1p(np.maximum(yp, EPS)) - np.log1p(np.maximum(yt, EPS))) ** 2,
+                       axis=-1)
+    if name == "logcosh":
+        return np.mean(np.log(np.cosh(yp - yt)), axis=-1)
     if name == "bce":
         ls = kw.get("label_smoothing", 0.0)
         t = yt * (1 - ls) + 0.5 * ls
@@ -65,13 +72,20 @@ def ref_per_sample(name, yt, yp, **kw):
 
 def make_loss(name, **kw):
     return {"mse": MeanSquaredError, "mae": MeanAbsoluteError, "huber": Huber,
+            "mape": losses.MeanAbsolutePercentageError,
+            "msle": losses.MeanSquaredLogarithmicError, "logcosh": losses.LogCosh,
             "bce": BinaryCrossentropy, "cce": CategoricalCrossentropy,
             "scce": SparseCategoricalCrossentropy}[name](**kw)
 
 
 def data(name, shape, rng, logits=False):
-    if name in ("mse", "mae", "huber"):
+    if name in ("mse", "mae", "huber", "logcosh"):
         return rng.standard_normal(shape), rng.standard_normal(shape)
+    if name == "msle":
+        return rng.uniform(0.1, 3, shape), rng.uniform(0.1, 3, shape)
+    if name == "mape":  # |y_true| away from 0 and y_pred away from the kink at y_true
+        yt = rng.uniform(0.5, 2, shape) * np.where(rng.random(shape) < 0.5, -1, 1)
+        return yt, yt + np.where(rng.random(shape) < 0.5, -1, 1) * rng.uniform(0.1, 1, shape)
     if name == "bce":
         yt = rng.integers(0, 2, shape).astype(float)
         yp = rng.standard_normal(shape) * 2 if logits else rng.uniform(0.05, 0.95, shape)
@@ -86,6 +100,7 @@ def data(name, shape, rng, logits=False):
 
 CASES = [
     ("mse", {}), ("mae", {}), ("huber", {}), ("huber", {"delta": 0.4}),
+    ("mape", {}), ("msle", {}), ("logcosh", {}),
     ("bce", {}), ("bce", {"from_logits": True}), ("bce", {"label_smoothing": 0.2}),
     ("bce", {"from_logits": True, "label_smoothing": 0.1}),
     ("cce", {}), ("cce", {"from_logits": True}), ("cce", {"label_smoothing": 0.1}),
@@ -222,6 +237,11 @@ def test_clipping_as_keras():
     assert v == pytest.approx(-np.log(EPS), rel=1e-6)
 
 
+def test_log_cosh_large_errors():
+    v, g = losses.LogCosh().value_and_grad(np.zeros((1, 2)), np.array([[1000.0, -1000.0]]))
+    assert v == pytest.approx(1000 - np.log(2)) and np.allclose(g, [[0.5, -0.5]])
+
+
 def test_logits_are_stable():
     x = np.array([[-800.0, 0.0, 800.0]])
     v, g = BinaryCrossentropy(from_logits=True).value_and_grad(np.array([[1.0, 0.0, 0.0]]), x)
@@ -270,6 +290,9 @@ def test_get():
     assert losses.get(obj) is obj
     again = losses.get(losses.serialize(obj))
     assert isinstance(again, Huber) and again.delta == 2.0
+    assert isinstance(losses.get("mape"), losses.MeanAbsolutePercentageError)
+    assert isinstance(losses.get("msle"), losses.MeanSquaredLogarithmicError)
+    assert isinstance(losses.get("logcosh"), losses.LogCosh)
     with pytest.raises(ValueError, match="mse.*mean_absolute_error"):
         losses.get("mean_squared_eror")
     with pytest.raises(TypeError, match="gradient"):
