@@ -83,6 +83,13 @@ def bench_cylstm(T, B, I, H, seed=0):
     res["cylstm_train_host"] = _time(train_host, sync)
     res["cylstm_fwd_dev"] = _time(fwd_dev, sync)
     res["cylstm_train_dev"] = _time(train_dev, sync)
+    if H <= 256:  # the other time-loop path, to place the one-kernel threshold
+        cuda.set_fused_max_units(0 if H <= 128 else 256)
+        try:
+            res["cylstm_fwd_dev_other_path"] = _time(fwd_dev, sync)
+            res["cylstm_train_dev_other_path"] = _time(train_dev, sync)
+        finally:
+            cuda.set_fused_max_units(128)
     return res
 
 
@@ -168,6 +175,10 @@ def main(argv=None):
               f"{ms.get('torch_fwd_host', float('nan')):8.3f} | "
               f"{ms['cylstm_train_host']:12.3f} {ms['cylstm_train_dev']:8.3f} "
               f"{ms.get('torch_train_dev', float('nan')):8.3f} | {ratio:10.2f}x", flush=True)
+        if "cylstm_train_dev_other_path" in ms:
+            other = "cuBLAS per step" if H <= 128 else "one kernel"
+            print(f"{'':>18}   other time-loop path ({other}): fwd {ms['cylstm_fwd_dev_other_path']:.3f}, "
+                  f"train {ms['cylstm_train_dev_other_path']:.3f}")
         info["rows"].append(row)
     print("times in ms (median); 'dev': data already on the GPU, as torch's; "
           "'torch+cp': torch with the host<->device copies; "
