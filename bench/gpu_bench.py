@@ -177,7 +177,8 @@ def main(argv=None):
               f"{ms.get('torch_train_dev', float('nan')):8.3f} | {ratio:10.2f}x", flush=True)
         if "cylstm_train_dev_other_path" in ms:
             other = "cuBLAS per step" if H <= 128 else "one kernel"
-            print(f"{'':>18}   other time-loop path ({other}): fwd {ms['cylstm_fwd_dev_other_path']:.3f}, "
+            print(f"{'':>18}   other time-loop path ({other}): "
+                  f"fwd {ms['cylstm_fwd_dev_other_path']:.3f}, "
                   f"train {ms['cylstm_train_dev_other_path']:.3f}")
         info["rows"].append(row)
     print("times in ms (median); 'dev': data already on the GPU, as torch's; "
