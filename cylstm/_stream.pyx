@@ -262,13 +262,14 @@ cdef void _softmax_rows(Py_ssize_t B, Py_ssize_t U, floating* y) noexcept nogil:
             row[j] = row[j] * s
 
 
-cdef void _run(Ctx* ctx, int tid, int nt, floating* zs) noexcept nogil:
-    """Thread ``tid`` of ``nt``: its share of every layer, a barrier after each."""
+cdef void _run(Ctx* ctx, int l0, int l1, int tid, int nt, floating* zs) noexcept nogil:
+    """Layers [l0, l1) for thread ``tid`` of ``nt``: its share of each, then a barrier."""
     cdef int l
     cdef LayerC* L
-    cdef const floating* x = <const floating*> ctx.x
+    cdef const floating* x
     cdef Py_ssize_t p0, p1
-    for l in range(ctx.n_layers):
+    x = <const floating*> (ctx.x if l0 == 0 else _output_of(&ctx.L[l0 - 1], ctx.par))
+    for l in range(l0, l1):
         L = &ctx.L[l]
         p0 = (tid * L.n_panels) // nt
         p1 = ((tid + 1) * L.n_panels) // nt
@@ -284,25 +285,36 @@ cdef void _run(Ctx* ctx, int tid, int nt, floating* zs) noexcept nogil:
                 _softmax_rows(ctx.B, L.n_out, <floating*> L.h0)
         # the next layer reads all of this one's output; after the last layer the
         # end of the parallel region is the barrier
-        if nt > 1 and l + 1 < ctx.n_layers:
+        if nt > 1 and l + 1 < l1:
             cyl_stream_barrier()
         x = <const floating*> _output_of(L, ctx.par)
 
 
 cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
-    """One time step of the whole stack (called with the GIL released)."""
-    cdef int tid, nt = ctx.n_threads
+    """One time step of the whole stack (called with the GIL released).
+
+    With a team, the layers up to the last LSTM run split across it; the Dense
+    layers after it (the head: narrow, a fraction of the weights) run on the
+    calling thread after the join, which saves a barrier per step.
+    """
+    cdef int tid, nt = ctx.n_threads, n_par = 0, l
     cdef LayerC* last = &ctx.L[ctx.n_layers - 1]
     cdef Py_ssize_t stride = ctx.B * MAXW
     if ctx.use_blas:
         # each panel's GEMM is small: threads come from the panel split, not BLAS
         _blas_threads(1)
     if nt <= 1:
-        _run(ctx, 0, 1, scratch)
+        _run(ctx, 0, ctx.n_layers, 0, 1, scratch)
     else:
-        with parallel(num_threads=nt):
-            tid = threadid()
-            _run(ctx, tid, nt, scratch + tid * stride)
+        for l in range(ctx.n_layers):
+            if ctx.L[l].kind == KIND_LSTM:
+                n_par = l + 1
+        if n_par > 0:
+            with parallel(num_threads=nt):
+                tid = threadid()
+                _run(ctx, 0, n_par, tid, nt, scratch + tid * stride)
+        if n_par < ctx.n_layers:
+            _run(ctx, n_par, ctx.n_layers, 0, 1, scratch)
     if ctx.use_blas:
         _blas_threads(ctx.blas_threads)
     memcpy(ctx.out, _output_of(last, ctx.par),

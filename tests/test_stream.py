@@ -107,6 +107,18 @@ def test_dense_heads(act, dtype):
         np.testing.assert_allclose(got.sum(-1), 1, rtol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dense_between_lstms(threads):
+    # a time-distributed Dense between two LSTMs runs inside the threaded part
+    rng = np.random.default_rng(4)
+    specs = [_lstm_spec(rng, 5, 40), _dense_spec(rng, 40, 90, "softmax"),
+             _lstm_spec(rng, 90, 33), _dense_spec(rng, 33, 2, "sigmoid")]
+    x = rng.standard_normal((1, 7, 5))
+    r = StreamRunner._from_specs(specs, 1, num_threads=threads)
+    np.testing.assert_allclose(_run(r, x.astype(np.float32)), _stack_ref(specs, x),
+                               rtol=2e-5, atol=2e-5)
+
+
 def test_threads_give_bitwise_serial_results():
     rng = np.random.default_rng(3)
     specs = [_lstm_spec(rng, 10, 70), _lstm_spec(rng, 70, 40), _dense_spec(rng, 40, 2, "linear")]
