@@ -432,6 +432,11 @@ class Dense(Layer):
         self.seed = seed
         self.kernel = None
         self.bias = None
+        # Set by a model whose loss fuses with this (output) layer's activation:
+        # the forward then also keeps the logits (``_logits``) and the backward
+        # takes dL/dlogits directly (TF-Keras trains sigmoid/softmax outputs so).
+        self._logits_out = False
+        self._logits = None
 
     @property
     def input_dim(self):
@@ -465,6 +470,9 @@ class Dense(Layer):
         z = x2 @ K
         if self.use_bias:
             z += self.bias
+        if self._logits_out:
+            self._logits = z.reshape(x.shape[:-1] + (self.units,))
+            z = z.copy()
         a = _act.forward_(self.activation, z)
         if training:
             self._cache = (x2, a)
@@ -476,7 +484,8 @@ class Dense(Layer):
         x2, a = self._cache
         self._cache = None
         dz = dy.reshape(a.shape) if dy.ndim != 2 else dy
-        dz = _act.backward_(self.activation, a, dz)
+        if not self._logits_out:  # else dy is already dL/dlogits
+            dz = _act.backward_(self.activation, a, dz)
         np.matmul(x2.T, dz, out=self._grads["kernel"])
         if self.use_bias:
             np.sum(dz, axis=0, out=self._grads["bias"])

@@ -87,6 +87,7 @@ class Sequential:
         self._flat_sig = None
         self._need_dx = ()
         self._shuffle_rng = None
+        self._fuse = False
         if layers is not None:
             for layer in layers:
                 self.add(layer)
@@ -144,6 +145,8 @@ class Sequential:
         if not self.layers:
             raise TypeError("there are no layers in the model")
         layer = self.layers.pop()
+        if isinstance(layer, _layers.Dense):
+            layer._logits_out = False
         if self.built:
             if self.layers:
                 self._build_layers(self.layers[0]._build_shape)
@@ -210,6 +213,7 @@ class Sequential:
         self._dtype = dtype
         self.built = True
         self._bind_flat()
+        self._setup_fusion()
 
     def _trainable_layers(self):
         return [l for l in self.layers if l.trainable] if self.trainable else []
@@ -340,6 +344,7 @@ class Sequential:
         self.optimizer, self.loss, self._loss_fn = opt, loss, loss_fn
         self._metric_ids, self._metric_fns = mids, fns
         self.compiled = True
+        self._setup_fusion()
         if self.built and self._flat_sig != self._signature():
             self._bind_flat()
 
@@ -459,12 +464,42 @@ class Sequential:
                 if sub is not None:
                     sub._cache = None
 
+    def _setup_fusion(self):
+        """Train a sigmoid/softmax output on its logits when the loss allows it.
+
+        TF-Keras computes binary/categorical cross-entropy from the logits
+        under a sigmoid/softmax output layer instead of from clipped
+        probabilities: exact, and the gradient does not vanish on saturated
+        outputs.  cylstm does the same (loss values and gradients then equal
+        those of the loss with ``from_logits=True`` on the pre-activations).
+        """
+        for layer in self.layers:
+            if isinstance(layer, _layers.Dense):
+                layer._logits_out = False
+                layer._logits = None
+        last = self.layers[-1] if self.layers else None
+        act = getattr(self._loss_fn, "fusable_activation", None)
+        self._fuse = bool(isinstance(last, _layers.Dense) and act is not None
+                          and last.activation == act
+                          and hasattr(self._loss_fn, "value_and_grad_from_logits"))
+        if self._fuse:
+            last._logits_out = True
+
+    def _loss_value_grad(self, yb, y_pred, mask, swb):
+        if mask is None or y_pred.ndim < 2 or mask.shape != y_pred.shape[:2]:
+            mask = None
+        if self._fuse:
+            last = self.layers[-1]
+            logits, last._logits = last._logits, None
+            return self._loss_fn.value_and_grad_from_logits(yb, logits, sample_weight=swb,
+                                                           mask=mask)
+        if mask is None:
+            return self._loss_fn.value_and_grad(yb, y_pred, sample_weight=swb)
+        return self._loss_fn.value_and_grad(yb, y_pred, sample_weight=swb, mask=mask)
+
     def _loss_and_grad(self, xb, yb, swb):
         y_pred, mask = self._run_forward(xb, True)
-        if mask is not None and y_pred.ndim >= 2 and mask.shape == y_pred.shape[:2]:
-            loss, dy = self._loss_fn.value_and_grad(yb, y_pred, sample_weight=swb, mask=mask)
-        else:
-            loss, dy = self._loss_fn.value_and_grad(yb, y_pred, sample_weight=swb)
+        loss, dy = self._loss_value_grad(yb, y_pred, mask, swb)
         return loss, dy, y_pred
 
     def _train_step(self, xb, yb, swb):
@@ -709,7 +744,9 @@ class Sequential:
             e = min(s + bs, n)
             y_pred, mask = self._run_forward(x[s:e], False)
             swb = None if sw is None else sw[s:e]
-            if mask is not None and y_pred.ndim >= 2 and mask.shape == y_pred.shape[:2]:
+            if self._fuse:
+                loss = self._loss_value_grad(y[s:e], y_pred, mask, swb)[0]
+            elif mask is not None and y_pred.ndim >= 2 and mask.shape == y_pred.shape[:2]:
                 loss = self._loss_fn(y[s:e], y_pred, sample_weight=swb, mask=mask)
             else:
                 loss = self._loss_fn(y[s:e], y_pred, sample_weight=swb)

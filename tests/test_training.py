@@ -212,3 +212,23 @@ def test_frozen_layer_is_not_updated():
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(other, m.layers[1].get_weights()))
     assert m._flat.size == m.count_params() - sum(w.size for w in frozen)
+
+
+def test_sigmoid_output_trains_on_logits():
+    """As TF-Keras: binary cross-entropy under a sigmoid output is computed from the
+    logits, so a saturated wrong prediction still has a large, exact loss and gradient."""
+    from cylstm.losses import BinaryCrossentropy
+
+    x, _ = _task(8)
+    m = Sequential([LSTM(3, input_shape=(None, 3), dtype="float64"),
+                    Dense(1, activation="sigmoid")])
+    K, b = m.layers[1].get_weights()
+    m.layers[1].set_weights([np.zeros_like(K), np.full_like(b, 40.0)])  # logit 40: p == 1
+    m.compile("sgd", "binary_crossentropy")
+    y = np.zeros((8, 1))
+    loss, grads = m._forward_backward(x, y)
+    want = BinaryCrossentropy(from_logits=True)(y, np.full((8, 1), 40.0))
+    np.testing.assert_allclose(loss, want, rtol=1e-12)  # ~40, not the clipped ~16.1
+    np.testing.assert_allclose(grads[-1], [1.0], rtol=1e-12)  # d/dlogit = p - y
+    np.testing.assert_allclose(m.evaluate(x, y, verbose=0), want, rtol=1e-12)
+    np.testing.assert_allclose(m.predict(x), 1.0)
