@@ -257,6 +257,21 @@ def test_lstm_cell_runs_over_the_sequence(th):
                                    **TOL[np.float32])
 
 
+def test_imported_model_streams_like_the_torch_cell(th):
+    """The serving path of the issue: trained in PyTorch, stepped one tick at a time here."""
+    pytest.importorskip("cylstm.stream")
+    lstm = th.nn.LSTM(3, 4, num_layers=2).eval()
+    model = from_torch(lstm)
+    runner = model.streamer(batch_size=1)
+    x = np.random.default_rng(12).standard_normal((1, 6, 3)).astype(np.float32)
+    with th.no_grad():
+        state = None
+        for t in range(x.shape[1]):
+            y, state = lstm(th.from_numpy(x[:, t:t + 1]).transpose(0, 1), state)
+            got = runner.step(x[:, t])
+            np.testing.assert_allclose(got, y[0].numpy(), **TOL[np.float32])
+
+
 def test_module_without_bias(th):
     m = th.nn.LSTM(3, 4, bias=False, batch_first=True).eval()
     x = np.random.default_rng(10).standard_normal((2, 5, 3)).astype(np.float32)

@@ -194,8 +194,8 @@ def _module_spec(module):
     if isinstance(module, nn.LSTMCell):
         return torch_state_dict_to_spec(module.state_dict())
     if not isinstance(module, nn.LSTM):
-        raise TypeError(f"from_torch supports nn.LSTM and nn.LSTMCell modules; got "
-                        f"{type(module).__name__}")
+        raise TypeError(f"from_torch supports nn.LSTM and nn.LSTMCell modules (or the "
+                        f"state_dict() of one); got {type(module).__name__}")
     if getattr(module, "proj_size", 0):
         raise ValueError(f"nn.LSTM with proj_size={module.proj_size} (projected hidden state)"
                          " is not supported by cylstm")
