@@ -3,9 +3,10 @@ a GPU.
 
 It has the extension's Python interface (``Context``, ``DeviceArray``, ``forward``,
 ``backward``, ``device_count``) and executes the launch sequence of
-cylstm/cuda/_kernels.cu line by line: the same row-major GEMM calls (``rm_gemm``, with
-the same operands, transposes and leading dimensions), and each kernel as a loop over
-its (sample, unit) threads with the kernel's exact indexing.  Keep it in step with the
+cylstm/cuda/_kernels.cu line by line: the same GEMM calls (``rm_gemm``, with the same
+operands, transposes and leading dimensions, down to the column-major cuBLAS call it
+makes, whose semantics ``xgemm``/``xgemv`` implement from the cuBLAS documentation),
+and each kernel as a loop over its threads with the kernel's exact indexing.  Keep it in step with the
 .cu file: it is how the time-loop logic (ragged lengths, go_backwards, the dh hand-over
 between steps, recurrent dropout, padding) is checked against the CPU kernels where no
 GPU is available.  What it cannot check: the CUDA code compiling to the same thing
@@ -91,19 +92,34 @@ def _flat(d):
     return None if d is None else d.a.reshape(-1)
 
 
+def _colmajor(buf, rows, cols, ld):
+    """Column-major (rows, cols) view of a flat buffer with leading dimension ld."""
+    return np.lib.stride_tricks.as_strided(buf, (rows, cols), (buf.itemsize, ld * buf.itemsize))
+
+
+def xgemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc):
+    """cublas{S,D}gemm with alpha = 1, as the cuBLAS documentation defines it:
+    column-major C (m, n) = op(A) (m, k) @ op(B) (k, n) + beta C."""
+    assert lda >= (k if trans_a else m) and ldb >= (n if trans_b else k) and ldc >= m
+    opA = _colmajor(A, k, m, lda).T if trans_a else _colmajor(A, m, k, lda)
+    opB = _colmajor(B, n, k, ldb).T if trans_b else _colmajor(B, k, n, ldb)
+    Cm = _colmajor(C, m, n, ldc)
+    prod = opA @ opB
+    Cm[...] = prod if beta == 0 else prod + beta * Cm
+
+
+def xgemv(trans, m, n, A, lda, x, y):
+    """cublas{S,D}gemv, alpha = 1, beta = 0: y = op(A) x, A column-major (m, n)."""
+    Am = _colmajor(A, m, n, lda)
+    y[...] = (Am.T if trans else Am) @ x
+
+
 def rm_gemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc):
-    """Row-major C (M, N) = op(A) @ op(B) (+ beta C) on flat buffers with row strides."""
+    """_kernels.cu's rm_gemm: row-major C (M, N) = op(A) op(B) as column-major
+    C^T = op(B)^T op(A)^T -- the operands and m/n swapped, the flags kept."""
     if M == 0 or N == 0:
         return
-    rows_a, cols_a = (K, M) if trans_a else (M, K)
-    rows_b, cols_b = (N, K) if trans_b else (K, N)
-    Am = np.lib.stride_tricks.as_strided(A, (rows_a, cols_a), (lda * A.itemsize, A.itemsize))
-    Bm = np.lib.stride_tricks.as_strided(B, (rows_b, cols_b), (ldb * B.itemsize, B.itemsize))
-    Am = Am.T if trans_a else Am
-    Bm = Bm.T if trans_b else Bm
-    Cm = np.lib.stride_tricks.as_strided(C, (M, N), (ldc * C.itemsize, C.itemsize))
-    prod = Am @ Bm
-    Cm[...] = prod if beta == 0 else prod + beta * Cm
+    xgemm(trans_b, trans_a, N, M, K, B, ldb, A, lda, beta, C, ldc)
 
 
 def _sigmoid(x):
@@ -316,7 +332,7 @@ def backward(ctx, x, W, U, c0, lengths, max_len, reverse, rmask, G, C, Hp, dy, d
         f(dh)[:] = f(dHp)
     rm_gemm(True, False, I, H4, B * T, f(x), I, f(G), H4, 0, f(dW), H4)
     rm_gemm(True, False, H, H4, B * T, f(Hp), H, f(G), H4, 0, f(dU), H4)
-    # db = dz^T @ ones (the GEMV)
-    f(db)[:] = f(G).reshape(B * T, H4).T @ np.ones(B * T, G.dtype)
+    # db (4H) = dz^T @ 1: row-major dz (B*T, 4H) is column-major (4H, B*T), lda 4H
+    xgemv(False, H4, B * T, f(G), H4, np.ones(B * T, G.dtype), f(db))
     if dx is not None:
         rm_gemm(False, True, B * T, I, H4, f(G), H4, f(W), H4, 0, f(dx), I)
