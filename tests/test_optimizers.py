@@ -464,3 +464,37 @@ def test_zero_argument_learning_rate_callable():
     box["lr"] = 0.25
     opt.update(p, np.ones(1))
     np.testing.assert_allclose(p, [-0.75])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_sumsq_kernel(threads, dtype):
+    _optim = pytest.importorskip("cylstm._optim")
+    rng = np.random.default_rng(7)
+    g = rng.standard_normal(1003).astype(dtype)
+    seg = np.array([[0, 1], [1, 500], [500, 500], [500, 1003]], dtype=np.int64)
+    out = np.zeros(4)
+    assert _optim.grad_sumsq(g, seg, out, threads)
+    ref = [np.sum(g[a:b].astype(np.float64) ** 2) for a, b in seg]
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    g[700] = np.nan
+    assert not _optim.grad_sumsq(g, seg, out, threads)
+
+
+def test_kernel_wrappers_check_layout():
+    _optim = pytest.importorskip("cylstm._optim")
+    p, g = np.zeros(5), np.ones(5)
+    m, v = np.zeros(5), np.zeros(5)
+    good = np.array([[0, 5]], dtype=np.int64)
+    with pytest.raises(ValueError, match="tile"):
+        _optim.adam(p, g, m, v, v, np.array([[1, 5]], dtype=np.int64), np.ones(1),
+                    np.inf, 0.0, 0.1, 0.9, 0.999, 1e-7, False, 1)
+    with pytest.raises(ValueError, match="covers"):
+        _optim.sgd(p, g, m, np.array([[0, 4]], dtype=np.int64), np.ones(1), np.inf, 0.0,
+                   0.1, 0.0, False, 1)
+    with pytest.raises(ValueError, match="m has 4"):
+        _optim.adam(p, g, np.zeros(4), v, v, good, np.ones(1), np.inf, 0.0, 0.1, 0.9, 0.999,
+                    1e-7, False, 1)
+    with pytest.raises(ValueError, match="scale"):
+        _optim.rmsprop(p, g, v, m, m, good, np.ones(2), np.inf, 0.0, 0.1, 0.9, 0.0, 1e-7,
+                       False, 1)
