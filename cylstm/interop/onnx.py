@@ -178,7 +178,6 @@ def _s(v):
 
 class _Importer:
     def __init__(self, model):
-        self.model = model
         g = model.graph
         self.graph = g
         self.opset = 0
@@ -187,7 +186,6 @@ class _Importer:
                 self.opset = imp.version
         self.env = {}
         self.layers = []
-        self.input_stream = None
         self.n_lstm = 0
         init_names = set()
         for t in g.initializer:
@@ -276,7 +274,6 @@ class _Importer:
                 self.env[i.name] = _GraphInput(i.name)
         # Axes are unnamed until an LSTM (or a Dense) tells which is which.
         self.env[inp.name] = _Stream([(f"?{k}", d) for k, d in enumerate(dims)])
-        self.input_name = inp.name
 
     def bind(self, node, s, labels):
         """Name the input's still-anonymous axes (the first consumer decides the layout)."""
@@ -1006,14 +1003,17 @@ def from_onnx(path, *, name=None):
       ``predict`` does); ``sequence_lens`` may be a graph input (every sequence then runs
       its full length);
     * ``Transpose``, ``Squeeze``, ``Reshape``, ``Identity``, ``Dropout`` that only
-      rearrange axes, and constant shape arithmetic (``Shape``, ``Gather``, ``Concat``,
-      ``Unsqueeze``, ``Expand``, ``ConstantOfShape``, ``Cast``);
+      rearrange axes; ``ReduceSum`` / ``ReduceMean`` / ``ReduceProd`` over a bidirectional
+      LSTM's direction axis (merge modes sum / ave / mul); a ``Slice`` reversing the whole
+      time axis (how a ``go_backwards`` sequence is undone); and constant shape arithmetic
+      (``Shape``, ``Gather``, ``Concat``, ``Unsqueeze``, ``Slice``, ``Expand``,
+      ``ConstantOfShape``, ``Cast``);
     * heads ``Gemm`` or ``MatMul`` (+ ``Add``) on the feature axis, optionally followed by
       ``Relu``, ``Tanh``, ``Sigmoid`` or a last-axis ``Softmax`` (each becoming a
       ``Dense``).
 
     Other graph outputs (such as the final states ``torch.onnx.export`` adds) are not
-    reproduced.
+    reproduced.  Every file :func:`to_onnx` writes imports back.
 
     Raises
     ------
