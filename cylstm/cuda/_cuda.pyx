@@ -150,16 +150,19 @@ cdef class DeviceArray:
         cdef cyl_cuda_status st
         cdef void* p = NULL
         cdef size_t nbytes
+        cdef Py_ssize_t n = 1, d
         self.data = NULL
         self.ctx = ctx
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = tuple([int(d) for d in shape])
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DTYPES:
             raise TypeError(f"DeviceArray dtype must be float32, float64 or int64; "
                             f"got {self.dtype}")
-        if any(s < 0 for s in self.shape):
-            raise ValueError(f"DeviceArray shape must be non-negative; got {self.shape}")
-        nbytes = <size_t> (int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize)
+        for d in self.shape:  # (not np.prod: this runs ~10 times per LSTM call)
+            if d < 0:
+                raise ValueError(f"DeviceArray shape must be non-negative; got {self.shape}")
+            n *= d
+        nbytes = <size_t> n * <size_t> self.dtype.itemsize
         self.nbytes = nbytes
         with nogil:
             st = cyl_cuda_malloc(ctx.ctx, &p, nbytes)
@@ -199,7 +202,7 @@ cdef class DeviceArray:
 
     @property
     def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        return self.nbytes // self.dtype.itemsize
 
     def __repr__(self):
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype}, device={self.ctx.device})"
