@@ -35,6 +35,7 @@ AdamW
 import inspect
 import math
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -71,6 +72,21 @@ def _check_float(name, value, minimum=None, maximum=None, allow_none=False,
         op = "<=" if max_inclusive else "<"
         raise ValueError(f"{name} must be {op} {maximum}; got {value}")
     return value
+
+
+def _caller_stacklevel():
+    """``stacklevel`` that attributes a warning to the first frame outside this module.
+
+    Subclass constructors chain through ``Optimizer.__init__``, so a fixed level
+    would blame ``AdamW.__init__``; Python shows DeprecationWarnings only when they
+    are attributed to ``__main__``, i.e. to the user's line.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _takes_an_argument(fn):
@@ -122,7 +138,7 @@ class Optimizer:
             lr = kwargs.pop("lr")
             warnings.warn(
                 f"{type(self).__name__}: the `lr` argument is deprecated; use `learning_rate` "
-                "instead.", DeprecationWarning, stacklevel=3,
+                "instead.", DeprecationWarning, stacklevel=_caller_stacklevel(),
             )
             learning_rate = lr
         for key in ("decay", "use_ema", "ema_momentum", "ema_overwrite_frequency",

@@ -498,3 +498,12 @@ def test_kernel_wrappers_check_layout():
     with pytest.raises(ValueError, match="scale"):
         _optim.rmsprop(p, g, v, m, m, good, np.ones(2), np.inf, 0.0, 0.1, 0.9, 0.0, 1e-7,
                        False, 1)
+
+
+def test_lr_warning_points_at_the_callers_line():
+    # Python shows DeprecationWarnings attributed to __main__: blame the user's line,
+    # not the constructor chain inside cylstm (AdamW -> Adam -> Optimizer)
+    for cls in (Adam, AdamW, SGD, RMSprop):
+        with pytest.warns(DeprecationWarning, match="learning_rate") as rec:
+            cls(lr=0.01)
+        assert rec[0].filename == __file__
