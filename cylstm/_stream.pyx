@@ -338,6 +338,7 @@ cdef class Core:
     cdef cnp.ndarray _xbuf
     cdef cnp.ndarray _scratch
     cdef int _typenum
+    cdef int _busy            # a step is running (GIL released): refuse concurrent use
     cdef Py_ssize_t _n_in
     cdef Py_ssize_t _n_out
     cdef object _dtype
@@ -468,6 +469,10 @@ cdef class Core:
             oa = self._out1d if flat else self._out
         else:
             oa = self._check_out(out, flat)
+        if self._busy:
+            self._refuse_concurrent()
+        # checked and set while holding the GIL, so two threads cannot both pass
+        self._busy = 1
         self.ctx.x = xp
         self.ctx.out = cnp.PyArray_DATA(oa)
         with nogil:
@@ -475,7 +480,13 @@ cdef class Core:
                 _step(&self.ctx, <float*> self.ctx.scratch)
             else:
                 _step(&self.ctx, <double*> self.ctx.scratch)
+        self._busy = 0
         return oa
+
+    def _refuse_concurrent(self):
+        if self._busy:
+            raise RuntimeError("this StreamRunner is being stepped by another thread; a runner "
+                               "is not thread-safe: give each thread its own (model.streamer())")
 
     # ---- the slow paths (errors, casts) -------------------------------------
 
@@ -521,6 +532,7 @@ cdef class Core:
     # ---- state ---------------------------------------------------------------
 
     def _reset(self):
+        self._refuse_concurrent()
         for hbuf, cbuf in self._lstm_layers:
             hbuf.fill(0)
             cbuf.fill(0)
@@ -528,11 +540,13 @@ cdef class Core:
 
     def _get_state(self):
         cdef int par = self.ctx.par
+        self._refuse_concurrent()
         return [(hbuf[par].copy(), cbuf.copy()) for hbuf, cbuf in self._lstm_layers]
 
     def _set_state(self, pairs):
         """Write validated (h, c) arrays of shape (B, H) per LSTM layer."""
         cdef int par = self.ctx.par
+        self._refuse_concurrent()
         for (hbuf, cbuf), (h, c) in zip(self._lstm_layers, pairs):
             hbuf[par] = h
             cbuf[...] = c

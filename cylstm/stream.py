@@ -363,7 +363,8 @@ class StreamRunner(_stream.Core):
 
     **Threads.**  Runners are independent: many runners over one model can
     step at the same time from different threads and give exactly the serial
-    results.  One runner must not be stepped from two threads at once.  With
+    results.  One runner is not thread-safe: give each thread its own (a step
+    that finds the runner busy in another thread raises RuntimeError).  With
     ``num_threads=2`` the second thread is an OpenMP worker that spins briefly
     between steps; a service stepping rarely may prefer ``num_threads=1`` for
     the steadiest latency.

@@ -369,6 +369,34 @@ def test_eight_threads_with_own_runners_match_serial():
         np.testing.assert_array_equal(got, want)
 
 
+def test_one_runner_from_two_threads_is_refused_not_corrupted():
+    # a runner is not thread-safe; concurrent use raises instead of mixing states
+    rng = np.random.default_rng(14)
+    specs = [_lstm_spec(rng, 64, 256)]
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    r = StreamRunner._from_specs(specs, 1, num_threads=1)
+    errors, stop = [], threading.Event()
+
+    def work():
+        try:
+            while not stop.is_set():
+                r.step(x)
+        except RuntimeError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    threads[0].join(2.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    for e in errors:
+        assert "not thread-safe" in str(e)
+    r.reset()                                      # still usable afterwards
+    r.step(x)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_no_python_allocation_per_step(threads):
     rng = np.random.default_rng(13)
