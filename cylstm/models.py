@@ -22,7 +22,7 @@ import numpy as np
 from cylstm import layers as _layers
 from cylstm._progress import Progbar
 
-__all__ = ["Model", "Sequential", "load_model"]
+__all__ = ["Sequential", "load_model"]
 
 
 def _check_int(name, v, minimum):
@@ -700,7 +700,9 @@ class Sequential:
                 logs[m.name] = mtot[i] / seen if seen else float("nan")
             if val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0 \
                     and seen:
+                cbl.on_test_begin()
                 vres = self._evaluate_arrays(val[0], val[1], val[2], vbs)
+                cbl.on_test_end(dict(zip(self.metrics_names, vres)))
                 logs["val_loss"] = vres[0]
                 for i, m in enumerate(metric_fns):
                     logs["val_" + m.name] = vres[i + 1]
@@ -725,6 +727,14 @@ class Sequential:
             "add clipnorm= to the optimizer, check the data, or pass "
             "callbacks=[TerminateOnNaN()] to stop training instead of raising"
         ) from err
+
+    def _callback_list(self, callbacks, steps, verbose):
+        if not callbacks:
+            return None
+        from cylstm import callbacks as _cbm
+
+        return _cbm.CallbackList(list(callbacks), model=self,
+                                 params={"steps": steps, "verbose": verbose})
 
     @staticmethod
     def _verbose(verbose):
@@ -777,8 +787,13 @@ class Sequential:
         sw = self._sample_weights(y, x.shape[0], sample_weight, None)
         steps_n = (x.shape[0] + bs - 1) // bs
         bar = Progbar(steps_n, verbose) if verbose else None
+        cbl = self._callback_list(callbacks, steps_n, verbose)
+        if cbl is not None:
+            cbl.on_test_begin()
         res = self._evaluate_arrays(x, y, sw, bs)
         names = self.metrics_names
+        if cbl is not None:
+            cbl.on_test_end(dict(zip(names, res)))
         if bar is not None:
             bar.update(steps_n, dict(zip(names, res)), finalize=True)
         if return_dict:
@@ -794,6 +809,9 @@ class Sequential:
         n = x.shape[0]
         out = None
         bar = Progbar((n + bs - 1) // bs, verbose) if verbose == 1 and n else None
+        cbl = self._callback_list(callbacks, (n + bs - 1) // bs, verbose)
+        if cbl is not None:
+            cbl.on_predict_begin()
         for s in range(0, n, bs):
             e = min(s + bs, n)
             yb, _ = self._run_forward(x[s:e], False)
@@ -805,6 +823,8 @@ class Sequential:
             out = np.empty(tuple(0 if d is None else d for d in shape), self.dtype)
         if bar is not None:
             bar.update(bar.target, {}, finalize=True)
+        if cbl is not None:
+            cbl.on_predict_end()
         return out
 
     def __call__(self, inputs, training=False, mask=None):
@@ -971,8 +991,6 @@ class Sequential:
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={len(self.layers)} built={self.built}>"
 
-
-Model = Sequential
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):

@@ -232,3 +232,31 @@ def test_sigmoid_output_trains_on_logits():
     np.testing.assert_allclose(grads[-1], [1.0], rtol=1e-12)  # d/dlogit = p - y
     np.testing.assert_allclose(m.evaluate(x, y, verbose=0), want, rtol=1e-12)
     np.testing.assert_allclose(m.predict(x), 1.0)
+
+
+def test_test_and_predict_hooks():
+    from cylstm.callbacks import Callback
+
+    seen = []
+
+    class Rec(Callback):
+        def on_test_begin(self, logs=None):
+            seen.append("test_begin")
+
+        def on_test_end(self, logs=None):
+            seen.append(("test_end", sorted(logs)))
+
+        def on_predict_begin(self, logs=None):
+            seen.append("predict_begin")
+
+        def on_predict_end(self, logs=None):
+            seen.append("predict_end")
+
+    x, y = _task(32)
+    m = _model()
+    m.compile("adam", "mse", metrics=["mae"])
+    m.fit(x, y, epochs=1, validation_split=0.25, verbose=0, callbacks=[Rec()])
+    m.evaluate(x, y, verbose=0, callbacks=[Rec()])
+    m.predict(x, verbose=0, callbacks=[Rec()])
+    assert seen == ["test_begin", ("test_end", ["loss", "mae"])] * 2 + ["predict_begin",
+                                                                       "predict_end"]
