@@ -53,12 +53,12 @@ class Skip(Exception):
 
 def _import_cylstm():
     try:
-        import cylstm  # noqa: F401
+        import cylstm
     except ImportError:
         sys.path.insert(1, os.path.dirname(HERE))
     import cylstm.stream
 
-    return cylstm
+    return cylstm.stream
 
 
 def make_weights(I, H, layers, units=1, seed=0):
@@ -84,8 +84,8 @@ def cylstm_impl(weights, threads):
     from cylstm.stream import StreamRunner
 
     lstm, (Wd, bd) = weights
-    specs = [dict(type="lstm", kernel=W, recurrent_kernel=U, bias=b) for W, U, b in lstm]
-    specs.append(dict(type="dense", kernel=Wd, bias=bd, activation="linear"))
+    specs = [{"type": "lstm", "kernel": W, "recurrent_kernel": U, "bias": b} for W, U, b in lstm]
+    specs.append({"type": "dense", "kernel": Wd, "bias": bd, "activation": "linear"})
     runner = StreamRunner._from_specs(specs, 1, num_threads=threads, dtype=np.float32)
     return runner.step, runner.reset, f"cylstm ({runner.num_threads} thr)"
 
@@ -95,8 +95,8 @@ def cylstm_bf16_impl(weights, threads):
     from cylstm.stream import StreamRunner
 
     lstm, (Wd, bd) = weights
-    specs = [dict(type="lstm", kernel=W, recurrent_kernel=U, bias=b) for W, U, b in lstm]
-    specs.append(dict(type="dense", kernel=Wd, bias=bd, activation="linear"))
+    specs = [{"type": "lstm", "kernel": W, "recurrent_kernel": U, "bias": b} for W, U, b in lstm]
+    specs.append({"type": "dense", "kernel": Wd, "bias": bd, "activation": "linear"})
     runner = StreamRunner._from_specs(specs, 1, num_threads=threads, dtype=np.float32,
                                       weights_dtype="bfloat16")
     return runner.step, runner.reset, f"cylstm bf16 ({runner.num_threads} thr)"
@@ -415,7 +415,8 @@ def _for_compare(bench, n):
         case = f"{I}x{H}x{L}L"
         t0 = time.perf_counter()
         print(f"  stream {case} threads={n}: ", end="", flush=True)
-        res = bench.new_result("stream", case, n, 2.0 * (I + H) * 4 * H + 2.0 * (L - 1) * 8 * H * H)
+        flops = 2.0 * (I + H) * 4 * H + 2.0 * (L - 1) * 8 * H * H + 2.0 * H
+        res = bench.new_result("stream", case, n, flops)
         res["rows"] = run_case(I, H, L, n, n_steps=1000 if quick else 2000,
                                repeat=2 if quick else 3)
         for r in res["rows"]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from cylstm import _config, _stream
 
-__all__ = ["StreamRunner", "BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES"]
+__all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "StreamRunner"]
 
 # Batch sizes from here up use SciPy's BLAS (one GEMM per panel, single-threaded
 # BLAS) instead of the GEMV-shaped kernel, which re-reads a panel per row.  Measured
@@ -63,7 +63,7 @@ def _aligned_empty(n, dtype):
 class _LayerPack:
     """One layer, laid out for the kernel (read-only; shared by runners)."""
 
-    __slots__ = ("kind", "activation", "n_in", "n_out", "K", "span", "n_panels", "P", "bias")
+    __slots__ = ("K", "P", "activation", "bias", "kind", "n_in", "n_out", "n_panels", "span")
 
 
 def _bf16_slots(wv):
@@ -210,8 +210,8 @@ def _check_specs(specs, dtype):
             if b.shape != (4 * H,):
                 raise ValueError(f"layer {i}: LSTM bias must have shape ({4 * H},); got {b.shape}")
             n_in, n_out = W.shape[0], H
-            d = dict(type="lstm", kernel=W.astype(dtype), recurrent_kernel=U.astype(dtype),
-                     bias=b.astype(dtype))
+            d = {"type": "lstm", "kernel": W.astype(dtype),
+                 "recurrent_kernel": U.astype(dtype), "bias": b.astype(dtype)}
         elif kind == "dense":
             W = np.asarray(s["kernel"])
             if W.ndim != 2:
@@ -226,7 +226,8 @@ def _check_specs(specs, dtype):
                 raise ValueError(f"layer {i}: Dense activation must be one of "
                                  f"{sorted(_stream.ACTIVATIONS)}; got {act!r}")
             n_in, n_out = W.shape
-            d = dict(type="dense", kernel=W.astype(dtype), bias=b.astype(dtype), activation=act)
+            d = {"type": "dense", "kernel": W.astype(dtype), "bias": b.astype(dtype),
+                 "activation": act}
         else:
             raise ValueError(f"layer {i}: type must be 'lstm' or 'dense'; got {kind!r}")
         if n_prev is not None and n_in != n_prev:
@@ -262,19 +263,21 @@ def _specs_from_model(model):
             if layer.activation != "tanh" or layer.recurrent_activation != "sigmoid":
                 raise ValueError(f"{name}: the streaming runner computes activation='tanh', "
                                  "recurrent_activation='sigmoid'")
-            specs.append(dict(type="lstm", kernel=layer.kernel,
-                              recurrent_kernel=layer.recurrent_kernel, bias=layer.bias))
+            specs.append({"type": "lstm", "kernel": layer.kernel,
+                          "recurrent_kernel": layer.recurrent_kernel, "bias": layer.bias})
         elif isinstance(layer, L.Dense):
-            specs.append(dict(type="dense", kernel=layer.kernel,
-                              bias=layer.bias if layer.use_bias else None,
-                              activation=layer.activation or "linear"))
+            specs.append({"type": "dense", "kernel": layer.kernel,
+                          "bias": layer.bias if layer.use_bias else None,
+                          "activation": layer.activation or "linear"})
         elif isinstance(layer, getattr(L, "Bidirectional", ())):
-            raise ValueError(f"{name}: a bidirectional layer needs the future of the sequence; "
-                             "a streaming runner supports unidirectional LSTM, Dense and "
-                             "Dropout layers")
+            # ValueError, as for any model the runner cannot run (not a wrong argument type)
+            raise ValueError(  # noqa: TRY004
+                f"{name}: a bidirectional layer needs the future of the sequence; "
+                "a streaming runner supports unidirectional LSTM, Dense and Dropout layers")
         else:
-            raise ValueError(f"{name} is not supported by the streaming runner (it runs "
-                             "LSTM, Dense and Dropout layers)")
+            raise ValueError(  # noqa: TRY004
+                f"{name} is not supported by the streaming runner (it runs "
+                "LSTM, Dense and Dropout layers)")
     if not specs:
         raise ValueError("the model has no LSTM or Dense layer to stream")
     return specs

@@ -9,7 +9,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from reference import lstm_ref
 
 from cylstm import stream
@@ -17,18 +16,18 @@ from cylstm.layers import LSTM, Dense, Dropout
 from cylstm.models import Sequential
 from cylstm.stream import StreamRunner
 
-TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+TOL = {np.float32: {"rtol": 2e-5, "atol": 2e-5}, np.float64: {"rtol": 1e-10, "atol": 1e-12}}
 
 
 def _lstm_spec(rng, I, H, scale=0.4):
-    return dict(type="lstm", kernel=rng.uniform(-scale, scale, (I, 4 * H)),
-                recurrent_kernel=rng.uniform(-scale, scale, (H, 4 * H)),
-                bias=rng.uniform(-0.2, 0.2, 4 * H))
+    return {"type": "lstm", "kernel": rng.uniform(-scale, scale, (I, 4 * H)),
+            "recurrent_kernel": rng.uniform(-scale, scale, (H, 4 * H)),
+            "bias": rng.uniform(-0.2, 0.2, 4 * H)}
 
 
 def _dense_spec(rng, I, U, act):
-    return dict(type="dense", kernel=rng.uniform(-0.5, 0.5, (I, U)),
-                bias=rng.uniform(-0.2, 0.2, U), activation=act)
+    return {"type": "dense", "kernel": rng.uniform(-0.5, 0.5, (I, U)),
+            "bias": rng.uniform(-0.2, 0.2, U), "activation": act}
 
 
 def _act_ref(z, act):
@@ -188,7 +187,7 @@ def test_runner_matches_predict(dtype):
     r = m.streamer(batch_size=3)
     assert r.dtype == np.dtype(dtype) and r.output_shape == (3, 5)
     got = _run(r, x)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-13)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
     np.testing.assert_allclose(got, want, **tol)
 
 
