@@ -234,6 +234,10 @@ def test_device_resident_chain_matches_cpu(gpu, dtype):
     for f in q1._fields:
         _close(getattr(p1, f), getattr(q1, f), dtype, f"layer 1 {f}")
     _close(p2.drecurrent_kernel, q2.drecurrent_kernel, dtype, "layer 2 dU")
+    # the device-resident final state seeds the next call (stateful use)
+    nxt = gpu.lstm_forward(x, W1, U1, b1, initial_state=(g1.h, g1.c))
+    ref_nxt = cpu.lstm_forward(x, W1, U1, b1, initial_state=(r1.h, r1.c))
+    _close(nxt.output, ref_nxt.output, dtype, "seeded by device state")
     with pytest.raises(TypeError, match="weights' dtype"):
         other = np.float64 if dtype == np.float32 else np.float32
         gpu.lstm_forward(DA.from_host(ctx, x.astype(other)), W1, U1, b1)

@@ -97,7 +97,7 @@ def _load():
             if _cuda is None:
                 if getattr(first, "name", None) == "cylstm.cuda._cuda":
                     _reason = ("cylstm was built without the CUDA backend (rebuild with "
-                               "CYLSTM_CUDA=1, see the README)")
+                               "CYLSTM_CUDA=1, see cylstm/cuda/README.md)")
                 else:
                     _reason = f"the CUDA extension cannot be loaded: {first}"
                 return None

@@ -140,8 +140,11 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     else:
         if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
             raise TypeError("initial_state must be a pair (h0, c0)")
-        hs = as_float_array("h0", initial_state[0], dtype)
-        cs = as_float_array("c0", initial_state[1], dtype)
+        # (DeviceArrays, e.g. the h, c of an output_on_device call, come back to the host:
+        # they are small, and the kernels update the state buffers in place)
+        h0, c0_ = (a.to_host() if isinstance(a, ext.DeviceArray) else a for a in initial_state)
+        hs = as_float_array("h0", h0, dtype)
+        cs = as_float_array("c0", c0_, dtype)
         for name, a in (("h0", hs), ("c0", cs)):
             if a.shape != (B, H):
                 raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
