@@ -16,11 +16,13 @@ The weights are uploaded once per ``weights_version`` (see
 :func:`cylstm.cuda.functional.lstm_forward`), so a model keeps them resident on the
 device between batches.
 """
+import atexit
 import ctypes
 import glob
 import importlib
 import importlib.util
 import os
+import sys
 import threading
 
 __all__ = [
@@ -105,6 +107,17 @@ def _load():
         if n == 0:
             _reason = f"no usable CUDA device: {why or 'none found'}"
             return None
+        try:  # a device that cannot start a context or cuBLAS is not usable either
+            ctx = _cuda.Context(0)
+        except Exception as e:  # noqa: BLE001 - the reason is reported, not raised
+            _reason = str(e)
+            return None
+        _contexts.setdefault(0, ctx)
+        _ctx_locks.setdefault(0, threading.RLock())
+        if _tf32:
+            ctx.set_tf32(True)
+        if _fused_max_units is not None:
+            ctx.set_fused_max_units(_fused_max_units)
         _ext = _cuda
         return _ext
 
@@ -233,6 +246,17 @@ def clear_cache():
     from cylstm.cuda import functional
 
     functional._weights.clear()
+
+
+@atexit.register
+def _shutdown():
+    """Free device memory and contexts while the CUDA runtime is still up (its own exit
+    handlers run after Python's)."""
+    fn = sys.modules.get("cylstm.cuda.functional")
+    if fn is not None:
+        fn._weights.clear()
+    with _lock:
+        _contexts.clear()
 
 
 def __getattr__(name):
