@@ -262,6 +262,10 @@ class Layer:
             checked.append((dst, w))
         for dst, w in checked:  # all checked first: a bad list changes nothing
             dst[...] = w
+        self._weights_changed()
+
+    def _weights_changed(self):
+        """Called after the weights change (device copies must be refreshed)."""
 
     def count_params(self):
         if not self.built:
@@ -788,6 +792,22 @@ class LSTM(Layer):
         self._states = None
         self._rng = None
         self._last_state = None
+        self._device = None  # None: CPU; ('cuda', index) after model.to('cuda')
+        self._weights_version = None
+
+    def _ops(self):
+        """(functional module, extra kwargs) for this layer's device."""
+        if self._device is None:
+            return _F, {}
+        from cylstm.cuda import functional as gpu
+
+        return gpu, {"device": self._device[1], "weights_version": self._weights_version}
+
+    def _weights_changed(self):
+        if self._device is not None:
+            from cylstm.cuda.functional import new_weights_version
+
+            self._weights_version = new_weights_version()
 
     # ---- build / weights -----------------------------------------------------------------
     def build(self, input_shape):
@@ -929,24 +949,27 @@ class LSTM(Layer):
             mask_in, mask = mask, None  # nothing masked: the plain path is exact
         else:
             mask_in = mask
+        F, extra = self._ops()
         if mask is None:
-            r = _F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
-                                initial_state=state, go_backwards=self.go_backwards,
-                                return_sequences=self.return_sequences, training=training, **kw)
+            r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
+                               initial_state=state, go_backwards=self.go_backwards,
+                               return_sequences=self.return_sequences, training=training,
+                               **kw, **extra)
             y, h, c = r.output, r.h, r.c
             if self.return_sequences and (self.go_backwards != flip):
                 y = y[:, ::-1]
             info = None
         else:
-            y, h, c, r, info = self._masked_forward(x, mask, state, training, kw, flip)
+            y, h, c, r, info = self._masked_forward(x, mask, state, training, kw, flip,
+                                                    F, extra)
         self._last_state = (h, c)
         if self.stateful:
             self._states = [h.copy(), c.copy()]
         if training:
-            self._cache = (r.cache, dmask, kw, info, flip)
+            self._cache = (r.cache, dmask, kw, info, flip, F)
         return y, (mask_in if self.return_sequences else None)
 
-    def _masked_forward(self, x, mask, state, training, kw, flip):
+    def _masked_forward(self, x, mask, state, training, kw, flip, F=_F, extra=None):
         B, T, _ = x.shape
         H = self.units
         mask = np.asarray(mask)
@@ -966,9 +989,10 @@ class LSTM(Layer):
             x = np.take_along_axis(x, order[:, :, None], axis=1)
         empty = L == 0
         any_empty = bool(empty.any())
-        r = _F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
-                            initial_state=state, lengths=np.maximum(L, 1),
-                            return_sequences=self.return_sequences, training=training, **kw)
+        r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
+                           initial_state=state, lengths=np.maximum(L, 1),
+                           return_sequences=self.return_sequences, training=training,
+                           **kw, **(extra or {}))
         h, c = r.h, r.c
         if any_empty:
             # an all-masked sequence keeps its initial state
@@ -996,7 +1020,7 @@ class LSTM(Layer):
         return y, h, c, r, info
 
     def _backward(self, dy, need_input_grad=True, grad_h=None, grad_c=None):
-        fcache, dmask, kw, info, flip = self._cache
+        fcache, dmask, kw, info, flip, F = self._cache
         self._cache = None
         if kw and not _recurrent_mask_support()[1]:
             kw = {}  # the forward's cache carries the recurrent mask
@@ -1004,8 +1028,8 @@ class LSTM(Layer):
         if info is None:
             if self.return_sequences and (self.go_backwards != flip):
                 dy = dy[:, ::-1]
-            g = _F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                 need_input_grad=need_dx, **kw)
+            g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
+                                need_input_grad=need_dx, **kw)
             dx = g.dx
         else:
             mask, order, cnt, empty = info
@@ -1028,8 +1052,8 @@ class LSTM(Layer):
                 if grad_c is not None:
                     grad_c = np.array(grad_c)
                     grad_c[empty] = 0
-            g = _F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                 need_input_grad=need_dx, **kw)
+            g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
+                                need_input_grad=need_dx, **kw)
             dx = g.dx
             if dx is not None:
                 if order is not None:
@@ -1145,6 +1169,10 @@ class Bidirectional(Layer):
 
     def _param_items(self):
         return self.forward_layer._param_items() + self.backward_layer._param_items()
+
+    def _weights_changed(self):
+        self.forward_layer._weights_changed()
+        self.backward_layer._weights_changed()
 
     def compute_output_shape(self, input_shape):
         f = self.forward_layer.compute_output_shape(input_shape)

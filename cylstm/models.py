@@ -88,6 +88,7 @@ class Sequential:
         self._need_dx = ()
         self._shuffle_rng = None
         self._fuse = False
+        self._on_device = False
         if layers is not None:
             for layer in layers:
                 self.add(layer)
@@ -296,6 +297,7 @@ class Sequential:
             checked.append((dst, w))
         for dst, w in checked:
             dst[...] = w
+        self._weights_changed()
 
     def count_params(self):
         self._require_built("count_params")
@@ -517,6 +519,8 @@ class Sequential:
         # per-tensor segments only matter to clipnorm; skipping them saves Python work
         opt.update(self._flat, self._flat_grad,
                    self._segments if getattr(opt, "clipnorm", None) else None)
+        if self._on_device:
+            self._weights_changed()
         return loss, y_pred
 
     def _forward_backward(self, x, y, sample_weight=None):
@@ -975,6 +979,38 @@ class Sequential:
         from cylstm import saving
 
         saving.load_weights(self, filepath)
+
+    def _lstm_layers(self):
+        out = []
+        for layer in self.layers:
+            if isinstance(layer, _layers.Bidirectional):
+                out += [layer.forward_layer, layer.backward_layer]
+            elif isinstance(layer, _layers.LSTM):
+                out.append(layer)
+        return out
+
+    def _weights_changed(self):
+        """Give device-resident LSTMs a new weights version (they re-upload once)."""
+        if self._on_device:
+            for layer in self._lstm_layers():
+                layer._weights_changed()
+
+    def to(self, device):
+        """Run the LSTM layers on ``device``: 'cpu', 'cuda' or 'cuda:N'.
+
+        Needs cylstm built with its CUDA backend (see ``cylstm/cuda/README.md``);
+        raises ``ValueError``/``cylstm.cuda.CudaError`` saying why otherwise.  The
+        other layers and the optimizer stay on the host.  Returns the model.
+        """
+        from cylstm import cuda
+
+        kind, index = cuda.resolve_device(device)
+        dev = None if kind == "cpu" else (kind, index)
+        for layer in self._lstm_layers():
+            layer._device = dev
+        self._on_device = dev is not None
+        self._weights_changed()
+        return self
 
     def streamer(self, batch_size=1):
         """A step-by-step runner for streaming inference (:class:`cylstm.stream.StreamRunner`)."""

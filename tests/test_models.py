@@ -298,3 +298,45 @@ def test_progress_bar_redraws_on_a_terminal():
     assert "2/4" in text and "loss: 0.5000" in text
     assert text.splitlines()[-1].split("\r")[-1].startswith("4/4 " + "━" * 20)
     assert "val_loss: 0.5000" in text
+
+
+@pytest.mark.parametrize("backend", ["emulated", "cuda"])
+def test_model_to_cuda_matches_cpu(backend, monkeypatch):
+    """model.to('cuda') runs the LSTMs through cylstm.cuda.functional (on a GPU, or
+    on tests/cuda_emulator.py, a NumPy replay of the CUDA launch sequence)."""
+    from cylstm import cuda
+
+    if backend == "cuda":
+        if not cuda.is_available():
+            pytest.skip(f"CUDA backend unavailable: {cuda.unavailable_reason()}")
+    else:
+        import cuda_emulator
+
+        monkeypatch.setattr(cuda, "_load", lambda: cuda_emulator)
+        monkeypatch.setattr(cuda, "_contexts", {})
+        monkeypatch.setattr(cuda, "_ctx_locks", {})
+        monkeypatch.setattr(cuda, "device_count", lambda: 1)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 4, 2))
+    y = rng.standard_normal((3, 1))
+
+    def make():
+        m = Sequential([Bidirectional(LSTM(3, return_sequences=True), input_shape=(None, 2),
+                                      dtype="float64"), LSTM(2, go_backwards=True), Dense(1)])
+        m.compile("sgd", "mse")
+        return m
+
+    cpu, gpu = make(), make()
+    _randomize(cpu, rng)
+    gpu.set_weights(cpu.get_weights())
+    assert gpu.to("cuda") is gpu
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-10, atol=1e-12)
+    for _ in range(2):  # the updated weights reach the device
+        np.testing.assert_allclose(gpu.train_on_batch(x, y), cpu.train_on_batch(x, y),
+                                   rtol=1e-10)
+    for a, b in zip(gpu.get_weights(), cpu.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    gpu.to("cpu")
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="device"):
+        gpu.to("tpu")
