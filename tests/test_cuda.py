@@ -279,13 +279,26 @@ def test_training_the_example_matches_cpu(gpu, dtype):
     np.testing.assert_allclose(got, ref, rtol=TOL[dtype] * 10, atol=TOL[dtype])
 
 
-@needs_gpu
-def test_model_fit_on_gpu_matches_cpu():
-    """The Keras example through cylstm.models when the model has a GPU spelling."""
+@pytest.mark.parametrize("backend", ["cuda", "emulated"])
+def test_model_fit_on_gpu_matches_cpu(backend, monkeypatch):
+    """The Keras example through cylstm.models with model.to('cuda')."""
     models = pytest.importorskip("cylstm.models")
     layers = pytest.importorskip("cylstm.layers")
     if not hasattr(models.Sequential, "to"):
         pytest.skip("Sequential.to('cuda') is not wired in this build")
+    if backend == "cuda":
+        if not cuda.is_available():
+            pytest.skip(f"CUDA backend unavailable: {cuda.unavailable_reason()}")
+        n, T = 64, 15
+    else:
+        import cuda_emulator
+
+        monkeypatch.setattr(cuda, "_load", lambda: cuda_emulator)
+        monkeypatch.setattr(cuda, "_contexts", {})
+        monkeypatch.setattr(cuda, "_ctx_locks", {})
+        n, T = 32, 6
+
+    w0 = []
 
     def run(device):
         model = models.Sequential()
@@ -294,15 +307,19 @@ def test_model_fit_on_gpu_matches_cpu():
         model.add(layers.LSTM(units=20, seed=2, dtype="float64"))
         model.add(layers.Dense(units=1))
         model.compile(optimizer="adam", loss="mean_squared_error")
+        if not w0:
+            w0.extend(model.get_weights())
+        model.set_weights(w0)  # the same start (Dense has no seed)
         if device == "cuda":
             model.to("cuda")
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((64, 15, 10))
+        x = rng.standard_normal((n, T, 10))
         y = np.sin(x.sum(axis=(1, 2)) / 5)[:, None]
-        hist = model.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0)
+        hist = model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
         return np.array(hist.history["loss"]), model.predict(x[:8])
 
     loss_cpu, pred_cpu = run("cpu")
     loss_gpu, pred_gpu = run("cuda")
+    assert loss_cpu[-1] < loss_cpu[0]
     np.testing.assert_allclose(loss_gpu, loss_cpu, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(pred_gpu, pred_cpu, rtol=1e-8, atol=1e-10)

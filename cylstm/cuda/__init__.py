@@ -151,10 +151,10 @@ def _require():
 def device_count():
     """Number of visible CUDA devices (0 without the extension or a driver)."""
     try:
-        _cuda = importlib.import_module("cylstm.cuda._cuda")
-    except ImportError:
+        ext = _load()
+    except Exception:  # noqa: BLE001 - a count, never an exception
         return 0
-    return _cuda.device_count()[0]
+    return 0 if ext is None else ext.device_count()[0]
 
 
 def get_context(device=0):
