@@ -30,6 +30,7 @@ from cylstm import functional as _F
 
 __all__ = [
     "LSTM",
+    "Activation",
     "Bidirectional",
     "Dense",
     "Dropout",
@@ -38,6 +39,8 @@ __all__ = [
     "InputLayer",
     "Layer",
     "Masking",
+    "RepeatVector",
+    "TimeDistributed",
     "deserialize",
     "get",
     "serialize",
@@ -1291,7 +1294,129 @@ class Bidirectional(Layer):
         return obj
 
 
-_REGISTRY = {c.__name__: c for c in (LSTM, Dense, Bidirectional, Dropout, Masking, Embedding)}
+class Activation(Layer):
+    """Applies an activation ('linear', 'relu', 'tanh', 'sigmoid', 'softmax') elementwise
+    (softmax over the last axis)."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = _act.get(activation)
+
+    def _forward(self, x, mask, training):
+        a = _act.forward_(self.activation, np.array(x, dtype=self.dtype))
+        if training:
+            self._cache = a
+        return a, mask
+
+    def _backward(self, dy, need_input_grad=True):
+        a = self._cache
+        self._cache = None
+        if not need_input_grad:
+            return None
+        return _act.backward_(self.activation, a, np.array(dy, dtype=a.dtype))
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["activation"] = self.activation
+        return cfg
+
+
+class RepeatVector(Layer):
+    """Repeats a (batch, features) input ``n`` times: (batch, n, features).
+
+    The bridge of LSTM encoder-decoder models (encoder state -> every decoder step).
+    """
+
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        self.n = _check_units("n", n)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n) + tuple(input_shape[1:])
+
+    def _forward(self, x, mask, training):
+        if x.ndim != 2:
+            raise ValueError(f"RepeatVector {self.name!r} expects 2-D inputs (batch, features); "
+                             f"got shape {x.shape}")
+        return np.repeat(x[:, None, :], self.n, axis=1), None
+
+    def _backward(self, dy, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        return dy.sum(axis=1)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["n"] = self.n
+        return cfg
+
+
+class TimeDistributed(Layer):
+    """Applies a per-step layer to every time step of (batch, time, ...) inputs.
+
+    cylstm's :class:`Dense`, :class:`Dropout` and :class:`Activation` already act on
+    the last axis of inputs of any rank, so this wrapper delegates to them; it
+    exists so Keras models written with ``TimeDistributed(Dense(...))`` run
+    unchanged (same weights, same ``get_weights`` order).
+    """
+
+    _SUPPORTED = ()  # filled below
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(layer, self._SUPPORTED):
+            raise TypeError("TimeDistributed supports Dense, Dropout and Activation layers; got "
+                            f"{type(layer).__name__}")
+        self.layer = layer
+        if self._dtype is None and layer._dtype is not None:
+            self._dtype = layer._dtype
+
+    def _set_dtype(self, dtype):
+        super()._set_dtype(dtype)
+        self.layer._set_dtype(dtype)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 3:
+            raise ValueError(f"TimeDistributed {self.name!r} expects inputs (batch, time, ...); "
+                             f"got input shape {input_shape}")
+        self.layer._dtype = self.dtype
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        super().build(input_shape)
+
+    def _param_items(self):
+        return self.layer._param_items()
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def _forward(self, x, mask, training):
+        if x.ndim < 3:
+            raise ValueError(f"TimeDistributed {self.name!r} expects inputs (batch, time, ...); "
+                             f"got shape {x.shape}")
+        return self.layer._forward(x, mask, training)
+
+    def _backward(self, dy, need_input_grad=True):
+        return self.layer._backward(dy, need_input_grad)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["layer"] = serialize(self.layer)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        cfg = dict(config)
+        if "batch_shape" in cfg and "batch_input_shape" not in cfg:
+            cfg["batch_input_shape"] = cfg.pop("batch_shape")
+        return cls(deserialize(cfg.pop("layer")), **cfg)
+
+
+TimeDistributed._SUPPORTED = (Dense, Dropout, Activation)
+
+_REGISTRY = {c.__name__: c for c in (LSTM, Dense, Bidirectional, Dropout, Masking, Embedding,
+                                     Activation, RepeatVector, TimeDistributed)}
 _REGISTRY["InputLayer"] = Input
 
 

@@ -462,7 +462,7 @@ class Sequential:
         for layer in self.layers:
             layer._cache = None
             for sub in (getattr(layer, "forward_layer", None),
-                        getattr(layer, "backward_layer", None)):
+                        getattr(layer, "backward_layer", None), getattr(layer, "layer", None)):
                 if sub is not None:
                     sub._cache = None
 
@@ -882,8 +882,8 @@ class Sequential:
         """Print a Keras-like table: layer (type), output shape, parameter count."""
         if print_fn is None:
             print_fn = print
-        width = line_length or 65
-        pos = positions or [0.45, 0.85, 1.0]
+        width = line_length or 80
+        pos = positions or [0.45, 0.8, 1.0]
         if pos[-1] <= 1:
             pos = [int(width * p) for p in pos]
         cols = [pos[0], pos[1] - pos[0], pos[2] - pos[1]]

@@ -11,7 +11,16 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
 from cylstm import optimizers
-from cylstm.layers import LSTM, Bidirectional, Dense, Embedding, Masking
+from cylstm.layers import (
+    LSTM,
+    Activation,
+    Bidirectional,
+    Dense,
+    Embedding,
+    Masking,
+    RepeatVector,
+    TimeDistributed,
+)
 from cylstm.models import Sequential
 
 kl = keras.layers
@@ -127,3 +136,16 @@ def test_keras_config_names():
                 "dropout", "recurrent_dropout", "return_sequences", "return_state",
                 "go_backwards", "stateful"):
         assert ours_cfg[key] == their_cfg[key], key
+
+
+def test_encoder_decoder_autoencoder():
+    rng = np.random.default_rng(5)
+    ours = Sequential([LSTM(6, input_shape=(5, 3)), RepeatVector(5),
+                       LSTM(4, return_sequences=True), TimeDistributed(Dense(3)),
+                       Activation("tanh")])
+    theirs = keras.Sequential([keras.Input((5, 3)), kl.LSTM(6), kl.RepeatVector(5),
+                               kl.LSTM(4, return_sequences=True),
+                               kl.TimeDistributed(kl.Dense(3)), kl.Activation("tanh")])
+    _pair(ours, theirs, rng)
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(ours.predict(x), _keras_predict(theirs, x), **TOL)

@@ -5,12 +5,15 @@ import pytest
 
 from cylstm.layers import (
     LSTM,
+    Activation,
     Bidirectional,
     Dense,
     Dropout,
     Embedding,
     Input,
     Masking,
+    RepeatVector,
+    TimeDistributed,
     deserialize,
     serialize,
 )
@@ -438,7 +441,8 @@ def test_config_round_trip_and_names():
     layers = [LSTM(4, return_sequences=True, go_backwards=True, dropout=0.1, seed=3,
                    input_shape=(None, 2)),
               Bidirectional(LSTM(3), merge_mode="sum"), Dense(2, activation="relu"),
-              Dropout(0.2), Masking(-1.0), Embedding(10, 4, mask_zero=True)]
+              Dropout(0.2), Masking(-1.0), Embedding(10, 4, mask_zero=True),
+              Activation("relu"), RepeatVector(3), TimeDistributed(Dense(2, use_bias=False))]
     for layer in layers:
         cfg = serialize(layer)
         import json

@@ -4,7 +4,18 @@ import numpy as np
 import pytest
 from test_layers import dense_ref, keras_lstm_ref
 
-from cylstm.layers import LSTM, Bidirectional, Dense, Dropout, Embedding, Input, Masking
+from cylstm.layers import (
+    LSTM,
+    Activation,
+    Bidirectional,
+    Dense,
+    Dropout,
+    Embedding,
+    Input,
+    Masking,
+    RepeatVector,
+    TimeDistributed,
+)
 from cylstm.models import Sequential
 
 
@@ -203,6 +214,17 @@ def test_gradients_masking_model(padding):
         h2, _, _ = keras_lstm_ref(h1, *w[3:6], go_backwards=True)
         np.testing.assert_allclose(pred[i], dense_ref(h2, w[6], w[7], "sigmoid")[0],
                                    rtol=1e-10)
+
+
+def test_gradients_encoder_decoder():
+    rng = np.random.default_rng(11)
+    model = Sequential([LSTM(3, input_shape=(None, 2), dtype="float64"), RepeatVector(4),
+                        LSTM(2, return_sequences=True), TimeDistributed(Dense(2)),
+                        Activation("sigmoid")])
+    _randomize(model, rng)
+    model.compile("sgd", "mse")
+    x = rng.standard_normal((3, 4, 2))
+    _fd_check(model, x, rng.random((3, 4, 2)))
 
 
 def test_gradients_embedding_sparse_model():
