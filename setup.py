@@ -163,7 +163,6 @@ def _write_build_info(openmp):
 
 
 exts, has_openmp = cpu_extensions()
-_write_build_info(has_openmp)
 directives = {
     "language_level": 3,
     "boundscheck": DEBUG,
@@ -174,7 +173,8 @@ directives = {
 }
 ext_modules = cythonize(exts, compiler_directives=directives, include_path=["cylstm"])
 if CUDA:
-    ext_modules += cuda_extensions()
+    ext_modules += cuda_extensions()  # raises, naming what is missing, before anything is written
+_write_build_info(has_openmp)
 
 cmdclass = {"build_ext": build_ext}
 try:  # the CUDA extension needs nvcc for its .cu source
