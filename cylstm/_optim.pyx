@@ -123,8 +123,8 @@ cdef int _check_seg(const int64_t[:, ::1] seg, const double[::1] scale,
                     Py_ssize_t n) except -1:
     cdef Py_ssize_t k, pos = 0
     if seg.shape[1] != 2 or scale.shape[0] != seg.shape[0]:
-        raise ValueError(f"seg must be (S, 2) with scale (S,); got seg ({seg.shape[0]}, {seg.shape[1]}), "
-                         f"scale ({scale.shape[0]},)")
+        raise ValueError(f"seg must be (S, 2) with scale (S,); got seg ({seg.shape[0]}, "
+                         f"{seg.shape[1]}), scale ({scale.shape[0]},)")
     for k in range(seg.shape[0]):
         if seg[k, 0] != pos or seg[k, 1] < seg[k, 0]:
             raise ValueError("seg must tile [0, n) in order")
