@@ -127,18 +127,20 @@ cdef inline void _blas_threads(int n) noexcept nogil:
         _blas_set_threads(n)
 
 
-cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w,
+cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
                          const floating* a, Py_ssize_t ka, const floating* b,
                          Py_ssize_t kb, floating* z) noexcept nogil:
-    """z (w) = [a (ka), b (kb)] @ the panel starting ``off`` elements into L.P."""
+    """z (nrows, w) = [a (nrows, ka), b (nrows, kb)] @ the panel starting ``off``
+    elements into L.P (rows of a, b, z contiguous: strides ka, kb, w)."""
     if floating is float:
         if L.bf16:
-            cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, 1, a, ka, ka, b, kb, kb,
+            cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
                                   z, w)
         else:
-            cyl_stream_panel_f32(<const float*> L.P + off, w, 1, a, ka, ka, b, kb, kb, z, w)
+            cyl_stream_panel_f32(<const float*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
+                                 z, w)
     else:
-        cyl_stream_panel_f64(<const double*> L.P + off, w, 1, a, ka, ka, b, kb, kb, z, w)
+        cyl_stream_panel_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb, z, w)
 
 
 cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
@@ -185,13 +187,17 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
                  Pp + K * wv, <int> K, 0, zs + wv, <int> w)
             gemm(False, True, <int> B, <int> (w - wv), <int> H, 1, hprev, <int> H,
                  Pp + K * wv + I, <int> K, 1, zs + wv, <int> w)
+        elif B == 1:
+            # z (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)
+            _kernel(L, p * K * 4 * span, w, 1, x, I, hprev, H, zl)
+        else:
+            # Zs (B, 4 hb) = [X, Hp] (B, K) @ M[:, panel]: four rows per weight load
+            _kernel(L, p * K * 4 * span, w, B, x, I, hprev, H, zs)
         for r in range(B):
-            if ctx.use_blas:
-                z = zs + r * w
+            if B == 1 and not ctx.use_blas:
+                z = &zl[0]
             else:
-                # z (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)
-                _kernel(L, p * K * 4 * span, w, x + r * I, I, hprev + r * H, H, zl)
-                z = zl
+                z = zs + r * w
             cell_forward(hb, z, NULL, bp, c + r * H + j0, gl, c + r * H + j0,
                          hnew + r * H + j0)
 
@@ -224,12 +230,15 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
                  0, zs, <int> w)
             gemm(False, True, <int> B, <int> (w - wv), <int> K, 1, x, <int> K,
                  Pp + K * wv, <int> K, 0, zs + wv, <int> w)
+        elif B == 1:
+            _kernel(L, p * K * span, w, 1, x, K, x, 0, zl)
+        else:
+            _kernel(L, p * K * span, w, B, x, K, x, 0, zs)
         for r in range(B):
-            if ctx.use_blas:
-                z = zs + r * w
+            if B == 1 and not ctx.use_blas:
+                z = &zl[0]
             else:
-                _kernel(L, p * K * span, w, x + r * K, K, x + r * K, 0, zl)
-                z = zl
+                z = zs + r * w
             for j in range(w):
                 v = z[j] + bias[j0 + j]
                 if act == ACT_RELU:
@@ -413,7 +422,7 @@ cdef class Core:
         self._out1d = self._out.reshape(-1)
         self._xbuf = np.zeros((B, self._n_in), dtype)
         n_threads = max(1, n_threads)
-        self._scratch = np.zeros(n_threads * B * MAXW if use_blas else 1, dtype)
+        self._scratch = np.zeros(n_threads * B * MAXW, dtype)
         self.ctx.B = B
         self.ctx.n_layers = n
         self.ctx.n_threads = n_threads

@@ -19,10 +19,11 @@ How it is fast
   (include/cylstm_stream.h).  That packed copy is made once per model and
   weights version and shared by every runner of the model.
 - Small batches use that kernel (a BLAS GEMV call costs more than the
-  arithmetic at these sizes); batches of :data:`BLAS_MIN_BATCH` rows and more
-  use SciPy's BLAS per panel.  When the weights do not fit in one core's cache
-  (or are close to it) the panels are split across two OpenMP threads; small
-  models run on the calling thread, where a fork/join would cost more than it
+  arithmetic at these sizes; it takes four rows per pass over the weights);
+  batches of :data:`BLAS_MIN_BATCH` rows and more use SciPy's BLAS per panel.
+  When the weights do not fit in one core's cache (or are close to it) the
+  panels are split across two OpenMP threads; small models run on the calling
+  thread, where a fork/join would cost more than it
   saves.
 """
 import hashlib
@@ -36,10 +37,14 @@ from cylstm import _config, _stream
 __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "StreamRunner"]
 
 # Batch sizes from here up use SciPy's BLAS (one GEMM per panel, single-threaded
-# BLAS) instead of the GEMV-shaped kernel, which re-reads a panel per row.  Measured
-# at (64, 128) / (256, 512), one thread, us per step: batch 1 kernel 4.1 / 71 vs
-# BLAS 4.6 / 72; batch 2 kernel 8.0 / 280 vs BLAS 5.2 / 154.
-BLAS_MIN_BATCH = 2
+# BLAS) instead of the kernel.  The kernel takes rows four (or two) at a time, so
+# one pass over a panel serves four rows, and it was never slower than BLAS per
+# panel in bench/stream_bench.py-style measurements on a 2-core Zen 4, one
+# thread, us per step, kernel vs BLAS -- (64, 128): batch 2 5.3 vs 5.2, 8 18.1
+# vs 18.0, 32 90 vs 111, 128 282 vs 319; (256, 512): batch 2 75 vs 114, 8 286
+# vs 392, 64 1897 vs 4300.  BLAS is kept for very large batches, where its cache
+# blocking of the (K x 64) panels may matter on CPUs with small L2 caches.
+BLAS_MIN_BATCH = 256
 
 # Packed weight bytes (all layers) from which a step splits its panels across
 # two threads.  At (64, 128) fp32 (393 KB) one thread reads the weights from

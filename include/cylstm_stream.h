@@ -125,6 +125,138 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             z[j] = acc;                                                            \
         }                                                                          \
     }
+
+/* Four rows at once over the main block, 2 VL columns at a time: every weight
+ * vector loaded serves four rows (8 accumulators), so a small batch streams the
+ * panel once instead of once per row.  Rows r0 .. r0 + 3; past the last row
+ * (nrows - r0 < 4) the last row is repeated: it computes the same values again
+ * into the same place, which is cheaper than a second pass over the weights.
+ * Tail columns as in the one-row body, row by row. */
+#define CYL_ROW(r) ((r0 + (r) < nrows) ? r0 + (r) : nrows - 1)
+#define CYL_PANEL_ROWS4_BODY(T, VT, VL)                                            \
+    {                                                                              \
+        const ptrdiff_t K = ka + kb;                                               \
+        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        const T* A0 = a0 + CYL_ROW(0) * lda; const T* A1 = a0 + CYL_ROW(1) * lda;  \
+        const T* A2 = a0 + CYL_ROW(2) * lda; const T* A3 = a0 + CYL_ROW(3) * lda;  \
+        const T* B0 = b0 + CYL_ROW(0) * ldb; const T* B1 = b0 + CYL_ROW(1) * ldb;  \
+        const T* B2 = b0 + CYL_ROW(2) * ldb; const T* B3 = b0 + CYL_ROW(3) * ldb;  \
+        T* Z0 = z0 + CYL_ROW(0) * ldz; T* Z1 = z0 + CYL_ROW(1) * ldz;              \
+        T* Z2 = z0 + CYL_ROW(2) * ldz; T* Z3 = z0 + CYL_ROW(3) * ldz;              \
+        ptrdiff_t j = 0, k, r;                                                     \
+        for (; j + 2 * VL <= wv; j += 2 * VL) {                                    \
+            VT s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0};                         \
+            VT s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};                         \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
+                s00 += A0[k] * w0; s01 += A0[k] * w1;                              \
+                s10 += A1[k] * w0; s11 += A1[k] * w1;                              \
+                s20 += A2[k] * w0; s21 += A2[k] * w1;                              \
+                s30 += A3[k] * w0; s31 += A3[k] * w1;                              \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
+                s00 += B0[k] * w0; s01 += B0[k] * w1;                              \
+                s10 += B1[k] * w0; s11 += B1[k] * w1;                              \
+                s20 += B2[k] * w0; s21 += B2[k] * w1;                              \
+                s30 += B3[k] * w0; s31 += B3[k] * w1;                              \
+            }                                                                      \
+            CYL_ST(Z0 + j, s00); CYL_ST(Z0 + j + VL, s01);                         \
+            CYL_ST(Z1 + j, s10); CYL_ST(Z1 + j + VL, s11);                         \
+            CYL_ST(Z2 + j, s20); CYL_ST(Z2 + j + VL, s21);                         \
+            CYL_ST(Z3 + j, s30); CYL_ST(Z3 + j + VL, s31);                         \
+        }                                                                          \
+        for (; j < wv; j += VL) {                                                  \
+            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p);                                       \
+                s0 += A0[k] * w0; s1 += A1[k] * w0;                                \
+                s2 += A2[k] * w0; s3 += A3[k] * w0;                                \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p);                                       \
+                s0 += B0[k] * w0; s1 += B1[k] * w0;                                \
+                s2 += B2[k] * w0; s3 += B3[k] * w0;                                \
+            }                                                                      \
+            CYL_ST(Z0 + j, s0); CYL_ST(Z1 + j, s1);                                \
+            CYL_ST(Z2 + j, s2); CYL_ST(Z3 + j, s3);                                \
+        }                                                                          \
+        for (r = 0; r < 4 && r0 + r < nrows && wv < w; r++) {                      \
+            const T* a = a0 + (r0 + r) * lda;                                      \
+            const T* b = b0 + (r0 + r) * ldb;                                      \
+            T* z = z0 + (r0 + r) * ldz;                                            \
+            for (j = wv; j < w; j++) {                                             \
+                const T* q = P + K * wv + (j - wv) * K;                            \
+                T acc = 0;                                                         \
+                for (k = 0; k < ka; k++) acc += a[k] * q[k];                       \
+                for (k = 0; k < kb; k++) acc += b[k] * q[ka + k];                  \
+                z[j] = acc;                                                        \
+            }                                                                      \
+        }                                                                          \
+    }
+
+/* Two rows at once, 4 VL columns at a time (8 accumulators); rows r0, r0 + 1. */
+#define CYL_PANEL_ROWS2_BODY(T, VT, VL)                                            \
+    {                                                                              \
+        const ptrdiff_t K = ka + kb;                                               \
+        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        const T* A0 = a0 + r0 * lda; const T* A1 = A0 + lda;                       \
+        const T* B0 = b0 + r0 * ldb; const T* B1 = B0 + ldb;                       \
+        T* Z0 = z0 + r0 * ldz; T* Z1 = Z0 + ldz;                                   \
+        ptrdiff_t j = 0, k, r;                                                     \
+        for (; j + 4 * VL <= wv; j += 4 * VL) {                                    \
+            VT s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0};                         \
+            VT s10 = {0}, s11 = {0}, s12 = {0}, s13 = {0};                         \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
+                const VT w2 = CYL_LD(VT, p + 2 * VL), w3 = CYL_LD(VT, p + 3 * VL); \
+                s00 += A0[k] * w0; s01 += A0[k] * w1;                              \
+                s02 += A0[k] * w2; s03 += A0[k] * w3;                              \
+                s10 += A1[k] * w0; s11 += A1[k] * w1;                              \
+                s12 += A1[k] * w2; s13 += A1[k] * w3;                              \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
+                const VT w2 = CYL_LD(VT, p + 2 * VL), w3 = CYL_LD(VT, p + 3 * VL); \
+                s00 += B0[k] * w0; s01 += B0[k] * w1;                              \
+                s02 += B0[k] * w2; s03 += B0[k] * w3;                              \
+                s10 += B1[k] * w0; s11 += B1[k] * w1;                              \
+                s12 += B1[k] * w2; s13 += B1[k] * w3;                              \
+            }                                                                      \
+            CYL_ST(Z0 + j, s00); CYL_ST(Z0 + j + VL, s01);                         \
+            CYL_ST(Z0 + j + 2 * VL, s02); CYL_ST(Z0 + j + 3 * VL, s03);            \
+            CYL_ST(Z1 + j, s10); CYL_ST(Z1 + j + VL, s11);                         \
+            CYL_ST(Z1 + j + 2 * VL, s12); CYL_ST(Z1 + j + 3 * VL, s13);            \
+        }                                                                          \
+        for (; j < wv; j += VL) {                                                  \
+            VT s0 = {0}, s1 = {0};                                                 \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p);                                       \
+                s0 += A0[k] * w0; s1 += A1[k] * w0;                                \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += wv) {                                    \
+                const VT w0 = CYL_LD(VT, p);                                       \
+                s0 += B0[k] * w0; s1 += B1[k] * w0;                                \
+            }                                                                      \
+            CYL_ST(Z0 + j, s0); CYL_ST(Z1 + j, s1);                                \
+        }                                                                          \
+        for (r = 0; r < 2 && wv < w; r++) {                                        \
+            const T* a = A0 + r * lda;                                             \
+            const T* b = B0 + r * ldb;                                             \
+            T* z = Z0 + r * ldz;                                                   \
+            for (j = wv; j < w; j++) {                                             \
+                const T* q = P + K * wv + (j - wv) * K;                            \
+                T acc = 0;                                                         \
+                for (k = 0; k < ka; k++) acc += a[k] * q[k];                       \
+                for (k = 0; k < kb; k++) acc += b[k] * q[ka + k];                  \
+                z[j] = acc;                                                        \
+            }                                                                      \
+        }                                                                          \
+    }
 #else
 /* Portable C: the same arithmetic, one column at a time. */
 #define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
@@ -159,8 +291,22 @@ static void cyl_stream_panel_f32(const float* P, ptrdiff_t w, ptrdiff_t nrows,
                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
                                  float* z0, ptrdiff_t ldz)
 {
-    ptrdiff_t r;
-    for (r = 0; r < nrows; r++) {
+    ptrdiff_t r = 0;
+#if CYL_STREAM_VECTOR
+    /* blocks of 4 rows; a last 3 as 4 (one repeated), a last 2 as 2, a last 1 alone */
+    for (; nrows - r >= 3; r += 4) {
+        const ptrdiff_t r0 = r;
+        CYL_PANEL_ROWS4_BODY(float, cyl_vf, CYL_STREAM_VLF)
+    }
+    if (r > nrows)
+        r = nrows;
+    if (nrows - r == 2) {
+        const ptrdiff_t r0 = r;
+        CYL_PANEL_ROWS2_BODY(float, cyl_vf, CYL_STREAM_VLF)
+        r += 2;
+    }
+#endif
+    for (; r < nrows; r++) {
         const float* a = a0 + r * lda;
         const float* b = b0 + r * ldb;
         float* z = z0 + r * ldz;
@@ -174,8 +320,22 @@ static void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
                                  const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
                                  double* z0, ptrdiff_t ldz)
 {
-    ptrdiff_t r;
-    for (r = 0; r < nrows; r++) {
+    ptrdiff_t r = 0;
+#if CYL_STREAM_VECTOR
+    /* blocks of 4 rows; a last 3 as 4 (one repeated), a last 2 as 2, a last 1 alone */
+    for (; nrows - r >= 3; r += 4) {
+        const ptrdiff_t r0 = r;
+        CYL_PANEL_ROWS4_BODY(double, cyl_vd, CYL_STREAM_VLD)
+    }
+    if (r > nrows)
+        r = nrows;
+    if (nrows - r == 2) {
+        const ptrdiff_t r0 = r;
+        CYL_PANEL_ROWS2_BODY(double, cyl_vd, CYL_STREAM_VLD)
+        r += 2;
+    }
+#endif
+    for (; r < nrows; r++) {
         const double* a = a0 + r * lda;
         const double* b = b0 + r * ldb;
         double* z = z0 + r * ldz;

@@ -77,7 +77,7 @@ def test_one_layer_matches_reference(dtype, I, H, threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B", [2, 5])
+@pytest.mark.parametrize("B", [2, 3, 5, 6])  # kernel row blocks: 2, 4 (one repeated), 4+1, 4+2
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("path", ["kernel", "blas"])
 def test_batches_match_reference(dtype, B, threads, path, monkeypatch):
