@@ -23,8 +23,7 @@ How it is fast
   batches of :data:`BLAS_MIN_BATCH` rows and more use SciPy's BLAS per panel.
   When the weights do not fit in one core's cache (or are close to it) the
   panels are split across two OpenMP threads; small models run on the calling
-  thread, where a fork/join would cost more than it
-  saves.
+  thread, where a fork/join would cost more than it saves.
 """
 import hashlib
 import threading
@@ -46,8 +45,8 @@ __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "StreamRunner"]
 # blocking of the (K x 64) panels may matter on CPUs with small L2 caches.
 BLAS_MIN_BATCH = 256
 
-# Packed weight bytes (all layers) from which a step splits its panels across
-# two threads.  At (64, 128) fp32 (393 KB) one thread reads the weights from
+# Packed weight bytes (all layers) times the batch size from which a step splits
+# its panels across two threads (the work of a step grows with both).  At (64, 128) fp32 (393 KB) one thread reads the weights from
 # its L2 in ~3.5 us and two threads take ~2.4 us including the fork/join; at a
 # quarter of that the fork/join is most of the step.
 PARALLEL_MIN_BYTES = 256 * 1024
@@ -348,9 +347,9 @@ class StreamRunner(_stream.Core):
     batch_size : int
         Independent streams stepped together (rows of ``x_t``).
     num_threads : int, optional
-        Threads one step may use.  By default one, or up to two (never more
-        than :func:`cylstm.get_num_threads`) when the packed weights reach
-        :data:`PARALLEL_MIN_BYTES`.
+        Threads one step may use.  By default one, or two (never more than
+        :func:`cylstm.get_num_threads`) when the packed weights' bytes times
+        ``batch_size`` reach :data:`PARALLEL_MIN_BYTES`.
     weights_dtype : None or 'bfloat16'
         Opt-in reduced precision for float32 models: the packed weights are
         rounded to bfloat16 (8 significant bits), halving the bytes a step
@@ -423,7 +422,7 @@ class StreamRunner(_stream.Core):
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         cap = _config.get_num_threads()
         if num_threads is None:
-            nt = min(2, cap) if pack.nbytes >= PARALLEL_MIN_BYTES else 1
+            nt = min(2, cap) if pack.nbytes * batch_size >= PARALLEL_MIN_BYTES else 1
         else:
             if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
                 raise TypeError(f"num_threads must be an int; got {type(num_threads).__name__}")
