@@ -981,6 +981,9 @@ class LSTM(Layer):
                              f"{(B, T)}; got {mask.shape}")
         mask = mask.astype(bool, copy=False)
         if self.go_backwards:
+            L = mask.sum(axis=1)
+            if np.array_equal(mask, np.arange(T) < L[:, None]):
+                return self._reversed_right_padded(x, L, state, training, kw, flip, F, extra)
             # Keras: reverse inputs and mask, then run forward over them
             x, mask = x[:, ::-1], mask[:, ::-1]
         L = mask.sum(axis=1)
@@ -1019,8 +1022,35 @@ class LSTM(Layer):
             y = h.copy()
             if any_empty:
                 y[empty] = 0
-        info = (mask, order, cnt, empty if any_empty else None)
+        info = ("gather", mask, order, cnt, empty if any_empty else None)
         return y, h, c, r, info
+
+    def _reversed_right_padded(self, x, L, state, training, kw, flip, F, extra):
+        """go_backwards over right-padded sequences: the kernels' reverse mode with
+        lengths runs each sequence from its last valid step back to step 0, which is
+        Keras's reversed masked run; its outputs (time order, zero past each length)
+        reversed are Keras's output sequence, in both output-mask modes."""
+        empty = L == 0
+        any_empty = bool(empty.any())
+        r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
+                           initial_state=state, lengths=np.maximum(L, 1), go_backwards=True,
+                           return_sequences=self.return_sequences, training=training,
+                           **kw, **(extra or {}))
+        h, c = r.h, r.c
+        if any_empty:
+            h[empty] = 0 if state is None else state[0][empty]
+            c[empty] = 0 if state is None else state[1][empty]
+        if self.return_sequences:
+            y = r.output
+            if any_empty:
+                y[empty] = 0
+            if not flip:
+                y = y[:, ::-1]
+        else:
+            y = h.copy()
+            if any_empty:
+                y[empty] = 0
+        return y, h, c, r, ("reversed", empty if any_empty else None)
 
     def _backward(self, dy, need_input_grad=True, grad_h=None, grad_c=None):
         fcache, dmask, kw, info, flip, F = self._cache
@@ -1034,8 +1064,20 @@ class LSTM(Layer):
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
                                 need_input_grad=need_dx, **kw)
             dx = g.dx
+        elif info[0] == "reversed":
+            empty = info[1]
+            if self.return_sequences and not flip:
+                dy = dy[:, ::-1]
+            if empty is not None:
+                dy = np.array(dy)
+                dy[empty] = 0
+                grad_h = None if grad_h is None else np.where(empty[:, None], 0, grad_h)
+                grad_c = None if grad_c is None else np.where(empty[:, None], 0, grad_c)
+            g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
+                                need_input_grad=need_dx, **kw)
+            dx = g.dx
         else:
-            mask, order, cnt, empty = info
+            _, mask, order, cnt, empty = info
             B, T = mask.shape
             if self.return_sequences:
                 if flip:

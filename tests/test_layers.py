@@ -270,6 +270,9 @@ def test_lstm_recurrent_dropout_matches_masked_reference():
     {"mask": "holes", "go_backwards": True, "return_sequences": True},
     {"mask": "empty_row", "return_sequences": True, "zero_output_for_mask": True},
     {"mask": "right", "go_backwards": True},
+    {"mask": "right", "go_backwards": True, "return_sequences": True},
+    {"mask": "empty_row", "go_backwards": True, "return_sequences": True},
+    {"mask": "empty_row", "go_backwards": True},
 ])
 def test_lstm_layer_gradients_finite_differences(case):
     case = dict(case)
@@ -508,3 +511,20 @@ def test_bad_call_inputs():
         layer(np.zeros((2, 3, 4)), initial_state=[np.zeros((2, 2)), np.zeros((2, 3))])
     with pytest.raises(ValueError, match="mask must have shape"):
         layer(np.zeros((2, 3, 4)), mask=np.ones((2, 4), bool))
+
+
+def test_bidirectional_mask_gradients():
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, 5, 2))
+    for kind in ("right", "left", "empty_row"):
+        mask = MASKS[kind]
+        bi = Bidirectional(LSTM(2, return_sequences=True), dtype="float64")
+        bi(x)
+        bi.set_weights([rng.standard_normal(w.shape) * 0.5 for w in bi.get_weights()])
+        y = bi(x, mask=mask)
+        R = rng.standard_normal(y.shape)
+        _, dx, grads = _layer_grads(bi, x, mask, R)
+        ndx, ngrads = _numeric_grads(bi, x, mask, R)
+        for g, n in zip(grads, ngrads):
+            np.testing.assert_allclose(g, n, rtol=1e-6, atol=1e-8, err_msg=kind)
+        np.testing.assert_allclose(dx, ndx, rtol=1e-6, atol=1e-8, err_msg=kind)
