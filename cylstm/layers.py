@@ -988,6 +988,8 @@ class LSTM(Layer):
             x, mask = x[:, ::-1], mask[:, ::-1]
         L = mask.sum(axis=1)
         prefix = bool(np.array_equal(mask, np.arange(T) < L[:, None]))
+        if prefix:
+            return self._right_padded(x, mask, L, state, training, kw, flip, F, extra)
         order = None
         if not prefix:
             # valid steps first, in their order: the kernels then see right padding
@@ -1024,6 +1026,37 @@ class LSTM(Layer):
                 y[empty] = 0
         info = ("gather", mask, order, cnt, empty if any_empty else None)
         return y, h, c, r, info
+
+    def _right_padded(self, x, mask, L, state, training, kw, flip, F, extra):
+        """Forward run over right-padded sequences: the kernels' lengths give Keras's
+        masked semantics; padded steps then repeat the last output (or stay zero with
+        ``zero_output_for_mask``)."""
+        empty = L == 0
+        any_empty = bool(empty.any())
+        r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
+                           initial_state=state, lengths=np.maximum(L, 1),
+                           return_sequences=self.return_sequences, training=training,
+                           **kw, **(extra or {}))
+        h, c = r.h, r.c
+        if any_empty:
+            h[empty] = 0 if state is None else state[0][empty]
+            c[empty] = 0 if state is None else state[1][empty]
+        pad = None
+        if self.return_sequences:
+            y = r.output  # zero past each length
+            if any_empty:
+                y[empty] = 0
+            if not self.zero_output_for_mask and not mask.all():
+                pad = ~mask
+                last = h if not any_empty else np.where(empty[:, None], 0, h)
+                y = np.where(pad[:, :, None], last[:, None, :], y)
+            if flip:
+                y = y[:, ::-1]
+        else:
+            y = h.copy()
+            if any_empty:
+                y[empty] = 0
+        return y, h, c, r, ("padded", pad, empty if any_empty else None)
 
     def _reversed_right_padded(self, x, L, state, training, kw, flip, F, extra):
         """go_backwards over right-padded sequences: the kernels' reverse mode with
@@ -1064,10 +1097,19 @@ class LSTM(Layer):
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
                                 need_input_grad=need_dx, **kw)
             dx = g.dx
-        elif info[0] == "reversed":
-            empty = info[1]
-            if self.return_sequences and not flip:
-                dy = dy[:, ::-1]
+        elif info[0] in ("reversed", "padded"):
+            empty = info[-1]
+            if info[0] == "reversed":
+                if self.return_sequences and not flip:
+                    dy = dy[:, ::-1]
+            elif self.return_sequences:
+                if flip:
+                    dy = dy[:, ::-1]
+                pad = info[1]
+                if pad is not None:
+                    # padded steps repeat the final h: their gradient joins dL/dh_T
+                    carried = np.einsum("bth,bt->bh", dy, pad.astype(dy.dtype))
+                    grad_h = carried if grad_h is None else grad_h + carried
             if empty is not None:
                 dy = np.array(dy)
                 dy[empty] = 0
@@ -1076,6 +1118,8 @@ class LSTM(Layer):
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
                                 need_input_grad=need_dx, **kw)
             dx = g.dx
+            if dx is not None and info[0] == "padded" and self.go_backwards:
+                dx = dx[:, ::-1]  # the forward ran over the reversed inputs
         else:
             _, mask, order, cnt, empty = info
             B, T = mask.shape

@@ -273,6 +273,10 @@ def test_lstm_recurrent_dropout_matches_masked_reference():
     {"mask": "right", "go_backwards": True, "return_sequences": True},
     {"mask": "empty_row", "go_backwards": True, "return_sequences": True},
     {"mask": "empty_row", "go_backwards": True},
+    {"mask": "left", "go_backwards": True},
+    {"mask": "left", "go_backwards": True, "return_sequences": True},
+    {"mask": "right", "return_sequences": True},
+    {"mask": "holes"},
 ])
 def test_lstm_layer_gradients_finite_differences(case):
     case = dict(case)
