@@ -173,6 +173,7 @@ class Layer:
             )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string; got {name!r}")
+        self._auto_name = name is None
         self.name = name or _unique_name(_snake(type(self).__name__))
         self._dtype = _canon_dtype(dtype)
         self.trainable = bool(trainable)

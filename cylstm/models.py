@@ -128,7 +128,13 @@ class Sequential:
             raise TypeError(f"Sequential.add expects a cylstm layer; got {type(layer).__name__}")
         if any(layer is l for l in self.layers):
             raise ValueError(f"layer {layer.name!r} is already in the model")
-        if any(layer.name == l.name for l in self.layers):
+        taken = {l.name for l in self.layers}
+        if layer.name in taken and getattr(layer, "_auto_name", False):
+            # e.g. a loaded model's 'dense' and a new Dense(): rename the new one
+            base = _layers._snake(type(layer).__name__)
+            while layer.name in taken:
+                layer.name = _layers._unique_name(base)
+        if layer.name in taken:
             raise ValueError(f"the model already has a layer named {layer.name!r}; layer "
                              "names must be unique")
         self.layers.append(layer)

@@ -156,3 +156,20 @@ def test_corrupt_and_hostile_files(tmp_path):
         load_model(p)
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.npz")
+
+
+def test_layers_added_after_loading_get_fresh_names(tmp_path, monkeypatch):
+    import collections
+
+    from cylstm import layers
+
+    m = Sequential([LSTM(2, input_shape=(None, 3)), Dense(2, name="dense")])
+    m.save(tmp_path / "m.npz")
+    back = load_model(tmp_path / "m.npz")
+    # a fresh process: the name counters start again, so Dense() is named 'dense'
+    monkeypatch.setattr(layers, "_name_counts", collections.defaultdict(int))
+    back.add(Dense(1))
+    names = [layer.name for layer in back.layers]
+    assert len(set(names)) == 3 and names[1] == "dense" and names[2].startswith("dense_")
+    with pytest.raises(ValueError, match="named"):
+        back.add(Dense(1, name="dense"))
