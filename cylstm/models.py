@@ -374,6 +374,11 @@ class Sequential:
 
     # ------------------------------------------------------------------ data
     def _prep_x(self, x, name="x"):
+        if hasattr(x, "__next__") or (not isinstance(x, (np.ndarray, list, tuple))
+                                      and not hasattr(x, "__array__")
+                                      and not np.isscalar(x)):
+            raise TypeError(f"{name} must be a NumPy array (fit also takes a list of "
+                            f"(x_batch, y_batch) pairs); got {type(x).__name__}")
         if isinstance(x, (list, tuple)):
             x = np.asarray(x)
         if not isinstance(x, np.ndarray):

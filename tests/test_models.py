@@ -263,6 +263,8 @@ def test_bad_inputs_give_clear_errors():
         model.compile("adam", "nope")
     with pytest.raises(ValueError):
         model.compile("adamax_nope", "mse")
+    with pytest.raises(TypeError, match="NumPy array"):
+        model.fit((b for b in [(x, y)]), verbose=0)
     with pytest.raises(TypeError, match="cylstm layer"):
         model.add("dense")
     with pytest.raises(ValueError, match="named"):
