@@ -149,3 +149,21 @@ def test_encoder_decoder_autoencoder():
     _pair(ours, theirs, rng)
     x = rng.standard_normal((4, 5, 3)).astype(np.float32)
     np.testing.assert_allclose(ours.predict(x), _keras_predict(theirs, x), **TOL)
+
+
+def test_layer_call_with_initial_state_and_return_state():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    h0 = rng.standard_normal((3, 5)).astype(np.float32)
+    c0 = rng.standard_normal((3, 5)).astype(np.float32)
+    ours = LSTM(5, return_sequences=True, return_state=True, go_backwards=True)
+    theirs = kl.LSTM(5, return_sequences=True, return_state=True, go_backwards=True)
+    theirs(x)
+    ours(x)
+    ws = [(rng.standard_normal(w.shape) * 0.4).astype(np.float32) for w in ours.get_weights()]
+    ours.set_weights(ws)
+    theirs.set_weights(ws)
+    got = ours(x, initial_state=[h0, c0])
+    want = theirs(x, initial_state=[h0, c0])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), **TOL)
