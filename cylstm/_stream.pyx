@@ -49,6 +49,7 @@ cdef extern from "cylstm_stream.h" nogil:
     int cyl_stream_cpu_level() noexcept
     const char* CYL_STREAM_CLONES_NAME
     void cyl_stream_barrier() noexcept
+    int cyl_stream_team_size() noexcept
     int CYL_STREAM_VLF
     int CYL_STREAM_VLD
 
@@ -321,7 +322,9 @@ cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
         if n_par > 0:
             with parallel(num_threads=nt):
                 tid = threadid()
-                _run(ctx, 0, n_par, tid, nt, scratch + tid * stride)
+                # the team actually granted may be smaller than nt (nested
+                # regions, OMP_DYNAMIC); split the panels over the real team
+                _run(ctx, 0, n_par, tid, cyl_stream_team_size(), scratch + tid * stride)
         if n_par < ctx.n_layers:
             _run(ctx, n_par, ctx.n_layers, 0, 1, scratch)
     if ctx.use_blas:

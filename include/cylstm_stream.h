@@ -46,6 +46,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define CYL_STREAM_VLF 16   /* floats per vector */
 #define CYL_STREAM_VLD 8    /* doubles per vector */
@@ -483,6 +486,18 @@ static int cyl_stream_cpu_level(void)
         return 1;
 #endif
     return 0;
+}
+
+/* Threads in the current OpenMP team (1 outside a parallel region, and without
+ * OpenMP).  The team may be smaller than asked for (nested regions, OMP_DYNAMIC,
+ * thread limits), so work is split by this, never by the number requested. */
+static int cyl_stream_team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
 }
 
 /* An orphaned OpenMP barrier: binds to the team of the enclosing parallel

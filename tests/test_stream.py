@@ -118,6 +118,39 @@ def test_dense_between_lstms(threads):
                                rtol=2e-5, atol=2e-5)
 
 
+def test_smaller_openmp_team_than_asked_still_computes_every_panel():
+    # OMP_THREAD_LIMIT=1 grants a team of one where the runner asks for two: the
+    # panels must be split over the team granted (regression: half of them were
+    # skipped when the split used the number requested)
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from cylstm.stream import StreamRunner\n"
+        "rng = np.random.default_rng(0)\n"
+        "s = [dict(type='lstm', kernel=rng.uniform(-.5, .5, (6, 256)),\n"
+        "          recurrent_kernel=rng.uniform(-.5, .5, (64, 256)), bias=None)]\n"
+        "x = rng.standard_normal((1, 6)).astype(np.float32)\n"
+        "a = StreamRunner._from_specs(s, 1, num_threads=2)\n"
+        "b = StreamRunner._from_specs(s, 1, num_threads=1)\n"
+        "assert a.num_threads == 2\n"
+        "for _ in range(3):\n"
+        "    assert np.array_equal(a.step(x), b.step(x))\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_THREAD_LIMIT="1",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    import cylstm
+
+    cwd = os.path.dirname(os.path.dirname(os.path.abspath(cylstm.__file__)))
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
 def test_threads_give_bitwise_serial_results():
     rng = np.random.default_rng(3)
     specs = [_lstm_spec(rng, 10, 70), _lstm_spec(rng, 70, 40), _dense_spec(rng, 40, 2, "linear")]
