@@ -146,7 +146,7 @@ def test_smaller_openmp_team_than_asked_still_computes_every_panel():
     import cylstm
 
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(cylstm.__file__)))
-    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd,
+    res = subprocess.run([sys.executable, "-c", code], check=False, env=env, cwd=cwd,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
 
