@@ -428,6 +428,68 @@ def _for_compare(bench, n):
     return results
 
 
+def install_sizes(roots=("cylstm", "torch", "onnxruntime")):
+    """Installed MB of each runtime with its dependencies, as pip installed them here:
+    the files recorded for each distribution in the closure of its requirements
+    (extras excluded).  An in-place cylstm build counts its .py and extension files.
+    Returns {root: {"total_mb", "packages": {name: mb}}}."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        Requirement = None
+
+    def dist_mb(dist):
+        total = 0
+        for f in dist.files or []:
+            try:
+                total += f.locate().stat().st_size
+            except OSError:
+                pass
+        return total / 1e6
+
+    def deps(dist):
+        out = []
+        for r in dist.requires or []:
+            if Requirement is None:
+                name = r.split(";")[0].split("[")[0].split()[0]
+                if "extra ==" not in r:
+                    out.append(name)
+                continue
+            req = Requirement(r)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            out.append(req.name)
+        return out
+
+    result = {}
+    for root in roots:
+        seen, todo, pk = set(), [root], {}
+        while todo:
+            name = todo.pop()
+            key = name.lower().replace("_", "-")
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                if name == "cylstm":   # in-place build
+                    base = os.path.dirname(_import_cylstm().__file__)
+                    pk[name] = sum(os.path.getsize(os.path.join(r, n))
+                                   for r, _, ns in os.walk(base) for n in ns
+                                   if n.endswith((".py", ".so", ".pyd", ".dylib"))) / 1e6
+                    todo += ["numpy", "scipy"]
+                else:
+                    pk[name] = None
+                continue
+            pk[dist.metadata["Name"]] = dist_mb(dist)
+            todo += deps(dist)
+        result[root] = {"total_mb": sum(v or 0 for v in pk.values()), "packages": pk}
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -436,7 +498,15 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--case", nargs="+", help="IxHxL, e.g. 64x128x1")
     p.add_argument("--impls", nargs="+", help="subset, e.g. cylstm onnxruntime")
+    p.add_argument("--sizes", action="store_true",
+                   help="only print install sizes (runtime + its dependencies)")
     a = p.parse_args(argv)
+    if a.sizes:
+        for k, v in install_sizes().items():
+            parts = ", ".join(f"{d} {mb:.1f}" for d, mb in sorted(
+                v["packages"].items(), key=lambda kv: -(kv[1] or 0)) if mb)
+            print(f"{k:<12} {v['total_mb']:>6.0f} MB  ({parts})")
+        return 0
     cases = QUICK_CASES if a.quick else CASES
     if a.case:
         cases = [tuple(int(v) for v in c.lower().replace("l", "").split("x")) for c in a.case]
