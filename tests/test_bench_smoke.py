@@ -63,6 +63,7 @@ def test_quick_forward_case_writes_documented_json(tmp_path):
 
     assert len(doc["results"]) == 1
     res = doc["results"][0]
+    assert res["outside_load_cores"] is None or res["outside_load_cores"] >= 0
     assert (res["workload"], res["case"], res["threads"]) == ("forward", "100x32x10x50", 1)
     assert res["flops"] == 2 * 100 * 32 * (10 + 50) * 4 * 50
     rows = {r["impl"]: r for r in res["rows"]}
@@ -85,6 +86,43 @@ def test_quick_forward_case_writes_documented_json(tmp_path):
             assert any(s["impl"] == r["impl"] for s in doc["skipped"])
     if importlib.util.find_spec("matplotlib") is not None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_workload_runs_and_reports(tmp_path):
+    """One small case of each workload in one run: training step, streaming, epoch."""
+    out = tmp_path / "all.json"
+    p = _run(["--quick", "--threads", "1", "--repeat", "1", "--epochs", "2",
+              "--only", "train/100x32x10x50,stream/64x128x1L", "--only", "epoch",
+              "--json", str(out)], timeout=180)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True
+    by_wl = {r["workload"]: r for r in doc["results"]}
+    assert set(by_wl) == {"train", "stream", "epoch"}
+
+    train = {r["impl"]: r for r in by_wl["train"]["rows"]}
+    assert train["cylstm"]["status"] == "ok" and train["numpy"]["status"] == "ok"
+    assert train["numpy"]["max_abs_diff"] < 1e-3  # dx, dW, dU, db agree with cylstm
+    assert by_wl["train"]["flops"] == 3 * 2 * 100 * 32 * (10 + 50) * 4 * 50
+
+    stream = {r["impl"]: r for r in by_wl["stream"]["rows"]}
+    if "cylstm" in stream:  # bench/stream_bench.py present
+        assert stream["cylstm"]["status"] == "ok"
+        assert 0 < stream["cylstm"]["median_s"] <= stream["cylstm"]["p99_s"]
+        assert by_wl["stream"]["case"] == "64x128x1L"
+    else:
+        assert all(r["status"] == "skipped" for r in stream.values())
+
+    epoch = {r["impl"]: r for r in by_wl["epoch"]["rows"]}
+    cy = epoch["cylstm"]
+    assert cy["status"] == "ok", cy
+    assert len(cy["epoch_losses"]) == 2 and cy["first_epoch_s"] > 0
+    assert cy["epoch_losses"][1] < cy["epoch_losses"][0] < 1.0   # it learns
+    if importlib.util.find_spec("torch") is not None:
+        t = epoch["torch (oneDNN)"]
+        assert t["status"] == "ok" and t["max_abs_diff"] < 1e-4   # same start
+        # same weights, batches and Adam: the losses agree closely
+        assert t["final_loss"] == pytest.approx(cy["final_loss"], rel=0.05)
 
 
 def test_unknown_only_is_refused():
