@@ -718,7 +718,8 @@ class LSTM(Layer):
         Add 1 to the forget-gate bias at initialization (Keras default).
     dropout : float
         Fraction of the inputs dropped during ``fit``; one mask per sequence,
-        shared across time steps (Keras).
+        shared across time steps (Keras; when ``recurrent_dropout`` is also set,
+        Keras draws one mask per gate, cylstm one for all gates).
     recurrent_dropout : float
         Fraction of ``h_prev`` dropped before the recurrent product during
         ``fit``; one mask per sequence.  Keras draws a separate mask per gate
