@@ -201,7 +201,7 @@ class Sequential:
         shape = tuple(input_shape)
         for i, layer in enumerate(self.layers):
             if isinstance(shape, list):
-                raise ValueError(f"layer {self.layers[i - 1].name!r} returns several outputs "
+                raise ValueError(f"layer {self.layers[i - 1].name!r} returns several outputs "  # noqa: TRY004
                                  "(return_state=True or merge_mode=None); it cannot feed "
                                  "another layer of a Sequential model")
             layer._set_dtype(dtype)
@@ -214,7 +214,7 @@ class Sequential:
                                      f"model feeds it {shape}")
             shape = layer.compute_output_shape(shape)
         if isinstance(shape, list):
-            raise ValueError(f"the last layer {self.layers[-1].name!r} returns several outputs "
+            raise ValueError(f"the last layer {self.layers[-1].name!r} returns several outputs "  # noqa: TRY004
                              "(return_state=True or merge_mode=None); a Sequential model needs "
                              "one output")
         self._dtype = dtype
@@ -955,7 +955,7 @@ class Sequential:
     @classmethod
     def from_config(cls, config):
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-            raise ValueError("a Sequential config must be a dict with a 'layers' list")
+            raise ValueError("a Sequential config must be a dict with a 'layers' list")  # noqa: TRY004 - a bad structure/file, not a bad type
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for lc in config["layers"]:
             model.add(_layers.deserialize(lc))
