@@ -955,7 +955,7 @@ class Sequential:
     @classmethod
     def from_config(cls, config):
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-            raise ValueError("a Sequential config must be a dict with a 'layers' list")  # noqa: TRY004 - a bad structure/file, not a bad type
+            raise ValueError("a Sequential config must be a dict with a 'layers' list")  # noqa: TRY004
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for lc in config["layers"]:
             model.add(_layers.deserialize(lc))

@@ -163,7 +163,7 @@ def _optimizer_from_config(cfg):
     cls_name = cfg.get("class_name") if isinstance(cfg, dict) else None
     cls = getattr(optimizers, cls_name, None) if isinstance(cls_name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, optimizers.Optimizer)):
-        raise ValueError(f"unknown optimizer class {cls_name!r}")  # noqa: TRY004 - a bad structure/file, not a bad type
+        raise ValueError(f"unknown optimizer class {cls_name!r}")  # noqa: TRY004
     return cls.from_config(dict(cfg.get("config", {})))
 
 
