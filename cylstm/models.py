@@ -201,9 +201,10 @@ class Sequential:
         shape = tuple(input_shape)
         for i, layer in enumerate(self.layers):
             if isinstance(shape, list):
-                raise ValueError(f"layer {self.layers[i - 1].name!r} returns several outputs "  # noqa: TRY004
-                                 "(return_state=True or merge_mode=None); it cannot feed "
-                                 "another layer of a Sequential model")
+                msg = (f"layer {self.layers[i - 1].name!r} returns several outputs "
+                       "(return_state=True or merge_mode=None); it cannot feed another layer "
+                       "of a Sequential model")
+                raise ValueError(msg)  # noqa: TRY004
             layer._set_dtype(dtype)
             if not layer.built:
                 layer.build(shape)
@@ -214,9 +215,9 @@ class Sequential:
                                      f"model feeds it {shape}")
             shape = layer.compute_output_shape(shape)
         if isinstance(shape, list):
-            raise ValueError(f"the last layer {self.layers[-1].name!r} returns several outputs "  # noqa: TRY004
-                             "(return_state=True or merge_mode=None); a Sequential model needs "
-                             "one output")
+            msg = (f"the last layer {self.layers[-1].name!r} returns several outputs "
+                   "(return_state=True or merge_mode=None); a Sequential model needs one output")
+            raise ValueError(msg)  # noqa: TRY004
         self._dtype = dtype
         self.built = True
         self._bind_flat()
@@ -955,7 +956,8 @@ class Sequential:
     @classmethod
     def from_config(cls, config):
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-            raise ValueError("a Sequential config must be a dict with a 'layers' list")  # noqa: TRY004
+            msg = "a Sequential config must be a dict with a 'layers' list"
+            raise ValueError(msg)  # noqa: TRY004
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for lc in config["layers"]:
             model.add(_layers.deserialize(lc))
