@@ -3,7 +3,7 @@
 ``verbose=1``: a live bar per epoch, redrawn in place on a terminal (at most
 every ``interval`` seconds, so drawing never costs the training loop much)::
 
-    32/64 ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 0s 4ms/step - loss: 0.1021
+    32/64 ━━━━━━━━━━────────── 0s 4ms/step - loss: 0.1021
 
 and on completion the elapsed time replaces the ETA.  Where stdout is not a
 terminal (logs, CI) only the final line of each epoch is printed.
