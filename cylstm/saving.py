@@ -77,7 +77,7 @@ def _read(filepath):
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError,
             AttributeError) as e:
         raise ValueError(f"{path!r} is not a valid cylstm file (corrupt or another format): "
-                         f"{type(e).__name__}: {e}") from e
+                         f"{type(e).__name__}: {e}{_foreign_hint(path)}") from e
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("cylstm."):
         raise ValueError(f"{path!r} is not a cylstm file (unknown format "
                          f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
@@ -85,6 +85,22 @@ def _read(filepath):
         raise ValueError(f"{path!r} was written by a newer cylstm (format version "
                          f"{meta['version']}; this one reads {_VERSION})")
     return meta, arrays
+
+
+def _foreign_hint(path):
+    """A pointer to the importers when the file is a Keras or ONNX model."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head.startswith(b"\x89HDF"):
+            kind = "a Keras HDF5 file"
+        elif head.startswith(b"PK") and "config.json" in zipfile.ZipFile(path).namelist():
+            kind = "a Keras .keras file"
+        else:
+            return ""
+    except (OSError, zipfile.BadZipFile):
+        return ""
+    return f" (it looks like {kind}: import it with cylstm.interop.from_keras)"
 
 
 def _weight_names(model):

@@ -173,3 +173,18 @@ def test_layers_added_after_loading_get_fresh_names(tmp_path, monkeypatch):
     assert len(set(names)) == 3 and names[1] == "dense" and names[2].startswith("dense_")
     with pytest.raises(ValueError, match="named"):
         back.add(Dense(1, name="dense"))
+
+
+def test_keras_files_point_to_the_importer(tmp_path):
+    import zipfile
+
+    p = tmp_path / "model.keras"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("config.json", "{}")
+        z.writestr("metadata.json", "{}")
+    with pytest.raises(ValueError, match="from_keras"):
+        load_model(p)
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(ValueError, match="from_keras"):
+        load_model(h5)
