@@ -835,7 +835,9 @@ class Sequential:
                 out = np.empty((n,) + yb.shape[1:], yb.dtype)
             out[s:e] = yb
         if out is None:
-            shape = self.layers[-1].compute_output_shape((0,) + x.shape[1:])
+            shape = (0,) + x.shape[1:]
+            for layer in self.layers:  # each layer's output is the next one's input
+                shape = layer.compute_output_shape(shape)
             out = np.empty(tuple(0 if d is None else d for d in shape), self.dtype)
         if bar is not None:
             bar.update(bar.target, {}, finalize=True)
