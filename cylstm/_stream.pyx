@@ -109,7 +109,7 @@ cdef struct Ctx:
     LayerC* L
     const void* x          # this step's input (B, n_in)
     void* out              # where the final output goes (B, n_out of the last layer)
-    void* scratch          # BLAS path: n_threads x (B, MAXW)
+    void* scratch          # n_threads x (B, MAXW): a panel's z for every row (B > 1)
 
 
 def _set_blas_thread_setter(size_t address):
