@@ -649,7 +649,9 @@ def plot(path, results):
                     ax.text(v, yv, f" {v:.2f}x" if v < 10 else f" {v:.0f}x", va="center",
                             fontsize=6)
         ax.set_yticks(np.arange(len(rs)) + 0.4 - bar_h / 2)
-        ax.set_yticklabels([f"{r['case']} t={r['threads']}" for r in rs], fontsize=7)
+        ax.set_yticklabels([f"{r['case']} t={r['threads']}"
+                            + ("*" if (r.get("outside_load_cores") or 0) > 0.2 else "")
+                            for r in rs], fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -659,7 +661,10 @@ def plot(path, results):
         ax.set_title(f"{wl}: cylstm speed-up over each peer (> 1x: cylstm faster)", fontsize=9)
         ax.legend(fontsize=6, loc="best")
         ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
+    if any((r.get("outside_load_cores") or 0) > 0.2 for _, rs, _ in panels for r in rs):
+        fig.text(0.01, 0.002, "* other processes were busy while this case ran: noisy",
+                 fontsize=7)
+    fig.tight_layout(rect=(0, 0.012, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     log(f"chart written to {path}")
