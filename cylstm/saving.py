@@ -18,6 +18,7 @@ over the target (``os.replace``), so a crash mid-save leaves the previous
 file intact.
 """
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -56,12 +57,45 @@ def _atomic_savez(filepath, arrays, overwrite):
         raise
 
 
+# A hostile file must not make the loader allocate without bound: entries may not
+# declare more than this multiple of the file's size uncompressed (cylstm writes them
+# stored, ratio 1), and no array header may claim more bytes than its entry holds.
+_MAX_EXPANSION = 16
+
+
+def _check_archive(path):
+    """Refuse zip bombs and array headers larger than their data, before np.load."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not an .npz (zip) archive")
+    size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        declared = sum(i.file_size for i in infos)
+        if declared > _MAX_EXPANSION * size + 2**20:
+            raise ValueError(f"its entries declare {declared} bytes uncompressed in a "
+                             f"{size}-byte file (a zip bomb?)")
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            need = math.prod(shape) * dtype.itemsize
+            if need > info.file_size:
+                raise ValueError(f"entry {info.filename!r} claims shape {shape} ({need} bytes) "
+                                 f"but holds {info.file_size} bytes")
+
+
 def _read(filepath):
     """(meta dict, {name: array}) of a cylstm file; ValueError if it is not one."""
     path = os.fspath(filepath)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")
     try:
+        _check_archive(path)
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
                 raise ValueError("not an .npz archive")
@@ -75,13 +109,13 @@ def _read(filepath):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError,
-            AttributeError) as e:
+            AttributeError, RecursionError, NotImplementedError) as e:
         raise ValueError(f"{path!r} is not a valid cylstm file (corrupt or another format): "
                          f"{type(e).__name__}: {e}{_foreign_hint(path)}") from e
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("cylstm."):
         raise ValueError(f"{path!r} is not a cylstm file (unknown format "
                          f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if meta.get("version", 0) > _VERSION:
+    if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > _VERSION:
         raise ValueError(f"{path!r} was written by a newer cylstm (format version "
                          f"{meta['version']}; this one reads {_VERSION})")
     return meta, arrays
