@@ -19,7 +19,9 @@ from cylstm import functional  # noqa: E402,F401
 _LAZY = {
     "LSTM": "cylstm.layers", "Dense": "cylstm.layers", "Bidirectional": "cylstm.layers",
     "Dropout": "cylstm.layers", "Masking": "cylstm.layers", "Embedding": "cylstm.layers",
-    "Input": "cylstm.layers", "Sequential": "cylstm.models", "load_model": "cylstm.models",
+    "Input": "cylstm.layers", "RepeatVector": "cylstm.layers",
+    "TimeDistributed": "cylstm.layers", "Activation": "cylstm.layers",
+    "Sequential": "cylstm.models", "load_model": "cylstm.models",
 }
 _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks",
                "initializers", "utils", "stream", "interop", "cuda", "activations"}
