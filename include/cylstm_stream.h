@@ -30,7 +30,8 @@
  * VL is 16 floats / 8 doubles (64 bytes).  The kernel is written with GCC/Clang
  * vector extensions and compiled three times (target_clones): x86-64-v4
  * (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline; the loader picks the
- * clone for the CPU once.  Other compilers get the plain C loops below.
+ * clone for the CPU once.  Other compilers (or -DCYLSTM_STREAM_PORTABLE, used to
+ * test that path) get the plain C loops below.
  * Products are summed in k order, one accumulator per output element, so a
  * result does not depend on which thread computes which panel (serial ==
  * threaded, bit for bit).
@@ -53,7 +54,8 @@
 #define CYL_STREAM_VLF 16   /* floats per vector */
 #define CYL_STREAM_VLD 8    /* doubles per vector */
 
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER) && \
+    !defined(CYLSTM_STREAM_PORTABLE)
 #define CYL_STREAM_VECTOR 1
 #else
 #define CYL_STREAM_VECTOR 0
