@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from cylstm import _signals
 from cylstm import layers as _layers
 from cylstm._progress import Progbar
 
@@ -684,7 +685,8 @@ class Sequential:
             tot, seen = 0.0, 0
             mtot = [0.0] * len(metric_fns)
             blogs = {}
-            for b in range(steps):
+            # Ctrl-C stops between batches, never between a backward pass and its update
+            for b in _signals.interruptible(range(steps)):
                 s = b * bs
                 e = min(s + bs, n)
                 if batch_hooks:
