@@ -44,9 +44,16 @@ Method
 * The first call (setup, warm-up) is not timed, nor is a second warm-up call, which also
   sizes a block: k calls back to back lasting about 20-50 ms.  Then ``--repeat`` rounds; each
   round runs one block of every implementation, in an order rotated every round.  Before each
-  block the script pauses (``--pause``, 0.25 s; 0.02 s at one thread) so that the previous
-  library's spinning worker threads (OpenBLAS, OpenMP, ONNX Runtime) have gone to sleep and
-  every figure is the library's own.
+  block the script pauses (``--pause``, 0.25 s, 0.15 s with ``--quick``; 0.02 s at one
+  thread, where no pool spins) so that the previous library's spinning worker threads
+  (OpenBLAS, OpenMP, ONNX Runtime) have gone to sleep and every figure is the library's own.
+* Other processes' CPU use while a case runs is measured (/proc/stat less this process); a
+  case where it exceeded 0.2 cores is marked ``*`` as noisy.
+* PyTorch's epoch model freezes ``bias_hh`` at zero: ``nn.LSTM`` has two bias vectors where
+  Keras has one, and Adam would move their sum twice as fast (a different model).
+* ``--quick``: forward 100x32x10x50, 100x32x128x256, 200x1x64x128; train 100x32x128x256;
+  stream 64x128x1L, 256x512x1L; 2 epochs; 3 rounds; only the strongest variant of each peer.
+* ``--markdown PATH`` writes the facts and tables as Markdown (the README's results section).
 * Time shown: median over all timed calls, (min-max) of the per-block medians.  The speed-up
   is the peer's median over cylstm's (> 1: cylstm is faster).  The epoch: median seconds per
   epoch over epochs 2.. (epoch 1, with tracing and warm-up, is shown separately), timed from
