@@ -199,6 +199,32 @@ def test_bfloat16_needs_float32():
         StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], weights_dtype="int8")
 
 
+def test_matches_torch_lstm_cells_step_by_step():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cells = [torch.nn.LSTMCell(6, 20), torch.nn.LSTMCell(20, 9)]
+    head = torch.nn.Linear(9, 3)
+    # PyTorch's gate order i, f, g, o is Keras's i, f, c, o; weights transpose
+    specs = [{"type": "lstm", "kernel": c.weight_ih.detach().numpy().T,
+              "recurrent_kernel": c.weight_hh.detach().numpy().T,
+              "bias": (c.bias_ih + c.bias_hh).detach().numpy()} for c in cells]
+    specs.append({"type": "dense", "kernel": head.weight.detach().numpy().T,
+                  "bias": head.bias.detach().numpy(), "activation": "linear"})
+    r = StreamRunner._from_specs(specs, 2)
+    x = np.random.default_rng(0).standard_normal((2, 15, 6)).astype(np.float32)
+    state = [(torch.zeros(2, c.hidden_size), torch.zeros(2, c.hidden_size)) for c in cells]
+    with torch.no_grad():
+        for t in range(15):
+            v = torch.from_numpy(x[:, t])
+            for k, c in enumerate(cells):
+                state[k] = c(v, state[k])
+                v = state[k][0]
+            np.testing.assert_allclose(r.step(x[:, t]), head(v).numpy(), rtol=1e-5, atol=1e-6)
+    for (h, c), (th, tc) in zip(r.state, state):
+        np.testing.assert_allclose(h, th.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c, tc.numpy(), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------
 # against the model
 
