@@ -31,7 +31,8 @@ if [ "$#" -eq 0 ]; then
     set -- tests/test_lstm_kernels.py tests/test_lstm_inputs.py tests/test_math.py \
         tests/test_stream.py tests/test_layers.py tests/test_models.py tests/test_training.py \
         tests/test_optimizers.py tests/test_saving.py tests/test_fuzz.py \
-        tests/test_hardening.py -m "not slow"
+        tests/test_hardening.py tests/test_concurrency.py tests/test_interrupts.py \
+        -m "not slow"
 fi
 python -c "import cylstm._build_info as b; assert b.DEBUG, 'not a debug build'"
 python -m pytest -q -p no:cacheprovider "$@"
