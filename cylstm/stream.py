@@ -353,10 +353,11 @@ class StreamRunner(_stream.Core):
     weights_dtype : None or 'bfloat16'
         Opt-in reduced precision for float32 models: the packed weights are
         rounded to bfloat16 (8 significant bits), halving the bytes a step
-        reads; inputs, states and sums stay float32.  About 1.5-1.8x faster
-        when the weights stream from L3 or L2 (bench/stream_bench.py), at an
-        error of a few 1e-3 relative in the outputs (measured in
-        tests/test_stream.py; check it on your model before serving).
+        reads; inputs, states and sums stay float32.  1.4x (weights in L2) to
+        1.9x (weights from L3) faster in bench/stream_bench.py on a 2-core
+        Zen 4, at an error of a few 1e-3 relative in the outputs (about 3e-3
+        of the largest output there; tests/test_stream.py bounds it) -- check
+        it on your model before serving.
 
     Notes
     -----
