@@ -22,6 +22,7 @@ _LAZY = {
     "Input": "cylstm.layers", "RepeatVector": "cylstm.layers",
     "TimeDistributed": "cylstm.layers", "Activation": "cylstm.layers",
     "Sequential": "cylstm.models", "load_model": "cylstm.models",
+    "StreamRunner": "cylstm.stream",
 }
 _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks",
                "initializers", "utils", "stream", "interop", "cuda", "activations"}

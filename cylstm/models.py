@@ -1029,17 +1029,24 @@ class Sequential:
         self._weights_changed()
         return self
 
-    def streamer(self, batch_size=1):
-        """A step-by-step runner for streaming inference (:class:`cylstm.stream.StreamRunner`)."""
+    def streamer(self, batch_size=1, **kwargs):
+        """A step-by-step runner for streaming inference (:class:`cylstm.stream.StreamRunner`).
+
+        Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner.
+        """
         from cylstm.stream import StreamRunner
 
-        return StreamRunner(self, batch_size=batch_size)
+        return StreamRunner(self, batch_size=batch_size, **kwargs)
 
-    def to_onnx(self, path):
-        """Export the model to ONNX (:func:`cylstm.interop.onnx.to_onnx`)."""
+    def to_onnx(self, path, **kwargs):
+        """Export the model to ONNX (:func:`cylstm.interop.onnx.to_onnx`).
+
+        ``dtype='float32'`` exports a float64 model as float32 (ONNX Runtime's
+        CPU LSTM runs float32 only).
+        """
         from cylstm.interop.onnx import to_onnx
 
-        return to_onnx(self, path)
+        return to_onnx(self, path, **kwargs)
 
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={len(self.layers)} built={self.built}>"
