@@ -109,7 +109,8 @@ def _read(filepath):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError,
-            AttributeError, RecursionError, NotImplementedError) as e:
+            AttributeError, RecursionError, NotImplementedError,
+            RuntimeError) as e:  # zipfile: RuntimeError for "encrypted" entries
         raise ValueError(f"{path!r} is not a valid cylstm file (corrupt or another format): "
                          f"{type(e).__name__}: {e}{_foreign_hint(path)}") from e
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("cylstm."):
@@ -132,7 +133,7 @@ def _foreign_hint(path):
             kind = "a Keras .keras file"
         else:
             return ""
-    except (OSError, zipfile.BadZipFile):
+    except Exception:  # noqa: BLE001 - only a hint: a corrupt file may fail any way
         return ""
     return f" (it looks like {kind}: import it with cylstm.interop.from_keras)"
 
