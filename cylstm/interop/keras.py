@@ -345,7 +345,7 @@ def _spec_from_h5(f, layer_cfgs, source):
 def _read_keras_archive(path):
     try:
         z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
         raise ValueError(f"{path!r} is not a readable .keras archive ({e})") from e
     with z:
         infos = {i.filename: i for i in z.infolist()}
@@ -360,7 +360,8 @@ def _read_keras_archive(path):
         try:
             config = json.loads(z.read("config.json").decode("utf-8"))
             weights = z.read("model.weights.h5")
-        except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, EOFError,
+                NotImplementedError, RecursionError, RuntimeError) as e:
             raise ValueError(f"{path!r}: corrupt .keras archive ({e})") from e
     return config, weights
 
