@@ -315,6 +315,12 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     n_total, nt = _threads_for(B, num_threads)
     _config._blas()
     cache["used"] = True
+    if B == 0:  # no samples, zero gradients (the kernel would address element 0 of empty dy)
+        give(cache["G"], cache["C"], cache["Hp"])
+        cache["G"] = cache["C"] = cache["Hp"] = None
+        return LSTMGrads(np.zeros((0, T, I), dtype) if need_input_grad else None,
+                         np.zeros((I, 4 * H), dtype), np.zeros((H, 4 * H), dtype),
+                         np.zeros(4 * H, dtype), dhs, dcs)
     D = take((B, 4 * H), dtype, zero=True)
     dHp = take((B, H), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
