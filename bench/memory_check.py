@@ -19,7 +19,6 @@ cost.  It is compared with the theoretical minimum:
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 

@@ -13,10 +13,10 @@ import threading
 
 import numpy as np
 import pytest
+from reference import lstm_ref
 
 from cylstm.layers import LSTM, Bidirectional, Dense
 from cylstm.models import Sequential
-from reference import lstm_ref
 
 
 def shared_model():

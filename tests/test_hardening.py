@@ -8,12 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from reference import lstm_ref
 
 from cylstm.functional import lstm_forward
 from cylstm.layers import LSTM, Dense
 from cylstm.models import Sequential
 from cylstm.saving import load_model
-from reference import lstm_ref
 
 
 def small_model():
