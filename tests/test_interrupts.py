@@ -168,7 +168,9 @@ def test_model_checkpoint_survives_sigkill_mid_save(tmp_path):
     rng = np.random.default_rng(0)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     checked = set()
-    for _ in range(10):
+    rounds = 0
+    while rounds < 10 or (len(torn_files(tmp_path)) < 3 and rounds < 30):
+        rounds += 1
         p = subprocess.Popen([sys.executable, str(script), str(path), str(log)],
                              stdout=subprocess.PIPE, env=env)
         assert p.stdout.readline().strip() == b"ready"
@@ -184,6 +186,11 @@ def test_model_checkpoint_survives_sigkill_mid_save(tmp_path):
         checked.add(h)
         assert m.predict(np.ones((1, 1, 384), np.float32), verbose=0).shape == (1, 1)
     assert len(checked) >= 5  # different moments, different checkpoints
-    # a kill mid-save leaves its temporary file behind (never the target): count them
-    torn = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
-    print(f"{len(torn)} of 10 kills landed mid-save")
+    # a kill mid-save leaves its temporary file behind (never the target)
+    torn = torn_files(tmp_path)
+    print(f"{len(torn)} of {rounds} kills landed mid-save")
+    assert torn, "no kill landed during a save: the test proved nothing"
+
+
+def torn_files(d):
+    return [f for f in os.listdir(d) if f.endswith(".tmp")]
