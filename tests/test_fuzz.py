@@ -468,3 +468,53 @@ def test_fuzz_from_keras_mutated(keras_bytes, kind, seed):
 
     data = mutate(keras_bytes, np.random.default_rng(seed), kind)
     use_loaded(load_mutated(from_keras, data, ".keras"), 3)
+
+
+# ---------------------------------------------------------------------- wrong types
+def _wrong_type_cases():
+    from cylstm.interop import from_keras, from_onnx, from_torch
+
+    m = small_model(2, 3, 1)
+    m.compile(optimizer="adam", loss="mse")
+    r = m.streamer()
+    x = np.ones((2, 3, 2), np.float32)
+    one = np.ones((1, 2), np.float32)
+    return {
+        "layer(None)": lambda: LSTM(2)(None),
+        "layer(str)": lambda: LSTM(2)("abc"),
+        "layer(dict)": lambda: LSTM(2)({"a": 1}),
+        "layer(ragged)": lambda: LSTM(2)([[[1.0]], [[1.0], [2.0]]]),
+        "predict(None)": lambda: m.predict(None),
+        "predict(scalar)": lambda: m.predict(3.0),
+        "predict(set)": lambda: m.predict({1, 2}),
+        "fit(y=None)": lambda: m.fit(x, None, verbose=0),
+        "fit(y=str)": lambda: m.fit(x, "y", verbose=0),
+        "fit(batch_size=str)": lambda: m.fit(x, np.ones((2, 1)), batch_size="a", verbose=0),
+        "step(None)": lambda: r.step(None),
+        "step(str)": lambda: r.step("a"),
+        "step(out shape)": lambda: r.step(one, out=np.ones((3, 3), np.float32)),
+        "step(out dtype)": lambda: r.step(one, out=np.ones((1, 1), np.int32)),
+        "state=int": lambda: setattr(r, "state", 3),
+        "from_torch(None)": lambda: from_torch(None),
+        "from_torch({})": lambda: from_torch({}),
+        "from_onnx(None)": lambda: from_onnx(None),
+        "from_onnx(int)": lambda: from_onnx(123),
+        "from_keras(None)": lambda: from_keras(None),
+        "load_model(None)": lambda: load_model(None),
+        "load_model(int)": lambda: load_model(123),
+        "load_model(dir)": lambda: load_model(tempfile.gettempdir()),
+        "set_weights(None)": lambda: m.set_weights(None),
+        "set_weights(short)": lambda: m.set_weights([1]),
+        "LSTM(-1)": lambda: LSTM(-1),
+        "LSTM(str)": lambda: LSTM("a"),
+        "LSTM(2.5)": lambda: LSTM(2.5),
+        "streamer(0)": lambda: m.streamer(batch_size=0),
+        "compile(unknown)": lambda: m.compile(optimizer="nope", loss="mse"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_wrong_type_cases()))
+def test_wrong_types_are_clear_errors(case):
+    with pytest.raises(CLEAR) as info:
+        _wrong_type_cases()[case]()
+    assert len(str(info.value)) > 10
