@@ -252,8 +252,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
     Z = take((B, 4 * H), dtype)
     hbuf = take((2, B, H), dtype) if split_units else None
-    _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
-                  nt, n_total, split_units, hbuf)
+    if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
+        _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
+                      nt, n_total, split_units, hbuf)
     give(Z, hbuf)
     if not training:
         give(G)
