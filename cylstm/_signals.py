@@ -31,8 +31,12 @@ def _on_stack(frame, target):
 
 def interruptible(iterable, what="training"):
     """Yield from ``iterable``; after a SIGINT, raise KeyboardInterrupt between items."""
+    current = signal.getsignal(signal.SIGINT)
+    # a handler of ours left behind by a loop that ended by an exception (its generator
+    # not yet collected) counts as the default handler it replaced
+    previous = getattr(current, "_cylstm_previous", current)
     if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            or previous is not signal.default_int_handler):
         yield from iterable
         return
     caller = sys._getframe(1)  # the loop that consumes us (fit)
@@ -44,7 +48,8 @@ def interruptible(iterable, what="training"):
             raise KeyboardInterrupt
         hit.append(True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    handler._cylstm_previous = previous
+    signal.signal(signal.SIGINT, handler)
     try:
         for i, item in enumerate(iterable):
             yield item

@@ -194,3 +194,46 @@ def test_model_checkpoint_survives_sigkill_mid_save(tmp_path):
 
 def torn_files(d):
     return [f for f in os.listdir(d) if f.endswith(".tmp")]
+
+
+class StopAt(Callback):
+    def __init__(self, batch, error=None):
+        super().__init__()
+        self.batch, self.error = batch, error
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            if self.error is not None:
+                raise self.error
+            self.model.stop_training = True
+
+
+@pytest.mark.parametrize("how", ["stop_training", "exception"])
+def test_ctrl_c_works_normally_after_fit_ends_early(how):
+    m, x, y = model_and_data(n=64)
+    cb = StopAt(1, RuntimeError("boom") if how == "exception" else None)
+    if how == "exception":
+        with pytest.raises(RuntimeError, match="boom"):
+            m.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[cb])
+    else:
+        m.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[cb])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # whatever handler is installed now, Ctrl-C outside fit interrupts at once
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2)
+        raise AssertionError("SIGINT was swallowed after fit")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_fit_after_a_failed_fit_still_defers_ctrl_c():
+    m, x, y = model_and_data(n=64)
+    with pytest.raises(RuntimeError):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[StopAt(1, RuntimeError("x"))])
+    rec = Recorder()
+    timer, _ = sigint_after(0.3)
+    with pytest.raises(KeyboardInterrupt, match="after batch"):
+        m.fit(x, y, batch_size=8, epochs=100000, verbose=0, callbacks=[rec])
+    timer.join()
+    for a, b in zip(m.get_weights(), rec.weights):
+        np.testing.assert_array_equal(a, b)
