@@ -90,8 +90,10 @@ def test_numpy_state_dict_does_not_import_torch(tmp_path):
     # the cylstm under test (source tree or installed), whichever pytest imported
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(cylstm.__file__))]
                                         + sys.path)
+    # cwd outside the repository: `python -c` puts the cwd first on sys.path, and
+    # the source tree has no compiled extensions after `pip install .`
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=120, check=False)
+                       timeout=120, check=False, cwd=tmp_path)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
