@@ -112,9 +112,9 @@ def blas_info():
         from threadpoolctl import threadpool_info
 
         for d in threadpool_info():
-            if d.get("user_api") == "blas" and "scipy" in d.get("filepath", "") or (
-                found and d.get("filepath") == found[0]
-            ):
+            path = d.get("filepath", "")
+            ours = (found and path == found[0]) or (not found and "scipy" in path)
+            if d.get("user_api") == "blas" and ours:
                 info.update(library=d.get("internal_api"), version=d.get("version"),
                             threading=d.get("threading_layer"),
                             kernel=d.get("architecture"),
