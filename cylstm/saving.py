@@ -23,10 +23,21 @@ import os
 import tempfile
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
 __all__ = ["load_model", "load_weights", "save_model", "save_weights"]
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python built without lzma cannot open such entries at all
+    LZMAError = OSError
+
+# What reading a damaged zip archive can raise besides BadZipFile (a bit flip in a
+# header may turn a stored entry into an "encrypted", "deflated" or "lzma" one).
+CORRUPT_ARCHIVE_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError,
+                          RuntimeError, zlib.error, LZMAError)
 
 _META = "__cylstm__"
 _VERSION = 1
@@ -108,9 +119,8 @@ def _read(filepath):
             arrays = {k: z[k] for k in z.files if k != _META}
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError,
-            AttributeError, RecursionError, NotImplementedError,
-            RuntimeError) as e:  # zipfile: RuntimeError for "encrypted" entries
+    except (ValueError, KeyError, UnicodeDecodeError, AttributeError, RecursionError,
+            *CORRUPT_ARCHIVE_ERRORS) as e:
         raise ValueError(f"{path!r} is not a valid cylstm file (corrupt or another format): "
                          f"{type(e).__name__}: {e}{_foreign_hint(path)}") from e
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("cylstm."):
