@@ -31,6 +31,7 @@ from cylstm.interop._spec import (
     ModelSpec,
     build_sequential,
 )
+from cylstm.saving import CORRUPT_ARCHIVE_ERRORS
 
 __all__ = ["from_keras"]
 
@@ -345,7 +346,7 @@ def _spec_from_h5(f, layer_cfgs, source):
 def _read_keras_archive(path):
     try:
         z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
+    except CORRUPT_ARCHIVE_ERRORS as e:
         raise ValueError(f"{path!r} is not a readable .keras archive ({e})") from e
     with z:
         infos = {i.filename: i for i in z.infolist()}
@@ -360,8 +361,7 @@ def _read_keras_archive(path):
         try:
             config = json.loads(z.read("config.json").decode("utf-8"))
             weights = z.read("model.weights.h5")
-        except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, EOFError,
-                NotImplementedError, RecursionError, RuntimeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError, *CORRUPT_ARCHIVE_ERRORS) as e:
             raise ValueError(f"{path!r}: corrupt .keras archive ({e})") from e
     return config, weights
 
