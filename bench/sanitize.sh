@@ -3,7 +3,10 @@
 # of the repository and run the core tests under it.
 #
 #   bench/sanitize.sh                          the core test files
-#   bench/sanitize.sh tests -m "not slow"      the whole suite (about 5x slower than -O3)
+#   bench/sanitize.sh tests -m "not slow" --ignore=tests/test_cuda_build.py
+#                                              the whole suite (nvcc cannot run with
+#                                              libasan preloaded; the RSS leak tests skip
+#                                              themselves: ASan's quarantine holds memory)
 #
 # The copy is the committed tree (git archive HEAD) plus the working tree's tests/,
 # so the in-place build of the checkout you run it from is never touched.
