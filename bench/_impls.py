@@ -387,6 +387,9 @@ _tf_threads = None
 def import_tf(n_threads):
     """TensorFlow with its pools sized to ``n_threads`` (possible once per process)."""
     global _tf_threads
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ info/warning lines in the tables
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
