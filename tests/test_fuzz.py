@@ -62,7 +62,7 @@ def make_input(rng, shape, dtype, layout, special):
     elif dtype == "bool":
         a = base > 0
     elif dtype in ("int32", "int64", "uint8"):
-        a = np.nan_to_num(np.abs(base) * 2).astype(dtype)
+        a = np.clip(np.nan_to_num(np.abs(base) * 2), 0, 100).astype(dtype)
     else:
         a = base.astype(dtype)
     if layout == "f":
