@@ -270,7 +270,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
 
 
 def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
-                  need_input_grad=True, num_threads=None):
+                  need_input_grad=True, num_threads=None, out=None):
     """Backpropagate through a training-mode :func:`lstm_forward`.
 
     Parameters
@@ -280,6 +280,9 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     grad_output : dL/d output, same shape as the forward's ``output``, or None.
     grad_h, grad_c : dL/d final h and c, (B, H) each, or None.
     need_input_grad : compute dL/dx (skip it for a first layer).
+    out : (dkernel, drecurrent_kernel, dbias) arrays to write the weight
+        gradients into (C-contiguous, the weights' shapes and dtype; any may be
+        None), e.g. views of a model's flat gradient buffer.
 
     Returns
     -------
@@ -325,16 +328,32 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     D = take((B, 4 * H), dtype, zero=True)
     dHp = take((B, H), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
-    dW = np.empty((I, 4 * H), dtype)
-    dU = np.empty((H, 4 * H), dtype)
-    db = np.empty(4 * H, dtype)
+    outs = [None, None, None] if out is None else list(out)
+    if len(outs) != 3:
+        raise ValueError("out must be (dkernel, drecurrent_kernel, dbias)")
+    scratch = []
+    for k, (name, shape) in enumerate((("dkernel", (I, 4 * H)),
+                                       ("drecurrent_kernel", (H, 4 * H)),
+                                       ("dbias", (4 * H,)))):
+        a = outs[k]
+        if a is None:
+            outs[k] = np.empty(shape, dtype) if out is None else take(shape, dtype)
+            if out is not None:
+                scratch.append(outs[k])
+        elif (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype
+              or not a.flags.c_contiguous or not a.flags.writeable):
+            raise ValueError(
+                f"out[{k}] ({name}) must be a writeable C-contiguous {dtype} array of shape "
+                f"{shape}; got {getattr(a, 'shape', type(a).__name__)}"
+            )
+    dW, dU, db = outs
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
     UT = take((4 * H, H), dtype)
     UT[...] = U.T
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
                    parts, nt, n_total)
-    give(D, dHp, parts, UT, G, cache["C"], cache["Hp"])
+    give(D, dHp, parts, UT, G, cache["C"], cache["Hp"], *scratch)
     for k in ("G", "C", "Hp"):
         cache[k] = None  # the activations go back to the pool now
     return LSTMGrads(dx, dW, dU, db, dhs, dcs)

@@ -1089,6 +1089,11 @@ class LSTM(Layer):
 
     def _backward(self, dy, need_input_grad=True, grad_h=None, grad_c=None):
         fcache, dmask, kw, info, flip, F = self._cache
+        gr = self._grads
+        out_kw = {}
+        if F is _F:  # the CPU kernels write the weight gradients in place
+            out_kw["out"] = (gr["kernel"], gr["recurrent_kernel"],
+                             gr["bias"] if self.use_bias else None)
         self._cache = None
         if kw and not _recurrent_mask_support()[1]:
             kw = {}  # the forward's cache carries the recurrent mask
@@ -1097,7 +1102,7 @@ class LSTM(Layer):
             if self.return_sequences and (self.go_backwards != flip):
                 dy = dy[:, ::-1]
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                need_input_grad=need_dx, **kw)
+                                need_input_grad=need_dx, **kw, **out_kw)
             dx = g.dx
         elif info[0] in ("reversed", "padded"):
             empty = info[-1]
@@ -1118,7 +1123,7 @@ class LSTM(Layer):
                 grad_h = None if grad_h is None else np.where(empty[:, None], 0, grad_h)
                 grad_c = None if grad_c is None else np.where(empty[:, None], 0, grad_c)
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                need_input_grad=need_dx, **kw)
+                                need_input_grad=need_dx, **kw, **out_kw)
             dx = g.dx
             if dx is not None and info[0] == "padded" and self.go_backwards:
                 dx = dx[:, ::-1]  # the forward ran over the reversed inputs
@@ -1144,7 +1149,7 @@ class LSTM(Layer):
                     grad_c = np.array(grad_c)
                     grad_c[empty] = 0
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                need_input_grad=need_dx, **kw)
+                                need_input_grad=need_dx, **kw, **out_kw)
             dx = g.dx
             if dx is not None:
                 if order is not None:
@@ -1153,11 +1158,11 @@ class LSTM(Layer):
                     dx = dxo
                 if self.go_backwards:
                     dx = dx[:, ::-1]
-        gr = self._grads
-        np.copyto(gr["kernel"], g.dkernel)
-        np.copyto(gr["recurrent_kernel"], g.drecurrent_kernel)
-        if self.use_bias:
-            np.copyto(gr["bias"], g.dbias)
+        if not out_kw:
+            np.copyto(gr["kernel"], g.dkernel)
+            np.copyto(gr["recurrent_kernel"], g.drecurrent_kernel)
+            if self.use_bias:
+                np.copyto(gr["bias"], g.dbias)
         if dx is not None and dmask is not None:
             dx *= dmask[:, None, :]
         return dx

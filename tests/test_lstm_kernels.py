@@ -194,3 +194,19 @@ def test_cache_is_single_use():
 def test_inference_keeps_no_cache():
     x, W, U, b = _case()
     assert lstm_forward(x, W, U, b).cache is None
+
+
+def test_backward_writes_weight_gradients_into_out():
+    x, W, U, b = _case(4, 5, 3, 6, seed=11)
+    dy = np.random.default_rng(1).standard_normal((4, 5, 6))
+    want = lstm_backward(lstm_forward(x, W, U, b, training=True).cache, dy)
+    flat = np.full(W.size + U.size + b.size, np.nan)
+    views = (flat[:W.size].reshape(W.shape), flat[W.size:W.size + U.size].reshape(U.shape),
+             flat[W.size + U.size:])
+    got = lstm_backward(lstm_forward(x, W, U, b, training=True).cache, dy, out=views)
+    for v, g, w in zip(views, got[1:4], want[1:4]):
+        assert g is v
+        np.testing.assert_array_equal(v, w)
+    with pytest.raises(ValueError, match=r"out\[1\] \(drecurrent_kernel\)"):
+        lstm_backward(lstm_forward(x, W, U, b, training=True).cache, dy,
+                      out=(None, np.zeros((6, 23)), None))
