@@ -22,6 +22,7 @@ import time
 import warnings
 
 import numpy as np
+from _machine import quiet_stderr  # noqa: F401  (re-exported for compare.py)
 
 F32 = np.float32
 

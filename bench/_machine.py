@@ -5,8 +5,10 @@ the sgemm rate measured here (SciPy's BLAS on a large square product, with
 the same thread count as the LSTM runs) is the ceiling a GEMM-bound LSTM can
 approach, so each row shows its fraction of it.
 """
+import contextlib
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -53,14 +55,38 @@ def cpu_flags():
     return []
 
 
+@contextlib.contextmanager
+def quiet_stderr(enabled=True):
+    """Silence file descriptor 2 (C++ logging of TensorFlow/XLA on first calls) for a block.
+
+    Python exceptions still carry their messages; only stray native log lines are dropped.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def versions():
     """Version string of every peer that imports, or the reason it does not."""
     import importlib
 
     out = {"python": platform.python_version()}
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for shown, mod in PEER_MODULES:
         try:
-            m = importlib.import_module(mod)
+            with quiet_stderr(mod in ("tensorflow", "keras")):  # absl/XLA start-up lines
+                m = importlib.import_module(mod)
             out[shown] = str(getattr(m, "__version__", "unknown"))
         except Exception as e:  # noqa: BLE001 - a broken peer is reported, not fatal
             out[shown] = None

@@ -45,7 +45,7 @@ Method
 * The first call (setup, warm-up) is not timed, nor is a second warm-up call, which also
   sizes a block: k calls back to back lasting about 20-50 ms.  Then ``--repeat`` rounds; each
   round runs one block of every implementation, in an order rotated every round.  Before each
-  block the script pauses (``--pause``, 0.25 s, 0.15 s with ``--quick``; 0.02 s at one
+  block the script pauses (``--pause``, 0.2 s, 0.15 s with ``--quick``; 0.02 s at one
   thread, where no pool spins) so that the previous library's spinning worker threads
   (OpenBLAS, OpenMP, ONNX Runtime) have gone to sleep and every figure is the library's own.
 * Other processes' CPU use while a case runs is measured (/proc/stat less this process); a
@@ -268,12 +268,13 @@ class Bench:
             row = {"impl": label, "status": "ok", "reason": None}
             res["rows"].append(row)
             try:
-                impl = build()
-                row["impl"] = impl.name
-                out = impl.result(impl.run())           # first call: setup + check
-                t0 = time.perf_counter()
-                impl.run()                               # warm-up, sizes the block
-                est = time.perf_counter() - t0
+                with _impls.quiet_stderr(label.startswith("keras")):
+                    impl = build()
+                    row["impl"] = impl.name
+                    out = impl.result(impl.run())       # first call: setup + check
+                    t0 = time.perf_counter()
+                    impl.run()                           # warm-up, sizes the block
+                    est = time.perf_counter() - t0
             except Skip as e:
                 row.update(status="skipped", reason=str(e))
                 continue
@@ -430,8 +431,9 @@ class Bench:
             row = {"impl": label, "status": "ok", "reason": None}
             res["rows"].append(row)
             try:
-                impl = build()
-                pred = impl.predict(probe)
+                with _impls.quiet_stderr(label.startswith("keras")):
+                    impl = build()
+                    pred = impl.predict(probe)
             except Skip as e:
                 row.update(status="skipped", reason=str(e))
                 continue
@@ -463,7 +465,8 @@ class Bench:
             for impl, row in active[s:] + active[:s]:
                 self.pause(n)
                 try:
-                    loss, secs = impl.epoch()
+                    with _impls.quiet_stderr(e == 0 and impl.family == "tf"):  # XLA compiles
+                        loss, secs = impl.epoch()
                     times[id(row)].append(secs)
                     losses[id(row)].append(loss)
                 except Exception as err:  # noqa: BLE001
@@ -758,7 +761,7 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="epochs per implementation in the epoch workload (default 5; 2 quick)")
     p.add_argument("--pause", type=float, default=None, metavar="S",
-                   help="seconds to pause before each timed block (default 0.25; 0.15 quick; "
+                   help="seconds to pause before each timed block (default 0.2; 0.15 quick; "
                         "at most 0.02 at one thread, where no pool spins)")
     p.add_argument("--skip", action="append", default=[], metavar="PEER",
                    help="leave out the peers whose name starts with PEER (e.g. keras, "
@@ -775,7 +778,7 @@ def parse_args(argv):
     a.repeat_given = a.repeat is not None
     a.repeat = a.repeat if a.repeat is not None else (2 if a.quick else 5)
     a.epochs = a.epochs if a.epochs is not None else (2 if a.quick else 5)
-    a.pause = a.pause if a.pause is not None else (0.15 if a.quick else 0.25)
+    a.pause = a.pause if a.pause is not None else (0.15 if a.quick else 0.2)
     if a.repeat < 1 or a.epochs < 1 or a.pause < 0:
         p.error("--repeat and --epochs must be >= 1 and --pause >= 0")
     a.block = 0.02 if a.quick else 0.05   # seconds per timed block, roughly
