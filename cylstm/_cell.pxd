@@ -100,14 +100,3 @@ cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
     else:
         cyl_cell_backward_f64(H, H, gates, c, c_prev, dh, dc, dz)
 
-
-cdef inline void cell_forward_strided(Py_ssize_t n, Py_ssize_t gs, const floating* za,
-                                      const floating* zb, const floating* bias,
-                                      const floating* c_prev, floating* gates,
-                                      floating* c_out, floating* h_out) noexcept nogil:
-    """:func:`cell_forward` for ``n`` units of a layer whose gate blocks are ``gs``
-    apart (pointers already offset to the first unit): a thread's share."""
-    if floating is float:
-        cyl_cell_forward_f32(n, gs, za, zb, bias, c_prev, gates, c_out, h_out)
-    else:
-        cyl_cell_forward_f64(n, gs, za, zb, bias, c_prev, gates, c_out, h_out)

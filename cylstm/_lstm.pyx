@@ -29,18 +29,8 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
-from cylstm._cell cimport cell_forward, cell_forward_strided, cell_backward
+from cylstm._cell cimport cell_forward, cell_backward
 
-cdef extern from *:
-    """
-    /* An orphaned barrier: legal inside a parallel region, a no-op outside. */
-    static inline void cylstm_omp_barrier(void) {
-    #ifdef _OPENMP
-    #pragma omp barrier
-    #endif
-    }
-    """
-    void cylstm_omp_barrier() noexcept nogil
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 
@@ -113,58 +103,6 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                 memcpy(y + row * H, hs + b * H, hbytes)
             if C != NULL:
                 memcpy(C + row * H, cs + b * H, hbytes)
-
-
-cdef void _forward_cols(int tid, int nt, Py_ssize_t B, Py_ssize_t T,
-                        Py_ssize_t I, Py_ssize_t H,
-                        const floating* x, const floating* W,
-                        const floating* U, const floating* bias,
-                        const int64_t* lengths, bint reverse,
-                        floating* y, floating* G, floating* hbuf,
-                        floating* cs, floating* Z) noexcept nogil:
-    """Inference forward with the *units* split across threads (small batches).
-
-    Thread ``tid`` owns units [j0, j1) of every sample: columns j0..j1 of each
-    gate block of W, U and bias.  It streams only its share of U each step,
-    so small batches with large U use every core's cache and bandwidth.  The
-    next step needs all of h, so h is double-buffered in ``hbuf`` (2, B, H)
-    and the threads meet at one barrier per step.  On return the final h is
-    in hbuf[Lmax % 2].
-    """
-    cdef Py_ssize_t H4 = 4 * H, j0 = (tid * H) // nt, j1 = ((tid + 1) * H) // nt
-    cdef Py_ssize_t hb = j1 - j0, s, b, t, L, row, g, Lmax = 0
-    cdef size_t hbytes = hb * sizeof(floating)
-    cdef floating* cur = hbuf
-    cdef floating* nxt = hbuf + B * H
-    cdef floating* tmp
-    for b in range(B):
-        L = T if lengths == NULL else lengths[b]
-        Lmax = L if L > Lmax else Lmax
-    # G[:, :, gate block g, units j0:j1] = X (B*T, I) @ W[:, g*H + j0 : g*H + j1]
-    for g in range(4):
-        gemm(False, False, <int> (B * T), <int> hb, <int> I, 1, x, <int> I,
-             W + g * H + j0, <int> H4, 0, G + g * H + j0, <int> H4)
-    for s in range(Lmax):
-        # Z[:, gate g, j0:j1] (B, hb) = h_prev (B, H) @ U[:, g*H + j0 : g*H + j1]
-        for g in range(4):
-            gemm_tiled(False, <int> B, <int> hb, <int> H, 1, cur, <int> H,
-                       U + g * H + j0, <int> H4, 0, Z + g * H + j0, <int> H4)
-        for b in range(B):
-            L = T if lengths == NULL else lengths[b]
-            if s >= L:  # finished: carry the state into the other buffer
-                memcpy(nxt + b * H + j0, cur + b * H + j0, hbytes)
-                continue
-            t = L - 1 - s if reverse else s
-            row = b * T + t
-            cell_forward_strided(hb, H, G + row * H4 + j0, Z + b * H4 + j0, bias + j0,
-                                 cs + b * H + j0, G + row * H4 + j0, cs + b * H + j0,
-                                 nxt + b * H + j0)
-            if y != NULL:
-                memcpy(y + row * H + j0, nxt + b * H + j0, hbytes)
-        cylstm_omp_barrier()  # all of h_t written before anyone reads it
-        tmp = cur
-        cur = nxt
-        nxt = tmp
 
 
 cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
@@ -260,21 +198,16 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
             floating[:, :, ::1] G, floating[:, :, ::1] C,
             floating[:, :, ::1] Hp, floating[:, ::1] Z,
-            int n_threads, int blas_threads, bint split_units=False,
-            floating[:, :, ::1] hbuf=None):
+            int n_threads, int blas_threads):
     """Run the forward kernel.  Arguments are validated by cylstm.functional.
 
     ``hs``/``cs`` (B, H) hold the initial state on entry and the final state
     on exit.  ``y``, ``C``, ``Hp`` may be None.  ``lengths`` may be None.
-
-    ``split_units`` (inference only, needs ``hbuf`` (2, B, H)) splits the
-    units instead of the batch across the ``n_threads`` threads.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = U.shape[0]
     cdef int nt = n_threads if n_threads < B else <int> B
-    cdef int tid, ntu = n_threads
-    cdef Py_ssize_t Lmax = T, b
+    cdef int tid
     cdef const int64_t* lp = NULL if lengths is None else &lengths[0]
     cdef floating* yp = _ptr3(y)
     cdef floating* Cp = _ptr3(C)
@@ -286,23 +219,6 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if rmp != NULL and hmp == NULL:
         raise ValueError("forward: recurrent mask needs the hm scratch buffer")
     nt = nt if nt > 1 else 1
-    if split_units and ntu > 1:
-        if hbuf is None or C is not None or Hp is not None or rmp != NULL:
-            raise ValueError("forward: split_units is for inference without masks")
-        if lp != NULL:
-            Lmax = 0
-            for b in range(B):
-                Lmax = lengths[b] if lengths[b] > Lmax else Lmax
-        hbuf[0, :, :] = hs
-        with nogil:
-            _blas_threads(1)
-            for tid in prange(ntu, num_threads=ntu, schedule='static', chunksize=1):
-                _forward_cols(tid, ntu, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0],
-                              &bias[0], lp, reverse, yp, &G[0, 0, 0], &hbuf[0, 0, 0],
-                              &cs[0, 0], &Z[0, 0])
-            _blas_threads(blas_threads)
-        hs[:, :] = hbuf[Lmax % 2]
-        return
     with nogil:
         if nt == 1:
             _blas_threads(blas_threads)

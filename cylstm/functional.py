@@ -39,12 +39,6 @@ LSTMGrads = namedtuple(
 # Below this many samples per thread, splitting the batch costs more than it saves
 # (measured in bench/compare.py: see README, "threads").
 MIN_ROWS_PER_THREAD = 4
-# Inference on batches too small to split (or whose recurrent kernel is too big
-# for one core's cache) splits the units instead, with a barrier per step;
-# worth it only when each thread gets this many units.
-MIN_UNITS_PER_THREAD = 128
-# ... and for batches up to this size (larger ones split the batch).
-MAX_BATCH_FOR_UNIT_SPLIT = 16
 
 
 def _dtype_of(name, a):
@@ -239,9 +233,6 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         hm = np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
     n_total, nt = _threads_for(B, num_threads)
-    split_units = (not training and rmask is None and n_total > 1
-                   and H >= MIN_UNITS_PER_THREAD * n_total
-                   and B <= MAX_BATCH_FOR_UNIT_SPLIT)
     _config._blas()
 
     ragged = lens is not None
@@ -251,11 +242,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     C = take((B, T, H), dtype) if training else None
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
     Z = take((B, 4 * H), dtype)
-    hbuf = take((2, B, H), dtype) if split_units else None
     if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
         _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
-                      nt, n_total, split_units, hbuf)
-    give(Z, hbuf)
+                      nt, n_total)
+    give(Z)
     if not training:
         give(G)
     cache = None
