@@ -142,6 +142,60 @@ def _check_lengths(lengths, B, T):
     return la
 
 
+def check_weights(x_shape, W, recurrent_kernel, bias, dtype):
+    """Validate the weights against ``x_shape`` (B, T, I) and the kernel ``W``
+    (already an array of ``dtype``); return (U, bias, units).  Shared by the
+    CPU and CUDA entry points."""
+    B, T, I = x_shape
+    if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
+        raise ValueError(
+            f"kernel must have shape (input_dim={I}, 4*units); got {W.shape} for x of shape "
+            f"{tuple(x_shape)}"
+        )
+    H = W.shape[1] // 4
+    U = as_float_array("recurrent_kernel", recurrent_kernel, dtype, 2)
+    if U.shape != (H, 4 * H):
+        raise ValueError(
+            f"recurrent_kernel must have shape ({H}, {4 * H}) for kernel of shape {W.shape}; "
+            f"got {U.shape}"
+        )
+    if bias is None:
+        b = np.zeros(4 * H, dtype)
+    else:
+        b = as_float_array("bias", bias, dtype, 1)
+        if b.shape != (4 * H,):
+            raise ValueError(f"bias must have shape ({4 * H},); got {b.shape}")
+    if T == 0:
+        raise ValueError(f"x has zero time steps (shape {tuple(x_shape)}); an LSTM needs T >= 1")
+    if I == 0:
+        raise ValueError(f"x has zero features (shape {tuple(x_shape)})")
+    return U, b, H
+
+
+def check_states(initial_state, recurrent_mask, B, H, dtype):
+    """Return fresh (h, c) state buffers (the kernels update them in place, so
+    the caller's arrays are always copied) and the recurrent mask or None."""
+    if initial_state is None:
+        hs = np.zeros((B, H), dtype)
+        cs = np.zeros((B, H), dtype)
+    else:
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+            raise TypeError("initial_state must be a pair (h0, c0)")
+        hs = np.array(as_float_array("h0", initial_state[0], dtype), dtype=dtype, order="C")
+        cs = np.array(as_float_array("c0", initial_state[1], dtype), dtype=dtype, order="C")
+        for name, a in (("h0", hs), ("c0", cs)):
+            if a.shape != (B, H):
+                raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
+    rmask = None
+    if recurrent_mask is not None:
+        rmask = as_float_array("recurrent_mask", recurrent_mask, dtype)
+        if rmask.shape != (B, H):
+            raise ValueError(
+                f"recurrent_mask must have shape (batch={B}, units={H}); got {rmask.shape}"
+            )
+    return hs, cs, rmask
+
+
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                  lengths=None, go_backwards=False, return_sequences=True,
                  training=False, recurrent_mask=None, num_threads=None):
@@ -188,49 +242,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         _check_sizes(xs[0], xs[1], xs[2], W.shape[1] // 4, dtype.itemsize, training)
     x = as_float_array("x", x, dtype)
     B, T, I = x.shape
-    if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
-        raise ValueError(
-            f"kernel must have shape (input_dim={I}, 4*units); got {W.shape} for x of shape "
-            f"{x.shape}"
-        )
-    H = W.shape[1] // 4
-    U = as_float_array("recurrent_kernel", recurrent_kernel, dtype, 2)
-    if U.shape != (H, 4 * H):
-        raise ValueError(
-            f"recurrent_kernel must have shape ({H}, {4 * H}) for kernel of shape {W.shape}; "
-            f"got {U.shape}"
-        )
-    if bias is None:
-        b = np.zeros(4 * H, dtype)
-    else:
-        b = as_float_array("bias", bias, dtype, 1)
-        if b.shape != (4 * H,):
-            raise ValueError(f"bias must have shape ({4 * H},); got {b.shape}")
-    if T == 0:
-        raise ValueError(f"x has zero time steps (shape {x.shape}); an LSTM needs T >= 1")
-    if I == 0:
-        raise ValueError(f"x has zero features (shape {x.shape})")
+    U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
     lens = _check_lengths(lengths, B, T)
-    if initial_state is None:
-        hs = np.zeros((B, H), dtype)
-        cs = np.zeros((B, H), dtype)
-    else:
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-            raise TypeError("initial_state must be a pair (h0, c0)")
-        hs = np.array(as_float_array("h0", initial_state[0], dtype), dtype=dtype, order="C")
-        cs = np.array(as_float_array("c0", initial_state[1], dtype), dtype=dtype, order="C")
-        for name, a in (("h0", hs), ("c0", cs)):
-            if a.shape != (B, H):
-                raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
-    rmask = None
-    hm = None
-    if recurrent_mask is not None:
-        rmask = as_float_array("recurrent_mask", recurrent_mask, dtype)
-        if rmask.shape != (B, H):
-            raise ValueError(
-                f"recurrent_mask must have shape (batch={B}, units={H}); got {rmask.shape}"
-            )
-        hm = np.empty((B, H), dtype)
+    hs, cs, rmask = check_states(initial_state, recurrent_mask, B, H, dtype)
+    hm = None if rmask is None else np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
     n_total, nt = _threads_for(B, num_threads)
     _config._blas()

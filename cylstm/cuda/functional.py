@@ -23,7 +23,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cylstm.functional import LSTMForward, LSTMGrads, _check_lengths, _weights_dtype, as_float_array
+from cylstm.functional import (LSTMForward, LSTMGrads, _check_lengths, _weights_dtype,
+                               as_float_array, check_states, check_weights)
 
 __all__ = ["lstm_backward", "lstm_forward", "new_weights_version"]
 
@@ -111,50 +112,14 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
     B, T, I = x.shape
-    if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
-        raise ValueError(
-            f"kernel must have shape (input_dim={I}, 4*units); got {W.shape} for x of shape "
-            f"{x.shape}"
-        )
-    H = W.shape[1] // 4
-    U = as_float_array("recurrent_kernel", recurrent_kernel, dtype, 2)
-    if U.shape != (H, 4 * H):
-        raise ValueError(
-            f"recurrent_kernel must have shape ({H}, {4 * H}) for kernel of shape {W.shape}; "
-            f"got {U.shape}"
-        )
-    if bias is None:
-        b = np.zeros(4 * H, dtype)
-    else:
-        b = as_float_array("bias", bias, dtype, 1)
-        if b.shape != (4 * H,):
-            raise ValueError(f"bias must have shape ({4 * H},); got {b.shape}")
-    if T == 0:
-        raise ValueError(f"x has zero time steps (shape {x.shape}); an LSTM needs T >= 1")
-    if I == 0:
-        raise ValueError(f"x has zero features (shape {x.shape})")
+    U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
     lens = _check_lengths(lengths, B, T)
-    if initial_state is None:
-        hs = np.zeros((B, H), dtype)
-        cs = np.zeros((B, H), dtype)
-    else:
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-            raise TypeError("initial_state must be a pair (h0, c0)")
-        # (DeviceArrays, e.g. the h, c of an output_on_device call, come back to the host:
-        # they are small, and the kernels update the state buffers in place)
-        h0, c0_ = (a.to_host() if isinstance(a, ext.DeviceArray) else a for a in initial_state)
-        hs = as_float_array("h0", h0, dtype)
-        cs = as_float_array("c0", c0_, dtype)
-        for name, a in (("h0", hs), ("c0", cs)):
-            if a.shape != (B, H):
-                raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
-    rmask = None
-    if recurrent_mask is not None:
-        rmask = as_float_array("recurrent_mask", recurrent_mask, dtype)
-        if rmask.shape != (B, H):
-            raise ValueError(
-                f"recurrent_mask must have shape (batch={B}, units={H}); got {rmask.shape}"
-            )
+    if initial_state is not None and isinstance(initial_state, (tuple, list)):
+        # DeviceArrays (e.g. the h, c of an output_on_device call) come back to the
+        # host: they are small, and the kernels update the state buffers in place
+        initial_state = tuple(a.to_host() if isinstance(a, ext.DeviceArray) else a
+                              for a in initial_state)
+    hs, cs, rmask = check_states(initial_state, recurrent_mask, B, H, dtype)
     ctx = cuda.get_context(device)
     DA = ext.DeviceArray
     with cuda.context_lock(device):
