@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
+import cylstm
 from cylstm.callbacks import Callback
 from cylstm.layers import LSTM, Dense
 from cylstm.models import Sequential
 from cylstm.saving import load_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or threading.current_thread() is not threading.main_thread(),
     reason="POSIX signals in the main thread")
@@ -57,14 +57,36 @@ def sigint_after(delay):
     return t, sent
 
 
+class InterruptMidEpoch(Callback):
+    """Starts a timer that sends SIGINT from another thread once the batch loop runs.
+
+    (Armed from inside the loop: a SIGINT between epochs, outside the batch loop,
+    raises at once -- also with consistent weights, but without the deferral this
+    test checks.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.timer = None
+        self.sent = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.timer is None:
+            def fire():
+                self.sent.append(time.perf_counter())
+                os.kill(os.getpid(), signal.SIGINT)
+            self.timer = threading.Timer(0.05, fire)
+            self.timer.start()
+
+
 def test_sigint_during_fit_stops_at_a_batch_boundary_with_consistent_weights():
-    m, x, y = model_and_data()
+    m, x, y = model_and_data(n=4096)  # one epoch takes well over the 0.05 s delay
     rec = Recorder()
-    timer, sent = sigint_after(0.5)
+    arm = InterruptMidEpoch()
     with pytest.raises(KeyboardInterrupt, match="after batch"):
-        m.fit(x, y, batch_size=16, epochs=100000, verbose=0, callbacks=[rec])
+        m.fit(x, y, batch_size=16, epochs=100000, verbose=0, callbacks=[rec, arm])
     stopped = time.perf_counter()
-    timer.join()
+    arm.timer.join()
+    sent = arm.sent
     assert stopped - sent[0] < 1.0, f"took {stopped - sent[0]:.2f} s to stop"
     assert rec.batches > 0
     # the weights are exactly those after the last completed batch ...
@@ -162,7 +184,8 @@ CHILD = textwrap.dedent("""
 def test_model_checkpoint_survives_sigkill_mid_save(tmp_path):
     """Kill the trainer at random moments: the checkpoint is always a whole, loadable file."""
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(root=ROOT))
+    # the cylstm under test (source tree after an in-place build, else the installed one)
+    script.write_text(CHILD.format(root=os.path.dirname(os.path.dirname(cylstm.__file__))))
     path = tmp_path / "ckpt.npz"
     log = tmp_path / "saved.log"
     rng = np.random.default_rng(0)
@@ -171,8 +194,10 @@ def test_model_checkpoint_survives_sigkill_mid_save(tmp_path):
     rounds = 0
     while rounds < 10 or (len(torn_files(tmp_path)) < 3 and rounds < 30):
         rounds += 1
+        # cwd outside the repository: after `pip install .` the source tree has no
+        # compiled extensions, and a script's directory comes first on sys.path anyway
         p = subprocess.Popen([sys.executable, str(script), str(path), str(log)],
-                             stdout=subprocess.PIPE, env=env)
+                             stdout=subprocess.PIPE, env=env, cwd=tmp_path)
         assert p.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.05, 0.8))
         p.send_signal(signal.SIGKILL)
