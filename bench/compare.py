@@ -752,7 +752,9 @@ def parse_args(argv):
                         "only the strongest variant of each peer (no NumPy naive, no PyTorch "
                         "with oneDNN off, no nn.LSTM T=1 streaming)")
     p.add_argument("--threads", type=int, nargs="+", default=None, metavar="N",
-                   help="thread counts to run (default: 1 2)")
+                   help="thread counts to run (default: 1 2); with several, each runs in "
+                        "its own process (libraries size their thread pools once) and the "
+                        "results are merged")
     p.add_argument("--only", action="append", metavar="NAME",
                    help="workload (forward, train, stream, epoch), case (e.g. 100x32x10x50) "
                         "or workload/case; repeatable or comma-separated")
@@ -824,6 +826,9 @@ def main(argv=None):
     if not any(plan.values()):
         log("--only selected nothing; see --list")
         return 2
+
+    if len(a.threads) > 1 and not os.environ.get("CYLSTM_BENCH_CHILD"):
+        return run_per_thread_count(a, argv)
 
     t_start = time.perf_counter()
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -919,6 +924,73 @@ def main(argv=None):
             what = "ERROR" if m["impl"] == "cylstm" else "MISMATCH"
             log(f"  {what}: {m['workload']} {m['case']} t={m['threads']} {m['impl']}: "
                 f"{m['reason']}")
+        log("FAILED: some implementation disagrees with cylstm beyond tolerance (or cylstm "
+            "failed); see above")
+        return 1
+    return 0
+
+
+def _child_argv(argv, n, json_path):
+    """The command line for one thread count: --threads n, its own JSON, no outputs."""
+    out, skip_values, it = [], False, iter(argv)
+    for tok in it:
+        if skip_values and (tok.isdigit()):
+            continue
+        skip_values = False
+        if tok == "--threads":
+            skip_values = True
+            continue
+        if tok in ("--json", "--plot", "--markdown"):
+            next(it, None)
+            continue
+        if tok.startswith(("--threads=", "--json=", "--plot=", "--markdown=")):
+            continue
+        out.append(tok)
+    return out + ["--threads", str(n), "--json", json_path]
+
+
+def run_per_thread_count(a, argv):
+    """Run each thread count in its own process and merge the results.
+
+    In one process the libraries cannot be measured fairly at a second thread
+    count: TensorFlow sizes its pools once, and PyTorch measured here did not
+    scale to 2 threads after running at 1.  So every count gets a fresh process
+    (which prints its own progress and tables), and this one merges them.
+    """
+    import subprocess
+
+    t_start = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    docs = []
+    env = dict(os.environ, CYLSTM_BENCH_CHILD="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in a.threads:
+            path = os.path.join(tmp, f"t{n}.json")
+            log(f"\n=== threads={n} (own process) ===")
+            r = subprocess.run([sys.executable, os.path.abspath(__file__)]
+                               + _child_argv(argv, n, path), env=env, check=False)
+            if not os.path.exists(path):
+                log(f"FAILED: the threads={n} run wrote no results (exit {r.returncode})")
+                return r.returncode or 1
+            with open(path) as f:
+                docs.append(json.load(f))
+    doc = docs[0]
+    for d in docs[1:]:
+        doc["results"].extend(d["results"])
+        doc["sgemm"].update(d["sgemm"])
+    doc["threads"] = a.threads
+    doc["command"] = " ".join(["python"] + sys.argv)
+    doc["elapsed_s"] = time.perf_counter() - t_start
+    summ = summarize(doc["results"])
+    doc.update(summ)
+    if a.json:
+        write_json(a.json, doc)
+    if a.plot:
+        plot(a.plot, doc["results"])
+    if a.markdown:
+        write_markdown(a.markdown, doc)
+    log(f"\nall thread counts done in {doc['elapsed_s']:.1f} s")
+    if not summ["ok"]:
         log("FAILED: some implementation disagrees with cylstm beyond tolerance (or cylstm "
             "failed); see above")
         return 1
