@@ -196,6 +196,32 @@ def check_states(initial_state, recurrent_mask, B, H, dtype):
     return hs, cs, rmask
 
 
+def check_output_grads(grad_output, grad_h, grad_c, return_sequences, B, T, H, dtype):
+    """Validate the incoming gradients of a backward call; return (dy or None,
+    dL/dh_T, dL/dc_T) with a last-step-only ``grad_output`` folded into dL/dh_T.
+    Shared by the CPU and CUDA entry points."""
+    dhs = np.zeros((B, H), dtype)
+    dcs = np.zeros((B, H), dtype)
+    dy = None
+    if grad_output is not None:
+        g = as_float_array("grad_output", grad_output, dtype)
+        if return_sequences:
+            if g.shape != (B, T, H):
+                raise ValueError(f"grad_output must have shape {(B, T, H)}; got {g.shape}")
+            dy = g
+        else:
+            if g.shape != (B, H):
+                raise ValueError(f"grad_output must have shape {(B, H)}; got {g.shape}")
+            dhs += g
+    for name, g, dst in (("grad_h", grad_h, dhs), ("grad_c", grad_c, dcs)):
+        if g is not None:
+            g = as_float_array(name, g, dtype)
+            if g.shape != (B, H):
+                raise ValueError(f"{name} must have shape {(B, H)}; got {g.shape}")
+            dst += g
+    return dy, dhs, dcs
+
+
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                  lengths=None, go_backwards=False, return_sequences=True,
                  training=False, recurrent_mask=None, num_threads=None):
@@ -302,25 +328,8 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     dtype = W.dtype
     B, T, I = x.shape
     H = U.shape[0]
-    dhs = np.zeros((B, H), dtype)
-    dcs = np.zeros((B, H), dtype)
-    dy = None
-    if grad_output is not None:
-        g = as_float_array("grad_output", grad_output, dtype)
-        if cache["return_sequences"]:
-            if g.shape != (B, T, H):
-                raise ValueError(f"grad_output must have shape {(B, T, H)}; got {g.shape}")
-            dy = g
-        else:
-            if g.shape != (B, H):
-                raise ValueError(f"grad_output must have shape {(B, H)}; got {g.shape}")
-            dhs += g
-    for name, g, dst in (("grad_h", grad_h, dhs), ("grad_c", grad_c, dcs)):
-        if g is not None:
-            g = as_float_array(name, g, dtype)
-            if g.shape != (B, H):
-                raise ValueError(f"{name} must have shape {(B, H)}; got {g.shape}")
-            dst += g
+    dy, dhs, dcs = check_output_grads(grad_output, grad_h, grad_c, cache["return_sequences"],
+                                      B, T, H, dtype)
     n_total, nt = _threads_for(B, num_threads)
     _config._blas()
     cache["used"] = True

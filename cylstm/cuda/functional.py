@@ -24,7 +24,8 @@ from collections import OrderedDict
 import numpy as np
 
 from cylstm.functional import (LSTMForward, LSTMGrads, _check_lengths, _weights_dtype,
-                               as_float_array, check_states, check_weights)
+                               as_float_array, check_output_grads, check_states,
+                               check_weights)
 
 __all__ = ["lstm_backward", "lstm_forward", "new_weights_version"]
 
@@ -186,9 +187,6 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     cuda, ext = _backend()
     B, T, I, H = cache["shape"]
     dtype = cache["dtype"]
-    dhs = np.zeros((B, H), dtype)
-    dcs = np.zeros((B, H), dtype)
-    dy_host = None
     dy_dev = None
     if isinstance(grad_output, ext.DeviceArray):
         want = (B, T, H) if cache["return_sequences"] else (B, H)
@@ -203,22 +201,8 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
         grad_h = grad_h.to_host()
     if isinstance(grad_c, ext.DeviceArray):
         grad_c = grad_c.to_host()
-    if grad_output is not None:
-        g = as_float_array("grad_output", grad_output, dtype)
-        if cache["return_sequences"]:
-            if g.shape != (B, T, H):
-                raise ValueError(f"grad_output must have shape {(B, T, H)}; got {g.shape}")
-            dy_host = g
-        else:
-            if g.shape != (B, H):
-                raise ValueError(f"grad_output must have shape {(B, H)}; got {g.shape}")
-            dhs += g
-    for name, g, dst in (("grad_h", grad_h, dhs), ("grad_c", grad_c, dcs)):
-        if g is not None:
-            g = as_float_array(name, g, dtype)
-            if g.shape != (B, H):
-                raise ValueError(f"{name} must have shape {(B, H)}; got {g.shape}")
-            dst += g
+    dy_host, dhs, dcs = check_output_grads(grad_output, grad_h, grad_c,
+                                           cache["return_sequences"], B, T, H, dtype)
     device = cache["device"]
     ctx = cuda.get_context(device)
     DA = ext.DeviceArray
