@@ -9,9 +9,11 @@
 # 2. build in place with CYLSTM_CUDA=1 (all extensions, parallel; SASS for
 #    CYLSTM_CUDA_ARCH, default "80;90", plus PTX)
 # 3. the GPU tests (tests/test_cuda.py, tests/test_cuda_build.py); they must not skip
-# 4. compute-sanitizer memcheck + racecheck over bench/gpu_sanitize.py (tiny shapes)
-# 5. timings against torch.nn.LSTM on CUDA (cuDNN): bench/gpu_bench.py, shapes
+# 4. timings against torch.nn.LSTM on CUDA (cuDNN): bench/gpu_bench.py, shapes
 #    (T, B, I, H) = (50, 64, 512, 512), (25, 16, 1024, 1024), (100, 32, 10, 50)
+# 5. compute-sanitizer memcheck + racecheck over bench/gpu_sanitize.py (tiny shapes);
+#    last, as its run time is the hardest to predict (GPU_CHECK_SANITIZE_TIMEOUT
+#    seconds per tool, default 150), so a time-limited run still has the timings
 #
 # Output: a table on stdout; files in $OUT if set (else bench/results/): gpu_check.json
 # (timings), gpu_build.log, gpu_tests.log, gpu_sanitize_*.log.  Exit status: 0 all
@@ -90,6 +92,16 @@ if grep -q "SKIPPED.*test_cuda.py.*CUDA backend unavailable" "$RESULTS/gpu_tests
     [ "$test_rc" -eq 0 ] && test_rc=2
 fi
 
+step "timings vs torch.nn.LSTM (cuDNN)"
+quick=""
+[ "${GPU_CHECK_QUICK:-0}" = "1" ] && quick="--quick"
+"$PY" bench/gpu_bench.py --json "$RESULTS/gpu_check.json" $quick
+bench_rc=$?
+if [ "${GPU_CHECK_TF32:-1}" = "1" ] && [ $bench_rc -eq 0 ]; then
+    "$PY" bench/gpu_bench.py --tf32 --quick --json "$RESULTS/gpu_check_tf32.json" \
+        || bench_rc=$?
+fi
+
 step "compute-sanitizer (memcheck, racecheck) on a small workload"
 san_rc=0
 SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer \
@@ -97,7 +109,8 @@ SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer
     2>/dev/null | head -n 1 || true)"
 if [ -n "$SAN" ] && [ "${GPU_CHECK_SANITIZE:-1}" = "1" ]; then
     for tool in memcheck racecheck; do
-        if timeout 150 "$SAN" --tool "$tool" --error-exitcode 9 "$PY" bench/gpu_sanitize.py \
+        if timeout "${GPU_CHECK_SANITIZE_TIMEOUT:-150}" \
+                "$SAN" --tool "$tool" --error-exitcode 9 "$PY" bench/gpu_sanitize.py \
                 >"$RESULTS/gpu_sanitize_$tool.log" 2>&1; then
             echo "$tool: clean ($(tail -n 1 "$RESULTS/gpu_sanitize_$tool.log"))"
         else
@@ -108,16 +121,6 @@ if [ -n "$SAN" ] && [ "${GPU_CHECK_SANITIZE:-1}" = "1" ]; then
     done
 else
     echo "compute-sanitizer not found (or GPU_CHECK_SANITIZE=0): skipped"
-fi
-
-step "timings vs torch.nn.LSTM (cuDNN)"
-quick=""
-[ "${GPU_CHECK_QUICK:-0}" = "1" ] && quick="--quick"
-"$PY" bench/gpu_bench.py --json "$RESULTS/gpu_check.json" $quick
-bench_rc=$?
-if [ "${GPU_CHECK_TF32:-1}" = "1" ] && [ $bench_rc -eq 0 ]; then
-    "$PY" bench/gpu_bench.py --tf32 --quick --json "$RESULTS/gpu_check_tf32.json" \
-        || bench_rc=$?
 fi
 
 step "done"
