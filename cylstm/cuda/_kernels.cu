@@ -237,6 +237,12 @@ __device__ __forceinline__ F gate_act(int64_t k, int64_t H, F z)
     return (k >= 2 * H && k < 3 * H) ? dtanh(z) : dsigmoid(z);
 }
 
+// hsrc's length in seq_fwd_kernel's shared memory: H rounded up to 32 elements
+__host__ __device__ __forceinline__ int seq_fwd_hpad(int64_t H)
+{
+    return (int)((H + 31) & ~(int64_t)31);
+}
+
 template <typename F>
 __global__ void seq_fwd_kernel(int T, int H, int reverse, const int64_t* __restrict__ lengths,
                                F* __restrict__ G, const F* __restrict__ U,
@@ -246,8 +252,11 @@ __global__ void seq_fwd_kernel(int T, int H, int reverse, const int64_t* __restr
                                int store_gates)
 {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    F* hsrc = reinterpret_cast<F*>(smem_raw);  // (H): what the recurrent product reads
-    F* gate = hsrc + H;                         // (4H): activated gates of this step
+    // (H, padded to seq_fwd_hpad): what the recurrent product reads; the padding keeps
+    // gate off hsrc's last 16-byte chunk (compute-sanitizer's racecheck flagged the
+    // phase-1 reads of hsrc[H-1] against the gate[0] writes when they shared one)
+    F* hsrc = reinterpret_cast<F*>(smem_raw);
+    F* gate = hsrc + seq_fwd_hpad(H);           // (4H): activated gates of this step
     const int b = blockIdx.x;
     const int k = threadIdx.x;
     const int H4 = 4 * H;
@@ -522,7 +531,7 @@ static cyl_cuda_status lstm_forward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, int
     CKS(rm_gemm<F>(ctx, false, false, B * T, H4, I, x, I, W, H4, (F)0, G, H4,
                    "cublas gemm G = X @ W"));
     if (H <= ctx->seq_max_h && 4 * H <= 1024) {  // the whole time loop in one launch
-        size_t smem = (size_t)(5 * H) * sizeof(F);
+        size_t smem = (size_t)(seq_fwd_hpad(H) + 4 * H) * sizeof(F);
         seq_fwd_kernel<F><<<(unsigned int)B, seq_threads(H), smem, ctx->stream>>>(
             (int)T, (int)H, reverse, lengths, G, U, bias, h, c, y, training ? C : (F*)NULL,
             training ? Hp : (F*)NULL, rmask, training);
