@@ -171,13 +171,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
 
 def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
                   need_input_grad=True, recurrent_mask=None, num_threads=None,
-                  dx_on_device=False):
+                  dx_on_device=False, grads_on_device=False):
     """Backpropagate through a training-mode GPU :func:`lstm_forward`.
 
     Same parameters and result as :func:`cylstm.functional.lstm_backward` (NumPy
     gradients).  ``num_threads`` is ignored, and so is ``recurrent_mask``: the cache
     carries the forward's mask.  The cache is consumed: its device buffers are freed.
-    ``grad_output`` may be a DeviceArray; ``dx_on_device`` returns ``dx`` as one.
+    ``grad_output`` may be a DeviceArray; ``dx_on_device`` returns ``dx`` as one, and
+    ``grads_on_device`` the other gradients (weights, bias, initial states): no copy
+    back and no wait, for an optimizer that runs on the device (the weight gradients
+    are 2 x 16 MB at I = H = 1024).
     """
     if not isinstance(cache, dict) or cache.get("backend") != "cuda":
         raise TypeError("cache must be the cache of cylstm.cuda.functional.lstm_forward("
@@ -227,8 +230,11 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
                 cache[k] = None  # free the activations (stream-ordered, after the kernels)
         if dx is not None and not dx_on_device:
             dx = dx.to_host()
-        grads = LSTMGrads(
-            dx, dW.to_host(), dU.to_host(),
-            db.to_host(), dh.to_host(), dc.to_host(),
-        )
+        if grads_on_device:
+            grads = LSTMGrads(dx, dW, dU, db, dh, dc)
+        else:
+            grads = LSTMGrads(
+                dx, dW.to_host(), dU.to_host(),
+                db.to_host(), dh.to_host(), dc.to_host(),
+            )
     return grads
