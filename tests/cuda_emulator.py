@@ -31,12 +31,16 @@ class Context:
         self.device = device
         self.name = "NumPy emulator (sm_00)"
         self.seq_max_h = 128
+        self.b7_max_batch = 16
 
     def set_tf32(self, enable):
         pass
 
     def set_fused_max_units(self, n):
         self.seq_max_h = max(0, int(n))
+
+    def set_bwd_kernel_max_batch(self, n):
+        self.b7_max_batch = max(0, int(n))
 
     def synchronize(self):
         pass
@@ -270,6 +274,33 @@ def seq_bwd_kernel(B, T, H, reverse, lengths, G, Cs, c0, U, dy, dh, dc, rmask):
         dc[base + j] = dc_reg
 
 
+B7_THREADS = 256
+B7_MAX_BATCH = 16
+
+
+def dhprev_kernel(B, H, D, U, dHp, dtype):
+    """(B7) for small batches: dHp (B, H) = D (B, 4H) @ U^T.  Block m0 = R rows; its
+    threads split the 4H columns in 16-byte vectors (v = thread, thread + 256, ...);
+    each thread's partial sums are then added across the 256 threads."""
+    nv = 16 // np.dtype(dtype).itemsize  # elements per vector
+    R = 4 if np.dtype(dtype) == np.float32 else 2
+    H4 = 4 * H
+    Dm = D[:B * H4].reshape(B, H4)
+    Um = U[:H * H4].reshape(H, H4)
+    for m0 in range(0, H, R):
+        rows = Um[m0:m0 + R]  # rows past H are not read (u = 0)
+        # the 4H columns a thread covers, summed per thread, then over the threads
+        part = np.zeros((B7_THREADS, B, rows.shape[0]), dtype)
+        for v0 in range(0, H4 // nv, B7_THREADS):
+            cols = slice(v0 * nv, min(H4, (v0 + B7_THREADS) * nv))
+            prod = Dm[:, None, cols] * rows[None, :, cols]  # (B, R, cols)
+            nthr = prod.shape[2] // nv
+            part[:nthr] += prod.reshape(B, rows.shape[0], nthr, nv).sum(3).transpose(2, 0, 1)
+        out = part.sum(0)  # (B, R)
+        for r in range(rows.shape[0]):
+            dHp[np.arange(B) * H + m0 + r] = out[:, r]
+
+
 def forward(ctx, x, W, U, bias, lengths, max_len, reverse, rmask, hm, y, h, c, G, C, Hp, Z,
             training):
     B, T, I = x.shape
@@ -325,7 +356,10 @@ def backward(ctx, x, W, U, c0, lengths, max_len, reverse, rmask, G, C, Hp, dy, d
     for s in range(max_len - 1, -1, -1):
         bwd_step_kernel(B, T, H, s, reverse, lens, f(G), f(C), f(c0), f(dy), f(dh), f(dHp),
                         f(rmask), f(dc), f(D))
-        rm_gemm(False, True, B, H, H4, f(D), H4, f(U), H4, 0, f(dHp), H)
+        if B <= ctx.b7_max_batch and B <= B7_MAX_BATCH:
+            dhprev_kernel(B, H, f(D), f(U), f(dHp), G.dtype)
+        else:
+            rm_gemm(False, True, B, H, H4, f(D), H4, f(U), H4, 0, f(dHp), H)
     if max_len > 0 and rmask is not None:
         f(dh)[:] = f(dHp) * f(rmask)
     elif max_len > 0:

@@ -243,6 +243,38 @@ def test_device_resident_chain_matches_cpu(gpu, dtype):
         gpu.lstm_forward(DA.from_host(ctx, x.astype(other)), W1, U1, b1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("max_batch", [16, 0])
+def test_per_step_backward_dh_paths_match_cpu(gpu, dtype, max_batch):
+    """The per-step backward's dh_prev = dz @ U^T (H > 128: the per-step path in both
+    fixtures) in the backend's kernel (batches up to 16, in tiles of 4, 8 and 16 samples;
+    H not a multiple of its rows per block) or on cuBLAS (max_batch 0); the gradients
+    also left on the device."""
+    rng = np.random.default_rng(9)
+    ctx = cuda.get_context()
+    ctx.set_bwd_kernel_max_batch(max_batch)
+    try:
+        for B, T, I, H in ((3, 4, 5, 130), (7, 3, 4, 131), (16, 2, 3, 133)):
+            x = rng.standard_normal((B, T, I)).astype(dtype)
+            W, U, b = _weights(rng, I, H, dtype)
+            dy = rng.standard_normal((B, T, H)).astype(dtype)
+            ref = cpu.lstm_backward(cpu.lstm_forward(x, W, U, b, training=True).cache,
+                                    grad_output=dy)
+            got = gpu.lstm_backward(gpu.lstm_forward(x, W, U, b, training=True).cache,
+                                    grad_output=dy)
+            dev = gpu.lstm_backward(gpu.lstm_forward(x, W, U, b, training=True).cache,
+                                    grad_output=dy, grads_on_device=True)
+            for f in ref._fields:
+                _close(getattr(got, f), getattr(ref, f), dtype, f"B={B} H={H} {f}")
+                d = getattr(dev, f)
+                if f != "dx":
+                    assert isinstance(d, cuda.DeviceArray)
+                    d = d.to_host()
+                _close(d, getattr(ref, f), dtype, f"B={B} H={H} on device {f}")
+    finally:
+        ctx.set_bwd_kernel_max_batch(16)
+
+
 def _train_example(F, dtype, steps=6, **kw):
     """The Keras example (LSTM(50, return_sequences) -> LSTM(20) -> Dense(1), MSE) trained
     with plain SGD through the functional API; returns the losses."""

@@ -25,6 +25,7 @@ cdef extern from "cylstm_cuda.h" nogil:
     cyl_cuda_status cyl_cuda_device_name(cyl_cuda_ctx* ctx, char* buf, size_t len)
     cyl_cuda_status cyl_cuda_set_tf32(cyl_cuda_ctx* ctx, int enable)
     cyl_cuda_status cyl_cuda_set_fused_max_units(cyl_cuda_ctx* ctx, int64_t max_units)
+    cyl_cuda_status cyl_cuda_set_bwd_kernel_max_batch(cyl_cuda_ctx* ctx, int64_t max_batch)
     cyl_cuda_status cyl_cuda_malloc(cyl_cuda_ctx* ctx, void** ptr, size_t nbytes)
     cyl_cuda_status cyl_cuda_free(cyl_cuda_ctx* ctx, void* ptr)
     cyl_cuda_status cyl_cuda_memset0(cyl_cuda_ctx* ctx, void* ptr, size_t nbytes)
@@ -124,6 +125,11 @@ cdef class Context:
     def set_fused_max_units(self, int64_t n):
         """Layers with at most ``n`` units run the time loop in one kernel (0: never)."""
         self.check(cyl_cuda_set_fused_max_units(self.ctx, n), "set_fused_max_units")
+
+    def set_bwd_kernel_max_batch(self, int64_t n):
+        """Backward of the per-step path: batches of at most ``n`` (capped at 16) run
+        dh_prev = dz @ U^T in the backend's kernel, larger ones on cuBLAS (0: always)."""
+        self.check(cyl_cuda_set_bwd_kernel_max_batch(self.ctx, n), "set_bwd_kernel_max_batch")
 
     def synchronize(self):
         """Wait for all queued work; raises the error of any failed kernel."""

@@ -32,6 +32,8 @@ struct cyl_cuda_ctx {
     size_t ones_len[2];
     int64_t seq_max_h;     // H up to this runs the whole time loop in one kernel
                            // (0: never); see seq_fwd_kernel
+    int64_t b7_max_batch;  // batches up to this run the backward's per-step
+                           // dh_prev = dz @ U^T in dhprev_kernel, not cuBLAS (0: never)
     char msg[1024];
 };
 
@@ -384,6 +386,116 @@ static int seq_threads(int64_t H)
     return (int)(((4 * H + 31) / 32) * 32);
 }
 
+// ---- (B7) of the per-step backward for small batches
+//
+// dHp (B, H) = D (B, 4H) @ U^T, U stored (H, 4H).  For a batch of 16 and H = 1024 this
+// is a GEMM with a 16 x 1024 result and K = 4096; cuBLAS (FP32) ran it as two kernels,
+// 35 us per step on an H100, this kernel in 19 us (2026-11-27, CUPTI over a train step
+// at (T, B, I, H) = (25, 16, 1024, 1024): GPU time 1.69 -> 1.29 ms; `python
+// bench/gpu_profile_train.py`).  Here a block takes R rows of U and the
+// whole batch (up to BT samples), its 256 threads split K in 16-byte vectors (float4
+// or double2: 4H is a multiple of 4), each keeps R x BT partial dot products in
+// registers, and a warp shuffle then a pass over shared memory add them in a fixed
+// order (deterministic).  U is read once per step, D (B x 4H, L2-resident) once per
+// block.
+static const int B7_THREADS = 256;
+static const int B7_MAX_BATCH = 16;
+
+template <typename F> struct vec16;
+template <> struct vec16<float> { typedef float4 type; };
+template <> struct vec16<double> { typedef double2 type; };
+
+__device__ __forceinline__ float dot16(float4 a, float4 b, float acc)
+{
+    acc = fmaf(a.x, b.x, acc);
+    acc = fmaf(a.y, b.y, acc);
+    acc = fmaf(a.z, b.z, acc);
+    return fmaf(a.w, b.w, acc);
+}
+
+__device__ __forceinline__ double dot16(double2 a, double2 b, double acc)
+{
+    acc = fma(a.x, b.x, acc);
+    return fma(a.y, b.y, acc);
+}
+
+template <typename F, int R, int BT>
+__global__ void __launch_bounds__(B7_THREADS)
+    dhprev_kernel(int B, int H, const F* __restrict__ D, const F* __restrict__ U,
+                  F* __restrict__ dHp)
+{
+    typedef typename vec16<F>::type V;
+    const int nvec = (4 * H) / (int)(sizeof(V) / sizeof(F));  // vectors per row
+    const int m0 = blockIdx.x * R;
+    const V* __restrict__ Dv = reinterpret_cast<const V*>(D);
+    const V* __restrict__ Uv = reinterpret_cast<const V*>(U);
+    F acc[R][BT];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int b = 0; b < BT; ++b)
+            acc[r][b] = 0;
+    for (int v = threadIdx.x; v < nvec; v += B7_THREADS) {
+        V u[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            if (m0 + r < H)
+                u[r] = __ldg(Uv + (int64_t)(m0 + r) * nvec + v);
+            else
+                u[r] = V();
+#pragma unroll
+        for (int b = 0; b < BT; ++b) {
+            if (b < B) {
+                const V d = __ldg(Dv + (int64_t)b * nvec + v);
+#pragma unroll
+                for (int r = 0; r < R; ++r)
+                    acc[r][b] = dot16(u[r], d, acc[r][b]);
+            }
+        }
+    }
+    __shared__ F red[B7_THREADS / 32][R * BT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int b = 0; b < BT; ++b) {
+            F a = acc[r][b];
+            for (int off = 16; off > 0; off >>= 1)
+                a += __shfl_down_sync(0xffffffffu, a, off);
+            if (lane == 0)
+                red[warp][r * BT + b] = a;
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R * BT; i += B7_THREADS) {
+        const int r = i / BT, b = i - (i / BT) * BT;
+        if (m0 + r < H && b < B) {
+            F sum = 0;
+#pragma unroll
+            for (int w = 0; w < B7_THREADS / 32; ++w)
+                sum += red[w][i];
+            dHp[(int64_t)b * H + m0 + r] = sum;
+        }
+    }
+}
+
+// rows of U per block: float keeps 4 x BT partial sums in registers, double 2 x BT
+template <typename F> struct b7_rows { static const int value = 4; };
+template <> struct b7_rows<double> { static const int value = 2; };
+
+template <typename F>
+static void launch_dhprev(cudaStream_t stream, int64_t B, int64_t H, const F* D, const F* U,
+                          F* dHp)
+{
+    const int R = b7_rows<F>::value;
+    const unsigned int grid = (unsigned int)((H + R - 1) / R);
+    if (B <= 4)
+        dhprev_kernel<F, R, 4><<<grid, B7_THREADS, 0, stream>>>((int)B, (int)H, D, U, dHp);
+    else if (B <= 8)
+        dhprev_kernel<F, R, 8><<<grid, B7_THREADS, 0, stream>>>((int)B, (int)H, D, U, dHp);
+    else
+        dhprev_kernel<F, R, 16><<<grid, B7_THREADS, 0, stream>>>((int)B, (int)H, D, U, dHp);
+}
+
 // Zero the gate rows past each sample's length: they must contribute nothing to the
 // weight-gradient GEMMs over all B*T rows (B8).
 template <typename F>
@@ -591,6 +703,7 @@ static cyl_cuda_status lstm_backward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, in
         CK_LAUNCH("seq_bwd_kernel");
         max_len = 0;  // skip the per-step loop and the dh hand-over below
     }
+    const bool small_batch_b7 = B <= ctx->b7_max_batch && B <= B7_MAX_BATCH;
     for (int64_t s = max_len - 1; s >= 0; --s) {
         // (B1)-(B6): dz over the gates and into D
         bwd_step_kernel<F><<<blocks_for(B * H), THREADS, 0, ctx->stream>>>(
@@ -598,8 +711,13 @@ static cyl_cuda_status lstm_backward(cyl_cuda_ctx* ctx, int64_t B, int64_t T, in
             dc, D);
         CK_LAUNCH("bwd_step_kernel");
         // (B7) dh_prev (B, H) = dz (B, 4H) @ U^T, U stored (H, 4H)
-        CKS(rm_gemm<F>(ctx, false, true, B, H, H4, D, H4, U, H4, (F)0, dHp, H,
-                       "cublas gemm dh_prev = dz @ U^T"));
+        if (small_batch_b7) {
+            launch_dhprev<F>(ctx->stream, B, H, D, U, dHp);
+            CK_LAUNCH("dhprev_kernel");
+        } else {
+            CKS(rm_gemm<F>(ctx, false, true, B, H, H4, D, H4, U, H4, (F)0, dHp, H,
+                           "cublas gemm dh_prev = dz @ U^T"));
+        }
     }
     // every sample is active at s = 0, so dHp (times the mask) is dL/dh0 for all of them
     if (max_len > 0 && rmask != NULL) {
@@ -679,6 +797,7 @@ cyl_cuda_status cyl_cuda_create(int device, cyl_cuda_ctx** out, char* msg, size_
     }
     ctx->device = device;
     ctx->seq_max_h = 128;
+    ctx->b7_max_batch = B7_MAX_BATCH;
     cyl_cuda_status st = CYL_CUDA_OK;
     int pools = 0;
     cublasStatus_t bs;
@@ -771,6 +890,14 @@ cyl_cuda_status cyl_cuda_set_fused_max_units(cyl_cuda_ctx* ctx, int64_t max_unit
     if (ctx == NULL)
         return CYL_CUDA_ERR_ARG;
     ctx->seq_max_h = max_units < 0 ? 0 : max_units;
+    return CYL_CUDA_OK;
+}
+
+cyl_cuda_status cyl_cuda_set_bwd_kernel_max_batch(cyl_cuda_ctx* ctx, int64_t max_batch)
+{
+    if (ctx == NULL)
+        return CYL_CUDA_ERR_ARG;
+    ctx->b7_max_batch = max_batch < 0 ? 0 : max_batch;
     return CYL_CUDA_OK;
 }
 
