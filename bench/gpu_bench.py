@@ -12,7 +12,11 @@ For each shape (T, B, I, H), float32, one LSTM layer, batch-first:
 cylstm is timed twice: with NumPy arrays in and out (its public API: the batch is
 copied in and the results out, every call), and with the batch already on the device
 and the outputs left there (``x`` a DeviceArray, ``output_on_device``), which is the
-situation torch is timed in (tensors already on the GPU).  Times are the median of
+situation torch is timed in (tensors already on the GPU); its "dev" train step still
+copies the weight gradients back (NumPy), and a third time leaves them on the device
+too (``grads_on_device``), as torch does.  Where the backward's per-step
+``dz @ U^T`` runs in cylstm's own kernel (H > 128, B <= 16), the train step is also
+timed with it on cuBLAS.  Times are the median of
 repeated calls after warm-up, each call synchronized.  cuDNN runs with PyTorch's
 defaults (``torch.backends.cudnn.allow_tf32`` is on by default, so its float32 GEMMs
 may use TF32); cylstm runs full FP32 unless ``--tf32``.
@@ -79,10 +83,22 @@ def bench_cylstm(T, B, I, H, seed=0):
                              output_on_device=True)
         gpu.lstm_backward(o.cache, grad_output=dyd, dx_on_device=True)
 
+    def train_dev_grads_dev():  # the weight gradients left on the device, as torch's
+        o = gpu.lstm_forward(xd, W, U, b, training=True, weights_version=ver,
+                             output_on_device=True)
+        gpu.lstm_backward(o.cache, grad_output=dyd, dx_on_device=True, grads_on_device=True)
+
     res["cylstm_fwd_host"] = _time(fwd_host, sync)
     res["cylstm_train_host"] = _time(train_host, sync)
     res["cylstm_fwd_dev"] = _time(fwd_dev, sync)
     res["cylstm_train_dev"] = _time(train_dev, sync)
+    res["cylstm_train_dev_grads_dev"] = _time(train_dev_grads_dev, sync)
+    if H > 128 and B <= 16:  # the backward's dh_prev = dz @ U^T on cuBLAS instead
+        ctx.set_bwd_kernel_max_batch(0)
+        try:
+            res["cylstm_train_dev_b7_cublas"] = _time(train_dev, sync)
+        finally:
+            ctx.set_bwd_kernel_max_batch(16)
     if H <= 256:  # the other time-loop path, to place the one-kernel threshold
         cuda.set_fused_max_units(0 if H <= 128 else 256)
         try:
@@ -175,6 +191,11 @@ def main(argv=None):
               f"{ms.get('torch_fwd_host', float('nan')):8.3f} | "
               f"{ms['cylstm_train_host']:12.3f} {ms['cylstm_train_dev']:8.3f} "
               f"{ms.get('torch_train_dev', float('nan')):8.3f} | {ratio:10.2f}x", flush=True)
+        print(f"{'':>18}   train, gradients left on the device: "
+              f"{ms['cylstm_train_dev_grads_dev']:.3f}")
+        if "cylstm_train_dev_b7_cublas" in ms:
+            print(f"{'':>18}   train with the backward's dz @ U^T on cuBLAS: "
+                  f"{ms['cylstm_train_dev_b7_cublas']:.3f}")
         if "cylstm_train_dev_other_path" in ms:
             other = "cuBLAS per step" if H <= 128 else "one kernel"
             print(f"{'':>18}   other time-loop path ({other}): "
