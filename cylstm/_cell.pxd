@@ -40,9 +40,11 @@ cdef extern from "cylstm_cell.h" nogil:
     # The loops live in C (include/cylstm_cell.h) so that they vectorize and
     # get per-ISA clones; these declarations are their only doorway.
     void cyl_cell_forward_f32(Py_ssize_t H, Py_ssize_t gs, const float* za, const float* zb,
+                              Py_ssize_t gzb,
                               const float* bias, const float* c_prev, float* gates,
                               float* c_out, float* h_out) noexcept
     void cyl_cell_forward_f64(Py_ssize_t H, Py_ssize_t gs, const double* za, const double* zb,
+                              Py_ssize_t gzb,
                               const double* bias, const double* c_prev, double* gates,
                               double* c_out, double* h_out) noexcept
     void cyl_cell_backward_f32(Py_ssize_t H, Py_ssize_t gs, const float* gates, const float* c,
@@ -79,9 +81,27 @@ cdef inline void cell_forward(Py_ssize_t H, const floating* za,
     and the new hidden state to ``h_out`` (H).
     """
     if floating is float:
-        cyl_cell_forward_f32(H, H, za, zb, bias, c_prev, gates, c_out, h_out)
+        cyl_cell_forward_f32(H, H, za, zb, H, bias, c_prev, gates, c_out, h_out)
     else:
-        cyl_cell_forward_f64(H, H, za, zb, bias, c_prev, gates, c_out, h_out)
+        cyl_cell_forward_f64(H, H, za, zb, H, bias, c_prev, gates, c_out, h_out)
+
+
+cdef inline void cell_forward_units(Py_ssize_t n, Py_ssize_t gs, const floating* za,
+                                    const floating* zb, Py_ssize_t gzb,
+                                    const floating* bias, const floating* c_prev,
+                                    floating* gates, floating* c_out,
+                                    floating* h_out) noexcept nogil:
+    """:func:`cell_forward` for ``n`` units of a wider layer.
+
+    ``za``, ``bias`` and ``gates`` point at the first unit's i-gate entry with
+    their gate blocks ``gs`` apart (the layer's width); ``zb`` (may be NULL)
+    has its blocks ``gzb`` apart (``n`` for a packed panel's product).
+    ``c_prev``, ``c_out``, ``h_out`` point at the first unit.
+    """
+    if floating is float:
+        cyl_cell_forward_f32(n, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out)
+    else:
+        cyl_cell_forward_f64(n, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out)
 
 
 cdef inline void cell_backward(Py_ssize_t H, const floating* gates,

@@ -24,12 +24,34 @@ pools fighting for the cores.  The caller (cylstm.functional) picks n; with
 n == 1 the kernel runs on the calling thread and BLAS may use its own threads.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
-from cylstm._cell cimport cell_forward, cell_backward
+from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
+
+cdef extern from "cylstm_stream.h" nogil:
+    void cyl_stream_panel_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
+                              const float* a0, Py_ssize_t ka, Py_ssize_t lda,
+                              const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                              float* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_panel_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
+                              const double* a0, Py_ssize_t ka, Py_ssize_t lda,
+                              const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                              double* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_barrier() noexcept
+    int cyl_stream_team_size() noexcept
+    int CYL_STREAM_VLF
+    int CYL_STREAM_VLD
+
+# Units per packed panel of the recurrent kernel (cylstm.stream uses the same):
+# a panel's 4 gate blocks are one 64-byte vector wide each.
+cdef enum:
+    PANEL_UNITS_F32_C = 16
+    PANEL_UNITS_F64_C = 8
+PANEL_UNITS_F32 = PANEL_UNITS_F32_C
+PANEL_UNITS_F64 = PANEL_UNITS_F64_C
 
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
@@ -103,6 +125,172 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                 memcpy(y + row * H, hs + b * H, hbytes)
             if C != NULL:
                 memcpy(C + row * H, cs + b * H, hbytes)
+
+
+# ---------------------------------------------------------------------------
+# Packed-panel path, for batches too small to split across threads: the
+# per-step product h_prev @ U runs on the streaming runner's kernel
+# (include/cylstm_stream.h) and the threads split the recurrent kernel's
+# units instead of the batch.
+#
+# U is packed once per call into panels of `span` units: panel p holds the
+# columns of units j0 .. j0 + hb of the four gates, [i | f | g | o].  Each step
+# every thread runs, for its panels, z (B, 4 hb) = h_prev (B, H) @ panel
+# (H, 4 hb) -- accumulators in registers, no BLAS call -- and the cell on that
+# panel's units while z is in L1, writing its units of h into the other half
+# of a double buffer; the team meets at one barrier per step.  Each thread
+# streams only its share of U, from its own core's L2: at batch 1 the product
+# is bound by that bandwidth, which two cores double (measured: (T, B, I, H) =
+# (200, 1, 64, 128) 0.54 ms at 2 threads against 0.70 serial; one BLAS gemv
+# per step, which cannot be split without a barrier, gave 0.69).
+# With batches that can be split the BLAS path is faster (OpenBLAS's small-
+# matrix kernels beat this one at 16+ rows), so it is not used there.
+# ---------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _span(floating* dummy) noexcept nogil:
+    if floating is float:
+        return PANEL_UNITS_F32_C
+    else:
+        return PANEL_UNITS_F64_C
+
+
+cdef inline Py_ssize_t _vlen(floating* dummy) noexcept nogil:
+    if floating is float:
+        return CYL_STREAM_VLF
+    else:
+        return CYL_STREAM_VLD
+
+
+cdef inline Py_ssize_t _padded_units(Py_ssize_t hb, Py_ssize_t vl) noexcept nogil:
+    """Units a panel of hb units is stored as: a multiple of vl / 4, so that its
+    width 4 * hb_pad is whole vectors (no transposed tail columns)."""
+    cdef Py_ssize_t q = vl // 4
+    return ((hb + q - 1) // q) * q
+
+
+cdef inline Py_ssize_t _packed_len(Py_ssize_t H, Py_ssize_t span,
+                                   Py_ssize_t vl) noexcept nogil:
+    cdef Py_ssize_t last
+    if H <= 0:
+        return 0
+    last = H - ((H - 1) // span) * span
+    return H * 4 * (H - last + _padded_units(last, vl))
+
+
+def packed_len(Py_ssize_t H, dtype):
+    """Elements of the packed recurrent kernel of ``H`` units (see pack_recurrent)."""
+    if str(dtype) == "float32":
+        return _packed_len(H, PANEL_UNITS_F32_C, CYL_STREAM_VLF)
+    return _packed_len(H, PANEL_UNITS_F64_C, CYL_STREAM_VLD)
+
+
+cdef void _pack_recurrent(Py_ssize_t H, const floating* U, floating* P) noexcept nogil:
+    """Pack U (H, 4H) into panels of span units, panel p at p * H * 4 * span.
+
+    Panel p holds units j0 .. j0 + hb of the four gates, row-major (H, 4 hb_pad):
+    columns [i | f | g | o], each block hb_pad wide; the last panel's padding
+    units (hb_pad > hb) are zero columns."""
+    cdef Py_ssize_t span = _span(P), vl = _vlen(P), H4 = 4 * H
+    cdef Py_ssize_t j0, hb, hp, w, k, g, u
+    cdef const floating* src
+    cdef floating* dst
+    j0 = 0
+    while j0 < H:
+        hb = H - j0 if H - j0 < span else span
+        hp = _padded_units(hb, vl)
+        w = 4 * hp
+        for k in range(H):
+            src = U + k * H4 + j0
+            dst = P + j0 * H4 + k * w
+            for g in range(4):
+                for u in range(hb):
+                    dst[g * hp + u] = src[g * H + u]
+                for u in range(hb, hp):
+                    dst[g * hp + u] = 0
+        j0 += span
+
+
+cdef inline void _panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
+                                const floating* h, Py_ssize_t H,
+                                floating* z) noexcept nogil:
+    """z (nrows, w) = h (nrows, H) @ panel (H, w)."""
+    if floating is float:
+        cyl_stream_panel_f32(P, w, nrows, h, 0, H, h, H, H, z, w)
+    else:
+        cyl_stream_panel_f64(P, w, nrows, h, 0, H, h, H, H, z, w)
+
+
+cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_t p1,
+                          bint team, Py_ssize_t T, Py_ssize_t H, Py_ssize_t Lmax,
+                          const floating* P, const floating* bias,
+                          const int64_t* lengths, bint reverse,
+                          const floating* rmask, floating* hm,
+                          floating* y, floating* G, floating* C, floating* Hp,
+                          floating* hs, floating* hs2, floating* cs,
+                          floating* zs) noexcept nogil:
+    """Time loop over rows [b0, b1) and panels [p0, p1); G holds x @ W.
+
+    ``hs`` holds h0 on entry and the final h on exit; ``hs2`` is the other
+    half of the double buffer.  With ``team`` the OpenMP team meets at a
+    barrier after every step (the threads split the panels).  ``rmask``
+    (recurrent dropout) is only allowed without ``team``.
+    """
+    cdef Py_ssize_t span = _span(hs), vl = _vlen(hs), H4 = 4 * H, nb = b1 - b0
+    cdef Py_ssize_t s, p, b, j, t, L, row, j0, j1, hb, hp, w
+    cdef floating* cur
+    cdef floating* nxt
+    cdef const floating* src
+    cdef const floating* z
+    cdef size_t ub
+    if nb <= 0 or p1 <= p0:
+        if team:
+            for s in range(Lmax):
+                cyl_stream_barrier()
+        return
+    j0 = p0 * span
+    j1 = p1 * span if p1 * span < H else H
+    ub = (j1 - j0) * sizeof(floating)
+    for s in range(Lmax):
+        cur = hs if s % 2 == 0 else hs2
+        nxt = hs2 if s % 2 == 0 else hs
+        src = cur
+        if rmask != NULL:
+            for j in range(b0 * H, b1 * H):
+                hm[j] = cur[j] * rmask[j]
+            src = hm
+        for p in range(p0, p1):
+            hb = H - p * span if H - p * span < span else span
+            hp = _padded_units(hb, vl)
+            w = 4 * hp
+            _panel_product(P + p * H * 4 * span, w, nb, src + b0 * H, H, zs)
+            for b in range(b0, b1):
+                L = T if lengths == NULL else lengths[b]
+                if s >= L:
+                    continue
+                t = L - 1 - s if reverse else s
+                row = b * T + t
+                cell_forward_units(hb, H, G + row * H4 + p * span, zs + (b - b0) * w, hp,
+                                   bias + p * span, cs + b * H + p * span,
+                                   G + row * H4 + p * span, cs + b * H + p * span,
+                                   nxt + b * H + p * span)
+        for b in range(b0, b1):
+            L = T if lengths == NULL else lengths[b]
+            if s >= L:  # finished: the state carries over unchanged
+                memcpy(nxt + b * H + j0, cur + b * H + j0, ub)
+                continue
+            t = L - 1 - s if reverse else s
+            row = b * T + t
+            if Hp != NULL:
+                memcpy(Hp + row * H + j0, src + b * H + j0, ub)
+            if y != NULL:
+                memcpy(y + row * H + j0, nxt + b * H + j0, ub)
+            if C != NULL:
+                memcpy(C + row * H + j0, cs + b * H + j0, ub)
+        if team:
+            cyl_stream_barrier()
+    if Lmax % 2 == 1:  # the final h is in hs2
+        for b in range(b0, b1):
+            memcpy(hs + b * H + j0, hs2 + b * H + j0, ub)
 
 
 cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
@@ -191,6 +379,17 @@ cdef inline floating* _ptr3(floating[:, :, ::1] a) noexcept nogil:
     return NULL if a is None else &a[0, 0, 0]
 
 
+def pack_recurrent(const floating[:, ::1] U, floating[::1] out):
+    """Pack ``U`` (H, 4H) into the panel layout of the panel path (``out``: H * 4H)."""
+    cdef Py_ssize_t H = U.shape[0]
+    cdef floating* kind = NULL
+    if U.shape[1] != 4 * H or out.shape[0] != _packed_len(H, _span(kind), _vlen(kind)):
+        raise ValueError("pack_recurrent: U must be (H, 4H) and out packed_len(H) long")
+    if H:
+        with nogil:
+            _pack_recurrent(H, &U[0, 0], &out[0])
+
+
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             const floating[:, ::1] U, const floating[::1] bias,
             const int64_t[::1] lengths, bint reverse,
@@ -198,42 +397,112 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
             floating[:, :, ::1] G, floating[:, :, ::1] C,
             floating[:, :, ::1] Hp, floating[:, ::1] Z,
-            int n_threads, int blas_threads):
+            int n_threads, int blas_threads, int mode=0,
+            const floating[::1] Pu=None, floating[:, ::1] hs2=None):
     """Run the forward kernel.  Arguments are validated by cylstm.functional.
 
     ``hs``/``cs`` (B, H) hold the initial state on entry and the final state
     on exit.  ``y``, ``C``, ``Hp`` may be None.  ``lengths`` may be None.
+
+    ``mode`` 0: the per-step product on BLAS, threads split the batch; ``Z``
+    is (B, 4H) scratch.  ``mode`` 1: the product on the packed panels ``Pu``
+    (see :func:`pack_recurrent`), threads split the panels and meet at one
+    barrier per step (not with ``rmask``); ``Z`` is then per-thread scratch
+    (n_threads, B * 4 * span) and ``hs2`` (B, H) the second h buffer.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = U.shape[0]
+    cdef Py_ssize_t H = U.shape[0], H4 = 4 * H, Lmax = 0, b, L, span, n_panels
     cdef int nt = n_threads if n_threads < B else <int> B
-    cdef int tid
+    cdef int tid, team
+    cdef Py_ssize_t p0, p1
     cdef const int64_t* lp = NULL if lengths is None else &lengths[0]
     cdef floating* yp = _ptr3(y)
     cdef floating* Cp = _ptr3(C)
     cdef floating* Hpp = _ptr3(Hp)
     cdef const floating* rmp = NULL if rmask is None else &rmask[0, 0]
     cdef floating* hmp = NULL if hm is None else &hm[0, 0]
+    cdef const floating* Pp
+    cdef floating* h2p
+    cdef floating* Zp = &Z[0, 0]
+    cdef Py_ssize_t zstride = Z.shape[1]
     if B == 0 or T == 0:
         return
     if rmp != NULL and hmp == NULL:
         raise ValueError("forward: recurrent mask needs the hm scratch buffer")
+    if mode not in (0, 1):
+        raise ValueError(f"forward: unknown mode {mode}")
     nt = nt if nt > 1 else 1
+    if mode != 0:
+        span = _span(&hs[0, 0])
+        n_panels = (H + span - 1) // span
+        if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(&hs[0, 0])) \
+                or hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
+            raise ValueError("forward: the panel path needs Pu (packed_len(H)) and hs2 (B, H)")
+        nt = n_threads if n_threads < n_panels else <int> n_panels
+        nt = nt if nt > 1 else 1
+        if rmp != NULL and nt > 1:
+            raise ValueError("forward: the panel path cannot split a recurrent mask")
+        # (a panel is at most 4 * span wide: padding only rounds a short last one up)
+        if Z.shape[0] < nt or zstride < B * 4 * span:
+            raise ValueError("forward: Z too small for the panel path")
+        Pp = &Pu[0]
+        h2p = &hs2[0, 0]
+        for b in range(B):
+            L = T if lp == NULL else lp[b]
+            Lmax = L if L > Lmax else Lmax
+    elif Z.shape[0] != B or zstride != H4:
+        raise ValueError("forward: Z must be (B, 4H) for the BLAS path")
     with nogil:
-        if nt == 1:
+        if mode == 0 and nt == 1:
             _blas_threads(blas_threads)
             _forward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
                           lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
-                          &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads)
+                          &hs[0, 0], &cs[0, 0], Zp, blas_threads)
             _blas_threads(blas_threads)
-        else:
+        elif mode == 0:
             _blas_threads(1)
             for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
                 _forward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
                               &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
                               lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
-                              &hs[0, 0], &cs[0, 0], &Z[0, 0], 1)
+                              &hs[0, 0], &cs[0, 0], Zp, 1)
             _blas_threads(blas_threads)
+        elif nt == 1:
+            # one projection GEMM for all rows (BLAS may use its threads), then
+            # the time loop on the calling thread
+            _blas_threads(blas_threads)
+            _project_rows(0, B * T, I, H, &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
+            _blas_threads(1)
+            _forward_panels(0, B, 0, n_panels, False, T, H, Lmax, Pp, &bias[0], lp,
+                            reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp, &hs[0, 0],
+                            h2p, &cs[0, 0], Zp)
+            _blas_threads(blas_threads)
+        else:
+            # the team splits the projection's rows (single-threaded BLAS each:
+            # a BLAS thread pool spinning next to the team would starve it),
+            # meets once, then splits the panels of every step
+            _blas_threads(1)
+            with parallel(num_threads=nt):
+                tid = threadid()
+                team = cyl_stream_team_size()
+                _project_rows((tid * B * T) // team, ((tid + 1) * B * T) // team, I, H,
+                              &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
+                cyl_stream_barrier()
+                p0 = (tid * n_panels) // team
+                p1 = ((tid + 1) * n_panels) // team
+                _forward_panels(0, B, p0, p1, True, T, H, Lmax, Pp, &bias[0], lp,
+                                reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
+                                &hs[0, 0], h2p, &cs[0, 0], Zp + tid * zstride)
+            _blas_threads(blas_threads)
+
+
+cdef inline void _project_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t I,
+                               Py_ssize_t H, const floating* x, const floating* W,
+                               floating* G) noexcept nogil:
+    """Rows [r0, r1) of G (B*T, 4H) = X (B*T, I) @ W (I, 4H); bias joins in the cell."""
+    if r1 > r0:
+        gemm(False, False, <int> (r1 - r0), <int> (4 * H), <int> I, 1,
+             x + r0 * I, <int> I, W, <int> (4 * H), 0, G + r0 * 4 * H, <int> (4 * H))
 
 
 def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,

@@ -25,18 +25,24 @@ class _Pool(threading.local):
 _pool = _Pool()
 
 
-def take(shape, dtype, zero=False):
-    """An array of ``shape``/``dtype`` from the pool (contents undefined unless ``zero``)."""
+def take(shape, dtype, zero=False, align=None):
+    """An array of ``shape``/``dtype`` from the pool (contents undefined unless ``zero``).
+
+    ``align``: bytes the first element's address must be a multiple of (NumPy
+    only promises 16; the packed kernels stream 64-byte vectors).
+    """
     dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    key = max(n, 1)
+    pad = 0 if align is None else int(align)
+    key = max(n + pad, 1)
     lst = _pool.free.get(key)
     if lst:
         buf = lst.pop()
         _pool.total -= key
     else:
         buf = np.empty(key, np.uint8)
-    a = buf[:n].view(dtype).reshape(shape)
+    off = 0 if not pad else (-buf.ctypes.data) % pad
+    a = buf[off:off + n].view(dtype).reshape(shape)
     if zero:
         a.fill(0)
     return a

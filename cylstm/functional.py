@@ -40,6 +40,13 @@ LSTMGrads = namedtuple(
 # (measured in bench/compare.py: see README, "threads").
 MIN_ROWS_PER_THREAD = 4
 
+# A batch too small to split runs its per-step product on the packed panels of
+# the recurrent kernel, the threads splitting the panels (one barrier per step),
+# once the recurrent kernel is at least this many bytes: below it, the barrier
+# costs more than the second core saves (measured: (T, B, I, H) = (200, 1, 64, 96)
+# 0.33 ms against 0.40 serial at 2 threads; (200, 1, 32, 64) no faster).
+PANEL_TEAM_MIN_BYTES = 128 * 1024
+
 
 def _dtype_of(name, a):
     a = np.asarray(a) if not isinstance(a, np.ndarray) else a
@@ -69,6 +76,22 @@ def _weights_dtype(kernel):
     if k.dtype == np.float64:
         return np.dtype(np.float64)
     return np.dtype(np.float32)
+
+
+def _forward_plan(B, H, U, dtype, nt, n_total, rmask):
+    """(mode, scratch) for :func:`cylstm._lstm.forward`: 0 (BLAS per step, threads
+    split the batch) or 1 (packed panels, threads split the panels)."""
+    if (nt > 1 or n_total < 2 or rmask is not None or B == 0 or H == 0
+            or U.nbytes < PANEL_TEAM_MIN_BYTES):
+        return 0, None
+    span = _lstm.PANEL_UNITS_F32 if dtype == np.float32 else _lstm.PANEL_UNITS_F64
+    n_panels = -(-H // span)
+    if n_panels < 2:
+        return 0, None
+    Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)
+    _lstm.pack_recurrent(U, Pu)
+    return 1, (take((min(n_total, n_panels), B * 4 * span), dtype, align=64), Pu,
+               take((B, H), dtype))
 
 
 def _threads_for(B, num_threads):
@@ -282,11 +305,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     y = alloc((B, T, H), dtype) if (return_sequences or training) else None
     C = take((B, T, H), dtype) if training else None
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
-    Z = take((B, 4 * H), dtype)
+    mode, scratch = _forward_plan(B, H, U, dtype, nt, n_total, rmask)
+    if mode:
+        Z, Pu, hs2 = scratch
+    else:
+        Z = take((B, 4 * H), dtype)
+        scratch, Pu, hs2 = (Z,), None, None
     if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
         _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
-                      nt, n_total)
-    give(Z)
+                      n_total if mode else nt, n_total, mode, Pu, hs2)
+    give(*scratch)
     if not training:
         give(G)
     cache = None

@@ -36,15 +36,17 @@
 #define CYL_SIMD
 #endif
 
-/* z = za + zb + bias (zb may be NULL: pass za holding everything but bias). */
+/* z = za + zb + bias (zb may be NULL: pass za holding everything but bias).
+ * zb's gate blocks lie gzb apart (gzb == gs, except for a packed panel's
+ * product, whose blocks are hb apart: see cylstm_stream.h). */
 #define CYL_CELL_FORWARD_BODY(T, SIG, TANH)                                   \
     if (zb != NULL) {                                                         \
         CYL_SIMD                                                              \
         for (ptrdiff_t j = 0; j < H; j++) {                                   \
             T zi = za[j] + zb[j] + bias[j];                                   \
-            T zf = za[gs + j] + zb[gs + j] + bias[gs + j];                       \
-            T zg = za[2 * gs + j] + zb[2 * gs + j] + bias[2 * gs + j];           \
-            T zo = za[3 * gs + j] + zb[3 * gs + j] + bias[3 * gs + j];           \
+            T zf = za[gs + j] + zb[gzb + j] + bias[gs + j];                      \
+            T zg = za[2 * gs + j] + zb[2 * gzb + j] + bias[2 * gs + j];          \
+            T zo = za[3 * gs + j] + zb[3 * gzb + j] + bias[3 * gs + j];          \
             T gi = SIG(zi), gf = SIG(zf), gg = TANH(zg), go = SIG(zo);        \
             T c = gf * c_prev[j] + gi * gg;                                   \
             gates[j] = gi; gates[gs + j] = gf;                                 \
@@ -85,15 +87,178 @@
         dc[j] = dcj * gf;                                    /* B5 */         \
     }
 
+
+/*
+ * AVX-512 float32 forward: the same cell with intrinsics, because the portable
+ * loop above leaves two costs the compiler cannot remove by itself (measured on
+ * Zen 4: ~10 cycles per unit): five divisions per unit, and the two-branch tanh
+ * (a series for small |x| and 1 - 2/(1 + e^2|x|) for the rest, both computed,
+ * then selected).  Here
+ *   - 1/d is rcp14 plus one Newton step (relative error ~2^-28 before rounding);
+ *   - 2^k scaling is vscalefps (exact, no integer exponent arithmetic);
+ *   - tanh(a) = m / (m + 2) with m = expm1(2a) = 2^k q + (2^k - 1), q the same
+ *     degree-7 polynomial without its constant term, so that small |x| keeps
+ *     its relative precision without a second branch.
+ * Same error bounds as cylstm_math.h's scalar functions (tests/test_math.py
+ * measures them through the kernel, on whichever version the CPU runs).
+ * NaN propagates: every clamp is written min(const, v), which returns v when
+ * v is NaN.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER) && \
+    defined(__linux__) && !defined(CYLSTM_NO_CLONES) && \
+    (defined(__clang__) || __GNUC__ >= 12)
+#define CYL_CELL_AVX512 1
+#include <immintrin.h>
+#define CYL_V4 __attribute__((target("arch=x86-64-v4")))
+
+CYL_V4 static inline __m512 cyl_rcp16(__m512 d)
+{
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+}
+
+/* k = round(v / ln2) and r = v - k ln2 (Cody-Waite); v <= 88 (below -87
+ * vscalefps returns 0 or a subnormal, as it should). */
+#define CYL_EXP_REDUCE(v, kk, r)                                                   \
+    kk = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)), \
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);      \
+    r = _mm512_fnmadd_ps(kk, _mm512_set1_ps(0.693145751953125f), v);               \
+    r = _mm512_fnmadd_ps(kk, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+
+/* (e^r - 1) / r on |r| <= ln2/2: the Taylor series of cyl_expf to degree 7. */
+CYL_V4 static inline __m512 cyl_expm1_poly16(__m512 r)
+{
+    __m512 p = _mm512_set1_ps(1.98412698412698413e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.38888888888888889e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333333333333333e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666666666666667e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666666666666667e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+}
+
+CYL_V4 static inline __m512 cyl_sigmoid16(__m512 z)
+{
+    __m512 v = _mm512_sub_ps(_mm512_setzero_ps(), z), kk, r;
+    v = _mm512_min_ps(_mm512_set1_ps(88.0f), v);   /* e^88 + 1 stays finite */
+    CYL_EXP_REDUCE(v, kk, r)
+    __m512 e = _mm512_scalef_ps(_mm512_fmadd_ps(cyl_expm1_poly16(r), r, _mm512_set1_ps(1.0f)), kk);
+    return cyl_rcp16(_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
+}
+
+CYL_V4 static inline __m512 cyl_tanh16(__m512 x)
+{
+    const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32((int)0x80000000u));
+    __m512 a = _mm512_andnot_ps(sign, x);
+    a = _mm512_min_ps(_mm512_set1_ps(9.0f), a);     /* tanh(9) rounds to 1 */
+    __m512 v = _mm512_add_ps(a, a), kk, r;
+    CYL_EXP_REDUCE(v, kk, r)
+    __m512 q = _mm512_mul_ps(cyl_expm1_poly16(r), r);               /* e^r - 1 */
+    __m512 s = _mm512_scalef_ps(_mm512_set1_ps(1.0f), kk);           /* 2^k */
+    __m512 m = _mm512_fmadd_ps(s, q, _mm512_sub_ps(s, _mm512_set1_ps(1.0f)));
+    __m512 y = _mm512_mul_ps(m, cyl_rcp16(_mm512_add_ps(m, _mm512_set1_ps(2.0f))));
+    return _mm512_or_ps(y, _mm512_and_ps(x, sign));
+}
+
+CYL_V4 static void cyl_cell_forward_f32_v4(
+    ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
+    const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
+{
+    for (ptrdiff_t j = 0; j < H; j += 16) {
+        const __mmask16 m = H - j >= 16 ? (__mmask16)0xFFFF
+                                        : (__mmask16)((1u << (H - j)) - 1u);
+        __m512 zi = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + j),
+                                  _mm512_maskz_loadu_ps(m, bias + j));
+        __m512 zf = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + gs + j),
+                                  _mm512_maskz_loadu_ps(m, bias + gs + j));
+        __m512 zg = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + 2 * gs + j),
+                                  _mm512_maskz_loadu_ps(m, bias + 2 * gs + j));
+        __m512 zo = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + 3 * gs + j),
+                                  _mm512_maskz_loadu_ps(m, bias + 3 * gs + j));
+        if (zb != NULL) {
+            zi = _mm512_add_ps(zi, _mm512_maskz_loadu_ps(m, zb + j));
+            zf = _mm512_add_ps(zf, _mm512_maskz_loadu_ps(m, zb + gzb + j));
+            zg = _mm512_add_ps(zg, _mm512_maskz_loadu_ps(m, zb + 2 * gzb + j));
+            zo = _mm512_add_ps(zo, _mm512_maskz_loadu_ps(m, zb + 3 * gzb + j));
+        }
+        const __m512 gi = cyl_sigmoid16(zi), gf = cyl_sigmoid16(zf);
+        const __m512 gg = cyl_tanh16(zg), go = cyl_sigmoid16(zo);
+        const __m512 c = _mm512_fmadd_ps(gf, _mm512_maskz_loadu_ps(m, c_prev + j),
+                                         _mm512_mul_ps(gi, gg));
+        _mm512_mask_storeu_ps(gates + j, m, gi);
+        _mm512_mask_storeu_ps(gates + gs + j, m, gf);
+        _mm512_mask_storeu_ps(gates + 2 * gs + j, m, gg);
+        _mm512_mask_storeu_ps(gates + 3 * gs + j, m, go);
+        _mm512_mask_storeu_ps(c_out + j, m, c);
+        _mm512_mask_storeu_ps(h_out + j, m, _mm512_mul_ps(go, cyl_tanh16(c)));
+    }
+}
+
+CYL_V4 static void cyl_cell_backward_f32_v4(
+    ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
+    const float *dh, float *dc, float *dz)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (ptrdiff_t j = 0; j < H; j += 16) {
+        const __mmask16 m = H - j >= 16 ? (__mmask16)0xFFFF
+                                        : (__mmask16)((1u << (H - j)) - 1u);
+        const __m512 gi = _mm512_maskz_loadu_ps(m, gates + j);
+        const __m512 gf = _mm512_maskz_loadu_ps(m, gates + gs + j);
+        const __m512 gg = _mm512_maskz_loadu_ps(m, gates + 2 * gs + j);
+        const __m512 go = _mm512_maskz_loadu_ps(m, gates + 3 * gs + j);
+        const __m512 dhj = _mm512_maskz_loadu_ps(m, dh + j);
+        const __m512 tc = cyl_tanh16(_mm512_maskz_loadu_ps(m, c + j));           /* B1 */
+        const __m512 dcj = _mm512_fmadd_ps(_mm512_mul_ps(dhj, go),                /* B3 */
+                                           _mm512_fnmadd_ps(tc, tc, one),
+                                           _mm512_maskz_loadu_ps(m, dc + j));
+        const __m512 cp = _mm512_maskz_loadu_ps(m, c_prev + j);
+        _mm512_mask_storeu_ps(dz + j, m, _mm512_mul_ps(_mm512_mul_ps(dcj, gg),    /* B4, B6 */
+            _mm512_mul_ps(gi, _mm512_sub_ps(one, gi))));
+        _mm512_mask_storeu_ps(dz + gs + j, m, _mm512_mul_ps(_mm512_mul_ps(dcj, cp),
+            _mm512_mul_ps(gf, _mm512_sub_ps(one, gf))));
+        _mm512_mask_storeu_ps(dz + 2 * gs + j, m, _mm512_mul_ps(_mm512_mul_ps(dcj, gi),
+            _mm512_fnmadd_ps(gg, gg, one)));
+        _mm512_mask_storeu_ps(dz + 3 * gs + j, m, _mm512_mul_ps(_mm512_mul_ps(dhj, tc), /* B2, B6 */
+            _mm512_mul_ps(go, _mm512_sub_ps(one, go))));
+        _mm512_mask_storeu_ps(dc + j, m, _mm512_mul_ps(dcj, gf));                /* B5 */
+    }
+}
+
+/* AVX-512 (F, BW, VL, DQ, CD) present: asked once; a benign race. */
+static int cyl_cell_v4_cache = -1;
+static inline int cyl_cell_v4(void)
+{
+    if (cyl_cell_v4_cache < 0) {
+        __builtin_cpu_init();
+        cyl_cell_v4_cache = __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd") &&
+            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("bmi2");
+    }
+    return cyl_cell_v4_cache;
+}
+#else
+#define CYL_CELL_AVX512 0
+#endif
+
 CYL_CLONES static void cyl_cell_forward_f32(
-    ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, const float *bias,
+    ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
+    const float *bias,
     const float *c_prev, float *gates, float *c_out, float *h_out)
 {
+#if CYL_CELL_AVX512
+    if (cyl_cell_v4()) {
+        cyl_cell_forward_f32_v4(H, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out);
+        return;
+    }
+#endif
     CYL_CELL_FORWARD_BODY(float, cyl_sigmoidf, cyl_tanhf)
 }
 
 CYL_CLONES static void cyl_cell_forward_f64(
-    ptrdiff_t H, ptrdiff_t gs, const double *za, const double *zb, const double *bias,
+    ptrdiff_t H, ptrdiff_t gs, const double *za, const double *zb, ptrdiff_t gzb,
+    const double *bias,
     const double *c_prev, double *gates, double *c_out, double *h_out)
 {
     CYL_CELL_FORWARD_BODY(double, cyl_sigmoid, cyl_tanh)
@@ -103,6 +268,12 @@ CYL_CLONES static void cyl_cell_backward_f32(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
     const float *dh, float *dc, float *dz)
 {
+#if CYL_CELL_AVX512
+    if (cyl_cell_v4()) {
+        cyl_cell_backward_f32_v4(H, gs, gates, c, c_prev, dh, dc, dz);
+        return;
+    }
+#endif
     CYL_CELL_BACKWARD_BODY(float, cyl_tanhf)
 }
 

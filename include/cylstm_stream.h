@@ -270,6 +270,87 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             }                                                                      \
         }                                                                          \
     }
+
+/* Six rows at once over a panel whose main block is a whole number of 4-vector
+ * column groups (every full LSTM panel: 4 gates x 16 float32 / 8 float64 units):
+ * 24 accumulators (6 rows x 4 vectors) stay in the 32 AVX-512 registers, and
+ * each k costs 4 vector loads and 6 broadcasts for 24 fused multiply-adds.
+ * Compiled for x86-64-v4 only (with 16 AVX2 registers it would spill) and
+ * called only where cyl_stream_cpu_level() == 2.  Same arithmetic as the other
+ * bodies (one accumulator per output, summed in k order), so a row gives the
+ * same bits whichever body computes it. */
+#if CYL_STREAM_VECTOR && defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 12) && \
+    !defined(CYLSTM_NO_CLONES)
+#define CYL_STREAM_ROWS6 1
+/* one k of the six-row body: four weight vectors times six row values */
+#define CYL_R6_K(T, VT, VL, v0, v1, v2, v3, v4, v5)                                         \
+    {                                                                              \
+        const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);                      \
+        const VT w2 = CYL_LD(VT, p + 2 * VL), w3 = CYL_LD(VT, p + 3 * VL);         \
+        T v;                                                                       \
+        v = v0; s00 += v * w0; s01 += v * w1; s02 += v * w2; s03 += v * w3;       \
+        v = v1; s10 += v * w0; s11 += v * w1; s12 += v * w2; s13 += v * w3;       \
+        v = v2; s20 += v * w0; s21 += v * w1; s22 += v * w2; s23 += v * w3;       \
+        v = v3; s30 += v * w0; s31 += v * w1; s32 += v * w2; s33 += v * w3;       \
+        v = v4; s40 += v * w0; s41 += v * w1; s42 += v * w2; s43 += v * w3;       \
+        v = v5; s50 += v * w0; s51 += v * w1; s52 += v * w2; s53 += v * w3;       \
+    }
+#define CYL_PANEL_ROWS6_BODY(T, VT, VL)                                            \
+    {                                                                              \
+        const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
+        const T* A3 = A2 + lda; const T* A4 = A3 + lda; const T* A5 = A4 + lda;    \
+        const T* B0 = b0; const T* B1 = B0 + ldb; const T* B2 = B1 + ldb;          \
+        const T* B3 = B2 + ldb; const T* B4 = B3 + ldb; const T* B5 = B4 + ldb;    \
+        ptrdiff_t j, k;                                                            \
+        for (j = 0; j + 4 * VL <= w; j += 4 * VL) {                                \
+            VT s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0};                         \
+            VT s10 = {0}, s11 = {0}, s12 = {0}, s13 = {0};                         \
+            VT s20 = {0}, s21 = {0}, s22 = {0}, s23 = {0};                         \
+            VT s30 = {0}, s31 = {0}, s32 = {0}, s33 = {0};                         \
+            VT s40 = {0}, s41 = {0}, s42 = {0}, s43 = {0};                         \
+            VT s50 = {0}, s51 = {0}, s52 = {0}, s53 = {0};                         \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += w)                                       \
+                CYL_R6_K(T, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])                 \
+            for (k = 0; k < kb; k++, p += w)                                       \
+                CYL_R6_K(T, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])                 \
+            T* Z = z0 + j;                                                         \
+            CYL_ST(Z, s00); CYL_ST(Z + VL, s01);                                   \
+            CYL_ST(Z + 2 * VL, s02); CYL_ST(Z + 3 * VL, s03); Z += ldz;            \
+            CYL_ST(Z, s10); CYL_ST(Z + VL, s11);                                   \
+            CYL_ST(Z + 2 * VL, s12); CYL_ST(Z + 3 * VL, s13); Z += ldz;            \
+            CYL_ST(Z, s20); CYL_ST(Z + VL, s21);                                   \
+            CYL_ST(Z + 2 * VL, s22); CYL_ST(Z + 3 * VL, s23); Z += ldz;            \
+            CYL_ST(Z, s30); CYL_ST(Z + VL, s31);                                   \
+            CYL_ST(Z + 2 * VL, s32); CYL_ST(Z + 3 * VL, s33); Z += ldz;            \
+            CYL_ST(Z, s40); CYL_ST(Z + VL, s41);                                   \
+            CYL_ST(Z + 2 * VL, s42); CYL_ST(Z + 3 * VL, s43); Z += ldz;            \
+            CYL_ST(Z, s50); CYL_ST(Z + VL, s51);                                   \
+            CYL_ST(Z + 2 * VL, s52); CYL_ST(Z + 3 * VL, s53);                      \
+        }                                                                          \
+    }
+
+/* z[0:6, 0:w] = [a, b][0:6] @ panel; w a multiple of 4 vectors (no tail). */
+__attribute__((target("arch=x86-64-v4")))
+static void cyl_stream_rows6_f32(const float* P, ptrdiff_t w,
+                                 const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                 const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                 float* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6_BODY(float, cyl_vf, CYL_STREAM_VLF)
+
+__attribute__((target("arch=x86-64-v4")))
+static void cyl_stream_rows6_f64(const double* P, ptrdiff_t w,
+                                 const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                 const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                 double* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
+
+static int cyl_stream_cpu_level(void);
+static int cyl_stream_level_cache = -1;
+static int cyl_stream_level(void);
+#else
+#define CYL_STREAM_ROWS6 0
+#endif
 #else
 /* Portable C: the same arithmetic, one column at a time. */
 #define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
@@ -306,6 +387,12 @@ static void cyl_stream_panel_f32(const float* P, ptrdiff_t w, ptrdiff_t nrows,
 {
     ptrdiff_t r = 0;
 #if CYL_STREAM_VECTOR
+#if CYL_STREAM_ROWS6
+    if (nrows >= 6 && w % (4 * CYL_STREAM_VLF) == 0 && cyl_stream_level() == 2)
+        for (; nrows - r >= 6; r += 6)
+            cyl_stream_rows6_f32(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,
+                                  z0 + r * ldz, ldz);
+#endif
     /* blocks of 4 rows; a last 3 as 4 (one repeated), a last 2 as 2, a last 1 alone */
     for (; nrows - r >= 3; r += 4) {
         const ptrdiff_t r0 = r;
@@ -335,6 +422,12 @@ static void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
 {
     ptrdiff_t r = 0;
 #if CYL_STREAM_VECTOR
+#if CYL_STREAM_ROWS6
+    if (nrows >= 6 && w % (4 * CYL_STREAM_VLD) == 0 && cyl_stream_level() == 2)
+        for (; nrows - r >= 6; r += 6)
+            cyl_stream_rows6_f64(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,
+                                  z0 + r * ldz, ldz);
+#endif
     /* blocks of 4 rows; a last 3 as 4 (one repeated), a last 2 as 2, a last 1 alone */
     for (; nrows - r >= 3; r += 4) {
         const ptrdiff_t r0 = r;
@@ -489,6 +582,17 @@ static int cyl_stream_cpu_level(void)
 #endif
     return 0;
 }
+
+#if CYL_STREAM_ROWS6
+/* cyl_stream_cpu_level(), asked once (a benign race: every thread stores the
+ * same value). */
+static int cyl_stream_level(void)
+{
+    if (cyl_stream_level_cache < 0)
+        cyl_stream_level_cache = cyl_stream_cpu_level();
+    return cyl_stream_level_cache;
+}
+#endif
 
 /* Threads in the current OpenMP team (1 outside a parallel region, and without
  * OpenMP).  The team may be smaller than asked for (nested regions, OMP_DYNAMIC,

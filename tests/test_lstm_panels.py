@@ -1,0 +1,135 @@
+"""The packed-panel forward (small batches, threads splitting the units) against
+the NumPy float64 reference, the BLAS path and itself at other thread counts."""
+import numpy as np
+import pytest
+
+from cylstm import _lstm, functional
+from cylstm.functional import lstm_backward, lstm_forward
+from reference import lstm_ref, lstm_ref_backward, random_lstm
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=2e-6)}
+SPAN = {np.float32: _lstm.PANEL_UNITS_F32, np.float64: _lstm.PANEL_UNITS_F64}
+VL = {np.float32: 16, np.float64: 8}
+
+
+def _pack_numpy(U, dtype):
+    """The documented layout, written independently: panel p (units j0..j0+hb)
+    is (H, 4 hp) row-major, gate blocks hp wide, hp = hb rounded up to VL/4,
+    padding columns zero; panel p starts at p * H * 4 * span."""
+    H = U.shape[0]
+    span, q = SPAN[dtype], VL[dtype] // 4
+    out = []
+    for j0 in range(0, H, span):
+        hb = min(span, H - j0)
+        hp = -(-hb // q) * q
+        panel = np.zeros((H, 4, hp), dtype)
+        for g in range(4):
+            panel[:, g, :hb] = U[:, g * H + j0:g * H + j0 + hb]
+        out.append(panel.reshape(-1))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H", [1, 3, 8, 16, 17, 33, 50])
+def test_pack_recurrent_layout(dtype, H):
+    U = np.random.default_rng(H).standard_normal((H, 4 * H)).astype(dtype)
+    want = _pack_numpy(U, dtype)
+    assert _lstm.packed_len(H, np.dtype(dtype).name) == want.size
+    got = np.full(want.size, np.nan, dtype)
+    _lstm.pack_recurrent(U, got)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="packed_len"):
+        _lstm.pack_recurrent(U, np.empty(want.size + 1, dtype))
+
+
+@pytest.fixture
+def panels_always(monkeypatch):
+    """Make lstm_forward take the panel path whenever the batch is not split."""
+    monkeypatch.setattr(functional, "PANEL_TEAM_MIN_BYTES", 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("B,H,threads", [(1, 40, 2), (3, 17, 2), (7, 33, 3), (2, 50, 2)])
+def test_team_forward_and_backward_match_reference(panels_always, dtype, reverse,
+                                                   with_lengths, B, H, threads):
+    T, I = 9, 6
+    x, W, U, b = random_lstm(np.random.default_rng(B * H), B, T, I, H)
+    assert functional._forward_plan(B, H, U.astype(dtype), np.dtype(dtype), 1,
+                                    threads, None)[0] == 1
+    rng = np.random.default_rng(1)
+    h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
+    cast = [a.astype(dtype) for a in (x, W, U, b)]
+    out = lstm_forward(*cast, initial_state=(h0, c0), lengths=lengths, go_backwards=reverse,
+                       training=True, num_threads=threads)
+    np.testing.assert_allclose(out.output, y, **TOL[dtype])
+    np.testing.assert_allclose(out.h, hT, **TOL[dtype])
+    np.testing.assert_allclose(out.c, cT, **TOL[dtype])
+    if with_lengths:  # outputs past each length are exactly zero
+        for n, L in enumerate(lengths):
+            assert not out.output[n, L:].any()
+    # the training cache the panel path filled (gates, cells, h_prev) drives BPTT
+    dy = rng.standard_normal((B, T, H))
+    ref = lstm_ref_backward(x, W, U, tape, dy)
+    g = lstm_backward(out.cache, dy.astype(dtype), num_threads=threads)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
+        np.testing.assert_allclose(got, want, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_team_is_bitwise_equal_to_serial_panels(dtype):
+    """Each output is summed in k order by the same code whichever thread owns
+    its panel: 1, 2 and 3 threads give the same bits."""
+    B, T, I, H = 3, 20, 5, 40
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(4), B, T, I, H))
+    span = SPAN[dtype]
+    outs = []
+    for nt in (1, 2, 3):
+        P = np.empty(_lstm.packed_len(H, np.dtype(dtype).name), dtype)
+        _lstm.pack_recurrent(U, P)
+        y = np.zeros((B, T, H), dtype)
+        hs, cs = np.zeros((2, B, H), dtype)
+        G = np.empty((B, T, 4 * H), dtype)
+        Z = np.empty((nt, B * 4 * span), dtype)
+        _lstm.forward(x, W, U, b, None, False, None, None, y, hs, cs, G, None, None, Z,
+                      nt, 1, 1, P, np.empty((B, H), dtype))
+        outs.append((y, hs, cs))
+    for other in outs[1:]:
+        for a, c in zip(outs[0], other):
+            np.testing.assert_array_equal(a, c)
+    ref = lstm_forward(x, W, U, b, num_threads=1)  # the BLAS path
+    np.testing.assert_allclose(outs[0][0], ref.output, **TOL[dtype])
+
+
+def test_plan_keeps_blas_where_it_is_faster():
+    f32 = np.dtype(np.float32)
+    U = np.zeros((128, 512), f32)
+    assert functional._forward_plan(1, 128, U, f32, 1, 2, None)[0] == 1
+    assert functional._forward_plan(1, 128, U, f32, 1, 1, None)[0] == 0   # one thread
+    assert functional._forward_plan(8, 128, U, f32, 2, 2, None)[0] == 0   # batch splits
+    assert functional._forward_plan(1, 128, U, f32, 1, 2, np.ones((1, 128), f32))[0] == 0
+    small = np.zeros((32, 128), f32)                                      # 16 KiB
+    assert functional._forward_plan(1, 32, small, f32, 1, 2, None)[0] == 0
+
+
+def test_kernel_refuses_inconsistent_panel_buffers():
+    B, T, I, H = 1, 3, 2, 20
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(0), B, T, I, H))
+    args = lambda Z, P, h2: (x, W, U, b, None, False, None, None, None,  # noqa: E731
+                             np.zeros((B, H), np.float32), np.zeros((B, H), np.float32),
+                             np.empty((B, T, 4 * H), np.float32), None, None, Z, 2, 1, 1, P, h2)
+    P = np.empty(_lstm.packed_len(H, "float32"), np.float32)
+    Z = np.empty((2, B * 64), np.float32)
+    h2 = np.empty((B, H), np.float32)
+    with pytest.raises(ValueError, match="packed_len"):
+        _lstm.forward(*args(Z, P[:-1], h2))
+    with pytest.raises(ValueError, match="hs2"):
+        _lstm.forward(*args(Z, P, None))
+    with pytest.raises(ValueError, match="Z too small"):
+        _lstm.forward(*args(np.empty((1, B * 64), np.float32), P, h2))
+    with pytest.raises(ValueError, match="unknown mode"):
+        _lstm.forward(*args(Z, P, h2)[:17], 5, P, h2)
