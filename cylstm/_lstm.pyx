@@ -78,8 +78,13 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         const floating* rmask, floating* hm,
                         floating* y, floating* G, floating* C, floating* Hp,
                         floating* hs, floating* cs, floating* Z,
-                        int big_threads) noexcept nogil:
+                        int big_threads, bint fused) noexcept nogil:
     """Forward over samples [b0, b1) for all steps; hs/cs hold the state.
+
+    ``fused`` (no lengths): each step computes x_t @ W + h_prev @ U into Z,
+    and ``G`` only receives the activated gates (training; NULL in
+    inference).  Otherwise the input projection for all steps is one GEMM
+    into G first (samples at different time indices need it).
 
     BLAS may use ``big_threads`` threads for the input projection; the time
     loop always runs single-threaded BLAS (its products are too small for a
@@ -94,23 +99,30 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     cdef Py_ssize_t s, b, t, L, row, j, Lmax = 0
     cdef size_t hbytes = H * sizeof(floating)
     cdef floating* hsrc = hs if rmask == NULL else hm
+    cdef floating* gates
     if nb <= 0:
         return
     for b in range(b0, b1):
         L = T if lengths == NULL else lengths[b]
         Lmax = L if L > Lmax else Lmax
-    # G[b0:b1] (nb*T, 4H) = X[b0:b1] (nb*T, I) @ W (I, 4H); bias joins in the cell
-    _blas_threads(big_threads)
-    gemm(False, False, <int> (nb * T), <int> H4, <int> I, 1,
-         x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
-    _blas_threads(1)
+    if not fused:
+        # G[b0:b1] (nb*T, 4H) = X[b0:b1] (nb*T, I) @ W (I, 4H); bias joins in the cell
+        _blas_threads(big_threads)
+        gemm(False, False, <int> (nb * T), <int> H4, <int> I, 1,
+             x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
+        _blas_threads(1)
     for s in range(Lmax):
         if rmask != NULL:
             for j in range(b0 * H, b1 * H):
                 hm[j] = hs[j] * rmask[j]
-        # Z[b0:b1] (nb, 4H) = h_prev (nb, H) @ U (H, 4H)
+        if fused:
+            # every sample is at the same t: Z (nb, 4H) = x_t (nb, I) @ W, rows T*I apart
+            t = T - 1 - s if reverse else s
+            gemm_tiled(False, <int> nb, <int> H4, <int> I, 1, x + (b0 * T + t) * I,
+                       <int> (T * I), W, <int> H4, 0, Z + b0 * H4, <int> H4)
+        # Z[b0:b1] (nb, 4H) (+)= h_prev (nb, H) @ U (H, 4H)
         gemm_tiled(False, <int> nb, <int> H4, <int> H, 1, hsrc + b0 * H, <int> H,
-                   U, <int> H4, 0, Z + b0 * H4, <int> H4)
+                   U, <int> H4, 1 if fused else 0, Z + b0 * H4, <int> H4)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s >= L:
@@ -119,8 +131,13 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
             row = b * T + t
             if Hp != NULL:
                 memcpy(Hp + row * H, hsrc + b * H, hbytes)
-            cell_forward(H, G + row * H4, Z + b * H4, bias, cs + b * H,
-                         G + row * H4, cs + b * H, hs + b * H)
+            if fused:
+                gates = Z + b * H4 if G == NULL else G + row * H4
+                cell_forward(H, Z + b * H4, NULL, bias, cs + b * H,
+                             gates, cs + b * H, hs + b * H)
+            else:
+                cell_forward(H, G + row * H4, Z + b * H4, bias, cs + b * H,
+                             G + row * H4, cs + b * H, hs + b * H)
             if y != NULL:
                 memcpy(y + row * H, hs + b * H, hbytes)
             if C != NULL:
@@ -398,11 +415,14 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             floating[:, :, ::1] G, floating[:, :, ::1] C,
             floating[:, :, ::1] Hp, floating[:, ::1] Z,
             int n_threads, int blas_threads, int mode=0,
-            const floating[::1] Pu=None, floating[:, ::1] hs2=None):
+            const floating[::1] Pu=None, floating[:, ::1] hs2=None, bint fuse=False):
     """Run the forward kernel.  Arguments are validated by cylstm.functional.
 
     ``hs``/``cs`` (B, H) hold the initial state on entry and the final state
     on exit.  ``y``, ``C``, ``Hp`` may be None.  ``lengths`` may be None.
+    ``fuse`` (mode 0, no lengths): each step computes x_t @ W itself instead
+    of reading a projection of all steps from ``G``, which then only receives
+    the gates for training and may be None in inference.
 
     ``mode`` 0: the per-step product on BLAS, threads split the batch; ``Z``
     is (B, 4H) scratch.  ``mode`` 1: the product on the packed panels ``Pu``
@@ -424,7 +444,9 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef const floating* Pp
     cdef floating* h2p
     cdef floating* Zp = &Z[0, 0]
+    cdef floating* Gp = _ptr3(G)
     cdef Py_ssize_t zstride = Z.shape[1]
+    cdef bint fused
     if B == 0 or T == 0:
         return
     if rmp != NULL and hmp == NULL:
@@ -432,6 +454,9 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if mode not in (0, 1):
         raise ValueError(f"forward: unknown mode {mode}")
     nt = nt if nt > 1 else 1
+    fused = fuse and mode == 0 and lp == NULL
+    if Gp == NULL and not fused:
+        raise ValueError("forward: G is needed unless fuse is set (and there are no lengths)")
     if mode != 0:
         span = _span(&hs[0, 0])
         n_panels = (H + span - 1) // span
@@ -456,16 +481,16 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
         if mode == 0 and nt == 1:
             _blas_threads(blas_threads)
             _forward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
-                          lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
-                          &hs[0, 0], &cs[0, 0], Zp, blas_threads)
+                          lp, reverse, rmp, hmp, yp, Gp, Cp, Hpp,
+                          &hs[0, 0], &cs[0, 0], Zp, blas_threads, fused)
             _blas_threads(blas_threads)
         elif mode == 0:
             _blas_threads(1)
             for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
                 _forward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
                               &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
-                              lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
-                              &hs[0, 0], &cs[0, 0], Zp, 1)
+                              lp, reverse, rmp, hmp, yp, Gp, Cp, Hpp,
+                              &hs[0, 0], &cs[0, 0], Zp, 1, fused)
             _blas_threads(blas_threads)
         elif nt == 1:
             # one projection GEMM for all rows (BLAS may use its threads), then

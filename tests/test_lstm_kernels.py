@@ -210,3 +210,45 @@ def test_backward_writes_weight_gradients_into_out():
     with pytest.raises(ValueError, match=r"out\[1\] \(drecurrent_kernel\)"):
         lstm_backward(lstm_forward(x, W, U, b, training=True).cache, dy,
                       out=(None, np.zeros((6, 23)), None))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_fused_step_projection_matches_reference(monkeypatch, dtype, reverse, threads, fuse):
+    """Batches of 8+ samples per thread compute x_t @ W inside each step (no
+    gate buffer in inference) while the weights fit the cache; both ways match
+    the reference, forward and backward."""
+    from cylstm import functional
+
+    if not fuse:
+        monkeypatch.setattr(functional, "_LLC", 0)
+    B, T, I, H = 8 * threads, 7, 6, 5
+    x, W, U, b = _case(B, T, I, H, seed=21)
+    rng = np.random.default_rng(22)
+    h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+    y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, None, reverse)
+    calls = []
+    real = functional._lstm.forward
+    monkeypatch.setattr(functional._lstm, "forward",
+                        lambda *a: calls.append(a[-1]) or real(*a))
+    for training in (False, True):
+        out = _run(x, W, U, b, dtype, initial_state=(h0, c0), go_backwards=reverse,
+                   training=training, num_threads=threads)
+        np.testing.assert_allclose(out.output, y, **TOL[dtype])
+        np.testing.assert_allclose(out.h, hT, **TOL[dtype])
+        np.testing.assert_allclose(out.c, cT, **TOL[dtype])
+    assert calls == [fuse, fuse]
+    dy = rng.standard_normal((B, T, H))
+    ref = lstm_ref_backward(x, W, U, tape, dy)
+    g = lstm_backward(out.cache, dy.astype(dtype), num_threads=threads)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
+        np.testing.assert_allclose(got, want, err_msg=name, **tol)
+    # with lengths every sample is at its own time index: never fused
+    calls.clear()
+    lengths = np.full(B, T)
+    lengths[0] = T - 2
+    _run(x, W, U, b, dtype, lengths=lengths, num_threads=threads)
+    assert calls == [False]
