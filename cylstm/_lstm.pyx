@@ -201,18 +201,19 @@ def packed_len(Py_ssize_t H, dtype):
     return _packed_len(H, PANEL_UNITS_F64_C, CYL_STREAM_VLD)
 
 
-cdef void _pack_recurrent(Py_ssize_t H, const floating* U, floating* P) noexcept nogil:
-    """Pack U (H, 4H) into panels of span units, panel p at p * H * 4 * span.
+cdef void _pack_recurrent(Py_ssize_t H, const floating* U, floating* P,
+                          Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Pack panels [p0, p1) of U (H, 4H), panel p at p * H * 4 * span.
 
     Panel p holds units j0 .. j0 + hb of the four gates, row-major (H, 4 hb_pad):
     columns [i | f | g | o], each block hb_pad wide; the last panel's padding
     units (hb_pad > hb) are zero columns."""
     cdef Py_ssize_t span = _span(P), vl = _vlen(P), H4 = 4 * H
-    cdef Py_ssize_t j0, hb, hp, w, k, g, u
+    cdef Py_ssize_t p, j0, hb, hp, w, k, g, u
     cdef const floating* src
     cdef floating* dst
-    j0 = 0
-    while j0 < H:
+    for p in range(p0, p1):
+        j0 = p * span
         hb = H - j0 if H - j0 < span else span
         hp = _padded_units(hb, vl)
         w = 4 * hp
@@ -224,7 +225,6 @@ cdef void _pack_recurrent(Py_ssize_t H, const floating* U, floating* P) noexcept
                     dst[g * hp + u] = src[g * H + u]
                 for u in range(hb, hp):
                     dst[g * hp + u] = 0
-        j0 += span
 
 
 cdef inline void _panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
@@ -245,11 +245,11 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_
                           floating* y, floating* G, floating* C, floating* Hp,
                           floating* hs, floating* hs2, floating* cs,
                           floating* zs) noexcept nogil:
-    """Time loop over rows [b0, b1) and panels [p0, p1); G holds x @ W.
-
+    """Time loop over rows [b0, b1) and panels [p0, p1) of the packed ``P``;
+    G holds x @ W for these panels' units.
     ``hs`` holds h0 on entry and the final h on exit; ``hs2`` is the other
     half of the double buffer.  With ``team`` the OpenMP team meets at a
-    barrier after every step (the threads split the panels).  ``rmask``
+    barrier after every step (the threads split the units).  ``rmask``
     (recurrent dropout) is only allowed without ``team``.
     """
     cdef Py_ssize_t span = _span(hs), vl = _vlen(hs), H4 = 4 * H, nb = b1 - b0
@@ -404,7 +404,7 @@ def pack_recurrent(const floating[:, ::1] U, floating[::1] out):
         raise ValueError("pack_recurrent: U must be (H, 4H) and out packed_len(H) long")
     if H:
         with nogil:
-            _pack_recurrent(H, &U[0, 0], &out[0])
+            _pack_recurrent(H, &U[0, 0], &out[0], 0, (H + _span(kind) - 1) // _span(kind))
 
 
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
@@ -415,7 +415,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             floating[:, :, ::1] G, floating[:, :, ::1] C,
             floating[:, :, ::1] Hp, floating[:, ::1] Z,
             int n_threads, int blas_threads, int mode=0,
-            const floating[::1] Pu=None, floating[:, ::1] hs2=None, bint fuse=False):
+            floating[::1] Pu=None, floating[:, ::1] hs2=None, bint fuse=False):
     """Run the forward kernel.  Arguments are validated by cylstm.functional.
 
     ``hs``/``cs`` (B, H) hold the initial state on entry and the final state
@@ -424,11 +424,12 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     of reading a projection of all steps from ``G``, which then only receives
     the gates for training and may be None in inference.
 
-    ``mode`` 0: the per-step product on BLAS, threads split the batch; ``Z``
-    is (B, 4H) scratch.  ``mode`` 1: the product on the packed panels ``Pu``
-    (see :func:`pack_recurrent`), threads split the panels and meet at one
-    barrier per step (not with ``rmask``); ``Z`` is then per-thread scratch
-    (n_threads, B * 4 * span) and ``hs2`` (B, H) the second h buffer.
+    ``mode`` 0: threads split the batch, the per-step product on BLAS; ``Z``
+    is (B, 4H) scratch.  ``mode`` 1: threads split the units in whole panels
+    of span units and meet at one barrier per step (not with ``rmask``), the
+    product on packed panels of U (see :func:`pack_recurrent`; ``Pu`` is
+    scratch for them, each thread packs its own); ``hs2`` (B, H) is the second
+    h buffer and ``Z`` per-thread scratch (n_threads, B * 4 * span).
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = U.shape[0], H4 = 4 * H, Lmax = 0, b, L, span, n_panels
@@ -441,7 +442,6 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef floating* Hpp = _ptr3(Hp)
     cdef const floating* rmp = NULL if rmask is None else &rmask[0, 0]
     cdef floating* hmp = NULL if hm is None else &hm[0, 0]
-    cdef const floating* Pp
     cdef floating* h2p
     cdef floating* Zp = &Z[0, 0]
     cdef floating* Gp = _ptr3(G)
@@ -460,17 +460,17 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if mode != 0:
         span = _span(&hs[0, 0])
         n_panels = (H + span - 1) // span
-        if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(&hs[0, 0])) \
-                or hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
-            raise ValueError("forward: the panel path needs Pu (packed_len(H)) and hs2 (B, H)")
+        if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(&hs[0, 0])):
+            raise ValueError("forward: mode 1 needs Pu (packed_len(H))")
+        if Gp == NULL or hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
+            raise ValueError("forward: mode 1 needs G and hs2 (B, H)")
         nt = n_threads if n_threads < n_panels else <int> n_panels
         nt = nt if nt > 1 else 1
         if rmp != NULL and nt > 1:
-            raise ValueError("forward: the panel path cannot split a recurrent mask")
-        # (a panel is at most 4 * span wide: padding only rounds a short last one up)
+            raise ValueError("forward: the unit split cannot take a recurrent mask")
+        # a panel is at most 4 * span wide (padding only rounds a short last one up)
         if Z.shape[0] < nt or zstride < B * 4 * span:
-            raise ValueError("forward: Z too small for the panel path")
-        Pp = &Pu[0]
+            raise ValueError("forward: Z too small for mode 1")
         h2p = &hs2[0, 0]
         for b in range(B):
             L = T if lp == NULL else lp[b]
@@ -492,42 +492,34 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                               lp, reverse, rmp, hmp, yp, Gp, Cp, Hpp,
                               &hs[0, 0], &cs[0, 0], Zp, 1, fused)
             _blas_threads(blas_threads)
-        elif nt == 1:
-            # one projection GEMM for all rows (BLAS may use its threads), then
-            # the time loop on the calling thread
-            _blas_threads(blas_threads)
-            _project_rows(0, B * T, I, H, &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
-            _blas_threads(1)
-            _forward_panels(0, B, 0, n_panels, False, T, H, Lmax, Pp, &bias[0], lp,
-                            reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp, &hs[0, 0],
-                            h2p, &cs[0, 0], Zp)
-            _blas_threads(blas_threads)
         else:
-            # the team splits the projection's rows (single-threaded BLAS each:
-            # a BLAS thread pool spinning next to the team would starve it),
-            # meets once, then splits the panels of every step
+            # mode 1: each thread packs, projects and steps its own units; its
+            # projection (single-threaded BLAS: a BLAS pool spinning next to the
+            # team would starve it) writes only the G columns it reads later
             _blas_threads(1)
             with parallel(num_threads=nt):
                 tid = threadid()
                 team = cyl_stream_team_size()
-                _project_rows((tid * B * T) // team, ((tid + 1) * B * T) // team, I, H,
-                              &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
-                cyl_stream_barrier()
                 p0 = (tid * n_panels) // team
                 p1 = ((tid + 1) * n_panels) // team
-                _forward_panels(0, B, p0, p1, True, T, H, Lmax, Pp, &bias[0], lp,
+                _project_units(p0 * span, p1 * span if p1 * span < H else H, B * T, I, H,
+                               &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
+                _pack_recurrent(H, &U[0, 0], &Pu[0], p0, p1)
+                _forward_panels(0, B, p0, p1, team > 1, T, H, Lmax, &Pu[0], &bias[0], lp,
                                 reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
                                 &hs[0, 0], h2p, &cs[0, 0], Zp + tid * zstride)
             _blas_threads(blas_threads)
 
 
-cdef inline void _project_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t I,
-                               Py_ssize_t H, const floating* x, const floating* W,
-                               floating* G) noexcept nogil:
-    """Rows [r0, r1) of G (B*T, 4H) = X (B*T, I) @ W (I, 4H); bias joins in the cell."""
-    if r1 > r0:
-        gemm(False, False, <int> (r1 - r0), <int> (4 * H), <int> I, 1,
-             x + r0 * I, <int> I, W, <int> (4 * H), 0, G + r0 * 4 * H, <int> (4 * H))
+cdef inline void _project_units(Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t M, Py_ssize_t I,
+                                Py_ssize_t H, const floating* x, const floating* W,
+                                floating* G) noexcept nogil:
+    """The gate columns of units [j0, j1) of G (M, 4H) = X (M, I) @ W (I, 4H)."""
+    cdef Py_ssize_t g
+    if j1 > j0:
+        for g in range(4):
+            gemm(False, False, <int> M, <int> (j1 - j0), <int> I, 1, x, <int> I,
+                 W + g * H + j0, <int> (4 * H), 0, G + g * H + j0, <int> (4 * H))
 
 
 def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,

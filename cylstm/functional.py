@@ -40,11 +40,18 @@ LSTMGrads = namedtuple(
 # (measured in bench/compare.py: see README, "threads").
 MIN_ROWS_PER_THREAD = 4
 
-# A batch too small to split runs its per-step product on the packed panels of
-# the recurrent kernel, the threads splitting the panels (one barrier per step),
-# once the recurrent kernel is at least this many bytes: below it, the barrier
-# costs more than the second core saves (measured: (T, B, I, H) = (200, 1, 64, 96)
-# 0.33 ms against 0.40 serial at 2 threads; (200, 1, 32, 64) no faster).
+# The threads split the recurrent kernel's units instead of the batch (packed
+# panels, one barrier per step: cylstm/_lstm.pyx) when
+#  - the batch is too small to split and the recurrent kernel has at least
+#    PANEL_TEAM_MIN_BYTES: below it the barrier costs more than the second core
+#    saves (at 2 threads: (T, B, I, H) = (200, 1, 64, 96) 0.33 ms against 0.40
+#    serial; (200, 1, 32, 64) no faster);
+#  - or the recurrent kernel is at least half the last-level cache: split by
+#    batch, every thread would stream all of it from memory each step; split by
+#    units, each keeps its share in cache ((25, 16, 1024, 1024), 16 MiB of U,
+#    41.4 -> 36.8 ms; (50, 16, 768, 768), 9 MiB, 38.5 -> 40.1 ms: not used).
+#    On one thread too: the panel kernel's six-row blocks read the weights
+#    fewer times than BLAS's tiles (86.5 -> 72.7 ms at (25, 16, 1024, 1024)).
 PANEL_TEAM_MIN_BYTES = 128 * 1024
 
 # Batches that split into slices of at least FUSE_MIN_ROWS samples per thread
@@ -109,15 +116,16 @@ def _weights_dtype(kernel):
 def _forward_plan(B, H, U, dtype, nt, n_total, rmask):
     """(mode, scratch) for :func:`cylstm._lstm.forward`: 0 (BLAS per step, threads
     split the batch) or 1 (packed panels, threads split the panels)."""
-    if (nt > 1 or n_total < 2 or rmask is not None or B == 0 or H == 0
-            or U.nbytes < PANEL_TEAM_MIN_BYTES):
+    if rmask is not None or B == 0 or H == 0:
+        return 0, None
+    small_batch = n_total >= 2 and nt == 1 and U.nbytes >= PANEL_TEAM_MIN_BYTES
+    if not (small_batch or 2 * U.nbytes >= _LLC):
         return 0, None
     span = _lstm.PANEL_UNITS_F32 if dtype == np.float32 else _lstm.PANEL_UNITS_F64
     n_panels = -(-H // span)
     if n_panels < 2:
         return 0, None
-    Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)
-    _lstm.pack_recurrent(U, Pu)
+    Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)  # packed by the kernel
     return 1, (take((min(n_total, n_panels), B * 4 * span), dtype, align=64), Pu,
                take((B, H), dtype))
 

@@ -44,19 +44,22 @@ def test_pack_recurrent_layout(dtype, H):
 
 @pytest.fixture
 def panels_always(monkeypatch):
-    """Make lstm_forward take the panel path whenever the batch is not split."""
+    """Make lstm_forward take the panel path whenever it has two threads."""
     monkeypatch.setattr(functional, "PANEL_TEAM_MIN_BYTES", 0)
+    monkeypatch.setattr(functional, "_LLC", 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize("B,H,threads", [(1, 40, 2), (3, 17, 2), (7, 33, 3), (2, 50, 2)])
+@pytest.mark.parametrize("B,H,threads", [(1, 40, 2), (3, 17, 2), (7, 33, 3), (2, 50, 2),
+                                         (16, 36, 2)])
 def test_team_forward_and_backward_match_reference(panels_always, dtype, reverse,
                                                    with_lengths, B, H, threads):
     T, I = 9, 6
     x, W, U, b = random_lstm(np.random.default_rng(B * H), B, T, I, H)
-    assert functional._forward_plan(B, H, U.astype(dtype), np.dtype(dtype), 1,
+    nt = functional._threads_for(B, threads)[1]
+    assert functional._forward_plan(B, H, U.astype(dtype), np.dtype(dtype), nt,
                                     threads, None)[0] == 1
     rng = np.random.default_rng(1)
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
@@ -114,6 +117,12 @@ def test_plan_keeps_blas_where_it_is_faster():
     assert functional._forward_plan(1, 128, U, f32, 1, 2, np.ones((1, 128), f32))[0] == 0
     small = np.zeros((32, 128), f32)                                      # 16 KiB
     assert functional._forward_plan(1, 32, small, f32, 1, 2, None)[0] == 0
+    # a recurrent kernel of half the last-level cache: split the units, any batch
+    big = np.zeros((1024, 4096), f32)                                     # 16 MiB
+    llc = functional._LLC
+    for nt, n in ((2, 2), (1, 1)):
+        assert functional._forward_plan(64, 1024, big, f32, nt, n, None)[0] == (
+            1 if 2 * big.nbytes >= llc else 0)
 
 
 def test_kernel_refuses_inconsistent_panel_buffers():
