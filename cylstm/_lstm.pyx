@@ -194,6 +194,21 @@ cdef inline Py_ssize_t _packed_len(Py_ssize_t H, Py_ssize_t span,
     return H * 4 * (H - last + _padded_units(last, vl))
 
 
+cdef inline Py_ssize_t _stacked_len(Py_ssize_t I, Py_ssize_t H, Py_ssize_t span,
+                                    Py_ssize_t vl) noexcept nogil:
+    """Packed [W; U] panels and their panel-ordered bias: (I + H + 1) * 4 * H_pad."""
+    if H <= 0:
+        return 0
+    return (I + H + 1) * (_packed_len(H, span, vl) // H)
+
+
+def stacked_len(Py_ssize_t I, Py_ssize_t H, dtype):
+    """Elements of the scratch that mode 2 of :func:`forward` packs [W; U] and the bias into."""
+    if str(dtype) == "float32":
+        return _stacked_len(I, H, PANEL_UNITS_F32_C, CYL_STREAM_VLF)
+    return _stacked_len(I, H, PANEL_UNITS_F64_C, CYL_STREAM_VLD)
+
+
 def packed_len(Py_ssize_t H, dtype):
     """Elements of the packed recurrent kernel of ``H`` units (see pack_recurrent)."""
     if str(dtype) == "float32":
@@ -208,7 +223,17 @@ cdef void _pack_recurrent(Py_ssize_t H, const floating* U, floating* P,
     Panel p holds units j0 .. j0 + hb of the four gates, row-major (H, 4 hb_pad):
     columns [i | f | g | o], each block hb_pad wide; the last panel's padding
     units (hb_pad > hb) are zero columns."""
-    cdef Py_ssize_t span = _span(P), vl = _vlen(P), H4 = 4 * H
+    _pack_stacked(0, H, NULL, U, NULL, P, NULL, p0, p1)
+
+
+cdef void _pack_stacked(Py_ssize_t I, Py_ssize_t H, const floating* W, const floating* U,
+                        const floating* bias, floating* P, floating* bp,
+                        Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Pack panels [p0, p1) of [W; U] ((I + H), 4H) as :func:`_pack_recurrent`
+    does U (K = I + H rows, panel p at p * K * 4 * span; the streaming
+    runner's layout), and, if ``bp``, the bias in panel order (panel p's
+    4 hb_pad entries at p * 4 * span, zero for padding units)."""
+    cdef Py_ssize_t span = _span(P), vl = _vlen(P), H4 = 4 * H, K = I + H
     cdef Py_ssize_t p, j0, hb, hp, w, k, g, u
     cdef const floating* src
     cdef floating* dst
@@ -217,14 +242,18 @@ cdef void _pack_recurrent(Py_ssize_t H, const floating* U, floating* P,
         hb = H - j0 if H - j0 < span else span
         hp = _padded_units(hb, vl)
         w = 4 * hp
-        for k in range(H):
-            src = U + k * H4 + j0
-            dst = P + j0 * H4 + k * w
+        for k in range(K):
+            src = (W + k * H4 if k < I else U + (k - I) * H4) + j0
+            dst = P + j0 * 4 * K + k * w
             for g in range(4):
                 for u in range(hb):
                     dst[g * hp + u] = src[g * H + u]
                 for u in range(hb, hp):
                     dst[g * hp + u] = 0
+        if bp != NULL:
+            for g in range(4):
+                for u in range(hp):
+                    bp[j0 * 4 + g * hp + u] = bias[g * H + j0 + u] if u < hb else 0
 
 
 cdef inline void _panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
@@ -237,23 +266,42 @@ cdef inline void _panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrow
         cyl_stream_panel_f64(P, w, nrows, h, 0, H, h, H, H, z, w)
 
 
+cdef inline void _stacked_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
+                                  const floating* x, Py_ssize_t I, Py_ssize_t ldx,
+                                  const floating* h, Py_ssize_t H,
+                                  floating* z) noexcept nogil:
+    """z (nrows, w) = [x (nrows, I; rows ldx apart), h (nrows, H)] @ panel (I + H, w)."""
+    if floating is float:
+        cyl_stream_panel_f32(P, w, nrows, x, I, ldx, h, H, H, z, w)
+    else:
+        cyl_stream_panel_f64(P, w, nrows, x, I, ldx, h, H, H, z, w)
+
+
 cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_t p1,
                           bint team, Py_ssize_t T, Py_ssize_t H, Py_ssize_t Lmax,
+                          const floating* x, Py_ssize_t I,
                           const floating* P, const floating* bias,
                           const int64_t* lengths, bint reverse,
                           const floating* rmask, floating* hm,
                           floating* y, floating* G, floating* C, floating* Hp,
                           floating* hs, floating* hs2, floating* cs,
                           floating* zs) noexcept nogil:
-    """Time loop over rows [b0, b1) and panels [p0, p1) of the packed ``P``;
-    G holds x @ W for these panels' units.
+    """Time loop over rows [b0, b1) and panels [p0, p1) of the packed ``P``.
+
+    ``x`` NULL: ``P`` packs U, G holds x @ W for these panels' units and
+    ``bias`` is in the public order.  ``x`` (B, T, I): ``P`` packs [W; U]
+    (stacked), each step's product is [x_t, h_prev] @ panel (the streaming
+    runner's step), ``bias`` is in panel order and G, if not NULL, receives
+    the gates (training); every row must then be at the same time index
+    (no lengths with ``reverse``).
     ``hs`` holds h0 on entry and the final h on exit; ``hs2`` is the other
     half of the double buffer.  With ``team`` the OpenMP team meets at a
     barrier after every step (the threads split the units).  ``rmask``
     (recurrent dropout) is only allowed without ``team``.
     """
     cdef Py_ssize_t span = _span(hs), vl = _vlen(hs), H4 = 4 * H, nb = b1 - b0
-    cdef Py_ssize_t s, p, b, j, t, L, row, j0, j1, hb, hp, w
+    cdef Py_ssize_t s, p, b, j, t, L, row, j0, j1, hb, hp, w, g, K = I + H
+    cdef floating* zr
     cdef floating* cur
     cdef floating* nxt
     cdef const floating* src
@@ -279,6 +327,24 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_
             hb = H - p * span if H - p * span < span else span
             hp = _padded_units(hb, vl)
             w = 4 * hp
+            if x != NULL:
+                t = T - 1 - s if reverse else s
+                _stacked_product(P + p * K * 4 * span, w, nb, x + (b0 * T + t) * I, I,
+                                 T * I, src + b0 * H, H, zs)
+                for b in range(b0, b1):
+                    L = T if lengths == NULL else lengths[b]
+                    if s >= L:
+                        continue
+                    zr = zs + (b - b0) * w
+                    cell_forward_units(hb, hp, zr, NULL, hp, bias + p * 4 * span,
+                                       cs + b * H + p * span, zr, cs + b * H + p * span,
+                                       nxt + b * H + p * span)
+                    if G != NULL:
+                        row = b * T + t
+                        for g in range(4):
+                            memcpy(G + row * H4 + g * H + p * span, zr + g * hp,
+                                   hb * sizeof(floating))
+                continue
             _panel_product(P + p * H * 4 * span, w, nb, src + b0 * H, H, zs)
             for b in range(b0, b1):
                 L = T if lengths == NULL else lengths[b]
@@ -430,6 +496,11 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     product on packed panels of U (see :func:`pack_recurrent`; ``Pu`` is
     scratch for them, each thread packs its own); ``hs2`` (B, H) is the second
     h buffer and ``Z`` per-thread scratch (n_threads, B * 4 * span).
+    ``mode`` 2: threads split the batch; each step is the streaming runner's
+    [x_t, h_prev] @ [W; U] on packed panels, then the cell, panel by panel
+    (``Pu``: stacked_len(I, H) scratch the team packs them into; no lengths
+    with ``reverse``); ``G`` may be None (it only receives the gates); ``hs2``
+    and ``Z`` as in mode 1.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = U.shape[0], H4 = 4 * H, Lmax = 0, b, L, span, n_panels
@@ -443,6 +514,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef const floating* rmp = NULL if rmask is None else &rmask[0, 0]
     cdef floating* hmp = NULL if hm is None else &hm[0, 0]
     cdef floating* h2p
+    cdef Py_ssize_t nbias = 0, r0, r1
     cdef floating* Zp = &Z[0, 0]
     cdef floating* Gp = _ptr3(G)
     cdef Py_ssize_t zstride = Z.shape[1]
@@ -451,13 +523,29 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
         return
     if rmp != NULL and hmp == NULL:
         raise ValueError("forward: recurrent mask needs the hm scratch buffer")
-    if mode not in (0, 1):
+    if mode not in (0, 1, 2):
         raise ValueError(f"forward: unknown mode {mode}")
     nt = nt if nt > 1 else 1
     fused = fuse and mode == 0 and lp == NULL
-    if Gp == NULL and not fused:
+    if Gp == NULL and not fused and mode != 2:
         raise ValueError("forward: G is needed unless fuse is set (and there are no lengths)")
-    if mode != 0:
+    if mode == 2:
+        span = _span(&hs[0, 0])
+        n_panels = (H + span - 1) // span
+        if Pu is None or Pu.shape[0] != _stacked_len(I, H, span, _vlen(&hs[0, 0])):
+            raise ValueError("forward: mode 2 needs Pu (stacked_len(I, H))")
+        if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
+            raise ValueError("forward: mode 2 needs hs2 (B, H)")
+        if lp != NULL and reverse:
+            raise ValueError("forward: mode 2 cannot run lengths backwards")
+        if Z.shape[0] < nt or zstride < B * 4 * span:
+            raise ValueError("forward: Z too small for mode 2")
+        h2p = &hs2[0, 0]
+        nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
+        for b in range(B):
+            L = T if lp == NULL else lp[b]
+            Lmax = L if L > Lmax else Lmax
+    elif mode == 1:
         span = _span(&hs[0, 0])
         n_panels = (H + span - 1) // span
         if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(&hs[0, 0])):
@@ -492,6 +580,25 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                               lp, reverse, rmp, hmp, yp, Gp, Cp, Hpp,
                               &hs[0, 0], &cs[0, 0], Zp, 1, fused)
             _blas_threads(blas_threads)
+        elif mode == 2:
+            # the team packs [W; U] panel by panel, meets once, then each thread
+            # runs the whole sequence on its slice of the batch (no barrier per
+            # step): [x_t, h_prev] @ panel and the cell, panel by panel
+            _blas_threads(1)
+            with parallel(num_threads=nt):
+                tid = threadid()
+                team = cyl_stream_team_size()
+                p0 = (tid * n_panels) // team
+                p1 = ((tid + 1) * n_panels) // team
+                _pack_stacked(I, H, &W[0, 0], &U[0, 0], &bias[0], &Pu[0], &Pu[0] + nbias,
+                              p0, p1)
+                cyl_stream_barrier()
+                r0 = (tid * B) // team
+                r1 = ((tid + 1) * B) // team
+                _forward_panels(r0, r1, 0, n_panels, False, T, H, Lmax, &x[0, 0, 0], I,
+                                &Pu[0], &Pu[0] + nbias, lp, reverse, rmp, hmp, yp, Gp, Cp,
+                                Hpp, &hs[0, 0], h2p, &cs[0, 0], Zp + tid * zstride)
+            _blas_threads(blas_threads)
         else:
             # mode 1: each thread packs, projects and steps its own units; its
             # projection (single-threaded BLAS: a BLAS pool spinning next to the
@@ -505,7 +612,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                 _project_units(p0 * span, p1 * span if p1 * span < H else H, B * T, I, H,
                                &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
                 _pack_recurrent(H, &U[0, 0], &Pu[0], p0, p1)
-                _forward_panels(0, B, p0, p1, team > 1, T, H, Lmax, &Pu[0], &bias[0], lp,
+                _forward_panels(0, B, p0, p1, team > 1, T, H, Lmax, NULL, 0, &Pu[0], &bias[0], lp,
                                 reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
                                 &hs[0, 0], h2p, &cs[0, 0], Zp + tid * zstride)
             _blas_threads(blas_threads)

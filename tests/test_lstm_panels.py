@@ -59,8 +59,7 @@ def test_team_forward_and_backward_match_reference(panels_always, dtype, reverse
     T, I = 9, 6
     x, W, U, b = random_lstm(np.random.default_rng(B * H), B, T, I, H)
     nt = functional._threads_for(B, threads)[1]
-    assert functional._forward_plan(B, H, U.astype(dtype), np.dtype(dtype), nt,
-                                    threads, None)[0] == 1
+    assert _plan(B, H, U.astype(dtype), nt, threads, I=I) == 1
     rng = np.random.default_rng(1)
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
     lengths = rng.integers(1, T + 1, B) if with_lengths else None
@@ -108,21 +107,72 @@ def test_team_is_bitwise_equal_to_serial_panels(dtype):
     np.testing.assert_allclose(outs[0][0], ref.output, **TOL[dtype])
 
 
+def _plan(B, H, U, nt, n_total, rmask=None, lens=None, reverse=False, I=8):
+    W = np.zeros((I, 4 * H), U.dtype)
+    return functional._forward_plan(B, H, W, U, U.dtype, nt, n_total, rmask, lens, reverse)[0]
+
+
 def test_plan_keeps_blas_where_it_is_faster():
-    f32 = np.dtype(np.float32)
+    f32 = np.float32
     U = np.zeros((128, 512), f32)
-    assert functional._forward_plan(1, 128, U, f32, 1, 2, None)[0] == 1
-    assert functional._forward_plan(1, 128, U, f32, 1, 1, None)[0] == 0   # one thread
-    assert functional._forward_plan(8, 128, U, f32, 2, 2, None)[0] == 0   # batch splits
-    assert functional._forward_plan(1, 128, U, f32, 1, 2, np.ones((1, 128), f32))[0] == 0
-    small = np.zeros((32, 128), f32)                                      # 16 KiB
-    assert functional._forward_plan(1, 32, small, f32, 1, 2, None)[0] == 0
+    assert _plan(1, 128, U, 1, 2) == 1
+    assert _plan(1, 128, U, 1, 1) == 0   # one thread
+    assert _plan(8, 128, U, 2, 2) == 0   # batch splits
+    assert _plan(1, 128, U, 1, 2, rmask=np.ones((1, 128), f32)) == 0
+    small = np.zeros((32, 128), f32)     # 16 KiB
+    assert _plan(1, 32, small, 1, 2) == 0
     # a recurrent kernel of half the last-level cache: split the units, any batch
-    big = np.zeros((1024, 4096), f32)                                     # 16 MiB
-    llc = functional._LLC
+    big = np.zeros((1024, 4096), f32)    # 16 MiB
     for nt, n in ((2, 2), (1, 1)):
-        assert functional._forward_plan(64, 1024, big, f32, nt, n, None)[0] == (
-            1 if 2 * big.nbytes >= llc else 0)
+        assert _plan(64, 1024, big, nt, n) == (1 if 2 * big.nbytes >= functional._LLC else 0)
+    # 16+ rows per thread and 256+ units: the stacked [W; U] panels
+    mid = np.zeros((256, 1024), f32)
+    fits = (mid.nbytes + 128 * 1024 * 4) * 4 <= functional._LLC
+    assert _plan(32, 256, mid, 2, 2, I=128) == (2 if fits else 0)
+    assert _plan(16, 256, mid, 2, 2, I=128) == 0             # 8 rows per thread
+    assert _plan(32, 128, U, 2, 2, I=128) == 0               # too few units
+    lens = np.full(32, 3)
+    assert _plan(32, 256, mid, 2, 2, I=128, lens=lens) == (2 if fits else 0)
+    assert _plan(32, 256, mid, 2, 2, I=128, lens=lens, reverse=True) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, reverse,
+                                                      with_lengths, threads, masked):
+    """Mode 2: [x_t, h_prev] @ packed [W; U] per step, threads splitting the batch."""
+    monkeypatch.setattr(functional, "STACKED_MIN_ROWS", 1)
+    monkeypatch.setattr(functional, "STACKED_MIN_UNITS", 1)
+    B, T, I, H = 7, 6, 5, 37     # a padded last panel for both dtypes
+    x, W, U, b = random_lstm(np.random.default_rng(5), B, T, I, H)
+    rng = np.random.default_rng(6)
+    h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    rmask = (rng.random((B, H)) > 0.3) / 0.7 if masked else None
+    nt = functional._threads_for(B, threads)[1]
+    assert functional._forward_plan(B, H, W.astype(dtype), U.astype(dtype), np.dtype(dtype),
+                                    nt, threads, None, lengths, reverse)[0] == 2
+    y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse, rmask=rmask)
+    cast = [a.astype(dtype) for a in (x, W, U, b)]
+    kw = dict(initial_state=(h0, c0), lengths=lengths, go_backwards=reverse,
+              num_threads=threads, recurrent_mask=rmask)
+    inf = lstm_forward(*cast, **kw)
+    out = lstm_forward(*cast, training=True, **kw)
+    for o in (inf, out):
+        np.testing.assert_allclose(o.output, y, **TOL[dtype])
+        np.testing.assert_allclose(o.h, hT, **TOL[dtype])
+        np.testing.assert_allclose(o.c, cT, **TOL[dtype])
+    if with_lengths:
+        for n, L in enumerate(lengths):
+            assert not out.output[n, L:].any()
+    dy = rng.standard_normal((B, T, H))
+    ref = lstm_ref_backward(x, W, U, tape, dy, rmask=rmask)
+    g = lstm_backward(out.cache, dy.astype(dtype), num_threads=threads)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
+        np.testing.assert_allclose(got, want, err_msg=name, **tol)
 
 
 def test_kernel_refuses_inconsistent_panel_buffers():
@@ -142,3 +192,14 @@ def test_kernel_refuses_inconsistent_panel_buffers():
         _lstm.forward(*args(np.empty((1, B * 64), np.float32), P, h2))
     with pytest.raises(ValueError, match="unknown mode"):
         _lstm.forward(*args(Z, P, h2)[:17], 5, P, h2)
+    # mode 2: the stacked scratch, and no lengths run backwards
+    S = np.empty(_lstm.stacked_len(I, H, "float32"), np.float32)
+    a2 = list(args(Z, S, h2))
+    a2[17] = 2
+    _lstm.forward(*a2)
+    a2[18] = P
+    with pytest.raises(ValueError, match="stacked_len"):
+        _lstm.forward(*a2)
+    a2[18], a2[4], a2[5] = S, np.array([3], np.int64), True
+    with pytest.raises(ValueError, match="backwards"):
+        _lstm.forward(*a2)
