@@ -72,6 +72,9 @@ FUSE_MIN_ROWS = 8
 # (100, 32, 128, 256) 25.5 -> 24.6 and 12.7 -> 12.2 ms.  Below 16 rows a thread
 # runs too few six-row blocks ((100, 16, 256, 256) on two threads: 8.2 -> 9.6 ms)
 # and below 256 units the per-panel cell calls cost what the kernel saves.
+# Inference only: a training forward must also scatter each panel's gates into
+# the (B, T, 4H) buffer the backward reads, which cost more than the kernel
+# saved ((100, 32, 128, 256) training step 86.2 -> 90.2 ms on one thread).
 STACKED_MIN_ROWS = 16
 STACKED_MIN_UNITS = 256
 
@@ -125,7 +128,7 @@ def _weights_dtype(kernel):
     return np.dtype(np.float32)
 
 
-def _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, reverse):
+def _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, reverse, training=False):
     """How :func:`cylstm._lstm.forward` runs: (mode, fuse, scratch).
 
     mode 0: threads split the batch, per-step products on BLAS (``fuse``: x_t @ W
@@ -144,7 +147,7 @@ def _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, reverse):
             Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)
             return 1, False, (take((min(n_total, n_panels), B * 4 * span), dtype, align=64),
                               Pu, take((B, H), dtype))
-    if (B // nt >= STACKED_MIN_ROWS and H >= STACKED_MIN_UNITS and fits
+    if (not training and B // nt >= STACKED_MIN_ROWS and H >= STACKED_MIN_UNITS and fits
             and not (lens is not None and reverse)):
         Pu = take((_lstm.stacked_len(W.shape[0], H, dtype.name),), dtype, align=64)
         return 2, False, (take((nt, B * 4 * span), dtype, align=64), Pu, take((B, H), dtype))
@@ -359,7 +362,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     ragged = lens is not None
     alloc = np.zeros if ragged else np.empty
     mode, fuse, scratch = _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens,
-                                        go_backwards)
+                                        go_backwards, training)
     # the gate buffer: x @ W for every step (modes 0 unfused, 1), the gates (training)
     G = take((B, T, 4 * H), dtype) if (training or mode == 1 or (mode == 0 and not fuse)) \
         else None

@@ -152,14 +152,31 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
     lengths = rng.integers(1, T + 1, B) if with_lengths else None
     rmask = (rng.random((B, H)) > 0.3) / 0.7 if masked else None
     nt = functional._threads_for(B, threads)[1]
-    assert functional._forward_plan(B, H, W.astype(dtype), U.astype(dtype), np.dtype(dtype),
-                                    nt, threads, None, lengths, reverse)[0] == 2
+    plan = [functional._forward_plan(B, H, W.astype(dtype), U.astype(dtype), np.dtype(dtype),
+                                     nt, threads, None, lengths, reverse, training)[0]
+            for training in (False, True)]
+    assert plan == [2, 0]   # a training forward keeps the BLAS path
     y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse, rmask=rmask)
     cast = [a.astype(dtype) for a in (x, W, U, b)]
     kw = dict(initial_state=(h0, c0), lengths=lengths, go_backwards=reverse,
               num_threads=threads, recurrent_mask=rmask)
     inf = lstm_forward(*cast, **kw)
     out = lstm_forward(*cast, training=True, **kw)
+    # the kernel's mode 2 with the training buffers (gates, cells, h_prev) filled
+    # as mode 0 fills them
+    G2, C2, H2 = (np.zeros((B, T, n), dtype) for n in (4 * H, H, H))
+    hs, cs = np.array(h0, dtype), np.array(c0, dtype)
+    lens64 = None if lengths is None else lengths.astype(np.int64)
+    rm = None if rmask is None else rmask.astype(dtype)
+    span = SPAN[dtype]
+    _lstm.forward(*cast, lens64, reverse, rm, None if rm is None else np.empty((B, H), dtype),
+                  np.zeros((B, T, H), dtype), hs, cs, G2, C2, H2,
+                  np.empty((threads, B * 4 * span), dtype), threads, 1, 2,
+                  np.empty(_lstm.stacked_len(I, H, np.dtype(dtype).name), dtype),
+                  np.empty((B, H), dtype))
+    valid = np.ones((B, T), bool) if lengths is None else np.arange(T) < lengths[:, None]
+    for got, want in ((G2, out.cache["G"]), (C2, out.cache["C"]), (H2, out.cache["Hp"])):
+        np.testing.assert_allclose(got[valid], want[valid], **TOL[dtype])
     for o in (inf, out):
         np.testing.assert_allclose(o.output, y, **TOL[dtype])
         np.testing.assert_allclose(o.h, hT, **TOL[dtype])
