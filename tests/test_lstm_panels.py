@@ -2,6 +2,8 @@
 the NumPy float64 reference, the BLAS path and itself at other thread counts."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cylstm import _lstm, functional
 from cylstm.functional import lstm_backward, lstm_forward
@@ -220,3 +222,36 @@ def test_kernel_refuses_inconsistent_panel_buffers():
     a2[18], a2[4], a2[5] = S, np.array([3], np.int64), True
     with pytest.raises(ValueError, match="backwards"):
         _lstm.forward(*a2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(B=st.integers(1, 9), T=st.integers(1, 5), I=st.integers(1, 6), H=st.integers(1, 40),
+       reverse=st.booleans(), ragged=st.booleans(), threads=st.integers(1, 3),
+       dtype=st.sampled_from([np.float32, np.float64]), force=st.sampled_from(["units", "stacked"]),
+       seed=st.integers(0, 2**16))
+def test_random_shapes_on_the_panel_paths(B, T, I, H, reverse, ragged, threads, dtype, force,
+                                          seed):
+    """Hypothesis over small shapes (batch 1, T = 1, one unit, padded panels) with
+    the thresholds lowered so that the packed-panel paths take every case they
+    can: the inference output matches the float64 reference."""
+    saved = (functional.PANEL_TEAM_MIN_BYTES, functional._LLC,
+             functional.STACKED_MIN_ROWS, functional.STACKED_MIN_UNITS)
+    try:
+        if force == "units":
+            functional.PANEL_TEAM_MIN_BYTES, functional._LLC = 0, 0
+        else:
+            functional.STACKED_MIN_ROWS = functional.STACKED_MIN_UNITS = 1
+        rng = np.random.default_rng(seed)
+        x, W, U, b = random_lstm(rng, B, T, I, H)
+        h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+        lengths = rng.integers(1, T + 1, B) if ragged else None
+        y, hT, cT, _ = lstm_ref(x, W, U, b, h0, c0, lengths=lengths, reverse=reverse)
+        cast = [a.astype(dtype) for a in (x, W, U, b)]
+        out = lstm_forward(*cast, initial_state=(h0, c0), lengths=lengths,
+                           go_backwards=reverse, num_threads=threads)
+        np.testing.assert_allclose(out.output, y, **TOL[dtype])
+        np.testing.assert_allclose(out.h, hT, **TOL[dtype])
+        np.testing.assert_allclose(out.c, cT, **TOL[dtype])
+    finally:
+        (functional.PANEL_TEAM_MIN_BYTES, functional._LLC,
+         functional.STACKED_MIN_ROWS, functional.STACKED_MIN_UNITS) = saved
