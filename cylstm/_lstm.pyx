@@ -6,8 +6,9 @@ Layout (all C-contiguous, batch-first as the public API):
     W     (I, 4H)          kernel, gate blocks [i|f|g|o] (see _cell.pxd)
     U     (H, 4H)          recurrent kernel
     bias  (4H,)
-    G     (B, T, 4H)       gate buffer: x @ W for every step, then the
-                           activated gates (training), then dL/dz (backward)
+    G     (B, T, 4H)       gate buffer: x @ W for every step (unless each
+                           step computes x_t @ W itself), then the activated
+                           gates (training), then dL/dz (backward)
     C     (B, T, H)        cell state after each step (training only)
     Hp    (B, T, H)        h_prev fed to each step (training only), so that
                            dU is one GEMM over all steps
@@ -19,9 +20,12 @@ semantics.  Its state freezes after its last step.
 
 Threads: samples are independent, so with n threads the batch is cut into n
 contiguous slices and each thread runs the *whole* sequence on its slice with
-a single-threaded BLAS: no barrier per time step, no OpenMP/OpenBLAS thread
-pools fighting for the cores.  The caller (cylstm.functional) picks n; with
-n == 1 the kernel runs on the calling thread and BLAS may use its own threads.
+a single-threaded BLAS (or the packed-panel kernel): no barrier per time step,
+no OpenMP/OpenBLAS thread pools fighting for the cores.  Batches too small to
+cut, and recurrent kernels too large for every thread to stream, split the
+units instead (forward ``mode`` 1, one barrier per step).  The caller
+(cylstm.functional) picks the mode and n; with n == 1 the kernel runs on the
+calling thread and BLAS may use its own threads.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid

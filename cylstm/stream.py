@@ -31,7 +31,7 @@ import weakref
 
 import numpy as np
 
-from cylstm import _config, _stream
+from cylstm import _config, _lstm, _stream
 
 __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "StreamRunner"]
 
@@ -51,7 +51,9 @@ BLAS_MIN_BATCH = 256
 # quarter of that the fork/join is most of the step.
 PARALLEL_MIN_BYTES = 256 * 1024
 
-_PANEL_UNITS = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}   # LSTM units per panel
+# LSTM units per panel: the sequence kernels (cylstm/_lstm.pyx) pack the same panels
+_PANEL_UNITS = {np.dtype(np.float32): _lstm.PANEL_UNITS_F32,
+                np.dtype(np.float64): _lstm.PANEL_UNITS_F64}
 _VL = {np.dtype(np.float32): _stream.VECTOR_FLOATS, np.dtype(np.float64): _stream.VECTOR_DOUBLES}
 _ALIGN = 64
 
