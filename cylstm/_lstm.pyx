@@ -52,6 +52,7 @@ cdef extern from "cylstm_stream.h" nogil:
 # Units per packed panel of the recurrent kernel (cylstm.stream uses the same):
 # a panel's 4 gate blocks are one 64-byte vector wide each.
 cdef enum:
+    INT_MAX_C = 2147483647
     PANEL_UNITS_F32_C = 16
     PANEL_UNITS_F64_C = 8
 PANEL_UNITS_F32 = PANEL_UNITS_F32_C
@@ -400,6 +401,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     cdef const floating* cp
     cdef floating* dh
     cdef size_t hbytes = H * sizeof(floating)
+    cdef bint inplace = lengths == NULL and T * H4 <= INT_MAX_C
     if nb <= 0:
         memset(dW, 0, I * H4 * sizeof(floating))
         memset(dU, 0, H * H4 * sizeof(floating))
@@ -430,11 +432,20 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
             # (B1)-(B6), dz written over the gates
             cell_backward(H, G + row * H4, C + row * H, cp, dh, dcs + b * H,
                           G + row * H4)
-            memcpy(D + b * H4, G + row * H4, H4 * sizeof(floating))
+            if not inplace:
+                memcpy(D + b * H4, G + row * H4, H4 * sizeof(floating))
         # (B7) dh_prev (nb, H) = dz (nb, 4H) @ UT (4H, H), UT = U^T made once
-        # (a transposed operand would be repacked by OpenBLAS on every tile)
-        gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, D + b0 * H4, <int> H4,
-                   UT, <int> H, 0, dHp + b0 * H, <int> H)
+        # (a transposed operand would be repacked by OpenBLAS on every tile).
+        # Without lengths every row is at the same t: dz is read in place in G,
+        # rows T * 4H apart (while that fits BLAS's int); with lengths, from rows
+        # gathered into D (rows past their length stay zero there).
+        if inplace:
+            t = T - 1 - s if reverse else s
+            gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, G + (b0 * T + t) * H4,
+                       <int> (T * H4), UT, <int> H, 0, dHp + b0 * H, <int> H)
+        else:
+            gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, D + b0 * H4, <int> H4,
+                       UT, <int> H, 0, dHp + b0 * H, <int> H)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:
@@ -530,7 +541,8 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if mode not in (0, 1, 2):
         raise ValueError(f"forward: unknown mode {mode}")
     nt = nt if nt > 1 else 1
-    fused = fuse and mode == 0 and lp == NULL
+    # (x_t rows lie T * I apart: a BLAS leading dimension, a C int)
+    fused = fuse and mode == 0 and lp == NULL and T * I <= INT_MAX_C
     if Gp == NULL and not fused and mode != 2:
         raise ValueError("forward: G is needed unless fuse is set (and there are no lengths)")
     if mode == 2:
