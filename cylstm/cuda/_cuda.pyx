@@ -31,6 +31,8 @@ cdef extern from "cylstm_cuda.h" nogil:
     cyl_cuda_status cyl_cuda_memset0(cyl_cuda_ctx* ctx, void* ptr, size_t nbytes)
     cyl_cuda_status cyl_cuda_h2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t nbytes)
     cyl_cuda_status cyl_cuda_d2h(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t nbytes)
+    cyl_cuda_status cyl_cuda_d2h_pinned(cyl_cuda_ctx* ctx, void* dst, const void* src,
+                                        size_t nbytes)
     cyl_cuda_status cyl_cuda_d2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t nbytes)
     cyl_cuda_status cyl_cuda_synchronize(cyl_cuda_ctx* ctx)
     cyl_cuda_status cyl_cuda_lstm_forward_f32(
@@ -242,10 +244,18 @@ cdef class DeviceArray:
                        "device-to-device copy")
         return self
 
-    def to_host(self, out=None):
-        """Copy to a new (or the given C-contiguous) host array; synchronizes."""
+    def to_host(self, out=None, bint pinned=True):
+        """Copy to a new (or the given C-contiguous) host array; synchronizes.
+
+        ``pinned`` (default) goes through the context's reusable pinned staging buffer
+        (cyl_cuda_d2h_pinned): the DMA then runs at pinned speed whatever ``out`` is.
+        False: one cudaMemcpy straight into ``out`` (pageable).  Give ``out`` an array
+        already in use (e.g. a model's gradient buffer) where you can: writing freshly
+        allocated host memory costs page faults on top of the copy.
+        """
         cdef cyl_cuda_status st
         cdef unsigned char[::1] view
+        cdef void* dst
         if out is None:
             out = np.empty(self.shape, self.dtype)
         elif (not isinstance(out, np.ndarray) or out.shape != self.shape
@@ -256,8 +266,12 @@ cdef class DeviceArray:
         if self.nbytes == 0:
             return out
         view = out.reshape(-1).view(np.uint8)
+        dst = &view[0]
         with nogil:
-            st = cyl_cuda_d2h(self.ctx.ctx, &view[0], self.data, self.nbytes)
+            if pinned:
+                st = cyl_cuda_d2h_pinned(self.ctx.ctx, dst, self.data, self.nbytes)
+            else:
+                st = cyl_cuda_d2h(self.ctx.ctx, dst, self.data, self.nbytes)
         self.ctx.check(st, "device-to-host copy")
         return out
 
