@@ -79,8 +79,18 @@ class DeviceArray:
     def ndim(self):
         return len(self.shape)
 
-    def to_host(self, out=None):
-        return self.a.copy()
+    def to_host(self, out=None, pinned=True):
+        # as _cuda.pyx: a new array, or a copy into the caller's (pinned or not, the
+        # bytes are the same)
+        if out is None:
+            return self.a.copy()
+        if (not isinstance(out, np.ndarray) or out.shape != self.shape
+                or out.dtype != self.dtype or not out.flags.c_contiguous
+                or not out.flags.writeable):
+            raise ValueError(f"to_host: out must be a writeable C-contiguous {self.shape} "
+                             f"{self.dtype} array")
+        out[...] = self.a
+        return out
 
     def copy_from(self, other):
         assert other.shape == self.shape and other.dtype == self.dtype

@@ -17,8 +17,16 @@ device index), and for chaining layers without host round trips ``output_on_devi
 (forward) and ``dx_on_device`` (backward); ``x`` and ``grad_output`` may then be
 ``DeviceArray``s (``cylstm.cuda.DeviceArray``) of the weights' dtype.  ``num_threads``
 is accepted and ignored.
+
+Copies back to the host go through a reusable pinned staging buffer of the context
+(``DeviceArray.to_host(pinned=True)``), and ``lstm_backward(..., out=...)`` writes the
+weight gradients straight into the caller's arrays, as the CPU version does.  The
+environment variable ``CYLSTM_CUDA_D2H`` (read at each call; for benchmarks) picks
+another copy path: ``direct`` (cudaMemcpy into the destination, pageable) or ``fresh``
+(the old path: new arrays, then copied into ``out``).
 """
 import itertools
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -42,6 +50,47 @@ def new_weights_version():
     ``set_weights``, ``load_weights``) and passes the result as ``weights_version``.
     """
     return next(_versions)
+
+
+_D2H_MODES = ("pinned", "direct", "fresh")
+
+
+def _d2h_mode():
+    mode = os.environ.get("CYLSTM_CUDA_D2H", "pinned").strip().lower() or "pinned"
+    if mode not in _D2H_MODES:
+        raise ValueError(f"CYLSTM_CUDA_D2H must be one of {', '.join(_D2H_MODES)}; "
+                         f"got {mode!r}")
+    return mode
+
+
+def _check_out(out, shapes, dtype):
+    """The CPU lstm_backward's ``out`` rules: 3 entries, each None or a writeable
+    C-contiguous array of the gradient's shape and dtype."""
+    if out is None:
+        return [None, None, None]
+    outs = list(out)
+    if len(outs) != 3:
+        raise ValueError("out must be (dkernel, drecurrent_kernel, dbias)")
+    for k, ((name, shape), a) in enumerate(zip(shapes, outs)):
+        if a is not None and (not isinstance(a, np.ndarray) or a.shape != shape
+                              or a.dtype != dtype or not a.flags.c_contiguous
+                              or not a.flags.writeable):
+            raise ValueError(
+                f"out[{k}] ({name}) must be a writeable C-contiguous {dtype} array of shape "
+                f"{shape}; got {getattr(a, 'shape', type(a).__name__)}"
+            )
+    return outs
+
+
+def _to_host(dev, out, mode):
+    """Copy a DeviceArray into ``out`` (or a new array when None) by ``mode``."""
+    if mode == "fresh":
+        a = dev.to_host(pinned=False)
+        if out is None:
+            return a
+        np.copyto(out, a)
+        return out
+    return dev.to_host(out=out, pinned=mode == "pinned")
 
 
 def _backend():
@@ -153,9 +202,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
             out = y if return_sequences else DA.empty(ctx, (B, H), dtype).copy_from(h)
             h_host, c_host = h, c
         else:
-            out = y.to_host() if return_sequences else None
-            h_host = h.to_host()
-            c_host = c.to_host()
+            pinned = _d2h_mode() == "pinned"
+            out = y.to_host(pinned=pinned) if return_sequences else None
+            h_host = h.to_host(pinned=pinned)
+            c_host = c.to_host(pinned=pinned)
     if out is None:
         out = h_host.copy()
     cache = None
@@ -171,16 +221,20 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
 
 def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
                   need_input_grad=True, recurrent_mask=None, num_threads=None,
-                  dx_on_device=False, grads_on_device=False):
+                  dx_on_device=False, grads_on_device=False, out=None):
     """Backpropagate through a training-mode GPU :func:`lstm_forward`.
 
     Same parameters and result as :func:`cylstm.functional.lstm_backward` (NumPy
-    gradients).  ``num_threads`` is ignored, and so is ``recurrent_mask``: the cache
-    carries the forward's mask.  The cache is consumed: its device buffers are freed.
-    ``grad_output`` may be a DeviceArray; ``dx_on_device`` returns ``dx`` as one, and
-    ``grads_on_device`` the other gradients (weights, bias, initial states): no copy
-    back and no wait, for an optimizer that runs on the device (the weight gradients
-    are 2 x 16 MB at I = H = 1024).
+    gradients), ``out`` included: (dkernel, drecurrent_kernel, dbias) host arrays
+    (any may be None) that the weight gradients are copied into, e.g. views of a
+    model's flat gradient buffer; host memory already in use takes the copy several
+    times faster than new arrays (page faults).  ``num_threads`` is ignored, and so is
+    ``recurrent_mask``: the cache carries the forward's mask.  The cache is consumed:
+    its device buffers are freed.  ``grad_output`` may be a DeviceArray;
+    ``dx_on_device`` returns ``dx`` as one, and ``grads_on_device`` the other gradients
+    (weights, bias, initial states): no copy back and no wait, for an optimizer that
+    runs on the device (the weight gradients are 2 x 16 MB at I = H = 1024); it
+    excludes ``out``.
     """
     if not isinstance(cache, dict) or cache.get("backend") != "cuda":
         raise TypeError("cache must be the cache of cylstm.cuda.functional.lstm_forward("
@@ -190,6 +244,11 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     cuda, ext = _backend()
     B, T, I, H = cache["shape"]
     dtype = cache["dtype"]
+    if grads_on_device and out is not None:
+        raise ValueError("out (host arrays) and grads_on_device exclude each other")
+    outs = _check_out(out, (("dkernel", (I, 4 * H)), ("drecurrent_kernel", (H, 4 * H)),
+                            ("dbias", (4 * H,))), dtype)
+    mode = _d2h_mode()
     dy_dev = None
     if isinstance(grad_output, ext.DeviceArray):
         want = (B, T, H) if cache["return_sequences"] else (B, H)
@@ -229,12 +288,13 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
             for k in ("x", "G", "C", "Hp", "c0"):
                 cache[k] = None  # free the activations (stream-ordered, after the kernels)
         if dx is not None and not dx_on_device:
-            dx = dx.to_host()
+            dx = _to_host(dx, None, mode)
         if grads_on_device:
             grads = LSTMGrads(dx, dW, dU, db, dh, dc)
         else:
             grads = LSTMGrads(
-                dx, dW.to_host(), dU.to_host(),
-                db.to_host(), dh.to_host(), dc.to_host(),
+                dx, _to_host(dW, outs[0], mode), _to_host(dU, outs[1], mode),
+                _to_host(db, outs[2], mode), _to_host(dh, None, mode),
+                _to_host(dc, None, mode),
             )
     return grads
