@@ -206,6 +206,72 @@ def test_bad_input_raises_like_the_cpu(gpu):
         gpu.lstm_backward(cpu.lstm_forward(np.zeros((2, 3, 3)), W, U, b, training=True).cache)
 
 
+@pytest.mark.parametrize("mode", ["pinned", "direct", "fresh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_out_gets_the_weight_gradients(gpu, dtype, mode, monkeypatch):
+    """``out=`` as on the CPU: the weight gradients land in the caller's arrays (views
+    of one flat buffer, as a model's), by each copy path of CYLSTM_CUDA_D2H."""
+    monkeypatch.setenv("CYLSTM_CUDA_D2H", mode)
+    rng = np.random.default_rng(11)
+    B, T, I, H = 3, 5, 4, 6
+    x, kw = _inputs(rng, B, T, I, H, dtype, {"lengths": [5, 2, 4]})
+    W, U, b = _weights(rng, I, H, dtype)
+    ref = cpu.lstm_forward(x, W, U, b, training=True, **kw)
+    got = gpu.lstm_forward(x, W, U, b, training=True, **kw)
+    _close(got.output, ref.output, dtype, "output")
+    dout = rng.standard_normal(ref.output.shape).astype(dtype)
+    gref = cpu.lstm_backward(ref.cache, grad_output=dout)
+    flat = np.full(I * 4 * H + H * 4 * H + 1, 7.0, dtype)  # sentinel past the views
+    dW = flat[:I * 4 * H].reshape(I, 4 * H)
+    dU = flat[I * 4 * H:-1].reshape(H, 4 * H)
+    ggot = gpu.lstm_backward(got.cache, grad_output=dout, out=(dW, dU, None))
+    assert ggot.dkernel is dW and ggot.drecurrent_kernel is dU
+    assert flat[-1] == 7.0
+    for f in gref._fields:
+        _close(getattr(ggot, f), getattr(gref, f), dtype, f"{mode}: {f}")
+
+
+def test_backward_out_is_checked_like_the_cpu(gpu):
+    rng = np.random.default_rng(12)
+    W, U, b = _weights(rng, 3, 2, np.float32)
+    x = rng.standard_normal((2, 3, 3)).astype(np.float32)
+    bad = [(np.zeros((3, 8), np.float32), np.zeros((2, 8), np.float32)),   # 2 entries
+           (np.zeros((3, 8), np.float64), None, None),                     # dtype
+           (None, np.zeros((8, 2), np.float32).T, None),                   # not C-order
+           (None, None, np.zeros(7, np.float32))]                          # shape
+    for out in bad:
+        with pytest.raises(ValueError, match="out"):
+            cpu.lstm_backward(cpu.lstm_forward(x, W, U, b, training=True).cache, out=out)
+        with pytest.raises(ValueError, match="out"):
+            gpu.lstm_backward(gpu.lstm_forward(x, W, U, b, training=True).cache, out=out)
+    with pytest.raises(ValueError, match="grads_on_device"):
+        gpu.lstm_backward(gpu.lstm_forward(x, W, U, b, training=True).cache,
+                          grads_on_device=True, out=(None, None, None))
+
+
+@pytest.mark.parametrize("n", [0, 1, 1023, (4 << 20) // 4 - 1, 2 * (4 << 20) // 4 + 3])
+def test_to_host_paths_copy_exactly(gpu, n):
+    """The pinned staging path in chunks of 4 MiB (a partial last chunk, several
+    chunks, a buffer grown after smaller copies) and the direct path give the bytes."""
+    ctx = cuda.get_context(0)
+    src = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    dev = cuda.DeviceArray.from_host(ctx, src)
+    for pinned in (True, False):
+        np.testing.assert_array_equal(dev.to_host(pinned=pinned), src)
+        out = np.full(n, np.nan, np.float32)
+        assert dev.to_host(out=out, pinned=pinned) is out
+        np.testing.assert_array_equal(out, src)
+    with pytest.raises(ValueError, match="to_host: out"):
+        dev.to_host(out=np.zeros(n + 1, np.float32))
+
+
+def test_bad_copy_mode_is_named(gpu, monkeypatch):
+    W, U, b = _weights(np.random.default_rng(13), 3, 2, np.float32)
+    monkeypatch.setenv("CYLSTM_CUDA_D2H", "sideways")
+    with pytest.raises(ValueError, match="CYLSTM_CUDA_D2H"):
+        gpu.lstm_forward(np.zeros((2, 3, 3), np.float32), W, U, b)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_device_resident_chain_matches_cpu(gpu, dtype):
     """Two stacked layers with the activations and dx kept on the device."""
