@@ -8,8 +8,9 @@ Needs a ``CYLSTM_CUDA=1`` build and a GPU.  For each shape and each value of
 
 * ``fresh``  - the old path: the gradients come back into new NumPy arrays (pageable
   cudaMemcpy), then are copied into the model's gradient buffer;
-* ``direct`` - cudaMemcpy straight into the gradient buffer (host memory in use);
-* ``pinned`` - (the default) through the context's pinned staging buffer into it;
+* ``direct`` - (the default) cudaMemcpy straight into the gradient buffer (host memory
+  in use);
+* ``pinned`` - through the context's pinned staging buffer into it;
 
 it prints the median of ``--reps`` synchronized calls of
 

@@ -79,7 +79,7 @@ class DeviceArray:
     def ndim(self):
         return len(self.shape)
 
-    def to_host(self, out=None, pinned=True):
+    def to_host(self, out=None, pinned=False):
         # as _cuda.pyx: a new array, or a copy into the caller's (pinned or not, the
         # bytes are the same)
         if out is None:

@@ -18,12 +18,13 @@ device index), and for chaining layers without host round trips ``output_on_devi
 ``DeviceArray``s (``cylstm.cuda.DeviceArray``) of the weights' dtype.  ``num_threads``
 is accepted and ignored.
 
-Copies back to the host go through a reusable pinned staging buffer of the context
-(``DeviceArray.to_host(pinned=True)``), and ``lstm_backward(..., out=...)`` writes the
-weight gradients straight into the caller's arrays, as the CPU version does.  The
-environment variable ``CYLSTM_CUDA_D2H`` (read at each call; for benchmarks) picks
-another copy path: ``direct`` (cudaMemcpy into the destination, pageable) or ``fresh``
-(the old path: new arrays, then copied into ``out``).
+``lstm_backward(..., out=...)`` copies the weight gradients straight into the caller's
+arrays (a model's gradient buffer: host memory in use, no page faults), as the CPU
+version writes them there.  The environment variable ``CYLSTM_CUDA_D2H`` (read at each
+call; for benchmarks) picks the copy path: ``direct`` (default: cudaMemcpy into the
+destination), ``pinned`` (through the context's reusable pinned staging buffer,
+``DeviceArray.to_host(pinned=True)``; slower on the H100 machine measured) or ``fresh``
+(the old path: new arrays, then copied into ``out``).  See bench/gpu_train_step.py.
 """
 import itertools
 import os
@@ -52,11 +53,11 @@ def new_weights_version():
     return next(_versions)
 
 
-_D2H_MODES = ("pinned", "direct", "fresh")
+_D2H_MODES = ("direct", "pinned", "fresh")
 
 
 def _d2h_mode():
-    mode = os.environ.get("CYLSTM_CUDA_D2H", "pinned").strip().lower() or "pinned"
+    mode = os.environ.get("CYLSTM_CUDA_D2H", "direct").strip().lower() or "direct"
     if mode not in _D2H_MODES:
         raise ValueError(f"CYLSTM_CUDA_D2H must be one of {', '.join(_D2H_MODES)}; "
                          f"got {mode!r}")
