@@ -35,19 +35,9 @@ from libc.string cimport memcpy, memset
 from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
 
-cdef extern from "cylstm_stream.h" nogil:
-    void cyl_stream_panel_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
-                              const float* a0, Py_ssize_t ka, Py_ssize_t lda,
-                              const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                              float* z0, Py_ssize_t ldz) noexcept
-    void cyl_stream_panel_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
-                              const double* a0, Py_ssize_t ka, Py_ssize_t lda,
-                              const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                              double* z0, Py_ssize_t ldz) noexcept
-    void cyl_stream_barrier() noexcept
-    int cyl_stream_team_size() noexcept
-    int CYL_STREAM_VLF
-    int CYL_STREAM_VLD
+from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_barrier,
+                            cyl_stream_panel_f32, cyl_stream_panel_f64,
+                            cyl_stream_team_size)
 
 # Units per packed panel of the recurrent kernel (cylstm.stream uses the same):
 # a panel's 4 gate blocks are one 64-byte vector wide each.

@@ -33,25 +33,10 @@ from cylstm._cell cimport cell_forward, sigmoid, tanh_
 
 cnp.import_array()
 
-cdef extern from "cylstm_stream.h" nogil:
-    void cyl_stream_panel_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
-                              const float* a0, Py_ssize_t ka, Py_ssize_t lda,
-                              const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                              float* z0, Py_ssize_t ldz) noexcept
-    void cyl_stream_panel_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
-                              const double* a0, Py_ssize_t ka, Py_ssize_t lda,
-                              const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                              double* z0, Py_ssize_t ldz) noexcept
-    void cyl_stream_panel_bf16(const uint16_t* P, Py_ssize_t w, Py_ssize_t nrows,
-                               const float* a0, Py_ssize_t ka, Py_ssize_t lda,
-                               const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                               float* z0, Py_ssize_t ldz) noexcept
-    int cyl_stream_cpu_level() noexcept
-    const char* CYL_STREAM_CLONES_NAME
-    void cyl_stream_barrier() noexcept
-    int cyl_stream_team_size() noexcept
-    int CYL_STREAM_VLF
-    int CYL_STREAM_VLD
+from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
+                            cyl_stream_barrier, cyl_stream_cpu_level,
+                            cyl_stream_panel_bf16, cyl_stream_panel_f32,
+                            cyl_stream_panel_f64, cyl_stream_team_size)
 
 cdef extern from "cylstm_math.h" nogil:
     float cyl_expf(float x) noexcept

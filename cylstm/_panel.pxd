@@ -1,0 +1,25 @@
+# cython: language_level=3
+"""The packed-panel kernel of include/cylstm_stream.h, declared once for the
+streaming runner (_stream.pyx) and the sequence kernels (_lstm.pyx)."""
+from libc.stdint cimport uint16_t
+
+
+cdef extern from "cylstm_stream.h" nogil:
+    void cyl_stream_panel_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
+                              const float* a0, Py_ssize_t ka, Py_ssize_t lda,
+                              const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                              float* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_panel_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
+                              const double* a0, Py_ssize_t ka, Py_ssize_t lda,
+                              const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                              double* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_panel_bf16(const uint16_t* P, Py_ssize_t w, Py_ssize_t nrows,
+                               const float* a0, Py_ssize_t ka, Py_ssize_t lda,
+                               const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                               float* z0, Py_ssize_t ldz) noexcept
+    int cyl_stream_cpu_level() noexcept
+    const char* CYL_STREAM_CLONES_NAME
+    void cyl_stream_barrier() noexcept
+    int cyl_stream_team_size() noexcept
+    int CYL_STREAM_VLF
+    int CYL_STREAM_VLD
