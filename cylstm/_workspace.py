@@ -8,6 +8,7 @@ model.  Buffers that never leave cylstm are therefore taken from and given
 back to a small per-thread pool.  Arrays returned to the caller are always
 fresh.
 """
+import math
 import threading
 
 import numpy as np
@@ -32,7 +33,7 @@ def take(shape, dtype, zero=False, align=None):
     only promises 16; the packed kernels stream 64-byte vectors).
     """
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n = math.prod(int(d) for d in shape) * dtype.itemsize   # (np.prod: 4 us a call)
     pad = 0 if align is None else int(align)
     key = max(n + pad, 1)
     lst = _pool.free.get(key)
