@@ -20,7 +20,7 @@ import numbers
 
 import numpy as np
 
-from cylstm import _config, _lstm
+from cylstm import _config, _lstm, _stream
 from cylstm._workspace import give, take
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMForward", "LSTMGrads", "as_float_array"]
@@ -97,6 +97,11 @@ def _llc_bytes():
 
 _LLC = _llc_bytes()
 
+# The panel kernel's six-row body (what makes the stacked path and the unit split
+# of large batches beat BLAS) is compiled for AVX-512 only: elsewhere those
+# shapes stay on BLAS.
+_PANELS_FAST = _stream.cpu_level() == 2
+
 
 def _dtype_of(name, a):
     a = np.asarray(a) if not isinstance(a, np.ndarray) else a
@@ -143,12 +148,12 @@ def _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, reverse, training
     fits = (W.nbytes + U.nbytes) * 4 <= _LLC
     if rmask is None and n_panels >= 2:
         small_batch = n_total >= 2 and nt == 1 and U.nbytes >= PANEL_TEAM_MIN_BYTES
-        if small_batch or 2 * U.nbytes >= _LLC:
+        if small_batch or (_PANELS_FAST and 2 * U.nbytes >= _LLC):
             Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)
             return 1, False, (take((min(n_total, n_panels), B * 4 * span), dtype, align=64),
                               Pu, take((B, H), dtype))
-    if (not training and B // nt >= STACKED_MIN_ROWS and H >= STACKED_MIN_UNITS and fits
-            and not (lens is not None and reverse)):
+    if (_PANELS_FAST and not training and B // nt >= STACKED_MIN_ROWS
+            and H >= STACKED_MIN_UNITS and fits and not (lens is not None and reverse)):
         Pu = take((_lstm.stacked_len(W.shape[0], H, dtype.name),), dtype, align=64)
         return 2, False, (take((nt, B * 4 * span), dtype, align=64), Pu, take((B, H), dtype))
     return 0, lens is None and B // nt >= FUSE_MIN_ROWS and fits, None

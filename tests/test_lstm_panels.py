@@ -44,6 +44,12 @@ def test_pack_recurrent_layout(dtype, H):
         _lstm.pack_recurrent(U, np.empty(want.size + 1, dtype))
 
 
+@pytest.fixture(autouse=True)
+def panels_fast(monkeypatch):
+    """Plan as on an AVX-512 CPU (elsewhere the kernels run, only slower)."""
+    monkeypatch.setattr(functional, "_PANELS_FAST", True)
+
+
 @pytest.fixture
 def panels_always(monkeypatch):
     """Make lstm_forward take the panel path whenever it has two threads."""
@@ -136,6 +142,15 @@ def test_plan_keeps_blas_where_it_is_faster():
     lens = np.full(32, 3)
     assert _plan(32, 256, mid, 2, 2, I=128, lens=lens) == (2 if fits else 0)
     assert _plan(32, 256, mid, 2, 2, I=128, lens=lens, reverse=True) == 0
+
+
+def test_plan_without_avx512_keeps_large_batches_on_blas(monkeypatch):
+    monkeypatch.setattr(functional, "_PANELS_FAST", False)
+    monkeypatch.setattr(functional, "_LLC", 2**20)
+    f32 = np.float32
+    assert _plan(1, 128, np.zeros((128, 512), f32), 1, 2) == 1     # batch 1: still split
+    assert _plan(16, 256, np.zeros((256, 1024), f32), 2, 2) == 0   # big U: BLAS
+    assert _plan(64, 256, np.zeros((256, 1024), f32), 2, 2, I=8) == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -236,6 +251,7 @@ def test_random_shapes_on_the_panel_paths(B, T, I, H, reverse, ragged, threads, 
     can: the inference output matches the float64 reference."""
     saved = (functional.PANEL_TEAM_MIN_BYTES, functional._LLC,
              functional.STACKED_MIN_ROWS, functional.STACKED_MIN_UNITS)
+    functional._PANELS_FAST = True   # (the autouse fixture is not per example)
     try:
         if force == "units":
             functional.PANEL_TEAM_MIN_BYTES, functional._LLC = 0, 0
