@@ -271,3 +271,40 @@ def test_random_shapes_on_the_panel_paths(B, T, I, H, reverse, ragged, threads, 
     finally:
         (functional.PANEL_TEAM_MIN_BYTES, functional._LLC,
          functional.STACKED_MIN_ROWS, functional.STACKED_MIN_UNITS) = saved
+
+
+def test_panel_paths_from_many_python_threads_match_serial():
+    """Each call makes its own OpenMP team (its barriers are the team's) and takes
+    its scratch from its own thread's pool: four Python threads running the unit
+    split and the stacked path at once give the serial results, bit for bit."""
+    import threading
+
+    saved = (functional.PANEL_TEAM_MIN_BYTES, functional.STACKED_MIN_ROWS,
+             functional.STACKED_MIN_UNITS)
+    functional.PANEL_TEAM_MIN_BYTES = 0
+    functional.STACKED_MIN_ROWS = functional.STACKED_MIN_UNITS = 1
+    try:
+        cases = []
+        for k, (B, H) in enumerate([(1, 40), (3, 33), (16, 36), (12, 20)]):
+            x, W, U, b = (a.astype(np.float32)
+                          for a in random_lstm(np.random.default_rng(30 + k), B, 25, 7, H))
+            cases.append(((x, W, U, b), lstm_forward(x, W, U, b, num_threads=2).output))
+        errors = []
+
+        def work(args, want):
+            try:
+                for _ in range(30):
+                    np.testing.assert_array_equal(
+                        lstm_forward(*args, num_threads=2).output, want)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=c) for c in cases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+    finally:
+        (functional.PANEL_TEAM_MIN_BYTES, functional.STACKED_MIN_ROWS,
+         functional.STACKED_MIN_UNITS) = saved
