@@ -79,7 +79,10 @@ class InterruptMidEpoch(Callback):
 
 
 def test_sigint_during_fit_stops_at_a_batch_boundary_with_consistent_weights():
-    m, x, y = model_and_data(n=4096)  # one epoch takes well over the 0.05 s delay
+    # one epoch must take well over the 0.05 s delay, or the signal may land between
+    # epochs, outside the batch loop (4096 samples took 0.052 s once the kernels got
+    # faster): 16384 samples, ~0.2 s an epoch on this project's machine
+    m, x, y = model_and_data(n=16384)
     rec = Recorder()
     arm = InterruptMidEpoch()
     with pytest.raises(KeyboardInterrupt, match="after batch"):
