@@ -618,8 +618,8 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                 _project_units(p0 * span, p1 * span if p1 * span < H else H, B * T, I, H,
                                &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
                 _pack_recurrent(H, &U[0, 0], &Pu[0], p0, p1)
-                _forward_panels(0, B, p0, p1, team > 1, T, H, Lmax, NULL, 0, &Pu[0], &bias[0], lp,
-                                reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
+                _forward_panels(0, B, p0, p1, team > 1, T, H, Lmax, NULL, 0, &Pu[0],
+                                &bias[0], lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
                                 &hs[0, 0], h2p, &cs[0, 0], Zp + tid * zstride)
             _blas_threads(blas_threads)
 
