@@ -243,7 +243,7 @@ def test_fused_step_projection_matches_reference(monkeypatch, dtype, reverse, th
     dy = rng.standard_normal((B, T, H))
     ref = lstm_ref_backward(x, W, U, tape, dy)
     g = lstm_backward(out.cache, dy.astype(dtype), num_threads=threads)
-    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    tol = TOL[dtype] if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
         np.testing.assert_allclose(got, want, err_msg=name, **tol)
     # with lengths every sample is at its own time index: never fused

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import lstm_ref, lstm_ref_backward, random_lstm
 
 from cylstm import _lstm, functional
 from cylstm.functional import lstm_backward, lstm_forward
-from reference import lstm_ref, lstm_ref_backward, random_lstm
 
-TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=2e-6)}
+TOL = {np.float64: {"rtol": 1e-10, "atol": 1e-12}, np.float32: {"rtol": 1e-5, "atol": 2e-6}}
 SPAN = {np.float32: _lstm.PANEL_UNITS_F32, np.float64: _lstm.PANEL_UNITS_F64}
 VL = {np.float32: 16, np.float64: 8}
 
@@ -85,7 +85,7 @@ def test_team_forward_and_backward_match_reference(panels_always, dtype, reverse
     dy = rng.standard_normal((B, T, H))
     ref = lstm_ref_backward(x, W, U, tape, dy)
     g = lstm_backward(out.cache, dy.astype(dtype), num_threads=threads)
-    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    tol = TOL[dtype] if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
         np.testing.assert_allclose(got, want, err_msg=name, **tol)
 
@@ -175,8 +175,8 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
     assert plan == [2, 0]   # a training forward keeps the BLAS path
     y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse, rmask=rmask)
     cast = [a.astype(dtype) for a in (x, W, U, b)]
-    kw = dict(initial_state=(h0, c0), lengths=lengths, go_backwards=reverse,
-              num_threads=threads, recurrent_mask=rmask)
+    kw = {"initial_state": (h0, c0), "lengths": lengths, "go_backwards": reverse,
+          "num_threads": threads, "recurrent_mask": rmask}
     inf = lstm_forward(*cast, **kw)
     out = lstm_forward(*cast, training=True, **kw)
     # the kernel's mode 2 with the training buffers (gates, cells, h_prev) filled
@@ -204,7 +204,7 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
     dy = rng.standard_normal((B, T, H))
     ref = lstm_ref_backward(x, W, U, tape, dy, rmask=rmask)
     g = lstm_backward(out.cache, dy.astype(dtype), num_threads=threads)
-    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    tol = TOL[dtype] if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
         np.testing.assert_allclose(got, want, err_msg=name, **tol)
 
@@ -212,7 +212,7 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
 def test_kernel_refuses_inconsistent_panel_buffers():
     B, T, I, H = 1, 3, 2, 20
     x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(0), B, T, I, H))
-    args = lambda Z, P, h2: (x, W, U, b, None, False, None, None, None,  # noqa: E731
+    args = lambda Z, P, h2: (x, W, U, b, None, False, None, None, None,
                              np.zeros((B, H), np.float32), np.zeros((B, H), np.float32),
                              np.empty((B, T, 4 * H), np.float32), None, None, Z, 2, 1, 1, P, h2)
     P = np.empty(_lstm.packed_len(H, "float32"), np.float32)
