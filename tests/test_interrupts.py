@@ -255,7 +255,9 @@ def test_ctrl_c_works_normally_after_fit_ends_early(how):
 
 
 def test_fit_after_a_failed_fit_still_defers_ctrl_c():
-    m, x, y = model_and_data(n=64)
+    # long epochs (512 batches): a SIGINT between epochs, outside the batch loop,
+    # would raise at once, without the deferral checked here
+    m, x, y = model_and_data(n=4096)
     with pytest.raises(RuntimeError):
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[StopAt(1, RuntimeError("x"))])
     rec = Recorder()
