@@ -86,7 +86,8 @@ def test_sigint_during_fit_stops_at_a_batch_boundary_with_consistent_weights():
     rec = Recorder()
     arm = InterruptMidEpoch()
     with pytest.raises(KeyboardInterrupt, match="after batch"):
-        m.fit(x, y, batch_size=16, epochs=100000, verbose=0, callbacks=[rec, arm])
+        m.fit(x, y, batch_size=16, epochs=100000, verbose=0, callbacks=[rec, arm],
+              shuffle=False)
     stopped = time.perf_counter()
     arm.timer.join()
     sent = arm.sent
@@ -255,15 +256,16 @@ def test_ctrl_c_works_normally_after_fit_ends_early(how):
 
 
 def test_fit_after_a_failed_fit_still_defers_ctrl_c():
-    # long epochs (512 batches): a SIGINT between epochs, outside the batch loop,
-    # would raise at once, without the deferral checked here
+    # long epochs (512 batches) and no shuffle between them: a SIGINT between
+    # epochs, outside the batch loop, raises at once (consistent weights, but not
+    # the deferral checked here), and the shuffle's copy was most of that window
     m, x, y = model_and_data(n=4096)
     with pytest.raises(RuntimeError):
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[StopAt(1, RuntimeError("x"))])
     rec = Recorder()
     timer, _ = sigint_after(0.3)
     with pytest.raises(KeyboardInterrupt, match="after batch"):
-        m.fit(x, y, batch_size=8, epochs=100000, verbose=0, callbacks=[rec])
+        m.fit(x, y, batch_size=8, epochs=100000, verbose=0, callbacks=[rec], shuffle=False)
     timer.join()
     for a, b in zip(m.get_weights(), rec.weights):
         np.testing.assert_array_equal(a, b)
