@@ -39,10 +39,10 @@ from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_barrier,
                             cyl_stream_panel_f32, cyl_stream_panel_f64,
                             cyl_stream_team_size)
 
-# Units per packed panel of the recurrent kernel (cylstm.stream uses the same):
-# a panel's 4 gate blocks are one 64-byte vector wide each.
 cdef enum:
-    INT_MAX_C = 2147483647
+    INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
+    # Units per packed panel of the recurrent kernel (cylstm.stream uses the same):
+    # a panel's 4 gate blocks are one 64-byte vector wide each.
     PANEL_UNITS_F32_C = 16
     PANEL_UNITS_F64_C = 8
 PANEL_UNITS_F32 = PANEL_UNITS_F32_C
@@ -140,23 +140,20 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
 
 
 # ---------------------------------------------------------------------------
-# Packed-panel path, for batches too small to split across threads: the
-# per-step product h_prev @ U runs on the streaming runner's kernel
-# (include/cylstm_stream.h) and the threads split the recurrent kernel's
-# units instead of the batch.
+# Packed-panel paths: the per-step product runs on the streaming runner's
+# kernel (include/cylstm_stream.h) over weights packed once per call into
+# panels of `span` units: panel p holds the columns of units j0 .. j0 + hb of
+# the four gates, [i | f | g | o], and the cell runs on that panel's units
+# right after its product, while z is in L1.  h is double-buffered (every
+# panel reads the whole h_prev).
 #
-# U is packed once per call into panels of `span` units: panel p holds the
-# columns of units j0 .. j0 + hb of the four gates, [i | f | g | o].  Each step
-# every thread runs, for its panels, z (B, 4 hb) = h_prev (B, H) @ panel
-# (H, 4 hb) -- accumulators in registers, no BLAS call -- and the cell on that
-# panel's units while z is in L1, writing its units of h into the other half
-# of a double buffer; the team meets at one barrier per step.  Each thread
-# streams only its share of U, from its own core's L2: at batch 1 the product
-# is bound by that bandwidth, which two cores double (measured: (T, B, I, H) =
-# (200, 1, 64, 128) 0.54 ms at 2 threads against 0.70 serial; one BLAS gemv
-# per step, which cannot be split without a barrier, gave 0.69).
-# With batches that can be split the BLAS path is faster (OpenBLAS's small-
-# matrix kernels beat this one at 16+ rows), so it is not used there.
+# Mode 1 packs U and splits the units across threads (one barrier per step):
+# each thread streams only its share of U, from its own core's L2 at batch 1,
+# where the product is bound by that bandwidth and two cores double it
+# ((T, B, I, H) = (200, 1, 64, 128) 0.54 ms at 2 threads against 0.70 serial).
+# Mode 2 packs [W; U] and splits the batch: each step is [x_t, h_prev] @ panel,
+# six rows per weight load on AVX-512.  cylstm.functional._forward_plan says
+# which shapes each mode serves, and what was measured.
 # ---------------------------------------------------------------------------
 
 cdef inline Py_ssize_t _span(floating* dummy) noexcept nogil:
@@ -251,21 +248,12 @@ cdef void _pack_stacked(Py_ssize_t I, Py_ssize_t H, const floating* W, const flo
                     bp[j0 * 4 + g * hp + u] = bias[g * H + j0 + u] if u < hb else 0
 
 
-cdef inline void _panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
-                                const floating* h, Py_ssize_t H,
-                                floating* z) noexcept nogil:
-    """z (nrows, w) = h (nrows, H) @ panel (H, w)."""
-    if floating is float:
-        cyl_stream_panel_f32(P, w, nrows, h, 0, H, h, H, H, z, w)
-    else:
-        cyl_stream_panel_f64(P, w, nrows, h, 0, H, h, H, H, z, w)
-
-
 cdef inline void _stacked_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
                                   const floating* x, Py_ssize_t I, Py_ssize_t ldx,
                                   const floating* h, Py_ssize_t H,
                                   floating* z) noexcept nogil:
-    """z (nrows, w) = [x (nrows, I; rows ldx apart), h (nrows, H)] @ panel (I + H, w)."""
+    """z (nrows, w) = [x (nrows, I; rows ldx apart), h (nrows, H)] @ panel (I + H, w)
+    (I may be 0: h @ a panel of U)."""
     if floating is float:
         cyl_stream_panel_f32(P, w, nrows, x, I, ldx, h, H, H, z, w)
     else:
@@ -300,7 +288,6 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_
     cdef floating* cur
     cdef floating* nxt
     cdef const floating* src
-    cdef const floating* z
     cdef size_t ub
     if nb <= 0 or p1 <= p0:
         if team:
@@ -340,7 +327,7 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_
                             memcpy(G + row * H4 + g * H + p * span, zr + g * hp,
                                    hb * sizeof(floating))
                 continue
-            _panel_product(P + p * H * 4 * span, w, nb, src + b0 * H, H, zs)
+            _stacked_product(P + p * H * 4 * span, w, nb, src, 0, 0, src + b0 * H, H, zs)
             for b in range(b0, b1):
                 L = T if lengths == NULL else lengths[b]
                 if s >= L:
@@ -392,6 +379,8 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     cdef floating* dh
     cdef size_t hbytes = H * sizeof(floating)
     cdef bint inplace = lengths == NULL and T * H4 <= INT_MAX_C
+    cdef const floating* dz
+    cdef Py_ssize_t ldz
     if nb <= 0:
         memset(dW, 0, I * H4 * sizeof(floating))
         memset(dU, 0, H * H4 * sizeof(floating))
@@ -431,11 +420,13 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         # gathered into D (rows past their length stay zero there).
         if inplace:
             t = T - 1 - s if reverse else s
-            gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, G + (b0 * T + t) * H4,
-                       <int> (T * H4), UT, <int> H, 0, dHp + b0 * H, <int> H)
+            dz = G + (b0 * T + t) * H4
+            ldz = T * H4
         else:
-            gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, D + b0 * H4, <int> H4,
-                       UT, <int> H, 0, dHp + b0 * H, <int> H)
+            dz = D + b0 * H4
+            ldz = H4
+        gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, dz, <int> ldz,
+                   UT, <int> H, 0, dHp + b0 * H, <int> H)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:
@@ -535,36 +526,29 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     fused = fuse and mode == 0 and lp == NULL and T * I <= INT_MAX_C
     if Gp == NULL and not fused and mode != 2:
         raise ValueError("forward: G is needed unless fuse is set (and there are no lengths)")
-    if mode == 2:
+    if mode != 0:
         span = _span(&hs[0, 0])
         n_panels = (H + span - 1) // span
-        if Pu is None or Pu.shape[0] != _stacked_len(I, H, span, _vlen(&hs[0, 0])):
-            raise ValueError("forward: mode 2 needs Pu (stacked_len(I, H))")
         if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
-            raise ValueError("forward: mode 2 needs hs2 (B, H)")
-        if lp != NULL and reverse:
-            raise ValueError("forward: mode 2 cannot run lengths backwards")
-        if Z.shape[0] < nt or zstride < B * 4 * span:
-            raise ValueError("forward: Z too small for mode 2")
-        h2p = &hs2[0, 0]
-        nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
-        for b in range(B):
-            L = T if lp == NULL else lp[b]
-            Lmax = L if L > Lmax else Lmax
-    elif mode == 1:
-        span = _span(&hs[0, 0])
-        n_panels = (H + span - 1) // span
-        if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(&hs[0, 0])):
-            raise ValueError("forward: mode 1 needs Pu (packed_len(H))")
-        if Gp == NULL or hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
-            raise ValueError("forward: mode 1 needs G and hs2 (B, H)")
-        nt = n_threads if n_threads < n_panels else <int> n_panels
-        nt = nt if nt > 1 else 1
-        if rmp != NULL and nt > 1:
-            raise ValueError("forward: the unit split cannot take a recurrent mask")
+            raise ValueError(f"forward: mode {mode} needs hs2 (B, H)")
+        if mode == 1:
+            if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(&hs[0, 0])):
+                raise ValueError("forward: mode 1 needs Pu (packed_len(H))")
+            if Gp == NULL:
+                raise ValueError("forward: mode 1 needs G")
+            nt = n_threads if n_threads < n_panels else <int> n_panels
+            nt = nt if nt > 1 else 1
+            if rmp != NULL and nt > 1:
+                raise ValueError("forward: the unit split cannot take a recurrent mask")
+        else:
+            if Pu is None or Pu.shape[0] != _stacked_len(I, H, span, _vlen(&hs[0, 0])):
+                raise ValueError("forward: mode 2 needs Pu (stacked_len(I, H))")
+            if lp != NULL and reverse:
+                raise ValueError("forward: mode 2 cannot run lengths backwards")
+            nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
         # a panel is at most 4 * span wide (padding only rounds a short last one up)
         if Z.shape[0] < nt or zstride < B * 4 * span:
-            raise ValueError("forward: Z too small for mode 1")
+            raise ValueError(f"forward: Z too small for mode {mode}")
         h2p = &hs2[0, 0]
         for b in range(B):
             L = T if lp == NULL else lp[b]

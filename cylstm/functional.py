@@ -134,29 +134,27 @@ def _weights_dtype(kernel):
 
 
 def _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, reverse, training=False):
-    """How :func:`cylstm._lstm.forward` runs: (mode, fuse, scratch).
+    """How :func:`cylstm._lstm.forward` runs: (mode, fuse).
 
     mode 0: threads split the batch, per-step products on BLAS (``fuse``: x_t @ W
     inside each step); mode 1: threads split the units, packed panels of U;
-    mode 2: threads split the batch, packed panels of [W; U].  ``scratch``: the
-    buffers modes 1 and 2 take (Z, Pu, hs2), to give back after the call.
+    mode 2: threads split the batch, packed panels of [W; U].
     """
     if B == 0 or H == 0:
-        return 0, False, None
-    span = _lstm.PANEL_UNITS_F32 if dtype == np.float32 else _lstm.PANEL_UNITS_F64
-    n_panels = -(-H // span)
+        return 0, False
     fits = (W.nbytes + U.nbytes) * 4 <= _LLC
-    if rmask is None and n_panels >= 2:
+    if rmask is None and H > _panel_units(dtype):  # two panels at least
         small_batch = n_total >= 2 and nt == 1 and U.nbytes >= PANEL_TEAM_MIN_BYTES
         if small_batch or (_PANELS_FAST and 2 * U.nbytes >= _LLC):
-            Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)
-            return 1, False, (take((min(n_total, n_panels), B * 4 * span), dtype, align=64),
-                              Pu, take((B, H), dtype))
+            return 1, False
     if (_PANELS_FAST and not training and B // nt >= STACKED_MIN_ROWS
             and H >= STACKED_MIN_UNITS and fits and not (lens is not None and reverse)):
-        Pu = take((_lstm.stacked_len(W.shape[0], H, dtype.name),), dtype, align=64)
-        return 2, False, (take((nt, B * 4 * span), dtype, align=64), Pu, take((B, H), dtype))
-    return 0, lens is None and B // nt >= FUSE_MIN_ROWS and fits, None
+        return 2, False
+    return 0, lens is None and B // nt >= FUSE_MIN_ROWS and fits
+
+
+def _panel_units(dtype):
+    return _lstm.PANEL_UNITS_F32 if dtype == np.float32 else _lstm.PANEL_UNITS_F64
 
 
 def _threads_for(B, num_threads):
@@ -366,23 +364,29 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
 
     ragged = lens is not None
     alloc = np.zeros if ragged else np.empty
-    mode, fuse, scratch = _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens,
-                                        go_backwards, training)
+    mode, fuse = _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, go_backwards,
+                               training)
     # the gate buffer: x @ W for every step (modes 0 unfused, 1), the gates (training)
     G = take((B, T, 4 * H), dtype) if (training or mode == 1 or (mode == 0 and not fuse)) \
         else None
     y = alloc((B, T, H), dtype) if (return_sequences or training) else None
     C = take((B, T, H), dtype) if training else None
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
-    if mode:
-        Z, Pu, hs2 = scratch
-    else:
+    Pu = hs2 = None
+    if mode == 0:
         Z = take((B, 4 * H), dtype)
-        scratch, Pu, hs2 = (Z,), None, None
+    else:  # per-thread panel products, the packed weights, the other half of h
+        span = _panel_units(dtype)
+        n_z = min(n_total, -(-H // span)) if mode == 1 else nt
+        Z = take((n_z, B * 4 * span), dtype, align=64)
+        n_p = (_lstm.packed_len(H, dtype.name) if mode == 1
+               else _lstm.stacked_len(I, H, dtype.name))
+        Pu = take((n_p,), dtype, align=64)
+        hs2 = take((B, H), dtype)
     if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
         _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
                       n_total if mode == 1 else nt, n_total, mode, Pu, hs2, fuse)
-    give(*scratch)
+    give(Z, Pu, hs2)
     if not training:
         give(G)
     cache = None
