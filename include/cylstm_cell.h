@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include "cylstm_math.h"
+#include "cylstm_cpu.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER) && \
     defined(__linux__) && !defined(CYLSTM_NO_CLONES) && \
@@ -224,20 +225,6 @@ CYL_V4 static void cyl_cell_backward_f32_v4(
     }
 }
 
-/* AVX-512 (F, BW, VL, DQ, CD) present: asked once; a benign race. */
-static int cyl_cell_v4_cache = -1;
-static inline int cyl_cell_v4(void)
-{
-    if (cyl_cell_v4_cache < 0) {
-        __builtin_cpu_init();
-        cyl_cell_v4_cache = __builtin_cpu_supports("avx512f") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd") &&
-            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("bmi2");
-    }
-    return cyl_cell_v4_cache;
-}
 #else
 #define CYL_CELL_AVX512 0
 #endif
@@ -248,7 +235,7 @@ CYL_CLONES static void cyl_cell_forward_f32(
     const float *c_prev, float *gates, float *c_out, float *h_out)
 {
 #if CYL_CELL_AVX512
-    if (cyl_cell_v4()) {
+    if (cyl_cpu_level() == 2) {
         cyl_cell_forward_f32_v4(H, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out);
         return;
     }
@@ -269,7 +256,7 @@ CYL_CLONES static void cyl_cell_backward_f32(
     const float *dh, float *dc, float *dz)
 {
 #if CYL_CELL_AVX512
-    if (cyl_cell_v4()) {
+    if (cyl_cpu_level() == 2) {
         cyl_cell_backward_f32_v4(H, gs, gates, c, c_prev, dh, dc, dz);
         return;
     }

@@ -47,6 +47,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include "cylstm_cpu.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -276,7 +277,7 @@ typedef double cyl_vd __attribute__((vector_size(64)));
  * 24 accumulators (6 rows x 4 vectors) stay in the 32 AVX-512 registers, and
  * each k costs 4 vector loads and 6 broadcasts for 24 fused multiply-adds.
  * Compiled for x86-64-v4 only (with 16 AVX2 registers it would spill) and
- * called only where cyl_stream_cpu_level() == 2.  Same arithmetic as the other
+ * called only where cyl_cpu_level() == 2.  Same arithmetic as the other
  * bodies (one accumulator per output, summed in k order), so a row gives the
  * same bits whichever body computes it. */
 #if CYL_STREAM_VECTOR && defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 12) && \
@@ -345,9 +346,6 @@ static void cyl_stream_rows6_f64(const double* P, ptrdiff_t w,
                                  double* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
 
-static int cyl_stream_cpu_level(void);
-static int cyl_stream_level_cache = -1;
-static int cyl_stream_level(void);
 #else
 #define CYL_STREAM_ROWS6 0
 #endif
@@ -388,7 +386,7 @@ static void cyl_stream_panel_f32(const float* P, ptrdiff_t w, ptrdiff_t nrows,
     ptrdiff_t r = 0;
 #if CYL_STREAM_VECTOR
 #if CYL_STREAM_ROWS6
-    if (nrows >= 6 && w % (4 * CYL_STREAM_VLF) == 0 && cyl_stream_level() == 2)
+    if (nrows >= 6 && w % (4 * CYL_STREAM_VLF) == 0 && cyl_cpu_level() == 2)
         for (; nrows - r >= 6; r += 6)
             cyl_stream_rows6_f32(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,
                                   z0 + r * ldz, ldz);
@@ -423,7 +421,7 @@ static void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
     ptrdiff_t r = 0;
 #if CYL_STREAM_VECTOR
 #if CYL_STREAM_ROWS6
-    if (nrows >= 6 && w % (4 * CYL_STREAM_VLD) == 0 && cyl_stream_level() == 2)
+    if (nrows >= 6 && w % (4 * CYL_STREAM_VLD) == 0 && cyl_cpu_level() == 2)
         for (; nrows - r >= 6; r += 6)
             cyl_stream_rows6_f64(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,
                                   z0 + r * ldz, ldz);
@@ -567,32 +565,8 @@ static void cyl_stream_panel_bf16(const uint16_t* P, ptrdiff_t w, ptrdiff_t nrow
  * 1 = AVX2 + FMA (x86-64-v3), 0 = baseline. */
 static int cyl_stream_cpu_level(void)
 {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
-        && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx2")
-        && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-        return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-        && __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("movbe")
-        && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi")
-        && __builtin_cpu_supports("popcnt"))
-        return 1;
-#endif
-    return 0;
+    return cyl_cpu_level();
 }
-
-#if CYL_STREAM_ROWS6
-/* cyl_stream_cpu_level(), asked once (a benign race: every thread stores the
- * same value). */
-static int cyl_stream_level(void)
-{
-    if (cyl_stream_level_cache < 0)
-        cyl_stream_level_cache = cyl_stream_cpu_level();
-    return cyl_stream_level_cache;
-}
-#endif
 
 /* Threads in the current OpenMP team (1 outside a parallel region, and without
  * OpenMP).  The team may be smaller than asked for (nested regions, OMP_DYNAMIC,
