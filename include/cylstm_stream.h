@@ -372,6 +372,46 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
     }
 #endif
 
+/* The passes of the panel functions below: six-row blocks (AVX-512 only), then
+ * blocks of 4 rows (a last 3 as 4, one repeated), a last 2 as 2, a last 1 alone. */
+#if CYL_STREAM_ROWS6
+#define CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
+    if (nrows >= 6 && w % (4 * VL) == 0 && cyl_cpu_level() == 2)                  \
+        for (; nrows - r >= 6; r += 6)                                             \
+            ROWS6_FN(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,           \
+                     z0 + r * ldz, ldz);
+#else
+#define CYL_ROWS6_PASS(ROWS6_FN, VL)
+#endif
+#if CYL_STREAM_VECTOR
+#define CYL_ROWS42_PASS(T, VT, VL)                                                 \
+    for (; nrows - r >= 3; r += 4) {                                               \
+        const ptrdiff_t r0 = r;                                                    \
+        CYL_PANEL_ROWS4_BODY(T, VT, VL)                                            \
+    }                                                                              \
+    if (r > nrows)                                                                 \
+        r = nrows;                                                                 \
+    if (nrows - r == 2) {                                                          \
+        const ptrdiff_t r0 = r;                                                    \
+        CYL_PANEL_ROWS2_BODY(T, VT, VL)                                            \
+        r += 2;                                                                    \
+    }
+#else
+#define CYL_ROWS42_PASS(T, VT, VL)
+#endif
+#define CYL_PANEL_FN_BODY(T, VT, VL, ROWS6_FN)                                     \
+    {                                                                              \
+        ptrdiff_t r = 0;                                                           \
+        CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
+        CYL_ROWS42_PASS(T, VT, VL)                                                 \
+        for (; r < nrows; r++) {                                                   \
+            const T* a = a0 + r * lda;                                             \
+            const T* b = b0 + r * ldb;                                             \
+            T* z = z0 + r * ldz;                                                   \
+            CYL_PANEL_ROW_BODY(T, VT, VL)                                          \
+        }                                                                          \
+    }
+
 /*
  * z[r, 0:w] = [a[r, 0:ka], b[r, 0:kb]] @ panel, for r in [0, nrows).
  * Row r of a, b and z starts at a + r*lda, b + r*ldb, z + r*ldz.
@@ -382,70 +422,14 @@ static void cyl_stream_panel_f32(const float* P, ptrdiff_t w, ptrdiff_t nrows,
                                  const float* a0, ptrdiff_t ka, ptrdiff_t lda,
                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
                                  float* z0, ptrdiff_t ldz)
-{
-    ptrdiff_t r = 0;
-#if CYL_STREAM_VECTOR
-#if CYL_STREAM_ROWS6
-    if (nrows >= 6 && w % (4 * CYL_STREAM_VLF) == 0 && cyl_cpu_level() == 2)
-        for (; nrows - r >= 6; r += 6)
-            cyl_stream_rows6_f32(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,
-                                  z0 + r * ldz, ldz);
-#endif
-    /* blocks of 4 rows; a last 3 as 4 (one repeated), a last 2 as 2, a last 1 alone */
-    for (; nrows - r >= 3; r += 4) {
-        const ptrdiff_t r0 = r;
-        CYL_PANEL_ROWS4_BODY(float, cyl_vf, CYL_STREAM_VLF)
-    }
-    if (r > nrows)
-        r = nrows;
-    if (nrows - r == 2) {
-        const ptrdiff_t r0 = r;
-        CYL_PANEL_ROWS2_BODY(float, cyl_vf, CYL_STREAM_VLF)
-        r += 2;
-    }
-#endif
-    for (; r < nrows; r++) {
-        const float* a = a0 + r * lda;
-        const float* b = b0 + r * ldb;
-        float* z = z0 + r * ldz;
-        CYL_PANEL_ROW_BODY(float, cyl_vf, CYL_STREAM_VLF)
-    }
-}
+CYL_PANEL_FN_BODY(float, cyl_vf, CYL_STREAM_VLF, cyl_stream_rows6_f32)
 
 CYL_STREAM_CLONES
 static void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
                                  const double* a0, ptrdiff_t ka, ptrdiff_t lda,
                                  const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
                                  double* z0, ptrdiff_t ldz)
-{
-    ptrdiff_t r = 0;
-#if CYL_STREAM_VECTOR
-#if CYL_STREAM_ROWS6
-    if (nrows >= 6 && w % (4 * CYL_STREAM_VLD) == 0 && cyl_cpu_level() == 2)
-        for (; nrows - r >= 6; r += 6)
-            cyl_stream_rows6_f64(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,
-                                  z0 + r * ldz, ldz);
-#endif
-    /* blocks of 4 rows; a last 3 as 4 (one repeated), a last 2 as 2, a last 1 alone */
-    for (; nrows - r >= 3; r += 4) {
-        const ptrdiff_t r0 = r;
-        CYL_PANEL_ROWS4_BODY(double, cyl_vd, CYL_STREAM_VLD)
-    }
-    if (r > nrows)
-        r = nrows;
-    if (nrows - r == 2) {
-        const ptrdiff_t r0 = r;
-        CYL_PANEL_ROWS2_BODY(double, cyl_vd, CYL_STREAM_VLD)
-        r += 2;
-    }
-#endif
-    for (; r < nrows; r++) {
-        const double* a = a0 + r * lda;
-        const double* b = b0 + r * ldb;
-        double* z = z0 + r * ldz;
-        CYL_PANEL_ROW_BODY(double, cyl_vd, CYL_STREAM_VLD)
-    }
-}
+CYL_PANEL_FN_BODY(double, cyl_vd, CYL_STREAM_VLD, cyl_stream_rows6_f64)
 
 /*
  * The same product over bfloat16 weights (the upper 16 bits of float32, rounded
