@@ -28,16 +28,15 @@ units instead (forward ``mode`` 1, one barrier per step).  The caller
 calling thread and BLAS may use its own threads.
 """
 from cython cimport floating
-from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
 
-from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_barrier,
-                            cyl_stream_panel_f32, cyl_stream_panel_f64,
-                            cyl_stream_team_size)
+from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_panel_f32,
+                            cyl_stream_panel_f64)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -260,43 +259,33 @@ cdef inline void _stacked_product(const floating* P, Py_ssize_t w, Py_ssize_t nr
         cyl_stream_panel_f64(P, w, nrows, x, I, ldx, h, H, H, z, w)
 
 
-cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_t p1,
-                          bint team, Py_ssize_t T, Py_ssize_t H, Py_ssize_t Lmax,
-                          const floating* x, Py_ssize_t I,
+cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t H,
+                          Py_ssize_t Lmax, const floating* x, Py_ssize_t I,
                           const floating* P, const floating* bias,
                           const int64_t* lengths, bint reverse,
                           const floating* rmask, floating* hm,
                           floating* y, floating* G, floating* C, floating* Hp,
                           floating* hs, floating* hs2, floating* cs,
                           floating* zs) noexcept nogil:
-    """Time loop over rows [b0, b1) and panels [p0, p1) of the packed ``P``.
-
-    ``x`` NULL: ``P`` packs U, G holds x @ W for these panels' units and
-    ``bias`` is in the public order.  ``x`` (B, T, I): ``P`` packs [W; U]
-    (stacked), each step's product is [x_t, h_prev] @ panel (the streaming
-    runner's step), ``bias`` is in panel order and G, if not NULL, receives
-    the gates (training); every row must then be at the same time index
-    (no lengths with ``reverse``).
-    ``hs`` holds h0 on entry and the final h on exit; ``hs2`` is the other
-    half of the double buffer.  With ``team`` the OpenMP team meets at a
-    barrier after every step (the threads split the units).  ``rmask``
-    (recurrent dropout) is only allowed without ``team``.
-    """
+    """Stacked time loop over rows [b0, b1): each step is the streaming runner's
+    [x_t, h_prev] @ panel of the packed [W; U] ``P``, then the cell, panel by
+    panel.  ``bias`` is in panel order; G, if not NULL, receives the gates
+    (training); every row must be at the same time index (no lengths with
+    ``reverse``).  ``hs`` holds h0 on entry and the final h on exit; ``hs2`` is
+    the other half of the double buffer (rows [b0, b1) of both are this
+    caller's alone).  ``rmask`` (B, H) or NULL: recurrent dropout, the product
+    reads h_prev * mask (kept in ``hm``)."""
     cdef Py_ssize_t span = _span(hs), vl = _vlen(hs), H4 = 4 * H, nb = b1 - b0
-    cdef Py_ssize_t s, p, b, j, t, L, row, j0, j1, hb, hp, w, g, K = I + H
+    cdef Py_ssize_t s, p, b, t, L, row, hb, hp, w, g, K = I + H
+    cdef Py_ssize_t n_panels = (H + span - 1) // span
     cdef floating* zr
     cdef floating* cur
     cdef floating* nxt
-    cdef const floating* src
-    cdef size_t ub
-    if nb <= 0 or p1 <= p0:
-        if team:
-            for s in range(Lmax):
-                cyl_stream_barrier()
+    cdef floating* src
+    cdef Py_ssize_t j
+    cdef size_t ub = H * sizeof(floating)
+    if nb <= 0:
         return
-    j0 = p0 * span
-    j1 = p1 * span if p1 * span < H else H
-    ub = (j1 - j0) * sizeof(floating)
     for s in range(Lmax):
         cur = hs if s % 2 == 0 else hs2
         nxt = hs2 if s % 2 == 0 else hs
@@ -305,57 +294,42 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_
             for j in range(b0 * H, b1 * H):
                 hm[j] = cur[j] * rmask[j]
             src = hm
-        for p in range(p0, p1):
+        t = T - 1 - s if reverse else s
+        for p in range(n_panels):
             hb = H - p * span if H - p * span < span else span
             hp = _padded_units(hb, vl)
             w = 4 * hp
-            if x != NULL:
-                t = T - 1 - s if reverse else s
-                _stacked_product(P + p * K * 4 * span, w, nb, x + (b0 * T + t) * I, I,
-                                 T * I, src + b0 * H, H, zs)
-                for b in range(b0, b1):
-                    L = T if lengths == NULL else lengths[b]
-                    if s >= L:
-                        continue
-                    zr = zs + (b - b0) * w
-                    cell_forward_units(hb, hp, zr, NULL, hp, bias + p * 4 * span,
-                                       cs + b * H + p * span, zr, cs + b * H + p * span,
-                                       nxt + b * H + p * span)
-                    if G != NULL:
-                        row = b * T + t
-                        for g in range(4):
-                            memcpy(G + row * H4 + g * H + p * span, zr + g * hp,
-                                   hb * sizeof(floating))
-                continue
-            _stacked_product(P + p * H * 4 * span, w, nb, src, 0, 0, src + b0 * H, H, zs)
+            _stacked_product(P + p * K * 4 * span, w, nb, x + (b0 * T + t) * I, I,
+                             T * I, src + b0 * H, H, zs)
             for b in range(b0, b1):
                 L = T if lengths == NULL else lengths[b]
                 if s >= L:
                     continue
-                t = L - 1 - s if reverse else s
-                row = b * T + t
-                cell_forward_units(hb, H, G + row * H4 + p * span, zs + (b - b0) * w, hp,
-                                   bias + p * span, cs + b * H + p * span,
-                                   G + row * H4 + p * span, cs + b * H + p * span,
+                zr = zs + (b - b0) * w
+                cell_forward_units(hb, hp, zr, NULL, hp, bias + p * 4 * span,
+                                   cs + b * H + p * span, zr, cs + b * H + p * span,
                                    nxt + b * H + p * span)
+                if G != NULL:
+                    row = b * T + t
+                    for g in range(4):
+                        memcpy(G + row * H4 + g * H + p * span, zr + g * hp,
+                               hb * sizeof(floating))
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s >= L:  # finished: the state carries over unchanged
-                memcpy(nxt + b * H + j0, cur + b * H + j0, ub)
+                memcpy(nxt + b * H, cur + b * H, ub)
                 continue
             t = L - 1 - s if reverse else s
             row = b * T + t
             if Hp != NULL:
-                memcpy(Hp + row * H + j0, src + b * H + j0, ub)
+                memcpy(Hp + row * H, src + b * H, ub)
             if y != NULL:
-                memcpy(y + row * H + j0, nxt + b * H + j0, ub)
+                memcpy(y + row * H, nxt + b * H, ub)
             if C != NULL:
-                memcpy(C + row * H + j0, cs + b * H + j0, ub)
-        if team:
-            cyl_stream_barrier()
+                memcpy(C + row * H, cs + b * H, ub)
     if Lmax % 2 == 1:  # the final h is in hs2
         for b in range(b0, b1):
-            memcpy(hs + b * H + j0, hs2 + b * H + j0, ub)
+            memcpy(hs + b * H, hs2 + b * H, ub)
 
 
 cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
@@ -469,143 +443,565 @@ def pack_recurrent(const floating[:, ::1] U, floating[::1] out):
             _pack_recurrent(H, &U[0, 0], &out[0], 0, (H + _span(kind) - 1) // _span(kind))
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] W,
-            const floating[:, ::1] U, const floating[::1] bias,
-            const int64_t[::1] lengths, bint reverse,
-            const floating[:, ::1] rmask, floating[:, ::1] hm,
-            floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
-            floating[:, :, ::1] G, floating[:, :, ::1] C,
-            floating[:, :, ::1] Hp, floating[:, ::1] Z,
-            int n_threads, int blas_threads, int mode=0,
-            floating[::1] Pu=None, floating[:, ::1] hs2=None, bint fuse=False):
-    """Run the forward kernel.  Arguments are validated by cylstm.functional.
+# ---------------------------------------------------------------------------
+# Threads (include/cylstm_pool.h): the caller is thread 0 of every job and can
+# finish it alone; workers join when they get there.  Every job is cut into
+# pieces:
+#  - claimed pieces (flags: 0 free, 1 taken, 2 done): batch slices, packing
+#    and projection blocks.  A thread takes its own pieces first, then the
+#    others' from the last one back; the caller waits only for pieces a worker
+#    has taken.
+#  - committed pieces (the unit split's panels, every step): any thread may
+#    compute a panel of step k from the previous step's state into its own
+#    scratch; the first to commit (a compare-and-swap on the panel's word)
+#    copies its result out, later ones drop theirs.  The caller computes its own
+#    panels, then the workers' from the last one back, so a late or preempted
+#    worker never holds a step up (only a commit in flight is waited for: a
+#    few memcpys).  Inputs a loser may read torn (the state double buffer, c,
+#    the gate rows) change only through commits of that panel and step or of
+#    later steps, which exist only after this one is committed: the loser's
+#    commit then fails.
+# ---------------------------------------------------------------------------
 
-    ``hs``/``cs`` (B, H) hold the initial state on entry and the final state
-    on exit.  ``y``, ``C``, ``Hp`` may be None.  ``lengths`` may be None.
-    ``fuse`` (mode 0, no lengths): each step computes x_t @ W itself instead
-    of reading a projection of all steps from ``G``, which then only receives
-    the gates for training and may be None in inference.
+cdef extern from "cylstm_pool.h" nogil:
+    ctypedef void (*cyl_pool_fn)(void* arg, int tid) noexcept nogil
+    void cyl_pool_run(cyl_pool_fn fn, void* arg, int n_threads)
+    void cyl_pool_set_spin_ns(int64_t ns)
+    int cyl_pool_workers()
+    int64_t cyl_load(const int64_t* p)
+    void cyl_store(int64_t* p, int64_t v)
+    bint cyl_claim(int64_t* flag)
+    void cyl_claim_done(int64_t* flag)
+    void cyl_claim_wait(int64_t* flag)
+    bint cyl_commit_begin(int64_t* word, int64_t k)
+    void cyl_commit_end(int64_t* word, int64_t k)
+    bint cyl_committed(const int64_t* word, int64_t k)
+    bint cyl_committing(const int64_t* word, int64_t k)
+    void cyl_relax()
+    void cyl_pool_release()
+    bint cyl_pool_acquire()
+    bint cyl_pool_job_open()
+    void cyl_pool_tick_set(int64_t v)
+    int64_t cyl_pool_tick_get()
 
-    ``mode`` 0: threads split the batch, the per-step product on BLAS; ``Z``
-    is (B, 4H) scratch.  ``mode`` 1: threads split the units in whole panels
-    of span units and meet at one barrier per step (not with ``rmask``), the
-    product on packed panels of U (see :func:`pack_recurrent`; ``Pu`` is
-    scratch for them, each thread packs its own); ``hs2`` (B, H) is the second
-    h buffer and ``Z`` per-thread scratch (n_threads, B * 4 * span).
-    ``mode`` 2: threads split the batch; each step is the streaming runner's
-    [x_t, h_prev] @ [W; U] on packed panels, then the cell, panel by panel
-    (``Pu``: stacked_len(I, H) scratch the team packs them into; no lengths
-    with ``reverse``); ``G`` may be None (it only receives the gates); ``hs2``
-    and ``Z`` as in mode 1.
+
+def set_pool_spin_ns(int64_t ns):
+    """How long an idle worker spins before it sleeps (cylstm._tuning sets it)."""
+    cyl_pool_set_spin_ns(ns)
+
+
+def pool_workers():
+    """Worker threads started so far (tests)."""
+    return cyl_pool_workers()
+
+
+ctypedef void (*piece_fn)(void* job, Py_ssize_t piece, int tid) noexcept nogil
+
+
+cdef void _claim_pieces(int64_t* flags, Py_ssize_t n, int tid, int nt, piece_fn fn,
+                        void* job) noexcept nogil:
+    """Run pieces [0, n) of ``job``: this thread's share (tid of nt) first, then
+    any piece nobody has taken, from the last back; the caller (tid 0) then
+    waits for the pieces workers took."""
+    cdef Py_ssize_t c, c0 = (tid * n) // nt, c1 = ((tid + 1) * n) // nt
+    for c in range(c0, c1):
+        if cyl_claim(&flags[c]):
+            fn(job, c, tid)
+            cyl_claim_done(&flags[c])
+    for c in range(n - 1, -1, -1):
+        if cyl_claim(&flags[c]):
+            fn(job, c, tid)
+            cyl_claim_done(&flags[c])
+    if tid == 0:
+        for c in range(n):
+            cyl_claim_wait(&flags[c])
+
+
+cdef struct SeqJob:
+    bint dbl
+    int nt
+    Py_ssize_t B, T, In, H, Lmax, n_pieces, n_blocks, n_panels, zstride
+    const void* x
+    const void* W
+    const void* U
+    const void* bias
+    const int64_t* lengths
+    bint reverse, fused
+    const void* rmask
+    void* hm
+    void* y
+    void* G
+    void* C
+    void* Hp
+    void* hs
+    void* hs2
+    void* cs
+    void* Z
+    void* P
+    Py_ssize_t nbias
+    int64_t* flags      # claimed pieces: row slices
+    int64_t* bflags     # claimed pieces: packing / projection blocks
+    int64_t* words      # committed pieces: the unit split's panels
+    int64_t finished
+
+
+# --- batch split, BLAS per step (forward_rows) ------------------------------
+
+cdef void _rows_piece_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
+    _forward_rows((c * j.B) // j.n_pieces, ((c + 1) * j.B) // j.n_pieces, j.T, j.In, j.H,
+                  <const floating*> j.x, <const floating*> j.W, <const floating*> j.U,
+                  <const floating*> j.bias, j.lengths, j.reverse,
+                  <const floating*> j.rmask, <floating*> j.hm, <floating*> j.y,
+                  <floating*> j.G, <floating*> j.C, <floating*> j.Hp, <floating*> j.hs,
+                  <floating*> j.cs, <floating*> j.Z, 1, j.fused)
+
+
+cdef void _rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
+    cdef SeqJob* j = <SeqJob*> job
+    if j.dbl:
+        _rows_piece_t(j, c, <double*> NULL)
+    else:
+        _rows_piece_t(j, c, <float*> NULL)
+
+
+cdef void _rows_job(void* job, int tid) noexcept nogil:
+    cdef SeqJob* j = <SeqJob*> job
+    _claim_pieces(j.flags, j.n_pieces, tid, j.nt, _rows_piece, job)
+
+
+# --- batch split, packed [W; U] panels (forward_stacked) ---------------------
+
+cdef void _stacked_pack_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
+    cdef floating* P = <floating*> j.P
+    _pack_stacked(j.In, j.H, <const floating*> j.W, <const floating*> j.U,
+                  <const floating*> j.bias, P, P + j.nbias,
+                  (c * j.n_panels) // j.n_blocks, ((c + 1) * j.n_panels) // j.n_blocks)
+
+
+cdef void _stacked_rows_t(SeqJob* j, Py_ssize_t c, int tid, floating* kind) noexcept nogil:
+    cdef floating* P = <floating*> j.P
+    _forward_panels((c * j.B) // j.n_pieces, ((c + 1) * j.B) // j.n_pieces, j.T, j.H,
+                    j.Lmax, <const floating*> j.x, j.In, P, P + j.nbias, j.lengths,
+                    j.reverse, <const floating*> j.rmask, <floating*> j.hm,
+                    <floating*> j.y, <floating*> j.G, <floating*> j.C, <floating*> j.Hp,
+                    <floating*> j.hs, <floating*> j.hs2, <floating*> j.cs,
+                    <floating*> j.Z + tid * j.zstride)
+
+
+cdef void _stacked_pack_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
+    cdef SeqJob* j = <SeqJob*> job
+    if j.dbl:
+        _stacked_pack_t(j, c, <double*> NULL)
+    else:
+        _stacked_pack_t(j, c, <float*> NULL)
+
+
+cdef void _stacked_rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
+    cdef SeqJob* j = <SeqJob*> job
+    if j.dbl:
+        _stacked_rows_t(j, c, tid, <double*> NULL)
+    else:
+        _stacked_rows_t(j, c, tid, <float*> NULL)
+
+
+cdef void _stacked_job(void* job, int tid) noexcept nogil:
+    cdef SeqJob* j = <SeqJob*> job
+    cdef Py_ssize_t c
+    _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _stacked_pack_piece, job)
+    if tid != 0:  # a worker starts on rows once the caller has seen every panel packed
+        cyl_pool_release()   # (waiting for it, the worker holds none of the job's memory)
+        while cyl_pool_tick_get() == 0:
+            if not cyl_pool_job_open():
+                return
+            cyl_relax()
+        if not cyl_pool_acquire():
+            return
+    else:
+        cyl_pool_tick_set(1)
+    _claim_pieces(j.flags, j.n_pieces, tid, j.nt, _stacked_rows_piece, job)
+
+
+# --- unit split, packed panels of U, committed per step (forward_units) -------
+
+cdef inline Py_ssize_t units_scratch_len(Py_ssize_t B, Py_ssize_t H, Py_ssize_t span) noexcept nogil:
+    """Per-thread scratch of the unit split: a panel's product (B, 4 span), and
+    the gates (B, 4H), c and h (B, H each) a thread computes before it commits."""
+    return B * 4 * span + B * 6 * H
+
+
+def units_scratch(Py_ssize_t B, Py_ssize_t H, dtype):
+    """Elements of per-thread scratch :func:`forward_units` needs (rows of ``Z``)."""
+    span = PANEL_UNITS_F32_C if str(dtype) == "float32" else PANEL_UNITS_F64_C
+    return units_scratch_len(B, H, span)
+
+
+cdef void _units_prep_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
+    """Block c of the panels: their columns of G = X @ W, and their packing."""
+    cdef Py_ssize_t span = _span(kind), p0, p1
+    p0 = (c * j.n_panels) // j.n_blocks
+    p1 = ((c + 1) * j.n_panels) // j.n_blocks
+    _project_units(p0 * span, p1 * span if p1 * span < j.H else j.H, j.B * j.T, j.In, j.H,
+                   <const floating*> j.x, <const floating*> j.W, <floating*> j.G)
+    _pack_recurrent(j.H, <const floating*> j.U, <floating*> j.P, p0, p1)
+
+
+cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
+    cdef SeqJob* j = <SeqJob*> job
+    if j.dbl:
+        _units_prep_t(j, c, <double*> NULL)
+    else:
+        _units_prep_t(j, c, <float*> NULL)
+
+
+cdef void _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
+                         floating* kind) noexcept nogil:
+    """Step s (k = s + 1) of panel p: compute into this thread's scratch, then
+    commit it if no other thread did."""
+    cdef Py_ssize_t span = _span(kind), vl = _vlen(kind)
+    cdef Py_ssize_t B = j.B, T = j.T, H = j.H, H4 = 4 * H, b, t, L, row, g
+    cdef Py_ssize_t j0 = p * span
+    cdef Py_ssize_t hb = H - j0 if H - j0 < span else span
+    cdef Py_ssize_t hp = _padded_units(hb, vl), w = 4 * hp
+    cdef int64_t k = s + 1
+    cdef floating* hs = <floating*> j.hs
+    cdef floating* hs2 = <floating*> j.hs2
+    cdef floating* cur = hs if s % 2 == 0 else hs2
+    cdef floating* nxt = hs2 if s % 2 == 0 else hs
+    cdef const floating* src = cur if j.rmask == NULL else <const floating*> j.hm
+    cdef floating* G = <floating*> j.G
+    cdef floating* cs = <floating*> j.cs
+    cdef floating* y = <floating*> j.y
+    cdef floating* C = <floating*> j.C
+    cdef floating* Hp = <floating*> j.Hp
+    cdef const floating* bias = <const floating*> j.bias
+    cdef floating* z = <floating*> j.Z + tid * j.zstride
+    cdef floating* gp = z + B * 4 * span          # gates (B, 4H)
+    cdef floating* cn = gp + B * H4                # c (B, H)
+    cdef floating* hn = cn + B * H                 # h (B, H)
+    cdef size_t ub = hb * sizeof(floating)
+    if cyl_committed(&j.words[p], k):
+        return
+    # z (B, w) = h_prev (B, H) @ panel p of U (H, w)
+    _stacked_product(<const floating*> j.P + p * H * 4 * span, w, B, src, 0, 0, src, H, z)
+    for b in range(B):
+        L = T if j.lengths == NULL else j.lengths[b]
+        if s >= L:
+            continue
+        t = L - 1 - s if j.reverse else s
+        row = b * T + t
+        cell_forward_units(hb, H, G + row * H4 + j0, z + b * w, hp, bias + j0,
+                           cs + b * H + j0, gp + b * H4 + j0, cn + b * H + j0,
+                           hn + b * H + j0)
+    if not cyl_commit_begin(&j.words[p], k):
+        return  # another thread committed this panel's step first
+    for b in range(B):
+        L = T if j.lengths == NULL else j.lengths[b]
+        if s >= L:  # finished: the state carries over unchanged
+            memcpy(nxt + b * H + j0, cur + b * H + j0, ub)
+            continue
+        t = L - 1 - s if j.reverse else s
+        row = b * T + t
+        memcpy(cs + b * H + j0, cn + b * H + j0, ub)
+        memcpy(nxt + b * H + j0, hn + b * H + j0, ub)
+        if y != NULL:
+            memcpy(y + row * H + j0, hn + b * H + j0, ub)
+        if C != NULL:  # training: the gates, c and h_prev for the backward
+            memcpy(C + row * H + j0, cn + b * H + j0, ub)
+            for g in range(4):
+                memcpy(G + row * H4 + g * H + j0, gp + b * H4 + g * H + j0, ub)
+        if Hp != NULL:
+            memcpy(Hp + row * H + j0, src + b * H + j0, ub)
+    cyl_commit_end(&j.words[p], k)
+
+
+cdef inline void _units_panel(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid) noexcept nogil:
+    if j.dbl:
+        _units_panel_t(j, s, p, tid, <double*> NULL)
+    else:
+        _units_panel_t(j, s, p, tid, <float*> NULL)
+
+
+cdef void _units_rmask_t(SeqJob* j, Py_ssize_t s, floating* kind) noexcept nogil:
+    cdef floating* cur = <floating*> j.hs if s % 2 == 0 else <floating*> j.hs2
+    cdef floating* hm = <floating*> j.hm
+    cdef const floating* rm = <const floating*> j.rmask
+    cdef Py_ssize_t i
+    for i in range(j.B * j.H):
+        hm[i] = cur[i] * rm[i]
+
+
+cdef void _units_final_t(SeqJob* j, floating* kind) noexcept nogil:
+    if j.Lmax % 2 == 1:  # the final h is in hs2
+        memcpy(<floating*> j.hs, <floating*> j.hs2, j.B * j.H * sizeof(floating))
+
+
+cdef void _units_job(void* job, int tid) noexcept nogil:
+    cdef SeqJob* j = <SeqJob*> job
+    cdef Py_ssize_t s, p, n = j.n_panels
+    cdef Py_ssize_t m0 = (tid * n) // j.nt, m1 = ((tid + 1) * n) // j.nt
+    cdef int64_t k, last = 0
+    _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _units_prep_piece, job)
+    if tid == 0:
+        for s in range(j.Lmax):
+            k = s + 1
+            if j.rmask != NULL:  # (single thread only: checked by forward_units)
+                if j.dbl:
+                    _units_rmask_t(j, s, <double*> NULL)
+                else:
+                    _units_rmask_t(j, s, <float*> NULL)
+            cyl_pool_tick_set(k)
+            for p in range(m0, m1):
+                _units_panel(j, s, p, 0)
+            for p in range(n - 1, m1 - 1, -1):
+                while cyl_committing(&j.words[p], k):
+                    cyl_relax()
+                _units_panel(j, s, p, 0)
+            for p in range(m1, n):
+                while not cyl_committed(&j.words[p], k):
+                    cyl_relax()
+        cyl_store(&j.finished, 1)
+        if j.dbl:
+            _units_final_t(j, <double*> NULL)
+        else:
+            _units_final_t(j, <float*> NULL)
+        return
+    # a worker holds the job's memory only while it computes a step's panels:
+    # the caller never waits for one that is preempted between steps
+    while True:
+        cyl_pool_release()
+        k = cyl_pool_tick_get()
+        while k == last:
+            if not cyl_pool_job_open():
+                return
+            cyl_relax()
+            k = cyl_pool_tick_get()
+        if not cyl_pool_acquire():
+            return
+        if cyl_load(&j.finished):
+            return
+        for p in range(m0, m1):
+            if cyl_pool_tick_get() != k:
+                break
+            _units_panel(j, k - 1, p, tid)
+        last = k
+
+
+# --- entry points --------------------------------------------------------------
+
+cdef inline int64_t* _zeroed_flags(Py_ssize_t n) noexcept nogil:
+    return <int64_t*> calloc(n if n > 0 else 1, sizeof(int64_t))
+
+
+cdef int _lmax(const int64_t* lp, Py_ssize_t B, Py_ssize_t T) noexcept nogil:
+    cdef Py_ssize_t b, L, Lmax = 0
+    for b in range(B):
+        L = T if lp == NULL else lp[b]
+        Lmax = L if L > Lmax else Lmax
+    return <int> Lmax
+
+
+cdef void _fill_job(SeqJob* j, floating* kind, const floating[:, :, ::1] x,
+                    const floating[:, ::1] W, const floating[:, ::1] U,
+                    const floating[::1] bias, const int64_t[::1] lengths, bint reverse,
+                    const floating[:, ::1] rmask, floating[:, ::1] hm,
+                    floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
+                    floating[:, :, ::1] G, floating[:, :, ::1] C,
+                    floating[:, :, ::1] Hp, floating[:, ::1] Z):
+    memset(j, 0, sizeof(SeqJob))
+    j.dbl = floating is double
+    j.B = x.shape[0]
+    j.T = x.shape[1]
+    j.In = x.shape[2]
+    j.H = U.shape[0]
+    j.x = &x[0, 0, 0]
+    j.W = &W[0, 0]
+    j.U = &U[0, 0]
+    j.bias = &bias[0]
+    j.lengths = NULL if lengths is None else &lengths[0]
+    j.reverse = reverse
+    j.rmask = NULL if rmask is None else &rmask[0, 0]
+    j.hm = NULL if hm is None else &hm[0, 0]
+    j.y = _ptr3(y)
+    j.G = _ptr3(G)
+    j.C = _ptr3(C)
+    j.Hp = _ptr3(Hp)
+    j.hs = &hs[0, 0]
+    j.cs = &cs[0, 0]
+    j.Z = &Z[0, 0]
+    j.zstride = Z.shape[1]
+    j.Lmax = _lmax(j.lengths, j.B, j.T)
+    if j.rmask != NULL and j.hm == NULL:
+        raise ValueError("forward: a recurrent mask needs the hm scratch buffer")
+
+
+def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
+                 const floating[:, ::1] U, const floating[::1] bias,
+                 const int64_t[::1] lengths, bint reverse,
+                 const floating[:, ::1] rmask, floating[:, ::1] hm,
+                 floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
+                 floating[:, :, ::1] G, floating[:, :, ::1] C,
+                 floating[:, :, ::1] Hp, floating[:, ::1] Z,
+                 int n_threads, int blas_threads, bint fuse):
+    """Forward, threads splitting the batch into ``n_threads`` slices, BLAS per step.
+
+    Arguments are validated by cylstm.functional.  ``hs``/``cs`` (B, H) hold
+    the initial state on entry and the final state on exit; ``y``, ``C``,
+    ``Hp`` may be None, ``lengths`` too.  ``Z`` is (B, 4H) scratch.  ``fuse``
+    (no lengths): each step computes x_t @ W itself instead of reading a
+    projection of all steps from ``G``, which then only receives the gates for
+    training and may be None in inference.  With one thread BLAS may use
+    ``blas_threads`` for the projection.
     """
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = U.shape[0], H4 = 4 * H, Lmax = 0, b, L, span, n_panels
+    cdef SeqJob j
+    cdef floating* kind = NULL
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = U.shape[0]
     cdef int nt = n_threads if n_threads < B else <int> B
-    cdef int tid, team
-    cdef Py_ssize_t p0, p1
-    cdef const int64_t* lp = NULL if lengths is None else &lengths[0]
-    cdef floating* yp = _ptr3(y)
-    cdef floating* Cp = _ptr3(C)
-    cdef floating* Hpp = _ptr3(Hp)
-    cdef const floating* rmp = NULL if rmask is None else &rmask[0, 0]
-    cdef floating* hmp = NULL if hm is None else &hm[0, 0]
-    cdef floating* h2p
-    cdef Py_ssize_t nbias = 0, r0, r1
-    cdef floating* Zp = &Z[0, 0]
-    cdef floating* Gp = _ptr3(G)
-    cdef Py_ssize_t zstride = Z.shape[1]
-    cdef bint fused
     if B == 0 or T == 0:
         return
-    if rmp != NULL and hmp == NULL:
-        raise ValueError("forward: recurrent mask needs the hm scratch buffer")
-    if mode not in (0, 1, 2):
-        raise ValueError(f"forward: unknown mode {mode}")
-    nt = nt if nt > 1 else 1
+    _fill_job(&j, kind, x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
     # (x_t rows lie T * I apart: a BLAS leading dimension, a C int)
-    fused = fuse and mode == 0 and lp == NULL and T * I <= INT_MAX_C
-    if Gp == NULL and not fused and mode != 2:
-        raise ValueError("forward: G is needed unless fuse is set (and there are no lengths)")
-    if mode != 0:
-        span = _span(&hs[0, 0])
-        n_panels = (H + span - 1) // span
-        if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
-            raise ValueError(f"forward: mode {mode} needs hs2 (B, H)")
-        if mode == 1:
-            if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(&hs[0, 0])):
-                raise ValueError("forward: mode 1 needs Pu (packed_len(H))")
-            if Gp == NULL:
-                raise ValueError("forward: mode 1 needs G")
-            nt = n_threads if n_threads < n_panels else <int> n_panels
-            nt = nt if nt > 1 else 1
-            if rmp != NULL and nt > 1:
-                raise ValueError("forward: the unit split cannot take a recurrent mask")
-        else:
-            if Pu is None or Pu.shape[0] != _stacked_len(I, H, span, _vlen(&hs[0, 0])):
-                raise ValueError("forward: mode 2 needs Pu (stacked_len(I, H))")
-            if lp != NULL and reverse:
-                raise ValueError("forward: mode 2 cannot run lengths backwards")
-            nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
-        # a panel is at most 4 * span wide (padding only rounds a short last one up)
-        if Z.shape[0] < nt or zstride < B * 4 * span:
-            raise ValueError(f"forward: Z too small for mode {mode}")
-        h2p = &hs2[0, 0]
-        for b in range(B):
-            L = T if lp == NULL else lp[b]
-            Lmax = L if L > Lmax else Lmax
-    elif Z.shape[0] != B or zstride != H4:
-        raise ValueError("forward: Z must be (B, 4H) for the BLAS path")
+    j.fused = fuse and lengths is None and T * I <= INT_MAX_C
+    if j.G == NULL and not j.fused:
+        raise ValueError("forward_rows: G is needed unless fuse is set (and there are no lengths)")
+    if Z.shape[0] != B or Z.shape[1] != 4 * H:
+        raise ValueError("forward_rows: Z must be (B, 4H)")
+    j.nt = nt if nt > 1 else 1
+    j.n_pieces = j.nt
     with nogil:
-        if mode == 0 and nt == 1:
+        if j.nt == 1:
             _blas_threads(blas_threads)
             _forward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
-                          lp, reverse, rmp, hmp, yp, Gp, Cp, Hpp,
-                          &hs[0, 0], &cs[0, 0], Zp, blas_threads, fused)
-            _blas_threads(blas_threads)
-        elif mode == 0:
-            _blas_threads(1)
-            for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
-                _forward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
-                              &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
-                              lp, reverse, rmp, hmp, yp, Gp, Cp, Hpp,
-                              &hs[0, 0], &cs[0, 0], Zp, 1, fused)
-            _blas_threads(blas_threads)
-        elif mode == 2:
-            # the team packs [W; U] panel by panel, meets once, then each thread
-            # runs the whole sequence on its slice of the batch (no barrier per
-            # step): [x_t, h_prev] @ panel and the cell, panel by panel
-            _blas_threads(1)
-            with parallel(num_threads=nt):
-                tid = threadid()
-                team = cyl_stream_team_size()
-                p0 = (tid * n_panels) // team
-                p1 = ((tid + 1) * n_panels) // team
-                _pack_stacked(I, H, &W[0, 0], &U[0, 0], &bias[0], &Pu[0], &Pu[0] + nbias,
-                              p0, p1)
-                cyl_stream_barrier()
-                r0 = (tid * B) // team
-                r1 = ((tid + 1) * B) // team
-                _forward_panels(r0, r1, 0, n_panels, False, T, H, Lmax, &x[0, 0, 0], I,
-                                &Pu[0], &Pu[0] + nbias, lp, reverse, rmp, hmp, yp, Gp, Cp,
-                                Hpp, &hs[0, 0], h2p, &cs[0, 0], Zp + tid * zstride)
+                          j.lengths, reverse, <const floating*> j.rmask, <floating*> j.hm,
+                          <floating*> j.y, <floating*> j.G, <floating*> j.C,
+                          <floating*> j.Hp, &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads,
+                          j.fused)
             _blas_threads(blas_threads)
         else:
-            # mode 1: each thread packs, projects and steps its own units; its
-            # projection (single-threaded BLAS: a BLAS pool spinning next to the
-            # team would starve it) writes only the G columns it reads later
+            j.flags = _zeroed_flags(j.n_pieces)
+            if j.flags == NULL:
+                j.n_pieces = 0
+            else:
+                _blas_threads(1)
+                cyl_pool_run(_rows_job, &j, j.nt)
+                _blas_threads(blas_threads)
+                free(j.flags)
+    if j.n_pieces == 0:
+        raise MemoryError("forward_rows: no memory for the thread flags")
+
+
+def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
+                    const floating[:, ::1] U, const floating[::1] bias,
+                    const int64_t[::1] lengths, bint reverse,
+                    const floating[:, ::1] rmask, floating[:, ::1] hm,
+                    floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
+                    floating[:, :, ::1] G, floating[:, :, ::1] C,
+                    floating[:, :, ::1] Hp, floating[:, ::1] Z,
+                    floating[::1] Pu, floating[:, ::1] hs2, int n_threads,
+                    int blas_threads):
+    """Forward, threads splitting the batch; each step is the streaming runner's
+    [x_t, h_prev] @ [W; U] on packed panels, then the cell, panel by panel.
+
+    ``Pu``: stacked_len(I, H) scratch the threads pack [W; U] and the bias
+    into; no lengths with ``reverse``; ``G`` may be None (it only receives the
+    gates); ``hs2`` (B, H) is the second h buffer; ``Z`` per-thread scratch
+    (n_threads, B * 4 * span).
+    """
+    cdef SeqJob j
+    cdef floating* kind = NULL
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = U.shape[0]
+    cdef Py_ssize_t span = _span(kind)
+    cdef int nt = n_threads if n_threads < B else <int> B
+    if B == 0 or T == 0:
+        return
+    _fill_job(&j, kind, x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
+    if Pu is None or Pu.shape[0] != _stacked_len(I, H, span, _vlen(kind)):
+        raise ValueError("forward_stacked: Pu must be stacked_len(I, H) long")
+    if lengths is not None and reverse:
+        raise ValueError("forward_stacked: cannot run lengths backwards")
+    if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
+        raise ValueError("forward_stacked: hs2 must be (B, H)")
+    j.nt = nt if nt > 1 else 1
+    # a panel is at most 4 * span wide (padding only rounds a short last one up)
+    if Z.shape[0] < j.nt or Z.shape[1] < B * 4 * span:
+        raise ValueError("forward_stacked: Z too small")
+    j.P = &Pu[0]
+    j.nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
+    j.hs2 = &hs2[0, 0]
+    j.n_panels = (H + span - 1) // span
+    j.n_pieces = j.nt
+    j.n_blocks = j.nt
+    with nogil:
+        j.flags = _zeroed_flags(j.n_pieces)
+        j.bflags = _zeroed_flags(j.n_blocks)
+        if j.flags == NULL or j.bflags == NULL:
+            j.n_pieces = 0
+        else:
             _blas_threads(1)
-            with parallel(num_threads=nt):
-                tid = threadid()
-                team = cyl_stream_team_size()
-                p0 = (tid * n_panels) // team
-                p1 = ((tid + 1) * n_panels) // team
-                _project_units(p0 * span, p1 * span if p1 * span < H else H, B * T, I, H,
-                               &x[0, 0, 0], &W[0, 0], &G[0, 0, 0])
-                _pack_recurrent(H, &U[0, 0], &Pu[0], p0, p1)
-                _forward_panels(0, B, p0, p1, team > 1, T, H, Lmax, NULL, 0, &Pu[0],
-                                &bias[0], lp, reverse, rmp, hmp, yp, &G[0, 0, 0], Cp, Hpp,
-                                &hs[0, 0], h2p, &cs[0, 0], Zp + tid * zstride)
+            cyl_pool_run(_stacked_job, &j, j.nt)
             _blas_threads(blas_threads)
+        free(j.flags)
+        free(j.bflags)
+    if j.n_pieces == 0:
+        raise MemoryError("forward_stacked: no memory for the thread flags")
+
+
+def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
+                  const floating[:, ::1] U, const floating[::1] bias,
+                  const int64_t[::1] lengths, bint reverse,
+                  const floating[:, ::1] rmask, floating[:, ::1] hm,
+                  floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
+                  floating[:, :, ::1] G, floating[:, :, ::1] C,
+                  floating[:, :, ::1] Hp, floating[:, ::1] Z,
+                  floating[::1] Pu, floating[:, ::1] hs2, int n_threads,
+                  int blas_threads):
+    """Forward, threads splitting the units in whole panels of span units; the
+    product on packed panels of U (see :func:`pack_recurrent`).
+
+    ``G`` (B, T, 4H) receives x @ W (each block of panels projects its own
+    columns) and, in training (``C`` given), the gates.  ``Pu``:
+    packed_len(H) scratch; ``hs2`` (B, H) the second h buffer; ``Z``
+    per-thread scratch (n_threads, units_scratch(B, H)).  A recurrent mask
+    runs on one thread only.
+    """
+    cdef SeqJob j
+    cdef floating* kind = NULL
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = U.shape[0]
+    cdef Py_ssize_t span = _span(kind)
+    cdef Py_ssize_t n_panels = (H + span - 1) // span
+    cdef int nt = n_threads if n_threads < n_panels else <int> n_panels
+    if B == 0 or T == 0:
+        return
+    _fill_job(&j, kind, x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
+    if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(kind)):
+        raise ValueError("forward_units: Pu must be packed_len(H) long")
+    if j.G == NULL:
+        raise ValueError("forward_units: needs G")
+    if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
+        raise ValueError("forward_units: hs2 must be (B, H)")
+    j.nt = nt if nt > 1 else 1
+    if j.rmask != NULL and j.nt > 1:
+        raise ValueError("forward_units: the unit split cannot take a recurrent mask")
+    if Z.shape[0] < j.nt or Z.shape[1] < units_scratch_len(B, H, span):
+        raise ValueError("forward_units: Z too small (n_threads, units_scratch(B, H))")
+    j.P = &Pu[0]
+    j.hs2 = &hs2[0, 0]
+    j.n_panels = n_panels
+    # projection and packing in two blocks per thread: a late worker's share
+    # is picked up in halves
+    j.n_blocks = 2 * j.nt if 2 * j.nt <= n_panels else n_panels
+    with nogil:
+        j.bflags = _zeroed_flags(j.n_blocks)
+        j.words = _zeroed_flags(n_panels)
+        if j.bflags == NULL or j.words == NULL:
+            j.n_blocks = 0
+        else:
+            _blas_threads(1)
+            cyl_pool_run(_units_job, &j, j.nt)
+            _blas_threads(blas_threads)
+        free(j.bflags)
+        free(j.words)
+    if j.n_blocks == 0:
+        raise MemoryError("forward_units: no memory for the thread flags")
 
 
 cdef inline void _project_units(Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t M, Py_ssize_t I,
@@ -617,6 +1013,67 @@ cdef inline void _project_units(Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t M, Py_s
         for g in range(4):
             gemm(False, False, <int> M, <int> (j1 - j0), <int> I, 1, x, <int> I,
                  W + g * H + j0, <int> (4 * H), 0, G + g * H + j0, <int> (4 * H))
+
+
+# --- backward ------------------------------------------------------------------
+
+cdef struct BackJob:
+    bint dbl
+    int nt
+    Py_ssize_t B, T, In, H, n_pieces
+    const void* x
+    const void* W
+    const void* UT
+    const void* c0
+    const int64_t* lengths
+    bint reverse
+    const void* rmask
+    void* G
+    const void* C
+    const void* Hp
+    const void* dy
+    void* dhs
+    void* dcs
+    void* D
+    void* dHp
+    void* dx
+    void* dW
+    void* dU
+    void* db
+    void* parts
+    int64_t* flags
+
+
+cdef void _back_piece_t(BackJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
+    cdef Py_ssize_t H4 = 4 * j.H
+    cdef floating* pp
+    cdef floating* dWp = <floating*> j.dW
+    cdef floating* dUp = <floating*> j.dU
+    cdef floating* dbp = <floating*> j.db
+    if c > 0:  # piece c's weight-gradient sums go to parts[c - 1] (summed in order after)
+        pp = <floating*> j.parts + (c - 1) * (j.In + j.H + 1) * H4
+        dWp = pp
+        dUp = pp + j.In * H4
+        dbp = pp + (j.In + j.H) * H4
+    _backward_rows((c * j.B) // j.n_pieces, ((c + 1) * j.B) // j.n_pieces, j.T, j.In, j.H,
+                   <const floating*> j.x, <const floating*> j.W, <const floating*> j.UT,
+                   <const floating*> j.c0, j.lengths, j.reverse, <const floating*> j.rmask,
+                   <floating*> j.G, <const floating*> j.C, <const floating*> j.Hp,
+                   <const floating*> j.dy, <floating*> j.dhs, <floating*> j.dcs,
+                   <floating*> j.D, <floating*> j.dHp, <floating*> j.dx, dWp, dUp, dbp, 1)
+
+
+cdef void _back_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
+    cdef BackJob* j = <BackJob*> job
+    if j.dbl:
+        _back_piece_t(j, c, <double*> NULL)
+    else:
+        _back_piece_t(j, c, <float*> NULL)
+
+
+cdef void _back_job(void* job, int tid) noexcept nogil:
+    cdef BackJob* j = <BackJob*> job
+    _claim_pieces(j.flags, j.n_pieces, tid, j.nt, _back_piece, job)
 
 
 def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
@@ -633,20 +1090,16 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     ``G`` holds the training forward's gates and is overwritten
     with dL/dz.  ``dhs``/``dcs`` hold dL/dh_T, dL/dc_T on entry and dL/dh0,
     dL/dc0 on exit.  ``parts`` (n_threads - 1, I + H + 1, 4H) is scratch for
-    the per-thread weight-gradient sums (None when n_threads == 1).
+    the per-slice weight-gradient sums (None when n_threads == 1); slices are
+    summed in a fixed order, so results do not depend on which thread ran which.
     """
+    cdef BackJob j
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = UT.shape[1], H4 = 4 * H, n, k
+    cdef Py_ssize_t H = UT.shape[1], H4 = 4 * H, n, c
     cdef int nt = n_threads if n_threads < B else <int> B
-    cdef int tid
-    cdef const int64_t* lp = NULL if lengths is None else &lengths[0]
-    cdef const floating* dyp = NULL if dy is None else &dy[0, 0, 0]
-    cdef const floating* rmp = NULL if rmask is None else &rmask[0, 0]
-    cdef floating* dxp = _ptr3(dx)
     cdef floating* pp
     cdef floating* dWp
     cdef floating* dUp
-    cdef floating* dbp
     if B == 0 or T == 0:
         dW[:, :] = 0
         dU[:, :] = 0
@@ -655,41 +1108,75 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     nt = nt if nt > 1 else 1
     if nt > 1 and (parts is None or parts.shape[0] < nt - 1):
         raise ValueError("backward: parts buffer too small for n_threads")
+    memset(&j, 0, sizeof(BackJob))
+    j.dbl = floating is double
+    j.nt = nt
+    j.n_pieces = nt
+    j.B = B
+    j.T = T
+    j.In = I
+    j.H = H
+    j.x = &x[0, 0, 0]
+    j.W = &W[0, 0]
+    j.UT = &UT[0, 0]
+    j.c0 = &c0[0, 0]
+    j.lengths = NULL if lengths is None else &lengths[0]
+    j.reverse = reverse
+    j.rmask = NULL if rmask is None else &rmask[0, 0]
+    j.G = &G[0, 0, 0]
+    j.C = &C[0, 0, 0]
+    j.Hp = &Hp[0, 0, 0]
+    j.dy = NULL if dy is None else &dy[0, 0, 0]
+    j.dhs = &dhs[0, 0]
+    j.dcs = &dcs[0, 0]
+    j.D = &D[0, 0]
+    j.dHp = &dHp[0, 0]
+    j.dx = _ptr3(dx)
+    j.dW = &dW[0, 0]
+    j.dU = &dU[0, 0]
+    j.db = &db[0]
+    j.parts = NULL if parts is None else &parts[0, 0, 0]
     with nogil:
         if nt == 1:
             _blas_threads(blas_threads)
-            _backward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &UT[0, 0], &c0[0, 0],
-                           lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
-                           &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
-                           &dW[0, 0], &dU[0, 0], &db[0], blas_threads)
+            _back_piece_t(&j, 0, &db[0])
             _blas_threads(blas_threads)
         else:
-            _blas_threads(1)
-            for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
-                if tid == 0:
+            j.flags = _zeroed_flags(nt)
+            if j.flags == NULL:
+                j.n_pieces = 0
+            else:
+                _blas_threads(1)
+                cyl_pool_run(_back_job, &j, nt)
+                _blas_threads(blas_threads)
+                free(j.flags)
+                # reduce the per-slice sums (fixed order: results do not depend
+                # on scheduling)
+                for c in range(1, nt):
+                    pp = &parts[c - 1, 0, 0]
                     dWp = &dW[0, 0]
+                    for n in range(I * H4):
+                        dWp[n] += pp[n]
                     dUp = &dU[0, 0]
-                    dbp = &db[0]
-                else:
-                    pp = &parts[tid - 1, 0, 0]
-                    dWp = pp
-                    dUp = pp + I * H4
-                    dbp = pp + (I + H) * H4
-                _backward_rows((tid * B) // nt, ((tid + 1) * B) // nt, T, I, H,
-                               &x[0, 0, 0], &W[0, 0], &UT[0, 0], &c0[0, 0],
-                               lp, reverse, rmp, &G[0, 0, 0], &C[0, 0, 0], &Hp[0, 0, 0], dyp,
-                               &dhs[0, 0], &dcs[0, 0], &D[0, 0], &dHp[0, 0], dxp,
-                               dWp, dUp, dbp, 1)
-            _blas_threads(blas_threads)
-            # reduce the per-thread sums (fixed order: results do not depend
-            # on scheduling)
-            for tid in range(1, nt):
-                pp = &parts[tid - 1, 0, 0]
-                dWp = &dW[0, 0]
-                for n in range(I * H4):
-                    dWp[n] += pp[n]
-                dUp = &dU[0, 0]
-                for n in range(H * H4):
-                    dUp[n] += pp[I * H4 + n]
-                for n in range(H4):
-                    db[n] += pp[(I + H) * H4 + n]
+                    for n in range(H * H4):
+                        dUp[n] += pp[I * H4 + n]
+                    for n in range(H4):
+                        db[n] += pp[(I + H) * H4 + n]
+    if j.n_pieces == 0:
+        raise MemoryError("backward: no memory for the thread flags")
+
+
+def forward(x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z,
+            int n_threads, int blas_threads, int mode=0, Pu=None, hs2=None, bint fuse=False):
+    """The three forward entry points behind one ``mode`` (0 rows, 1 units,
+    2 stacked), for callers written before they were split; new code calls
+    :func:`forward_rows`, :func:`forward_units` or :func:`forward_stacked`."""
+    args = (x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
+    if mode == 0:
+        forward_rows(*args, n_threads, blas_threads, fuse)
+    elif mode == 1:
+        forward_units(*args, Pu, hs2, n_threads, blas_threads)
+    elif mode == 2:
+        forward_stacked(*args, Pu, hs2, n_threads, blas_threads)
+    else:
+        raise ValueError(f"forward: unknown mode {mode}")

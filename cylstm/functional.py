@@ -373,19 +373,26 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     C = take((B, T, H), dtype) if training else None
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
     Pu = hs2 = None
+    span = _panel_units(dtype)
     if mode == 0:
         Z = take((B, 4 * H), dtype)
-    else:  # per-thread panel products, the packed weights, the other half of h
-        span = _panel_units(dtype)
-        n_z = min(n_total, -(-H // span)) if mode == 1 else nt
-        Z = take((n_z, B * 4 * span), dtype, align=64)
-        n_p = (_lstm.packed_len(H, dtype.name) if mode == 1
-               else _lstm.stacked_len(I, H, dtype.name))
-        Pu = take((n_p,), dtype, align=64)
+    elif mode == 1:  # per-thread panel products and cell results, packed U, other half of h
+        n_z = min(n_total, -(-H // span))
+        Z = take((n_z, _lstm.units_scratch(B, H, dtype.name)), dtype, align=64)
+        Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)
+        hs2 = take((B, H), dtype)
+    else:  # per-thread panel products, packed [W; U], the other half of h
+        Z = take((nt, B * 4 * span), dtype, align=64)
+        Pu = take((_lstm.stacked_len(I, H, dtype.name),), dtype, align=64)
         hs2 = take((B, H), dtype)
     if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
-        _lstm.forward(x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z,
-                      n_total if mode == 1 else nt, n_total, mode, Pu, hs2, fuse)
+        args = (x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z)
+        if mode == 0:
+            _lstm.forward_rows(*args, nt, n_total, fuse)
+        elif mode == 1:
+            _lstm.forward_units(*args, Pu, hs2, n_total, n_total)
+        else:
+            _lstm.forward_stacked(*args, Pu, hs2, nt, n_total)
     give(Z, Pu, hs2)
     if not training:
         give(G)

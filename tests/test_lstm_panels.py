@@ -104,9 +104,9 @@ def test_team_is_bitwise_equal_to_serial_panels(dtype):
         y = np.zeros((B, T, H), dtype)
         hs, cs = np.zeros((2, B, H), dtype)
         G = np.empty((B, T, 4 * H), dtype)
-        Z = np.empty((nt, B * 4 * span), dtype)
-        _lstm.forward(x, W, U, b, None, False, None, None, y, hs, cs, G, None, None, Z,
-                      nt, 1, 1, P, np.empty((B, H), dtype))
+        Z = np.empty((nt, _lstm.units_scratch(B, H, np.dtype(dtype).name)), dtype)
+        _lstm.forward_units(x, W, U, b, None, False, None, None, y, hs, cs, G, None, None, Z,
+                            P, np.empty((B, H), dtype), nt, 1)
         outs.append((y, hs, cs))
     for other in outs[1:]:
         for a, c in zip(outs[0], other):

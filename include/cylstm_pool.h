@@ -1,0 +1,311 @@
+/*
+ * cylstm_pool.h -- worker threads that never hold up the caller.
+ *
+ * Why not an OpenMP team: a parallel region ends at a barrier that waits for
+ * every thread of the team to arrive, and a team meets at a barrier every time
+ * step in the unit-split forward.  When a worker is asleep (after an idle gap)
+ * or preempted (another process busy on its core), the caller waits for it:
+ * measured on a 2-vCPU Xeon, (T, B, I, H) = (200, 1, 64, 128) took 120 ms on
+ * 2 OpenMP threads beside a busy core against 1.9 ms on one thread.
+ *
+ * Here the caller is thread 0 of every job and does the work itself; workers
+ * join a job when they get to it.  Work is cut into pieces that threads claim
+ * (cyl_claim) or compute redundantly and commit once (cyl_commit_begin/end, the
+ * unit split's steps), so a late worker finds less to do instead of making the
+ * caller wait.  The caller waits for a worker only while that worker holds a
+ * piece it claimed, and, at the end of a job, until no worker still reads the
+ * job's memory.
+ *
+ * Protocol.  A job is published by storing its function and argument, then a
+ * new `seq`, then `open = seq`.  A worker announces itself in `active`
+ * (sequentially consistent), then reads `open`: if it equals the seq it woke
+ * for, the job's memory stays valid until it leaves `active`, because the
+ * caller closes a job by storing `open = 0` and then waits for `active == 0`.
+ * Idle workers spin for cyl_pool_spin_ns, then sleep on a futex (Linux) or a
+ * condition variable.  After fork() the child starts with no workers.
+ */
+#ifndef CYLSTM_POOL_H
+#define CYLSTM_POOL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+#include <pthread.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#define CYL_POOL_FUTEX 1
+#else
+#define CYL_POOL_FUTEX 0
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cyl_cpu_relax() _mm_pause()
+#else
+#define cyl_cpu_relax() do { } while (0)
+#endif
+
+#define CYL_POOL_MAX 64
+
+typedef void (*cyl_pool_fn)(void *arg, int tid);
+
+/* --- atomics for the kernels (int64 words) ------------------------------ */
+static inline int64_t cyl_load(const int64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static inline void cyl_store(int64_t *p, int64_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline int cyl_cas(int64_t *p, int64_t expected, int64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+static inline int64_t cyl_fetch_add(int64_t *p, int64_t v)
+{
+    return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+}
+static inline void cyl_relax(void) { cyl_cpu_relax(); }
+
+static inline int64_t cyl_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Pieces claimed once: flag 0 free, 1 taken, 2 done. */
+static inline int cyl_claim(int64_t *flag) { return cyl_cas(flag, 0, 1); }
+static inline void cyl_claim_done(int64_t *flag) { cyl_store(flag, 2); }
+/* Wait for a piece another thread took (the caller's only wait on a worker). */
+static inline void cyl_claim_wait(int64_t *flag)
+{
+    while (cyl_load(flag) != 2)
+        cyl_relax();
+}
+
+/* Pieces computed redundantly, committed once: a panel's word holds 2k after
+ * step k was committed and 2k + 1 while step k + 1 is being committed. */
+static inline int cyl_commit_begin(int64_t *word, int64_t k)
+{
+    return cyl_cas(word, 2 * (k - 1), 2 * k - 1);
+}
+static inline void cyl_commit_end(int64_t *word, int64_t k) { cyl_store(word, 2 * k); }
+static inline int cyl_committed(const int64_t *word, int64_t k)
+{
+    return cyl_load(word) >= 2 * k;
+}
+static inline int cyl_committing(const int64_t *word, int64_t k)
+{
+    return cyl_load(word) == 2 * k - 1;
+}
+
+/* --- the pool ------------------------------------------------------------- */
+typedef struct {
+    uint32_t seq;            /* futex word: bumped for every job */
+    int64_t open;            /* seq of the job now open, 0 when none */
+    int64_t active;          /* workers inside a job's memory */
+    int64_t joined;          /* workers that joined the open job */
+    int64_t want;            /* workers the open job takes */
+    int64_t tick;            /* a job's own signal to its workers (the unit split's step) */
+    cyl_pool_fn fn;
+    void *arg;
+    int n_workers;           /* started */
+    int sleepers;            /* workers asleep (or about to be) */
+    pid_t pid;               /* the process that started them */
+    pthread_mutex_t lock;    /* starting workers; the condvar fallback */
+    pthread_cond_t cond;
+} cyl_pool_t;
+
+static cyl_pool_t cyl_pool = {0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0,
+                              PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+/* The job this worker joined, and whether it now holds `active` (a job
+ * function may let go of the job's memory while it waits: cyl_pool_release). */
+static __thread uint32_t cyl_pool_my_seq = 0;
+static __thread int cyl_pool_holding = 0;
+/* Set on a caller while the workers are its (a caller that runs alone because
+ * another has the pool must not signal the other's workers). */
+static __thread int cyl_pool_owner = 0;
+/* How long an idle worker spins before it sleeps (a call that follows within
+ * this time finds it awake).  Set from Python (cylstm._tuning). */
+static int64_t cyl_pool_spin_ns = 50000;
+
+static void cyl_pool_sleep(uint32_t seen)
+{
+    __atomic_fetch_add(&cyl_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+#if CYL_POOL_FUTEX
+    if (__atomic_load_n(&cyl_pool.seq, __ATOMIC_SEQ_CST) == seen)
+        syscall(SYS_futex, &cyl_pool.seq, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+#else
+    pthread_mutex_lock(&cyl_pool.lock);
+    while (__atomic_load_n(&cyl_pool.seq, __ATOMIC_SEQ_CST) == seen)
+        pthread_cond_wait(&cyl_pool.cond, &cyl_pool.lock);
+    pthread_mutex_unlock(&cyl_pool.lock);
+#endif
+    __atomic_fetch_sub(&cyl_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+}
+
+static void *cyl_pool_worker(void *unused)
+{
+    uint32_t seen = __atomic_load_n(&cyl_pool.seq, __ATOMIC_SEQ_CST);
+    (void)unused;
+    for (;;) {
+        uint32_t s = __atomic_load_n(&cyl_pool.seq, __ATOMIC_SEQ_CST);
+        if (s == seen) {
+            int64_t t0 = cyl_now_ns(), n = 0;
+            while ((s = __atomic_load_n(&cyl_pool.seq, __ATOMIC_SEQ_CST)) == seen) {
+                cyl_relax();
+                if (++n % 64 == 0 && cyl_now_ns() - t0 > cyl_pool_spin_ns) {
+                    cyl_pool_sleep(seen);
+                    t0 = cyl_now_ns();
+                }
+            }
+        }
+        seen = s;
+        __atomic_fetch_add(&cyl_pool.active, 1, __ATOMIC_SEQ_CST);
+        cyl_pool_holding = 1;
+        cyl_pool_my_seq = s;
+        if (__atomic_load_n(&cyl_pool.open, __ATOMIC_SEQ_CST) == (int64_t)s) {
+            int64_t slot = __atomic_fetch_add(&cyl_pool.joined, 1, __ATOMIC_SEQ_CST);
+            if (slot < cyl_pool.want)
+                cyl_pool.fn(cyl_pool.arg, (int)slot + 1);
+        }
+        if (cyl_pool_holding)
+            __atomic_fetch_sub(&cyl_pool.active, 1, __ATOMIC_SEQ_CST);
+        cyl_pool_holding = 0;
+    }
+    return NULL;
+}
+
+static void cyl_pool_after_fork(void)
+{
+    /* the child has none of the parent's workers */
+    cyl_pool.n_workers = 0;
+    cyl_pool.sleepers = 0;
+    cyl_pool.active = 0;
+    cyl_pool.open = 0;
+    pthread_mutex_init(&cyl_pool.lock, NULL);
+    pthread_cond_init(&cyl_pool.cond, NULL);
+}
+
+/* Start workers up to n (fewer if the system refuses; the caller then does more). */
+static int cyl_pool_reserve(int n)
+{
+    if (n > CYL_POOL_MAX)
+        n = CYL_POOL_MAX;
+    if (__atomic_load_n(&cyl_pool.n_workers, __ATOMIC_ACQUIRE) >= n && cyl_pool.pid == getpid())
+        return n;
+    pthread_mutex_lock(&cyl_pool.lock);
+    if (cyl_pool.pid != getpid()) {
+        if (cyl_pool.pid == 0)
+            pthread_atfork(NULL, NULL, cyl_pool_after_fork);
+        cyl_pool.n_workers = 0;
+        cyl_pool.pid = getpid();
+    }
+    while (cyl_pool.n_workers < n) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 1 << 20);
+        int rc = pthread_create(&t, &attr, cyl_pool_worker, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0)
+            break;
+        __atomic_store_n(&cyl_pool.n_workers, cyl_pool.n_workers + 1, __ATOMIC_RELEASE);
+    }
+    n = cyl_pool.n_workers < n ? cyl_pool.n_workers : n;
+    pthread_mutex_unlock(&cyl_pool.lock);
+    return n;
+}
+
+/* One job at a time per process: concurrent callers (Python threads each
+ * running a kernel) take turns for the workers; a caller that finds the pool
+ * busy runs its job alone. */
+static int cyl_pool_busy = 0;
+
+/* Run fn(arg, tid) on the calling thread (tid 0) and on up to n_threads - 1
+ * workers (tids 1..), each worker joining when it wakes.  fn must be written
+ * so that tid 0 alone finishes the job.  Returns when the job is done and no
+ * worker reads its memory any more. */
+static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
+{
+    int nw = n_threads - 1;
+    if (nw > 0 && !__atomic_exchange_n(&cyl_pool_busy, 1, __ATOMIC_ACQ_REL)) {
+        nw = cyl_pool_reserve(nw);
+        if (nw > 0) {
+            uint32_t s;
+            cyl_pool.fn = fn;
+            cyl_pool.arg = arg;
+            cyl_pool.want = nw;
+            __atomic_store_n(&cyl_pool.tick, 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&cyl_pool.joined, 0, __ATOMIC_SEQ_CST);
+            s = __atomic_add_fetch(&cyl_pool.seq, 1, __ATOMIC_SEQ_CST);
+            if (s == 0)  /* 0 means "no job" in `open` */
+                s = __atomic_add_fetch(&cyl_pool.seq, 1, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&cyl_pool.open, (int64_t)s, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&cyl_pool.sleepers, __ATOMIC_SEQ_CST) > 0) {
+#if CYL_POOL_FUTEX
+                syscall(SYS_futex, &cyl_pool.seq, FUTEX_WAKE_PRIVATE, nw, NULL, NULL, 0);
+#else
+                pthread_mutex_lock(&cyl_pool.lock);
+                pthread_cond_broadcast(&cyl_pool.cond);
+                pthread_mutex_unlock(&cyl_pool.lock);
+#endif
+            }
+            cyl_pool_owner = 1;
+            fn(arg, 0);
+            cyl_pool_owner = 0;
+            __atomic_store_n(&cyl_pool.open, 0, __ATOMIC_SEQ_CST);
+            while (__atomic_load_n(&cyl_pool.active, __ATOMIC_SEQ_CST) != 0)
+                cyl_relax();
+            __atomic_store_n(&cyl_pool_busy, 0, __ATOMIC_RELEASE);
+            return;
+        }
+        __atomic_store_n(&cyl_pool_busy, 0, __ATOMIC_RELEASE);
+    }
+    fn(arg, 0);
+}
+
+/* For a worker's job function that waits for its caller: let go of the job's
+ * memory while waiting (the caller never waits for a worker that holds none),
+ * then take it back, which fails once the job is closed (return at once).
+ * Between the two, read only the pool's own words (cyl_pool_tick_*). */
+static void cyl_pool_release(void)
+{
+    if (cyl_pool_holding) {
+        __atomic_fetch_sub(&cyl_pool.active, 1, __ATOMIC_SEQ_CST);
+        cyl_pool_holding = 0;
+    }
+}
+static int cyl_pool_acquire(void)
+{
+    if (cyl_pool_holding)
+        return 1;
+    __atomic_fetch_add(&cyl_pool.active, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&cyl_pool.open, __ATOMIC_SEQ_CST) != (int64_t)cyl_pool_my_seq) {
+        __atomic_fetch_sub(&cyl_pool.active, 1, __ATOMIC_SEQ_CST);
+        return 0;
+    }
+    cyl_pool_holding = 1;
+    return 1;
+}
+/* Whether the job this worker joined is still open (pool memory only). */
+static int cyl_pool_job_open(void)
+{
+    return __atomic_load_n(&cyl_pool.open, __ATOMIC_ACQUIRE) == (int64_t)cyl_pool_my_seq;
+}
+static void cyl_pool_tick_set(int64_t v)
+{
+    if (cyl_pool_owner)
+        __atomic_store_n(&cyl_pool.tick, v, __ATOMIC_RELEASE);
+}
+static int64_t cyl_pool_tick_get(void) { return __atomic_load_n(&cyl_pool.tick, __ATOMIC_ACQUIRE); }
+
+static void cyl_pool_set_spin_ns(int64_t ns) { cyl_pool_spin_ns = ns < 0 ? 0 : ns; }
+static int cyl_pool_workers(void) { return cyl_pool.n_workers; }
+
+#endif /* CYLSTM_POOL_H */

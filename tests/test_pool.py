@@ -1,0 +1,191 @@
+"""The worker pool (include/cylstm_pool.h) behind every threaded kernel call.
+
+The caller can finish any job alone; workers join late, or not at all, and
+pieces are claimed or committed once.  Whatever the timing, a threaded call
+must give the same bits as a serial one.  These tests make workers late on
+purpose (no spinning: every job must wake them; a process busy on a core)
+and run each path many times.
+"""
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from reference import lstm_ref, random_lstm
+
+from cylstm import _lstm
+from cylstm.functional import lstm_backward, lstm_forward
+
+PATHS = ("rows", "units", "stacked")
+
+
+def _buffers(x, W, U, dtype, path, nt, training):
+    B, T, _ = x.shape
+    H = U.shape[0]
+    name = np.dtype(dtype).name
+    span = _lstm.PANEL_UNITS_F32 if dtype == np.float32 else _lstm.PANEL_UNITS_F64
+    G = np.zeros((B, T, 4 * H), dtype)
+    C = np.zeros((B, T, H), dtype) if training else None
+    Hp = np.zeros((B, T, H), dtype) if training else None
+    if path == "rows":
+        return G, C, Hp, np.zeros((B, 4 * H), dtype), None
+    if path == "units":
+        Z = np.zeros((nt, _lstm.units_scratch(B, H, name)), dtype)
+        return G, C, Hp, Z, np.zeros(_lstm.packed_len(H, name), dtype)
+    Z = np.zeros((nt, B * 4 * span), dtype)
+    return G, C, Hp, Z, np.zeros(_lstm.stacked_len(x.shape[2], H, name), dtype)
+
+
+def _run(path, x, W, U, b, nt, lengths=None, training=False):
+    dtype = x.dtype
+    B, T, _ = x.shape
+    H = U.shape[0]
+    G, C, Hp, Z, P = _buffers(x, W, U, dtype, path, nt, training)
+    y = np.zeros((B, T, H), dtype)
+    rng = np.random.default_rng(1)
+    hs = (rng.standard_normal((B, H)) * 0.5).astype(dtype)
+    cs = (rng.standard_normal((B, H)) * 0.5).astype(dtype)
+    args = (x, W, U, b, lengths, False, None, None, y, hs, cs, G, C, Hp, Z)
+    if path == "rows":
+        _lstm.forward_rows(*args, nt, 1, lengths is None)
+    elif path == "units":
+        _lstm.forward_units(*args, P, np.zeros((B, H), dtype), nt, 1)
+    else:
+        _lstm.forward_stacked(*args, P, np.zeros((B, H), dtype), nt, 1)
+    out = [y, hs, cs]
+    if training:
+        out += [G, C, Hp]
+    return out
+
+
+@pytest.fixture(params=[0, 50_000], ids=["workers-sleep", "workers-spin"])
+def spin(request):
+    _lstm.set_pool_spin_ns(request.param)
+    yield request.param
+    _lstm.set_pool_spin_ns(50_000)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path", PATHS)
+def test_threads_give_the_serial_bits_however_late_the_workers(spin, path, dtype):
+    B = 1 if path == "units" else 24
+    T, I, H = 12, 7, 70
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(3), B, T, I, H))
+    want = _run(path, x, W, U, b, 1)
+    ref = lstm_ref(x.astype(np.float64), W.astype(np.float64), U.astype(np.float64),
+                   b.astype(np.float64),
+                   *(np.random.default_rng(1).standard_normal((2, B, H)) * 0.5))
+    tol = {"rtol": 1e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-10,
+                                                                      "atol": 1e-12}
+    np.testing.assert_allclose(want[0], ref[0], **tol)
+    for rep in range(40):
+        nt = 2 + rep % 3
+        got = _run(path, x, W, U, b, nt)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("path", ["units", "rows"])
+def test_training_buffers_match_serial_with_lengths(spin, path):
+    B = 3 if path == "units" else 16
+    T, I, H = 9, 5, 40
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(8), B, T, I, H))
+    lengths = np.random.default_rng(9).integers(1, T + 1, B).astype(np.int64)
+    want = _run(path, x, W, U, b, 1, lengths, training=True)
+    for rep in range(20):
+        got = _run(path, x, W, U, b, 2 + rep % 2, lengths, training=True)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.fixture
+def busy_core():
+    """Another process spinning on one core, as on a shared machine."""
+    code = "import time\nt = time.time() + 60\nwhile time.time() < t: pass\n"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_threads_beside_a_busy_core_give_the_serial_bits(busy_core, path):
+    B = 1 if path == "units" else 24
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(4), B, 30, 6, 48))
+    want = _run(path, x, W, U, b, 1)
+    for _ in range(30):
+        got = _run(path, x, W, U, b, 2)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_backward_threads_give_the_same_bits_every_time(spin):
+    """Slices are summed in a fixed order: which thread ran which slice does not
+    show in the bits (a different thread count sums differently, within rounding)."""
+    x, W, U, b = random_lstm(np.random.default_rng(6), 20, 8, 5, 12)
+    dy = np.random.default_rng(7).standard_normal((20, 8, 12))
+
+    def grads(nt):
+        out = lstm_forward(x, W, U, b, training=True, num_threads=nt)
+        return lstm_backward(out.cache, dy, num_threads=nt)
+
+    serial = grads(1)
+    for nt in (2, 3, 4):
+        want = grads(nt)
+        for g, w in zip(want, serial):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+        for _ in range(8):
+            for g, w in zip(grads(nt), want):
+                np.testing.assert_array_equal(g, w)
+
+
+def test_concurrent_callers_share_the_pool():
+    """Python threads calling threaded kernels at once: one gets the workers,
+    the others run alone; all give the serial bits."""
+    x, W, U, b = random_lstm(np.random.default_rng(10), 1, 40, 6, 64)
+    x, W, U, b = (a.astype(np.float32) for a in (x, W, U, b))
+    want = _run("units", x, W, U, b, 1)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(25):
+                got = _run("units", x, W, U, b, 2)
+                for g, w in zip(got, want):
+                    np.testing.assert_array_equal(g, w)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def _child(q):
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(11), 1, 20,
+                                                            5, 40))
+    q.put(_run("units", x, W, U, b, 2)[0].tobytes())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_starts_its_own_workers():
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(11), 1, 20,
+                                                            5, 40))
+    want = _run("units", x, W, U, b, 2)[0]   # the parent has workers now
+    assert _lstm.pool_workers() >= 1
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(60)
+    assert p.exitcode == 0
+    assert got == want.tobytes()
