@@ -653,10 +653,10 @@ cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
         _units_prep_t(j, c, <float*> NULL)
 
 
-cdef void _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
+cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
                          floating* kind) noexcept nogil:
     """Step s (k = s + 1) of panel p: compute into this thread's scratch, then
-    commit it if no other thread did."""
+    commit it if no other thread did.  Whether this thread committed it."""
     cdef Py_ssize_t span = _span(kind), vl = _vlen(kind)
     cdef Py_ssize_t B = j.B, T = j.T, H = j.H, H4 = 4 * H, b, t, L, row, g
     cdef Py_ssize_t j0 = p * span
@@ -680,7 +680,7 @@ cdef void _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
     cdef floating* hn = cn + B * H                 # h (B, H)
     cdef size_t ub = hb * sizeof(floating)
     if cyl_committed(&j.words[p], k):
-        return
+        return False
     # z (B, w) = h_prev (B, H) @ panel p of U (H, w)
     _stacked_product(<const floating*> j.P + p * H * 4 * span, w, B, src, 0, 0, src, H, z)
     for b in range(B):
@@ -693,7 +693,7 @@ cdef void _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
                            cs + b * H + j0, gp + b * H4 + j0, cn + b * H + j0,
                            hn + b * H + j0)
     if not cyl_commit_begin(&j.words[p], k):
-        return  # another thread committed this panel's step first
+        return False  # another thread committed this panel's step first
     for b in range(B):
         L = T if j.lengths == NULL else j.lengths[b]
         if s >= L:  # finished: the state carries over unchanged
@@ -712,13 +712,13 @@ cdef void _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
         if Hp != NULL:
             memcpy(Hp + row * H + j0, src + b * H + j0, ub)
     cyl_commit_end(&j.words[p], k)
+    return True
 
 
-cdef inline void _units_panel(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid) noexcept nogil:
+cdef inline bint _units_panel(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid) noexcept nogil:
     if j.dbl:
-        _units_panel_t(j, s, p, tid, <double*> NULL)
-    else:
-        _units_panel_t(j, s, p, tid, <float*> NULL)
+        return _units_panel_t(j, s, p, tid, <double*> NULL)
+    return _units_panel_t(j, s, p, tid, <float*> NULL)
 
 
 cdef void _units_rmask_t(SeqJob* j, Py_ssize_t s, floating* kind) noexcept nogil:
@@ -735,11 +735,19 @@ cdef void _units_final_t(SeqJob* j, floating* kind) noexcept nogil:
         memcpy(<floating*> j.hs, <floating*> j.hs2, j.B * j.H * sizeof(floating))
 
 
+cdef enum:
+    # steps in a row a worker may find its panels all done by the caller before
+    # it leaves the job (see _units_job)
+    UNITS_USELESS_STEPS = 3
+
+
 cdef void _units_job(void* job, int tid) noexcept nogil:
     cdef SeqJob* j = <SeqJob*> job
     cdef Py_ssize_t s, p, n = j.n_panels
     cdef Py_ssize_t m0 = (tid * n) // j.nt, m1 = ((tid + 1) * n) // j.nt
     cdef int64_t k, last = 0
+    cdef int useless = 0
+    cdef bint helped
     _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _units_prep_piece, job)
     if tid == 0:
         for s in range(j.Lmax):
@@ -766,8 +774,10 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
             _units_final_t(j, <float*> NULL)
         return
     # a worker holds the job's memory only while it computes a step's panels:
-    # the caller never waits for one that is preempted between steps
-    while True:
+    # the caller never waits for one that is preempted between steps.  A worker
+    # that keeps finding its panels done by the caller is behind (its core is
+    # shared): it leaves, rather than take CPU time the caller could use.
+    while useless < UNITS_USELESS_STEPS:
         cyl_pool_release()
         k = cyl_pool_tick_get()
         while k == last:
@@ -779,10 +789,12 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
             return
         if cyl_load(&j.finished):
             return
+        helped = False
         for p in range(m0, m1):
             if cyl_pool_tick_get() != k:
                 break
-            _units_panel(j, k - 1, p, tid)
+            helped = _units_panel(j, k - 1, p, tid) or helped
+        useless = 0 if helped else useless + 1
         last = k
 
 
