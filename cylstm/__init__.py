@@ -14,6 +14,7 @@ import importlib
 __version__ = "0.1.0"
 
 from cylstm._config import get_num_threads, set_num_threads, show_config  # noqa: E402,F401
+from cylstm._tuning import tune  # noqa: E402,F401
 from cylstm import functional  # noqa: E402,F401
 
 _LAZY = {
@@ -27,7 +28,7 @@ _LAZY = {
 _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks",
                "initializers", "utils", "stream", "interop", "cuda", "activations"}
 
-__all__ = ["get_num_threads", "set_num_threads", "show_config", "functional",
+__all__ = ["get_num_threads", "set_num_threads", "show_config", "tune", "functional",
            "__version__", *_LAZY, *sorted(_SUBMODULES)]
 
 

@@ -157,4 +157,42 @@ def show_config(file=None):
         f"  CUDA backend built: {bool(cuda)}; GPU available: {cuda_avail}",
         f"  debug build: {_build_info.DEBUG}, native build: {_build_info.NATIVE}",
     ]
+    try:
+        lines += _planner_lines()
+    except Exception as e:  # noqa: BLE001 - report, never fail
+        lines.append(f"  planner: facts unavailable ({type(e).__name__}: {e})")
     print("\n".join(lines), file=out)
+
+
+def _planner_lines():
+    """The CPU facts, thresholds and tuning cache the forward planner uses."""
+    from cylstm import _tuning
+
+    f = _tuning.cpu_facts()
+    mib = 2.0**20
+    lines = [
+        f"  CPU: {f.model_name} ({f.vendor} family {f.family} model {f.model}), "
+        f"{f.n_cores} cores available, ISA {f.isa_name} (level {f.isa_level}), "
+        f"512-bit FMA ports {f.fma512_ports}",
+        f"  CPU flags of interest: {' '.join(sorted(f.flags)) or 'none'}",
+        f"  caches: L2 {f.l2_per_core / mib:.2f} MiB per core; L3 {f.l3_per_core / mib:.2f} MiB "
+        f"per core ({f.l3_source}); LLC budget {f.llc_budget / mib:.2f} MiB (model rule: "
+        f"L3 per core x cores)",
+        "  thresholds (cylstm/_tuning.py):",
+    ]
+    lines += [f"    {name} = {value}: {src}" for name, value, src in _tuning.threshold_sources()]
+    path = _tuning.cache_path()
+    if not _tuning.tuning_enabled():
+        lines.append(f"  tuned cache: off (CYLSTM_TUNE=0; not read: {path}); "
+                     "forward paths from the model rules")
+    else:
+        data, problem = _tuning.read_cache(path)
+        if data is None:
+            lines.append(f"  tuned cache: {path}: {problem}; forward paths from the model "
+                         "rules (run cylstm.tune() or python -m cylstm.tune to measure)")
+        else:
+            ch = data["choices"]
+            lines.append(f"  tuned cache: {path}: {len(ch)} shape classes measured; "
+                         "they override the model rules for those classes")
+            lines += [f"    {k}: {v['path']}" for k, v in sorted(ch.items())]
+    return lines

@@ -151,7 +151,7 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
 # where the product is bound by that bandwidth and two cores double it
 # ((T, B, I, H) = (200, 1, 64, 128) 0.54 ms at 2 threads against 0.70 serial).
 # Mode 2 packs [W; U] and splits the batch: each step is [x_t, h_prev] @ panel,
-# six rows per weight load on AVX-512.  cylstm.functional._forward_plan says
+# six rows per weight load on AVX-512.  cylstm.functional.plan_forward says
 # which shapes each mode serves, and what was measured.
 # ---------------------------------------------------------------------------
 

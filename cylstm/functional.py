@@ -16,14 +16,16 @@ Example
 >>> grads = lstm_backward(out.cache, grad_output=dy)
 """
 from collections import namedtuple
+import dataclasses
 import numbers
 
 import numpy as np
 
-from cylstm import _config, _lstm, _stream
+from cylstm import _config, _lstm, _tuning
 from cylstm._workspace import give, take
 
-__all__ = ["lstm_forward", "lstm_backward", "LSTMForward", "LSTMGrads", "as_float_array"]
+__all__ = ["lstm_forward", "lstm_backward", "plan_forward", "plan_backward", "ForwardPlan",
+           "BackwardPlan", "LSTMForward", "LSTMGrads", "as_float_array"]
 
 LSTMForward = namedtuple("LSTMForward", ["output", "h", "c", "cache"])
 LSTMForward.__doc__ = """Result of :func:`lstm_forward`.
@@ -36,71 +38,10 @@ LSTMGrads = namedtuple(
     "LSTMGrads", ["dx", "dkernel", "drecurrent_kernel", "dbias", "dh0", "dc0"]
 )
 
-# Below this many samples per thread, splitting the batch costs more than it saves
-# (measured in bench/compare.py: see README, "threads").
-MIN_ROWS_PER_THREAD = 4
-
-# The threads split the recurrent kernel's units instead of the batch (packed
-# panels, one barrier per step: cylstm/_lstm.pyx) when
-#  - the batch is too small to split and the recurrent kernel has at least
-#    PANEL_TEAM_MIN_BYTES: below it the barrier costs more than the second core
-#    saves (at 2 threads: (T, B, I, H) = (200, 1, 64, 96) 0.33 ms against 0.40
-#    serial; (200, 1, 32, 64) no faster);
-#  - or the recurrent kernel is at least half the last-level cache: split by
-#    batch, every thread would stream all of it from memory each step; split by
-#    units, each keeps its share in cache ((25, 16, 1024, 1024), 16 MiB of U,
-#    41.4 -> 36.8 ms; (50, 16, 768, 768), 9 MiB, 38.5 -> 40.1 ms: not used).
-#    On one thread too: the panel kernel's six-row blocks read the weights
-#    fewer times than BLAS's tiles (86.5 -> 72.7 ms at (25, 16, 1024, 1024)).
-PANEL_TEAM_MIN_BYTES = 128 * 1024
-
-# Batches that split into slices of at least FUSE_MIN_ROWS samples per thread
-# compute x_t @ W inside each step, next to h_prev @ U, instead of one input
-# projection for all steps up front: the gate buffer (B, T, 4H) is then never
-# written and read back (measured at 2 threads: (100, 32, 128, 256) 13.5 ->
-# 12.7 ms, (100, 32, 10, 50) 0.67 -> 0.63 ms).  The weights are then read every
-# step, so only while [W; U] fits in a quarter of the last-level cache
-# ((25, 16, 1024, 1024), 32 MiB of weights, went 39 -> 72 ms).
-FUSE_MIN_ROWS = 8
-
-# Batches of at least STACKED_MIN_ROWS samples per thread, with H >= 256 and
-# [W; U] in a quarter of the last-level cache, run each step as the streaming
-# runner does: [x_t, h_prev] @ [W; U] on packed panels (six batch rows per
-# weight load, 24 accumulators in AVX-512 registers: ~113 GFLOP/s on one Zen 4
-# core, above OpenBLAS's 105), then the cell, panel by panel.  Measured:
-# (50, 64, 512, 512) 134 -> 123 ms on one thread, 65.4 -> 64.2 on two;
-# (100, 32, 128, 256) 25.5 -> 24.6 and 12.7 -> 12.2 ms.  Below 16 rows a thread
-# runs too few six-row blocks ((100, 16, 256, 256) on two threads: 8.2 -> 9.6 ms)
-# and below 256 units the per-panel cell calls cost what the kernel saves.
-# Inference only: a training forward must also scatter each panel's gates into
-# the (B, T, 4H) buffer the backward reads, which cost more than the kernel
-# saved ((100, 32, 128, 256) training step 86.2 -> 90.2 ms on one thread).
-STACKED_MIN_ROWS = 16
-STACKED_MIN_UNITS = 256
-
-
-def _llc_bytes():
-    """Size of the CPU's last-level cache (Linux sysfs), or 8 MiB if unknown."""
-    import glob
-
-    best = 0
-    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        try:
-            with open(path) as f:
-                txt = f.read().strip().upper()
-            mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(txt[-1:], 1)
-            best = max(best, int(txt.rstrip("KMG")) * mult)
-        except (OSError, ValueError):
-            continue
-    return best or 8 * 2**20
-
-
-_LLC = _llc_bytes()
-
-# The panel kernel's six-row body (what makes the stacked path and the unit split
-# of large batches beat BLAS) is compiled for AVX-512 only: elsewhere those
-# shapes stay on BLAS.
-_PANELS_FAST = _stream.cpu_level() == 2
+# Every threshold that picks a path lives in cylstm/_tuning.py, next to what it
+# was measured on; they are read from there at call time (patch them there).
+# A test of another module may set _LLC to replace the detected cache budget.
+_LLC = None
 
 
 def _dtype_of(name, a):
@@ -133,24 +74,196 @@ def _weights_dtype(kernel):
     return np.dtype(np.float32)
 
 
-def _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, reverse, training=False):
-    """How :func:`cylstm._lstm.forward` runs: (mode, fuse).
+@dataclasses.dataclass(frozen=True)
+class ForwardPlan:
+    """How one :func:`lstm_forward` call runs, and the scratch it needs.
 
-    mode 0: threads split the batch, per-step products on BLAS (``fuse``: x_t @ W
-    inside each step); mode 1: threads split the units, packed panels of U;
-    mode 2: threads split the batch, packed panels of [W; U].
+    path : "rows"        threads split the batch, the per-step products on BLAS
+                         after one input projection x @ W for all steps;
+           "rows_fused"  the same, x_t @ W computed inside each step (no gate
+                         buffer in inference);
+           "units"       threads split the recurrent kernel's units (packed
+                         panels of U, each panel's step committed once);
+           "stacked"     threads split the batch, each step [x_t, h_prev] @ packed
+                         [W; U] panels (inference only).
+    n_threads : threads the kernel runs (batch paths: at least
+        ``_tuning.MIN_ROWS_PER_THREAD`` rows each; "units": at most one per panel).
+    blas_threads : threads SciPy's BLAS may use when the kernel runs serial.
+    gates : shape of the gate buffer G (B, T, 4H), or None when not needed.
+    z : shape of the per-step product scratch Z.
+    packed : length of the packed-weight scratch (0: none).
+    hs2 : shape of the second h buffer, or None.
+    reason : which rule chose the path (or "tuned ..." / "forced ...").
     """
-    if B == 0 or H == 0:
-        return 0, False
-    fits = (W.nbytes + U.nbytes) * 4 <= _LLC
-    if rmask is None and H > _panel_units(dtype):  # two panels at least
-        small_batch = n_total >= 2 and nt == 1 and U.nbytes >= PANEL_TEAM_MIN_BYTES
-        if small_batch or (_PANELS_FAST and 2 * U.nbytes >= _LLC):
-            return 1, False
-    if (_PANELS_FAST and not training and B // nt >= STACKED_MIN_ROWS
-            and H >= STACKED_MIN_UNITS and fits and not (lens is not None and reverse)):
-        return 2, False
-    return 0, lens is None and B // nt >= FUSE_MIN_ROWS and fits
+
+    path: str
+    n_threads: int
+    blas_threads: int
+    gates: tuple = None
+    z: tuple = ()
+    packed: int = 0
+    hs2: tuple = None
+    reason: str = ""
+
+    @property
+    def fuse(self):
+        return self.path == "rows_fused"
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardPlan:
+    """How :func:`lstm_backward` runs: ``n_threads`` split the batch (each with
+    its own weight-gradient partial sum), or BLAS with ``blas_threads`` when 1."""
+
+    n_threads: int
+    blas_threads: int
+    reason: str = ""
+
+
+def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse):
+    """Why ``path`` cannot run this call (a sentence), or None when it can."""
+    if path not in _tuning.PATHS:
+        return f"unknown path {path!r}; expected one of {', '.join(_tuning.PATHS)}"
+    if path == "rows_fused" and has_lengths:
+        return ("'rows_fused' cannot take lengths (every sample is at its own time index, "
+                "so x_t is not one slice of x)")
+    if path == "units" and has_mask and min(n_threads, _n_panels(H, dtype)) > 1:
+        return ("'units' cannot take a recurrent mask on more than one thread (the threads "
+                "share h_prev across panels)")
+    if path == "stacked":
+        if training:
+            return "'stacked' is inference only (training=True asks for the gate buffer)"
+        if has_lengths and reverse:
+            return "'stacked' cannot run lengths backwards (go_backwards with lengths)"
+    return None
+
+
+def _n_panels(H, dtype):
+    span = _panel_units(dtype)
+    return -(-H // span)
+
+
+def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths, reverse,
+                facts):
+    """The model rules (see cylstm/_tuning.py for what each threshold measured):
+    (path, reason)."""
+    t = _tuning
+    budget = facts.llc_budget if _LLC is None else _LLC
+    item = dtype.itemsize
+    u_bytes = H * 4 * H * item
+    wu_bytes = (I + H) * 4 * H * item
+    fits = wu_bytes * t.FIT_LLC_FRACTION <= budget
+    panels_fast = facts.isa_level == 2
+    if not has_mask and H > _panel_units(dtype):  # two panels at least
+        if n_total >= 2 and nt == 1 and u_bytes >= t.PANEL_TEAM_MIN_BYTES:
+            return "units", (f"batch {B} too small to split and U ({u_bytes} B) >= "
+                             f"PANEL_TEAM_MIN_BYTES: threads split the units")
+        if panels_fast and t.PANEL_SPLIT_LLC_FRACTION * u_bytes >= budget:
+            return "units", (f"U ({u_bytes >> 10} KiB) >= 1/{t.PANEL_SPLIT_LLC_FRACTION} of "
+                             f"the LLC budget ({budget >> 10} KiB): panels stay in cache")
+    if (panels_fast and not training and B // nt >= t.STACKED_MIN_ROWS
+            and H >= t.STACKED_MIN_UNITS and fits and not (has_lengths and reverse)):
+        return "stacked", (f"{B // nt} rows per thread >= STACKED_MIN_ROWS, {H} units >= "
+                           f"STACKED_MIN_UNITS, [W; U] in 1/{t.FIT_LLC_FRACTION} of the "
+                           f"LLC budget")
+    if not has_lengths and B // nt >= t.FUSE_MIN_ROWS and fits:
+        return "rows_fused", (f"{B // nt} rows per thread >= FUSE_MIN_ROWS and [W; U] in "
+                              f"1/{t.FIT_LLC_FRACTION} of the LLC budget")
+    if not fits:
+        return "rows", f"[W; U] ({wu_bytes >> 10} KiB) too big to read every step: BLAS"
+    return "rows", "default: batch split, BLAS per step"
+
+
+def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
+                 has_lengths=False, reverse=False, facts=None, *, force=None):
+    """Choose the forward path for a call and the scratch it needs.
+
+    Parameters
+    ----------
+    B, T, I, H : batch, time steps, features, units.
+    dtype : float32 or float64 (the compute dtype).
+    n_threads : threads the call may use (``num_threads``).
+    training, has_mask, has_lengths, reverse : the call's options (``has_mask``:
+        a recurrent mask; ``reverse``: ``go_backwards``).
+    facts : :class:`cylstm._tuning.CpuFacts`, or None for this machine's
+        (:func:`cylstm._tuning.cpu_facts`).  Tuned choices (see
+        :func:`cylstm.tune`) are consulted only when ``facts`` is None.
+    force : a path name or a ForwardPlan to take instead of choosing;
+        ValueError when the call cannot take it.
+
+    Returns
+    -------
+    ForwardPlan
+
+    The rules, in order (thresholds in cylstm/_tuning.py):
+
+    1. ``force``, else (inference, ``facts`` None) a tuned choice for this shape
+       class when valid for the call;
+    2. "units" when there is no recurrent mask, H spans two panels or more, and
+       either the batch is too small to split (one batch thread of several) with
+       U of at least PANEL_TEAM_MIN_BYTES, or (AVX-512 only) U is at least
+       1/PANEL_SPLIT_LLC_FRACTION of ``facts.llc_budget``;
+    3. "stacked" (AVX-512 only, inference) with STACKED_MIN_ROWS rows per thread,
+       STACKED_MIN_UNITS units and [W; U] within 1/FIT_LLC_FRACTION of the budget;
+    4. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
+       within 1/FIT_LLC_FRACTION of the budget;
+    5. "rows".
+    """
+    dtype = np.dtype(dtype)
+    n_total = int(n_threads)
+    if n_total < 1:
+        raise ValueError(f"num_threads must be >= 1; got {n_total}")
+    nt = max(1, min(n_total, B // _tuning.MIN_ROWS_PER_THREAD))
+    args = (B, H, dtype, n_total, training, has_mask, has_lengths, reverse)
+    if force is not None:
+        path = force.path if isinstance(force, ForwardPlan) else force
+        if not isinstance(path, str):
+            raise TypeError(f"_plan must be a path name or a ForwardPlan; got "
+                            f"{type(force).__name__}")
+        why = _path_error(path, *args)
+        if why is not None:
+            raise ValueError(f"_plan={path!r} cannot run this call: {why}")
+        reason = "forced"
+    elif B == 0 or H == 0:
+        path, reason = "rows", "empty batch"
+    else:
+        path = reason = None
+        if facts is None:
+            # measured in inference (cylstm.tune), so only inference calls take them
+            tuned = None if training else _tuning.tuned_path(B, I, H, dtype.name, n_total)
+            if tuned is not None and _path_error(tuned, *args) is None:
+                key = _tuning.shape_class(B, I, H, dtype.name, n_total)
+                path, reason = tuned, f"tuned cache ({key})"
+            facts = _tuning.cpu_facts()
+        if path is None:
+            path, reason = _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask,
+                                       has_lengths, reverse, facts)
+    return _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason)
+
+
+def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason):
+    gates = (B, T, 4 * H) if (training or path in ("rows", "units")) else None
+    if path in ("rows", "rows_fused"):
+        return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason)
+    if path == "units":  # per thread: a panel's product and the results it commits
+        n = max(1, min(n_total, _n_panels(H, dtype)))
+        return ForwardPlan(path, n, n_total, gates, (n, _lstm.units_scratch(B, H, dtype.name)),
+                           _lstm.packed_len(H, dtype.name), (B, H), reason)
+    return ForwardPlan(path, nt, n_total, gates, (nt, B * 4 * _panel_units(dtype)),
+                       _lstm.stacked_len(I, H, dtype.name), (B, H), reason)
+
+
+def plan_backward(B, n_threads):
+    """How :func:`lstm_backward` splits its work: a BackwardPlan."""
+    n_total = int(n_threads)
+    if n_total < 1:
+        raise ValueError(f"num_threads must be >= 1; got {n_total}")
+    nt = max(1, min(n_total, B // _tuning.MIN_ROWS_PER_THREAD))
+    why = (f"batch split, {nt} threads of >= MIN_ROWS_PER_THREAD rows" if nt > 1
+           else "one thread (BLAS threaded)")
+    return BackwardPlan(nt, n_total, why)
 
 
 def _panel_units(dtype):
@@ -158,10 +271,11 @@ def _panel_units(dtype):
 
 
 def _threads_for(B, num_threads):
+    """(threads asked for, threads a batch split runs: MIN_ROWS_PER_THREAD rows each)."""
     n = _config.get_num_threads() if num_threads is None else int(num_threads)
     if n < 1:
         raise ValueError(f"num_threads must be >= 1; got {n}")
-    return n, max(1, min(n, B // MIN_ROWS_PER_THREAD))
+    return n, max(1, min(n, B // _tuning.MIN_ROWS_PER_THREAD))
 
 
 _INT_MAX = 2**31 - 1  # BLAS (LP64) dimensions and leading dimensions are C ints
@@ -310,7 +424,7 @@ def check_output_grads(grad_output, grad_h, grad_c, return_sequences, B, T, H, d
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                  lengths=None, go_backwards=False, return_sequences=True,
-                 training=False, recurrent_mask=None, num_threads=None):
+                 training=False, recurrent_mask=None, num_threads=None, _plan=None):
     """Run an LSTM over whole sequences.
 
     Parameters
@@ -340,6 +454,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         ``h_prev @ U`` at every step; the carried state is not masked.
     num_threads : int or None
         Defaults to :func:`cylstm.get_num_threads`.
+    _plan : str or ForwardPlan, optional
+        Private: force a kernel path ("rows", "rows_fused", "units", "stacked";
+        see :func:`plan_forward`) instead of letting the planner choose, for tests
+        and :func:`cylstm.tune`.  A path the call cannot take is a ValueError.
 
     Returns
     -------
@@ -359,40 +477,30 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     hs, cs, rmask = check_states(initial_state, recurrent_mask, B, H, dtype)
     hm = None if rmask is None else np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
-    n_total, nt = _threads_for(B, num_threads)
+    n_total, _ = _threads_for(B, num_threads)
     _config._blas()
 
     ragged = lens is not None
     alloc = np.zeros if ragged else np.empty
-    mode, fuse = _forward_plan(B, H, W, U, dtype, nt, n_total, rmask, lens, go_backwards,
-                               training)
-    # the gate buffer: x @ W for every step (modes 0 unfused, 1), the gates (training)
-    G = take((B, T, 4 * H), dtype) if (training or mode == 1 or (mode == 0 and not fuse)) \
-        else None
+    plan = plan_forward(B, T, I, H, dtype, n_total, training, rmask is not None, ragged,
+                        bool(go_backwards), force=_plan)
+    G = take(plan.gates, dtype) if plan.gates is not None else None
     y = alloc((B, T, H), dtype) if (return_sequences or training) else None
     C = take((B, T, H), dtype) if training else None
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
-    Pu = hs2 = None
-    span = _panel_units(dtype)
-    if mode == 0:
-        Z = take((B, 4 * H), dtype)
-    elif mode == 1:  # per-thread panel products and cell results, packed U, other half of h
-        n_z = min(n_total, -(-H // span))
-        Z = take((n_z, _lstm.units_scratch(B, H, dtype.name)), dtype, align=64)
-        Pu = take((_lstm.packed_len(H, dtype.name),), dtype, align=64)
-        hs2 = take((B, H), dtype)
-    else:  # per-thread panel products, packed [W; U], the other half of h
-        Z = take((nt, B * 4 * span), dtype, align=64)
-        Pu = take((_lstm.stacked_len(I, H, dtype.name),), dtype, align=64)
-        hs2 = take((B, H), dtype)
+    # per-thread panel products (64-byte aligned for the panel kernel), the packed
+    # weights, the other half of h
+    Z = take(plan.z, dtype, align=64) if plan.packed else take(plan.z, dtype)
+    Pu = take((plan.packed,), dtype, align=64) if plan.packed else None
+    hs2 = take(plan.hs2, dtype) if plan.hs2 is not None else None
     if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
         args = (x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z)
-        if mode == 0:
-            _lstm.forward_rows(*args, nt, n_total, fuse)
-        elif mode == 1:
-            _lstm.forward_units(*args, Pu, hs2, n_total, n_total)
+        if plan.path in ("rows", "rows_fused"):
+            _lstm.forward_rows(*args, plan.n_threads, plan.blas_threads, plan.fuse)
+        elif plan.path == "units":
+            _lstm.forward_units(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
         else:
-            _lstm.forward_stacked(*args, Pu, hs2, nt, n_total)
+            _lstm.forward_stacked(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
     give(Z, Pu, hs2)
     if not training:
         give(G)
@@ -437,7 +545,8 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     H = U.shape[0]
     dy, dhs, dcs = check_output_grads(grad_output, grad_h, grad_c, cache["return_sequences"],
                                       B, T, H, dtype)
-    n_total, nt = _threads_for(B, num_threads)
+    bplan = plan_backward(B, _threads_for(B, num_threads)[0])
+    n_total, nt = bplan.blas_threads, bplan.n_threads
     _config._blas()
     cache["used"] = True
     if B == 0:  # no samples, zero gradients (the kernel would address element 0 of empty dy)

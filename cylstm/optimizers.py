@@ -40,6 +40,8 @@ import warnings
 
 import numpy as np
 
+from cylstm import _tuning
+
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "deserialize", "get", "serialize"]
 
 try:  # the compiled fused kernels; the NumPy path below is the reference
@@ -47,13 +49,10 @@ try:  # the compiled fused kernels; the NumPy path below is the reference
 except ImportError:  # pragma: no cover - a source tree without the extension built
     _optim = None
 
-#: Vectors shorter than this are updated on one thread: below it, waking the
-#: OpenMP team costs more than the elementwise pass it would split.  Measured on
-#: 2 cores (float32 Adam, check + update pass, min of 15 runs): 1 vs 2 threads
-#: 6.3 vs 11.3 us at 1k, 17.6 vs 17.5 us at 10k, 30 vs 24 us at 20k, 56 vs 38 us at
-#: 40k, 0.98 vs 0.51 ms at 100k; the threshold sits above the crossover so that a
-#: busy machine (other processes on the cores) does not make the team a loss.
-PARALLEL_MIN_SIZE = 32_768
+#: Vectors shorter than this are updated on one thread (waking the OpenMP team
+#: costs more than the pass it would split).  Measured threshold: its value and
+#: measurement live in cylstm/_tuning.py; patch it here to change this module.
+PARALLEL_MIN_SIZE = _tuning.PARALLEL_MIN_SIZE
 
 
 def _check_float(name, value, minimum=None, maximum=None, allow_none=False,

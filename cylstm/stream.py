@@ -31,25 +31,17 @@ import weakref
 
 import numpy as np
 
-from cylstm import _config, _lstm, _stream
+from cylstm import _config, _lstm, _stream, _tuning
 
 __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "StreamRunner"]
 
-# Batch sizes from here up use SciPy's BLAS (one GEMM per panel, single-threaded
-# BLAS) instead of the kernel.  The kernel takes rows four (or two) at a time, so
-# one pass over a panel serves four rows, and it was never slower than BLAS per
-# panel in bench/stream_bench.py-style measurements on a 2-core Zen 4, one
-# thread, us per step, kernel vs BLAS -- (64, 128): batch 2 5.3 vs 5.2, 8 18.1
-# vs 18.0, 32 90 vs 111, 128 282 vs 319; (256, 512): batch 2 75 vs 114, 8 286
-# vs 392, 64 1897 vs 4300.  BLAS is kept for very large batches, where its cache
-# blocking of the (K x 64) panels may matter on CPUs with small L2 caches.
-BLAS_MIN_BATCH = 256
-
-# Packed weight bytes (all layers) times the batch size from which a step splits
-# its panels across two threads (the work of a step grows with both).  At (64, 128) fp32 (393 KB) one thread reads the weights from
-# its L2 in ~3.5 us and two threads take ~2.4 us including the fork/join; at a
-# quarter of that the fork/join is most of the step.
-PARALLEL_MIN_BYTES = 256 * 1024
+# BLAS_MIN_BATCH (batches from which a step uses SciPy's BLAS per panel) and
+# PARALLEL_MIN_BYTES (packed bytes times batch from which a step splits its panels
+# across two threads) are measured thresholds: their values and measurements live
+# in cylstm/_tuning.py with the others.  This module reads its own names, so
+# patching them here changes its choices.
+BLAS_MIN_BATCH = _tuning.BLAS_MIN_BATCH
+PARALLEL_MIN_BYTES = _tuning.PARALLEL_MIN_BYTES
 
 # LSTM units per panel: the sequence kernels (cylstm/_lstm.pyx) pack the same panels
 _PANEL_UNITS = {np.dtype(np.float32): _lstm.PANEL_UNITS_F32,

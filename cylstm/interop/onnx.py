@@ -109,11 +109,17 @@ def _err(node, msg):
 # --------------------------------------------------------------------------- loading
 
 def _load_model(path):
+    # The argument's type first, so that from_onnx(None) is the same clear TypeError
+    # whether or not the onnx package is installed (a ModelProto implies it is).
+    is_path = isinstance(path, (str, bytes, os.PathLike))
+    if not is_path and type(path).__name__ != "ModelProto":
+        raise TypeError(f"path must be a file path or an onnx.ModelProto; got "
+                        f"{type(path).__name__}")
     onnx = _require_onnx()
     if isinstance(path, onnx.ModelProto):
         model = path
     else:
-        if not isinstance(path, (str, bytes, os.PathLike)):
+        if not is_path:
             raise TypeError(f"path must be a file path or an onnx.ModelProto; got "
                             f"{type(path).__name__}")
         path = os.fspath(path)

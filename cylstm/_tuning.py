@@ -1,0 +1,676 @@
+"""What cylstm knows about the CPU it runs on, and every threshold that picks a path.
+
+Three parts, one job each:
+
+* **Thresholds.**  Every pure-Python constant that chooses a kernel path, next to
+  the shape, CPU and date it was measured on.  They are starting points, not laws:
+  a CPU with other caches or other FMA units has other crossovers, and
+  :func:`tune` measures them (below).  Read them at call time (``_tuning.X``), so
+  that a test or a user may patch them here.
+* **CPU facts.**  :class:`CpuFacts` / :func:`detect_cpu`: vendor, model, ISA level,
+  caches per core and the cache budget the planner's "fits" rules use.  Parsed
+  from sysfs and ``/proc/cpuinfo`` (paths injectable, so tests build fake trees).
+* **Measured choices** (FFTW's "wisdom"): :func:`tune` times the candidate
+  forward paths for a few shape classes and stores the fastest in
+  ``$CYLSTM_CACHE_DIR/tuning.json`` (default ``$XDG_CACHE_HOME/cylstm`` or
+  ``~/.cache/cylstm``), keyed by CPU model, ISA level and cylstm version;
+  :func:`cylstm.functional.plan_forward` consults them before its model rules.
+  ``CYLSTM_TUNE=0`` turns reading and measuring off (the model alone).
+"""
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+import warnings
+
+__all__ = ["CpuFacts", "detect_cpu", "cpu_facts", "tune", "cache_path", "tuning_enabled",
+           "PATHS"]
+
+# ----------------------------------------------------------------------------- thresholds
+# The forward planner (cylstm.functional.plan_forward).  Measured on a 2-core
+# Zen 4 (AMD Ryzen, 1 MiB L2 per core, 32 MiB L3, AVX-512 on 256-bit halves),
+# float32, bench/compare.py, 2026-11.
+
+# Below this many samples per thread, splitting the batch costs more than it saves
+# (measured in bench/compare.py: see README, "threads").
+MIN_ROWS_PER_THREAD = 4
+
+# The threads split the recurrent kernel's units instead of the batch (packed
+# panels, one barrier per step: cylstm/_lstm.pyx) when
+#  - the batch is too small to split and the recurrent kernel has at least
+#    PANEL_TEAM_MIN_BYTES: below it the barrier costs more than the second core
+#    saves (at 2 threads: (T, B, I, H) = (200, 1, 64, 96) 0.33 ms against 0.40
+#    serial; (200, 1, 32, 64) no faster);
+#  - or the recurrent kernel is at least 1 / PANEL_SPLIT_LLC_FRACTION of the cache
+#    budget (CpuFacts.llc_budget): split by batch, every thread would stream all
+#    of it from memory each step; split by units, each keeps its share in cache
+#    ((25, 16, 1024, 1024), 16 MiB of U, 41.4 -> 36.8 ms; (50, 16, 768, 768),
+#    9 MiB, 38.5 -> 40.1 ms: not used).  On one thread too: the panel kernel's
+#    six-row blocks read the weights fewer times than BLAS's tiles (86.5 -> 72.7 ms
+#    at (25, 16, 1024, 1024)).  AVX-512 only (isa level 2).
+PANEL_TEAM_MIN_BYTES = 128 * 1024
+PANEL_SPLIT_LLC_FRACTION = 2
+
+# Batches that split into slices of at least FUSE_MIN_ROWS samples per thread
+# compute x_t @ W inside each step, next to h_prev @ U, instead of one input
+# projection for all steps up front: the gate buffer (B, T, 4H) is then never
+# written and read back (measured at 2 threads: (100, 32, 128, 256) 13.5 ->
+# 12.7 ms, (100, 32, 10, 50) 0.67 -> 0.63 ms).  The weights are then read every
+# step, so only while [W; U] fits in 1 / FIT_LLC_FRACTION of the cache budget
+# ((25, 16, 1024, 1024), 32 MiB of weights, went 39 -> 72 ms).
+FUSE_MIN_ROWS = 8
+FIT_LLC_FRACTION = 4
+
+# Batches of at least STACKED_MIN_ROWS samples per thread, with H >= 256 and
+# [W; U] in 1 / FIT_LLC_FRACTION of the cache budget, run each step as the
+# streaming runner does: [x_t, h_prev] @ [W; U] on packed panels (six batch rows
+# per weight load, 24 accumulators in AVX-512 registers: ~113 GFLOP/s on one Zen 4
+# core, above OpenBLAS's 105), then the cell, panel by panel.  Measured:
+# (50, 64, 512, 512) 134 -> 123 ms on one thread, 65.4 -> 64.2 on two;
+# (100, 32, 128, 256) 25.5 -> 24.6 and 12.7 -> 12.2 ms.  Below 16 rows a thread
+# runs too few six-row blocks ((100, 16, 256, 256) on two threads: 8.2 -> 9.6 ms)
+# and below 256 units the per-panel cell calls cost what the kernel saves.
+# Inference only: a training forward must also scatter each panel's gates into
+# the (B, T, 4H) buffer the backward reads, which cost more than the kernel
+# saved ((100, 32, 128, 256) training step 86.2 -> 90.2 ms on one thread).
+# AVX-512 only (isa level 2): elsewhere the six-row body is not compiled.
+STACKED_MIN_ROWS = 16
+STACKED_MIN_UNITS = 256
+
+# The streaming runner (cylstm/stream.py).  Batch sizes from here up use SciPy's
+# BLAS (one GEMM per panel, single-threaded BLAS) instead of the kernel.  The
+# kernel takes rows four (or two) at a time, so one pass over a panel serves four
+# rows, and it was never slower than BLAS per panel in bench/stream_bench.py-style
+# measurements on a 2-core Zen 4, one thread, us per step, kernel vs BLAS --
+# (64, 128): batch 2 5.3 vs 5.2, 8 18.1 vs 18.0, 32 90 vs 111, 128 282 vs 319;
+# (256, 512): batch 2 75 vs 114, 8 286 vs 392, 64 1897 vs 4300.  BLAS is kept for
+# very large batches, where its cache blocking of the (K x 64) panels may matter
+# on CPUs with small L2 caches.
+BLAS_MIN_BATCH = 256
+
+# Packed weight bytes (all layers) times the batch size from which a streaming
+# step splits its panels across two threads (the work of a step grows with both).
+# At (64, 128) fp32 (393 KB) one thread reads the weights from its L2 in ~3.5 us
+# and two threads take ~2.4 us including the fork/join (2-core Zen 4); at a
+# quarter of that the fork/join is most of the step.
+PARALLEL_MIN_BYTES = 256 * 1024
+
+# The optimizers (cylstm/optimizers.py): vectors shorter than this are updated on
+# one thread: below it, waking the OpenMP team costs more than the elementwise
+# pass it would split.  Measured on 2 cores (float32 Adam, check + update pass,
+# min of 15 runs): 1 vs 2 threads 6.3 vs 11.3 us at 1k, 17.6 vs 17.5 us at 10k,
+# 30 vs 24 us at 20k, 56 vs 38 us at 40k, 0.98 vs 0.51 ms at 100k; the threshold
+# sits above the crossover so that a busy machine (other processes on the cores)
+# does not make the team a loss.
+PARALLEL_MIN_SIZE = 32_768
+
+# The per-core share of L3 the planner believes without a measurement.  A VM can
+# report its host's whole L3 in sysfs, shared by its few vCPUs (a 2-vCPU Xeon VM
+# here reports 105 MiB; another reported 480 MiB), which made every "fits the
+# cache" rule hold and sent (25, 16, 1024, 1024) to the fused per-step path
+# (39 -> 72 ms on Zen 4).  Desktop and server parts have 1.5 - 4 MiB of L3 per
+# core (Zen 4: 4 MiB, Sapphire Rapids: 1.9 MiB), so 4 MiB bounds the share unless
+# tune()'s bandwidth probe saw more.
+L3_PER_CORE_CAP = 4 * 2**20
+
+#: Each threshold and what it was measured on (show_config prints them).
+THRESHOLDS = {
+    "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11",
+    "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",
+    "PANEL_SPLIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
+    "FUSE_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
+    "FIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
+    "STACKED_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 16, 256, 256), 2026-11",
+    "STACKED_MIN_UNITS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
+    "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
+    "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
+    "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",
+    "L3_PER_CORE_CAP": "cache budget bound; vendor L3-per-core figures",
+}
+_DEFAULTS = {name: globals()[name] for name in THRESHOLDS}
+
+
+def threshold_sources():
+    """(name, value, where it came from) for every threshold: "default (<measurement>)"
+    or "overridden" when patched at run time."""
+    out = []
+    for name, note in THRESHOLDS.items():
+        v = globals()[name]
+        out.append((name, v, f"default ({note})" if v == _DEFAULTS[name] else
+                    f"overridden (default {_DEFAULTS[name]})"))
+    return out
+
+
+#: The forward paths, in the order the kernel's old ``mode`` numbered them.
+PATHS = ("rows", "rows_fused", "units", "stacked")
+
+# ----------------------------------------------------------------------------- CPU facts
+_SYSFS = "/sys/devices/system/cpu"
+_CPUINFO = "/proc/cpuinfo"
+_FLAGS_OF_INTEREST = ("avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_tile",
+                      "amx_bf16", "amx_int8")
+ISA_NAMES = {2: "avx512", 1: "avx2+fma", 0: "baseline"}
+_DEFAULT_L2 = 1 * 2**20     # without sysfs (macOS, Windows, containers hiding it)
+_DEFAULT_L3 = 2 * 2**20     # per core; the old whole-LLC fallback was 8 MiB for ~4 cores
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuFacts:
+    """What the planner knows about the CPU (see :func:`detect_cpu`).
+
+    ``l3_per_core`` is the sysfs L3 size divided by the CPUs sharing it, bounded
+    by :data:`L3_PER_CORE_CAP` (or raised to what :func:`tune`'s probe measured);
+    ``llc_budget = l3_per_core * n_cores`` is the cache the "fits" rules compare
+    weight sizes with.  ``l3_source`` says which bound applied.
+    """
+
+    vendor: str = "unknown"
+    model_name: str = "unknown"
+    family: int = -1
+    model: int = -1
+    n_cores: int = 1
+    isa_level: int = 0
+    isa_name: str = "baseline"
+    flags: frozenset = frozenset()
+    fma512_ports: int = 0
+    l2_per_core: int = _DEFAULT_L2
+    l3_total: int = 0
+    l3_shared_by: int = 1
+    l3_per_core: int = _DEFAULT_L3
+    l3_source: str = "default (no sysfs)"
+    llc_budget: int = _DEFAULT_L3
+
+    def with_l3_per_core(self, per_core, source):
+        """These facts with another per-core L3 share (and so another budget)."""
+        per_core = max(1, int(per_core))
+        return dataclasses.replace(self, l3_per_core=per_core, l3_source=source,
+                                   llc_budget=per_core * self.n_cores)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _parse_size(txt):
+    """sysfs cache sizes: '48K', '2048K', '32M', '1G' or plain bytes; None if unreadable."""
+    if not txt:
+        return None
+    m = re.fullmatch(r"(\d+)\s*([KMG]?)(?:i?B)?", txt.strip().upper())
+    if not m:
+        return None
+    return int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]
+
+
+def _count_cpu_list(txt):
+    """Number of CPUs in a sysfs list such as '0-3,8-11' or '0'; None if unreadable."""
+    if not txt:
+        return None
+    n = 0
+    try:
+        for part in txt.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                a, b = part.split("-", 1)
+                n += int(b) - int(a) + 1
+            else:
+                int(part)
+                n += 1
+    except ValueError:
+        return None
+    return n or None
+
+
+def _parse_cpuinfo(path):
+    """(vendor, model name, family, model, flags) of the first processor listed."""
+    txt = _read(path)
+    fields = {}
+    if txt:
+        for line in txt.splitlines():
+            if not line.strip():
+                if fields:
+                    break  # the first processor's block is enough
+                continue
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip().lower(), value.strip())
+
+    def num(key):
+        try:
+            return int(fields.get(key, "-1"), 0)
+        except ValueError:
+            return -1
+
+    flags = frozenset(fields.get("flags", "").split())
+    return (fields.get("vendor_id", "unknown") or "unknown",
+            fields.get("model name", "unknown") or "unknown",
+            num("cpu family"), num("model"), flags)
+
+
+def _level_from_flags(flags):
+    """The ISA level cylstm_cpu.h would pick, from /proc/cpuinfo flags."""
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx2", "fma",
+            "bmi2"} <= flags:
+        return 2
+    if {"avx2", "fma", "bmi1", "bmi2", "movbe", "f16c", "popcnt"} <= flags:
+        return 1
+    return 0
+
+
+# Intel family-6 models with AVX-512 and a single 512-bit FMA (client parts:
+# Ice Lake, Tiger Lake, Rocket Lake; ports 0+1 fused).  Server parts (Skylake-SP 85,
+# Ice Lake-SP 106/108, Sapphire/Emerald Rapids 143/207, Granite Rapids 173/174) have
+# the second FMA on port 5.
+_INTEL_ONE_FMA512 = {125, 126, 140, 141, 167}
+
+
+def _fma512_ports(vendor, family, model, model_name, flags):
+    """512-bit FMAs a core issues per cycle: a documented heuristic from vendor/family.
+
+    0 without AVX-512.  AMD: Zen 4 (family 0x19) splits each 512-bit FMA into two
+    256-bit halves: 1.  Zen 5 (family 0x1A) has full-width 512-bit units on desktop
+    and server parts (2) but keeps the split on mobile parts ("Ryzen AI" names): 1.
+    Intel: server cores with AVX-512 (Skylake-SP and later: a "Xeon" name, AMX, or a
+    server model number) 2; client cores with AVX-512 (Ice/Tiger/Rocket Lake) 1.
+    Other vendors 1.  (Some low-end Xeons have one 512-bit FMA; the planner does not
+    key on this yet, show_config reports it.)
+    """
+    if "avx512f" not in flags:
+        return 0
+    if vendor == "AuthenticAMD":
+        if family == 0x1A and "ryzen ai" not in model_name.lower():
+            return 2
+        return 1
+    if vendor == "GenuineIntel":
+        # A VM may report any model number (one here says 167, a Rocket Lake's, for
+        # a Sapphire Rapids Xeon with AMX): the name and the server-only AMX first.
+        if "xeon" in model_name.lower() or "amx_tile" in flags:
+            return 2
+        if family == 6 and model in _INTEL_ONE_FMA512:
+            return 1
+        return 2 if family == 6 and model in (85, 106, 108, 143, 207, 173, 174) else 1
+    return 1
+
+
+def _affinity_count():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=None):
+    """Read the CPU facts from sysfs and /proc/cpuinfo (injectable for tests).
+
+    Parameters
+    ----------
+    sysfs_root : str
+        The ``/sys/devices/system/cpu`` tree (``cpuN/cache/indexK/{level,type,size,
+        shared_cpu_list}`` and ``online`` are read).
+    cpuinfo : str
+        A ``/proc/cpuinfo``-format file (vendor_id, cpu family, model, model name,
+        flags of the first processor).
+    n_cores : int, optional
+        The cores this process runs on.  Default: its CPU affinity when reading this
+        machine's own files, else the injected tree's ``online`` list.
+    isa_level : int, optional
+        Default: ``cylstm._stream.cpu_level()`` (the kernel clone this CPU runs) when
+        reading this machine's own files, else derived from the injected flags.
+
+    Missing files (non-Linux, hidden sysfs) give defaults: 1 MiB L2 and 2 MiB L3 per
+    core.
+    """
+    own = sysfs_root == _SYSFS and cpuinfo == _CPUINFO
+    vendor, name, family, model, flags = _parse_cpuinfo(cpuinfo)
+    if isa_level is None:
+        if own:
+            try:
+                from cylstm import _stream
+
+                isa_level = int(_stream.cpu_level())
+            except (ImportError, AttributeError):
+                isa_level = _level_from_flags(flags)
+        else:
+            isa_level = _level_from_flags(flags)
+    if n_cores is None:
+        n_cores = _affinity_count() if own else (
+            _count_cpu_list(_read(os.path.join(sysfs_root, "online"))) or 1)
+    n_cores = max(1, int(n_cores))
+
+    cpu_dir = os.path.join(sysfs_root, "cpu0")
+    if not os.path.isdir(cpu_dir):
+        try:
+            cpus = sorted(int(d[3:]) for d in os.listdir(sysfs_root)
+                          if re.fullmatch(r"cpu\d+", d))
+            cpu_dir = os.path.join(sysfs_root, f"cpu{cpus[0]}") if cpus else cpu_dir
+        except OSError:
+            pass
+    caches = {}  # level -> (size, shared by)
+    try:
+        entries = sorted(os.listdir(os.path.join(cpu_dir, "cache")))
+    except OSError:
+        entries = []
+    for e in entries:
+        if not e.startswith("index"):
+            continue
+        base = os.path.join(cpu_dir, "cache", e)
+        level = _read(os.path.join(base, "level"))
+        kind = (_read(os.path.join(base, "type")) or "Unified").lower()
+        size = _parse_size(_read(os.path.join(base, "size")))
+        if not level or not level.isdigit() or size is None or kind == "instruction":
+            continue
+        shared = _count_cpu_list(_read(os.path.join(base, "shared_cpu_list"))) or 1
+        lv = int(level)
+        if lv not in caches or size > caches[lv][0]:
+            caches[lv] = (size, shared)
+
+    l2 = caches[2][0] // caches[2][1] if 2 in caches else _DEFAULT_L2
+    if 3 in caches:
+        l3_total, shared = caches[3]
+        share = l3_total // shared
+        if share > L3_PER_CORE_CAP:
+            l3, src = L3_PER_CORE_CAP, (f"sysfs {l3_total >> 20} MiB / {shared} CPUs, capped at "
+                                        f"{L3_PER_CORE_CAP >> 20} MiB per core (a VM's host L3?)")
+        else:
+            l3, src = share, f"sysfs {l3_total >> 20} MiB / {shared} CPUs"
+    else:
+        l3_total, shared = 0, 1
+        if 2 in caches:  # no L3 (some Arm parts): the L2 is the last level
+            l3, src = l2, "no L3 in sysfs: the L2"
+        else:
+            l3, src = _DEFAULT_L3, "default (no sysfs)"
+    return CpuFacts(vendor=vendor, model_name=name, family=family, model=model,
+                    n_cores=n_cores, isa_level=int(isa_level),
+                    isa_name=ISA_NAMES.get(int(isa_level), "baseline"),
+                    flags=frozenset(f for f in _FLAGS_OF_INTEREST if f in flags),
+                    fma512_ports=_fma512_ports(vendor, family, model, name, flags),
+                    l2_per_core=l2, l3_total=l3_total, l3_shared_by=shared,
+                    l3_per_core=l3, l3_source=src, llc_budget=l3 * n_cores)
+
+
+_lock = threading.Lock()
+_detected = None
+
+
+def detected_cpu():
+    """This machine's :func:`detect_cpu`, read once."""
+    global _detected
+    if _detected is None:
+        _detected = detect_cpu()
+    return _detected
+
+
+def cpu_facts():
+    """The facts the planner uses now: :func:`detected_cpu`, with the per-core L3
+    share raised to what :func:`tune`'s bandwidth probe measured when the tuning
+    cache holds a probe for this CPU (and ``CYLSTM_TUNE`` is not 0)."""
+    facts = detected_cpu()
+    w = _wisdom()
+    knee = w.get("l3_per_core_probe") if w else None
+    if isinstance(knee, int) and knee > facts.l3_per_core and facts.l3_total:
+        per_core = min(knee, facts.l3_total // facts.l3_shared_by)
+        if per_core > facts.l3_per_core:
+            return facts.with_l3_per_core(
+                per_core, f"sysfs {facts.l3_total >> 20} MiB / {facts.l3_shared_by} CPUs, "
+                f"probe saw {per_core >> 20} MiB per core (tuned cache)")
+    return facts
+
+
+# ----------------------------------------------------------------------------- tuning cache
+_FORMAT = 1
+
+
+def tuning_enabled():
+    """False when ``CYLSTM_TUNE=0``: no cache is read and :func:`tune` measures nothing."""
+    return os.environ.get("CYLSTM_TUNE", "1").strip() != "0"
+
+
+def cache_path():
+    """``$CYLSTM_CACHE_DIR/tuning.json``, else ``$XDG_CACHE_HOME/cylstm/tuning.json``,
+    else ``~/.cache/cylstm/tuning.json``."""
+    d = os.environ.get("CYLSTM_CACHE_DIR")
+    if not d:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                ".cache")
+        d = os.path.join(base, "cylstm")
+    return os.path.join(d, "tuning.json")
+
+
+def _version():
+    from cylstm import __version__
+
+    return __version__
+
+
+def _identity(facts):
+    return {"cpu": facts.model_name, "isa_level": facts.isa_level, "version": _version()}
+
+
+def shape_class(B, I, H, dtype, n_threads):
+    """The key tuned choices are stored under: dtype, threads, and B, I, H rounded
+    down to powers of two (a choice measured at one shape serves its neighbours)."""
+    def p2(n):
+        return 1 << (max(int(n), 1).bit_length() - 1)
+
+    return f"{dtype}/t{int(n_threads)}/B{p2(B)}/I{p2(I)}/H{p2(H)}"
+
+
+def read_cache(path=None, facts=None):
+    """The stored choices for ``facts`` (default: this CPU) as a dict, and why not.
+
+    Returns ``(data, problem)``: ``data`` is the validated file content or None;
+    ``problem`` is None or a short reason (missing, unreadable, invalid JSON, another
+    CPU, another cylstm version, bad entries).  A file is never trusted blindly: an
+    entry whose path is not one of :data:`PATHS` makes the whole file invalid.
+    """
+    path = path or cache_path()
+    facts = facts or detected_cpu()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1 << 22)
+    except FileNotFoundError:
+        return None, "no cache file"
+    except OSError as e:
+        return None, f"unreadable ({type(e).__name__})"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, "invalid JSON (truncated?)"
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        return None, "unknown format"
+    ident = _identity(facts)
+    for k, v in ident.items():
+        if data.get(k) != v:
+            return None, f"written for another {k.replace('_', ' ')} ({data.get(k)!r})"
+    choices = data.get("choices")
+    if not isinstance(choices, dict):
+        return None, "no choices"
+    for key, entry in choices.items():
+        if (not isinstance(key, str) or not isinstance(entry, dict)
+                or entry.get("path") not in PATHS):
+            return None, f"bad entry {key!r}"
+    probe = data.get("l3_per_core_probe")
+    if probe is not None and (not isinstance(probe, int) or probe <= 0):
+        return None, "bad probe value"
+    return data, None
+
+
+_memo = {"key": None, "data": None}
+
+
+def _wisdom():
+    """The validated cache content (memoized on path and mtime), or None."""
+    if not tuning_enabled():
+        return None
+    path = cache_path()
+    try:
+        st = os.stat(path)
+        stamp = (path, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return None
+    if _memo["key"] != stamp:
+        data, _ = read_cache(path)
+        _memo["key"], _memo["data"] = stamp, data
+    return _memo["data"]
+
+
+def tuned_path(B, I, H, dtype, n_threads):
+    """The stored fastest path for this shape class, or None."""
+    w = _wisdom()
+    if not w:
+        return None
+    entry = w["choices"].get(shape_class(B, I, H, dtype, n_threads))
+    return entry["path"] if entry else None
+
+
+def _write_cache(data, path=None):
+    """Write ``data`` as JSON through a temporary file and os.replace (atomic:
+    a reader sees the old file or the new one, never half of one)."""
+    path = path or cache_path()
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _memo["key"] = None
+
+
+def probe_l3_per_core(max_bytes=64 * 2**20, budget_s=0.25):
+    """Where reading a buffer slows down: a per-core cache size measured with NumPy.
+
+    Sums float32 buffers of 1, 2, 4, ... MiB (each read a few times, the best
+    rate kept) and returns the largest size whose read rate is still at least
+    60% of the best rate seen, or None when no drop was seen before ``max_bytes``
+    or the time budget (then sysfs and the cap stand).  Runs only inside
+    :func:`tune`; well under 0.3 s.
+    """
+    import numpy as np
+
+    buf = np.ones(max_bytes // 4, np.float32)
+    t_end = time.perf_counter() + budget_s
+    best_rate, knee, size = 0.0, None, 2**20
+    while size <= max_bytes and time.perf_counter() < t_end:
+        view = buf[: size // 4]
+        view.sum()  # warm: page it in and into the cache
+        rate = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            view.sum()
+            dt = time.perf_counter() - t0
+            rate = max(rate, size / max(dt, 1e-9))
+        if rate >= 0.6 * best_rate:
+            knee = size
+            best_rate = max(best_rate, rate)
+        else:
+            return knee
+        size *= 2
+    return None
+
+
+def _candidates(B, H, dtype, n_threads):
+    from cylstm import functional
+
+    out = []
+    for p in PATHS:
+        if functional._path_error(p, B, H, dtype, n_threads, training=False, has_mask=False,
+                                  has_lengths=False, reverse=False) is None:
+            out.append(p)
+    return out
+
+
+DEFAULT_SHAPES = ((25, 1, 64, 128), (25, 16, 256, 256), (25, 64, 256, 512),
+                  (25, 16, 1024, 1024))
+
+
+def tune(shapes=None, num_threads=None, *, repeats=3, dtype="float32", probe=True,
+         verbose=False):
+    """Measure the forward paths for some shape classes and store the fastest.
+
+    FFTW-style: for each (T, B, I, H) in ``shapes`` (default :data:`DEFAULT_SHAPES`),
+    time every path the call can take (``lstm_forward(..., _plan=path)``, inference,
+    ``dtype``, ``repeats`` runs after a warm-up, the minimum kept), and store the
+    fastest under the shape's class (:func:`shape_class`: B, I, H rounded down to
+    powers of two, the thread count and the dtype) in :func:`cache_path`, keyed by
+    CPU model, ISA level and cylstm version.  Later forwards of that class take the
+    stored path when it is valid for the call; other shapes keep the model rules.
+    With ``probe``, also measures where cache reads slow down
+    (:func:`probe_l3_per_core`) and stores it, bounding the cache budget.
+
+    Nothing is tuned automatically: a forward never measures, so results stay
+    deterministic until ``tune()`` (or ``python -m cylstm.tune``) is run.
+    ``CYLSTM_TUNE=0`` makes this a no-op (and makes forwards ignore the cache).
+
+    Returns
+    -------
+    dict
+        shape class -> {"path": fastest, "ms": {path: best milliseconds}, "shape": [T, B, I, H]}
+        for the shapes measured now (empty when tuning is off).
+    """
+    import numpy as np
+
+    from cylstm import _config
+    from cylstm.functional import lstm_forward
+
+    if not tuning_enabled():
+        warnings.warn("cylstm.tune: CYLSTM_TUNE=0, nothing measured", stacklevel=2)
+        return {}
+    shapes = DEFAULT_SHAPES if shapes is None else shapes
+    n = _config.get_num_threads() if num_threads is None else int(num_threads)
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1; got {n}")
+    dtype = np.dtype(dtype).name
+    facts = detected_cpu()
+    with _lock:
+        data, _ = read_cache(facts=facts)
+        if data is None:  # missing, corrupt, or another CPU / version: start afresh
+            data = {"format": _FORMAT, **_identity(facts), "choices": {}}
+        if probe:
+            knee = probe_l3_per_core()  # what one thread reads fast: the team's share
+            if knee is not None:
+                data["l3_per_core_probe"] = int(knee // facts.n_cores)
+        results = {}
+        rng = np.random.default_rng(0)
+        for shape in shapes:
+            T, B, I, H = (int(v) for v in shape)
+            if min(T, B, I, H) < 1:
+                raise ValueError(f"shapes must be (T, B, I, H) of positive ints; got {shape}")
+            x = rng.standard_normal((B, T, I)).astype(dtype)
+            W = (rng.standard_normal((I, 4 * H)) * 0.1).astype(dtype)
+            U = (rng.standard_normal((H, 4 * H)) * 0.1).astype(dtype)
+            b = np.zeros(4 * H, dtype)
+            times = {}
+            for path in _candidates(B, H, np.dtype(dtype), n):
+                lstm_forward(x, W, U, b, num_threads=n, return_sequences=False, _plan=path)
+                best = float("inf")
+                for _ in range(max(1, int(repeats))):
+                    t0 = time.perf_counter()
+                    lstm_forward(x, W, U, b, num_threads=n, return_sequences=False,
+                                 _plan=path)
+                    best = min(best, time.perf_counter() - t0)
+                times[path] = round(best * 1e3, 4)
+            fastest = min(times, key=times.get)
+            key = shape_class(B, I, H, dtype, n)
+            results[key] = {"path": fastest, "ms": times, "shape": [T, B, I, H],
+                            "date": time.strftime("%Y-%m-%d")}
+            if verbose:
+                print(f"{key}: {fastest}  " +
+                      "  ".join(f"{p} {t:.3f} ms" for p, t in times.items()))
+        data["choices"].update(results)
+        _write_cache(data)
+    return results

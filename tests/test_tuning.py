@@ -1,0 +1,469 @@
+"""CPU facts from injected sysfs / cpuinfo trees, the planner's choices on them,
+forcing each path with ``_plan=`` against the NumPy reference, and the tuning
+cache's robustness.  Nothing here depends on the CPU that runs it."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+from reference import lstm_ref, lstm_ref_backward, random_lstm
+
+import cylstm
+from cylstm import _tuning, functional
+from cylstm._tuning import CpuFacts, detect_cpu
+from cylstm.functional import ForwardPlan, lstm_backward, lstm_forward, plan_forward
+
+MiB = 2**20
+TOL = {np.float64: {"rtol": 1e-10, "atol": 1e-12}, np.float32: {"rtol": 1e-5, "atol": 2e-6}}
+AVX512 = "fpu sse2 avx avx2 fma bmi1 bmi2 movbe f16c popcnt avx512f avx512bw avx512vl " \
+         "avx512dq avx512cd"
+AVX2 = "fpu sse2 avx avx2 fma bmi1 bmi2 movbe f16c popcnt"
+
+
+def fake_machine(root, *, vendor, name, family, model, flags, caches, online):
+    """Write a sysfs cpu tree and a cpuinfo file under ``root``; return their paths.
+    ``caches``: (level, type, size, shared_cpu_list) for cpu0."""
+    sysfs = root / "cpu"
+    for k, (level, kind, size, shared) in enumerate(caches):
+        d = sysfs / "cpu0" / "cache" / f"index{k}"
+        d.mkdir(parents=True)
+        for fname, value in (("level", level), ("type", kind), ("size", size),
+                             ("shared_cpu_list", shared)):
+            (d / fname).write_text(f"{value}\n")
+    sysfs.mkdir(exist_ok=True)
+    (sysfs / "online").write_text(online + "\n")
+    info = root / "cpuinfo"
+    block = (f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\n"
+             f"model\t\t: {model}\nmodel name\t: {name}\nflags\t\t: {flags}\n\n")
+    info.write_text(block + block.replace("processor\t: 0", "processor\t: 1"))
+    return str(sysfs), str(info)
+
+
+@pytest.fixture
+def zen4(tmp_path):
+    return fake_machine(
+        tmp_path, vendor="AuthenticAMD", name="AMD Ryzen 7 7700X 8-Core Processor", family=25,
+        model=97, flags=AVX512 + " avx512_bf16 avx512_vnni",
+        caches=[(1, "Data", "32K", "0"), (1, "Instruction", "32K", "0"),
+                (2, "Unified", "1024K", "0"), (3, "Unified", "32768K", "0-7")],
+        online="0-7")
+
+
+@pytest.fixture
+def xeon_vm(tmp_path):
+    """A 2-vCPU VM whose sysfs reports the host's whole 480 MiB L3."""
+    return fake_machine(
+        tmp_path, vendor="GenuineIntel", name="Intel(R) Xeon(R) Platinum 8480+", family=6,
+        model=143, flags=AVX512 + " avx512_fp16 avx512_bf16 amx_tile amx_bf16 amx_int8",
+        caches=[(1, "Data", "48K", "0"), (2, "Unified", "2048K", "0"),
+                (3, "Unified", "491520K", "0-1")],
+        online="0-1")
+
+
+@pytest.fixture
+def avx2_desktop(tmp_path):
+    return fake_machine(
+        tmp_path, vendor="GenuineIntel", name="Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz",
+        family=6, model=158, flags=AVX2,
+        caches=[(1, "Data", "32K", "0,6"), (2, "Unified", "256K", "0,6"),
+                (3, "Unified", "12M", "0-11")],
+        online="0-11")
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """Every test gets its own empty tuning cache, tuning on, nothing memoized."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("CYLSTM_CACHE_DIR", str(d))
+    monkeypatch.delenv("CYLSTM_TUNE", raising=False)
+    _tuning._memo["key"] = None
+    yield d
+    _tuning._memo["key"] = None
+
+
+# ------------------------------------------------------------------ CPU facts
+def test_zen4_facts(zen4):
+    f = detect_cpu(*zen4)
+    assert (f.vendor, f.family, f.model, f.n_cores) == ("AuthenticAMD", 25, 97, 8)
+    assert (f.isa_level, f.isa_name, f.fma512_ports) == (2, "avx512", 1)
+    assert f.flags == {"avx512_bf16", "avx512_vnni"}
+    assert f.l2_per_core == MiB and f.l3_per_core == 4 * MiB and f.llc_budget == 32 * MiB
+    assert (f.l3_total, f.l3_shared_by) == (32 * MiB, 8)
+
+
+def test_xeon_vm_facts_cap_the_host_l3(xeon_vm):
+    f = detect_cpu(*xeon_vm)
+    assert (f.n_cores, f.isa_level, f.fma512_ports) == (2, 2, 2)
+    assert {"amx_tile", "amx_bf16", "amx_int8", "avx512_fp16"} <= f.flags
+    assert f.l3_total == 480 * MiB and f.l3_shared_by == 2
+    assert f.l3_per_core == _tuning.L3_PER_CORE_CAP == 4 * MiB
+    assert f.llc_budget == 8 * MiB and "capped" in f.l3_source
+    assert f.l2_per_core == 2 * MiB
+
+
+def test_avx2_desktop_facts(avx2_desktop):
+    f = detect_cpu(*avx2_desktop)
+    assert (f.isa_level, f.isa_name, f.fma512_ports, f.n_cores) == (1, "avx2+fma", 0, 12)
+    assert f.l2_per_core == 128 * 1024          # 256K shared by two hyperthreads
+    assert f.l3_per_core == MiB and f.llc_budget == 12 * MiB
+    assert f.flags == frozenset()
+
+
+def test_no_sysfs_gives_defaults(tmp_path):
+    f = detect_cpu(str(tmp_path / "none"), str(tmp_path / "no-cpuinfo"))
+    assert (f.vendor, f.model_name, f.isa_level, f.fma512_ports, f.n_cores) == \
+        ("unknown", "unknown", 0, 0, 1)
+    assert f.l2_per_core == MiB and f.l3_per_core == 2 * MiB and f.llc_budget == 2 * MiB
+    # overrides still apply
+    f = detect_cpu(str(tmp_path / "none"), str(tmp_path / "no-cpuinfo"), n_cores=4,
+                   isa_level=1)
+    assert (f.n_cores, f.isa_level, f.llc_budget) == (4, 1, 8 * MiB)
+
+
+def test_unreadable_cache_entries_are_skipped(zen4, tmp_path):
+    sysfs, info = zen4
+    with open(os.path.join(sysfs, "cpu0", "cache", "index3", "size"), "w") as fh:
+        fh.write("lots\n")
+    f = detect_cpu(sysfs, info)
+    assert f.l3_total == 0 and f.l3_per_core == MiB   # no readable L3: the L2 is the last
+
+
+@pytest.mark.parametrize("txt,want", [("48K", 48 * 1024), ("32M", 32 * MiB), ("1G", 2**30),
+                                      ("512", 512), ("", None), ("x", None), (None, None)])
+def test_parse_size(txt, want):
+    assert _tuning._parse_size(txt) == want
+
+
+@pytest.mark.parametrize("txt,want", [("0", 1), ("0-7", 8), ("0,8", 2), ("0-3,8-11", 8),
+                                      ("", None), ("a-b", None)])
+def test_count_cpu_list(txt, want):
+    assert _tuning._count_cpu_list(txt) == want
+
+
+@pytest.mark.parametrize("vendor,family,model,name,extra,want", [
+    ("AuthenticAMD", 25, 97, "AMD Ryzen 9 7950X", "", 1),          # Zen 4: split halves
+    ("AuthenticAMD", 26, 68, "AMD Ryzen 9 9950X", "", 2),          # Zen 5 desktop
+    ("AuthenticAMD", 26, 36, "AMD Ryzen AI 9 HX 370", "", 1),      # Zen 5 mobile
+    ("GenuineIntel", 6, 85, "Intel(R) Xeon(R) Gold 6148", "", 2),  # Skylake-SP
+    ("GenuineIntel", 6, 167, "Intel(R) Xeon(R) Processor", " amx_tile", 2),  # VM-masked SPR
+    ("GenuineIntel", 6, 140, "11th Gen Intel(R) Core(TM) i7-1185G7", "", 1),  # Tiger Lake
+])
+def test_fma512_ports_heuristic(vendor, family, model, name, extra, want):
+    flags = frozenset((AVX512 + extra).split())
+    assert _tuning._fma512_ports(vendor, family, model, name, flags) == want
+    assert _tuning._fma512_ports(vendor, family, model, name, frozenset(AVX2.split())) == 0
+
+
+# ------------------------------------------------------------------ plans on injected facts
+def _path(facts, B, T, I, H, n, **kw):
+    return plan_forward(B, T, I, H, np.float32, n, facts=facts, **kw)
+
+
+def test_zen4_plans(zen4):
+    f = detect_cpu(*zen4)
+    p = _path(f, 16, 25, 1024, 1024, 2)
+    assert p.path == "units" and "LLC budget" in p.reason
+    assert _path(f, 64, 25, 512, 512, 2).path == "stacked"
+    assert _path(f, 32, 100, 128, 256, 2).path == "stacked"
+    assert _path(f, 32, 100, 128, 128, 2).path == "rows_fused"
+    assert _path(f, 1, 200, 64, 96, 2).path == "units"
+    assert _path(f, 1, 200, 32, 64, 2).path == "rows"
+
+
+def test_xeon_vm_does_not_fuse_the_big_shape(xeon_vm):
+    f = detect_cpu(*xeon_vm)
+    p = _path(f, 16, 25, 1024, 1024, 2)
+    assert p.path != "rows_fused"
+    assert p.path == "units"
+
+
+def test_avx2_plans_stay_on_blas(avx2_desktop):
+    f = detect_cpu(*avx2_desktop)
+    assert _path(f, 16, 25, 1024, 1024, 2).path == "rows"
+    assert _path(f, 64, 25, 512, 512, 2).path == "rows"       # no stacked without AVX-512
+    assert _path(f, 32, 25, 64, 128, 2).path == "rows_fused"
+    assert _path(f, 1, 25, 64, 128, 2).path == "units"        # small batch: still split
+
+
+def test_no_sysfs_plans(tmp_path):
+    f = detect_cpu(str(tmp_path / "none"), str(tmp_path / "none"), n_cores=2)
+    assert _path(f, 16, 25, 1024, 1024, 2).path == "rows"
+    assert _path(f, 0, 25, 8, 8, 2).path == "rows"
+
+
+def test_backward_plan():
+    assert functional.plan_backward(16, 2).n_threads == 2
+    assert functional.plan_backward(7, 2).n_threads == 1
+    assert functional.plan_backward(7, 2).blas_threads == 2
+    with pytest.raises(ValueError, match="num_threads"):
+        functional.plan_backward(7, 0)
+
+
+# ------------------------------------------------------------------ forcing paths
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("path", _tuning.PATHS)
+def test_forced_path_matches_reference(path, threads, dtype):
+    B, T, I, H = 9, 5, 4, 37
+    x, W, U, b = random_lstm(np.random.default_rng(3), B, T, I, H)
+    rng = np.random.default_rng(4)
+    h0, c0 = rng.standard_normal((2, B, H)) * 0.5
+    y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0)
+    cast = [a.astype(dtype) for a in (x, W, U, b)]
+    training = path != "stacked"
+    out = lstm_forward(*cast, initial_state=(h0, c0), num_threads=threads, training=training,
+                       _plan=path)
+    for got, want in ((out.output, y), (out.h, hT), (out.c, cT)):
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+    if training:
+        dy = rng.standard_normal((B, T, H))
+        ref = lstm_ref_backward(x, W, U, tape, dy)
+        g = lstm_backward(out.cache, dy.astype(dtype), num_threads=threads)
+        tol = TOL[dtype] if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
+        for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
+            np.testing.assert_allclose(got, want, err_msg=name, **tol)
+
+
+def test_forced_plan_object_and_kernel_arguments(monkeypatch):
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(0),
+                                                            3, 4, 5, 40))
+    calls = []
+    for name in ("forward_rows", "forward_units", "forward_stacked"):
+        real = getattr(functional._lstm, name)
+        monkeypatch.setattr(functional._lstm, name,
+                            lambda *a, _n=name, _r=real: calls.append((_n,) + a[15:]) or _r(*a))
+    p = plan_forward(3, 4, 5, 40, np.float32, 2, force="units")
+    lstm_forward(x, W, U, b, num_threads=2, _plan=p)
+    lstm_forward(x, W, U, b, num_threads=2, _plan="rows_fused")
+    lstm_forward(x, W, U, b, num_threads=2, _plan="stacked")
+    # (entry point, [packed, h buffer,] threads, BLAS threads[, fuse]): batch 3 runs one
+    # batch thread
+    assert [(c[0],) + c[-3:] if c[0] == "forward_rows" else (c[0],) + c[-2:]
+            for c in calls] == [("forward_units", 2, 2), ("forward_rows", 1, 2, True),
+                                ("forward_stacked", 1, 2)]
+
+
+@pytest.mark.parametrize("path,kw,match", [
+    ("units", {"recurrent_mask": np.ones((3, 40))}, "recurrent mask"),
+    ("stacked", {"training": True}, "inference only"),
+    ("stacked", {"lengths": [1, 2, 4], "go_backwards": True}, "backwards"),
+    ("rows_fused", {"lengths": [1, 2, 4]}, "lengths"),
+    ("fastest", {}, "unknown path"),
+])
+def test_invalid_forced_paths_say_why(path, kw, match):
+    x, W, U, b = random_lstm(np.random.default_rng(0), 3, 4, 5, 40)
+    with pytest.raises(ValueError, match=match) as info:
+        lstm_forward(x, W, U, b, num_threads=2, _plan=path, **kw)
+    assert path in str(info.value)
+
+
+def test_forced_path_type_and_allowed_edge_cases():
+    x, W, U, b = random_lstm(np.random.default_rng(0), 3, 4, 5, 40)
+    with pytest.raises(TypeError, match="_plan"):
+        lstm_forward(x, W, U, b, _plan=3)
+    ref = lstm_forward(x, W, U, b, recurrent_mask=np.ones((3, 40)), num_threads=1)
+    # one thread runs the unit split with a mask (no team shares h_prev)
+    out = lstm_forward(x, W, U, b, recurrent_mask=np.ones((3, 40)), num_threads=1,
+                       _plan="units")
+    np.testing.assert_allclose(out.output, ref.output, **TOL[np.float64])
+    assert lstm_forward(x[:0], W, U, b, _plan="units").output.shape == (0, 4, 40)
+
+
+# ------------------------------------------------------------------ the tuning cache
+def _plan_now(B=2, I=3, H=20, n=2, **kw):
+    return plan_forward(B, 4, I, H, np.float32, n, **kw)
+
+
+def _identity():
+    return _tuning._identity(_tuning.detected_cpu())
+
+
+def _write(cache_dir, text):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / "tuning.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+
+
+def _valid(choices, **extra):
+    return json.dumps({"format": 1, **_identity(), "choices": choices, **extra})
+
+
+def test_cache_path_precedence(monkeypatch, tmp_path):
+    assert _tuning.cache_path() == str(tmp_path / "cache" / "tuning.json")
+    monkeypatch.delenv("CYLSTM_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _tuning.cache_path() == str(tmp_path / "xdg" / "cylstm" / "tuning.json")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _tuning.cache_path() == str(tmp_path / "home" / ".cache" / "cylstm" / "tuning.json")
+
+
+def test_stored_choice_is_used_when_valid(cache_dir):
+    key = _tuning.shape_class(2, 3, 20, "float32", 2)
+    assert key == "float32/t2/B2/I2/H16"
+    _write(cache_dir, _valid({key: {"path": "units"}}))
+    p = _plan_now()
+    assert p.path == "units" and p.reason.startswith("tuned cache")
+    assert _plan_now(B=3, H=31).path == "units"          # same class
+    assert not _plan_now(training=True).reason.startswith("tuned")   # inference only
+    assert not _plan_now(n=1).reason.startswith("tuned")             # another thread count
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(1),
+                                                            2, 4, 3, 20))
+    np.testing.assert_allclose(lstm_forward(x, W, U, b, num_threads=2).output,
+                               lstm_forward(x, W, U, b, num_threads=2, _plan="rows").output,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_stored_choice_invalid_for_the_call_falls_back(cache_dir):
+    key = _tuning.shape_class(2, 3, 20, "float32", 2)
+    _write(cache_dir, _valid({key: {"path": "rows_fused"}}))
+    p = _plan_now(has_lengths=True)
+    assert p.path != "rows_fused" and not p.reason.startswith("tuned")
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"\x00\xffgarbage", "invalid JSON"),
+    ("{\"format\": 1, \"cpu\": \"x\", \"choi", "invalid JSON"),      # truncated
+    ("[1, 2]", "unknown format"),
+    ("OTHER_CPU", "another cpu"),
+    ("OTHER_VERSION", "another version"),
+    ("BAD_PATH", "bad entry"),
+])
+def test_bad_cache_files_are_ignored_and_rewritten(cache_dir, content, problem):
+    key = _tuning.shape_class(2, 3, 20, "float32", 2)
+    if content == "OTHER_CPU":
+        content = json.dumps({"format": 1, **_identity(), "cpu": "Some Other CPU 9000",
+                              "choices": {key: {"path": "units"}}})
+    elif content == "OTHER_VERSION":
+        content = json.dumps({"format": 1, **_identity(), "version": "0.0.1",
+                              "choices": {key: {"path": "units"}}})
+    elif content == "BAD_PATH":
+        content = _valid({key: {"path": "turbo"}})
+    _write(cache_dir, content)
+    data, why = _tuning.read_cache()
+    assert data is None and problem in why
+    model = plan_forward(2, 4, 3, 20, np.float32, 2, facts=_tuning.cpu_facts())
+    p = _plan_now()
+    assert not p.reason.startswith("tuned") and p.path == model.path
+    # the next tune() rewrites the file for this CPU and version
+    res = cylstm.tune([(2, 2, 3, 20)], num_threads=2, repeats=1, probe=False)
+    assert set(res) == {key} and res[key]["path"] in _tuning.PATHS
+    data, why = _tuning.read_cache()
+    assert why is None and set(data["choices"]) == {key}
+    assert data["cpu"] == _identity()["cpu"] and data["version"] == cylstm.__version__
+    assert _plan_now().reason.startswith("tuned cache")
+    assert [f.name for f in cache_dir.iterdir()] == ["tuning.json"]   # no temp files left
+
+
+def test_tune_merges_and_writes_atomically(cache_dir, monkeypatch):
+    cylstm.tune([(2, 2, 3, 20)], num_threads=1, repeats=1, probe=False)
+    before = (cache_dir / "tuning.json").read_bytes()
+    cylstm.tune([(2, 1, 3, 40)], num_threads=1, repeats=1, probe=False)
+    data, _ = _tuning.read_cache()
+    assert len(data["choices"]) == 2
+    for entry in data["choices"].values():
+        assert set(entry["ms"]) <= set(_tuning.PATHS) and entry["path"] in entry["ms"]
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    (cache_dir / "tuning.json").write_bytes(before)
+    with pytest.raises(OSError, match="disk full"):
+        cylstm.tune([(2, 4, 3, 20)], num_threads=1, repeats=1, probe=False)
+    assert (cache_dir / "tuning.json").read_bytes() == before     # the old file stands
+    assert [f.name for f in cache_dir.iterdir()] == ["tuning.json"]
+
+
+def test_tune_off_reads_and_measures_nothing(cache_dir, monkeypatch):
+    key = _tuning.shape_class(2, 3, 20, "float32", 2)
+    _write(cache_dir, _valid({key: {"path": "units"}}))
+    monkeypatch.setenv("CYLSTM_TUNE", "0")
+    assert not _plan_now().reason.startswith("tuned")
+    before = (cache_dir / "tuning.json").read_bytes()
+    with pytest.warns(UserWarning, match="CYLSTM_TUNE=0"):
+        assert cylstm.tune([(2, 2, 3, 20)], num_threads=2) == {}
+    assert (cache_dir / "tuning.json").read_bytes() == before
+
+
+def test_tune_validates_shapes():
+    with pytest.raises(ValueError, match="shapes"):
+        cylstm.tune([(0, 2, 3, 4)], num_threads=1, probe=False)
+    with pytest.raises(ValueError, match="num_threads"):
+        cylstm.tune([(1, 2, 3, 4)], num_threads=0, probe=False)
+
+
+def test_probe_raises_the_l3_bound_only_within_sysfs(cache_dir, monkeypatch, xeon_vm):
+    facts = detect_cpu(*xeon_vm)
+    monkeypatch.setattr(_tuning, "_detected", facts)
+    _write(cache_dir, _valid({}, l3_per_core_probe=16 * MiB))
+    f = _tuning.cpu_facts()
+    assert f.l3_per_core == 16 * MiB and f.llc_budget == 32 * MiB and "probe" in f.l3_source
+    _write(cache_dir, _valid({}, l3_per_core_probe=1024 * MiB))   # above the sysfs share
+    assert _tuning.cpu_facts().l3_per_core == 240 * MiB
+    _write(cache_dir, _valid({}, l3_per_core_probe=MiB))          # below the cap: cap stands
+    assert _tuning.cpu_facts() == facts
+    _write(cache_dir, _valid({}, l3_per_core_probe="big"))
+    assert _tuning.read_cache()[0] is None and _tuning.cpu_facts() == facts
+
+
+def test_probe_is_quick_and_returns_a_size_or_none():
+    import time
+
+    t0 = time.perf_counter()
+    knee = _tuning.probe_l3_per_core(max_bytes=8 * MiB, budget_s=0.05)
+    assert time.perf_counter() - t0 < 0.5
+    assert knee is None or (isinstance(knee, int) and MiB <= knee <= 8 * MiB)
+
+
+def test_command_line_and_callable_module(cache_dir, capsys):
+    import cylstm.tune as tune_module
+
+    assert callable(cylstm.tune)
+    assert tune_module.main(["--shapes", "2,2,3,20", "--threads", "1", "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    assert "float32/t1/B2/I2/H16" in out and "tuning.json" in out
+    with pytest.raises(SystemExit):
+        tune_module.main(["--shapes", "2,2,3"])
+    res = cylstm.tune([(1, 1, 2, 8)], num_threads=1, repeats=1, probe=False)
+    assert list(res) == ["float32/t1/B1/I2/H8"]
+
+
+def test_show_config_reports_facts_thresholds_and_cache(cache_dir, capsys, monkeypatch):
+    import io
+
+    buf = io.StringIO()
+    cylstm.show_config(file=buf)
+    text = buf.getvalue()
+    for want in ("BLAS", "OpenMP", "CUDA", "CPU:", "LLC budget", "PANEL_TEAM_MIN_BYTES = ",
+                 "FUSE_MIN_ROWS = 8: default", str(cache_dir / "tuning.json"),
+                 "no cache file"):
+        assert want in text, want
+    monkeypatch.setattr(_tuning, "FUSE_MIN_ROWS", 5)
+    cylstm.tune([(1, 1, 2, 8)], num_threads=1, repeats=1, probe=False)
+    buf = io.StringIO()
+    cylstm.show_config(file=buf)
+    text = buf.getvalue()
+    assert "FUSE_MIN_ROWS = 5: overridden (default 8)" in text
+    assert "1 shape classes measured" in text and "float32/t1/B1/I2/H8" in text
+    monkeypatch.setenv("CYLSTM_TUNE", "0")
+    buf = io.StringIO()
+    cylstm.show_config(file=buf)
+    assert "tuned cache: off" in buf.getvalue()
+
+
+def test_patched_thresholds_in_tuning_change_the_plan(monkeypatch, zen4):
+    f = detect_cpu(*zen4)
+    assert _path(f, 16, 5, 8, 20, 2).path == "rows_fused"
+    monkeypatch.setattr(_tuning, "FUSE_MIN_ROWS", 9)
+    assert _path(f, 16, 5, 8, 20, 2).path == "rows"
+
+
+def test_cpufacts_is_frozen():
+    f = CpuFacts()
+    with pytest.raises(Exception):
+        f.n_cores = 3  # noqa: B018
+    assert isinstance(plan_forward(1, 1, 1, 1, np.float32, 1, facts=f), ForwardPlan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f.with_l3_per_core(MiB, "x").llc_budget == MiB
