@@ -117,7 +117,16 @@ PARALLEL_MIN_SIZE = 32_768
 L3_PER_CORE_CAP = 4 * 2**20
 
 #: Each threshold and what it was measured on (show_config prints them).
+# How long an idle pool worker (include/cylstm_pool.h) spins for the next job
+# before it sleeps on a futex.  A call that comes sooner finds it awake; past it
+# the worker costs nothing, and the caller never waits for a sleeping one (it
+# starts alone, the worker joins when it wakes).  Spinning longer only burns a
+# core a neighbour may need: 2-vCPU Xeon (Sapphire Rapids class), 2026-12-01,
+# bench/compare.py --only cold,busy: 50 us kept back-to-back calls warm.
+POOL_SPIN_NS = 50_000
+
 THRESHOLDS = {
+    "POOL_SPIN_NS": "thread pool; 2-vCPU Xeon, bench/compare.py cold/busy, 2026-12-01",
     "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11",
     "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",
     "PANEL_SPLIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",

@@ -44,6 +44,8 @@ LSTMGrads = namedtuple(
 _LLC = None
 
 
+_lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
+
 def _dtype_of(name, a):
     a = np.asarray(a) if not isinstance(a, np.ndarray) else a
     k = a.dtype.kind
