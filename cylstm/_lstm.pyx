@@ -34,6 +34,7 @@ from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
+from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_barrier,
                             cyl_stream_panel_f32, cyl_stream_panel_f64,
@@ -58,6 +59,18 @@ def _set_blas_thread_setter(size_t address):
     """Install ``openblas_set_num_threads`` of SciPy's BLAS (0 to disable)."""
     global _blas_set_threads
     _blas_set_threads = <set_threads_fn> address
+
+
+def _force_cpu_level(int level):
+    """Force this extension's kernels to ISA ``level`` (0..2, never above the
+    CPU's; -1 drops the override); return the override replaced.  Use
+    cylstm._cpu.forced_level, which validates and sets every extension."""
+    return cyl_cpu_force(level)
+
+
+def _cpu_levels():
+    """(detected, active) ISA levels of this extension's kernels."""
+    return cyl_cpu_detected_level(), cyl_cpu_level()
 
 
 cdef inline void _blas_threads(int n) noexcept nogil:
