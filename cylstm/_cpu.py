@@ -24,7 +24,7 @@ import os
 
 from cylstm import _lstm, _stream
 
-__all__ = ["LEVELS", "active_level", "check_env", "detected_level", "forced_level",
+__all__ = ["LEVELS", "VARIANTS", "active_level", "check_env", "detected_level", "forced_level",
            "level_name", "parse_cpu_env"]
 
 LEVELS = {"avx512": 2, "avx2": 1, "baseline": 0}
@@ -32,6 +32,11 @@ _NAMES = {level: name for name, level in LEVELS.items()}
 
 # the extensions that include cylstm_cpu.h, each with its own forced level
 _EXTENSIONS = (_lstm, _stream)
+
+#: True where the kernels were compiled once per level (x86-64 Linux with GCC >= 12
+#: or Clang); elsewhere they are built once and a forced level changes only the
+#: level reported and the AVX-512-only passes it gates.
+VARIANTS = _lstm.ISA_VARIANTS
 
 
 def level_name(level):

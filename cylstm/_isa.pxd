@@ -9,3 +9,4 @@ cdef extern from "cylstm_cpu.h" nogil:
     int cyl_cpu_level() noexcept            # the level the kernels run now
     int cyl_cpu_detected_level() noexcept   # the level the CPU has
     int cyl_cpu_force(int level) noexcept   # -1: no override; returns the previous one
+    int CYL_ISA_VARIANTS                    # 1: kernels built per level, 0: built once

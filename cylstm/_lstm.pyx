@@ -34,7 +34,8 @@ from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
-from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
+from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
+                           cyl_cpu_level)
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_barrier,
                             cyl_stream_panel_f32, cyl_stream_panel_f64,
@@ -48,6 +49,9 @@ cdef enum:
     PANEL_UNITS_F64_C = 8
 PANEL_UNITS_F32 = PANEL_UNITS_F32_C
 PANEL_UNITS_F64 = PANEL_UNITS_F64_C
+# Whether the kernels were compiled once per ISA level (x86-64 GCC >= 12 / Clang on
+# Linux, without -DCYLSTM_NO_CLONES) or once for all (include/cylstm_cpu.h)
+ISA_VARIANTS = bool(CYL_ISA_VARIANTS)
 
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil

@@ -265,6 +265,7 @@ def test_streaming_runner_bfloat16_weights(level):
 
 
 @pytest.mark.skipif(DETECTED < 2, reason="the AVX-512 float32 cell needs an AVX-512 CPU")
+@pytest.mark.skipif(not _cpu.VARIANTS, reason="a build without per-level kernels")
 def test_forcing_avx2_leaves_the_avx512_cell():
     # the float32 cell's AVX-512 intrinsics (reciprocal + Newton step) round
     # differently from the portable loop the x86-64-v3 variant runs: if forcing
