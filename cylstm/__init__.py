@@ -13,6 +13,12 @@ import importlib
 
 __version__ = "0.1.0"
 
+# CYLSTM_CPU (an ISA level to force) is refused here, with a clear error, if it
+# is unknown or above the CPU's level: before anything runs a kernel.
+from cylstm import _cpu  # noqa: E402
+
+_cpu.check_env()
+
 from cylstm._config import get_num_threads, set_num_threads, show_config  # noqa: E402,F401
 from cylstm._tuning import tune  # noqa: E402,F401
 from cylstm import functional  # noqa: E402,F401

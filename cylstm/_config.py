@@ -133,7 +133,7 @@ def show_config(file=None):
     import scipy
 
     from cylstm import __version__
-    from cylstm import _build_info
+    from cylstm import _build_info, _cpu
 
     out = file or sys.stdout
     b = blas_info()
@@ -156,6 +156,10 @@ def show_config(file=None):
         f"  cylstm threads: {get_num_threads()} (cores available: {_available_cores()})",
         f"  CUDA backend built: {bool(cuda)}; GPU available: {cuda_avail}",
         f"  debug build: {_build_info.DEBUG}, native build: {_build_info.NATIVE}",
+        f"  ISA level: {_cpu.level_name(_cpu.active_level())} "
+        f"(CPU: {_cpu.level_name(_cpu.detected_level())}; "
+        f"CYLSTM_CPU={os.environ.get('CYLSTM_CPU')!r}; "
+        f"kernels {'per level' if _cpu.VARIANTS else 'built once'})",
     ]
     try:
         lines += _planner_lines()

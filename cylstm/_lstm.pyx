@@ -34,6 +34,8 @@ from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
+from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
+                           cyl_cpu_level)
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_panel_f32,
                             cyl_stream_panel_f64)
@@ -46,6 +48,9 @@ cdef enum:
     PANEL_UNITS_F64_C = 8
 PANEL_UNITS_F32 = PANEL_UNITS_F32_C
 PANEL_UNITS_F64 = PANEL_UNITS_F64_C
+# Whether the kernels were compiled once per ISA level (x86-64 GCC >= 12 / Clang on
+# Linux, without -DCYLSTM_NO_CLONES) or once for all (include/cylstm_cpu.h)
+ISA_VARIANTS = bool(CYL_ISA_VARIANTS)
 
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
@@ -57,6 +62,18 @@ def _set_blas_thread_setter(size_t address):
     """Install ``openblas_set_num_threads`` of SciPy's BLAS (0 to disable)."""
     global _blas_set_threads
     _blas_set_threads = <set_threads_fn> address
+
+
+def _force_cpu_level(int level):
+    """Force this extension's kernels to ISA ``level`` (0..2, never above the
+    CPU's; -1 drops the override); return the override replaced.  Use
+    cylstm._cpu.forced_level, which validates and sets every extension."""
+    return cyl_cpu_force(level)
+
+
+def _cpu_levels():
+    """(detected, active) ISA levels of this extension's kernels."""
+    return cyl_cpu_detected_level(), cyl_cpu_level()
 
 
 cdef inline void _blas_threads(int n) noexcept nogil:

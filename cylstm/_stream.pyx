@@ -30,6 +30,7 @@ from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm
 from cylstm._cell cimport cell_forward, sigmoid, tanh_
+from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
 cnp.import_array()
 
@@ -103,8 +104,21 @@ def _set_blas_thread_setter(size_t address):
     _blas_set_threads = <set_threads_fn> address
 
 
+def _force_cpu_level(int level):
+    """Force this extension's kernels to ISA ``level`` (0..2, never above the
+    CPU's; -1 drops the override); return the override replaced.  Use
+    cylstm._cpu.forced_level, which validates and sets every extension."""
+    return cyl_cpu_force(level)
+
+
+def _cpu_levels():
+    """(detected, active) ISA levels of this extension's kernels."""
+    return cyl_cpu_detected_level(), cyl_cpu_level()
+
+
 def cpu_level():
-    """The kernel clone this CPU runs: 2 AVX-512, 1 AVX2 + FMA, 0 baseline."""
+    """The ISA level the kernels run now: 2 AVX-512, 1 AVX2 + FMA, 0 baseline
+    (the CPU's, or a lower one forced by CYLSTM_CPU or cylstm._cpu)."""
     return cyl_stream_cpu_level()
 
 

@@ -5,8 +5,10 @@
  *
  * The loops are written for the vectorizer: branch-free activations from
  * cylstm_math.h, `#pragma omp simd`, and -- on GCC/Clang for x86-64 -- one
- * clone per instruction set (AVX-512, AVX2+FMA, baseline SSE2) picked at load
- * time, so a portable wheel still runs 16-wide on a CPU that has AVX-512.
+ * variant per instruction set (AVX-512, AVX2+FMA, baseline SSE2) picked at run
+ * time by cyl_cpu_level() (CYL_ISA_KERNEL in cylstm_cpu.h), so a portable wheel
+ * still runs 16-wide on a CPU that has AVX-512, and CYLSTM_CPU can force a
+ * lower level.
  *
  * H is the number of units processed, gs the stride between the gate blocks
  * [i | f | g | o] of za, zb, bias, gates and dz (gs == H for a whole layer;
@@ -22,14 +24,6 @@
 #include <stddef.h>
 #include "cylstm_math.h"
 #include "cylstm_cpu.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER) && \
-    defined(__linux__) && !defined(CYLSTM_NO_CLONES) && \
-    (defined(__clang__) || __GNUC__ >= 12)
-#define CYL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CYL_CLONES
-#endif
 
 #if defined(_OPENMP) || defined(__clang__) || defined(__GNUC__)
 #define CYL_SIMD _Pragma("omp simd")
@@ -105,12 +99,10 @@
  * NaN propagates: every clamp is written min(const, v), which returns v when
  * v is NaN.
  */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER) && \
-    defined(__linux__) && !defined(CYLSTM_NO_CLONES) && \
-    (defined(__clang__) || __GNUC__ >= 12)
+#if CYL_ISA_VARIANTS
 #define CYL_CELL_AVX512 1
 #include <immintrin.h>
-#define CYL_V4 __attribute__((target("arch=x86-64-v4")))
+#define CYL_V4 CYL_TARGET_V4
 
 CYL_V4 static inline __m512 cyl_rcp16(__m512 d)
 {
@@ -161,7 +153,7 @@ CYL_V4 static inline __m512 cyl_tanh16(__m512 x)
     return _mm512_or_ps(y, _mm512_and_ps(x, sign));
 }
 
-CYL_V4 static void cyl_cell_forward_f32_v4(
+CYL_V4 static void cyl_cell_forward_f32_avx512(
     ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
     const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
 {
@@ -195,7 +187,7 @@ CYL_V4 static void cyl_cell_forward_f32_v4(
     }
 }
 
-CYL_V4 static void cyl_cell_backward_f32_v4(
+CYL_V4 static void cyl_cell_backward_f32_avx512(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
     const float *dh, float *dc, float *dz)
 {
@@ -225,50 +217,53 @@ CYL_V4 static void cyl_cell_backward_f32_v4(
     }
 }
 
+/* The float32 variant for x86-64-v4 runs the intrinsics above (a
+ * compile-time branch: CYL_ISA_IS_V4 is a constant in each variant). */
+#define CYL_CELL_FWD_F32_AVX512                                               \
+    if (CYL_ISA_IS_V4) {                                                      \
+        cyl_cell_forward_f32_avx512(H, gs, za, zb, gzb, bias, c_prev, gates,  \
+                                    c_out, h_out);                            \
+        return;                                                               \
+    }
+#define CYL_CELL_BWD_F32_AVX512                                               \
+    if (CYL_ISA_IS_V4) {                                                      \
+        cyl_cell_backward_f32_avx512(H, gs, gates, c, c_prev, dh, dc, dz);    \
+        return;                                                               \
+    }
 #else
 #define CYL_CELL_AVX512 0
+#define CYL_CELL_FWD_F32_AVX512
+#define CYL_CELL_BWD_F32_AVX512
 #endif
 
-CYL_CLONES static void cyl_cell_forward_f32(
-    ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
-    const float *bias,
-    const float *c_prev, float *gates, float *c_out, float *h_out)
-{
-#if CYL_CELL_AVX512
-    if (cyl_cpu_level() == 2) {
-        cyl_cell_forward_f32_v4(H, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out);
-        return;
-    }
-#endif
-    CYL_CELL_FORWARD_BODY(float, cyl_sigmoidf, cyl_tanhf)
-}
+/* The float32 bodies: the intrinsics where they may run, else the loops. */
+#define CYL_CELL_FORWARD_F32_BODY() \
+    CYL_CELL_FWD_F32_AVX512 CYL_CELL_FORWARD_BODY(float, cyl_sigmoidf, cyl_tanhf)
+#define CYL_CELL_BACKWARD_F32_BODY() \
+    CYL_CELL_BWD_F32_AVX512 CYL_CELL_BACKWARD_BODY(float, cyl_tanhf)
 
-CYL_CLONES static void cyl_cell_forward_f64(
-    ptrdiff_t H, ptrdiff_t gs, const double *za, const double *zb, ptrdiff_t gzb,
-    const double *bias,
-    const double *c_prev, double *gates, double *c_out, double *h_out)
-{
-    CYL_CELL_FORWARD_BODY(double, cyl_sigmoid, cyl_tanh)
-}
+CYL_ISA_KERNEL(cyl_cell_forward_f32,
+    (ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
+     const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out),
+    (H, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out),
+    CYL_CELL_FORWARD_F32_BODY, ())
 
-CYL_CLONES static void cyl_cell_backward_f32(
-    ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
-    const float *dh, float *dc, float *dz)
-{
-#if CYL_CELL_AVX512
-    if (cyl_cpu_level() == 2) {
-        cyl_cell_backward_f32_v4(H, gs, gates, c, c_prev, dh, dc, dz);
-        return;
-    }
-#endif
-    CYL_CELL_BACKWARD_BODY(float, cyl_tanhf)
-}
+CYL_ISA_KERNEL(cyl_cell_forward_f64,
+    (ptrdiff_t H, ptrdiff_t gs, const double *za, const double *zb, ptrdiff_t gzb,
+     const double *bias, const double *c_prev, double *gates, double *c_out, double *h_out),
+    (H, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out),
+    CYL_CELL_FORWARD_BODY, (double, cyl_sigmoid, cyl_tanh))
 
-CYL_CLONES static void cyl_cell_backward_f64(
-    ptrdiff_t H, ptrdiff_t gs, const double *gates, const double *c, const double *c_prev,
-    const double *dh, double *dc, double *dz)
-{
-    CYL_CELL_BACKWARD_BODY(double, cyl_tanh)
-}
+CYL_ISA_KERNEL(cyl_cell_backward_f32,
+    (ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
+     const float *dh, float *dc, float *dz),
+    (H, gs, gates, c, c_prev, dh, dc, dz),
+    CYL_CELL_BACKWARD_F32_BODY, ())
+
+CYL_ISA_KERNEL(cyl_cell_backward_f64,
+    (ptrdiff_t H, ptrdiff_t gs, const double *gates, const double *c, const double *c_prev,
+     const double *dh, double *dc, double *dz),
+    (H, gs, gates, c, c_prev, dh, dc, dz),
+    CYL_CELL_BACKWARD_BODY, (double, cyl_tanh))
 
 #endif /* CYLSTM_CELL_H */

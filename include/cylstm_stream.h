@@ -28,10 +28,11 @@
  * loaded serves several rows; a batch of one streams the panel once per step.
  *
  * VL is 16 floats / 8 doubles (64 bytes).  The kernel is written with GCC/Clang
- * vector extensions and compiled three times (target_clones): x86-64-v4
- * (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline; the loader picks the
- * clone for the CPU once.  Other compilers (or -DCYLSTM_STREAM_PORTABLE, used to
- * test that path) get the plain C loops below.
+ * vector extensions and compiled three times (CYL_ISA_KERNEL, cylstm_cpu.h):
+ * x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline; each call runs
+ * the variant for cyl_cpu_level(), the CPU's level or a lower one forced with
+ * CYLSTM_CPU.  Other compilers (or -DCYLSTM_STREAM_PORTABLE, used to test that
+ * path) get the plain C loops below, built once.
  * Products are summed in k order, one accumulator per output element, so a
  * result does not depend on which thread computes which panel (serial ==
  * threaded, bit for bit).
@@ -62,13 +63,11 @@
 #define CYL_STREAM_VECTOR 0
 #endif
 
-#if CYL_STREAM_VECTOR && defined(__x86_64__) && defined(__linux__) && \
-    !defined(CYLSTM_NO_CLONES) && (defined(__clang__) || __GNUC__ >= 12)
-#define CYL_STREAM_CLONES \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define CYL_STREAM_CLONES_NAME "target_clones(x86-64-v4, x86-64-v3, default)"
+#if CYL_STREAM_VECTOR && CYL_ISA_VARIANTS
+#define CYL_STREAM_KERNEL CYL_ISA_KERNEL
+#define CYL_STREAM_CLONES_NAME "variants x86-64-v4, x86-64-v3, baseline (chosen at run time)"
 #else
-#define CYL_STREAM_CLONES
+#define CYL_STREAM_KERNEL CYL_ISA_SINGLE
 #define CYL_STREAM_CLONES_NAME "single build"
 #endif
 
@@ -277,7 +276,7 @@ typedef double cyl_vd __attribute__((vector_size(64)));
  * 24 accumulators (6 rows x 4 vectors) stay in the 32 AVX-512 registers, and
  * each k costs 4 vector loads and 6 broadcasts for 24 fused multiply-adds.
  * Compiled for x86-64-v4 only (with 16 AVX2 registers it would spill) and
- * called only where cyl_cpu_level() == 2.  Same arithmetic as the other
+ * called only where CYL_ISA_IS_V4 (the v4 variant of the panel functions).  Same arithmetic as the other
  * bodies (one accumulator per output, summed in k order), so a row gives the
  * same bits whichever body computes it. */
 #if CYL_STREAM_VECTOR && defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 12) && \
@@ -376,7 +375,7 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
  * blocks of 4 rows (a last 3 as 4, one repeated), a last 2 as 2, a last 1 alone. */
 #if CYL_STREAM_ROWS6
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
-    if (nrows >= 6 && w % (4 * VL) == 0 && cyl_cpu_level() == 2)                  \
+    if (CYL_ISA_IS_V4 && nrows >= 6 && w % (4 * VL) == 0)                          \
         for (; nrows - r >= 6; r += 6)                                             \
             ROWS6_FN(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,           \
                      z0 + r * ldz, ldz);
@@ -417,19 +416,21 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
  * Row r of a, b and z starts at a + r*lda, b + r*ldb, z + r*ldz.
  * kb may be 0 (b is then not read: Dense layers).
  */
-CYL_STREAM_CLONES
-static void cyl_stream_panel_f32(const float* P, ptrdiff_t w, ptrdiff_t nrows,
-                                 const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                 const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                 float* z0, ptrdiff_t ldz)
-CYL_PANEL_FN_BODY(float, cyl_vf, CYL_STREAM_VLF, cyl_stream_rows6_f32)
+CYL_STREAM_KERNEL(cyl_stream_panel_f32,
+    (const float* P, ptrdiff_t w, ptrdiff_t nrows,
+     const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+     const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+     float* z0, ptrdiff_t ldz),
+    (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz),
+    CYL_PANEL_FN_BODY, (float, cyl_vf, CYL_STREAM_VLF, cyl_stream_rows6_f32))
 
-CYL_STREAM_CLONES
-static void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
-                                 const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                 const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                 double* z0, ptrdiff_t ldz)
-CYL_PANEL_FN_BODY(double, cyl_vd, CYL_STREAM_VLD, cyl_stream_rows6_f64)
+CYL_STREAM_KERNEL(cyl_stream_panel_f64,
+    (const double* P, ptrdiff_t w, ptrdiff_t nrows,
+     const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+     const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+     double* z0, ptrdiff_t ldz),
+    (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz),
+    CYL_PANEL_FN_BODY, (double, cyl_vd, CYL_STREAM_VLD, cyl_stream_rows6_f64))
 
 /*
  * The same product over bfloat16 weights (the upper 16 bits of float32, rounded
@@ -467,86 +468,96 @@ typedef uint32_t cyl_vu __attribute__((vector_size(64)));
 #define CYL_BF_HI(u) ((cyl_vf)((u) & 0xffff0000u))
 #endif
 
-CYL_STREAM_CLONES
-static void cyl_stream_panel_bf16(const uint16_t* P, ptrdiff_t w, ptrdiff_t nrows,
-                                  const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                  float* z0, ptrdiff_t ldz)
-{
-    const ptrdiff_t VL = CYL_STREAM_VLF;
-    ptrdiff_t r;
-    for (r = 0; r < nrows; r++) {
-        const float* a = a0 + r * lda;
-        const float* b = b0 + r * ldb;
-        float* z = z0 + r * ldz;
-        const ptrdiff_t K = ka + kb;
-        const ptrdiff_t wv = (w / VL) * VL;
-        ptrdiff_t j = 0, k;
+/* The 64- and 32-column groups of the main block, with vector extensions. */
 #if CYL_STREAM_VECTOR
-        for (; j + 64 <= wv; j += 64) {
-            cyl_vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-            const uint16_t* p = P + j;
-            for (k = 0; k < ka; k++, p += wv) {
-                const float v = a[k];
-                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);
-                s0 += v * CYL_BF_LO(u0);
-                s1 += v * CYL_BF_HI(u0);
-                s2 += v * CYL_BF_LO(u1);
-                s3 += v * CYL_BF_HI(u1);
-            }
-            for (k = 0; k < kb; k++, p += wv) {
-                const float v = b[k];
-                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);
-                s0 += v * CYL_BF_LO(u0);
-                s1 += v * CYL_BF_HI(u0);
-                s2 += v * CYL_BF_LO(u1);
-                s3 += v * CYL_BF_HI(u1);
-            }
-            CYL_ST(z + j, s0);
-            CYL_ST(z + j + 16, s1);
-            CYL_ST(z + j + 32, s2);
-            CYL_ST(z + j + 48, s3);
+#define CYL_BF16_VECTOR_PART                                                         \
+        for (; j + 64 <= wv; j += 64) {                                              \
+            cyl_vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                           \
+            const uint16_t* p = P + j;                                               \
+            for (k = 0; k < ka; k++, p += wv) {                                      \
+                const float v = a[k];                                                \
+                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);    \
+                s0 += v * CYL_BF_LO(u0);                                             \
+                s1 += v * CYL_BF_HI(u0);                                             \
+                s2 += v * CYL_BF_LO(u1);                                             \
+                s3 += v * CYL_BF_HI(u1);                                             \
+            }                                                                        \
+            for (k = 0; k < kb; k++, p += wv) {                                      \
+                const float v = b[k];                                                \
+                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);    \
+                s0 += v * CYL_BF_LO(u0);                                             \
+                s1 += v * CYL_BF_HI(u0);                                             \
+                s2 += v * CYL_BF_LO(u1);                                             \
+                s3 += v * CYL_BF_HI(u1);                                             \
+            }                                                                        \
+            CYL_ST(z + j, s0);                                                       \
+            CYL_ST(z + j + 16, s1);                                                  \
+            CYL_ST(z + j + 32, s2);                                                  \
+            CYL_ST(z + j + 48, s3);                                                  \
+        }                                                                            \
+        for (; j + 32 <= wv; j += 32) {                                              \
+            cyl_vf s0 = {0}, s1 = {0};                                               \
+            const uint16_t* p = P + j;                                               \
+            for (k = 0; k < ka; k++, p += wv) {                                      \
+                const cyl_vu u0 = CYL_LD(cyl_vu, p);                                 \
+                s0 += a[k] * CYL_BF_LO(u0);                                          \
+                s1 += a[k] * CYL_BF_HI(u0);                                          \
+            }                                                                        \
+            for (k = 0; k < kb; k++, p += wv) {                                      \
+                const cyl_vu u0 = CYL_LD(cyl_vu, p);                                 \
+                s0 += b[k] * CYL_BF_LO(u0);                                          \
+                s1 += b[k] * CYL_BF_HI(u0);                                          \
+            }                                                                        \
+            CYL_ST(z + j, s0);                                                       \
+            CYL_ST(z + j + 16, s1);                                                  \
         }
-        for (; j + 32 <= wv; j += 32) {
-            cyl_vf s0 = {0}, s1 = {0};
-            const uint16_t* p = P + j;
-            for (k = 0; k < ka; k++, p += wv) {
-                const cyl_vu u0 = CYL_LD(cyl_vu, p);
-                s0 += a[k] * CYL_BF_LO(u0);
-                s1 += a[k] * CYL_BF_HI(u0);
-            }
-            for (k = 0; k < kb; k++, p += wv) {
-                const cyl_vu u0 = CYL_LD(cyl_vu, p);
-                s0 += b[k] * CYL_BF_LO(u0);
-                s1 += b[k] * CYL_BF_HI(u0);
-            }
-            CYL_ST(z + j, s0);
-            CYL_ST(z + j + 16, s1);
-        }
+#else
+#define CYL_BF16_VECTOR_PART
 #endif
-        for (; j < wv; j++) {   /* the plain last 16 (or everything, portable C) */
-            const ptrdiff_t c = cyl_bf16_slot(j, wv);
-            float acc = 0;
-            for (k = 0; k < ka; k++)
-                acc += a[k] * cyl_bf16_to_f32(P[k * wv + c]);
-            for (k = 0; k < kb; k++)
-                acc += b[k] * cyl_bf16_to_f32(P[(ka + k) * wv + c]);
-            z[j] = acc;
-        }
-        for (; j < w; j++) {
-            const uint16_t* q = P + K * wv + (j - wv) * K;
-            float acc = 0;
-            for (k = 0; k < ka; k++)
-                acc += a[k] * cyl_bf16_to_f32(q[k]);
-            for (k = 0; k < kb; k++)
-                acc += b[k] * cyl_bf16_to_f32(q[ka + k]);
-            z[j] = acc;
-        }
+#define CYL_PANEL_BF16_BODY()                                                           \
+    {                                                                                   \
+        const ptrdiff_t VL = CYL_STREAM_VLF;                                            \
+        ptrdiff_t r;                                                                    \
+        for (r = 0; r < nrows; r++) {                                                   \
+            const float* a = a0 + r * lda;                                              \
+            const float* b = b0 + r * ldb;                                              \
+            float* z = z0 + r * ldz;                                                    \
+            const ptrdiff_t K = ka + kb;                                                \
+            const ptrdiff_t wv = (w / VL) * VL;                                         \
+            ptrdiff_t j = 0, k;                                                         \
+            CYL_BF16_VECTOR_PART                                                        \
+            for (; j < wv; j++) {   /* the plain last 16 (or everything, portable C) */ \
+                const ptrdiff_t c = cyl_bf16_slot(j, wv);                               \
+                float acc = 0;                                                          \
+                for (k = 0; k < ka; k++)                                                \
+                    acc += a[k] * cyl_bf16_to_f32(P[k * wv + c]);                       \
+                for (k = 0; k < kb; k++)                                                \
+                    acc += b[k] * cyl_bf16_to_f32(P[(ka + k) * wv + c]);                \
+                z[j] = acc;                                                             \
+            }                                                                           \
+            for (; j < w; j++) {                                                        \
+                const uint16_t* q = P + K * wv + (j - wv) * K;                          \
+                float acc = 0;                                                          \
+                for (k = 0; k < ka; k++)                                                \
+                    acc += a[k] * cyl_bf16_to_f32(q[k]);                                \
+                for (k = 0; k < kb; k++)                                                \
+                    acc += b[k] * cyl_bf16_to_f32(q[ka + k]);                           \
+                z[j] = acc;                                                             \
+            }                                                                           \
+        }                                                                               \
     }
-}
 
-/* The kernel clone this CPU runs: 2 = AVX-512 (x86-64-v4),
- * 1 = AVX2 + FMA (x86-64-v3), 0 = baseline. */
+CYL_STREAM_KERNEL(cyl_stream_panel_bf16,
+    (const uint16_t* P, ptrdiff_t w, ptrdiff_t nrows,
+     const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+     const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+     float* z0, ptrdiff_t ldz),
+    (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz),
+    CYL_PANEL_BF16_BODY, ())
+
+/* The kernel variant calls run now: 2 = AVX-512 (x86-64-v4),
+ * 1 = AVX2 + FMA (x86-64-v3), 0 = baseline (the CPU's level, or a lower one
+ * forced: cylstm_cpu.h). */
 static int cyl_stream_cpu_level(void)
 {
     return cyl_cpu_level();
