@@ -77,8 +77,7 @@ def parse_cpu_env(value):
 
 
 def detected_level():
-    """The ISA level this CPU has (0 on CPUs other than x86-64, and in builds
-    without per-level kernels the level is still the CPU's)."""
+    """The ISA level this CPU has (0 on CPUs other than x86-64)."""
     return _stream._cpu_levels()[0]
 
 
