@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from reference import lstm_ref, lstm_ref_backward, random_lstm
 
-from cylstm import _cpu, _lstm, _stream, functional, stream
+from cylstm import _cpu, _lstm, _stream, stream
 from cylstm.functional import lstm_backward, lstm_forward
 from cylstm.stream import StreamRunner
 
@@ -139,7 +139,7 @@ def test_the_c_side_never_raises_the_level_above_the_cpu():
 # ---------------------------------------------------------------------------------------
 # the kernels at each level against the reference
 
-def _check_forward_backward(dtype, B, T, I, H, threads, seed, training=True):
+def _check_forward_backward(dtype, B, T, I, H, threads, seed, training=True, plan=None):
     x, W, U, b = random_lstm(np.random.default_rng(seed), B, T, I, H)
     rng = np.random.default_rng(seed + 1)
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
@@ -147,7 +147,7 @@ def _check_forward_backward(dtype, B, T, I, H, threads, seed, training=True):
     y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths)
     cast = [a.astype(dtype) for a in (x, W, U, b)]
     out = lstm_forward(*cast, initial_state=(h0, c0), lengths=lengths, training=training,
-                       num_threads=threads)
+                       num_threads=threads, _plan=plan)
     np.testing.assert_allclose(out.output, y, **TOL[dtype])
     np.testing.assert_allclose(out.h, hT, **TOL[dtype])
     np.testing.assert_allclose(out.c, cT, **TOL[dtype])
@@ -170,43 +170,22 @@ def test_cell_forward_backward(level, dtype, B, H, threads):
         _check_forward_backward(dtype, B, 7, 5, H, threads, seed=B * H)
 
 
-@pytest.fixture
-def panels_always(monkeypatch):
-    """lstm_forward takes the packed-panel path (mode 1) whenever it has two
-    threads, planned as on an AVX-512 CPU whatever level is forced."""
-    monkeypatch.setattr(functional, "_PANELS_FAST", True)
-    monkeypatch.setattr(functional, "PANEL_TEAM_MIN_BYTES", 0)
-    monkeypatch.setattr(functional, "_LLC", 0)
-
-
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,H", [(1, 40), (3, 17), (7, 33)])  # rows: 1; 2 + 1; 6 + 1 or 4 + 2 + 1
-def test_packed_panels_forward_backward(panels_always, level, dtype, B, H):
-    nt = functional._threads_for(B, 2)[1]
-    W = np.zeros((6, 4 * H), dtype)
-    U = np.zeros((H, 4 * H), dtype)
-    assert functional._forward_plan(B, H, W, U, np.dtype(dtype), nt, 2, None, None, False,
-                                    True)[0] == 1
+def test_packed_panels_forward_backward(level, dtype, B, H):
+    # the unit split: packed panels of U, threads sharing the panels of each step
     with _cpu.forced_level(level):
-        _check_forward_backward(dtype, B, 9, 6, H, 2, seed=B + H)
+        _check_forward_backward(dtype, B, 9, 6, H, 2, seed=B + H, plan="units")
 
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_stacked_panels_forward(monkeypatch, level, dtype):
-    # mode 2: [x_t, h_prev] @ packed [W; U] per step, 7 rows per thread
-    monkeypatch.setattr(functional, "_PANELS_FAST", True)
-    monkeypatch.setattr(functional, "STACKED_MIN_ROWS", 1)
-    monkeypatch.setattr(functional, "STACKED_MIN_UNITS", 1)
+def test_stacked_panels_forward(level, dtype):
+    # [x_t, h_prev] @ packed [W; U] per step, 7 rows per thread
     B, T, I, H = 14, 6, 5, 37
-    nt = functional._threads_for(B, 2)[1]
-    W = np.zeros((I, 4 * H), dtype)
-    U = np.zeros((H, 4 * H), dtype)
-    assert functional._forward_plan(B, H, W, U, np.dtype(dtype), nt, 2, None, None, False,
-                                    False)[0] == 2
     with _cpu.forced_level(level):
-        _check_forward_backward(dtype, B, T, I, H, 2, seed=3, training=False)
+        _check_forward_backward(dtype, B, T, I, H, 2, seed=3, training=False, plan="stacked")
 
 
 def _lstm_spec(rng, I, H, scale=0.4):
@@ -284,9 +263,15 @@ def test_forcing_avx2_leaves_the_avx512_cell():
 # CYLSTM_CPU in a fresh process
 
 def _python(code, value):
-    env = dict(os.environ, CYLSTM_CPU=value)
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    """Run ``code`` in a fresh interpreter with CYLSTM_CPU=value, importing the
+    same cylstm as this process (installed, or built in place) and tests/."""
+    import cylstm
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(cylstm.__file__)))
+    path = os.pathsep.join([pkg_parent, os.path.join(ROOT, "tests")])
+    env = dict(os.environ, CYLSTM_CPU=value, PYTHONPATH=path)
+    return subprocess.run([sys.executable, "-c", code], cwd=os.path.join(ROOT, "tests"),
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_unknown_cylstm_cpu_fails_import_clearly():
@@ -305,8 +290,6 @@ def test_cylstm_cpu_above_this_cpu_fails_import_clearly():
 
 def test_cylstm_cpu_baseline_runs_a_forward_that_matches_the_reference():
     code = """if True:
-        import sys
-        sys.path.insert(0, "tests")
         import numpy as np
         from reference import lstm_ref, random_lstm
         from cylstm import _cpu, _lstm, _stream
