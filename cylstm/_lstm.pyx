@@ -821,6 +821,33 @@ cdef inline int64_t* _zeroed_flags(Py_ssize_t n) noexcept nogil:
     return <int64_t*> calloc(n if n > 0 else 1, sizeof(int64_t))
 
 
+cdef bint _pool_job(cyl_pool_fn fn, void* job, int nt, int blas_threads,
+                    int64_t** flags, Py_ssize_t n_flags, int64_t** bflags,
+                    Py_ssize_t n_bflags, int64_t** words, Py_ssize_t n_words) noexcept nogil:
+    """Run ``job`` on ``nt`` threads (BLAS single-threaded meanwhile), with
+    zeroed piece words allocated for it (each pointer may be NULL: not
+    needed) and freed after.  False when the words could not be allocated."""
+    cdef int64_t** ptrs[3]
+    cdef Py_ssize_t sizes[3]
+    cdef int i
+    cdef bint ok = True
+    ptrs[0], ptrs[1], ptrs[2] = flags, bflags, words
+    sizes[0], sizes[1], sizes[2] = n_flags, n_bflags, n_words
+    for i in range(3):
+        if ptrs[i] != NULL:
+            ptrs[i][0] = _zeroed_flags(sizes[i])
+            ok = ok and ptrs[i][0] != NULL
+    if ok:
+        _blas_threads(1)
+        cyl_pool_run(fn, job, nt)
+        _blas_threads(blas_threads)
+    for i in range(3):
+        if ptrs[i] != NULL:
+            free(ptrs[i][0])
+            ptrs[i][0] = NULL
+    return ok
+
+
 cdef int _lmax(const int64_t* lp, Py_ssize_t B, Py_ssize_t T) noexcept nogil:
     cdef Py_ssize_t b, L, Lmax = 0
     for b in range(B):
@@ -861,6 +888,19 @@ cdef void _fill_job(SeqJob* j, floating* kind, const floating[:, :, ::1] x,
     j.Lmax = _lmax(j.lengths, j.B, j.T)
     if j.rmask != NULL and j.hm == NULL:
         raise ValueError("forward: a recurrent mask needs the hm scratch buffer")
+
+
+cdef void _check_panel_buffers(str name, Py_ssize_t n_packed, Py_ssize_t want_packed,
+                               str packed_len, object hs2, Py_ssize_t B, Py_ssize_t H,
+                               Py_ssize_t z_rows, Py_ssize_t z_cols, int nt,
+                               Py_ssize_t want_cols, str z_len) except *:
+    """The scratch checks the two packed-panel entry points share."""
+    if n_packed != want_packed:
+        raise ValueError(f"{name}: Pu must be {packed_len} long")
+    if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
+        raise ValueError(f"{name}: hs2 must be (B, H)")
+    if z_rows < nt or z_cols < want_cols:
+        raise ValueError(f"{name}: Z too small (n_threads, {z_len})")
 
 
 def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
@@ -905,15 +945,9 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                           <floating*> j.Hp, &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads,
                           j.fused)
             _blas_threads(blas_threads)
-        else:
-            j.flags = _zeroed_flags(j.n_pieces)
-            if j.flags == NULL:
-                j.n_pieces = 0
-            else:
-                _blas_threads(1)
-                cyl_pool_run(_rows_job, &j, j.nt)
-                _blas_threads(blas_threads)
-                free(j.flags)
+        elif not _pool_job(_rows_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
+                           NULL, 0, NULL, 0):
+            j.n_pieces = 0
     if j.n_pieces == 0:
         raise MemoryError("forward_rows: no memory for the thread flags")
 
@@ -943,16 +977,13 @@ def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if B == 0 or T == 0:
         return
     _fill_job(&j, kind, x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
-    if Pu is None or Pu.shape[0] != _stacked_len(I, H, span, _vlen(kind)):
-        raise ValueError("forward_stacked: Pu must be stacked_len(I, H) long")
     if lengths is not None and reverse:
         raise ValueError("forward_stacked: cannot run lengths backwards")
-    if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
-        raise ValueError("forward_stacked: hs2 must be (B, H)")
     j.nt = nt if nt > 1 else 1
     # a panel is at most 4 * span wide (padding only rounds a short last one up)
-    if Z.shape[0] < j.nt or Z.shape[1] < B * 4 * span:
-        raise ValueError("forward_stacked: Z too small")
+    _check_panel_buffers("forward_stacked", -1 if Pu is None else Pu.shape[0],
+                         _stacked_len(I, H, span, _vlen(kind)), "stacked_len(I, H)", hs2, B, H,
+                         Z.shape[0], Z.shape[1], j.nt, B * 4 * span, "B * 4 * span")
     j.P = &Pu[0]
     j.nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
     j.hs2 = &hs2[0, 0]
@@ -960,16 +991,9 @@ def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.n_pieces = j.nt
     j.n_blocks = j.nt
     with nogil:
-        j.flags = _zeroed_flags(j.n_pieces)
-        j.bflags = _zeroed_flags(j.n_blocks)
-        if j.flags == NULL or j.bflags == NULL:
+        if not _pool_job(_stacked_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
+                         &j.bflags, j.n_blocks, NULL, 0):
             j.n_pieces = 0
-        else:
-            _blas_threads(1)
-            cyl_pool_run(_stacked_job, &j, j.nt)
-            _blas_threads(blas_threads)
-        free(j.flags)
-        free(j.bflags)
     if j.n_pieces == 0:
         raise MemoryError("forward_stacked: no memory for the thread flags")
 
@@ -1001,17 +1025,15 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if B == 0 or T == 0:
         return
     _fill_job(&j, kind, x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
-    if Pu is None or Pu.shape[0] != _packed_len(H, span, _vlen(kind)):
-        raise ValueError("forward_units: Pu must be packed_len(H) long")
     if j.G == NULL:
         raise ValueError("forward_units: needs G")
-    if hs2 is None or hs2.shape[0] != B or hs2.shape[1] != H:
-        raise ValueError("forward_units: hs2 must be (B, H)")
     j.nt = nt if nt > 1 else 1
     if j.rmask != NULL and j.nt > 1:
         raise ValueError("forward_units: the unit split cannot take a recurrent mask")
-    if Z.shape[0] < j.nt or Z.shape[1] < units_scratch_len(B, H, span):
-        raise ValueError("forward_units: Z too small (n_threads, units_scratch(B, H))")
+    _check_panel_buffers("forward_units", -1 if Pu is None else Pu.shape[0],
+                         _packed_len(H, span, _vlen(kind)), "packed_len(H)", hs2, B, H,
+                         Z.shape[0], Z.shape[1], j.nt, units_scratch_len(B, H, span),
+                         "units_scratch(B, H)")
     j.P = &Pu[0]
     j.hs2 = &hs2[0, 0]
     j.n_panels = n_panels
@@ -1019,16 +1041,9 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
     # is picked up in halves
     j.n_blocks = 2 * j.nt if 2 * j.nt <= n_panels else n_panels
     with nogil:
-        j.bflags = _zeroed_flags(j.n_blocks)
-        j.words = _zeroed_flags(n_panels)
-        if j.bflags == NULL or j.words == NULL:
+        if not _pool_job(_units_job, &j, j.nt, blas_threads, NULL, 0, &j.bflags, j.n_blocks,
+                         &j.words, n_panels):
             j.n_blocks = 0
-        else:
-            _blas_threads(1)
-            cyl_pool_run(_units_job, &j, j.nt)
-            _blas_threads(blas_threads)
-        free(j.bflags)
-        free(j.words)
     if j.n_blocks == 0:
         raise MemoryError("forward_units: no memory for the thread flags")
 
@@ -1170,27 +1185,21 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             _blas_threads(blas_threads)
             _back_piece_t(&j, 0, &db[0])
             _blas_threads(blas_threads)
+        elif not _pool_job(_back_job, &j, nt, blas_threads, &j.flags, nt, NULL, 0, NULL, 0):
+            j.n_pieces = 0
         else:
-            j.flags = _zeroed_flags(nt)
-            if j.flags == NULL:
-                j.n_pieces = 0
-            else:
-                _blas_threads(1)
-                cyl_pool_run(_back_job, &j, nt)
-                _blas_threads(blas_threads)
-                free(j.flags)
-                # reduce the per-slice sums (fixed order: results do not depend
-                # on scheduling)
-                for c in range(1, nt):
-                    pp = &parts[c - 1, 0, 0]
-                    dWp = &dW[0, 0]
-                    for n in range(I * H4):
-                        dWp[n] += pp[n]
-                    dUp = &dU[0, 0]
-                    for n in range(H * H4):
-                        dUp[n] += pp[I * H4 + n]
-                    for n in range(H4):
-                        db[n] += pp[(I + H) * H4 + n]
+            # reduce the per-slice sums (fixed order: results do not depend
+            # on scheduling)
+            for c in range(1, nt):
+                pp = &parts[c - 1, 0, 0]
+                dWp = &dW[0, 0]
+                for n in range(I * H4):
+                    dWp[n] += pp[n]
+                dUp = &dU[0, 0]
+                for n in range(H * H4):
+                    dUp[n] += pp[I * H4 + n]
+                for n in range(H4):
+                    db[n] += pp[(I + H) * H4 + n]
     if j.n_pieces == 0:
         raise MemoryError("backward: no memory for the thread flags")
 
