@@ -21,10 +21,11 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 import warnings
+
+from cylstm._files import atomic_write
 
 __all__ = ["CpuFacts", "detect_cpu", "cpu_facts", "tune", "cache_path", "tuning_enabled",
            "PATHS"]
@@ -544,19 +545,9 @@ def _write_cache(data, path=None):
     """Write ``data`` as JSON through a temporary file and os.replace (atomic:
     a reader sees the old file or the new one, never half of one)."""
     path = path or cache_path()
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, lambda f: json.dump(data, f, indent=1, sort_keys=True), binary=False,
+                 prefix=".tuning-", suffix=".json", fsync=False)
     _memo["key"] = None
 
 

@@ -20,12 +20,13 @@ file intact.
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
 
 import numpy as np
+
+from cylstm._files import atomic_write
 
 __all__ = ["load_model", "load_weights", "save_model", "save_weights"]
 
@@ -51,21 +52,7 @@ def _atomic_savez(filepath, arrays, overwrite):
     path = os.fspath(filepath)
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists and overwrite=False")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 # A hostile file must not make the loader allocate without bound: entries may not

@@ -20,10 +20,10 @@ without following external-data references, and every size is checked before any
 allocated.
 """
 import os
-import tempfile
 
 import numpy as np
 
+from cylstm._files import atomic_write
 from cylstm.interop._spec import (
     DENSE_ACTIVATIONS,
     BidirectionalSpec,
@@ -1277,18 +1277,5 @@ def to_onnx(model, path, *, dtype=None):
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(data), prefix=".tmp-", suffix=".onnx")
     return path
