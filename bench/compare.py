@@ -270,16 +270,12 @@ class Bench:
             if ref is not None and r is not ref:
                 r["speedup"] = r["median_s"] / ref["median_s"]
 
-    # -- forward / training step ------------------------------------------------
-    def run_calls(self, workload, case, n, flops, builders):
-        """Check then time a list of (label, builder) where builder() -> Impl."""
-        res = self.new_result(workload, case, n, flops)
-        atol, rtol = TOL[workload]
-        t_case = time.perf_counter()
-        log(f"  {workload} {case} threads={n}: ", end="")
-        builders = [b for b in builders if self.wanted(b[0])]
+    def check_impls(self, res, builders, atol, rtol, warm_calls=1):
+        """Build each wanted implementation, check its first result against
+        cylstm's, warm it up; a row in ``res`` for each.  Returns (impl, row,
+        calls per timing block) for those that agree."""
         active, ref_out = [], None
-        for label, build in builders:
+        for label, build in [b for b in builders if self.wanted(b[0])]:
             row = {"impl": label, "status": "ok", "reason": None}
             res["rows"].append(row)
             try:
@@ -288,8 +284,9 @@ class Bench:
                     row["impl"] = impl.name
                     out = impl.result(impl.run())       # first call: setup + check
                     t0 = time.perf_counter()
-                    impl.run()                           # warm-up, sizes the block
-                    est = time.perf_counter() - t0
+                    for _ in range(warm_calls):
+                        impl.run()                       # warm-up, sizes the block
+                    est = (time.perf_counter() - t0) / warm_calls
             except Skip as e:
                 row.update(status="skipped", reason=str(e))
                 continue
@@ -311,9 +308,18 @@ class Bench:
                                       f"{mrd:.3g} relative; tolerance {atol:g} + {rtol:g}*max|ref|")
                     continue
             k = int(min(1000, max(1, math.ceil(self.args.block / max(est, 1e-7)))))
-            active.append((impl, row, k))
             row["calls_per_block"] = k
-            del out
+            active.append((impl, row, k))
+        return active
+
+    # -- forward / training step ------------------------------------------------
+    def run_calls(self, workload, case, n, flops, builders):
+        """Check then time a list of (label, builder) where builder() -> Impl."""
+        res = self.new_result(workload, case, n, flops)
+        atol, rtol = TOL[workload]
+        t_case = time.perf_counter()
+        log(f"  {workload} {case} threads={n}: ", end="")
+        active = self.check_impls(res, builders, atol, rtol)
         log("checked " + ", ".join(f"{r['impl']}: {r['status']}" for r in res["rows"]) +
             "; timing", end="")
         meter = _machine.LoadMeter().start()
@@ -408,37 +414,8 @@ class Bench:
             lstm_forward(x, W, U, b, num_threads=1)
             ts.append(time.perf_counter() - t0)
         res["cylstm_warm_1t_s"] = float(np.median(ts))
-        active, ref_out = [], None
-        for label, build in builders:
-            if not self.wanted(label):
-                continue
-            row = {"impl": label, "status": "ok", "reason": None}
-            res["rows"].append(row)
-            try:
-                impl = build()
-                row["impl"] = impl.name
-                out = impl.result(impl.run())
-                for _ in range(3):
-                    impl.run()
-            except Skip as e:
-                row.update(status="skipped", reason=str(e))
-                continue
-            except Exception as e:  # noqa: BLE001
-                row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
-                continue
-            if label == "cylstm":
-                ref_out = out
-                row.update(max_abs_diff=0.0, max_rel_diff=0.0)
-            elif ref_out is None:
-                row.update(status="skipped", reason="cylstm did not run: nothing to check against")
-                continue
-            else:
-                mad, mrd, ok = self.compare(out, ref_out, atol, rtol)
-                row.update(max_abs_diff=mad, max_rel_diff=mrd)
-                if not ok:
-                    row.update(status="mismatch", reason=f"differs from cylstm by {mad:.3g}")
-                    continue
-            active.append((impl, row))
+        active = [(impl, row) for impl, row, _ in
+                  self.check_impls(res, builders, atol, rtol, warm_calls=3)]
         spinner = None
         if workload == "busy":
             import subprocess
