@@ -112,10 +112,14 @@ PARALLEL_MIN_SIZE = 32_768
 # report its host's whole L3 in sysfs, shared by its few vCPUs (a 2-vCPU Xeon VM
 # here reports 105 MiB; another reported 480 MiB), which made every "fits the
 # cache" rule hold and sent (25, 16, 1024, 1024) to the fused per-step path
-# (39 -> 72 ms on Zen 4).  Desktop and server parts have 1.5 - 4 MiB of L3 per
-# core (Zen 4: 4 MiB, Sapphire Rapids: 1.9 MiB), so 4 MiB bounds the share unless
-# tune()'s bandwidth probe saw more.
-L3_PER_CORE_CAP = 4 * 2**20
+# (39 -> 72 ms on Zen 4).  The cap keeps the budget (cap x cores) where the
+# planner's rules were measured: the 2-vCPU Zen 4 reported 32 MiB (16 MiB per
+# vCPU), and on the 2-vCPU Xeon (2026-12-01, min of 5, inference) a 16 MiB cap
+# keeps the measured best paths: (50, 64, 512, 512) stacked 105 ms against units
+# 127 on 2 threads (a 4 MiB cap chose units), (25, 16, 1024, 1024) units 67 ms
+# against stacked 137 and rows_fused 291, (100, 32, 128, 256) stacked 23 ms
+# against rows 33.  tune()'s bandwidth probe may raise it.
+L3_PER_CORE_CAP = 16 * 2**20
 
 #: Each threshold and what it was measured on (show_config prints them).
 # How long an idle pool worker (include/cylstm_pool.h) spins for the next job
@@ -138,7 +142,7 @@ THRESHOLDS = {
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",
-    "L3_PER_CORE_CAP": "cache budget bound; vendor L3-per-core figures",
+    "L3_PER_CORE_CAP": "cache budget bound; 2-vCPU Zen 4 sysfs and 2-vCPU Xeon paths, 2026-12-01",
 }
 _DEFAULTS = {name: globals()[name] for name in THRESHOLDS}
 

@@ -157,8 +157,8 @@ def test_plan_reads_the_budget_not_the_whole_l3():
                        l3_shared_by=2, l3_per_core=240 * MiB, llc_budget=480 * MiB)
     assert _path(16, 1024, 2, I=1024, facts=host_l3) == "rows_fused"   # the old choice
     capped = host_l3.with_l3_per_core(_tuning.L3_PER_CORE_CAP, "capped")
-    assert capped.llc_budget == 8 * MiB
-    assert _path(16, 1024, 2, I=1024, facts=capped) != "rows_fused"
+    assert capped.llc_budget == 32 * MiB
+    assert _path(16, 1024, 2, I=1024, facts=capped) == "units"
 
 
 def test_plan_without_avx512_keeps_large_batches_on_blas():

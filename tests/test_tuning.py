@@ -97,8 +97,8 @@ def test_xeon_vm_facts_cap_the_host_l3(xeon_vm):
     assert (f.n_cores, f.isa_level, f.fma512_ports) == (2, 2, 2)
     assert {"amx_tile", "amx_bf16", "amx_int8", "avx512_fp16"} <= f.flags
     assert f.l3_total == 480 * MiB and f.l3_shared_by == 2
-    assert f.l3_per_core == _tuning.L3_PER_CORE_CAP == 4 * MiB
-    assert f.llc_budget == 8 * MiB and "capped" in f.l3_source
+    assert f.l3_per_core == _tuning.L3_PER_CORE_CAP == 16 * MiB
+    assert f.llc_budget == 32 * MiB and "capped" in f.l3_source
     assert f.l2_per_core == 2 * MiB
 
 
@@ -396,9 +396,9 @@ def test_tune_validates_shapes():
 def test_probe_raises_the_l3_bound_only_within_sysfs(cache_dir, monkeypatch, xeon_vm):
     facts = detect_cpu(*xeon_vm)
     monkeypatch.setattr(_tuning, "_detected", facts)
-    _write(cache_dir, _valid({}, l3_per_core_probe=16 * MiB))
+    _write(cache_dir, _valid({}, l3_per_core_probe=64 * MiB))    # above the cap
     f = _tuning.cpu_facts()
-    assert f.l3_per_core == 16 * MiB and f.llc_budget == 32 * MiB and "probe" in f.l3_source
+    assert f.l3_per_core == 64 * MiB and f.llc_budget == 128 * MiB and "probe" in f.l3_source
     _write(cache_dir, _valid({}, l3_per_core_probe=1024 * MiB))   # above the sysfs share
     assert _tuning.cpu_facts().l3_per_core == 240 * MiB
     _write(cache_dir, _valid({}, l3_per_core_probe=MiB))          # below the cap: cap stands
