@@ -82,15 +82,18 @@ def _bf(a):
 # ---------------------------------------------------------------------------
 # cylstm
 
-def cylstm_forward(cylstm, d):
+def cylstm_forward(cylstm, d, num_threads=None):
+    """cylstm's forward; ``num_threads`` overrides cylstm's thread setting."""
     from cylstm.functional import lstm_forward
 
     x, W, U, b = d["x"], d["W"], d["U"], d["b"]
 
     def run():
-        return lstm_forward(x, W, U, b, return_sequences=True).output
+        return lstm_forward(x, W, U, b, return_sequences=True,
+                            num_threads=num_threads).output
 
-    return Impl("cylstm", "cylstm", run)
+    name = "cylstm" if num_threads is None else f"cylstm {num_threads} thread"
+    return Impl(name, "cylstm", run)
 
 
 def cylstm_train(cylstm, d):

@@ -398,9 +398,11 @@ class Bench:
         d = _impls.make_lstm_data(*shape, seed=0)
         cy = self.cylstm
         from cylstm.functional import lstm_forward
-        builders = [("cylstm", lambda: _impls.cylstm_forward(cy, d)),
-                    ("torch (oneDNN)", lambda: _impls.torch_forward(d, onednn=True)),
-                    ("onnxruntime", lambda: _impls.ort_forward(d, n))]
+        builders = [("cylstm", lambda: _impls.cylstm_forward(cy, d))]
+        if n > 1:   # the same call on one thread, in the same conditions: what n must beat
+            builders.append(("cylstm 1 thread", lambda: _impls.cylstm_forward(cy, d, 1)))
+        builders += [("torch (oneDNN)", lambda: _impls.torch_forward(d, onednn=True)),
+                     ("onnxruntime", lambda: _impls.ort_forward(d, n))]
         res = self.new_result(workload, case_name(shape), n, fwd_flops(*shape))
         atol, rtol = TOL[workload]
         t_case = time.perf_counter()
