@@ -1203,18 +1203,3 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if j.n_pieces == 0:
         raise MemoryError("backward: no memory for the thread flags")
 
-
-def forward(x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z,
-            int n_threads, int blas_threads, int mode=0, Pu=None, hs2=None, bint fuse=False):
-    """The three forward entry points behind one ``mode`` (0 rows, 1 units,
-    2 stacked), for callers written before they were split; new code calls
-    :func:`forward_rows`, :func:`forward_units` or :func:`forward_stacked`."""
-    args = (x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
-    if mode == 0:
-        forward_rows(*args, n_threads, blas_threads, fuse)
-    elif mode == 1:
-        forward_units(*args, Pu, hs2, n_threads, blas_threads)
-    elif mode == 2:
-        forward_stacked(*args, Pu, hs2, n_threads, blas_threads)
-    else:
-        raise ValueError(f"forward: unknown mode {mode}")

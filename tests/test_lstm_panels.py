@@ -214,18 +214,19 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
           "num_threads": threads, "recurrent_mask": rmask}
     inf = lstm_forward(*cast, _plan="stacked", **kw)
     out = lstm_forward(*cast, training=True, **kw)
-    # the kernel's mode 2 with the training buffers (gates, cells, h_prev) filled
-    # as mode 0 fills them
+    # the stacked kernel with the training buffers (gates, cells, h_prev) filled
+    # as the BLAS path fills them
     G2, C2, H2 = (np.zeros((B, T, n), dtype) for n in (4 * H, H, H))
     hs, cs = np.array(h0, dtype), np.array(c0, dtype)
     lens64 = None if lengths is None else lengths.astype(np.int64)
     rm = None if rmask is None else rmask.astype(dtype)
     span = SPAN[dtype]
-    _lstm.forward(*cast, lens64, reverse, rm, None if rm is None else np.empty((B, H), dtype),
-                  np.zeros((B, T, H), dtype), hs, cs, G2, C2, H2,
-                  np.empty((threads, B * 4 * span), dtype), threads, 1, 2,
-                  np.empty(_lstm.stacked_len(I, H, np.dtype(dtype).name), dtype),
-                  np.empty((B, H), dtype))
+    _lstm.forward_stacked(*cast, lens64, reverse, rm,
+                          None if rm is None else np.empty((B, H), dtype),
+                          np.zeros((B, T, H), dtype), hs, cs, G2, C2, H2,
+                          np.empty((threads, B * 4 * span), dtype),
+                          np.empty(_lstm.stacked_len(I, H, np.dtype(dtype).name), dtype),
+                          np.empty((B, H), dtype), threads, 1)
     valid = np.ones((B, T), bool) if lengths is None else np.arange(T) < lengths[:, None]
     for got, want in ((G2, out.cache["G"]), (C2, out.cache["C"]), (H2, out.cache["Hp"])):
         np.testing.assert_allclose(got[valid], want[valid], **TOL[dtype])
@@ -247,31 +248,30 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
 def test_kernel_refuses_inconsistent_panel_buffers():
     B, T, I, H = 1, 3, 2, 20
     x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(0), B, T, I, H))
-    args = lambda Z, P, h2: (x, W, U, b, None, False, None, None, None,
-                             np.zeros((B, H), np.float32), np.zeros((B, H), np.float32),
-                             np.empty((B, T, 4 * H), np.float32), None, None, Z, 2, 1, 1, P, h2)
+    args = lambda Z, lengths=None, reverse=False: (
+        x, W, U, b, lengths, reverse, None, None, None, np.zeros((B, H), np.float32),
+        np.zeros((B, H), np.float32), np.empty((B, T, 4 * H), np.float32), None, None, Z)
     P = np.empty(_lstm.packed_len(H, "float32"), np.float32)
-    Z = np.empty((2, B * 64), np.float32)
+    Z = np.empty((2, _lstm.units_scratch(B, H, "float32")), np.float32)
     h2 = np.empty((B, H), np.float32)
     with pytest.raises(ValueError, match="packed_len"):
-        _lstm.forward(*args(Z, P[:-1], h2))
+        _lstm.forward_units(*args(Z), P[:-1], h2, 2, 1)
     with pytest.raises(ValueError, match="hs2"):
-        _lstm.forward(*args(Z, P, None))
+        _lstm.forward_units(*args(Z), P, None, 2, 1)
     with pytest.raises(ValueError, match="Z too small"):
-        _lstm.forward(*args(np.empty((1, B * 64), np.float32), P, h2))
-    with pytest.raises(ValueError, match="unknown mode"):
-        _lstm.forward(*args(Z, P, h2)[:17], 5, P, h2)
-    # mode 2: the stacked scratch, and no lengths run backwards
+        _lstm.forward_units(*args(Z[:1]), P, h2, 2, 1)
+    with pytest.raises(ValueError, match="Z too small"):
+        _lstm.forward_units(*args(np.empty((2, Z.shape[1] - 1), np.float32)), P, h2, 2, 1)
+    # the stacked scratch, and no lengths run backwards
     S = np.empty(_lstm.stacked_len(I, H, "float32"), np.float32)
-    a2 = list(args(Z, S, h2))
-    a2[17] = 2
-    _lstm.forward(*a2)
-    a2[18] = P
+    Zs = np.empty((2, B * 64), np.float32)
+    _lstm.forward_stacked(*args(Zs), S, h2, 2, 1)
     with pytest.raises(ValueError, match="stacked_len"):
-        _lstm.forward(*a2)
-    a2[18], a2[4], a2[5] = S, np.array([3], np.int64), True
+        _lstm.forward_stacked(*args(Zs), P, h2, 2, 1)
     with pytest.raises(ValueError, match="backwards"):
-        _lstm.forward(*a2)
+        _lstm.forward_stacked(*args(Zs, np.array([3], np.int64), True), S, h2, 2, 1)
+    with pytest.raises(ValueError, match="Z must be"):
+        _lstm.forward_rows(*args(Zs), 2, 1, False)
 
 
 @settings(max_examples=60, deadline=None)
