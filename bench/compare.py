@@ -147,7 +147,8 @@ TITLES = {
     "busy": f"forward beside another process spinning on a core: calls after a "
             f"{BUSY_GAP_S * 1e3:.0f} ms gap, and back to back (TxBxIxH), float32",
 }
-TOL = {"cold": (1e-4, 1e-4), "busy": (1e-4, 1e-4), "forward": (1e-4, 1e-4), "train": (1e-4, 1e-3), "stream": (1e-4, 1e-4),
+TOL = {"cold": (1e-4, 1e-4), "busy": (1e-4, 1e-4),
+       "forward": (1e-4, 1e-4), "train": (1e-4, 1e-3), "stream": (1e-4, 1e-4),
        "epoch": (1e-4, 1e-4)}
 # An epoch's final loss may drift by float rounding between frameworks; more than this
 # relative difference from cylstm's means one of them does not train the same model.
@@ -619,7 +620,8 @@ def fmt_time(row, scale):
             f"{fmt(row['max_s'] * scale)})")
 
 
-UNITS = {"cold": ("ms", 1e3), "busy": ("ms", 1e3), "forward": ("ms", 1e3), "train": ("ms", 1e3), "stream": ("us", 1e6),
+UNITS = {"cold": ("ms", 1e3), "busy": ("ms", 1e3),
+         "forward": ("ms", 1e3), "train": ("ms", 1e3), "stream": ("us", 1e6),
          "epoch": ("s", 1.0)}
 
 

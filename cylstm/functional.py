@@ -17,7 +17,6 @@ Example
 """
 from collections import namedtuple
 import dataclasses
-import numbers
 
 import numpy as np
 

@@ -99,7 +99,6 @@ def test_team_is_bitwise_equal_to_serial_panels(dtype):
     its panel: 1, 2 and 3 threads give the same bits."""
     B, T, I, H = 3, 20, 5, 40
     x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(4), B, T, I, H))
-    span = SPAN[dtype]
     outs = []
     for nt in (1, 2, 3):
         P = np.empty(_lstm.packed_len(H, np.dtype(dtype).name), dtype)
