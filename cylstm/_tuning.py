@@ -63,6 +63,13 @@ PANEL_SPLIT_LLC_FRACTION = 2
 # step, so only while [W; U] fits in 1 / FIT_LLC_FRACTION of the cache budget
 # ((25, 16, 1024, 1024), 32 MiB of weights, went 39 -> 72 ms).
 FUSE_MIN_ROWS = 8
+# ... and only while [W; U] is at most FUSE_MAX_BYTES: the fused step's BLAS
+# calls repack W and U every step, which the cache budget alone does not see.
+# 2-vCPU Xeon, 2026-12-01 (min of 3-5): (50, 64, 512, 512), 8 MiB of weights,
+# inference 545 ms fused against 232 unfused on 1 thread, 358 against 170 on 2,
+# a training step 1114 against 846; (100, 32, 128, 256), 1.5 MiB, within noise
+# of each other there and faster fused on Zen 4 (above).
+FUSE_MAX_BYTES = 4 * 2**20
 FIT_LLC_FRACTION = 4
 
 # Batches of at least STACKED_MIN_ROWS samples per thread, with H >= 256 and
@@ -136,6 +143,7 @@ THRESHOLDS = {
     "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",
     "PANEL_SPLIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
     "FUSE_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
+    "FUSE_MAX_BYTES": "forward planner; 2-vCPU Xeon, (50, 64, 512, 512), 2026-12-01",
     "FIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
     "STACKED_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 16, 256, 256), 2026-11",
     "STACKED_MIN_UNITS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",

@@ -169,9 +169,11 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         return "stacked", (f"{B // nt} rows per thread >= STACKED_MIN_ROWS, {H} units >= "
                            f"STACKED_MIN_UNITS, [W; U] in 1/{t.FIT_LLC_FRACTION} of the "
                            f"LLC budget")
-    if not has_lengths and B // nt >= t.FUSE_MIN_ROWS and fits:
-        return "rows_fused", (f"{B // nt} rows per thread >= FUSE_MIN_ROWS and [W; U] in "
-                              f"1/{t.FIT_LLC_FRACTION} of the LLC budget")
+    if (not has_lengths and B // nt >= t.FUSE_MIN_ROWS and fits
+            and wu_bytes <= t.FUSE_MAX_BYTES):
+        return "rows_fused", (f"{B // nt} rows per thread >= FUSE_MIN_ROWS, [W; U] in "
+                              f"1/{t.FIT_LLC_FRACTION} of the LLC budget and <= "
+                              f"FUSE_MAX_BYTES")
     if not fits:
         return "rows", f"[W; U] ({wu_bytes >> 10} KiB) too big to read every step: BLAS"
     return "rows", "default: batch split, BLAS per step"
@@ -209,7 +211,7 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     3. "stacked" (AVX-512 only, inference) with STACKED_MIN_ROWS rows per thread,
        STACKED_MIN_UNITS units and [W; U] within 1/FIT_LLC_FRACTION of the budget;
     4. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
-       within 1/FIT_LLC_FRACTION of the budget;
+       within 1/FIT_LLC_FRACTION of the budget and at most FUSE_MAX_BYTES;
     5. "rows".
     """
     dtype = np.dtype(dtype)
