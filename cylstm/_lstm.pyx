@@ -486,6 +486,7 @@ cdef extern from "cylstm_pool.h" nogil:
     void cyl_pool_set_spin_ns(int64_t ns)
     int cyl_pool_workers()
     int64_t cyl_load(const int64_t* p)
+    int64_t cyl_now_ns()
     void cyl_store(int64_t* p, int64_t v)
     bint cyl_claim(int64_t* flag)
     void cyl_claim_done(int64_t* flag)
@@ -516,22 +517,43 @@ ctypedef void (*piece_fn)(void* job, Py_ssize_t piece, int tid) noexcept nogil
 
 
 cdef void _claim_pieces(int64_t* flags, Py_ssize_t n, int tid, int nt, piece_fn fn,
-                        void* job) noexcept nogil:
+                        void* job, bint redo=False) noexcept nogil:
     """Run pieces [0, n) of ``job``: this thread's share (tid of nt) first, then
     any piece nobody has taken, from the last back; the caller (tid 0) then
-    waits for the pieces workers took."""
-    cdef Py_ssize_t c, c0 = (tid * n) // nt, c1 = ((tid + 1) * n) // nt
+    waits for the pieces workers took.
+
+    ``redo``: each piece writes every element once, with its final value, the
+    same whoever computes it (packing; not BLAS, which may store partial sums
+    first), so the caller waits for a worker's piece at most
+    as long as a piece of its own took, then computes it too: a preempted
+    worker does not hold the call up (its late writes are the same values)."""
+    cdef Py_ssize_t c, c0 = (tid * n) // nt, c1 = ((tid + 1) * n) // nt, mine = 0
+    cdef int64_t t0 = cyl_now_ns(), patience, since
     for c in range(c0, c1):
         if cyl_claim(&flags[c]):
             fn(job, c, tid)
             cyl_claim_done(&flags[c])
+            mine += 1
     for c in range(n - 1, -1, -1):
         if cyl_claim(&flags[c]):
             fn(job, c, tid)
             cyl_claim_done(&flags[c])
-    if tid == 0:
-        for c in range(n):
+            mine += 1
+    if tid != 0:
+        return
+    patience = (cyl_now_ns() - t0) // (mine if mine > 0 else 1)
+    for c in range(n):
+        if cyl_load(&flags[c]) == 2:
+            continue
+        if not redo:
             cyl_claim_wait(&flags[c])
+            continue
+        since = cyl_now_ns()
+        while cyl_load(&flags[c]) != 2 and cyl_now_ns() - since < patience:
+            cyl_relax()
+        if cyl_load(&flags[c]) != 2:
+            fn(job, c, tid)
+            cyl_claim_done(&flags[c])
 
 
 cdef struct SeqJob:
@@ -624,7 +646,7 @@ cdef void _stacked_rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
 cdef void _stacked_job(void* job, int tid) noexcept nogil:
     cdef SeqJob* j = <SeqJob*> job
     cdef Py_ssize_t c
-    _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _stacked_pack_piece, job)
+    _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _stacked_pack_piece, job, True)
     if tid != 0:  # a worker starts on rows once the caller has seen every panel packed
         cyl_pool_release()   # (waiting for it, the worker holds none of the job's memory)
         while cyl_pool_tick_get() == 0:
@@ -765,6 +787,8 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
     cdef int64_t k, last = 0
     cdef int useless = 0
     cdef bint helped
+    # (not redone: a BLAS call may store partial sums in G before the final ones,
+    # so a late projection must not run beside the steps that read G)
     _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _units_prep_piece, job)
     if tid == 0:
         for s in range(j.Lmax):
