@@ -484,9 +484,17 @@ cdef extern from "cylstm_pool.h" nogil:
     ctypedef void (*cyl_pool_fn)(void* arg, int tid) noexcept nogil
     void cyl_pool_run(cyl_pool_fn fn, void* arg, int n_threads)
     void cyl_pool_set_spin_ns(int64_t ns)
+    void cyl_pool_set_backoff_ns(int64_t ns)
+    void cyl_pool_back_off_now()
+    int64_t cyl_pool_backoffs
+    int64_t cyl_pool_lost_ns
+    int64_t cyl_pool_worked_ns
     int cyl_pool_workers()
     int64_t cyl_load(const int64_t* p)
     int64_t cyl_now_ns()
+    int64_t cyl_pool_waited_ns[3]
+    int64_t cyl_pool_jobs
+    void cyl_pool_note_wait(int what, int64_t t0)
     void cyl_store(int64_t* p, int64_t v)
     bint cyl_claim(int64_t* flag)
     void cyl_claim_done(int64_t* flag)
@@ -506,6 +514,30 @@ cdef extern from "cylstm_pool.h" nogil:
 def set_pool_spin_ns(int64_t ns):
     """How long an idle worker spins before it sleeps (cylstm._tuning sets it)."""
     cyl_pool_set_spin_ns(ns)
+
+
+def set_pool_backoff_ns(int64_t ns):
+    """How long callers run alone after a worker was found preempted (0: never
+    back off; cylstm._tuning sets it).  Also ends a back-off under way."""
+    cyl_pool_set_backoff_ns(ns)
+
+
+def _pool_back_off_now():
+    """Start a back-off as a preempted worker would (tests)."""
+    cyl_pool_back_off_now()
+
+
+def pool_stats(bint reset=False):
+    """Where callers waited for workers so far (diagnostics): jobs run on the
+    pool, and ns waited for a piece a worker took, for workers to leave a job's
+    memory at its end, and for a commit in flight."""
+    out = {"jobs": cyl_pool_jobs, "backoffs": cyl_pool_backoffs,
+           "worker_ns": cyl_pool_worked_ns, "worker_preempted_ns": cyl_pool_lost_ns,
+           "piece_wait_ns": cyl_pool_waited_ns[0],
+           "end_wait_ns": cyl_pool_waited_ns[1], "commit_wait_ns": cyl_pool_waited_ns[2]}
+    if reset:
+        cyl_pool_waited_ns[0] = cyl_pool_waited_ns[1] = cyl_pool_waited_ns[2] = 0
+    return out
 
 
 def pool_workers():
@@ -774,6 +806,20 @@ cdef void _units_final_t(SeqJob* j, floating* kind) noexcept nogil:
         memcpy(<floating*> j.hs, <floating*> j.hs2, j.B * j.H * sizeof(floating))
 
 
+cdef inline void _units_commit_wait(SeqJob* j, Py_ssize_t p, int64_t k,
+                                    bint until_committed) noexcept nogil:
+    """Wait while panel p's step k is being committed (or, ``until_committed``,
+    until it is)."""
+    cdef int64_t t0
+    if cyl_committing(&j.words[p], k) or (until_committed and
+                                           not cyl_committed(&j.words[p], k)):
+        t0 = cyl_now_ns()
+        while cyl_committing(&j.words[p], k) or (until_committed and
+                                                  not cyl_committed(&j.words[p], k)):
+            cyl_relax()
+        cyl_pool_note_wait(2, t0)
+
+
 cdef enum:
     # steps in a row a worker may find its panels all done by the caller before
     # it leaves the job (see _units_job)
@@ -802,12 +848,10 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
             for p in range(m0, m1):
                 _units_panel(j, s, p, 0)
             for p in range(n - 1, m1 - 1, -1):
-                while cyl_committing(&j.words[p], k):
-                    cyl_relax()
+                _units_commit_wait(j, p, k, False)
                 _units_panel(j, s, p, 0)
             for p in range(m1, n):
-                while not cyl_committed(&j.words[p], k):
-                    cyl_relax()
+                _units_commit_wait(j, p, k, True)
         cyl_store(&j.finished, 1)
         if j.dbl:
             _units_final_t(j, <double*> NULL)

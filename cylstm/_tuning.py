@@ -137,8 +137,16 @@ L3_PER_CORE_CAP = 16 * 2**20
 # bench/compare.py --only cold,busy: 50 us kept back-to-back calls warm.
 POOL_SPIN_NS = 50_000
 
+# After a worker finds it was preempted for a good part of a job (another
+# process on its core), callers run alone for POOL_BACKOFF_NS, then try the
+# workers again.  2-vCPU Xeon, 2026-12-01, beside a spinning process:
+# (150, 1, 256, 256) on 2 threads 8.1-13 ms a call without it against 6.5 on
+# one thread (the worker took the caller's time or held it at the end of the call).
+POOL_BACKOFF_NS = 100_000_000
+
 THRESHOLDS = {
     "POOL_SPIN_NS": "thread pool; 2-vCPU Xeon, bench/compare.py cold/busy, 2026-12-01",
+    "POOL_BACKOFF_NS": "thread pool; 2-vCPU Xeon, bench/compare.py busy, 2026-12-01",
     "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11",
     "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",
     "PANEL_SPLIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",

@@ -44,6 +44,7 @@ _LLC = None
 
 
 _lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
+_lstm.set_pool_backoff_ns(_tuning.POOL_BACKOFF_NS)
 
 def _dtype_of(name, a):
     a = np.asarray(a) if not isinstance(a, np.ndarray) else a

@@ -77,14 +77,39 @@ static inline int64_t cyl_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* CPU time this thread has run (the wall time it was not preempted). */
+static inline int64_t cyl_thread_cpu_ns(void)
+{
+#ifdef CLOCK_THREAD_CPUTIME_ID
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
+    return -1;
+}
+
+/* Where the caller waited for workers, in ns (diagnostics: cylstm._lstm.pool_stats):
+ * 0 a piece a worker took, 1 the end of a job (a worker still in its memory),
+ * 2 a commit in flight.  Updated by callers only, so relaxed adds suffice. */
+static int64_t cyl_pool_waited_ns[3] = {0, 0, 0};
+static int64_t cyl_pool_jobs = 0;
+static inline void cyl_pool_note_wait(int what, int64_t t0)
+{
+    __atomic_fetch_add(&cyl_pool_waited_ns[what], cyl_now_ns() - t0, __ATOMIC_RELAXED);
+}
+
 /* Pieces claimed once: flag 0 free, 1 taken, 2 done. */
 static inline int cyl_claim(int64_t *flag) { return cyl_cas(flag, 0, 1); }
 static inline void cyl_claim_done(int64_t *flag) { cyl_store(flag, 2); }
 /* Wait for a piece another thread took (the caller's only wait on a worker). */
 static inline void cyl_claim_wait(int64_t *flag)
 {
-    while (cyl_load(flag) != 2)
-        cyl_relax();
+    if (cyl_load(flag) != 2) {
+        int64_t t0 = cyl_now_ns();
+        while (cyl_load(flag) != 2)
+            cyl_relax();
+        cyl_pool_note_wait(0, t0);
+    }
 }
 
 /* Pieces computed redundantly, committed once: a panel's word holds 2k after
@@ -132,6 +157,18 @@ static __thread int cyl_pool_owner = 0;
 /* How long an idle worker spins before it sleeps (a call that follows within
  * this time finds it awake).  Set from Python (cylstm._tuning). */
 static int64_t cyl_pool_spin_ns = 50000;
+/* Back-off from a busy machine.  A worker that was preempted for a good part of
+ * a job (its wall time well above its CPU time: another process shares its
+ * core) made the caller share its time too, or wait for it; for the next
+ * cyl_pool_backoff_ns the caller runs jobs alone, then tries its workers again.
+ * A worker that was merely asleep when the job came is not counted (its clock
+ * starts when it joins). */
+static int64_t cyl_pool_backoff_ns = 100000000;
+static int64_t cyl_pool_preempted_min_ns = 200000;
+static int64_t cyl_pool_contended_until = 0;
+static int64_t cyl_pool_backoffs = 0;
+static int64_t cyl_pool_preempted_run = 0;   /* preempted jobs in a row */
+static int64_t cyl_pool_lost_ns = 0, cyl_pool_worked_ns = 0;   /* totals (diagnostics) */
 
 static void cyl_pool_sleep(uint32_t seen)
 {
@@ -170,8 +207,29 @@ static void *cyl_pool_worker(void *unused)
         cyl_pool_my_seq = s;
         if (__atomic_load_n(&cyl_pool.open, __ATOMIC_SEQ_CST) == (int64_t)s) {
             int64_t slot = __atomic_fetch_add(&cyl_pool.joined, 1, __ATOMIC_SEQ_CST);
-            if (slot < cyl_pool.want)
+            if (slot < cyl_pool.want) {
+                int64_t w0 = cyl_now_ns(), c0 = cyl_thread_cpu_ns();
                 cyl_pool.fn(cyl_pool.arg, (int)slot + 1);
+                if (c0 >= 0) {
+                    int64_t now = cyl_now_ns(), wall = now - w0;
+                    int64_t lost = wall - (cyl_thread_cpu_ns() - c0);
+                    __atomic_fetch_add(&cyl_pool_lost_ns, lost, __ATOMIC_RELAXED);
+                    __atomic_fetch_add(&cyl_pool_worked_ns, wall, __ATOMIC_RELAXED);
+                    if (lost > cyl_pool_preempted_min_ns && 2 * lost > wall) {
+                        /* twice in a row: one preemption is a hiccup (the host's
+                         * own work), a run of them a busy neighbour */
+                        if (__atomic_add_fetch(&cyl_pool_preempted_run, 1,
+                                               __ATOMIC_RELAXED) >= 2) {
+                            __atomic_store_n(&cyl_pool_contended_until,
+                                             now + cyl_pool_backoff_ns, __ATOMIC_RELAXED);
+                            __atomic_fetch_add(&cyl_pool_backoffs, 1, __ATOMIC_RELAXED);
+                            __atomic_store_n(&cyl_pool_preempted_run, 0, __ATOMIC_RELAXED);
+                        }
+                    } else {
+                        __atomic_store_n(&cyl_pool_preempted_run, 0, __ATOMIC_RELAXED);
+                    }
+                }
+            }
         }
         if (cyl_pool_holding)
             __atomic_fetch_sub(&cyl_pool.active, 1, __ATOMIC_SEQ_CST);
@@ -234,6 +292,8 @@ static int cyl_pool_busy = 0;
 static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
 {
     int nw = n_threads - 1;
+    if (nw > 0 && cyl_now_ns() < __atomic_load_n(&cyl_pool_contended_until, __ATOMIC_RELAXED))
+        nw = 0;   /* backing off from a busy machine: alone */
     if (nw > 0 && !__atomic_exchange_n(&cyl_pool_busy, 1, __ATOMIC_ACQ_REL)) {
         nw = cyl_pool_reserve(nw);
         if (nw > 0) {
@@ -260,8 +320,13 @@ static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
             fn(arg, 0);
             cyl_pool_owner = 0;
             __atomic_store_n(&cyl_pool.open, 0, __ATOMIC_SEQ_CST);
-            while (__atomic_load_n(&cyl_pool.active, __ATOMIC_SEQ_CST) != 0)
-                cyl_relax();
+            __atomic_fetch_add(&cyl_pool_jobs, 1, __ATOMIC_RELAXED);
+            if (__atomic_load_n(&cyl_pool.active, __ATOMIC_SEQ_CST) != 0) {
+                int64_t t0 = cyl_now_ns();
+                while (__atomic_load_n(&cyl_pool.active, __ATOMIC_SEQ_CST) != 0)
+                    cyl_relax();
+                cyl_pool_note_wait(1, t0);
+            }
             __atomic_store_n(&cyl_pool_busy, 0, __ATOMIC_RELEASE);
             return;
         }
@@ -306,6 +371,17 @@ static void cyl_pool_tick_set(int64_t v)
 static int64_t cyl_pool_tick_get(void) { return __atomic_load_n(&cyl_pool.tick, __ATOMIC_ACQUIRE); }
 
 static void cyl_pool_set_spin_ns(int64_t ns) { cyl_pool_spin_ns = ns < 0 ? 0 : ns; }
+/* Start a back-off now, as a preempted worker would (tests). */
+static void cyl_pool_back_off_now(void)
+{
+    __atomic_store_n(&cyl_pool_contended_until, cyl_now_ns() + cyl_pool_backoff_ns,
+                     __ATOMIC_RELAXED);
+}
+static void cyl_pool_set_backoff_ns(int64_t ns)
+{
+    cyl_pool_backoff_ns = ns < 0 ? 0 : ns;
+    __atomic_store_n(&cyl_pool_contended_until, 0, __ATOMIC_RELAXED);
+}
 static int cyl_pool_workers(void) { return cyl_pool.n_workers; }
 
 #endif /* CYLSTM_POOL_H */

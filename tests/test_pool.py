@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from reference import lstm_ref, random_lstm
 
-from cylstm import _lstm
+from cylstm import _lstm, _tuning
 from cylstm.functional import lstm_backward, lstm_forward
 
 PATHS = ("rows", "units", "stacked")
@@ -61,11 +61,20 @@ def _run(path, x, W, U, b, nt, lengths=None, training=False):
     return out
 
 
+@pytest.fixture(autouse=True)
+def no_backoff():
+    """Workers join every job (no back-off from a busy machine), so that the
+    tests exercise them; test_backoff_runs_jobs_alone covers the back-off."""
+    _lstm.set_pool_backoff_ns(0)
+    yield
+    _lstm.set_pool_backoff_ns(_tuning.POOL_BACKOFF_NS)
+
+
 @pytest.fixture(params=[0, 50_000], ids=["workers-sleep", "workers-spin"])
 def spin(request):
     _lstm.set_pool_spin_ns(request.param)
     yield request.param
-    _lstm.set_pool_spin_ns(50_000)
+    _lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -189,3 +198,23 @@ def test_forked_child_starts_its_own_workers():
     p.join(60)
     assert p.exitcode == 0
     assert got == want.tobytes()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_backoff_runs_jobs_alone_with_the_same_bits(path):
+    """While backing off from a busy machine the caller runs each job alone
+    (no job reaches the workers) and gets the bits the workers would have."""
+    B = 1 if path == "units" else 24
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(12), B, 10, 6,
+                                                            48))
+    want = _run(path, x, W, U, b, 2)
+    _lstm.set_pool_backoff_ns(10 * 10**9)
+    _lstm._pool_back_off_now()
+    jobs = _lstm.pool_stats()["jobs"]
+    got = _run(path, x, W, U, b, 2)
+    assert _lstm.pool_stats()["jobs"] == jobs
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    _lstm.set_pool_backoff_ns(0)      # ends the back-off
+    _run(path, x, W, U, b, 2)
+    assert _lstm.pool_stats()["jobs"] == jobs + 1
