@@ -185,6 +185,36 @@ static void cyl_pool_sleep(uint32_t seen)
     __atomic_fetch_sub(&cyl_pool.sleepers, 1, __ATOMIC_SEQ_CST);
 }
 
+/* After a job of a worker's: was it preempted for half of it?  Twice in a row
+ * starts a back-off (one preemption is a hiccup of the host, a run of them a
+ * busy neighbour); once, soon after a back-off, starts the next one at twice
+ * the length (up to 16x): a neighbour that is still there costs one slow call
+ * per back-off, not two.  A clean job halves the length again. */
+static int64_t cyl_pool_backoff_now_ns = 0;   /* current length (0: the base) */
+static void cyl_pool_note_preemption(int64_t now, int preempted)
+{
+    int64_t until = __atomic_load_n(&cyl_pool_contended_until, __ATOMIC_RELAXED);
+    int64_t len = cyl_pool_backoff_now_ns > 0 ? cyl_pool_backoff_now_ns : cyl_pool_backoff_ns;
+    if (!preempted) {
+        __atomic_store_n(&cyl_pool_preempted_run, 0, __ATOMIC_RELAXED);
+        if (len > cyl_pool_backoff_ns)
+            cyl_pool_backoff_now_ns = len / 2;
+        return;
+    }
+    if (until > 0 && now - until < 10 * cyl_pool_backoff_ns) {   /* soon after one */
+        if (len < 16 * cyl_pool_backoff_ns)
+            len *= 2;
+    } else if (__atomic_add_fetch(&cyl_pool_preempted_run, 1, __ATOMIC_RELAXED) < 2) {
+        return;
+    } else {
+        len = cyl_pool_backoff_ns;
+    }
+    cyl_pool_backoff_now_ns = len;
+    __atomic_store_n(&cyl_pool_contended_until, now + len, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&cyl_pool_backoffs, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&cyl_pool_preempted_run, 0, __ATOMIC_RELAXED);
+}
+
 static void *cyl_pool_worker(void *unused)
 {
     uint32_t seen = __atomic_load_n(&cyl_pool.seq, __ATOMIC_SEQ_CST);
@@ -215,19 +245,8 @@ static void *cyl_pool_worker(void *unused)
                     int64_t lost = wall - (cyl_thread_cpu_ns() - c0);
                     __atomic_fetch_add(&cyl_pool_lost_ns, lost, __ATOMIC_RELAXED);
                     __atomic_fetch_add(&cyl_pool_worked_ns, wall, __ATOMIC_RELAXED);
-                    if (lost > cyl_pool_preempted_min_ns && 2 * lost > wall) {
-                        /* twice in a row: one preemption is a hiccup (the host's
-                         * own work), a run of them a busy neighbour */
-                        if (__atomic_add_fetch(&cyl_pool_preempted_run, 1,
-                                               __ATOMIC_RELAXED) >= 2) {
-                            __atomic_store_n(&cyl_pool_contended_until,
-                                             now + cyl_pool_backoff_ns, __ATOMIC_RELAXED);
-                            __atomic_fetch_add(&cyl_pool_backoffs, 1, __ATOMIC_RELAXED);
-                            __atomic_store_n(&cyl_pool_preempted_run, 0, __ATOMIC_RELAXED);
-                        }
-                    } else {
-                        __atomic_store_n(&cyl_pool_preempted_run, 0, __ATOMIC_RELAXED);
-                    }
+                    cyl_pool_note_preemption(now, lost > cyl_pool_preempted_min_ns
+                                                      && 2 * lost > wall);
                 }
             }
         }
@@ -380,6 +399,7 @@ static void cyl_pool_back_off_now(void)
 static void cyl_pool_set_backoff_ns(int64_t ns)
 {
     cyl_pool_backoff_ns = ns < 0 ? 0 : ns;
+    cyl_pool_backoff_now_ns = 0;
     __atomic_store_n(&cyl_pool_contended_until, 0, __ATOMIC_RELAXED);
 }
 static int cyl_pool_workers(void) { return cyl_pool.n_workers; }
