@@ -55,6 +55,9 @@
 
 #define CYL_STREAM_VLF 16   /* floats per vector */
 #define CYL_STREAM_VLD 8    /* doubles per vector */
+/* The panel layout's vector length (64 bytes) for element type T, whatever the
+ * registers of the variant that reads it. */
+#define CYL_LAYOUT_VL(T) ((ptrdiff_t)(64 / sizeof(T)))
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER) && \
     !defined(CYLSTM_STREAM_PORTABLE)
@@ -85,7 +88,7 @@ typedef double cyl_vd __attribute__((vector_size(64)));
 #define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
     {                                                                              \
         const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         ptrdiff_t j = 0, k;                                                        \
         for (; j + 4 * VL <= wv; j += 4 * VL) {                                    \
             VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
@@ -149,7 +152,7 @@ typedef double cyl_vd __attribute__((vector_size(64)));
 #define CYL_PANEL_ROWS4_BODY(T, VT, VL)                                            \
     {                                                                              \
         const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         const T* A0 = a0 + CYL_ROW(0) * lda; const T* A1 = a0 + CYL_ROW(1) * lda;  \
         const T* A2 = a0 + CYL_ROW(2) * lda; const T* A3 = a0 + CYL_ROW(3) * lda;  \
         const T* B0 = b0 + CYL_ROW(0) * ldb; const T* B1 = b0 + CYL_ROW(1) * ldb;  \
@@ -214,7 +217,7 @@ typedef double cyl_vd __attribute__((vector_size(64)));
 #define CYL_PANEL_ROWS2_BODY(T, VT, VL)                                            \
     {                                                                              \
         const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         const T* A0 = a0 + r0 * lda; const T* A1 = A0 + lda;                       \
         const T* B0 = b0 + r0 * ldb; const T* B1 = B0 + ldb;                       \
         T* Z0 = z0 + r0 * ldz; T* Z1 = Z0 + ldz;                                   \
@@ -353,7 +356,7 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
 #define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
     {                                                                              \
         const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / VL) * VL;                                        \
+        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         ptrdiff_t j, k;                                                            \
         for (j = 0; j < wv; j++) {                                                 \
             T acc = 0;                                                             \
@@ -398,16 +401,33 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
 #else
 #define CYL_ROWS42_PASS(T, VT, VL)
 #endif
-#define CYL_PANEL_FN_BODY(T, VT, VL, ROWS6_FN)                                     \
+/* The row bodies run on vectors of the variant's register width: 64 bytes
+ * (AVX-512, and single builds), 32 (x86-64-v3: AVX2), 16 (the baseline's SSE2).
+ * GCC lowers a 64-byte vector type on AVX2 into pairs of registers and builds
+ * every broadcast of a row value on the stack: the x86-64-v3 variant ran 5-10x
+ * slower than BLAS (and than the baseline) before it had its own width
+ * ((T, B, I, H) = (100, 4, 256, 256) forward: 175 ms against 10 ms; 2-vCPU
+ * Xeon, CYLSTM_CPU=avx2, 2026-12-01).  The layout (CYL_LAYOUT_VL) stays 64
+ * bytes, a whole number of vectors of each width. */
+#define CYL_REG_BYTES (CYL_ISA == 1 ? 32 : CYL_ISA == 0 ? 16 : 64)
+#if CYL_STREAM_VECTOR
+#define CYL_DECLARE_VTN(T)                                                         \
+        typedef T VTn __attribute__((vector_size(CYL_REG_BYTES)));                 \
+        enum { VLn = CYL_REG_BYTES / sizeof(T) };
+#else
+#define CYL_DECLARE_VTN(T) typedef T VTn; enum { VLn = 1 };
+#endif
+#define CYL_PANEL_FN_BODY(T, VT64, VL64, ROWS6_FN)                                 \
     {                                                                              \
+        CYL_DECLARE_VTN(T)                                                         \
         ptrdiff_t r = 0;                                                           \
-        CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
-        CYL_ROWS42_PASS(T, VT, VL)                                                 \
+        CYL_ROWS6_PASS(ROWS6_FN, VL64)                                             \
+        CYL_ROWS42_PASS(T, VTn, VLn)                                               \
         for (; r < nrows; r++) {                                                   \
             const T* a = a0 + r * lda;                                             \
             const T* b = b0 + r * ldb;                                             \
             T* z = z0 + r * ldz;                                                   \
-            CYL_PANEL_ROW_BODY(T, VT, VL)                                          \
+            CYL_PANEL_ROW_BODY(T, VTn, VLn)                                        \
         }                                                                          \
     }
 
