@@ -100,12 +100,16 @@ DEF TILE_K = 256
 
 cdef inline void gemm_tiled(bint trans_b, int m, int n, int k, floating alpha,
                             const floating* a, int lda, const floating* b, int ldb,
-                            floating beta, floating* c, int ldc) noexcept nogil:
+                            floating beta, floating* c, int ldc,
+                            bint rev=False) noexcept nogil:
     """``C[m, n] = alpha A[m, k] @ op(B) + beta C`` as small-kernel-sized tiles.
 
     Same contract as ``gemm(False, trans_b, ...)``; one-row products go to gemv.
+    ``rev``: visit the column tiles last to first (a time loop alternates, so
+    that each step starts on the tiles of B the last one left in cache; see
+    ``_snake`` in _lstm.pyx).  Each tile is computed the same either way.
     """
-    cdef int kt, mt, nt, i, j, kk, mi, nj, kc
+    cdef int kt, mt, nt, i, j, kk, mi, nj, kc, tile, n_tiles
     cdef floating bk
     cdef const floating* bp
     if m <= 0 or n <= 0:
@@ -124,8 +128,9 @@ cdef inline void gemm_tiled(bint trans_b, int m, int n, int k, floating alpha,
         nt = 16
     if nt > n:
         nt = n
-    j = 0
-    while j < n:
+    n_tiles = (n + nt - 1) // nt
+    for tile in range(n_tiles):
+        j = (n_tiles - 1 - tile if rev else tile) * nt
         nj = nt if j + nt <= n else n - j
         i = 0
         while i < m:
@@ -140,4 +145,3 @@ cdef inline void gemm_tiled(bint trans_b, int m, int n, int k, floating alpha,
                      bp, ldb, bk, c + <Py_ssize_t> i * ldc + j, ldc)
                 kk += kt
             i += mt
-        j += nt
