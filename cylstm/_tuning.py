@@ -55,6 +55,32 @@ MIN_ROWS_PER_THREAD = 4
 PANEL_TEAM_MIN_BYTES = 128 * 1024
 PANEL_SPLIT_LLC_FRACTION = 2
 
+# On one thread, AVX-512, the unit path (one GEMM for x @ W, then each step on
+# U's packed panels, walked in snake order) beats the batch path's BLAS step for
+# batches of up to UNITS_SERIAL_MAX_BATCH, and in training from
+# UNITS_SERIAL_MIN_UNITS units (the training forward cannot take the stacked
+# path).  2-vCPU Xeon (Sapphire Rapids), 2026-12-01, min of 10-12, ms, rows
+# against units: inference (100, B, 256, 256) B=1 4.40/3.76, 2 6.40/5.32,
+# 4 7.96/7.63, 8 12.7/14.2; (25, B, 512, 512) B=1 9.26/8.96, 8 25.5/18.4;
+# (100, 1, 64, 128) 0.71/0.69.  Training forward (100, 32, 128, 256)
+# 41.3/34.2 (rows_fused 48.6), (100, 16, 128, 256) 23.8/17.9,
+# (50, 64, 512, 512) 480/222, (100, 32, 64, 128) 11.2/11.5.  Not on AVX2: its
+# panel bodies trail BLAS's gemv at batch 1 there (CYLSTM_CPU=avx2,
+# (100, 1, 256, 256) 5.6 against 6.4 ms).
+UNITS_SERIAL_MAX_BATCH = 4
+UNITS_SERIAL_MIN_UNITS = 256
+# And on any thread count (AVX2 or AVX-512), the unit path whenever U does not
+# fit in a core's L2 (CpuFacts.l2_per_core): the batch path's threads each stream
+# all of U from L3 every step, the unit split keeps each thread's share in its
+# L2, and on one thread the six-row blocks read U fewer times than BLAS's tiles.
+# Same Xeon (2 MiB L2), training forward, rows against units: 2 threads
+# (50, 64, 512, 512) 158/122 ms, (100, 32, 256, 384) 70.1/65.0; while U fits,
+# rows stays ahead there ((100, 32, 128, 256) 31.8/35.4).  Inference
+# (25, 32, 512, 512) on 1 thread 107/51 (stacked 55); under CYLSTM_CPU=avx2
+# 112/83.  Only from UNITS_L2_MIN_BYTES of U: the smallest measured win was
+# 2.25 MiB (H = 384); smaller kernels on CPUs with small L2s were not measured.
+UNITS_L2_MIN_BYTES = 2 * 2**20
+
 # Batches that split into slices of at least FUSE_MIN_ROWS samples per thread
 # compute x_t @ W inside each step, next to h_prev @ U, instead of one input
 # projection for all steps up front: the gate buffer (B, T, 4H) is then never
@@ -150,6 +176,9 @@ THRESHOLDS = {
     "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11",
     "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",
     "PANEL_SPLIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
+    "UNITS_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Xeon, (100, B, 256, 256), 2026-12-01",
+    "UNITS_SERIAL_MIN_UNITS": "forward planner; 2-vCPU Xeon, training forward, 2026-12-01",
+    "UNITS_L2_MIN_BYTES": "forward planner; 2-vCPU Xeon, (100, 32, 256, 384), 2026-12-01",
     "FUSE_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "FUSE_MAX_BYTES": "forward planner; 2-vCPU Xeon, (50, 64, 512, 512), 2026-12-01",
     "FIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",

@@ -165,11 +165,23 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         if panels_fast and t.PANEL_SPLIT_LLC_FRACTION * u_bytes >= budget:
             return "units", (f"U ({u_bytes >> 10} KiB) >= 1/{t.PANEL_SPLIT_LLC_FRACTION} of "
                              f"the LLC budget ({budget >> 10} KiB): panels stay in cache")
+    if panels_fast and n_total == 1 and H > _panel_units(dtype):
+        if B <= t.UNITS_SERIAL_MAX_BATCH:
+            return "units", (f"one thread, batch {B} <= UNITS_SERIAL_MAX_BATCH: the panel "
+                             f"kernel's step beats BLAS's")
+        if training and H >= t.UNITS_SERIAL_MIN_UNITS:
+            return "units", (f"one thread, training, {H} units >= UNITS_SERIAL_MIN_UNITS: "
+                             f"six-row panel blocks beat BLAS's per-step tiles")
     if (panels_fast and not training and B // nt >= t.STACKED_MIN_ROWS
             and H >= t.STACKED_MIN_UNITS and fits and not (has_lengths and reverse)):
         return "stacked", (f"{B // nt} rows per thread >= STACKED_MIN_ROWS, {H} units >= "
                            f"STACKED_MIN_UNITS, [W; U] in 1/{t.FIT_LLC_FRACTION} of the "
                            f"LLC budget")
+    if (facts.isa_level >= 1 and H > _panel_units(dtype) and u_bytes > facts.l2_per_core
+            and u_bytes >= t.UNITS_L2_MIN_BYTES and (not has_mask or min(n_total, _n_panels(H, dtype)) == 1)):
+        return "units", (f"U ({u_bytes >> 10} KiB) > a core's L2 "
+                         f"({facts.l2_per_core >> 10} KiB): split by batch, every thread "
+                         f"would stream all of it each step")
     if (not has_lengths and B // nt >= t.FUSE_MIN_ROWS and fits
             and wu_bytes <= t.FUSE_MAX_BYTES):
         return "rows_fused", (f"{B // nt} rows per thread >= FUSE_MIN_ROWS, [W; U] in "
@@ -209,11 +221,16 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        either the batch is too small to split (one batch thread of several) with
        U of at least PANEL_TEAM_MIN_BYTES, or (AVX-512 only) U is at least
        1/PANEL_SPLIT_LLC_FRACTION of ``facts.llc_budget``;
-    3. "stacked" (AVX-512 only, inference) with STACKED_MIN_ROWS rows per thread,
+    3. "units" on one thread (AVX-512 only) with H spanning two panels or more
+       and either a batch of at most UNITS_SERIAL_MAX_BATCH or, in training, at
+       least UNITS_SERIAL_MIN_UNITS units;
+    4. "stacked" (AVX-512 only, inference) with STACKED_MIN_ROWS rows per thread,
        STACKED_MIN_UNITS units and [W; U] within 1/FIT_LLC_FRACTION of the budget;
-    4. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
+    5. "units" (AVX2 or AVX-512) when U is larger than a core's L2 and at least
+       UNITS_L2_MIN_BYTES (the recurrent mask rule of 2 applies);
+    6. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
        within 1/FIT_LLC_FRACTION of the budget and at most FUSE_MAX_BYTES;
-    5. "rows".
+    7. "rows".
     """
     dtype = np.dtype(dtype)
     n_total = int(n_threads)

@@ -128,7 +128,9 @@ def test_plan_keeps_blas_where_it_is_faster():
     the old version of this test asserted a plan that depended on this machine's
     L3 and failed on a Xeon VM)."""
     assert _path(1, 128, 2) == "units"      # batch 1, 256 KiB of U, a second core
-    assert _path(1, 128, 1) == "rows"       # one thread
+    assert _path(1, 128, 1) == "units"      # one thread, AVX-512: the panel step
+    assert _path(8, 128, 1) != "units"      # ... for batches up to UNITS_SERIAL_MAX_BATCH
+    assert _path(1, 128, 1, mask=True) == "units"   # one thread takes a recurrent mask
     assert _path(8, 128, 2) == "rows"       # the batch splits (4 rows each: not fused)
     assert _path(1, 128, 2, mask=True) == "rows"
     assert _path(1, 32, 2) == "rows"        # 16 KiB of U: the barrier costs more
@@ -154,12 +156,15 @@ def test_plan_reads_the_budget_not_the_whole_l3():
                        family=6, model=143, n_cores=2, isa_level=2, isa_name="avx512",
                        fma512_ports=2, l2_per_core=2 * MiB, l3_total=480 * MiB,
                        l3_shared_by=2, l3_per_core=240 * MiB, llc_budget=480 * MiB)
-    # keyed on the whole L3 the unit split is not chosen (the old choice was the
-    # fused path, which FUSE_MAX_BYTES now also refuses)
-    assert _path(16, 1024, 2, I=1024, facts=host_l3) not in ("units", "rows_fused")
+    # keyed on the whole L3 the budget rule does not split the units (the old
+    # choice was the fused path, which FUSE_MAX_BYTES now also refuses); the L2
+    # rule, which no L3 report changes, still does
+    p = functional.plan_forward(16, 25, 1024, 1024, np.float32, 2, facts=host_l3)
+    assert p.path == "units" and "L2" in p.reason
     capped = host_l3.with_l3_per_core(_tuning.L3_PER_CORE_CAP, "capped")
     assert capped.llc_budget == 32 * MiB
-    assert _path(16, 1024, 2, I=1024, facts=capped) == "units"
+    p = functional.plan_forward(16, 25, 1024, 1024, np.float32, 2, facts=capped)
+    assert p.path == "units" and "LLC budget" in p.reason
 
 
 def test_plan_without_avx512_keeps_large_batches_on_blas():

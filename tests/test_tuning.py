@@ -178,12 +178,39 @@ def test_xeon_vm_does_not_fuse_the_big_shape(xeon_vm):
     assert p.path == "units"
 
 
-def test_avx2_plans_stay_on_blas(avx2_desktop):
+def test_avx2_plans(avx2_desktop):
     f = detect_cpu(*avx2_desktop)
-    assert _path(f, 16, 25, 1024, 1024, 2).path == "rows"
-    assert _path(f, 64, 25, 512, 512, 2).path == "rows"       # no stacked without AVX-512
+    # U beyond a core's L2 (128 KiB here): the unit split keeps shares in L2
+    p = _path(f, 16, 25, 1024, 1024, 2)
+    assert p.path == "units" and "L2" in p.reason
+    assert _path(f, 64, 25, 512, 512, 2).path == "units"      # no stacked without AVX-512
+    assert _path(f, 64, 25, 512, 512, 1).path == "units"
+    # U of 256 KiB exceeds that L2 but is below UNITS_L2_MIN_BYTES: BLAS
     assert _path(f, 32, 25, 64, 128, 2).path == "rows_fused"
     assert _path(f, 1, 25, 64, 128, 2).path == "units"        # small batch: still split
+    # the serial small-batch rule is AVX-512 only
+    assert _path(f, 2, 25, 256, 256, 1).path == "rows"
+    # a recurrent mask keeps a multi-thread call off the unit split
+    assert _path(f, 64, 25, 512, 512, 2, has_mask=True).path == "rows"
+    assert _path(f, 64, 25, 512, 512, 1, has_mask=True).path == "units"
+
+
+def test_serial_unit_rules(xeon_vm):
+    f = detect_cpu(*xeon_vm)        # AVX-512, 2 MiB L2 per core
+    t = _tuning
+    for B in (1, t.UNITS_SERIAL_MAX_BATCH):
+        p = _path(f, B, 100, 256, 256, 1)
+        assert p.path == "units" and "UNITS_SERIAL_MAX_BATCH" in p.reason
+    assert _path(f, t.UNITS_SERIAL_MAX_BATCH + 28, 100, 128, 256, 1).path == "stacked"
+    p = _path(f, 32, 100, 128, 256, 1, training=True)
+    assert p.path == "units" and "UNITS_SERIAL_MIN_UNITS" in p.reason
+    assert _path(f, 32, 100, 64, 128, 1, training=True).path != "units"
+    # one panel only: nothing to split or snake
+    assert _path(f, 1, 100, 8, 16, 1).path == "rows"
+    # U of 4 MiB > the 2 MiB L2: units on two threads in training
+    p = _path(f, 64, 50, 512, 512, 2, training=True)
+    assert p.path == "units" and "L2" in p.reason
+    assert _path(f, 32, 100, 128, 256, 2, training=True).path == "rows_fused"
 
 
 def test_no_sysfs_plans(tmp_path):
