@@ -1548,7 +1548,7 @@ class TimeDistributed(Layer):
 TimeDistributed._SUPPORTED = (Dense, Dropout, Activation)
 
 # merge and reshaping layers live in their own modules; Keras has them in keras.layers
-from cylstm.merging import (  # noqa: E402
+from cylstm.merging import (
     Add,
     Average,
     Concatenate,
@@ -1564,7 +1564,7 @@ from cylstm.merging import (  # noqa: E402
     multiply,
     subtract,
 )
-from cylstm.reshaping import Flatten, Reshape  # noqa: E402
+from cylstm.reshaping import Flatten, Reshape
 
 _REGISTRY = {c.__name__: c for c in (LSTM, Dense, Bidirectional, Dropout, Masking, Embedding,
                                      Activation, RepeatVector, TimeDistributed, Concatenate,

@@ -107,7 +107,7 @@ class _Merge(Layer):
         if graph.is_symbolic(inputs):
             return graph.symbolic_call(self, inputs, training=training, mask=mask)
         if not isinstance(inputs, (list, tuple)):
-            raise ValueError(f"{type(self).__name__} {self.name!r} merges a list of arrays; got "
+            raise TypeError(f"{type(self).__name__} {self.name!r} merges a list of arrays; got "
                              f"{type(inputs).__name__}")
         xs = [_as_float_input(f"inputs[{k}]", x, self.dtype) for k, x in enumerate(inputs)]
         if not self.built:
@@ -149,7 +149,14 @@ class _Merge(Layer):
         self._cache = None
         if not need_input_grad:
             return [None] * self._n_of(cache)
-        return self._grads_of(dy, cache)
+        out = list(self._grads_of(dy, cache))
+        # one array per input: a layer's backward may work in place on its dy (Dense does)
+        seen = set()
+        for i, d in enumerate(out):
+            if id(d) in seen:
+                out[i] = d.copy()
+            seen.add(id(d))
+        return out
 
     def _n_of(self, cache):
         return len(cache)

@@ -196,6 +196,9 @@ class Sequential(Model):
         self._reg_layers = [l for l in leaves if hasattr(l, "_regularization_loss")]
         self._constraint_layers = [l for l in leaves if hasattr(l, "_apply_constraints")]
 
+    def _prepare_nested(self, trainable_ids):
+        self._after_bind(trainable_ids)
+
     # ------------------------------------------------------------------ the model interface
     @property
     def input_names(self):

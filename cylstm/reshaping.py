@@ -75,7 +75,7 @@ class Reshape(Layer):
             return tuple(n // known if d == -1 else d for d in ts)
         if known != n:
             raise ValueError(f"Reshape {self.name!r}: target_shape {ts} holds {known} values per "
-                             f"sample but {where} holds {n}")
+                             f"sample but {where} holds {n} values")
         return ts
 
     def build(self, input_shape):

@@ -20,7 +20,6 @@ file intact.
 import json
 import math
 import os
-import warnings
 import zipfile
 import zlib
 

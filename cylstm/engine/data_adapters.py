@@ -287,10 +287,9 @@ def get_data_adapter(model, x, y=None, sample_weight=None, class_weight=None,
         stream = PyDatasetAdapter(model, x, need_y, class_weight, shuffle)
     elif hasattr(x, "__next__"):
         stream = GeneratorDataAdapter(model, x, need_y, class_weight)
-    elif _is_batch_list(x) and y is None:
-        stream = IterableDataAdapter(model, x, need_y, class_weight)
-    elif not isinstance(x, (np.ndarray, list, tuple, dict)) and hasattr(x, "__iter__") \
-            and not hasattr(x, "__array__"):
+    elif (_is_batch_list(x) and y is None) or (
+            not isinstance(x, (np.ndarray, list, tuple, dict)) and hasattr(x, "__iter__")
+            and not hasattr(x, "__array__")):
         stream = IterableDataAdapter(model, x, need_y, class_weight)
     if stream is not None:
         for name, v in (("y", y), ("sample_weight", sample_weight)):

@@ -320,8 +320,8 @@ def param_items(layer):
 
 # ---------------------------------------------------------------------------- plan
 class _Step:
-    __slots__ = ("kind", "layer", "node", "ins", "sts", "outs", "i0", "o0", "training",
-                 "plain", "cache", "shared", "yshape", "index")
+    __slots__ = ("cache", "i0", "index", "ins", "kind", "layer", "node", "o0", "outs",
+                 "plain", "shared", "sts", "training", "yshape")
 
 
 def _topo_nodes(outputs, inputs):

@@ -632,8 +632,7 @@ class Trainer:
                 if bar is not None or batch_hooks:
                     blogs = {nm: s / seen for nm, s in zip(names, sums)}
                     if bar is not None:
-                        if bar.target < b + 1:
-                            bar.target = b + 1
+                        bar.target = max(bar.target, b + 1)
                         bar.update(b + 1, blogs)
                     if batch_hooks:
                         cbl.on_train_batch_end(b, blogs)
