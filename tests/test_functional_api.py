@@ -114,6 +114,7 @@ def test_multi_input_multi_output_shared_layer_matches_numpy_reference():
     np.testing.assert_allclose(p2, r2, rtol=1e-10, atol=1e-12)
     q1, q2 = model([xa, xb])
     np.testing.assert_allclose(q1, r1, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(q2, r2, rtol=1e-10, atol=1e-12)
 
 
 def test_gradients_multi_input_multi_output_shared_layer_finite_differences():
@@ -163,7 +164,7 @@ def test_return_state_outputs_and_masked_initial_state_gradients():
     emb = L.Embedding(7, 3, mask_zero=True, dtype="float64")(tok)
     h0 = L.Input(shape=(4,), dtype="float64")
     c0 = L.Input(shape=(4,), dtype="float64")
-    y, h, c = L.LSTM(4, return_state=True, dtype="float64")(emb, initial_state=[h0, c0])
+    y, _h, c = L.LSTM(4, return_state=True, dtype="float64")(emb, initial_state=[h0, c0])
     model = Model([tok, h0, c0], [y, L.Dense(1, dtype="float64")(c)])
     _randomize(model, rng)
     ids = rng.integers(1, 7, (4, 6))
@@ -601,6 +602,7 @@ def test_keras_io_weather_forecasting(tmp_path):
 
     for batch in dataset_train.take(1):
         inputs, targets = batch
+    assert targets.shape == (len(inputs),)
     inputs = keras.layers.Input(shape=(inputs.shape[1], inputs.shape[2]))
     lstm_out = keras.layers.LSTM(32)(inputs)
     outputs = keras.layers.Dense(1)(lstm_out)

@@ -287,7 +287,7 @@ def get_data_adapter(model, x, y=None, sample_weight=None, class_weight=None,
         stream = PyDatasetAdapter(model, x, need_y, class_weight, shuffle)
     elif hasattr(x, "__next__"):
         stream = GeneratorDataAdapter(model, x, need_y, class_weight)
-    elif (_is_batch_list(x) and y is None) or (
+    elif _is_batch_list(x) or (
             not isinstance(x, (np.ndarray, list, tuple, dict)) and hasattr(x, "__iter__")
             and not hasattr(x, "__array__")):
         stream = IterableDataAdapter(model, x, need_y, class_weight)
