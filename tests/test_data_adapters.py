@@ -96,7 +96,7 @@ class _Seq(PyDataset):
         self.calls = []
 
     def __len__(self):
-        return -(-len(self.x) // self.bs)
+        return (len(self.x) + self.bs - 1) // self.bs
 
     def __getitem__(self, i):
         self.calls.append(i)
