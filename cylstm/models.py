@@ -377,14 +377,14 @@ class Sequential(Model):
         return cfg
 
     @classmethod
-    def from_config(cls, config, _depth=0):
+    def from_config(cls, config):
         """Rebuild a model from :meth:`get_config`'s output (only cylstm's own classes)."""
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             msg = "a Sequential config must be a dict with a 'layers' list"
             raise ValueError(msg)  # noqa: TRY004
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for lc in config["layers"]:
-            model.add(_deserialize(lc, _depth + 1))
+            model.add(_deserialize(lc))
         shape = config.get("build_input_shape")
         if shape is not None and not model.built and model.layers:
             dt = config.get("dtype")
@@ -420,10 +420,10 @@ class Sequential(Model):
 
 
 
-def _deserialize(config, depth):
+def _deserialize(config):
     from cylstm.engine.model import _deserialize as de
 
-    return de(config, depth)
+    return de(config)
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):

@@ -647,3 +647,58 @@ def test_keras_io_lstm_half_of_lstm_vs_cnn_text_classifier():
     assert hist["loss"][-1] < hist["loss"][0]
     res = model.evaluate(x, y, verbose=0)
     assert len(res) == 2 and 0 <= res[1] <= 1
+
+
+@pytest.mark.parametrize("backend", ["emulated", "cuda"])
+def test_functional_to_cuda_matches_cpu(backend, monkeypatch):
+    """model.to('cuda') on a graph that is not a chain (shared LSTM, states as values):
+    on a GPU, or on tests/cuda_emulator.py (a NumPy replay of the CUDA launches)."""
+    from cylstm import cuda
+
+    if backend == "cuda":
+        if not cuda.is_available():
+            pytest.skip(f"CUDA backend unavailable: {cuda.unavailable_reason()}")
+    else:
+        import cuda_emulator
+
+        monkeypatch.setattr(cuda, "_load", lambda: cuda_emulator)
+        monkeypatch.setattr(cuda, "_contexts", {})
+        monkeypatch.setattr(cuda, "_ctx_locks", {})
+        monkeypatch.setattr(cuda, "device_count", lambda: 1)
+    rng = np.random.default_rng(18)
+
+    def make():
+        a = L.Input(shape=(None, 2), dtype="float64")
+        b = L.Input(shape=(None, 2), dtype="float64")
+        shared = L.LSTM(3, return_state=True, name="shared")
+        _, h, c = shared(a)
+        y, _, _ = shared(b)
+        dec = L.LSTM(3, name="dec")(a, initial_state=[h, c])
+        m = Model([a, b], L.Dense(1, name="head")(L.add([y, dec])))
+        m.compile("sgd", "mse")
+        return m
+
+    cpu, gpu = make(), make()
+    _randomize(cpu, rng)
+    gpu.set_weights(cpu.get_weights())
+    xs = [rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 5, 2))]
+    y = rng.standard_normal((3, 1))
+    assert gpu.to("cuda") is gpu
+    np.testing.assert_allclose(gpu.predict(xs, verbose=0), cpu.predict(xs, verbose=0),
+                               rtol=1e-10, atol=1e-12)
+    for _ in range(2):
+        np.testing.assert_allclose(gpu.train_on_batch(xs, y), cpu.train_on_batch(xs, y),
+                                   rtol=1e-10)
+    for u, v in zip(gpu.get_weights(), cpu.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
+
+
+def test_hostile_nested_config_is_refused_not_a_recursion_error():
+    cfg = {"name": "s", "layers": [{"class_name": "Dense", "config": {"units": 1}}]}
+    for _ in range(200):
+        cfg = {"name": "s", "layers": [{"class_name": "Sequential", "config": cfg}]}
+    with pytest.raises(ValueError, match="nested more than"):
+        Sequential.from_config(cfg)
+    with pytest.raises(ValueError, match="invalid functional model config"):
+        Model.from_config({"inputs": [], "layers": [], "nodes": [{"layer": "x"}],
+                           "outputs": []})

@@ -11,6 +11,8 @@ Every trainable weight of the model lives in one flat array (each layer's
 optimizer updates all of them in one fused pass; a layer shared by two models
 is re-pointed to the buffer of the model being trained.
 """
+import threading
+
 import numpy as np
 
 from cylstm import layers as _layers
@@ -753,10 +755,8 @@ class Model(Trainer):
         }
 
     @classmethod
-    def from_config(cls, config, _depth=0):
+    def from_config(cls, config):
         """Rebuild a model from :meth:`get_config`'s output (only cylstm's own classes)."""
-        if _depth > _MAX_NESTING:
-            raise ValueError(f"models nested more than {_MAX_NESTING} deep")
         if not isinstance(config, dict):
             raise ValueError("a functional model config must be a dict")  # noqa: TRY004
         try:
@@ -769,7 +769,7 @@ class Model(Trainer):
                                             dtype=idt))
             layers = {}
             for lc in config["layers"]:
-                layer = _deserialize(lc, _depth + 1)
+                layer = _deserialize(lc)
                 if dt is not None and not isinstance(layer, Model) and layer._dtype is None:
                     layer._dtype = dt
                 layers[layer.name] = layer
@@ -807,15 +807,28 @@ class Model(Trainer):
                 f"outputs={len(self.outputs)} layers={len(self.layers)}>")
 
 
-def _deserialize(config, depth=0):
-    """A layer or a nested model from its serialized form."""
-    if isinstance(config, dict) and config.get("class_name") in ("Functional", "Model"):
-        return Model.from_config(config.get("config", {}), _depth=depth)
-    if isinstance(config, dict) and config.get("class_name") == "Sequential":
-        from cylstm.models import Sequential
+_nesting = threading.local()
 
-        return Sequential.from_config(config.get("config", {}))
-    return _layers.deserialize(config)
+
+def _deserialize(config, depth=0):
+    """A layer or a nested model from its serialized form.  Models nest at most
+    ``_MAX_NESTING`` deep, however the configs reach each other (a hostile file
+    must not exhaust the stack)."""
+    kind = config.get("class_name") if isinstance(config, dict) else None
+    if kind not in ("Functional", "Model", "Sequential"):
+        return _layers.deserialize(config)
+    level = getattr(_nesting, "level", 0)
+    if level >= _MAX_NESTING:
+        raise ValueError(f"models nested more than {_MAX_NESTING} deep")
+    _nesting.level = level + 1
+    try:
+        if kind == "Sequential":
+            from cylstm.models import Sequential
+
+            return Sequential.from_config(config.get("config", {}))
+        return Model.from_config(config.get("config", {}))
+    finally:
+        _nesting.level = level
 
 
 class _Chain:
