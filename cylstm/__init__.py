@@ -28,11 +28,15 @@ _LAZY = {
     "Dropout": "cylstm.layers", "Masking": "cylstm.layers", "Embedding": "cylstm.layers",
     "Input": "cylstm.layers", "RepeatVector": "cylstm.layers",
     "TimeDistributed": "cylstm.layers", "Activation": "cylstm.layers",
-    "Sequential": "cylstm.models", "load_model": "cylstm.models",
+    "Sequential": "cylstm.models", "load_model": "cylstm.models", "Model": "cylstm.models",
+    "Concatenate": "cylstm.layers", "Add": "cylstm.layers", "Subtract": "cylstm.layers",
+    "Multiply": "cylstm.layers", "Average": "cylstm.layers", "Maximum": "cylstm.layers",
+    "Minimum": "cylstm.layers", "Flatten": "cylstm.layers", "Reshape": "cylstm.layers",
     "StreamRunner": "cylstm.stream",
 }
 _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks",
-               "initializers", "utils", "stream", "interop", "cuda", "activations"}
+               "initializers", "utils", "stream", "interop", "cuda", "activations",
+               "preprocessing"}
 
 __all__ = ["get_num_threads", "set_num_threads", "show_config", "tune", "functional",
            "__version__", *_LAZY, *sorted(_SUBMODULES)]

@@ -27,23 +27,40 @@ import numpy as np
 
 from cylstm import activations as _act
 from cylstm import functional as _F
+from cylstm.engine import graph as _graph
 
 __all__ = [
     "LSTM",
     "Activation",
+    "Add",
+    "Average",
     "Bidirectional",
+    "Concatenate",
     "Dense",
     "Dropout",
     "Embedding",
+    "Flatten",
     "Input",
     "InputLayer",
     "Layer",
     "Masking",
+    "Maximum",
+    "Minimum",
+    "Multiply",
     "RepeatVector",
+    "Reshape",
+    "Subtract",
     "TimeDistributed",
+    "add",
+    "average",
+    "concatenate",
     "deserialize",
     "get",
+    "maximum",
+    "minimum",
+    "multiply",
     "serialize",
+    "subtract",
 ]
 
 _name_counts = collections.defaultdict(int)
@@ -316,7 +333,10 @@ class Layer:
             self.build((None,) + x.shape[1:])
 
     def __call__(self, inputs, training=False, mask=None):
-        """Apply the layer to a NumPy array and return a NumPy array."""
+        """Apply the layer to a NumPy array and return a NumPy array; on symbolic
+        tensors (:func:`Input`), record a node of a functional model instead."""
+        if _graph.is_symbolic(inputs):
+            return _graph.symbolic_call(self, inputs, training=training, mask=mask)
         x = self._cast(inputs)
         if not self.built:
             self._build_for(x)
@@ -355,8 +375,12 @@ class Layer:
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
 
 
-class Input:
-    """The model's input, as ``keras.Input``: ``Sequential([Input(shape=(None, 10)), ...])``.
+class Input(_graph.KerasTensor):
+    """The model's input, as ``keras.Input``: a symbolic tensor.
+
+    Start a functional model with it (``x = Input(shape=(None, 10));
+    y = LSTM(8)(x); Model(x, y)``) or a Sequential one
+    (``Sequential([Input(shape=(None, 10)), ...])``).
 
     Parameters
     ----------
@@ -384,14 +408,14 @@ class Input:
             self.batch_shape = (batch_size,) + _shape_tuple("shape", shape)
         else:
             raise ValueError("Input needs shape= (one sample's shape) or batch_shape=")
-        self.shape = self.batch_shape
-        self.name = name or _unique_name("input_layer")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string; got {name!r}")
         if dtype is not None:
             dt = np.dtype(dtype)
             if dt.kind not in "iuf":
                 raise ValueError(f"Input dtype must be a float or integer dtype; got {dtype!r}")
             dtype = dt
-        self.dtype = dtype
+        super().__init__(self.batch_shape, dtype, name or _unique_name("input_layer"))
 
     def get_config(self):
         return {"batch_shape": list(self.batch_shape), "name": self.name,
@@ -402,7 +426,7 @@ class Input:
         return cls(**config)
 
     def __repr__(self):
-        return f"<Input shape={self.batch_shape}>"
+        return f"<Input shape={self.batch_shape} name={self.name!r}>"
 
 
 InputLayer = Input
@@ -892,8 +916,13 @@ class LSTM(Layer):
     def __call__(self, inputs, initial_state=None, training=False, mask=None):
         """Run the layer on (batch, time, features) inputs.
 
-        Returns the output, or ``[output, h, c]`` with ``return_state=True``.
+        Returns the output, or ``[output, h, c]`` with ``return_state=True``.  On
+        symbolic tensors, records a node of a functional model (``initial_state``
+        may then be symbolic ``[h, c]``).
         """
+        if _graph.is_symbolic(inputs, initial_state):
+            return _graph.symbolic_call(self, inputs, initial_state=initial_state,
+                                        training=training, mask=mask)
         x = self._cast(inputs)
         if x.ndim != 3:
             raise ValueError(f"LSTM {self.name!r} expects 3-D inputs (batch, time, features); "
@@ -1088,6 +1117,7 @@ class LSTM(Layer):
         return y, h, c, r, ("reversed", empty if any_empty else None)
 
     def _backward(self, dy, need_input_grad=True, grad_h=None, grad_c=None):
+        gh_in, gc_in = grad_h, grad_c
         fcache, dmask, kw, info, flip, F = self._cache
         gr = self._grads
         # the weight gradients go straight into the model's gradient buffer: the CPU
@@ -1161,6 +1191,15 @@ class LSTM(Layer):
                     dx = dx[:, ::-1]
         if dx is not None and dmask is not None:
             dx *= dmask[:, None, :]
+        # dL/d initial state (a functional model's symbolic initial_state takes it);
+        # an all-masked sequence passes its initial state straight through
+        dh0, dc0 = g.dh0, g.dc0
+        empty = info[-1] if info is not None else None
+        if empty is not None and dh0 is not None:
+            dh0, dc0 = np.array(dh0), np.array(dc0)
+            dh0[empty] = 0 if gh_in is None else gh_in[empty]
+            dc0[empty] = 0 if gc_in is None else gc_in[empty]
+        self._state_grads = (dh0, dc0)
         return dx
 
     def get_config(self):
@@ -1290,7 +1329,11 @@ class Bidirectional(Layer):
             self.reset_states()
 
     def __call__(self, inputs, initial_state=None, training=False, mask=None):
-        """Run both directions; ``initial_state`` is [h_f, c_f, h_b, c_b]."""
+        """Run both directions; ``initial_state`` is [h_f, c_f, h_b, c_b] (symbolic
+        tensors record a node of a functional model)."""
+        if _graph.is_symbolic(inputs, initial_state):
+            return _graph.symbolic_call(self, inputs, initial_state=initial_state,
+                                        training=training, mask=mask)
         x = self._cast(inputs)
         if x.ndim != 3:
             raise ValueError(f"Bidirectional {self.name!r} expects 3-D inputs (batch, time, "
@@ -1504,15 +1547,40 @@ class TimeDistributed(Layer):
 
 TimeDistributed._SUPPORTED = (Dense, Dropout, Activation)
 
+# merge and reshaping layers live in their own modules; Keras has them in keras.layers
+from cylstm.merging import (
+    Add,
+    Average,
+    Concatenate,
+    Maximum,
+    Minimum,
+    Multiply,
+    Subtract,
+    add,
+    average,
+    concatenate,
+    maximum,
+    minimum,
+    multiply,
+    subtract,
+)
+from cylstm.reshaping import Flatten, Reshape
+
 _REGISTRY = {c.__name__: c for c in (LSTM, Dense, Bidirectional, Dropout, Masking, Embedding,
-                                     Activation, RepeatVector, TimeDistributed)}
+                                     Activation, RepeatVector, TimeDistributed, Concatenate,
+                                     Add, Subtract, Multiply, Average, Maximum, Minimum,
+                                     Flatten, Reshape)}
 _REGISTRY["InputLayer"] = Input
+_MODEL_CLASSES = ("Functional", "Model", "Sequential")
 
 
 def serialize(layer):
-    """``{'class_name': ..., 'config': ...}`` of a layer (JSON-serializable)."""
-    return {"class_name": type(layer).__name__ if not isinstance(layer, Input) else "InputLayer",
-            "config": layer.get_config()}
+    """``{'class_name': ..., 'config': ...}`` of a layer or a nested model (JSON-serializable)."""
+    if isinstance(layer, Input):
+        name = "InputLayer"
+    else:
+        name = getattr(layer, "_config_class", type(layer).__name__)
+    return {"class_name": name, "config": layer.get_config()}
 
 
 def deserialize(config):
@@ -1520,6 +1588,10 @@ def deserialize(config):
     classes can be named, so an untrusted config never runs code."""
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(f"a layer config must be a dict with 'class_name'; got {config!r}")
+    if config["class_name"] in _MODEL_CLASSES:
+        from cylstm.engine.model import _deserialize
+
+        return _deserialize(config)
     cls = _REGISTRY.get(config["class_name"])
     if cls is None:
         raise ValueError(f"unknown layer class {config['class_name']!r}; cylstm has "

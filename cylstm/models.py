@@ -1,60 +1,32 @@
-"""``Sequential``: a Keras-compatible model and trainer over cylstm's layers.
+"""``Sequential``: a Keras-compatible linear stack of layers, and ``Model``.
 
-The model keeps every trainable weight in one flat contiguous array
-(``layer.kernel`` etc. are reshaped views into it) and every gradient in a
-second array of the same layout, so the optimizer updates all parameters in
-one fused pass.  A training step is: the layers' forward over the whole
-batch, the loss and its gradient, the layers' backward (each LSTM runs its
-compiled BPTT over all time steps at once), then ``optimizer.update``.
-
-NaN safety: a batch whose loss or gradients are not finite is never applied,
-so the weights stay the last finite ones.  ``fit`` then stops if a callback
-(``TerminateOnNaN``) asked it to, and otherwise raises ``FloatingPointError``
-naming the epoch and batch (Keras would keep training on NaN weights; cylstm
-refuses to produce them).
+``Sequential`` is a :class:`cylstm.engine.model.Model` whose graph is a plain
+list of layers: its forward pass is a loop over them, its backward the same loop
+reversed.  Training (``compile``/``fit``/``evaluate``/``predict``) is shared
+with functional models (:mod:`cylstm.engine.trainer`).  The model keeps every
+trainable weight in one flat contiguous array (``layer.kernel`` etc. are
+reshaped views into it) and every gradient in a second array of the same
+layout, so the optimizer updates all parameters in one fused pass.
 """
-import math
-import numbers
 import warnings
 
 import numpy as np
 
-from cylstm import _signals
 from cylstm import layers as _layers
-from cylstm._progress import Progbar
+from cylstm.engine import graph as _graph
+from cylstm.engine.model import Model
 
-__all__ = ["Sequential", "load_model"]
-
-
-def _check_int(name, v, minimum):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {v!r}")
-    return int(v)
+__all__ = ["Model", "Sequential", "load_model"]
 
 
-def _batches_from_pairs(x):
-    """A list of (x_batch, y_batch[, sample_weight]) pairs -> stacked arrays."""
-    xs, ys, ws = [], [], []
-    for i, item in enumerate(x):
-        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-            raise TypeError(f"x[{i}] must be an (x_batch, y_batch) pair when y is None")
-        xs.append(np.asarray(item[0]))
-        ys.append(np.asarray(item[1]))
-        if len(item) == 3:
-            ws.append(np.asarray(item[2]))
-    if not xs:
-        raise ValueError("x is an empty list of batches")
-    sw = np.concatenate(ws) if ws else None
-    return np.concatenate(xs), np.concatenate(ys), sw, len(xs[0])
-
-
-class Sequential:
+class Sequential(Model):
     """A linear stack of layers, as ``keras.Sequential``.
 
     Parameters
     ----------
     layers : list of layers, optional
-        May start with :class:`cylstm.layers.Input`.
+        May start with :class:`cylstm.layers.Input`.  A functional model with one
+        input and one output may be a layer too.
     name : str, optional
 
     Examples
@@ -67,29 +39,13 @@ class Sequential:
     >>> history = model.fit(x, y, epochs=10, batch_size=32)
     """
 
+    _config_class = "Sequential"
+
     def __init__(self, layers=None, name=None, trainable=True):
-        self.name = name or _layers._unique_name("sequential")
+        self._init_model(name or _layers._unique_name("sequential"), trainable)
         self.layers = []
-        self.trainable = bool(trainable)
         self._input = None
-        self._dtype = None
-        self.built = False
-        self.optimizer = None
-        self.loss = None
-        self._loss_fn = None
-        self._metric_ids = []
-        self._metric_fns = []
-        self.compiled = False
-        self.stop_training = False
-        self.history = None
-        self._flat = None
-        self._flat_grad = None
-        self._segments = None
-        self._flat_sig = None
         self._need_dx = ()
-        self._shuffle_rng = None
-        self._fuse = False
-        self._on_device = False
         if layers is not None:
             for layer in layers:
                 self.add(layer)
@@ -125,7 +81,9 @@ class Sequential:
             for sub in layer.layers:
                 self.add(sub)
             return
-        if not isinstance(layer, _layers.Layer):
+        if isinstance(layer, Model):
+            layer._single("a layer of a Sequential model")
+        elif not isinstance(layer, _layers.Layer):
             raise TypeError(f"Sequential.add expects a cylstm layer; got {type(layer).__name__}")
         if any(layer is l for l in self.layers):
             raise ValueError(f"layer {layer.name!r} is already in the model")
@@ -222,157 +180,81 @@ class Sequential:
         self._dtype = dtype
         self.built = True
         self._bind_flat()
-        self._setup_fusion()
+        if self.compiled:
+            self._setup_fusion()
 
-    def _trainable_layers(self):
-        return [l for l in self.layers if l.trainable] if self.trainable else []
-
-    def _bind_flat(self):
-        """Put all trainable weights into one flat buffer (and their gradients in another)."""
-        items = []
-        for layer in self._trainable_layers():
-            items.extend(layer._param_items())
-        sizes = [getattr(o, n).size for o, n in items]
-        total = int(sum(sizes))
-        flat = np.empty(total, self._dtype)
-        grad = np.zeros(total, self._dtype)
-        segs, off = [], 0
-        views_w, views_g = {}, {}
-        for (o, n), sz in zip(items, sizes):
-            shape = getattr(o, n).shape
-            views_w[id(o), n] = flat[off:off + sz].reshape(shape)
-            views_g[id(o), n] = grad[off:off + sz].reshape(shape)
-            segs.append((off, off + sz))
-            off += sz
-        for layer in self._trainable_layers():
-            its = layer._param_items()
-            layer._bind([views_w[id(o), n] for o, n in its], [views_g[id(o), n] for o, n in its])
-        self._flat, self._flat_grad = flat, grad
-        self._segments = np.array(segs, dtype=np.int64).reshape(-1, 2)
-        self._flat_sig = self._signature()
+    def _after_bind(self, trainable_ids):
         # does anything before layer i have weights that take gradients?
         need, seen = [], False
         for layer in self.layers:
             need.append(seen)
-            seen = seen or (layer.trainable and self.trainable and bool(layer._param_items()))
+            if isinstance(layer, Model):
+                layer._prepare_nested(trainable_ids)
+            seen = seen or _graph._has_trainable(layer, trainable_ids)
         self._need_dx = tuple(need)
+        leaves = self._leaf_layers()
+        self._reg_layers = [l for l in leaves if hasattr(l, "_regularization_loss")]
+        self._constraint_layers = [l for l in leaves if hasattr(l, "_apply_constraints")]
 
-    def _signature(self):
-        return tuple((id(l), l.trainable) for l in self.layers) + (self.trainable,)
+    def _prepare_nested(self, trainable_ids):
+        self._after_bind(trainable_ids)
 
-    # ------------------------------------------------------------------ weights
-    def _param_items(self):
-        items = []
+    # ------------------------------------------------------------------ the model interface
+    @property
+    def input_names(self):
+        return [self._input.name if self._input is not None else "input_layer"]
+
+    @property
+    def output_names(self):
+        return [self.layers[-1].name if self.layers else "output"]
+
+    def _input_specs(self):
+        shape = self.layers[0]._build_shape if self.built else self._known_input_shape()
+        dt = self._input.dtype if self._input is not None else None
+        index = bool(self.layers) and getattr(self.layers[0], "_index_input", False)
+        return [(self.input_names[0], shape, dt, index)]
+
+    def _output_shapes(self):
+        return [self.output_shape]
+
+    def _pack(self, flat):
+        return flat[0]
+
+    def _fusion_candidates(self):
+        last = self.layers[-1] if self.layers else None
+        return [last if isinstance(last, _layers.Dense) else None]
+
+    def _prep_inputs(self, x, name="x"):
+        if isinstance(x, dict):
+            key = self.input_names[0]
+            if len(x) != 1:
+                raise ValueError(f"{name} is a dict of {len(x)} arrays {sorted(x)}; a "
+                                 "Sequential model has one input")
+            x = next(iter(x.values())) if key not in x else x[key]
+        return [self._prep_x(x, name)]
+
+    def _ensure_built_inputs(self, xs):
+        self._ensure_built(xs[0])
+
+    def _forward_values(self, xs, training, in_masks=None):
+        y, m = self._run_forward(xs[0], training, None if in_masks is None else in_masks[0])
+        return [y], [m]
+
+    def _backward_values(self, dys, need_input_grad=False):
+        return [self._run_backward(dys[0], need_input_grad)]
+
+    def _caches_get(self):
+        return tuple(_graph.cache_get(l) for l in self.layers)
+
+    def _caches_set(self, c):
+        for layer, ci in zip(self.layers, c if c is not None else [None] * len(self.layers)):
+            _graph.cache_set(layer, ci)
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
         for layer in self.layers:
-            items.extend(layer._param_items())
-        return items
-
-    @property
-    def weights(self):
-        return [getattr(o, n) for o, n in self._param_items()]
-
-    @property
-    def trainable_weights(self):
-        out = []
-        for layer in self._trainable_layers():
-            out.extend(getattr(o, n) for o, n in layer._param_items())
-        return out
-
-    def get_weights(self):
-        """Copies of all weights, layer by layer in Keras order."""
-        self._require_built("get_weights")
-        return [np.array(getattr(o, n)) for o, n in self._param_items()]
-
-    def set_weights(self, weights):
-        """Set all weights from a list like :meth:`get_weights`'s (checked before any write)."""
-        self._require_built("set_weights")
-        items = self._param_items()
-        if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
-            raise TypeError(f"set_weights expects a list of arrays; got {type(weights).__name__}")
-        weights = list(weights)
-        if len(weights) != len(items):
-            raise ValueError(f"model {self.name!r} has {len(items)} weight arrays; set_weights "
-                             f"got {len(weights)}")
-        checked = []
-        for (o, n), w in zip(items, weights):
-            w = np.asarray(w)
-            dst = getattr(o, n)
-            if w.dtype.kind not in "biuf":
-                raise TypeError(f"weight {o.name}/{n} must be numeric; got dtype {w.dtype}")
-            if w.shape != dst.shape:
-                raise ValueError(f"weight {o.name}/{n} must have shape {dst.shape}; got "
-                                 f"{w.shape}")
-            checked.append((dst, w))
-        for dst, w in checked:
-            dst[...] = w
-        self._weights_changed()
-
-    def count_params(self):
-        self._require_built("count_params")
-        return int(sum(l.count_params() for l in self.layers))
-
-    def _require_built(self, what):
-        if not self.built:
-            raise ValueError(f"model {self.name!r} is not built, so {what} is not available: "
-                             "give the first layer input_shape= (or add Input(shape=...)), "
-                             "or call the model on data first")
-
-    def reset_states(self):
-        """Zero the carried state of every stateful LSTM."""
-        for layer in self.layers:
-            layer._reset_state()
-
-    reset_state = reset_states  # Keras 3 spelling
-
-    # ------------------------------------------------------------------ compile
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
-                weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
-                jit_compile="auto", auto_scale_loss=True):
-        """Configure training: optimizer, loss and metrics (Keras names or objects).
-
-        ``run_eagerly``, ``steps_per_execution``, ``jit_compile`` and
-        ``auto_scale_loss`` are accepted for compatibility and have no effect.
-        """
-        from cylstm import losses as _losses
-        from cylstm import optimizers as _optimizers
-
-        if loss is None:
-            raise ValueError("compile needs a loss, e.g. loss='mse'")
-        if loss_weights is not None:
-            raise NotImplementedError("loss_weights is for multi-output models; a Sequential "
-                                      "model has one output")
-        opt = _optimizers.get(optimizer)
-        loss_fn = _losses.get(loss)
-        mids = []
-        for group in (metrics, weighted_metrics):
-            if group is None:
-                continue
-            if isinstance(group, (str, dict)) or callable(group):
-                group = [group]
-            mids.extend(group)
-        fns = self._resolve_metrics(mids, loss_fn)
-        self.optimizer, self.loss, self._loss_fn = opt, loss, loss_fn
-        self._metric_ids, self._metric_fns = mids, fns
-        self.compiled = True
-        self._setup_fusion()
-        if self.built and self._flat_sig != self._signature():
-            self._bind_flat()
-
-    @staticmethod
-    def _resolve_metrics(ids, loss_fn):
-        if not ids:
-            return []
-        from cylstm import metrics as _metrics
-
-        return [_metrics.get(m, loss=loss_fn) for m in ids]
-
-    @property
-    def metrics_names(self):
-        return ["loss"] + [m.name for m in self._metric_fns]
-
-    def _require_compiled(self, what):
-        if not self.compiled:
-            raise ValueError(f"you must call compile() before {what}()")
+            shape = layer.compute_output_shape(shape)
+        return shape
 
     # ------------------------------------------------------------------ data
     def _prep_x(self, x, name="x"):
@@ -412,485 +294,21 @@ class Sequential:
                 raise ValueError("the model has no layers")
             self.build((None,) + tuple(x.shape[1:]))
 
-    def _prep_y(self, y, n, name="y"):
-        if y is None:
-            raise ValueError(f"{name} is required")
-        y = np.asarray(y)
-        if y.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be a real numeric array; got dtype {y.dtype}")
-        if y.ndim == 0 or y.shape[0] != n:
-            raise ValueError(f"x and {name} must have the same number of samples; got x with "
-                             f"{n} and {name} with shape {y.shape}")
-        if y.dtype.kind == "f" or y.dtype.kind == "b":
-            y = np.ascontiguousarray(y, dtype=self.dtype)
-        else:
-            y = np.ascontiguousarray(y)
-        return y
-
-    @staticmethod
-    def _check_finite(name, a):
-        if a is not None and a.dtype.kind == "f" and not np.isfinite(a).all():
-            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-            raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean the data "
-                             "before training")
-
-    def _sample_weights(self, y, n, sample_weight, class_weight):
-        sw = None
-        if sample_weight is not None:
-            sw = np.asarray(sample_weight, dtype=self.dtype)
-            if sw.ndim == 0 or sw.shape[0] != n:
-                raise ValueError(f"sample_weight must have one entry per sample ({n}); got "
-                                 f"shape {sw.shape}")
-            self._check_finite("sample_weight", sw)
-        if class_weight is not None:
-            if not isinstance(class_weight, dict):
-                raise TypeError("class_weight must be a dict {class index: weight}")
-            if y.ndim >= 2 and y.shape[-1] > 1:
-                cls = np.argmax(y, axis=-1)
-            else:
-                cls = np.rint(y.reshape(n, -1)[:, 0]).astype(np.int64)
-            if cls.ndim > 1:
-                raise ValueError("class_weight needs one class per sample (2-D targets)")
-            table = np.ones(int(max(max(class_weight), cls.max() if cls.size else 0)) + 1,
-                            self.dtype)
-            for k, v in class_weight.items():
-                table[int(k)] = v
-            cw = table[cls]
-            sw = cw if sw is None else sw * cw.reshape(cw.shape + (1,) * (sw.ndim - 1))
-        return None if sw is None else np.ascontiguousarray(sw, dtype=self.dtype)
-
     # ------------------------------------------------------------------ core steps
-    def _run_forward(self, x, training):
-        mask = None
+    def _run_forward(self, x, training, mask=None):
         for layer in self.layers:
             x, mask = layer._forward(x, mask, training)
         return x, mask
 
-    def _run_backward(self, dy):
+    def _run_backward(self, dy, need_input_grad=False):
         layers, need = self.layers, self._need_dx
-        for i in range(len(layers) - 1, -1, -1):
+        for i in range(len(layers) - 1, 0, -1):
             dy = layers[i]._backward(dy, need[i])
+        return layers[0]._backward(dy, need_input_grad or need[0]) if layers else None
 
     def _clear_caches(self):
         for layer in self.layers:
-            layer._cache = None
-            for sub in (getattr(layer, "forward_layer", None),
-                        getattr(layer, "backward_layer", None), getattr(layer, "layer", None)):
-                if sub is not None:
-                    sub._cache = None
-
-    def _setup_fusion(self):
-        """Train a sigmoid/softmax output on its logits when the loss allows it.
-
-        TF-Keras computes binary/categorical cross-entropy from the logits
-        under a sigmoid/softmax output layer instead of from clipped
-        probabilities: exact, and the gradient does not vanish on saturated
-        outputs.  cylstm does the same (loss values and gradients then equal
-        those of the loss with ``from_logits=True`` on the pre-activations).
-        """
-        for layer in self.layers:
-            if isinstance(layer, _layers.Dense):
-                layer._logits_out = False
-                layer._logits = None
-        last = self.layers[-1] if self.layers else None
-        act = getattr(self._loss_fn, "fusable_activation", None)
-        self._fuse = bool(isinstance(last, _layers.Dense) and act is not None
-                          and last.activation == act
-                          and hasattr(self._loss_fn, "value_and_grad_from_logits"))
-        if self._fuse:
-            last._logits_out = True
-
-    def _loss_value_grad(self, yb, y_pred, mask, swb):
-        if mask is None or y_pred.ndim < 2 or mask.shape != y_pred.shape[:2]:
-            mask = None
-        if self._fuse:
-            last = self.layers[-1]
-            logits, last._logits = last._logits, None
-            return self._loss_fn.value_and_grad_from_logits(yb, logits, sample_weight=swb,
-                                                           mask=mask)
-        if mask is None:
-            return self._loss_fn.value_and_grad(yb, y_pred, sample_weight=swb)
-        return self._loss_fn.value_and_grad(yb, y_pred, sample_weight=swb, mask=mask)
-
-    def _loss_and_grad(self, xb, yb, swb):
-        y_pred, mask = self._run_forward(xb, True)
-        loss, dy = self._loss_value_grad(yb, y_pred, mask, swb)
-        return loss, dy, y_pred
-
-    def _train_step(self, xb, yb, swb):
-        """One update.  Returns (loss, y_pred); raises FloatingPointError (and
-        applies nothing) when the loss or the gradients are not finite."""
-        try:
-            loss, dy, y_pred = self._loss_and_grad(xb, yb, swb)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss}")
-            self._run_backward(dy)
-        except BaseException:
-            self._clear_caches()
-            raise
-        opt = self.optimizer
-        # per-tensor segments only matter to clipnorm; skipping them saves Python work
-        opt.update(self._flat, self._flat_grad,
-                   self._segments if getattr(opt, "clipnorm", None) else None)
-        if self._on_device:
-            self._weights_changed()
-        return loss, y_pred
-
-    def _forward_backward(self, x, y, sample_weight=None):
-        """Loss and gradients for one batch, without updating anything.
-
-        Used by the gradient checks.  Runs in training mode (dropout active
-        if the layers have any).
-
-        Returns
-        -------
-        (loss, grads) : float and a list of arrays in :meth:`get_weights` order.
-        """
-        self._require_compiled("_forward_backward")
-        x = self._prep_x(x)
-        self._ensure_built(x)
-        y = self._prep_y(y, x.shape[0])
-        sw = self._sample_weights(y, x.shape[0], sample_weight, None)
-        loss, dy, _ = self._loss_and_grad(x, y, sw)
-        self._run_backward(dy)
-        return loss, [np.array(o._grads[n]) for o, n in self._param_items()]
-
-    # ------------------------------------------------------------------ fit
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
-            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
-            validation_batch_size=None, validation_freq=1):
-        """Train for ``epochs`` epochs (Keras semantics).
-
-        Parameters
-        ----------
-        x, y : arrays
-            Inputs (batch, time, features) and targets.  ``x`` may also be a
-            list of ``(x_batch, y_batch)`` pairs (e.g. from
-            ``cylstm.utils.timeseries_dataset_from_array``), used in order.
-        batch_size : int, default 32
-        epochs : int
-        verbose : 'auto' (= 1), 0, 1 or 2
-        callbacks : list of cylstm.callbacks.Callback
-        validation_split : float in [0, 1)
-            Fraction of the data (taken from the end, before shuffling) held
-            out for validation.
-        validation_data : (x_val, y_val) or (x_val, y_val, sample_weight_val)
-        shuffle : bool
-            Reshuffle the training samples every epoch.
-        class_weight, sample_weight : optional per-class / per-sample loss weights
-        initial_epoch : int
-            Epoch to start from (for resuming).
-        steps_per_epoch : int, optional
-            Batches per epoch (at most the number available).
-
-        Returns
-        -------
-        History : its ``.history`` holds 'loss' (and 'val_loss', metrics) per epoch.
-        """
-        from cylstm import callbacks as _cbm
-
-        self._require_compiled("fit")
-        if y is None and isinstance(x, (list, tuple)) and len(x) and \
-                isinstance(x[0], (tuple, list)):
-            x, y, sw_from_pairs, pair_bs = _batches_from_pairs(x)
-            if sample_weight is None:
-                sample_weight = sw_from_pairs
-            if batch_size is None:
-                batch_size = pair_bs
-            shuffle = False  # a list of batches is used in order, as Keras uses a dataset
-        if x is None:
-            raise ValueError("fit needs x")
-        bs = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
-        epochs = _check_int("epochs", epochs, 0)
-        initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
-        verbose = self._verbose(verbose)
-        if not isinstance(validation_split, numbers.Real) or not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1); got {validation_split!r}")
-        validation_freq = _check_int("validation_freq", validation_freq, 1)
-
-        x = self._prep_x(x)
-        self._ensure_built(x)
-        n = x.shape[0]
-        y = self._prep_y(y, n)
-        self._check_finite("x", x)
-        self._check_finite("y", y)
-        sw = self._sample_weights(y, n, sample_weight, class_weight)
-
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be (x_val, y_val) or "
-                                 "(x_val, y_val, sample_weight_val)")
-            xv = self._prep_x(validation_data[0], "validation_data x")
-            yv = self._prep_y(validation_data[1], xv.shape[0], "validation_data y")
-            swv = None
-            if len(validation_data) == 3 and validation_data[2] is not None:
-                swv = self._sample_weights(yv, xv.shape[0], validation_data[2], None)
-            val = (xv, yv, swv)
-        elif validation_split:
-            split = math.floor(n * (1.0 - validation_split))
-            if split < 1 or split >= n:
-                raise ValueError(f"validation_split={validation_split} leaves no training or no "
-                                 f"validation samples out of {n}")
-            val = (x[split:], y[split:], None if sw is None else sw[split:])
-            x, y = x[:split], y[:split]
-            sw = None if sw is None else sw[:split]
-            n = split
-        if n == 0:
-            raise ValueError("x has no samples")
-        vbs = bs if validation_batch_size is None else _check_int(
-            "validation_batch_size", validation_batch_size, 1)
-
-        if self._flat_sig != self._signature():
-            self._bind_flat()
-        steps = (n + bs - 1) // bs
-        if steps_per_epoch is not None:
-            steps = min(steps, _check_int("steps_per_epoch", steps_per_epoch, 1))
-
-        history = _cbm.History()
-        cb_list = list(callbacks or [])
-        cbl = _cbm.CallbackList(cb_list + [history], model=self,
-                                params={"epochs": epochs, "steps": steps, "verbose": verbose})
-        hook_names = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin",
-                      "on_batch_end")
-        # calling per-batch hooks costs Python time: only when a callback has them
-        batch_hooks = any(getattr(type(cb), h, None) is not getattr(_cbm.Callback, h, None)
-                          for cb in cb_list for h in hook_names)
-        if shuffle and n > 1:
-            if self._shuffle_rng is None:
-                self._shuffle_rng = _layers._make_rng(None)
-            xs, ys = np.empty_like(x), np.empty_like(y)
-            sws = None if sw is None else np.empty_like(sw)
-        else:
-            xs, ys, sws = x, y, sw
-
-        metric_fns = self._metric_fns
-        self.stop_training = False
-        self.history = history
-        cbl.on_train_begin()
-        logs = {}
-        epoch = initial_epoch
-        for epoch in range(initial_epoch, epochs):
-            cbl.on_epoch_begin(epoch)
-            if verbose == 1:
-                print(f"Epoch {epoch + 1}/{epochs}")
-            bar = Progbar(steps, verbose) if verbose else None
-            if shuffle and n > 1:
-                perm = self._shuffle_rng.permutation(n)
-                np.take(x, perm, axis=0, out=xs)
-                np.take(y, perm, axis=0, out=ys)
-                if sw is not None:
-                    np.take(sw, perm, axis=0, out=sws)
-            tot, seen = 0.0, 0
-            mtot = [0.0] * len(metric_fns)
-            blogs = {}
-            # Ctrl-C stops between batches, never between a backward pass and its update
-            for b in _signals.interruptible(range(steps)):
-                s = b * bs
-                e = min(s + bs, n)
-                if batch_hooks:
-                    cbl.on_train_batch_begin(b)
-                swb = None if sws is None else sws[s:e]
-                try:
-                    loss, y_pred = self._train_step(xs[s:e], ys[s:e], swb)
-                except FloatingPointError as err:
-                    self._non_finite(cbl, batch_hooks, b, epoch, err)
-                    break
-                k = e - s
-                tot += loss * k
-                seen += k
-                if metric_fns:
-                    for i, m in enumerate(metric_fns):
-                        mtot[i] += float(m(ys[s:e], y_pred)) * k
-                if bar is not None or batch_hooks:
-                    blogs = {"loss": tot / seen}
-                    for i, m in enumerate(metric_fns):
-                        blogs[m.name] = mtot[i] / seen
-                    if bar is not None:
-                        bar.update(b + 1, blogs)
-                    if batch_hooks:
-                        cbl.on_train_batch_end(b, blogs)
-                if self.stop_training:
-                    break
-            logs = {"loss": tot / seen if seen else float("nan")}
-            for i, m in enumerate(metric_fns):
-                logs[m.name] = mtot[i] / seen if seen else float("nan")
-            if val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0 \
-                    and seen:
-                cbl.on_test_begin()
-                vres = self._evaluate_arrays(val[0], val[1], val[2], vbs)
-                cbl.on_test_end(dict(zip(self.metrics_names, vres)))
-                logs["val_loss"] = vres[0]
-                for i, m in enumerate(metric_fns):
-                    logs["val_" + m.name] = vres[i + 1]
-            if bar is not None:
-                bar.update(seen and ((seen + bs - 1) // bs), logs, finalize=True)
-            cbl.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        cbl.on_train_end(logs)
-        return history
-
-    def _non_finite(self, cbl, batch_hooks, b, epoch, err):
-        """A batch gave a non-finite loss or gradient: nothing was applied."""
-        self.stop_training = False
-        if batch_hooks:
-            cbl.on_train_batch_end(b, {"loss": float("nan")})
-        if self.stop_training:
-            return  # TerminateOnNaN (or another callback) asked to stop
-        raise FloatingPointError(
-            f"non-finite loss or gradient at epoch {epoch + 1}, batch {b} ({err}); the update "
-            "was skipped, so the weights are the last finite ones. Lower the learning rate, "
-            "add clipnorm= to the optimizer, check the data, or pass "
-            "callbacks=[TerminateOnNaN()] to stop training instead of raising"
-        ) from err
-
-    def _callback_list(self, callbacks, steps, verbose):
-        if not callbacks:
-            return None
-        from cylstm import callbacks as _cbm
-
-        return _cbm.CallbackList(list(callbacks), model=self,
-                                 params={"steps": steps, "verbose": verbose})
-
-    @staticmethod
-    def _verbose(verbose):
-        if verbose == "auto":
-            return 1
-        if verbose in (0, 1, 2) and not isinstance(verbose, bool) or verbose is False:
-            return int(verbose)
-        if verbose is True:
-            return 1
-        raise ValueError(f"verbose must be 'auto', 0, 1 or 2; got {verbose!r}")
-
-    # ------------------------------------------------------------------ evaluate / predict
-    def _evaluate_arrays(self, x, y, sw, bs):
-        n = x.shape[0]
-        tot, mt = 0.0, [0.0] * len(self._metric_fns)
-        for s in range(0, n, bs):
-            e = min(s + bs, n)
-            y_pred, mask = self._run_forward(x[s:e], False)
-            swb = None if sw is None else sw[s:e]
-            if self._fuse:
-                loss = self._loss_value_grad(y[s:e], y_pred, mask, swb)[0]
-            elif mask is not None and y_pred.ndim >= 2 and mask.shape == y_pred.shape[:2]:
-                loss = self._loss_fn(y[s:e], y_pred, sample_weight=swb, mask=mask)
-            else:
-                loss = self._loss_fn(y[s:e], y_pred, sample_weight=swb)
-            tot += float(loss) * (e - s)
-            for i, m in enumerate(self._metric_fns):
-                mt[i] += float(m(y[s:e], y_pred)) * (e - s)
-        return [tot / n] + [v / n for v in mt]
-
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
-                 steps=None, callbacks=None, return_dict=False):
-        """Loss (and metrics) on ``(x, y)`` in inference mode.
-
-        Returns a float when there are no metrics, else ``[loss, *metrics]``
-        (or a dict with ``return_dict=True``).
-        """
-        self._require_compiled("evaluate")
-        if y is None and isinstance(x, (list, tuple)) and len(x) and \
-                isinstance(x[0], (tuple, list)):
-            x, y, sample_weight, pbs = _batches_from_pairs(x)
-            batch_size = batch_size or pbs
-        bs = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
-        verbose = self._verbose(verbose)
-        x = self._prep_x(x)
-        self._ensure_built(x)
-        y = self._prep_y(y, x.shape[0])
-        if x.shape[0] == 0:
-            raise ValueError("x has no samples")
-        sw = self._sample_weights(y, x.shape[0], sample_weight, None)
-        steps_n = (x.shape[0] + bs - 1) // bs
-        bar = Progbar(steps_n, verbose) if verbose else None
-        cbl = self._callback_list(callbacks, steps_n, verbose)
-        if cbl is not None:
-            cbl.on_test_begin()
-        res = self._evaluate_arrays(x, y, sw, bs)
-        names = self.metrics_names
-        if cbl is not None:
-            cbl.on_test_end(dict(zip(names, res)))
-        if bar is not None:
-            bar.update(steps_n, dict(zip(names, res)), finalize=True)
-        if return_dict:
-            return dict(zip(names, res))
-        return res[0] if len(res) == 1 else res
-
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Outputs for ``x`` in inference mode, computed ``batch_size`` (32) samples at a time."""
-        bs = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
-        verbose = self._verbose(verbose)
-        x = self._prep_x(x)
-        self._ensure_built(x)
-        n = x.shape[0]
-        out = None
-        bar = Progbar((n + bs - 1) // bs, verbose) if verbose == 1 and n else None
-        cbl = self._callback_list(callbacks, (n + bs - 1) // bs, verbose)
-        if cbl is not None:
-            cbl.on_predict_begin()
-        for s in range(0, n, bs):
-            e = min(s + bs, n)
-            yb, _ = self._run_forward(x[s:e], False)
-            if out is None:
-                out = np.empty((n,) + yb.shape[1:], yb.dtype)
-            out[s:e] = yb
-        if out is None:
-            shape = (0,) + x.shape[1:]
-            for layer in self.layers:  # each layer's output is the next one's input
-                shape = layer.compute_output_shape(shape)
-            out = np.empty(tuple(0 if d is None else d for d in shape), self.dtype)
-        if bar is not None:
-            bar.update(bar.target, {}, finalize=True)
-        if cbl is not None:
-            cbl.on_predict_end()
-        return out
-
-    def __call__(self, inputs, training=False, mask=None):
-        """The model's output for ``inputs`` (one pass over the whole array)."""
-        x = self._prep_x(inputs, "inputs")
-        self._ensure_built(x)
-        y, _ = self._run_forward(x, bool(training))
-        self._clear_caches()
-        return y
-
-    def predict_on_batch(self, x):
-        return self(x)
-
-    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
-                       return_dict=False):
-        """One optimizer step on one batch; returns the loss (and metrics) before the step."""
-        self._require_compiled("train_on_batch")
-        x = self._prep_x(x)
-        self._ensure_built(x)
-        y = self._prep_y(y, x.shape[0])
-        self._check_finite("x", x)
-        self._check_finite("y", y)
-        sw = self._sample_weights(y, x.shape[0], sample_weight, class_weight)
-        if self._flat_sig != self._signature():
-            self._bind_flat()
-        try:
-            loss, y_pred = self._train_step(x, y, sw)
-        except FloatingPointError as err:
-            raise FloatingPointError(
-                f"non-finite loss or gradient ({err}); the update was skipped, so the weights "
-                "are unchanged") from err
-        res = [loss] + [float(m(y, y_pred)) for m in self._metric_fns]
-        if return_dict:
-            return dict(zip(self.metrics_names, res))
-        return res[0] if len(res) == 1 else res
-
-    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
-        self._require_compiled("test_on_batch")
-        x = self._prep_x(x)
-        self._ensure_built(x)
-        y = self._prep_y(y, x.shape[0])
-        sw = self._sample_weights(y, x.shape[0], sample_weight, None)
-        res = self._evaluate_arrays(x, y, sw, max(1, x.shape[0]))
-        if return_dict:
-            return dict(zip(self.metrics_names, res))
-        return res[0] if len(res) == 1 else res
+            _graph.cache_set(layer, None)
 
     # ------------------------------------------------------------------ summary / config
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
@@ -948,6 +366,7 @@ class Sequential:
             print_fn(line)
 
     def get_config(self):
+        """Keras's Sequential config: the layers in order, and the build shape."""
         cfg = {"name": self.name, "trainable": self.trainable, "layers": []}
         if self._input is not None:
             cfg["layers"].append(_layers.serialize(self._input))
@@ -959,12 +378,13 @@ class Sequential:
 
     @classmethod
     def from_config(cls, config):
+        """Rebuild a model from :meth:`get_config`'s output (only cylstm's own classes)."""
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             msg = "a Sequential config must be a dict with a 'layers' list"
             raise ValueError(msg)  # noqa: TRY004
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for lc in config["layers"]:
-            model.add(_layers.deserialize(lc))
+            model.add(_deserialize(lc))
         shape = config.get("build_input_shape")
         if shape is not None and not model.built and model.layers:
             dt = config.get("dtype")
@@ -975,59 +395,6 @@ class Sequential:
                         layer._dtype = dt
             model.build(tuple(shape))
         return model
-
-    # ------------------------------------------------------------------ io / delegations
-    def save(self, filepath, overwrite=True, include_optimizer=True, **kwargs):
-        """Save architecture, weights, compile settings and optimizer state to one
-        ``.npz`` file (written atomically).  See :func:`cylstm.saving.save_model`."""
-        from cylstm import saving
-
-        saving.save_model(self, filepath, overwrite=overwrite,
-                          include_optimizer=include_optimizer)
-
-    def save_weights(self, filepath, overwrite=True, **kwargs):
-        """Save the weights only (atomic ``.npz``)."""
-        from cylstm import saving
-
-        saving.save_weights(self, filepath, overwrite=overwrite)
-
-    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
-        """Load weights written by :meth:`save_weights` (or :meth:`save`)."""
-        from cylstm import saving
-
-        saving.load_weights(self, filepath)
-
-    def _lstm_layers(self):
-        out = []
-        for layer in self.layers:
-            if isinstance(layer, _layers.Bidirectional):
-                out += [layer.forward_layer, layer.backward_layer]
-            elif isinstance(layer, _layers.LSTM):
-                out.append(layer)
-        return out
-
-    def _weights_changed(self):
-        """Give device-resident LSTMs a new weights version (they re-upload once)."""
-        if self._on_device:
-            for layer in self._lstm_layers():
-                layer._weights_changed()
-
-    def to(self, device):
-        """Run the LSTM layers on ``device``: 'cpu', 'cuda' or 'cuda:N'.
-
-        Needs cylstm built with its CUDA backend (see ``cylstm/cuda/README.md``);
-        raises ``ValueError``/``cylstm.cuda.CudaError`` saying why otherwise.  The
-        other layers and the optimizer stay on the host.  Returns the model.
-        """
-        from cylstm import cuda
-
-        kind, index = cuda.resolve_device(device)
-        dev = None if kind == "cpu" else (kind, index)
-        for layer in self._lstm_layers():
-            layer._device = dev
-        self._on_device = dev is not None
-        self._weights_changed()
-        return self
 
     def streamer(self, batch_size=1, **kwargs):
         """A step-by-step runner for streaming inference (:class:`cylstm.stream.StreamRunner`).
@@ -1053,8 +420,14 @@ class Sequential:
 
 
 
+def _deserialize(config):
+    from cylstm.engine.model import _deserialize as de
+
+    return de(config)
+
+
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
-    """Load a model written by :meth:`Sequential.save` (never runs code from the file)."""
+    """Load a model written by ``model.save`` (never runs code from the file)."""
     from cylstm import saving
 
     if custom_objects:

@@ -20,7 +20,6 @@ file intact.
 import json
 import math
 import os
-import warnings
 import zipfile
 import zlib
 
@@ -148,32 +147,7 @@ def _weights_list(meta, arrays, path):
 
 
 def _compile_config(model):
-    if not model.compiled:
-        return None
-    from cylstm import losses
-
-    opt = model.optimizer
-    try:
-        opt_cfg = {"class_name": type(opt).__name__, "config": opt.get_config()}
-        json.dumps(opt_cfg)
-    except (TypeError, ValueError):
-        warnings.warn("the optimizer's config (e.g. a learning-rate schedule) cannot be saved as "
-                      "JSON; the file is saved without compile settings")
-        return None
-    if isinstance(model.loss, str):
-        loss_cfg = model.loss
-    else:
-        try:
-            loss_cfg = losses.serialize(model._loss_fn)
-            json.dumps(loss_cfg)
-        except (TypeError, ValueError):
-            warnings.warn(f"loss {model.loss!r} cannot be saved; the file is saved without "
-                          "compile settings")
-            return None
-    metrics = []
-    for mid, fn in zip(model._metric_ids, model._metric_fns):
-        metrics.append(mid if isinstance(mid, str) else fn.name)
-    return {"optimizer": opt_cfg, "loss": loss_cfg, "metrics": metrics}
+    return model._compile_config()
 
 
 def save_model(model, filepath, overwrite=True, include_optimizer=True):
@@ -181,7 +155,7 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
 
     Parameters
     ----------
-    model : cylstm.models.Sequential
+    model : cylstm.models.Sequential or cylstm.Model
     filepath : str or path-like
         Written exactly as given (any extension; ``.npz`` content).
     overwrite : bool
@@ -198,7 +172,9 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
         for k, v in model.optimizer.get_state().items():
             arrays["optimizer/" + k] = np.asarray(v)
             state_keys.append(k)
-    meta = {"format": "cylstm.model", "version": _VERSION, "model": model.get_config(),
+    meta = {"format": "cylstm.model", "version": _VERSION,
+            "class_name": getattr(model, "_config_class", "Sequential"),
+            "model": model.get_config(),
             "compile": comp, "n_weights": len(model.get_weights()),
             "weight_names": _weight_names(model), "optimizer_state": state_keys}
     arrays[_META] = _encode(meta)
@@ -225,7 +201,7 @@ def load_model(filepath, compile=True):
     ValueError
         The file is corrupt, not a cylstm model, or names unknown classes.
     """
-    from cylstm import losses
+    from cylstm.engine.model import Model
     from cylstm.models import Sequential
 
     path = os.fspath(filepath)
@@ -233,8 +209,12 @@ def load_model(filepath, compile=True):
     if meta.get("format") != "cylstm.model":
         raise ValueError(f"{path!r} holds {meta.get('format')!r}, not a model; use "
                          "model.load_weights for weights files")
+    kind = meta.get("class_name", "Sequential")
+    if kind not in ("Sequential", "Functional"):
+        raise ValueError(f"{path!r} holds an unknown model class {kind!r}")
     try:
-        model = Sequential.from_config(meta["model"])
+        cls = Sequential if kind == "Sequential" else Model
+        model = cls.from_config(meta["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path!r} has an invalid model config: {e}") from e
     if not model.built:
@@ -247,10 +227,9 @@ def load_model(filepath, compile=True):
     if compile and comp:
         try:
             opt = _optimizer_from_config(comp["optimizer"])
-            loss = comp["loss"]
-            if isinstance(loss, dict):
-                loss = losses.deserialize(loss)
-            model.compile(optimizer=opt, loss=loss, metrics=comp.get("metrics") or None)
+            model.compile(optimizer=opt, loss=_loss_from_config(comp["loss"]),
+                          loss_weights=comp.get("loss_weights"),
+                          metrics=comp.get("metrics") or None)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path!r} has invalid compile settings: {e}") from e
         keys = meta.get("optimizer_state") or []
@@ -261,6 +240,17 @@ def load_model(filepath, compile=True):
             except (KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{path!r} has an invalid optimizer state: {e}") from e
     return model
+
+
+def _loss_from_config(loss):
+    """A saved loss: a name, a serialized loss, or a dict of those by output name."""
+    from cylstm import losses
+
+    if isinstance(loss, dict) and "class_name" in loss:
+        return losses.deserialize(loss)
+    if isinstance(loss, dict):
+        return {k: losses.deserialize(v) if isinstance(v, dict) else v for k, v in loss.items()}
+    return loss
 
 
 def save_weights(model, filepath, overwrite=True):

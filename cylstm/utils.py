@@ -1,18 +1,40 @@
 """Data helpers for sequence models: windows over a time series, padding, one-hot.
 
 * :func:`timeseries_dataset_from_array`: Keras' function of that name with the
-  same window semantics and arguments.  **Difference**: it returns NumPy arrays
-  (a list of ``(x_batch, y_batch)`` pairs, or ``(x, y)`` with ``batch_size=None``)
-  instead of a ``tf.data.Dataset``; both forms go straight into ``model.fit``.
+  same window semantics and arguments.  It returns a :class:`Dataset` of NumPy
+  batches (iterate it, ``len()``, ``.take(n)``, ``.skip(n)``, index it) instead of
+  a ``tf.data.Dataset``, or ``(x, y)`` arrays with ``batch_size=None``; both go
+  straight into ``fit``/``evaluate``/``predict`` and ``validation_data=``.
+* :class:`PyDataset`: Keras's base class for Python datasets.
 * :func:`make_windows`: the forecasting shortcut, ``(x, y)`` with ``y`` the next
   ``horizon`` steps after each window.
-* :func:`pad_sequences` and :func:`to_categorical` as in ``keras.utils``.
+* :func:`pad_sequences`, :func:`to_categorical` and :func:`set_random_seed` as in
+  ``keras.utils``.
 """
 import numbers
+import random
 
 import numpy as np
 
-__all__ = ["make_windows", "pad_sequences", "timeseries_dataset_from_array", "to_categorical"]
+from cylstm._data import Dataset, PyDataset
+
+__all__ = ["Dataset", "PyDataset", "make_windows", "pad_sequences", "set_random_seed",
+           "timeseries_dataset_from_array", "to_categorical"]
+
+
+def set_random_seed(seed):
+    """Seed Python's, NumPy's and so cylstm's random draws, as ``keras.utils.set_random_seed``.
+
+    Layers without a ``seed=`` draw their initialization and dropout seeds from
+    NumPy's global generator, and ``fit`` its shuffling seed, so after this call
+    building and training a model again gives the same numbers.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int; got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32); got {seed}")
+    random.seed(int(seed))
+    np.random.seed(int(seed))
 
 
 def _int(name, value, minimum):
@@ -65,11 +87,12 @@ def timeseries_dataset_from_array(data, targets, sequence_length, sequence_strid
 
     Returns
     -------
-    list or tuple
-        ``batch_size`` given: a list of ``(x_batch, y_batch)`` pairs (of ``x_batch``
-        arrays when ``targets`` is None), ``x_batch`` of shape
-        ``(batch, sequence_length, ...)``.  ``batch_size=None``: ``(x, y)`` arrays
-        (``x`` alone when ``targets`` is None).  Unlike Keras, not a
+    Dataset or tuple
+        ``batch_size`` given: a :class:`Dataset` of ``(x_batch, y_batch)`` pairs (of
+        ``x_batch`` arrays when ``targets`` is None), ``x_batch`` of shape
+        ``(batch, sequence_length, ...)``; it iterates as batches and has
+        ``len()``, ``.take(n)`` and ``.skip(n)``.  ``batch_size=None``: ``(x, y)``
+        arrays (``x`` alone when ``targets`` is None).  Unlike Keras, not a
         ``tf.data.Dataset``.
     """
     data = _array("data", data)
@@ -126,7 +149,7 @@ def timeseries_dataset_from_array(data, targets, sequence_length, sequence_strid
     for s in range(0, len(positions), batch_size):
         xb = x[s:s + batch_size]
         out.append(xb if y is None else (xb, y[s:s + batch_size]))
-    return out
+    return Dataset(out)
 
 
 def make_windows(series, window, horizon=1, stride=1, target_columns=None):

@@ -263,8 +263,12 @@ def test_bad_inputs_give_clear_errors():
         model.compile("adam", "nope")
     with pytest.raises(ValueError):
         model.compile("adamax_nope", "mse")
+    # generators are a data form now (issue 12); a malformed batch names its index
+    model.fit((b for b in [(x, y)]), verbose=0)
+    with pytest.raises(ValueError, match=r"batch 1 .*tuple of 4"):
+        model.fit((b for b in [(x, y), (x, y, None, 1)]), verbose=0)
     with pytest.raises(TypeError, match="NumPy array"):
-        model.fit((b for b in [(x, y)]), verbose=0)
+        model.predict(object())
     with pytest.raises(TypeError, match="cylstm layer"):
         model.add("dense")
     with pytest.raises(ValueError, match="named"):
