@@ -307,6 +307,11 @@ class Sequential:
             dst[...] = w
         self._weights_changed()
 
+    @property
+    def losses(self):
+        """The layers' regularization penalties (floats), as ``keras.Model.losses``."""
+        return [v for layer in self.layers for v in layer.losses]
+
     def count_params(self):
         self._require_built("count_params")
         return int(sum(l.count_params() for l in self.layers))
@@ -515,6 +520,8 @@ class Sequential:
     def _loss_and_grad(self, xb, yb, swb):
         y_pred, mask = self._run_forward(xb, True)
         loss, dy = self._loss_value_grad(yb, y_pred, mask, swb)
+        # + the regularizers' penalties (their gradients join in each layer's backward)
+        loss = loss + sum(layer._regularization_loss() for layer in self.layers)
         return loss, dy, y_pred
 
     def _train_step(self, xb, yb, swb):
@@ -532,6 +539,8 @@ class Sequential:
         # per-tensor segments only matter to clipnorm; skipping them saves Python work
         opt.update(self._flat, self._flat_grad,
                    self._segments if getattr(opt, "clipnorm", None) else None)
+        for layer in self._trainable_layers():
+            layer._apply_constraints()  # in place: the weights are views into self._flat
         if self._on_device:
             self._weights_changed()
         return loss, y_pred
@@ -778,7 +787,8 @@ class Sequential:
                 loss = self._loss_fn(y[s:e], y_pred, sample_weight=swb, mask=mask)
             else:
                 loss = self._loss_fn(y[s:e], y_pred, sample_weight=swb)
-            tot += float(loss) * (e - s)
+            loss = float(loss) + sum(layer._regularization_loss() for layer in self.layers)
+            tot += loss * (e - s)
             for i, m in enumerate(self._metric_fns):
                 mt[i] += float(m(y[s:e], y_pred)) * (e - s)
         return [tot / n] + [v / n for v in mt]
