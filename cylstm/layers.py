@@ -1399,12 +1399,12 @@ class LSTM(Layer):
         self._add_regularizer_grads()
         return dx
 
-    _OBJECT_ARGS = {
-        "kernel_initializer": _init_config, "recurrent_initializer": _init_config,
-        "bias_initializer": _init_config, "kernel_regularizer": _reg_config,
-        "recurrent_regularizer": _reg_config, "bias_regularizer": _reg_config,
-        "activity_regularizer": _reg_config, "kernel_constraint": _constraint_config,
-        "recurrent_constraint": _constraint_config, "bias_constraint": _constraint_config}
+    _OBJECT_ARGS = (
+        ("kernel_initializer", _init_config), ("recurrent_initializer", _init_config),
+        ("bias_initializer", _init_config), ("kernel_regularizer", _reg_config),
+        ("recurrent_regularizer", _reg_config), ("bias_regularizer", _reg_config),
+        ("activity_regularizer", _reg_config), ("kernel_constraint", _constraint_config),
+        ("recurrent_constraint", _constraint_config), ("bias_constraint", _constraint_config))
 
     def get_config(self):
         return self._config(live=False)
@@ -1422,7 +1422,7 @@ class LSTM(Layer):
             return_state=self.return_state, go_backwards=self.go_backwards,
             stateful=self.stateful, unroll=self.unroll, seed=self.seed,
             zero_output_for_mask=self.zero_output_for_mask)
-        for k, ser in self._OBJECT_ARGS.items():
+        for k, ser in self._OBJECT_ARGS:
             v = getattr(self, k)
             cfg[k] = v if live else ser(v)
         return cfg

@@ -204,8 +204,9 @@ def deserialize(config):
         raise _unknown(config["class_name"])
     cfg = config.get("config") or {}
     if not isinstance(cfg, dict):
-        raise ValueError(f"regularizer config of {config['class_name']!r} must be a dict; got "
-                         f"{cfg!r}")
+        raise ValueError(  # noqa: TRY004 - a bad file or config, as the other config errors
+            f"regularizer config of {config['class_name']!r} must be a dict; got "
+            f"{cfg!r}")
     try:
         return cls.from_config(dict(cfg))
     except TypeError as e:
