@@ -474,6 +474,8 @@ class Sequential:
     def _run_backward(self, dy):
         layers, need = self.layers, self._need_dx
         for i in range(len(layers) - 1, -1, -1):
+            if dy is None:
+                break  # nothing below takes gradients (frozen leading layers)
             dy = layers[i]._backward(dy, need[i])
 
     def _clear_caches(self):
