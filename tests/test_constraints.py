@@ -183,3 +183,38 @@ def test_constraints_survive_save_and_load(tmp_path):
     assert lstm.bias_constraint.get_config()["rate"] == 0.5
     assert isinstance(back.layers[1].bias_constraint, C.NonNeg)
     assert back.get_config() == model.get_config()
+
+
+# ---------------------------------------------------------------- parity with installed Keras
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_training_steps_with_constraints_match_keras():
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="Keras parity checks need keras installed")
+    kl, kc = keras.layers, keras.constraints
+    rng = np.random.default_rng(8)
+    ours = Sequential([
+        L.Bidirectional(L.LSTM(4, return_sequences=True, kernel_constraint=C.MaxNorm(0.6),
+                               recurrent_constraint="unit_norm", bias_constraint="non_neg"),
+                        input_shape=(None, 3)),
+        L.LSTM(3, kernel_constraint=C.MinMaxNorm(0.2, 0.5, rate=0.5, axis=1)),
+        L.Dense(2, kernel_constraint="non_neg")])
+    theirs = keras.Sequential([
+        keras.Input((None, 3)),
+        kl.Bidirectional(kl.LSTM(4, return_sequences=True, kernel_constraint=kc.MaxNorm(0.6),
+                                 recurrent_constraint="unit_norm", bias_constraint="non_neg")),
+        kl.LSTM(3, kernel_constraint=kc.MinMaxNorm(0.2, 0.5, rate=0.5, axis=1)),
+        kl.Dense(2, kernel_constraint="non_neg")])
+    ws = [(rng.standard_normal(w.shape) * 0.4).astype(np.float32) for w in ours.get_weights()]
+    ours.set_weights(ws)
+    theirs.set_weights(ws)
+    ours.compile(SGD(0.2), "mse")
+    theirs.compile(keras.optimizers.SGD(0.2), "mse")
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((6, 2)).astype(np.float32)
+    for _ in range(3):
+        ours.train_on_batch(x, y)
+        theirs.train_on_batch(x, y)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=2e-5)

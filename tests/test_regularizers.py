@@ -328,3 +328,52 @@ def test_penalties_survive_save_and_load(tmp_path):
     back(x)
     np.testing.assert_allclose(back.losses, model.losses, rtol=1e-6)
     assert back.get_config() == model.get_config()
+
+
+# ---------------------------------------------------------------- parity with installed Keras
+def _keras():
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    return pytest.importorskip("keras", reason="Keras parity checks need keras installed")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_training_steps_with_penalties_match_keras():
+    keras = _keras()
+    kl, kr = keras.layers, keras.regularizers
+    rng = np.random.default_rng(7)
+    regs = {"kernel_regularizer": (R.L1L2(0.01, 0.02), kr.L1L2(0.01, 0.02)),
+            "recurrent_regularizer": ("l2", "l2"), "bias_regularizer": ("l1", "l1"),
+            "activity_regularizer": (R.L2(0.05), kr.L2(0.05))}
+    ours = Sequential([L.LSTM(4, return_sequences=True, input_shape=(None, 3),
+                              **{k: v[0] for k, v in regs.items()}),
+                       L.LSTM(3, activity_regularizer=R.L1(0.02)),
+                       L.Dense(2, kernel_regularizer=R.L2(0.1), activity_regularizer="l1")])
+    theirs = keras.Sequential([keras.Input((None, 3)),
+                               kl.LSTM(4, return_sequences=True,
+                                       **{k: v[1] for k, v in regs.items()}),
+                               kl.LSTM(3, activity_regularizer=kr.L1(0.02)),
+                               kl.Dense(2, kernel_regularizer=kr.L2(0.1),
+                                        activity_regularizer="l1")])
+    ws = [(rng.standard_normal(w.shape) * 0.4).astype(np.float32) for w in ours.get_weights()]
+    ours.set_weights(ws)
+    theirs.set_weights(ws)
+    ours.compile(SGD(0.1), "mse")
+    theirs.compile(keras.optimizers.SGD(0.1), "mse")
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((6, 2)).astype(np.float32)
+    for _ in range(3):
+        lo = ours.train_on_batch(x, y)
+        lt = float(np.asarray(theirs.train_on_batch(x, y)).reshape(-1)[0])
+        np.testing.assert_allclose(lo, lt, rtol=1e-4)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=2e-5)
+    ours(x)
+    theirs(x)
+    np.testing.assert_allclose(sorted(ours.losses),
+                               sorted(float(np.asarray(keras.ops.convert_to_numpy(v)))
+                                      for v in theirs.losses),
+                               rtol=1e-4)
+    np.testing.assert_allclose(ours.evaluate(x, y, verbose=0),
+                               theirs.evaluate(x, y, verbose=0), rtol=1e-4)
