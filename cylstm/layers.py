@@ -384,9 +384,18 @@ class Layer:
         """The layer's penalties (floats): activity ones of the last call, then weight ones."""
         return self._all_activity_losses() + self._weight_penalties()
 
-    def _regularization_loss(self):
+    def _regularization_loss(self, _weights=True):
         """Sum of :attr:`losses`: what training adds to the loss after a forward."""
-        return float(sum(self.losses))
+        total = 0.0
+        for v in self._activity_losses:
+            total += v
+        weights = _weights and self.trainable
+        if weights:
+            for w, reg in self._own_regularized():
+                total += float(reg(getattr(self, w)))
+        for sub in self._sublayers():
+            total += sub._regularization_loss(weights)
+        return total
 
     def _add_regularizer_grads(self):
         """Add d penalty / d weight to this layer's own weight gradients (in ``_backward``)."""
