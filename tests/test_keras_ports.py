@@ -359,3 +359,66 @@ def test_bidirectional_reset_state_needs_stateful():
     stateful.reset_states()
     assert all(not np.any(s) for s in stateful.states)
     np.testing.assert_array_equal(stateful(x), first)
+
+
+def test_supports_masking_values_of_keras_3_15():
+    # Keras 3.15.1: RNN and Bidirectional set True; Dense, Dropout, Masking, Activation and
+    # TimeDistributed True; Embedding = mask_zero; RepeatVector keeps the default False
+    assert layers.LSTM(2).supports_masking and layers.Dense(2).supports_masking
+    assert layers.Bidirectional(layers.LSTM(2)).supports_masking
+    assert layers.Dropout(0.1).supports_masking and layers.Masking().supports_masking
+    assert layers.Activation("relu").supports_masking
+    assert layers.TimeDistributed(layers.Dense(2)).supports_masking
+    assert layers.Embedding(4, 2, mask_zero=True).supports_masking
+    assert not layers.Embedding(4, 2).supports_masking
+    assert not layers.RepeatVector(3).supports_masking
+
+
+def test_models_saved_before_keras_exact_bias_load_their_weights(tmp_path):
+    # Files written before this change hold biases with a forget block of 1 + init and
+    # configs without regularizer / constraint / use_cudnn keys: they load, and their
+    # stored weights are used unchanged
+    from cylstm import saving
+    from cylstm.models import load_model
+
+    model = Sequential([layers.Bidirectional(_keras_lstm(2, return_sequences=True),
+                                             input_shape=(None, 3)),
+                        _keras_lstm(2), layers.Dense(1)])
+    model.compile("sgd", "mse")
+    ws = model.get_weights()
+    for w in ws:
+        if w.shape == (8,):
+            w[2:4] = 1.03  # the old forget block
+    model.set_weights(ws)
+    p = tmp_path / "new.npz"
+    model.save(p)
+    meta, arrays = saving._read(p)
+    new_keys = {"kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+                "activity_regularizer", "kernel_constraint", "recurrent_constraint",
+                "bias_constraint", "use_cudnn"}
+
+    def strip(cfg):
+        if isinstance(cfg, dict):
+            return {k: strip(v) for k, v in cfg.items() if k not in new_keys}
+        if isinstance(cfg, list):
+            return [strip(v) for v in cfg]
+        return cfg
+
+    meta["model"] = strip(meta["model"])
+    assert "use_cudnn" not in json.dumps(meta)
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays, **{saving._META: saving._encode(meta)})
+    back = load_model(old)
+    for a, b in zip(back.get_weights(), ws):
+        np.testing.assert_array_equal(a, b)
+    assert back.layers[1].use_cudnn == "auto" and back.layers[1].kernel_regularizer is None
+    x = np.arange(24, dtype=np.float32).reshape(2, 4, 3) / 24
+    np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_use_cudnn_survives_save_and_load(tmp_path):
+    from cylstm.models import load_model
+
+    model = Sequential([layers.LSTM(2, use_cudnn=False, input_shape=(None, 3))])
+    model.save(tmp_path / "m.npz")
+    assert load_model(tmp_path / "m.npz").layers[0].use_cudnn is False
