@@ -8,6 +8,8 @@ A regularizer maps an array to a scalar penalty that training adds to the loss::
 * ``L1(l1=0.01)``:         ``l1 * sum(|x|)``
 * ``L2(l2=0.01)``:         ``l2 * sum(x**2)``
 * ``L1L2(l1=0.0, l2=0.0)``: both (note the zero defaults, as Keras 3's class has)
+* ``OrthogonalRegularizer(factor=0.01, mode="rows")``: mean |cosine| between the
+  rows (or columns) of a 2-D weight
 
 Weight penalties are computed from the current weights whenever they are asked
 for (``layer.losses``, every training step); an activity penalty is computed on
@@ -16,8 +18,9 @@ cylstm has no automatic differentiation, so besides ``__call__`` every
 regularizer gives its gradient with :meth:`Regularizer.gradient`; a custom
 regularizer subclasses :class:`Regularizer` and implements both.
 
-Names accepted by :func:`get`: ``"l1"``, ``"l2"``, ``"l1l2"`` and the class names
-``"L1"``, ``"L2"``, ``"L1L2"`` (Keras 3's defaults: ``L1L2()`` penalizes nothing),
+Names accepted by :func:`get`: ``"l1"``, ``"l2"``, ``"l1l2"``,
+``"orthogonal_regularizer"`` and the class names ``"L1"``, ``"L2"``, ``"L1L2"``,
+``"OrthogonalRegularizer"`` (Keras 3's defaults: ``L1L2()`` penalizes nothing),
 and ``"l1_l2"``, which is ``L1L2(l1=0.01, l2=0.01)`` (what Keras's docstring promises
 for that name, and what ``tf.keras``'s ``l1_l2()`` returned).  The lowercase
 callables are the classes, as in Keras 3: ``l1_l2()`` is ``L1L2()``.
@@ -32,12 +35,14 @@ __all__ = [
     "L1",
     "L1L2",
     "L2",
+    "OrthogonalRegularizer",
     "Regularizer",
     "deserialize",
     "get",
     "l1",
     "l1_l2",
     "l2",
+    "orthogonal_regularizer",
     "serialize",
 ]
 
@@ -167,16 +172,78 @@ class L2(Regularizer):
         return {"l2": self.l2}
 
 
+class OrthogonalRegularizer(Regularizer):
+    """Pushes the rows (or columns) of a 2-D weight towards being orthogonal.
+
+    ``factor * 0.5 * sum(|P - diag(P)|) / (n (n - 1) / 2)`` with ``P = N N^T`` of the
+    L2-normalized rows ``N`` (``mode="rows"``; ``N^T N`` of the normalized columns for
+    ``mode="columns"``), Keras 3's formula; the normalization is Keras's
+    ``x * min(1 / sqrt(sum(x**2)), 1 / 1e-7)``.
+
+    Parameters
+    ----------
+    factor : float, default 0.01
+    mode : {"rows", "columns"}
+    """
+
+    _EPS = 1e-7  # keras.backend.epsilon()
+
+    def __init__(self, factor=0.01, mode="rows"):
+        self.factor = _factor(factor, "factor")
+        if mode not in ("rows", "columns"):
+            raise ValueError('Invalid value for argument `mode`. Expected one of {"rows", '
+                             f'"columns"}}. Received: mode={mode}')
+        self.mode = mode
+
+    def _parts(self, x):
+        x = _array(x)
+        if x.ndim != 2:
+            raise ValueError(f"Inputs to OrthogonalRegularizer must have rank 2. Received: "
+                             f"inputs.shape={x.shape}")
+        axis = 1 if self.mode == "rows" else 0
+        inv = np.minimum(1.0 / np.sqrt(np.sum(np.square(x), axis=axis, keepdims=True)),
+                         1.0 / self._EPS)
+        n = x * inv
+        p = n @ n.T if self.mode == "rows" else n.T @ n
+        size = p.shape[0]
+        return x, axis, inv, n, p, size
+
+    def __call__(self, x):
+        _, _, _, _, p, size = self._parts(x)
+        off = p * (1.0 - np.eye(size))
+        return float(self.factor * 0.5 * np.sum(np.abs(off)) / (size * (size - 1.0) / 2.0))
+
+    def gradient(self, x):
+        with np.errstate(divide="ignore"):
+            x, axis, inv, n, p, size = self._parts(x)
+        # d/dP of the penalty: c * sign(P) off the diagonal (P is symmetric)
+        m = np.sign(p) * (1.0 - np.eye(size)) * (
+            self.factor * 0.5 / (size * (size - 1.0) / 2.0))
+        dn = 2.0 * (m @ n) if self.mode == "rows" else 2.0 * (n @ m)
+        # back through N = x * inv (inv clamped at 1 / eps is a constant there)
+        free = inv < 1.0 / self._EPS
+        proj = np.sum(dn * n, axis=axis, keepdims=True)
+        dx = np.where(free, inv * (dn - n * proj), dn * inv)
+        return dx.astype(x.dtype, copy=False)
+
+    def get_config(self):
+        return {"factor": self.factor, "mode": self.mode}
+
+
 # Keras 3 exports the classes under their lowercase names too (so ``l1_l2()`` is
 # ``L1L2()``, zero penalties, there; only the *name* "l1_l2" means 0.01 each)
 l1, l2, l1_l2 = L1, L2, L1L2
+orthogonal_regularizer = OrthogonalRegularizer
 
 
-_CLASSES = {"Regularizer": Regularizer, "L1": L1, "L2": L2, "L1L2": L1L2}
-_NAMES = {"l1": L1, "l2": L2, "l1l2": L1L2, "regularizer": Regularizer,
-          "L1": L1, "L2": L2, "L1L2": L1L2, "Regularizer": Regularizer}
+_CLASSES = {"Regularizer": Regularizer, "L1": L1, "L2": L2, "L1L2": L1L2,
+            "OrthogonalRegularizer": OrthogonalRegularizer}
+_NAMES = dict(_CLASSES)
+_NAMES.update({"l1": L1, "l2": L2, "l1l2": L1L2, "regularizer": Regularizer,
+               "orthogonal_regularizer": OrthogonalRegularizer})
 #: The names :func:`get` accepts.
-VALID_NAMES = ("l1", "l2", "l1_l2", "l1l2", "L1", "L2", "L1L2")
+VALID_NAMES = ("l1", "l2", "l1_l2", "l1l2", "orthogonal_regularizer", "L1", "L2", "L1L2",
+               "OrthogonalRegularizer")
 
 
 def _unknown(what):

@@ -27,6 +27,28 @@ def test_l1_l2_l1l2_values():
                                rtol=1e-6)
 
 
+def test_orthogonal_regularizer():
+    # regularizers_test.py::test_orthogonal_regularizer (+ the columns mode)
+    value = RNG.random((4, 4)).astype(np.float32)
+    inputs = value / np.linalg.norm(value, axis=1, keepdims=True)
+    want = 0.1 * 0.5 * np.sum(np.abs(np.dot(inputs, np.transpose(inputs)) * (1.0 - np.eye(4)))
+                              ) / (4.0 * (4.0 - 1.0) / 2.0)
+    np.testing.assert_allclose(R.OrthogonalRegularizer(factor=0.1, mode="rows")(value), want,
+                               rtol=1e-6)
+    cols = value / np.linalg.norm(value, axis=0, keepdims=True)
+    want = 0.1 * 0.5 * np.sum(np.abs(cols.T @ cols * (1.0 - np.eye(4)))) / 6.0
+    np.testing.assert_allclose(R.OrthogonalRegularizer(0.1, mode="columns")(value), want,
+                               rtol=1e-6)
+    # ..._mode_validation / ..._input_rank_validation / ..._get_config
+    with pytest.raises(ValueError, match="mode=invalid_mode"):
+        R.OrthogonalRegularizer(factor=0.01, mode="invalid_mode")
+    with pytest.raises(ValueError, match=r"rank 2. Received: inputs.shape=\(4, 4, 4\)"):
+        R.OrthogonalRegularizer(factor=0.1)(RNG.random((4, 4, 4)))
+    cfg = R.OrthogonalRegularizer(factor=0.01, mode="columns").get_config()
+    assert cfg == {"factor": 0.01, "mode": "columns"}
+    assert isinstance(R.get("orthogonal_regularizer"), R.OrthogonalRegularizer)
+
+
 def test_l1_with_zero_weights():
     # regularizers_test.py::test_l1_with_zero_weights; the gradient there is 0, as TF's
     z = np.zeros((4, 4), np.float32)
@@ -53,7 +75,8 @@ def test_defaults_and_names():
 
 def test_config_round_trip():
     # regularizers_test.py::test_config / test_l1l2_get_config
-    for reg in (R.L1(0.1), R.L2(0.1), R.L1L2(l1=0.01, l2=0.02)):
+    for reg in (R.L1(0.1), R.L2(0.1), R.L1L2(l1=0.01, l2=0.02),
+                R.OrthogonalRegularizer(factor=0.1, mode="rows")):
         cfg = json.loads(json.dumps(R.serialize(reg)))
         back = R.deserialize(cfg)
         assert type(back) is type(reg) and back.get_config() == reg.get_config()
@@ -88,8 +111,10 @@ def test_unknown_name_on_a_layer_names_the_argument_and_the_known_ones():
         L.Embedding(5, 2, embeddings_regularizer="big")
 
 
-@pytest.mark.parametrize("x", [RNG.standard_normal((3, 5)), RNG.standard_normal(7) * 3])
-@pytest.mark.parametrize("reg", [R.L1(0.3), R.L2(0.2), R.L1L2(0.1, 0.4), R.Regularizer()])
+@pytest.mark.parametrize("x", [RNG.standard_normal((3, 5)), RNG.standard_normal((6, 2)) * 3])
+@pytest.mark.parametrize("reg", [R.L1(0.3), R.L2(0.2), R.L1L2(0.1, 0.4), R.Regularizer(),
+                                 R.OrthogonalRegularizer(0.2),
+                                 R.OrthogonalRegularizer(0.3, "columns")])
 def test_gradient_matches_finite_differences(reg, x):
     g = reg.gradient(x)
     eps = 1e-6
@@ -204,7 +229,9 @@ def test_lstm_dense_gradients_include_every_penalty():
         L.LSTM(3, return_sequences=True, kernel_regularizer=R.L1L2(0.02, 0.03),
                recurrent_regularizer="l2", bias_regularizer=R.L1(0.05),
                activity_regularizer=R.L2(0.04), dtype="float64", input_shape=(None, 2)),
-        L.LSTM(2, kernel_regularizer=R.L2(0.1), activity_regularizer=R.L1(0.02)),
+        L.LSTM(2, kernel_regularizer=R.L2(0.1), activity_regularizer=R.L1(0.02),
+               recurrent_regularizer=R.OrthogonalRegularizer(0.5),
+               recurrent_initializer="glorot_uniform"),  # orthogonal rows: |P| at its kink
         L.Dense(2, activation="tanh", kernel_regularizer=R.L1(0.03),
                 bias_regularizer=R.L2(0.2), activity_regularizer=R.L2(0.1))])
     model.compile(SGD(0.1), "mse")
