@@ -7,7 +7,8 @@ Cython kernels over SciPy's BLAS with OpenMP, under a Keras-compatible API::
 
 Submodules: ``functional`` (the kernels over NumPy arrays), ``layers``,
 ``models``, ``optimizers``, ``losses``, ``metrics``, ``callbacks``,
-``initializers``, ``utils``, ``stream``, ``interop``, ``cuda``.
+``initializers``, ``regularizers``, ``constraints``, ``utils``, ``stream``,
+``interop``, ``cuda``.
 """
 import importlib
 
@@ -35,8 +36,8 @@ _LAZY = {
     "StreamRunner": "cylstm.stream",
 }
 _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks",
-               "initializers", "utils", "stream", "interop", "cuda", "activations",
-               "preprocessing"}
+               "initializers", "regularizers", "constraints", "utils", "stream", "interop",
+               "cuda", "activations", "preprocessing"}
 
 __all__ = ["get_num_threads", "set_num_threads", "show_config", "tune", "functional",
            "__version__", *_LAZY, *sorted(_SUBMODULES)]

@@ -347,10 +347,15 @@ _NAMES = {
     "lecun_uniform": LecunUniform, "orthogonal": Orthogonal, "identity": Identity,
 }
 _NAMES.update({k.lower(): v for k, v in _CLASSES.items()})
+# Keras 3's aliases ("uniform" / "normal" are RandomUniform / RandomNormal with their
+# +-0.05 / 0.05 defaults)
+_NAMES.update({"uniform": RandomUniform, "normal": RandomNormal,
+               "identityinitializer": Identity, "orthogonalinitializer": Orthogonal})
 #: The names :func:`get` accepts (case-insensitive; class names too).
 VALID_NAMES = ("glorot_uniform", "glorot_normal", "orthogonal", "zeros", "ones", "constant",
                "random_normal", "random_uniform", "truncated_normal", "he_normal",
-               "he_uniform", "lecun_normal", "lecun_uniform", "variance_scaling", "identity")
+               "he_uniform", "lecun_normal", "lecun_uniform", "variance_scaling", "identity",
+               "uniform", "normal")
 
 # function-style aliases, as keras.initializers exposes lowercase names
 zeros, ones = Zeros(), Ones()

@@ -166,6 +166,37 @@ def _refuse(name, value):
         raise NotImplementedError(f"{name} is not supported by cylstm; got {value!r}")
 
 
+def _regularizer(name, identifier):
+    """A cylstm regularizer from a Keras identifier; errors name the argument."""
+    from cylstm import regularizers
+
+    try:
+        return regularizers.get(identifier)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from e
+
+
+def _constraint(name, identifier):
+    from cylstm import constraints
+
+    try:
+        return constraints.get(identifier)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from e
+
+
+def _reg_config(reg):
+    from cylstm import regularizers
+
+    return regularizers.serialize(reg)
+
+
+def _constraint_config(c):
+    from cylstm import constraints
+
+    return constraints.serialize(c)
+
+
 class Layer:
     """Base class: weights, gradients, config and the standalone call.
 
@@ -179,7 +210,21 @@ class Layer:
         Full input shape with the batch axis.
     dtype : 'float32' (default) or 'float64'
     trainable : bool
+
+    Regularizers and constraints (on the layers that take them): ``layer.losses``
+    lists the penalties, as Keras's does (the activity penalties of the last call,
+    then one per regularized trainable weight, computed from the current weights);
+    training adds them to the loss and their gradients to the weights'; each
+    constraint projects its weight after every optimizer step.
     """
+
+    # (weight attribute, regularizer attribute) / (weight attribute, constraint
+    # attribute) pairs of the layers that take them
+    _REGULARIZED = ()
+    _CONSTRAINED = ()
+    #: Whether the layer takes a mask and passes one on (Keras 3.15's values per class).
+    supports_masking = True
+    activity_regularizer = None
 
     def __init__(self, name=None, input_shape=None, dtype=None, trainable=True,
                  batch_input_shape=None, batch_shape=None, batch_size=None,
@@ -207,6 +252,8 @@ class Layer:
         self._build_shape = None
         self._grads = {}
         self._cache = None
+        self._activity_losses = []
+        self._activity_outs = None
 
     # ---- dtype / shapes -------------------------------------------------------------------
     @property
@@ -319,6 +366,113 @@ class Layer:
             raise ValueError(f"layer {self.name!r} is already built in {self.dtype.name}")
         self._dtype = np.dtype(dtype)
 
+    # ---- regularizers and constraints -------------------------------------------------------
+    def _sublayers(self):
+        """Layers this one runs inside itself (Bidirectional's two LSTMs, ...)."""
+        return ()
+
+    def _own_regularized(self):
+        """(weight name, regularizer) of this layer's own regularized weights."""
+        names = getattr(self, "_wnames", ())
+        out = []
+        for w, r in self._REGULARIZED:
+            reg = getattr(self, r, None)
+            if reg is not None and w in names:
+                out.append((w, reg))
+        return out
+
+    def _weight_penalties(self):
+        """The weight regularizers' values (trainable weights only, as Keras)."""
+        if not self.trainable:
+            return []
+        out = [float(reg(getattr(self, w))) for w, reg in self._own_regularized()]
+        for sub in self._sublayers():
+            out.extend(sub._weight_penalties())
+        return out
+
+    def _all_activity_losses(self):
+        out = list(self._activity_losses)
+        for sub in self._sublayers():
+            out.extend(sub._all_activity_losses())
+        return out
+
+    @property
+    def losses(self):
+        """The layer's penalties (floats): activity ones of the last call, then weight ones."""
+        return self._all_activity_losses() + self._weight_penalties()
+
+    def _regularization_loss(self, _weights=True):
+        """Sum of :attr:`losses`: what training adds to the loss after a forward."""
+        total = 0.0
+        for v in self._activity_losses:
+            total += v
+        weights = _weights and self.trainable
+        if weights:
+            for w, reg in self._own_regularized():
+                total += float(reg(getattr(self, w)))
+        for sub in self._sublayers():
+            total += sub._regularization_loss(weights)
+        return total
+
+    def _add_regularizer_grads(self):
+        """Add d penalty / d weight to this layer's own weight gradients (in ``_backward``)."""
+        for w, reg in self._own_regularized():
+            g = self._grads.get(w)
+            if g is not None:
+                g += reg.gradient(getattr(self, w)).astype(g.dtype, copy=False)
+
+    def _apply_constraints(self):
+        """Project the constrained weights in place (after an optimizer step): the
+        weights may be views into a model's flat buffer, so they are never rebound."""
+        if not self.trainable:
+            return
+        names = getattr(self, "_wnames", ())
+        for w, c in self._CONSTRAINED:
+            fn = getattr(self, c, None)
+            if fn is None or w not in names:
+                continue
+            arr = getattr(self, w)
+            new = np.asarray(fn(arr))
+            if new.shape != arr.shape:
+                raise ValueError(f"constraint {c} of layer {self.name!r} returned shape "
+                                 f"{new.shape} for weight {w} of shape {arr.shape}")
+            np.copyto(arr, new, casting="unsafe")
+        for sub in self._sublayers():
+            sub._apply_constraints()
+
+    def _record_activity(self, outputs, training):
+        """Keras's activity penalty of this call: ``reg(y) / batch`` per output tensor."""
+        reg = self.activity_regularizer
+        if reg is None:
+            if self._activity_losses:
+                self._activity_losses = []
+            self._activity_outs = None
+            return
+        outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        vals = []
+        for y in outs:
+            v = float(reg(y))
+            if y.ndim:  # divide_no_nan by the batch size
+                v = v / y.shape[0] if y.shape[0] else 0.0
+            vals.append(v)
+        self._activity_losses = vals
+        self._activity_outs = outs if training else None
+
+    def _activity_grads(self):
+        """d(activity penalty)/d(output) for each output of the last training forward,
+        or None (then consumed: a backward uses them once)."""
+        outs, self._activity_outs = self._activity_outs, None
+        if outs is None or self.activity_regularizer is None:
+            return None
+        reg = self.activity_regularizer
+        grads = []
+        for y in outs:
+            g = reg.gradient(y)
+            if y.ndim:
+                g = g / y.shape[0] if y.shape[0] else np.zeros_like(g)
+            grads.append(g.astype(y.dtype, copy=False))
+        return grads
+
     # ---- calls -----------------------------------------------------------------------------
     def _cast(self, inputs):
         return _as_float_input("inputs", inputs, self.dtype)
@@ -342,6 +496,10 @@ class Layer:
             self._build_for(x)
         y, _ = self._forward(x, mask, bool(training))
         self._cache = None  # a standalone call is never backpropagated
+        self._activity_outs = None
+        for sub in self._sublayers():
+            sub._cache = None
+            sub._activity_outs = None
         return y
 
     def compute_mask(self, mask):
@@ -443,19 +601,29 @@ class Dense(Layer):
     activation : None, 'linear', 'relu', 'tanh', 'sigmoid' or 'softmax'
     use_bias : bool
     kernel_initializer, bias_initializer : initializer names or objects
+    kernel_regularizer, bias_regularizer, activity_regularizer : optional
+        :mod:`cylstm.regularizers` names or objects (see :class:`Layer`).
+    kernel_constraint, bias_constraint : optional
+        :mod:`cylstm.constraints` names or callables.
     """
+
+    _REGULARIZED = (("kernel", "kernel_regularizer"), ("bias", "bias_regularizer"))
+    _CONSTRAINED = (("kernel", "kernel_constraint"), ("bias", "bias_constraint"))
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 seed=None, **kwargs):
+                 lora_rank=None, lora_alpha=None, quantization_config=None, seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
-        for n, v in (("kernel_regularizer", kernel_regularizer),
-                     ("bias_regularizer", bias_regularizer),
-                     ("activity_regularizer", activity_regularizer),
-                     ("kernel_constraint", kernel_constraint),
-                     ("bias_constraint", bias_constraint)):
-            _refuse(n, v)
+        _refuse("lora_rank", lora_rank)
+        _refuse("lora_alpha", lora_alpha)
+        _refuse("quantization_config", quantization_config)
+        self.kernel_regularizer = _regularizer("kernel_regularizer", kernel_regularizer)
+        self.bias_regularizer = _regularizer("bias_regularizer", bias_regularizer)
+        self.activity_regularizer = _regularizer("activity_regularizer", activity_regularizer)
+        self.kernel_constraint = _constraint("kernel_constraint", kernel_constraint)
+        self.bias_constraint = _constraint("bias_constraint", bias_constraint)
         self.units = _check_units("units", units)
         self.activation = _act.get(activation)
         self.use_bias = bool(use_bias)
@@ -510,17 +678,26 @@ class Dense(Layer):
             self._cache = (x2, a)
         if x.ndim != 2:
             a = a.reshape(x.shape[:-1] + (self.units,))
+        self._record_activity(a, training)
         return a, mask
 
     def _backward(self, dy, need_input_grad=True):
         x2, a = self._cache
         self._cache = None
         dz = dy.reshape(a.shape) if dy.ndim != 2 else dy
+        act_g = self._activity_grads()
+        if act_g is not None:
+            ga = act_g[0].reshape(a.shape)
+            if self._logits_out:  # dy is dL/dlogits: carry the penalty's da through f'
+                dz = dz + _act.backward_(self.activation, a, ga)
+            else:
+                dz = dz + ga
         if not self._logits_out:  # else dy is already dL/dlogits
             dz = _act.backward_(self.activation, a, dz)
         np.matmul(x2.T, dz, out=self._grads["kernel"])
         if self.use_bias:
             np.sum(dz, axis=0, out=self._grads["bias"])
+        self._add_regularizer_grads()
         if not need_input_grad:
             return None
         dx = dz @ self.kernel.T
@@ -530,7 +707,12 @@ class Dense(Layer):
         cfg = super().get_config()
         cfg.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
                    kernel_initializer=_init_config(self.kernel_initializer),
-                   bias_initializer=_init_config(self.bias_initializer), seed=self.seed)
+                   bias_initializer=_init_config(self.bias_initializer),
+                   kernel_regularizer=_reg_config(self.kernel_regularizer),
+                   bias_regularizer=_reg_config(self.bias_regularizer),
+                   activity_regularizer=_reg_config(self.activity_regularizer),
+                   kernel_constraint=_constraint_config(self.kernel_constraint),
+                   bias_constraint=_constraint_config(self.bias_constraint), seed=self.seed)
         return cfg
 
 
@@ -624,24 +806,36 @@ class Embedding(Layer):
     embeddings_initializer : default 'uniform' (U(-0.05, 0.05), as Keras)
     mask_zero : bool
         Index 0 is padding: the following LSTMs skip those steps.
+    embeddings_regularizer, activity_regularizer : optional
+        :mod:`cylstm.regularizers` names or objects.
+    embeddings_constraint : optional
+        A :mod:`cylstm.constraints` name or callable.
     """
 
     _index_input = True
+    _REGULARIZED = (("embeddings", "embeddings_regularizer"),)
+    _CONSTRAINED = (("embeddings", "embeddings_constraint"),)
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
-                 weights=None, input_length=None, lora_rank=None, seed=None, **kwargs):
+                 weights=None, input_length=None, lora_rank=None, lora_alpha=None,
+                 quantization_config=None, activity_regularizer=None, seed=None, **kwargs):
         if input_length is not None and "input_shape" not in kwargs \
                 and "batch_input_shape" not in kwargs:
             kwargs["input_shape"] = (input_length,)
         super().__init__(**kwargs)
-        _refuse("embeddings_regularizer", embeddings_regularizer)
-        _refuse("embeddings_constraint", embeddings_constraint)
         _refuse("lora_rank", lora_rank)
+        _refuse("lora_alpha", lora_alpha)
+        _refuse("quantization_config", quantization_config)
+        self.embeddings_regularizer = _regularizer("embeddings_regularizer",
+                                                   embeddings_regularizer)
+        self.activity_regularizer = _regularizer("activity_regularizer", activity_regularizer)
+        self.embeddings_constraint = _constraint("embeddings_constraint", embeddings_constraint)
         self.input_dim = _check_units("input_dim", input_dim)
         self.output_dim = _check_units("output_dim", output_dim)
         self.embeddings_initializer = embeddings_initializer
         self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero  # Keras: an Embedding makes a mask iff mask_zero
         self.seed = seed
         self.embeddings = None
         self._initial_weights = weights
@@ -679,19 +873,27 @@ class Embedding(Layer):
         y = np.take(self.embeddings, idx, axis=0)
         if training:
             self._cache = idx
+        self._record_activity(y, training)
         return y, ((idx != 0) if self.mask_zero else None)
 
     def _backward(self, dy, need_input_grad=True):
         idx = self._cache
         self._cache = None
+        act_g = self._activity_grads()
+        if act_g is not None:
+            dy = dy + act_g[0]
         g = self._grads["embeddings"]
         g[...] = 0
         np.add.at(g, idx.ravel(), dy.reshape(-1, self.output_dim))
+        self._add_regularizer_grads()
 
     def get_config(self):
         cfg = super().get_config()
         cfg.update(input_dim=self.input_dim, output_dim=self.output_dim,
                    embeddings_initializer=_init_config(self.embeddings_initializer),
+                   embeddings_regularizer=_reg_config(self.embeddings_regularizer),
+                   activity_regularizer=_reg_config(self.activity_regularizer),
+                   embeddings_constraint=_constraint_config(self.embeddings_constraint),
                    mask_zero=self.mask_zero, seed=self.seed)
         return cfg
 
@@ -739,7 +941,13 @@ class LSTM(Layer):
     use_bias : bool
     kernel_initializer, recurrent_initializer, bias_initializer : initializers
     unit_forget_bias : bool
-        Add 1 to the forget-gate bias at initialization (Keras default).
+        The forget-gate block of the bias starts at exactly 1 (Keras default; the
+        other blocks come from ``bias_initializer``, as Keras's
+        ``concatenate([init(units), ones(units), init(2 * units)])``).
+    kernel_regularizer, recurrent_regularizer, bias_regularizer, activity_regularizer
+        Optional :mod:`cylstm.regularizers` names or objects (see :class:`Layer`).
+    kernel_constraint, recurrent_constraint, bias_constraint
+        Optional :mod:`cylstm.constraints` names or callables.
     dropout : float
         Fraction of the inputs dropped during ``fit``; one mask per sequence,
         shared across time steps (Keras; when ``recurrent_dropout`` is also set,
@@ -762,6 +970,9 @@ class LSTM(Layer):
     zero_output_for_mask : bool
         With a mask, masked steps output zeros instead of the previous output
         (Keras's RNN option; Bidirectional sets it for sequence outputs).
+    use_cudnn : 'auto', True or False
+        Kept (attribute and config) so Keras code and files carry it; cylstm runs
+        its own kernels on the CPU and on CUDA either way.
 
     Notes
     -----
@@ -773,6 +984,11 @@ class LSTM(Layer):
     costs a gather and a scatter.
     """
 
+    _REGULARIZED = (("kernel", "kernel_regularizer"),
+                    ("recurrent_kernel", "recurrent_regularizer"), ("bias", "bias_regularizer"))
+    _CONSTRAINED = (("kernel", "kernel_constraint"),
+                    ("recurrent_kernel", "recurrent_constraint"), ("bias", "bias_constraint"))
+
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
@@ -783,14 +999,21 @@ class LSTM(Layer):
                  zero_output_for_mask=False, use_cudnn="auto", time_major=False,
                  implementation=2, **kwargs):
         super().__init__(**kwargs)
-        for n, v in (("kernel_regularizer", kernel_regularizer),
-                     ("recurrent_regularizer", recurrent_regularizer),
-                     ("bias_regularizer", bias_regularizer),
-                     ("activity_regularizer", activity_regularizer),
-                     ("kernel_constraint", kernel_constraint),
-                     ("recurrent_constraint", recurrent_constraint),
-                     ("bias_constraint", bias_constraint)):
-            _refuse(n, v)
+        self.kernel_regularizer = _regularizer("kernel_regularizer", kernel_regularizer)
+        self.recurrent_regularizer = _regularizer("recurrent_regularizer",
+                                                  recurrent_regularizer)
+        self.bias_regularizer = _regularizer("bias_regularizer", bias_regularizer)
+        self.activity_regularizer = _regularizer("activity_regularizer", activity_regularizer)
+        self.kernel_constraint = _constraint("kernel_constraint", kernel_constraint)
+        self.recurrent_constraint = _constraint("recurrent_constraint", recurrent_constraint)
+        self.bias_constraint = _constraint("bias_constraint", bias_constraint)
+        if use_cudnn not in ("auto", True, False) or isinstance(use_cudnn, int) and \
+                not isinstance(use_cudnn, bool):
+            raise ValueError(f"use_cudnn must be 'auto', True or False; got {use_cudnn!r}")
+        self.use_cudnn = use_cudnn
+        if implementation not in (1, 2) or isinstance(implementation, bool):
+            raise ValueError(f"implementation must be 1 or 2; got {implementation!r}")
+        self.implementation = int(implementation)  # both run cylstm's fused kernels
         if time_major:
             raise NotImplementedError("time_major=True is not supported; inputs are batch-first")
         self.units = _check_units("units", units)
@@ -858,9 +1081,21 @@ class LSTM(Layer):
         self._new_weight("kernel", self.kernel_initializer, (I, 4 * H), rng)
         self._new_weight("recurrent_kernel", self.recurrent_initializer, (H, 4 * H), rng)
         if self.use_bias:
-            self._new_weight("bias", self.bias_initializer, (4 * H,), rng)
             if self.unit_forget_bias:
-                self.bias[H:2 * H] += 1.0
+                # Keras: concatenate([init(units), ones(units), init(2 * units)]); the forget
+                # block is exactly 1, whatever the initializer (not 1 + its value)
+                init = _initializer(self.bias_initializer)
+                parts = [np.asarray(init((H,), self.dtype, rng), self.dtype),
+                         np.ones(H, self.dtype),
+                         np.asarray(init((2 * H,), self.dtype, rng), self.dtype)]
+                if parts[0].shape != (H,) or parts[2].shape != (2 * H,):
+                    raise ValueError(f"bias_initializer of {self.name!r} returned shapes "
+                                     f"{parts[0].shape}, {parts[2].shape}; expected "
+                                     f"{(H,)}, {(2 * H,)}")
+                self.bias = np.ascontiguousarray(np.concatenate(parts))
+                self._grads["bias"] = np.zeros(4 * H, self.dtype)
+            else:
+                self._new_weight("bias", self.bias_initializer, (4 * H,), rng)
             self._wnames = ("kernel", "recurrent_kernel", "bias")
         else:
             # the kernels always add a bias; a constant zero one keeps them branch-free
@@ -933,6 +1168,7 @@ class LSTM(Layer):
             initial_state = self._check_state(initial_state, x.shape[0])
         y, _ = self._forward(x, mask, bool(training), initial_state=initial_state)
         self._cache = None
+        self._activity_outs = None
         if self.return_state:
             h, c = self._last_state
             return [y, h, c]
@@ -1001,6 +1237,8 @@ class LSTM(Layer):
             self._states = [h.copy(), c.copy()]
         if training:
             self._cache = (r.cache, dmask, kw, info, flip, F)
+        if self.activity_regularizer is not None or self._activity_losses:
+            self._record_activity([y, h, c] if self.return_state else y, training)
         return y, (mask_in if self.return_sequences else None)
 
     def _masked_forward(self, x, mask, state, training, kw, flip, F=_F, extra=None):
@@ -1117,9 +1355,15 @@ class LSTM(Layer):
         return y, h, c, r, ("reversed", empty if any_empty else None)
 
     def _backward(self, dy, need_input_grad=True, grad_h=None, grad_c=None):
-        gh_in, gc_in = grad_h, grad_c
         fcache, dmask, kw, info, flip, F = self._cache
         gr = self._grads
+        act_g = self._activity_grads()
+        if act_g is not None:  # the activity penalty's gradient joins the incoming ones
+            dy = dy + act_g[0]
+            if self.return_state:
+                grad_h = act_g[1] if grad_h is None else grad_h + act_g[1]
+                grad_c = act_g[2] if grad_c is None else grad_c + act_g[2]
+        gh_in, gc_in = grad_h, grad_c
         # the weight gradients go straight into the model's gradient buffer: the CPU
         # kernels write them there, the GPU copies them back there (host memory in use,
         # not fresh arrays: at I = H = 1024 that copy took 15 ms into new arrays)
@@ -1200,21 +1444,35 @@ class LSTM(Layer):
             dh0[empty] = 0 if gh_in is None else gh_in[empty]
             dc0[empty] = 0 if gc_in is None else gc_in[empty]
         self._state_grads = (dh0, dc0)
+        self._add_regularizer_grads()
         return dx
 
+    _OBJECT_ARGS = (
+        ("kernel_initializer", _init_config), ("recurrent_initializer", _init_config),
+        ("bias_initializer", _init_config), ("kernel_regularizer", _reg_config),
+        ("recurrent_regularizer", _reg_config), ("bias_regularizer", _reg_config),
+        ("activity_regularizer", _reg_config), ("kernel_constraint", _constraint_config),
+        ("recurrent_constraint", _constraint_config), ("bias_constraint", _constraint_config))
+
     def get_config(self):
+        return self._config(live=False)
+
+    def _config(self, live):
+        """The config; ``live=True`` keeps the initializer / regularizer / constraint
+        objects themselves (an in-memory copy needs no JSON form of a custom one)."""
         cfg = super().get_config()
         cfg.update(
             units=self.units, activation=self.activation,
             recurrent_activation=self.recurrent_activation, use_bias=self.use_bias,
-            kernel_initializer=_init_config(self.kernel_initializer),
-            recurrent_initializer=_init_config(self.recurrent_initializer),
-            bias_initializer=_init_config(self.bias_initializer),
-            unit_forget_bias=self.unit_forget_bias, dropout=self.dropout,
+            unit_forget_bias=self.unit_forget_bias, use_cudnn=self.use_cudnn,
+            dropout=self.dropout,
             recurrent_dropout=self.recurrent_dropout, return_sequences=self.return_sequences,
             return_state=self.return_state, go_backwards=self.go_backwards,
             stateful=self.stateful, unroll=self.unroll, seed=self.seed,
             zero_output_for_mask=self.zero_output_for_mask)
+        for k, ser in self._OBJECT_ARGS:
+            v = getattr(self, k)
+            cfg[k] = v if live else ser(v)
         return cfg
 
 
@@ -1238,7 +1496,8 @@ class Bidirectional(Layer):
     With ``return_sequences`` the backward outputs are put back in time order.
     """
 
-    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, **kwargs):
+    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None,
+                 activity_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(layer, LSTM):
             raise TypeError(f"Bidirectional wraps an LSTM layer; got {type(layer).__name__}")
@@ -1246,7 +1505,9 @@ class Bidirectional(Layer):
             raise ValueError(f"merge_mode must be one of {list(_MERGE_MODES)}; got "
                              f"{merge_mode!r}")
         self.merge_mode = merge_mode
-        fcfg = layer.get_config()
+        self.activity_regularizer = _regularizer("activity_regularizer", activity_regularizer)
+        # copies keep the regularizer / constraint / initializer objects of the layer
+        fcfg = layer._config(live=True)
         fcfg.pop("batch_input_shape", None)
         base = layer.name.removeprefix("forward_")
         fcfg["name"] = "forward_" + base
@@ -1270,7 +1531,7 @@ class Bidirectional(Layer):
             if backward_layer.go_backwards == layer.go_backwards:
                 raise ValueError("backward_layer.go_backwards must be the opposite of "
                                  "layer.go_backwards")
-            bcfg = backward_layer.get_config()
+            bcfg = backward_layer._config(live=True)
             bcfg.pop("batch_input_shape", None)
             self.backward_layer = LSTM.from_config(bcfg)
         self.return_sequences = layer.return_sequences
@@ -1320,9 +1581,30 @@ class Bidirectional(Layer):
             return [out] + states if self.merge_mode is not None else out + states
         return out
 
-    def reset_states(self):
+    def _sublayers(self):
+        return (self.forward_layer, self.backward_layer)
+
+    @property
+    def states(self):
+        """[h_f, c_f, h_b, c_b] of a stateful layer (None before its first batch)."""
+        f, b = self.forward_layer._states, self.backward_layer._states
+        return None if f is None or b is None else list(f) + list(b)
+
+    def reset_states(self, states=None):
+        """Zero both directions' carried state, or set it to ``[h_f, c_f, h_b, c_b]``."""
+        if not self.stateful:
+            raise AttributeError(f"layer {self.name!r} is not stateful")
+        if states is not None:
+            if not isinstance(states, (list, tuple)) or len(states) != 4:
+                raise TypeError(f"Bidirectional {self.name!r}: states must be [h_f, c_f, h_b, "
+                                f"c_b]; got {type(states).__name__}")
+            self.forward_layer.reset_states(states[:2])
+            self.backward_layer.reset_states(states[2:])
+            return
         self.forward_layer.reset_states()
         self.backward_layer.reset_states()
+
+    reset_state = reset_states  # Keras 3 spelling
 
     def _reset_state(self):
         if self.stateful:
@@ -1348,6 +1630,10 @@ class Bidirectional(Layer):
             bs = self.backward_layer._check_state(initial_state[2:], x.shape[0])
         y, _ = self._forward(x, mask, bool(training), fs, bs)
         self._cache = None
+        self._activity_outs = None
+        for sub in self._sublayers():
+            sub._cache = None
+            sub._activity_outs = None
         if self.return_state:
             hf, cf = self.forward_layer._last_state
             hb, cb = self.backward_layer._last_state
@@ -1376,10 +1662,22 @@ class Bidirectional(Layer):
             y = yf * yb
         else:
             y = [yf, yb]
+        if self.activity_regularizer is not None or self._activity_losses:
+            outs = [y] if m is not None else list(y)
+            if self.return_state:
+                outs += [*fl._last_state, *bl._last_state]
+            self._record_activity(outs, training)
         return y, (mask if self.return_sequences else None)
 
-    def _backward(self, dy, need_input_grad=True):
+    def _backward(self, dy, need_input_grad=True, grad_states=None):
+        """``grad_states``: optional [dh_f, dc_f, dh_b, dc_b] (entries may be None)."""
         m = self.merge_mode
+        gs = list(grad_states) if grad_states is not None else [None] * 4
+        act_g = self._activity_grads()
+        if act_g is not None and m is not None:
+            dy = dy + act_g[0]
+            if self.return_state:
+                gs = [g if s is None else s + g for s, g in zip(gs, act_g[1:])]
         if m == "concat":
             Hf = self.forward_layer.units
             dyf, dyb = dy[..., :Hf], dy[..., Hf:]
@@ -1394,8 +1692,8 @@ class Bidirectional(Layer):
             raise ValueError("Bidirectional with merge_mode=None cannot be trained in a "
                              "Sequential model (its output is a list)")
         self._cache = None
-        dxf = self.forward_layer._backward(dyf, need_input_grad)
-        dxb = self.backward_layer._backward(dyb, need_input_grad)
+        dxf = self.forward_layer._backward(dyf, need_input_grad, grad_h=gs[0], grad_c=gs[1])
+        dxb = self.backward_layer._backward(dyb, need_input_grad, grad_h=gs[2], grad_c=gs[3])
         if not need_input_grad:
             return None
         dxf += dxb
@@ -1406,7 +1704,8 @@ class Bidirectional(Layer):
         cfg.update(
             layer={"class_name": "LSTM", "config": self.forward_layer.get_config()},
             backward_layer={"class_name": "LSTM", "config": self.backward_layer.get_config()},
-            merge_mode=self.merge_mode)
+            merge_mode=self.merge_mode,
+            activity_regularizer=_reg_config(self.activity_regularizer))
         return cfg
 
     @classmethod
@@ -1458,6 +1757,8 @@ class RepeatVector(Layer):
 
     The bridge of LSTM encoder-decoder models (encoder state -> every decoder step).
     """
+
+    supports_masking = False  # as Keras: it neither takes nor makes a mask
 
     def __init__(self, n, **kwargs):
         super().__init__(**kwargs)
@@ -1519,6 +1820,9 @@ class TimeDistributed(Layer):
 
     def _param_items(self):
         return self.layer._param_items()
+
+    def _sublayers(self):
+        return (self.layer,)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -304,6 +304,8 @@ class Sequential(Model):
         layers, need = self.layers, self._need_dx
         for i in range(len(layers) - 1, 0, -1):
             dy = layers[i]._backward(dy, need[i])
+            if dy is None:
+                return None  # nothing below takes gradients (frozen leading layers)
         return layers[0]._backward(dy, need_input_grad or need[0]) if layers else None
 
     def _clear_caches(self):

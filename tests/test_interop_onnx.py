@@ -204,22 +204,69 @@ def test_reverse_sequence_as_output_is_refused(tmp_path):
         from_onnx(save(tmp_path, make_model(nodes, inits, ["T", "N", 3])))
 
 
-def test_graph_inputs_for_states_and_lengths_are_accepted(tmp_path):
+def _state_graph(tmp_path, fed, inits_extra=None, T="T"):
+    """One LSTM reading sequence_lens / initial_h / initial_c from the names 'lens', 'h0',
+    'c0': graph inputs for those in ``fed``, initializers (``inits_extra``) for the rest."""
     rng = np.random.default_rng(4)
-    inits = dict(lstm_weights(rng, 3, 4), ax=np.array([1], np.int64),
-                 P=np.zeros((1, 12), np.float32))
-    extra = [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "N", 4]),
-             helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, "N", 4]),
-             helper.make_tensor_value_info("lens", TensorProto.INT32, ["N"])]
-    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "lens", "h0", "c0", "P"], ["y1"],
-                              hidden_size=4),
+    inits = dict(lstm_weights(rng, 3, 4), ax=np.array([1], np.int64))
+    inits.update(inits_extra or {})
+    types = {"h0": (TensorProto.FLOAT, [1, "N", 4]), "c0": (TensorProto.FLOAT, [1, "N", 4]),
+             "lens": (TensorProto.INT32, ["N"])}
+    extra = [helper.make_tensor_value_info(k, *types[k]) for k in fed]
+    names = [k if (k in fed or k in inits) else "" for k in ("lens", "h0", "c0")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", *names], ["y1"], hidden_size=4,
+                              name="rnn"),
              helper.make_node("Squeeze", ["y1", "ax"], ["y"])]
-    p = save(tmp_path, make_model(nodes, inits, ["T", "N", 3], extra_inputs=extra))
+    return save(tmp_path, make_model(nodes, inits, [T, "N", 3], extra_inputs=extra))
+
+
+@pytest.mark.parametrize("fed", [("h0",), ("c0",), ("lens",), ("lens", "h0", "c0")])
+def test_run_time_state_and_length_inputs_are_refused_by_name(tmp_path, fed):
+    # Regression (issue 12): these graph inputs were imported without a word and run as
+    # zeros / full lengths, 0.12-0.16 off ONNX Runtime once they were fed non-zero states.
+    p = _state_graph(tmp_path, fed)
+    with pytest.raises(ValueError, match="'rnn'") as err:
+        from_onnx(p)
+    what = {"h0": "'h0' (initial_h)", "c0": "'c0' (initial_c)",
+            "lens": "'lens' (sequence_lens)"}
+    for k in fed:
+        assert what[k] in str(err.value)
+
+
+def test_fed_states_change_onnx_runtime_results(tmp_path):
+    # Why the refusal: with fed states ONNX Runtime's output is not the zero-state one, so
+    # importing the graph as a zero-state model would be silently wrong.
+    p = _state_graph(tmp_path, ("lens", "h0", "c0"))
+    rng = np.random.default_rng(5)
     xo = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    zeros = np.zeros((1, 2, 4), np.float32)
-    ref = ort_run(p, xo, h0=zeros, c0=zeros, lens=np.full(2, 5, np.int32))
+    h0 = rng.uniform(-1, 1, (1, 2, 4)).astype(np.float32)
+    c0 = rng.uniform(-1, 1, (1, 2, 4)).astype(np.float32)
+    zeros = np.zeros_like(h0)
+    full = np.full(2, 5, np.int32)
+    fed = ort_run(p, xo, h0=h0, c0=c0, lens=full)
+    zero = ort_run(p, xo, h0=zeros, c0=zeros, lens=full)
+    short = ort_run(p, xo, h0=zeros, c0=zeros, lens=np.array([5, 2], np.int32))
+    assert np.abs(fed - zero).max() > 0.05
+    assert np.abs(short - zero).max() > 0.05
+
+
+def test_zero_state_constants_and_full_length_constant_import(tmp_path):
+    zeros = np.zeros((1, 2, 4), np.float32)  # ONNX Runtime wants the batch size here
+    p = _state_graph(tmp_path, (), {"h0": zeros, "c0": zeros,
+                                    "lens": np.full(2, 5, np.int32)}, T=5)
+    rng = np.random.default_rng(6)
+    xo = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    ref = ort_run(p, xo)
     np.testing.assert_allclose(from_onnx(p).predict(xo.transpose(1, 0, 2), verbose=0),
                                ref.transpose(1, 0, 2), **TOL)
+
+
+@pytest.mark.parametrize("lens,T", [(np.array([5, 2], np.int32), 5),
+                                    (np.full(2, 5, np.int32), "T")])
+def test_constant_sequence_lens_other_than_the_full_length_is_refused(tmp_path, lens, T):
+    p = _state_graph(tmp_path, (), {"lens": lens}, T=T)
+    with pytest.raises(ValueError, match="sequence_lens"):
+        from_onnx(p)
 
 
 # ---------------------------------------------------------------- refusals

@@ -775,21 +775,34 @@ class _Importer:
             Bv = self.const(n, ins[3], "input B")
             if Bv.shape != (D, 8 * H):
                 raise _err(n, f"input B must have shape {(D, 8 * H)}; got {Bv.shape}")
+        # Inputs fed at run time cannot be honoured by a Sequential model, whose predict
+        # takes the data alone: taking them as zeros / full lengths would run silently
+        # wrong (0.12-0.16 off ONNX Runtime for non-zero states), so they are refused.
+        fed = [f"{ins[k]!r} ({nm})" for k, nm in ((4, "sequence_lens"), (5, "initial_h"),
+                                                  (6, "initial_c"))
+               if ins[k] and isinstance(self.env[ins[k]], _GraphInput)]
+        if fed:
+            raise _err(n, f"graph input(s) {', '.join(fed)} are fed at run time, but the "
+                          "cylstm model built from this graph takes only the data input, so "
+                          "it could not honour them; export the graph with zero initial "
+                          "states (constants, or no initial_h / initial_c) and without "
+                          "sequence_lens (a Masking or Embedding(mask_zero=True) layer in "
+                          "cylstm gives per-sample lengths)")
         if ins[4]:
             sl = self.env[ins[4]]
-            if not isinstance(sl, _GraphInput):
-                raise _err(n, "a constant or computed sequence_lens is not supported (a "
-                              "graph input is accepted: cylstm runs every sequence to its "
-                              "full length)")
+            full = isinstance(sl, np.ndarray) and sl.size and s.size("T") is not None and \
+                np.all(sl == s.size("T"))
+            if not full:
+                raise _err(n, "a constant or computed sequence_lens is not supported (only "
+                              "one that equals the fixed time length)")
         for k, nm in ((5, "initial_h"), (6, "initial_c")):
             if ins[k]:
                 v = self.env[ins[k]]
-                zero = isinstance(v, _GraphInput) or (
-                    isinstance(v, np.ndarray) and not np.any(v)) or (
+                zero = (isinstance(v, np.ndarray) and not np.any(v)) or (
                     isinstance(v, _Fill) and not np.any(v.value))
                 if not zero:
-                    raise _err(n, f"input {nm} must be zeros (or a graph input, which "
-                                  "cylstm treats as a zero initial state)")
+                    raise _err(n, f"input {nm} must be zeros (cylstm's layers start from a "
+                                  "zero state)")
         outs = list(n.output) + [""] * (3 - len(n.output))
         used = [bool(o) and o in self.needed_tensors for o in outs]
         if used[2]:
@@ -1004,10 +1017,11 @@ def from_onnx(path, *, name=None):
     * ``LSTM`` (any opset) with direction forward, reverse or bidirectional (becoming
       ``LSTM``, ``LSTM(go_backwards=True)`` or ``Bidirectional(merge_mode='concat')``),
       ``layout`` 0 or 1, using either its ``Y`` (``return_sequences=True``) or its ``Y_h``
-      output.  ``initial_h`` / ``initial_c`` must be zeros or graph inputs (then treated
-      as zeros, which is what ``torch.onnx.export`` emits and what cylstm's stateless
-      ``predict`` does); ``sequence_lens`` may be a graph input (every sequence then runs
-      its full length);
+      output.  ``initial_h`` / ``initial_c`` must be zero constants (what
+      ``torch.onnx.export`` emits when no state is passed); a ``sequence_lens``
+      constant must equal the fixed time length.  ``sequence_lens``, ``initial_h`` or
+      ``initial_c`` fed as graph inputs are refused, naming them: ``predict`` takes the
+      data alone and could not honour them;
     * ``Transpose``, ``Squeeze``, ``Reshape``, ``Identity``, ``Dropout`` that only
       rearrange axes; ``ReduceSum`` / ``ReduceMean`` / ``ReduceProd`` over a bidirectional
       LSTM's direction axis (merge modes sum / ave / mul); a ``Slice`` reversing the whole
@@ -1026,8 +1040,9 @@ def from_onnx(path, *, name=None):
     ValueError
         For a corrupt file, or an operator, attribute or input outside the above: peephole
         weights ``P`` (non-zero), ``clip``, ``input_forget=1``, non-default
-        ``activations``, a used ``Y_c``, a branching graph... The message names the
-        operator and the attribute.
+        ``activations``, run-time ``initial_h`` / ``initial_c`` / ``sequence_lens``
+        inputs, a used ``Y_c``, a branching graph... The message names the operator and
+        the attribute or input.
     """
     model = _load_model(path)
     spec = _Importer(model).run()
