@@ -22,11 +22,13 @@ leaves the state untouched; see :class:`LSTM`).
 import collections
 import inspect
 import numbers
+import warnings
 
 import numpy as np
 
 from cylstm import activations as _act
 from cylstm import functional as _F
+from cylstm._checkpoint import check_every as _check_every
 
 __all__ = [
     "LSTM",
@@ -738,6 +740,14 @@ class LSTM(Layer):
     zero_output_for_mask : bool
         With a mask, masked steps output zeros instead of the previous output
         (Keras's RNN option; Bidirectional sets it for sequence outputs).
+    checkpoint_every : None, int >= 1 or "auto"
+        Training in bounded memory (not a Keras option): keep the state only every
+        this many steps and recompute each segment in the backward, for the same
+        gradients at the cost of one more forward pass (see
+        :func:`cylstm.functional.lstm_forward`).  "auto" does so, with about
+        sqrt(T) steps per segment, only when a batch's full cache would exceed
+        :func:`cylstm.get_memory_budget`.  On a CUDA device the layer trains with
+        full BPTT and warns once.
 
     Notes
     -----
@@ -757,8 +767,9 @@ class LSTM(Layer):
                  dropout=0.0, recurrent_dropout=0.0, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, unroll=False, seed=None,
                  zero_output_for_mask=False, use_cudnn="auto", time_major=False,
-                 implementation=2, **kwargs):
+                 implementation=2, checkpoint_every=None, **kwargs):
         super().__init__(**kwargs)
+        self.checkpoint_every = _check_every(checkpoint_every)
         for n, v in (("kernel_regularizer", kernel_regularizer),
                      ("recurrent_regularizer", recurrent_regularizer),
                      ("bias_regularizer", bias_regularizer),
@@ -799,6 +810,7 @@ class LSTM(Layer):
         self._last_state = None
         self._device = None  # None: CPU; ('cuda', index) after model.to('cuda')
         self._weights_version = None
+        self._warned_checkpoint = False
 
     def _ops(self):
         """(functional module, extra kwargs) for this layer's device."""
@@ -955,6 +967,8 @@ class LSTM(Layer):
         else:
             mask_in = mask
         F, extra = self._ops()
+        if training and self.checkpoint_every is not None:
+            extra = self._checkpoint_kw(extra)
         if mask is None:
             r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
                                initial_state=state, go_backwards=self.go_backwards,
@@ -973,6 +987,19 @@ class LSTM(Layer):
         if training:
             self._cache = (r.cache, dmask, kw, info, flip, F)
         return y, (mask_in if self.return_sequences else None)
+
+    def _checkpoint_kw(self, extra):
+        """The forward's extra arguments with ``checkpoint_every`` (CPU), or as they
+        are with a one-time warning (the CUDA backend keeps the full cache)."""
+        if self._device is None:
+            return dict(extra, checkpoint_every=self.checkpoint_every)
+        if not self._warned_checkpoint:
+            self._warned_checkpoint = True
+            warnings.warn(
+                f"LSTM {self.name!r}: checkpoint_every={self.checkpoint_every!r} is not "
+                "implemented by the CUDA backend; this layer trains with full BPTT on the GPU "
+                "(it keeps 7 * units floats per sample and step)", RuntimeWarning, stacklevel=3)
+        return extra
 
     def _masked_forward(self, x, mask, state, training, kw, flip, F=_F, extra=None):
         B, T, _ = x.shape
@@ -1176,6 +1203,8 @@ class LSTM(Layer):
             return_state=self.return_state, go_backwards=self.go_backwards,
             stateful=self.stateful, unroll=self.unroll, seed=self.seed,
             zero_output_for_mask=self.zero_output_for_mask)
+        if self.checkpoint_every is not None:  # (not a Keras key: only when set)
+            cfg["checkpoint_every"] = self.checkpoint_every
         return cfg
 
 
