@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from cylstm import _signals
+from cylstm import _signals, _timechunk
 from cylstm import layers as _layers
 from cylstm._progress import Progbar
 
@@ -818,8 +818,16 @@ class Sequential:
             return dict(zip(names, res))
         return res[0] if len(res) == 1 else res
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Outputs for ``x`` in inference mode, computed ``batch_size`` (32) samples at a time."""
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None,
+                time_chunk=None):
+        """Outputs for ``x`` in inference mode, computed ``batch_size`` (32) samples at a time.
+
+        ``time_chunk=k`` runs all layers over k time steps at a time, carrying the
+        LSTMs' states (bounded memory for long sequences; see
+        :func:`cylstm._timechunk.run_forward`); None does so when the intermediate
+        sequences would exceed :func:`cylstm.get_memory_budget`.
+        """
+        _timechunk.check_time_chunk(time_chunk)
         bs = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
         verbose = self._verbose(verbose)
         x = self._prep_x(x)
@@ -832,7 +840,7 @@ class Sequential:
             cbl.on_predict_begin()
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            yb, _ = self._run_forward(x[s:e], False)
+            yb = _timechunk.run_forward(self, x[s:e], time_chunk)
             if out is None:
                 out = np.empty((n,) + yb.shape[1:], yb.dtype)
             out[s:e] = yb
@@ -847,11 +855,17 @@ class Sequential:
             cbl.on_predict_end()
         return out
 
-    def __call__(self, inputs, training=False, mask=None):
-        """The model's output for ``inputs`` (one pass over the whole array)."""
+    def __call__(self, inputs, training=False, mask=None, time_chunk=None):
+        """The model's output for ``inputs`` (one pass over the whole array; in
+        inference, ``time_chunk`` as :meth:`predict`)."""
         x = self._prep_x(inputs, "inputs")
         self._ensure_built(x)
-        y, _ = self._run_forward(x, bool(training))
+        if training and time_chunk is not None:
+            raise ValueError("time_chunk runs inference only; got training=True")
+        if training:
+            y, _ = self._run_forward(x, True)
+        else:
+            y = _timechunk.run_forward(self, x, time_chunk)
         self._clear_caches()
         return y
 
