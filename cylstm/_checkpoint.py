@@ -298,6 +298,7 @@ class _Runner:
         self.C = take((B * k * H,), dtype)
         self.Hp = take((B * k * H,), dtype)
         self.hm = None if c["rmask"] is None else take((B, H), dtype)
+        self.plans = {}  # (steps, ragged): the forward plan (the planner costs ~0.1 ms)
 
     def layout(self, si):
         c = self.c
@@ -314,9 +315,12 @@ class _Runner:
         Hp = _block(self.Hp, (B, kk, H))
         if lay.lens is not None:
             Hp.fill(0)  # its padding rows meet zero rows of dz in the dU GEMM
-        plan = self.F.plan_forward(B, kk, I, H, self.dtype, c["n_threads"], True,
-                                   c["rmask"] is not None, lay.lens is not None,
-                                   c["reverse"], force=c["force"])
+        key = (kk, lay.lens is not None)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self.F.plan_forward(
+                B, kk, I, H, self.dtype, c["n_threads"], True, c["rmask"] is not None,
+                lay.lens is not None, c["reverse"], force=c["force"])
         self.F._run_forward_plan(plan, xs, c["W"], c["U"], c["b"], lay.lens, c["reverse"],
                                  c["rmask"], self.hm, y, hs, cs, G, C, Hp)
         return xs, G, C, Hp
