@@ -561,7 +561,10 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     Parameters
     ----------
     cache : the ``cache`` of a ``lstm_forward(..., training=True)`` call.
-        It is consumed (its gate buffer becomes dL/dz): call backward once.
+        It is consumed (its gate buffer becomes dL/dz): call backward once.  A
+        checkpointed cache (``checkpoint_every``) reruns each segment's forward
+        from its checkpoint first; the weights and ``x`` must not change between
+        the forward and the backward (the recomputation reads them).
     grad_output : dL/d output, same shape as the forward's ``output``, or None.
     grad_h, grad_c : dL/d final h and c, (B, H) each, or None.
     need_input_grad : compute dL/dx (skip it for a first layer).
