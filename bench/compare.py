@@ -18,6 +18,14 @@ Workloads (names for ``--only``; a case name or ``workload/case`` selects one ca
               T=1, ONNX Runtime session.run with the state fed back, NumPy)
     epoch     one epoch of the Keras example model (LSTM(50, return_sequences) -> LSTM(20)
               -> Dense(1), Adam(0.001), MSE) on 2048 x 50 x 10 synthetic data, batch 32
+    longseq   one training step over a very long sequence (a first layer: loss on h_T,
+              gradients of W, U, b), cases TxBxIxH: 10000x32x32x256 (default memory budget),
+              100000x1x32x128 (budget 16 MiB), 2000x8x16x64 (--quick; budget 4 MB).  cylstm
+              with checkpoint_every="auto" and with full BPTT, torch nn.LSTM with full BPTT
+              and with torch.utils.checkpoint over ceil(sqrt(T))-step chunks; each in its own
+              process (bench/longseq_bench.py) for a clean peak RSS.  Columns: step time,
+              saved activations (each implementation's own count), RSS held after the
+              forward, peak RSS of the step, and cylstm's checkpointed / full step time
 
 Implementations: cylstm; NumPy "naive" (per step ``x_t @ W + h @ U + b`` with fresh arrays)
 and "good" (the input projection of all steps as one GEMM, then one ``h @ U`` per step into a
@@ -85,7 +93,10 @@ JSON (``--json PATH``), written after each workload and at the end::
                              (forward, train) calls_per_block,
                              (stream) p90_s, p99_s, impl_detail,
                              (epoch) first_epoch_s, epoch_losses, final_loss,
-                             final_loss_rel_diff} ] } ]
+                             final_loss_rel_diff,
+                             (longseq) saved_bytes, held_bytes, peak_rss_bytes,
+                             impl_detail, loss, peak_reset} ],
+                     (longseq) memory_budget, checkpoint_time_ratio } ]
     skipped       [ {workload, case, threads, impl, reason} ]  (first occurrence of each)
     mismatches    [ {workload, case, threads, impl, max_abs_diff, max_rel_diff, reason} ]
     ok            true when nothing disagreed with cylstm and cylstm itself ran
@@ -125,7 +136,7 @@ EPOCH_CASE = "keras-example"
 QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1", "keras/TF XLA",
               "keras/TF fit XLA"}
 STREAM_IMPLS = ["cylstm", "torch LSTMCell", "torch LSTM T=1", "onnxruntime", "numpy"]
-WORKLOADS = ["forward", "train", "stream", "epoch", "cold", "busy"]
+WORKLOADS = ["forward", "train", "stream", "epoch", "cold", "busy", "longseq"]
 # Calls after an idle gap, and beside a busy core (issue 11): the shapes where a
 # second thread pays most for waking or waiting
 LATENCY_SHAPES = [(100, 32, 10, 50), (200, 1, 64, 128), (150, 1, 256, 256)]
@@ -136,7 +147,14 @@ BUSY_GAP_S = 0.05
 # pools (made by the forward workload's Keras peers) then keep taking the second
 # core: cylstm's 2-thread (64, 128) step measured 4.6 us after them, 2.9 us
 # before (and with Keras skipped).  Tables still come out in WORKLOADS order.
-RUN_ORDER = ["stream", "cold", "busy", "forward", "train", "epoch"]
+RUN_ORDER = ["stream", "cold", "busy", "forward", "train", "epoch", "longseq"]
+# Very long sequences (issue 13): (T, B, I, H) and the memory budget cylstm's
+# checkpoint_every="auto" runs under (None: the default, 1 GiB)
+LONGSEQ_SHAPES = [(10000, 32, 32, 256), (100000, 1, 32, 128), (2000, 8, 16, 64)]
+QUICK_LONGSEQ = [(2000, 8, 16, 64)]
+LONGSEQ_BUDGET = {(100000, 1, 32, 128): 16 * 2**20, (2000, 8, 16, 64): 4 * 10**6}
+LONGSEQ_IMPLS = [("cylstm", "cylstm"), ("cylstm full BPTT", "cylstm-full"),
+                 ("torch full BPTT", "torch-full"), ("torch checkpoint", "torch-checkpoint")]
 TITLES = {
     "forward": "forward inference, full sequences (TxBxIxH), float32",
     "train": "training step: forward + backward, grads of x, W, U, b (TxBxIxH), float32",
@@ -146,10 +164,12 @@ TITLES = {
             "(TxBxIxH), float32",
     "busy": f"forward beside another process spinning on a core: calls after a "
             f"{BUSY_GAP_S * 1e3:.0f} ms gap, and back to back (TxBxIxH), float32",
+    "longseq": "one training step over a very long sequence (TxBxIxH; loss on h_T, grads of "
+               "W, U, b), float32, each implementation in its own process",
 }
 TOL = {"cold": (1e-4, 1e-4), "busy": (1e-4, 1e-4),
        "forward": (1e-4, 1e-4), "train": (1e-4, 1e-3), "stream": (1e-4, 1e-4),
-       "epoch": (1e-4, 1e-4)}
+       "epoch": (1e-4, 1e-4), "longseq": (1e-4, 1e-3)}
 # An epoch's final loss may drift by float rounding between frameworks; more than this
 # relative difference from cylstm's means one of them does not train the same model.
 EPOCH_LOSS_RTOL = 0.05
@@ -592,6 +612,73 @@ class Bench:
         return [res]
 
 
+    # -- very long sequences ------------------------------------------------------------
+    def longseq(self, shape, n):
+        """One training step per implementation, each in a fresh process
+        (bench/longseq_bench.py): step times, saved bytes, RSS; gradients checked
+        against cylstm's full BPTT (or its checkpointed run)."""
+        import subprocess
+
+        case = case_name(shape)
+        res = self.new_result("longseq", case, n, 3 * fwd_flops(*shape))
+        budget = LONGSEQ_BUDGET.get(tuple(shape))
+        res["memory_budget"] = budget
+        atol, rtol = TOL["longseq"]
+        t_case = time.perf_counter()
+        log(f"  longseq {case} threads={n}: ", end="")
+        steps = 1 if self.args.quick else 2
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(self.cylstm.__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        meter = _machine.LoadMeter().start()
+        grads = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, impl in LONGSEQ_IMPLS:
+                if not self.wanted(label):
+                    continue
+                row = {"impl": label, "status": "ok", "reason": None}
+                res["rows"].append(row)
+                npz = os.path.join(tmp, f"{impl}.npz")
+                cmd = [sys.executable, os.path.join(HERE, "longseq_bench.py"), impl,
+                       *map(str, shape), str(n), str(steps), npz, str(budget or 0)]
+                try:
+                    p = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                       timeout=1800, check=False)
+                    out = json.loads(p.stdout.strip().splitlines()[-1])
+                except Exception as e:  # noqa: BLE001 - a failed child is a row
+                    row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+                    log("x", end="")
+                    continue
+                row.update(status=out["status"], reason=out.get("reason"))
+                if out["status"] == "ok":
+                    st = out["step_s"]
+                    row.update(median_s=float(np.median(st)), min_s=min(st), max_s=max(st),
+                               n_calls=len(st), block_medians_s=st,
+                               saved_bytes=out["saved_bytes"], held_bytes=out["held_bytes"],
+                               peak_rss_bytes=out["peak_rss_bytes"], loss=out["loss"],
+                               impl_detail=out.get("detail"), peak_reset=out["peak_reset"])
+                    with np.load(npz) as z:
+                        grads[label] = [z["dW"], z["dU"], z["db"]]
+                log(".", end="")
+        ref = grads.get("cylstm full BPTT", grads.get("cylstm"))
+        for row in res["rows"]:
+            if row["status"] != "ok" or ref is None:
+                continue
+            mad, mrd, ok = self.compare(grads[row["impl"]], ref, atol, rtol)
+            row.update(max_abs_diff=mad, max_rel_diff=mrd)
+            if not ok:
+                row.update(status="mismatch",
+                           reason=f"gradients differ from cylstm's by {mad:.3g} (max abs), "
+                                  f"{mrd:.3g} relative; tolerance {atol:g} + {rtol:g}*max|ref|")
+        by = {r["impl"]: r for r in res["rows"] if r["status"] == "ok"}
+        if "cylstm" in by and "cylstm full BPTT" in by:
+            res["checkpoint_time_ratio"] = by["cylstm"]["median_s"] / by["cylstm full BPTT"][
+                "median_s"]
+        self.fill_speed(res, self.sgemm_rate(n))
+        self.end_case(res, meter, t_case)
+        return res
+
+
 # ---------------------------------------------------------------------------
 # Output
 
@@ -622,11 +709,49 @@ def fmt_time(row, scale):
 
 UNITS = {"cold": ("ms", 1e3), "busy": ("ms", 1e3),
          "forward": ("ms", 1e3), "train": ("ms", 1e3), "stream": ("us", 1e6),
-         "epoch": ("s", 1.0)}
+         "epoch": ("s", 1.0), "longseq": ("s", 1.0)}
+
+
+def _mib(v):
+    return "-" if v is None else f"{v / 2**20:.3g}"
+
+
+def longseq_table(results):
+    """(title, header, rows, notes, footer) of the longseq table."""
+    head = ["case", "thr", "impl", "step s median (min-max)", "saved MiB",
+            "held after fwd MiB", "peak RSS MiB", "detail", "max|diff|", "cylstm speed-up"]
+    lines, notes, ratios = [], [], []
+    for res in results:
+        budget = res.get("memory_budget")
+        case = res["case"] + ("*" if (res.get("outside_load_cores") or 0) > 0.2 else "")
+        if budget:
+            case += f" (budget {budget / 2**20:.3g} MiB)"
+        for r in res["rows"]:
+            line = [case, str(res["threads"]), r["impl"]]
+            if r["status"] == "ok":
+                line.append(fmt_time(r, 1.0))
+            else:
+                reason = r.get("reason") or ""
+                if reason not in notes:
+                    notes.append(reason)
+                line.append(f"{r['status']} [{notes.index(reason) + 1}]")
+            line += [_mib(r.get("saved_bytes")), _mib(r.get("held_bytes")),
+                     _mib(r.get("peak_rss_bytes")), r.get("impl_detail") or "-",
+                     fmt(r.get("max_abs_diff"), 2),
+                     (f"{r['speedup']:.2f}x" if r.get("speedup") else "-")]
+            lines.append(line)
+        if res.get("checkpoint_time_ratio"):
+            ratios.append(f"{res['case']} t={res['threads']}: "
+                          f"{res['checkpoint_time_ratio']:.2f}x")
+    footer = ("cylstm checkpointed / full BPTT step time: " + ", ".join(ratios)) if ratios \
+        else None
+    return f"longseq: {TITLES['longseq']}", head, lines, notes, footer
 
 
 def table(workload, results):
     """(title, header, rows, notes, footer) of one workload's table."""
+    if workload == "longseq":
+        return longseq_table(results)
     unit, scale = UNITS[workload]
     latency = workload in ("cold", "busy")
     head = ["case", "thr", "impl",
@@ -867,7 +992,8 @@ def parse_args(argv):
                         "its own process (libraries size their thread pools once) and the "
                         "results are merged")
     p.add_argument("--only", action="append", metavar="NAME",
-                   help="workload (forward, train, stream, epoch), case (e.g. 100x32x10x50) "
+                   help="workload (forward, train, stream, epoch, cold, busy, longseq), case "
+                        "(e.g. 100x32x10x50) "
                         "or workload/case; repeatable or comma-separated")
     p.add_argument("--repeat", type=int, default=None, metavar="N",
                    help="timed rounds per case (default 5; 2 with --quick)")
@@ -915,6 +1041,7 @@ def main(argv=None):
     trn_all = [case_name(s) for s in TRAIN_SHAPES]
     st_all = stream_cases(False)
     lat_all = [case_name(s) for s in LATENCY_SHAPES]
+    ls_all = [case_name(s) for s in LONGSEQ_SHAPES]
     plan = {
         "forward": sel.cases("forward", fwd_all, [case_name(s) for s in QUICK_FORWARD]),
         "train": sel.cases("train", trn_all, [case_name(s) for s in QUICK_TRAIN]),
@@ -922,16 +1049,19 @@ def main(argv=None):
         "epoch": sel.cases("epoch", [EPOCH_CASE], [EPOCH_CASE]),
         "cold": sel.cases("cold", lat_all, lat_all[:2]),
         "busy": sel.cases("busy", lat_all, lat_all[:2]),
+        "longseq": sel.cases("longseq", ls_all, [case_name(s) for s in QUICK_LONGSEQ]),
     }
     known = set(WORKLOADS) | set(fwd_all) | set(st_all) | {EPOCH_CASE}
     known |= {f"{w}/{c}" for w in ("cold", "busy") for c in lat_all}
+    known |= set(ls_all) | {f"longseq/{c}" for c in ls_all}
     known |= set(stream_cases(True))
     known |= {f"{w}/{c}" for w, cs in (("forward", fwd_all), ("train", trn_all),
                                        ("stream", st_all), ("epoch", [EPOCH_CASE])) for c in cs}
     if a.list:
         for w in WORKLOADS:
             allc = {"forward": fwd_all, "train": trn_all, "stream": st_all,
-                    "epoch": [EPOCH_CASE], "cold": lat_all, "busy": lat_all}[w]
+                    "epoch": [EPOCH_CASE], "cold": lat_all, "busy": lat_all,
+                    "longseq": ls_all}[w]
             log(f"{w}: {' '.join(allc)}    ({TITLES[w]})")
         return 0
     bad = sel.unmatched(known)
@@ -1002,6 +1132,8 @@ def main(argv=None):
                     bench.stream(case, n)
                 elif wl in ("cold", "busy"):
                     bench.latency(wl, tuple(int(v) for v in case.split("x")), n)
+                elif wl == "longseq":
+                    bench.longseq(tuple(int(v) for v in case.split("x")), n)
         print_table(wl, bench.results[first:])
         dump()
 

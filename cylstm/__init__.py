@@ -21,6 +21,7 @@ from cylstm import _cpu  # noqa: E402
 _cpu.check_env()
 
 from cylstm._config import get_num_threads, set_num_threads, show_config  # noqa: E402,F401
+from cylstm._memory import get_memory_budget, set_memory_budget  # noqa: E402,F401
 from cylstm._tuning import tune  # noqa: E402,F401
 from cylstm import functional  # noqa: E402,F401
 
@@ -39,7 +40,8 @@ _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks
                "initializers", "regularizers", "constraints", "utils", "stream", "interop",
                "cuda", "activations", "preprocessing"}
 
-__all__ = ["get_num_threads", "set_num_threads", "show_config", "tune", "functional",
+__all__ = ["get_num_threads", "set_num_threads", "get_memory_budget", "set_memory_budget",
+           "show_config", "tune", "functional",
            "__version__", *_LAZY, *sorted(_SUBMODULES)]
 
 

@@ -20,11 +20,13 @@ import dataclasses
 
 import numpy as np
 
-from cylstm import _config, _lstm, _tuning
+from cylstm import _checkpoint, _config, _lstm, _tuning
+from cylstm._checkpoint import CheckpointPlan, cache_nbytes, plan_checkpoints
 from cylstm._workspace import give, take
 
 __all__ = ["lstm_forward", "lstm_backward", "plan_forward", "plan_backward", "ForwardPlan",
-           "BackwardPlan", "LSTMForward", "LSTMGrads", "as_float_array"]
+           "BackwardPlan", "LSTMForward", "LSTMGrads", "as_float_array", "CheckpointPlan",
+           "plan_checkpoints", "cache_nbytes"]
 
 LSTMForward = namedtuple("LSTMForward", ["output", "h", "c", "cache"])
 LSTMForward.__doc__ = """Result of :func:`lstm_forward`.
@@ -445,7 +447,8 @@ def check_output_grads(grad_output, grad_h, grad_c, return_sequences, B, T, H, d
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
                  lengths=None, go_backwards=False, return_sequences=True,
-                 training=False, recurrent_mask=None, num_threads=None, _plan=None):
+                 training=False, recurrent_mask=None, checkpoint_every=None, num_threads=None,
+                 _plan=None):
     """Run an LSTM over whole sequences.
 
     Parameters
@@ -473,6 +476,17 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         Recurrent dropout as in Keras: one mask per sequence (already scaled
         by 1 / (1 - rate)) that multiplies h_prev in the recurrent product
         ``h_prev @ U`` at every step; the carried state is not masked.
+    checkpoint_every : None, int >= 1 or "auto"
+        Training only: keep just the state (h, c) at the start of every segment of
+        this many steps instead of the whole cache; :func:`lstm_backward` reruns
+        each segment's forward from its checkpoint (the same kernels, so the same
+        values) and back-propagates through it, for the same gradients at the
+        cost of one more forward pass.  Everything a step computes, the input
+        projection ``x @ W`` included, is then one segment long.  A value of T or
+        more is one segment.  "auto": full BPTT while its cache (7 H floats per
+        sample and step) fits in :func:`cylstm.get_memory_budget`, else about
+        sqrt(T) steps per segment (see :func:`plan_checkpoints`).  A segment that
+        cannot fit in the budget is a MemoryError, raised before allocating.
     num_threads : int or None
         Defaults to :func:`cylstm.get_num_threads`.
     _plan : str or ForwardPlan, optional
@@ -484,13 +498,21 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     -------
     LSTMForward(output, h, c, cache)
     """
+    every = _checkpoint.check_every(checkpoint_every)
     dtype = _weights_dtype(kernel)
     W = as_float_array("kernel", kernel, dtype, 2)
     xs = np.shape(x) if isinstance(x, np.ndarray) else np.shape(_dtype_of("x", x))
     if len(xs) != 3:
         raise ValueError(f"x must have 3 dims (batch, time, features); got shape {xs}")
+    cplan = None
     if W.shape[1] % 4 == 0 and W.shape[1]:
-        _check_sizes(xs[0], xs[1], xs[2], W.shape[1] // 4, dtype.itemsize, training)
+        if training and every is not None and xs[0] and xs[1] and xs[2]:
+            lp = _check_lengths(lengths, xs[0], xs[1])
+            cplan = plan_checkpoints(xs[0], xs[1], xs[2], W.shape[1] // 4, dtype, every,
+                                     n_threads=_threads_for(xs[0], num_threads)[1],
+                                     max_steps=None if lp is None else int(lp.max()))
+        if cplan is None:
+            _check_sizes(xs[0], xs[1], xs[2], W.shape[1] // 4, dtype.itemsize, training)
     x = as_float_array("x", x, dtype)
     B, T, I = x.shape
     U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
@@ -500,6 +522,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     c0 = cs.copy() if training else None
     n_total, _ = _threads_for(B, num_threads)
     _config._blas()
+    if cplan is not None:
+        y, cache = _checkpoint.forward(x, W, U, b, lens, hs, cs, rmask, go_backwards,
+                                       return_sequences, n_total, cplan, force=_plan)
+        return LSTMForward(y if return_sequences else hs.copy(), hs, cs, cache)
 
     ragged = lens is not None
     alloc = np.zeros if ragged else np.empty
@@ -509,20 +535,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     y = alloc((B, T, H), dtype) if (return_sequences or training) else None
     C = take((B, T, H), dtype) if training else None
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
-    # per-thread panel products (64-byte aligned for the panel kernel), the packed
-    # weights, the other half of h
-    Z = take(plan.z, dtype, align=64) if plan.packed else take(plan.z, dtype)
-    Pu = take((plan.packed,), dtype, align=64) if plan.packed else None
-    hs2 = take(plan.hs2, dtype) if plan.hs2 is not None else None
     if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
-        args = (x, W, U, b, lens, bool(go_backwards), rmask, hm, y, hs, cs, G, C, Hp, Z)
-        if plan.path in ("rows", "rows_fused"):
-            _lstm.forward_rows(*args, plan.n_threads, plan.blas_threads, plan.fuse)
-        elif plan.path == "units":
-            _lstm.forward_units(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
-        else:
-            _lstm.forward_stacked(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
-    give(Z, Pu, hs2)
+        _run_forward_plan(plan, x, W, U, b, lens, go_backwards, rmask, hm, y, hs, cs, G, C, Hp)
     if not training:
         give(G)
     cache = None
@@ -536,6 +550,27 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     return LSTMForward(out, hs, cs, cache)
 
 
+def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp):
+    """Run ``plan``'s kernel entry point on validated buffers, with the per-step
+    scratch it names (the only place that calls the forward kernels)."""
+    dtype = W.dtype
+    # per-thread panel products (64-byte aligned for the panel kernel), the packed
+    # weights, the other half of h
+    Z = take(plan.z, dtype, align=64) if plan.packed else take(plan.z, dtype)
+    Pu = take((plan.packed,), dtype, align=64) if plan.packed else None
+    hs2 = take(plan.hs2, dtype) if plan.hs2 is not None else None
+    try:
+        args = (x, W, U, b, lens, bool(reverse), rmask, hm, y, hs, cs, G, C, Hp, Z)
+        if plan.path in ("rows", "rows_fused"):
+            _lstm.forward_rows(*args, plan.n_threads, plan.blas_threads, plan.fuse)
+        elif plan.path == "units":
+            _lstm.forward_units(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
+        else:
+            _lstm.forward_stacked(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
+    finally:
+        give(Z, Pu, hs2)
+
+
 def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
                   need_input_grad=True, num_threads=None, out=None):
     """Backpropagate through a training-mode :func:`lstm_forward`.
@@ -543,7 +578,10 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     Parameters
     ----------
     cache : the ``cache`` of a ``lstm_forward(..., training=True)`` call.
-        It is consumed (its gate buffer becomes dL/dz): call backward once.
+        It is consumed (its gate buffer becomes dL/dz): call backward once.  A
+        checkpointed cache (``checkpoint_every``) reruns each segment's forward
+        from its checkpoint first; the weights and ``x`` must not change between
+        the forward and the backward (the recomputation reads them).
     grad_output : dL/d output, same shape as the forward's ``output``, or None.
     grad_h, grad_c : dL/d final h and c, (B, H) each, or None.
     need_input_grad : compute dL/dx (skip it for a first layer).
@@ -556,11 +594,11 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     LSTMGrads(dx, dkernel, drecurrent_kernel, dbias, dh0, dc0); ``dx`` is None
     when ``need_input_grad`` is False.
     """
-    if not isinstance(cache, dict) or "G" not in cache:
+    if not isinstance(cache, dict) or ("G" not in cache and "checkpoints" not in cache):
         raise TypeError("cache must be the cache of lstm_forward(..., training=True)")
     if cache["used"]:
         raise ValueError("this cache was already used by lstm_backward; run the forward again")
-    x, W, U, G = cache["x"], cache["W"], cache["U"], cache["G"]
+    x, W, U, G = cache["x"], cache["W"], cache["U"], cache.get("G")
     dtype = W.dtype
     B, T, I = x.shape
     H = U.shape[0]
@@ -576,9 +614,6 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
         return LSTMGrads(np.zeros((0, T, I), dtype) if need_input_grad else None,
                          np.zeros((I, 4 * H), dtype), np.zeros((H, 4 * H), dtype),
                          np.zeros(4 * H, dtype), dhs, dcs)
-    D = take((B, 4 * H), dtype, zero=True)
-    dHp = take((B, H), dtype)
-    dx = np.empty((B, T, I), dtype) if need_input_grad else None
     outs = [None, None, None] if out is None else list(out)
     if len(outs) != 3:
         raise ValueError("out must be (dkernel, drecurrent_kernel, dbias)")
@@ -598,6 +633,13 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
                 f"{shape}; got {getattr(a, 'shape', type(a).__name__)}"
             )
     dW, dU, db = outs
+    if "checkpoints" in cache:  # recompute each segment from its checkpoint (_checkpoint)
+        dx = _checkpoint.backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs)
+        give(*scratch)
+        return LSTMGrads(dx, dW, dU, db, dhs, dcs)
+    D = take((B, 4 * H), dtype, zero=True)
+    dHp = take((B, H), dtype)
+    dx = np.empty((B, T, I), dtype) if need_input_grad else None
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
     UT = take((4 * H, H), dtype)
     UT[...] = U.T

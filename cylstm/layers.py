@@ -22,11 +22,13 @@ leaves the state untouched; see :class:`LSTM`).
 import collections
 import inspect
 import numbers
+import warnings
 
 import numpy as np
 
 from cylstm import activations as _act
 from cylstm import functional as _F
+from cylstm._checkpoint import check_every as _check_every
 from cylstm.engine import graph as _graph
 
 __all__ = [
@@ -973,6 +975,14 @@ class LSTM(Layer):
     use_cudnn : 'auto', True or False
         Kept (attribute and config) so Keras code and files carry it; cylstm runs
         its own kernels on the CPU and on CUDA either way.
+    checkpoint_every : None, int >= 1 or "auto"
+        Training in bounded memory (not a Keras option): keep the state only every
+        this many steps and recompute each segment in the backward, for the same
+        gradients at the cost of one more forward pass (see
+        :func:`cylstm.functional.lstm_forward`).  "auto" does so, with about
+        sqrt(T) steps per segment, only when a batch's full cache would exceed
+        :func:`cylstm.get_memory_budget`.  On a CUDA device the layer trains with
+        full BPTT and warns once.
 
     Notes
     -----
@@ -997,8 +1007,9 @@ class LSTM(Layer):
                  dropout=0.0, recurrent_dropout=0.0, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, unroll=False, seed=None,
                  zero_output_for_mask=False, use_cudnn="auto", time_major=False,
-                 implementation=2, **kwargs):
+                 implementation=2, checkpoint_every=None, **kwargs):
         super().__init__(**kwargs)
+        self.checkpoint_every = _check_every(checkpoint_every)
         self.kernel_regularizer = _regularizer("kernel_regularizer", kernel_regularizer)
         self.recurrent_regularizer = _regularizer("recurrent_regularizer",
                                                   recurrent_regularizer)
@@ -1046,6 +1057,7 @@ class LSTM(Layer):
         self._last_state = None
         self._device = None  # None: CPU; ('cuda', index) after model.to('cuda')
         self._weights_version = None
+        self._warned_checkpoint = False
 
     def _ops(self):
         """(functional module, extra kwargs) for this layer's device."""
@@ -1220,6 +1232,8 @@ class LSTM(Layer):
         else:
             mask_in = mask
         F, extra = self._ops()
+        if training and self.checkpoint_every is not None:
+            extra = self._checkpoint_kw(extra)
         if mask is None:
             r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
                                initial_state=state, go_backwards=self.go_backwards,
@@ -1240,6 +1254,19 @@ class LSTM(Layer):
         if self.activity_regularizer is not None or self._activity_losses:
             self._record_activity([y, h, c] if self.return_state else y, training)
         return y, (mask_in if self.return_sequences else None)
+
+    def _checkpoint_kw(self, extra):
+        """The forward's extra arguments with ``checkpoint_every`` (CPU), or as they
+        are with a one-time warning (the CUDA backend keeps the full cache)."""
+        if self._device is None:
+            return dict(extra, checkpoint_every=self.checkpoint_every)
+        if not self._warned_checkpoint:
+            self._warned_checkpoint = True
+            warnings.warn(
+                f"LSTM {self.name!r}: checkpoint_every={self.checkpoint_every!r} is not "
+                "implemented by the CUDA backend; this layer trains with full BPTT on the GPU "
+                "(it keeps 7 * units floats per sample and step)", RuntimeWarning, stacklevel=3)
+        return extra
 
     def _masked_forward(self, x, mask, state, training, kw, flip, F=_F, extra=None):
         B, T, _ = x.shape
@@ -1473,6 +1500,8 @@ class LSTM(Layer):
         for k, ser in self._OBJECT_ARGS:
             v = getattr(self, k)
             cfg[k] = v if live else ser(v)
+        if self.checkpoint_every is not None:  # (not a Keras key: only when set)
+            cfg["checkpoint_every"] = self.checkpoint_every
         return cfg
 
 

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from cylstm import _timechunk
 from cylstm import layers as _layers
 from cylstm.engine import graph as _graph
 from cylstm.engine.model import Model
@@ -295,6 +296,10 @@ class Sequential(Model):
             self.build((None,) + tuple(x.shape[1:]))
 
     # ------------------------------------------------------------------ core steps
+    def _predict_step(self, xs, time_chunk=None):
+        # a chain of layers may run a chunk of time steps at a time (bounded memory)
+        return [_timechunk.run_forward(self, xs[0], time_chunk)]
+
     def _run_forward(self, x, training, mask=None):
         for layer in self.layers:
             x, mask = layer._forward(x, mask, training)

@@ -10,6 +10,8 @@
   ``horizon`` steps after each window.
 * :func:`pad_sequences`, :func:`to_categorical` and :func:`set_random_seed` as in
   ``keras.utils``.
+* :func:`batchify`: one long series as B contiguous streams (the language-model
+  idiom of PyTorch's word_language_model example), batch-first.
 """
 import numbers
 import random
@@ -18,7 +20,7 @@ import numpy as np
 
 from cylstm._data import Dataset, PyDataset
 
-__all__ = ["Dataset", "PyDataset", "make_windows", "pad_sequences", "set_random_seed",
+__all__ = ["Dataset", "PyDataset", "batchify", "make_windows", "pad_sequences", "set_random_seed",
            "timeseries_dataset_from_array", "to_categorical"]
 
 
@@ -307,3 +309,42 @@ def to_categorical(x, num_classes=None):
     out = np.zeros(a.shape + (num_classes,), dtype=np.float32)
     np.put_along_axis(out, a[..., None], 1.0, axis=-1)
     return out
+
+
+def batchify(series, batch_size):
+    """Cut one long series into ``batch_size`` contiguous streams, batch-first.
+
+    Stream b holds steps ``b * n .. (b + 1) * n - 1`` of the series, with
+    ``n = N // batch_size``; the last ``N % batch_size`` steps are dropped.  This is
+    ``batchify`` of PyTorch's word_language_model example (which returns the
+    time-major transpose), so that a single series trains at batch width B, e.g.
+    with a stateful model or truncated BPTT over the time axis.
+
+    Parameters
+    ----------
+    series : array_like (N, ...)
+        Time first: token ids (N,) or feature vectors (N, F).
+    batch_size : int
+        Streams B, 1 <= B <= N.
+
+    Returns
+    -------
+    ndarray (B, N // B, ...)
+        ``out[b, t] == series[b * (N // B) + t]``; a view of ``series`` when it is a
+        C-contiguous array, else a new array.
+
+    Examples
+    --------
+    >>> batchify(np.arange(10), 3)
+    array([[0, 1, 2],
+           [3, 4, 5],
+           [6, 7, 8]])
+    """
+    a = _array("series", series)
+    B = _int("batch_size", batch_size, 1)
+    N = a.shape[0]
+    if B > N:
+        raise ValueError(f"batch_size ({B}) must be at most the series' length (series of "
+                         f"shape {a.shape}: {N} steps), so that each stream has a step")
+    n = N // B
+    return np.ascontiguousarray(a[:B * n]).reshape((B, n) + a.shape[1:])

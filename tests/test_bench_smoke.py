@@ -167,3 +167,28 @@ def test_summary_fails_on_mismatch_or_cylstm_error():
     assert not s["ok"] and s["mismatches"][0]["impl"] == "peer"
     broken = [res([{"impl": "cylstm", "status": "error", "reason": "boom"}])]
     assert not mod.summarize(broken)["ok"]
+
+
+def test_longseq_workload_reports_memory(tmp_path):
+    """The quick longseq case, cylstm only (each implementation is its own process):
+    the checkpointed step saves a fraction of full BPTT's activations, holds and peaks
+    at less, and computes the same gradients."""
+    out = tmp_path / "ls.json"
+    p = _run(["--quick", "--threads", "1", "--only", "longseq", "--skip", "torch",
+              "--json", str(out)], timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "== longseq" in p.stdout and "checkpointed / full BPTT step time" in p.stdout
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True
+    (res,) = doc["results"]
+    assert (res["workload"], res["case"], res["memory_budget"]) == ("longseq", "2000x8x16x64",
+                                                                    4 * 10**6)
+    rows = {r["impl"]: r for r in res["rows"]}
+    assert set(rows) == {"cylstm", "cylstm full BPTT"}
+    ck, full = rows["cylstm"], rows["cylstm full BPTT"]
+    assert ck["status"] == full["status"] == "ok"
+    # full BPTT keeps gates, c and h_prev of every step (and c0): 6H floats
+    assert full["saved_bytes"] == 2000 * 8 * 6 * 64 * 4 + 8 * 64 * 4
+    assert ck["saved_bytes"] == 45 * 2 * 8 * 64 * 4 and ck["impl_detail"].startswith("45 steps")
+    assert ck["peak_rss_bytes"] < full["peak_rss_bytes"] / 4
+    assert ck["max_abs_diff"] < 1e-5 and res["checkpoint_time_ratio"] > 0

@@ -160,3 +160,48 @@ def test_to_categorical():
     with pytest.raises(ValueError, match="integer"):
         to_categorical([0.5])
     assert utils.__all__
+
+
+def test_batchify_matches_word_language_model():
+    """PyTorch's word_language_model ``batchify``: data.narrow(0, 0, nbatch * bsz)
+    .view(bsz, -1).t(), time-major; ours is its transpose."""
+    from cylstm.utils import batchify
+
+    series = np.arange(103) * 7
+    out = batchify(series, 4)
+    assert out.shape == (4, 25)
+    nbatch = 103 // 4
+    torch_like = series[:nbatch * 4].reshape(4, -1).T  # (nbatch, bsz)
+    np.testing.assert_array_equal(out, torch_like.T)
+    for b in range(4):
+        for t in (0, 11, 24):
+            assert out[b, t] == series[b * 25 + t]
+    feats = np.random.default_rng(0).standard_normal((50, 3))
+    f = batchify(feats, 7)
+    assert f.shape == (7, 7, 3)
+    np.testing.assert_array_equal(f[2, 5], feats[2 * 7 + 5])
+    np.testing.assert_array_equal(batchify(list(range(6)), 6), [[0], [1], [2], [3], [4], [5]])
+
+
+def test_batchify_against_torch():
+    torch = pytest.importorskip("torch", reason="the PyTorch example's own batchify")
+    from cylstm.utils import batchify
+
+    data = torch.arange(103) * 7
+    ref = data.narrow(0, 0, (103 // 4) * 4).view(4, -1).t().contiguous()  # (nbatch, bsz)
+    np.testing.assert_array_equal(batchify(data.numpy(), 4), ref.numpy().T)
+
+
+def test_batchify_bad_input():
+    from cylstm.utils import batchify
+
+    with pytest.raises(ValueError, match="batch_size"):
+        batchify(np.arange(3), 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        batchify(np.arange(3), 0)
+    with pytest.raises(TypeError, match="batch_size"):
+        batchify(np.arange(3), 1.5)
+    with pytest.raises(ValueError, match="series"):
+        batchify(np.float64(3.0), 1)
+    with pytest.raises(TypeError, match="series"):
+        batchify("abc", 1)

@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from cylstm import _timechunk
 from cylstm import layers as _layers
 from cylstm.engine import graph as _graph
 from cylstm.engine.trainer import Trainer
@@ -469,15 +470,22 @@ class Model(Trainer):
         self.reset_states()
 
     # ------------------------------------------------------------------ as a layer
-    def __call__(self, inputs, training=False, mask=None):
+    def __call__(self, inputs, training=False, mask=None, time_chunk=None):
         """On symbolic tensors: a node of an outer model.  On arrays: the outputs
-        (one pass over the whole input)."""
+        (one pass over the whole input; in inference, ``time_chunk`` as
+        :meth:`predict`)."""
         if _graph.is_symbolic(inputs):
             return _graph.symbolic_call(self, inputs, training=training, mask=mask)
+        if training and time_chunk is not None:
+            raise ValueError("time_chunk runs inference only; got training=True")
+        _timechunk.check_time_chunk(time_chunk)
         xs = self._prep_inputs(inputs, "inputs")
         self._ensure_built_inputs(xs)
         try:
-            ys, _ = self._forward_values(xs, bool(training))
+            if training:
+                ys, _ = self._forward_values(xs, True)
+            else:
+                ys = self._predict_step(xs, time_chunk)
         finally:
             self._clear_caches()
         return self._pack(ys)

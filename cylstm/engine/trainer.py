@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from cylstm import _signals
+from cylstm import _signals, _timechunk
 from cylstm import layers as _layers
 from cylstm._progress import Progbar
 from cylstm.engine import data_adapters as _da
@@ -462,7 +462,11 @@ class Trainer:
             loss += self._regularization()
         return loss, parts, preds
 
-    def _predict_step(self, xs):
+    def _predict_step(self, xs, time_chunk=None):
+        if time_chunk is not None:
+            raise ValueError(f"time_chunk={time_chunk!r} runs a Sequential model (a chain of "
+                             f"layers over time); {type(self).__name__} {self.name!r} is a "
+                             "graph: predict it without time_chunk")
         return self._forward_values(xs, False)[0]
 
     def _batch_logs(self, loss, parts, ys, preds):
@@ -740,10 +744,18 @@ class Trainer:
             return dict(zip(names, res))
         return res[0] if len(res) == 1 else res
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None,
+                time_chunk=None):
         """Outputs for ``x`` in inference mode, computed ``batch_size`` (32) samples at a
         time; ``x`` takes every form :meth:`fit` takes (targets in the batches are
-        ignored).  Returns an array, or a list/dict for a model with several outputs."""
+        ignored).  Returns an array, or a list/dict for a model with several outputs.
+
+        ``time_chunk=k`` (Sequential models) runs all layers over k time steps at a
+        time, carrying the LSTMs' states (bounded memory for long sequences; see
+        :func:`cylstm._timechunk.run_forward`); None does so when the intermediate
+        sequences would exceed :func:`cylstm.get_memory_budget`.
+        """
+        _timechunk.check_time_chunk(time_chunk)
         if batch_size is not None:
             batch_size = _check_int("batch_size", batch_size, 1)
         if steps is not None:
@@ -763,7 +775,7 @@ class Trainer:
         chunks = None
         s = 0
         for xs, _, _, k in _signals.interruptible(it.epoch(), "prediction"):
-            ys = self._predict_step(xs)
+            ys = self._predict_step(xs, time_chunk)
             if total is not None:
                 if outs is None:
                     outs = [np.empty((total,) + yb.shape[1:], yb.dtype) for yb in ys]
