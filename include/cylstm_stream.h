@@ -90,6 +90,32 @@ typedef double cyl_vd __attribute__((vector_size(64)));
         const ptrdiff_t K = ka + kb;                                               \
         const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         ptrdiff_t j = 0, k;                                                        \
+        /* narrower registers (AVX2, SSE2): 8 accumulators, so that one pass over  \
+         * the rows covers 64 bytes x 8 / (64 / VL / sizeof(T)) of the panel */     \
+        for (; (VL) * (ptrdiff_t)sizeof(T) < 64 && j + 8 * VL <= wv; j += 8 * VL) { \
+            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
+            VT s4 = {0}, s5 = {0}, s6 = {0}, s7 = {0};                             \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka + kb; k++, p += wv) {                               \
+                const T v = k < ka ? a[k] : b[k - ka];                             \
+                s0 += v * CYL_LD(VT, p);                                           \
+                s1 += v * CYL_LD(VT, p + VL);                                      \
+                s2 += v * CYL_LD(VT, p + 2 * VL);                                  \
+                s3 += v * CYL_LD(VT, p + 3 * VL);                                  \
+                s4 += v * CYL_LD(VT, p + 4 * VL);                                  \
+                s5 += v * CYL_LD(VT, p + 5 * VL);                                  \
+                s6 += v * CYL_LD(VT, p + 6 * VL);                                  \
+                s7 += v * CYL_LD(VT, p + 7 * VL);                                  \
+            }                                                                      \
+            CYL_ST(z + j, s0);                                                     \
+            CYL_ST(z + j + VL, s1);                                                \
+            CYL_ST(z + j + 2 * VL, s2);                                            \
+            CYL_ST(z + j + 3 * VL, s3);                                            \
+            CYL_ST(z + j + 4 * VL, s4);                                            \
+            CYL_ST(z + j + 5 * VL, s5);                                            \
+            CYL_ST(z + j + 6 * VL, s6);                                            \
+            CYL_ST(z + j + 7 * VL, s7);                                            \
+        }                                                                          \
         for (; j + 4 * VL <= wv; j += 4 * VL) {                                    \
             VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
             const T* p = P + j;                                                    \
