@@ -2,7 +2,7 @@
 """cylstm against its peers, side by side, in one process: the benchmark to judge it by.
 
     pip install .                    # then, from the repository root:
-    python bench/compare.py --quick  # under a minute
+    python bench/compare.py --quick  # about a minute and a half on 2 cores
     python bench/compare.py          # all workloads, threads 1 and 2: a few minutes on 2 cores
 
 Workloads (names for ``--only``; a case name or ``workload/case`` selects one case):
@@ -984,7 +984,7 @@ def parse_args(argv):
         description="Benchmark cylstm against NumPy, PyTorch, ONNX Runtime and Keras/TF "
                     "(whichever are installed), in one process, same threads and data.")
     p.add_argument("--quick", action="store_true",
-                   help="a run under a minute: fewer shapes, repeats, steps and epochs, and "
+                   help="a short run (about 90 s on 2 cores): fewer shapes, repeats, steps and epochs, and "
                         "only the strongest variant of each peer (no NumPy naive, no PyTorch "
                         "with oneDNN off, no nn.LSTM T=1 streaming)")
     p.add_argument("--threads", type=int, nargs="+", default=None, metavar="N",
