@@ -984,8 +984,8 @@ def parse_args(argv):
         description="Benchmark cylstm against NumPy, PyTorch, ONNX Runtime and Keras/TF "
                     "(whichever are installed), in one process, same threads and data.")
     p.add_argument("--quick", action="store_true",
-                   help="a short run (about 90 s on 2 cores): fewer shapes, repeats, steps and epochs, and "
-                        "only the strongest variant of each peer (no NumPy naive, no PyTorch "
+                   help="a short run (about 90 s on 2 cores): fewer shapes, repeats, steps "
+                        "and epochs, and only the strongest variant of each peer (no NumPy naive, no PyTorch "
                         "with oneDNN off, no nn.LSTM T=1 streaming)")
     p.add_argument("--threads", type=int, nargs="+", default=None, metavar="N",
                    help="thread counts to run (default: 1 2); with several, each runs in "
