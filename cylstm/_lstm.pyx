@@ -29,7 +29,7 @@ calling thread and BLAS may use its own threads.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled, matmul
@@ -299,6 +299,52 @@ cdef inline void _stacked_product(const floating* P, Py_ssize_t w, Py_ssize_t nr
         cyl_stream_panel_f64(P, w, nrows, x, I, ldx, h, H, H, z, w)
 
 
+cdef inline Py_ssize_t _plain_width(floating* kind) noexcept nogil:
+    """Columns per panel of a plain (not gate-structured) packed matrix: four vectors."""
+    return 4 * _vlen(kind)
+
+
+cdef inline Py_ssize_t _plain_len(Py_ssize_t K, Py_ssize_t N, floating* kind) noexcept nogil:
+    cdef Py_ssize_t pw = _plain_width(kind)
+    return K * ((N + pw - 1) // pw) * pw
+
+
+cdef void _pack_plain(Py_ssize_t K, Py_ssize_t N, const floating* A,
+                      floating* P) noexcept nogil:
+    """Pack A (K, N) row-major into the panel kernel's layout, panels of
+    _plain_width columns: panel p at p * K * pw holds columns j0 .. j0 + w, its
+    main block (K x wv, wv = w rounded down to whole vectors) row-major, then its
+    w - wv tail columns transposed (include/cylstm_stream.h)."""
+    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), p, j0, w, wv, k, j
+    cdef floating* dst
+    for p in range((N + pw - 1) // pw):
+        j0 = p * pw
+        w = N - j0 if N - j0 < pw else pw
+        wv = (w // vl) * vl
+        dst = P + p * K * pw
+        for k in range(K):
+            memcpy(dst + k * wv, A + k * N + j0, wv * sizeof(floating))
+        for j in range(wv, w):
+            for k in range(K):
+                dst[K * wv + (j - wv) * K + k] = A[k * N + j0 + j]
+
+
+cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, Py_ssize_t s,
+                                Py_ssize_t nrows, const floating* a, Py_ssize_t lda,
+                                floating* z, Py_ssize_t ldz) noexcept nogil:
+    """z (nrows, N; rows ldz apart) = a (nrows, K; rows lda apart) @ the matrix
+    _pack_plain packed into P, panel by panel in _snake order for step s."""
+    cdef Py_ssize_t pw = _plain_width(z), n_p = (N + pw - 1) // pw, q, p, j0, w
+    for q in range(n_p):
+        p = _snake(q, s, n_p)
+        j0 = p * pw
+        w = N - j0 if N - j0 < pw else pw
+        if floating is float:
+            cyl_stream_panel_f32(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0, z + j0, ldz)
+        else:
+            cyl_stream_panel_f64(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0, z + j0, ldz)
+
+
 cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t H,
                           Py_ssize_t Lmax, const floating* x, Py_ssize_t I,
                           const floating* P, const floating* bias,
@@ -384,7 +430,8 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          floating* D, floating* dHp, floating* dx,
                          floating* dW, floating* dU, floating* db,
                          int big_threads) noexcept nogil:
-    """BPTT over samples [b0, b1); dW/dU/db receive this slice's sums.
+    """BPTT over samples [b0, b1); dW/dU/db receive this slice's sums.  ``UT`` is
+    U^T (4H, H) packed by _pack_plain.
 
     The time loop runs single-threaded BLAS; the weight-gradient GEMMs after
     it may use ``big_threads``."""
@@ -428,8 +475,9 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                           G + row * H4)
             if not inplace:
                 memcpy(D + b * H4, G + row * H4, H4 * sizeof(floating))
-        # (B7) dh_prev (nb, H) = dz (nb, 4H) @ UT (4H, H), UT = U^T made once
-        # (a transposed operand would be repacked by OpenBLAS on every tile).
+        # (B7) dh_prev (nb, H) = dz (nb, 4H) @ UT (4H, H), on the panel kernel over
+        # U^T packed once per call (OpenBLAS's small-matrix tiles ran this product
+        # at about half the kernel's rate, six rows per weight load on AVX-512).
         # Without lengths every row is at the same t: dz is read in place in G,
         # rows T * 4H apart (while that fits BLAS's int); with lengths, from rows
         # gathered into D (rows past their length stay zero there).
@@ -440,8 +488,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         else:
             dz = D + b0 * H4
             ldz = H4
-        gemm_tiled(False, <int> nb, <int> H, <int> H4, 1, dz, <int> ldz,
-                   UT, <int> H, 0, dHp + b0 * H, <int> H, s % 2 == 1)
+        _plain_product(UT, H4, H, s, nb, dz, ldz, dHp + b0 * H, H)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:
@@ -1288,7 +1335,15 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.H = H
     j.x = &x[0, 0, 0]
     j.W = &W[0, 0]
-    j.UT = &UT[0, 0]
+    # U^T in the panel kernel's layout (64-byte aligned: it streams whole vectors)
+    cdef size_t pbytes = _plain_len(H4, H, &db[0]) * sizeof(floating) + 64
+    cdef char* pmem = <char*> malloc(pbytes)
+    if pmem == NULL:
+        raise MemoryError("backward: no memory for the packed recurrent kernel")
+    cdef floating* PU = <floating*> (pmem + (64 - (<size_t> pmem) % 64) % 64)
+    with nogil:
+        _pack_plain(H4, H, &UT[0, 0], PU)
+    j.UT = PU
     j.c0 = &c0[0, 0]
     j.lengths = NULL if lengths is None else &lengths[0]
     j.reverse = reverse
@@ -1326,6 +1381,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                     dUp[n] += pp[I * H4 + n]
                 for n in range(H4):
                     db[n] += pp[(I + H) * H4 + n]
+    free(pmem)
     if j.n_pieces == 0:
         raise MemoryError("backward: no memory for the thread flags")
 
