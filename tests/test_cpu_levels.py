@@ -172,11 +172,16 @@ def test_cell_forward_backward(level, dtype, B, H, threads):
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,H", [(1, 40), (3, 17), (7, 33)])  # rows: 1; 2 + 1; 6 + 1 or 4 + 2 + 1
-def test_packed_panels_forward_backward(level, dtype, B, H):
-    # the unit split: packed panels of U, threads sharing the panels of each step
+# rows: 1; 2 + 1; 6 + 1 or 4 + 2 + 1; 2
+@pytest.mark.parametrize("B,H", [(1, 40), (3, 17), (7, 33), (2, 70)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_panels_forward_backward(level, dtype, B, H, threads):
+    # the unit split: packed panels of U, threads sharing the panels of each step (one
+    # thread: the cell writes in place, no commits); H = 70: the backward's U^T panels
+    # take a full 64-float panel (the eight-accumulator body on AVX2/SSE2) and a
+    # transposed tail
     with _cpu.forced_level(level):
-        _check_forward_backward(dtype, B, 9, 6, H, 2, seed=B + H, plan="units")
+        _check_forward_backward(dtype, B, 9, 6, H, threads, seed=B + H, plan="units")
 
 
 @pytest.mark.parametrize("level", LEVELS)
