@@ -780,8 +780,11 @@ cdef class PoolCore(Core):
             raise ValueError(f"out must be C-contiguous {self._dtype} ({n}, {self._n_out})")
         if slots.dtype != np.intp or not slots.flags.c_contiguous or slots.ndim != 1:
             raise ValueError("slots must be a C-contiguous intp vector")
-        if slots.shape[0] and (slots.min() < 0 or slots.max() >= self._capacity):
-            raise ValueError(f"slots must lie in [0, {self._capacity})")
+        cdef const Py_ssize_t* sp = <const Py_ssize_t*> cnp.PyArray_DATA(slots)
+        cdef Py_ssize_t i
+        for i in range(slots.shape[0]):
+            if sp[i] < 0 or sp[i] >= self._capacity:
+                raise ValueError(f"slots must lie in [0, {self._capacity}); got {sp[i]}")
         if self._busy:
             self._refuse_concurrent()
 
@@ -792,9 +795,8 @@ cdef class PoolCore(Core):
         cdef const Py_ssize_t* sp
         if n < 1 or n > self._capacity:
             raise ValueError(f"a pooled step takes 1 to {self._capacity} streams; got {n}")
+        # distinct slots are the caller's rule (a repeated one would be stepped twice)
         self._check_call(x, slots, out, n)
-        if len(np.unique(slots)) != n:
-            raise ValueError("slots must be distinct")
         sp = <const Py_ssize_t*> cnp.PyArray_DATA(slots)
         self._busy = 1
         self.ctx.B = n
