@@ -550,7 +550,8 @@ class StreamPool:
         Seconds after its last use (step, run, start, reset) after which a
         stream is evicted, or None (default) to keep streams until
         :meth:`end`.  Eviction happens when the pool is next used (any
-        method), by the clock below.
+        method), by the clock below; a frame for an evicted key starts a new
+        stream from zeros, and :meth:`end` or :meth:`reset` of it raise KeyError.
     num_threads : int, optional
         Most threads one step may use.  A step uses two (at most
         :func:`cylstm.get_num_threads`) when the packed weights' bytes times

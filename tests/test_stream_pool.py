@@ -13,7 +13,7 @@ from test_stream import _dense_spec, _lstm_spec, _stack_ref
 
 from cylstm import _cpu
 from cylstm.layers import LSTM, Dense, Dropout
-from cylstm.models import Sequential
+from cylstm.models import Model, Sequential
 from cylstm.stream import PoolFullError, StreamPool, StreamRunner
 
 
@@ -179,6 +179,21 @@ def test_model_stream_pool_matches_predict_and_shares_the_pack(dtype):
         got[3, t] = pool.step(([3], x[3, t][None]))[1][0]
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
     np.testing.assert_allclose(got, want, **tol)
+
+
+def test_functional_chain_stream_pool():
+    from cylstm import layers as L
+
+    inp = L.Input(shape=(None, 3))
+    chain = Model(inp, Dense(2)(LSTM(4, seed=1)(LSTM(5, return_sequences=True, seed=2)(inp))))
+    x = np.random.default_rng(14).standard_normal((2, 6, 3)).astype(np.float32)
+    pool = chain.stream_pool(max_streams=2)
+    for t in range(6):
+        _, y = pool.step(([0, 1], x[:, t]))
+    np.testing.assert_allclose(y, chain.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    two = Model(inp, [Dense(1)(LSTM(2)(inp)), Dense(1)(LSTM(2)(inp))])
+    with pytest.raises(ValueError, match="chain of layers"):
+        two.stream_pool()
 
 
 # ---------------------------------------------------------------------------------------
