@@ -92,6 +92,7 @@ cdef struct Ctx:
     int use_blas
     int blas_threads
     int par                # which half of each LSTM's h is the current state
+    int exact_rows         # batches > 1: every row's bits as at batch 1 (the pool)
     LayerC* L
     const void* x          # this step's input (B, n_in)
     void* out              # where the final output goes (B, n_out of the last layer)
@@ -127,20 +128,52 @@ cdef inline void _blas_threads(int n) noexcept nogil:
         _blas_set_threads(n)
 
 
-cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
-                         const floating* a, Py_ssize_t ka, const floating* b,
-                         Py_ssize_t kb, floating* z) noexcept nogil:
+cdef inline void _kernel_ld(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
+                            const floating* a, Py_ssize_t ka, const floating* b,
+                            Py_ssize_t kb, floating* z, Py_ssize_t ldz) noexcept nogil:
     """z (nrows, w) = [a (nrows, ka), b (nrows, kb)] @ the panel starting ``off``
-    elements into L.P (rows of a, b, z contiguous: strides ka, kb, w)."""
+    elements into L.P (rows of a, b contiguous: strides ka, kb; rows of z ldz apart)."""
     if floating is float:
         if L.bf16:
             cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
-                                  z, w)
+                                  z, ldz)
         else:
             cyl_stream_panel_f32(<const float*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
-                                 z, w)
+                                 z, ldz)
     else:
-        cyl_stream_panel_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb, z, w)
+        cyl_stream_panel_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
+                             z, ldz)
+
+
+cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
+                         const floating* a, Py_ssize_t ka, const floating* b,
+                         Py_ssize_t kb, floating* z) noexcept nogil:
+    """z (nrows, w) = [a, b] @ the panel at ``off`` (rows of z contiguous: stride w)."""
+    _kernel_ld(L, off, w, nrows, a, ka, b, kb, z, w)
+
+
+cdef inline void _kernel_rows_exact(const LayerC* L, Py_ssize_t off, Py_ssize_t w,
+                                    Py_ssize_t K, Py_ssize_t vl, Py_ssize_t nrows,
+                                    const floating* a, Py_ssize_t ka, const floating* b,
+                                    Py_ssize_t kb, floating* z) noexcept nogil:
+    """As _kernel, with every row bit for bit what the kernel gives it at nrows = 1.
+
+    The main block (wv columns, row-major) runs for all rows together: every row
+    body of include/cylstm_stream.h (six, four, two rows or one) sums each output
+    with one accumulator in k order, so the blocking does not change a bit.  The
+    transposed tail columns are summed differently (the one-row body as vector
+    dot products, the multi-row bodies in scalar k order), so they run row by
+    row through the one-row body: a sub-panel of width w - wv whose main block
+    is empty starts K * wv elements in.  Used by the pooled step (StreamPool).
+    """
+    cdef Py_ssize_t wv = (w // vl) * vl, r
+    if wv > 0:
+        # Z[:, :wv] (nrows, wv) = [A, B] @ M_main (K, wv), row stride of Z still w
+        _kernel_ld(L, off, wv, nrows, a, ka, b, kb, z, w)
+    if wv < w:
+        for r in range(nrows):
+            _kernel_ld(L, off + K * wv, w - wv, 1, a + r * ka, ka, b + r * kb, kb,
+                       z + r * w + wv, w)
 
 
 cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
@@ -190,6 +223,9 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
         elif B == 1:
             # z (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)
             _kernel(L, p * K * 4 * span, w, 1, x, I, hprev, H, zl)
+        elif ctx.exact_rows:
+            # the same product, each row's bits as at batch 1 (the pooled step)
+            _kernel_rows_exact(L, p * K * 4 * span, w, K, vl, B, x, I, hprev, H, zs)
         else:
             # Zs (B, 4 hb) = [X, Hp] (B, K) @ M[:, panel]: four rows per weight load
             _kernel(L, p * K * 4 * span, w, B, x, I, hprev, H, zs)
@@ -232,6 +268,8 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
                  Pp + K * wv, <int> K, 0, zs + wv, <int> w)
         elif B == 1:
             _kernel(L, p * K * span, w, 1, x, K, x, 0, zl)
+        elif ctx.exact_rows:
+            _kernel_rows_exact(L, p * K * span, w, K, vl, B, x, K, x, 0, zs)
         else:
             _kernel(L, p * K * span, w, B, x, K, x, 0, zs)
         for r in range(B):
@@ -431,6 +469,7 @@ cdef class Core:
         self.ctx.use_blas = use_blas
         self.ctx.blas_threads = max(1, blas_threads)
         self.ctx.par = 0
+        self.ctx.exact_rows = 0
         self.ctx.L = self._layers
         self.ctx.x = NULL
         self.ctx.out = NULL
@@ -491,6 +530,83 @@ cdef class Core:
                 _step(&self.ctx, <float*> self.ctx.scratch)
             else:
                 _step(&self.ctx, <double*> self.ctx.scratch)
+        self._busy = 0
+        return oa
+
+    def run(self, block, out=None):
+        """Run a whole block of time steps in one call, carrying the state on.
+
+        Parameters
+        ----------
+        block : array (T, features), or (T, batch_size, features)
+            T consecutive inputs (the first form at batch size 1).  Real
+            arrays of another dtype or layout are cast and copied first.
+        out : array (T, units) or (T, batch_size, units), optional
+            Where to write the outputs (the runner's dtype, C-contiguous).
+
+        Returns
+        -------
+        array (T, units) or (T, batch_size, units)
+            The output of every step: ``out`` if given, else a new array.
+            Bit for bit what T calls of :meth:`step` give, with the GIL
+            released once for the whole block.
+        """
+        cdef Py_ssize_t B = self.ctx.B, T, t
+        cdef cnp.ndarray xa
+        cdef cnp.ndarray oa
+        cdef char* xp
+        cdef char* op
+        cdef Py_ssize_t xstride, ostride
+        if self._layers == NULL:
+            raise RuntimeError("this runner was not set up; use model.streamer()")
+        shape = (B, self._n_in)
+        a = block if isinstance(block, np.ndarray) else np.asarray(block)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"block must be a real numeric array; got dtype {a.dtype}")
+        if a.ndim == 2 and B == 1 and a.shape[1] == self._n_in:
+            flat = True
+        elif a.ndim == 3 and a.shape[1:] == shape:
+            flat = False
+        else:
+            want = f"(T, {self._n_in}) or " if B == 1 else ""
+            raise ValueError(f"block must have shape {want}(T, {B}, {self._n_in}) "
+                             f"(time, batch, features); got shape {a.shape}")
+        T = a.shape[0]
+        xa = np.ascontiguousarray(a, self._dtype)
+        if flat:
+            oshape = (T, self._n_out)
+        else:
+            oshape = (T, B, self._n_out)
+        if out is None:
+            oa = np.empty(oshape, self._dtype)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out must be a NumPy array of shape {oshape}; got "
+                                f"{type(out).__name__}")
+            if out.dtype != self._dtype:
+                raise TypeError(f"out must have dtype {self._dtype}; got {out.dtype}")
+            if out.shape != oshape:
+                raise ValueError(f"out must have shape {oshape}; got {out.shape}")
+            oa = <cnp.ndarray> out
+            if not (cnp.PyArray_ISCARRAY(oa) and cnp.PyArray_ISNOTSWAPPED(oa)):
+                raise ValueError("out must be a writeable, aligned, C-contiguous array in "
+                                 "native byte order")
+        if self._busy:
+            self._refuse_concurrent()
+        self._busy = 1
+        xp = <char*> cnp.PyArray_DATA(xa)
+        op = <char*> cnp.PyArray_DATA(oa)
+        xstride = B * self._n_in * cnp.PyArray_ITEMSIZE(xa)
+        ostride = B * self._n_out * cnp.PyArray_ITEMSIZE(oa)
+        with nogil:
+            for t in range(T):
+                # step t: x = block[t] (B, n_in), out[t] (B, n_out)
+                self.ctx.x = xp + t * xstride
+                self.ctx.out = op + t * ostride
+                if self._typenum == cnp.NPY_FLOAT32:
+                    _step(&self.ctx, <float*> self.ctx.scratch)
+                else:
+                    _step(&self.ctx, <double*> self.ctx.scratch)
         self._busy = 0
         return oa
 
@@ -577,3 +693,153 @@ cdef class Core:
                 "use_blas": bool(self.ctx.use_blas), "n_in": self._n_in,
                 "n_out": self._n_out, "dtype": self._dtype,
                 "isa_level": cyl_stream_cpu_level()}
+
+
+cdef void _move_states(Ctx* ctx, void** sh, void** sc, const Py_ssize_t* slots, Py_ssize_t n,
+                       Py_ssize_t item, bint back) noexcept nogil:
+    """Gather (back = 0) the states of pool slots ``slots`` into rows 0 .. n-1 of
+    the step's current state, or scatter them back (back = 1)."""
+    cdef int l, m = 0
+    cdef Py_ssize_t i, row
+    cdef LayerC* L
+    cdef char* hcur
+    cdef char* c
+    for l in range(ctx.n_layers):
+        L = &ctx.L[l]
+        if L.kind != KIND_LSTM:
+            continue
+        row = L.n_out * item
+        hcur = <char*> (L.h0 if ctx.par == 0 else L.h1)
+        c = <char*> L.c
+        for i in range(n):
+            if back:
+                memcpy(<char*> sh[m] + slots[i] * row, hcur + i * row, row)
+                memcpy(<char*> sc[m] + slots[i] * row, c + i * row, row)
+            else:
+                memcpy(hcur + i * row, <char*> sh[m] + slots[i] * row, row)
+                memcpy(c + i * row, <char*> sc[m] + slots[i] * row, row)
+        m += 1
+
+
+cdef class PoolCore(Core):
+    """The compiled half of :class:`cylstm.stream.StreamPool`.
+
+    A Core whose batch is a capacity (max_streams rows) plus, per LSTM layer,
+    the states of every slot, (max_streams, units) for h and c.  A pooled step
+    gathers the named slots into rows 0 .. n-1, runs the runner's step at batch
+    n on the panel kernel with ``exact_rows`` (never BLAS), and scatters the new
+    states back, all with the GIL released.
+    """
+    cdef list _stores
+    cdef void** _sh
+    cdef void** _sc
+    cdef Py_ssize_t _capacity
+
+    def __cinit__(self):
+        self._sh = NULL
+        self._sc = NULL
+
+    def __dealloc__(self):
+        free(self._sh)
+        free(self._sc)
+
+    def _pool_setup(self, pack, Py_ssize_t max_streams, int n_threads):
+        """Set up over ``pack`` for up to ``max_streams`` rows and slots."""
+        cdef int m
+        cdef cnp.ndarray a
+        self._setup(pack, max_streams, n_threads, False, 1)
+        self.ctx.exact_rows = 1
+        self._capacity = max_streams
+        self._stores = []
+        n = max(1, len(self._lstm_layers))
+        self._sh = <void**> malloc(n * sizeof(void*))
+        self._sc = <void**> malloc(n * sizeof(void*))
+        if self._sh == NULL or self._sc == NULL:
+            raise MemoryError()
+        for m, (_, cbuf) in enumerate(self._lstm_layers):
+            hs = np.zeros(cbuf.shape, self._dtype)
+            cs = np.zeros(cbuf.shape, self._dtype)
+            self._stores.append((hs, cs))
+            a = hs
+            self._sh[m] = cnp.PyArray_DATA(a)
+            a = cs
+            self._sc[m] = cnp.PyArray_DATA(a)
+
+    @property
+    def _slot_states(self):
+        """Per LSTM layer (h, c), each (max_streams, units): row s is slot s's state."""
+        return self._stores
+
+    cdef _check_call(self, cnp.ndarray x, cnp.ndarray slots, cnp.ndarray out, Py_ssize_t n):
+        # private, but memory safety must not rest on the caller
+        if (x.dtype != self._dtype or not x.flags.c_contiguous or x.ndim != 2
+                or x.shape[0] != n or x.shape[1] != self._n_in):
+            raise ValueError(f"x must be C-contiguous {self._dtype} ({n}, {self._n_in})")
+        if (out.dtype != self._dtype or not out.flags.c_contiguous or not out.flags.writeable
+                or out.ndim != 2 or out.shape[0] != n or out.shape[1] != self._n_out):
+            raise ValueError(f"out must be C-contiguous {self._dtype} ({n}, {self._n_out})")
+        if slots.dtype != np.intp or not slots.flags.c_contiguous or slots.ndim != 1:
+            raise ValueError("slots must be a C-contiguous intp vector")
+        cdef const Py_ssize_t* sp = <const Py_ssize_t*> cnp.PyArray_DATA(slots)
+        cdef Py_ssize_t i
+        for i in range(slots.shape[0]):
+            if sp[i] < 0 or sp[i] >= self._capacity:
+                raise ValueError(f"slots must lie in [0, {self._capacity}); got {sp[i]}")
+        if self._busy:
+            self._refuse_concurrent()
+
+    def _pool_step(self, cnp.ndarray x, cnp.ndarray slots, cnp.ndarray out, int n_threads):
+        """One step of the streams in ``slots`` (n distinct slots): x (n, F) -> out (n, U)."""
+        cdef Py_ssize_t n = slots.shape[0] if slots.ndim == 1 else -1
+        cdef Py_ssize_t item = self._dtype.itemsize
+        cdef const Py_ssize_t* sp
+        if n < 1 or n > self._capacity:
+            raise ValueError(f"a pooled step takes 1 to {self._capacity} streams; got {n}")
+        # distinct slots are the caller's rule (a repeated one would be stepped twice)
+        self._check_call(x, slots, out, n)
+        sp = <const Py_ssize_t*> cnp.PyArray_DATA(slots)
+        self._busy = 1
+        self.ctx.B = n
+        self.ctx.n_threads = max(1, min(n_threads, <int> (self._scratch.shape[0]
+                                                           // (self._capacity * MAXW))))
+        self.ctx.x = cnp.PyArray_DATA(x)
+        self.ctx.out = cnp.PyArray_DATA(out)
+        with nogil:
+            _move_states(&self.ctx, self._sh, self._sc, sp, n, item, 0)
+            if self._typenum == cnp.NPY_FLOAT32:
+                _step(&self.ctx, <float*> self.ctx.scratch)
+            else:
+                _step(&self.ctx, <double*> self.ctx.scratch)
+            _move_states(&self.ctx, self._sh, self._sc, sp, n, item, 1)
+        self.ctx.B = self._capacity
+        self._busy = 0
+
+    def _pool_run(self, cnp.ndarray x, Py_ssize_t slot, cnp.ndarray out, int n_threads):
+        """T steps of the stream in ``slot``: x (T, F) -> out (T, U), the GIL released once."""
+        cdef Py_ssize_t T = x.shape[0] if x.ndim == 2 else -1, t
+        cdef Py_ssize_t item = self._dtype.itemsize
+        cdef Py_ssize_t s = slot
+        cdef char* xp
+        cdef char* op
+        slots = np.array([slot], np.intp)
+        if T < 0:
+            raise ValueError("x must be 2-D (T, features)")
+        self._check_call(x, slots, out, T)
+        self._busy = 1
+        self.ctx.B = 1
+        self.ctx.n_threads = max(1, min(n_threads, <int> (self._scratch.shape[0]
+                                                           // (self._capacity * MAXW))))
+        xp = <char*> cnp.PyArray_DATA(x)
+        op = <char*> cnp.PyArray_DATA(out)
+        with nogil:
+            _move_states(&self.ctx, self._sh, self._sc, &s, 1, item, 0)
+            for t in range(T):
+                self.ctx.x = xp + t * self._n_in * item
+                self.ctx.out = op + t * self._n_out * item
+                if self._typenum == cnp.NPY_FLOAT32:
+                    _step(&self.ctx, <float*> self.ctx.scratch)
+                else:
+                    _step(&self.ctx, <double*> self.ctx.scratch)
+            _move_states(&self.ctx, self._sh, self._sc, &s, 1, item, 1)
+        self.ctx.B = self._capacity
+        self._busy = 0

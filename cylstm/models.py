@@ -412,6 +412,17 @@ class Sequential(Model):
 
         return StreamRunner(self, batch_size=batch_size, **kwargs)
 
+    def stream_pool(self, max_streams=64, idle_timeout=None, **kwargs):
+        """Many streams stepped together in one batched call (:class:`cylstm.stream.StreamPool`).
+
+        ``max_streams`` live streams at most; ``idle_timeout`` seconds (or None: never)
+        after which an unused stream is evicted.  Keyword arguments (``num_threads``,
+        ``weights_dtype``, ``clock``) go to the pool.
+        """
+        from cylstm.stream import StreamPool
+
+        return StreamPool(self, max_streams=max_streams, idle_timeout=idle_timeout, **kwargs)
+
     def to_onnx(self, path, **kwargs):
         """Export the model to ONNX (:func:`cylstm.interop.onnx.to_onnx`).
 

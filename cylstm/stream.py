@@ -25,15 +25,17 @@ How it is fast
   panels are split across two OpenMP threads; small models run on the calling
   thread, where a fork/join would cost more than it saves.
 """
+import collections
 import hashlib
 import threading
+import time
 import weakref
 
 import numpy as np
 
 from cylstm import _config, _lstm, _stream, _tuning
 
-__all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "StreamRunner"]
+__all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "PoolFullError", "StreamPool", "StreamRunner"]
 
 # BLAS_MIN_BATCH (batches from which a step uses SciPy's BLAS per panel) and
 # PARALLEL_MIN_BYTES (packed bytes times batch from which a step splits its panels
@@ -507,3 +509,426 @@ class StreamRunner(_stream.Core):
         i = self._info
         return (f"<StreamRunner batch_size={i['batch_size']} in={i['n_in']} out={i['n_out']} "
                 f"dtype={np.dtype(i['dtype']).name} threads={i['num_threads']}>")
+
+
+def _choose_threads(num_threads, cap):
+    """The most threads a step may use: ``num_threads`` checked, or two by default."""
+    if num_threads is None:
+        return min(2, cap)
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int; got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1; got {num_threads}")
+    return int(num_threads)
+
+
+class PoolFullError(RuntimeError):
+    """A :class:`StreamPool` has no free slot for a new stream."""
+
+
+class StreamPool:
+    """Many independent streams of one model, stepped together in one batched call.
+
+    A service with many live sessions (voice activity, keyword spotting,
+    sensor streams) gets frames from several of them at once.  One call of
+    :meth:`step` with all of them gathers those streams' states into one
+    batch, runs one step of the whole model over it with the GIL released --
+    one pass over the weights for all rows instead of one per stream -- and
+    scatters the new states back.  Usually created with
+    ``model.stream_pool(max_streams, idle_timeout)``.
+
+    Parameters
+    ----------
+    model : cylstm.models.Sequential
+        A model :class:`StreamRunner` accepts (unidirectional LSTM, Dense,
+        Dropout).  The pool uses the packed weights the model's runners share
+        (made once per model and weights version).
+    max_streams : int
+        Most streams live at once.  A step or :meth:`start` that would go
+        beyond it raises :class:`PoolFullError`.
+    idle_timeout : float or None
+        Seconds after its last use (step, run, start, reset) after which a
+        stream is evicted, or None (default) to keep streams until
+        :meth:`end`.  Eviction happens when the pool is next used (any
+        method), by the clock below; a frame for an evicted key starts a new
+        stream from zeros, and :meth:`end` or :meth:`reset` of it raise KeyError.
+    num_threads : int, optional
+        Most threads one step may use.  A step uses two (at most
+        :func:`cylstm.get_num_threads`) when the packed weights' bytes times
+        the streams in the step reach :data:`PARALLEL_MIN_BYTES`, else one.
+    weights_dtype : None or 'bfloat16'
+        As for :class:`StreamRunner`.
+    clock : callable, optional
+        Returns the time in seconds, never going back (default
+        :func:`time.monotonic`); inject another to test eviction.
+
+    Notes
+    -----
+    **Results.**  Every stream gets bit for bit what its own batch-1
+    :class:`StreamRunner` would give from the same inputs, whichever other
+    streams share its steps and in whatever order they join and leave.  The
+    pooled step runs the runner's panel kernel (never BLAS) over several rows
+    per weight load; that kernel sums each output with one accumulator in k
+    order whatever the row blocking, and the few transposed tail columns of a
+    narrow last panel (whose one-row sums are vectorised differently) are
+    computed row by row through the one-row body.  Rows never mix: NaN or Inf
+    in one stream's frame stays in that stream.
+
+    **Threads.**  Any number of threads may call any method of one pool.
+    Calls are serialised (one step at a time; the batch is the parallelism);
+    the compute runs with the GIL released, so other Python threads run
+    meanwhile.
+
+    **Inputs.**  Frames are real arrays of shape ``(features,)``, cast to the
+    model's dtype.  A frame of the wrong shape or dtype, or a key named twice,
+    raises ValueError naming it before anything changes: no stream's state
+    moves when any frame of the call is refused.
+
+    Examples
+    --------
+    >>> pool = model.stream_pool(max_streams=64, idle_timeout=30.0)
+    >>> out = pool.step({"alice": fa, "bob": fb})        # {key: (units,)}
+    >>> keys, y = pool.step((["alice", "bob"], x))       # x (2, features) -> y (2, units)
+    >>> y = pool.run("carol", block)                     # (T, features) -> (T, units)
+    >>> pool.end("bob")
+    """
+
+    def __init__(self, model, max_streams=64, idle_timeout=None, num_threads=None,
+                 weights_dtype=None, clock=None):
+        specs = _specs_from_model(model)
+        dtype = np.dtype(getattr(model, "dtype", np.float32))
+        self._init(_pack_for_model(model, specs, dtype, weights_dtype), max_streams,
+                   idle_timeout, num_threads, clock)
+
+    @classmethod
+    def _from_specs(cls, specs, max_streams=64, idle_timeout=None, num_threads=None,
+                    dtype=np.float32, weights_dtype=None, clock=None):
+        """A pool over raw weights (the specs of :meth:`StreamRunner._from_specs`)."""
+        self = cls.__new__(cls)
+        dtype = np.dtype(dtype)
+        self._init(_Pack(_check_specs(specs, dtype), dtype, weights_dtype), max_streams,
+                   idle_timeout, num_threads, clock)
+        return self
+
+    def _init(self, pack, max_streams, idle_timeout, num_threads, clock):
+        if isinstance(max_streams, bool) or not isinstance(max_streams, (int, np.integer)):
+            raise TypeError(f"max_streams must be an int; got {type(max_streams).__name__}")
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1; got {max_streams}")
+        if idle_timeout is not None:
+            if isinstance(idle_timeout, bool) or not isinstance(
+                    idle_timeout, (int, float, np.integer, np.floating)):
+                raise TypeError("idle_timeout must be a number of seconds or None; got "
+                                f"{type(idle_timeout).__name__}")
+            if not idle_timeout >= 0:
+                raise ValueError(f"idle_timeout must be >= 0 seconds; got {idle_timeout}")
+            idle_timeout = float(idle_timeout)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable; got {type(clock).__name__}")
+        self._cap_threads = _config.get_num_threads()
+        nt = _choose_threads(num_threads, self._cap_threads)
+        nt = min(nt, max(p.n_panels for p in pack.layers))
+        self._explicit_threads = num_threads is not None
+        self._max_threads = nt
+        self._pack = pack
+        self._core = _stream.PoolCore()
+        self._core._pool_setup(pack, int(max_streams), nt)
+        self._max_streams = int(max_streams)
+        self._idle_timeout = idle_timeout
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._slots = collections.OrderedDict()   # key -> slot, least recently used first
+        self._last = {}                           # key -> time of last use
+        self._free = list(range(self._max_streams - 1, -1, -1))
+        info = self._core._info
+        self._dtype = info["dtype"]
+        self._n_in, self._n_out = info["n_in"], info["n_out"]
+        self._units = [cbuf.shape[1] for _, cbuf in self._core._slot_states]
+
+    # ---- properties ----------------------------------------------------------
+    @property
+    def max_streams(self):
+        return self._max_streams
+
+    @property
+    def idle_timeout(self):
+        return self._idle_timeout
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def weights_dtype(self):
+        """'float32', 'float64' or 'bfloat16': the type of the packed weights."""
+        return self._pack.weights_dtype
+
+    @property
+    def input_shape(self):
+        """(features,) of one stream's frame."""
+        return (self._n_in,)
+
+    @property
+    def output_shape(self):
+        """(units,) of one stream's output."""
+        return (self._n_out,)
+
+    # ---- bookkeeping (callers hold the lock) ---------------------------------
+    def _evict(self, now):
+        if self._idle_timeout is None:
+            return
+        while self._slots:
+            key = next(iter(self._slots))
+            if now - self._last[key] <= self._idle_timeout:
+                break
+            self._drop(key)
+
+    def _drop(self, key):
+        self._free.append(self._slots.pop(key))
+        del self._last[key]
+
+    def _touch(self, key, now):
+        self._slots.move_to_end(key)
+        self._last[key] = now
+
+    def _zero(self, slot):
+        for hs, cs in self._core._slot_states:
+            hs[slot] = 0
+            cs[slot] = 0
+
+    def _full(self, n_new):
+        return PoolFullError(
+            f"the pool is full: {len(self._slots)} stream(s) live of max_streams="
+            f"{self._max_streams}, and this call starts {n_new} new one(s); end() streams, "
+            "raise max_streams or set idle_timeout")
+
+    def _admit(self, keys, now):
+        """Slots for ``keys`` (new ones start from zero); all or nothing."""
+        new = [k for k in keys if k not in self._slots]
+        if len(new) > len(self._free):
+            raise self._full(len(new))
+        for k in new:
+            slot = self._free.pop()
+            self._zero(slot)
+            self._slots[k] = slot
+            self._last[k] = now
+        return [self._slots[k] for k in keys]
+
+    def _threads_for(self, n):
+        if self._explicit_threads:
+            return self._max_threads
+        big = self._pack.nbytes * n >= PARALLEL_MIN_BYTES
+        return self._max_threads if big else 1
+
+    # ---- input checks (no lock: nothing changes) -----------------------------
+    def _frame(self, key, a):
+        try:
+            a = np.asarray(a)
+        except Exception as e:
+            raise ValueError(f"frame for key {key!r} must be an array of shape "
+                             f"({self._n_in},); got {type(a).__name__}") from e
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"frame for key {key!r} must be a real numeric array of shape "
+                             f"({self._n_in},); got dtype {a.dtype}, shape {a.shape}")
+        if a.shape != (self._n_in,):
+            raise ValueError(f"frame for key {key!r} must have shape ({self._n_in},) "
+                             f"(features); got shape {a.shape}")
+        return a
+
+    def _parse(self, frames):
+        """(keys, X (n, F) of the pool's dtype, C-contiguous, 'dict' or 'pair')."""
+        if isinstance(frames, dict):
+            keys = list(frames)
+            X = np.empty((len(keys), self._n_in), self._dtype)
+            for i, (k, a) in enumerate(frames.items()):
+                X[i] = self._frame(k, a)
+            return keys, X, "dict"
+        if isinstance(frames, tuple) and len(frames) == 2:
+            keys, arr = frames
+            if isinstance(keys, (str, bytes)) or not hasattr(keys, "__len__"):
+                raise TypeError("frames=(keys, array): keys must be a sequence of keys; got "
+                                f"{type(keys).__name__}")
+            keys = list(keys)
+            n = len(keys)
+            a = np.asarray(arr)
+            if a.dtype.kind not in "fiu":
+                raise ValueError(f"frames array for keys {keys!r} must be a real numeric "
+                                 f"array of shape ({n}, {self._n_in}); got dtype {a.dtype}")
+            if a.shape != (n, self._n_in):
+                raise ValueError(f"frames array for keys {keys!r} must have shape "
+                                 f"({n}, {self._n_in}) (one row per key, features); "
+                                 f"got shape {a.shape}")
+            if len(set(keys)) != n:
+                seen = set()
+                dup = next(k for k in keys if k in seen or seen.add(k))
+                raise ValueError(f"key {dup!r} is named twice in one step")
+            return keys, np.ascontiguousarray(a, self._dtype), "pair"
+        raise TypeError("frames must be a dict {key: array (features,)} or a pair "
+                        f"(keys, array (n, features)); got {type(frames).__name__}")
+
+    def _check_state(self, key, initial_state):
+        units = self._units
+        if isinstance(initial_state, np.ndarray) or not hasattr(initial_state, "__len__"):
+            raise TypeError(f"initial_state for key {key!r} must be a list with one (h, c) "
+                            f"pair per LSTM layer; got {type(initial_state).__name__}")
+        if len(initial_state) != len(units):
+            raise ValueError(f"initial_state for key {key!r} must hold {len(units)} (h, c) "
+                             f"pair(s), one per LSTM layer; got {len(initial_state)}")
+        out = []
+        for i, (pair, H) in enumerate(zip(initial_state, units)):
+            if isinstance(pair, np.ndarray) or not hasattr(pair, "__len__") or len(pair) != 2:
+                raise ValueError(f"initial_state[{i}] for key {key!r} must be a pair (h, c)")
+            arrs = []
+            for name, a in zip("hc", pair):
+                a = np.asarray(a)
+                if a.dtype.kind not in "fiu":
+                    raise TypeError(f"initial_state[{i}] {name} for key {key!r} must be a "
+                                    f"real array; got dtype {a.dtype}")
+                if a.shape not in ((H,), (1, H)):
+                    raise ValueError(f"initial_state[{i}] {name} for key {key!r} must have "
+                                     f"shape ({H},) or (1, {H}); got {a.shape}")
+                arrs.append(a.reshape(H).astype(self._dtype))
+            out.append(arrs)
+        return out
+
+    def _known(self, key):
+        try:
+            return self._slots[key]
+        except KeyError:
+            raise KeyError(f"no live stream with key {key!r} in this pool (never started, "
+                           "ended, or evicted after idle_timeout)") from None
+
+    # ---- public API ----------------------------------------------------------
+    def step(self, frames):
+        """Advance every stream named in ``frames`` by one time step, in one call.
+
+        Parameters
+        ----------
+        frames : dict {key: array (features,)} or tuple (keys, array (n, features))
+            One frame per stream.  Keys are any hashables, each at most once.
+            A key not live yet starts from a zero state.
+
+        Returns
+        -------
+        dict {key: array (units,)} or tuple (keys, array (n, units))
+            The outputs in the form of ``frames`` (new arrays; the dict's
+            values are rows of one array).
+
+        Raises
+        ------
+        ValueError
+            A frame of the wrong shape or dtype, or a key named twice.
+        PoolFullError
+            New keys beyond ``max_streams`` live streams.
+        """
+        keys, X, form = self._parse(frames)
+        n = len(keys)
+        Y = np.empty((n, self._n_out), self._dtype)
+        if n:
+            with self._lock:
+                now = self._clock()
+                self._evict(now)
+                slots = np.array(self._admit(keys, now), np.intp)
+                self._core._pool_step(X, slots, Y, self._threads_for(n))
+                for k in keys:
+                    self._touch(k, now)
+        if form == "dict":
+            return dict(zip(keys, Y))
+        return keys, Y
+
+    def run(self, key, block):
+        """Run a whole block of one stream's frames in one call, carrying its state on.
+
+        Parameters
+        ----------
+        key : hashable
+            The stream (a new key starts from a zero state).
+        block : array (T, features)
+
+        Returns
+        -------
+        array (T, units)
+            Bit for bit what T calls of :meth:`step` with this stream give.
+        """
+        a = np.asarray(block)
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"block for key {key!r} must be a real numeric array of shape "
+                             f"(T, {self._n_in}); got dtype {a.dtype}")
+        if a.ndim != 2 or a.shape[1] != self._n_in:
+            raise ValueError(f"block for key {key!r} must have shape (T, {self._n_in}) "
+                             f"(time, features); got shape {a.shape}")
+        hash(key)
+        X = np.ascontiguousarray(a, self._dtype)
+        Y = np.empty((X.shape[0], self._n_out), self._dtype)
+        with self._lock:
+            now = self._clock()
+            self._evict(now)
+            (slot,) = self._admit([key], now)
+            self._core._pool_run(X, slot, Y, self._threads_for(1))
+            self._touch(key, now)
+        return Y
+
+    def start(self, key, initial_state=None):
+        """Start (or restart) stream ``key`` from ``initial_state``, or from zeros.
+
+        Parameters
+        ----------
+        key : hashable
+        initial_state : list of (h, c), optional
+            One pair per LSTM layer, each of shape ``(units,)`` or ``(1, units)``:
+            the layout a batch-1 runner's ``state`` takes.
+        """
+        hash(key)
+        state = None if initial_state is None else self._check_state(key, initial_state)
+        with self._lock:
+            now = self._clock()
+            self._evict(now)
+            (slot,) = self._admit([key], now)
+            self._zero(slot)
+            if state is not None:
+                for (hs, cs), (h, c) in zip(self._core._slot_states, state):
+                    hs[slot] = h
+                    cs[slot] = c
+            self._touch(key, now)
+
+    def end(self, key):
+        """End stream ``key`` and free its slot (KeyError if it is not live)."""
+        with self._lock:
+            self._evict(self._clock())
+            self._known(key)
+            self._drop(key)
+
+    def reset(self, key):
+        """Zero the state of stream ``key`` (KeyError if it is not live)."""
+        with self._lock:
+            now = self._clock()
+            self._evict(now)
+            self._zero(self._known(key))
+            self._touch(key, now)
+
+    def state(self, key):
+        """Copies of stream ``key``'s state: one ``(h, c)`` per LSTM layer, each (units,)."""
+        with self._lock:
+            self._evict(self._clock())
+            slot = self._known(key)
+            return [(hs[slot].copy(), cs[slot].copy()) for hs, cs in self._core._slot_states]
+
+    def keys(self):
+        """The live streams' keys, least recently used first."""
+        with self._lock:
+            self._evict(self._clock())
+            return list(self._slots)
+
+    def __len__(self):
+        with self._lock:
+            self._evict(self._clock())
+            return len(self._slots)
+
+    def __contains__(self, key):
+        with self._lock:
+            self._evict(self._clock())
+            return key in self._slots
+
+    def __repr__(self):
+        return (f"<StreamPool live={len(self._slots)} max_streams={self._max_streams} "
+                f"in={self._n_in} out={self._n_out} dtype={np.dtype(self._dtype).name}>")
