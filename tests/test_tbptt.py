@@ -272,3 +272,63 @@ def test_layers_that_need_the_whole_sequence_are_refused(layer):
     m.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="whole sequence|last input"):
         m.fit(x, y, verbose=0, tbptt=3)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_sample_weights_per_sample_and_per_step(per_step):
+    # per-sample weights apply to every window; (batch, time) weights are cut with y
+    x, y = _data(14)
+    rng = np.random.default_rng(14)
+    sw = rng.random((B, T)) if per_step else rng.random(B)
+    m, ref = _model(), _model(stateful=True, batch=2)
+    ref.set_weights(m.get_weights())
+    m.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, tbptt=4, sample_weight=sw)
+    for s in (0, 2):
+        ref.reset_states()
+        for t0 in (0, 4, 8):
+            w = sw[s:s + 2, t0:t0 + 4] if per_step else sw[s:s + 2]
+            ref.train_on_batch(x[s:s + 2, t0:t0 + 4], y[s:s + 2, t0:t0 + 4], sample_weight=w)
+    for got, want in zip(m.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_a_merge_along_time_is_refused():
+    from cylstm import Model
+    from cylstm.merging import Concatenate
+
+    a, b = Input(shape=(None, I)), Input(shape=(None, I))
+    out = Dense(O)(LSTM(H, return_sequences=True)(Concatenate(axis=1)([a, b])))
+    m = Model([a, b], out)
+    m.compile(optimizer="sgd", loss="mse")
+    x, _ = _data()
+    with pytest.raises(ValueError, match="joins along the time axis"):
+        m.fit([x, x], np.zeros((B, 2 * T, O)), verbose=0, tbptt=3)
+
+
+def test_two_inputs_and_a_merge_along_features():
+    from cylstm import Model
+    from cylstm.merging import Concatenate
+
+    x, y = _data(15)
+    x2 = np.random.default_rng(15).standard_normal((B, T, 2))
+
+    def build(stateful, batch=None):
+        shape = {"batch_shape": (batch, None, I)} if batch else {"shape": (None, I)}
+        shape2 = {"batch_shape": (batch, None, 2)} if batch else {"shape": (None, 2)}
+        a, b = Input(**shape), Input(**shape2)
+        h = LSTM(H, return_sequences=True, stateful=stateful, seed=1, dtype="float64")(a)
+        out = Dense(O, seed=2, dtype="float64")(Concatenate()([h, b]))
+        m = Model([a, b], out)
+        m.compile(optimizer=SGD(learning_rate=0.1), loss="mse")
+        return m
+
+    m, ref = build(False), build(True, 2)
+    ref.set_weights(m.get_weights())
+    m.fit([x, x2], y, batch_size=2, epochs=1, shuffle=False, verbose=0, tbptt=3)
+    for s in (0, 2):
+        ref.reset_states()
+        for t0 in range(0, T, 3):
+            sl = (slice(s, s + 2), slice(t0, t0 + 3))
+            ref.train_on_batch([x[sl], x2[sl]], y[sl])
+    for got, want in zip(m.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

@@ -63,7 +63,7 @@ def _mask_layers(model):
             out.append(found)
         return out
     layers = list(model.layers)
-    while layers and isinstance(layers[0], Model) and not hasattr(layers[0], "_plan"):
+    while layers and isinstance(layers[0], Model) and getattr(layers[0], "_plan", None) is None:
         layers = list(layers[0].layers) + layers[1:]  # a nested Sequential at the input
     first = layers[0] if layers else None
     return [first if first is not None and makes_mask(first) else None]

@@ -107,6 +107,10 @@ def check_model(model, k):
                                  "is called at more than one place in the model")
             if not layer.stateful:
                 carried.append(layer)
+        elif isinstance(layer, _merging._Merge) and getattr(layer, "axis", -1) in (1, -2):
+            raise ValueError(f"{head} cannot train {type(layer).__name__} {layer.name!r} "
+                             f"(axis={layer.axis}): it joins along the time axis, which a "
+                             "window cuts")
         elif not isinstance(layer, _PER_STEP + (_merging._Merge,)) \
                 and type(layer).__name__ != "InputLayer":
             raise ValueError(
