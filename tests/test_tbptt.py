@@ -210,7 +210,7 @@ def test_validation_runs_whole_sequences_and_states_are_released():
     assert m.layers[0]._carry is None
     p = m.predict(x, verbose=0)
     m.fit(x, y, batch_size=2, epochs=1, verbose=0, tbptt=3)
-    np.testing.assert_array_equal(m.layers[0]._carry, None)
+    assert m.layers[0]._carry is None
     assert p.shape == (B, T, O)
 
 
@@ -332,3 +332,22 @@ def test_two_inputs_and_a_merge_along_features():
             ref.train_on_batch([x[sl], x2[sl]], y[sl])
     for got, want in zip(m.get_weights(), ref.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_float32_equals_train_on_batch_with_states_carried():
+    x, y = (a.astype(np.float32) for a in _data(16))
+
+    def build(stateful, batch=None):
+        first = Input(shape=(None, I)) if batch is None else Input(batch_shape=(batch, None, I))
+        m = Sequential([first, LSTM(H, return_sequences=True, stateful=stateful, seed=1),
+                        Dense(O, seed=2)])
+        m.compile(optimizer=SGD(learning_rate=0.1), loss="mse")
+        return m
+
+    m, ref = build(False), build(True, 2)
+    ref.set_weights(m.get_weights())
+    m.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, tbptt=3)
+    _stateful_loop(ref, x, y, 3, 2, reset_each_batch=True)
+    for got, want in zip(m.get_weights(), ref.get_weights()):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
