@@ -351,3 +351,29 @@ def test_float32_equals_train_on_batch_with_states_carried():
     for got, want in zip(m.get_weights(), ref.get_weights()):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "emulated"])
+def test_windows_under_to_cuda_match_the_cpu(backend, monkeypatch):
+    # the carried (h, c) come back from the device forward; the emulator replays the
+    # CUDA launch sequence where no GPU is built
+    from cylstm import cuda
+
+    if backend == "cuda":
+        if not cuda.is_available():
+            pytest.skip(f"CUDA backend unavailable: {cuda.unavailable_reason()}")
+    else:
+        import cuda_emulator
+
+        monkeypatch.setattr(cuda, "_load", lambda: cuda_emulator)
+        monkeypatch.setattr(cuda, "_contexts", {})
+        monkeypatch.setattr(cuda, "_ctx_locks", {})
+    x, y = _data(17)
+    cpu, dev = _model(), _model()
+    dev.set_weights(cpu.get_weights())
+    dev.to("cuda")
+    hc = cpu.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, tbptt=4)
+    hd = dev.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, tbptt=4)
+    np.testing.assert_allclose(hd.history["loss"], hc.history["loss"], rtol=1e-9)
+    for got, want in zip(dev.get_weights(), cpu.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
