@@ -1058,6 +1058,9 @@ class LSTM(Layer):
         self._device = None  # None: CPU; ('cuda', index) after model.to('cuda')
         self._weights_version = None
         self._warned_checkpoint = False
+        # fit(tbptt=k) attaches a carrier: (h, c) pass from one window to the next
+        # (cylstm.engine.tbptt), as ``stateful`` passes them from batch to batch
+        self._carry = None
 
     def _ops(self):
         """(functional module, extra kwargs) for this layer's device."""
@@ -1206,6 +1209,9 @@ class LSTM(Layer):
                     f"{self._states[0].shape[0]}; got a batch of {B} (use a fixed batch size, "
                     "or call reset_states() after changing it)")
             state = self._states
+        carry = self._carry if training else None
+        if state is None and carry is not None:
+            state = carry.state  # None at the start of a batch: zeros
         dmask = rmask = None
         kw = {}
         if training and (self.dropout or self.recurrent_dropout):
@@ -1249,6 +1255,8 @@ class LSTM(Layer):
         self._last_state = (h, c)
         if self.stateful:
             self._states = [h.copy(), c.copy()]
+        if carry is not None:
+            carry.state = (h.copy(), c.copy())  # copies: the gradient stops at the window edge
         if training:
             self._cache = (r.cache, dmask, kw, info, flip, F)
         if self.activity_regularizer is not None or self._activity_losses:

@@ -14,4 +14,10 @@
     interface.
 ``epoch_iterator``
     one epoch's batches of an adapter, with ``steps_per_epoch``.
+``tbptt``
+    ``fit(tbptt=k)``: a window iterator over the epoch iterator's batches, the
+    LSTMs carrying (h, c) from one window to the next.
+``bucketing``
+    ``fit(bucket_by_length=True)``: an array adapter that groups samples by their
+    masked length and cuts each batch after its longest sample.
 """

@@ -29,7 +29,9 @@ import numpy as np
 from cylstm import _signals, _timechunk
 from cylstm import layers as _layers
 from cylstm._progress import Progbar
+from cylstm.engine import bucketing as _bucketing
 from cylstm.engine import data_adapters as _da
+from cylstm.engine import tbptt as _tbptt
 from cylstm.engine.epoch_iterator import EpochIterator
 
 __all__ = ["Trainer"]
@@ -511,7 +513,7 @@ class Trainer:
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
-            validation_batch_size=None, validation_freq=1):
+            validation_batch_size=None, validation_freq=1, tbptt=None, bucket_by_length=False):
         """Train for ``epochs`` epochs (Keras semantics).
 
         Parameters
@@ -546,6 +548,22 @@ class Trainer:
             Batches of ``validation_data`` per validation.
         validation_batch_size : int, optional
         validation_freq : int
+        tbptt : int, optional
+            Truncated back-propagation through time: walk each batch's time axis
+            in windows of ``tbptt`` steps, one optimizer update per window, every
+            LSTM carrying its (h, c) from one window to the next with the
+            gradient cut at the window edge (see :mod:`cylstm.engine.tbptt`).
+            ``y`` must be per step, (batch, time, ...), and the model's output a
+            sequence.  Callbacks and the progress bar count windows as batches;
+            ``steps_per_epoch`` still counts batches of data.  With
+            ``tbptt >= time`` every step is an ordinary fit step.
+        bucket_by_length : bool or int, default False
+            For masked data (a ``Masking`` layer or ``Embedding(mask_zero=True)``
+            on the input): inside each shuffled window of batches (``True``: 32
+            batches; an int: that many), group the samples by length and cut each
+            batch's time axis after its longest sample, so fewer steps are
+            computed.  Every sample is still seen once per epoch, in a shuffled
+            order (see :mod:`cylstm.engine.bucketing`).
 
         Returns
         -------
@@ -568,6 +586,8 @@ class Trainer:
             steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
         if validation_steps is not None:
             validation_steps = _check_int("validation_steps", validation_steps, 1)
+        tbptt = _tbptt.check_tbptt(tbptt)
+        bucket_by_length = _bucketing.check_bucket_by_length(bucket_by_length)
 
         adapter = _da.get_data_adapter(self, x, y, sample_weight, class_weight, batch_size,
                                        shuffle, True, "fit")
@@ -584,7 +604,11 @@ class Trainer:
             adapter, val = adapter.split(validation_split)
             if validation_batch_size is not None:
                 val = val.with_batch_size(vbs)
+        if bucket_by_length:
+            adapter = _bucketing.bucketed(self, adapter, bucket_by_length)
         it = EpochIterator(adapter, steps_per_epoch)
+        if tbptt is not None:
+            it = _tbptt.WindowIterator(self, it, tbptt)  # windows count as batches
         if self.built:
             self._ensure_bound()
 
