@@ -10,3 +10,5 @@ cdef extern from "cylstm_cpu.h" nogil:
     int cyl_cpu_detected_level() noexcept   # the level the CPU has
     int cyl_cpu_force(int level) noexcept   # -1: no override; returns the previous one
     int CYL_ISA_VARIANTS                    # 1: kernels built per level, 0: built once
+    unsigned cyl_ftz_begin() noexcept       # flush subnormals in this thread; returns the old mode
+    void cyl_ftz_end(unsigned old) noexcept

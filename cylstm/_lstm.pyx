@@ -35,7 +35,7 @@ from libc.string cimport memcpy, memset
 from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
-                           cyl_cpu_level)
+                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_panel_f32,
                             cyl_stream_panel_f64)
@@ -443,6 +443,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     cdef bint inplace = lengths == NULL and T * H4 <= INT_MAX_C
     cdef const floating* dz
     cdef Py_ssize_t ldz
+    cdef unsigned fp_mode
     if nb <= 0:
         memset(dW, 0, I * H4 * sizeof(floating))
         memset(dU, 0, H * H4 * sizeof(floating))
@@ -454,6 +455,8 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         if L < T:  # padding rows take no gradient
             memset(G + (b * T + L) * H4, 0, (T - L) * H4 * sizeof(floating))
     _blas_threads(1)
+    # subnormal gradients (faded back through time) flushed: see cyl_ftz_begin
+    fp_mode = cyl_ftz_begin()
     for s in range(Lmax - 1, -1, -1):
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
@@ -514,6 +517,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         # dx (nb*T, I) = dz (nb*T, 4H) @ W^T, W stored (I, 4H)
         gemm(False, True, <int> (nb * T), <int> I, <int> H4, 1, G + b0 * T * H4,
              <int> H4, W, <int> H4, 0, dx + b0 * T * I, <int> I)
+    cyl_ftz_end(fp_mode)
 
 
 cdef inline floating* _ptr3(floating[:, :, ::1] a) noexcept nogil:

@@ -252,3 +252,20 @@ def test_fused_step_projection_matches_reference(monkeypatch, dtype, reverse, th
     lengths[0] = T - 2
     _run(x, W, U, b, dtype, lengths=lengths, num_threads=threads)
     assert calls == [False]
+
+
+def test_backward_flushes_subnormals_only_while_it_runs():
+    """Regression (issue "Very long sequences"): a float32 gradient fading back
+    through time reached subnormal floats and the backward ran 10x slower; the
+    kernel flushes them while it runs and gives the thread its mode back."""
+    rng = np.random.default_rng(0)
+    B, T, I, H = 4, 300, 8, 32
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    W = rng.uniform(-0.1, 0.1, (I, 4 * H)).astype(np.float32)
+    U = rng.uniform(-0.1, 0.1, (H, 4 * H)).astype(np.float32)
+    out = lstm_forward(x, W, U, None, training=True, return_sequences=False, num_threads=1)
+    g = lstm_backward(out.cache, grad_output=np.ones((B, H), np.float32), num_threads=1)
+    assert all(np.isfinite(a).all() for a in g if a is not None)
+    tiny = np.array([1e-39], np.float32)       # subnormal in float32
+    assert (tiny * np.float32(1.0))[0] != 0    # not flushed: the mode was restored
+    assert (tiny / np.float32(2.0))[0] != 0
