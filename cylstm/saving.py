@@ -13,10 +13,13 @@ Layout of a file written by :func:`save_model`:
 
 Files are read with ``np.load(allow_pickle=False)`` and configs may only
 name cylstm's own classes, so loading an untrusted file never runs code.
+:func:`model_to_bytes` / :func:`model_from_bytes` are the same format in memory:
+``pickle`` and ``copy.deepcopy`` of a model go through them.
 Writes go to a temporary file in the same directory that is then renamed
 over the target (``os.replace``), so a crash mid-save leaves the previous
 file intact.
 """
+import io
 import json
 import math
 import os
@@ -27,7 +30,8 @@ import numpy as np
 
 from cylstm._files import atomic_write
 
-__all__ = ["load_model", "load_weights", "save_model", "save_weights"]
+__all__ = ["load_model", "load_weights", "model_from_bytes", "model_to_bytes", "save_model",
+           "save_weights"]
 
 try:
     from lzma import LZMAError
@@ -60,11 +64,15 @@ def _atomic_savez(filepath, arrays, overwrite):
 _MAX_EXPANSION = 16
 
 
-def _check_archive(path):
-    """Refuse zip bombs and array headers larger than their data, before np.load."""
+def _check_archive(path, size=None):
+    """Refuse zip bombs and array headers larger than their data, before np.load.
+
+    ``path`` is a file name, or a seekable binary file of ``size`` bytes.
+    """
     if not zipfile.is_zipfile(path):
         raise ValueError("not an .npz (zip) archive")
-    size = os.path.getsize(path)
+    if size is None:
+        size = os.path.getsize(path)
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
         declared = sum(i.file_size for i in infos)
@@ -91,9 +99,17 @@ def _read(filepath):
     path = os.fspath(filepath)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")
+    return _read_archive(path, None, repr(path))
+
+
+def _read_archive(src, size, label):
+    """:func:`_read` of a file name (``size`` None) or a binary file of ``size`` bytes."""
+    path = label  # how the messages name the source
     try:
-        _check_archive(path)
-        with np.load(path, allow_pickle=False) as z:
+        _check_archive(src, size)
+        if size is not None:
+            src.seek(0)
+        with np.load(src, allow_pickle=False) as z:
             if not hasattr(z, "files"):
                 raise ValueError("not an .npz archive")
             if _META not in z.files:
@@ -107,13 +123,14 @@ def _read(filepath):
         raise
     except (ValueError, KeyError, UnicodeDecodeError, AttributeError, RecursionError,
             *CORRUPT_ARCHIVE_ERRORS) as e:
-        raise ValueError(f"{path!r} is not a valid cylstm file (corrupt or another format): "
-                         f"{type(e).__name__}: {e}{_foreign_hint(path)}") from e
+        hint = _foreign_hint(src) if size is None else ""
+        raise ValueError(f"{path} is not a valid cylstm file (corrupt or another format): "
+                         f"{type(e).__name__}: {e}{hint}") from e
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("cylstm."):
-        raise ValueError(f"{path!r} is not a cylstm file (unknown format "
+        raise ValueError(f"{path} is not a cylstm file (unknown format "
                          f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
     if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > _VERSION:
-        raise ValueError(f"{path!r} was written by a newer cylstm (format version "
+        raise ValueError(f"{path} was written by a newer cylstm (format version "
                          f"{meta['version']}; this one reads {_VERSION})")
     return meta, arrays
 
@@ -143,11 +160,31 @@ def _weights_list(meta, arrays, path):
         n = int(meta["n_weights"])
         return [arrays[f"weight_{i:05d}"] for i in range(n)]
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path!r} is corrupt: missing weight arrays ({e})") from e
+        raise ValueError(f"{path} is corrupt: missing weight arrays ({e})") from e
 
 
 def _compile_config(model):
     return model._compile_config()
+
+
+def _model_arrays(model, include_optimizer):
+    """The entries of a model file: weights, optimizer state and the JSON meta."""
+    ws = model.get_weights() if model.built else []
+    arrays = {f"weight_{i:05d}": w for i, w in enumerate(ws)}
+    comp = _compile_config(model)
+    state_keys = []
+    if comp is not None and include_optimizer:
+        for k, v in model.optimizer.get_state().items():
+            arrays["optimizer/" + k] = np.asarray(v)
+            state_keys.append(k)
+    meta = {"format": "cylstm.model", "version": _VERSION,
+            "class_name": getattr(model, "_config_class", "Sequential"),
+            "model": model.get_config(),
+            "compile": comp, "n_weights": len(ws),
+            "weight_names": _weight_names(model) if model.built else [],
+            "optimizer_state": state_keys}
+    arrays[_META] = _encode(meta)
+    return arrays
 
 
 def save_model(model, filepath, overwrite=True, include_optimizer=True):
@@ -163,22 +200,54 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
         Also save the optimizer state, so ``fit`` continues where it stopped.
     """
     model._require_built("save")
-    arrays = {}
-    for i, w in enumerate(model.get_weights()):
-        arrays[f"weight_{i:05d}"] = w
-    comp = _compile_config(model)
-    state_keys = []
-    if comp is not None and include_optimizer:
-        for k, v in model.optimizer.get_state().items():
-            arrays["optimizer/" + k] = np.asarray(v)
-            state_keys.append(k)
-    meta = {"format": "cylstm.model", "version": _VERSION,
-            "class_name": getattr(model, "_config_class", "Sequential"),
-            "model": model.get_config(),
-            "compile": comp, "n_weights": len(model.get_weights()),
-            "weight_names": _weight_names(model), "optimizer_state": state_keys}
-    arrays[_META] = _encode(meta)
-    _atomic_savez(filepath, arrays, overwrite)
+    _atomic_savez(filepath, _model_arrays(model, include_optimizer), overwrite)
+
+
+def model_to_bytes(model, include_optimizer=True):
+    """``model`` as the bytes of a :func:`save_model` file (nothing touches the disk).
+
+    Unlike :func:`save_model` an unbuilt model is accepted (its config and
+    compile settings travel; it has no weights yet).
+
+    Parameters
+    ----------
+    model : cylstm.models.Sequential or cylstm.Model
+    include_optimizer : bool
+        Also keep the optimizer state (slots and iterations).
+
+    Returns
+    -------
+    bytes
+    """
+    buf = io.BytesIO()
+    np.savez(buf, **_model_arrays(model, include_optimizer))
+    return buf.getvalue()
+
+
+def model_from_bytes(data, compile=True):
+    """The model held by bytes from :func:`model_to_bytes` (or a model file's bytes).
+
+    As :func:`load_model`, only cylstm's own classes are built and no pickle is
+    ever read, so untrusted bytes cannot run code.
+
+    Parameters
+    ----------
+    data : bytes, bytearray or memoryview
+    compile : bool
+        Restore the compile settings and the optimizer state.
+
+    Raises
+    ------
+    TypeError
+        ``data`` is not bytes-like.
+    ValueError
+        The bytes are corrupt, not a cylstm model, or name unknown classes.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes; got {type(data).__name__}")
+    data = bytes(data)
+    meta, arrays = _read_archive(io.BytesIO(data), len(data), "the model bytes")
+    return _model_from_parts(meta, arrays, "the model bytes", compile, allow_unbuilt=True)
 
 
 def _optimizer_from_config(cfg):
@@ -201,28 +270,37 @@ def load_model(filepath, compile=True):
     ValueError
         The file is corrupt, not a cylstm model, or names unknown classes.
     """
+    path = os.fspath(filepath)
+    meta, arrays = _read(path)
+    return _model_from_parts(meta, arrays, repr(path), compile)
+
+
+def _model_from_parts(meta, arrays, path, compile, allow_unbuilt=False):
+    """Build the model a file's meta and arrays describe; ``path`` names it in errors."""
     from cylstm.engine.model import Model
     from cylstm.models import Sequential
 
-    path = os.fspath(filepath)
-    meta, arrays = _read(path)
     if meta.get("format") != "cylstm.model":
-        raise ValueError(f"{path!r} holds {meta.get('format')!r}, not a model; use "
+        raise ValueError(f"{path} holds {meta.get('format')!r}, not a model; use "
                          "model.load_weights for weights files")
     kind = meta.get("class_name", "Sequential")
     if kind not in ("Sequential", "Functional"):
-        raise ValueError(f"{path!r} holds an unknown model class {kind!r}")
+        raise ValueError(f"{path} holds an unknown model class {kind!r}")
     try:
         cls = Sequential if kind == "Sequential" else Model
         model = cls.from_config(meta["model"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path!r} has an invalid model config: {e}") from e
-    if not model.built:
-        raise ValueError(f"{path!r} holds an unbuilt model (no input shape); nothing to load")
-    try:
-        model.set_weights(_weights_list(meta, arrays, path))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path!r} does not match its own config: {e}") from e
+        raise ValueError(f"{path} has an invalid model config: {e}") from e
+    if model.built:
+        try:
+            model.set_weights(_weights_list(meta, arrays, path))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} does not match its own config: {e}") from e
+    elif not allow_unbuilt:
+        raise ValueError(f"{path} holds an unbuilt model (no input shape); nothing to load")
+    elif meta.get("n_weights"):
+        raise ValueError(f"{path} holds {meta.get('n_weights')!r} weight arrays for an "
+                         "unbuilt model")
     comp = meta.get("compile")
     if compile and comp:
         try:
@@ -231,14 +309,14 @@ def load_model(filepath, compile=True):
                           loss_weights=comp.get("loss_weights"),
                           metrics=comp.get("metrics") or None)
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path!r} has invalid compile settings: {e}") from e
+            raise ValueError(f"{path} has invalid compile settings: {e}") from e
         keys = meta.get("optimizer_state") or []
         if keys:
             try:
                 state = {k: arrays["optimizer/" + k] for k in keys}
                 model.optimizer.set_state(state)
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path!r} has an invalid optimizer state: {e}") from e
+                raise ValueError(f"{path} has an invalid optimizer state: {e}") from e
     return model
 
 
@@ -269,7 +347,7 @@ def load_weights(model, filepath):
     """Set ``model``'s weights from a file of :func:`save_weights` or :func:`save_model`."""
     path = os.fspath(filepath)
     meta, arrays = _read(path)
-    ws = _weights_list(meta, arrays, path)
+    ws = _weights_list(meta, arrays, repr(path))
     model._require_built("load_weights")
     n_model = len(model._param_items())
     if len(ws) != n_model:

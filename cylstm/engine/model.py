@@ -821,6 +821,22 @@ class Model(Trainer):
         out = dict(zip(ok, outs)) if ok else (outs if config.get("output_list") else outs[0])
         return cls(inp, out, name=config.get("name"), trainable=config.get("trainable", True))
 
+    # ------------------------------------------------------------------ pickle / copy
+    def __reduce__(self):
+        # Through the safe .npz format (arrays + JSON config, optimizer state included):
+        # what unpickles is cylstm.saving.model_from_bytes on plain bytes, which builds
+        # only cylstm's own classes, so a model travels to Dask/Ray workers as data.
+        from cylstm import saving
+
+        return (saving.model_from_bytes, (saving.model_to_bytes(self),))
+
+    def __deepcopy__(self, memo):
+        from cylstm import saving
+
+        new = saving.model_from_bytes(saving.model_to_bytes(self))
+        memo[id(self)] = new
+        return new
+
     def __repr__(self):
         return (f"<Functional name={self.name!r} inputs={len(self.inputs)} "
                 f"outputs={len(self.outputs)} layers={len(self.layers)}>")

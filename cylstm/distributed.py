@@ -1,0 +1,613 @@
+"""More than one machine: batch scoring and data-parallel training on Dask and Ray.
+
+Both engines are optional (``pip install cylstm[dask]`` / ``cylstm[ray]``); this
+module imports them only when a function needs them.
+
+Models travel as data: ``pickle.dumps(model)`` is the safe ``.npz`` format of
+:func:`cylstm.saving.model_to_bytes` (arrays plus a JSON config, optimizer state
+included) and unpickles through :func:`cylstm.saving.model_from_bytes`, which
+builds only cylstm's own classes.  :func:`loads` goes one step further for
+pickles from an untrusted source: it refuses any pickle that names anything
+but that loader.
+
+Threads: each worker runs cylstm's kernels on the threads the engine gives it,
+read when the worker first runs a cylstm task.  Dask sets ``OMP_NUM_THREADS=1``
+in the worker processes it starts (then cylstm uses 1 thread per task; without
+it, the cores divided by the worker's ``nthreads``); a Ray actor uses the CPUs it
+was given (``num_cpus``).  Choose ``workers x threads`` so that their product is
+at most the cores of a machine: on a machine of C cores, ``C`` single-thread
+workers score the most sequences per second when there are many chunks; fewer
+workers of more threads each pay off only for large batches per chunk.
+"""
+import hashlib
+import io
+import os
+import pickle
+import sys
+import threading
+import time
+
+import numpy as np
+
+__all__ = ["RayPredictor", "fit", "loads", "predict"]
+
+_lock = threading.Lock()
+_threads_set = False
+_local = threading.local()     # per-thread model replicas for scoring: {digest: model}
+_REPLICAS = {}                 # data-parallel replicas on a worker: {key: model}
+
+
+# ---------------------------------------------------------------------------- safe unpickling
+class _SafeUnpickler(pickle.Unpickler):
+    _ALLOWED = frozenset({("cylstm.saving", "model_from_bytes")})
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            from cylstm import saving
+
+            return saving.model_from_bytes
+        raise pickle.UnpicklingError(
+            f"refused to unpickle {module}.{name}: a cylstm model pickle names only "
+            "cylstm.saving.model_from_bytes")
+
+
+def loads(data):
+    """Unpickle a model, accepting only cylstm's own model loader.
+
+    ``pickle.loads`` of a cylstm model is already safe in what the model's bytes
+    can do, but a pickle from an untrusted source may name any other callable;
+    this refuses every pickle that names anything but
+    :func:`cylstm.saving.model_from_bytes`.
+
+    Parameters
+    ----------
+    data : bytes
+        What ``pickle.dumps(model)`` returned.
+
+    Returns
+    -------
+    cylstm.models.Sequential or cylstm.Model
+
+    Raises
+    ------
+    pickle.UnpicklingError
+        The pickle names a foreign class or function.
+    ValueError
+        The model bytes inside are corrupt or name unknown classes.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes; got {type(data).__name__}")
+    obj = _SafeUnpickler(io.BytesIO(bytes(data))).load()
+    from cylstm.engine.model import Model
+
+    if not isinstance(obj, Model):
+        raise pickle.UnpicklingError(f"the pickle holds a {type(obj).__name__}, not a model")
+    return obj
+
+
+# ---------------------------------------------------------------------------- threads
+def _engine_threads():
+    """Threads one cylstm task may use on this worker, from the engine's setting."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    from cylstm._config import _available_cores
+
+    cores = _available_cores()
+    try:
+        from distributed import get_worker
+
+        return max(1, cores // max(1, int(get_worker().state.nthreads)))
+    except (ImportError, ValueError, AttributeError):
+        pass
+    try:
+        import ray
+
+        if ray.is_initialized():
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if cpus:
+                return max(1, int(cpus))
+    except ImportError:
+        pass
+    return None
+
+
+def _set_worker_threads():
+    """Once per worker process: cylstm's threads follow the engine's setting."""
+    global _threads_set
+    if _threads_set:
+        return
+    with _lock:
+        if not _threads_set:
+            n = _engine_threads()
+            if n is not None:
+                import cylstm
+
+                cylstm.set_num_threads(n)
+            _threads_set = True
+
+
+def _cached_model(digest, blob):
+    """This thread's replica of the model ``blob`` holds (decoded once per thread)."""
+    cache = getattr(_local, "models", None)
+    if cache is None:
+        cache = _local.models = {}
+    model = cache.get(digest)
+    if model is None:
+        from cylstm import saving
+
+        cache.clear()  # a worker keeps one model per thread, not every model it has seen
+        model = cache[digest] = saving.model_from_bytes(blob, compile=False)
+    return model
+
+
+# ---------------------------------------------------------------------------- predict
+def _is_dask_array(x):
+    mod = sys.modules.get("dask.array")
+    return mod is not None and isinstance(x, mod.Array)
+
+
+def _is_ray_dataset(x):
+    mod = sys.modules.get("ray.data")
+    return mod is not None and isinstance(x, mod.Dataset)
+
+
+def _check_model(model):
+    from cylstm.engine.model import Model
+
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a cylstm Sequential or Model; got {type(model).__name__}")
+    model._require_built("distributed.predict")
+
+
+def predict(model, x, batch_size=None, *, client=None, column="data", concurrency=None,
+            num_cpus=1):
+    """Score ``x`` on a Dask or Ray cluster; equals ``model.predict`` to float rounding.
+
+    Parameters
+    ----------
+    model : cylstm.models.Sequential or cylstm.Model
+        A built model with one input and one output.  It is sent to each worker
+        once (Dask: scattered with ``broadcast=True``; Ray: one object ref).
+    x : dask.array.Array or ray.data.Dataset
+        A dask array ``(batch, ...)`` chunked along the batch axis (chunks along
+        the other axes are merged by a rechunk), or a Ray dataset whose
+        sequences are in column ``column`` (what ``ray.data.from_numpy`` makes).
+    batch_size : int, optional
+        ``model.predict``'s batch size inside each chunk / Ray batch.
+    client : distributed.Client, optional
+        Dask only: the client to scatter the model with (default: the current
+        client, if any; without one the model travels inside the graph).
+    column : str
+        Ray only: the column holding the sequences.
+    concurrency : int, optional
+        Ray only: the number of scoring actors (default: the cluster's CPUs
+        divided by ``num_cpus``).
+    num_cpus : int
+        Ray only: CPUs (= cylstm threads) per actor.
+
+    Returns
+    -------
+    dask.array.Array or ray.data.Dataset
+        A dask array of the predictions (chunked as ``x`` along the batch
+        axis, computed chunk by chunk on the workers), or a dataset with the
+        input columns plus ``"predictions"``, rows in the input's order.
+    """
+    _check_model(model)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    n_in, n_out = len(model._input_specs()), len(model._output_shapes())
+    if n_in != 1 or n_out != 1:
+        raise ValueError(f"distributed.predict scores models with one input and one output; "
+                         f"{model.name!r} has {n_in} inputs and {n_out} outputs")
+    if _is_dask_array(x):
+        return _dask_predict(model, x, batch_size, client)
+    if _is_ray_dataset(x):
+        return _ray_predict(model, x, batch_size, column, concurrency, num_cpus)
+    raise TypeError(f"x must be a dask.array.Array or a ray.data.Dataset; got "
+                    f"{type(x).__module__}.{type(x).__name__} (score NumPy arrays with "
+                    "model.predict)")
+
+
+def _predict_block(block, blob, digest, batch_size, out_tail, dtype):
+    _set_worker_threads()
+    if block.shape[0] == 0:
+        return np.empty((0,) + out_tail, dtype)
+    model = _cached_model(digest, blob)
+    return model.predict(np.asarray(block), batch_size=batch_size, verbose=0)
+
+
+def _default_client():
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _dask_predict(model, x, batch_size, client):
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (batch, ...); got shape {x.shape}")
+    want = (None,) + tuple(model._input_specs()[0][1][1:])
+    for i, (d, w) in enumerate(zip(x.shape[1:], want[1:]), start=1):
+        if w is not None and d != w:
+            raise ValueError(f"x has shape {x.shape}; model {model.name!r} expects "
+                             f"{want} (axis {i})")
+    if any(len(c) > 1 for c in x.chunks[1:]):
+        # a sequence must reach one task whole: merge the time/feature chunks
+        x = x.rechunk({i: -1 for i in range(1, x.ndim)})
+    probe = model.predict(np.zeros((1,) + tuple(x.shape[1:]), x.dtype), verbose=0)
+    out_tail, dtype = tuple(probe.shape[1:]), probe.dtype
+    blob = _model_blob(model)
+    digest = hashlib.sha256(blob).hexdigest()
+    client = client if client is not None else _default_client()
+    ref = client.scatter(blob, broadcast=True, hash=False) if client is not None else blob
+    chunks = (x.chunks[0],) + tuple((d,) for d in out_tail)
+    n_in, n_out = x.ndim, 1 + len(out_tail)
+    kw = {}
+    if n_in > 1:
+        kw["drop_axis"] = list(range(1, n_in))
+    if n_out > 1:
+        kw["new_axis"] = list(range(1, n_out))
+    return x.map_blocks(_predict_block, ref, digest, batch_size, out_tail, dtype,
+                        chunks=chunks, dtype=dtype, meta=np.empty((0,) * n_out, dtype), **kw)
+
+
+def _model_blob(model):
+    from cylstm import saving
+
+    return saving.model_to_bytes(model, include_optimizer=False)
+
+
+class RayPredictor:
+    """A Ray Data actor that scores batches with a cylstm model, loaded once per actor.
+
+    Use it directly::
+
+        ds.map_batches(RayPredictor, fn_constructor_kwargs={"model": model},
+                       concurrency=2, num_cpus=1, batch_format="numpy")
+
+    Parameters
+    ----------
+    model : cylstm model, ray.ObjectRef of one, or bytes of ``model_to_bytes``
+    column : str
+        The column holding the sequences (``"data"`` for ``ray.data.from_numpy``).
+    batch_size : int, optional
+        ``model.predict``'s batch size.
+    output_column : str
+        Where the predictions go (``"predictions"``).
+
+    The actor runs cylstm on the CPUs Ray assigned it (``num_cpus``).
+    """
+
+    def __init__(self, model, column="data", batch_size=None, output_column="predictions"):
+        try:
+            import ray
+
+            if isinstance(model, ray.ObjectRef):
+                model = ray.get(model)
+        except ImportError:
+            pass
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            from cylstm import saving
+
+            model = saving.model_from_bytes(model, compile=False)
+        _check_model(model)
+        self.model = model
+        self.column = column
+        self.batch_size = batch_size
+        self.output_column = output_column
+        _set_worker_threads()
+
+    def __call__(self, batch):
+        if self.column not in batch:
+            raise ValueError(f"the batch has no column {self.column!r}; columns: "
+                             f"{sorted(batch)} (pass column=)")
+        data = batch[self.column]
+        if data.dtype == object:  # ragged or list-typed columns arrive as arrays of arrays
+            data = np.stack(list(data)) if len(data) else data
+        data = np.asarray(data)
+        if data.shape[0] == 0:
+            probe_shape = (0,) + tuple(self.model.output_shape[1:])
+            preds = np.empty(tuple(0 if d is None else d for d in probe_shape), self.model.dtype)
+        else:
+            preds = self.model.predict(data, batch_size=self.batch_size, verbose=0)
+        out = dict(batch)
+        out[self.output_column] = preds
+        return out
+
+
+def _ray_predict(model, ds, batch_size, column, concurrency, num_cpus):
+    import ray
+
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus <= 0:
+        raise ValueError(f"num_cpus must be > 0; got {num_cpus!r}")
+    if concurrency is None:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        concurrency = max(1, int(cpus // num_cpus))
+    ref = ray.put(_model_blob(model))
+    out = ds.map_batches(RayPredictor, fn_constructor_kwargs={
+        "model": ref, "column": column, "batch_size": batch_size},
+        concurrency=concurrency, num_cpus=num_cpus, batch_format="numpy")
+    # rows come back in the input's order (actors may finish batches out of order)
+    out.context.execution_options.preserve_order = True
+    return out
+
+
+# ---------------------------------------------------------------------------- fit (Dask)
+_FIT_KEYWORDS = {"batch_size", "epochs", "verbose", "callbacks", "shuffle", "sample_weight",
+                 "class_weight", "initial_epoch", "validation_data", "validation_freq",
+                 "validation_batch_size"}
+
+
+def _dp_init(key, blob):
+    _set_worker_threads()
+    from cylstm import saving
+
+    model = saving.model_from_bytes(blob)
+    model._ensure_bound()
+    _REPLICAS[key] = model
+    return os.getpid()
+
+
+def _dp_drop(key):
+    _REPLICAS.pop(key, None)
+
+
+def _apply_update(model, g):
+    """The optimizer step of ``Trainer._train_step`` with the averaged gradient ``g``."""
+    model._flat_grad[...] = g
+    opt = model.optimizer
+    opt.update(model._flat, model._flat_grad,
+               model._segments if getattr(opt, "clipnorm", None) else None)
+    for layer in model._constraint_layers:
+        layer._apply_constraints()
+    if model._on_device:
+        model._weights_changed()
+
+
+def _dp_step(key, data, idx, g_prev):
+    """Apply the previous averaged step, then (samples, gradient, logs) of this shard."""
+    model = _REPLICAS.get(key)
+    if model is None:
+        raise RuntimeError("this worker holds no replica for the fit (it was restarted)")
+    if g_prev is not None:
+        _apply_update(model, g_prev)
+    if idx is None:  # the last call only applies the final step
+        return 0, None, None
+    xs, ys, sws = data
+    xs = [a[idx] for a in xs]
+    ys = [a[idx] for a in ys]
+    sws = [None if w is None else w[idx] for w in sws]
+    try:
+        preds, masks = model._forward_values(xs, True)
+        loss, parts, dys = model._compute_loss(ys, preds, masks, sws, True)
+        if model._reg_layers:
+            loss += model._regularization()
+        model._backward_values(dys)
+    except BaseException:
+        model._clear_caches()
+        raise
+    vals = model._batch_logs(loss, parts, ys, preds)
+    return len(xs[0]), model._flat_grad.copy(), vals
+
+
+def _is_dask_client(client):
+    mod = sys.modules.get("distributed")
+    return mod is not None and isinstance(client, mod.Client)
+
+
+def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
+    """Synchronous data-parallel ``model.fit`` on a Dask cluster.
+
+    Every worker holds a replica of ``model`` and gets a shard of every global
+    batch of ``batch_size`` samples (split as evenly as the samples allow; a
+    shard may be smaller or, for a batch smaller than the workers, empty).
+    Each computes its shard's gradient; the driver averages them weighted by
+    the samples each shard holds, and every replica and the driver's model
+    apply the same optimizer step.  The averaged gradient is the full batch's
+    (the loss is a mean over the batch), so in float64 with ``shuffle=False``
+    the weights equal ``model.fit`` in one process to rounding.  Callbacks run
+    on the driver, after each global step, on the driver's model.
+
+    Parameters
+    ----------
+    model : compiled cylstm model
+    x, y : arrays (or lists/dicts of arrays, one per input/output)
+    client : distributed.Client
+        The cluster to train on ("ray" is not supported yet).
+    epochs, batch_size, verbose, callbacks, shuffle, sample_weight, class_weight,
+    initial_epoch, validation_data, validation_freq, validation_batch_size
+        As :meth:`cylstm.Model.fit` (validation runs on the driver).
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    RuntimeError
+        A worker died or a task failed; the model is left exactly as it was
+        before the call (weights and optimizer state).
+    """
+    if isinstance(client, str) and client == "ray":
+        raise NotImplementedError("distributed.fit on Ray is not implemented yet; pass a "
+                                  "Dask distributed.Client")
+    if not _is_dask_client(client):
+        raise TypeError(f"client must be a dask distributed.Client or 'ray'; got "
+                        f"{type(client).__module__}.{type(client).__name__}")
+    unknown = set(kwargs) - _FIT_KEYWORDS
+    if unknown:
+        raise TypeError(f"distributed.fit got unsupported keyword(s) {sorted(unknown)}; it "
+                        f"takes {sorted(_FIT_KEYWORDS)}")
+    return _DaskFit(model, client).run(x, y, epochs, batch_size, **kwargs)
+
+
+class _DaskFit:
+    def __init__(self, model, client):
+        from cylstm.engine.model import Model
+
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a cylstm model; got {type(model).__name__}")
+        model._require_compiled("distributed.fit")
+        self.model = model
+        self.client = client
+
+    def run(self, x, y, epochs, batch_size, verbose="auto", callbacks=None, shuffle=True,
+            sample_weight=None, class_weight=None, initial_epoch=0, validation_data=None,
+            validation_freq=1, validation_batch_size=None):
+        from cylstm import callbacks as _cbm
+        from cylstm import saving
+        from cylstm.engine import data_adapters as _da
+        from cylstm.engine.trainer import _check_int
+
+        m = self.model
+        batch_size = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
+        epochs = _check_int("epochs", epochs, 0)
+        initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
+        verbose = m._verbose(verbose)
+        xs = m._prep_inputs(x)
+        m._ensure_built_inputs(xs)
+        n = xs[0].shape[0]
+        ys = m._prep_targets(y, n)
+        for a in xs:
+            m._check_finite("x", a)
+        for a in ys:
+            m._check_finite("y", a)
+        sws = m._prep_sample_weights(ys, n, sample_weight, class_weight)
+        sws = list(sws) if sws is not None else [None] * len(ys)
+        m._ensure_bound()
+        val = None
+        if validation_data is not None:
+            val = _da.get_validation_adapter(m, validation_data,
+                                             validation_batch_size or batch_size)
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise RuntimeError("the Dask cluster has no workers")
+        before = saving.model_to_bytes(m)
+        key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+        self.workers, self.key = workers, key
+        try:
+            blob = self.client.scatter(before, broadcast=True, hash=False)
+            data = self.client.scatter((xs, ys, sws), broadcast=True, hash=False)
+            self._gather([self.client.submit(_dp_init, key, blob, workers=[w], pure=False,
+                                             allow_other_workers=False) for w in workers])
+            history = self._epochs(data, n, epochs, batch_size, verbose, callbacks, shuffle,
+                                   initial_epoch, val, validation_freq, _cbm)
+        except BaseException as e:
+            _restore(m, before)
+            if isinstance(e, (KeyboardInterrupt, FloatingPointError)):
+                raise
+            raise RuntimeError(f"distributed.fit failed ({type(e).__name__}: {e}); the model "
+                               "was left as it was before the call") from e
+        finally:
+            try:
+                self.client.run(_dp_drop, key, workers=workers)
+            except Exception:  # noqa: BLE001, S110 - a dead worker holds no replica to drop
+                pass
+        return history
+
+    def _gather(self, futs):
+        """Results of ``futs``; fails when a worker they are pinned to leaves the cluster."""
+        from distributed import wait
+
+        while True:
+            try:
+                wait(futs, timeout=0.5)
+                return self.client.gather(futs)
+            except TimeoutError:
+                pass
+            alive = set(self.client.scheduler_info()["workers"])
+            gone = [w for w in self.workers if w not in alive]
+            if gone:
+                for f in futs:
+                    f.cancel()
+                raise RuntimeError(f"worker(s) {gone} left the cluster during the fit")
+
+    def _epochs(self, data, n, epochs, batch_size, verbose, callbacks, shuffle, initial_epoch,
+                val, validation_freq, _cbm):
+        from cylstm._progress import Progbar
+
+        m = self.model
+        nw = len(self.workers)
+        steps = -(-n // batch_size)
+        history = _cbm.History()
+        cb_list = list(callbacks or [])
+        cbl = _cbm.CallbackList(cb_list + [history], model=m,
+                                params={"epochs": epochs, "steps": steps, "verbose": verbose})
+        m.stop_training = False
+        m.history = history
+        names = m.metrics_names
+        cbl.on_train_begin()
+        logs = {}
+        pending = None   # the averaged gradient the replicas have not applied yet
+        rng = m._shuffle_generator() if shuffle else None
+        for epoch in range(initial_epoch, epochs):
+            cbl.on_epoch_begin(epoch)
+            if verbose == 1:
+                print(f"Epoch {epoch + 1}/{epochs}")
+            bar = Progbar(steps, verbose) if verbose else None
+            order = rng.permutation(n) if rng is not None else None
+            sums, seen = None, 0
+            for b in range(steps):
+                lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+                cbl.on_train_batch_begin(b)
+                bounds = np.linspace(lo, hi, nw + 1).round().astype(int)
+                futs = []
+                for w, s0, s1 in zip(self.workers, bounds[:-1], bounds[1:]):
+                    if order is not None:
+                        idx = order[s0:s1]
+                    else:
+                        idx = slice(int(s0), int(s1)) if s1 > s0 else None
+                    if idx is None or (order is not None and len(idx) == 0):
+                        idx = None
+                    futs.append(self.client.submit(
+                        _dp_step, self.key, data, idx, pending, workers=[w], pure=False,
+                        allow_other_workers=False))
+                res = self._gather(futs)
+                k = sum(r[0] for r in res)
+                g = sum(r[1] * (r[0] / k) for r in res if r[0])
+                vals = [sum(r[2][i] * r[0] for r in res if r[0]) / k
+                        for i in range(len(names))]
+                if not np.isfinite(vals[0]) or not np.all(np.isfinite(g)):
+                    raise FloatingPointError(f"non-finite loss or gradient at epoch "
+                                             f"{epoch + 1}, batch {b}")
+                # replicas apply the step with their next shard; the driver applies it now
+                _apply_update(m, g)
+                pending = g
+                sums = [v * k for v in vals] if sums is None else [
+                    s + v * k for s, v in zip(sums, vals)]
+                seen += k
+                blogs = {nm: s / seen for nm, s in zip(names, sums)}
+                if bar is not None:
+                    bar.update(b + 1, blogs)
+                cbl.on_train_batch_end(b, blogs)
+                if m.stop_training:
+                    break
+            logs = {nm: s / seen for nm, s in zip(names, sums)} if sums else {
+                nm: float("nan") for nm in names}
+            if val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
+                cbl.on_test_begin()
+                vres = m._evaluate_adapter(val)
+                cbl.on_test_end(dict(zip(names, vres)))
+                for nm, v in zip(m.metrics_names, vres):
+                    logs["val_" + nm] = v
+            if bar is not None:
+                bar.update(bar.target, logs, finalize=True)
+            cbl.on_epoch_end(epoch, logs)
+            if m.stop_training:
+                break
+        cbl.on_train_end(logs)
+        return history
+
+
+def _restore(model, blob):
+    """Put back the weights and optimizer state ``blob`` holds, in place."""
+    from cylstm import saving
+
+    saved = saving.model_from_bytes(blob)
+    model.set_weights(saved.get_weights())
+    if saved.optimizer is not None and model.optimizer is not None:
+        model.optimizer.set_state(saved.optimizer.get_state())
