@@ -72,16 +72,24 @@ class StreamService:
         Most open sessions (pool slots); a session beyond it is closed with
         WebSocket code 1013 (try again later).
     idle_timeout : float or None
-        Passed to the pool: seconds after which an unused stream is evicted.
+        Passed to the pool: seconds after which an unused stream is evicted
+        (a session idle that long starts again from a zero state).
+    worker_thread : bool
+        Pool mode: step on one worker thread (default), the GIL released
+        during the compute, so the event loop goes on reading frames for the
+        next step meanwhile; or, with False, in the event loop itself (no
+        thread hand-off per step, the loop blocked for the step).
     """
 
-    def __init__(self, model, window=200e-6, mode="pool", max_streams=256, idle_timeout=None):
+    def __init__(self, model, window=200e-6, mode="pool", max_streams=256, idle_timeout=None,
+                 worker_thread=True):
         if mode not in ("pool", "runner"):
             raise ValueError(f"mode must be 'pool' or 'runner'; got {mode!r}")
         window = float(window)
         if not window >= 0.0:
             raise ValueError(f"window must be a number of seconds >= 0; got {window!r}")
         self.model, self.window, self.mode = model, window, mode
+        self.worker_thread = bool(worker_thread)
         self.max_streams = int(max_streams)
         self.pool = model.stream_pool(max_streams=self.max_streams, idle_timeout=idle_timeout,
                                       num_threads=1)
@@ -139,6 +147,11 @@ class StreamService:
         s["compute_s"] += seconds
         s["max_batch"] = max(s["max_batch"], n_frames)
 
+    async def _call(self, fn, *args):
+        if self.worker_thread:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        return fn(*args)
+
     async def _gather_and_step(self):
         loop = asyncio.get_running_loop()
         try:
@@ -153,7 +166,7 @@ class StreamService:
             keys = list(batch)
             x = np.stack([batch[k][0] for k in keys])
             try:
-                y, sec = await loop.run_in_executor(self._worker, self._timed_step, keys, x)
+                y, sec = await self._call(self._timed_step, keys, x)
             except Exception as exc:  # noqa: BLE001 -- every waiting session gets it, none hangs
                 for _, fut in batch.values():
                     if not fut.done():
@@ -179,7 +192,7 @@ class StreamService:
             return y.reshape(len(x), self.units)
         loop = asyncio.get_running_loop()
         if len(x) > 1:
-            y, sec = await loop.run_in_executor(self._worker, self._timed_run, session, x)
+            y, sec = await self._call(self._timed_run, session, x)
             self._count(len(x), sec, block=True)
             return y
         fut = loop.create_future()
@@ -200,13 +213,14 @@ class StreamService:
         self._worker.shutdown(wait=True)
 
 
-def create_app(model, window=200e-6, mode="pool", max_streams=256, idle_timeout=None):
+def create_app(model, window=200e-6, mode="pool", max_streams=256, idle_timeout=None,
+               worker_thread=True):
     """A FastAPI app serving ``model`` over WebSockets (see the module docstring).
 
     Parameters are those of :class:`StreamService`; the service is ``app.state.service``.
     """
     service = StreamService(model, window=window, mode=mode, max_streams=max_streams,
-                            idle_timeout=idle_timeout)
+                            idle_timeout=idle_timeout, worker_thread=worker_thread)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -275,6 +289,9 @@ def main(argv=None):
     p.add_argument("--window-us", type=float, default=200.0)
     p.add_argument("--max-streams", type=int, default=256)
     p.add_argument("--idle-timeout", type=float, default=None)
+    p.add_argument("--inline", action="store_true",
+                   help="step in the event loop instead of on a worker thread")
+    p.add_argument("--ws", default="auto", help="uvicorn's WebSocket implementation")
     a = p.parse_args(argv)
     if a.model:
         from cylstm.models import load_model
@@ -284,8 +301,9 @@ def main(argv=None):
         f, h = (int(v) for v in a.demo.split(","))
         model = demo_model(f, h)
     app = create_app(model, window=a.window_us * 1e-6, mode=a.mode,
-                     max_streams=a.max_streams, idle_timeout=a.idle_timeout)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+                     max_streams=a.max_streams, idle_timeout=a.idle_timeout,
+                     worker_thread=not a.inline)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", ws=a.ws)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import importlib.util
 import json
 import pathlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -97,14 +99,15 @@ def _expected(model, x):
     return np.stack([runner.step(f).copy() for f in x])
 
 
-@pytest.mark.parametrize("mode", ["pool", "runner"])
+@pytest.mark.parametrize("mode", ["pool", "pool-inline", "runner"])
 def test_sessions_get_their_runner_answers_and_predict(mode):
     model = _model()
     rng = np.random.default_rng(1)
     n, T = 6, 25
     xs = [rng.standard_normal((T, F)).astype(np.float32) for _ in range(n)]
     # window 20 ms: sessions running side by side share steps (checked below)
-    app = svc.create_app(model, window=0.02, mode=mode, max_streams=8)
+    app = svc.create_app(model, window=0.02, mode=mode.split("-")[0], max_streams=8,
+                         worker_thread=not mode.endswith("inline"))
     service = app.state.service
     with _Server(app) as url:
         async def main():
@@ -118,7 +121,7 @@ def test_sessions_get_their_runner_answers_and_predict(mode):
     np.testing.assert_allclose(np.stack(got), want, rtol=1e-5, atol=1e-6)
     assert service.stats["frames"] == n * T
     assert len(service.pool) == 0 and not service.sessions  # closed sessions free their slots
-    if mode == "pool":
+    if mode != "runner":
         assert service.stats["max_batch"] > 1  # frames of several sessions in one step
         assert service.stats["steps"] < n * T
     else:
@@ -168,3 +171,22 @@ def test_info_and_arguments():
     with pytest.raises(ValueError, match="5 float32|T \\* 6"):
         service.decode("k", b"\0" * 20)
     service.shutdown()
+
+
+def test_serve_load_runs_and_reports(tmp_path):
+    """bench/serve_load.py end to end on a tiny model: rows for every mode and N, no timing."""
+    out = tmp_path / "rows.json"
+    script = _PATH.parents[1] / "bench" / "serve_load.py"
+    r = subprocess.run([sys.executable, str(script), "--shapes", "4,8", "--sessions", "1", "3",
+                        "--seconds", "0.3", "--frames", "50", "--warmup", "2",
+                        "--json", str(out)], capture_output=True, text=True, timeout=240,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(row["mode"], row["sessions"]) for row in rows] == [
+        ("pool", 1), ("pool", 3), ("runner", 1), ("runner", 3)]
+    for row in rows:
+        assert row["shape"] == [4, 8]
+        assert 0 < row["frames"] <= 50 * row["sessions"]
+        assert row["fps"] > 0 and 0 < row["p50_us"] <= row["p99_us"]
+    assert "pool / runner frames/s" in r.stdout
