@@ -18,8 +18,10 @@ frames/s is what the server sustains at N outstanding frames.  Each session stop
 frames not counted.  Latency is from send to answer, per frame; p50/p99 over all
 sessions' frames.  The server's own counters (``GET /stats``) give the compute time per
 step (the ``pool.step`` or ``runner.step`` call alone) and the frames per step; "wire
-share" is the part of the p50 latency that is not that compute: HTTP/WebSocket framing,
-the event loop, the gathering window and the client.
+share" is the part of the run's wall time the server did not spend in that compute:
+HTTP/WebSocket framing, the event loop and the gathering window (in a closed loop at
+N >= 8 the server is never idle, so this is also the share of a frame's latency that is
+overhead rather than compute, queueing behind other sessions' compute counted as compute).
 
 Client and server share the machine's cores (2 vCPUs here), so these are rough numbers
 for a shared machine: the service target of issue 15 (pool >= 3x the runner server's
@@ -147,12 +149,13 @@ def run(shape, mode, sessions, args):
             after = svc.stats()
             steps = after["steps"] - before["steps"]
             frames = after["frames"] - before["frames"]
-            compute = (after["compute_s"] - before["compute_s"]) / max(steps, 1)
+            compute_s = after["compute_s"] - before["compute_s"]
+            compute = compute_s / max(steps, 1)
             p50, p99 = np.percentile(lat, [50, 99])
             rows.append({"shape": shape, "mode": mode, "sessions": n, "frames": len(lat),
                          "fps": len(lat) / wall, "p50_us": p50 * 1e6, "p99_us": p99 * 1e6,
                          "compute_us": compute * 1e6, "per_step": frames / max(steps, 1),
-                         "wire_share": max(0.0, 1.0 - compute / p50)})
+                         "wire_share": max(0.0, 1.0 - compute_s / wall)})
             r = rows[-1]
             print(f"({shape[0]:>3},{shape[1]:>3}) {mode:<6} N={n:<3} {r['fps']:>9.0f} fr/s  "
                   f"p50 {r['p50_us']:>8.0f} us  p99 {r['p99_us']:>8.0f} us  "

@@ -189,4 +189,5 @@ def test_serve_load_runs_and_reports(tmp_path):
         assert row["shape"] == [4, 8]
         assert 0 < row["frames"] <= 50 * row["sessions"]
         assert row["fps"] > 0 and 0 < row["p50_us"] <= row["p99_us"]
+        assert 0 <= row["wire_share"] <= 1 and row["per_step"] >= 1
     assert "pool / runner frames/s" in r.stdout
