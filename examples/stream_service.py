@@ -12,7 +12,8 @@ With ``mode="pool"`` (the default) the frames that arrive within ``window``
 seconds of the first one waiting (200 us by default), or sooner once every open
 session has a frame waiting, are stepped in one :meth:`cylstm.stream.StreamPool.step`
 -- one pass over the weights for all of them -- on a worker thread, with the GIL
-released, while the event loop goes on receiving.  Blocks go to
+released, while the event loop goes on receiving (``--inline``: in the event
+loop itself, no thread hand-off).  Blocks go to
 :meth:`~cylstm.stream.StreamPool.run` on the same thread.  With
 ``mode="runner"`` every session has its own batch-1
 :class:`~cylstm.stream.StreamRunner`, stepped as each frame arrives: the
