@@ -45,6 +45,20 @@ class Recorder(Callback):
         self.batches += 1
 
 
+class Watchdog(Callback):
+    """Stops fit 60 s after the SIGINT was sent: a lost signal then fails the test
+    (pytest.raises sees no KeyboardInterrupt) instead of leaving fit running its
+    100000 epochs (CI once hung on such a test for an hour)."""
+
+    def __init__(self, sent):
+        super().__init__()
+        self.sent = sent
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.sent and time.perf_counter() - self.sent[0] > 60:
+            self.model.stop_training = True
+
+
 def sigint_after(delay):
     sent = []
 
@@ -86,7 +100,8 @@ def test_sigint_during_fit_stops_at_a_batch_boundary_with_consistent_weights():
     rec = Recorder()
     arm = InterruptMidEpoch()
     with pytest.raises(KeyboardInterrupt, match="after batch"):
-        m.fit(x, y, batch_size=16, epochs=100000, verbose=0, callbacks=[rec, arm],
+        m.fit(x, y, batch_size=16, epochs=100000, verbose=0,
+              callbacks=[rec, arm, Watchdog(arm.sent)],
               shuffle=False)
     stopped = time.perf_counter()
     arm.timer.join()
@@ -263,9 +278,10 @@ def test_fit_after_a_failed_fit_still_defers_ctrl_c():
     with pytest.raises(RuntimeError):
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[StopAt(1, RuntimeError("x"))])
     rec = Recorder()
-    timer, _ = sigint_after(0.3)
+    timer, sent = sigint_after(0.3)
     with pytest.raises(KeyboardInterrupt, match="after batch"):
-        m.fit(x, y, batch_size=8, epochs=100000, verbose=0, callbacks=[rec], shuffle=False)
+        m.fit(x, y, batch_size=8, epochs=100000, verbose=0, callbacks=[rec, Watchdog(sent)],
+              shuffle=False)
     timer.join()
     for a, b in zip(m.get_weights(), rec.weights):
         np.testing.assert_array_equal(a, b)
