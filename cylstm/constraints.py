@@ -26,6 +26,8 @@ import numbers
 
 import numpy as np
 
+from cylstm import _objects
+
 __all__ = [
     "Constraint",
     "MaxNorm",
@@ -192,31 +194,12 @@ def _unknown(what):
 
 def serialize(constraint):
     """``{"class_name": ..., "config": ...}`` of a constraint (None gives None)."""
-    if constraint is None:
-        return None
-    if not isinstance(constraint, Constraint):
-        raise TypeError(f"constraint {constraint!r} cannot be saved: only "
-                        "cylstm.constraints.Constraint objects have a config")
-    return {"class_name": type(constraint).__name__, "config": constraint.get_config()}
+    return _objects.serialize(constraint, Constraint, "constraint")
 
 
 def deserialize(config):
     """Inverse of :func:`serialize`; only cylstm's own classes can be named."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(f"a constraint config must be a dict with 'class_name'; got "
-                         f"{config!r}")
-    cls = _CLASSES.get(config["class_name"])
-    if cls is None:
-        raise _unknown(config["class_name"])
-    cfg = config.get("config") or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(  # noqa: TRY004 - a bad file or config, as the other config errors
-            f"constraint config of {config['class_name']!r} must be a dict; got "
-            f"{cfg!r}")
-    try:
-        return cls.from_config(dict(cfg))
-    except TypeError as e:
-        raise ValueError(f"invalid config for constraint {config['class_name']!r}: {e}") from e
+    return _objects.deserialize(config, _CLASSES, "constraint", _unknown)
 
 
 def get(identifier):

@@ -31,6 +31,8 @@ import numbers
 
 import numpy as np
 
+from cylstm import _objects
+
 __all__ = [
     "L1",
     "L1L2",
@@ -253,31 +255,12 @@ def _unknown(what):
 
 def serialize(regularizer):
     """``{"class_name": ..., "config": ...}`` of a regularizer (None gives None)."""
-    if regularizer is None:
-        return None
-    if not isinstance(regularizer, Regularizer):
-        raise TypeError(f"cannot serialize regularizer {regularizer!r}: not a "
-                        "cylstm.regularizers.Regularizer")
-    return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+    return _objects.serialize(regularizer, Regularizer, "regularizer")
 
 
 def deserialize(config):
     """Inverse of :func:`serialize`; only cylstm's own classes can be named."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(f"a regularizer config must be a dict with 'class_name'; got "
-                         f"{config!r}")
-    cls = _CLASSES.get(config["class_name"])
-    if cls is None:
-        raise _unknown(config["class_name"])
-    cfg = config.get("config") or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(  # noqa: TRY004 - a bad file or config, as the other config errors
-            f"regularizer config of {config['class_name']!r} must be a dict; got "
-            f"{cfg!r}")
-    try:
-        return cls.from_config(dict(cfg))
-    except TypeError as e:
-        raise ValueError(f"invalid config for regularizer {config['class_name']!r}: {e}") from e
+    return _objects.deserialize(config, _CLASSES, "regularizer", _unknown)
 
 
 def get(identifier):
