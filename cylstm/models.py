@@ -15,7 +15,7 @@ import numpy as np
 from cylstm import _timechunk
 from cylstm import layers as _layers
 from cylstm.engine import graph as _graph
-from cylstm.engine.model import Model
+from cylstm.engine.model import Model, params_footer
 
 __all__ = ["Model", "Sequential", "load_model"]
 
@@ -357,18 +357,7 @@ class Sequential(Model):
         if not self.layers:
             lines.append("=" * width)
         isz = np.dtype(self.dtype).itemsize
-
-        def size(c):
-            b = c * isz
-            for unit in ("B", "KB", "MB", "GB"):
-                if b < 1024 or unit == "GB":
-                    return f"{b:.2f} {unit}"
-                b /= 1024
-
-        lines += [f"Total params: {total:,} ({size(total)})",
-                  f"Trainable params: {trainable:,} ({size(trainable)})",
-                  f"Non-trainable params: {total - trainable:,} ({size(total - trainable)})",
-                  "_" * width]
+        lines += params_footer(total, trainable, isz, width)
         for line in lines:
             print_fn(line)
 

@@ -39,6 +39,21 @@ def _flatten_struct(what, obj):
     return [obj], None
 
 
+
+def params_footer(total, trainable, itemsize, width):
+    """summary()'s closing lines: the parameter counts and their sizes."""
+    def size(c):
+        b = c * itemsize
+        for unit in ("B", "KB", "MB", "GB"):
+            if b < 1024 or unit == "GB":
+                return f"{b:.2f} {unit}"
+            b /= 1024
+
+    return [f"Total params: {total:,} ({size(total)})",
+            f"Trainable params: {trainable:,} ({size(trainable)})",
+            f"Non-trainable params: {total - trainable:,} ({size(total - trainable)})",
+            "_" * width]
+
 class Model(Trainer):
     """A functional model, as ``keras.Model(inputs, outputs)``.
 
@@ -723,18 +738,7 @@ class Model(Trainer):
         total = self.count_params()
         trainable = int(sum(w.size for w in self.trainable_weights))
         isz = self.dtype.itemsize
-
-        def size(c):
-            b = c * isz
-            for unit in ("B", "KB", "MB", "GB"):
-                if b < 1024 or unit == "GB":
-                    return f"{b:.2f} {unit}"
-                b /= 1024
-
-        lines += [f"Total params: {total:,} ({size(total)})",
-                  f"Trainable params: {trainable:,} ({size(trainable)})",
-                  f"Non-trainable params: {total - trainable:,} ({size(total - trainable)})",
-                  "_" * width]
+        lines += params_footer(total, trainable, isz, width)
         for line in lines:
             print_fn(line)
 
