@@ -199,6 +199,28 @@ def _constraint_config(c):
     return constraints.serialize(c)
 
 
+
+def assign_weights(items, weights, expects):
+    """Write ``weights`` (a list of arrays) into the (owner, attribute) ``items``,
+    in place, after checking them all: a bad list changes nothing.  ``expects``
+    starts the count mismatch message ("layer 'x' expects 3 weight arrays")."""
+    if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
+        raise TypeError(f"set_weights expects a list of arrays; got {type(weights).__name__}")
+    weights = list(weights)
+    if len(weights) != len(items):
+        raise ValueError(f"{expects}; got {len(weights)}")
+    checked = []
+    for (o, n), w in zip(items, weights):
+        w = np.asarray(w)
+        dst = getattr(o, n)
+        if w.dtype.kind not in "biuf":
+            raise TypeError(f"weight {o.name}/{n} must be numeric; got dtype {w.dtype}")
+        if w.shape != dst.shape:
+            raise ValueError(f"weight {o.name}/{n} must have shape {dst.shape}; got {w.shape}")
+        checked.append((dst, w))
+    for dst, w in checked:
+        dst[...] = w
+
 class Layer:
     """Base class: weights, gradients, config and the standalone call.
 
@@ -310,28 +332,9 @@ class Layer:
                 f"layer {self.name!r} is not built: give it input_shape= or call it on data "
                 "before set_weights"
             )
-        if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
-            raise TypeError(f"set_weights expects a list of arrays; got {type(weights).__name__}")
-        weights = list(weights)
-        if len(weights) != len(items):
-            names = [n for _, n in items]
-            raise ValueError(
-                f"layer {self.name!r} expects {len(items)} weight arrays {names}; "
-                f"got {len(weights)}"
-            )
-        checked = []
-        for (o, n), w in zip(items, weights):
-            w = np.asarray(w)
-            dst = getattr(o, n)
-            if w.dtype.kind not in "biuf":
-                raise TypeError(f"weight {o.name}/{n} must be numeric; got dtype {w.dtype}")
-            if w.shape != dst.shape:
-                raise ValueError(
-                    f"weight {o.name}/{n} must have shape {dst.shape}; got {w.shape}"
-                )
-            checked.append((dst, w))
-        for dst, w in checked:  # all checked first: a bad list changes nothing
-            dst[...] = w
+        names = [n for _, n in items]
+        assign_weights(items, weights, f"layer {self.name!r} expects {len(items)} weight "
+                                       f"arrays {names}")
         self._weights_changed()
 
     def _weights_changed(self):

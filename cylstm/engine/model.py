@@ -444,24 +444,8 @@ class Model(Trainer):
         """Set all weights from a list like :meth:`get_weights`'s (checked before any write)."""
         self._require_built("set_weights")
         items = self._param_items()
-        if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
-            raise TypeError(f"set_weights expects a list of arrays; got {type(weights).__name__}")
-        weights = list(weights)
-        if len(weights) != len(items):
-            raise ValueError(f"model {self.name!r} has {len(items)} weight arrays; set_weights "
-                             f"got {len(weights)}")
-        checked = []
-        for (o, n), w in zip(items, weights):
-            w = np.asarray(w)
-            dst = getattr(o, n)
-            if w.dtype.kind not in "biuf":
-                raise TypeError(f"weight {o.name}/{n} must be numeric; got dtype {w.dtype}")
-            if w.shape != dst.shape:
-                raise ValueError(f"weight {o.name}/{n} must have shape {dst.shape}; got "
-                                 f"{w.shape}")
-            checked.append((dst, w))
-        for dst, w in checked:
-            dst[...] = w
+        _layers.assign_weights(items, weights,
+                               f"model {self.name!r} has {len(items)} weight arrays")
         self._weights_changed()
 
     def count_params(self):
