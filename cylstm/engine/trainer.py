@@ -62,6 +62,15 @@ def _per_output(what, value, names, default, allow_broadcast=True):
     return [value] * n
 
 
+
+def _add_weighted(sums, vals, k):
+    """Running sums of a batch's logged values, each weighted by its k samples."""
+    if sums is None:
+        return [v * k for v in vals]
+    for i, v in enumerate(vals):
+        sums[i] += v * k
+    return sums
+
 class Trainer:
     """The training half of a model (mixed into :class:`cylstm.engine.model.Model`)."""
 
@@ -650,12 +659,7 @@ class Trainer:
                 except FloatingPointError as err:
                     self._non_finite(cbl, batch_hooks, b, epoch, err)
                     break
-                vals = self._batch_logs(loss, parts, ys, preds)
-                if sums is None:
-                    sums = [v * k for v in vals]
-                else:
-                    for i, v in enumerate(vals):
-                        sums[i] += v * k
+                sums = _add_weighted(sums, self._batch_logs(loss, parts, ys, preds), k)
                 seen += k
                 if bar is not None or batch_hooks:
                     blogs = {nm: s / seen for nm, s in zip(names, sums)}
@@ -726,12 +730,7 @@ class Trainer:
         sums, seen = None, 0
         for xs, ys, sws, k in EpochIterator(adapter, steps).epoch():
             loss, parts, preds = self._test_step(xs, ys, sws)
-            vals = self._batch_logs(loss, parts, ys, preds)
-            if sums is None:
-                sums = [v * k for v in vals]
-            else:
-                for i, v in enumerate(vals):
-                    sums[i] += v * k
+            sums = _add_weighted(sums, self._batch_logs(loss, parts, ys, preds), k)
             seen += k
         if not seen:
             raise ValueError("the evaluation data has no samples")
