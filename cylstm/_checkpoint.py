@@ -386,8 +386,8 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
     cs = take((B, H), dtype)
     D = take((B, 4 * H), dtype)
     dHp = take((B, H), dtype)
-    UT = take((4 * H, H), dtype)
-    UT[...] = U.T
+    UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
+    _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
     acc = take((I + H + 1, 4 * H), dtype)  # one segment's weight gradients
     sW, sU, sb = acc[:I], acc[I:I + H], acc[I + H]

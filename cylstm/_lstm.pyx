@@ -309,31 +309,51 @@ cdef inline Py_ssize_t _plain_len(Py_ssize_t K, Py_ssize_t N, floating* kind) no
     return K * ((N + pw - 1) // pw) * pw
 
 
-cdef void _pack_plain(Py_ssize_t K, Py_ssize_t N, const floating* A,
-                      floating* P) noexcept nogil:
-    """Pack A (K, N) row-major into the panel kernel's layout, panels of
-    _plain_width columns: panel p at p * K * pw holds columns j0 .. j0 + w, its
-    main block (K x wv, wv = w rounded down to whole vectors) row-major, then its
-    w - wv tail columns transposed (include/cylstm_stream.h)."""
-    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), p, j0, w, wv, k, j
+cdef void _pack_transposed(Py_ssize_t H, const floating* U, floating* P) noexcept nogil:
+    """Pack U^T (K = 4H rows, N = H columns) of U (H, 4H) row-major into the panel
+    kernel's layout, panels of _plain_width columns: panel p at p * K * pw holds
+    columns j0 .. j0 + w of U^T (rows j0 .. j0 + w of U), its main block (K x wv,
+    wv = w rounded down to whole vectors) row-major, then its w - wv tail columns
+    transposed, i.e. rows of U as they lie (include/cylstm_stream.h)."""
+    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), K = 4 * H, p, j0, w, wv, k, j
+    cdef const floating* row
     cdef floating* dst
-    for p in range((N + pw - 1) // pw):
+    for p in range((H + pw - 1) // pw):
         j0 = p * pw
-        w = N - j0 if N - j0 < pw else pw
+        w = H - j0 if H - j0 < pw else pw
         wv = (w // vl) * vl
         dst = P + p * K * pw
-        for k in range(K):
-            memcpy(dst + k * wv, A + k * N + j0, wv * sizeof(floating))
-        for j in range(wv, w):
+        for j in range(wv):   # reads each row of U in order
+            row = U + (j0 + j) * K
             for k in range(K):
-                dst[K * wv + (j - wv) * K + k] = A[k * N + j0 + j]
+                dst[k * wv + j] = row[k]
+        for j in range(wv, w):
+            memcpy(dst + K * wv + (j - wv) * K, U + (j0 + j) * K, K * sizeof(floating))
+
+
+def transposed_len(Py_ssize_t H, dtype):
+    """Elements of U^T packed by :func:`pack_transposed` (the backward's ``PU``)."""
+    if str(dtype) == "float32":
+        return _plain_len(4 * H, H, <float*> NULL)
+    return _plain_len(4 * H, H, <double*> NULL)
+
+
+def pack_transposed(const floating[:, ::1] U, floating[::1] out):
+    """Pack U^T for :func:`backward` (``out``: transposed_len(H) elements, 64-byte aligned)."""
+    cdef Py_ssize_t H = U.shape[0]
+    if U.shape[1] != 4 * H:
+        raise ValueError(f"pack_transposed: U must be (H, 4H); got {U.shape[0], U.shape[1]}")
+    if out.shape[0] != _plain_len(4 * H, H, &out[0]):
+        raise ValueError("pack_transposed: out must be transposed_len(H) long")
+    with nogil:
+        _pack_transposed(H, &U[0, 0], &out[0])
 
 
 cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, Py_ssize_t s,
                                 Py_ssize_t nrows, const floating* a, Py_ssize_t lda,
                                 floating* z, Py_ssize_t ldz) noexcept nogil:
     """z (nrows, N; rows ldz apart) = a (nrows, K; rows lda apart) @ the matrix
-    _pack_plain packed into P, panel by panel in _snake order for step s."""
+    _pack_transposed packed into P, panel by panel in _snake order for step s."""
     cdef Py_ssize_t pw = _plain_width(z), n_p = (N + pw - 1) // pw, q, p, j0, w
     for q in range(n_p):
         p = _snake(q, s, n_p)
@@ -431,7 +451,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          floating* dW, floating* dU, floating* db,
                          int big_threads) noexcept nogil:
     """BPTT over samples [b0, b1); dW/dU/db receive this slice's sums.  ``UT`` is
-    U^T (4H, H) packed by _pack_plain.
+    U^T (4H, H) packed by _pack_transposed.
 
     The time loop runs single-threaded BLAS; the weight-gradient GEMMs after
     it may use ``big_threads``."""
@@ -1298,7 +1318,7 @@ cdef void _back_job(void* job, int tid) noexcept nogil:
 
 
 def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
-             const floating[:, ::1] UT, const floating[:, ::1] c0,
+             const floating[::1] PU, const floating[:, ::1] c0,
              const int64_t[::1] lengths, bint reverse,
              const floating[:, ::1] rmask,
              floating[:, :, ::1] G, const floating[:, :, ::1] C,
@@ -1307,7 +1327,9 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              floating[:, ::1] D, floating[:, ::1] dHp, floating[:, :, ::1] dx,
              floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
              floating[:, :, ::1] parts, int n_threads, int blas_threads):
-    """Run BPTT.  ``UT`` is the recurrent kernel transposed, (4H, H) C-contiguous.
+    """Run BPTT.  ``PU`` is the recurrent kernel transposed and packed by
+    :func:`pack_transposed` (once per weights: the checkpointed backward calls
+    this once per segment).
     ``G`` holds the training forward's gates and is overwritten
     with dL/dz.  ``dhs``/``dcs`` hold dL/dh_T, dL/dc_T on entry and dL/dh0,
     dL/dc0 on exit.  ``parts`` (n_threads - 1, I + H + 1, 4H) is scratch for
@@ -1316,7 +1338,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     """
     cdef BackJob j
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = UT.shape[1], H4 = 4 * H, n, c
+    cdef Py_ssize_t H = dhs.shape[1], H4 = 4 * H, n, c
     cdef int nt = n_threads if n_threads < B else <int> B
     cdef floating* pp
     cdef floating* dWp
@@ -1339,15 +1361,9 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.H = H
     j.x = &x[0, 0, 0]
     j.W = &W[0, 0]
-    # U^T in the panel kernel's layout (64-byte aligned: it streams whole vectors)
-    cdef size_t pbytes = _plain_len(H4, H, &db[0]) * sizeof(floating) + 64
-    cdef char* pmem = <char*> malloc(pbytes)
-    if pmem == NULL:
-        raise MemoryError("backward: no memory for the packed recurrent kernel")
-    cdef floating* PU = <floating*> (pmem + (64 - (<size_t> pmem) % 64) % 64)
-    with nogil:
-        _pack_plain(H4, H, &UT[0, 0], PU)
-    j.UT = PU
+    if PU.shape[0] != _plain_len(H4, H, &db[0]):
+        raise ValueError("backward: PU must be transposed_len(H) long")
+    j.UT = &PU[0]
     j.c0 = &c0[0, 0]
     j.lengths = NULL if lengths is None else &lengths[0]
     j.reverse = reverse
@@ -1385,7 +1401,6 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                     dUp[n] += pp[I * H4 + n]
                 for n in range(H4):
                     db[n] += pp[(I + H) * H4 + n]
-    free(pmem)
     if j.n_pieces == 0:
         raise MemoryError("backward: no memory for the thread flags")
 

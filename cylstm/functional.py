@@ -641,8 +641,8 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     dHp = take((B, H), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
-    UT = take((4 * H, H), dtype)
-    UT[...] = U.T
+    UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
+    _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
                    parts, nt, n_total)
