@@ -15,9 +15,8 @@ Environment switches (all optional):
     Also builds the cuBLAS backend (see ``cuda_extensions`` below).
 """
 import os
-import sys
-import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import textwrap
@@ -143,7 +142,7 @@ def cuda_extensions():
 ``CYLSTM_CUDA=1``); see cylstm/cuda/."""
     try:
         sys.path.insert(0, os.path.join(HERE, "cylstm", "cuda"))
-        from _build_cuda import cuda_extension  # noqa: E402
+        from _build_cuda import cuda_extension
     finally:
         sys.path.pop(0)
     return [cuda_extension(HERE, DEBUG)]
@@ -179,7 +178,7 @@ _write_build_info(has_openmp)
 cmdclass = {"build_ext": build_ext}
 try:  # the CUDA extension needs nvcc for its .cu source
     sys.path.insert(0, os.path.join(HERE, "cylstm", "cuda"))
-    from _build_cuda import BuildExtWithCuda  # noqa: E402
+    from _build_cuda import BuildExtWithCuda
 
     cmdclass["build_ext"] = BuildExtWithCuda
 except ImportError:

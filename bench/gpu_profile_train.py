@@ -33,7 +33,6 @@ def _median_ms(fn, sync, reps=20, warmup=3):
 
 
 def main(argv):
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from cylstm import cuda
@@ -83,7 +82,7 @@ def main(argv):
             for e in rows[:8]:
                 print(f"  {e.self_device_time_total / 1e3:8.3f} ms  {e.count:4d}x  "
                       f"{e.key[:90]}")
-        except Exception as e:  # the timings above stand without the profile
+        except Exception as e:  # noqa: BLE001 - the timings above stand without the profile
             print(f"torch.profiler failed: {e!r}")
     ctx.set_bwd_kernel_max_batch(16)
     print(f"\ncopy of dW + dU ({2 * g.dkernel.nbytes / 2**20:.0f} MiB) to NumPy: "

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
-    import cylstm.cuda as cuda
+    from cylstm import cuda
     from cylstm import functional as cpu
     from cylstm.cuda import functional as gpu
 

@@ -128,7 +128,7 @@ def main(argv):
         rows = run_shape(T, B, I, H, args.reps, args.modes.split(","))
         result["shapes"][text] = rows
         for mode, r in rows.items():
-            print(f"{str((T, B, I, H)):>22} {mode:>7} {r['step_ms']:8.2f} "
+            print(f"{(T, B, I, H)!s:>22} {mode:>7} {r['step_ms']:8.2f} "
                   f"{r['grads_on_device_ms']:8.2f} {r['copy_ms']:8.2f} "
                   f"{r['train_on_batch_ms']:15.2f}", flush=True)
     if args.json:

@@ -16,14 +16,14 @@ __version__ = "0.1.0"
 
 # CYLSTM_CPU (an ISA level to force) is refused here, with a clear error, if it
 # is unknown or above the CPU's level: before anything runs a kernel.
-from cylstm import _cpu  # noqa: E402
+from cylstm import _cpu
 
 _cpu.check_env()
 
-from cylstm._config import get_num_threads, set_num_threads, show_config  # noqa: E402,F401
-from cylstm._memory import get_memory_budget, set_memory_budget  # noqa: E402,F401
-from cylstm._tuning import tune  # noqa: E402,F401
-from cylstm import functional  # noqa: E402,F401
+from cylstm import functional
+from cylstm._config import get_num_threads, set_num_threads, show_config
+from cylstm._memory import get_memory_budget, set_memory_budget
+from cylstm._tuning import tune
 
 _LAZY = {
     "LSTM": "cylstm.layers", "Dense": "cylstm.layers", "Bidirectional": "cylstm.layers",
@@ -40,8 +40,9 @@ _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks
                "initializers", "regularizers", "constraints", "utils", "stream", "interop",
                "cuda", "activations", "preprocessing"}
 
-__all__ = ["get_num_threads", "set_num_threads", "get_memory_budget", "set_memory_budget",
-           "show_config", "tune", "functional",
+# (the starred names are _LAZY's and _SUBMODULES' strings, which ruff cannot see through)
+__all__ = ["get_num_threads", "set_num_threads", "get_memory_budget",  # noqa: PLE0604
+           "set_memory_budget", "show_config", "tune", "functional",
            "__version__", *_LAZY, *sorted(_SUBMODULES)]
 
 

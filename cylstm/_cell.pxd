@@ -119,4 +119,3 @@ cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
         cyl_cell_backward_f32(H, H, gates, c, c_prev, dh, dc, dz)
     else:
         cyl_cell_backward_f64(H, H, gates, c, c_prev, dh, dc, dz)
-

@@ -132,8 +132,7 @@ def show_config(file=None):
     import numpy
     import scipy
 
-    from cylstm import __version__
-    from cylstm import _build_info, _cpu
+    from cylstm import __version__, _build_info, _cpu
 
     out = file or sys.stdout
     b = blas_info()
@@ -149,17 +148,17 @@ def show_config(file=None):
     lines = [
         f"cylstm {__version__}",
         f"  numpy {numpy.__version__}, scipy {scipy.__version__}",
-        f"  BLAS (from SciPy): {b['library']} {b['version'] or ''} "
-        f"threading={b['threading']} kernel={b['kernel']} threads={b['num_threads']}",
-        f"  OpenMP: {'on' if _openmp_helpers.openmp_enabled() else 'OFF (serial build)'}"
-        f" (omp max threads {_openmp_helpers.omp_max_threads()})",
+        (f"  BLAS (from SciPy): {b['library']} {b['version'] or ''} "
+         f"threading={b['threading']} kernel={b['kernel']} threads={b['num_threads']}"),
+        (f"  OpenMP: {'on' if _openmp_helpers.openmp_enabled() else 'OFF (serial build)'}"
+         f" (omp max threads {_openmp_helpers.omp_max_threads()})"),
         f"  cylstm threads: {get_num_threads()} (cores available: {_available_cores()})",
         f"  CUDA backend built: {bool(cuda)}; GPU available: {cuda_avail}",
         f"  debug build: {_build_info.DEBUG}, native build: {_build_info.NATIVE}",
-        f"  ISA level: {_cpu.level_name(_cpu.active_level())} "
-        f"(CPU: {_cpu.level_name(_cpu.detected_level())}; "
-        f"CYLSTM_CPU={os.environ.get('CYLSTM_CPU')!r}; "
-        f"kernels {'per level' if _cpu.VARIANTS else 'built once'})",
+        (f"  ISA level: {_cpu.level_name(_cpu.active_level())} "
+         f"(CPU: {_cpu.level_name(_cpu.detected_level())}; "
+         f"CYLSTM_CPU={os.environ.get('CYLSTM_CPU')!r}; "
+         f"kernels {'per level' if _cpu.VARIANTS else 'built once'})"),
     ]
     try:
         lines += _planner_lines()
@@ -175,13 +174,13 @@ def _planner_lines():
     f = _tuning.cpu_facts()
     mib = 2.0**20
     lines = [
-        f"  CPU: {f.model_name} ({f.vendor} family {f.family} model {f.model}), "
-        f"{f.n_cores} cores available, ISA {f.isa_name} (level {f.isa_level}), "
-        f"512-bit FMA ports {f.fma512_ports}",
+        (f"  CPU: {f.model_name} ({f.vendor} family {f.family} model {f.model}), "
+         f"{f.n_cores} cores available, ISA {f.isa_name} (level {f.isa_level}), "
+         f"512-bit FMA ports {f.fma512_ports}"),
         f"  CPU flags of interest: {' '.join(sorted(f.flags)) or 'none'}",
-        f"  caches: L2 {f.l2_per_core / mib:.2f} MiB per core; L3 {f.l3_per_core / mib:.2f} MiB "
-        f"per core ({f.l3_source}); LLC budget {f.llc_budget / mib:.2f} MiB (model rule: "
-        f"L3 per core x cores)",
+        (f"  caches: L2 {f.l2_per_core / mib:.2f} MiB per core; L3 {f.l3_per_core / mib:.2f} MiB "
+         f"per core ({f.l3_source}); LLC budget {f.llc_budget / mib:.2f} MiB (model rule: "
+         f"L3 per core x cores)"),
         "  thresholds (cylstm/_tuning.py):",
     ]
     lines += [f"    {name} = {value}: {src}" for name, value, src in _tuning.threshold_sources()]

@@ -29,13 +29,13 @@ calling thread and BLAS may use its own threads.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from cylstm._blas cimport gemm, gemm_tiled, matmul
+from cylstm._blas cimport gemm, gemm_tiled
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
-                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
+                          cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_panel_f32,
                             cyl_stream_panel_f64)
@@ -772,7 +772,6 @@ cdef void _stacked_rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
 
 cdef void _stacked_job(void* job, int tid) noexcept nogil:
     cdef SeqJob* j = <SeqJob*> job
-    cdef Py_ssize_t c
     _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _stacked_pack_piece, job, True)
     if tid != 0:  # a worker starts on rows once the caller has seen every panel packed
         cyl_pool_release()   # (waiting for it, the worker holds none of the job's memory)
@@ -789,7 +788,8 @@ cdef void _stacked_job(void* job, int tid) noexcept nogil:
 
 # --- unit split, packed panels of U, committed per step (forward_units) -------
 
-cdef inline Py_ssize_t units_scratch_len(Py_ssize_t B, Py_ssize_t H, Py_ssize_t span) noexcept nogil:
+cdef inline Py_ssize_t units_scratch_len(Py_ssize_t B, Py_ssize_t H,
+                                         Py_ssize_t span) noexcept nogil:
     """Per-thread scratch of the unit split: a panel's product (B, 4 span), and
     the gates (B, 4H), c and h (B, H each) a thread computes before it commits."""
     return B * 4 * span + B * 6 * H
@@ -930,10 +930,10 @@ cdef inline void _units_commit_wait(SeqJob* j, Py_ssize_t p, int64_t k,
     until it is)."""
     cdef int64_t t0
     if cyl_committing(&j.words[p], k) or (until_committed and
-                                           not cyl_committed(&j.words[p], k)):
+                                          not cyl_committed(&j.words[p], k)):
         t0 = cyl_now_ns()
         while cyl_committing(&j.words[p], k) or (until_committed and
-                                                  not cyl_committed(&j.words[p], k)):
+                                                 not cyl_committed(&j.words[p], k)):
             cyl_relax()
         cyl_pool_note_wait(2, t0)
 
@@ -1212,7 +1212,7 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
     """
     cdef SeqJob j
     cdef floating* kind = NULL
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = U.shape[0]
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], H = U.shape[0]
     cdef Py_ssize_t span = _span(kind)
     cdef Py_ssize_t n_panels = (H + span - 1) // span
     cdef int nt = n_threads if n_threads < n_panels else <int> n_panels
@@ -1403,4 +1403,3 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
                     db[n] += pp[(I + H) * H4 + n]
     if j.n_pieces == 0:
         raise MemoryError("backward: no memory for the thread flags")
-

@@ -801,7 +801,7 @@ cdef class PoolCore(Core):
         self._busy = 1
         self.ctx.B = n
         self.ctx.n_threads = max(1, min(n_threads, <int> (self._scratch.shape[0]
-                                                           // (self._capacity * MAXW))))
+                                                          // (self._capacity * MAXW))))
         self.ctx.x = cnp.PyArray_DATA(x)
         self.ctx.out = cnp.PyArray_DATA(out)
         with nogil:
@@ -828,7 +828,7 @@ cdef class PoolCore(Core):
         self._busy = 1
         self.ctx.B = 1
         self.ctx.n_threads = max(1, min(n_threads, <int> (self._scratch.shape[0]
-                                                           // (self._capacity * MAXW))))
+                                                          // (self._capacity * MAXW))))
         xp = <char*> cnp.PyArray_DATA(x)
         op = <char*> cnp.PyArray_DATA(out)
         with nogil:

@@ -27,8 +27,8 @@ import warnings
 
 from cylstm._files import atomic_write
 
-__all__ = ["CpuFacts", "detect_cpu", "cpu_facts", "tune", "cache_path", "tuning_enabled",
-           "PATHS"]
+__all__ = ["PATHS", "CpuFacts", "cache_path", "cpu_facts", "detect_cpu", "tune",
+           "tuning_enabled"]
 
 # ----------------------------------------------------------------------------- thresholds
 # The forward planner (cylstm.functional.plan_forward).  Measured on a 2-core

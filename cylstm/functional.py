@@ -15,8 +15,8 @@ Example
 >>> out = lstm_forward(x, W, U, b, training=True)
 >>> grads = lstm_backward(out.cache, grad_output=dy)
 """
-from collections import namedtuple
 import dataclasses
+from collections import namedtuple
 
 import numpy as np
 
@@ -24,9 +24,9 @@ from cylstm import _checkpoint, _config, _lstm, _tuning
 from cylstm._checkpoint import CheckpointPlan, cache_nbytes, plan_checkpoints
 from cylstm._workspace import give, take
 
-__all__ = ["lstm_forward", "lstm_backward", "plan_forward", "plan_backward", "ForwardPlan",
-           "BackwardPlan", "LSTMForward", "LSTMGrads", "as_float_array", "CheckpointPlan",
-           "plan_checkpoints", "cache_nbytes"]
+__all__ = ["BackwardPlan", "CheckpointPlan", "ForwardPlan", "LSTMForward", "LSTMGrads",
+           "as_float_array", "cache_nbytes", "lstm_backward", "lstm_forward", "plan_backward",
+           "plan_checkpoints", "plan_forward"]
 
 LSTMForward = namedtuple("LSTMForward", ["output", "h", "c", "cache"])
 LSTMForward.__doc__ = """Result of :func:`lstm_forward`.
@@ -369,7 +369,7 @@ def check_weights(x_shape, W, recurrent_kernel, bias, dtype):
     """Validate the weights against ``x_shape`` (B, T, I) and the kernel ``W``
     (already an array of ``dtype``); return (U, bias, units).  Shared by the
     CPU and CUDA entry points."""
-    B, T, I = x_shape
+    _B, T, I = x_shape
     if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
         raise ValueError(
             f"kernel must have shape (input_dim={I}, 4*units); got {W.shape} for x of shape "

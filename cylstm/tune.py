@@ -7,7 +7,8 @@ import argparse
 import sys
 import types
 
-from cylstm._tuning import cache_path, tune as _tune
+from cylstm._tuning import cache_path
+from cylstm._tuning import tune as _tune
 
 
 def _shape(text):

@@ -49,7 +49,7 @@ def lstm_ref(x, W, U, b, h0=None, c0=None, lengths=None, reverse=False, rmask=No
 def lstm_ref_backward(x, W, U, tape, dy=None, dhT=None, dcT=None, rmask=None):
     """Gradients of sum(dy * y) + sum(dhT * hT) + sum(dcT * cT)."""
     x = np.asarray(x, np.float64)
-    B, T, I = x.shape
+    B, _T, I = x.shape
     H = U.shape[0]
     dx = np.zeros_like(x)
     dW = np.zeros((I, 4 * H))

@@ -1,10 +1,11 @@
 """Bad and unusual input to the functional API: clear errors, correct reads."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import lstm_ref, lstm_ref_backward, random_lstm
 
 from cylstm.functional import lstm_backward, lstm_forward
-from reference import lstm_ref, lstm_ref_backward, random_lstm
 
 
 def _w(I=3, H=4, dtype=np.float64, seed=0):
@@ -134,7 +135,7 @@ def test_random_shapes_match_reference(B, T, I, H, reverse, ragged, threads, see
     rng = np.random.default_rng(seed)
     x, W, U, b = random_lstm(rng, B, T, I, H)
     lengths = rng.integers(1, T + 1, B) if ragged else None
-    y, hT, cT, tape = lstm_ref(x, W, U, b, lengths=lengths, reverse=reverse)
+    y, hT, _cT, tape = lstm_ref(x, W, U, b, lengths=lengths, reverse=reverse)
     dy = rng.standard_normal(y.shape)
     ref = lstm_ref_backward(x, W, U, tape, dy)
     out = lstm_forward(x, W, U, b, lengths=lengths, go_backwards=reverse, training=True,

@@ -4,12 +4,12 @@ import threading
 
 import numpy as np
 import pytest
+from reference import lstm_ref, lstm_ref_backward, random_lstm
 
 import cylstm
 from cylstm.functional import lstm_backward, lstm_forward
-from reference import lstm_ref, lstm_ref_backward, random_lstm
 
-TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=2e-6)}
+TOL = {np.float64: {"rtol": 1e-10, "atol": 1e-12}, np.float32: {"rtol": 1e-5, "atol": 2e-6}}
 
 
 def _case(B=3, T=6, I=4, H=5, seed=0):
@@ -58,13 +58,13 @@ def test_backward_matches_reference(dtype, reverse, with_lengths, threads):
     lengths = rng.integers(1, T + 1, B) if with_lengths else None
     dy = rng.standard_normal((B, T, H))
     dhT, dcT = rng.standard_normal((2, B, H))
-    y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
+    *_, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
     ref = lstm_ref_backward(x, W, U, tape, dy, dhT, dcT)
     out = _run(x, W, U, b, dtype, initial_state=(h0, c0), lengths=lengths,
                go_backwards=reverse, training=True, num_threads=threads)
     g = lstm_backward(out.cache, dy.astype(dtype), dhT.astype(dtype), dcT.astype(dtype),
                       num_threads=threads)
-    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    tol = TOL[dtype] if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
         np.testing.assert_allclose(got, want, err_msg=name, **tol)
 
@@ -75,7 +75,7 @@ def test_recurrent_mask_matches_reference():
     rng = np.random.default_rng(5)
     rmask = (rng.random((B, H)) > 0.3) / 0.7
     dy = rng.standard_normal((B, T, H))
-    y, hT, cT, tape = lstm_ref(x, W, U, b, rmask=rmask)
+    y, _hT, _cT, tape = lstm_ref(x, W, U, b, rmask=rmask)
     ref = lstm_ref_backward(x, W, U, tape, dy, rmask=rmask)
     out = lstm_forward(x, W, U, b, training=True, recurrent_mask=rmask)
     np.testing.assert_allclose(out.output, y, rtol=1e-10, atol=1e-12)
@@ -101,11 +101,12 @@ def test_gradients_finite_differences(reverse, with_lengths):
     lengths = np.array([5, 2, 4]) if with_lengths else None
     dy, = rng.standard_normal((1, B, T, H))
     dhT, dcT = rng.standard_normal((2, B, H))
-    args = dict(x=x, W=W, U=U, b=b, h0=h0, c0=c0)
+    args = {"x": x, "W": W, "U": U, "b": b, "h0": h0, "c0": c0}
     out = lstm_forward(x, W, U, b, initial_state=(h0, c0), lengths=lengths,
                        go_backwards=reverse, training=True)
     g = lstm_backward(out.cache, dy, dhT, dcT)
-    analytic = dict(x=g.dx, W=g.dkernel, U=g.drecurrent_kernel, b=g.dbias, h0=g.dh0, c0=g.dc0)
+    analytic = {"x": g.dx, "W": g.dkernel, "U": g.drecurrent_kernel, "b": g.dbias,
+                "h0": g.dh0, "c0": g.dc0}
     eps = 1e-6
     for name, arr in args.items():
         num = np.zeros_like(arr)

@@ -50,7 +50,7 @@ def test_outputs_and_gradients_match_torch(tdtype, ndtype, tol, packed):
     np.testing.assert_allclose(out.h, hn[0].detach().numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(out.c, cn[0].detach().numpy(), rtol=tol, atol=tol)
     g = lstm_backward(out.cache, dy, dh)
-    gtol = dict(rtol=tol * 10, atol=tol * 10)
+    gtol = {"rtol": tol * 10, "atol": tol * 10}
     np.testing.assert_allclose(g.dx, xt.grad.numpy(), **gtol)
     np.testing.assert_allclose(g.dkernel, m.weight_ih_l0.grad.numpy().T, **gtol)
     np.testing.assert_allclose(g.drecurrent_kernel, m.weight_hh_l0.grad.numpy().T, **gtol)
@@ -69,7 +69,7 @@ def test_reverse_direction_matches_torch_bidirectional():
     lengths = np.array([6, 2, 4, 5])
     seq = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x), torch.tensor(lengths),
                                                   batch_first=True, enforce_sorted=False)
-    ys, (hn, cn) = m(seq)
+    ys, (hn, _cn) = m(seq)
     yt, _ = torch.nn.utils.rnn.pad_packed_sequence(ys, batch_first=True, total_length=T)
     W = m.weight_ih_l0_reverse.detach().numpy().T
     U = m.weight_hh_l0_reverse.detach().numpy().T

@@ -167,7 +167,7 @@ def test_concurrent_callers_share_the_pool():
                 got = _run("units", x, W, U, b, 2)
                 for g, w in zip(got, want):
                     np.testing.assert_array_equal(g, w)
-        except Exception as e:  # pragma: no cover - reported below
+        except Exception as e:  # noqa: BLE001  # pragma: no cover - any failure, reported below
             errors.append(e)
 
     threads = [threading.Thread(target=work) for _ in range(4)]

@@ -32,9 +32,16 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cylstm.functional import (LSTMForward, LSTMGrads, _check_lengths, _weights_dtype,
-                               as_float_array, check_output_grads, check_states,
-                               check_weights)
+from cylstm.functional import (
+    LSTMForward,
+    LSTMGrads,
+    _check_lengths,
+    _weights_dtype,
+    as_float_array,
+    check_output_grads,
+    check_states,
+    check_weights,
+)
 
 __all__ = ["lstm_backward", "lstm_forward", "new_weights_version"]
 
