@@ -21,6 +21,18 @@ pytestmark = pytest.mark.skipif(
     reason="POSIX signals in the main thread")
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler, as an interactive run has.  A process started in
+    the background by a non-interactive shell inherits SIGINT ignored, and Python
+    then leaves it ignored: fit rightly leaves such a handler alone, and a test that
+    sends SIGINT would wait forever (.ci/run started with `&` once did)."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def model_and_data(H=32, n=256, T=20, I=8, seed=0):
     m = Sequential([LSTM(H, input_shape=(None, I), seed=seed), Dense(1)])
     m.compile(optimizer="adam", loss="mse")
@@ -48,7 +60,8 @@ class Recorder(Callback):
 class Watchdog(Callback):
     """Stops fit 60 s after the SIGINT was sent: a lost signal then fails the test
     (pytest.raises sees no KeyboardInterrupt) instead of leaving fit running its
-    100000 epochs (CI once hung on such a test for an hour)."""
+    100000 epochs (a .ci/run started in the background, SIGINT ignored, hung here
+    for an hour before python_sigint_handler)."""
 
     def __init__(self, sent):
         super().__init__()
