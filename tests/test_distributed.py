@@ -284,12 +284,23 @@ def test_dask_worker_killed_mid_fit_leaves_the_model_unchanged(dask_client):
 
 # ---------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
-def ray_ctx():
+def ray_ctx(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install cylstm[ray])")
     pytest.importorskip("ray.data", reason="ray[data] is not installed")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    # Ray's workers start in the driver's working directory and put it first on
+    # sys.path: from a checkout after `pip install .` (CI) they would import the
+    # source tree, which has no compiled extensions.  Start them elsewhere, with the
+    # cylstm this process imported (installed, or the source tree built in place).
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(cylstm.__file__)))
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": pkg_parent}})
+        yield ray
+    finally:
+        ray.shutdown()
+        os.chdir(cwd)
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-6)])
