@@ -198,4 +198,11 @@ def _planner_lines():
             lines.append(f"  tuned cache: {path}: {len(ch)} shape classes measured; "
                          "they override the model rules for those classes")
             lines += [f"    {k}: {v['path']}" for k, v in sorted(ch.items())]
+    from cylstm import _packcache
+
+    pc = _packcache.stats()
+    lines.append(f"  packed-weight cache (inference on the panel paths; checked against the "
+                 f"weights each call): {pc['entries']} entries, {pc['bytes'] >> 10} KiB of "
+                 f"{pc['budget'] >> 20} MiB; {pc['hits']} hits, {pc['misses']} misses, "
+                 f"{pc['skipped']} skipped")
     return lines

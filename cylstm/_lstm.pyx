@@ -30,7 +30,7 @@ calling thread and BLAS may use its own threads.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
@@ -247,7 +247,7 @@ cdef void _pack_recurrent(Py_ssize_t H, const floating* U, floating* P,
     Panel p holds units j0 .. j0 + hb of the four gates, row-major (H, 4 hb_pad):
     columns [i | f | g | o], each block hb_pad wide; the last panel's padding
     units (hb_pad > hb) are zero columns."""
-    _pack_stacked(0, H, NULL, U, NULL, P, NULL, p0, p1)
+    _pack_panels(0, H, H, NULL, U, NULL, P, NULL, p0, p1)
 
 
 cdef void _pack_stacked(Py_ssize_t I, Py_ssize_t H, const floating* W, const floating* U,
@@ -257,7 +257,15 @@ cdef void _pack_stacked(Py_ssize_t I, Py_ssize_t H, const floating* W, const flo
     does U (K = I + H rows, panel p at p * K * 4 * span; the streaming
     runner's layout), and, if ``bp``, the bias in panel order (panel p's
     4 hb_pad entries at p * 4 * span, zero for padding units)."""
-    cdef Py_ssize_t span = _span(P), vl = _vlen(P), H4 = 4 * H, K = I + H
+    _pack_panels(I, H, H, W, U, bias, P, bp, p0, p1)
+
+
+cdef void _pack_panels(Py_ssize_t I, Py_ssize_t KU, Py_ssize_t H, const floating* W,
+                       const floating* U, const floating* bias, floating* P, floating* bp,
+                       Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Panels [p0, p1) of the rows of W (I, 4H) then of U (KU, 4H): K = I + KU
+    rows per panel (KU is H or 0), and the bias in panel order if ``bp``."""
+    cdef Py_ssize_t span = _span(P), vl = _vlen(P), H4 = 4 * H, K = I + KU
     cdef Py_ssize_t p, j0, hb, hp, w, k, g, u
     cdef const floating* src
     cdef floating* dst
@@ -544,6 +552,84 @@ cdef inline floating* _ptr3(floating[:, :, ::1] a) noexcept nogil:
     return NULL if a is None else &a[0, 0, 0]
 
 
+def pack_stacked(const floating[:, ::1] W, const floating[:, ::1] U,
+                 const floating[::1] bias, floating[::1] out):
+    """Pack [W; U] and the bias as ``forward_stacked`` / ``forward_units(prepacked=True)``
+    read them (``out``: stacked_len(I, H) elements, 64-byte aligned)."""
+    cdef Py_ssize_t I = W.shape[0], H = U.shape[0], span, n
+    cdef floating* kind = NULL
+    span = _span(kind)
+    n = _stacked_len(I, H, span, _vlen(kind))
+    if (U.shape[1] != 4 * H or W.shape[1] != 4 * H or bias.shape[0] != 4 * H
+            or out.shape[0] != n or H == 0):
+        raise ValueError(f"pack_stacked: W must be (I, 4H), U (H, 4H), bias (4H,) and out "
+                         f"stacked_len(I, H) = {n} long; got W {W.shape[0], W.shape[1]}, "
+                         f"U {U.shape[0], U.shape[1]}, bias {bias.shape[0]}, out {out.shape[0]}")
+    with nogil:
+        _pack_stacked(I, H, &W[0, 0], &U[0, 0], &bias[0], &out[0], &out[n - n // (I + H + 1)],
+                      0, (H + span - 1) // span)
+
+
+def pack_units(const floating[:, ::1] W, const floating[:, ::1] U,
+               const floating[::1] bias, floating[::1] out):
+    """Pack U, W and the bias as ``forward_units(prepacked=True)`` reads them
+    (``out``: stacked_len(I, H) elements, 64-byte aligned): U's panels exactly as
+    :func:`pack_recurrent` packs them, then W's panels (I rows each), then the
+    bias in panel order (read with ``panel_projection``).  Not interleaved as [W; U] per panel:
+    that leaves U's panels on half of the L2 sets when I = H (each 64 KiB of U
+    at every other 64 KiB) and the steps miss (2-vCPU Xeon, (100, 4, 256, 256),
+    2026-12-02)."""
+    cdef Py_ssize_t I = W.shape[0], H = U.shape[0], span, n, nu
+    cdef floating* kind = NULL
+    span = _span(kind)
+    n = _stacked_len(I, H, span, _vlen(kind))
+    nu = _packed_len(H, span, _vlen(kind))
+    if (U.shape[1] != 4 * H or W.shape[1] != 4 * H or bias.shape[0] != 4 * H
+            or out.shape[0] != n or H == 0):
+        raise ValueError(f"pack_units: W must be (I, 4H), U (H, 4H), bias (4H,) and out "
+                         f"stacked_len(I, H) = {n} long; got W {W.shape[0], W.shape[1]}, "
+                         f"U {U.shape[0], U.shape[1]}, bias {bias.shape[0]}, out {out.shape[0]}")
+    with nogil:
+        _pack_panels(0, H, H, NULL, &U[0, 0], NULL, &out[0], NULL, 0, (H + span - 1) // span)
+        _pack_panels(I, 0, H, &W[0, 0], NULL, &bias[0], &out[nu], &out[n - n // (I + H + 1)],
+                     0, (H + span - 1) // span)
+
+
+def same_weights(const floating[:, ::1] W, const floating[:, ::1] U, object bias,
+                 const floating[:, ::1] W2, const floating[:, ::1] U2, object bias2,
+                 bint with_w=True):
+    """Whether W (unless not ``with_w``), U and ``bias`` (1-D or None) hold the
+    same bytes as W2, U2 and ``bias2`` (memcmp, GIL released; the packed-weight
+    cache's check)."""
+    cdef const floating[::1] b
+    cdef const floating[::1] b2
+    cdef const floating* pb = NULL
+    cdef const floating* pb2 = NULL
+    cdef size_t nw = W.shape[0] * W.shape[1] * sizeof(floating)
+    cdef size_t nu = U.shape[0] * U.shape[1] * sizeof(floating)
+    cdef size_t nb = 0
+    cdef bint same = True
+    if (W.shape[0] != W2.shape[0] or W.shape[1] != W2.shape[1] or U.shape[0] != U2.shape[0]
+            or U.shape[1] != U2.shape[1] or (bias is None) != (bias2 is None)):
+        return False
+    if bias is not None:
+        b = bias
+        b2 = bias2
+        if b.shape[0] != b2.shape[0]:
+            return False
+        nb = b.shape[0] * sizeof(floating)
+        if nb:
+            pb, pb2 = &b[0], &b2[0]
+    with nogil:
+        if nb and memcmp(pb, pb2, nb) != 0:
+            same = False
+        elif with_w and nw and memcmp(&W[0, 0], &W2[0, 0], nw) != 0:
+            same = False
+        elif nu and memcmp(&U[0, 0], &U2[0, 0], nu) != 0:
+            same = False
+    return same
+
+
 def pack_recurrent(const floating[:, ::1] U, floating[::1] out):
     """Pack ``U`` (H, 4H) into the panel layout of the panel path (``out``: H * 4H)."""
     cdef Py_ssize_t H = U.shape[0]
@@ -687,6 +773,11 @@ cdef struct SeqJob:
     bint dbl
     int nt
     Py_ssize_t B, T, In, H, Lmax, n_pieces, n_blocks, n_panels, zstride
+    bint prepacked      # P holds [W; U] packed once by the caller (pack_stacked)
+    # (prepacked) x @ W on P's W panels, not BLAS; G then holds each row in
+    # panel order (ldg = 4 H_pad wide), the bias too
+    bint panel_proj
+    Py_ssize_t ldg
     const void* x
     const void* W
     const void* U
@@ -801,22 +892,49 @@ def units_scratch(Py_ssize_t B, Py_ssize_t H, dtype):
     return units_scratch_len(B, H, span)
 
 
-cdef void _units_prep_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
-    """Block c of the panels: their columns of G = X @ W, and their packing."""
+cdef void _units_prep_t(SeqJob* j, Py_ssize_t c, int tid, floating* kind) noexcept nogil:
+    """Block c of the panels: their columns of G = X @ W, and their packing
+    (prepacked: the projection only, on the W rows of the packed panels)."""
     cdef Py_ssize_t span = _span(kind), p0, p1
     p0 = (c * j.n_panels) // j.n_blocks
     p1 = ((c + 1) * j.n_panels) // j.n_blocks
-    _project_units(p0 * span, p1 * span if p1 * span < j.H else j.H, j.B * j.T, j.In, j.H,
-                   <const floating*> j.x, <const floating*> j.W, <floating*> j.G)
-    _pack_recurrent(j.H, <const floating*> j.U, <floating*> j.P, p0, p1)
+    if j.panel_proj:
+        _project_panels(j, p0, p1, kind)
+    else:
+        _project_units(p0 * span, p1 * span if p1 * span < j.H else j.H, j.B * j.T, j.In,
+                       j.H, <const floating*> j.x, <const floating*> j.W, <floating*> j.G)
+    if not j.prepacked:
+        _pack_recurrent(j.H, <const floating*> j.U, <floating*> j.P, p0, p1)
+
+
+cdef void _project_panels(SeqJob* j, Py_ssize_t p0, Py_ssize_t p1,
+                          floating* kind) noexcept nogil:
+    """Panels [p0, p1) of G (B T, 4 H_pad; rows in panel order) = X (B T, I) @ W,
+    on the W panels of the unit layout in ``j.P`` (see :func:`pack_units`): each
+    panel (I x 4 span, in L2) runs all rows of X, straight into its columns."""
+    cdef Py_ssize_t span = _span(kind), vl = _vlen(kind), H = j.H, I = j.In
+    cdef Py_ssize_t M = j.B * j.T, p, j0, hb, w
+    cdef const floating* x = <const floating*> j.x
+    cdef const floating* P = <const floating*> j.P + _packed_len(H, span, vl)
+    cdef floating* G = <floating*> j.G
+    for p in range(p0, p1):
+        j0 = p * span
+        hb = H - j0 if H - j0 < span else span
+        w = 4 * _padded_units(hb, vl)
+        if floating is float:
+            cyl_stream_panel_f32(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
+                                 G + j0 * 4, j.ldg)
+        else:
+            cyl_stream_panel_f64(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
+                                 G + j0 * 4, j.ldg)
 
 
 cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
     cdef SeqJob* j = <SeqJob*> job
     if j.dbl:
-        _units_prep_t(j, c, <double*> NULL)
+        _units_prep_t(j, c, tid, <double*> NULL)
     else:
-        _units_prep_t(j, c, <float*> NULL)
+        _units_prep_t(j, c, tid, <float*> NULL)
 
 
 cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
@@ -850,10 +968,47 @@ cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
     cdef floating* hn = cn + B * H                 # h (B, H)
     cdef size_t ub = hb * sizeof(floating)
     cdef bint direct = j.nt == 1
+    # where panel p's gates are in a row of G, their blocks gs apart, and its bias
+    # (panel order: the panel's own columns, and the bias packed with the weights)
+    cdef bint po = j.panel_proj
+    cdef Py_ssize_t ldg = j.ldg, gs = hp if po else H, goff = j0 * 4 if po else j0
+    cdef const floating* gb = (<const floating*> j.P + j.nbias + j0 * 4) if po else bias + j0
     if not direct and cyl_committed(&j.words[p], k):
         return False
     # z (B, w) = h_prev (B, H) @ panel p of U (H, w)
     _stacked_product(<const floating*> j.P + p * H * 4 * span, w, B, src, 0, 0, src, H, z)
+    if po:
+        for b in range(B):
+            L = T if j.lengths == NULL else j.lengths[b]
+            if s >= L:  # finished: the state carries over unchanged
+                if direct:
+                    memcpy(nxt + b * H + j0, cur + b * H + j0, ub)
+                continue
+            row = b * T + (L - 1 - s if j.reverse else s)
+            # (inference only: no C, no Hp; the gates overwrite this thread's own
+            # product z, or with one thread the projection in G)
+            cell_forward_units(hb, gs, G + row * ldg + goff, z + b * w, hp, gb,
+                               cs + b * H + j0, G + row * ldg + goff if direct else z + b * w,
+                               cs + b * H + j0 if direct else cn + b * H + j0,
+                               nxt + b * H + j0 if direct else hn + b * H + j0)
+            if direct and y != NULL:
+                memcpy(y + row * H + j0, nxt + b * H + j0, ub)
+        if direct:
+            return True
+        if not cyl_commit_begin(&j.words[p], k):
+            return False
+        for b in range(B):
+            L = T if j.lengths == NULL else j.lengths[b]
+            if s >= L:
+                memcpy(nxt + b * H + j0, cur + b * H + j0, ub)
+                continue
+            row = b * T + (L - 1 - s if j.reverse else s)
+            memcpy(cs + b * H + j0, cn + b * H + j0, ub)
+            memcpy(nxt + b * H + j0, hn + b * H + j0, ub)
+            if y != NULL:
+                memcpy(y + row * H + j0, hn + b * H + j0, ub)
+        cyl_commit_end(&j.words[p], k)
+        return True
     if direct:
         for b in range(B):
             L = T if j.lengths == NULL else j.lengths[b]
@@ -1153,13 +1308,14 @@ def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
                     floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
                     floating[:, :, ::1] G, floating[:, :, ::1] C,
                     floating[:, :, ::1] Hp, floating[:, ::1] Z,
-                    floating[::1] Pu, floating[:, ::1] hs2, int n_threads,
-                    int blas_threads):
+                    const floating[::1] Pu, floating[:, ::1] hs2, int n_threads,
+                    int blas_threads, bint prepacked=False):
     """Forward, threads splitting the batch; each step is the streaming runner's
     [x_t, h_prev] @ [W; U] on packed panels, then the cell, panel by panel.
 
     ``Pu``: stacked_len(I, H) scratch the threads pack [W; U] and the bias
-    into; no lengths with ``reverse``; ``G`` may be None (it only receives the
+    into (``prepacked``: :func:`pack_stacked` already did, and the call only
+    reads it); no lengths with ``reverse``; ``G`` may be None (it only receives the
     gates); ``hs2`` (B, H) is the second h buffer; ``Z`` per-thread scratch
     (n_threads, B * 4 * span).
     """
@@ -1178,12 +1334,12 @@ def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
     _check_panel_buffers("forward_stacked", -1 if Pu is None else Pu.shape[0],
                          _stacked_len(I, H, span, _vlen(kind)), "stacked_len(I, H)", hs2, B, H,
                          Z.shape[0], Z.shape[1], j.nt, B * 4 * span, "B * 4 * span")
-    j.P = &Pu[0]
+    j.P = <void*> &Pu[0]  # written unless prepacked (const: a cached pack is read-only)
     j.nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
     j.hs2 = &hs2[0, 0]
     j.n_panels = (H + span - 1) // span
     j.n_pieces = j.nt
-    j.n_blocks = j.nt
+    j.n_blocks = 0 if prepacked else j.nt
     with nogil:
         if not _pool_job(_stacked_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
                          &j.bflags, j.n_blocks, NULL, 0):
@@ -1199,10 +1355,17 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
                   floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
                   floating[:, :, ::1] G, floating[:, :, ::1] C,
                   floating[:, :, ::1] Hp, floating[:, ::1] Z,
-                  floating[::1] Pu, floating[:, ::1] hs2, int n_threads,
-                  int blas_threads):
+                  const floating[::1] Pu, floating[:, ::1] hs2, int n_threads,
+                  int blas_threads, bint prepacked=False, bint panel_projection=False):
     """Forward, threads splitting the units in whole panels of span units; the
     product on packed panels of U (see :func:`pack_recurrent`).
+
+    ``prepacked``: ``Pu`` holds U and W as :func:`pack_units` packs them
+    (stacked_len(I, H)), made once by the caller; the call then packs nothing.
+    ``panel_projection`` (prepacked, inference only): x @ W on those panels' W
+    rows instead of BLAS (which repacks W each call: cheaper for few rows of x),
+    straight into ``G`` whose rows are then in panel order, (B, T, 4 H_pad), and
+    the cell reads the bias packed with the weights.
 
     ``G`` (B, T, 4H) receives x @ W (each block of panels projects its own
     columns) and, in training (``C`` given), the gates.  ``Pu``:
@@ -1225,10 +1388,23 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if j.rmask != NULL and j.nt > 1:
         raise ValueError("forward_units: the unit split cannot take a recurrent mask")
     _check_panel_buffers("forward_units", -1 if Pu is None else Pu.shape[0],
-                         _packed_len(H, span, _vlen(kind)), "packed_len(H)", hs2, B, H,
+                         _stacked_len(x.shape[2], H, span, _vlen(kind)) if prepacked
+                         else _packed_len(H, span, _vlen(kind)),
+                         "stacked_len(I, H)" if prepacked else "packed_len(H)", hs2, B, H,
                          Z.shape[0], Z.shape[1], j.nt, units_scratch_len(B, H, span),
                          "units_scratch(B, H)")
-    j.P = &Pu[0]
+    j.P = <void*> &Pu[0]  # written unless prepacked (const: a cached pack is read-only)
+    j.prepacked = prepacked
+    j.panel_proj = prepacked and panel_projection
+    j.ldg = G.shape[2]
+    cdef Py_ssize_t hpad = _packed_len(H, span, _vlen(kind)) // (4 * H)
+    if j.panel_proj and (C is not None or Hp is not None):
+        raise ValueError("forward_units: the panel projection is inference only")
+    if G.shape[2] != (4 * hpad if j.panel_proj else 4 * H):
+        raise ValueError(f"forward_units: G must be (B, T, {4 * hpad if j.panel_proj else 4 * H})"
+                         f"{' (4 H_pad: rows in panel order)' if j.panel_proj else ''}; "
+                         f"got {G.shape[2]} columns")
+    j.nbias = Pu.shape[0] - 4 * hpad  # (prepacked: the bias in panel order)
     j.hs2 = &hs2[0, 0]
     j.n_panels = n_panels
     # projection and packing in two blocks per thread: a late worker's share

@@ -154,6 +154,29 @@ PARALLEL_MIN_SIZE = 32_768
 # against rows 33.  tune()'s bandwidth probe may raise it.
 L3_PER_CORE_CAP = 16 * 2**20
 
+# The packed-weight cache of the panel paths' inference calls
+# (cylstm/_packcache.py).  WEIGHT_CACHE_BYTES is not a speed crossover but a
+# memory bound: an entry holds about twice its weights (the copy a lookup
+# compares against, and the pack), and weights of more than half of it are
+# packed per call as before.
+# Inference on the unit path then projects x @ W on the packed panels for at
+# most PANEL_PROJ_MAX_ROWS rows of x (B T), and with BLAS above (whose repacking
+# of W is then a small share, and whose K-blocked GEMM beats the panel kernel).
+# 2-vCPU Xeon (Sapphire Rapids class), one thread, forward_units alone, median
+# of 5 blocks (ms), panel projection (x @ W written straight into the gate rows in
+# panel order) / BLAS projection (both cached) / packing per call (the old path);
+# the range of two runs on a noisy host:
+#   (25, 1, 512, 512)  4.49-4.83 / 6.06 / 7.05-7.89   (50, 1, 512, 512)  9.37-9.49 / 10.0-10.5 / 12.2-12.4
+#   (100, 1, 512, 512) 15.4-20.3 / 16.1-20.3 / 17.3-22.7
+#   (50, 1, 256, 256)  0.91-0.93 / 1.07-1.21 / 1.25-1.37  (200, 1, 256, 256) 3.47-3.53 / 3.48-3.83 / 3.74-4.12
+#   (200, 1, 64, 128)  0.74-0.77 / 0.83-0.85 / 0.87-0.91  (200, 1, 512, 128) 1.50-1.57 / 1.53-1.56 / 1.53
+#   (100, 4, 256, 256) 4.72-5.18 / 4.68-4.82 / 4.87-5.23  (25, 4, 512, 512)  6.94-7.38 / 6.96-8.34 / 7.85-9.40
+# The panel projection wins or ties up to B T = 200 and ties at 400 (100 x 4);
+# BLAS's blocked GEMM takes over above.  Whole lstm_forward, cache on / off
+# (interleaved): 1.01-1.35x on one thread, 0.97-1.12x on two.
+WEIGHT_CACHE_BYTES = 256 * 2**20
+PANEL_PROJ_MAX_ROWS = 256
+
 #: Each threshold and what it was measured on (show_config prints them).
 # How long an idle pool worker (include/cylstm_pool.h) spins for the next job
 # before it sleeps on a futex.  A call that comes sooner finds it awake; past it
@@ -187,6 +210,8 @@ THRESHOLDS = {
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",
+    "WEIGHT_CACHE_BYTES": "packed-weight cache (a memory bound); 2-vCPU Xeon, 2026-12-02",
+    "PANEL_PROJ_MAX_ROWS": "unit path, cached weights; 2-vCPU Xeon, (T, B, I, H), 2026-12-02",
     "L3_PER_CORE_CAP": "cache budget bound; 2-vCPU Zen 4 sysfs and 2-vCPU Xeon paths, 2026-12-01",
 }
 _DEFAULTS = {name: globals()[name] for name in THRESHOLDS}

@@ -20,7 +20,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from cylstm import _checkpoint, _config, _lstm, _tuning
+from cylstm import _checkpoint, _config, _lstm, _packcache, _tuning
 from cylstm._checkpoint import CheckpointPlan, cache_nbytes, plan_checkpoints
 from cylstm._workspace import give, take
 
@@ -98,6 +98,12 @@ class ForwardPlan:
     packed : length of the packed-weight scratch (0: none).
     hs2 : shape of the second h buffer, or None.
     reason : which rule chose the path (or "tuned ..." / "forced ...").
+    prepacked : the panel paths in inference: take the packed weights from the
+        packed-weight cache (cylstm/_packcache.py; exact, checked each call) when
+        it has them, instead of packing into ``packed`` (still the fallback).
+    panel_projection : (prepacked "units") x @ W on the packed panels, not BLAS:
+        at most ``_tuning.PANEL_PROJ_MAX_ROWS`` rows, into gates of shape (B, T,
+        4 H_pad) whose rows are in panel order (H_pad: H rounded up to whole vectors).
     """
 
     path: str
@@ -108,6 +114,8 @@ class ForwardPlan:
     packed: int = 0
     hs2: tuple = None
     reason: str = ""
+    prepacked: bool = False
+    panel_projection: bool = False
 
     @property
     def fuse(self):
@@ -270,12 +278,18 @@ def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason):
     gates = (B, T, 4 * H) if (training or path in ("rows", "units")) else None
     if path in ("rows", "rows_fused"):
         return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason)
+    # inference reuses packed weights while they are exact (training changes them
+    # every step: each lookup would miss)
+    pre = not training and B * T > 0 and H > 0 and _packcache.cacheable(I, H, dtype)
     if path == "units":  # per thread: a panel's product and the results it commits
         n = max(1, min(n_total, _n_panels(H, dtype)))
+        proj = pre and B * T <= _tuning.PANEL_PROJ_MAX_ROWS
+        if proj:  # the panel projection's rows are in panel order, padded units too
+            gates = (B, T, _lstm.packed_len(H, dtype.name) // H)
         return ForwardPlan(path, n, n_total, gates, (n, _lstm.units_scratch(B, H, dtype.name)),
-                           _lstm.packed_len(H, dtype.name), (B, H), reason)
+                           _lstm.packed_len(H, dtype.name), (B, H), reason, pre, proj)
     return ForwardPlan(path, nt, n_total, gates, (nt, B * 4 * _panel_units(dtype)),
-                       _lstm.stacked_len(I, H, dtype.name), (B, H), reason)
+                       _lstm.stacked_len(I, H, dtype.name), (B, H), reason, pre)
 
 
 def plan_backward(B, n_threads):
@@ -536,7 +550,11 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     C = take((B, T, H), dtype) if training else None
     Hp = take((B, T, H), dtype, zero=ragged) if training else None
     if B:  # an empty batch has nothing to run (the kernel addresses element 0 of x)
-        _run_forward_plan(plan, x, W, U, b, lens, go_backwards, rmask, hm, y, hs, cs, G, C, Hp)
+        # the cache keys on the caller's arrays: only when none was converted
+        # (a converted copy is new every call, and would only evict)
+        own = W is kernel and U is recurrent_kernel and (bias is None or b is bias)
+        _run_forward_plan(plan, x, W, U, b, lens, go_backwards, rmask, hm, y, hs, cs, G, C, Hp,
+                          None if bias is None else b, own)
     if not training:
         give(G)
     cache = None
@@ -550,23 +568,36 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     return LSTMForward(out, hs, cs, cache)
 
 
-def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp):
+def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp,
+                      bias=None, cache=False):
     """Run ``plan``'s kernel entry point on validated buffers, with the per-step
-    scratch it names (the only place that calls the forward kernels)."""
+    scratch it names (the only place that calls the forward kernels).  ``cache``:
+    W, U and ``bias`` (None: zeros, ``b``) are the caller's own arrays, so a
+    prepacked plan may take their packed copy from the cache."""
     dtype = W.dtype
+    P = None
+    if plan.prepacked and cache:
+        units = plan.path == "units"
+        P = _packcache.lookup(W, U, bias, "units" if units else "stacked",
+                              with_w=plan.panel_projection or not units)
+    if plan.panel_projection and P is None:  # packing per call: rows in gate order
+        B, T, H = x.shape[0], x.shape[1], U.shape[0]
+        G = G.reshape(-1)[:B * T * 4 * H].reshape(B, T, 4 * H)
     # per-thread panel products (64-byte aligned for the panel kernel), the packed
-    # weights, the other half of h
+    # weights (unless cached), the other half of h
     Z = take(plan.z, dtype, align=64) if plan.packed else take(plan.z, dtype)
-    Pu = take((plan.packed,), dtype, align=64) if plan.packed else None
+    Pu = take((plan.packed,), dtype, align=64) if plan.packed and P is None else None
     hs2 = take(plan.hs2, dtype) if plan.hs2 is not None else None
     try:
         args = (x, W, U, b, lens, bool(reverse), rmask, hm, y, hs, cs, G, C, Hp, Z)
         if plan.path in ("rows", "rows_fused"):
             _lstm.forward_rows(*args, plan.n_threads, plan.blas_threads, plan.fuse)
         elif plan.path == "units":
-            _lstm.forward_units(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
+            _lstm.forward_units(*args, Pu if P is None else P, hs2, plan.n_threads,
+                                plan.blas_threads, P is not None, plan.panel_projection)
         else:
-            _lstm.forward_stacked(*args, Pu, hs2, plan.n_threads, plan.blas_threads)
+            _lstm.forward_stacked(*args, Pu if P is None else P, hs2, plan.n_threads,
+                                  plan.blas_threads, P is not None)
     finally:
         give(Z, Pu, hs2)
 

@@ -261,15 +261,17 @@ def test_forced_plan_object_and_kernel_arguments(monkeypatch):
         real = getattr(functional._lstm, name)
         monkeypatch.setattr(functional._lstm, name,
                             lambda *a, _n=name, _r=real: calls.append((_n,) + a[15:]) or _r(*a))
+    functional._packcache.clear()  # (earlier tests' fresh weights may have paused it)
     p = plan_forward(3, 4, 5, 40, np.float32, 2, force="units")
     lstm_forward(x, W, U, b, num_threads=2, _plan=p)
     lstm_forward(x, W, U, b, num_threads=2, _plan="rows_fused")
     lstm_forward(x, W, U, b, num_threads=2, _plan="stacked")
-    # (entry point, [packed, h buffer,] threads, BLAS threads[, fuse]): batch 3 runs one
-    # batch thread
-    assert [(c[0],) + c[-3:] if c[0] == "forward_rows" else (c[0],) + c[-2:]
-            for c in calls] == [("forward_units", 2, 2), ("forward_rows", 1, 2, True),
-                                ("forward_stacked", 1, 2)]
+    # (entry point, [packed, h buffer,] threads, BLAS threads[, fuse | prepacked,
+    # panel projection]): batch 3 runs one batch thread; inference takes the packed
+    # weights from the cache, and 12 rows of x project on the panels
+    assert [(c[0],) + (c[1:] if c[0] == "forward_rows" else c[3:]) for c in calls] == [
+        ("forward_units", 2, 2, True, True), ("forward_rows", 1, 2, True),
+        ("forward_stacked", 1, 2, True)]
 
 
 @pytest.mark.parametrize("path,kw,match", [

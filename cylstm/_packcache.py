@@ -1,0 +1,155 @@
+"""Packed weights kept from call to call, used only while they are still exact.
+
+The panel paths of :func:`cylstm.functional.lstm_forward` ("units", "stacked")
+read [W; U] packed in panels (cylstm/_lstm.pyx, ``pack_stacked``).  Packing is a
+pass over both matrices, and without it the unit path's projection ``x @ W``
+goes to BLAS, which repacks W on every call: at (T, B, I, H) = (25, 1, 512, 512)
+on one thread that was about 40% of a call (perf: OpenBLAS ``sgemm_itcopy`` 24%,
+cylstm's packing 18%; Intel Xeon, Sapphire Rapids class, 2026-12-02).  ONNX
+Runtime packs once per session.
+
+The functional calls take plain arrays that a caller may change in place between
+calls (an optimizer step, ``layer.kernel[...] = ...``), so nothing here trusts
+an array's identity.  An entry holds a private copy of the bytes it was packed
+from, and a lookup compares the caller's arrays with it (``memcmp``, with the GIL
+released): any changed byte is a miss and a repack, never a stale result.  The
+compare reads each weight once more, which costs less than half a pack (4 MiB of
+U: 0.4 ms against 1.0 ms for the pack on the Xeon above), and it saves
+OpenBLAS's repacking of W besides.
+
+Entries are found by the arrays' ids, shapes and dtype, kept in LRU order
+within :data:`cylstm._tuning.WEIGHT_CACHE_BYTES` (copies and packs together).
+A key whose content keeps changing (every call a miss) stops being cached for a
+while, and so do keys never seen before when several come in a row (a caller
+passing fresh copies each call): a caller who changes its weights every call
+pays a few wasted copies, then packs per call as before.
+"""
+import collections
+import threading
+
+import numpy as np
+
+from cylstm import _lstm, _tuning
+
+__all__ = ["clear", "lookup", "stats"]
+
+# after this many misses in a row on one key (its bytes changed each time), the
+# key is skipped for SKIP_CALLS lookups before it is tried again
+MISSES_BEFORE_SKIP = 2
+SKIP_CALLS = 16
+
+_lock = threading.Lock()
+_entries = collections.OrderedDict()   # key -> _Entry, least recently used first
+_counts = {"hits": 0, "misses": 0, "skipped": 0}
+_new_streak = 0   # misses in a row on keys never seen
+_new_skip = 0     # lookups of unseen keys left to skip
+
+
+class _Entry:
+    __slots__ = ("copies", "misses", "nbytes", "packed", "skip")
+
+    def __init__(self, copies, packed):
+        self.copies = copies
+        self.packed = packed
+        self.nbytes = packed.nbytes + sum(c.nbytes for c in copies if c is not None)
+        self.misses = 0
+        self.skip = 0
+
+
+def entry_bytes(I, H, dtype):
+    """Bytes one entry of (I, H) weights holds: the copies of W, U, bias and the pack."""
+    dtype = np.dtype(dtype)
+    return ((I + H + 1) * 4 * H + _lstm.stacked_len(I, H, dtype.name)) * dtype.itemsize
+
+
+def cacheable(I, H, dtype):
+    """Whether weights of this size may be cached at all (half the budget at most)."""
+    return 2 * entry_bytes(I, H, dtype) <= _tuning.WEIGHT_CACHE_BYTES
+
+
+def lookup(W, U, bias, layout, with_w=True):
+    """The weights packed in ``layout`` (a read-only array), or None when this call
+    should pack for itself (too big, a key whose bytes keep changing, or a run of
+    calls each with arrays never seen before).
+
+    layout : "stacked" ([W; U] per panel and the bias, ``_lstm.pack_stacked``: the
+        batch split's steps) or "units" (U's panels, then W's and the bias:
+        ``_lstm.pack_units``).
+    W, U, bias : C-contiguous arrays of one float dtype, validated by the caller;
+        ``bias`` may be None (zeros).
+    with_w : compare W too (False: the caller reads W itself, not its panels; a
+        changed W then goes unnoticed until a lookup with ``with_w``, which
+        repacks)."""
+    global _new_streak, _new_skip
+    dtype = W.dtype
+    I, H = W.shape[0], U.shape[0]
+    if not cacheable(I, H, dtype):
+        return None
+    # the arrays' ids only find the entry: its copies decide (an id may be reused)
+    key = (layout, id(W), id(U), id(bias), dtype.str, W.shape, U.shape)
+    with _lock:
+        e = _entries.get(key)
+        if e is not None:
+            _entries.move_to_end(key)
+            if e.skip > 0:
+                e.skip -= 1
+                _counts["skipped"] += 1
+                return None
+        elif _new_skip > 0:   # callers passing fresh copies every call: do not churn
+            _new_skip -= 1
+            _counts["skipped"] += 1
+            return None
+    if e is not None and _lstm.same_weights(W, U, bias, *e.copies, with_w):  # (never changes)
+        with _lock:
+            e.misses = 0
+            _new_streak = 0
+            _counts["hits"] += 1
+        return e.packed
+    misses = 0 if e is None else e.misses + 1
+    copies = (np.array(W), np.array(U), None if bias is None else np.array(bias))
+    packed = _aligned(_lstm.stacked_len(I, H, dtype.name), dtype)
+    pack = _lstm.pack_units if layout == "units" else _lstm.pack_stacked
+    pack(copies[0], copies[1], np.zeros(4 * H, dtype) if bias is None else copies[2], packed)
+    packed.flags.writeable = False
+    new = _Entry(copies, packed)
+    new.misses = misses
+    if misses >= MISSES_BEFORE_SKIP:
+        new.skip, new.misses = SKIP_CALLS, 0
+    with _lock:
+        _counts["misses"] += 1
+        if e is None:
+            _new_streak += 1
+            if _new_streak >= MISSES_BEFORE_SKIP * 2:
+                _new_streak, _new_skip = 0, SKIP_CALLS
+        _entries.pop(key, None)
+        _entries[key] = new
+        total = sum(x.nbytes for x in _entries.values())
+        while total > _tuning.WEIGHT_CACHE_BYTES and len(_entries) > 1:
+            _, old = _entries.popitem(last=False)
+            total -= old.nbytes
+    return packed
+
+
+def _aligned(n, dtype):
+    """A 64-byte aligned array of ``n`` elements (the panel kernel's loads)."""
+    item = np.dtype(dtype).itemsize
+    raw = np.empty(n * item + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + n * item].view(dtype)
+
+
+def clear():
+    """Drop every entry (tests; or to give the memory back)."""
+    global _new_streak, _new_skip
+    with _lock:
+        _new_streak = _new_skip = 0
+        _entries.clear()
+        for k in _counts:
+            _counts[k] = 0
+
+
+def stats():
+    """{"entries", "bytes", "budget", "hits", "misses", "skipped"}."""
+    with _lock:
+        return {"entries": len(_entries), "bytes": sum(e.nbytes for e in _entries.values()),
+                "budget": _tuning.WEIGHT_CACHE_BYTES, **_counts}
