@@ -1106,9 +1106,11 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
     cdef int64_t k, last = 0
     cdef int useless = 0
     cdef bint helped
-    # (not redone: a BLAS call may store partial sums in G before the final ones,
-    # so a late projection must not run beside the steps that read G)
-    _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _units_prep_piece, job)
+    # Redone by the caller when a worker is late only with the panel projection
+    # (each element of G stored once, final; packing likewise): a BLAS call may
+    # store partial sums in G first, so a late one must not run beside the steps
+    # that read G.
+    _claim_pieces(j.bflags, j.n_blocks, tid, j.nt, _units_prep_piece, job, j.panel_proj)
     # Panels are visited in _snake order: each thread walks its own range up on
     # even steps and down on odd ones, and the caller takes over the workers'
     # panels from the end they reach last.

@@ -159,23 +159,31 @@ L3_PER_CORE_CAP = 16 * 2**20
 # memory bound: an entry holds about twice its weights (the copy a lookup
 # compares against, and the pack), and weights of more than half of it are
 # packed per call as before.
-# Inference on the unit path then projects x @ W on the packed panels for at
-# most PANEL_PROJ_MAX_ROWS rows of x (B T), and with BLAS above (whose repacking
-# of W is then a small share, and whose K-blocked GEMM beats the panel kernel).
-# 2-vCPU Xeon (Sapphire Rapids class), one thread, forward_units alone, median
-# of 5 blocks (ms), panel projection (x @ W written straight into the gate rows in
-# panel order) / BLAS projection (both cached) / packing per call (the old path);
-# the range of two runs on a noisy host:
-#   (25, 1, 512, 512)  4.49-4.83 / 6.06 / 7.05-7.89   (50, 1, 512, 512)  9.37-9.49 / 10.0-10.5 / 12.2-12.4
-#   (100, 1, 512, 512) 15.4-20.3 / 16.1-20.3 / 17.3-22.7
-#   (50, 1, 256, 256)  0.91-0.93 / 1.07-1.21 / 1.25-1.37  (200, 1, 256, 256) 3.47-3.53 / 3.48-3.83 / 3.74-4.12
-#   (200, 1, 64, 128)  0.74-0.77 / 0.83-0.85 / 0.87-0.91  (200, 1, 512, 128) 1.50-1.57 / 1.53-1.56 / 1.53
-#   (100, 4, 256, 256) 4.72-5.18 / 4.68-4.82 / 4.87-5.23  (25, 4, 512, 512)  6.94-7.38 / 6.96-8.34 / 7.85-9.40
-# The panel projection wins or ties up to B T = 200 and ties at 400 (100 x 4);
-# BLAS's blocked GEMM takes over above.  Whole lstm_forward, cache on / off
-# (interleaved): 1.01-1.35x on one thread, 0.97-1.12x on two.
+# Inference on the unit path then projects x @ W on the packed panels (written
+# straight into the gate rows in panel order) instead of BLAS, which repacks W
+# every call.  On AVX-512 for any number of rows of x (B T): each W panel
+# (I x 64 floats) stays in L2 while all rows stream past it.  2-vCPU Xeon
+# (Sapphire Rapids class), 2026-12-02, quiet host, whole lstm_forward, median
+# of 3-7 interleaved rounds (ms), BLAS projection / panel projection, 1 thread:
+#   (25, 16, 1024, 1024) 69.7 / 63.8    (50, 16, 1024, 1024) 132.6 / 126.6
+#   (100, 16, 1024, 1024) 242.6 / 225.0 (100, 4, 256, 256)   4.76 / 4.48
+#   (100, 8, 512, 512)   37.9 / 36.5    (400, 4, 512, 512)   92.2 / 90.3
+#   (1000, 4, 512, 512)  231.6 / 223.3  (4000, 1, 256, 256)  58.3 / 53.3
+# and 2 threads: (100, 4, 256, 256) 3.09 / 2.66, (25, 16, 1024, 1024) 40.0 /
+# 35.3, (100, 8, 512, 512) 20.4 / 18.1.  With AVX2 registers (CYLSTM_CPU=avx2,
+# same host, OpenBLAS still on its AVX-512 kernels) BLAS wins from 400 rows:
+# (25, 16, 1024, 1024) 107.4 / 120.9, (100, 8, 512, 512) 60.8 / 67.0; at 200
+# rows they tie ((200, 1, 256, 256) 5.47 / 5.35), so other CPUs keep BLAS above
+# PANEL_PROJ_MAX_ROWS.  forward_units alone, cached panels against packing per
+# call (the path before the cache), 1 thread, noisy host (ms), panel projection
+# / BLAS projection / per-call packing:
+#   (25, 1, 512, 512)  4.49-4.83 / 6.06 / 7.05-7.89   (50, 1, 256, 256) 0.91-0.93 / 1.07-1.21 / 1.25-1.37
+#   (200, 1, 64, 128)  0.74-0.77 / 0.83-0.85 / 0.87-0.91  (100, 4, 256, 256) 4.72-5.18 / 4.68-4.82 / 4.87-5.23
+# Whole lstm_forward, cache on / off (interleaved): 1.01-1.35x on one thread,
+# 0.97-1.12x on two.
 WEIGHT_CACHE_BYTES = 256 * 2**20
 PANEL_PROJ_MAX_ROWS = 256
+PANEL_PROJ_MAX_ROWS_AVX512 = None   # no limit
 
 #: Each threshold and what it was measured on (show_config prints them).
 # How long an idle pool worker (include/cylstm_pool.h) spins for the next job
@@ -211,7 +219,10 @@ THRESHOLDS = {
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",
     "WEIGHT_CACHE_BYTES": "packed-weight cache (a memory bound); 2-vCPU Xeon, 2026-12-02",
-    "PANEL_PROJ_MAX_ROWS": "unit path, cached weights; 2-vCPU Xeon, (T, B, I, H), 2026-12-02",
+    "PANEL_PROJ_MAX_ROWS": "unit path, cached weights, AVX2/baseline; 2-vCPU Xeon forced "
+                           "to AVX2, 2026-12-02",
+    "PANEL_PROJ_MAX_ROWS_AVX512": "unit path, cached weights, AVX-512; 2-vCPU Xeon, "
+                                  "(T, B, I, H) up to 4000 rows, 2026-12-02",
     "L3_PER_CORE_CAP": "cache budget bound; 2-vCPU Zen 4 sysfs and 2-vCPU Xeon paths, 2026-12-01",
 }
 _DEFAULTS = {name: globals()[name] for name in THRESHOLDS}

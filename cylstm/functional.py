@@ -101,9 +101,10 @@ class ForwardPlan:
     prepacked : the panel paths in inference: take the packed weights from the
         packed-weight cache (cylstm/_packcache.py; exact, checked each call) when
         it has them, instead of packing into ``packed`` (still the fallback).
-    panel_projection : (prepacked "units") x @ W on the packed panels, not BLAS:
-        at most ``_tuning.PANEL_PROJ_MAX_ROWS`` rows, into gates of shape (B, T,
-        4 H_pad) whose rows are in panel order (H_pad: H rounded up to whole vectors).
+    panel_projection : (prepacked "units") x @ W on the packed panels, not BLAS
+        (any number of rows on AVX-512, at most ``_tuning.PANEL_PROJ_MAX_ROWS``
+        on other CPUs), into gates of shape (B, T, 4 H_pad) whose rows are in
+        panel order (H_pad: H rounded up to whole vectors).
     """
 
     path: str
@@ -271,10 +272,10 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
         if path is None:
             path, reason = _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask,
                                        has_lengths, reverse, facts)
-    return _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason)
+    return _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts)
 
 
-def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason):
+def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None):
     gates = (B, T, 4 * H) if (training or path in ("rows", "units")) else None
     if path in ("rows", "rows_fused"):
         return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason)
@@ -283,7 +284,11 @@ def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason):
     pre = not training and B * T > 0 and H > 0 and _packcache.cacheable(I, H, dtype)
     if path == "units":  # per thread: a panel's product and the results it commits
         n = max(1, min(n_total, _n_panels(H, dtype)))
-        proj = pre and B * T <= _tuning.PANEL_PROJ_MAX_ROWS
+        if facts is None:
+            facts = _tuning.cpu_facts()
+        max_rows = (_tuning.PANEL_PROJ_MAX_ROWS_AVX512 if facts.isa_level == 2
+                    else _tuning.PANEL_PROJ_MAX_ROWS)
+        proj = pre and (max_rows is None or B * T <= max_rows)
         if proj:  # the panel projection's rows are in panel order, padded units too
             gates = (B, T, _lstm.packed_len(H, dtype.name) // H)
         return ForwardPlan(path, n, n_total, gates, (n, _lstm.units_scratch(B, H, dtype.name)),

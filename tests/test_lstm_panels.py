@@ -334,3 +334,23 @@ def test_panel_paths_from_many_python_threads_match_serial():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("isa_level,rows,want", [
+    (2, 10_000, True),                  # AVX-512: the panels project any number of rows
+    (1, 256, True), (1, 257, False),    # AVX2: BLAS above PANEL_PROJ_MAX_ROWS
+    (0, 256, True), (0, 257, False),
+])
+def test_panel_projection_rule_follows_the_isa(isa_level, rows, want):
+    """Inference on the unit path projects x @ W on the cached panels: on AVX-512
+    whatever the rows (B T), elsewhere up to PANEL_PROJ_MAX_ROWS (injected facts,
+    so the answer does not depend on the machine running the test)."""
+    facts = dataclasses.replace(ZEN4, isa_level=isa_level)
+    p = functional.plan_forward(1, rows, 64, 128, np.float32, 1, facts=facts, force="units")
+    assert (p.prepacked, p.panel_projection) == (True, want)
+    assert p.gates == ((1, rows, _lstm.packed_len(128, "float32") // 128) if want
+                       else (1, rows, 512))
+    # training never takes cached panels
+    p = functional.plan_forward(1, rows, 64, 128, np.float32, 1, training=True, facts=facts,
+                     force="units")
+    assert (p.prepacked, p.panel_projection) == (False, False)

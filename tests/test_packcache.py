@@ -44,7 +44,8 @@ def test_cached_calls_match_the_reference(monkeypatch, dtype, path, projection_r
     x @ W on the panels or on BLAS, padded last panels, 1 and 2 threads: the first
     call (a miss) and the next ones (hits) all match the float64 reference, and
     the hits give the same bits as each other."""
-    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS", projection_rows)
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS", projection_rows)   # any CPU
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS_AVX512", projection_rows)
     x, W, U, b = _case(B * 100 + H, B, T, I, H, dtype)
     outs = [lstm_forward(x, W, U, b, num_threads=threads, _plan=path) for _ in range(3)]
     for out in outs:
