@@ -125,6 +125,37 @@ def torch_details(torch):
     return info
 
 
+def _openblas_setters():
+    """``set_num_threads`` of every OpenBLAS in this process, found through
+    /proc/self/maps (threadpoolctl's job where it is installed: without either, a
+    "1 thread" sgemm or NumPy peer would run on every core)."""
+    import ctypes
+
+    import numpy  # noqa: F401  (defers import cost: loads NumPy's BLAS)
+    import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's)
+
+    out, seen = [], set()
+    try:
+        with open("/proc/self/maps") as f:
+            paths = [ln.split()[-1] for ln in f if ln.split() and ".so" in ln.split()[-1]]
+    except OSError:
+        return out
+    for p in paths:
+        if p in seen or "blas" not in os.path.basename(p).lower():
+            continue
+        seen.add(p)
+        try:
+            lib = ctypes.CDLL(p)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                out.append(fn)
+                break
+    return out
+
+
 class Threads:
     """Set one thread count for every library at once.
 
@@ -147,7 +178,9 @@ class Threads:
             self.torch.set_num_threads(self.n)
         try:
             from threadpoolctl import threadpool_limits
-        except ImportError:
+        except ImportError:   # every OpenBLAS loaded (NumPy's, SciPy's), set directly
+            for set_threads in _openblas_setters():
+                set_threads(self.n)
             return
         if self._limits is not None:
             self._limits.restore_original_limits()

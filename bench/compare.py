@@ -16,6 +16,11 @@ Workloads (names for ``--only``; a case name or ``workload/case`` selects one ca
               Dense(1) head, cases IxHxLL: 64x128x1L, 64x128x2L, 256x512x1L, 256x512x2L
               (bench/stream_bench.py: cylstm's StreamRunner, torch LSTMCell and nn.LSTM with
               T=1, ONNX Runtime session.run with the state fed back, NumPy)
+    pool      serving 32 streams, one frame each per frame time, cases IxH: 64x128 (--quick),
+              256x512 (one LSTM layer and a Dense(1) head; bench/pool_bench.py): cylstm's
+              StreamPool.step (the "cylstm" row), 32 StreamRunner.step calls, and the peers
+              batched by hand: torch LSTMCell and ONNX Runtime's LSTM op on the batch of 32
+              with the states carried
     epoch     one epoch of the Keras example model (LSTM(50, return_sequences) -> LSTM(20)
               -> Dense(1), Adam(0.001), MSE) on 2048 x 50 x 10 synthetic data, batch 32
     longseq   one training step over a very long sequence (a first layer: loss on h_T,
@@ -132,11 +137,13 @@ TRAIN_SHAPES = FORWARD_SHAPES[:4]
 QUICK_FORWARD = [(100, 32, 10, 50), (100, 32, 128, 256), (200, 1, 64, 128)]
 QUICK_TRAIN = [(100, 32, 128, 256)]
 EPOCH_CASE = "keras-example"
+# serving many streams (issue 15): IxH cases of bench/pool_bench.py, 32 streams
+POOL_CASES = ["64x128", "256x512"]
 # --quick keeps the strongest peer of each library and drops these slower variants.
 QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1", "keras/TF XLA",
               "keras/TF fit XLA"}
 STREAM_IMPLS = ["cylstm", "torch LSTMCell", "torch LSTM T=1", "onnxruntime", "numpy"]
-WORKLOADS = ["forward", "train", "stream", "epoch", "cold", "busy", "longseq"]
+WORKLOADS = ["forward", "train", "stream", "pool", "epoch", "cold", "busy", "longseq"]
 # Calls after an idle gap, and beside a busy core (issue 11): the shapes where a
 # second thread pays most for waking or waiting
 LATENCY_SHAPES = [(100, 32, 10, 50), (200, 1, 64, 128), (150, 1, 256, 256)]
@@ -147,7 +154,7 @@ BUSY_GAP_S = 0.05
 # pools (made by the forward workload's Keras peers) then keep taking the second
 # core: cylstm's 2-thread (64, 128) step measured 4.6 us after them, 2.9 us
 # before (and with Keras skipped).  Tables still come out in WORKLOADS order.
-RUN_ORDER = ["stream", "cold", "busy", "forward", "train", "epoch", "longseq"]
+RUN_ORDER = ["stream", "pool", "cold", "busy", "forward", "train", "epoch", "longseq"]
 # Very long sequences (issue 13): (T, B, I, H) and the memory budget cylstm's
 # checkpoint_every="auto" runs under (None: the default, 1 GiB)
 LONGSEQ_SHAPES = [(10000, 32, 32, 256), (100000, 1, 32, 128), (2000, 8, 16, 64)]
@@ -159,6 +166,8 @@ TITLES = {
     "forward": "forward inference, full sequences (TxBxIxH), float32",
     "train": "training step: forward + backward, grads of x, W, U, b (TxBxIxH), float32",
     "stream": "streaming at batch 1: latency per step",
+    "pool": "serving 32 streams: one frame for every stream (IxH, one LSTM layer and a "
+            "Dense(1) head), time per frame time",
     "epoch": "one training epoch of the Keras example (2048x50x10, batch 32, Adam)",
     "cold": f"forward, the first and second call after a {COLD_GAP_S * 1e3:.0f} ms idle gap "
             "(TxBxIxH), float32",
@@ -169,6 +178,7 @@ TITLES = {
 }
 TOL = {"cold": (1e-4, 1e-4), "busy": (1e-4, 1e-4),
        "forward": (1e-4, 1e-4), "train": (1e-4, 1e-3), "stream": (1e-4, 1e-4),
+       "pool": (1e-4, 1e-4),
        "epoch": (1e-4, 1e-4), "longseq": (1e-4, 1e-3)}
 # An epoch's final loss may drift by float rounding between frameworks; more than this
 # relative difference from cylstm's means one of them does not train the same model.
@@ -524,6 +534,34 @@ class Bench:
         self.end_case(res, meter, t_case)
         return [res]
 
+    # -- many streams at once (issue 15) ------------------------------------------------
+    def pool(self, case, n):
+        """One frame for each of 32 streams: StreamPool.step against 32 runner steps and
+        the peers batched by hand (bench/pool_bench.py's ``run_pool_case``)."""
+        try:
+            import pool_bench
+        except ImportError as e:
+            res = self.new_result("pool", case, n, None)
+            res["rows"].append({"impl": "all", "status": "skipped",
+                                "reason": f"bench/pool_bench.py is not available ({e})"})
+            return [res]
+        I, H = (int(v) for v in case.split("x"))
+        a = self.args
+        res = self.new_result("pool", case, n, pool_bench.pool_flops(I, H))
+        res["streams"] = pool_bench.POOL_STREAMS
+        t_case = time.perf_counter()
+        log(f"  pool {case} threads={n}: ", end="")
+        meter = _machine.LoadMeter().start()
+        frames = (40 if a.quick else 200) if H <= 128 else (10 if a.quick else 40)
+        repeat = a.repeat if a.repeat_given else (2 if a.quick else 3)
+        res["rows"] = pool_bench.run_pool_case(
+            I, H, n, frames=frames, repeat=repeat,
+            pause=a.pause if n > 1 else min(a.pause, 0.02), wanted=self.wanted)
+        log(", ".join(f"{r['impl']}: {r['status']}" for r in res["rows"]), end="")
+        self.fill_speed(res, self.sgemm_rate(n))
+        self.end_case(res, meter, t_case)
+        return [res]
+
     # -- epoch ------------------------------------------------------------------------
     def epoch(self, n):
         a = self.args
@@ -709,6 +747,7 @@ def fmt_time(row, scale):
 
 UNITS = {"cold": ("ms", 1e3), "busy": ("ms", 1e3),
          "forward": ("ms", 1e3), "train": ("ms", 1e3), "stream": ("us", 1e6),
+         "pool": ("us", 1e6),
          "epoch": ("s", 1.0), "longseq": ("s", 1.0)}
 
 
@@ -992,7 +1031,7 @@ def parse_args(argv):
                         "its own process (libraries size their thread pools once) and the "
                         "results are merged")
     p.add_argument("--only", action="append", metavar="NAME",
-                   help="workload (forward, train, stream, epoch, cold, busy, longseq), case "
+                   help="workload (forward, train, stream, pool, epoch, cold, busy, longseq), case "
                         "(e.g. 100x32x10x50) "
                         "or workload/case; repeatable or comma-separated")
     p.add_argument("--repeat", type=int, default=None, metavar="N",
@@ -1046,6 +1085,7 @@ def main(argv=None):
         "forward": sel.cases("forward", fwd_all, [case_name(s) for s in QUICK_FORWARD]),
         "train": sel.cases("train", trn_all, [case_name(s) for s in QUICK_TRAIN]),
         "stream": sel.cases("stream", st_all, stream_cases(True)),
+        "pool": sel.cases("pool", POOL_CASES, POOL_CASES[:1]),
         "epoch": sel.cases("epoch", [EPOCH_CASE], [EPOCH_CASE]),
         "cold": sel.cases("cold", lat_all, lat_all[:2]),
         "busy": sel.cases("busy", lat_all, lat_all[:2]),
@@ -1056,12 +1096,13 @@ def main(argv=None):
     known |= set(ls_all) | {f"longseq/{c}" for c in ls_all}
     known |= set(stream_cases(True))
     known |= {f"{w}/{c}" for w, cs in (("forward", fwd_all), ("train", trn_all),
-                                       ("stream", st_all), ("epoch", [EPOCH_CASE])) for c in cs}
+                                       ("stream", st_all), ("epoch", [EPOCH_CASE]),
+                                       ("pool", POOL_CASES)) for c in cs}
     if a.list:
         for w in WORKLOADS:
             allc = {"forward": fwd_all, "train": trn_all, "stream": st_all,
                     "epoch": [EPOCH_CASE], "cold": lat_all, "busy": lat_all,
-                    "longseq": ls_all}[w]
+                    "longseq": ls_all, "pool": POOL_CASES}[w]
             log(f"{w}: {' '.join(allc)}    ({TITLES[w]})")
         return 0
     bad = sel.unmatched(known)
@@ -1130,6 +1171,8 @@ def main(argv=None):
                     bench.epoch(n)
                 elif wl == "stream":
                     bench.stream(case, n)
+                elif wl == "pool":
+                    bench.pool(case, n)
                 elif wl in ("cold", "busy"):
                     bench.latency(wl, tuple(int(v) for v in case.split("x")), n)
                 elif wl == "longseq":

@@ -129,6 +129,196 @@ def measure_pool(I, H, streams=32, frames=200, rounds=5, threads=None, block_T=5
     return med
 
 
+# ---------------------------------------------------------------------------------------
+# bench/compare.py's ``pool`` workload: the pooled step beside what a user of a peer
+# would write to serve S streams at once (one batched T=1 call with the states carried).
+
+POOL_CASES = ["64x128", "256x512"]
+POOL_STREAMS = 32
+POOL_ATOL = 1e-4
+
+
+def _head_specs(I, H):
+    """The model of both tools: one LSTM layer and a Dense(1) head, float32 Keras layout."""
+    return [{k: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) else v)
+             for k, v in spec.items()} for spec in _specs(I, H)]
+
+
+def _peer_weights(specs):
+    lstm, dense = specs
+    return ([(lstm["kernel"], lstm["recurrent_kernel"], lstm["bias"])],
+            (dense["kernel"], dense["bias"]))
+
+
+def _torch_batch(specs, S, threads):
+    """torch.nn.LSTMCell on the batch of S streams, (h, c) carried: (step, reset, name)."""
+    sys.path.insert(0, HERE)
+    from stream_bench import _torch
+
+    torch = _torch(threads)
+    lstm, (Wd, bd) = _peer_weights(specs)
+    W, U, b = lstm[0]
+    I, H = W.shape[0], U.shape[0]
+    with torch.no_grad():
+        cell = torch.nn.LSTMCell(I, H)      # gates i, f, g, o: Keras's order
+        cell.weight_ih.copy_(torch.from_numpy(W.T.copy()))
+        cell.weight_hh.copy_(torch.from_numpy(U.T.copy()))
+        cell.bias_ih.copy_(torch.from_numpy(b))
+        cell.bias_hh.zero_()
+        head = torch.nn.Linear(H, Wd.shape[1])
+        head.weight.copy_(torch.from_numpy(Wd.T.copy()))
+        head.bias.copy_(torch.from_numpy(bd))
+    cell.eval()
+    state = []
+
+    def reset():
+        state[:] = [(torch.zeros(S, H), torch.zeros(S, H))]
+
+    def step(X):
+        with torch.inference_mode():
+            h, c = cell(torch.from_numpy(X), state[0])
+            state[0] = (h, c)
+            return head(h).numpy()
+
+    reset()
+    return step, reset, f"torch LSTMCell (batch {S})"
+
+
+def _ort_batch(specs, S, threads):
+    """ONNX Runtime's LSTM op, T = 1 and batch S, the states fed back: (step, reset, name)."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as e:
+        sys.path.insert(0, HERE)
+        from stream_bench import Skip
+        raise Skip(f"onnx / onnxruntime is not installed ({e})")
+    sys.path.insert(0, HERE)
+    from stream_bench import onnx_model_bytes
+
+    model = onnx.load_from_string(onnx_model_bytes(_peer_weights(specs)))
+    for vi in list(model.graph.input) + list(model.graph.output):   # batch 1 -> S
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == 3:
+            dims[1].dim_value = S
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    H = specs[0]["recurrent_kernel"].shape[0]
+    feeds = {}
+
+    def reset():
+        feeds["h0"] = np.zeros((1, S, H), np.float32)
+        feeds["c0"] = np.zeros((1, S, H), np.float32)
+
+    def step(X):
+        feeds["x"] = X[None]
+        y, feeds["h0"], feeds["c0"] = sess.run(None, feeds)
+        return y[0]
+
+    reset()
+    return step, reset, f"onnxruntime (batch {S})"
+
+
+def run_pool_case(I, H, threads, streams=POOL_STREAMS, frames=200, repeat=3, pause=0.05,
+                  wanted=None):
+    """Rows for bench/compare.py: seconds per frame time of S streams (every stream one
+    frame): "cylstm" is one ``StreamPool.step``, then S ``StreamRunner.step`` calls,
+    then the peers batched by hand.  Every row's outputs over 5 frames are checked
+    against the pool's before timing; rounds interleave the rows."""
+    st = _import_cylstm()
+    sys.path.insert(0, HERE)
+    from stream_bench import Skip
+
+    specs = _head_specs(I, H)
+    S = streams
+    keys = list(range(S))
+    rng = np.random.default_rng(5)
+    frames_x = rng.standard_normal((5, S, I)).astype(np.float32)
+
+    def pool_impl():
+        pool = st.StreamPool._from_specs(specs, max_streams=S, num_threads=threads,
+                                         dtype=np.float32)
+
+        def reset():
+            for k in keys:
+                if k in pool:
+                    pool.reset(k)
+
+        return (lambda X: pool.step((keys, X))[1]), reset, \
+            f"cylstm pool ({pool._threads_for(S)} thr, one call)"
+
+    def runners_impl():
+        rs = [st.StreamRunner._from_specs(specs, 1, num_threads=threads, dtype=np.float32)
+              for _ in range(S)]
+
+        def step(X):
+            return np.stack([r.step(X[i]) for i, r in enumerate(rs)])
+
+        def reset():
+            for r in rs:
+                r.reset()
+
+        return step, reset, f"cylstm runners ({S} calls)"
+
+    impls = [("cylstm", pool_impl), ("cylstm runners", runners_impl),
+             ("torch LSTMCell", lambda: _torch_batch(specs, S, threads)),
+             ("onnxruntime", lambda: _ort_batch(specs, S, threads))]
+    rows, active, ref = [], [], None
+    for label, make in impls:
+        if wanted is not None and not wanted(label):
+            continue
+        row = {"impl": label, "status": "ok", "reason": None}
+        rows.append(row)
+        try:
+            step, reset, detail = make()
+            row["impl_detail"] = detail
+            outs = np.stack([np.array(step(X), np.float64).reshape(S, -1) for X in frames_x])
+            reset()
+        except Skip as e:
+            row.update(status="skipped", reason=str(e))
+            continue
+        except Exception as e:  # noqa: BLE001 - a broken peer is a row, not a crash
+            row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+            continue
+        if ref is None and label == "cylstm":
+            ref = outs
+            row.update(max_abs_diff=0.0, max_rel_diff=0.0)
+        elif ref is None:
+            row.update(status="skipped", reason="cylstm did not run: nothing to check")
+            continue
+        else:
+            d = float(np.max(np.abs(outs - ref)))
+            row.update(max_abs_diff=d,
+                       max_rel_diff=d / max(float(np.max(np.abs(ref))), 1e-30))
+            if not d <= POOL_ATOL:
+                row.update(status="mismatch", reason=f"differs from cylstm's pool by {d:.3g}")
+                continue
+        active.append((step, reset, row))
+    X = frames_x[0]
+    samples = {id(r): [] for _, _, r in active}
+    for rnd in range(repeat):
+        s = rnd % max(1, len(active))
+        for step, reset, row in active[s:] + active[:s]:
+            time.sleep(pause)
+            reset()
+            for _ in range(max(3, frames // 10)):
+                step(X)
+            samples[id(row)].append(_time(lambda s=step: s(X), frames))
+    for _, _, row in active:
+        v = samples[id(row)]
+        row.update(median_s=float(np.median(v)), min_s=min(v), max_s=max(v),
+                   n_calls=frames * len(v))
+    return rows
+
+
+def pool_flops(I, H, streams=POOL_STREAMS):
+    """FLOPs of one frame time: the S streams' gate products and the head."""
+    return streams * (2.0 * (I + H) * 4 * H + 2.0 * H)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", nargs="*", default=["64x128", "256x512"])

@@ -92,13 +92,13 @@ def test_every_workload_runs_and_reports(tmp_path):
     """One small case of each workload in one run: training step, streaming, epoch."""
     out = tmp_path / "all.json"
     p = _run(["--quick", "--threads", "1", "--repeat", "1", "--epochs", "2",
-              "--only", "train/100x32x10x50,stream/64x128x1L", "--only", "epoch",
+              "--only", "train/100x32x10x50,stream/64x128x1L,pool/64x128", "--only", "epoch",
               "--skip", "keras", "--json", str(out)], timeout=180)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["ok"] is True
     by_wl = {r["workload"]: r for r in doc["results"]}
-    assert set(by_wl) == {"train", "stream", "epoch"}
+    assert set(by_wl) == {"train", "stream", "pool", "epoch"}
 
     train = {r["impl"]: r for r in by_wl["train"]["rows"]}
     assert train["cylstm"]["status"] == "ok" and train["numpy"]["status"] == "ok"
@@ -112,6 +112,17 @@ def test_every_workload_runs_and_reports(tmp_path):
         assert by_wl["stream"]["case"] == "64x128x1L"
     else:
         assert all(r["status"] == "skipped" for r in stream.values())
+
+    pool = {r["impl"]: r for r in by_wl["pool"]["rows"]}
+    # one StreamPool.step of 32 streams, checked against 32 runners before timing
+    assert pool["cylstm"]["status"] == "ok" and pool["cylstm runners"]["status"] == "ok"
+    assert pool["cylstm runners"]["max_abs_diff"] == 0.0   # bit for bit
+    assert pool["cylstm runners"]["speedup"] > 0 and pool["cylstm"]["median_s"] > 0
+    assert by_wl["pool"]["flops"] == 32 * (2 * (64 + 128) * 4 * 128 + 2 * 128)
+    for name in ("torch LSTMCell", "onnxruntime"):    # batched peers: checked or skipped
+        assert pool[name]["status"] in ("ok", "skipped"), pool[name]
+        if pool[name]["status"] == "ok":
+            assert pool[name]["max_abs_diff"] < 1e-4
 
     epoch = {r["impl"]: r for r in by_wl["epoch"]["rows"]}
     assert not any(name.startswith("keras") for name in epoch)   # --skip keras
