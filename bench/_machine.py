@@ -99,7 +99,8 @@ def blas_pools():
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return [{"note": "threadpoolctl not installed: BLAS pools unknown and not limited"}]
+        return [{"note": "threadpoolctl not installed: BLAS pools unknown; each OpenBLAS "
+                         "is limited through its own set_num_threads"}]
     pools = []
     for d in threadpool_info():
         pools.append({
