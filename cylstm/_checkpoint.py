@@ -385,7 +385,7 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
     hs = take((B, H), dtype)
     cs = take((B, H), dtype)
     D = take((B, 4 * H), dtype)
-    dHp = take((B, H), dtype)
+    dHp = take((B, _lstm.transposed_width(H, np.dtype(dtype).name)), dtype)
     UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
     _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None

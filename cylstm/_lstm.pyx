@@ -320,23 +320,41 @@ cdef inline Py_ssize_t _plain_len(Py_ssize_t K, Py_ssize_t N, floating* kind) no
 cdef void _pack_transposed(Py_ssize_t H, const floating* U, floating* P) noexcept nogil:
     """Pack U^T (K = 4H rows, N = H columns) of U (H, 4H) row-major into the panel
     kernel's layout, panels of _plain_width columns: panel p at p * K * pw holds
-    columns j0 .. j0 + w of U^T (rows j0 .. j0 + w of U), its main block (K x wv,
-    wv = w rounded down to whole vectors) row-major, then its w - wv tail columns
-    transposed, i.e. rows of U as they lie (include/cylstm_stream.h)."""
-    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), K = 4 * H, p, j0, w, wv, k, j
+    columns j0 .. j0 + w of U^T (rows j0 .. j0 + w of U) as a main block (K x wp)
+    row-major, wp = w rounded up to whole vectors, the columns past w zero.  No
+    transposed tail (include/cylstm_stream.h): at H = 50 its 2 columns of dot
+    products per row took a third of the backward ((100, 32, 10, 50), one
+    thread: 3.56 ms against 2.34 at H = 48), where a zero column costs one
+    lane.  _plain_product writes the padded columns, so its output rows are
+    _plain_padded(N) wide."""
+    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), K = 4 * H, p, j0, w, wp, k, j
     cdef const floating* row
     cdef floating* dst
     for p in range((H + pw - 1) // pw):
         j0 = p * pw
         w = H - j0 if H - j0 < pw else pw
-        wv = (w // vl) * vl
+        wp = ((w + vl - 1) // vl) * vl
         dst = P + p * K * pw
-        for j in range(wv):   # reads each row of U in order
+        if wp > w:
+            memset(dst, 0, K * wp * sizeof(floating))
+        for j in range(w):   # reads each row of U in order
             row = U + (j0 + j) * K
             for k in range(K):
-                dst[k * wv + j] = row[k]
-        for j in range(wv, w):
-            memcpy(dst + K * wv + (j - wv) * K, U + (j0 + j) * K, K * sizeof(floating))
+                dst[k * wp + j] = row[k]
+
+
+cdef inline Py_ssize_t _plain_padded(Py_ssize_t N, floating* kind) noexcept nogil:
+    """Columns a row of _plain_product's output needs: N rounded up to whole vectors."""
+    cdef Py_ssize_t vl = _vlen(kind)
+    return ((N + vl - 1) // vl) * vl
+
+
+def transposed_width(Py_ssize_t H, dtype):
+    """Row width of :func:`backward`'s ``dHp`` scratch: H rounded up to whole vectors
+    (the panel product over U^T writes whole vectors)."""
+    if str(dtype) == "float32":
+        return _plain_padded(H, <float*> NULL)
+    return _plain_padded(H, <double*> NULL)
 
 
 def transposed_len(Py_ssize_t H, dtype):
@@ -361,12 +379,16 @@ cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, P
                                 Py_ssize_t nrows, const floating* a, Py_ssize_t lda,
                                 floating* z, Py_ssize_t ldz) noexcept nogil:
     """z (nrows, N; rows ldz apart) = a (nrows, K; rows lda apart) @ the matrix
-    _pack_transposed packed into P, panel by panel in _snake order for step s."""
-    cdef Py_ssize_t pw = _plain_width(z), n_p = (N + pw - 1) // pw, q, p, j0, w
+    _pack_transposed packed into P, panel by panel in _snake order for step s.
+    Each row of z is written up to _plain_padded(N) (the zero columns of the
+    last panel): ldz must be at least that."""
+    cdef Py_ssize_t pw = _plain_width(z), vl = _vlen(z), n_p = (N + pw - 1) // pw
+    cdef Py_ssize_t q, p, j0, w
     for q in range(n_p):
         p = _snake(q, s, n_p)
         j0 = p * pw
         w = N - j0 if N - j0 < pw else pw
+        w = ((w + vl - 1) // vl) * vl
         if floating is float:
             cyl_stream_panel_f32(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0, z + j0, ldz)
         else:
@@ -463,7 +485,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
 
     The time loop runs single-threaded BLAS; the weight-gradient GEMMs after
     it may use ``big_threads``."""
-    cdef Py_ssize_t nb = b1 - b0, H4 = 4 * H
+    cdef Py_ssize_t nb = b1 - b0, H4 = 4 * H, hpw = _plain_padded(H, dW)
     cdef Py_ssize_t s, b, t, tp, L, row, j, r, Lmax = 0
     cdef const floating* cp
     cdef floating* dh
@@ -519,15 +541,15 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         else:
             dz = D + b0 * H4
             ldz = H4
-        _plain_product(UT, H4, H, s, nb, dz, ldz, dHp + b0 * H, H)
+        _plain_product(UT, H4, H, s, nb, dz, ldz, dHp + b0 * hpw, hpw)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:
                 if rmask != NULL:
                     for j in range(H):
-                        dhs[b * H + j] = dHp[b * H + j] * rmask[b * H + j]
+                        dhs[b * H + j] = dHp[b * hpw + j] * rmask[b * H + j]
                 else:
-                    memcpy(dhs + b * H, dHp + b * H, hbytes)
+                    memcpy(dhs + b * H, dHp + b * hpw, hbytes)
     _blas_threads(big_threads)
     # (B8) over all nb*T rows of this slice (padding rows are zero in dz)
     # dW (I, 4H) = X^T (I, nb*T) @ dz (nb*T, 4H)
@@ -1553,6 +1575,9 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.dhs = &dhs[0, 0]
     j.dcs = &dcs[0, 0]
     j.D = &D[0, 0]
+    if dHp.shape[0] != B or dHp.shape[1] != _plain_padded(H, &db[0]):
+        raise ValueError(f"backward: dHp must be (B, transposed_width(H)) = "
+                         f"{(B, _plain_padded(H, &db[0]))}; got {(dHp.shape[0], dHp.shape[1])}")
     j.dHp = &dHp[0, 0]
     j.dx = _ptr3(dx)
     j.dW = &dW[0, 0]

@@ -674,7 +674,7 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
         give(*scratch)
         return LSTMGrads(dx, dW, dU, db, dhs, dcs)
     D = take((B, 4 * H), dtype, zero=True)
-    dHp = take((B, H), dtype)
+    dHp = take((B, _lstm.transposed_width(H, np.dtype(dtype).name)), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
     UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)

@@ -354,3 +354,41 @@ def test_panel_projection_rule_follows_the_isa(isa_level, rows, want):
     p = functional.plan_forward(1, rows, 64, 128, np.float32, 1, training=True, facts=facts,
                      force="units")
     assert (p.prepacked, p.panel_projection) == (False, False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("H", [1, 5, 16, 50, 64, 70])
+def test_packed_transpose_is_u_transposed_zero_padded(dtype, H):
+    """pack_transposed lays U^T out in panels of whole vectors, the columns past H
+    zero (no transposed tail): rebuilt from the layout, it is U^T exactly."""
+    rng = np.random.default_rng(H)
+    U = rng.standard_normal((H, 4 * H)).astype(dtype)
+    P = np.full(_lstm.transposed_len(H, dtype), np.nan, dtype)
+    _lstm.pack_transposed(U, P)
+    vl = 64 // np.dtype(dtype).itemsize
+    pw, K = 4 * vl, 4 * H
+    cols = []
+    for p in range(-(-H // pw)):
+        w = min(pw, H - p * pw)
+        wp = -(-w // vl) * vl
+        block = P[p * K * pw:p * K * pw + K * wp].reshape(K, wp)
+        np.testing.assert_array_equal(block[:, w:], 0)
+        cols.append(block[:, :w])
+    np.testing.assert_array_equal(np.hstack(cols), U.T)
+    assert _lstm.transposed_width(H, dtype) == -(-H // vl) * vl
+
+
+def test_backward_refuses_a_dhp_scratch_of_the_wrong_width(monkeypatch):
+    B, T, I, H = 2, 3, 4, 50
+    x, W, U, b = random_lstm(np.random.default_rng(0), B, T, I, H)
+    out = lstm_forward(x, W, U, b, return_sequences=True, training=True)
+    real = _lstm.backward
+
+    def narrow(*a):
+        a = list(a)
+        a[14] = np.zeros((B, H))   # dHp: (B, H) instead of (B, transposed_width(H))
+        return real(*a)
+
+    monkeypatch.setattr(_lstm, "backward", narrow)
+    with pytest.raises(ValueError, match=r"dHp must be \(B, transposed_width\(H\)\)"):
+        lstm_backward(out.cache, grad_output=np.ones((B, T, H)))
