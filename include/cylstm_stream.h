@@ -324,7 +324,8 @@ typedef double cyl_vd __attribute__((vector_size(64)));
         v = v4; s40 += v * w0; s41 += v * w1; s42 += v * w2; s43 += v * w3;       \
         v = v5; s50 += v * w0; s51 += v * w1; s52 += v * w2; s53 += v * w3;       \
     }
-#define CYL_PANEL_ROWS6_BODY(T, VT, VL)                                            \
+#define CYL_PANEL_ROWS6_BODY(T, VT, VL) CYL_PANEL_ROWS6_BODY_PF(T, VT, VL, 0)
+#define CYL_PANEL_ROWS6_BODY_PF(T, VT, VL, PFD)                                    \
     {                                                                              \
         const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
         const T* A3 = A2 + lda; const T* A4 = A3 + lda; const T* A5 = A4 + lda;    \
@@ -339,10 +340,14 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             VT s40 = {0}, s41 = {0}, s42 = {0}, s43 = {0};                         \
             VT s50 = {0}, s51 = {0}, s52 = {0}, s53 = {0};                         \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += w)                                       \
-                CYL_R6_K(T, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])                 \
-            for (k = 0; k < kb; k++, p += w)                                       \
-                CYL_R6_K(T, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])                 \
+            for (k = 0; k < ka; k++, p += w) {                                     \
+                if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
+                CYL_R6_K(T, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])      \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += w) {                                     \
+                if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
+                CYL_R6_K(T, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])      \
+            }                                                                      \
             T* Z = z0 + j;                                                         \
             CYL_ST(Z, s00); CYL_ST(Z + VL, s01);                                   \
             CYL_ST(Z + 2 * VL, s02); CYL_ST(Z + 3 * VL, s03); Z += ldz;            \
@@ -359,6 +364,14 @@ typedef double cyl_vd __attribute__((vector_size(64)));
         }                                                                          \
     }
 
+/* the 4 vectors (4 x 64 bytes) of one k row of a 4-vector column group */
+#define CYL_PF_ROW(q)                                                              \
+    {                                                                              \
+        __builtin_prefetch((const char*)(q), 0, 3);                                \
+        __builtin_prefetch((const char*)(q) + 64, 0, 3);                           \
+        __builtin_prefetch((const char*)(q) + 128, 0, 3);                          \
+        __builtin_prefetch((const char*)(q) + 192, 0, 3);                          \
+    }
 /* z[0:6, 0:w] = [a, b][0:6] @ panel; w a multiple of 4 vectors (no tail). */
 __attribute__((target("arch=x86-64-v4")))
 static void cyl_stream_rows6_f32(const float* P, ptrdiff_t w,
@@ -373,6 +386,31 @@ static void cyl_stream_rows6_f64(const double* P, ptrdiff_t w,
                                  const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
                                  double* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
+
+/* The first six rows of a pass, which read the panel from L3 or memory (the
+ * later rows find it in L2): each k also prefetches the k row CYL_PF_DIST
+ * ahead, so that loads overlap the FMAs instead of waiting on each miss (the L2
+ * streamer stops at every 4 KiB page).  2-vCPU Xeon (Sapphire Rapids class),
+ * 2026-12-02, one thread, lstm_forward forced per path, two interleaved rounds
+ * (ms) at distance 0 / 8 / 16 / 32: (25, 16, 1024, 1024) units 60.6-62.5 /
+ * 56.1 / 56.8-57.0 / 57.3, stacked 78.9-92.6 / 67.6-68.3 / 67.1-69.6 / 67.2-67.9;
+ * (50, 64, 512, 512) stacked 88.7-90.0 / 86.8-87.4 / 86.7-89.3 / 90.5. */
+#ifndef CYL_PF_DIST
+#define CYL_PF_DIST 16
+#endif
+__attribute__((target("arch=x86-64-v4")))
+static void cyl_stream_rows6_f32pf(const float* P, ptrdiff_t w,
+                                   const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                   const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                   float* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6_BODY_PF(float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST)
+
+__attribute__((target("arch=x86-64-v4")))
+static void cyl_stream_rows6_f64pf(const double* P, ptrdiff_t w,
+                                   const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                   const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                   double* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
 
 #else
 #define CYL_STREAM_ROWS6 0
@@ -406,8 +444,8 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
     if (CYL_ISA_IS_V4 && nrows >= 6 && w % (4 * VL) == 0)                          \
         for (; nrows - r >= 6; r += 6)                                             \
-            ROWS6_FN(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,           \
-                     z0 + r * ldz, ldz);
+            (r == 0 ? ROWS6_FN##pf : ROWS6_FN)(P, w, a0 + r * lda, ka, lda,        \
+                     b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);
 #else
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)
 #endif
