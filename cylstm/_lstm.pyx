@@ -647,38 +647,102 @@ def pack_units(const floating[:, ::1] W, const floating[:, ::1] U,
                      0, (H + span - 1) // span)
 
 
+cdef struct CmpJob:
+    const char* a[3]
+    const char* b[3]
+    size_t n[3]
+    Py_ssize_t first[4]   # pieces of array i: [first[i], first[i + 1])
+    size_t chunk
+    int64_t* flags
+    int nt
+    int differ
+
+
+cdef void _cmp_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
+    cdef CmpJob* j = <CmpJob*> job
+    cdef int i = 0
+    cdef size_t off, n
+    if cyl_load_int(&j.differ):
+        return
+    while c >= j.first[i + 1]:
+        i += 1
+    off = (c - j.first[i]) * j.chunk
+    n = j.n[i] - off if j.n[i] - off < j.chunk else j.chunk
+    if memcmp(j.a[i] + off, j.b[i] + off, n) != 0:
+        cyl_store_int(&j.differ, 1)
+
+
+cdef void _cmp_job(void* job, int tid) noexcept nogil:
+    cdef CmpJob* j = <CmpJob*> job
+    # redone by the caller when a worker is late: a piece only reads, and only
+    # ever sets ``differ``
+    _claim_pieces(j.flags, j.first[3], tid, j.nt, _cmp_piece, job, True)
+
+
+cdef bint _same_bytes(const char** a, const char** b, size_t* n, int n_threads,
+                      size_t parallel_min) noexcept nogil:
+    """Whether a[i] and b[i] hold the same n[i] bytes for i < 3 (n[i] may be 0):
+    memcmp, split over ``n_threads`` pool threads in chunks when there are at
+    least ``parallel_min`` bytes."""
+    cdef CmpJob j
+    cdef int i
+    cdef size_t total = n[0] + n[1] + n[2]
+    cdef bint ok
+    if n_threads <= 1 or total < parallel_min:
+        for i in range(3):
+            if n[i] and memcmp(a[i], b[i], n[i]) != 0:
+                return False
+        return True
+    j.chunk = 256 * 1024
+    j.first[0] = 0
+    for i in range(3):
+        j.a[i], j.b[i], j.n[i] = a[i], b[i], n[i]
+        j.first[i + 1] = j.first[i] + <Py_ssize_t> ((n[i] + j.chunk - 1) // j.chunk)
+    j.nt = n_threads if n_threads < j.first[3] else <int> j.first[3]
+    j.differ = 0
+    if not _pool_job(_cmp_job, &j, j.nt, 1, &j.flags, j.first[3], NULL, 0, NULL, 0):
+        for i in range(3):   # no memory for the piece words: compare here
+            if n[i] and memcmp(a[i], b[i], n[i]) != 0:
+                return False
+        return True
+    ok = not j.differ
+    return ok
+
+
 def same_weights(const floating[:, ::1] W, const floating[:, ::1] U, object bias,
                  const floating[:, ::1] W2, const floating[:, ::1] U2, object bias2,
-                 bint with_w=True):
+                 bint with_w=True, int n_threads=1, size_t parallel_min=0):
     """Whether W (unless not ``with_w``), U and ``bias`` (1-D or None) hold the
-    same bytes as W2, U2 and ``bias2`` (memcmp, GIL released; the packed-weight
+    same bytes as W2, U2 and ``bias2`` (memcmp, GIL released, split over
+    ``n_threads`` pool threads from ``parallel_min`` bytes on; the packed-weight
     cache's check)."""
     cdef const floating[::1] b
     cdef const floating[::1] b2
-    cdef const floating* pb = NULL
-    cdef const floating* pb2 = NULL
-    cdef size_t nw = W.shape[0] * W.shape[1] * sizeof(floating)
-    cdef size_t nu = U.shape[0] * U.shape[1] * sizeof(floating)
-    cdef size_t nb = 0
-    cdef bint same = True
+    cdef const char* pa[3]
+    cdef const char* pb[3]
+    cdef size_t n[3]
+    cdef bint same
     if (W.shape[0] != W2.shape[0] or W.shape[1] != W2.shape[1] or U.shape[0] != U2.shape[0]
             or U.shape[1] != U2.shape[1] or (bias is None) != (bias2 is None)):
         return False
+    n[0] = n[1] = n[2] = 0
+    pa[0] = pa[1] = pa[2] = pb[0] = pb[1] = pb[2] = NULL
     if bias is not None:
         b = bias
         b2 = bias2
         if b.shape[0] != b2.shape[0]:
             return False
-        nb = b.shape[0] * sizeof(floating)
-        if nb:
-            pb, pb2 = &b[0], &b2[0]
+        n[0] = b.shape[0] * sizeof(floating)
+        if n[0]:
+            pa[0], pb[0] = <const char*> &b[0], <const char*> &b2[0]
+    n[1] = W.shape[0] * W.shape[1] * sizeof(floating) if with_w else 0
+    if n[1]:
+        pa[1], pb[1] = <const char*> &W[0, 0], <const char*> &W2[0, 0]
+    n[2] = U.shape[0] * U.shape[1] * sizeof(floating)
+    if n[2]:
+        pa[2], pb[2] = <const char*> &U[0, 0], <const char*> &U2[0, 0]
     with nogil:
-        if nb and memcmp(pb, pb2, nb) != 0:
-            same = False
-        elif with_w and nw and memcmp(&W[0, 0], &W2[0, 0], nw) != 0:
-            same = False
-        elif nu and memcmp(&U[0, 0], &U2[0, 0], nu) != 0:
-            same = False
+        same = _same_bytes(pa, pb, n, n_threads, parallel_min)
     return same
 
 
@@ -724,6 +788,8 @@ cdef extern from "cylstm_pool.h" nogil:
     int64_t cyl_pool_worked_ns
     int cyl_pool_workers()
     int64_t cyl_load(const int64_t* p)
+    int cyl_load_int(const int* p)
+    void cyl_store_int(int* p, int v)
     int64_t cyl_now_ns()
     int64_t cyl_pool_waited_ns[3]
     int64_t cyl_pool_jobs

@@ -67,7 +67,7 @@ def cacheable(I, H, dtype):
     return 2 * entry_bytes(I, H, dtype) <= _tuning.WEIGHT_CACHE_BYTES
 
 
-def lookup(W, U, bias, layout, with_w=True):
+def lookup(W, U, bias, layout, with_w=True, n_threads=1):
     """The weights packed in ``layout`` (a read-only array), or None when this call
     should pack for itself (too big, a key whose bytes keep changing, or a run of
     calls each with arrays never seen before).
@@ -79,7 +79,9 @@ def lookup(W, U, bias, layout, with_w=True):
         ``bias`` may be None (zeros).
     with_w : compare W too (False: the caller reads W itself, not its panels; a
         changed W then goes unnoticed until a lookup with ``with_w``, which
-        repacks)."""
+        repacks).
+    n_threads : threads the call may use; the byte compare is split over them
+        from ``_tuning.COMPARE_PARALLEL_MIN_BYTES`` on."""
     global _new_streak, _new_skip
     dtype = W.dtype
     I, H = W.shape[0], U.shape[0]
@@ -99,7 +101,8 @@ def lookup(W, U, bias, layout, with_w=True):
             _new_skip -= 1
             _counts["skipped"] += 1
             return None
-    if e is not None and _lstm.same_weights(W, U, bias, *e.copies, with_w):  # (never changes)
+    if e is not None and _lstm.same_weights(W, U, bias, *e.copies, with_w, n_threads,
+                                            _tuning.COMPARE_PARALLEL_MIN_BYTES):
         with _lock:
             e.misses = 0
             _new_streak = 0

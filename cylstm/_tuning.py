@@ -182,6 +182,10 @@ L3_PER_CORE_CAP = 16 * 2**20
 # Whole lstm_forward, cache on / off (interleaved): 1.01-1.35x on one thread,
 # 0.97-1.12x on two.
 WEIGHT_CACHE_BYTES = 256 * 2**20
+# The cache's byte compare (each call reads the caller's weights and the entry's
+# copy) runs on the call's threads from this many bytes on: at 1 MiB a compare
+# takes ~40 us at the L3 rate, against a few us to start the pool.
+COMPARE_PARALLEL_MIN_BYTES = 2**20
 PANEL_PROJ_MAX_ROWS = 256
 PANEL_PROJ_MAX_ROWS_AVX512 = None   # no limit
 
@@ -219,6 +223,8 @@ THRESHOLDS = {
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",
     "WEIGHT_CACHE_BYTES": "packed-weight cache (a memory bound); 2-vCPU Xeon, 2026-12-02",
+    "COMPARE_PARALLEL_MIN_BYTES": "packed-weight cache compare; a pool start against "
+                                  "the L3 rate, 2-vCPU Xeon, 2026-12-02",
     "PANEL_PROJ_MAX_ROWS": "unit path, cached weights, AVX2/baseline; 2-vCPU Xeon forced "
                            "to AVX2, 2026-12-02",
     "PANEL_PROJ_MAX_ROWS_AVX512": "unit path, cached weights, AVX-512; 2-vCPU Xeon, "

@@ -584,7 +584,8 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
     if plan.prepacked and cache:
         units = plan.path == "units"
         P = _packcache.lookup(W, U, bias, "units" if units else "stacked",
-                              with_w=plan.panel_projection or not units)
+                              with_w=plan.panel_projection or not units,
+                              n_threads=plan.blas_threads)
     if plan.panel_projection and P is None:  # packing per call: rows in gate order
         B, T, H = x.shape[0], x.shape[1], U.shape[0]
         G = G.reshape(-1)[:B * T * 4 * H].reshape(B, T, 4 * H)

@@ -59,6 +59,9 @@ static inline void cyl_store(int64_t *p, int64_t v)
 {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
+/* flags (int) a job's threads only ever set */
+static inline int cyl_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void cyl_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline int cyl_cas(int64_t *p, int64_t expected, int64_t desired)
 {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,

@@ -186,3 +186,29 @@ def test_pack_functions_refuse_inconsistent_buffers():
     assert not _lstm.same_weights(W, U, None, W, np.zeros((3, 12), np.float32), None)
     assert not _lstm.same_weights(W, U, None, W, U, np.zeros(16, np.float32))
     assert _lstm.same_weights(W, U, None, W.copy(), U.copy(), None)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("where", ["bias", "W0", "Wmid", "Ulast", "none"])
+def test_threaded_compare_finds_any_changed_byte(threads, where):
+    """The cache's compare split over pool threads (chunks of 256 KiB, every
+    array its own pieces): one changed element anywhere is found, and equal
+    weights are equal, whatever the thread count."""
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal((300, 1200)).astype(np.float32)   # 1.4 MB: several chunks
+    U = rng.standard_normal((300, 1200)).astype(np.float32)
+    b = rng.standard_normal(1200).astype(np.float32)
+    W2, U2, b2 = W.copy(), U.copy(), b.copy()
+    if where == "bias":
+        b2[-1] += 1
+    elif where == "W0":
+        W2[0, 0] = np.nextafter(W2[0, 0], np.inf)
+    elif where == "Wmid":
+        W2.reshape(-1)[W.size // 2 + 3] *= -1
+    elif where == "Ulast":
+        U2[-1, -1] += 1
+    same = _lstm.same_weights(W, U, b, W2, U2, b2, True, threads, 0)
+    assert same == (where == "none")
+    # with_w=False leaves W out of the compare
+    assert _lstm.same_weights(W, U, b, W2, U2, b2, False, threads, 0) == (
+        where in ("none", "W0", "Wmid"))
