@@ -362,7 +362,11 @@ def _check_sizes(B, T, I, H, itemsize, training):
             )
 
 
-def _check_lengths(lengths, B, T):
+def _check_lengths(lengths, B, T, low=0):
+    """Validated per-sample lengths (int64, C-contiguous) in [low, T], or None for
+    all full.  A length of 0 is valid on CPU: that sample's outputs are zeros, its
+    final state its initial one, and it takes no gradient but the one it passes
+    straight to the initial state."""
     if lengths is None:
         return None
     la = np.asarray(lengths)
@@ -373,9 +377,9 @@ def _check_lengths(lengths, B, T):
             raise TypeError(f"lengths must be integers; got dtype {la.dtype}")
     if la.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},) (one per sample); got {la.shape}")
-    if B and (la.min() < 1 or la.max() > T):
+    if B and (la.min() < low or la.max() > T):
         raise ValueError(
-            f"lengths must lie in [1, {T}] (time steps of x); got min {la.min()}, "
+            f"lengths must lie in [{low}, {T}] (time steps of x); got min {la.min()}, "
             f"max {la.max()}"
         )
     la = np.ascontiguousarray(la, dtype=np.int64)
@@ -479,10 +483,11 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         float64) is the compute dtype; other inputs are cast to it.
     initial_state : (h0, c0), each (B, H), or None for zeros.
     lengths : int array (B,) or None
-        Valid steps per sample (1 <= L <= T), PyTorch packed-sequence
+        Valid steps per sample (0 <= L <= T), PyTorch packed-sequence
         semantics: outputs past a sample's length are zero, its final state
-        is the one after its last valid step, and with ``go_backwards`` it
-        runs from its own last valid step back to step 0.
+        is the one after its last valid step (for L = 0, the initial state),
+        and with ``go_backwards`` it runs from its own last valid step back to
+        step 0.
     go_backwards : bool
         Process time in reverse.  ``output[:, t]`` is still the state
         computed at time ``t`` (PyTorch's convention; the Keras layer flips).

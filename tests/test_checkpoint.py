@@ -41,8 +41,9 @@ def _problem(B, T, I, H, dtype=np.float64, seed=0):
     h0, c0 = (rng.standard_normal((2, B, H)) * 0.5).astype(dtype)
     dy = rng.standard_normal((B, T, H)).astype(dtype)
     dh, dc = rng.standard_normal((2, B, H)).astype(dtype)
-    lengths = rng.integers(1, T + 1, B)
+    lengths = rng.integers(0, T + 1, B)
     lengths[0] = T  # the longest sample runs every step
+    lengths[-1] = 0  # and one runs none
     rmask = ((rng.random((B, H)) > 0.3) / 0.7).astype(dtype)
     return {"x": x, "W": W, "U": U, "b": b, "h0": h0, "c0": c0, "dy": dy, "dh": dh, "dc": dc,
             "lengths": lengths, "rmask": rmask}

@@ -51,9 +51,9 @@ def test_zero_length_and_lengths_out_of_range():
     with pytest.raises(ValueError, match="zero time steps"):
         lstm_forward(np.zeros((2, 0, 3)), W, U, b)
     x = np.zeros((2, 4, 3))
-    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]"):
-        lstm_forward(x, W, U, b, lengths=[0, 4])
-    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 4\]"):
+        lstm_forward(x, W, U, b, lengths=[-1, 4])
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 4\]"):
         lstm_forward(x, W, U, b, lengths=[5, 4])
     with pytest.raises(ValueError, match=r"lengths must have shape \(2,\)"):
         lstm_forward(x, W, U, b, lengths=[4, 4, 4])

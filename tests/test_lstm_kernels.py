@@ -30,7 +30,9 @@ def test_forward_matches_reference(dtype, reverse, with_lengths, threads):
     x, W, U, b = _case(B, T, I, H)
     rng = np.random.default_rng(1)
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
-    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    lengths = rng.integers(0, T + 1, B) if with_lengths else None
+    if with_lengths:
+        lengths[-1] = 0   # a valid length: outputs zeros, the final state the initial one
     y, hT, cT, _ = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
     out = _run(x, W, U, b, dtype, initial_state=(h0, c0), lengths=lengths,
                go_backwards=reverse, num_threads=threads)
@@ -55,7 +57,9 @@ def test_backward_matches_reference(dtype, reverse, with_lengths, threads):
     x, W, U, b = _case(B, T, I, H, seed=2)
     rng = np.random.default_rng(3)
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
-    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    lengths = rng.integers(0, T + 1, B) if with_lengths else None
+    if with_lengths:
+        lengths[-1] = 0   # a valid length: outputs zeros, the final state the initial one
     dy = rng.standard_normal((B, T, H))
     dhT, dcT = rng.standard_normal((2, B, H))
     *_, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
@@ -270,3 +274,26 @@ def test_backward_flushes_subnormals_only_while_it_runs():
     tiny = np.array([1e-39], np.float32)       # subnormal in float32
     assert (tiny * np.float32(1.0))[0] != 0    # not flushed: the mode was restored
     assert (tiny / np.float32(2.0))[0] != 0
+
+
+@pytest.mark.parametrize("path", [None, "rows", "units"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_all_lengths_zero_pass_the_state_through(path, threads):
+    """Every sample of length 0: outputs are zeros, the final state is the initial
+    one, and the backward passes the final state's gradient straight to the
+    initial state (nothing reaches x or the weights)."""
+    B, T, I, H = 4, 5, 3, 40
+    x, W, U, b = _case(B, T, I, H, seed=8)
+    rng = np.random.default_rng(9)
+    h0, c0 = rng.standard_normal((2, B, H))
+    dhT, dcT = rng.standard_normal((2, B, H))
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), lengths=np.zeros(B, int),
+                       training=True, num_threads=threads, _plan=path)
+    assert not out.output.any()
+    np.testing.assert_array_equal(out.h, h0)
+    np.testing.assert_array_equal(out.c, c0)
+    g = lstm_backward(out.cache, np.ones((B, T, H)), dhT, dcT, num_threads=threads)
+    for a in (g.dx, g.dkernel, g.drecurrent_kernel, g.dbias):
+        assert not np.asarray(a).any()
+    np.testing.assert_array_equal(g[4], dhT)
+    np.testing.assert_array_equal(g[5], dcT)

@@ -73,7 +73,9 @@ def test_team_forward_and_backward_match_reference(dtype, reverse, with_lengths,
     x, W, U, b = random_lstm(np.random.default_rng(B * H), B, T, I, H)
     rng = np.random.default_rng(1)
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
-    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    lengths = rng.integers(0, T + 1, B) if with_lengths else None
+    if with_lengths:
+        lengths[-1] = 0   # a valid length: outputs zeros, the final state the initial one
     y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0, lengths, reverse)
     cast = [a.astype(dtype) for a in (x, W, U, b)]
     out = lstm_forward(*cast, initial_state=(h0, c0), lengths=lengths, go_backwards=reverse,
@@ -209,7 +211,9 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
     x, W, U, b = random_lstm(np.random.default_rng(5), B, T, I, H)
     rng = np.random.default_rng(6)
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
-    lengths = rng.integers(1, T + 1, B) if with_lengths else None
+    lengths = rng.integers(0, T + 1, B) if with_lengths else None
+    if with_lengths:
+        lengths[-1] = 0   # a valid length: outputs zeros, the final state the initial one
     rmask = (rng.random((B, H)) > 0.3) / 0.7 if masked else None
     plan = [_path(B, H, threads, I=I, lens=with_lengths, reverse=reverse, training=training,
                   dtype=dtype) for training in (False, True)]

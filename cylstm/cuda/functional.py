@@ -171,7 +171,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
     B, T, I = x.shape
     U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
-    lens = _check_lengths(lengths, B, T)
+    lens = _check_lengths(lengths, B, T, low=1)   # (length 0: not checked on a GPU yet)
     if initial_state is not None and isinstance(initial_state, (tuple, list)):
         # DeviceArrays (e.g. the h, c of an output_on_device call) come back to the
         # host: they are small, and the kernels update the state buffers in place
