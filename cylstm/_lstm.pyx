@@ -808,6 +808,7 @@ cdef extern from "cylstm_pool.h" nogil:
     bint cyl_pool_job_open()
     void cyl_pool_tick_set(int64_t v)
     int64_t cyl_pool_tick_get()
+    bint cyl_pool_beside_caller()
 
 
 def set_pool_spin_ns(int64_t ns):
@@ -1223,6 +1224,7 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
     cdef Py_ssize_t m0 = (tid * n) // j.nt, m1 = ((tid + 1) * n) // j.nt
     cdef int64_t k, last = 0
     cdef int useless = 0
+    cdef int64_t spins
     cdef bint helped
     # Redone by the caller when a worker is late only with the panel projection
     # (each element of G stored once, final; packing likewise): a BLAS call may
@@ -1266,9 +1268,13 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
     while useless < UNITS_USELESS_STEPS:
         cyl_pool_release()
         k = cyl_pool_tick_get()
+        spins = 0
         while k == last:
             if not cyl_pool_job_open():
                 return
+            spins += 1
+            if spins % 64 == 0 and cyl_pool_beside_caller():
+                return   # moved onto the caller's core: every spin is its time
             cyl_relax()
             k = cyl_pool_tick_get()
         if not cyl_pool_acquire():

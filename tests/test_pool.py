@@ -218,3 +218,39 @@ def test_backoff_runs_jobs_alone_with_the_same_bits(path):
     _lstm.set_pool_backoff_ns(0)      # ends the back-off
     _run(path, x, W, U, b, 2)
     assert _lstm.pool_stats()["jobs"] == jobs + 1
+
+
+_ONE_CPU_SCRIPT = """
+import os, sys
+import numpy as np
+os.sched_setaffinity(0, {int(sys.argv[1])})   # the caller and its workers share one CPU
+from cylstm import _lstm
+from cylstm.functional import lstm_forward
+rng = np.random.default_rng(3)
+B, T, I, H = 2, 30, 5, 70
+x = rng.standard_normal((B, T, I)).astype(np.float32)
+W = (rng.standard_normal((I, 4 * H)) * 0.3).astype(np.float32)
+U = (rng.standard_normal((H, 4 * H)) * 0.3).astype(np.float32)
+b = np.zeros(4 * H, np.float32)
+for path in ("units", "rows"):
+    one = lstm_forward(x, W, U, b, num_threads=1, _plan=path).output
+    for _ in range(20):   # workers woken beside the caller, again and again
+        two = lstm_forward(x, W, U, b, num_threads=2, _plan=path).output
+        assert np.array_equal(two, one), path
+print("ok", _lstm.pool_workers())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_workers_on_the_callers_only_cpu_neither_hang_nor_change_results():
+    """With one CPU allowed, every worker wakes beside its caller: it cannot move
+    off that CPU, so it leaves the job to the caller and sleeps; calls on two
+    threads still finish, with the one-thread bits."""
+    cpu = min(os.sched_getaffinity(0))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(_lstm.__file__)))]
+        + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    p = subprocess.run([sys.executable, "-c", _ONE_CPU_SCRIPT, str(cpu)], env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("ok")
