@@ -86,8 +86,27 @@ def loads(data):
 
 
 # ---------------------------------------------------------------------------- threads
+def _ray_cpus():
+    """CPUs Ray assigned to this process's actor or task; None outside a Ray worker."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported it; nobody else needs it
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except AssertionError:  # the driver: it is assigned nothing
+        return None
+    return max(1, int(cpus)) if cpus else None
+
+
 def _engine_threads():
     """Threads one cylstm task may use on this worker, from the engine's setting."""
+    # Ray first: the CPUs it reserved for this actor are the truth, and OMP_NUM_THREADS in a
+    # Ray worker may be inherited from the driver's environment (a Dask LocalCluster leaves
+    # OMP_NUM_THREADS=1 in the process that started it), then an actor of num_cpus=2 would
+    # run on one thread
+    cpus = _ray_cpus()
+    if cpus is not None:
+        return cpus
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
@@ -100,25 +119,16 @@ def _engine_threads():
         return max(1, cores // max(1, int(get_worker().state.nthreads)))
     except (ImportError, ValueError, AttributeError):
         pass
-    try:
-        import ray
-
-        if ray.is_initialized():
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-            if cpus:
-                return max(1, int(cpus))
-    except ImportError:
-        pass
     return None
 
 
-def _set_worker_threads():
-    """Once per worker process: cylstm's threads follow the engine's setting."""
+def _set_worker_threads(again=False):
+    """Once per worker process (or ``again``): cylstm's threads follow the engine's setting."""
     global _threads_set
-    if _threads_set:
+    if _threads_set and not again:
         return
     with _lock:
-        if not _threads_set:
+        if not _threads_set or again:
             n = _engine_threads()
             if n is not None:
                 import cylstm
@@ -299,7 +309,7 @@ class RayPredictor:
         self.column = column
         self.batch_size = batch_size
         self.output_column = output_column
-        _set_worker_threads()
+        _set_worker_threads(again=True)  # an actor: its own num_cpus
 
     def __call__(self, batch):
         if self.column not in batch:

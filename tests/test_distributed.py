@@ -295,8 +295,11 @@ def ray_ctx(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("ray"))
     try:
+        # OMP_NUM_THREADS=1 as the workers inherit it after a Dask LocalCluster (which
+        # leaves it in the environment of the process that started it): actors must
+        # still run cylstm on their num_cpus
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": pkg_parent}})
+                 runtime_env={"env_vars": {"PYTHONPATH": pkg_parent, "OMP_NUM_THREADS": "1"}})
         yield ray
     finally:
         ray.shutdown()
