@@ -346,24 +346,14 @@ def _ray_predict(model, ds, batch_size, column, concurrency, num_cpus):
     return out
 
 
-# ---------------------------------------------------------------------------- fit (Dask)
+# ---------------------------------------------------------------------------- fit
+# One driver loop (_DataParallelFit) over small backends that hold the replicas:
+# _DaskBackend (one replica per Dask worker, in the worker's _REPLICAS).  A backend places the replicas and the data once and then
+# runs one global step at a time: step(shards, g_prev) -> [(samples, gradient, logs,
+# compute seconds)], one tuple per replica, in the replicas' order.
 _FIT_KEYWORDS = {"batch_size", "epochs", "verbose", "callbacks", "shuffle", "sample_weight",
                  "class_weight", "initial_epoch", "validation_data", "validation_freq",
                  "validation_batch_size"}
-
-
-def _dp_init(key, blob):
-    _set_worker_threads()
-    from cylstm import saving
-
-    model = saving.model_from_bytes(blob)
-    model._ensure_bound()
-    _REPLICAS[key] = model
-    return os.getpid()
-
-
-def _dp_drop(key):
-    _REPLICAS.pop(key, None)
 
 
 def _apply_update(model, g):
@@ -378,15 +368,33 @@ def _apply_update(model, g):
         model._weights_changed()
 
 
-def _dp_step(key, data, idx, g_prev):
-    """Apply the previous averaged step, then (samples, gradient, logs) of this shard."""
-    model = _REPLICAS.get(key)
-    if model is None:
-        raise RuntimeError("this worker holds no replica for the fit (it was restarted)")
+def _replica_model(blob):
+    """A replica of the driver's model (optimizer state included), ready to step."""
+    _set_worker_threads()
+    from cylstm import saving
+
+    model = saving.model_from_bytes(blob)
+    model._ensure_bound()
+    return model
+
+
+def _replica_info():
+    import cylstm
+
+    return {"pid": os.getpid(), "threads": cylstm.get_num_threads()}
+
+
+def _replica_step(model, data, idx, g_prev):
+    """Apply the previous averaged step, then (samples, gradient, logs, seconds) of a shard.
+
+    ``seconds`` is the replica's own compute time for the call, so that the driver can
+    tell its waiting apart from the replicas' work.
+    """
+    t0 = time.perf_counter()
     if g_prev is not None:
         _apply_update(model, g_prev)
-    if idx is None:  # the last call only applies the final step
-        return 0, None, None
+    if idx is None:  # an empty shard (a batch smaller than the replicas)
+        return 0, None, None, time.perf_counter() - t0
     xs, ys, sws = data
     xs = [a[idx] for a in xs]
     ys = [a[idx] for a in ys]
@@ -401,7 +409,77 @@ def _dp_step(key, data, idx, g_prev):
         model._clear_caches()
         raise
     vals = model._batch_logs(loss, parts, ys, preds)
-    return len(xs[0]), model._flat_grad.copy(), vals
+    return len(xs[0]), model._flat_grad.copy(), vals, time.perf_counter() - t0
+
+
+# Dask: the replicas live in each worker process's _REPLICAS, under the fit's key.
+def _dp_init(key, blob):
+    _REPLICAS[key] = _replica_model(blob)
+    return _replica_info()
+
+
+def _dp_drop(key):
+    _REPLICAS.pop(key, None)
+
+
+def _dp_step(key, data, idx, g_prev):
+    model = _REPLICAS.get(key)
+    if model is None:
+        raise RuntimeError("this worker holds no replica for the fit (it was restarted)")
+    return _replica_step(model, data, idx, g_prev)
+
+
+class _DaskBackend:
+    """One replica on every worker of a Dask client; tasks pinned to their worker."""
+
+    engine = "dask"
+
+    def __init__(self, client):
+        self.client = client
+        self.workers = []
+        self.key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+
+    def start(self, blob, data):
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise RuntimeError("the Dask cluster has no workers")
+        self.workers = workers
+        ref = self.client.scatter(blob, broadcast=True, hash=False)
+        self.data = self.client.scatter(data, broadcast=True, hash=False)
+        return self._gather([self.client.submit(_dp_init, self.key, ref, workers=[w],
+                                                pure=False, allow_other_workers=False)
+                             for w in workers])
+
+    def step(self, shards, g_prev):
+        return self._gather([self.client.submit(_dp_step, self.key, self.data, idx, g_prev,
+                                                workers=[w], pure=False,
+                                                allow_other_workers=False)
+                             for w, idx in zip(self.workers, shards)])
+
+    def close(self):
+        if not self.workers:
+            return
+        try:
+            self.client.run(_dp_drop, self.key, workers=self.workers)
+        except Exception:  # noqa: BLE001, S110 - a dead worker holds no replica to drop
+            pass
+
+    def _gather(self, futs):
+        """Results of ``futs``; fails when a worker they are pinned to leaves the cluster."""
+        from distributed import wait
+
+        while True:
+            try:
+                wait(futs, timeout=0.5)
+                return self.client.gather(futs)
+            except TimeoutError:
+                pass
+            alive = set(self.client.scheduler_info()["workers"])
+            gone = [w for w in self.workers if w not in alive]
+            if gone:
+                for f in futs:
+                    f.cancel()
+                raise RuntimeError(f"worker(s) {gone} left the cluster during the fit")
 
 
 def _is_dask_client(client):
@@ -427,7 +505,7 @@ def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
     model : compiled cylstm model
     x, y : arrays (or lists/dicts of arrays, one per input/output)
     client : distributed.Client
-        The cluster to train on ("ray" is not supported yet).
+        One replica on every worker of its cluster ("ray" is not supported yet).
     epochs, batch_size, verbose, callbacks, shuffle, sample_weight, class_weight,
     initial_epoch, validation_data, validation_freq, validation_batch_size
         As :meth:`cylstm.Model.fit` (validation runs on the driver).
@@ -435,12 +513,19 @@ def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
     Returns
     -------
     History
+        As ``model.fit``'s, plus ``history.timing``: a dict with ``engine``,
+        ``workers``, ``threads`` (per replica), ``steps``, ``wait_s`` (the driver's
+        time waiting for the replicas' results), ``compute_s`` (of that, the
+        slowest replica's own compute time, summed over the steps) and
+        ``communication_s`` (the rest: sending, scheduling, receiving).
 
     Raises
     ------
     RuntimeError
-        A worker died or a task failed; the model is left exactly as it was
-        before the call (weights and optimizer state).
+        A worker died or a task failed; the model is left exactly as it
+        was before the call (weights and optimizer state).
+    TypeError
+        ``client`` is not a Dask client, or a keyword is unknown.
     """
     if isinstance(client, str) and client == "ray":
         raise NotImplementedError("distributed.fit on Ray is not implemented yet; pass a "
@@ -452,22 +537,24 @@ def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
     if unknown:
         raise TypeError(f"distributed.fit got unsupported keyword(s) {sorted(unknown)}; it "
                         f"takes {sorted(_FIT_KEYWORDS)}")
-    return _DaskFit(model, client).run(x, y, epochs, batch_size, **kwargs)
+    fitter = _DataParallelFit(model)  # checks the model before any engine is touched
+    return fitter.run(_DaskBackend(client), x, y, epochs, batch_size, **kwargs)
 
 
-class _DaskFit:
-    def __init__(self, model, client):
+class _DataParallelFit:
+    """The driver's loop of a data-parallel fit, the same for every backend."""
+
+    def __init__(self, model):
         from cylstm.engine.model import Model
 
         if not isinstance(model, Model):
             raise TypeError(f"model must be a cylstm model; got {type(model).__name__}")
         model._require_compiled("distributed.fit")
         self.model = model
-        self.client = client
 
-    def run(self, x, y, epochs, batch_size, verbose="auto", callbacks=None, shuffle=True,
-            sample_weight=None, class_weight=None, initial_epoch=0, validation_data=None,
-            validation_freq=1, validation_batch_size=None):
+    def run(self, backend, x, y, epochs, batch_size, verbose="auto", callbacks=None,
+            shuffle=True, sample_weight=None, class_weight=None, initial_epoch=0,
+            validation_data=None, validation_freq=1, validation_batch_size=None):
         from cylstm import callbacks as _cbm
         from cylstm import saving
         from cylstm.engine import data_adapters as _da
@@ -493,19 +580,16 @@ class _DaskFit:
         if validation_data is not None:
             val = _da.get_validation_adapter(m, validation_data,
                                              validation_batch_size or batch_size)
-        workers = sorted(self.client.scheduler_info()["workers"])
-        if not workers:
-            raise RuntimeError("the Dask cluster has no workers")
         before = saving.model_to_bytes(m)
-        key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
-        self.workers, self.key = workers, key
+        self.backend = backend
+        self.timing = {"engine": backend.engine, "workers": 0, "threads": [], "steps": 0,
+                       "wait_s": 0.0, "compute_s": 0.0, "communication_s": 0.0}
         try:
-            blob = self.client.scatter(before, broadcast=True, hash=False)
-            data = self.client.scatter((xs, ys, sws), broadcast=True, hash=False)
-            self._gather([self.client.submit(_dp_init, key, blob, workers=[w], pure=False,
-                                             allow_other_workers=False) for w in workers])
-            history = self._epochs(data, n, epochs, batch_size, verbose, callbacks, shuffle,
-                                   initial_epoch, val, validation_freq, _cbm)
+            infos = backend.start(before, (xs, ys, sws))
+            self.timing["workers"] = len(infos)
+            self.timing["threads"] = [i["threads"] for i in infos]
+            history = self._epochs(len(infos), n, epochs, batch_size, verbose, callbacks,
+                                   shuffle, initial_epoch, val, validation_freq, _cbm)
         except BaseException as e:
             _restore(m, before)
             if isinstance(e, (KeyboardInterrupt, FloatingPointError)):
@@ -513,35 +597,17 @@ class _DaskFit:
             raise RuntimeError(f"distributed.fit failed ({type(e).__name__}: {e}); the model "
                                "was left as it was before the call") from e
         finally:
-            try:
-                self.client.run(_dp_drop, key, workers=workers)
-            except Exception:  # noqa: BLE001, S110 - a dead worker holds no replica to drop
-                pass
+            backend.close()
+        t = self.timing
+        t["communication_s"] = max(0.0, t["wait_s"] - t["compute_s"])
+        history.timing = t
         return history
 
-    def _gather(self, futs):
-        """Results of ``futs``; fails when a worker they are pinned to leaves the cluster."""
-        from distributed import wait
-
-        while True:
-            try:
-                wait(futs, timeout=0.5)
-                return self.client.gather(futs)
-            except TimeoutError:
-                pass
-            alive = set(self.client.scheduler_info()["workers"])
-            gone = [w for w in self.workers if w not in alive]
-            if gone:
-                for f in futs:
-                    f.cancel()
-                raise RuntimeError(f"worker(s) {gone} left the cluster during the fit")
-
-    def _epochs(self, data, n, epochs, batch_size, verbose, callbacks, shuffle, initial_epoch,
+    def _epochs(self, nw, n, epochs, batch_size, verbose, callbacks, shuffle, initial_epoch,
                 val, validation_freq, _cbm):
         from cylstm._progress import Progbar
 
         m = self.model
-        nw = len(self.workers)
         steps = -(-n // batch_size)
         history = _cbm.History()
         cb_list = list(callbacks or [])
@@ -554,6 +620,7 @@ class _DaskFit:
         logs = {}
         pending = None   # the averaged gradient the replicas have not applied yet
         rng = m._shuffle_generator() if shuffle else None
+        timing = self.timing
         for epoch in range(initial_epoch, epochs):
             cbl.on_epoch_begin(epoch)
             if verbose == 1:
@@ -565,18 +632,19 @@ class _DaskFit:
                 lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
                 cbl.on_train_batch_begin(b)
                 bounds = np.linspace(lo, hi, nw + 1).round().astype(int)
-                futs = []
-                for w, s0, s1 in zip(self.workers, bounds[:-1], bounds[1:]):
-                    if order is not None:
-                        idx = order[s0:s1]
+                shards = []
+                for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                    if s1 <= s0:
+                        shards.append(None)
+                    elif order is not None:
+                        shards.append(order[s0:s1])
                     else:
-                        idx = slice(int(s0), int(s1)) if s1 > s0 else None
-                    if idx is None or (order is not None and len(idx) == 0):
-                        idx = None
-                    futs.append(self.client.submit(
-                        _dp_step, self.key, data, idx, pending, workers=[w], pure=False,
-                        allow_other_workers=False))
-                res = self._gather(futs)
+                        shards.append(slice(int(s0), int(s1)))
+                t0 = time.perf_counter()
+                res = self.backend.step(shards, pending)
+                timing["wait_s"] += time.perf_counter() - t0
+                timing["compute_s"] += max(r[3] for r in res)
+                timing["steps"] += 1
                 k = sum(r[0] for r in res)
                 g = sum(r[1] * (r[0] / k) for r in res if r[0])
                 vals = [sum(r[2][i] * r[0] for r in res if r[0]) / k

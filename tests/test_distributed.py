@@ -148,6 +148,19 @@ def test_bad_client_is_a_type_error():
         cd.predict(m, x)
 
 
+@pytest.mark.parametrize("client", ["dask"])
+def test_unknown_fit_keyword_is_a_type_error_before_any_engine_starts(client):
+    if client == "dask":
+        distributed = pytest.importorskip("distributed", reason="dask[distributed] not "
+                                          "installed")
+        # a Client object that never connected: the keyword check comes first
+        client = object.__new__(distributed.Client)
+    m = _model()
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"unsupported keyword\(s\) \['steps_per_epoch'\]"):
+        cd.fit(m, x, y, client=client, steps_per_epoch=3)
+
+
 # ---------------------------------------------------------------------------- Dask
 @pytest.fixture(scope="module")
 def dask_client():
@@ -282,6 +295,17 @@ def test_dask_worker_killed_mid_fit_leaves_the_model_unchanged(dask_client):
     dask_client.wait_for_workers(2, timeout=60)  # the nanny restarts it for later tests
 
 
+def test_dask_fit_reports_its_timing(dask_client):
+    x, y = _data(n=12)
+    m = _model()
+    h = cd.fit(m, x, y, client=dask_client, epochs=2, batch_size=4, verbose=0)
+    t = h.timing
+    assert t["engine"] == "dask" and t["workers"] == 2 and t["threads"] == [1, 1]
+    assert t["steps"] == 6
+    assert 0 < t["compute_s"] <= t["wait_s"]
+    assert t["communication_s"] == pytest.approx(t["wait_s"] - t["compute_s"])
+
+
 # ---------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_ctx(tmp_path_factory):
@@ -334,3 +358,4 @@ def test_ray_predictor_used_directly_with_another_column(ray_ctx):
     with pytest.raises(Exception, match="no column 'data'"):
         ds.map_batches(cd.RayPredictor, fn_constructor_kwargs={"model": m}, concurrency=1,
                        num_cpus=1, batch_format="numpy").take_all()
+
