@@ -14,7 +14,7 @@ Threads: each worker runs cylstm's kernels on the threads the engine gives it,
 read when the worker first runs a cylstm task.  Dask sets ``OMP_NUM_THREADS=1``
 in the worker processes it starts (then cylstm uses 1 thread per task; without
 it, the cores divided by the worker's ``nthreads``); a Ray actor uses the CPUs it
-was given (``num_cpus``).  Choose ``workers x threads`` so that their product is
+was given (``num_cpus``), whatever ``OMP_NUM_THREADS`` its process inherited.  Choose ``workers x threads`` so that their product is
 at most the cores of a machine: on a machine of C cores, ``C`` single-thread
 workers score the most sequences per second when there are many chunks; fewer
 workers of more threads each pay off only for large batches per chunk.
@@ -347,13 +347,15 @@ def _ray_predict(model, ds, batch_size, column, concurrency, num_cpus):
 
 
 # ---------------------------------------------------------------------------- fit
-# One driver loop (_DataParallelFit) over small backends that hold the replicas:
-# _DaskBackend (one replica per Dask worker, in the worker's _REPLICAS).  A backend places the replicas and the data once and then
+# One driver loop (_DataParallelFit) over two small backends that hold the replicas:
+# _DaskBackend (one replica per Dask worker, in the worker's _REPLICAS) and _RayBackend
+# (one replica per Ray actor).  A backend places the replicas and the data once and then
 # runs one global step at a time: step(shards, g_prev) -> [(samples, gradient, logs,
 # compute seconds)], one tuple per replica, in the replicas' order.
 _FIT_KEYWORDS = {"batch_size", "epochs", "verbose", "callbacks", "shuffle", "sample_weight",
                  "class_weight", "initial_epoch", "validation_data", "validation_freq",
                  "validation_batch_size"}
+_RAY_KEYWORDS = {"num_workers", "num_cpus"}
 
 
 def _apply_update(model, g):
@@ -368,9 +370,9 @@ def _apply_update(model, g):
         model._weights_changed()
 
 
-def _replica_model(blob):
+def _replica_model(blob, again=False):
     """A replica of the driver's model (optimizer state included), ready to step."""
-    _set_worker_threads()
+    _set_worker_threads(again)
     from cylstm import saving
 
     model = saving.model_from_bytes(blob)
@@ -482,13 +484,115 @@ class _DaskBackend:
                 raise RuntimeError(f"worker(s) {gone} left the cluster during the fit")
 
 
+class _RayReplica:
+    """One replica of a Ray fit, held by its own actor (see _ray_replica_class)."""
+
+    def __init__(self):
+        self.model = self.data = None
+
+    def init(self, blob, data):
+        # Ray resolves the object refs passed as arguments: blob and data arrive as values,
+        # fetched once per actor from the object store
+        self.model = _replica_model(blob, again=True)  # an actor: its own num_cpus
+        self.data = data
+        return _replica_info()
+
+    def info(self):
+        return _replica_info()
+
+    def step(self, idx, g_prev):
+        return _replica_step(self.model, self.data, idx, g_prev)
+
+
+_ray_replica_cls = None
+
+
+def _ray_replica_class():
+    global _ray_replica_cls
+    if _ray_replica_cls is None:
+        import ray
+
+        # no restarts: a replica that died lost its place in the steps, so the fit fails
+        _ray_replica_cls = ray.remote(max_restarts=0, max_task_retries=0)(_RayReplica)
+    return _ray_replica_cls
+
+
+class _RayBackend:
+    """``num_workers`` actors of ``num_cpus`` CPUs each, one replica per actor."""
+
+    engine = "ray"
+
+    def __init__(self, num_workers, num_cpus):
+        self.num_workers, self.num_cpus = num_workers, num_cpus
+        self.actors = []
+        self.key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+
+    def start(self, blob, data):
+        import ray
+
+        cls = _ray_replica_class()
+        blob_ref, data_ref = ray.put(blob), ray.put(data)
+        for i in range(self.num_workers):
+            # named, so that `ray list actors` shows whose they are
+            self.actors.append(cls.options(num_cpus=self.num_cpus,
+                                           name=f"{self.key}-{i}").remote())
+        return self._get([a.init.remote(blob_ref, data_ref) for a in self.actors])
+
+    def step(self, shards, g_prev):
+        return self._get([a.step.remote(idx, g_prev) for a, idx in zip(self.actors, shards)])
+
+    def close(self):
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001, S110 - an actor that is gone needs no kill
+                pass
+        self.actors = []
+
+    def _get(self, refs):
+        import ray
+
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"a Ray actor holding a replica died during the fit "
+                               f"({first})") from e
+
+
 def _is_dask_client(client):
     mod = sys.modules.get("distributed")
     return mod is not None and isinstance(client, mod.Client)
 
 
-def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
-    """Synchronous data-parallel ``model.fit`` on a Dask cluster.
+def _ray_backend(num_workers, num_cpus):
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("distributed.fit(client='ray') needs Ray: pip install cylstm[ray]") \
+            from e
+    num_cpus = 1 if num_cpus is None else num_cpus
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus <= 0:
+        raise ValueError(f"num_cpus must be > 0; got {num_cpus!r}")
+    if not ray.is_initialized():
+        ray.init()  # as ray.put and Ray Data do: a local Ray when none is running
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if num_workers is None:
+        num_workers = max(1, int(cpus // num_cpus))
+    elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive int; got {num_workers!r}")
+    if num_workers * num_cpus > cpus:
+        # the actors would wait for CPUs the cluster does not have, and the fit would hang
+        raise ValueError(f"num_workers={num_workers} actors of num_cpus={num_cpus} need "
+                         f"{num_workers * num_cpus:g} CPUs; the Ray cluster has {cpus:g}")
+    return _RayBackend(num_workers, num_cpus)
+
+
+def fit(model, x, y=None, *, client, epochs=1, batch_size=None, num_workers=None,
+        num_cpus=None, **kwargs):
+    """Synchronous data-parallel ``model.fit`` on a Dask cluster or on Ray.
 
     Every worker holds a replica of ``model`` and gets a shard of every global
     batch of ``batch_size`` samples (split as evenly as the samples allow; a
@@ -504,11 +608,19 @@ def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
     ----------
     model : compiled cylstm model
     x, y : arrays (or lists/dicts of arrays, one per input/output)
-    client : distributed.Client
-        One replica on every worker of its cluster ("ray" is not supported yet).
+    client : distributed.Client or "ray"
+        A Dask client: one replica on every worker of its cluster.  ``"ray"``:
+        ``num_workers`` Ray actors on the Ray cluster this process is connected
+        to (``ray.init()`` first; without it a local Ray is started).
     epochs, batch_size, verbose, callbacks, shuffle, sample_weight, class_weight,
     initial_epoch, validation_data, validation_freq, validation_batch_size
         As :meth:`cylstm.Model.fit` (validation runs on the driver).
+    num_workers : int, optional
+        Ray only: the number of replicas (actors).  Default: the cluster's CPUs
+        divided by ``num_cpus``, as :func:`predict`'s ``concurrency``.
+    num_cpus : int or float, optional
+        Ray only: CPUs each actor reserves, and the cylstm threads it runs on
+        (default 1).
 
     Returns
     -------
@@ -522,23 +634,28 @@ def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
     Raises
     ------
     RuntimeError
-        A worker died or a task failed; the model is left exactly as it
+        A worker or actor died or a task failed; the model is left exactly as it
         was before the call (weights and optimizer state).
     TypeError
-        ``client`` is not a Dask client, or a keyword is unknown.
+        ``client`` is neither a Dask client nor ``"ray"``, or a keyword is unknown.
     """
-    if isinstance(client, str) and client == "ray":
-        raise NotImplementedError("distributed.fit on Ray is not implemented yet; pass a "
-                                  "Dask distributed.Client")
-    if not _is_dask_client(client):
+    on_ray = isinstance(client, str) and client == "ray"
+    if not on_ray and not _is_dask_client(client):
         raise TypeError(f"client must be a dask distributed.Client or 'ray'; got "
                         f"{type(client).__module__}.{type(client).__name__}")
+    given = [k for k, v in (("num_workers", num_workers), ("num_cpus", num_cpus))
+             if v is not None]
+    if given and not on_ray:
+        raise TypeError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
+                        "client='ray' only; a Dask fit holds one replica on every worker of "
+                        "the client's cluster")
     unknown = set(kwargs) - _FIT_KEYWORDS
     if unknown:
         raise TypeError(f"distributed.fit got unsupported keyword(s) {sorted(unknown)}; it "
-                        f"takes {sorted(_FIT_KEYWORDS)}")
+                        f"takes {sorted(_FIT_KEYWORDS | _RAY_KEYWORDS)}")
     fitter = _DataParallelFit(model)  # checks the model before any engine is touched
-    return fitter.run(_DaskBackend(client), x, y, epochs, batch_size, **kwargs)
+    backend = _ray_backend(num_workers, num_cpus) if on_ray else _DaskBackend(client)
+    return fitter.run(backend, x, y, epochs, batch_size, **kwargs)
 
 
 class _DataParallelFit:
