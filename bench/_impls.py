@@ -534,21 +534,27 @@ def _fit_one_epoch(model, x, y, batch_size, timer):
     return float(hist["loss"][-1]), (timer.secs if timer.secs is not None else wall)
 
 
-def cylstm_epoch(cylstm, x, y, weights, batch_size=32):
+def cylstm_keras_example(weights, F=10):
+    """The Keras example model in cylstm, compiled, with ``weights`` (also bench/scale.py's)."""
     try:
-        from cylstm.callbacks import Callback
         from cylstm.layers import LSTM, Dense
         from cylstm.models import Sequential
         from cylstm.optimizers import Adam
     except ImportError as e:
         raise Skip(f"cylstm's Keras-style API is not available yet ({e})")
-    F = x.shape[2]
     model = Sequential()
     model.add(LSTM(units=EPOCH_UNITS[0], return_sequences=True, input_shape=(None, F)))
     model.add(LSTM(units=EPOCH_UNITS[1]))
     model.add(Dense(units=1))
     model.compile(optimizer=Adam(learning_rate=0.001), loss="mean_squared_error")
     model.set_weights(weights)
+    return model
+
+
+def cylstm_epoch(cylstm, x, y, weights, batch_size=32):
+    from cylstm.callbacks import Callback
+
+    model = cylstm_keras_example(weights, x.shape[2])
     timer = _epoch_timer(Callback)
 
     def epoch():

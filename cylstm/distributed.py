@@ -14,7 +14,7 @@ Threads: each worker runs cylstm's kernels on the threads the engine gives it,
 read when the worker first runs a cylstm task.  Dask sets ``OMP_NUM_THREADS=1``
 in the worker processes it starts (then cylstm uses 1 thread per task; without
 it, the cores divided by the worker's ``nthreads``); a Ray actor uses the CPUs it
-was given (``num_cpus``).  Choose ``workers x threads`` so that their product is
+was given (``num_cpus``), whatever ``OMP_NUM_THREADS`` its process inherited.  Choose ``workers x threads`` so that their product is
 at most the cores of a machine: on a machine of C cores, ``C`` single-thread
 workers score the most sequences per second when there are many chunks; fewer
 workers of more threads each pay off only for large batches per chunk.
@@ -86,8 +86,27 @@ def loads(data):
 
 
 # ---------------------------------------------------------------------------- threads
+def _ray_cpus():
+    """CPUs Ray assigned to this process's actor or task; None outside a Ray worker."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported it; nobody else needs it
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except AssertionError:  # the driver: it is assigned nothing
+        return None
+    return max(1, int(cpus)) if cpus else None
+
+
 def _engine_threads():
     """Threads one cylstm task may use on this worker, from the engine's setting."""
+    # Ray first: the CPUs it reserved for this actor are the truth, and OMP_NUM_THREADS in a
+    # Ray worker may be inherited from the driver's environment (a Dask LocalCluster leaves
+    # OMP_NUM_THREADS=1 in the process that started it), then an actor of num_cpus=2 would
+    # run on one thread
+    cpus = _ray_cpus()
+    if cpus is not None:
+        return cpus
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
@@ -100,25 +119,16 @@ def _engine_threads():
         return max(1, cores // max(1, int(get_worker().state.nthreads)))
     except (ImportError, ValueError, AttributeError):
         pass
-    try:
-        import ray
-
-        if ray.is_initialized():
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-            if cpus:
-                return max(1, int(cpus))
-    except ImportError:
-        pass
     return None
 
 
-def _set_worker_threads():
-    """Once per worker process: cylstm's threads follow the engine's setting."""
+def _set_worker_threads(again=False):
+    """Once per worker process (or ``again``): cylstm's threads follow the engine's setting."""
     global _threads_set
-    if _threads_set:
+    if _threads_set and not again:
         return
     with _lock:
-        if not _threads_set:
+        if not _threads_set or again:
             n = _engine_threads()
             if n is not None:
                 import cylstm
@@ -299,7 +309,7 @@ class RayPredictor:
         self.column = column
         self.batch_size = batch_size
         self.output_column = output_column
-        _set_worker_threads()
+        _set_worker_threads(again=True)  # an actor: its own num_cpus
 
     def __call__(self, batch):
         if self.column not in batch:
@@ -336,24 +346,16 @@ def _ray_predict(model, ds, batch_size, column, concurrency, num_cpus):
     return out
 
 
-# ---------------------------------------------------------------------------- fit (Dask)
+# ---------------------------------------------------------------------------- fit
+# One driver loop (_DataParallelFit) over two small backends that hold the replicas:
+# _DaskBackend (one replica per Dask worker, in the worker's _REPLICAS) and _RayBackend
+# (one replica per Ray actor).  A backend places the replicas and the data once and then
+# runs one global step at a time: step(shards, g_prev) -> [(samples, gradient, logs,
+# compute seconds)], one tuple per replica, in the replicas' order.
 _FIT_KEYWORDS = {"batch_size", "epochs", "verbose", "callbacks", "shuffle", "sample_weight",
                  "class_weight", "initial_epoch", "validation_data", "validation_freq",
                  "validation_batch_size"}
-
-
-def _dp_init(key, blob):
-    _set_worker_threads()
-    from cylstm import saving
-
-    model = saving.model_from_bytes(blob)
-    model._ensure_bound()
-    _REPLICAS[key] = model
-    return os.getpid()
-
-
-def _dp_drop(key):
-    _REPLICAS.pop(key, None)
+_RAY_KEYWORDS = {"num_workers", "num_cpus"}
 
 
 def _apply_update(model, g):
@@ -368,15 +370,33 @@ def _apply_update(model, g):
         model._weights_changed()
 
 
-def _dp_step(key, data, idx, g_prev):
-    """Apply the previous averaged step, then (samples, gradient, logs) of this shard."""
-    model = _REPLICAS.get(key)
-    if model is None:
-        raise RuntimeError("this worker holds no replica for the fit (it was restarted)")
+def _replica_model(blob, again=False):
+    """A replica of the driver's model (optimizer state included), ready to step."""
+    _set_worker_threads(again)
+    from cylstm import saving
+
+    model = saving.model_from_bytes(blob)
+    model._ensure_bound()
+    return model
+
+
+def _replica_info():
+    import cylstm
+
+    return {"pid": os.getpid(), "threads": cylstm.get_num_threads()}
+
+
+def _replica_step(model, data, idx, g_prev):
+    """Apply the previous averaged step, then (samples, gradient, logs, seconds) of a shard.
+
+    ``seconds`` is the replica's own compute time for the call, so that the driver can
+    tell its waiting apart from the replicas' work.
+    """
+    t0 = time.perf_counter()
     if g_prev is not None:
         _apply_update(model, g_prev)
-    if idx is None:  # the last call only applies the final step
-        return 0, None, None
+    if idx is None:  # an empty shard (a batch smaller than the replicas)
+        return 0, None, None, time.perf_counter() - t0
     xs, ys, sws = data
     xs = [a[idx] for a in xs]
     ys = [a[idx] for a in ys]
@@ -391,7 +411,155 @@ def _dp_step(key, data, idx, g_prev):
         model._clear_caches()
         raise
     vals = model._batch_logs(loss, parts, ys, preds)
-    return len(xs[0]), model._flat_grad.copy(), vals
+    return len(xs[0]), model._flat_grad.copy(), vals, time.perf_counter() - t0
+
+
+# Dask: the replicas live in each worker process's _REPLICAS, under the fit's key.
+def _dp_init(key, blob):
+    _REPLICAS[key] = _replica_model(blob)
+    return _replica_info()
+
+
+def _dp_drop(key):
+    _REPLICAS.pop(key, None)
+
+
+def _dp_step(key, data, idx, g_prev):
+    model = _REPLICAS.get(key)
+    if model is None:
+        raise RuntimeError("this worker holds no replica for the fit (it was restarted)")
+    return _replica_step(model, data, idx, g_prev)
+
+
+class _DaskBackend:
+    """One replica on every worker of a Dask client; tasks pinned to their worker."""
+
+    engine = "dask"
+
+    def __init__(self, client):
+        self.client = client
+        self.workers = []
+        self.key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+
+    def start(self, blob, data):
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise RuntimeError("the Dask cluster has no workers")
+        self.workers = workers
+        ref = self.client.scatter(blob, broadcast=True, hash=False)
+        self.data = self.client.scatter(data, broadcast=True, hash=False)
+        return self._gather([self.client.submit(_dp_init, self.key, ref, workers=[w],
+                                                pure=False, allow_other_workers=False)
+                             for w in workers])
+
+    def step(self, shards, g_prev):
+        return self._gather([self.client.submit(_dp_step, self.key, self.data, idx, g_prev,
+                                                workers=[w], pure=False,
+                                                allow_other_workers=False)
+                             for w, idx in zip(self.workers, shards)])
+
+    def close(self):
+        if not self.workers:
+            return
+        try:
+            self.client.run(_dp_drop, self.key, workers=self.workers)
+        except Exception:  # noqa: BLE001, S110 - a dead worker holds no replica to drop
+            pass
+
+    def _gather(self, futs):
+        """Results of ``futs``; fails when a worker they are pinned to leaves the cluster."""
+        from distributed import wait
+
+        while True:
+            try:
+                wait(futs, timeout=0.5)
+                return self.client.gather(futs)
+            except TimeoutError:
+                pass
+            alive = set(self.client.scheduler_info()["workers"])
+            gone = [w for w in self.workers if w not in alive]
+            if gone:
+                for f in futs:
+                    f.cancel()
+                raise RuntimeError(f"worker(s) {gone} left the cluster during the fit")
+
+
+class _RayReplica:
+    """One replica of a Ray fit, held by its own actor (see _ray_replica_class)."""
+
+    def __init__(self):
+        self.model = self.data = None
+
+    def init(self, blob, data):
+        # Ray resolves the object refs passed as arguments: blob and data arrive as values,
+        # fetched once per actor from the object store
+        self.model = _replica_model(blob, again=True)  # an actor: its own num_cpus
+        self.data = data
+        return _replica_info()
+
+    def info(self):
+        return _replica_info()
+
+    def step(self, idx, g_prev):
+        return _replica_step(self.model, self.data, idx, g_prev)
+
+
+_ray_replica_cls = None
+
+
+def _ray_replica_class():
+    global _ray_replica_cls
+    if _ray_replica_cls is None:
+        import ray
+
+        # no restarts: a replica that died lost its place in the steps, so the fit fails
+        _ray_replica_cls = ray.remote(max_restarts=0, max_task_retries=0)(_RayReplica)
+    return _ray_replica_cls
+
+
+class _RayBackend:
+    """``num_workers`` actors of ``num_cpus`` CPUs each, one replica per actor."""
+
+    engine = "ray"
+
+    def __init__(self, num_workers, num_cpus):
+        self.num_workers, self.num_cpus = num_workers, num_cpus
+        self.actors = []
+        self.key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+
+    def start(self, blob, data):
+        import ray
+
+        cls = _ray_replica_class()
+        blob_ref, data_ref = ray.put(blob), ray.put(data)
+        for i in range(self.num_workers):
+            # named, so that `ray list actors` shows whose they are
+            self.actors.append(cls.options(num_cpus=self.num_cpus,
+                                           name=f"{self.key}-{i}").remote())
+        return self._get([a.init.remote(blob_ref, data_ref) for a in self.actors])
+
+    def step(self, shards, g_prev):
+        return self._get([a.step.remote(idx, g_prev) for a, idx in zip(self.actors, shards)])
+
+    def close(self):
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001, S110 - an actor that is gone needs no kill
+                pass
+        self.actors = []
+
+    def _get(self, refs):
+        import ray
+
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"a Ray actor holding a replica died during the fit "
+                               f"({first})") from e
 
 
 def _is_dask_client(client):
@@ -399,8 +567,32 @@ def _is_dask_client(client):
     return mod is not None and isinstance(client, mod.Client)
 
 
-def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
-    """Synchronous data-parallel ``model.fit`` on a Dask cluster.
+def _ray_backend(num_workers, num_cpus):
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("distributed.fit(client='ray') needs Ray: pip install cylstm[ray]") \
+            from e
+    num_cpus = 1 if num_cpus is None else num_cpus
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus <= 0:
+        raise ValueError(f"num_cpus must be > 0; got {num_cpus!r}")
+    if not ray.is_initialized():
+        ray.init()  # as ray.put and Ray Data do: a local Ray when none is running
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if num_workers is None:
+        num_workers = max(1, int(cpus // num_cpus))
+    elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive int; got {num_workers!r}")
+    if num_workers * num_cpus > cpus:
+        # the actors would wait for CPUs the cluster does not have, and the fit would hang
+        raise ValueError(f"num_workers={num_workers} actors of num_cpus={num_cpus} need "
+                         f"{num_workers * num_cpus:g} CPUs; the Ray cluster has {cpus:g}")
+    return _RayBackend(num_workers, num_cpus)
+
+
+def fit(model, x, y=None, *, client, epochs=1, batch_size=None, num_workers=None,
+        num_cpus=None, **kwargs):
+    """Synchronous data-parallel ``model.fit`` on a Dask cluster or on Ray.
 
     Every worker holds a replica of ``model`` and gets a shard of every global
     batch of ``batch_size`` samples (split as evenly as the samples allow; a
@@ -416,48 +608,70 @@ def fit(model, x, y=None, *, client, epochs=1, batch_size=None, **kwargs):
     ----------
     model : compiled cylstm model
     x, y : arrays (or lists/dicts of arrays, one per input/output)
-    client : distributed.Client
-        The cluster to train on ("ray" is not supported yet).
+    client : distributed.Client or "ray"
+        A Dask client: one replica on every worker of its cluster.  ``"ray"``:
+        ``num_workers`` Ray actors on the Ray cluster this process is connected
+        to (``ray.init()`` first; without it a local Ray is started).
     epochs, batch_size, verbose, callbacks, shuffle, sample_weight, class_weight,
     initial_epoch, validation_data, validation_freq, validation_batch_size
         As :meth:`cylstm.Model.fit` (validation runs on the driver).
+    num_workers : int, optional
+        Ray only: the number of replicas (actors).  Default: the cluster's CPUs
+        divided by ``num_cpus``, as :func:`predict`'s ``concurrency``.
+    num_cpus : int or float, optional
+        Ray only: CPUs each actor reserves, and the cylstm threads it runs on
+        (default 1).
 
     Returns
     -------
     History
+        As ``model.fit``'s, plus ``history.timing``: a dict with ``engine``,
+        ``workers``, ``threads`` (per replica), ``steps``, ``wait_s`` (the driver's
+        time waiting for the replicas' results), ``compute_s`` (of that, the
+        slowest replica's own compute time, summed over the steps) and
+        ``communication_s`` (the rest: sending, scheduling, receiving).
 
     Raises
     ------
     RuntimeError
-        A worker died or a task failed; the model is left exactly as it was
-        before the call (weights and optimizer state).
+        A worker or actor died or a task failed; the model is left exactly as it
+        was before the call (weights and optimizer state).
+    TypeError
+        ``client`` is neither a Dask client nor ``"ray"``, or a keyword is unknown.
     """
-    if isinstance(client, str) and client == "ray":
-        raise NotImplementedError("distributed.fit on Ray is not implemented yet; pass a "
-                                  "Dask distributed.Client")
-    if not _is_dask_client(client):
+    on_ray = isinstance(client, str) and client == "ray"
+    if not on_ray and not _is_dask_client(client):
         raise TypeError(f"client must be a dask distributed.Client or 'ray'; got "
                         f"{type(client).__module__}.{type(client).__name__}")
+    given = [k for k, v in (("num_workers", num_workers), ("num_cpus", num_cpus))
+             if v is not None]
+    if given and not on_ray:
+        raise TypeError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
+                        "client='ray' only; a Dask fit holds one replica on every worker of "
+                        "the client's cluster")
     unknown = set(kwargs) - _FIT_KEYWORDS
     if unknown:
         raise TypeError(f"distributed.fit got unsupported keyword(s) {sorted(unknown)}; it "
-                        f"takes {sorted(_FIT_KEYWORDS)}")
-    return _DaskFit(model, client).run(x, y, epochs, batch_size, **kwargs)
+                        f"takes {sorted(_FIT_KEYWORDS | _RAY_KEYWORDS)}")
+    fitter = _DataParallelFit(model)  # checks the model before any engine is touched
+    backend = _ray_backend(num_workers, num_cpus) if on_ray else _DaskBackend(client)
+    return fitter.run(backend, x, y, epochs, batch_size, **kwargs)
 
 
-class _DaskFit:
-    def __init__(self, model, client):
+class _DataParallelFit:
+    """The driver's loop of a data-parallel fit, the same for every backend."""
+
+    def __init__(self, model):
         from cylstm.engine.model import Model
 
         if not isinstance(model, Model):
             raise TypeError(f"model must be a cylstm model; got {type(model).__name__}")
         model._require_compiled("distributed.fit")
         self.model = model
-        self.client = client
 
-    def run(self, x, y, epochs, batch_size, verbose="auto", callbacks=None, shuffle=True,
-            sample_weight=None, class_weight=None, initial_epoch=0, validation_data=None,
-            validation_freq=1, validation_batch_size=None):
+    def run(self, backend, x, y, epochs, batch_size, verbose="auto", callbacks=None,
+            shuffle=True, sample_weight=None, class_weight=None, initial_epoch=0,
+            validation_data=None, validation_freq=1, validation_batch_size=None):
         from cylstm import callbacks as _cbm
         from cylstm import saving
         from cylstm.engine import data_adapters as _da
@@ -483,19 +697,16 @@ class _DaskFit:
         if validation_data is not None:
             val = _da.get_validation_adapter(m, validation_data,
                                              validation_batch_size or batch_size)
-        workers = sorted(self.client.scheduler_info()["workers"])
-        if not workers:
-            raise RuntimeError("the Dask cluster has no workers")
         before = saving.model_to_bytes(m)
-        key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
-        self.workers, self.key = workers, key
+        self.backend = backend
+        self.timing = {"engine": backend.engine, "workers": 0, "threads": [], "steps": 0,
+                       "wait_s": 0.0, "compute_s": 0.0, "communication_s": 0.0}
         try:
-            blob = self.client.scatter(before, broadcast=True, hash=False)
-            data = self.client.scatter((xs, ys, sws), broadcast=True, hash=False)
-            self._gather([self.client.submit(_dp_init, key, blob, workers=[w], pure=False,
-                                             allow_other_workers=False) for w in workers])
-            history = self._epochs(data, n, epochs, batch_size, verbose, callbacks, shuffle,
-                                   initial_epoch, val, validation_freq, _cbm)
+            infos = backend.start(before, (xs, ys, sws))
+            self.timing["workers"] = len(infos)
+            self.timing["threads"] = [i["threads"] for i in infos]
+            history = self._epochs(len(infos), n, epochs, batch_size, verbose, callbacks,
+                                   shuffle, initial_epoch, val, validation_freq, _cbm)
         except BaseException as e:
             _restore(m, before)
             if isinstance(e, (KeyboardInterrupt, FloatingPointError)):
@@ -503,35 +714,17 @@ class _DaskFit:
             raise RuntimeError(f"distributed.fit failed ({type(e).__name__}: {e}); the model "
                                "was left as it was before the call") from e
         finally:
-            try:
-                self.client.run(_dp_drop, key, workers=workers)
-            except Exception:  # noqa: BLE001, S110 - a dead worker holds no replica to drop
-                pass
+            backend.close()
+        t = self.timing
+        t["communication_s"] = max(0.0, t["wait_s"] - t["compute_s"])
+        history.timing = t
         return history
 
-    def _gather(self, futs):
-        """Results of ``futs``; fails when a worker they are pinned to leaves the cluster."""
-        from distributed import wait
-
-        while True:
-            try:
-                wait(futs, timeout=0.5)
-                return self.client.gather(futs)
-            except TimeoutError:
-                pass
-            alive = set(self.client.scheduler_info()["workers"])
-            gone = [w for w in self.workers if w not in alive]
-            if gone:
-                for f in futs:
-                    f.cancel()
-                raise RuntimeError(f"worker(s) {gone} left the cluster during the fit")
-
-    def _epochs(self, data, n, epochs, batch_size, verbose, callbacks, shuffle, initial_epoch,
+    def _epochs(self, nw, n, epochs, batch_size, verbose, callbacks, shuffle, initial_epoch,
                 val, validation_freq, _cbm):
         from cylstm._progress import Progbar
 
         m = self.model
-        nw = len(self.workers)
         steps = -(-n // batch_size)
         history = _cbm.History()
         cb_list = list(callbacks or [])
@@ -544,6 +737,7 @@ class _DaskFit:
         logs = {}
         pending = None   # the averaged gradient the replicas have not applied yet
         rng = m._shuffle_generator() if shuffle else None
+        timing = self.timing
         for epoch in range(initial_epoch, epochs):
             cbl.on_epoch_begin(epoch)
             if verbose == 1:
@@ -555,18 +749,19 @@ class _DaskFit:
                 lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
                 cbl.on_train_batch_begin(b)
                 bounds = np.linspace(lo, hi, nw + 1).round().astype(int)
-                futs = []
-                for w, s0, s1 in zip(self.workers, bounds[:-1], bounds[1:]):
-                    if order is not None:
-                        idx = order[s0:s1]
+                shards = []
+                for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                    if s1 <= s0:
+                        shards.append(None)
+                    elif order is not None:
+                        shards.append(order[s0:s1])
                     else:
-                        idx = slice(int(s0), int(s1)) if s1 > s0 else None
-                    if idx is None or (order is not None and len(idx) == 0):
-                        idx = None
-                    futs.append(self.client.submit(
-                        _dp_step, self.key, data, idx, pending, workers=[w], pure=False,
-                        allow_other_workers=False))
-                res = self._gather(futs)
+                        shards.append(slice(int(s0), int(s1)))
+                t0 = time.perf_counter()
+                res = self.backend.step(shards, pending)
+                timing["wait_s"] += time.perf_counter() - t0
+                timing["compute_s"] += max(r[3] for r in res)
+                timing["steps"] += 1
                 k = sum(r[0] for r in res)
                 g = sum(r[1] * (r[0] / k) for r in res if r[0])
                 vals = [sum(r[2][i] * r[0] for r in res if r[0]) / k

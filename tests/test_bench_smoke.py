@@ -203,3 +203,19 @@ def test_longseq_workload_reports_memory(tmp_path):
     assert ck["saved_bytes"] == 45 * 2 * 8 * 64 * 4 and ck["impl_detail"].startswith("45 steps")
     assert ck["peak_rss_bytes"] < full["peak_rss_bytes"] / 4
     assert ck["max_abs_diff"] < 1e-5 and res["checkpoint_time_ratio"] > 0
+
+
+def test_scale_quick_runs_without_engines():
+    """bench/scale.py --quick with no engine: the one-process rows and both tables."""
+    env = dict(os.environ)
+    if _source_tree_is_built():
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "scale.py"), "--quick",
+                        "--repeat", "1", "--engines", "no-such-engine"], check=False,
+                       capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = p.stdout
+    assert "skipped: no-such-engine: unknown engine 'no-such-engine'" in out
+    assert "| - | one process | 1 x 2 threads |" in out
+    assert "Data-parallel epoch of the Keras example (512 x 50 x 10" in out
+    assert "MISMATCH" not in out

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -148,6 +149,27 @@ def test_bad_client_is_a_type_error():
         cd.predict(m, x)
 
 
+def test_ray_fit_without_ray_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ImportError, match=r"needs Ray: pip install cylstm\[ray\]"):
+        cd.fit(_model(), *_data(), client="ray")
+
+
+@pytest.mark.parametrize("client", ["ray", "dask"])
+def test_unknown_fit_keyword_is_a_type_error_before_any_engine_starts(client):
+    if client == "dask":
+        distributed = pytest.importorskip("distributed", reason="dask[distributed] not "
+                                          "installed")
+        # a Client object that never connected: the keyword check comes first
+        client = object.__new__(distributed.Client)
+    m = _model()
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"unsupported keyword\(s\) \['steps_per_epoch'\]"):
+        cd.fit(m, x, y, client=client, steps_per_epoch=3)
+
+
 # ---------------------------------------------------------------------------- Dask
 @pytest.fixture(scope="module")
 def dask_client():
@@ -282,6 +304,21 @@ def test_dask_worker_killed_mid_fit_leaves_the_model_unchanged(dask_client):
     dask_client.wait_for_workers(2, timeout=60)  # the nanny restarts it for later tests
 
 
+def test_dask_fit_refuses_ray_keywords_and_reports_its_timing(dask_client):
+    x, y = _data(n=12)
+    m = _model()
+    with pytest.raises(TypeError, match="num_workers applies to client='ray' only"):
+        cd.fit(m, x, y, client=dask_client, num_workers=2)
+    with pytest.raises(TypeError, match="num_workers and num_cpus apply to client='ray'"):
+        cd.fit(m, x, y, client=dask_client, num_workers=2, num_cpus=1)
+    h = cd.fit(m, x, y, client=dask_client, epochs=2, batch_size=4, verbose=0)
+    t = h.timing
+    assert t["engine"] == "dask" and t["workers"] == 2 and t["threads"] == [1, 1]
+    assert t["steps"] == 6
+    assert 0 < t["compute_s"] <= t["wait_s"]
+    assert t["communication_s"] == pytest.approx(t["wait_s"] - t["compute_s"])
+
+
 # ---------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_ctx(tmp_path_factory):
@@ -295,8 +332,11 @@ def ray_ctx(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("ray"))
     try:
+        # OMP_NUM_THREADS=1 as the workers inherit it after a Dask LocalCluster (which
+        # leaves it in the environment of the process that started it): actors must
+        # still run cylstm on their num_cpus
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": pkg_parent}})
+                 runtime_env={"env_vars": {"PYTHONPATH": pkg_parent, "OMP_NUM_THREADS": "1"}})
         yield ray
     finally:
         ray.shutdown()
@@ -331,3 +371,135 @@ def test_ray_predictor_used_directly_with_another_column(ray_ctx):
     with pytest.raises(Exception, match="no column 'data'"):
         ds.map_batches(cd.RayPredictor, fn_constructor_kwargs={"model": m}, concurrency=1,
                        num_cpus=1, batch_format="numpy").take_all()
+
+
+def _fit_actors(ray):
+    return [a for a in ray.util.list_named_actors() if a.startswith("cylstm-fit-")]
+
+
+def _assert_fit_actors_gone(ray, timeout=30):
+    """The fit's actors are gone and their CPUs free again (Ray frees them asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while _fit_actors(ray) or ray.available_resources().get("CPU", 0) < 2:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"actors left after the fit: {_fit_actors(ray)}; free CPUs "
+                                 f"{ray.available_resources().get('CPU', 0)}")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("dtype,opt,tol", [("float64", "sgd", 1e-10), ("float64", "adam", 1e-10),
+                                           ("float32", "adam", 1e-5)])
+def test_ray_fit_equals_single_process_fit(ray_ctx, dtype, opt, tol):
+    x, y = _data(n=23, dtype=dtype)
+    m = _model(dtype=dtype, opt=opt)
+    ref = copy.deepcopy(m)
+    # as the Dask test: shards of 2 + 3 samples, and 2 + 1 for the last batch of 3
+    h = cd.fit(m, x, y, client="ray", num_workers=2, epochs=2, batch_size=5, shuffle=False,
+               verbose=0)
+    h_ref = ref.fit(x, y, epochs=2, batch_size=5, shuffle=False, verbose=0)
+    for a, b in zip(m.get_weights(), ref.get_weights()):
+        assert a.dtype == b.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+    np.testing.assert_allclose(h.history["loss"], h_ref.history["loss"],
+                               rtol=1e-10 if dtype == "float64" else 1e-5)
+    assert int(m.optimizer.iterations) == int(ref.optimizer.iterations) == 10
+    assert not _same_weights(m, _model(dtype=dtype, opt=opt))  # it trained
+    # one actor of one CPU (= one cylstm thread) per replica, all gone after the call
+    t = h.timing
+    assert t["engine"] == "ray" and t["workers"] == 2 and t["threads"] == [1, 1]
+    assert t["steps"] == 10 and 0 < t["compute_s"] <= t["wait_s"]
+    _assert_fit_actors_gone(ray_ctx)
+
+
+def test_ray_fit_default_workers_batch_smaller_than_workers_and_callbacks_on_driver(
+        ray_ctx, tmp_path):
+    x, y = _data(n=5)
+    m = _model(opt="sgd")
+    ref = copy.deepcopy(m)
+    seen = []
+
+    class Record(cylstm.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((batch, self.model is m, os.getpid(), logs["loss"]))
+
+    ckpt = tmp_path / "ckpt.npz"
+    # default num_workers: the cluster's 2 CPUs / num_cpus=1; batches of 1 leave a shard empty
+    h = cd.fit(m, x, y, client="ray", epochs=1, batch_size=1, shuffle=False, verbose=0,
+               callbacks=[Record(), cylstm.callbacks.ModelCheckpoint(str(ckpt))])
+    ref.fit(x, y, epochs=1, batch_size=1, shuffle=False, verbose=0)
+    assert h.timing["workers"] == 2
+    for a, b in zip(m.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+    assert [s[0] for s in seen] == [0, 1, 2, 3, 4]
+    assert all(s[1] and s[2] == os.getpid() for s in seen)
+    assert _same_weights(cylstm.saving.load_model(str(ckpt)), m)
+    _assert_fit_actors_gone(ray_ctx)
+
+
+def test_ray_fit_shuffled_with_validation_and_two_threads_per_actor(ray_ctx):
+    x, y = _data(n=20)
+    m = _model()
+    before = m.evaluate(x, y, verbose=0)
+    h = cd.fit(m, x, y, client="ray", num_workers=1, num_cpus=2, epochs=3, batch_size=8,
+               verbose=0, validation_data=(x[:6], y[:6]))
+    assert len(h.history["loss"]) == len(h.history["val_loss"]) == 3
+    assert int(m.optimizer.iterations) == 9
+    assert m.evaluate(x, y, verbose=0) < before
+    # regression: the actor ran on 1 thread, from the OMP_NUM_THREADS=1 it inherited
+    assert h.timing["threads"] == [2]
+    _assert_fit_actors_gone(ray_ctx)
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_ray_actor_killed_mid_fit_leaves_the_model_unchanged(ray_ctx, how):
+    ray = ray_ctx
+    x, y = _data(n=40)
+    m = _model()
+    m.fit(x, y, epochs=1, batch_size=8, verbose=0)  # an optimizer state to protect
+    before_w = m.get_weights()
+    before_state = m.optimizer.get_state()
+    killed = []
+
+    class Kill(cylstm.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2 and not killed:
+                name = min(_fit_actors(ray))
+                actor = ray.get_actor(name)
+                if how == "ray.kill":
+                    ray.kill(actor)
+                else:  # the process dies as on a lost machine: no clean-up of any kind
+                    os.kill(ray.get(actor.info.remote())["pid"], signal.SIGKILL)
+                killed.append(name)
+
+    with pytest.raises(RuntimeError, match="a Ray actor holding a replica died during the fit"
+                                           ".*left as it was before the call"):
+        cd.fit(m, x, y, client="ray", num_workers=2, epochs=3, batch_size=4, verbose=0,
+               callbacks=[Kill()])
+    assert killed
+    for a, b in zip(m.get_weights(), before_w):
+        np.testing.assert_array_equal(a, b)
+    after_state = m.optimizer.get_state()
+    assert sorted(after_state) == sorted(before_state)
+    for k in before_state:
+        np.testing.assert_array_equal(after_state[k], before_state[k])
+    _assert_fit_actors_gone(ray)  # the survivor was killed too
+
+
+def test_ray_fit_bad_input(ray_ctx):
+    m = _model()
+    x, y = _data(n=8)
+    with pytest.raises(ValueError, match="num_workers must be a positive int; got 0"):
+        cd.fit(m, x, y, client="ray", num_workers=0)
+    with pytest.raises(ValueError, match="num_cpus must be > 0"):
+        cd.fit(m, x, y, client="ray", num_cpus=0)
+    with pytest.raises(ValueError, match=r"num_workers=3 actors of num_cpus=1 need 3 CPUs; "
+                                         r"the Ray cluster has 2"):
+        cd.fit(m, x, y, client="ray", num_workers=3)
+    with pytest.raises(TypeError, match="client must be a dask distributed.Client or 'ray'"):
+        cd.fit(m, x, y, client=ray_ctx)
+    with pytest.raises(TypeError, match="unsupported keyword"):
+        cd.fit(m, x, y, client="ray", validation_split=0.2)
+    uncompiled = cylstm.models.Sequential([cylstm.layers.LSTM(2, input_shape=(4, 3))])
+    with pytest.raises(Exception, match="compile"):
+        cd.fit(uncompiled, x, y, client="ray")
+    _assert_fit_actors_gone(ray_ctx)
