@@ -7,6 +7,8 @@ activations its compiled kernels implement (``tanh`` and ``sigmoid``).
 """
 import numpy as np
 
+from cylstm import _objects
+
 __all__ = ["NAMES", "get", "linear", "relu", "serialize", "sigmoid", "softmax", "tanh"]
 
 # canonical name -> accepted spellings
@@ -55,6 +57,20 @@ _FUNCTIONS = {"linear": linear, "relu": relu, "tanh": tanh, "sigmoid": sigmoid,
               "softmax": softmax}
 
 
+def _fold(identifier):
+    return identifier.lower() if isinstance(identifier, str) else identifier
+
+
+def _unknown(identifier):
+    return ValueError(f"unknown activation {identifier!r}; expected one of {list(NAMES)}")
+
+
+# spelling -> canonical name; activations are names, with no classes or configs
+_REGISTRY = _objects.Registry(
+    "activation", None, {}, {s: name for name, spellings in _ALIASES.items() for s in spellings},
+    NAMES, fold=_fold, unknown=_unknown)
+
+
 def get(identifier):
     """Return the canonical name of an activation.
 
@@ -79,11 +95,7 @@ def get(identifier):
             f"activation {identifier!r} is not supported; use one of {list(NAMES)} "
             "(by name or as cylstm.activations.<name>)"
         )
-    key = identifier.lower() if isinstance(identifier, str) else identifier
-    for name, spellings in _ALIASES.items():
-        if key in spellings:
-            return name
-    raise ValueError(f"unknown activation {identifier!r}; expected one of {list(NAMES)}")
+    return _REGISTRY.lookup(identifier)
 
 
 def serialize(identifier):

@@ -192,14 +192,19 @@ def _unknown(what):
                       "(or any callable w -> w)")
 
 
+# names are case-sensitive, as Keras's; configs come mostly from saved files
+_REGISTRY = _objects.Registry("constraint", Constraint, _CLASSES, _NAMES, VALID_NAMES, fold=None,
+                              config_error=ValueError, unknown=_unknown)
+
+
 def serialize(constraint):
     """``{"class_name": ..., "config": ...}`` of a constraint (None gives None)."""
-    return _objects.serialize(constraint, Constraint, "constraint")
+    return None if constraint is None else _REGISTRY.serialize(constraint)
 
 
 def deserialize(config):
     """Inverse of :func:`serialize`; only cylstm's own classes can be named."""
-    return _objects.deserialize(config, _CLASSES, "constraint", _unknown)
+    return _REGISTRY.deserialize(config)
 
 
 def get(identifier):
@@ -215,10 +220,7 @@ def get(identifier):
     if identifier is None:
         return None
     if isinstance(identifier, str):
-        cls = _NAMES.get(identifier)
-        if cls is None:
-            raise _unknown(identifier)
-        return cls()
+        return _REGISTRY.lookup(identifier)()
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if inspect.isclass(identifier) and issubclass(identifier, Constraint):

@@ -22,6 +22,7 @@ import numpy as np
 
 from cylstm import _checkpoint, _config, _lstm, _packcache, _tuning
 from cylstm._checkpoint import CheckpointPlan, cache_nbytes, plan_checkpoints
+from cylstm._validate import check_grad_out
 from cylstm._workspace import give, take
 
 __all__ = ["BackwardPlan", "CheckpointPlan", "ForwardPlan", "LSTMForward", "LSTMGrads",
@@ -656,24 +657,13 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
         return LSTMGrads(np.zeros((0, T, I), dtype) if need_input_grad else None,
                          np.zeros((I, 4 * H), dtype), np.zeros((H, 4 * H), dtype),
                          np.zeros(4 * H, dtype), dhs, dcs)
-    outs = [None, None, None] if out is None else list(out)
-    if len(outs) != 3:
-        raise ValueError("out must be (dkernel, drecurrent_kernel, dbias)")
-    scratch = []
-    for k, (name, shape) in enumerate((("dkernel", (I, 4 * H)),
-                                       ("drecurrent_kernel", (H, 4 * H)),
-                                       ("dbias", (4 * H,)))):
-        a = outs[k]
-        if a is None:
+    outs = check_grad_out(out, I, H, dtype)
+    scratch = []  # gradients the caller did not ask for: pool buffers, given back below
+    for k, shape in enumerate(((I, 4 * H), (H, 4 * H), (4 * H,))):
+        if outs[k] is None:
             outs[k] = np.empty(shape, dtype) if out is None else take(shape, dtype)
             if out is not None:
                 scratch.append(outs[k])
-        elif (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype
-              or not a.flags.c_contiguous or not a.flags.writeable):
-            raise ValueError(
-                f"out[{k}] ({name}) must be a writeable C-contiguous {dtype} array of shape "
-                f"{shape}; got {getattr(a, 'shape', type(a).__name__)}"
-            )
     dW, dU, db = outs
     if "checkpoints" in cache:  # recompute each segment from its checkpoint (_checkpoint)
         dx = _checkpoint.backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs)

@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from cylstm import _objects
+
 __all__ = [
     "Constant",
     "GlorotNormal",
@@ -367,23 +369,18 @@ random_normal, random_uniform = RandomNormal(), RandomUniform()
 truncated_normal = TruncatedNormal()
 
 
+_REGISTRY = _objects.Registry("initializer", Initializer, _CLASSES, _NAMES, VALID_NAMES,
+                              builtin_only=True, config_names=True)
+
+
 def serialize(initializer):
-    """``{"class_name": ..., "config": ...}`` (JSON-safe)."""
-    if not isinstance(initializer, Initializer) or type(initializer).__name__ not in _CLASSES:
-        raise TypeError(f"cannot serialize {initializer!r}: only built-in initializers")
-    return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
+    """``{"class_name": ..., "config": ...}`` (JSON-safe); built-in initializers only."""
+    return _REGISTRY.serialize(initializer)
 
 
 def deserialize(config):
-    """Inverse of :func:`serialize`."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise TypeError(f"initializer config must be a dict with 'class_name'; got {config!r}")
-    cls = _CLASSES.get(config["class_name"]) or _NAMES.get(str(config["class_name"]).lower())
-    if cls is None:
-        raise ValueError(
-            f"unknown initializer {config['class_name']!r}; valid: {', '.join(VALID_NAMES)}"
-        )
-    return cls.from_config(dict(config.get("config", {})))
+    """Inverse of :func:`serialize` (``class_name`` may also be a :func:`get` name)."""
+    return _REGISTRY.deserialize(config)
 
 
 def get(identifier):
@@ -400,12 +397,7 @@ def get(identifier):
     if identifier is None:
         return None
     if isinstance(identifier, str):
-        cls = _NAMES.get(identifier.lower())
-        if cls is None:
-            raise ValueError(
-                f"unknown initializer {identifier!r}; valid names: {', '.join(VALID_NAMES)}"
-            )
-        return cls()
+        return _REGISTRY.lookup(identifier)()
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if callable(identifier):

@@ -20,7 +20,6 @@ Masks (from :class:`Masking` or ``Embedding(mask_zero=True)``) are boolean
 leaves the state untouched; see :class:`LSTM`).
 """
 import collections
-import inspect
 import numbers
 import warnings
 
@@ -914,25 +913,6 @@ def _as_index(x, name):
     raise TypeError(f"Embedding {name!r} needs integer indices; got dtype {a.dtype}")
 
 
-_RECURRENT_MASK = None  # (forward takes recurrent_mask, backward takes it too)
-
-
-def _recurrent_mask_support():
-    global _RECURRENT_MASK
-    if _RECURRENT_MASK is None:
-        try:
-            fwd = "recurrent_mask" in inspect.signature(_F.lstm_forward).parameters
-            bwd = "recurrent_mask" in inspect.signature(_F.lstm_backward).parameters
-        except (TypeError, ValueError):
-            fwd = bwd = False
-        _RECURRENT_MASK = (fwd, bwd)
-    return _RECURRENT_MASK
-
-
-def _recurrent_mask_supported():
-    return _recurrent_mask_support()[0]
-
-
 class LSTM(Layer):
     """Long Short-Term Memory layer (Keras signature and semantics).
 
@@ -1226,10 +1206,6 @@ class LSTM(Layer):
                 dmask *= 1.0 / keep
                 x = x * dmask[:, None, :]
             if self.recurrent_dropout:
-                if not _recurrent_mask_supported():
-                    raise NotImplementedError(
-                        "recurrent_dropout needs cylstm.functional.lstm_forward(recurrent_mask=)"
-                        ", which this build lacks; use dropout= instead")
                 keep = 1.0 - self.recurrent_dropout
                 rmask = (self._rng.random((B, self.units)) < keep).astype(x.dtype)
                 rmask *= 1.0 / keep
@@ -1393,7 +1369,8 @@ class LSTM(Layer):
         return y, h, c, r, ("reversed", empty if any_empty else None)
 
     def _backward(self, dy, need_input_grad=True, grad_h=None, grad_c=None):
-        fcache, dmask, kw, info, flip, F = self._cache
+        # the forward's cache carries the recurrent mask (kw): the backward takes none
+        fcache, dmask, _kw, info, flip, F = self._cache
         gr = self._grads
         act_g = self._activity_grads()
         if act_g is not None:  # the activity penalty's gradient joins the incoming ones
@@ -1408,14 +1385,12 @@ class LSTM(Layer):
         out_kw = {"out": (gr["kernel"], gr["recurrent_kernel"],
                           gr["bias"] if self.use_bias else None)}
         self._cache = None
-        if kw and not _recurrent_mask_support()[1]:
-            kw = {}  # the forward's cache carries the recurrent mask
         need_dx = need_input_grad
         if info is None:
             if self.return_sequences and (self.go_backwards != flip):
                 dy = dy[:, ::-1]
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                need_input_grad=need_dx, **kw, **out_kw)
+                                need_input_grad=need_dx, **out_kw)
             dx = g.dx
         elif info[0] in ("reversed", "padded"):
             empty = info[-1]
@@ -1436,7 +1411,7 @@ class LSTM(Layer):
                 grad_h = None if grad_h is None else np.where(empty[:, None], 0, grad_h)
                 grad_c = None if grad_c is None else np.where(empty[:, None], 0, grad_c)
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                need_input_grad=need_dx, **kw, **out_kw)
+                                need_input_grad=need_dx, **out_kw)
             dx = g.dx
             if dx is not None and info[0] == "padded" and self.go_backwards:
                 dx = dx[:, ::-1]  # the forward ran over the reversed inputs
@@ -1462,7 +1437,7 @@ class LSTM(Layer):
                     grad_c = np.array(grad_c)
                     grad_c[empty] = 0
             g = F.lstm_backward(fcache, grad_output=dy, grad_h=grad_h, grad_c=grad_c,
-                                need_input_grad=need_dx, **kw, **out_kw)
+                                need_input_grad=need_dx, **out_kw)
             dx = g.dx
             if dx is not None:
                 if order is not None:

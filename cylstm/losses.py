@@ -27,6 +27,8 @@ import numbers
 
 import numpy as np
 
+from cylstm import _objects
+
 __all__ = [
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
@@ -747,23 +749,22 @@ VALID_NAMES = ("mse", "mean_squared_error", "mae", "mean_absolute_error", "huber
                "msle", "mean_squared_logarithmic_error", "log_cosh")
 
 
+def _fold(name):
+    return name.lower().replace(" ", "")
+
+
+_REGISTRY = _objects.Registry("loss", Loss, _CLASSES, _NAMES, VALID_NAMES, fold=_fold,
+                              builtin_only=True)
+
+
 def serialize(loss):
     """``{"class_name": ..., "config": ...}`` for a built-in loss (JSON-safe)."""
-    if not isinstance(loss, Loss) or type(loss).__name__ not in _CLASSES:
-        raise TypeError(f"cannot serialize {loss!r}: only built-in cylstm losses")
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return _REGISTRY.serialize(loss)
 
 
 def deserialize(config):
     """Inverse of :func:`serialize`."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise TypeError(f"loss config must be a dict with 'class_name'; got {config!r}")
-    cls = _CLASSES.get(config["class_name"])
-    if cls is None:
-        raise ValueError(
-            f"unknown loss class {config['class_name']!r}; valid: {sorted(_CLASSES)}"
-        )
-    return cls.from_config(dict(config.get("config", {})))
+    return _REGISTRY.deserialize(config)
 
 
 def get(identifier):
@@ -784,12 +785,7 @@ def get(identifier):
     if isinstance(identifier, Loss):
         return identifier
     if isinstance(identifier, str):
-        cls = _NAMES.get(identifier.lower().replace(" ", ""))
-        if cls is None:
-            raise ValueError(
-                f"unknown loss {identifier!r}; valid names: {', '.join(VALID_NAMES)}"
-            )
-        return cls()
+        return _REGISTRY.lookup(identifier)()
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if callable(identifier):

@@ -23,6 +23,7 @@ import numbers
 
 import numpy as np
 
+from cylstm import _objects
 from cylstm import losses as _losses
 
 __all__ = [
@@ -464,6 +465,10 @@ _NAMES = {
 _CLASSES = {c.__name__: c for c in set(_NAMES.values()) | {Accuracy}}
 #: The names :func:`get` accepts (case-insensitive; class names too).
 VALID_NAMES = ("accuracy", "acc", "crossentropy", "ce") + tuple(_NAMES)
+# "accuracy" and "crossentropy" pick their class from the loss, in get()
+_REGISTRY = _objects.Registry("metric", Metric, _CLASSES,
+                              {**{k.lower(): v for k, v in _CLASSES.items()}, **_NAMES},
+                              VALID_NAMES)
 
 
 def _loss_hint(loss):
@@ -497,21 +502,9 @@ def get(identifier, loss=None):
             return _AutoMetric("accuracy", identifier, _loss_hint(loss))
         if key in ("crossentropy", "ce"):
             return _AutoMetric("crossentropy", identifier, _loss_hint(loss))
-        cls = _NAMES.get(key) or {k.lower(): v for k, v in _CLASSES.items()}.get(key)
-        if cls is None:
-            raise ValueError(
-                f"unknown metric {identifier!r}; valid names: {', '.join(VALID_NAMES)}"
-            )
-        return cls(name=identifier)
+        return _REGISTRY.lookup(identifier)(name=identifier)
     if isinstance(identifier, dict):
-        if "class_name" not in identifier:
-            raise TypeError(f"metric config must have 'class_name'; got {identifier!r}")
-        cls = _CLASSES.get(identifier["class_name"])
-        if cls is None:
-            raise ValueError(
-                f"unknown metric class {identifier['class_name']!r}; valid: {sorted(_CLASSES)}"
-            )
-        return cls.from_config(dict(identifier.get("config", {})))
+        return _REGISTRY.deserialize(identifier)
     if callable(identifier):
         cls = _FUNCTIONS.get(identifier)
         if cls is not None:

@@ -40,7 +40,7 @@ import warnings
 
 import numpy as np
 
-from cylstm import _tuning
+from cylstm import _objects, _tuning
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "deserialize", "get", "serialize"]
 
@@ -678,22 +678,18 @@ _NAMES = {k.lower(): v for k, v in _CLASSES.items()}
 VALID_NAMES = ("adam", "adamw", "sgd", "rmsprop")
 
 
+_REGISTRY = _objects.Registry("optimizer", Optimizer, _CLASSES, _NAMES, VALID_NAMES,
+                              config_names=True)
+
+
 def serialize(optimizer):
     """``{"class_name": ..., "config": ...}`` for an optimizer (JSON-safe for float lr)."""
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"expected an Optimizer; got {type(optimizer).__name__}")
-    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+    return _REGISTRY.serialize(optimizer)
 
 
 def deserialize(config):
-    """Inverse of :func:`serialize`."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise TypeError(f"optimizer config must be a dict with 'class_name'; got {config!r}")
-    name = config["class_name"]
-    cls = _CLASSES.get(name) or _NAMES.get(str(name).lower())
-    if cls is None:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(VALID_NAMES)}")
-    return cls.from_config(dict(config.get("config", {})))
+    """Inverse of :func:`serialize` (``class_name`` may also be a :func:`get` name)."""
+    return _REGISTRY.deserialize(config)
 
 
 def get(identifier):
@@ -709,12 +705,7 @@ def get(identifier):
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):
-        cls = _NAMES.get(identifier.lower())
-        if cls is None:
-            raise ValueError(
-                f"unknown optimizer {identifier!r}; valid names: {', '.join(VALID_NAMES)}"
-            )
-        return cls()
+        return _REGISTRY.lookup(identifier)()
     if isinstance(identifier, dict):
         return deserialize(identifier)
     raise TypeError(

@@ -253,14 +253,19 @@ def _unknown(what):
                       "(or a cylstm.regularizers.Regularizer instance)")
 
 
+# names are case-sensitive, as Keras's; configs come mostly from saved files
+_REGISTRY = _objects.Registry("regularizer", Regularizer, _CLASSES, _NAMES, VALID_NAMES,
+                              fold=None, config_error=ValueError, unknown=_unknown)
+
+
 def serialize(regularizer):
     """``{"class_name": ..., "config": ...}`` of a regularizer (None gives None)."""
-    return _objects.serialize(regularizer, Regularizer, "regularizer")
+    return None if regularizer is None else _REGISTRY.serialize(regularizer)
 
 
 def deserialize(config):
     """Inverse of :func:`serialize`; only cylstm's own classes can be named."""
-    return _objects.deserialize(config, _CLASSES, "regularizer", _unknown)
+    return _REGISTRY.deserialize(config)
 
 
 def get(identifier):
@@ -278,10 +283,7 @@ def get(identifier):
     if isinstance(identifier, str):
         if identifier == "l1_l2":
             return L1L2(l1=0.01, l2=0.01)
-        cls = _NAMES.get(identifier)
-        if cls is None:
-            raise _unknown(identifier)
-        return cls()
+        return _REGISTRY.lookup(identifier)()
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if inspect.isclass(identifier) and issubclass(identifier, Regularizer):

@@ -87,3 +87,30 @@ def random_lstm(rng, B, T, I, H, scale=0.5):
     U = rng.standard_normal((H, 4 * H)) * scale / np.sqrt(H)
     b = rng.standard_normal(4 * H) * 0.1
     return x, W, U, b
+
+
+def numeric_grad(f, x, h=1e-5, indices=None):
+    """Five-point central differences of the scalar ``f(x)`` with respect to ``x``.
+
+        df/dx_j ~ (-f(x + 2h e_j) + 8 f(x + h e_j) - 8 f(x - h e_j) + f(x - 2h e_j)) / 12h
+
+    truncation error O(h^4) (two-point differences: O(h^2)), so in float64 a step
+    of about 1e-4 .. 1e-5 leaves mostly the rounding of f, ~1e-16 |f| / h.
+
+    ``x`` (a writable float64 array) is perturbed in place one entry at a time and
+    restored exactly after each, so ``f`` may read it through its argument or
+    through an object that holds it (a layer's weight, a list of weights).
+    ``indices``: flat indices to differentiate (the others come back NaN);
+    default every entry.  Returns an array of x's shape.
+    """
+    g = np.zeros(x.shape) if indices is None else np.full(x.shape, np.nan)
+    for j in range(x.size) if indices is None else indices:
+        idx = np.unravel_index(j, x.shape)
+        keep = x[idx]
+        vals = []
+        for step in (2 * h, h, -h, -2 * h):
+            x[idx] = keep + step
+            vals.append(float(f(x)))
+        x[idx] = keep
+        g[idx] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * h)
+    return g

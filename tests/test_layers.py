@@ -2,6 +2,7 @@
 finite-difference checks of each layer's backward."""
 import numpy as np
 import pytest
+from reference import numeric_grad
 
 from cylstm.layers import (
     LSTM,
@@ -81,40 +82,16 @@ def _layer_grads(layer, x, mask, R, training=True):
     return y, dx, grads
 
 
-def _numeric_grads(layer, x, mask, R, eps=1e-6, forward=None):
-    def loss():
+def _numeric_grads(layer, x, mask, R, forward=None):
+    """Finite differences of L = sum(R * layer(x)) w.r.t. x and each weight (in place)."""
+    def loss(_perturbed):  # reads x and the weights where the layer holds them
         if forward is not None:
             return float(np.sum(R * forward()))
         y, _ = layer._forward(x, mask, False)
         return float(np.sum(R * y))
 
-    out = []
-    for o, n in layer._param_items():
-        w = getattr(o, n)
-        g = np.zeros_like(w)
-        it = np.nditer(w, flags=["multi_index"])
-        for _ in it:
-            idx = it.multi_index
-            old = w[idx]
-            w[idx] = old + eps
-            lp = loss()
-            w[idx] = old - eps
-            lm = loss()
-            w[idx] = old
-            g[idx] = (lp - lm) / (2 * eps)
-        out.append(g)
-    gx = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        idx = it.multi_index
-        old = x[idx]
-        x[idx] = old + eps
-        lp = loss()
-        x[idx] = old - eps
-        lm = loss()
-        x[idx] = old
-        gx[idx] = (lp - lm) / (2 * eps)
-    return gx, out
+    out = [numeric_grad(loss, getattr(o, n)) for o, n in layer._param_items()]
+    return numeric_grad(loss, x), out
 
 
 # masks: right padding, left padding, holes, an all-masked row
@@ -232,10 +209,6 @@ def test_lstm_dropout_only_in_training():
 
 
 def test_lstm_recurrent_dropout_matches_masked_reference():
-    from cylstm import layers as L
-
-    if not L._recurrent_mask_supported():
-        pytest.skip("kernels without recurrent_mask")
     rng = np.random.default_rng(6)
     x = rng.standard_normal((8, 5, 3))
     layer = LSTM(4, recurrent_dropout=0.3, seed=2, dtype="float64", return_sequences=True)
@@ -298,14 +271,9 @@ def test_lstm_layer_gradients_finite_differences(case):
 def test_lstm_dropout_gradients_with_fixed_masks():
     """Input and recurrent dropout masks enter the backward exactly (masks fixed by
     re-seeding the layer's generator before every forward)."""
-    from cylstm import layers as L
-
     rng = np.random.default_rng(13)
     x = rng.standard_normal((4, 5, 3))
-    kw = {"dropout": 0.3}
-    if L._recurrent_mask_supported():
-        kw["recurrent_dropout"] = 0.4
-    layer = LSTM(3, return_sequences=True, dtype="float64", **kw)
+    layer = LSTM(3, return_sequences=True, dtype="float64", dropout=0.3, recurrent_dropout=0.4)
     layer(x)
     _rand_lstm(layer, rng)
 

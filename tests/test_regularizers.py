@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from reference import numeric_grad
 
 from cylstm import layers as L
 from cylstm import regularizers as R
@@ -117,13 +118,7 @@ def test_unknown_name_on_a_layer_names_the_argument_and_the_known_ones():
                                  R.OrthogonalRegularizer(0.3, "columns")])
 def test_gradient_matches_finite_differences(reg, x):
     g = reg.gradient(x)
-    eps = 1e-6
-    fd = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        fd[i] = (reg(xp) - reg(xm)) / (2 * eps)
+    fd = numeric_grad(reg, x.copy())  # x is shared by the parametrized cases
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
 
 
@@ -204,20 +199,18 @@ def test_frozen_layers_have_no_weight_penalty():
 
 
 # ---------------------------------------------------------------- training with penalties
-def _fd_model_check(model, x, y, eps=1e-6, rtol=1e-5, atol=1e-8, sample_weight=None):
+def _fd_model_check(model, x, y, rtol=1e-5, atol=1e-8, sample_weight=None):
     """Gradients of (loss + penalties) against central differences, weight by weight."""
     loss, grads = model._forward_backward(x, y, sample_weight)
     ws = model.get_weights()
-    for k, (w, g) in enumerate(zip(ws, grads)):
-        fd = np.zeros_like(w)
-        flat = w.reshape(-1)
-        for i in range(flat.size):
-            for sgn in (1, -1):
-                trial = [v.copy() for v in ws]
-                trial[k].reshape(-1)[i] = flat[i] + sgn * eps
-                model.set_weights(trial)
-                lv, _ = model._forward_backward(x, y, sample_weight)
-                fd.reshape(-1)[i] += sgn * lv / (2 * eps)
+    trial = [v.copy() for v in ws]
+
+    def f(_perturbed):  # one entry of trial perturbed
+        model.set_weights(trial)
+        return model._forward_backward(x, y, sample_weight)[0]
+
+    for k, (w, g) in enumerate(zip(trial, grads)):
+        fd = numeric_grad(f, w)
         model.set_weights(ws)
         np.testing.assert_allclose(g, fd, rtol=rtol, atol=atol,
                                    err_msg=f"weight {k} {model._param_items()[k]}")
@@ -286,21 +279,9 @@ def test_lstm_state_outputs_activity_gradient():
 
     layer._forward(x, None, True)
     dx = layer._backward(gy, True, grad_h=gh, grad_c=gc)
-    eps = 1e-6
-    fd = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        fd[i] = (f(xp) - f(xm)) / (2 * eps)
+    fd = numeric_grad(f, x)
     np.testing.assert_allclose(dx, fd, rtol=1e-6, atol=1e-9)
-    K = layer.kernel.copy()
-    fdk = np.zeros_like(K)
-    for i in np.ndindex(K.shape):
-        for sgn in (1, -1):
-            layer.kernel[i] = K[i] + sgn * eps
-            fdk[i] += sgn * f(x) / (2 * eps)
-            layer.kernel[i] = K[i]
+    fdk = numeric_grad(lambda _kernel: f(x), layer.kernel)  # perturbed where the layer reads it
     np.testing.assert_allclose(layer._grads["kernel"], fdk, rtol=1e-6, atol=1e-9)
 
 

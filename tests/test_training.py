@@ -189,10 +189,6 @@ def test_train_on_batch_and_lists_of_batches():
 
 
 def test_recurrent_dropout_trains():
-    from cylstm import layers as L
-
-    if not L._recurrent_mask_supported():
-        pytest.skip("kernels without recurrent_mask")
     x, y = _task(64)
     m = _model(recurrent_dropout=0.2, dropout=0.1)
     m.compile("adam", "mse")

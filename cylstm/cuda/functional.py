@@ -32,6 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from cylstm._validate import check_grad_out
 from cylstm.functional import (
     LSTMForward,
     LSTMGrads,
@@ -69,25 +70,6 @@ def _d2h_mode():
         raise ValueError(f"CYLSTM_CUDA_D2H must be one of {', '.join(_D2H_MODES)}; "
                          f"got {mode!r}")
     return mode
-
-
-def _check_out(out, shapes, dtype):
-    """The CPU lstm_backward's ``out`` rules: 3 entries, each None or a writeable
-    C-contiguous array of the gradient's shape and dtype."""
-    if out is None:
-        return [None, None, None]
-    outs = list(out)
-    if len(outs) != 3:
-        raise ValueError("out must be (dkernel, drecurrent_kernel, dbias)")
-    for k, ((name, shape), a) in enumerate(zip(shapes, outs)):
-        if a is not None and (not isinstance(a, np.ndarray) or a.shape != shape
-                              or a.dtype != dtype or not a.flags.c_contiguous
-                              or not a.flags.writeable):
-            raise ValueError(
-                f"out[{k}] ({name}) must be a writeable C-contiguous {dtype} array of shape "
-                f"{shape}; got {getattr(a, 'shape', type(a).__name__)}"
-            )
-    return outs
 
 
 def _to_host(dev, out, mode):
@@ -254,8 +236,7 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     dtype = cache["dtype"]
     if grads_on_device and out is not None:
         raise ValueError("out (host arrays) and grads_on_device exclude each other")
-    outs = _check_out(out, (("dkernel", (I, 4 * H)), ("drecurrent_kernel", (H, 4 * H)),
-                            ("dbias", (4 * H,))), dtype)
+    outs = check_grad_out(out, I, H, dtype)  # the CPU lstm_backward's rules
     mode = _d2h_mode()
     dy_dev = None
     if isinstance(grad_output, ext.DeviceArray):
