@@ -3,7 +3,7 @@ import ctypes
 import os
 import threading
 
-from cylstm import _openmp_helpers
+from cylstm import _lstm, _openmp_helpers, _stream
 
 _lock = threading.Lock()
 _num_threads = None
@@ -83,20 +83,20 @@ def _find_scipy_blas():
 
 
 def _blas():
+    """SciPy's BLAS as (path, set_fn, get_fn), or None; found once.
+
+    The first call also installs its ``set_num_threads`` in every extension that
+    switches BLAS threads around a kernel (each holds its own pointer, C static
+    state): this is the only place that does, and the kernels call it before they
+    run (cylstm.functional, cylstm.stream).
+    """
     global _blas_lib
     if _blas_lib is None:
         found = _find_scipy_blas()
         _blas_lib = found if found is not None else False
-        from cylstm import _lstm
-
         addr = ctypes.cast(found[1], ctypes.c_void_p).value if found else 0
-        _lstm._set_blas_thread_setter(addr or 0)
-        try:
-            from cylstm import _stream
-
-            _stream._set_blas_thread_setter(addr or 0)
-        except (ImportError, AttributeError):
-            pass
+        for ext in (_lstm, _stream):
+            ext._set_blas_thread_setter(addr or 0)
     return _blas_lib or None
 
 

@@ -321,15 +321,6 @@ def _pack_for_model(model, specs, dtype, weights_dtype=None):
         return pack
 
 
-def _blas_address():
-    found = _config._blas()
-    if not found:
-        return 0
-    import ctypes
-
-    return ctypes.cast(found[1], ctypes.c_void_p).value or 0
-
-
 class StreamRunner(_stream.Core):
     """Run a model one time step at a time, carrying the LSTM states.
 
@@ -430,7 +421,7 @@ class StreamRunner(_stream.Core):
         # BLAS has no bfloat16 GEMM: bfloat16 weights always take the kernel
         use_blas = batch_size >= BLAS_MIN_BATCH and pack.weights_dtype != "bfloat16"
         if use_blas:
-            _stream._set_blas_thread_setter(_blas_address())
+            _config._blas()  # installs BLAS's thread setter in _stream (once per process)
         self._setup(pack, int(batch_size), nt, use_blas, cap)
 
     # ---- public API; step() is the compiled Core.step (no Python frame per step) -------

@@ -32,8 +32,8 @@ import numbers
 import numpy as np
 
 from cylstm import layers as _layers
-from cylstm import merging as _merging
 from cylstm._timechunk import _PER_STEP
+from cylstm.layers import merging as _merging
 
 __all__ = ["WindowIterator", "check_model", "check_tbptt"]
 
