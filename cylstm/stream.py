@@ -240,7 +240,7 @@ def _check_specs(specs, dtype):
 
 def _specs_from_model(model):
     """Layer descriptions of a cylstm Sequential (weights referenced, not copied)."""
-    from cylstm import layers as L
+    from cylstm import layers as L  # defers import cost: the layers
 
     if not hasattr(model, "layers"):
         raise TypeError(f"StreamRunner needs a cylstm Sequential model; got "

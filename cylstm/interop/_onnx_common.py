@@ -4,7 +4,7 @@
 
 def require_onnx():
     try:
-        import onnx
+        import onnx  # defers import cost: onnx is optional
     except ImportError as e:  # pragma: no cover - exercised only without onnx
         raise ImportError("cylstm.interop.from_onnx / to_onnx need the 'onnx' package "
                           "(pip install onnx)") from e

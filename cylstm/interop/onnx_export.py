@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from cylstm import __version__
 from cylstm._files import atomic_write
 from cylstm.interop._onnx_common import require_onnx as _require_onnx
 from cylstm.interop._spec import DENSE_ACTIVATIONS
@@ -27,7 +28,7 @@ def _gates_to(a, dst):
 
 class _Exporter:
     def __init__(self, dtype):
-        from onnx import TensorProto
+        from onnx import TensorProto  # defers import cost: onnx is optional
 
         self.nodes, self.inits = [], []
         self.dtype = np.dtype(dtype)
@@ -39,14 +40,14 @@ class _Exporter:
         return f"{base}_{self.count}"
 
     def init(self, base, array):
-        from onnx import numpy_helper
+        from onnx import numpy_helper  # defers import cost: onnx is optional
 
         nm = self.name(base)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), nm))
         return nm
 
     def node(self, op, inputs, n_out=1, **attrs):
-        from onnx import helper
+        from onnx import helper  # defers import cost: onnx is optional
 
         outs = [self.name(op.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(op), **attrs))
@@ -170,9 +171,9 @@ def to_onnx(model, path, *, dtype=None):
     no per-step mask.
     """
     onnx = _require_onnx()
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper  # defers import cost: onnx is optional
 
-    from cylstm import layers as L
+    from cylstm import layers as L  # defers import cost: the layers
 
     if not hasattr(model, "layers") or not hasattr(model, "built"):
         raise TypeError(f"to_onnx expects a cylstm Sequential model; got {type(model).__name__}")
@@ -241,12 +242,7 @@ def to_onnx(model, path, *, dtype=None):
     proto = helper.make_model(graph, producer_name="cylstm",
                               opset_imports=[helper.make_opsetid("", _OPSET)])
     proto.ir_version = _IR_VERSION
-    try:
-        from cylstm import __version__
-
-        proto.producer_version = __version__
-    except ImportError:  # pragma: no cover
-        pass
+    proto.producer_version = __version__
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     path = os.fspath(path)

@@ -134,7 +134,7 @@ def _load_model(path):
 
 
 def _tensor_to_array(t, what):
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto, numpy_helper  # defers import cost: onnx is optional
 
     if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
         raise ValueError(f"{what} {t.name!r} refers to external data; cylstm only reads "
@@ -152,7 +152,7 @@ def _tensor_to_array(t, what):
 
 
 def _attrs(node):
-    from onnx import helper
+    from onnx import helper  # defers import cost: onnx is optional
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -242,7 +242,7 @@ class _Importer:
                              f"first output; found {[c.name for c in cands]}")
         inp = cands[0]
         tt = inp.type.tensor_type
-        from onnx import TensorProto
+        from onnx import TensorProto  # defers import cost: onnx is optional
 
         floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
         ints = (TensorProto.INT64, TensorProto.INT32)
@@ -338,7 +338,7 @@ class _Importer:
     # -- constants and shape arithmetic -------------------------------------------
     def op_Constant(self, n):
         a = _attrs(n)
-        from onnx import TensorProto
+        from onnx import TensorProto  # defers import cost: onnx is optional
 
         if "value" in a:
             t = a["value"]
@@ -465,7 +465,7 @@ class _Importer:
     def op_Cast(self, n):
         v = self.env[n.input[0]]
         if isinstance(v, np.ndarray):
-            from onnx import helper
+            from onnx import helper  # defers import cost: onnx is optional
 
             to = helper.tensor_dtype_to_np_dtype(_attrs(n)["to"])
             self.set_out(n, 0, v.astype(to))
