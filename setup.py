@@ -137,9 +137,7 @@ def cpu_extensions():
 
 
 def cuda_extensions():
-    """The optional cuBLAS backend (``CYLSTM_ONLY=_lstm,_stream``
-    Development only: build just the named extensions (with ``--inplace``).
-``CYLSTM_CUDA=1``); see cylstm/cuda/."""
+    """The optional cuBLAS backend (``CYLSTM_CUDA=1``); see cylstm/cuda/."""
     try:
         sys.path.insert(0, os.path.join(HERE, "cylstm", "cuda"))
         from _build_cuda import cuda_extension

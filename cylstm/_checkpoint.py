@@ -283,7 +283,7 @@ class _Runner:
     the backward: same blocks, same plans, so the same results bit for bit)."""
 
     def __init__(self, c):
-        from cylstm import functional as F
+        from cylstm import functional as F  # breaks a cycle: cylstm.functional imports this module
 
         self.F = F
         self.c = c

@@ -1,9 +1,14 @@
 """Threads and build facts: ``set_num_threads``, ``get_num_threads``, ``show_config``."""
 import ctypes
 import os
+import sys
 import threading
 
-from cylstm import _lstm, _openmp_helpers, _stream
+import numpy
+import scipy
+import scipy.linalg.cython_blas  # (loads the BLAS that _find_scipy_blas looks for)
+
+from cylstm import _build_info, _cpu, _lstm, _openmp_helpers, _packcache, _stream, _tuning
 
 _lock = threading.Lock()
 _num_threads = None
@@ -55,8 +60,6 @@ def set_num_threads(n):
 
 def _find_scipy_blas():
     """Locate the BLAS library behind scipy.linalg.cython_blas and its thread setter."""
-    import scipy.linalg.cython_blas  # noqa: F401  (makes sure it is loaded)
-
     paths = []
     try:
         with open("/proc/self/maps") as f:
@@ -109,7 +112,7 @@ def blas_info():
         info["library"] = os.path.basename(found[0])
         info["num_threads"] = found[2]()
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # defers import cost: threadpoolctl is optional
 
         for d in threadpool_info():
             path = d.get("filepath", "")
@@ -127,12 +130,7 @@ def blas_info():
 
 def show_config(file=None):
     """Print how cylstm was built and what it runs on."""
-    import sys
-
-    import numpy
-    import scipy
-
-    from cylstm import __version__, _build_info, _cpu
+    from cylstm import __version__  # breaks a cycle: cylstm/__init__ imports this module
 
     out = file or sys.stdout
     b = blas_info()
@@ -140,7 +138,7 @@ def show_config(file=None):
     cuda_avail = False
     if cuda:
         try:
-            from cylstm import cuda as _cuda
+            from cylstm import cuda as _cuda  # defers import cost: cylstm.cuda looks for a GPU
 
             cuda_avail = _cuda.is_available()
         except Exception:  # noqa: BLE001 - report, never fail
@@ -169,8 +167,6 @@ def show_config(file=None):
 
 def _planner_lines():
     """The CPU facts, thresholds and tuning cache the forward planner uses."""
-    from cylstm import _tuning
-
     f = _tuning.cpu_facts()
     mib = 2.0**20
     lines = [
@@ -198,8 +194,6 @@ def _planner_lines():
             lines.append(f"  tuned cache: {path}: {len(ch)} shape classes measured; "
                          "they override the model rules for those classes")
             lines += [f"    {k}: {v['path']}" for k, v in sorted(ch.items())]
-    from cylstm import _packcache
-
     pc = _packcache.stats()
     lines.append(f"  packed-weight cache (inference on the panel paths; checked against the "
                  f"weights each call): {pc['entries']} entries, {pc['bytes'] >> 10} KiB of "

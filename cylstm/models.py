@@ -12,10 +12,11 @@ import warnings
 
 import numpy as np
 
-from cylstm import _timechunk
+from cylstm import _timechunk, saving
 from cylstm import layers as _layers
 from cylstm.engine import graph as _graph
 from cylstm.engine.model import Model, params_footer
+from cylstm.engine.model import _deserialize as _model_deserialize
 
 __all__ = ["Model", "Sequential", "load_model"]
 
@@ -397,7 +398,7 @@ class Sequential(Model):
 
         Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner.
         """
-        from cylstm.stream import StreamRunner
+        from cylstm.stream import StreamRunner  # defers import cost: the streaming runner
 
         return StreamRunner(self, batch_size=batch_size, **kwargs)
 
@@ -408,7 +409,7 @@ class Sequential(Model):
         after which an unused stream is evicted.  Keyword arguments (``num_threads``,
         ``weights_dtype``, ``clock``) go to the pool.
         """
-        from cylstm.stream import StreamPool
+        from cylstm.stream import StreamPool  # defers import cost: the streaming runner
 
         return StreamPool(self, max_streams=max_streams, idle_timeout=idle_timeout, **kwargs)
 
@@ -418,7 +419,7 @@ class Sequential(Model):
         ``dtype='float32'`` exports a float64 model as float32 (ONNX Runtime's
         CPU LSTM runs float32 only).
         """
-        from cylstm.interop.onnx import to_onnx
+        from cylstm.interop.onnx import to_onnx  # defers import cost: the ONNX exporter
 
         return to_onnx(self, path, **kwargs)
 
@@ -428,15 +429,11 @@ class Sequential(Model):
 
 
 def _deserialize(config):
-    from cylstm.engine.model import _deserialize as de
-
-    return de(config)
+    return _model_deserialize(config)
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Load a model written by ``model.save`` (never runs code from the file)."""
-    from cylstm import saving
-
     if custom_objects:
         warnings.warn("custom_objects is ignored: cylstm files only name cylstm's own classes")
     return saving.load_model(filepath, compile=compile)

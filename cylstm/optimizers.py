@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 
 from cylstm import _objects, _tuning
+from cylstm._config import get_num_threads
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "deserialize", "get", "serialize"]
 
@@ -435,8 +436,6 @@ class Optimizer:
     def _threads(n):
         if n < PARALLEL_MIN_SIZE:
             return 1
-        from cylstm._config import get_num_threads
-
         return get_num_threads()
 
     def _apply_numpy(self, params, g, lr):  # pragma: no cover - abstract

@@ -28,6 +28,7 @@ import zlib
 
 import numpy as np
 
+from cylstm import losses, optimizers
 from cylstm._files import atomic_write
 
 __all__ = ["load_model", "load_weights", "model_from_bytes", "model_to_bytes", "save_model",
@@ -251,8 +252,6 @@ def model_from_bytes(data, compile=True):
 
 
 def _optimizer_from_config(cfg):
-    from cylstm import optimizers
-
     cls_name = cfg.get("class_name") if isinstance(cfg, dict) else None
     cls = getattr(optimizers, cls_name, None) if isinstance(cls_name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, optimizers.Optimizer)):
@@ -277,8 +276,8 @@ def load_model(filepath, compile=True):
 
 def _model_from_parts(meta, arrays, path, compile, allow_unbuilt=False):
     """Build the model a file's meta and arrays describe; ``path`` names it in errors."""
-    from cylstm.engine.model import Model
-    from cylstm.models import Sequential
+    from cylstm.engine.model import Model  # breaks a cycle: it imports this module
+    from cylstm.models import Sequential  # breaks a cycle (the same)
 
     if meta.get("format") != "cylstm.model":
         raise ValueError(f"{path} holds {meta.get('format')!r}, not a model; use "
@@ -322,8 +321,6 @@ def _model_from_parts(meta, arrays, path, compile, allow_unbuilt=False):
 
 def _loss_from_config(loss):
     """A saved loss: a name, a serialized loss, or a dict of those by output name."""
-    from cylstm import losses
-
     if isinstance(loss, dict) and "class_name" in loss:
         return losses.deserialize(loss)
     if isinstance(loss, dict):

@@ -19,7 +19,8 @@ How it is fast
   (include/cylstm_stream.h).  That packed copy is made once per model and
   weights version and shared by every runner of the model.
 - Small batches use that kernel (a BLAS GEMV call costs more than the
-  arithmetic at these sizes; it takes four rows per pass over the weights);
+  arithmetic at these sizes; it takes six rows per pass over the weights on
+  AVX-512, four elsewhere, and the last two or one together);
   batches of :data:`BLAS_MIN_BATCH` rows and more use SciPy's BLAS per panel.
   When the weights do not fit in one core's cache (or are close to it) the
   panels are split across two OpenMP threads; small models run on the calling
@@ -45,7 +46,8 @@ __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "PoolFullError", "StreamPool"
 BLAS_MIN_BATCH = _tuning.BLAS_MIN_BATCH
 PARALLEL_MIN_BYTES = _tuning.PARALLEL_MIN_BYTES
 
-# LSTM units per panel: the sequence kernels (cylstm/_lstm.pyx) pack the same panels
+# LSTM units per panel, as the sequence kernels (cylstm/_lstm.pyx) cut theirs (their
+# packer, pack_recurrent, lays the panels out differently: the unification is issue 17)
 _PANEL_UNITS = {np.dtype(np.float32): _lstm.PANEL_UNITS_F32,
                 np.dtype(np.float64): _lstm.PANEL_UNITS_F64}
 _VL = {np.dtype(np.float32): _stream.VECTOR_FLOATS, np.dtype(np.float64): _stream.VECTOR_DOUBLES}
@@ -240,7 +242,7 @@ def _check_specs(specs, dtype):
 
 def _specs_from_model(model):
     """Layer descriptions of a cylstm Sequential (weights referenced, not copied)."""
-    from cylstm import layers as L
+    from cylstm import layers as L  # defers import cost: the layers
 
     if not hasattr(model, "layers"):
         raise TypeError(f"StreamRunner needs a cylstm Sequential model; got "

@@ -243,7 +243,7 @@ def set_fused_max_units(n):
 
 def clear_cache():
     """Free the device copies of weights kept by :mod:`cylstm.cuda.functional`."""
-    from cylstm.cuda import functional
+    from cylstm.cuda import functional  # breaks a cycle: cylstm.cuda.functional imports this module
 
     functional._weights.clear()
 

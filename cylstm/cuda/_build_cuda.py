@@ -229,7 +229,7 @@ def nvcc_arch_flags(archs):
 def cuda_extension(here, debug=False):
     """The ``cylstm.cuda._cuda`` Extension (already cythonized), with the .cu source
     for :class:`BuildExtWithCuda`."""
-    from Cython.Build import cythonize
+    from Cython.Build import cythonize  # defers import cost: Cython, at build time only
 
     cfg = cuda_config()
     major = cfg["version"][0]

@@ -32,6 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from cylstm import cuda
 from cylstm._validate import check_grad_out
 from cylstm.functional import (
     LSTMForward,
@@ -84,8 +85,6 @@ def _to_host(dev, out, mode):
 
 
 def _backend():
-    from cylstm import cuda
-
     ext = cuda._require()
     return cuda, ext
 

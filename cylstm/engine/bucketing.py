@@ -45,7 +45,7 @@ def check_bucket_by_length(value):
 
 def _mask_layers(model):
     """For each model input, the layer that makes its mask from it (or None)."""
-    from cylstm.engine.model import Model
+    from cylstm.engine.model import Model  # breaks a cycle: the trainer imports this module
 
     def makes_mask(layer):
         return isinstance(layer, _layers.Masking) or (

@@ -17,6 +17,7 @@ model, and the batch's sample count.  The forms, as Keras takes them:
 import collections
 import math
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -247,8 +248,6 @@ class PyDatasetAdapter(_BatchStream):
             for i in order:
                 yield self.prepare(ds[i], i)
             return
-        from concurrent.futures import ThreadPoolExecutor
-
         ahead = max(1, int(getattr(ds, "max_queue_size", 10) or 10))
         with ThreadPoolExecutor(workers) as pool:
             pending = collections.deque()

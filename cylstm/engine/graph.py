@@ -126,7 +126,7 @@ def _feature_compatible(built, shape):
 
 def _check_reuse(layer, shape):
     """A built layer called again: its weights fix the feature axis (and the rank)."""
-    from cylstm import layers as L
+    from cylstm import layers as L  # breaks a cycle: cylstm.layers imports this module
 
     built = layer._build_shape
     if built is None or isinstance(layer, L.Embedding):
@@ -162,8 +162,8 @@ def _check_states(layer, states, batch_shape, n_units):
 
 def symbolic_call(layer, inputs, initial_state=None, training=None, mask=None):
     """Record a call of ``layer`` on symbolic tensors; return its symbolic output(s)."""
-    from cylstm import layers as L
-    from cylstm.engine.model import Model
+    from cylstm import layers as L  # breaks a cycle: cylstm.layers imports this module
+    from cylstm.engine.model import Model  # breaks a cycle: cylstm.engine.model imports this module
 
     if mask is not None:
         raise NotImplementedError(f"{_desc(layer)}: an explicit mask= on symbolic tensors is "

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from cylstm import _timechunk
+from cylstm import _timechunk, saving
 from cylstm import layers as _layers
 from cylstm.engine import graph as _graph
 from cylstm.engine.trainer import Trainer
@@ -579,7 +579,7 @@ class Model(Trainer):
         raises ``ValueError``/``cylstm.cuda.CudaError`` saying why otherwise.  The
         other layers and the optimizer stay on the host.  Returns the model.
         """
-        from cylstm import cuda
+        from cylstm import cuda  # defers import cost: cylstm.cuda looks for a GPU
 
         kind, index = cuda.resolve_device(device)
         dev = None if kind == "cpu" else (kind, index)
@@ -633,7 +633,7 @@ class Model(Trainer):
         The model must be a chain of layers the runner supports (LSTM, Dense,
         Dropout).  Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner.
         """
-        from cylstm.stream import StreamRunner
+        from cylstm.stream import StreamRunner  # defers import cost: the streaming runner
 
         return StreamRunner(self._as_chain("streamer()"), batch_size=batch_size, **kwargs)
 
@@ -644,14 +644,14 @@ class Model(Trainer):
         after which an unused stream is evicted.  Keyword arguments (``num_threads``,
         ``weights_dtype``, ``clock``) go to the pool.
         """
-        from cylstm.stream import StreamPool
+        from cylstm.stream import StreamPool  # defers import cost: the streaming runner
 
         return StreamPool(self._as_chain("stream_pool()"), max_streams=max_streams, idle_timeout=idle_timeout, **kwargs)
 
     def to_onnx(self, path, **kwargs):
         """Export the model to ONNX (:func:`cylstm.interop.onnx.to_onnx`); the model must be
         a chain of layers.  ``dtype='float32'`` exports a float64 model as float32."""
-        from cylstm.interop.onnx import to_onnx
+        from cylstm.interop.onnx import to_onnx  # defers import cost: the ONNX exporter
 
         return to_onnx(self._as_chain("to_onnx()"), path, **kwargs)
 
@@ -659,21 +659,15 @@ class Model(Trainer):
     def save(self, filepath, overwrite=True, include_optimizer=True, **kwargs):
         """Save architecture, weights, compile settings and optimizer state to one
         ``.npz`` file (written atomically).  See :func:`cylstm.saving.save_model`."""
-        from cylstm import saving
-
         saving.save_model(self, filepath, overwrite=overwrite,
                           include_optimizer=include_optimizer)
 
     def save_weights(self, filepath, overwrite=True, **kwargs):
         """Save the weights only (atomic ``.npz``)."""
-        from cylstm import saving
-
         saving.save_weights(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Load weights written by :meth:`save_weights` (or :meth:`save`)."""
-        from cylstm import saving
-
         saving.load_weights(self, filepath)
 
     # ------------------------------------------------------------------ summary
@@ -814,13 +808,9 @@ class Model(Trainer):
         # Through the safe .npz format (arrays + JSON config, optimizer state included):
         # what unpickles is cylstm.saving.model_from_bytes on plain bytes, which builds
         # only cylstm's own classes, so a model travels to Dask/Ray workers as data.
-        from cylstm import saving
-
         return (saving.model_from_bytes, (saving.model_to_bytes(self),))
 
     def __deepcopy__(self, memo):
-        from cylstm import saving
-
         new = saving.model_from_bytes(saving.model_to_bytes(self))
         memo[id(self)] = new
         return new
@@ -846,7 +836,7 @@ def _deserialize(config, depth=0):
     _nesting.level = level + 1
     try:
         if kind == "Sequential":
-            from cylstm.models import Sequential
+            from cylstm.models import Sequential  # breaks a cycle: it imports this module
 
             return Sequential.from_config(config.get("config", {}))
         return Model.from_config(config.get("config", {}))

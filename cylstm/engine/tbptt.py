@@ -52,7 +52,7 @@ def check_tbptt(value):
 
 def _flatten(model):
     """Leaf layers of ``model`` with the graph steps that call each one."""
-    from cylstm.engine.model import Model
+    from cylstm.engine.model import Model  # breaks a cycle: the trainer imports this module
 
     out = []
     plan = getattr(model, "_plan", None)

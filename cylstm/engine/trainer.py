@@ -27,7 +27,11 @@ import warnings
 import numpy as np
 
 from cylstm import _signals, _timechunk
+from cylstm import callbacks as _cbm
 from cylstm import layers as _layers
+from cylstm import losses as _losses
+from cylstm import metrics as _metrics
+from cylstm import optimizers as _optimizers
 from cylstm._progress import Progbar
 from cylstm.engine import bucketing as _bucketing
 from cylstm.engine import data_adapters as _da
@@ -109,10 +113,6 @@ class Trainer:
         every output.  ``run_eagerly``, ``steps_per_execution``, ``jit_compile`` and
         ``auto_scale_loss`` are accepted for compatibility and have no effect.
         """
-        from cylstm import losses as _losses
-        from cylstm import metrics as _metrics
-        from cylstm import optimizers as _optimizers
-
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='mse'")
         names = list(self.output_names)
@@ -213,8 +213,6 @@ class Trainer:
         """JSON form of the compile settings (None, with a warning, if they cannot be saved)."""
         if not self.compiled:
             return None
-        from cylstm import losses
-
         opt = self.optimizer
         try:
             opt_cfg = {"class_name": type(opt).__name__, "config": opt.get_config()}
@@ -230,7 +228,7 @@ class Trainer:
                 loss_cfgs.append(raw)
                 continue
             try:
-                c = losses.serialize(fn)
+                c = _losses.serialize(fn)
                 json.dumps(c)
             except (TypeError, ValueError):
                 warnings.warn(f"loss {raw!r} cannot be saved; the file is saved without "
@@ -578,8 +576,6 @@ class Trainer:
         -------
         History : its ``.history`` holds 'loss' (and 'val_loss', metrics) per epoch.
         """
-        from cylstm import callbacks as _cbm
-
         self._require_compiled("fit")
         if x is None:
             raise ValueError("fit needs x")
@@ -710,8 +706,6 @@ class Trainer:
     def _callback_list(self, callbacks, steps, verbose):
         if not callbacks:
             return None
-        from cylstm import callbacks as _cbm
-
         return _cbm.CallbackList(list(callbacks), model=self,
                                  params={"steps": steps, "verbose": verbose})
 

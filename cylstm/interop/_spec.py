@@ -144,7 +144,7 @@ def _cast(a, dtype):
 
 
 def _lstm_layer(spec, dtype, input_shape=None):
-    from cylstm.layers import LSTM
+    from cylstm.layers import LSTM  # defers import cost: specs are plain data
 
     kw = {} if input_shape is None else {"input_shape": input_shape}
     return LSTM(spec.units, use_bias=spec.bias is not None,
@@ -166,8 +166,8 @@ def build_sequential(model_spec, name=None):
     shape ``(batch, time, input_dim)``, and the weights are set with ``set_weights`` so
     the model owns ordinary (flat, trainable) parameters.
     """
-    from cylstm import layers as L
-    from cylstm.models import Sequential
+    from cylstm import layers as L  # defers import cost: specs are plain data
+    from cylstm.models import Sequential  # defers import cost (the same)
 
     dtype = np.dtype(model_spec.dtype)
     if dtype not in (np.float32, np.float64):

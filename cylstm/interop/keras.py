@@ -273,7 +273,7 @@ def _lstm_spec(p, cfg, w, feat):
 
 def _h5_reader(f, source):
     """``weights_of`` over an open Keras 3 weights file, checking every object it touches."""
-    import h5py
+    import h5py  # defers import cost: h5py is optional
 
     def get(path):
         node = f
@@ -322,7 +322,7 @@ def _h5_reader(f, source):
 
 def _open_h5(data_or_path, source):
     try:
-        import h5py
+        import h5py  # defers import cost: h5py is optional
     except ImportError as e:  # pragma: no cover - exercised only without h5py
         raise ImportError("reading Keras files needs h5py (pip install h5py)") from e
     try:
@@ -370,7 +370,7 @@ def _config_from(config):
     """Layer configs from a dict / JSON text / .keras or .json path / cylstm Sequential."""
     if hasattr(config, "layers") and hasattr(config, "get_weights") and \
             type(config).__module__.startswith("cylstm"):
-        from cylstm.layers import serialize
+        from cylstm.layers import serialize  # defers import cost: the layers
 
         layers = []
         shape = config.input_shape

@@ -47,7 +47,7 @@ def _to_numpy(key, v):
 
 
 def _torch():
-    import torch
+    import torch  # defers import cost: torch is optional
 
     return torch
 

@@ -5,6 +5,7 @@ import numbers
 
 import numpy as np
 
+from cylstm import constraints, initializers, regularizers
 from cylstm.engine import graph as _graph
 
 
@@ -89,8 +90,6 @@ def _as_float_input(name, x, dtype):
 
 
 def _initializer(identifier):
-    from cylstm import initializers
-
     return initializers.get(identifier)
 
 
@@ -116,8 +115,6 @@ def _refuse(name, value):
 
 def _regularizer(name, identifier):
     """A cylstm regularizer from a Keras identifier; errors name the argument."""
-    from cylstm import regularizers
-
     try:
         return regularizers.get(identifier)
     except (TypeError, ValueError) as e:
@@ -125,8 +122,6 @@ def _regularizer(name, identifier):
 
 
 def _constraint(name, identifier):
-    from cylstm import constraints
-
     try:
         return constraints.get(identifier)
     except (TypeError, ValueError) as e:
@@ -134,14 +129,10 @@ def _constraint(name, identifier):
 
 
 def _reg_config(reg):
-    from cylstm import regularizers
-
     return regularizers.serialize(reg)
 
 
 def _constraint_config(c):
-    from cylstm import constraints
-
     return constraints.serialize(c)
 
 

@@ -13,6 +13,7 @@ and on the time axis joins the masks (an input without one counts as unmasked).
 """
 import numpy as np
 
+from cylstm.engine import graph
 from cylstm.layers.base import Layer, _as_float_input
 
 __all__ = ["Add", "Average", "Concatenate", "Maximum", "Minimum", "Multiply", "Subtract",
@@ -102,8 +103,6 @@ class _Merge(Layer):
 
     def __call__(self, inputs, training=False, mask=None):
         """Merge a list of arrays (or of symbolic tensors, in a functional model)."""
-        from cylstm.engine import graph
-
         if graph.is_symbolic(inputs):
             return graph.symbolic_call(self, inputs, training=training, mask=mask)
         if not isinstance(inputs, (list, tuple)):

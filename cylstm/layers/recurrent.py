@@ -161,13 +161,13 @@ class LSTM(Layer):
         """(functional module, extra kwargs) for this layer's device."""
         if self._device is None:
             return _F, {}
-        from cylstm.cuda import functional as gpu
+        from cylstm.cuda import functional as gpu  # defers import cost: the CUDA backend
 
         return gpu, {"device": self._device[1], "weights_version": self._weights_version}
 
     def _weights_changed(self):
         if self._device is not None:
-            from cylstm.cuda.functional import new_weights_version
+            from cylstm.cuda.functional import new_weights_version  # defers import cost: CUDA
 
             self._weights_version = new_weights_version()
 
