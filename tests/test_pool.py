@@ -242,7 +242,7 @@ print("ok", _lstm.pool_workers())
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
-def test_workers_on_the_callers_only_cpu_neither_hang_nor_change_results():
+def test_workers_on_the_callers_only_cpu_neither_hang_nor_change_results(tmp_path):
     """With one CPU allowed, every worker wakes beside its caller: it cannot move
     off that CPU, so it leaves the job to the caller and sleeps; calls on two
     threads still finish, with the one-thread bits."""
@@ -250,7 +250,9 @@ def test_workers_on_the_callers_only_cpu_neither_hang_nor_change_results():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(_lstm.__file__)))]
         + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    # (run outside the checkout: a -c script puts its cwd first on sys.path, and
+    # an installed cylstm must not be shadowed by the unbuilt source tree)
     p = subprocess.run([sys.executable, "-c", _ONE_CPU_SCRIPT, str(cpu)], env=env,
-                       capture_output=True, text=True, timeout=120, check=False)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.startswith("ok")
