@@ -15,13 +15,17 @@ Example
 >>> out = lstm_forward(x, W, U, b, training=True)
 >>> grads = lstm_backward(out.cache, grad_output=dy)
 """
+from __future__ import annotations
+
 import dataclasses
 from collections import namedtuple
+from collections.abc import Sequence
 
 import numpy as np
 
 from cylstm import _checkpoint, _config, _lstm, _packcache, _tuning
 from cylstm._checkpoint import CheckpointPlan, cache_nbytes, plan_checkpoints
+from cylstm._typing import ArrayLike
 from cylstm._validate import check_grad_out
 from cylstm._workspace import give, take
 
@@ -469,10 +473,14 @@ def check_output_grads(grad_output, grad_h, grad_c, return_sequences, B, T, H, d
     return dy, dhs, dcs
 
 
-def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
-                 lengths=None, go_backwards=False, return_sequences=True,
-                 training=False, recurrent_mask=None, checkpoint_every=None, num_threads=None,
-                 _plan=None):
+def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+                 bias: ArrayLike | None = None, *,
+                 initial_state: Sequence[ArrayLike] | None = None,
+                 lengths: ArrayLike | None = None, go_backwards: bool = False,
+                 return_sequences: bool = True, training: bool = False,
+                 recurrent_mask: ArrayLike | None = None,
+                 checkpoint_every: int | str | None = None, num_threads: int | None = None,
+                 _plan: ForwardPlan | None = None) -> LSTMForward:
     """Run an LSTM over whole sequences.
 
     Parameters
@@ -614,8 +622,10 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
         give(Z, Pu, hs2)
 
 
-def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
-                  need_input_grad=True, num_threads=None, out=None):
+def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
+                  grad_h: ArrayLike | None = None, grad_c: ArrayLike | None = None, *,
+                  need_input_grad: bool = True, num_threads: int | None = None,
+                  out: Sequence[np.ndarray | None] | None = None) -> LSTMGrads:
     """Backpropagate through a training-mode :func:`lstm_forward`.
 
     Parameters

@@ -26,15 +26,23 @@ How it is fast
   panels are split across two OpenMP threads; small models run on the calling
   thread, where a fork/join would cost more than it saves.
 """
+from __future__ import annotations
+
 import collections
 import hashlib
 import threading
 import time
 import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cylstm import _config, _lstm, _stream, _tuning
+from cylstm._typing import ArrayLike
+
+if TYPE_CHECKING:  # annotations only: the runner does not need the models
+    from cylstm.engine.model import Model
 
 __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "PoolFullError", "StreamPool", "StreamRunner"]
 
@@ -383,7 +391,8 @@ class StreamRunner(_stream.Core):
     >>> runner.state = saved                     # resume
     """
 
-    def __init__(self, model, batch_size=1, num_threads=None, weights_dtype=None):
+    def __init__(self, model: Model, batch_size: int = 1, num_threads: int | None = None,
+                 weights_dtype: str | None = None) -> None:
         specs = _specs_from_model(model)
         dtype = np.dtype(getattr(model, "dtype", np.float32))
         pack = _pack_for_model(model, specs, dtype, weights_dtype)
@@ -427,18 +436,18 @@ class StreamRunner(_stream.Core):
         self._setup(pack, int(batch_size), nt, use_blas, cap)
 
     # ---- public API; step() is the compiled Core.step (no Python frame per step) -------
-    def reset(self):
+    def reset(self) -> None:
         """Zero every LSTM state (the start of a new stream)."""
         self._reset()
 
     @property
-    def state(self):
+    def state(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Copies of the states: a list with one ``(h, c)`` per LSTM layer, each
         ``(batch_size, units)``.  Assign such a list (or None for zeros) to set them."""
         return self._get_state()
 
     @state.setter
-    def state(self, value):
+    def state(self, value: Sequence[Sequence[ArrayLike]] | None) -> None:
         if value is None:
             self.reset()
             return
@@ -470,30 +479,30 @@ class StreamRunner(_stream.Core):
         self._set_state(checked)   # all validated first: a refused state changes nothing
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
         return self._info["batch_size"]
 
     @property
-    def weights_dtype(self):
+    def weights_dtype(self) -> str:
         """'float32', 'float64' or 'bfloat16': the type of the packed weights."""
         return self._shared_pack.weights_dtype
 
     @property
-    def num_threads(self):
+    def num_threads(self) -> int:
         return self._info["num_threads"]
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         return self._info["dtype"]
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, int]:
         """(batch_size, features) of ``x_t``."""
         i = self._info
         return (i["batch_size"], i["n_in"])
 
     @property
-    def output_shape(self):
+    def output_shape(self) -> tuple[int, int]:
         """(batch_size, units) of what :meth:`step` returns."""
         i = self._info
         return (i["batch_size"], i["n_out"])

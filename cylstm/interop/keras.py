@@ -12,11 +12,14 @@ A Keras 3 weights file stores each layer's variables under a key made from its c
     layers/bidirectional/forward_layer/cell/vars/{...}  then backward_layer/cell/vars/...
     layers/dense/vars/{0,1}                             kernel, bias
 """
+from __future__ import annotations
+
 import io
 import json
 import os
 import re
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +35,9 @@ from cylstm.interop._spec import (
     build_sequential,
 )
 from cylstm.saving import CORRUPT_ARCHIVE_ERRORS
+
+if TYPE_CHECKING:  # annotations only
+    from cylstm.models import Sequential
 
 __all__ = ["from_keras"]
 
@@ -473,7 +479,8 @@ def _keras_to_spec(model_or_path, config):
                     f".weights.h5 file; got {type(obj).__name__}")
 
 
-def from_keras(model_or_path, *, config=None, name=None):
+def from_keras(model_or_path: Any, *, config: Any = None,
+               name: str | None = None) -> Sequential:
     """Build a cylstm ``Sequential`` from a Keras ``Sequential``.
 
     Supported layers: ``InputLayer``, ``LSTM``, ``Bidirectional(LSTM)`` (merge modes concat,

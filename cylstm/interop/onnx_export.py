@@ -3,7 +3,10 @@
 Each LSTM becomes one ``LSTM`` operator with its gate blocks permuted to ONNX's i, o, f,
 c order and its weights transposed (the layouts are in :mod:`cylstm.interop.onnx`).
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +14,9 @@ from cylstm import __version__
 from cylstm._files import atomic_write
 from cylstm.interop._onnx_common import require_onnx as _require_onnx
 from cylstm.interop._spec import DENSE_ACTIVATIONS
+
+if TYPE_CHECKING:  # annotations only
+    from cylstm.models import Sequential
 
 __all__ = ["to_onnx"]
 
@@ -137,7 +143,7 @@ class _Exporter:
         return y
 
 
-def to_onnx(model, path, *, dtype=None):
+def to_onnx(model: Sequential, path: str | os.PathLike, *, dtype: str | None = None) -> str:
     """Write a cylstm ``Sequential`` as a standard ONNX graph (opset 17).
 
     Parameters

@@ -10,7 +10,10 @@ build zero initial states) are folded on the way.  The file is untrusted: it is 
 without following external-data references, and every size is checked before anything is
 allocated.  The weight layouts are in :mod:`cylstm.interop.onnx`.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +27,9 @@ from cylstm.interop._spec import (
     build_sequential,
     reorder_gates,
 )
+
+if TYPE_CHECKING:  # annotations only
+    from cylstm.models import Sequential
 
 __all__ = ["from_onnx", "onnx_to_spec"]
 
@@ -972,7 +978,7 @@ class _Importer:
         self._activation(n, "softmax")
 
 
-def from_onnx(path, *, name=None):
+def from_onnx(path: str | os.PathLike | Any, *, name: str | None = None) -> Sequential:
     """Build a cylstm ``Sequential`` from an ONNX file whose core is the ``LSTM`` operator.
 
     Parameters

@@ -10,12 +10,18 @@ so the conversion is a transpose and a bias sum per direction and layer:
 PyTorch itself is only needed when a module or tensors are passed: a state dict of NumPy
 arrays is converted without importing torch.
 """
+from __future__ import annotations
+
 import re
 import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cylstm.interop._spec import BidirectionalSpec, LSTMSpec, ModelSpec, build_sequential
+
+if TYPE_CHECKING:  # annotations only
+    from cylstm.models import Sequential
 
 __all__ = ["from_torch", "torch_state_dict_to_spec"]
 
@@ -212,7 +218,7 @@ def _module_spec(module):
     return spec
 
 
-def from_torch(obj, *, name=None):
+def from_torch(obj: Any, *, name: str | None = None) -> Sequential:
     """Build a cylstm ``Sequential`` equal to a PyTorch LSTM.
 
     Parameters

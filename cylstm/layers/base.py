@@ -1,11 +1,15 @@
 """What every layer shares: the :class:`Layer` base class (weights, gradients,
 config, the standalone call), the symbolic :class:`Input`, and the argument checks
 and name counters of the layer constructors."""
+from __future__ import annotations
+
 import numbers
+from typing import Any
 
 import numpy as np
 
 from cylstm import constraints, initializers, regularizers
+from cylstm._typing import DTypeLike, ShapeLike
 from cylstm.engine import graph as _graph
 
 
@@ -188,9 +192,11 @@ class Layer:
     supports_masking = True
     activity_regularizer = None
 
-    def __init__(self, name=None, input_shape=None, dtype=None, trainable=True,
-                 batch_input_shape=None, batch_shape=None, batch_size=None,
-                 input_dim=None, **kwargs):
+    def __init__(self, name: str | None = None, input_shape: ShapeLike | None = None,
+                 dtype: DTypeLike = None, trainable: bool = True,
+                 batch_input_shape: ShapeLike | None = None,
+                 batch_shape: ShapeLike | None = None, batch_size: int | None = None,
+                 input_dim: int | None = None, **kwargs: Any) -> None:
         if kwargs:
             raise TypeError(
                 f"{type(self).__name__}() got unexpected keyword argument(s) {sorted(kwargs)}"
@@ -495,8 +501,11 @@ class Input(_graph.KerasTensor):
         Full shape with the batch axis (instead of ``shape``).
     """
 
-    def __init__(self, shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None,
-                 name=None, tensor=None, optional=False, input_shape=None):
+    def __init__(self, shape: ShapeLike | None = None, batch_size: int | None = None,
+                 dtype: DTypeLike = None, sparse: bool | None = None,
+                 batch_shape: ShapeLike | None = None, name: str | None = None,
+                 tensor: None = None, optional: bool = False,
+                 input_shape: ShapeLike | None = None) -> None:
         if sparse:
             raise NotImplementedError("sparse inputs are not supported")
         if tensor is not None:

@@ -1,9 +1,21 @@
 """The generic layers, as Keras's core and regularization layers: ``Dense``,
 ``Dropout``, ``Masking``, ``Embedding``, ``Activation``, ``RepeatVector`` and
 ``TimeDistributed``."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from cylstm import activations as _act
+from cylstm._typing import (
+    ActivationLike,
+    ArrayLike,
+    ConstraintLike,
+    InitializerLike,
+    RegularizerLike,
+)
 from cylstm.layers.base import (
     Layer,
     _check_rate,
@@ -39,11 +51,16 @@ class Dense(Layer):
     _REGULARIZED = (("kernel", "kernel_regularizer"), ("bias", "bias_regularizer"))
     _CONSTRAINED = (("kernel", "kernel_constraint"), ("bias", "bias_constraint"))
 
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
-                 activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 lora_rank=None, lora_alpha=None, quantization_config=None, seed=None,
-                 **kwargs):
+    def __init__(self, units: int, activation: ActivationLike = None, use_bias: bool = True,
+                 kernel_initializer: InitializerLike = "glorot_uniform",
+                 bias_initializer: InitializerLike = "zeros",
+                 kernel_regularizer: RegularizerLike = None,
+                 bias_regularizer: RegularizerLike = None,
+                 activity_regularizer: RegularizerLike = None,
+                 kernel_constraint: ConstraintLike = None, bias_constraint: ConstraintLike = None,
+                 lora_rank: None = None, lora_alpha: None = None,
+                 quantization_config: None = None, seed: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _refuse("lora_rank", lora_rank)
         _refuse("lora_alpha", lora_alpha)
@@ -153,7 +170,8 @@ class Dropout(Layer):
     taking the input's size (e.g. ``(None, 1, None)`` shares one mask across time).
     """
 
-    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+    def __init__(self, rate: float, noise_shape: Sequence[int | None] | None = None,
+                 seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rate = _check_rate("rate", rate)
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
@@ -198,7 +216,7 @@ class Masking(Layer):
     The output is the input with masked steps zeroed, as in Keras.
     """
 
-    def __init__(self, mask_value=0.0, **kwargs):
+    def __init__(self, mask_value: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mask_value = float(mask_value)
 
@@ -245,10 +263,14 @@ class Embedding(Layer):
     _REGULARIZED = (("embeddings", "embeddings_regularizer"),)
     _CONSTRAINED = (("embeddings", "embeddings_constraint"),)
 
-    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
-                 embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
-                 weights=None, input_length=None, lora_rank=None, lora_alpha=None,
-                 quantization_config=None, activity_regularizer=None, seed=None, **kwargs):
+    def __init__(self, input_dim: int, output_dim: int,
+                 embeddings_initializer: InitializerLike = "uniform",
+                 embeddings_regularizer: RegularizerLike = None,
+                 embeddings_constraint: ConstraintLike = None, mask_zero: bool = False,
+                 weights: Sequence[ArrayLike] | None = None, input_length: int | None = None,
+                 lora_rank: None = None, lora_alpha: None = None,
+                 quantization_config: None = None, activity_regularizer: RegularizerLike = None,
+                 seed: int | None = None, **kwargs: Any) -> None:
         if input_length is not None and "input_shape" not in kwargs \
                 and "batch_input_shape" not in kwargs:
             kwargs["input_shape"] = (input_length,)
@@ -342,7 +364,7 @@ class Activation(Layer):
     """Applies an activation ('linear', 'relu', 'tanh', 'sigmoid', 'softmax') elementwise
     (softmax over the last axis)."""
 
-    def __init__(self, activation, **kwargs):
+    def __init__(self, activation: ActivationLike, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activation = _act.get(activation)
 
@@ -373,7 +395,7 @@ class RepeatVector(Layer):
 
     supports_masking = False  # as Keras: it neither takes nor makes a mask
 
-    def __init__(self, n, **kwargs):
+    def __init__(self, n: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.n = _check_units("n", n)
 
@@ -408,7 +430,7 @@ class TimeDistributed(Layer):
 
     _SUPPORTED = ()  # filled below
 
-    def __init__(self, layer, **kwargs):
+    def __init__(self, layer: Layer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(layer, self._SUPPORTED):
             raise TypeError("TimeDistributed supports Dense, Dropout and Activation layers; got "

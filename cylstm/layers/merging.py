@@ -11,6 +11,10 @@ Masks, as Keras: element-wise merges keep the steps every masked input keeps
 (the AND of the masks given); ``Concatenate`` on the feature axis does the same,
 and on the time axis joins the masks (an input without one counts as unmasked).
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 from cylstm.engine import graph
@@ -263,7 +267,7 @@ class Concatenate(_Merge):
         ``1``: time for (batch, time, features) inputs); not the batch axis.
     """
 
-    def __init__(self, axis=-1, **kwargs):
+    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"axis must be an int; got {axis!r}")

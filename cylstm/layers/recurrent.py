@@ -1,13 +1,24 @@
 """The recurrent layers: :class:`LSTM` over cylstm's compiled kernels, and
 :class:`Bidirectional`.  How an LSTM runs Keras's masks is in
 :mod:`cylstm.layers.masks`."""
+from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from cylstm import activations as _act
 from cylstm import functional as _F
 from cylstm._checkpoint import check_every as _check_every
+from cylstm._typing import (
+    ActivationLike,
+    ArrayLike,
+    ConstraintLike,
+    InitializerLike,
+    RegularizerLike,
+)
 from cylstm.engine import graph as _graph
 from cylstm.layers import masks as _masks
 from cylstm.layers.base import (
@@ -94,15 +105,24 @@ class LSTM(Layer):
     _CONSTRAINED = (("kernel", "kernel_constraint"),
                     ("recurrent_kernel", "recurrent_constraint"), ("bias", "bias_constraint"))
 
-    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
-                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
-                 bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
-                 recurrent_regularizer=None, bias_regularizer=None, activity_regularizer=None,
-                 kernel_constraint=None, recurrent_constraint=None, bias_constraint=None,
-                 dropout=0.0, recurrent_dropout=0.0, return_sequences=False, return_state=False,
-                 go_backwards=False, stateful=False, unroll=False, seed=None,
-                 zero_output_for_mask=False, use_cudnn="auto", time_major=False,
-                 implementation=2, checkpoint_every=None, **kwargs):
+    def __init__(self, units: int, activation: ActivationLike = "tanh",
+                 recurrent_activation: ActivationLike = "sigmoid", use_bias: bool = True,
+                 kernel_initializer: InitializerLike = "glorot_uniform",
+                 recurrent_initializer: InitializerLike = "orthogonal",
+                 bias_initializer: InitializerLike = "zeros", unit_forget_bias: bool = True,
+                 kernel_regularizer: RegularizerLike = None,
+                 recurrent_regularizer: RegularizerLike = None,
+                 bias_regularizer: RegularizerLike = None,
+                 activity_regularizer: RegularizerLike = None,
+                 kernel_constraint: ConstraintLike = None,
+                 recurrent_constraint: ConstraintLike = None,
+                 bias_constraint: ConstraintLike = None, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, return_sequences: bool = False,
+                 return_state: bool = False, go_backwards: bool = False, stateful: bool = False,
+                 unroll: bool = False, seed: int | None = None,
+                 zero_output_for_mask: bool = False, use_cudnn: bool | str = "auto",
+                 time_major: bool = False, implementation: int = 2,
+                 checkpoint_every: int | str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.checkpoint_every = _check_every(checkpoint_every)
         self.kernel_regularizer = _regularizer("kernel_regularizer", kernel_regularizer)
@@ -452,8 +472,9 @@ class Bidirectional(Layer):
     With ``return_sequences`` the backward outputs are put back in time order.
     """
 
-    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None,
-                 activity_regularizer=None, **kwargs):
+    def __init__(self, layer: LSTM, merge_mode: str | None = "concat",
+                 weights: Sequence[ArrayLike] | None = None, backward_layer: LSTM | None = None,
+                 activity_regularizer: RegularizerLike = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(layer, LSTM):
             raise TypeError(f"Bidirectional wraps an LSTM layer; got {type(layer).__name__}")

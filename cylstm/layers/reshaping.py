@@ -1,6 +1,10 @@
 """``Flatten`` and ``Reshape``, as Keras's.  Both drop the mask (as Keras's do)."""
+from __future__ import annotations
+
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 from cylstm.layers.base import Layer
 
@@ -13,7 +17,7 @@ class Flatten(Layer):
     ``data_format`` is accepted for compatibility (it only matters for images).
     """
 
-    def __init__(self, data_format=None, **kwargs):
+    def __init__(self, data_format: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_format = data_format
 
@@ -50,7 +54,7 @@ class Reshape(Layer):
         Without the batch axis.
     """
 
-    def __init__(self, target_shape, **kwargs):
+    def __init__(self, target_shape: Sequence[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(target_shape, numbers.Integral):
             target_shape = (target_shape,)
