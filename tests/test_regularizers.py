@@ -11,6 +11,7 @@ from reference import numeric_grad
 
 from cylstm import layers as L
 from cylstm import regularizers as R
+from cylstm import utils as cyl_utils
 from cylstm.models import Sequential, load_model
 from cylstm.optimizers import SGD
 
@@ -239,6 +240,11 @@ def test_lstm_dense_gradients_include_every_penalty():
 
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 def test_bidirectional_embedding_gradients_include_every_penalty(merge_mode):
+    # seeded: with weights drawn from the global generator (whatever ran before), an
+    # activation of the L1 penalties could sit within a difference step of 0, where
+    # |a| has its kink and central differences disagree with the gradient (seen once
+    # in a full run: 1 of 18 embedding entries off by 0.00056)
+    cyl_utils.set_random_seed(7)
     model = Sequential([
         L.Embedding(6, 3, mask_zero=True, embeddings_regularizer=R.L2(0.05),
                     activity_regularizer=R.L1(0.01), dtype="float64"),
