@@ -256,8 +256,8 @@ def numpy_train(d):
 def import_torch():
     try:
         import torch
-    except Exception as e:  # noqa: BLE001
-        raise Skip(f"torch not importable ({type(e).__name__}: {e})".splitlines()[0])
+    except Exception as e:
+        raise Skip(f"torch not importable ({type(e).__name__}: {e})".splitlines()[0]) from e
     return torch
 
 
@@ -338,8 +338,8 @@ def onnx_lstm_model(W, U, b):
     """
     try:
         from onnx import TensorProto, helper, numpy_helper
-    except Exception as e:  # noqa: BLE001
-        raise Skip(f"onnx not importable ({type(e).__name__}); needed to build the graph")
+    except Exception as e:
+        raise Skip(f"onnx not importable ({type(e).__name__}); needed to build the graph") from e
     I, H4 = W.shape
     H = H4 // 4
     order = np.r_[0:H, 3 * H:4 * H, H:2 * H, 2 * H:3 * H]  # i, o, f, c
@@ -361,8 +361,8 @@ def onnx_lstm_model(W, U, b):
 def ort_session(model, n_threads):
     try:
         import onnxruntime as ort
-    except Exception as e:  # noqa: BLE001
-        raise Skip(f"onnxruntime not importable ({type(e).__name__}: {e})".splitlines()[0])
+    except Exception as e:
+        raise Skip(f"onnxruntime not importable ({type(e).__name__}: {e})".splitlines()[0]) from e
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(n_threads)
     so.inter_op_num_threads = 1
@@ -399,8 +399,9 @@ def import_tf(n_threads):
             warnings.simplefilter("ignore")
             import keras
             import tensorflow as tf
-    except Exception as e:  # noqa: BLE001
-        raise Skip(f"tensorflow/keras not importable ({type(e).__name__}: {e})".splitlines()[0])
+    except Exception as e:
+        msg = f"tensorflow/keras not importable ({type(e).__name__}: {e})".splitlines()[0]
+        raise Skip(msg) from e
     backend = getattr(getattr(keras, "backend", None), "backend", lambda: "tensorflow")()
     if backend != "tensorflow":
         raise Skip(f"keras runs on its {backend!r} backend here (KERAS_BACKEND), not TensorFlow")
@@ -410,7 +411,7 @@ def import_tf(n_threads):
             tf.config.threading.set_inter_op_parallelism_threads(1)
             _tf_threads = int(n_threads)
         except RuntimeError as e:
-            raise Skip(f"TensorFlow already started, cannot size its pools ({e})")
+            raise Skip(f"TensorFlow already started, cannot size its pools ({e})") from e
     elif _tf_threads != int(n_threads):
         raise Skip(f"TensorFlow's pools were sized to {_tf_threads} threads and cannot be "
                    f"resized in one process; run with --threads {n_threads} to measure it")
@@ -541,7 +542,7 @@ def cylstm_keras_example(weights, F=10):
         from cylstm.models import Sequential
         from cylstm.optimizers import Adam
     except ImportError as e:
-        raise Skip(f"cylstm's Keras-style API is not available yet ({e})")
+        raise Skip(f"cylstm's Keras-style API is not available yet ({e})") from e
     model = Sequential()
     model.add(LSTM(units=EPOCH_UNITS[0], return_sequences=True, input_shape=(None, F)))
     model.add(LSTM(units=EPOCH_UNITS[1]))

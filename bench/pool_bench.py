@@ -192,7 +192,7 @@ def _ort_batch(specs, S, threads):
     except ImportError as e:
         sys.path.insert(0, HERE)
         from stream_bench import Skip
-        raise Skip(f"onnx / onnxruntime is not installed ({e})")
+        raise Skip(f"onnx / onnxruntime is not installed ({e})") from e
     sys.path.insert(0, HERE)
     from stream_bench import onnx_model_bytes
 

@@ -81,7 +81,7 @@ class Service:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.proc.kill()
-                    raise RuntimeError(f"the service did not start: {' '.join(self.cmd)}")
+                    raise RuntimeError(f"the service did not start: {' '.join(self.cmd)}") from None
                 time.sleep(0.1)
 
     def stats(self):

@@ -106,7 +106,7 @@ def _torch(threads):
     try:
         import torch
     except ImportError as e:
-        raise Skip(f"torch is not installed ({e})")
+        raise Skip(f"torch is not installed ({e})") from e
     torch.set_num_threads(threads)
     return torch
 
@@ -181,7 +181,7 @@ def onnx_model_bytes(weights):
         import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as e:
-        raise Skip(f"onnx is not installed ({e})")
+        raise Skip(f"onnx is not installed ({e})") from e
     lstm, (Wd, bd) = weights
     H = lstm[0][1].shape[0]
     order = [0, 3, 1, 2]       # ONNX gate blocks i, o, f, c from Keras's i, f, c, o
@@ -222,7 +222,7 @@ def ort_impl(weights, threads):
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise Skip(f"onnxruntime is not installed ({e})")
+        raise Skip(f"onnxruntime is not installed ({e})") from e
     lstm = weights[0]
     H, L = lstm[0][1].shape[0], len(lstm)
     so = ort.SessionOptions()
@@ -390,8 +390,9 @@ def measure_streaming(I, H=None, layers=1, threads=1, n_steps=2000, repeat=3, im
     Standalone: ``measure_streaming(I, H, layers, threads, n_steps)`` returns
     ``{label: {"name", "median_us", "p99_us", "p90_us", "status", "reason",
     "max_abs_diff", "speedup"}}`` with labels 'cylstm', 'cylstm-bf16', 'torch LSTMCell',
-    'torch LSTM T=1', 'onnxruntime', 'numpy' (speed-ups relative to 'cylstm').  Called by bench/compare.py as ``measure_streaming(bench, threads)``
-    it runs the standard cases and returns compare.py's result dicts.
+    'torch LSTM T=1', 'onnxruntime', 'numpy' (speed-ups relative to 'cylstm').  Called by
+    bench/compare.py as ``measure_streaming(bench, threads)`` it runs the standard cases
+    and returns compare.py's result dicts.
     """
     if not isinstance(I, numbers.Integral):
         return _for_compare(I, H)

@@ -87,9 +87,9 @@ class Sequential(Model):
             layer._single("a layer of a Sequential model")
         elif not isinstance(layer, _layers.Layer):
             raise TypeError(f"Sequential.add expects a cylstm layer; got {type(layer).__name__}")
-        if any(layer is l for l in self.layers):
+        if any(layer is lay for lay in self.layers):
             raise ValueError(f"layer {layer.name!r} is already in the model")
-        taken = {l.name for l in self.layers}
+        taken = {lay.name for lay in self.layers}
         if layer.name in taken and getattr(layer, "_auto_name", False):
             # e.g. a loaded model's 'dense' and a new Dense(): rename the new one
             base = _layers._snake(type(layer).__name__)
@@ -195,8 +195,8 @@ class Sequential(Model):
             seen = seen or _graph._has_trainable(layer, trainable_ids)
         self._need_dx = tuple(need)
         leaves = self._leaf_layers()
-        self._reg_layers = [l for l in leaves if hasattr(l, "_regularization_loss")]
-        self._constraint_layers = [l for l in leaves if hasattr(l, "_apply_constraints")]
+        self._reg_layers = [lay for lay in leaves if hasattr(lay, "_regularization_loss")]
+        self._constraint_layers = [lay for lay in leaves if hasattr(lay, "_apply_constraints")]
 
     def _prepare_nested(self, trainable_ids):
         self._after_bind(trainable_ids)
@@ -246,7 +246,7 @@ class Sequential(Model):
         return [self._run_backward(dys[0], need_input_grad)]
 
     def _caches_get(self):
-        return tuple(_graph.cache_get(l) for l in self.layers)
+        return tuple(_graph.cache_get(lay) for lay in self.layers)
 
     def _caches_set(self, c):
         for layer, ci in zip(self.layers, c if c is not None else [None] * len(self.layers)):
@@ -367,7 +367,7 @@ class Sequential(Model):
         cfg = {"name": self.name, "trainable": self.trainable, "layers": []}
         if self._input is not None:
             cfg["layers"].append(_layers.serialize(self._input))
-        cfg["layers"].extend(_layers.serialize(l) for l in self.layers)
+        cfg["layers"].extend(_layers.serialize(lay) for lay in self.layers)
         if self.built:
             cfg["build_input_shape"] = list(self.layers[0]._build_shape)
             cfg["dtype"] = np.dtype(self._dtype).name
@@ -435,5 +435,6 @@ def _deserialize(config):
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Load a model written by ``model.save`` (never runs code from the file)."""
     if custom_objects:
-        warnings.warn("custom_objects is ignored: cylstm files only name cylstm's own classes")
+        warnings.warn("custom_objects is ignored: cylstm files only name cylstm's own classes",
+                      stacklevel=2)
     return saving.load_model(filepath, compile=compile)

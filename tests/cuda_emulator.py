@@ -6,9 +6,9 @@ It has the extension's Python interface (``Context``, ``DeviceArray``, ``forward
 cylstm/cuda/_kernels.cu line by line: the same GEMM calls (``rm_gemm``, with the same
 operands, transposes and leading dimensions, down to the column-major cuBLAS call it
 makes, whose semantics ``xgemm``/``xgemv`` implement from the cuBLAS documentation),
-and each kernel as a loop over its threads with the kernel's exact indexing.  Keep it in step with the
-.cu file: it is how the time-loop logic (ragged lengths, go_backwards, the dh hand-over
-between steps, recurrent dropout, padding) is checked against the CPU kernels where no
+and each kernel as a loop over its threads with the kernel's exact indexing.  Keep it in
+step with the .cu file: it is how the time-loop logic (ragged lengths, go_backwards, the dh
+hand-over between steps, recurrent dropout, padding) is checked against the CPU kernels where no
 GPU is available.  What it cannot check: the CUDA code compiling to the same thing
 (the build test covers compiling), launch configurations and memory races.
 

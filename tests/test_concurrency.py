@@ -75,7 +75,7 @@ def test_threads_predicting_and_streaming_match_serial_results():
         def go():
             runner = stream_model.streamer(batch_size=2)
             last = []
-            for rep in range(10):
+            for _rep in range(10):
                 runner.reset()
                 for t in range(streams[k].shape[1]):
                     y = runner.step(streams[k][:, t])

@@ -131,7 +131,8 @@ def test_cuda_extension_builds_and_loads(tmp_path):
     assert len(sos) == 1, list(lib.rglob("*"))
     so = str(sos[0])
     # the CUDA runtime is static; cuBLAS is found through the RPATH set at build time
-    ldd = subprocess.run(["ldd", so], check=False, capture_output=True, text=True, timeout=60).stdout
+    ldd = subprocess.run(["ldd", so], check=False, capture_output=True, text=True,
+                         timeout=60).stdout
     assert "libcublas.so" in ldd and "not found" not in ldd, ldd
     assert "libcudart.so" not in ldd, ldd
     # load it in a fresh interpreter, outside the package: no GPU -> a clean answer

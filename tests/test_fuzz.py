@@ -163,7 +163,8 @@ def test_fuzz_predict(B, T, I, dI, H, dtype, layout, special, bs, seed):
         assert_clear(e)
         assert not (valid and B >= 1), f"valid input refused: {e}"
         return
-    assert valid or (B == 0 and is_real(dtype, layout) and dI == 0 and bs_ok), "invalid input accepted"
+    assert valid or (B == 0 and is_real(dtype, layout) and dI == 0 and bs_ok), \
+        "invalid input accepted"
     assert y.shape == (B, 2)
     x64 = np.asarray(x, np.float32).astype(np.float64)
     if B:

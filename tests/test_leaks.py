@@ -15,7 +15,8 @@ from cylstm.layers import LSTM, Dense
 from cylstm.models import Sequential
 
 pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc (Linux)"),
+    pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
+                       reason="reads RSS from /proc (Linux)"),
     pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                        reason="AddressSanitizer's quarantine keeps freed memory resident"),
 ]

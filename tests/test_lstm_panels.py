@@ -258,9 +258,12 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
 def test_kernel_refuses_inconsistent_panel_buffers():
     B, T, I, H = 1, 3, 2, 20
     x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(0), B, T, I, H))
-    args = lambda Z, lengths=None, reverse=False: (
-        x, W, U, b, lengths, reverse, None, None, None, np.zeros((B, H), np.float32),
-        np.zeros((B, H), np.float32), np.empty((B, T, 4 * H), np.float32), None, None, Z)
+
+    def args(Z, lengths=None, reverse=False):
+        return (x, W, U, b, lengths, reverse, None, None, None, np.zeros((B, H), np.float32),
+                np.zeros((B, H), np.float32), np.empty((B, T, 4 * H), np.float32), None, None,
+                Z)
+
     P = np.empty(_lstm.packed_len(H, "float32"), np.float32)
     Z = np.empty((2, _lstm.units_scratch(B, H, "float32")), np.float32)
     h2 = np.empty((B, H), np.float32)

@@ -158,11 +158,13 @@ def test_stacked_lm_equals_train_on_batch_with_states_carried(mask_zero):
 def test_masking_layer_with_windows():
     x, y = _data(8, B=4, T=9)
     x[2, 5:] = 0.0
-    layers = [Masking(0.0, dtype="float64"), LSTM(H, return_sequences=True, seed=1, dtype="float64"),
+    layers = [Masking(0.0, dtype="float64"),
+              LSTM(H, return_sequences=True, seed=1, dtype="float64"),
               Dense(O, seed=2, dtype="float64")]
     m = _model(layers=layers)
-    ref = _model(batch=2, layers=[Masking(0.0, dtype="float64"), LSTM(H, return_sequences=True, stateful=True,
-                                                     seed=1, dtype="float64"),
+    ref = _model(batch=2, layers=[Masking(0.0, dtype="float64"),
+                                  LSTM(H, return_sequences=True, stateful=True, seed=1,
+                                       dtype="float64"),
                                   Dense(O, seed=2, dtype="float64")])
     ref.set_weights(m.get_weights())
     m.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, tbptt=4)

@@ -22,9 +22,10 @@ Where things are found:
 * cuBLAS: the toolkit's, else the pip wheels (``nvidia-cublas`` for CUDA 13, which
   installs into ``site-packages/nvidia/cu13``; ``nvidia-cublas-cu12`` into
   ``nvidia/cublas``), found in this interpreter's site-packages even under pip's build
-  isolation, or in ``CYLSTM_NVIDIA_DIR`` (a ``site-packages/nvidia`` folder).  Its major version must match nvcc's.  The extension gets an
-  RPATH to that folder (absolute, and relative to the installed extension) so that
-  ``import cylstm.cuda._cuda`` finds libcublas without ``LD_LIBRARY_PATH``.
+  isolation, or in ``CYLSTM_NVIDIA_DIR`` (a ``site-packages/nvidia`` folder).  Its major
+  version must match nvcc's.  The extension gets an RPATH to that folder (absolute, and
+  relative to the installed extension) so that ``import cylstm.cuda._cuda`` finds
+  libcublas without ``LD_LIBRARY_PATH``.
 * The CUDA runtime is linked statically (``libcudart_static.a``), so the only shared
   CUDA libraries needed at run time are the driver and cuBLAS.
 
@@ -110,7 +111,8 @@ def find_nvcc():
 
 def _nvcc_info(nvcc):
     """(major, minor, include dirs, library dirs) of the toolkit behind ``nvcc``."""
-    out = subprocess.run([nvcc, "--version"], check=False, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([nvcc, "--version"], check=False, capture_output=True, text=True,
+                         timeout=60)
     m = re.search(r"release (\d+)\.(\d+)", out.stdout)
     if not m:
         raise CudaBuildError(f"cannot read the CUDA version from `{nvcc} --version`: "

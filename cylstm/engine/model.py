@@ -239,8 +239,7 @@ class Model(Trainer):
                              f"{type(x).__name__}")
         out = []
         n = None
-        for k, (nm, v, (_, shape, _dt, index)) in enumerate(zip(names, items,
-                                                                 self._input_specs())):
+        for nm, v, (_, shape, _dt, index) in zip(names, items, self._input_specs()):
             label = name if len(names) == 1 else f"{name}[{nm!r}]"
             out.append(self._prep_one(v, label, shape, index))
             if n is None:
@@ -318,7 +317,7 @@ class Model(Trainer):
             if layer.name == name:
                 return layer
         raise ValueError(f"no layer named {name!r} in model {self.name!r}; it has "
-                         f"{[l.name for l in self.layers]}")
+                         f"{[lay.name for lay in self.layers]}")
 
     def _leaf_layers(self):
         """Every layer with its own weights and caches, nested models flattened, once each."""
@@ -380,9 +379,10 @@ class Model(Trainer):
         for layer in self.layers:
             if isinstance(layer, Model):
                 layer._prepare_nested(trainable_ids)
-        self._reg_layers = [l for l in self._leaf_layers() if hasattr(l, "_regularization_loss")]
-        self._constraint_layers = [l for l in self._leaf_layers()
-                                   if hasattr(l, "_apply_constraints")]
+        self._reg_layers = [lay for lay in self._leaf_layers()
+                            if hasattr(lay, "_regularization_loss")]
+        self._constraint_layers = [lay for lay in self._leaf_layers()
+                                   if hasattr(lay, "_apply_constraints")]
 
     def _prepare_nested(self, trainable_ids):
         """Used as a layer of an outer model: its steps' flags follow the outer binding."""
@@ -613,7 +613,7 @@ class Model(Trainer):
             prev = node.outputs[0]
         if why is None and prev is not self.outputs[0]:
             why = "its output is not the last layer's"
-        if why is None and len({id(l) for l in out}) != len(out):
+        if why is None and len({id(lay) for lay in out}) != len(out):
             why = "a layer is shared"
         if why is not None:
             raise ValueError(f"{what} runs a chain of layers (one input, each layer on the "
@@ -623,7 +623,7 @@ class Model(Trainer):
     def _as_chain(self, what):
         layers = self._chain_layers(what)
         chain = self._chain
-        if chain is None or [id(l) for l in chain.layers] != [id(l) for l in layers]:
+        if chain is None or [id(lay) for lay in chain.layers] != [id(lay) for lay in layers]:
             chain = self._chain = _Chain(self, layers)
         return chain
 
@@ -646,7 +646,8 @@ class Model(Trainer):
         """
         from cylstm.stream import StreamPool  # defers import cost: the streaming runner
 
-        return StreamPool(self._as_chain("stream_pool()"), max_streams=max_streams, idle_timeout=idle_timeout, **kwargs)
+        return StreamPool(self._as_chain("stream_pool()"), max_streams=max_streams,
+                          idle_timeout=idle_timeout, **kwargs)
 
     def to_onnx(self, path, **kwargs):
         """Export the model to ONNX (:func:`cylstm.interop.onnx.to_onnx`); the model must be
@@ -748,7 +749,7 @@ class Model(Trainer):
                        for t in self.inputs],
             "input_keys": self._in_struct if isinstance(self._in_struct, list) else None,
             "input_list": self._in_struct == "list",
-            "layers": [_layers.serialize(l) for l in self.layers],
+            "layers": [_layers.serialize(lay) for lay in self.layers],
             "nodes": node_cfgs,
             "outputs": [ref(t) for t in self.outputs],
             "output_keys": self._out_struct if isinstance(self._out_struct, list) else None,

@@ -187,7 +187,7 @@ class WindowIterator:
                 raise ValueError(f"fit(tbptt={self.k}) cuts every input along axis 1 (time); "
                                  f"input {j} has shape {a.shape}, input 0 {xs[0].shape}")
         if ys is not None:
-            for j, (nm, a) in enumerate(zip(self.model.output_names, ys)):
+            for nm, a in zip(self.model.output_names, ys):
                 if a is not None and (a.ndim < 2 or a.shape[1] != T):
                     label = "y" if len(ys) == 1 else f"y[{nm!r}]"
                     raise ValueError(
@@ -231,7 +231,7 @@ class WindowIterator:
 
     def _attach(self):
         carries = [(layer, _Carry()) for layer in self._carried]
-        for layer, c in carries:
+        for layer, _ in carries:
             if layer._carry is not None:
                 raise RuntimeError(f"LSTM {layer.name!r} is already carrying state for "
                                    "another fit(tbptt=...)")

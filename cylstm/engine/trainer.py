@@ -279,7 +279,7 @@ class Trainer:
             raise ValueError(f"the model has {len(names)} outputs {names}: {what} must be a "
                              f"list or a dict of arrays; got one {type(y).__name__}")
         out = []
-        for k, (nm, v, lo) in enumerate(zip(names, items, losses)):
+        for nm, v, lo in zip(names, items, losses):
             if v is None:
                 if lo is not None:
                     raise ValueError(f"{what} has no target for output {nm!r}, which has a loss")
@@ -392,7 +392,7 @@ class Trainer:
             raise ValueError("it has no targets y; a training batch must be (x, y) or "
                              "(x, y, sample_weight)")
         ys = self._prep_targets(y, n)
-        for k, a in enumerate(xs):
+        for a in xs:
             self._check_finite("x", a)
         for a in ys:
             self._check_finite("y", a)

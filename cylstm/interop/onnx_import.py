@@ -271,7 +271,7 @@ class _Importer:
     def bind(self, node, s, labels):
         """Name the input's still-anonymous axes (the first consumer decides the layout)."""
         mapping = {}
-        for (old, size), new in zip(s.axes, labels):
+        for (old, _size), new in zip(s.axes, labels):
             if old.startswith("?"):
                 mapping[old] = new
             elif old != new:
@@ -280,7 +280,7 @@ class _Importer:
                 != len(s.labels):
             raise _err(node, f"cannot read axes {s!r} as {labels}")
         if mapping:
-            for k, v in list(self.env.items()):
+            for v in list(self.env.values()):
                 if isinstance(v, _Stream):
                     v.axes = tuple((mapping.get(lab, lab), sz) for lab, sz in v.axes)
         return s
