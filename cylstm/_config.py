@@ -59,7 +59,8 @@ def set_num_threads(n):
 
 
 def _find_scipy_blas():
-    """Locate the BLAS library behind scipy.linalg.cython_blas and its thread setter."""
+    """Locate the BLAS library behind scipy.linalg.cython_blas: (path, its thread
+    setter, its thread getter, its OpenBLAS core name or None)."""
     paths = []
     try:
         with open("/proc/self/maps") as f:
@@ -81,12 +82,18 @@ def _find_scipy_blas():
             get_fn = getattr(lib, prefix + "get_num_threads", None)
             if set_fn is not None and get_fn is not None:
                 get_fn.restype = ctypes.c_int
-                return p, set_fn, get_fn
+                core = None
+                core_fn = getattr(lib, prefix + "get_corename", None)
+                if core_fn is not None:
+                    core_fn.restype = ctypes.c_char_p
+                    name = core_fn()
+                    core = name.decode("ascii", "replace").strip() if name else None
+                return p, set_fn, get_fn, core
     return None
 
 
 def _blas():
-    """SciPy's BLAS as (path, set_fn, get_fn), or None; found once.
+    """SciPy's BLAS as (path, set_fn, get_fn, core name), or None; found once.
 
     The first call also installs its ``set_num_threads`` in every extension that
     switches BLAS threads around a kernel (each holds its own pointer, C static
@@ -103,6 +110,13 @@ def _blas():
     return _blas_lib or None
 
 
+def blas_core():
+    """The core OpenBLAS picked for this CPU (e.g. "Haswell", "SkylakeX",
+    "Cooperlake"), or None when SciPy's BLAS is not OpenBLAS or does not say."""
+    found = _blas()
+    return found[3] if found else None
+
+
 def blas_info():
     """Dict describing the BLAS SciPy provides (via threadpoolctl when installed)."""
     info = {"library": None, "version": None, "threading": None, "kernel": None,
@@ -111,6 +125,7 @@ def blas_info():
     if found:
         info["library"] = os.path.basename(found[0])
         info["num_threads"] = found[2]()
+        info["kernel"] = found[3]
     try:
         from threadpoolctl import threadpool_info  # defers import cost: threadpoolctl is optional
 
@@ -120,7 +135,7 @@ def blas_info():
             if d.get("user_api") == "blas" and ours:
                 info.update(library=d.get("internal_api"), version=d.get("version"),
                             threading=d.get("threading_layer"),
-                            kernel=d.get("architecture"),
+                            kernel=d.get("architecture") or info["kernel"],
                             num_threads=d.get("num_threads"))
                 break
     except ImportError:
@@ -177,6 +192,8 @@ def _planner_lines():
         (f"  caches: L2 {f.l2_per_core / mib:.2f} MiB per core; L3 {f.l3_per_core / mib:.2f} MiB "
          f"per core ({f.l3_source}); LLC budget {f.llc_budget / mib:.2f} MiB (model rule: "
          f"L3 per core x cores)"),
+        (f"  BLAS core: {f.blas_core}; per-step BLAS products "
+         f"{'as small tiles' if f.blas_tiles_steps else 'in one call'} (STEP_TILE_BLAS_CORES)"),
         "  thresholds (cylstm/_tuning.py):",
     ]
     lines += [f"    {name} = {value}: {src}" for name, value, src in _tuning.threshold_sources()]

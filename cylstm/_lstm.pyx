@@ -32,7 +32,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
-from cylstm._blas cimport gemm, gemm_tiled
+from cylstm._blas cimport gemm, gemm_tiled, matmul
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
@@ -81,6 +81,19 @@ cdef inline void _blas_threads(int n) noexcept nogil:
         _blas_set_threads(n)
 
 
+cdef inline void _step_gemm(bint tiled, int m, int n, int k, const floating* a, int lda,
+                            const floating* b, floating beta, floating* c,
+                            bint rev) noexcept nogil:
+    """A step's ``C (m, n) = A (m, k) @ B (k, n) + beta C`` (rows of B and C n
+    apart), as small tiles or as one call (see _tuning.STEP_TILE_BLAS_CORES)."""
+    if tiled:
+        gemm_tiled(False, m, n, k, 1, a, lda, b, n, beta, c, n, rev)
+    elif m == 1:
+        matmul(False, m, n, k, 1, a, lda, b, n, beta, c, n)
+    else:
+        gemm(False, False, m, n, k, 1, a, lda, b, n, beta, c, n)
+
+
 cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         Py_ssize_t I, Py_ssize_t H,
                         const floating* x, const floating* W,
@@ -89,13 +102,16 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         const floating* rmask, floating* hm,
                         floating* y, floating* G, floating* C, floating* Hp,
                         floating* hs, floating* cs, floating* Z,
-                        int big_threads, bint fused) noexcept nogil:
+                        int big_threads, bint fused, bint tiled) noexcept nogil:
     """Forward over samples [b0, b1) for all steps; hs/cs hold the state.
 
     ``fused`` (no lengths): each step computes x_t @ W + h_prev @ U into Z,
     and ``G`` only receives the activated gates (training; NULL in
     inference).  Otherwise the input projection for all steps is one GEMM
     into G first (samples at different time indices need it).
+
+    ``tiled``: the per-step products go to BLAS as small tiles (gemm_tiled; a
+    plan's ``tile_steps``), else in one call each.
 
     BLAS may use ``big_threads`` threads for the input projection; the time
     loop always runs single-threaded BLAS (its products are too small for a
@@ -129,11 +145,11 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         if fused:
             # every sample is at the same t: Z (nb, 4H) = x_t (nb, I) @ W, rows T*I apart
             t = T - 1 - s if reverse else s
-            gemm_tiled(False, <int> nb, <int> H4, <int> I, 1, x + (b0 * T + t) * I,
-                       <int> (T * I), W, <int> H4, 0, Z + b0 * H4, <int> H4)
+            _step_gemm(tiled, <int> nb, <int> H4, <int> I, x + (b0 * T + t) * I,
+                       <int> (T * I), W, 0, Z + b0 * H4, False)
         # Z[b0:b1] (nb, 4H) (+)= h_prev (nb, H) @ U (H, 4H)
-        gemm_tiled(False, <int> nb, <int> H4, <int> H, 1, hsrc + b0 * H, <int> H,
-                   U, <int> H4, 1 if fused else 0, Z + b0 * H4, <int> H4, s % 2 == 1)
+        _step_gemm(tiled, <int> nb, <int> H4, <int> H, hsrc + b0 * H, <int> H,
+                   U, 1 if fused else 0, Z + b0 * H4, s % 2 == 1)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s >= L:
@@ -902,7 +918,7 @@ cdef struct SeqJob:
     const void* U
     const void* bias
     const int64_t* lengths
-    bint reverse, fused
+    bint reverse, fused, tiled
     const void* rmask
     void* hm
     void* y
@@ -929,7 +945,7 @@ cdef void _rows_piece_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
                   <const floating*> j.bias, j.lengths, j.reverse,
                   <const floating*> j.rmask, <floating*> j.hm, <floating*> j.y,
                   <floating*> j.G, <floating*> j.C, <floating*> j.Hp, <floating*> j.hs,
-                  <floating*> j.cs, <floating*> j.Z, 1, j.fused)
+                  <floating*> j.cs, <floating*> j.Z, 1, j.fused, j.tiled)
 
 
 cdef void _rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -1385,7 +1401,7 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                  floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
                  floating[:, :, ::1] G, floating[:, :, ::1] C,
                  floating[:, :, ::1] Hp, floating[:, ::1] Z,
-                 int n_threads, int blas_threads, bint fuse):
+                 int n_threads, int blas_threads, bint fuse, bint tiled=False):
     """Forward, threads splitting the batch into ``n_threads`` slices, BLAS per step.
 
     Arguments are validated by cylstm.functional.  ``hs``/``cs`` (B, H) hold
@@ -1394,7 +1410,8 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     (no lengths): each step computes x_t @ W itself instead of reading a
     projection of all steps from ``G``, which then only receives the gates for
     training and may be None in inference.  With one thread BLAS may use
-    ``blas_threads`` for the projection.
+    ``blas_threads`` for the projection.  ``tiled``: the per-step products as
+    small BLAS tiles (a plan's ``tile_steps``).
     """
     cdef SeqJob j
     cdef floating* kind = NULL
@@ -1405,6 +1422,7 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     _fill_job(&j, kind, x, W, U, bias, lengths, reverse, rmask, hm, y, hs, cs, G, C, Hp, Z)
     # (x_t rows lie T * I apart: a BLAS leading dimension, a C int)
     j.fused = fuse and lengths is None and T * I <= INT_MAX_C
+    j.tiled = tiled
     if j.G == NULL and not j.fused:
         raise ValueError("forward_rows: G is needed unless fuse is set (and there are no lengths)")
     if Z.shape[0] != B or Z.shape[1] != 4 * H:
@@ -1418,7 +1436,7 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                           j.lengths, reverse, <const floating*> j.rmask, <floating*> j.hm,
                           <floating*> j.y, <floating*> j.G, <floating*> j.C,
                           <floating*> j.Hp, &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads,
-                          j.fused)
+                          j.fused, j.tiled)
             _blas_threads(blas_threads)
         elif not _pool_job(_rows_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
                            NULL, 0, NULL, 0):

@@ -98,6 +98,19 @@ FUSE_MIN_ROWS = 8
 FUSE_MAX_BYTES = 4 * 2**20
 FIT_LLC_FRACTION = 4
 
+# The BLAS paths' per-step products (a few batch rows against all of W or U) go
+# to BLAS as tiles of about 2^19 multiply-adds (gemm_tiled in cylstm/_blas.pxd)
+# only where SciPy's OpenBLAS runs such tiles on its "small-matrix" kernels,
+# which read the operands in place: the AVX-512 cores below.  Every other core
+# packs the operand again for each tile, so there one whole call is faster.
+# 2-core Zen 4 (OpenBLAS core SkylakeX), 2026-11: 16x256x1024 54 -> 110 GFLOP/s
+# as 8 tiles.  2-vCPU AMD EPYC Zen 3 (core Haswell), 2026-12-02, 1 thread, one
+# call -> tiles: 32x256x1024 0.350 -> 0.855 ms, 16x256x1024 0.253 -> 0.427,
+# 64x512x2048 2.05 -> 6.84, 8x512x2048 0.841 -> 0.868 (cylstm._testing's
+# gemm and gemm_tiled twins); there the rows path's forward at (100, 32, 128,
+# 256) took 72 ms in whole calls against 154 ms in tiles.
+STEP_TILE_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
 # Batches of at least STACKED_MIN_ROWS samples per thread, with H >= 256 and
 # [W; U] in 1 / FIT_LLC_FRACTION of the cache budget, run each step as the
 # streaming runner does: [x_t, h_prev] @ [W; U] on packed panels (six batch rows
@@ -217,6 +230,8 @@ THRESHOLDS = {
     "FUSE_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "FUSE_MAX_BYTES": "forward planner; 2-vCPU Xeon, (50, 64, 512, 512), 2026-12-01",
     "FIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
+    "STEP_TILE_BLAS_CORES": "BLAS paths' per-step products; 2-core Zen 4 and 2-vCPU "
+                            "Zen 3, 2026-12-02",
     "STACKED_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 16, 256, 256), 2026-11",
     "STACKED_MIN_UNITS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
@@ -283,6 +298,12 @@ class CpuFacts:
     l3_per_core: int = _DEFAULT_L3
     l3_source: str = "default (no sysfs)"
     llc_budget: int = _DEFAULT_L3
+    blas_core: str = "unknown"
+
+    @property
+    def blas_tiles_steps(self):
+        """Per-step BLAS products as small tiles (see STEP_TILE_BLAS_CORES)."""
+        return self.blas_core.lower() in STEP_TILE_BLAS_CORES
 
     def with_l3_per_core(self, per_core, source):
         """These facts with another per-core L3 share (and so another budget)."""
@@ -408,7 +429,8 @@ def _affinity_count():
         return max(1, os.cpu_count() or 1)
 
 
-def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=None):
+def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=None,
+               blas_core=None):
     """Read the CPU facts from sysfs and /proc/cpuinfo (injectable for tests).
 
     Parameters
@@ -425,6 +447,9 @@ def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=N
     isa_level : int, optional
         Default: ``cylstm._stream.cpu_level()`` (the kernel clone this CPU runs) when
         reading this machine's own files, else derived from the injected flags.
+    blas_core : str, optional
+        The OpenBLAS core SciPy's BLAS runs (``cylstm._config.blas_core()``) when
+        reading this machine's own files, else "unknown".
 
     Missing files (non-Linux, hidden sysfs) give defaults: 1 MiB L2 and 2 MiB L3 per
     core.
@@ -441,6 +466,12 @@ def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=N
                 isa_level = _level_from_flags(flags)
         else:
             isa_level = _level_from_flags(flags)
+    if blas_core is None:
+        blas_core = "unknown"
+        if own:
+            from cylstm import _config  # breaks a cycle: _config imports the extensions
+
+            blas_core = _config.blas_core() or "unknown"
     if n_cores is None:
         n_cores = _affinity_count() if own else (
             _count_cpu_list(_read(os.path.join(sysfs_root, "online"))) or 1)
@@ -494,7 +525,8 @@ def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=N
                     flags=frozenset(f for f in _FLAGS_OF_INTEREST if f in flags),
                     fma512_ports=_fma512_ports(vendor, family, model, name, flags),
                     l2_per_core=l2, l3_total=l3_total, l3_shared_by=shared,
-                    l3_per_core=l3, l3_source=src, llc_budget=l3 * n_cores)
+                    l3_per_core=l3, l3_source=src, llc_budget=l3 * n_cores,
+                    blas_core=str(blas_core))
 
 
 _lock = threading.Lock()

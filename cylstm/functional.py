@@ -106,6 +106,8 @@ class ForwardPlan:
     prepacked : the panel paths in inference: take the packed weights from the
         packed-weight cache (cylstm/_packcache.py; exact, checked each call) when
         it has them, instead of packing into ``packed`` (still the fallback).
+    tile_steps : ("rows", "rows_fused") the per-step products go to BLAS as small
+        tiles (``facts.blas_tiles_steps``: the BLAS has small-matrix kernels).
     panel_projection : (prepacked "units") x @ W on the packed panels, not BLAS
         (any number of rows on AVX-512, at most ``_tuning.PANEL_PROJ_MAX_ROWS``
         on other CPUs), into gates of shape (B, T, 4 H_pad) whose rows are in
@@ -122,6 +124,7 @@ class ForwardPlan:
     reason: str = ""
     prepacked: bool = False
     panel_projection: bool = False
+    tile_steps: bool = False
 
     @property
     def fuse(self):
@@ -283,7 +286,10 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
 def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None):
     gates = (B, T, 4 * H) if (training or path in ("rows", "units")) else None
     if path in ("rows", "rows_fused"):
-        return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason)
+        if facts is None:
+            facts = _tuning.cpu_facts()
+        return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason,
+                           tile_steps=facts.blas_tiles_steps)
     # inference reuses packed weights while they are exact (training changes them
     # every step: each lookup would miss)
     pre = not training and B * T > 0 and H > 0 and _packcache.cacheable(I, H, dtype)
@@ -611,7 +617,8 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
     try:
         args = (x, W, U, b, lens, bool(reverse), rmask, hm, y, hs, cs, G, C, Hp, Z)
         if plan.path in ("rows", "rows_fused"):
-            _lstm.forward_rows(*args, plan.n_threads, plan.blas_threads, plan.fuse)
+            _lstm.forward_rows(*args, plan.n_threads, plan.blas_threads, plan.fuse,
+                               plan.tile_steps)
         elif plan.path == "units":
             _lstm.forward_units(*args, Pu if P is None else P, hs2, plan.n_threads,
                                 plan.blas_threads, P is not None, plan.panel_projection)

@@ -412,6 +412,79 @@ static void cyl_stream_rows6_f64pf(const double* P, ptrdiff_t w,
                                    double* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
 
+/* The same six-row block for AVX2 (16 registers): 6 rows x 2 vectors of 32
+ * bytes, 12 accumulators; each k costs 2 vector loads and 6 broadcasts for 12
+ * fused multiply-adds (the four-row body: 2 and 4 for 8), and a batch of 16
+ * streams each panel 3 times instead of 4.  Any w that is a whole number of
+ * 64-byte layout vectors (no transposed tail).  Same arithmetic as the other
+ * bodies (one accumulator per output, summed in k order): the same bits for
+ * every row.  Called only from the x86-64-v3 variant (CYL_ISA == 1). */
+#define CYL_R6N_K(VT, VL, v0, v1, v2, v3, v4, v5)                                 \
+    {                                                                              \
+        const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);                      \
+        s00 += (v0) * w0; s01 += (v0) * w1; s10 += (v1) * w0; s11 += (v1) * w1;    \
+        s20 += (v2) * w0; s21 += (v2) * w1; s30 += (v3) * w0; s31 += (v3) * w1;    \
+        s40 += (v4) * w0; s41 += (v4) * w1; s50 += (v5) * w0; s51 += (v5) * w1;    \
+    }
+#define CYL_PANEL_ROWS6N_BODY(T, VT, VL) CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, 0)
+#define CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, PFD)                                   \
+    {                                                                              \
+        const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
+        const T* A3 = A2 + lda; const T* A4 = A3 + lda; const T* A5 = A4 + lda;    \
+        const T* B0 = b0; const T* B1 = B0 + ldb; const T* B2 = B1 + ldb;          \
+        const T* B3 = B2 + ldb; const T* B4 = B3 + ldb; const T* B5 = B4 + ldb;    \
+        ptrdiff_t j, k;                                                            \
+        for (j = 0; j + 2 * VL <= w; j += 2 * VL) {                                \
+            VT s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0};   \
+            VT s30 = {0}, s31 = {0}, s40 = {0}, s41 = {0}, s50 = {0}, s51 = {0};   \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += w) {                                     \
+                if (PFD) __builtin_prefetch((const char*)(p + PFD * w), 0, 3);     \
+                CYL_R6N_K(VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])        \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += w) {                                     \
+                if (PFD) __builtin_prefetch((const char*)(p + PFD * w), 0, 3);     \
+                CYL_R6N_K(VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])        \
+            }                                                                      \
+            T* Z = z0 + j;                                                         \
+            CYL_ST(Z, s00); CYL_ST(Z + VL, s01); Z += ldz;                         \
+            CYL_ST(Z, s10); CYL_ST(Z + VL, s11); Z += ldz;                         \
+            CYL_ST(Z, s20); CYL_ST(Z + VL, s21); Z += ldz;                         \
+            CYL_ST(Z, s30); CYL_ST(Z + VL, s31); Z += ldz;                         \
+            CYL_ST(Z, s40); CYL_ST(Z + VL, s41); Z += ldz;                         \
+            CYL_ST(Z, s50); CYL_ST(Z + VL, s51);                                   \
+        }                                                                          \
+    }
+typedef float cyl_vf8 __attribute__((vector_size(32)));
+typedef double cyl_vd4 __attribute__((vector_size(32)));
+__attribute__((target("arch=x86-64-v3")))
+static void cyl_stream_rows6_f32n(const float* P, ptrdiff_t w,
+                                  const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                  float* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6N_BODY(float, cyl_vf8, 8)
+
+__attribute__((target("arch=x86-64-v3")))
+static void cyl_stream_rows6_f64n(const double* P, ptrdiff_t w,
+                                  const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                  const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                  double* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6N_BODY(double, cyl_vd4, 4)
+
+/* the first six rows of a pass prefetch CYL_PF_DIST k rows ahead, as above */
+__attribute__((target("arch=x86-64-v3")))
+static void cyl_stream_rows6_f32npf(const float* P, ptrdiff_t w,
+                                    const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                    const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                    float* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6N_BODY_PF(float, cyl_vf8, 8, CYL_PF_DIST)
+
+__attribute__((target("arch=x86-64-v3")))
+static void cyl_stream_rows6_f64npf(const double* P, ptrdiff_t w,
+                                    const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                    const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                    double* z0, ptrdiff_t ldz)
+CYL_PANEL_ROWS6N_BODY_PF(double, cyl_vd4, 4, CYL_PF_DIST)
 #else
 #define CYL_STREAM_ROWS6 0
 #endif
@@ -445,6 +518,10 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
     if (CYL_ISA_IS_V4 && nrows >= 6 && w % (4 * VL) == 0)                          \
         for (; nrows - r >= 6; r += 6)                                             \
             (r == 0 ? ROWS6_FN##pf : ROWS6_FN)(P, w, a0 + r * lda, ka, lda,        \
+                     b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);                    \
+    if (CYL_ISA == 1 && nrows >= 6 && w % (VL) == 0)                               \
+        for (; nrows - r >= 6; r += 6)                                             \
+            (r == 0 ? ROWS6_FN##npf : ROWS6_FN##n)(P, w, a0 + r * lda, ka, lda,    \
                      b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);
 #else
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)

@@ -270,8 +270,43 @@ def test_forced_plan_object_and_kernel_arguments(monkeypatch):
     # panel projection]): batch 3 runs one batch thread; inference takes the packed
     # weights from the cache, and 12 rows of x project on the panels
     assert [(c[0],) + (c[1:] if c[0] == "forward_rows" else c[3:]) for c in calls] == [
-        ("forward_units", 2, 2, True, True), ("forward_rows", 1, 2, True),
+        ("forward_units", 2, 2, True, True),
+        ("forward_rows", 1, 2, True, plan_forward(3, 4, 5, 40, np.float32, 2,
+                                                  force="rows_fused").tile_steps),
         ("forward_stacked", 1, 2, True)]
+
+
+@pytest.mark.parametrize("core,tiled", [("SkylakeX", True), ("Cooperlake", True),
+                                        ("SapphireRapids", True), ("Haswell", False),
+                                        ("Zen", False), ("unknown", False)])
+def test_step_tiles_follow_the_blas_core(zen4, core, tiled):
+    """Per-step BLAS products go as small tiles only to OpenBLAS cores with
+    small-matrix kernels (STEP_TILE_BLAS_CORES); the plan carries the choice."""
+    f = detect_cpu(*zen4, blas_core=core)
+    assert f.blas_core == core and f.blas_tiles_steps is tiled
+    for path in ("rows", "rows_fused"):
+        assert _path(f, 32, 10, 16, 64, 2, force=path).tile_steps is tiled
+    assert not _path(f, 32, 10, 16, 64, 2, force="units").tile_steps
+    assert detect_cpu(*zen4).blas_core == "unknown"   # injected files: no BLAS to ask
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path", ["rows", "rows_fused"])
+def test_tiled_and_whole_step_products_match_the_reference(path, dtype):
+    """Both ways of running a step's BLAS products give the reference (tiles over
+    rows, columns and K: about 2^19 multiply-adds each)."""
+    B, T, I, H = 24, 5, 600, 160   # K above 2 x 256: K tiles too
+    x, W, U, b = random_lstm(np.random.default_rng(5), B, T, I, H)
+    want = lstm_ref(x, W, U, b)
+    tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-10,
+                                                                      "atol": 1e-12}
+    args = [a.astype(dtype) for a in (x, W, U, b)]
+    for tiled in (False, True):
+        plan = dataclasses.replace(plan_forward(B, T, I, H, dtype, 1, force=path),
+                                   tile_steps=tiled)
+        out = lstm_forward(*args, num_threads=1, _plan=plan)
+        np.testing.assert_allclose(out.output, want[0], **tol)
+        np.testing.assert_allclose(out.c, want[2], **tol)
 
 
 @pytest.mark.parametrize("path,kw,match", [
