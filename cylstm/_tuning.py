@@ -80,6 +80,13 @@ UNITS_SERIAL_MIN_UNITS = 256
 # 112/83.  Only from UNITS_L2_MIN_BYTES of U: the smallest measured win was
 # 2.25 MiB (H = 384); smaller kernels on CPUs with small L2s were not measured.
 UNITS_L2_MIN_BYTES = 2 * 2**20
+# ... and on one thread only for batches of 2 to UNITS_L2_SERIAL_MAX_BATCH: one
+# thread streams all of U every step whichever path runs, and with more rows
+# BLAS's step, or at batch 1 its gemv, is ahead.  2-vCPU AMD EPYC (Zen 3, AVX2,
+# 512 KiB L2), 2026-12-02, one thread, rows against units: training step
+# (50, 64, 512, 512) 556/684 ms, (25, 16, 1024, 1024) 396/379; inference
+# (25, 1, 512, 512) 3.86/4.57 ms, (25, 16, 1024, 1024) 162/126.
+UNITS_L2_SERIAL_MAX_BATCH = 32
 
 # Batches that split into slices of at least FUSE_MIN_ROWS samples per thread
 # compute x_t @ W inside each step, next to h_prev @ U, instead of one input
@@ -126,6 +133,18 @@ STEP_TILE_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # AVX-512 only (isa level 2): elsewhere the six-row body is not compiled.
 STACKED_MIN_ROWS = 16
 STACKED_MIN_UNITS = 256
+# Where BLAS has no small-matrix kernels (CpuFacts.blas_tiles_steps false: every
+# per-step call packs its operands), the stacked step wins at any width from
+# MIN_ROWS_PER_THREAD rows per thread, with the AVX2 six-row body too, while
+# [W; U] is at most STACKED_PACKING_BLAS_MAX_BYTES.  2-vCPU AMD EPYC (Zen 3,
+# AVX2, OpenBLAS core Haswell), 2026-12-02, inference, best BLAS path against
+# stacked (ms): 1 thread (100, 32, 10, 50) 2.56/1.82, (100, 8, 128, 256)
+# 24.3/9.5, (100, 16, 64, 64) 2.87/1.69, (100, 16, 256, 256) 36.8/21.8,
+# (100, 64, 64, 128) 23.4/17.4, (100, 32, 128, 256) 48.7/32.2; 2 threads
+# (100, 32, 10, 50) 2.20/1.30, (100, 32, 128, 256) 32.7/30.3.  With 8 MiB of
+# [W; U] the unit split is ahead on 1 thread: (50, 64, 512, 512) units 181,
+# stacked 232 (2 threads: 103 and 97).
+STACKED_PACKING_BLAS_MAX_BYTES = 4 * 2**20
 
 # The streaming runner (cylstm/stream.py).  Batch sizes from here up use SciPy's
 # BLAS (one GEMM per panel, single-threaded BLAS) instead of the kernel.  The
@@ -227,6 +246,7 @@ THRESHOLDS = {
     "UNITS_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Xeon, (100, B, 256, 256), 2026-12-01",
     "UNITS_SERIAL_MIN_UNITS": "forward planner; 2-vCPU Xeon, training forward, 2026-12-01",
     "UNITS_L2_MIN_BYTES": "forward planner; 2-vCPU Xeon, (100, 32, 256, 384), 2026-12-01",
+    "UNITS_L2_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Zen 3, one thread, 2026-12-02",
     "FUSE_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "FUSE_MAX_BYTES": "forward planner; 2-vCPU Xeon, (50, 64, 512, 512), 2026-12-01",
     "FIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
@@ -234,6 +254,8 @@ THRESHOLDS = {
                             "Zen 3, 2026-12-02",
     "STACKED_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 16, 256, 256), 2026-11",
     "STACKED_MIN_UNITS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
+    "STACKED_PACKING_BLAS_MAX_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
+                                      "Haswell), inference, 2026-12-02",
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",

@@ -51,8 +51,9 @@ def test_list_of_batches_with_sample_weights_equals_arrays():
     # evaluate / predict on the same batches
     assert got.evaluate(_batches(x, y, 6), verbose=0) == pytest.approx(
         got.evaluate(x, y, batch_size=6, verbose=0), rel=1e-12)
-    np.testing.assert_array_equal(got.predict(_batches(x, y, 6), verbose=0),
-                                  got.predict(x, verbose=0))
+    # (batches of other sizes may run another kernel path: equal within rounding)
+    np.testing.assert_allclose(got.predict(_batches(x, y, 6), verbose=0),
+                               got.predict(x, verbose=0), rtol=1e-12, atol=1e-15)
 
 
 def test_generator_steps_per_epoch_continues_across_epochs():
@@ -122,7 +123,9 @@ def test_pydataset_len_getitem_on_epoch_end_and_workers(workers):
     for e in range(3):
         assert sorted(ds2.calls[5 * e:5 * e + 5]) == list(range(5))
     assert ds2.calls != list(range(5)) * 3
-    np.testing.assert_array_equal(got.predict(_Seq(x, y, 5), verbose=0), got.predict(x))
+    # (batches of other sizes may run another kernel path: equal within rounding)
+    np.testing.assert_allclose(got.predict(_Seq(x, y, 5), verbose=0), got.predict(x),
+                               rtol=1e-12, atol=1e-15)
 
 
 def test_timeseries_dataset_object_take_skip_len_and_validation():

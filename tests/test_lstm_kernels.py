@@ -1,5 +1,6 @@
 """The compiled LSTM kernels against the NumPy float64 reference, finite
 differences and PyTorch."""
+import dataclasses
 import threading
 
 import numpy as np
@@ -222,6 +223,10 @@ def test_fused_step_projection_matches_reference(monkeypatch, dtype, reverse, th
 
     if not fuse:
         monkeypatch.setattr(functional, "_LLC", 0)
+    # a BLAS with small-matrix kernels, where the BLAS paths are the choice at this
+    # size (elsewhere inference takes the stacked panels: STACKED_PACKING_BLAS_MAX_BYTES)
+    facts = dataclasses.replace(functional._tuning.cpu_facts(), blas_core="SkylakeX")
+    monkeypatch.setattr(functional._tuning, "cpu_facts", lambda: facts)
     B, T, I, H = 8 * threads, 7, 6, 5
     x, W, U, b = _case(B, T, I, H, seed=21)
     rng = np.random.default_rng(22)

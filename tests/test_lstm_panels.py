@@ -53,7 +53,7 @@ MiB = 2**20
 ZEN4 = CpuFacts(vendor="AuthenticAMD", model_name="AMD Ryzen 7 7700X", family=25, model=97,
                 n_cores=8, isa_level=2, isa_name="avx512", fma512_ports=1,
                 l2_per_core=MiB, l3_total=32 * MiB, l3_shared_by=8, l3_per_core=4 * MiB,
-                l3_source="test", llc_budget=32 * MiB)
+                l3_source="test", llc_budget=32 * MiB, blas_core="SkylakeX")
 
 
 @pytest.fixture(autouse=True)
@@ -175,6 +175,14 @@ def test_plan_without_avx512_keeps_large_batches_on_blas():
     assert _path(1, 128, 2, facts=avx2) == "units"     # batch 1: still split
     assert _path(16, 256, 2, facts=avx2) == "rows"     # big U: BLAS
     assert _path(64, 256, 2, I=8, facts=avx2) == "rows"
+    # an OpenBLAS that packs every per-step call (core Haswell: AVX2 CPUs): the
+    # stacked step while [W; U] is small, BLAS beyond STACKED_PACKING_BLAS_MAX_BYTES
+    haswell = dataclasses.replace(avx2, blas_core="Haswell")
+    assert _path(16, 256, 2, facts=haswell) == "stacked"
+    assert _path(16, 256, 2, facts=haswell, training=True) == "rows"
+    assert _path(4, 256, 1, facts=haswell) == "stacked"
+    assert _path(2, 256, 1, facts=haswell) == "rows"          # < MIN_ROWS_PER_THREAD
+    assert _path(64, 1024, 2, I=1024, facts=haswell) == "units"   # 32 MiB of [W; U]
 
 
 def test_plan_threads_and_scratch():

@@ -162,7 +162,7 @@ def _path(facts, B, T, I, H, n, **kw):
 
 
 def test_zen4_plans(zen4):
-    f = detect_cpu(*zen4)
+    f = detect_cpu(*zen4, blas_core="SkylakeX")
     p = _path(f, 16, 25, 1024, 1024, 2)
     assert p.path == "units" and "LLC budget" in p.reason
     assert _path(f, 64, 25, 512, 512, 2).path == "stacked"
@@ -173,7 +173,7 @@ def test_zen4_plans(zen4):
 
 
 def test_xeon_vm_does_not_fuse_the_big_shape(xeon_vm):
-    f = detect_cpu(*xeon_vm)
+    f = detect_cpu(*xeon_vm, blas_core="SapphireRapids")
     p = _path(f, 16, 25, 1024, 1024, 2)
     assert p.path != "rows_fused"
     assert p.path == "units"
@@ -184,20 +184,27 @@ def test_avx2_plans(avx2_desktop):
     # U beyond a core's L2 (128 KiB here): the unit split keeps shares in L2
     p = _path(f, 16, 25, 1024, 1024, 2)
     assert p.path == "units" and "L2" in p.reason
-    assert _path(f, 64, 25, 512, 512, 2).path == "units"      # no stacked without AVX-512
-    assert _path(f, 64, 25, 512, 512, 1).path == "units"
-    # U of 256 KiB exceeds that L2 but is below UNITS_L2_MIN_BYTES: BLAS
-    assert _path(f, 32, 25, 64, 128, 2).path == "rows_fused"
+    assert _path(f, 64, 25, 512, 512, 2).path == "units"      # 8 MiB of [W; U]: not stacked
+    assert _path(f, 16, 25, 512, 512, 1).path == "units"
+    # one thread, 64 rows: BLAS's step (UNITS_L2_SERIAL_MAX_BATCH)
+    assert _path(f, 64, 25, 512, 512, 1).path in ("rows", "rows_fused")
+    assert _path(f, 1, 25, 512, 512, 1).path == "rows"       # batch 1: BLAS's gemv
+    # no small-matrix BLAS kernels known ("unknown" core): the stacked step on AVX2
+    p = _path(f, 32, 25, 64, 128, 2)
+    assert p.path == "stacked" and "STACKED_PACKING_BLAS_MAX_BYTES" in p.reason
+    assert _path(f, 32, 25, 64, 128, 2, training=True).path == "rows_fused"
+    g = dataclasses.replace(f, blas_core="SkylakeX")     # (BLAS kernels as on AVX-512)
+    assert _path(g, 32, 25, 64, 128, 2).path == "rows_fused"
     assert _path(f, 1, 25, 64, 128, 2).path == "units"        # small batch: still split
-    # the serial small-batch rule is AVX-512 only
+    # the serial small-batch rule is AVX-512 only; 2 rows are below MIN_ROWS_PER_THREAD
     assert _path(f, 2, 25, 256, 256, 1).path == "rows"
     # a recurrent mask keeps a multi-thread call off the unit split
     assert _path(f, 64, 25, 512, 512, 2, has_mask=True).path == "rows"
-    assert _path(f, 64, 25, 512, 512, 1, has_mask=True).path == "units"
+    assert _path(f, 16, 25, 512, 512, 1, has_mask=True).path == "units"
 
 
 def test_serial_unit_rules(xeon_vm):
-    f = detect_cpu(*xeon_vm)        # AVX-512, 2 MiB L2 per core
+    f = detect_cpu(*xeon_vm, blas_core="SapphireRapids")        # AVX-512, 2 MiB L2 per core
     t = _tuning
     for B in (1, t.UNITS_SERIAL_MAX_BATCH):
         p = _path(f, B, 100, 256, 256, 1)
@@ -518,7 +525,7 @@ def test_show_config_reports_facts_thresholds_and_cache(cache_dir, capsys, monke
 
 
 def test_patched_thresholds_in_tuning_change_the_plan(monkeypatch, zen4):
-    f = detect_cpu(*zen4)
+    f = detect_cpu(*zen4, blas_core="SkylakeX")
     assert _path(f, 16, 5, 8, 20, 2).path == "rows_fused"
     monkeypatch.setattr(_tuning, "FUSE_MIN_ROWS", 9)
     assert _path(f, 16, 5, 8, 20, 2).path == "rows"
