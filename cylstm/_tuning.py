@@ -130,7 +130,8 @@ STEP_TILE_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # Inference only: a training forward must also scatter each panel's gates into
 # the (B, T, 4H) buffer the backward reads, which cost more than the kernel
 # saved ((100, 32, 128, 256) training step 86.2 -> 90.2 ms on one thread).
-# AVX-512 only (isa level 2): elsewhere the six-row body is not compiled.
+# AVX-512 only (isa level 2) at these thresholds; AVX2 takes the stacked step
+# where BLAS packs every per-step call (STACKED_PACKING_BLAS_MAX_BYTES below).
 STACKED_MIN_ROWS = 16
 STACKED_MIN_UNITS = 256
 # Where BLAS has no small-matrix kernels (CpuFacts.blas_tiles_steps false: every
@@ -148,8 +149,8 @@ STACKED_PACKING_BLAS_MAX_BYTES = 4 * 2**20
 
 # The streaming runner (cylstm/stream.py).  Batch sizes from here up use SciPy's
 # BLAS (one GEMM per panel, single-threaded BLAS) instead of the kernel.  The
-# kernel takes rows four (or two) at a time, so one pass over a panel serves four
-# rows, and it was never slower than BLAS per panel in bench/stream_bench.py-style
+# kernel takes rows six, four or two at a time, so one pass over a panel serves
+# several rows, and it was never slower than BLAS per panel in bench/stream_bench.py-style
 # measurements on a 2-core Zen 4, one thread, us per step, kernel vs BLAS --
 # (64, 128): batch 2 5.3 vs 5.2, 8 18.1 vs 18.0, 32 90 vs 111, 128 282 vs 319;
 # (256, 512): batch 2 75 vs 114, 8 286 vs 392, 64 1897 vs 4300.  BLAS is kept for

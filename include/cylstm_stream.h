@@ -24,8 +24,9 @@
  * broadcast of v[k] and w/VL fused multiply-adds into accumulators that stay in
  * registers for the whole panel (no load/store of z per k, as an axpy would).
  *
- * Small batches take rows four (or two) at a time, so that each weight vector
- * loaded serves several rows; a batch of one streams the panel once per step.
+ * Small batches take rows six at a time (AVX-512 and AVX2 variants), then four
+ * or two, so that each weight vector loaded serves several rows; a batch of one
+ * streams the panel once per step.
  *
  * VL is 16 floats / 8 doubles (64 bytes).  The kernel is written with GCC/Clang
  * vector extensions and compiled three times (CYL_ISA_KERNEL, cylstm_cpu.h):
@@ -304,8 +305,9 @@ typedef double cyl_vd __attribute__((vector_size(64)));
  * column groups (every full LSTM panel: 4 gates x 16 float32 / 8 float64 units):
  * 24 accumulators (6 rows x 4 vectors) stay in the 32 AVX-512 registers, and
  * each k costs 4 vector loads and 6 broadcasts for 24 fused multiply-adds.
- * Compiled for x86-64-v4 only (with 16 AVX2 registers it would spill) and
- * called only where CYL_ISA_IS_V4 (the v4 variant of the panel functions).  Same arithmetic as the other
+ * Compiled for x86-64-v4 and called only where CYL_ISA_IS_V4 (the v4 variant
+ * of the panel functions); with 16 AVX2 registers it would spill, so x86-64-v3
+ * has its own six-row body below, 2 vectors wide.  Same arithmetic as the other
  * bodies (one accumulator per output, summed in k order), so a row gives the
  * same bits whichever body computes it. */
 #if CYL_STREAM_VECTOR && defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 12) && \
@@ -511,7 +513,7 @@ CYL_PANEL_ROWS6N_BODY_PF(double, cyl_vd4, 4, CYL_PF_DIST)
     }
 #endif
 
-/* The passes of the panel functions below: six-row blocks (AVX-512 only), then
+/* The passes of the panel functions below: six-row blocks (AVX-512, AVX2), then
  * blocks of 4 rows (a last 3 as 4, one repeated), a last 2 as 2, a last 1 alone. */
 #if CYL_STREAM_ROWS6
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
