@@ -679,14 +679,20 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
     bplan = plan_backward(B, _threads_for(B, num_threads)[0])
     n_total, nt = bplan.blas_threads, bplan.n_threads
     _config._blas()
+    outs = check_grad_out(out, I, H, dtype)
     cache["used"] = True
     if B == 0:  # no samples, zero gradients (the kernel would address element 0 of empty dy)
-        give(cache["G"], cache["C"], cache["Hp"])
+        give(cache.get("G"), cache.get("C"), cache.get("Hp"))
         cache["G"] = cache["C"] = cache["Hp"] = None
+        grads = []
+        for k, shape in enumerate(((I, 4 * H), (H, 4 * H), (4 * H,))):
+            if outs[k] is None:
+                grads.append(np.zeros(shape, dtype))
+            else:  # the caller's buffers are written, as for any other batch
+                outs[k][...] = 0
+                grads.append(outs[k])
         return LSTMGrads(np.zeros((0, T, I), dtype) if need_input_grad else None,
-                         np.zeros((I, 4 * H), dtype), np.zeros((H, 4 * H), dtype),
-                         np.zeros(4 * H, dtype), dhs, dcs)
-    outs = check_grad_out(out, I, H, dtype)
+                         *grads, dhs, dcs)
     scratch = []  # gradients the caller did not ask for: pool buffers, given back below
     for k, shape in enumerate(((I, 4 * H), (H, 4 * H), (4 * H,))):
         if outs[k] is None:

@@ -115,6 +115,23 @@ def test_empty_batch():
     assert g.dkernel.shape == W.shape and not g.dkernel.any()
 
 
+def test_empty_batch_writes_the_callers_gradient_buffers():
+    """out= buffers receive the (zero) gradients at batch 0 too, as at any batch,
+    and bad ones are refused before anything is written."""
+    W, U, b = _w()
+    bufs = [np.full(W.shape, 7.0), None, np.full(b.shape, 7.0)]
+    out = lstm_forward(np.zeros((0, 3, 3)), W, U, b, training=True)
+    g = lstm_backward(out.cache, np.zeros((0, 3, 4)), out=bufs)
+    assert g.dkernel is bufs[0] and g.dbias is bufs[2]
+    assert not bufs[0].any() and not bufs[2].any()
+    assert g.drecurrent_kernel.shape == U.shape and not g.drecurrent_kernel.any()
+    out = lstm_forward(np.zeros((0, 3, 3)), W, U, b, training=True)
+    bad = np.full((W.shape[0] + 1, W.shape[1]), 7.0)
+    with pytest.raises(ValueError, match="shape"):
+        lstm_backward(out.cache, np.zeros((0, 3, 4)), out=[bad, None, None])
+    assert (bad == 7.0).all()
+
+
 def test_backward_bad_grad_shapes():
     W, U, b = _w()
     out = lstm_forward(np.zeros((2, 3, 3)), W, U, b, training=True)
