@@ -36,7 +36,12 @@ __all__ = ["PATHS", "CpuFacts", "cache_path", "cpu_facts", "detect_cpu", "tune",
 # float32, bench/compare.py, 2026-11.
 
 # Below this many samples per thread, splitting the batch costs more than it saves
-# (measured in bench/compare.py: see README, "threads").
+# (measured in bench/compare.py: see README, "threads").  Checked again on a
+# 2-vCPU AMD EPYC (Zen 3), 2026-12-02, inference on 2 threads at 4 against 2
+# (ms; below 8 rows 4 lets the units split take the call, 2 splits the batch):
+# (100, B, 64, 128) B = 4: 1.57 / 1.46, 6: 1.91 / 2.08, 8: 1.53 / 1.99, 12: 2.41 /
+# 2.45; (100, B, 128, 256) B = 4: 4.55 / 4.94, 6: 4.66 / 6.81, 8: 7.36 / 6.62,
+# 12: 8.11 / 8.04 (one thread 5.2-15.0).  No consistent gain below 4.
 MIN_ROWS_PER_THREAD = 4
 
 # The threads split the recurrent kernel's units instead of the batch (packed
@@ -241,7 +246,8 @@ POOL_BACKOFF_NS = 100_000_000
 THRESHOLDS = {
     "POOL_SPIN_NS": "thread pool; 2-vCPU Xeon, bench/compare.py cold/busy, 2026-12-01",
     "POOL_BACKOFF_NS": "thread pool; 2-vCPU Xeon, bench/compare.py busy, 2026-12-01",
-    "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11",
+    "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11; "
+                           "2-vCPU Zen 3, 2026-12-02",
     "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",
     "PANEL_SPLIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
     "UNITS_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Xeon, (100, B, 256, 256), 2026-12-01",
