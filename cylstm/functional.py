@@ -618,9 +618,15 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
         P = _packcache.lookup(W, U, bias, "units" if units else "stacked",
                               with_w=plan.panel_projection or not units,
                               n_threads=plan.blas_threads)
-    if plan.panel_projection and P is None:  # packing per call: rows in gate order
-        B, T, H = x.shape[0], x.shape[1], U.shape[0]
-        G = G.reshape(-1)[:B * T * 4 * H].reshape(B, T, 4 * H)
+    Pp = None
+    if plan.panel_projection and P is None:
+        # no cache entry (skipped, too big, or converted arrays): pack here as the
+        # cache would, so that the projection runs on the same panels and a call's
+        # bits never depend on the cache's state (BLAS's projection rounds
+        # differently: 1 ulp in half the outputs of a debug build's units path)
+        Pp = take((_lstm.stacked_len(W.shape[0], U.shape[0], dtype.name),), dtype, align=64)
+        _lstm.pack_units(W, U, b, Pp)
+        P = Pp
     # per-thread panel products (64-byte aligned for the panel kernel), the packed
     # weights (unless cached), the other half of h
     Z = take(plan.z, dtype, align=64) if plan.packed else take(plan.z, dtype)
@@ -638,7 +644,7 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
             _lstm.forward_stacked(*args, Pu if P is None else P, hs2, plan.n_threads,
                                   plan.blas_threads, P is not None)
     finally:
-        give(Z, Pu, hs2)
+        give(Z, Pu, hs2, Pp)
 
 
 def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,

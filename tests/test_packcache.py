@@ -212,3 +212,26 @@ def test_threaded_compare_finds_any_changed_byte(threads, where):
     # with_w=False leaves W out of the compare
     assert _lstm.same_weights(W, U, b, W2, U2, b2, False, threads, 0) == (
         where in ("none", "W0", "Wmid"))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("I", [7, 700])
+def test_a_call_gives_the_same_bits_cached_or_not(monkeypatch, I, threads):
+    """Whether the cache has the weights (a hit) or skips them (churn), the unit
+    path's x @ W runs on the same panels: the same bits.  (BLAS's projection
+    rounds differently: I = 700 spans its K blocks.)"""
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS", None)   # any CPU: panel x @ W
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS_AVX512", None)
+    x, W, U, b = (a.astype(np.float32)
+                  for a in random_lstm(np.random.default_rng(I), 2, 20, I, 40))
+    _packcache.clear()
+    monkeypatch.setattr(_packcache, "_new_skip", 3)   # as after a run of fresh arrays
+    skipped = lstm_forward(x, W, U, b, num_threads=threads, _plan="units").output
+    assert _packcache.stats()["skipped"] == 1
+    monkeypatch.setattr(_packcache, "_new_skip", 0)
+    lstm_forward(x, W, U, b, num_threads=threads, _plan="units")
+    hit = lstm_forward(x, W, U, b, num_threads=threads, _plan="units").output
+    assert _packcache.stats()["hits"] >= 1
+    np.testing.assert_array_equal(skipped, hit)
+    want = lstm_ref(x, W, U, b)[0]
+    np.testing.assert_allclose(hit, want, rtol=2e-4, atol=2e-5)
