@@ -32,7 +32,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
-from cylstm._blas cimport gemm, gemm_tiled, matmul
+from cylstm._blas cimport gemm, gemm_tiled
 from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
@@ -85,11 +85,10 @@ cdef inline void _step_gemm(bint tiled, int m, int n, int k, const floating* a, 
                             const floating* b, floating beta, floating* c,
                             bint rev) noexcept nogil:
     """A step's ``C (m, n) = A (m, k) @ B (k, n) + beta C`` (rows of B and C n
-    apart), as small tiles or as one call (see _tuning.STEP_TILE_BLAS_CORES)."""
-    if tiled:
+    apart), as small tiles or as one call (see _tuning.STEP_TILE_BLAS_CORES);
+    gemm_tiled itself sends one-row products to gemv."""
+    if tiled or m == 1:
         gemm_tiled(False, m, n, k, 1, a, lda, b, n, beta, c, n, rev)
-    elif m == 1:
-        matmul(False, m, n, k, 1, a, lda, b, n, beta, c, n)
     else:
         gemm(False, False, m, n, k, 1, a, lda, b, n, beta, c, n)
 
