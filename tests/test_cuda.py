@@ -147,6 +147,47 @@ def test_forward_backward_match_cpu(gpu, dtype, name):
         _close(getattr(ggot, f), getattr(gref, f), dtype, f"{name}: {f}")
 
 
+# right padding, left padding, holes; each with an all-masked row (length 0, which the
+# CUDA backend refuses until checked on a GPU: the layer works around it there)
+LAYER_MASKS = {
+    "right": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], bool),
+    "left": np.array([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]], bool),
+    "holes": np.array([[1, 0, 1, 0, 1], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]], bool),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYER_MASKS))
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_masked_layer_matches_cpu(gpu, kind, go_backwards, return_sequences):
+    """An LSTM layer on the device under a mask with an all-masked row: outputs, final
+    state and every gradient (dh0, dc0 through the initial state) as on the CPU."""
+    from cylstm.layers import LSTM
+
+    rng = np.random.default_rng(4)
+    mask = LAYER_MASKS[kind]
+    B, T = mask.shape
+    x = rng.standard_normal((B, T, 2))
+    h0, c0 = rng.standard_normal((2, B, 3))
+    Ry = rng.standard_normal((B, T, 3) if return_sequences else (B, 3))
+    Rh, Rc = rng.standard_normal((2, B, 3))
+    runs = []
+    for device in (None, ("cuda", 0)):
+        layer = LSTM(3, go_backwards=go_backwards, return_sequences=return_sequences,
+                     seed=5, dtype="float64")
+        layer.build((None, None, 2))
+        layer._device = device
+        y, _ = layer._forward(x, mask, True, initial_state=[h0, c0])
+        h, c = layer._last_state
+        dx = layer._backward(Ry, True, grad_h=Rh, grad_c=Rc)
+        runs.append([y, h, c, dx, *(np.array(layer._grads[n]) for n in
+                                    ("kernel", "recurrent_kernel", "bias")),
+                     *layer._state_grads])
+    names = ("y", "h", "c", "dx", "dW", "dU", "db", "dh0", "dc0")
+    for name, got, want in zip(names, runs[1], runs[0]):
+        _close(got, want, np.float64, f"{kind}: {name}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 3, 2), (3, 1, 4, 5), (1, 9, 2, 3), (33, 12, 17, 40)])
 def test_edge_shapes_match_cpu(gpu, dtype, shape):

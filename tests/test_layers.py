@@ -175,6 +175,49 @@ def test_lstm_mask_semantics(kind, go_backwards, return_sequences, zero_out):
     np.testing.assert_allclose(c, wc, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", sorted(MASKS))
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("zero_out", [False, True])
+def test_lstm_mask_gradients_match_keras_reference(kind, go_backwards, return_sequences,
+                                                   zero_out):
+    """Under each mask, with return_state and an initial state: the outputs and the
+    analytic dL/dx, dW, dU, db, dh0, dc0 against keras_lstm_ref and five-point finite
+    differences of it, for L = sum(Ry * y) + sum(Rh * h) + sum(Rc * c)."""
+    rng = np.random.default_rng(17)
+    mask = MASKS[kind]
+    B, T = mask.shape
+    x = rng.standard_normal((B, T, 2))
+    layer = LSTM(3, go_backwards=go_backwards, return_sequences=return_sequences,
+                 return_state=True, zero_output_for_mask=zero_out, dtype="float64")
+    layer(x)
+    _rand_lstm(layer, rng)
+    W, U, b = (np.array(w) for w in layer.get_weights())
+    h0, c0 = rng.standard_normal((2, B, 3))
+    Ry = rng.standard_normal((B, T, 3) if return_sequences else (B, 3))
+    Rh, Rc = rng.standard_normal((2, B, 3))
+
+    def ref():
+        return keras_lstm_ref(x, W, U, b, mask=mask, go_backwards=go_backwards,
+                              return_sequences=return_sequences,
+                              zero_output_for_mask=zero_out and return_sequences, h0=h0, c0=c0)
+
+    def loss(_perturbed):  # reads x, the weights and the initial state in place
+        wy, wh, wc = ref()
+        return np.sum(Ry * wy) + np.sum(Rh * wh) + np.sum(Rc * wc)
+
+    y, _ = layer._forward(x, mask, True, initial_state=[h0, c0])
+    for got, want in zip((y, *layer._last_state), ref()):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    dx = layer._backward(Ry, True, grad_h=Rh, grad_c=Rc)
+    dW, dU, db = (np.array(layer._grads[n]) for n in ("kernel", "recurrent_kernel", "bias"))
+    dh0, dc0 = layer._state_grads
+    for name, got, wrt in (("dx", dx, x), ("dW", dW, W), ("dU", dU, U), ("db", db, b),
+                           ("dh0", dh0, h0), ("dc0", dc0, c0)):
+        np.testing.assert_allclose(got, numeric_grad(loss, wrt), rtol=1e-7, atol=1e-9,
+                                   err_msg=name)
+
+
 def test_lstm_stateful_carries_state():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 6, 3))
@@ -323,10 +366,11 @@ def test_bidirectional_forward_and_gradients(merge_mode, return_sequences):
     np.testing.assert_allclose(dx, ndx, rtol=1e-6, atol=1e-8)
 
 
-def test_bidirectional_mask_and_state():
+@pytest.mark.parametrize("kind", sorted(MASKS))
+def test_bidirectional_mask_and_state(kind):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3, 5, 2))
-    mask = MASKS["right"]
+    mask = MASKS[kind]
     bi = Bidirectional(LSTM(3, return_sequences=True, return_state=True), dtype="float64")
     out = bi(x, mask=mask)
     ws = bi.get_weights()
