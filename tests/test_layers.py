@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from reference import numeric_grad
 
+from cylstm import functional as _F
 from cylstm.layers import (
     LSTM,
     Activation,
@@ -18,6 +19,7 @@ from cylstm.layers import (
     deserialize,
     serialize,
 )
+from cylstm.layers import masks as _masks
 
 
 # --------------------------------------------------------------------------- references
@@ -216,6 +218,46 @@ def test_lstm_mask_gradients_match_keras_reference(kind, go_backwards, return_se
                            ("dh0", dh0, h0), ("dc0", dc0, c0)):
         np.testing.assert_allclose(got, numeric_grad(loss, wrt), rtol=1e-7, atol=1e-9,
                                    err_msg=name)
+
+
+def test_mask_plan_takes_the_cheapest_route():
+    """Right padding (with or without go_backwards) and left padding under
+    go_backwards reach the kernel without a gather; only other patterns gather."""
+    right, left, holes = MASKS["right"], MASKS["left"], MASKS["holes"]
+    p = _masks.plan(right, False, True, False)
+    assert p.order is None and not p.reverse_input and not p.reverse and p.cnt is None
+    np.testing.assert_array_equal(p.lengths, [5, 3, 1])
+    assert p.repeat is not None and not p.reverse_output
+    p = _masks.plan(right, True, True, True)   # the kernel's reverse mode: no copy
+    assert p.order is None and not p.reverse_input and p.reverse and p.reverse_output
+    assert p.repeat is None and p.keep is None
+    assert not _masks.plan(right, True, True, False, flip=True).reverse_output
+    p = _masks.plan(left, True, True, False)   # Keras's reversal makes it right padding
+    assert p.order is None and p.reverse_input and not p.reverse
+    for m, gb in ((left, False), (holes, False), (holes, True)):
+        p = _masks.plan(m, gb, True, True)
+        assert p.order is not None and p.cnt is not None and p.keep is not None
+    assert _masks.plan(MASKS["empty_row"], False, False, False).silent.tolist() == [
+        False, True, False]
+    assert _masks.plan(right, False, False, False).silent is None
+
+
+def test_right_padded_mask_runs_the_kernel_on_x_itself(monkeypatch):
+    """The fastest masked case stays fast: no copy of x on its way to the kernel."""
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((3, 5, 2))
+    seen = []
+    real = _F.lstm_forward
+
+    def spy(xk, *args, **kw):
+        seen.append(xk)
+        return real(xk, *args, **kw)
+
+    monkeypatch.setattr(_F, "lstm_forward", spy)
+    for go_backwards in (False, True):
+        LSTM(3, go_backwards=go_backwards, return_sequences=True, dtype="float64")(
+            x, mask=MASKS["right"])
+        assert seen.pop() is x
 
 
 def test_lstm_stateful_carries_state():

@@ -95,9 +95,11 @@ class LSTM(Layer):
     Masks (from :class:`Masking` or ``Embedding(mask_zero=True)``) follow Keras:
     a masked step leaves h and c unchanged and outputs the previous output
     (zeros before the first valid step).  Right-padded batches map directly
-    onto the kernels' sequence lengths; any other mask pattern (left padding,
-    holes) is handled by compacting each sequence's valid steps first, which
-    costs a gather and a scatter.
+    onto the kernels' sequence lengths (length 0 included), with or without
+    ``go_backwards``; left padding under ``go_backwards`` costs the reversed
+    copy Keras makes; any other mask pattern (left padding, holes) is handled by
+    compacting each sequence's valid steps first, which costs a gather and a
+    scatter.
     """
 
     _REGULARIZED = (("kernel", "kernel_regularizer"),
@@ -342,12 +344,13 @@ class LSTM(Layer):
                 rmask = (self._rng.random((B, self.units)) < keep).astype(x.dtype)
                 rmask *= 1.0 / keep
                 kw["recurrent_mask"] = rmask
+        mask_in = mask = None if mask is None else np.asarray(mask)
         if mask is not None:
-            mask = np.asarray(mask)
-        if mask is not None and mask.shape == (B, x.shape[1]) and mask.all():
-            mask_in, mask = mask, None  # nothing masked: the plain path is exact
-        else:
-            mask_in = mask
+            if mask.shape != x.shape[:2]:
+                raise ValueError(f"LSTM {self.name!r}: mask must have shape (batch, time) = "
+                                 f"{x.shape[:2]}; got {mask.shape}")
+            if mask.all():
+                mask = None  # nothing masked: the plain path is exact
         F, extra = self._ops()
         if training and self.checkpoint_every is not None:
             extra = self._checkpoint_kw(extra)
@@ -361,8 +364,9 @@ class LSTM(Layer):
                 y = y[:, ::-1]
             info = None
         else:
-            y, h, c, r, info = _masks.forward(self, x, mask, state, training, kw, flip, F,
-                                              extra)
+            info = _masks.plan(mask, self.go_backwards, self.return_sequences,
+                               self.zero_output_for_mask, flip)
+            y, h, c, r = _masks.forward(self, x, info, state, training, kw, F, extra)
         self._last_state = (h, c)
         if self.stateful:
             self._states = [h.copy(), c.copy()]
@@ -397,7 +401,6 @@ class LSTM(Layer):
             if self.return_state:
                 grad_h = act_g[1] if grad_h is None else grad_h + act_g[1]
                 grad_c = act_g[2] if grad_c is None else grad_c + act_g[2]
-        gh_in, gc_in = grad_h, grad_c
         # the weight gradients go straight into the model's gradient buffer: the CPU
         # kernels write them there, the GPU copies them back there (host memory in use,
         # not fresh arrays: at I = H = 1024 that copy took 15 ms into new arrays)
@@ -412,12 +415,11 @@ class LSTM(Layer):
                                 need_input_grad=need_dx, **out_kw)
             dx = g.dx
         else:
-            g, dx = _masks.backward(self, fcache, info, dy, grad_h, grad_c, flip, F, need_dx,
-                                    out_kw)
+            g, dx = _masks.backward(info, fcache, dy, grad_h, grad_c, F, need_dx, out_kw)
         if dx is not None and dmask is not None:
             dx *= dmask[:, None, :]
         # dL/d initial state (a functional model's symbolic initial_state takes it)
-        self._state_grads = _masks.initial_state_grads(info, g, gh_in, gc_in)
+        self._state_grads = (g.dh0, g.dc0)
         self._add_regularizer_grads()
         return dx
 
