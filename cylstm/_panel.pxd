@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The packed-panel kernel of include/cylstm_stream.h, declared once for the
 streaming runner (_stream.pyx) and the sequence kernels (_lstm.pyx)."""
-from libc.stdint cimport uint16_t
+from libc.stdint cimport int8_t, uint16_t
 
 
 cdef extern from "cylstm_stream.h" nogil:
@@ -17,6 +17,10 @@ cdef extern from "cylstm_stream.h" nogil:
                                const float* a0, Py_ssize_t ka, Py_ssize_t lda,
                                const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
                                float* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_panel_i8(const int8_t* P, const float* sa, const float* sb,
+                             Py_ssize_t w, Py_ssize_t nrows, const float* a0, Py_ssize_t ka,
+                             Py_ssize_t lda, const float* b0, Py_ssize_t kb,
+                             Py_ssize_t ldb, float* z0, Py_ssize_t ldz) noexcept
     int cyl_stream_cpu_level() noexcept
     const char* CYL_STREAM_CLONES_NAME
     void cyl_stream_barrier() noexcept

@@ -24,7 +24,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from libc.math cimport exp
-from libc.stdint cimport uint16_t
+from libc.stdint cimport int8_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -37,6 +37,7 @@ cnp.import_array()
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_stream_barrier, cyl_stream_cpu_level,
                             cyl_stream_panel_bf16, cyl_stream_panel_f32,
+                            cyl_stream_panel_i8,
                             cyl_stream_panel_f64, cyl_stream_team_size)
 
 cdef extern from "cylstm_math.h" nogil:
@@ -73,6 +74,10 @@ cdef struct LayerC:
     int kind
     int act
     int bf16               # P holds bfloat16 weights (float32 runners only)
+    int i8                 # P holds int8 weights, scaled by ``scale`` (float32 only)
+    const float* scale     # int8: column scales in panel order, ncols for the kernel, then
+    #                        ncols for the recurrent kernel (unused by Dense layers)
+    Py_ssize_t ncols       # columns of the packed matrix: 4H (LSTM), units (Dense)
     Py_ssize_t n_in        # I (LSTM) or input width (Dense)
     Py_ssize_t n_out       # H (LSTM) or units (Dense)
     Py_ssize_t K           # rows of the packed matrix: I + H (LSTM), n_in (Dense)
@@ -133,8 +138,15 @@ cdef inline void _kernel_ld(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ss
                             Py_ssize_t kb, floating* z, Py_ssize_t ldz) noexcept nogil:
     """z (nrows, w) = [a (nrows, ka), b (nrows, kb)] @ the panel starting ``off``
     elements into L.P (rows of a, b contiguous: strides ka, kb; rows of z ldz apart)."""
+    cdef Py_ssize_t col
     if floating is float:
-        if L.bf16:
+        if L.i8:
+            # a panel (or its tail) starts ``off`` = K x its first column in
+            col = off // L.K
+            cyl_stream_panel_i8(<const int8_t*> L.P + off, L.scale + col,
+                                L.scale + L.ncols + col, w, nrows, a, ka, ka, b, kb, kb,
+                                z, ldz)
+        elif L.bf16:
             cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
                                   z, ldz)
         else:
@@ -428,8 +440,18 @@ cdef class Core:
             L = &self._layers[i]
             L.kind = KIND_LSTM if spec.kind == "lstm" else KIND_DENSE
             L.bf16 = spec.P.dtype == np.uint16
-            if L.bf16 and (self._typenum != cnp.NPY_FLOAT32 or use_blas):
-                raise ValueError("bfloat16 weights need a float32 runner on the kernel path")
+            L.i8 = spec.P.dtype == np.int8
+            if (L.bf16 or L.i8) and (self._typenum != cnp.NPY_FLOAT32 or use_blas):
+                raise ValueError(f"{spec.P.dtype} weights need a float32 runner on the "
+                                 "kernel path")
+            L.ncols = spec.P.size // spec.K
+            if L.i8:
+                if spec.scale is None or spec.scale.dtype != np.float32 or \
+                        spec.scale.shape != (2 * L.ncols,):
+                    raise ValueError("int8 weights need float32 column scales "
+                                     f"(2 x {L.ncols})")
+                a = spec.scale
+                L.scale = <const float*> cnp.PyArray_DATA(a)
             L.act = ACTIVATIONS[spec.activation]
             L.n_in = spec.n_in
             L.n_out = spec.n_out

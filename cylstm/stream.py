@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cylstm import _config, _lstm, _stream, _tuning
+from cylstm import quantization as _quant
 from cylstm._typing import ArrayLike
 
 if TYPE_CHECKING:  # annotations only: the runner does not need the models
@@ -73,7 +74,8 @@ def _aligned_empty(n, dtype):
 class _LayerPack:
     """One layer, laid out for the kernel (read-only; shared by runners)."""
 
-    __slots__ = ("K", "P", "activation", "bias", "kind", "n_in", "n_out", "n_panels", "span")
+    __slots__ = ("K", "P", "activation", "bias", "kind", "n_in", "n_out", "n_panels", "scale",
+                 "span")
 
 
 def _bf16_slots(wv):
@@ -103,12 +105,13 @@ def _pack_columns(M, col_groups, K, dtype, bf16=False):
     Within a panel of width w the first wv = w - w % VL columns are stored
     row-major (K, wv), the rest transposed (w - wv, K) (include/cylstm_stream.h).
     Panel p starts at p * K * w_full (every panel but the last is full).  With
-    ``bf16`` the panels hold bfloat16 bits, main-block columns interleaved.
+    ``bf16`` the panels hold bfloat16 bits, main-block columns interleaved; an
+    int8 ``M`` (quantized weights) is packed as it is, with the float32 layout's VL.
     """
-    vl = _VL[dtype]
+    vl = _VL[np.dtype(np.float32) if M.dtype == np.int8 else dtype]
     w_full = len(col_groups[0])
     n = sum(K * len(c) for c in col_groups)
-    out = _aligned_empty(n, np.uint16 if bf16 else dtype)
+    out = _aligned_empty(n, np.uint16 if bf16 else M.dtype if M.dtype == np.int8 else dtype)
     for p, cols in enumerate(col_groups):
         w = len(cols)
         wv = w - w % vl
@@ -125,11 +128,22 @@ def _pack_columns(M, col_groups, K, dtype, bf16=False):
     return out
 
 
-def _pack_lstm(kernel, recurrent_kernel, bias, dtype, bf16=False):
+def _int8_scales(scales, order):
+    """The kernel's and the recurrent kernel's column scales (None: Dense, unused)
+    in panel column order, as one read-only float32 array (2 x columns)."""
+    sa, sb = scales
+    out = np.zeros(2 * len(order), np.float32)
+    out[:len(order)] = sa[order]
+    if sb is not None:
+        out[len(order):] = sb[order]
+    out.flags.writeable = False
+    return out
+
+
+def _pack_lstm(kernel, recurrent_kernel, bias, dtype, wd):
     I, H4 = kernel.shape
     H = H4 // 4
     span = _PANEL_UNITS[dtype]
-    M = np.concatenate([kernel, recurrent_kernel], axis=0).astype(dtype, copy=False)
     groups = []
     for j0 in range(0, H, span):
         j1 = min(H, j0 + span)
@@ -137,7 +151,14 @@ def _pack_lstm(kernel, recurrent_kernel, bias, dtype, bf16=False):
     lp = _LayerPack()
     lp.kind, lp.activation = "lstm", "linear"
     lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = I, H, I + H, span, len(groups)
-    lp.P = _pack_columns(M, groups, I + H, dtype, bf16)
+    lp.scale = None
+    if wd == "int8":
+        (qw, sw), (qu, su) = _quant.quantize_int8(kernel), _quant.quantize_int8(recurrent_kernel)
+        M = np.concatenate([qw, qu], axis=0)
+        lp.scale = _int8_scales((sw, su), np.concatenate(groups))
+    else:
+        M = np.concatenate([kernel, recurrent_kernel], axis=0).astype(dtype, copy=False)
+    lp.P = _pack_columns(M, groups, I + H, dtype, wd == "bfloat16")
     b = np.empty(4 * H, dtype)
     b[:] = np.asarray(bias, dtype)[np.concatenate(groups)]
     b.flags.writeable = False
@@ -145,14 +166,19 @@ def _pack_lstm(kernel, recurrent_kernel, bias, dtype, bf16=False):
     return lp
 
 
-def _pack_dense(kernel, bias, activation, dtype, bf16=False):
+def _pack_dense(kernel, bias, activation, dtype, wd):
     K, U = kernel.shape
     span = 4 * _PANEL_UNITS[dtype]
     groups = [np.arange(j0, min(U, j0 + span)) for j0 in range(0, U, span)]
     lp = _LayerPack()
     lp.kind, lp.activation = "dense", activation
     lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = K, U, K, span, len(groups)
-    lp.P = _pack_columns(np.asarray(kernel, dtype), groups, K, dtype, bf16)
+    lp.scale = None
+    M = np.asarray(kernel, dtype)
+    if wd == "int8":
+        M, s = _quant.quantize_int8(kernel)
+        lp.scale = _int8_scales((s, None), np.concatenate(groups))
+    lp.P = _pack_columns(M, groups, K, dtype, wd == "bfloat16")
     b = np.array(bias, dtype).reshape(U)
     b.flags.writeable = False
     lp.bias = b
@@ -166,35 +192,36 @@ class _Pack:
         self.dtype = np.dtype(dtype)
         if self.dtype not in _PANEL_UNITS:
             raise TypeError(f"a streaming runner computes in float32 or float64; got {dtype}")
-        self.weights_dtype = _weights_dtype(weights_dtype, self.dtype)
-        bf16 = self.weights_dtype == "bfloat16"
+        self.weights_dtype = wd = _weights_dtype(weights_dtype, self.dtype)
         self.layers = []
         for s in specs:
             if s["type"] == "lstm":
                 self.layers.append(_pack_lstm(s["kernel"], s["recurrent_kernel"], s["bias"],
-                                              self.dtype, bf16))
+                                              self.dtype, wd))
             else:
                 self.layers.append(_pack_dense(s["kernel"], s["bias"], s["activation"],
-                                               self.dtype, bf16))
+                                               self.dtype, wd))
         self.nbytes = sum(lp.P.nbytes for lp in self.layers)
 
 
 def _weights_dtype(weights_dtype, dtype):
-    """Canonical name of the packed weights' type: the runner's dtype or 'bfloat16'."""
+    """Canonical name of the packed weights' type: the runner's dtype, 'bfloat16'
+    or 'int8'."""
     if weights_dtype is None:
         return np.dtype(dtype).name
     name = str(weights_dtype).lower()
-    if name in ("bfloat16", "bf16"):
+    if name in ("bfloat16", "bf16", "int8"):
+        name = "int8" if name == "int8" else "bfloat16"
         if np.dtype(dtype) != np.float32:
-            raise ValueError(f"weights_dtype='bfloat16' needs a float32 model; got {dtype}")
-        return "bfloat16"
+            raise ValueError(f"weights_dtype={name!r} needs a float32 model; got {dtype}")
+        return name
     try:
         same = np.dtype(weights_dtype) == np.dtype(dtype)
     except TypeError:
         same = False
     if not same:
-        raise ValueError(f"weights_dtype must be None, {np.dtype(dtype).name!r} or "
-                         f"'bfloat16'; got {weights_dtype!r}")
+        raise ValueError(f"weights_dtype must be None, {np.dtype(dtype).name!r}, "
+                         f"'bfloat16' or 'int8'; got {weights_dtype!r}")
     return np.dtype(dtype).name
 
 
@@ -430,7 +457,8 @@ class StreamRunner(_stream.Core):
             nt = int(num_threads)
         nt = min(nt, max(p.n_panels for p in pack.layers))
         # BLAS has no bfloat16 GEMM: bfloat16 weights always take the kernel
-        use_blas = batch_size >= BLAS_MIN_BATCH and pack.weights_dtype != "bfloat16"
+        use_blas = batch_size >= BLAS_MIN_BATCH and pack.weights_dtype not in ("bfloat16",
+                                                                                "int8")
         if use_blas:
             _config._blas()  # installs BLAS's thread setter in _stream (once per process)
         self._setup(pack, int(batch_size), nt, use_blas, cap)

@@ -625,60 +625,51 @@ static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t wv)
     return g * 32 + (m < 16 ? 2 * m : 2 * (m - 16) + 1);
 }
 
+/* The 64- and 32-column groups of the main block, with vector extensions, at
+ * the variant's register width (VTn, VLn: CYL_DECLARE_VTN): a group's 16 lanes
+ * are 16 / VLn registers, register v holding columns v VLn .. (v + 1) VLn - 1
+ * (low halves) and 16 + v VLn .. (high halves).  At 64 bytes on AVX2 GCC built
+ * each broadcast on the stack, and a step ran 10x slower than float32
+ * ((I, H) = (256, 512) at batch 1: 1176 against 125 us, AMD EPYC (2 cores),
+ * Zen 3, 2026-12-02).  Every output is one accumulator summed in k order, as
+ * in the other bodies. */
 #if CYL_STREAM_VECTOR
-typedef uint32_t cyl_vu __attribute__((vector_size(64)));
-#define CYL_BF_LO(u) ((cyl_vf)((u) << 16))
-#define CYL_BF_HI(u) ((cyl_vf)((u) & 0xffff0000u))
-#endif
-
-/* The 64- and 32-column groups of the main block, with vector extensions. */
-#if CYL_STREAM_VECTOR
+#define CYL_BF16_GROUPS(NG)                                                          \
+        for (; j + 32 * (NG) <= wv; j += 32 * (NG)) {                                \
+            enum { NV_ = 16 / VLn };                                                 \
+            VTn s_[NG][NV_][2];                                                      \
+            int gi_, vi_;                                                              \
+            const uint16_t* p = P + j;                                               \
+            _Pragma("GCC unroll 2") for (gi_ = 0; gi_ < (NG); gi_++)                    \
+                _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++)                 \
+                    s_[gi_][vi_][0] = s_[gi_][vi_][1] = (VTn){0};                        \
+            for (k = 0; k < ka + kb; k++, p += wv) {                                 \
+                const float x_ = k < ka ? a[k] : b[k - ka];                          \
+                _Pragma("GCC unroll 2") for (gi_ = 0; gi_ < (NG); gi_++)                \
+                    _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {           \
+                        const VTu u_ = CYL_LD(VTu, p + 32 * gi_ + 2 * VLn * vi_);      \
+                        s_[gi_][vi_][0] += x_ * (VTn)(u_ << 16);                       \
+                        s_[gi_][vi_][1] += x_ * (VTn)(u_ & 0xffff0000u);               \
+                    }                                                                \
+            }                                                                        \
+            _Pragma("GCC unroll 2") for (gi_ = 0; gi_ < (NG); gi_++)                    \
+                _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {               \
+                    CYL_ST(z + j + 32 * gi_ + VLn * vi_, s_[gi_][vi_][0]);               \
+                    CYL_ST(z + j + 32 * gi_ + 16 + VLn * vi_, s_[gi_][vi_][1]);          \
+                }                                                                    \
+        }
 #define CYL_BF16_VECTOR_PART                                                         \
-        for (; j + 64 <= wv; j += 64) {                                              \
-            cyl_vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                           \
-            const uint16_t* p = P + j;                                               \
-            for (k = 0; k < ka; k++, p += wv) {                                      \
-                const float v = a[k];                                                \
-                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);    \
-                s0 += v * CYL_BF_LO(u0);                                             \
-                s1 += v * CYL_BF_HI(u0);                                             \
-                s2 += v * CYL_BF_LO(u1);                                             \
-                s3 += v * CYL_BF_HI(u1);                                             \
-            }                                                                        \
-            for (k = 0; k < kb; k++, p += wv) {                                      \
-                const float v = b[k];                                                \
-                const cyl_vu u0 = CYL_LD(cyl_vu, p), u1 = CYL_LD(cyl_vu, p + 32);    \
-                s0 += v * CYL_BF_LO(u0);                                             \
-                s1 += v * CYL_BF_HI(u0);                                             \
-                s2 += v * CYL_BF_LO(u1);                                             \
-                s3 += v * CYL_BF_HI(u1);                                             \
-            }                                                                        \
-            CYL_ST(z + j, s0);                                                       \
-            CYL_ST(z + j + 16, s1);                                                  \
-            CYL_ST(z + j + 32, s2);                                                  \
-            CYL_ST(z + j + 48, s3);                                                  \
-        }                                                                            \
-        for (; j + 32 <= wv; j += 32) {                                              \
-            cyl_vf s0 = {0}, s1 = {0};                                               \
-            const uint16_t* p = P + j;                                               \
-            for (k = 0; k < ka; k++, p += wv) {                                      \
-                const cyl_vu u0 = CYL_LD(cyl_vu, p);                                 \
-                s0 += a[k] * CYL_BF_LO(u0);                                          \
-                s1 += a[k] * CYL_BF_HI(u0);                                          \
-            }                                                                        \
-            for (k = 0; k < kb; k++, p += wv) {                                      \
-                const cyl_vu u0 = CYL_LD(cyl_vu, p);                                 \
-                s0 += b[k] * CYL_BF_LO(u0);                                          \
-                s1 += b[k] * CYL_BF_HI(u0);                                          \
-            }                                                                        \
-            CYL_ST(z + j, s0);                                                       \
-            CYL_ST(z + j + 16, s1);                                                  \
+        {                                                                            \
+            typedef uint32_t VTu __attribute__((vector_size(VLn * 4)));             \
+            CYL_BF16_GROUPS(2)                                                       \
+            CYL_BF16_GROUPS(1)                                                       \
         }
 #else
 #define CYL_BF16_VECTOR_PART
 #endif
 #define CYL_PANEL_BF16_BODY()                                                           \
     {                                                                                   \
+        CYL_DECLARE_VTN(float)                                                          \
         const ptrdiff_t VL = CYL_STREAM_VLF;                                            \
         ptrdiff_t r;                                                                    \
         for (r = 0; r < nrows; r++) {                                                   \
@@ -717,6 +708,163 @@ CYL_STREAM_KERNEL(cyl_stream_panel_bf16,
      float* z0, ptrdiff_t ldz),
     (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz),
     CYL_PANEL_BF16_BODY, ())
+
+/*
+ * The same product over int8 weights with float32 scales (weight-only int8:
+ * ``LSTM`` layers of a model quantized with ``quantize("int8")``, and runners
+ * with ``weights_dtype="int8"``).  A panel of width w holds its main block
+ * (K rows x wv int8, row-major, wv = w rounded down to 16) and its tail
+ * ((w - wv) x K int8, transposed), as the float32 layout does (16 columns);
+ * ``sa`` and ``sb`` hold the panel's column scales for the a rows (the kernel,
+ * W) and the b rows (the recurrent kernel, U; not read when kb = 0):
+ *
+ *     z[r, j] = sa[j] * sum_k a[r, k] q[k, j] + sb[j] * sum_k b[r, k] q[ka + k, j]
+ *
+ * Each weight is converted to float in registers and multiplied with the
+ * float32 activation (products and sums in float32, each part summed in k
+ * order: a row gives the same bits in any body and on any thread).  Activations
+ * stay float32, so the error is the weights' rounding alone; a step at batch 1
+ * reads a quarter of the float32 bytes.
+ */
+#define CYL_I8_VW 16   /* the main block's column multiple */
+#if CYL_STREAM_VECTOR
+/* VLn int8 at p as VLn floats.  GCC 12 lowers __builtin_convertvector from
+ * char to float vectors one element at a time (vcvtsi2ss each: the kernel ran
+ * 8x slower than float32), so AVX2 and AVX-512 sign-extend with vpmovsxbd and
+ * convert with vcvtdq2ps; _Generic picks by the body's register type, and the
+ * other levels' helpers are never called from a variant that lacks them. */
+#if CYL_ISA_VARIANTS
+#include <immintrin.h>
+typedef float cyl_i8f8 __attribute__((vector_size(32)));
+typedef float cyl_i8f16 __attribute__((vector_size(64)));
+CYL_TARGET_V3 static inline cyl_i8f8 cyl_i8_to_f8(const signed char* p)
+{
+    return (cyl_i8f8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+CYL_TARGET_V4 static inline cyl_i8f16 cyl_i8_to_f16(const signed char* p)
+{
+    return (cyl_i8f16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+#define CYL_I8_CVT(p) _Generic((VTn){0}, cyl_i8f8: cyl_i8_to_f8(p),                \
+                               cyl_i8f16: cyl_i8_to_f16(p),                        \
+                               default: __builtin_convertvector(CYL_LD(VTi, p), VTn))
+#else
+#define CYL_I8_CVT(p) __builtin_convertvector(CYL_LD(VTi, p), VTn)
+#endif
+/* rows r0 .. r0 + R - 1 (R <= 4; past nrows the last row is repeated, as in the
+ * four-row float body), columns of the main block in chunks of C vectors */
+#define CYL_I8_ROWS(R, C)                                                          \
+    for (; j + (C) * VLn <= wv; j += (C) * VLn) {                             \
+        const float* A_[4]; const float* B_[4]; float* Z_[4];                      \
+        int rr, cc;                                                                \
+        for (rr = 0; rr < 4; rr++) {                                               \
+            const ptrdiff_t row_ = r0 + rr < nrows ? r0 + rr : nrows - 1;          \
+            A_[rr] = a0 + row_ * lda; B_[rr] = b0 + row_ * ldb; Z_[rr] = z0 + row_ * ldz; \
+        }                                                                          \
+        {                                                                          \
+            VTn s_[R][C];                                                          \
+            const signed char* p = (const signed char*)P + j;                      \
+            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
+                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
+                    s_[rr][cc] = (VTn){0};                                         \
+            for (k = 0; k < ka; k++, p += wv) {                                    \
+                VTn q_[C];                                                         \
+                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
+                    q_[cc] = CYL_I8_CVT(p + cc * VLn);                          \
+                _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++) {             \
+                    const float v_ = A_[rr][k];                                    \
+                    _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)           \
+                        s_[rr][cc] += v_ * q_[cc];                                 \
+                }                                                                  \
+            }                                                                      \
+            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
+                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
+                    CYL_ST(Z_[rr] + j + cc * VLn,                                  \
+                           s_[rr][cc] * CYL_LD(VTn, sa + j + cc * VLn));           \
+        }                                                                          \
+        if (kb > 0) {                                                              \
+            VTn s_[R][C];                                                          \
+            const signed char* p = (const signed char*)P + ka * wv + j;            \
+            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
+                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
+                    s_[rr][cc] = (VTn){0};                                         \
+            for (k = 0; k < kb; k++, p += wv) {                                    \
+                VTn q_[C];                                                         \
+                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
+                    q_[cc] = CYL_I8_CVT(p + cc * VLn);                          \
+                _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++) {             \
+                    const float v_ = B_[rr][k];                                    \
+                    _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)           \
+                        s_[rr][cc] += v_ * q_[cc];                                 \
+                }                                                                  \
+            }                                                                      \
+            /* read-modify-write: a repeated last row must add its part once */   \
+            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
+                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++) {             \
+                    float* zz_ = Z_[rr] + j + cc * VLn;                            \
+                    if (r0 + rr < nrows)                                           \
+                        CYL_ST(zz_, CYL_LD(VTn, zz_)                               \
+                               + s_[rr][cc] * CYL_LD(VTn, sb + j + cc * VLn));     \
+                }                                                                  \
+        }                                                                          \
+    }
+#define CYL_I8_VECTOR_PART                                                         \
+    {                                                                              \
+        typedef signed char VTi __attribute__((vector_size(VLn)));                 \
+        /* one row: as many columns per pass as 8 registers hold (64 bytes of     \
+         * weights on AVX2); groups of 4 rows: 2 vectors, 8 accumulators; then   \
+         * single vectors, so that every grouping covers the whole main block */ \
+        enum { C1 = 64 / VLn < 8 ? 64 / VLn : 8 };                                 \
+        if (nrows - r0 >= 2) {                                                     \
+            CYL_I8_ROWS(4, 2)                                                      \
+            CYL_I8_ROWS(4, 1)                                                      \
+        } else {                                                                   \
+            CYL_I8_ROWS(1, C1)                                                     \
+            CYL_I8_ROWS(1, 2)                                                      \
+            CYL_I8_ROWS(1, 1)                                                      \
+        }                                                                          \
+    }
+#else
+#define CYL_I8_VECTOR_PART
+#endif
+#define CYL_PANEL_I8_BODY()                                                        \
+    {                                                                              \
+        CYL_DECLARE_VTN(float)                                                     \
+        const ptrdiff_t K = ka + kb, wv = (w / CYL_I8_VW) * CYL_I8_VW;             \
+        const signed char* Q = (const signed char*)P;                              \
+        ptrdiff_t r0, r, j, k;                                                     \
+        for (r0 = 0; r0 < nrows; r0 += (nrows - r0 >= 2 ? 4 : 1)) {                \
+            j = 0;                                                                 \
+            CYL_I8_VECTOR_PART                                                     \
+            /* the columns left (all of them in portable C), row by row */         \
+            for (r = r0; r < nrows && r < r0 + (nrows - r0 >= 2 ? 4 : 1); r++) {   \
+                const float* a = a0 + r * lda;                                     \
+                const float* b = b0 + r * ldb;                                     \
+                float* z = z0 + r * ldz;                                           \
+                ptrdiff_t c;                                                       \
+                for (c = j; c < w; c++) {                                          \
+                    const signed char* q = c < wv ? Q + c : Q + K * wv + (c - wv) * K; \
+                    const ptrdiff_t st = c < wv ? wv : 1;                          \
+                    float za = 0, zb = 0;                                          \
+                    for (k = 0; k < ka; k++)                                       \
+                        za += a[k] * (float)q[k * st];                             \
+                    for (k = 0; k < kb; k++)                                       \
+                        zb += b[k] * (float)q[(ka + k) * st];                      \
+                    z[c] = za * sa[c];                                             \
+                    if (kb > 0)                                                    \
+                        z[c] += zb * sb[c];                                        \
+                }                                                                  \
+            }                                                                      \
+        }                                                                          \
+    }
+
+CYL_STREAM_KERNEL(cyl_stream_panel_i8,
+    (const int8_t* P, const float* sa, const float* sb, ptrdiff_t w, ptrdiff_t nrows,
+     const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+     const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+     float* z0, ptrdiff_t ldz),
+    (P, sa, sb, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz),
+    CYL_PANEL_I8_BODY, ())
 
 /* The kernel variant calls run now: 2 = AVX-512 (x86-64-v4),
  * 1 = AVX2 + FMA (x86-64-v3), 0 = baseline (the CPU's level, or a lower one

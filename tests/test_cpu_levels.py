@@ -245,6 +245,28 @@ def test_streaming_runner_bfloat16_weights(level):
     np.testing.assert_allclose(got, _stream_ref(rounded, x), rtol=2e-5, atol=2e-5)
 
 
+def _int8_round(a):
+    a = np.asarray(a, np.float32)
+    amax = np.abs(a).max(axis=0)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    return np.clip(np.rint(a / s), -127, 127) * s.astype(np.float64)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("B", [1, 2, 7])   # one row; a group of four (two repeated); 4 + 3
+def test_streaming_runner_int8_weights(level, B):
+    rng = np.random.default_rng(20 + B)
+    specs = [_lstm_spec(rng, 7, 20), _lstm_spec(rng, 20, 37)]   # 64 + 16; 128 + 16 + tail
+    x = rng.standard_normal((B, 6, 7))
+    with _cpu.forced_level(level):
+        r = StreamRunner._from_specs(specs, B, weights_dtype="int8")
+        got = np.stack([r.step(x[:, t].astype(np.float32)).copy() for t in range(6)], axis=1)
+    rounded = [dict(s, kernel=_int8_round(s["kernel"]),
+                    recurrent_kernel=_int8_round(s["recurrent_kernel"]),
+                    bias=np.asarray(s["bias"], np.float32).astype(np.float64)) for s in specs]
+    np.testing.assert_allclose(got, _stream_ref(rounded, x), rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.skipif(DETECTED < 2, reason="the AVX-512 float32 cell needs an AVX-512 CPU")
 @pytest.mark.skipif(not _cpu.VARIANTS, reason="a build without per-level kernels")
 def test_forcing_avx2_leaves_the_avx512_cell():

@@ -190,13 +190,57 @@ def test_bfloat16_weights(H, threads):
     assert 0 < err < 2e-2
 
 
-def test_bfloat16_needs_float32():
+def _int8_round(a):
+    """Per-column symmetric int8 (scale max|a| / 127, round half to even), returned
+    dequantized as float64: written here apart from cylstm.quantization."""
+    a = np.asarray(a, np.float32)
+    amax = np.abs(a).max(axis=0)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(a / s), -127, 127)
+    return q * s.astype(np.float64)
+
+
+@pytest.mark.parametrize("H", [20, 24, 37, 80])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_weights(H, threads):
+    # H = 20, 24, 37: panels of 64 and 32 columns, and 16 + a transposed tail
+    rng = np.random.default_rng(H + 1)
+    specs = [_lstm_spec(rng, 7, H), _dense_spec(rng, H, 70, "tanh")]
+    specs[0]["kernel"][:, 3] = 0   # an all-zero column: scale 1, every q 0
+    x = rng.standard_normal((2, 9, 7))
+    r = StreamRunner._from_specs(specs, 2, num_threads=threads, weights_dtype="int8")
+    assert r.weights_dtype == "int8"
+    got = _run(r, x.astype(np.float32))
+    # exactly the model whose weights are the int8 values times their column scales
+    rounded = [dict(s, kernel=_int8_round(s["kernel"]),
+                    **({"recurrent_kernel": _int8_round(s["recurrent_kernel"])}
+                       if s["type"] == "lstm" else {}),
+                    bias=np.asarray(s["bias"], np.float32).astype(np.float64))
+               for s in specs]
+    np.testing.assert_allclose(got, _stack_ref(rounded, x), rtol=2e-5, atol=2e-5)
+    # and within int8's precision of the float32 model
+    err = np.abs(got - _stack_ref(specs, x)).max()
+    assert 0 < err < 3e-2
+
+
+def test_int8_runner_steps_batch_rows_as_alone():
+    # a batch's rows (groups of four, a last one alone) give each row's batch-1 result
+    rng = np.random.default_rng(5)
+    specs = [_lstm_spec(rng, 9, 37), _dense_spec(rng, 37, 3, "linear")]
+    x = rng.standard_normal((5, 6, 9)).astype(np.float32)
+    got = _run(StreamRunner._from_specs(specs, 5, weights_dtype="int8"), x)
+    for b in range(5):
+        one = _run(StreamRunner._from_specs(specs, 1, weights_dtype="int8"), x[b:b + 1])
+        np.testing.assert_allclose(got[b:b + 1], one, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("wd", ["bfloat16", "int8"])
+def test_reduced_weights_need_float32(wd):
     rng = np.random.default_rng(1)
     with pytest.raises(ValueError, match="float32 model"):
-        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], dtype=np.float64,
-                                 weights_dtype="bfloat16")
+        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], dtype=np.float64, weights_dtype=wd)
     with pytest.raises(ValueError, match="weights_dtype must be"):
-        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], weights_dtype="int8")
+        StreamRunner._from_specs([_lstm_spec(rng, 3, 4)], weights_dtype="int4")
 
 
 def test_matches_torch_lstm_cells_step_by_step():

@@ -151,6 +151,15 @@ def test_bfloat16_pool_matches_bfloat16_runners():
     _random_session(pool, shadow, rng, n_keys=8, n_ops=40, F=8)
 
 
+def test_int8_pool_matches_int8_runners():
+    rng = np.random.default_rng(12)
+    specs = _specs(rng, I=8, H1=48, H2=37, head="linear", U=5)
+    pool = StreamPool._from_specs(specs, max_streams=8, weights_dtype="int8")
+    assert pool.weights_dtype == "int8"
+    shadow = _Shadow(specs, np.float32, "int8")
+    _random_session(pool, shadow, rng, n_keys=8, n_ops=40, F=8)
+
+
 def _model(dtype="float32"):
     m = Sequential([LSTM(24, return_sequences=True, input_shape=(None, 6), dtype=dtype, seed=0),
                     Dropout(0.3),
