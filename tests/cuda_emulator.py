@@ -79,9 +79,8 @@ class DeviceArray:
     def ndim(self):
         return len(self.shape)
 
-    def to_host(self, out=None, pinned=False):
-        # as _cuda.pyx: a new array, or a copy into the caller's (pinned or not, the
-        # bytes are the same)
+    def to_host(self, out=None):
+        # as _cuda.pyx: a new array, or a copy into the caller's
         if out is None:
             return self.a.copy()
         if (not isinstance(out, np.ndarray) or out.shape != self.shape

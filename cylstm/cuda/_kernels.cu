@@ -20,7 +20,6 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "cylstm_cuda.h"
 
@@ -35,12 +34,6 @@ struct cyl_cuda_ctx {
                            // (0: never); see seq_fwd_kernel
     int64_t b7_max_batch;  // batches up to this run the backward's per-step
                            // dh_prev = dz @ U^T in dhprev_kernel, not cuBLAS (0: never)
-    // pinned (cudaHostAlloc) staging for cyl_cuda_d2h_pinned: two halves of
-    // staging_half bytes each, grown on demand up to STAGING_CHUNK, freed by destroy;
-    // staged[k] marks when the copy into half k has landed
-    unsigned char* staging;
-    size_t staging_half;
-    cudaEvent_t staged[2];
     char msg[1024];
 };
 
@@ -888,11 +881,6 @@ void cyl_cuda_destroy(cyl_cuda_ctx* ctx)
     for (int k = 0; k < 2; ++k)
         if (ctx->ones[k])
             cudaFree(ctx->ones[k]);
-    if (ctx->staging)
-        cudaFreeHost(ctx->staging);
-    for (int k = 0; k < 2; ++k)
-        if (ctx->staged[k])
-            cudaEventDestroy(ctx->staged[k]);
     cublasDestroy(ctx->blas);
     cudaStreamDestroy(ctx->stream);
     (void)cudaGetLastError();
@@ -996,86 +984,6 @@ cyl_cuda_status cyl_cuda_d2h(cyl_cuda_ctx* ctx, void* dst, const void* src, size
     CK(cudaSetDevice(ctx->device));
     if (bytes)
         CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
-    CK(cudaStreamSynchronize(ctx->stream));
-    return CYL_CUDA_OK;
-}
-
-// Chunk of cyl_cuda_d2h_pinned: the DMA of chunk k+1 into one pinned half overlaps the
-// host memcpy of chunk k out of the other.  4 MiB: a few chunks for the 16 MiB weight
-// gradients at H = 1024, 8 MiB of pinned memory at most per context.
-#define STAGING_CHUNK ((size_t)4 << 20)
-
-static cyl_cuda_status ensure_staging(cyl_cuda_ctx* ctx, size_t bytes)
-{
-    size_t half = bytes < STAGING_CHUNK ? bytes : STAGING_CHUNK;
-    half = (half + 4095) & ~(size_t)4095;  // whole pages; grows in few steps
-    for (int k = 0; k < 2; ++k)
-        if (ctx->staged[k] == NULL)
-            CK(cudaEventCreateWithFlags(&ctx->staged[k], cudaEventDisableTiming));
-    if (ctx->staging != NULL && ctx->staging_half >= half)
-        return CYL_CUDA_OK;
-    if (ctx->staging != NULL) {
-        // idle: every cyl_cuda_d2h_pinned returns after synchronizing the stream
-        unsigned char* old = ctx->staging;
-        ctx->staging = NULL;
-        ctx->staging_half = 0;
-        CK(cudaFreeHost(old));
-    }
-    void* p = NULL;
-    CK(cudaHostAlloc(&p, 2 * half, cudaHostAllocDefault));
-    ctx->staging = (unsigned char*)p;
-    ctx->staging_half = half;
-    return CYL_CUDA_OK;
-}
-
-cyl_cuda_status cyl_cuda_d2h_pinned(cyl_cuda_ctx* ctx, void* dst, const void* src,
-                                    size_t bytes)
-{
-    if (ctx == NULL || ((dst == NULL || src == NULL) && bytes))
-        return CYL_CUDA_ERR_ARG;
-    CK(cudaSetDevice(ctx->device));
-    if (bytes == 0) {
-        CK(cudaStreamSynchronize(ctx->stream));
-        return CYL_CUDA_OK;
-    }
-    cyl_cuda_status st = ensure_staging(ctx, bytes);
-    if (st != CYL_CUDA_OK)
-        return st;
-    const size_t chunk = ctx->staging_half;
-    const size_t n = (bytes + chunk - 1) / chunk;
-    unsigned char* d = (unsigned char*)dst;
-    const unsigned char* s = (const unsigned char*)src;
-    cudaError_t e = cudaSuccess;
-    const char* what = "";
-    // chunk k goes to half k % 2; half (k+1) % 2 is free again once chunk k - 1 has
-    // been copied out of it, which the host did before issuing chunk k + 1
-    for (size_t k = 0; k <= n && e == cudaSuccess; ++k) {
-        if (k < n) {
-            size_t off = k * chunk, len = bytes - off < chunk ? bytes - off : chunk;
-            unsigned char* half = ctx->staging + (k % 2) * chunk;
-            what = "cudaMemcpyAsync (device to pinned staging)";
-            e = cudaMemcpyAsync(half, s + off, len, cudaMemcpyDeviceToHost, ctx->stream);
-            if (e == cudaSuccess) {
-                what = "cudaEventRecord";
-                e = cudaEventRecord(ctx->staged[k % 2], ctx->stream);
-            }
-            if (e != cudaSuccess)
-                break;
-        }
-        if (k > 0) {
-            size_t j = k - 1, off = j * chunk, len = bytes - off < chunk ? bytes - off : chunk;
-            what = "cudaEventSynchronize (device-to-host copy)";
-            e = cudaEventSynchronize(ctx->staged[j % 2]);
-            if (e == cudaSuccess)
-                memcpy(d + off, ctx->staging + (j % 2) * chunk, len);
-        }
-    }
-    if (e != cudaSuccess) {
-        // nothing may still write into the staging buffer after we return
-        (void)cudaStreamSynchronize(ctx->stream);
-        return cuda_fail(ctx, e, what, __LINE__);
-    }
-    // as cyl_cuda_d2h: report errors of all earlier work of ctx (all of it is done)
     CK(cudaStreamSynchronize(ctx->stream));
     return CYL_CUDA_OK;
 }
