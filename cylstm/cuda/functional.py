@@ -28,17 +28,16 @@ from collections import OrderedDict
 import numpy as np
 
 from cylstm import cuda
-from cylstm._validate import check_grad_out
-from cylstm.functional import (
-    LSTMForward,
-    LSTMGrads,
-    _check_lengths,
-    _weights_dtype,
+from cylstm._validate import (
     as_float_array,
+    check_grad_out,
+    check_lengths,
     check_output_grads,
     check_states,
     check_weights,
+    weights_dtype,
 )
+from cylstm.functional import LSTMForward, LSTMGrads
 
 __all__ = ["lstm_backward", "lstm_forward", "new_weights_version"]
 
@@ -110,7 +109,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     :func:`cylstm.cuda.functional.lstm_backward` (not the CPU one).
     """
     cuda, ext = _backend()
-    dtype = _weights_dtype(kernel)
+    dtype = weights_dtype(kernel)
     W = as_float_array("kernel", kernel, dtype, 2)
     x_on_device = isinstance(x, ext.DeviceArray)
     if x_on_device:
@@ -125,7 +124,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
     B, T, I = x.shape
     U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
-    lens = _check_lengths(lengths, B, T, low=1)   # (length 0: not checked on a GPU yet)
+    lens = check_lengths(lengths, B, T, low=1)   # (length 0: not checked on a GPU yet)
     if initial_state is not None and isinstance(initial_state, (tuple, list)):
         # DeviceArrays (e.g. the h, c of an output_on_device call) come back to the
         # host: they are small, and the kernels update the state buffers in place
