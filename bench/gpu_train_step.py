@@ -1,26 +1,31 @@
-"""Time a host-optimizer GPU training step by each device-to-host copy path.
+"""Time a host-optimizer GPU training step by each way of bringing the gradients back.
 
-    python bench/gpu_train_step.py [--reps N] [--json FILE] [T,B,I,H ...]
+    python bench/gpu_train_step.py [--reps N] [--paths direct,fresh] [--json FILE]
+                                   [T,B,I,H ...]
     # default shapes 25,16,1024,1024 and 50,64,512,512
 
-Needs a ``CYLSTM_CUDA=1`` build and a GPU.  For each shape and each value of
-``CYLSTM_CUDA_D2H`` (see cylstm/cuda/functional.py):
+Needs a ``CYLSTM_CUDA=1`` build and a GPU.  For each shape and each path:
 
-* ``fresh``  - the old path: the gradients come back into new NumPy arrays (pageable
-  cudaMemcpy), then are copied into the model's gradient buffer;
-* ``direct`` - (the default) cudaMemcpy straight into the gradient buffer (host memory
-  in use);
-* ``pinned`` - through the context's pinned staging buffer into it;
+* ``direct`` - the library's: ``lstm_backward(..., out=...)`` copies the weight gradients
+  with one cudaMemcpy each straight into the model's gradient buffer (host memory in use);
+* ``fresh``  - the old path, rebuilt here from the public API for comparison: the
+  gradients stay on the device (``grads_on_device=True``), come back into new NumPy
+  arrays (``DeviceArray.to_host()``), and are then copied into the gradient buffer;
 
 it prints the median of ``--reps`` synchronized calls of
 
 * ``step``: what ``model.fit`` does per LSTM layer: ``lstm_forward`` from NumPy x
   (weights resident, ``weights_version``), training, then ``lstm_backward`` of a NumPy
-  output gradient with ``out=`` views of one flat gradient buffer, no dx;
-* ``copy``: ``lstm_backward``'s share of it beyond the same backward with
-  ``grads_on_device=True`` (i.e. what bringing dW, dU, db, dh0, dc0 back costs);
+  output gradient into the gradient buffer by that path, no dx;
+* ``copy``: the step's share beyond the same backward with ``grads_on_device=True``
+  (i.e. what bringing dW, dU, db, dh0, dc0 back costs);
 * ``train_on_batch``: a whole ``Sequential([LSTM(H), Dense(1)])`` step after
-  ``model.to('cuda')`` with SGD (its host update of the 4(I+H)H weights included).
+  ``model.to('cuda')`` with SGD (its host update of the 4(I+H)H weights included); the
+  layers always take the library's path, so this is measured for ``direct`` only.
+
+A third path, a pinned staging buffer per context, was measured beside these on an H100
+(README.md, "Gradient copy for the host optimizer"), lost to ``direct``, and was removed
+from the library.
 """
 import argparse
 import json
@@ -35,6 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+PATHS = ("direct", "fresh")
+
+
 def _median_ms(fn, reps, warmup=3):
     for _ in range(warmup):
         fn()
@@ -46,7 +54,7 @@ def _median_ms(fn, reps, warmup=3):
     return statistics.median(times) * 1e3
 
 
-def run_shape(T, B, I, H, reps, modes):
+def run_shape(T, B, I, H, reps, paths):
     from cylstm import cuda, layers, models
     from cylstm.cuda import functional as gpu
 
@@ -63,9 +71,20 @@ def run_shape(T, B, I, H, reps, modes):
            flat[I * 4 * H:(I + H) * 4 * H].reshape(H, 4 * H), flat[(I + H) * 4 * H:])
     ctx = cuda.get_context(0)
 
-    def step():
+    def step_direct():
         f = gpu.lstm_forward(x, W, U, b, training=True, weights_version=v)
         gpu.lstm_backward(f.cache, grad_output=dy, need_input_grad=False, out=out)
+
+    def step_fresh():
+        f = gpu.lstm_forward(x, W, U, b, training=True, weights_version=v)
+        g = gpu.lstm_backward(f.cache, grad_output=dy, need_input_grad=False,
+                              grads_on_device=True)
+        for dev, buf in zip((g.dkernel, g.drecurrent_kernel, g.dbias), out):
+            np.copyto(buf, dev.to_host())  # a new array, then into the buffer
+        g.dh0.to_host()
+        g.dc0.to_host()
+
+    steps = {"direct": step_direct, "fresh": step_fresh}
 
     def step_on_device():
         f = gpu.lstm_forward(x, W, U, b, training=True, weights_version=v)
@@ -83,20 +102,13 @@ def run_shape(T, B, I, H, reps, modes):
     model.to("cuda")
 
     rows = {}
-    old = os.environ.get("CYLSTM_CUDA_D2H")
-    try:
-        for mode in modes:
-            os.environ["CYLSTM_CUDA_D2H"] = mode
-            s = _median_ms(step, reps)
-            d = _median_ms(step_on_device, reps)
-            m = _median_ms(lambda: model.train_on_batch(xm, ym), reps)
-            rows[mode] = {"step_ms": s, "grads_on_device_ms": d, "copy_ms": s - d,
-                          "train_on_batch_ms": m}
-    finally:
-        if old is None:
-            os.environ.pop("CYLSTM_CUDA_D2H", None)
-        else:
-            os.environ["CYLSTM_CUDA_D2H"] = old
+    for path in paths:
+        s = _median_ms(steps[path], reps)
+        d = _median_ms(step_on_device, reps)
+        m = (_median_ms(lambda: model.train_on_batch(xm, ym), reps) if path == "direct"
+             else None)
+        rows[path] = {"step_ms": s, "grads_on_device_ms": d, "copy_ms": s - d,
+                      "train_on_batch_ms": m}
     return rows
 
 
@@ -104,10 +116,13 @@ def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shapes", nargs="*", default=["25,16,1024,1024", "50,64,512,512"])
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--modes", default="fresh,direct,pinned")
+    ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--json")
     ap.add_argument("--emulate", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    paths = args.paths.split(",")
+    if not set(paths) <= set(PATHS):
+        ap.error(f"--paths: choose from {', '.join(PATHS)}; got {args.paths!r}")
     from cylstm import cuda
 
     if args.emulate:  # check this script without a GPU (tests/cuda_emulator.py)
@@ -125,12 +140,13 @@ def main(argv):
     result = {"device": name, "reps": args.reps, "shapes": {}}
     for text in args.shapes:
         T, B, I, H = (int(t) for t in text.split(","))
-        rows = run_shape(T, B, I, H, args.reps, args.modes.split(","))
+        rows = run_shape(T, B, I, H, args.reps, paths)
         result["shapes"][text] = rows
-        for mode, r in rows.items():
-            print(f"{(T, B, I, H)!s:>22} {mode:>7} {r['step_ms']:8.2f} "
+        for path, r in rows.items():
+            tob = r["train_on_batch_ms"]
+            print(f"{(T, B, I, H)!s:>22} {path:>7} {r['step_ms']:8.2f} "
                   f"{r['grads_on_device_ms']:8.2f} {r['copy_ms']:8.2f} "
-                  f"{r['train_on_batch_ms']:15.2f}", flush=True)
+                  f"{'-' if tob is None else f'{tob:.2f}':>15}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

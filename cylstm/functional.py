@@ -26,7 +26,16 @@ import numpy as np
 from cylstm import _checkpoint, _config, _lstm, _packcache, _tuning
 from cylstm._checkpoint import CheckpointPlan, cache_nbytes, plan_checkpoints
 from cylstm._typing import ArrayLike
-from cylstm._validate import check_grad_out
+from cylstm._validate import (
+    as_float_array,
+    check_grad_out,
+    check_lengths,
+    check_output_grads,
+    check_states,
+    check_weights,
+    real_array,
+    weights_dtype,
+)
 from cylstm._workspace import give, take
 
 __all__ = ["BackwardPlan", "CheckpointPlan", "ForwardPlan", "LSTMForward", "LSTMGrads",
@@ -52,36 +61,6 @@ _LLC = None
 
 _lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
 _lstm.set_pool_backoff_ns(_tuning.POOL_BACKOFF_NS)
-
-def _dtype_of(name, a):
-    a = np.asarray(a) if not isinstance(a, np.ndarray) else a
-    k = a.dtype.kind
-    if k in "cOSUVMm":
-        raise TypeError(f"{name} must be a real numeric array; got dtype {a.dtype}")
-    return a
-
-
-def as_float_array(name, a, dtype, ndim=None):
-    """Return ``a`` as a C-contiguous array of ``dtype``; refuse complex/object."""
-    if a is None:
-        raise TypeError(f"{name} must be an array; got None")
-    try:
-        arr = _dtype_of(name, a)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, TypeError) and str(e).startswith(name):
-            raise
-        raise TypeError(f"{name} must be a numeric array; got {type(a).__name__}") from e
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dims; got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
-
-
-def _weights_dtype(kernel):
-    k = _dtype_of("kernel", kernel)
-    if k.dtype == np.float64:
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
-
 
 @dataclasses.dataclass(frozen=True)
 class ForwardPlan:
@@ -385,112 +364,6 @@ def _check_sizes(B, T, I, H, itemsize, training):
             )
 
 
-def _check_lengths(lengths, B, T, low=0):
-    """Validated per-sample lengths (int64, C-contiguous) in [low, T], or None for
-    all full.  A length of 0 is valid on CPU: that sample's outputs are zeros, its
-    final state its initial one, and it takes no gradient but the one it passes
-    straight to the initial state."""
-    if lengths is None:
-        return None
-    la = np.asarray(lengths)
-    if la.dtype.kind not in "iu":
-        if la.dtype.kind == "f" and np.all(np.isfinite(la)) and np.all(la == np.round(la)):
-            la = la.astype(np.int64)
-        else:
-            raise TypeError(f"lengths must be integers; got dtype {la.dtype}")
-    if la.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},) (one per sample); got {la.shape}")
-    if B and (la.min() < low or la.max() > T):
-        raise ValueError(
-            f"lengths must lie in [{low}, {T}] (time steps of x); got min {la.min()}, "
-            f"max {la.max()}"
-        )
-    la = np.ascontiguousarray(la, dtype=np.int64)
-    if B and la.min() == T:
-        return None  # all full: the fast path
-    return la
-
-
-def check_weights(x_shape, W, recurrent_kernel, bias, dtype):
-    """Validate the weights against ``x_shape`` (B, T, I) and the kernel ``W``
-    (already an array of ``dtype``); return (U, bias, units).  Shared by the
-    CPU and CUDA entry points."""
-    _B, T, I = x_shape
-    if W.shape[0] != I or W.shape[1] % 4 or W.shape[1] == 0:
-        raise ValueError(
-            f"kernel must have shape (input_dim={I}, 4*units); got {W.shape} for x of shape "
-            f"{tuple(x_shape)}"
-        )
-    H = W.shape[1] // 4
-    U = as_float_array("recurrent_kernel", recurrent_kernel, dtype, 2)
-    if U.shape != (H, 4 * H):
-        raise ValueError(
-            f"recurrent_kernel must have shape ({H}, {4 * H}) for kernel of shape {W.shape}; "
-            f"got {U.shape}"
-        )
-    if bias is None:
-        b = np.zeros(4 * H, dtype)
-    else:
-        b = as_float_array("bias", bias, dtype, 1)
-        if b.shape != (4 * H,):
-            raise ValueError(f"bias must have shape ({4 * H},); got {b.shape}")
-    if T == 0:
-        raise ValueError(f"x has zero time steps (shape {tuple(x_shape)}); an LSTM needs T >= 1")
-    if I == 0:
-        raise ValueError(f"x has zero features (shape {tuple(x_shape)})")
-    return U, b, H
-
-
-def check_states(initial_state, recurrent_mask, B, H, dtype):
-    """Return fresh (h, c) state buffers (the kernels update them in place, so
-    the caller's arrays are always copied) and the recurrent mask or None."""
-    if initial_state is None:
-        hs = np.zeros((B, H), dtype)
-        cs = np.zeros((B, H), dtype)
-    else:
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-            raise TypeError("initial_state must be a pair (h0, c0)")
-        hs = np.array(as_float_array("h0", initial_state[0], dtype), dtype=dtype, order="C")
-        cs = np.array(as_float_array("c0", initial_state[1], dtype), dtype=dtype, order="C")
-        for name, a in (("h0", hs), ("c0", cs)):
-            if a.shape != (B, H):
-                raise ValueError(f"{name} must have shape (batch={B}, units={H}); got {a.shape}")
-    rmask = None
-    if recurrent_mask is not None:
-        rmask = as_float_array("recurrent_mask", recurrent_mask, dtype)
-        if rmask.shape != (B, H):
-            raise ValueError(
-                f"recurrent_mask must have shape (batch={B}, units={H}); got {rmask.shape}"
-            )
-    return hs, cs, rmask
-
-
-def check_output_grads(grad_output, grad_h, grad_c, return_sequences, B, T, H, dtype):
-    """Validate the incoming gradients of a backward call; return (dy or None,
-    dL/dh_T, dL/dc_T) with a last-step-only ``grad_output`` folded into dL/dh_T.
-    Shared by the CPU and CUDA entry points."""
-    dhs = np.zeros((B, H), dtype)
-    dcs = np.zeros((B, H), dtype)
-    dy = None
-    if grad_output is not None:
-        g = as_float_array("grad_output", grad_output, dtype)
-        if return_sequences:
-            if g.shape != (B, T, H):
-                raise ValueError(f"grad_output must have shape {(B, T, H)}; got {g.shape}")
-            dy = g
-        else:
-            if g.shape != (B, H):
-                raise ValueError(f"grad_output must have shape {(B, H)}; got {g.shape}")
-            dhs += g
-    for name, g, dst in (("grad_h", grad_h, dhs), ("grad_c", grad_c, dcs)):
-        if g is not None:
-            g = as_float_array(name, g, dtype)
-            if g.shape != (B, H):
-                raise ValueError(f"{name} must have shape {(B, H)}; got {g.shape}")
-            dst += g
-    return dy, dhs, dcs
-
-
 def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
                  bias: ArrayLike | None = None, *,
                  initial_state: Sequence[ArrayLike] | None = None,
@@ -550,15 +423,15 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
     LSTMForward(output, h, c, cache)
     """
     every = _checkpoint.check_every(checkpoint_every)
-    dtype = _weights_dtype(kernel)
+    dtype = weights_dtype(kernel)
     W = as_float_array("kernel", kernel, dtype, 2)
-    xs = np.shape(x) if isinstance(x, np.ndarray) else np.shape(_dtype_of("x", x))
+    xs = np.shape(x) if isinstance(x, np.ndarray) else np.shape(real_array("x", x))
     if len(xs) != 3:
         raise ValueError(f"x must have 3 dims (batch, time, features); got shape {xs}")
     cplan = None
     if W.shape[1] % 4 == 0 and W.shape[1]:
         if training and every is not None and xs[0] and xs[1] and xs[2]:
-            lp = _check_lengths(lengths, xs[0], xs[1])
+            lp = check_lengths(lengths, xs[0], xs[1])
             cplan = plan_checkpoints(xs[0], xs[1], xs[2], W.shape[1] // 4, dtype, every,
                                      n_threads=_threads_for(xs[0], num_threads)[1],
                                      max_steps=None if lp is None else int(lp.max()))
@@ -567,7 +440,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
     x = as_float_array("x", x, dtype)
     B, T, I = x.shape
     U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
-    lens = _check_lengths(lengths, B, T)
+    lens = check_lengths(lengths, B, T)
     hs, cs, rmask = check_states(initial_state, recurrent_mask, B, H, dtype)
     hm = None if rmask is None else np.empty((B, H), dtype)
     c0 = cs.copy() if training else None

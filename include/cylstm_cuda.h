@@ -101,18 +101,6 @@ cyl_cuda_status cyl_cuda_memset0(cyl_cuda_ctx* ctx, void* ptr, size_t bytes);
 cyl_cuda_status cyl_cuda_h2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t bytes);
 /* device -> host (synchronizes: reports errors of all earlier work of ctx) */
 cyl_cuda_status cyl_cuda_d2h(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t bytes);
-/* device -> host through a pinned (cudaHostAlloc) staging buffer of the context, in
- * chunks of up to 4 MiB: the DMA of one chunk overlaps the host memcpy of the previous
- * one.  Same contract as cyl_cuda_d2h (synchronizes, reports earlier errors), but the
- * DMA runs at pinned speed whatever `dst` is (on an H100 machine 32 MiB into a fresh
- * pageable array took 14.6 ms, into pinned memory 0.65 ms; but 2 x 16 MiB into host
- * memory already in use took 5.7 ms this way, 3.5 ms by cyl_cuda_d2h, presumably as
- * the host memcpy out of the staging buffer costs more than it saves: the Python
- * wrapper uses it only on request).  The buffer (2 x up to
- * 4 MiB) is allocated on first use, grown as needed and freed by cyl_cuda_destroy;
- * like all calls on a context, callers from several threads must serialize. */
-cyl_cuda_status cyl_cuda_d2h_pinned(cyl_cuda_ctx* ctx, void* dst, const void* src,
-                                    size_t bytes);
 /* device -> device; the ranges must not overlap */
 cyl_cuda_status cyl_cuda_d2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t bytes);
 cyl_cuda_status cyl_cuda_synchronize(cyl_cuda_ctx* ctx);

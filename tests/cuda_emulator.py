@@ -79,9 +79,8 @@ class DeviceArray:
     def ndim(self):
         return len(self.shape)
 
-    def to_host(self, out=None, pinned=False):
-        # as _cuda.pyx: a new array, or a copy into the caller's (pinned or not, the
-        # bytes are the same)
+    def to_host(self, out=None):
+        # as _cuda.pyx: a new array, or a copy into the caller's
         if out is None:
             return self.a.copy()
         if (not isinstance(out, np.ndarray) or out.shape != self.shape
@@ -140,6 +139,32 @@ def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
+# _kernels.cu's cell, written once there and once here; each kernel below calls these
+# where the .cu kernel calls them (over the whole vector of threads at once)
+
+
+def cell_gate(q, z):
+    """Gate block q (0, 1, 2, 3 for i, f, g, o; per thread) of z activated."""
+    return np.where(np.asarray(q) == 2, np.tanh(z), _sigmoid(z))
+
+
+def cell_forward(gi, gf, gg, go, c_prev):
+    """The update of each unit from its activated gates: (c, h)."""
+    c = gf * c_prev + gi * gg
+    return c, go * np.tanh(c)
+
+
+def cell_backward(gi, gf, gg, go, c, c_prev, dh, dc):
+    """Steps (B1)-(B6) of each unit: ((dz_i, dz_f, dz_g, dz_o), dL/dc_prev)."""
+    tc = np.tanh(c)                               # (B1)
+    dcj = dc + dh * go * (1 - tc * tc)            # (B3)
+    dz = (dcj * gg * gi * (1 - gi),               # (B4, B6) i
+          dcj * c_prev * gf * (1 - gf),           # f
+          dcj * gi * (1 - gg * gg),               # g
+          dh * tc * go * (1 - go))                # (B2, B6) o
+    return dz, dcj * gf                           # (B5)
+
+
 def fwd_step_kernel(B, T, H, s, reverse, lengths, G, Z, bias, h, c, y, Cs, Hp, rmask, hm,
                     store_gates):
     j = np.arange(H)  # the threads of one sample, run together
@@ -152,12 +177,11 @@ def fwd_step_kernel(B, T, H, s, reverse, lengths, G, Z, bias, h, c, y, Cs, Hp, r
         g = G[row * 4 * H:(row + 1) * 4 * H]
         z = Z[b * 4 * H:(b + 1) * 4 * H]
         idx = b * H + j
-        gi = _sigmoid(g[j] + z[j] + bias[j])
-        gf = _sigmoid(g[H + j] + z[H + j] + bias[H + j])
-        gg = np.tanh(g[2 * H + j] + z[2 * H + j] + bias[2 * H + j])
-        go = _sigmoid(g[3 * H + j] + z[3 * H + j] + bias[3 * H + j])
-        cn = gf * c[idx] + gi * gg
-        hn = go * np.tanh(cn)
+        gi = cell_gate(0, g[j] + z[j] + bias[j])
+        gf = cell_gate(1, g[H + j] + z[H + j] + bias[H + j])
+        gg = cell_gate(2, g[2 * H + j] + z[2 * H + j] + bias[2 * H + j])
+        go = cell_gate(3, g[3 * H + j] + z[3 * H + j] + bias[3 * H + j])
+        cn, hn = cell_forward(gi, gf, gg, go, c[idx])
         if Hp is not None:
             Hp[row * H + j] = hm[idx] if rmask is not None else h[idx]
         if store_gates:
@@ -195,16 +219,10 @@ def bwd_step_kernel(B, T, H, s, reverse, lengths, G, Cs, c0, dy, dh_last, dHp, r
             tp = t + 1 if reverse else t - 1
             cp = Cs[(b * T + tp) * H + j]
         g = G[row * 4 * H:(row + 1) * 4 * H]
-        gi, gf, gg, go = g[j].copy(), g[H + j].copy(), g[2 * H + j].copy(), g[3 * H + j].copy()
-        tc = np.tanh(Cs[row * H + j])                 # (B1)
-        dcj = dc[idx] + dhj * go * (1 - tc * tc)      # (B3)
-        dzi = dcj * gg * gi * (1 - gi)                # (B4, B6)
-        dzf = dcj * cp * gf * (1 - gf)
-        dzg = dcj * gi * (1 - gg * gg)
-        dzo = dhj * tc * go * (1 - go)                # (B2, B6)
-        dc[idx] = dcj * gf                            # (B5)
-        g[j], g[H + j], g[2 * H + j], g[3 * H + j] = dzi, dzf, dzg, dzo
-        d[j], d[H + j], d[2 * H + j], d[3 * H + j] = dzi, dzf, dzg, dzo
+        dz, dc[idx] = cell_backward(g[j], g[H + j], g[2 * H + j], g[3 * H + j],
+                                    Cs[row * H + j], cp, dhj, dc[idx])
+        g[j], g[H + j], g[2 * H + j], g[3 * H + j] = dz
+        d[j], d[H + j], d[2 * H + j], d[3 * H + j] = dz
 
 
 def seq_fwd_kernel(B, T, H, reverse, lengths, G, U, bias, h, c, y, Cs, Hp, rmask,
@@ -212,8 +230,8 @@ def seq_fwd_kernel(B, T, H, reverse, lengths, G, U, bias, h, c, y, Cs, Hp, rmask
     """One block per sample; the phases between __syncthreads run in order."""
     H4 = 4 * H
     k = np.arange(H4)  # threads k < 4H (the padding threads do nothing)
+    q = k // H  # the gate block of each thread
     j = np.arange(H)
-    is_g = (k >= 2 * H) & (k < 3 * H)
     for b in range(B):
         L = T if lengths is None else int(lengths[b])
         base = b * H
@@ -226,13 +244,12 @@ def seq_fwd_kernel(B, T, H, reverse, lengths, G, U, bias, h, c, y, Cs, Hp, rmask
             acc = G[row * H4 + k] + bias[k]
             for m in range(H):
                 acc = acc + hsrc[m] * U[m * H4 + k]
-            gate = np.where(is_g, np.tanh(acc), _sigmoid(acc))
+            gate = cell_gate(q, acc)
             if store_gates:
                 G[row * H4 + k] = gate
             # __syncthreads()
-            gi, gf, gg, go = gate[j], gate[H + j], gate[2 * H + j], gate[3 * H + j]
-            c_reg = gf * c_reg + gi * gg
-            h_reg = go * np.tanh(c_reg)
+            c_reg, h_reg = cell_forward(gate[j], gate[H + j], gate[2 * H + j], gate[3 * H + j],
+                                        c_reg)
             if Hp is not None:
                 Hp[row * H + j] = hsrc
             if y is not None:
@@ -265,16 +282,10 @@ def seq_bwd_kernel(B, T, H, reverse, lengths, G, Cs, c0, U, dy, dh, dc, rmask):
                 tp = t + 1 if reverse else t - 1
                 cp = Cs[(b * T + tp) * H + j]
             g = G[row * H4:(row + 1) * H4]
-            gi, gf, gg, go = g[j].copy(), g[H + j].copy(), g[2 * H + j].copy(), g[3 * H + j].copy()
-            tc = np.tanh(Cs[row * H + j])
-            dcj = dc_reg + dhj * go * (1 - tc * tc)
-            dzi = dcj * gg * gi * (1 - gi)
-            dzf = dcj * cp * gf * (1 - gf)
-            dzg = dcj * gi * (1 - gg * gg)
-            dzo = dhj * tc * go * (1 - go)
-            dc_reg = dcj * gf
-            g[j], g[H + j], g[2 * H + j], g[3 * H + j] = dzi, dzf, dzg, dzo
-            dz = np.concatenate([dzi, dzf, dzg, dzo])
+            d, dc_reg = cell_backward(g[j], g[H + j], g[2 * H + j], g[3 * H + j],
+                                      Cs[row * H + j], cp, dhj, dc_reg)
+            g[j], g[H + j], g[2 * H + j], g[3 * H + j] = d
+            dz = np.concatenate(d)
             # __syncthreads(); (B7) one warp per row m of U
             Um = U.reshape(H, H4)
             acc = np.array([np.sum(dz * Um[m]) for m in range(H)])

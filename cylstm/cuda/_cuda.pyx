@@ -31,8 +31,6 @@ cdef extern from "cylstm_cuda.h" nogil:
     cyl_cuda_status cyl_cuda_memset0(cyl_cuda_ctx* ctx, void* ptr, size_t nbytes)
     cyl_cuda_status cyl_cuda_h2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t nbytes)
     cyl_cuda_status cyl_cuda_d2h(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t nbytes)
-    cyl_cuda_status cyl_cuda_d2h_pinned(cyl_cuda_ctx* ctx, void* dst, const void* src,
-                                        size_t nbytes)
     cyl_cuda_status cyl_cuda_d2d(cyl_cuda_ctx* ctx, void* dst, const void* src, size_t nbytes)
     cyl_cuda_status cyl_cuda_synchronize(cyl_cuda_ctx* ctx)
     cyl_cuda_status cyl_cuda_lstm_forward_f32(
@@ -244,15 +242,12 @@ cdef class DeviceArray:
                        "device-to-device copy")
         return self
 
-    def to_host(self, out=None, bint pinned=False):
+    def to_host(self, out=None):
         """Copy to a new (or the given C-contiguous) host array; synchronizes.
 
-        Default: one cudaMemcpy straight into ``out``.  ``pinned`` goes through the
-        context's reusable pinned staging buffer (cyl_cuda_d2h_pinned) instead; on the
-        H100 machine measured that was slower (the host memcpy out of the staging
-        buffer costs more than the pageable DMA it saves).  Give ``out`` an array
-        already in use (e.g. a model's gradient buffer) where you can: writing freshly
-        allocated host memory costs page faults on top of the copy.
+        One cudaMemcpy straight into ``out``.  Give ``out`` an array already in use
+        (e.g. a model's gradient buffer) where you can: writing freshly allocated host
+        memory costs page faults on top of the copy.
         """
         cdef cyl_cuda_status st
         cdef unsigned char[::1] view
@@ -269,10 +264,7 @@ cdef class DeviceArray:
         view = out.reshape(-1).view(np.uint8)
         dst = &view[0]
         with nogil:
-            if pinned:
-                st = cyl_cuda_d2h_pinned(self.ctx.ctx, dst, self.data, self.nbytes)
-            else:
-                st = cyl_cuda_d2h(self.ctx.ctx, dst, self.data, self.nbytes)
+            st = cyl_cuda_d2h(self.ctx.ctx, dst, self.data, self.nbytes)
         self.ctx.check(st, "device-to-host copy")
         return out
 

@@ -2,7 +2,8 @@
 //
 // The C interface, layouts and aliasing rules are documented in include/cylstm_cuda.h.
 // The decomposition mirrors the CPU kernels (cylstm/_lstm.pyx) step for step, and the
-// cell math is the one of cylstm/_cell.pxd, with the same step numbers (B1)..(B8):
+// cell math is the one of cylstm/_cell.pxd, with the same step numbers (B1)..(B8),
+// written once in cell_gate, cell_forward and cell_backward below:
 //
 //   z = x_t @ W + h_prev @ U + b,  blocks [i | f | g | o] of H each
 //   i = sigmoid(z_i)  f = sigmoid(z_f)  g = tanh(z_g)  o = sigmoid(z_o)
@@ -19,7 +20,6 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "cylstm_cuda.h"
 
@@ -34,12 +34,6 @@ struct cyl_cuda_ctx {
                            // (0: never); see seq_fwd_kernel
     int64_t b7_max_batch;  // batches up to this run the backward's per-step
                            // dh_prev = dz @ U^T in dhprev_kernel, not cuBLAS (0: never)
-    // pinned (cudaHostAlloc) staging for cyl_cuda_d2h_pinned: two halves of
-    // staging_half bytes each, grown on demand up to STAGING_CHUNK, freed by destroy;
-    // staged[k] marks when the copy into half k has landed
-    unsigned char* staging;
-    size_t staging_half;
-    cudaEvent_t staged[2];
     char msg[1024];
 };
 
@@ -108,6 +102,48 @@ __device__ __forceinline__ double dsigmoid(double x) { return 1.0 / (1.0 + exp(-
 __device__ __forceinline__ float dtanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double dtanh(double x) { return tanh(x); }
 
+// ---------------------------------------------------------------- the cell, written once
+//
+// Every kernel below runs the cell through these three functions (tests/cuda_emulator.py
+// has one Python function for each).  The forward comes in two parts because the
+// one-launch time loop (seq_fwd_kernel) splits it there: its 4H threads activate one gate
+// each, then after a barrier its first H threads update one unit each; the per-step
+// kernel calls both parts in one thread.
+
+// Gate block q of z activated (q = 0, 1, 2, 3 for i, f, g, o): tanh for g, else sigmoid.
+template <typename F>
+__device__ __forceinline__ F cell_gate(int q, F z)
+{
+    return q == 2 ? dtanh(z) : dsigmoid(z);
+}
+
+// The update of one unit from its activated gates: c = f * c_prev + i * g,
+// h = o * tanh(c).  Returns c and stores h in *h.
+template <typename F>
+__device__ __forceinline__ F cell_forward(F gi, F gf, F gg, F go, F c_prev, F* h)
+{
+    const F c = gf * c_prev + gi * gg;
+    *h = go * dtanh(c);
+    return c;
+}
+
+// Steps (B1)-(B6) of _cell.pxd's cell_backward for one unit: gi..go its activated gates
+// in the forward step, c the cell that step made and c_prev the one it started from,
+// dh the whole dL/dh reaching the step, dc dL/dc from the next step.  Stores dL/dz of
+// the gates [i, f, g, o] in dz[0..3] and returns dL/dc_prev.
+template <typename F>
+__device__ __forceinline__ F cell_backward(F gi, F gf, F gg, F go, F c, F c_prev, F dh, F dc,
+                                           F* dz)
+{
+    const F tc = dtanh(c);                                // (B1)
+    const F dcj = dc + dh * go * ((F)1 - tc * tc);        // (B3)
+    dz[0] = dcj * gg * gi * ((F)1 - gi);                  // (B4, B6) i
+    dz[1] = dcj * c_prev * gf * ((F)1 - gf);              // f
+    dz[2] = dcj * gi * ((F)1 - gg * gg);                  // g
+    dz[3] = dh * tc * go * ((F)1 - go);                   // (B2, B6) o
+    return dcj * gf;                                      // (B5)
+}
+
 // ---------------------------------------------------------------- kernels
 
 static const int THREADS = 256;
@@ -117,7 +153,7 @@ static inline unsigned int blocks_for(int64_t n)
     return (unsigned int)((n + THREADS - 1) / THREADS);
 }
 
-// One forward step for every (sample b, unit j): the body of _cell.pxd's cell_forward.
+// One forward step for every (sample b, unit j): _cell.pxd's cell_forward for one unit.
 // G row (b, t) holds x_t @ W on entry and the activated gates on exit (kept for the
 // backward when `store_gates`); Z row b holds h_prev @ U.  Each thread reads and
 // writes only element j of its sample's h/c, and the GEMM that read h_prev ran
@@ -143,12 +179,12 @@ __global__ void fwd_step_kernel(int B, int T, int H, int s, int reverse,
     int64_t row = (int64_t)b * T + t;
     F* g = G + row * 4 * H;
     const F* z = Z + (int64_t)b * 4 * H;
-    F gi = dsigmoid(g[j] + z[j] + bias[j]);
-    F gf = dsigmoid(g[H + j] + z[H + j] + bias[H + j]);
-    F gg = dtanh(g[2 * H + j] + z[2 * H + j] + bias[2 * H + j]);
-    F go = dsigmoid(g[3 * H + j] + z[3 * H + j] + bias[3 * H + j]);
-    F cn = gf * c[idx] + gi * gg;
-    F hn = go * dtanh(cn);
+    F gi = cell_gate(0, g[j] + z[j] + bias[j]);
+    F gf = cell_gate(1, g[H + j] + z[H + j] + bias[H + j]);
+    F gg = cell_gate(2, g[2 * H + j] + z[2 * H + j] + bias[2 * H + j]);
+    F go = cell_gate(3, g[3 * H + j] + z[3 * H + j] + bias[3 * H + j]);
+    F hn;
+    F cn = cell_forward(gi, gf, gg, go, c[idx], &hn);
     if (Hp != NULL)  // what the recurrent GEMM read: h_prev, masked under recurrent dropout
         Hp[row * H + j] = rmask != NULL ? hm[idx] : h[idx];
     if (store_gates) {
@@ -211,22 +247,17 @@ __global__ void bwd_step_kernel(int B, int T, int H, int s, int reverse,
         cp = Cs[((int64_t)b * T + tp) * H + j];
     }
     F* g = G + row * 4 * H;
-    F gi = g[j], gf = g[H + j], gg = g[2 * H + j], go = g[3 * H + j];
-    F tc = dtanh(Cs[row * H + j]);                        // (B1)
-    F dcj = dc[idx] + dhj * go * ((F)1 - tc * tc);        // (B3)
-    F dzi = dcj * gg * gi * ((F)1 - gi);                  // (B4, B6) i
-    F dzf = dcj * cp * gf * ((F)1 - gf);                  // f
-    F dzg = dcj * gi * ((F)1 - gg * gg);                  // g
-    F dzo = dhj * tc * go * ((F)1 - go);                  // (B2, B6) o
-    dc[idx] = dcj * gf;                                   // (B5)
-    g[j] = dzi;
-    g[H + j] = dzf;
-    g[2 * H + j] = dzg;
-    g[3 * H + j] = dzo;
-    d[j] = dzi;
-    d[H + j] = dzf;
-    d[2 * H + j] = dzg;
-    d[3 * H + j] = dzo;
+    F dz[4];
+    dc[idx] = cell_backward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], Cs[row * H + j], cp,
+                            dhj, dc[idx], dz);
+    g[j] = dz[0];
+    g[H + j] = dz[1];
+    g[2 * H + j] = dz[2];
+    g[3 * H + j] = dz[3];
+    d[j] = dz[0];
+    d[H + j] = dz[1];
+    d[2 * H + j] = dz[2];
+    d[3 * H + j] = dz[3];
 }
 
 // ---- the time loop in one launch (small H)
@@ -238,12 +269,6 @@ __global__ void bwd_step_kernel(int B, int T, int H, int s, int reverse,
 // then the cell update, then the next step.  Samples are independent, so the blocks
 // never wait for each other: one launch for the whole recurrence.  blockDim.x is 4H
 // rounded up to a warp (4H <= 1024); h and c of unit j live in thread j's registers.
-
-template <typename F>
-__device__ __forceinline__ F gate_act(int64_t k, int64_t H, F z)
-{
-    return (k >= 2 * H && k < 3 * H) ? dtanh(z) : dsigmoid(z);
-}
 
 // hsrc's length in seq_fwd_kernel's shared memory: H rounded up to 32 elements
 __host__ __device__ __forceinline__ int seq_fwd_hpad(int64_t H)
@@ -267,6 +292,7 @@ __global__ void seq_fwd_kernel(int T, int H, int reverse, const int64_t* __restr
     F* gate = hsrc + seq_fwd_hpad(H);           // (4H): activated gates of this step
     const int b = blockIdx.x;
     const int k = threadIdx.x;
+    const int q = k / H;  // the gate block of thread k < 4H
     const int H4 = 4 * H;
     const int L = lengths == NULL ? T : (int)lengths[b];
     const int64_t base = (int64_t)b * H;
@@ -287,17 +313,15 @@ __global__ void seq_fwd_kernel(int T, int H, int reverse, const int64_t* __restr
 #pragma unroll 4
             for (int m = 0; m < H; ++m)
                 acc += hsrc[m] * __ldg(u + (int64_t)m * H4);
-            F a = gate_act<F>(k, H, acc);
+            F a = cell_gate(q, acc);
             gate[k] = a;
             if (store_gates)
                 G[row * H4 + k] = a;
         }
         __syncthreads();  // all gates written, all reads of hsrc done
         if (k < H) {
-            const F gi = gate[k], gf = gate[H + k], gg = gate[2 * H + k],
-                    go = gate[3 * H + k];
-            c_reg = gf * c_reg + gi * gg;
-            h_reg = go * dtanh(c_reg);
+            c_reg = cell_forward(gate[k], gate[H + k], gate[2 * H + k], gate[3 * H + k], c_reg,
+                                 &h_reg);
             if (Hp != NULL)
                 Hp[row * H + k] = hsrc[k];
             if (y != NULL)
@@ -350,22 +374,17 @@ __global__ void seq_bwd_kernel(int T, int H, int reverse, const int64_t* __restr
                 cp = Cs[((int64_t)b * T + tp) * H + k];
             }
             F* g = G + row * H4;
-            const F gi = g[k], gf = g[H + k], gg = g[2 * H + k], go = g[3 * H + k];
-            const F tc = dtanh(Cs[row * H + k]);                  // (B1)
-            const F dcj = dc_reg + dhj * go * ((F)1 - tc * tc);   // (B3)
-            const F dzi = dcj * gg * gi * ((F)1 - gi);            // (B4, B6) i
-            const F dzf = dcj * cp * gf * ((F)1 - gf);            // f
-            const F dzg = dcj * gi * ((F)1 - gg * gg);            // g
-            const F dzo = dhj * tc * go * ((F)1 - go);            // (B2, B6) o
-            dc_reg = dcj * gf;                                    // (B5)
-            g[k] = dzi;
-            g[H + k] = dzf;
-            g[2 * H + k] = dzg;
-            g[3 * H + k] = dzo;
-            dz[k] = dzi;
-            dz[H + k] = dzf;
-            dz[2 * H + k] = dzg;
-            dz[3 * H + k] = dzo;
+            F d[4];
+            dc_reg = cell_backward(g[k], g[H + k], g[2 * H + k], g[3 * H + k], Cs[row * H + k],
+                                   cp, dhj, dc_reg, d);
+            g[k] = d[0];
+            g[H + k] = d[1];
+            g[2 * H + k] = d[2];
+            g[3 * H + k] = d[3];
+            dz[k] = d[0];
+            dz[H + k] = d[1];
+            dz[2 * H + k] = d[2];
+            dz[3 * H + k] = d[3];
         }
         __syncthreads();  // dz complete; every read of dhp for this step done
         // (B7) dh_prev[m] = sum_k dz[k] U[m, k]  (times the recurrent mask)
@@ -862,11 +881,6 @@ void cyl_cuda_destroy(cyl_cuda_ctx* ctx)
     for (int k = 0; k < 2; ++k)
         if (ctx->ones[k])
             cudaFree(ctx->ones[k]);
-    if (ctx->staging)
-        cudaFreeHost(ctx->staging);
-    for (int k = 0; k < 2; ++k)
-        if (ctx->staged[k])
-            cudaEventDestroy(ctx->staged[k]);
     cublasDestroy(ctx->blas);
     cudaStreamDestroy(ctx->stream);
     (void)cudaGetLastError();
@@ -970,86 +984,6 @@ cyl_cuda_status cyl_cuda_d2h(cyl_cuda_ctx* ctx, void* dst, const void* src, size
     CK(cudaSetDevice(ctx->device));
     if (bytes)
         CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
-    CK(cudaStreamSynchronize(ctx->stream));
-    return CYL_CUDA_OK;
-}
-
-// Chunk of cyl_cuda_d2h_pinned: the DMA of chunk k+1 into one pinned half overlaps the
-// host memcpy of chunk k out of the other.  4 MiB: a few chunks for the 16 MiB weight
-// gradients at H = 1024, 8 MiB of pinned memory at most per context.
-#define STAGING_CHUNK ((size_t)4 << 20)
-
-static cyl_cuda_status ensure_staging(cyl_cuda_ctx* ctx, size_t bytes)
-{
-    size_t half = bytes < STAGING_CHUNK ? bytes : STAGING_CHUNK;
-    half = (half + 4095) & ~(size_t)4095;  // whole pages; grows in few steps
-    for (int k = 0; k < 2; ++k)
-        if (ctx->staged[k] == NULL)
-            CK(cudaEventCreateWithFlags(&ctx->staged[k], cudaEventDisableTiming));
-    if (ctx->staging != NULL && ctx->staging_half >= half)
-        return CYL_CUDA_OK;
-    if (ctx->staging != NULL) {
-        // idle: every cyl_cuda_d2h_pinned returns after synchronizing the stream
-        unsigned char* old = ctx->staging;
-        ctx->staging = NULL;
-        ctx->staging_half = 0;
-        CK(cudaFreeHost(old));
-    }
-    void* p = NULL;
-    CK(cudaHostAlloc(&p, 2 * half, cudaHostAllocDefault));
-    ctx->staging = (unsigned char*)p;
-    ctx->staging_half = half;
-    return CYL_CUDA_OK;
-}
-
-cyl_cuda_status cyl_cuda_d2h_pinned(cyl_cuda_ctx* ctx, void* dst, const void* src,
-                                    size_t bytes)
-{
-    if (ctx == NULL || ((dst == NULL || src == NULL) && bytes))
-        return CYL_CUDA_ERR_ARG;
-    CK(cudaSetDevice(ctx->device));
-    if (bytes == 0) {
-        CK(cudaStreamSynchronize(ctx->stream));
-        return CYL_CUDA_OK;
-    }
-    cyl_cuda_status st = ensure_staging(ctx, bytes);
-    if (st != CYL_CUDA_OK)
-        return st;
-    const size_t chunk = ctx->staging_half;
-    const size_t n = (bytes + chunk - 1) / chunk;
-    unsigned char* d = (unsigned char*)dst;
-    const unsigned char* s = (const unsigned char*)src;
-    cudaError_t e = cudaSuccess;
-    const char* what = "";
-    // chunk k goes to half k % 2; half (k+1) % 2 is free again once chunk k - 1 has
-    // been copied out of it, which the host did before issuing chunk k + 1
-    for (size_t k = 0; k <= n && e == cudaSuccess; ++k) {
-        if (k < n) {
-            size_t off = k * chunk, len = bytes - off < chunk ? bytes - off : chunk;
-            unsigned char* half = ctx->staging + (k % 2) * chunk;
-            what = "cudaMemcpyAsync (device to pinned staging)";
-            e = cudaMemcpyAsync(half, s + off, len, cudaMemcpyDeviceToHost, ctx->stream);
-            if (e == cudaSuccess) {
-                what = "cudaEventRecord";
-                e = cudaEventRecord(ctx->staged[k % 2], ctx->stream);
-            }
-            if (e != cudaSuccess)
-                break;
-        }
-        if (k > 0) {
-            size_t j = k - 1, off = j * chunk, len = bytes - off < chunk ? bytes - off : chunk;
-            what = "cudaEventSynchronize (device-to-host copy)";
-            e = cudaEventSynchronize(ctx->staged[j % 2]);
-            if (e == cudaSuccess)
-                memcpy(d + off, ctx->staging + (j % 2) * chunk, len);
-        }
-    }
-    if (e != cudaSuccess) {
-        // nothing may still write into the staging buffer after we return
-        (void)cudaStreamSynchronize(ctx->stream);
-        return cuda_fail(ctx, e, what, __LINE__);
-    }
-    // as cyl_cuda_d2h: report errors of all earlier work of ctx (all of it is done)
     CK(cudaStreamSynchronize(ctx->stream));
     return CYL_CUDA_OK;
 }

@@ -19,31 +19,25 @@ device index), and for chaining layers without host round trips ``output_on_devi
 is accepted and ignored.
 
 ``lstm_backward(..., out=...)`` copies the weight gradients straight into the caller's
-arrays (a model's gradient buffer: host memory in use, no page faults), as the CPU
-version writes them there.  The environment variable ``CYLSTM_CUDA_D2H`` (read at each
-call; for benchmarks) picks the copy path: ``direct`` (default: cudaMemcpy into the
-destination), ``pinned`` (through the context's reusable pinned staging buffer,
-``DeviceArray.to_host(pinned=True)``; slower on the H100 machine measured) or ``fresh``
-(the old path: new arrays, then copied into ``out``).  See bench/gpu_train_step.py.
+arrays (one cudaMemcpy each into a model's gradient buffer: host memory in use, no page
+faults), as the CPU version writes them there.
 """
 import itertools
-import os
 from collections import OrderedDict
 
 import numpy as np
 
 from cylstm import cuda
-from cylstm._validate import check_grad_out
-from cylstm.functional import (
-    LSTMForward,
-    LSTMGrads,
-    _check_lengths,
-    _weights_dtype,
+from cylstm._validate import (
     as_float_array,
+    check_grad_out,
+    check_lengths,
     check_output_grads,
     check_states,
     check_weights,
+    weights_dtype,
 )
+from cylstm.functional import LSTMForward, LSTMGrads
 
 __all__ = ["lstm_backward", "lstm_forward", "new_weights_version"]
 
@@ -60,28 +54,6 @@ def new_weights_version():
     ``set_weights``, ``load_weights``) and passes the result as ``weights_version``.
     """
     return next(_versions)
-
-
-_D2H_MODES = ("direct", "pinned", "fresh")
-
-
-def _d2h_mode():
-    mode = os.environ.get("CYLSTM_CUDA_D2H", "direct").strip().lower() or "direct"
-    if mode not in _D2H_MODES:
-        raise ValueError(f"CYLSTM_CUDA_D2H must be one of {', '.join(_D2H_MODES)}; "
-                         f"got {mode!r}")
-    return mode
-
-
-def _to_host(dev, out, mode):
-    """Copy a DeviceArray into ``out`` (or a new array when None) by ``mode``."""
-    if mode == "fresh":
-        a = dev.to_host(pinned=False)
-        if out is None:
-            return a
-        np.copyto(out, a)
-        return out
-    return dev.to_host(out=out, pinned=mode == "pinned")
 
 
 def _backend():
@@ -137,7 +109,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
     :func:`cylstm.cuda.functional.lstm_backward` (not the CPU one).
     """
     cuda, ext = _backend()
-    dtype = _weights_dtype(kernel)
+    dtype = weights_dtype(kernel)
     W = as_float_array("kernel", kernel, dtype, 2)
     x_on_device = isinstance(x, ext.DeviceArray)
     if x_on_device:
@@ -152,7 +124,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
         raise ValueError(f"x must have 3 dims (batch, time, features); got shape {x.shape}")
     B, T, I = x.shape
     U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
-    lens = _check_lengths(lengths, B, T, low=1)   # (length 0: not checked on a GPU yet)
+    lens = check_lengths(lengths, B, T, low=1)   # (length 0: not checked on a GPU yet)
     if initial_state is not None and isinstance(initial_state, (tuple, list)):
         # DeviceArrays (e.g. the h, c of an output_on_device call) come back to the
         # host: they are small, and the kernels update the state buffers in place
@@ -191,10 +163,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None,
             out = y if return_sequences else DA.empty(ctx, (B, H), dtype).copy_from(h)
             h_host, c_host = h, c
         else:
-            pinned = _d2h_mode() == "pinned"
-            out = y.to_host(pinned=pinned) if return_sequences else None
-            h_host = h.to_host(pinned=pinned)
-            c_host = c.to_host(pinned=pinned)
+            out = y.to_host() if return_sequences else None
+            h_host = h.to_host()
+            c_host = c.to_host()
     if out is None:
         out = h_host.copy()
     cache = None
@@ -236,7 +207,6 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
     if grads_on_device and out is not None:
         raise ValueError("out (host arrays) and grads_on_device exclude each other")
     outs = check_grad_out(out, I, H, dtype)  # the CPU lstm_backward's rules
-    mode = _d2h_mode()
     dy_dev = None
     if isinstance(grad_output, ext.DeviceArray):
         want = (B, T, H) if cache["return_sequences"] else (B, H)
@@ -276,13 +246,10 @@ def lstm_backward(cache, grad_output=None, grad_h=None, grad_c=None, *,
             for k in ("x", "G", "C", "Hp", "c0"):
                 cache[k] = None  # free the activations (stream-ordered, after the kernels)
         if dx is not None and not dx_on_device:
-            dx = _to_host(dx, None, mode)
+            dx = dx.to_host()
         if grads_on_device:
             grads = LSTMGrads(dx, dW, dU, db, dh, dc)
         else:
-            grads = LSTMGrads(
-                dx, _to_host(dW, outs[0], mode), _to_host(dU, outs[1], mode),
-                _to_host(db, outs[2], mode), _to_host(dh, None, mode),
-                _to_host(dc, None, mode),
-            )
+            grads = LSTMGrads(dx, dW.to_host(out=outs[0]), dU.to_host(out=outs[1]),
+                              db.to_host(out=outs[2]), dh.to_host(), dc.to_host())
     return grads
