@@ -142,7 +142,8 @@ POOL_CASES = ["64x128", "256x512"]
 # --quick keeps the strongest peer of each library and drops these slower variants.
 QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1", "keras/TF XLA",
               "keras/TF fit XLA"}
-STREAM_IMPLS = ["cylstm", "torch LSTMCell", "torch LSTM T=1", "onnxruntime", "numpy"]
+STREAM_IMPLS = ["cylstm", "cylstm-bf16", "cylstm-int8", "torch LSTMCell", "torch LSTM T=1",
+                "onnxruntime", "numpy"]
 WORKLOADS = ["forward", "train", "stream", "pool", "epoch", "cold", "busy", "longseq"]
 # Calls after an idle gap, and beside a busy core (issue 11): the shapes where a
 # second thread pays most for waking or waiting
@@ -525,9 +526,11 @@ class Bench:
             I, H, L, n, n_steps=steps, repeat=repeat, warmup=warmup,
             pause=a.pause if n > 1 else min(a.pause, 0.02),
             impls=[i for i in STREAM_IMPLS if self.wanted(i)])
-        for r in res["rows"]:
+        for r in res["rows"]:   # float32 is "cylstm"; the reduced weights keep their tag
             if r["impl"].startswith("cylstm"):
-                r["impl_detail"], r["impl"] = r["impl"], "cylstm"
+                r["impl_detail"] = r["impl"]
+                r["impl"] = {"cylstm-bf16": "cylstm bf16",
+                             "cylstm-int8": "cylstm int8"}.get(r["label"], "cylstm")
         res["steps_per_block"] = steps
         log(", ".join(f"{r['impl']}: {r['status']}" for r in res["rows"]), end="")
         self.fill_speed(res, self.sgemm_rate(n))
