@@ -754,59 +754,43 @@ CYL_TARGET_V4 static inline cyl_i8f16 cyl_i8_to_f16(const signed char* p)
 /* rows r0 .. r0 + R - 1 (R <= 4; past nrows the last row is repeated, as in the
  * four-row float body), columns of the main block in chunks of C vectors */
 #define CYL_I8_ROWS(R, C)                                                          \
-    for (; j + (C) * VLn <= wv; j += (C) * VLn) {                             \
+    for (; j + (C) * VLn <= wv; j += (C) * VLn) {                                  \
         const float* A_[4]; const float* B_[4]; float* Z_[4];                      \
         int rr, cc;                                                                \
         for (rr = 0; rr < 4; rr++) {                                               \
             const ptrdiff_t row_ = r0 + rr < nrows ? r0 + rr : nrows - 1;          \
             A_[rr] = a0 + row_ * lda; B_[rr] = b0 + row_ * ldb; Z_[rr] = z0 + row_ * ldz; \
         }                                                                          \
-        {                                                                          \
-            VTn s_[R][C];                                                          \
-            const signed char* p = (const signed char*)P + j;                      \
-            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
+        CYL_I8_PASS(R, C, A_, ka, 0, sa, 0)                                        \
+        if (kb > 0)                                                                \
+            CYL_I8_PASS(R, C, B_, kb, ka * wv, sb, 1)                              \
+    }
+/* One part of the product: z (ACC 0) or z + (ACC 1) SC * (X rows @ the KN weight
+ * rows from P0 on); a repeated last row writes nothing */
+#define CYL_I8_PASS(R, C, X, KN, P0, SC, ACC)                                      \
+    {                                                                              \
+        VTn s_[R][C];                                                              \
+        const signed char* p = (const signed char*)P + (P0) + j;                   \
+        _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                       \
+            _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)                   \
+                s_[rr][cc] = (VTn){0};                                             \
+        for (k = 0; k < (KN); k++, p += wv) {                                      \
+            VTn q_[C];                                                             \
+            _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)                   \
+                q_[cc] = CYL_I8_CVT(p + cc * VLn);                                 \
+            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++) {                 \
+                const float v_ = X[rr][k];                                         \
                 _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
-                    s_[rr][cc] = (VTn){0};                                         \
-            for (k = 0; k < ka; k++, p += wv) {                                    \
-                VTn q_[C];                                                         \
-                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
-                    q_[cc] = CYL_I8_CVT(p + cc * VLn);                          \
-                _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++) {             \
-                    const float v_ = A_[rr][k];                                    \
-                    _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)           \
-                        s_[rr][cc] += v_ * q_[cc];                                 \
-                }                                                                  \
+                    s_[rr][cc] += v_ * q_[cc];                                     \
             }                                                                      \
-            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
-                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
-                    CYL_ST(Z_[rr] + j + cc * VLn,                                  \
-                           s_[rr][cc] * CYL_LD(VTn, sa + j + cc * VLn));           \
         }                                                                          \
-        if (kb > 0) {                                                              \
-            VTn s_[R][C];                                                          \
-            const signed char* p = (const signed char*)P + ka * wv + j;            \
-            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
-                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
-                    s_[rr][cc] = (VTn){0};                                         \
-            for (k = 0; k < kb; k++, p += wv) {                                    \
-                VTn q_[C];                                                         \
-                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)               \
-                    q_[cc] = CYL_I8_CVT(p + cc * VLn);                          \
-                _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++) {             \
-                    const float v_ = B_[rr][k];                                    \
-                    _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++)           \
-                        s_[rr][cc] += v_ * q_[cc];                                 \
-                }                                                                  \
+        _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                       \
+            _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++) {                 \
+                float* zz_ = Z_[rr] + j + cc * VLn;                                \
+                if (r0 + rr < nrows)                                               \
+                    CYL_ST(zz_, (ACC) ? CYL_LD(VTn, zz_) + s_[rr][cc] * CYL_LD(VTn, (SC) + j + cc * VLn) \
+                                      : s_[rr][cc] * CYL_LD(VTn, (SC) + j + cc * VLn)); \
             }                                                                      \
-            /* read-modify-write: a repeated last row must add its part once */   \
-            _Pragma("GCC unroll 4") for (rr = 0; rr < (R); rr++)                   \
-                _Pragma("GCC unroll 8") for (cc = 0; cc < (C); cc++) {             \
-                    float* zz_ = Z_[rr] + j + cc * VLn;                            \
-                    if (r0 + rr < nrows)                                           \
-                        CYL_ST(zz_, CYL_LD(VTn, zz_)                               \
-                               + s_[rr][cc] * CYL_LD(VTn, sb + j + cc * VLn));     \
-                }                                                                  \
-        }                                                                          \
     }
 #define CYL_I8_VECTOR_PART                                                         \
     {                                                                              \

@@ -168,28 +168,6 @@ def _bf16_round(a):
     return u.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
-@pytest.mark.parametrize("H", [20, 24, 37, 80])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_bfloat16_weights(H, threads):
-    # H = 20, 24, 37: panels of 64, 32 and 16 (+ tail) columns in the interleaved layout
-    rng = np.random.default_rng(H)
-    specs = [_lstm_spec(rng, 7, H), _dense_spec(rng, H, 70, "tanh")]
-    x = rng.standard_normal((2, 9, 7))
-    r = StreamRunner._from_specs(specs, 2, num_threads=threads, weights_dtype="bfloat16")
-    assert r.weights_dtype == "bfloat16"
-    got = _run(r, x.astype(np.float32))
-    # exactly the model whose weights are the bfloat16 roundings (biases stay float32)
-    rounded = [dict(s, kernel=_bf16_round(s["kernel"]),
-                    **({"recurrent_kernel": _bf16_round(s["recurrent_kernel"])}
-                       if s["type"] == "lstm" else {}),
-                    bias=np.asarray(s["bias"], np.float32).astype(np.float64))
-               for s in specs]
-    np.testing.assert_allclose(got, _stack_ref(rounded, x), rtol=2e-5, atol=2e-5)
-    # and within bfloat16's precision of the float32 model
-    err = np.abs(got - _stack_ref(specs, x)).max()
-    assert 0 < err < 2e-2
-
-
 def _int8_round(a):
     """Per-column symmetric int8 (scale max|a| / 127, round half to even), returned
     dequantized as float64: written here apart from cylstm.quantization."""
@@ -200,27 +178,30 @@ def _int8_round(a):
     return q * s.astype(np.float64)
 
 
+@pytest.mark.parametrize("wd,rounded_to,bound", [("bfloat16", _bf16_round, 2e-2),
+                                                 ("int8", _int8_round, 3e-2)])
 @pytest.mark.parametrize("H", [20, 24, 37, 80])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_int8_weights(H, threads):
-    # H = 20, 24, 37: panels of 64 and 32 columns, and 16 + a transposed tail
-    rng = np.random.default_rng(H + 1)
+def test_reduced_precision_weights(wd, rounded_to, bound, H, threads):
+    # H = 20, 24, 37: panels of 64, 32 and 16 (+ tail) columns (bf16's interleaved
+    # groups; int8's 16-column main blocks and transposed tails)
+    rng = np.random.default_rng(H)
     specs = [_lstm_spec(rng, 7, H), _dense_spec(rng, H, 70, "tanh")]
-    specs[0]["kernel"][:, 3] = 0   # an all-zero column: scale 1, every q 0
+    specs[0]["kernel"][:, 3] = 0   # an all-zero column (int8: scale 1, every q 0)
     x = rng.standard_normal((2, 9, 7))
-    r = StreamRunner._from_specs(specs, 2, num_threads=threads, weights_dtype="int8")
-    assert r.weights_dtype == "int8"
+    r = StreamRunner._from_specs(specs, 2, num_threads=threads, weights_dtype=wd)
+    assert r.weights_dtype == wd
     got = _run(r, x.astype(np.float32))
-    # exactly the model whose weights are the int8 values times their column scales
-    rounded = [dict(s, kernel=_int8_round(s["kernel"]),
-                    **({"recurrent_kernel": _int8_round(s["recurrent_kernel"])}
+    # exactly the model whose weights are the rounded ones (biases stay float32)
+    rounded = [dict(s, kernel=rounded_to(s["kernel"]),
+                    **({"recurrent_kernel": rounded_to(s["recurrent_kernel"])}
                        if s["type"] == "lstm" else {}),
                     bias=np.asarray(s["bias"], np.float32).astype(np.float64))
                for s in specs]
     np.testing.assert_allclose(got, _stack_ref(rounded, x), rtol=2e-5, atol=2e-5)
-    # and within int8's precision of the float32 model
+    # and within the reduced precision of the float32 model
     err = np.abs(got - _stack_ref(specs, x)).max()
-    assert 0 < err < 3e-2
+    assert 0 < err < bound
 
 
 def test_int8_runner_steps_batch_rows_as_alone():

@@ -142,21 +142,13 @@ def test_pool_matches_the_float64_reference():
     np.testing.assert_allclose(got, _stack_ref(specs, x), rtol=1e-10, atol=1e-12)
 
 
-def test_bfloat16_pool_matches_bfloat16_runners():
+@pytest.mark.parametrize("wd", ["bfloat16", "int8"])
+def test_reduced_precision_pool_matches_its_runners(wd):
     rng = np.random.default_rng(11)
-    specs = _specs(rng, I=8, H1=48, H2=32, head="linear", U=5)
-    pool = StreamPool._from_specs(specs, max_streams=8, weights_dtype="bfloat16")
-    assert pool.weights_dtype == "bfloat16"
-    shadow = _Shadow(specs, np.float32, "bfloat16")
-    _random_session(pool, shadow, rng, n_keys=8, n_ops=40, F=8)
-
-
-def test_int8_pool_matches_int8_runners():
-    rng = np.random.default_rng(12)
     specs = _specs(rng, I=8, H1=48, H2=37, head="linear", U=5)
-    pool = StreamPool._from_specs(specs, max_streams=8, weights_dtype="int8")
-    assert pool.weights_dtype == "int8"
-    shadow = _Shadow(specs, np.float32, "int8")
+    pool = StreamPool._from_specs(specs, max_streams=8, weights_dtype=wd)
+    assert pool.weights_dtype == wd
+    shadow = _Shadow(specs, np.float32, wd)
     _random_session(pool, shadow, rng, n_keys=8, n_ops=40, F=8)
 
 
