@@ -13,8 +13,10 @@ not installed is skipped, with the reason):
             256 sequences (--quick: B = 1024).  One process scores the same
             array with ``model.predict(x, batch_size=256)`` on 1 and on 2
             threads; Dask: a LocalCluster of 2 single-thread worker processes,
-            scoring on 1 of them and on both; Ray: ``RayPredictor`` actors,
-            concurrency 1 and 2, num_cpus=1.  Ratios: 2 workers over 1 worker
+            scoring on 1 of them and on both; Ray: pools of 1 and 2
+            ``RayPredictor`` actors, num_cpus=1 (``map_batches(compute=
+            ActorPoolStrategy(size=k))``, what ``predict``'s concurrency=k
+            passes; the rows say "concurrency k").  Ratios: 2 workers over 1 worker
             (target >= 1.8x) and 2 workers over one process on 2 threads
             (target >= 0.9x).
     epoch   one training epoch of the Keras example model of bench/compare.py
@@ -182,11 +184,14 @@ class Bench:
         return ("dask", f"{k} worker{'s' if k > 1 else ''} x 1 thread", run)
 
     def score_ray(self, k, many, tiny, model_ref, reps):
+        import ray.data
+
         import cylstm.distributed as cd
 
         def score(ds):
             out = ds.map_batches(cd.RayPredictor, fn_constructor_kwargs={
-                "model": model_ref, "batch_size": CHUNK}, concurrency=k, num_cpus=1,
+                "model": model_ref, "batch_size": CHUNK},
+                compute=ray.data.ActorPoolStrategy(size=k), num_cpus=1,
                 batch_size=CHUNK, batch_format="numpy")
             out.context.execution_options.preserve_order = True
             return np.concatenate([b["predictions"] for b in out.iter_batches(
@@ -291,8 +296,9 @@ def ray_session(cylstm, cpus):
                      runtime_env={"env_vars": {"PYTHONPATH": pkg_parent}})
             import ray.data
 
-            # Ray Data logs every execution and a deprecation per map_batches(concurrency=)
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            # Ray Data logs every execution (INFO); its warnings, a deprecation among them,
+            # still show
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = False

@@ -171,7 +171,7 @@ def _check_model(model):
 
 
 def predict(model, x, batch_size=None, *, client=None, column="data", concurrency=None,
-            num_cpus=1):
+            compute=None, num_cpus=1):
     """Score ``x`` on a Dask or Ray cluster; equals ``model.predict`` to float rounding.
 
     Parameters
@@ -191,8 +191,16 @@ def predict(model, x, batch_size=None, *, client=None, column="data", concurrenc
     column : str
         Ray only: the column holding the sequences.
     concurrency : int, optional
-        Ray only: the number of scoring actors (default: the cluster's CPUs
-        divided by ``num_cpus``).
+        Ray only: the number of scoring actors, a fixed pool (default: the
+        cluster's CPUs divided by ``num_cpus``).  cylstm's own name, an int as
+        :func:`fit`'s ``num_workers``; cylstm hands Ray
+        ``compute=ray.data.ActorPoolStrategy(size=concurrency)``, not Ray's
+        ``map_batches(concurrency=)``, which Ray deprecated in 2.51.
+    compute : ray.data.ActorPoolStrategy, optional
+        Ray only, instead of ``concurrency``: the actor pool as Ray Data's
+        ``map_batches(compute=)`` takes it, for a pool Ray may grow and shrink
+        (``ActorPoolStrategy(min_size=m, max_size=n)``).  Passing both is a
+        ``TypeError``.
     num_cpus : int
         Ray only: CPUs (= cylstm threads) per actor.
 
@@ -214,7 +222,7 @@ def predict(model, x, batch_size=None, *, client=None, column="data", concurrenc
     if _is_dask_array(x):
         return _dask_predict(model, x, batch_size, client)
     if _is_ray_dataset(x):
-        return _ray_predict(model, x, batch_size, column, concurrency, num_cpus)
+        return _ray_predict(model, x, batch_size, column, concurrency, compute, num_cpus)
     raise TypeError(f"x must be a dask.array.Array or a ray.data.Dataset; got "
                     f"{type(x).__module__}.{type(x).__name__} (score NumPy arrays with "
                     "model.predict)")
@@ -277,7 +285,8 @@ class RayPredictor:
     Use it directly::
 
         ds.map_batches(RayPredictor, fn_constructor_kwargs={"model": model},
-                       concurrency=2, num_cpus=1, batch_format="numpy")
+                       compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1,
+                       batch_format="numpy")
 
     Parameters
     ----------
@@ -329,18 +338,42 @@ class RayPredictor:
         return out
 
 
-def _ray_predict(model, ds, batch_size, column, concurrency, num_cpus):
+def _ray_compute(concurrency, compute, num_cpus):
+    """The actor pool ``map_batches(compute=)`` takes, from ``predict``'s keywords."""
+    import ray
+    import ray.data
+
+    if compute is not None:
+        if concurrency is not None:
+            raise TypeError(f"pass concurrency= (a number of actors) or compute= (a "
+                            f"ray.data.ActorPoolStrategy), not both; got concurrency="
+                            f"{concurrency!r} and compute={compute!r}")
+        if not isinstance(compute, ray.data.ActorPoolStrategy):
+            # RayPredictor is a class: Ray Data runs it only in an actor pool
+            raise TypeError(f"compute must be a ray.data.ActorPoolStrategy; got "
+                            f"{type(compute).__module__}.{type(compute).__name__}")
+        return compute
+    if concurrency is None:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        concurrency = max(1, int(cpus // num_cpus))
+    elif isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive int (the number of scoring actors); "
+                         f"got {concurrency!r}")
+    # compute=, not map_batches(concurrency=): Ray 2.51 deprecated concurrency= (it logs a
+    # warning on every call) in favour of a compute strategy
+    return ray.data.ActorPoolStrategy(size=concurrency)
+
+
+def _ray_predict(model, ds, batch_size, column, concurrency, compute, num_cpus):
     import ray
 
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus <= 0:
         raise ValueError(f"num_cpus must be > 0; got {num_cpus!r}")
-    if concurrency is None:
-        cpus = ray.cluster_resources().get("CPU", 1)
-        concurrency = max(1, int(cpus // num_cpus))
+    compute = _ray_compute(concurrency, compute, num_cpus)
     ref = ray.put(_model_blob(model))
     out = ds.map_batches(RayPredictor, fn_constructor_kwargs={
         "model": ref, "column": column, "batch_size": batch_size},
-        concurrency=concurrency, num_cpus=num_cpus, batch_format="numpy")
+        compute=compute, num_cpus=num_cpus, batch_format="numpy")
     # rows come back in the input's order (actors may finish batches out of order)
     out.context.execution_options.preserve_order = True
     return out
