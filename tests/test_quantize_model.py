@@ -418,3 +418,21 @@ def test_quantize_refreshes_the_packed_weight_cache():
     m.quantize("int8")
     np.testing.assert_allclose(m.predict(x, verbose=0), ref.predict(x, verbose=0),
                                rtol=0, atol=1e-6)
+
+
+def test_onnx_export_of_a_quantized_model_runs_the_int8_numbers(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    m = _stack()
+    m.quantize("int8")
+    path = tmp_path / "q.onnx"
+    m.to_onnx(path)
+    x = _x()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), rtol=1e-5, atol=2e-6)
+    # the float model's export differs by int8's error: the weights went out rounded
+    f = _stack()
+    f.to_onnx(tmp_path / "f.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - got).max() > 1e-4
