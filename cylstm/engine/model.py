@@ -704,7 +704,8 @@ class Model(Trainer):
         """A step-by-step runner for streaming inference (:class:`cylstm.stream.StreamRunner`).
 
         The model must be a chain of layers the runner supports (LSTM, Dense,
-        Dropout).  Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner.
+        Dropout).  Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner;
+        ``weights_dtype`` defaults to 'int8' after :meth:`quantize`.
         """
         from cylstm.stream import StreamRunner  # defers import cost: the streaming runner
 
