@@ -700,6 +700,7 @@ class _DataParallelFit:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a cylstm model; got {type(model).__name__}")
         model._require_compiled("distributed.fit")
+        model._refuse_quantized("distributed.fit")
         self.model = model
 
     def run(self, backend, x, y, epochs, batch_size, verbose="auto", callbacks=None,

@@ -396,7 +396,8 @@ class Sequential(Model):
     def streamer(self, batch_size=1, **kwargs):
         """A step-by-step runner for streaming inference (:class:`cylstm.stream.StreamRunner`).
 
-        Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner.
+        Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner;
+        ``weights_dtype`` defaults to 'int8' after :meth:`quantize`.
         """
         from cylstm.stream import StreamRunner  # defers import cost: the streaming runner
 

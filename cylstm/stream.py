@@ -320,6 +320,19 @@ def _specs_from_model(model):
     return specs
 
 
+def _model_weights_dtype(model, dtype, weights_dtype):
+    """``weights_dtype``, or for None: 'int8' when ``model`` (a float32 chain) was
+    quantized by ``model.quantize('int8')`` -- every LSTM and Dense layer of it --
+    so the runner reads int8 panels, else None (the model's own dtype)."""
+    if weights_dtype is not None or np.dtype(dtype) != np.float32:
+        return weights_dtype
+    from cylstm import layers as L  # defers import cost: the layers
+
+    modes = {getattr(layer, "quantization_mode", None) for layer in model.layers
+             if isinstance(layer, (L.LSTM, L.Dense))}
+    return "int8" if modes == {"int8"} else None
+
+
 def _fingerprint(specs, dtype):
     h = hashlib.blake2b(digest_size=16)
     h.update(str(np.dtype(dtype)).encode())
@@ -374,14 +387,18 @@ class StreamRunner(_stream.Core):
         Threads one step may use.  By default one, or two (never more than
         :func:`cylstm.get_num_threads`) when the packed weights' bytes times
         ``batch_size`` reach :data:`PARALLEL_MIN_BYTES`.
-    weights_dtype : None or 'bfloat16'
+    weights_dtype : None, 'bfloat16' or 'int8'
         Opt-in reduced precision for float32 models: the packed weights are
         rounded to bfloat16 (8 significant bits), halving the bytes a step
         reads; inputs, states and sums stay float32.  1.4x (weights in L2) to
         1.9x (weights from L3) faster in bench/stream_bench.py on a 2-core
         Zen 4, at an error of a few 1e-3 relative in the outputs (about 3e-3
         of the largest output there; tests/test_stream.py bounds it) -- check
-        it on your model before serving.
+        it on your model before serving.  'int8' packs per-output-channel int8
+        weights (:mod:`cylstm.quantization`), a quarter of the bytes.  None
+        (the default) means 'int8' for a float32 model whose LSTM and Dense
+        layers were all quantized by ``model.quantize('int8')``, else the
+        model's own dtype.
 
     Notes
     -----
@@ -422,6 +439,7 @@ class StreamRunner(_stream.Core):
                  weights_dtype: str | None = None) -> None:
         specs = _specs_from_model(model)
         dtype = np.dtype(getattr(model, "dtype", np.float32))
+        weights_dtype = _model_weights_dtype(model, dtype, weights_dtype)
         pack = _pack_for_model(model, specs, dtype, weights_dtype)
         self._init_from_pack(pack, batch_size, num_threads)
 
@@ -586,8 +604,8 @@ class StreamPool:
         Most threads one step may use.  A step uses two (at most
         :func:`cylstm.get_num_threads`) when the packed weights' bytes times
         the streams in the step reach :data:`PARALLEL_MIN_BYTES`, else one.
-    weights_dtype : None or 'bfloat16'
-        As for :class:`StreamRunner`.
+    weights_dtype : None, 'bfloat16' or 'int8'
+        As for :class:`StreamRunner` (None: 'int8' for a quantized model).
     clock : callable, optional
         Returns the time in seconds, never going back (default
         :func:`time.monotonic`); inject another to test eviction.
@@ -627,6 +645,7 @@ class StreamPool:
                  weights_dtype=None, clock=None):
         specs = _specs_from_model(model)
         dtype = np.dtype(getattr(model, "dtype", np.float32))
+        weights_dtype = _model_weights_dtype(model, dtype, weights_dtype)
         self._init(_pack_for_model(model, specs, dtype, weights_dtype), max_streams,
                    idle_timeout, num_threads, clock)
 

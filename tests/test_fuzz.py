@@ -403,6 +403,26 @@ def test_fuzz_load_model_bytes(saved_model_bytes, kind, seed):
 
 
 @pytest.fixture(scope="module")
+def quantized_model_bytes():
+    m = small_model(3, 4, 2)
+    m.quantize("int8")
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "q.npz")
+        m.save(p)
+        with open(p, "rb") as f:
+            return f.read()
+
+
+@fuzz(150)
+@given(kind=st.sampled_from(MUTATIONS), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_load_quantized_model_bytes(quantized_model_bytes, kind, seed):
+    # the layer configs carry quantization_mode, and loading re-rounds the weights:
+    # a mutated mode or a non-finite weight must be a clear error too
+    data = mutate(quantized_model_bytes, np.random.default_rng(seed), kind)
+    use_loaded(load_mutated(load_model, data, ".npz"), 3)
+
+
+@pytest.fixture(scope="module")
 def onnx_bytes():
     pytest.importorskip("onnx")
     m = small_model(3, 4, 2)

@@ -448,6 +448,79 @@ class Model(Trainer):
                                f"model {self.name!r} has {len(items)} weight arrays")
         self._weights_changed()
 
+    # ------------------------------------------------------------------ int8 quantization
+    def quantize(self, mode, **kwargs):
+        """Quantize the weights to int8 for inference, as Keras 3's ``model.quantize``.
+
+        ``mode="int8"`` rounds the kernel and recurrent kernel of every LSTM
+        (also inside Bidirectional) and the kernel of every Dense layer (also
+        inside TimeDistributed and nested models) to per-output-channel
+        symmetric int8 (:func:`cylstm.quantization.quantize_int8`); biases stay
+        float.  Each rounded weight is replaced in place by the value it stands
+        for, ``q * scale`` (float32; a float64 model holds the same values in
+        float64), so ``predict``, ``evaluate``, the layers called on their own
+        and the exports all compute the int8 model's numbers on the float
+        kernels, and ``get_weights``/``set_weights`` keep their Keras layouts.
+        Each quantized layer gets ``quantization_mode = "int8"`` (None
+        otherwise), which its config keeps (``save``/``load_model``,
+        ``get_config``/``from_config``).
+
+        Afterwards:
+
+        * ``streamer()`` and ``stream_pool()`` of a float32 model read int8
+          weight panels (``weights_dtype="int8"``) unless told otherwise, when
+          every LSTM and Dense layer of the chain is quantized;
+        * ``set_weights`` (and ``load_weights``) round what they are given to
+          int8 again, so the model stays quantized (weights that already are
+          int8 values are kept bit for bit);
+        * ``fit`` and ``train_on_batch`` refuse to train a quantized layer
+          (ValueError); set ``trainable = False`` on the quantized layers to
+          train the others.
+
+        Quantizing a quantized model again changes nothing (Keras raises
+        instead); writing ``layer.kernel[...]`` directly bypasses all of this.
+
+        Parameters
+        ----------
+        mode : 'int8'
+
+        Raises
+        ------
+        ValueError
+            Another ``mode``, a model that is not built, or one without Dense or
+            LSTM layers.
+        """
+        if kwargs:
+            raise TypeError(f"quantize() got unexpected keyword argument(s) {sorted(kwargs)}")
+        _layers._check_quantization_mode(mode)
+        if not self.built:
+            raise ValueError(f"model {self.name!r} must be built before quantize(): give the "
+                             "first layer input_shape= (or add Input(shape=...)), or call the "
+                             "model on data first")
+        targets = [lay for leaf in self._leaf_layers() for lay in _layers.quantizable_layers(leaf)]
+        if not targets:
+            raise ValueError(f"no quantizable layers in model {self.name!r}: quantize() rounds "
+                             "the weights of Dense and LSTM layers")
+        _layers.quantize_layers(targets, mode)
+        self._weights_changed()
+
+    def _quantized_layers(self, trainable_only=False):
+        """The quantized Dense / LSTM layers (of the trainable layers only, if asked)."""
+        leaves = self._trainable_layers() if trainable_only else self._leaf_layers()
+        return [lay for leaf in leaves for lay in _layers.quantizable_layers(leaf)
+                if lay.quantization_mode is not None]
+
+    def _refuse_quantized(self, what):
+        """``what`` (training) cannot move int8 weights: refuse while any is trainable."""
+        found = self._quantized_layers(trainable_only=True)
+        if found:
+            names = [lay.name for lay in found]
+            raise ValueError(
+                f"{what}: model {self.name!r} was quantized to {found[0].quantization_mode} for "
+                f"inference (layers {names}); training would move its int8 weights off the "
+                "int8 grid.  Train the float model and quantize it afterwards, or set "
+                "trainable = False on the quantized layers to train the others")
+
     def count_params(self):
         self._require_built("count_params")
         return int(sum(getattr(o, n).size for o, n in self._param_items()))
@@ -631,7 +704,8 @@ class Model(Trainer):
         """A step-by-step runner for streaming inference (:class:`cylstm.stream.StreamRunner`).
 
         The model must be a chain of layers the runner supports (LSTM, Dense,
-        Dropout).  Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner.
+        Dropout).  Keyword arguments (``num_threads``, ``weights_dtype``) go to the runner;
+        ``weights_dtype`` defaults to 'int8' after :meth:`quantize`.
         """
         from cylstm.stream import StreamRunner  # defers import cost: the streaming runner
 

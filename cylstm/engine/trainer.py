@@ -577,6 +577,7 @@ class Trainer:
         History : its ``.history`` holds 'loss' (and 'val_loss', metrics) per epoch.
         """
         self._require_compiled("fit")
+        self._refuse_quantized("fit")
         if x is None:
             raise ValueError("fit needs x")
         if batch_size is not None:
@@ -825,6 +826,7 @@ class Trainer:
                        return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics) before the step."""
         self._require_compiled("train_on_batch")
+        self._refuse_quantized("train_on_batch")
         xs = self._prep_inputs(x)
         self._ensure_built_inputs(xs)
         n = xs[0].shape[0]

@@ -35,10 +35,13 @@ import collections
 from cylstm.layers.base import Input, InputLayer, Layer, serialize
 from cylstm.layers.base import _as_float_input as _as_float_input
 from cylstm.layers.base import _canon_dtype as _canon_dtype
+from cylstm.layers.base import _check_quantization_mode as _check_quantization_mode
 from cylstm.layers.base import _make_rng as _make_rng
 from cylstm.layers.base import _snake as _snake
 from cylstm.layers.base import _unique_name as _unique_name
 from cylstm.layers.base import assign_weights as assign_weights
+from cylstm.layers.base import quantizable_layers as quantizable_layers
+from cylstm.layers.base import quantize_layers as quantize_layers
 from cylstm.layers.core import (
     Activation,
     Dense,

@@ -34,6 +34,40 @@ def _snake(name):
     return "".join(out)
 
 
+#: The modes of ``Model.quantize`` / ``Layer.quantize`` (Keras 3's names).
+QUANTIZATION_MODES = ("int8",)
+
+
+def _check_quantization_mode(mode):
+    if not isinstance(mode, str) or mode not in QUANTIZATION_MODES:
+        raise ValueError(f"Invalid quantization mode: cylstm supports {QUANTIZATION_MODES}; "
+                         f"got mode={mode!r}")
+
+
+def quantizable_layers(layer):
+    """The layers inside ``layer`` (itself included) whose weights ``quantize`` rounds:
+    Dense and LSTM, also inside Bidirectional and TimeDistributed."""
+    out = [layer] if layer._QUANTIZED_WEIGHTS else []
+    for sub in layer._sublayers():
+        out.extend(quantizable_layers(sub))
+    return out
+
+
+def quantize_layers(layers, mode):
+    """Quantize the Dense / LSTM ``layers`` that are not yet, all or none: every value
+    is rounded (and a non-finite weight refused) before anything is written."""
+    todo = [lay for lay in layers if lay.quantization_mode is None]
+    writes = []
+    for layer in todo:
+        for n in layer._QUANTIZED_WEIGHTS:
+            w = getattr(layer, n)
+            writes.append((w, _int8_values(w, f"layer {layer.name!r}: cannot quantize {n}")))
+    for w, v in writes:
+        w[...] = v  # in place: the weights may be views into a model's flat buffer
+    for layer in todo:
+        layer.quantization_mode = mode
+
+
 def _canon_dtype(dtype):
     """np.float32 / np.float64 from a dtype-like, None passes through."""
     if dtype is None:
@@ -141,6 +175,16 @@ def _constraint_config(c):
 
 
 
+def _int8_values(w, what):
+    """``q * scale`` of ``w`` rounded to int8 (cylstm.quantization)."""
+    from cylstm.quantization import dequantize_int8, quantize_int8  # (a leaf module)
+
+    try:
+        return dequantize_int8(*quantize_int8(np.asarray(w, np.float32)))
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
 def assign_weights(items, weights, expects):
     """Write ``weights`` (a list of arrays) into the (owner, attribute) ``items``,
     in place, after checking them all: a bad list changes nothing.  ``expects``
@@ -158,6 +202,10 @@ def assign_weights(items, weights, expects):
             raise TypeError(f"weight {o.name}/{n} must be numeric; got dtype {w.dtype}")
         if w.shape != dst.shape:
             raise ValueError(f"weight {o.name}/{n} must have shape {dst.shape}; got {w.shape}")
+        if getattr(o, "quantization_mode", None) is not None and n in o._QUANTIZED_WEIGHTS:
+            # a quantized layer stays int8 (its own int8 values come back bit for bit);
+            # rounded here, so that a refused (non-finite) weight changes nothing
+            w = _int8_values(w, f"weight {o.name}/{n} of the quantized layer {o.name!r}")
         checked.append((dst, w))
     for dst, w in checked:
         dst[...] = w
@@ -188,6 +236,11 @@ class Layer:
     # attribute) pairs of the layers that take them
     _REGULARIZED = ()
     _CONSTRAINED = ()
+    #: The weights that ``quantize("int8")`` rounds (Dense: kernel; LSTM: kernel and
+    #: recurrent_kernel); empty for layers that cannot be quantized.
+    _QUANTIZED_WEIGHTS = ()
+    #: None, or "int8" after ``quantize("int8")`` (on Dense and LSTM layers).
+    quantization_mode = None
     #: Whether the layer takes a mask and passes one on (Keras 3.15's values per class).
     supports_masking = True
     activity_regularizer = None
@@ -246,6 +299,9 @@ class Layer:
         """Create the weights for inputs of ``input_shape`` (batch axis included)."""
         self._build_shape = tuple(input_shape)
         self.built = True
+        if self.quantization_mode is not None:
+            # a quantized layer made from its config: its fresh weights are int8 too
+            self._snap_quantized()
 
     # ---- weights ---------------------------------------------------------------------------
     def _param_items(self):
@@ -283,6 +339,44 @@ class Layer:
 
     def _weights_changed(self):
         """Called after the weights change (device copies must be refreshed)."""
+
+    # ---- int8 quantization -------------------------------------------------------------------
+    def quantize(self, mode):
+        """Round the weights to int8 for inference, as Keras 3's ``layer.quantize``.
+
+        See :meth:`cylstm.Model.quantize`; this does the same for one layer (a
+        Dense, an LSTM, or a Bidirectional / TimeDistributed around them).
+        Quantizing a quantized layer again changes nothing.
+
+        Raises
+        ------
+        ValueError
+            ``mode`` is not 'int8', or the layer is not built.
+        NotImplementedError
+            The layer has no weights that can be quantized.
+        """
+        _check_quantization_mode(mode)
+        targets = quantizable_layers(self)
+        if not targets:
+            raise NotImplementedError(
+                f"layer {self.name!r} ({type(self).__name__}) cannot be quantized; quantize() "
+                "rounds the weights of Dense and LSTM layers (also inside Bidirectional and "
+                "TimeDistributed)")
+        if not self.built:
+            raise ValueError(f"cannot quantize a layer that is not built: layer {self.name!r} "
+                             f"({type(self).__name__}) is not built yet")
+        quantize_layers(targets, mode)
+        self._weights_changed()
+
+    def _snap_quantized(self):
+        """Replace each quantized weight, in place (it may be a view into a model's flat
+        buffer), by its int8 value ``q * scale``.  A no-op, bit for bit, on weights that
+        already are such values: quantize_int8 of ``q * scale`` gives back q and scale."""
+        if self.quantization_mode is None or not self.built:
+            return
+        for n in self._QUANTIZED_WEIGHTS:
+            w = getattr(self, n)
+            w[...] = _int8_values(w, f"layer {self.name!r}: cannot quantize {n}")
 
     def count_params(self):
         if not self.built:
@@ -469,6 +563,9 @@ class Layer:
                "dtype": None if self._dtype is None else self._dtype.name}
         if self._batch_input_shape is not None:
             cfg["batch_input_shape"] = list(self._batch_input_shape)
+        if self._QUANTIZED_WEIGHTS and self.quantization_mode is not None:
+            # (only when quantized: the configs of float layers stay as they were)
+            cfg["quantization_mode"] = self.quantization_mode
         return cfg
 
     @classmethod
@@ -476,7 +573,15 @@ class Layer:
         cfg = dict(config)
         if "batch_shape" in cfg and "batch_input_shape" not in cfg:
             cfg["batch_input_shape"] = cfg.pop("batch_shape")
-        return cls(**cfg)
+        mode = None
+        if cls._QUANTIZED_WEIGHTS:  # elsewhere the key stays, and the constructor refuses it
+            mode = cfg.pop("quantization_mode", None)
+            if mode is not None:
+                _check_quantization_mode(mode)
+        layer = cls(**cfg)
+        if mode is not None:
+            layer.quantization_mode = mode
+        return layer
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"

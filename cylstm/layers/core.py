@@ -50,6 +50,7 @@ class Dense(Layer):
 
     _REGULARIZED = (("kernel", "kernel_regularizer"), ("bias", "bias_regularizer"))
     _CONSTRAINED = (("kernel", "kernel_constraint"), ("bias", "bias_constraint"))
+    _QUANTIZED_WEIGHTS = ("kernel",)
 
     def __init__(self, units: int, activation: ActivationLike = None, use_bias: bool = True,
                  kernel_initializer: InitializerLike = "glorot_uniform",
@@ -458,6 +459,11 @@ class TimeDistributed(Layer):
 
     def _sublayers(self):
         return (self.layer,)
+
+    @property
+    def quantization_mode(self):
+        """The wrapped layer's (None, or 'int8' after ``quantize('int8')``)."""
+        return self.layer.quantization_mode
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

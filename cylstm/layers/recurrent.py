@@ -106,6 +106,8 @@ class LSTM(Layer):
                     ("recurrent_kernel", "recurrent_regularizer"), ("bias", "bias_regularizer"))
     _CONSTRAINED = (("kernel", "kernel_constraint"),
                     ("recurrent_kernel", "recurrent_constraint"), ("bias", "bias_constraint"))
+    # (the bias stays float, as Keras's quantized layers keep theirs)
+    _QUANTIZED_WEIGHTS = ("kernel", "recurrent_kernel")
 
     def __init__(self, units: int, activation: ActivationLike = "tanh",
                  recurrent_activation: ActivationLike = "sigmoid", use_bias: bool = True,
@@ -562,6 +564,11 @@ class Bidirectional(Layer):
 
     def _sublayers(self):
         return (self.forward_layer, self.backward_layer)
+
+    @property
+    def quantization_mode(self):
+        """The forward layer's (None, or 'int8' after ``quantize('int8')``)."""
+        return self.forward_layer.quantization_mode
 
     @property
     def states(self):
