@@ -64,6 +64,8 @@ class LSTMSpec:
     return_sequences: bool = True
     go_backwards: bool = False
     options: dict = field(default_factory=dict)  # extra LSTM(...) arguments (dropout, ...)
+    #: the kernels are int8 values (q * scale): the built layer gets ``quantize("int8")``
+    quantized: bool = False
 
     @property
     def units(self):
@@ -179,6 +181,7 @@ def build_sequential(model_spec, name=None):
         input_shape = (None, int(model_spec.input_dim))
     built = []
     weights = []
+    quantized = []  # (layer, spec) of the LSTMs to mark int8 once their weights are set
     for i, spec in enumerate(model_spec.layers):
         shape = input_shape if i == 0 else None
         kw = {"dtype": dtype.name}
@@ -188,6 +191,7 @@ def build_sequential(model_spec, name=None):
             spec.check(f"layer {i}")
             built.append(_lstm_layer(spec, dtype, shape))
             weights += _lstm_weights(spec, dtype)
+            quantized.append((built[-1], spec))
         elif isinstance(spec, BidirectionalSpec):
             spec.forward.check(f"layer {i} (forward)")
             spec.backward.check(f"layer {i} (backward)")
@@ -196,6 +200,8 @@ def build_sequential(model_spec, name=None):
             built.append(L.Bidirectional(fwd, merge_mode=spec.merge_mode, backward_layer=bwd,
                                          **kw))
             weights += _lstm_weights(spec.forward, dtype) + _lstm_weights(spec.backward, dtype)
+            quantized += [(built[-1].forward_layer, spec.forward),
+                          (built[-1].backward_layer, spec.backward)]
         elif isinstance(spec, DenseSpec):
             if not np.all(np.isfinite(spec.kernel)) or (
                     spec.bias is not None and not np.all(np.isfinite(spec.bias))):
@@ -226,4 +232,8 @@ def build_sequential(model_spec, name=None):
     if not model.built:
         model.build((None,) + input_shape)
     model.set_weights(weights)
+    for layer, spec in quantized:
+        if spec.quantized:
+            # the weights already are int8 values: quantize() keeps them bit for bit
+            layer.quantize("int8")
     return model

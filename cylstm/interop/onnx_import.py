@@ -240,7 +240,7 @@ class _Importer:
     def pick_data_input(self, nodes):
         aux = set()  # graph inputs used directly as LSTM sequence_lens / initial states / P
         for n in nodes:
-            if n.op_type == "LSTM":
+            if n.op_type in ("LSTM", "DynamicQuantizeLSTM"):
                 aux.update(i for i in list(n.input)[4:8] if i)
         cands = [i for i in self.inputs if i.name not in aux and i.name in self.needed_tensors]
         if len(cands) != 1:
@@ -296,15 +296,17 @@ class _Importer:
                 uses[i] = uses.get(i, 0) + 1
         uses[self.graph.output[0].name] = uses.get(self.graph.output[0].name, 0) + 1
         for n in nodes:
-            if n.domain not in ("", "ai.onnx"):
-                raise _err(n, f"operators of domain {n.domain!r} are not supported")
+            if n.domain not in ("", "ai.onnx") and (n.domain, n.op_type) != (
+                    "com.microsoft", "DynamicQuantizeLSTM"):
+                raise _err(n, f"operators of domain {n.domain!r} are not supported (of "
+                              "com.microsoft: DynamicQuantizeLSTM only)")
             handler = getattr(self, "op_" + n.op_type, None)
             if handler is None:
                 raise _err(n, "this operator is not supported by cylstm's ONNX importer "
-                              "(supported: LSTM, Gemm, MatMul, Add, Relu, Tanh, Sigmoid, "
-                              "Softmax, Transpose, Squeeze, Reshape, Slice (time reversal), "
-                              "ReduceSum/Mean/Prod (direction merge), Identity, Dropout, and "
-                              "constant shape arithmetic)")
+                              "(supported: LSTM, DynamicQuantizeLSTM, Gemm, MatMul, Add, "
+                              "Relu, Tanh, Sigmoid, Softmax, Transpose, Squeeze, Reshape, Slice "
+                              "(time reversal), ReduceSum/Mean/Prod (direction merge), "
+                              "Identity, Dropout, and constant shape arithmetic)")
             streams = [i for i in n.input if isinstance(self.env.get(i), _Stream)]
             for i in streams:
                 if uses.get(i, 0) > 1:
@@ -706,12 +708,83 @@ class _Importer:
     # -- the recurrent core ---------------------------------------------------------
     _LSTM_ATTRS = frozenset({"activation_alpha", "activation_beta", "activations", "clip",
                              "direction", "hidden_size", "input_forget", "layout"})
+    # ONNX Runtime's contrib DynamicQuantizeLSTM: the LSTM's attributes but ``layout``
+    _DQ_LSTM_ATTRS = _LSTM_ATTRS - {"layout"}
 
     def op_LSTM(self, n):
+        self._lstm(n, self._LSTM_ATTRS, self._float_weights)
+
+    def op_DynamicQuantizeLSTM(self, n):
+        self._lstm(n, self._DQ_LSTM_ATTRS, self._int8_weights)
+
+    def _float_weights(self, n, ins, D):
+        """The standard LSTM's W [D, 4H, I] and R [D, 4H, H]; not int8 values."""
+        W = self.const(n, ins[1], "input W")
+        R = self.const(n, ins[2], "input R")
+        if W.ndim != 3 or W.shape[0] != D or W.shape[1] % 4 or W.shape[1] == 0:
+            raise _err(n, f"input W must have shape ({D}, 4*hidden_size, input_size); got "
+                          f"{W.shape}")
+        H = W.shape[1] // 4
+        if R.shape != (D, 4 * H, H):
+            raise _err(n, f"input R must have shape {(D, 4 * H, H)}; got {R.shape}")
+        return W, R, False
+
+    def _int8_weights(self, n, ins, D):
+        """DynamicQuantizeLSTM's W [D, I, 4H] and R [D, H, 4H] (int8 or uint8), dequantized
+        ``(q - zero_point) * scale`` (scale and zero point [D] per tensor or [D, 4H] per
+        output column) into the standard LSTM's float64 W [D, 4H, I], R [D, 4H, H].  The
+        flag says whether the weights are cylstm's int8 values: ``q - zero_point`` in
+        [-127, 127] times the per-column scale :func:`cylstm.quantization.quantize_int8`
+        gives (what :func:`to_onnx` writes, as uint8 with zero point 128)."""
+        from cylstm.quantization import dequantize_int8, quantize_int8  # (a leaf module)
+
+        ins = ins + [""] * (12 - len(ins))
+        W = self.const(n, ins[1], "input W")
+        R = self.const(n, ins[2], "input R")
+        if W.ndim != 3 or W.shape[0] != D or W.shape[2] % 4 or W.shape[2] == 0:
+            raise _err(n, f"input W must have shape ({D}, input_size, 4*hidden_size); got "
+                          f"{W.shape}")
+        H = W.shape[2] // 4
+        if R.shape != (D, H, 4 * H):
+            raise _err(n, f"input R must have shape {(D, H, 4 * H)}; got {R.shape}")
+        if W.dtype not in (np.int8, np.uint8) or R.dtype != W.dtype:
+            raise _err(n, f"inputs W and R must both be int8 or both uint8; got {W.dtype} and "
+                          f"{R.dtype}")
+        out, on_grid = [], True
+        for q, k, nm in ((W, 8, "W"), (R, 10, "R")):
+            if not ins[k] or not ins[k + 1]:
+                raise _err(n, f"input {nm}_scale and {nm}_zero_point are required")
+            scale = self.const(n, ins[k], f"input {nm}_scale").astype(np.float64)
+            zp = self.const(n, ins[k + 1], f"input {nm}_zero_point")
+            for v, what in ((scale, "scale"), (zp, "zero_point")):
+                if v.shape not in ((D,), (D, 4 * H)):
+                    raise _err(n, f"input {nm}_{what} must have shape ({D},) (per tensor) or "
+                                  f"({D}, {4 * H}) (per output channel); got {v.shape}")
+            if zp.dtype != q.dtype:
+                raise _err(n, f"input {nm}_zero_point must be {q.dtype} as {nm}; got {zp.dtype}")
+            if not np.all(np.isfinite(scale)):
+                raise _err(n, f"input {nm}_scale holds NaN or infinite values")
+            # broadcast [D] or [D, 4H] over the rows of [D, rows, 4H]
+            sc = scale.reshape(D, 1, -1)
+            z = zp.astype(np.float64).reshape(D, 1, -1)
+            w = (q.astype(np.float64) - z) * sc                          # [D, rows, 4H]
+            if on_grid:
+                for d in range(D):
+                    # cylstm's layout: rows stay, columns become i, f, c, o (a permutation:
+                    # the grid test does not depend on the column order)
+                    w32 = w[d].astype(np.float32)
+                    on_grid = on_grid and bool(np.array_equal(
+                        dequantize_int8(*quantize_int8(w32)), w32))
+            out.append(w.transpose(0, 2, 1))                             # [D, 4H, rows]
+        return out[0], out[1], on_grid
+
+    def _lstm(self, n, known_attrs, weights):
+        """An ``LSTM`` or ``DynamicQuantizeLSTM`` node; ``weights(n, ins, D)`` gives the
+        standard LSTM's float W, R and whether they are int8 values."""
         a = _attrs(n)
         for k in a:
-            if k not in self._LSTM_ATTRS:
-                raise _err(n, f"unknown LSTM attribute {k!r}")
+            if k not in known_attrs:
+                raise _err(n, f"unknown {n.op_type} attribute {k!r}")
         direction = _s(a.get("direction", b"forward"))
         if direction not in ("forward", "reverse", "bidirectional"):
             raise _err(n, f"unsupported direction {direction!r}")
@@ -744,19 +817,13 @@ class _Importer:
             raise _err(n, f"input X must have rank 3; got axes {s!r}")
         self.bind(n, s, ("T", "B", "F") if layout == 0 else ("B", "T", "F"))
         self.clean(n, s)
-        W = self.const(n, ins[1], "input W")
-        R = self.const(n, ins[2], "input R")
-        if W.ndim != 3 or W.shape[0] != D or W.shape[1] % 4 or W.shape[1] == 0:
-            raise _err(n, f"input W must have shape ({D}, 4*hidden_size, input_size); got "
-                          f"{W.shape}")
+        W, R, int8 = weights(n, ins, D)
         H = W.shape[1] // 4
         if "hidden_size" in a and a["hidden_size"] != H:
             raise _err(n, f"hidden_size={a['hidden_size']} but W has shape {W.shape}")
         I = W.shape[2]
         if s.size("F") is not None and s.size("F") != I:
             raise _err(n, f"input X has {s.size('F')} features but W has shape {W.shape}")
-        if R.shape != (D, 4 * H, H):
-            raise _err(n, f"input R must have shape {(D, 4 * H, H)}; got {R.shape}")
         Bv = None
         if ins[3]:
             Bv = self.const(n, ins[3], "input B")
@@ -808,7 +875,8 @@ class _Importer:
                 b = reorder_gates(Bv[d, :4 * H].astype(np.float64) + Bv[d, 4 * H:], "iofc")
             return LSTMSpec(k.astype(dtype), r.astype(dtype),
                             None if b is None else b.astype(dtype),
-                            return_sequences=seq, go_backwards=go_backwards)
+                            return_sequences=seq, go_backwards=go_backwards,
+                            quantized=int8 and dtype == np.float32)
 
         # cylstm (Keras) LSTMs with go_backwards return their sequence in processing order,
         # so a reverse layer leaves the stream time-reversed relative to ONNX; a following
@@ -1009,6 +1077,15 @@ def from_onnx(path: str | os.PathLike | Any, *, name: str | None = None) -> Sequ
       constant must equal the fixed time length.  ``sequence_lens``, ``initial_h`` or
       ``initial_c`` fed as graph inputs are refused, naming them: ``predict`` takes the
       data alone and could not honour them;
+    * ONNX Runtime's ``com.microsoft.DynamicQuantizeLSTM`` (what :func:`to_onnx` writes
+      for int8 LSTMs), under the same rules (it has no ``layout``): its int8 or uint8
+      ``W`` [D, I, 4H] and ``R`` [D, H, 4H] are dequantized, ``(q - zero_point) *
+      scale`` with per-tensor [D] or per-channel [D, 4H] scales and zero points, into
+      a float model.  When the weights are exactly cylstm's int8 values
+      (:func:`cylstm.quantization.quantize_int8` of the dequantized weights gives them
+      back; whatever the zero point), the layers come back quantized
+      (``quantization_mode == "int8"``, bit for bit).  ONNX Runtime's run-time
+      quantization of the activations is not reproduced;
     * ``Transpose``, ``Squeeze``, ``Reshape``, ``Identity``, ``Dropout`` that only
       rearrange axes; ``ReduceSum`` / ``ReduceMean`` / ``ReduceProd`` over a bidirectional
       LSTM's direction axis (merge modes sum / ave / mul); a ``Slice`` reversing the whole
