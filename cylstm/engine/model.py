@@ -725,7 +725,8 @@ class Model(Trainer):
 
     def to_onnx(self, path, **kwargs):
         """Export the model to ONNX (:func:`cylstm.interop.onnx.to_onnx`); the model must be
-        a chain of layers.  ``dtype='float32'`` exports a float64 model as float32."""
+        a chain of layers.  ``dtype='float32'`` exports a float64 model as float32;
+        quantized LSTMs become ``DynamicQuantizeLSTM`` unless ``quantized='float'``."""
         from cylstm.interop.onnx import to_onnx  # defers import cost: the ONNX exporter
 
         return to_onnx(self._as_chain("to_onnx()"), path, **kwargs)
