@@ -443,6 +443,27 @@ def test_fuzz_from_onnx_mutated(onnx_bytes, kind, seed):
 
 
 @pytest.fixture(scope="module")
+def quantized_onnx_bytes():
+    pytest.importorskip("onnx")
+    m = small_model(3, 4, 2)
+    m.quantize("int8")
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "q.onnx")
+        m.to_onnx(p)  # com.microsoft DynamicQuantizeLSTM (uint8 weights, scales, zero points)
+        with open(p, "rb") as f:
+            return f.read()
+
+
+@fuzz(150)
+@given(kind=st.sampled_from(MUTATIONS), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_from_onnx_dynamic_quantize_lstm_mutated(quantized_onnx_bytes, kind, seed):
+    from cylstm.interop import from_onnx
+
+    data = mutate(quantized_onnx_bytes, np.random.default_rng(seed), kind)
+    use_loaded(load_mutated(from_onnx, data, ".onnx"), 3)
+
+
+@pytest.fixture(scope="module")
 def keras_bytes():
     pytest.importorskip("h5py")
     import h5py
