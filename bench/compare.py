@@ -143,7 +143,7 @@ POOL_CASES = ["64x128", "256x512"]
 QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1", "keras/TF XLA",
               "keras/TF fit XLA"}
 STREAM_IMPLS = ["cylstm", "cylstm-bf16", "cylstm-int8", "torch LSTMCell", "torch LSTM T=1",
-                "onnxruntime", "numpy"]
+                "onnxruntime", "onnxruntime-int8", "numpy"]
 WORKLOADS = ["forward", "train", "stream", "pool", "epoch", "cold", "busy", "longseq"]
 # Calls after an idle gap, and beside a busy core (issue 11): the shapes where a
 # second thread pays most for waking or waiting

@@ -13,6 +13,8 @@ Dense(1) head, steps one time step of a batch-1 stream per call, carrying the st
                   float32 is shown, checked against 2e-2)
     cylstm int8   the same with ``weights_dtype='int8'`` (per-column int8 weights; its
                   max|diff| from float32 is shown, checked against 3e-2)
+    onnxruntime int8  ONNX Runtime's ``com.microsoft.DynamicQuantizeLSTM`` with the same
+                  int8 weights (activations quantized per step by ORT), the int8 peer
     torch cell    ``nn.LSTMCell`` per layer + ``nn.Linear``, under ``torch.inference_mode``
     torch LSTM    ``nn.LSTM(num_layers=layers)`` on a T=1 sequence with the state passed
     onnxruntime   ``session.run`` of an ONNX graph of ``LSTM`` nodes (T=1, W/R/B
@@ -48,7 +50,8 @@ CHECK_STEPS = 20
 ATOL = 1e-4
 BF16_ATOL = 2e-2
 INT8_ATOL = 3e-2   # issue 16's bound for int8 weights
-REDUCED_ATOL = {"cylstm-bf16": BF16_ATOL, "cylstm-int8": INT8_ATOL}
+REDUCED_ATOL = {"cylstm-bf16": BF16_ATOL, "cylstm-int8": INT8_ATOL,
+                "onnxruntime-int8": INT8_ATOL}
 
 
 class Skip(Exception):
@@ -187,8 +190,12 @@ def torch_lstm_impl(weights, threads):
     return step, reset, "torch LSTM T=1"
 
 
-def onnx_model_bytes(weights):
-    """An ONNX graph: LSTM nodes (T=1) feeding each other, then MatMul + Add."""
+def onnx_model_bytes(weights, int8=False):
+    """An ONNX graph: LSTM nodes (T=1) feeding each other, then MatMul + Add.  With
+    ``int8``, ONNX Runtime's ``com.microsoft.DynamicQuantizeLSTM`` instead: the
+    kernels as per-column int8 (cylstm.quantization's values, stored as uint8 with
+    zero point 128: ORT's int8-weight kernel saturates without VNNI), activations
+    quantized by ORT at run time."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -208,14 +215,29 @@ def onnx_model_bytes(weights):
     prev = "x"
     for k, (W, U, b) in enumerate(lstm):
         bb = np.concatenate([reorder(b[None])[0, :, 0], np.zeros(4 * H, np.float32)])[None]
-        inits += [numpy_helper.from_array(reorder(W), f"W{k}"),
-                  numpy_helper.from_array(reorder(U), f"R{k}"),
-                  numpy_helper.from_array(bb.astype(np.float32), f"B{k}")]
+        inits.append(numpy_helper.from_array(bb.astype(np.float32), f"B{k}"))
         inputs += [helper.make_tensor_value_info(f"h{k}", TensorProto.FLOAT, [1, 1, H]),
                    helper.make_tensor_value_info(f"c{k}", TensorProto.FLOAT, [1, 1, H])]
-        nodes.append(helper.make_node("LSTM", [prev, f"W{k}", f"R{k}", f"B{k}", "", f"h{k}",
-                                               f"c{k}"], ["", f"Yh{k}", f"Yc{k}"],
-                                      hidden_size=H))
+        if not int8:
+            inits += [numpy_helper.from_array(reorder(W), f"W{k}"),
+                      numpy_helper.from_array(reorder(U), f"R{k}")]
+            nodes.append(helper.make_node("LSTM", [prev, f"W{k}", f"R{k}", f"B{k}", "",
+                                                   f"h{k}", f"c{k}"],
+                                          ["", f"Yh{k}", f"Yc{k}"], hidden_size=H))
+        else:
+            from cylstm.quantization import quantize_int8
+            for name, M in (("W", W), ("R", U)):
+                q, sc = quantize_int8(reorder(M)[0].T)          # (n, 4H) in ONNX order
+                inits += [numpy_helper.from_array((q.astype(np.int16) + 128).astype(np.uint8)
+                                                  [None], f"{name}{k}"),
+                          numpy_helper.from_array(sc[None], f"{name}s{k}"),
+                          numpy_helper.from_array(np.full((1, 4 * H), 128, np.uint8),
+                                                  f"{name}z{k}")]
+            nodes.append(helper.make_node(
+                "DynamicQuantizeLSTM",
+                [prev, f"W{k}", f"R{k}", f"B{k}", "", f"h{k}", f"c{k}", "",
+                 f"Ws{k}", f"Wz{k}", f"Rs{k}", f"Rz{k}"],
+                ["", f"Yh{k}", f"Yc{k}"], hidden_size=H, domain="com.microsoft"))
         outputs += [helper.make_tensor_value_info(f"Yh{k}", TensorProto.FLOAT, [1, 1, H]),
                     helper.make_tensor_value_info(f"Yc{k}", TensorProto.FLOAT, [1, 1, H])]
         prev = f"Yh{k}"          # (1, 1, H): one direction, T = 1, batch 1 = the next X
@@ -224,13 +246,20 @@ def onnx_model_bytes(weights):
               helper.make_node("Add", ["mm", "bd"], ["y"])]
     outputs.insert(0, helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, Wd.shape[1]]))
     graph = helper.make_graph(nodes, "stream", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)]
+                                              if int8 else [])
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = min(model.ir_version, 8)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-def ort_impl(weights, threads):
+def ort_int8_impl(weights, threads):
+    step, reset, _ = ort_impl(weights, threads, int8=True)
+    return step, reset, "onnxruntime int8"
+
+
+def ort_impl(weights, threads, int8=False):
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -241,7 +270,7 @@ def ort_impl(weights, threads):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(onnx_model_bytes(weights), so,
+    sess = ort.InferenceSession(onnx_model_bytes(weights, int8), so,
                                 providers=["CPUExecutionProvider"])
     feeds = {}
 
@@ -295,7 +324,8 @@ def numpy_impl(weights, threads):
 
 IMPLS = [("cylstm", cylstm_impl), ("cylstm-bf16", cylstm_bf16_impl),
          ("cylstm-int8", cylstm_int8_impl), ("torch LSTMCell", torch_cell_impl),
-         ("torch LSTM T=1", torch_lstm_impl), ("onnxruntime", ort_impl), ("numpy", numpy_impl)]
+         ("torch LSTM T=1", torch_lstm_impl), ("onnxruntime", ort_impl),
+         ("onnxruntime-int8", ort_int8_impl), ("numpy", numpy_impl)]
 
 
 # ---------------------------------------------------------------------------------------
