@@ -238,17 +238,18 @@ def run_pool_case(I, H, threads, streams=POOL_STREAMS, frames=200, repeat=3, pau
     rng = np.random.default_rng(5)
     frames_x = rng.standard_normal((5, S, I)).astype(np.float32)
 
-    def pool_impl():
+    def pool_impl(wd=None):
         pool = st.StreamPool._from_specs(specs, max_streams=S, num_threads=threads,
-                                         dtype=np.float32)
+                                         dtype=np.float32, weights_dtype=wd)
 
         def reset():
             for k in keys:
                 if k in pool:
                     pool.reset(k)
 
+        tag = "" if wd is None else f"{pool.weights_dtype} "
         return (lambda X: pool.step((keys, X))[1]), reset, \
-            f"cylstm pool ({pool._threads_for(S)} thr, one call)"
+            f"cylstm {tag}pool ({pool._threads_for(S)} thr, one call)"
 
     def runners_impl():
         rs = [st.StreamRunner._from_specs(specs, 1, num_threads=threads, dtype=np.float32)
@@ -263,7 +264,8 @@ def run_pool_case(I, H, threads, streams=POOL_STREAMS, frames=200, repeat=3, pau
 
         return step, reset, f"cylstm runners ({S} calls)"
 
-    impls = [("cylstm", pool_impl), ("cylstm runners", runners_impl),
+    impls = [("cylstm", pool_impl), ("cylstm bf16", lambda: pool_impl("bfloat16")),
+             ("cylstm int8", lambda: pool_impl("int8")), ("cylstm runners", runners_impl),
              ("torch LSTMCell", lambda: _torch_batch(specs, S, threads)),
              ("onnxruntime", lambda: _ort_batch(specs, S, threads))]
     rows, active, ref = [], [], None
@@ -293,7 +295,9 @@ def run_pool_case(I, H, threads, streams=POOL_STREAMS, frames=200, repeat=3, pau
             d = float(np.max(np.abs(outs - ref)))
             row.update(max_abs_diff=d,
                        max_rel_diff=d / max(float(np.max(np.abs(ref))), 1e-30))
-            if not d <= POOL_ATOL:
+            # bf16 and int8 weights carry ~3e-3 relative error: reported, checked
+            # against issue 16's bounds
+            if not d <= {"cylstm bf16": 2e-2, "cylstm int8": 3e-2}.get(label, POOL_ATOL):
                 row.update(status="mismatch", reason=f"differs from cylstm's pool by {d:.3g}")
                 continue
         active.append((step, reset, row))
