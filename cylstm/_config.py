@@ -180,6 +180,16 @@ def show_config(file=None):
     print("\n".join(lines), file=out)
 
 
+def _reduced_precision_line(f):
+    """How the streaming runner's bf16 and int8 weights run on this CPU (no BF16,
+    VNNI or AMX instruction is used yet: issue 16)."""
+    have = sorted(f.flags & {"avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"})
+    return ("  reduced-precision weights (streaming runner, pool): bf16 widened to float32 by "
+            "shifts, int8 converted to float32 (vpmovsxbd + vcvtdq2ps on AVX2/AVX-512), "
+            "float32 FMAs; CPU's bf16/int8 dot-product instructions: "
+            f"{' '.join(have) if have else 'none'} (not used yet)")
+
+
 def _planner_lines():
     """The CPU facts, thresholds and tuning cache the forward planner uses."""
     f = _tuning.cpu_facts()
@@ -194,6 +204,7 @@ def _planner_lines():
          f"L3 per core x cores)"),
         (f"  BLAS core: {f.blas_core}; per-step BLAS products "
          f"{'as small tiles' if f.blas_tiles_steps else 'in one call'} (STEP_TILE_BLAS_CORES)"),
+        _reduced_precision_line(f),
         "  thresholds (cylstm/_tuning.py):",
     ]
     lines += [f"    {name} = {value}: {src}" for name, value, src in _tuning.threshold_sources()]

@@ -539,3 +539,18 @@ def test_cpufacts_is_frozen():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert f.with_l3_per_core(MiB, "x").llc_budget == MiB
+
+
+def test_show_config_names_the_reduced_precision_instructions(xeon_vm):
+    # the line that says how bf16 / int8 weights run, and which of the CPU's bf16 and
+    # int8 dot-product instructions exist (none is used yet): facts injected
+    from cylstm import _config
+
+    line = _config._reduced_precision_line(detect_cpu(*xeon_vm))
+    assert "amx_bf16 amx_int8 avx512_bf16" in line and "(not used yet)" in line
+
+
+def test_show_config_says_none_without_those_instructions(avx2_desktop):
+    from cylstm import _config
+
+    assert "instructions: none" in _config._reduced_precision_line(detect_cpu(*avx2_desktop))
