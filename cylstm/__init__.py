@@ -14,6 +14,19 @@ import importlib
 
 __version__ = "0.1.0"
 
+try:  # the compiled kernels: missing in a source tree that was never built
+    from cylstm import _lstm  # noqa: F401
+except ImportError as e:
+    import os as _os
+
+    _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    if not _os.path.exists(_os.path.join(_root, "setup.py")):
+        raise   # an installed copy: the error as it is
+    raise ImportError(
+        f"cylstm is imported from its source tree {_root}, whose compiled extensions are "
+        f"not built ({e}).  Build them there with 'python setup.py build_ext --inplace', "
+        "or 'pip install .' and import cylstm from another directory") from e
+
 # CYLSTM_CPU (an ISA level to force) is refused here, with a clear error, if it
 # is unknown or above the CPU's level: before anything runs a kernel.
 from cylstm import _cpu

@@ -219,3 +219,23 @@ def test_forward_past_2_31_elements_matches_reference():
         _, hT, cT, _ = lstm_ref(x[n:n + 1].astype(np.float64), W, U, b)
         np.testing.assert_allclose(y[n], hT[0], rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(out.c[n], cT[0], rtol=1e-3, atol=1e-4)
+
+
+def test_an_unbuilt_source_tree_says_how_to_build_it(tmp_path):
+    # importing cylstm from a checkout whose extensions were never built names the
+    # fix instead of a circular-import error from deep inside the package
+    import shutil
+    import subprocess
+    import sys
+
+    import cylstm
+
+    src = os.path.dirname(os.path.abspath(cylstm.__file__))
+    shutil.copytree(src, tmp_path / "cylstm",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "*.c", "__pycache__"))
+    (tmp_path / "setup.py").write_text("")
+    res = subprocess.run([sys.executable, "-c", "import cylstm"], cwd=tmp_path, check=False,
+                         env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "build_ext --inplace" in res.stderr and str(tmp_path) in res.stderr
