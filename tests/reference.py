@@ -114,3 +114,21 @@ def numeric_grad(f, x, h=1e-5, indices=None):
         x[idx] = keep
         g[idx] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * h)
     return g
+
+
+def bf16_round(a):
+    """``a`` rounded to bfloat16 (nearest even), as float64: a rounding written apart
+    from cylstm's packer."""
+    a = np.asarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def int8_round(a):
+    """``a`` (K, N) as per-column symmetric int8 (scale max|a| / 127, round half to
+    even) times its scale, as float64: written apart from cylstm.quantization."""
+    a = np.asarray(a, np.float32)
+    amax = np.abs(a).max(axis=0)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    return np.clip(np.rint(a / s), -127, 127) * s.astype(np.float64)

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from reference import lstm_ref, lstm_ref_backward, random_lstm
+from reference import bf16_round, int8_round, lstm_ref, lstm_ref_backward, random_lstm
 
 from cylstm import _cpu, _lstm, _stream, stream
 from cylstm.functional import lstm_backward, lstm_forward
@@ -207,12 +207,6 @@ def _stream_ref(specs, x):
     return y
 
 
-def _bf16_round(a):
-    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return u.astype(np.uint32).view(np.float32).astype(np.float64)
-
-
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,threads", [(1, 1), (2, 2), (7, 1)])  # rows: 1; 2; 6 + 1 / 4 + 2 + 1
@@ -239,17 +233,10 @@ def test_streaming_runner_bfloat16_weights(level):
     with _cpu.forced_level(level):
         r = StreamRunner._from_specs(specs, 2, weights_dtype="bfloat16")
         got = np.stack([r.step(x[:, t].astype(np.float32)).copy() for t in range(6)], axis=1)
-    rounded = [dict(s, kernel=_bf16_round(s["kernel"]),
-                    recurrent_kernel=_bf16_round(s["recurrent_kernel"]),
+    rounded = [dict(s, kernel=bf16_round(s["kernel"]),
+                    recurrent_kernel=bf16_round(s["recurrent_kernel"]),
                     bias=np.asarray(s["bias"], np.float32).astype(np.float64)) for s in specs]
     np.testing.assert_allclose(got, _stream_ref(rounded, x), rtol=2e-5, atol=2e-5)
-
-
-def _int8_round(a):
-    a = np.asarray(a, np.float32)
-    amax = np.abs(a).max(axis=0)
-    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    return np.clip(np.rint(a / s), -127, 127) * s.astype(np.float64)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -261,8 +248,8 @@ def test_streaming_runner_int8_weights(level, B):
     with _cpu.forced_level(level):
         r = StreamRunner._from_specs(specs, B, weights_dtype="int8")
         got = np.stack([r.step(x[:, t].astype(np.float32)).copy() for t in range(6)], axis=1)
-    rounded = [dict(s, kernel=_int8_round(s["kernel"]),
-                    recurrent_kernel=_int8_round(s["recurrent_kernel"]),
+    rounded = [dict(s, kernel=int8_round(s["kernel"]),
+                    recurrent_kernel=int8_round(s["recurrent_kernel"]),
                     bias=np.asarray(s["bias"], np.float32).astype(np.float64)) for s in specs]
     np.testing.assert_allclose(got, _stream_ref(rounded, x), rtol=2e-5, atol=2e-5)
 

@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 import pytest
+from reference import int8_round
 
 from cylstm import layers as L
 from cylstm import saving
@@ -18,13 +19,9 @@ from cylstm.quantization import dequantize_int8, quantize_int8
 
 
 def _np_int8(w):
-    """Per-column symmetric int8, dequantized: scale max|w| / 127 (1 for a zero
-    column), np.rint (half to even), clip to +-127 -- all in float32."""
-    w = np.asarray(w, np.float32)
-    amax = np.abs(w).max(axis=0)
-    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.clip(np.rint(w / s), -127, 127).astype(np.float32)
-    return q * s
+    """Per-column symmetric int8, dequantized, in float32 (reference.int8_round's
+    exact product, rounded once: what a float32 q * scale gives)."""
+    return int8_round(w).astype(np.float32)
 
 
 def _np_quantized_weights(model):

@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from reference import lstm_ref
+from reference import bf16_round, int8_round, lstm_ref
 
 from cylstm import stream
 from cylstm.layers import LSTM, Dense, Dropout
@@ -160,26 +160,8 @@ def test_threads_give_bitwise_serial_results():
     np.testing.assert_array_equal(a, b)
 
 
-def _bf16_round(a):
-    """Round to bfloat16 (nearest even), returned as float64: an independent rounding."""
-    a = np.asarray(a, np.float32)
-    u = a.view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return u.astype(np.uint32).view(np.float32).astype(np.float64)
-
-
-def _int8_round(a):
-    """Per-column symmetric int8 (scale max|a| / 127, round half to even), returned
-    dequantized as float64: written here apart from cylstm.quantization."""
-    a = np.asarray(a, np.float32)
-    amax = np.abs(a).max(axis=0)
-    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.clip(np.rint(a / s), -127, 127)
-    return q * s.astype(np.float64)
-
-
-@pytest.mark.parametrize("wd,rounded_to,bound", [("bfloat16", _bf16_round, 2e-2),
-                                                 ("int8", _int8_round, 3e-2)])
+@pytest.mark.parametrize("wd,rounded_to,bound", [("bfloat16", bf16_round, 2e-2),
+                                                 ("int8", int8_round, 3e-2)])
 @pytest.mark.parametrize("H", [20, 24, 37, 80])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_reduced_precision_weights(wd, rounded_to, bound, H, threads):
