@@ -37,8 +37,8 @@ from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
-from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, cyl_stream_panel_f32,
-                            cyl_stream_panel_f64)
+from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF,
+                            cyl_stream_panel_next_f32, cyl_stream_panel_next_f64)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -313,13 +313,14 @@ cdef void _pack_panels(Py_ssize_t I, Py_ssize_t KU, Py_ssize_t H, const floating
 cdef inline void _stacked_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
                                   const floating* x, Py_ssize_t I, Py_ssize_t ldx,
                                   const floating* h, Py_ssize_t H,
-                                  floating* z) noexcept nogil:
+                                  floating* z, const void* next=NULL) noexcept nogil:
     """z (nrows, w) = [x (nrows, I; rows ldx apart), h (nrows, H)] @ panel (I + H, w)
-    (I may be 0: h @ a panel of U)."""
+    (I may be 0: h @ a panel of U).  ``next``: the panel this thread reads after
+    this one, or NULL (the kernel may prefetch it)."""
     if floating is float:
-        cyl_stream_panel_f32(P, w, nrows, x, I, ldx, h, H, H, z, w)
+        cyl_stream_panel_next_f32(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
     else:
-        cyl_stream_panel_f64(P, w, nrows, x, I, ldx, h, H, H, z, w)
+        cyl_stream_panel_next_f64(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
 
 
 cdef inline Py_ssize_t _plain_width(floating* kind) noexcept nogil:
@@ -399,15 +400,19 @@ cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, P
     last panel): ldz must be at least that."""
     cdef Py_ssize_t pw = _plain_width(z), vl = _vlen(z), n_p = (N + pw - 1) // pw
     cdef Py_ssize_t q, p, j0, w
+    cdef const floating* nx
     for q in range(n_p):
         p = _snake(q, s, n_p)
         j0 = p * pw
         w = N - j0 if N - j0 < pw else pw
         w = ((w + vl - 1) // vl) * vl
+        nx = P + _snake(q + 1, s, n_p) * K * pw if q + 1 < n_p else NULL
         if floating is float:
-            cyl_stream_panel_f32(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0, z + j0, ldz)
+            cyl_stream_panel_next_f32(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
+                                      z + j0, ldz, nx)
         else:
-            cyl_stream_panel_f64(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0, z + j0, ldz)
+            cyl_stream_panel_next_f64(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
+                                      z + j0, ldz, nx)
 
 
 cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t H,
@@ -452,7 +457,9 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
             hp = _padded_units(hb, vl)
             w = 4 * hp
             _stacked_product(P + p * K * 4 * span, w, nb, x + (b0 * T + t) * I, I,
-                             T * I, src + b0 * H, H, zs)
+                             T * I, src + b0 * H, H, zs,
+                             P + _snake(q + 1, s, n_panels) * K * 4 * span
+                             if q + 1 < n_panels else NULL)
             for b in range(b0, b1):
                 L = T if lengths == NULL else lengths[b]
                 if s >= L:
@@ -1050,17 +1057,19 @@ cdef void _project_panels(SeqJob* j, Py_ssize_t p0, Py_ssize_t p1,
     cdef Py_ssize_t M = j.B * j.T, p, j0, hb, w
     cdef const floating* x = <const floating*> j.x
     cdef const floating* P = <const floating*> j.P + _packed_len(H, span, vl)
+    cdef const floating* nx
     cdef floating* G = <floating*> j.G
     for p in range(p0, p1):
         j0 = p * span
         hb = H - j0 if H - j0 < span else span
         w = 4 * _padded_units(hb, vl)
+        nx = P + (p + 1) * I * 4 * span if p + 1 < p1 else NULL
         if floating is float:
-            cyl_stream_panel_f32(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
-                                 G + j0 * 4, j.ldg)
+            cyl_stream_panel_next_f32(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
+                                      G + j0 * 4, j.ldg, nx)
         else:
-            cyl_stream_panel_f64(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
-                                 G + j0 * 4, j.ldg)
+            cyl_stream_panel_next_f64(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
+                                      G + j0 * 4, j.ldg, nx)
 
 
 cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -1071,7 +1080,7 @@ cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
         _units_prep_t(j, c, tid, <float*> NULL)
 
 
-cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
+cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, Py_ssize_t pn, int tid,
                          floating* kind) noexcept nogil:
     """Step s (k = s + 1) of panel p: compute into this thread's scratch, then
     commit it if no other thread did.  Whether this thread committed it.
@@ -1110,7 +1119,8 @@ cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
     if not direct and cyl_committed(&j.words[p], k):
         return False
     # z (B, w) = h_prev (B, H) @ panel p of U (H, w)
-    _stacked_product(<const floating*> j.P + p * H * 4 * span, w, B, src, 0, 0, src, H, z)
+    _stacked_product(<const floating*> j.P + p * H * 4 * span, w, B, src, 0, 0, src, H, z,
+                     <const floating*> j.P + pn * H * 4 * span if pn >= 0 else NULL)
     if po:
         for b in range(B):
             L = T if j.lengths == NULL else j.lengths[b]
@@ -1193,10 +1203,11 @@ cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
     return True
 
 
-cdef inline bint _units_panel(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid) noexcept nogil:
+cdef inline bint _units_panel(SeqJob* j, Py_ssize_t s, Py_ssize_t p, int tid,
+                              Py_ssize_t pn=-1) noexcept nogil:
     if j.dbl:
-        return _units_panel_t(j, s, p, tid, <double*> NULL)
-    return _units_panel_t(j, s, p, tid, <float*> NULL)
+        return _units_panel_t(j, s, p, pn, tid, <double*> NULL)
+    return _units_panel_t(j, s, p, pn, tid, <float*> NULL)
 
 
 cdef void _units_rmask_t(SeqJob* j, Py_ssize_t s, floating* kind) noexcept nogil:
@@ -1259,11 +1270,13 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
                     _units_rmask_t(j, s, <float*> NULL)
             if j.nt == 1:
                 for q in range(n):
-                    _units_panel(j, s, _snake(q, s, n), 0)
+                    _units_panel(j, s, _snake(q, s, n), 0,
+                                 _snake(q + 1, s, n) if q + 1 < n else -1)
                 continue
             cyl_pool_tick_set(k)
             for q in range(m1 - m0):
-                _units_panel(j, s, m0 + _snake(q, s, m1 - m0), 0)
+                _units_panel(j, s, m0 + _snake(q, s, m1 - m0), 0,
+                             m0 + _snake(q + 1, s, m1 - m0) if q + 1 < m1 - m0 else -1)
             for q in range(n - m1):
                 p = n - 1 - _snake(q, s, n - m1)
                 _units_commit_wait(j, p, k, False)
@@ -1300,7 +1313,9 @@ cdef void _units_job(void* job, int tid) noexcept nogil:
         for q in range(m1 - m0):
             if cyl_pool_tick_get() != k:
                 break
-            helped = _units_panel(j, k - 1, m0 + _snake(q, k - 1, m1 - m0), tid) or helped
+            helped = _units_panel(j, k - 1, m0 + _snake(q, k - 1, m1 - m0), tid,
+                                  m0 + _snake(q + 1, k - 1, m1 - m0)
+                                  if q + 1 < m1 - m0 else -1) or helped
         useless = 0 if helped else useless + 1
         last = k
 

@@ -13,6 +13,14 @@ cdef extern from "cylstm_stream.h" nogil:
                               const double* a0, Py_ssize_t ka, Py_ssize_t lda,
                               const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
                               double* z0, Py_ssize_t ldz) noexcept
+    void cyl_stream_panel_next_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
+                                   const float* a0, Py_ssize_t ka, Py_ssize_t lda,
+                                   const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                                   float* z0, Py_ssize_t ldz, const void* next) noexcept
+    void cyl_stream_panel_next_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
+                                   const double* a0, Py_ssize_t ka, Py_ssize_t lda,
+                                   const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
+                                   double* z0, Py_ssize_t ldz, const void* next) noexcept
     void cyl_stream_panel_bf16(const uint16_t* P, Py_ssize_t w, Py_ssize_t nrows,
                                const float* a0, Py_ssize_t ka, Py_ssize_t lda,
                                const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
