@@ -92,6 +92,19 @@ UNITS_L2_MIN_BYTES = 2 * 2**20
 # (50, 64, 512, 512) 556/684 ms, (25, 16, 1024, 1024) 396/379; inference
 # (25, 1, 512, 512) 3.86/4.57 ms, (25, 16, 1024, 1024) 162/126.
 UNITS_L2_SERIAL_MAX_BATCH = 32
+# In training, where BLAS packs every per-step call (CpuFacts.blas_tiles_steps
+# false: OpenBLAS Haswell) and the stacked path cannot run (no gate cache), the
+# unit path for batches of up to UNITS_TRAIN_MAX_BATCH on any thread count: the
+# batch path's per-step BLAS call repacks U for a handful of rows.  2-vCPU AMD
+# EPYC (Zen 3, AVX2), 2026-12-02, training forward, medians of 7 alternated in
+# one process, rows / rows_fused / units (ms): 1 thread (100, 4, 32, 64)
+# 2.1/2.7/1.1, (100, 8, 64, 128) 10.3/11.6/6.5, (100, 16, 128, 128)
+# 14.8/19.2/12.2, (50, 16, 512, 512) 99/158/71; 2 threads 2.1/2.8/1.2,
+# 12.9/16.1/5.1, 12.9/17.3/9.8.  From batch 32 it is a draw or a loss:
+# (100, 32, 10, 50) 6.2/5.4/7.2, (100, 32, 64, 96) 16.4/15.4/17.3,
+# (100, 32, 128, 256) 67/79/60 (2 threads 48/57/46), (100, 128, 128, 128)
+# 81/76/93, (100, 48, 128, 256) on 2 threads 66/76/73.
+UNITS_TRAIN_MAX_BATCH = 16
 
 # Batches that split into slices of at least FUSE_MIN_ROWS samples per thread
 # compute x_t @ W inside each step, next to h_prev @ U, instead of one input
@@ -254,6 +267,8 @@ THRESHOLDS = {
     "UNITS_SERIAL_MIN_UNITS": "forward planner; 2-vCPU Xeon, training forward, 2026-12-01",
     "UNITS_L2_MIN_BYTES": "forward planner; 2-vCPU Xeon, (100, 32, 256, 384), 2026-12-01",
     "UNITS_L2_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Zen 3, one thread, 2026-12-02",
+    "UNITS_TRAIN_MAX_BATCH": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS Haswell), "
+                             "training forward, 2026-12-02",
     "FUSE_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "FUSE_MAX_BYTES": "forward planner; 2-vCPU Xeon, (50, 64, 512, 512), 2026-12-01",
     "FIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",

@@ -181,6 +181,12 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: {B // nt} "
                            f"rows per thread >= MIN_ROWS_PER_THREAD on packed [W; U] "
                            f"({wu_bytes >> 10} KiB <= STACKED_PACKING_BLAS_MAX_BYTES)")
+    if (facts.isa_level >= 1 and not facts.blas_tiles_steps and training
+            and H > _panel_units(dtype) and B <= t.UNITS_TRAIN_MAX_BATCH
+            and (not has_mask or min(n_total, _n_panels(H, dtype)) == 1)):
+        return "units", (f"BLAS ({facts.blas_core}) packs every per-step call and training "
+                         f"cannot take the stacked path: batch {B} <= UNITS_TRAIN_MAX_BATCH "
+                         f"on U's panels")
     if (facts.isa_level >= 1 and H > _panel_units(dtype) and u_bytes > facts.l2_per_core
             and u_bytes >= t.UNITS_L2_MIN_BYTES
             and (n_total >= 2 or 2 <= B <= t.UNITS_L2_SERIAL_MAX_BATCH)
@@ -235,12 +241,15 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     5. "stacked" (AVX2 or AVX-512, inference) where BLAS packs every per-step
        call (``facts.blas_tiles_steps`` false), with MIN_ROWS_PER_THREAD rows per
        thread and [W; U] of at most STACKED_PACKING_BLAS_MAX_BYTES;
-    6. "units" (AVX2 or AVX-512) when U is larger than a core's L2 and at least
+    6. "units" (AVX2 or AVX-512) in training where BLAS packs every per-step call,
+       for batches of at most UNITS_TRAIN_MAX_BATCH (the recurrent mask rule of 2
+       applies);
+    7. "units" (AVX2 or AVX-512) when U is larger than a core's L2 and at least
        UNITS_L2_MIN_BYTES, on one thread only for batches of 2 to
        UNITS_L2_SERIAL_MAX_BATCH (the recurrent mask rule of 2 applies);
-    7. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
+    8. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
        within 1/FIT_LLC_FRACTION of the budget and at most FUSE_MAX_BYTES;
-    8. "rows".
+    9. "rows".
     """
     dtype = np.dtype(dtype)
     n_total = int(n_threads)

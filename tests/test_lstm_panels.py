@@ -179,7 +179,9 @@ def test_plan_without_avx512_keeps_large_batches_on_blas():
     # stacked step while [W; U] is small, BLAS beyond STACKED_PACKING_BLAS_MAX_BYTES
     haswell = dataclasses.replace(avx2, blas_core="Haswell")
     assert _path(16, 256, 2, facts=haswell) == "stacked"
-    assert _path(16, 256, 2, facts=haswell, training=True) == "rows"
+    # training cannot take the stacked step: the unit split up to UNITS_TRAIN_MAX_BATCH
+    assert _path(16, 256, 2, facts=haswell, training=True) == "units"
+    assert _path(32, 256, 2, facts=haswell, training=True) == "rows"
     assert _path(4, 256, 1, facts=haswell) == "stacked"
     assert _path(2, 256, 1, facts=haswell) == "rows"          # < MIN_ROWS_PER_THREAD
     assert _path(64, 1024, 2, I=1024, facts=haswell) == "units"   # 32 MiB of [W; U]

@@ -203,6 +203,26 @@ def test_avx2_plans(avx2_desktop):
     assert _path(f, 16, 25, 512, 512, 1, has_mask=True).path == "units"
 
 
+def test_training_unit_rule_where_blas_packs_each_step(avx2_desktop):
+    f = detect_cpu(*avx2_desktop)        # BLAS core unknown: packs every per-step call
+    t = _tuning
+    for n in (1, 2):
+        for B in ((1,) if n == 1 else ()) + (8, t.UNITS_TRAIN_MAX_BATCH):
+            p = _path(f, B, 100, 64, 128, n, training=True)
+            assert p.path == "units" and "UNITS_TRAIN_MAX_BATCH" in p.reason, (B, n)
+        # larger batches, and inference (the stacked step), keep their own rules
+        assert _path(f, t.UNITS_TRAIN_MAX_BATCH + 1, 100, 64, 128, n,
+                     training=True).path != "units"
+        assert _path(f, 8, 100, 64, 128, n).path == "stacked"
+    # one panel: nothing to split; a mask on two threads: the threads share h_prev
+    assert _path(f, 8, 100, 64, 16, 1, training=True).path != "units"
+    assert _path(f, 8, 100, 64, 128, 2, training=True, has_mask=True).path != "units"
+    assert _path(f, 8, 100, 64, 128, 1, training=True, has_mask=True).path == "units"
+    # where BLAS has small-matrix kernels for the per-step tiles, BLAS's step stays
+    g = dataclasses.replace(f, blas_core="SkylakeX")
+    assert _path(g, 8, 100, 64, 128, 1, training=True).path != "units"
+
+
 def test_serial_unit_rules(xeon_vm):
     f = detect_cpu(*xeon_vm, blas_core="SapphireRapids")        # AVX-512, 2 MiB L2 per core
     t = _tuning
