@@ -11,14 +11,23 @@ Submodules: ``functional`` (the kernels over NumPy arrays), ``layers``,
 ``interop``, ``cuda``.
 """
 import importlib
+import os as _os
 
 __version__ = "0.1.0"
+
+# OpenBLAS's idle threads spin (sched_yield) for 2**28 cycles, about 0.1 s, after
+# every multi-threaded call, on the cores cylstm's threads then need: one 512^3
+# sgemm (NumPy's or SciPy's) right before a 2-thread forward at (T, B, I, H) =
+# (100, 32, 128, 256) took it from 24-26 ms to 45-48 ms, slower than one thread.
+# 2**18 cycles (~0.1 ms) keeps back-to-back BLAS calls warm and frees the core:
+# 25-27 ms (AMD EPYC (2 cores), Zen 3, 2026-12-02; README "Threads").  OpenBLAS reads it when it loads, so it applies to the copies
+# loaded after this line (SciPy's, and NumPy's when cylstm is imported first);
+# a value the user set is kept.  show_config() says what each copy runs with.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
 try:  # the compiled kernels: missing in a source tree that was never built
     from cylstm import _lstm  # noqa: F401
 except ImportError as e:
-    import os as _os
-
     _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
     if not _os.path.exists(_os.path.join(_root, "setup.py")):
         raise   # an installed copy: the error as it is

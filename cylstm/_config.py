@@ -110,6 +110,36 @@ def _blas():
     return _blas_lib or None
 
 
+def openblas_spin():
+    """{library file: n} for each OpenBLAS copy loaded in this process: its idle
+    threads spin 2**n cycles after a call (OPENBLAS_THREAD_TIMEOUT, read when the
+    copy loaded; see cylstm/__init__.py).  Empty where none says."""
+    out = {}
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if "openblas" in ln and ".so" in ln}
+    except OSError:
+        return out
+    for p in sorted(paths):
+        try:
+            fn = getattr(ctypes.CDLL(p), "openblas_thread_timeout", None)
+        except OSError:
+            continue
+        if fn is not None:
+            fn.restype = ctypes.c_int
+            out[os.path.basename(p)] = int(fn()) or 28   # 0: not set, OpenBLAS's 28
+    return out
+
+
+def _spin_report():
+    spins = openblas_spin()
+    if not spins:
+        return "no OpenBLAS loaded, or it does not say"
+    return ", ".join(f"{k} {v}" for k, v in spins.items()) + (
+        " (28: loaded before cylstm set 18; set OPENBLAS_THREAD_TIMEOUT=18 before "
+        "importing NumPy)" if any(v >= 28 for v in spins.values()) else "")
+
+
 def blas_core():
     """The core OpenBLAS picked for this CPU (e.g. "Haswell", "SkylakeX",
     "Cooperlake"), or None when SciPy's BLAS is not OpenBLAS or does not say."""
@@ -163,6 +193,7 @@ def show_config(file=None):
         f"  numpy {numpy.__version__}, scipy {scipy.__version__}",
         (f"  BLAS (from SciPy): {b['library']} {b['version'] or ''} "
          f"threading={b['threading']} kernel={b['kernel']} threads={b['num_threads']}"),
+        f"  OpenBLAS idle-thread spin (2**n cycles, OPENBLAS_THREAD_TIMEOUT): {_spin_report()}",
         (f"  OpenMP: {'on' if _openmp_helpers.openmp_enabled() else 'OFF (serial build)'}"
          f" (omp max threads {_openmp_helpers.omp_max_threads()})"),
         f"  cylstm threads: {get_num_threads()} (cores available: {_available_cores()})",
