@@ -90,13 +90,13 @@ def _bf16_slots(wv):
 
 
 def _to_bf16(a):
-    """float32 -> bfloat16 bits (uint16), rounded to nearest even."""
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even
+    (:func:`cylstm.quantization.bfloat16_bits`, the one definition).  Packed
+    weights must be finite: a NaN or inf weight is refused here."""
     a = np.ascontiguousarray(a, np.float32)
     if not np.all(np.isfinite(a)):
         raise ValueError("bfloat16 weights: the weights must be finite")
-    u = a.view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return u.astype(np.uint16)
+    return _quant.bfloat16_bits(a)
 
 
 def _pack_columns(M, col_groups, K, dtype, bf16=False):
