@@ -3,12 +3,18 @@ float32 sums, float32 master variables.
 
 - the rounding: the C kernels' (include/cylstm_math.h), the library's
   (cylstm.quantization) and the independent one in tests/reference.py, bit for bit;
+- ``lstm_forward(..., compute_dtype="bfloat16")`` and its backward against the
+  float64 reference (tests/reference.py) of the emulated semantics, on both paths
+  that run it, and its accuracy against float32;
 """
+import dataclasses
+
 import numpy as np
 import pytest
-from reference import bf16_round
+from reference import bf16_round, lstm_ref, lstm_ref_backward, random_lstm
 
-from cylstm import _testing
+from cylstm import _testing, _tuning
+from cylstm.functional import lstm_backward, lstm_forward, plan_forward
 from cylstm.quantization import bfloat16_bits, round_bfloat16
 
 F32_MAX = np.finfo(np.float32).max
@@ -122,3 +128,281 @@ def test_stream_packer_shares_the_rounding():
     np.testing.assert_array_equal(stream._to_bf16(a), bfloat16_bits(a))
     with pytest.raises(ValueError, match="must be finite"):  # packed weights stay refused
         stream._to_bf16(np.array([1.0, np.nan], np.float32))
+
+
+# ---------------------------------------------------------------------------
+# The functional LSTM: compute_dtype="bfloat16"
+# ---------------------------------------------------------------------------
+
+F32 = {"rtol": 1e-5, "atol": 2e-6}          # float32 recurrences (tests/test_lstm_kernels.py)
+F32_GRAD = {"rtol": 1e-4, "atol": 2e-5}
+
+
+def _ref_bf16(x, W, U, b, y_kernel, h0=None, c0=None, lengths=None, reverse=False,
+              rmask=None):
+    """The emulated semantics in float64: tests/reference.py's LSTM over x, W, U
+    rounded to bf16 once, its recurrent operand h_prev (* mask) rounded every step,
+    products and gates in float64.
+
+    A float32 h_prev within its own rounding noise (1e-5 relative) of a bf16 tie may
+    round to either neighbour, and the kernel's float32 h differs from this float64
+    one in its last bits: there, and only there, the rounding takes the kernel's side
+    (read from its outputs ``y_kernel``), so a test does not fail on a coin toss.
+    Anywhere else a different rounding is the reference's own, and a wrong kernel
+    still fails."""
+    B, T, _ = x.shape
+    H = U.shape[0]
+    L = np.full(B, T) if lengths is None else np.asarray(lengths)
+    h0k = np.zeros((B, H), np.float32) if h0 is None else np.asarray(h0, np.float32)
+
+    def kernel_h_prev(n, t):
+        first = t == (L[n] - 1 if reverse else 0)
+        return h0k[n] if first else y_kernel[n, t + 1 if reverse else t - 1]
+
+    def hround(hr, n, t):
+        mine = bf16_round(hr)
+        hk = kernel_h_prev(n, t)
+        if rmask is not None:
+            hk = hk * np.asarray(rmask[n], np.float32)   # as the kernel: in float32
+        theirs = bf16_round(hk)
+        tie = np.abs(hr - (mine + theirs) / 2) <= 1e-5 * np.abs(hr)
+        return np.where((mine != theirs) & tie, theirs, mine)
+
+    return lstm_ref(bf16_round(x), bf16_round(W), bf16_round(U), b, h0, c0, lengths, reverse,
+                    rmask, hround=hround)
+
+
+def _f32(*arrays):
+    return [np.asarray(a, np.float32) for a in arrays]
+
+
+CASES = [  # (B, T, I, H): batch 1, T = 1, more units than inputs, more inputs than units
+    (9, 7, 4, 5), (1, 6, 3, 8), (5, 1, 6, 4), (16, 12, 20, 24), (3, 9, 33, 17)]
+
+
+@pytest.mark.parametrize("path", ["rows", "rows_fused"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", CASES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_bf16_matches_reference(path, threads, shape, reverse):
+    B, T, I, H = shape
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(sum(shape)), B, T, I, H))
+    h0, c0 = _f32(*np.random.default_rng(5).standard_normal((2, B, H)) * 0.5)
+    keep = [a.copy() for a in (x, W, U, b, h0, c0)]
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), go_backwards=reverse,
+                       compute_dtype="bfloat16", num_threads=threads, _plan=path)
+    for a, k in zip((x, W, U, b, h0, c0), keep):
+        np.testing.assert_array_equal(a, k)        # the caller's arrays stay as they were
+    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, h0, c0, reverse=reverse)
+    assert out.output.dtype == np.float32
+    np.testing.assert_allclose(out.output, y, **F32)
+    np.testing.assert_allclose(out.h, hT, **F32)
+    np.testing.assert_allclose(out.c, cT, **F32)
+    last = lstm_forward(x, W, U, b, initial_state=(h0, c0), go_backwards=reverse,
+                        return_sequences=False, compute_dtype="bfloat16", num_threads=threads,
+                        _plan=path)
+    np.testing.assert_array_equal(last.output, out.h)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_bf16_with_lengths_matches_reference(threads, reverse):
+    B, T, I, H = 10, 8, 5, 6
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(11), B, T, I, H))
+    lengths = np.random.default_rng(12).integers(0, T + 1, B)
+    lengths[-1], lengths[0] = 0, T
+    out = lstm_forward(x, W, U, b, lengths=lengths, go_backwards=reverse,
+                       compute_dtype="bfloat16", num_threads=threads, _plan="rows")
+    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, lengths=lengths, reverse=reverse)
+    np.testing.assert_allclose(out.output, y, **F32)
+    np.testing.assert_allclose(out.h, hT, **F32)
+    np.testing.assert_allclose(out.c, cT, **F32)
+    for n, L in enumerate(lengths):
+        assert not out.output[n, L:].any()
+
+
+@pytest.mark.parametrize("path", ["rows", "rows_fused"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward_bf16_with_recurrent_mask_matches_reference(path, threads):
+    B, T, I, H = 12, 9, 7, 10
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(21), B, T, I, H))
+    rng = np.random.default_rng(22)
+    rmask = ((rng.random((B, H)) < 0.7) / 0.7).astype(np.float32)
+    out = lstm_forward(x, W, U, b, recurrent_mask=rmask, compute_dtype="bfloat16",
+                       num_threads=threads, _plan=path)
+    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, rmask=rmask)
+    np.testing.assert_allclose(out.output, y, **F32)
+    np.testing.assert_allclose(out.h, hT, **F32)
+    np.testing.assert_allclose(out.c, cT, **F32)
+
+
+@pytest.mark.parametrize("path", ["rows", "rows_fused"])
+def test_training_cache_holds_the_rounded_operands(path):
+    # bit for bit: the kernel's recurrent operand is the library's rounding of the h it
+    # carried (its previous output), and x, W, U are the library's rounding of the inputs
+    B, T, I, H = 6, 5, 4, 7
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(31), B, T, I, H))
+    h0 = np.random.default_rng(32).standard_normal((B, H)).astype(np.float32)
+    out = lstm_forward(x, W, U, b, initial_state=(h0, np.zeros_like(h0)), training=True,
+                       compute_dtype="bfloat16", _plan=path)
+    c = out.cache
+    prev = np.concatenate([h0[:, None], out.output[:, :-1]], axis=1)
+    np.testing.assert_array_equal(c["Hp"].view(np.uint32), round_bfloat16(prev).view(np.uint32))
+    for name, a in (("x", x), ("W", W), ("U", U)):
+        np.testing.assert_array_equal(c[name], round_bfloat16(a), err_msg=name)
+    inference = lstm_forward(x, W, U, b, initial_state=(h0, np.zeros_like(h0)),
+                             compute_dtype="bfloat16", _plan=path)
+    np.testing.assert_array_equal(inference.output, out.output)
+
+
+def _grads_case(seed, B=8, T=7, I=5, H=6, mask=False):
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(seed), B, T, I, H))
+    rng = np.random.default_rng(seed + 1)
+    h0, c0 = _f32(*rng.standard_normal((2, B, H)) * 0.5)
+    dy, = _f32(rng.standard_normal((B, T, H)))
+    dhT, dcT = _f32(*rng.standard_normal((2, B, H)))
+    rmask = ((rng.random((B, H)) < 0.75) / 0.75).astype(np.float32) if mask else None
+    return x, W, U, b, h0, c0, dy, dhT, dcT, rmask
+
+
+def _check_grads(g, x, W, U, b, out_y, h0, c0, dy, dhT, dcT, rmask=None, lengths=None,
+                 reverse=False):
+    _, _, _, tape = _ref_bf16(x, W, U, b, out_y, h0, c0, lengths, reverse, rmask)
+    # straight through the casts: the rounded x, W, U stand in the backward
+    want = lstm_ref_backward(bf16_round(x), bf16_round(W), bf16_round(U), tape, dy, dhT, dcT,
+                             rmask)
+    for name, got, ref in zip(("dx", "dW", "dU", "db", "dh0", "dc0"), g, want):
+        assert got.dtype == np.float32, name
+        np.testing.assert_allclose(got, ref, **F32_GRAD, err_msg=name)
+
+
+@pytest.mark.parametrize("path", ["rows", "rows_fused"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mask", [False, True])
+def test_backward_bf16_is_the_straight_through_reference(path, threads, mask):
+    x, W, U, b, h0, c0, dy, dhT, dcT, rmask = _grads_case(41, mask=mask)
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), recurrent_mask=rmask,
+                       training=True, compute_dtype="bfloat16", num_threads=threads,
+                       _plan=path)
+    y = out.output.copy()
+    g = lstm_backward(out.cache, grad_output=dy, grad_h=dhT, grad_c=dcT, num_threads=threads)
+    _check_grads(g, x, W, U, b, y, h0, c0, dy, dhT, dcT, rmask)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_bf16_with_lengths(reverse):
+    x, W, U, b, h0, c0, dy, dhT, dcT, _ = _grads_case(51, B=9)
+    lengths = np.array([7, 0, 3, 7, 1, 5, 6, 2, 4])
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), lengths=lengths, go_backwards=reverse,
+                       training=True, compute_dtype="bfloat16")
+    y = out.output.copy()
+    dy = dy * (np.arange(7)[None, :] < lengths[:, None])[..., None]  # padding has no gradient
+    g = lstm_backward(out.cache, grad_output=dy, grad_h=dhT, grad_c=dcT)
+    _check_grads(g, x, W, U, b, y, h0, c0, dy, dhT, dcT, lengths=lengths, reverse=reverse)
+
+
+@pytest.mark.parametrize("every", [1, 3, 100])
+@pytest.mark.parametrize("mask", [False, True])
+def test_checkpointed_training_rounds_as_the_full_forward(every, mask):
+    # the segments (forward and their recomputation in the backward) round h_prev too:
+    # the same outputs as the full cache's forward, and the straight-through gradients
+    x, W, U, b, h0, c0, dy, dhT, dcT, rmask = _grads_case(61, mask=mask)
+    kw = {"initial_state": (h0, c0), "recurrent_mask": rmask, "training": True,
+          "compute_dtype": "bfloat16", "_plan": "rows"}
+    full = lstm_forward(x, W, U, b, **kw)
+    ck = lstm_forward(x, W, U, b, checkpoint_every=every, **kw)
+    assert "checkpoints" in ck.cache
+    np.testing.assert_array_equal(ck.output, full.output)
+    y = ck.output.copy()
+    g = lstm_backward(ck.cache, grad_output=dy, grad_h=dhT, grad_c=dcT)
+    gf = lstm_backward(full.cache, grad_output=dy, grad_h=dhT, grad_c=dcT)
+    _check_grads(g, x, W, U, b, y, h0, c0, dy, dhT, dcT, rmask)
+    for a, c in zip(g, gf):  # (the segments sum their weight gradients in another order)
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def _keras_like(rng, T, B, I, H):
+    """Inputs N(0, 1) and Keras's default initial weights: glorot-uniform kernel,
+    orthogonal recurrent kernel, zero bias with the forget block at 1."""
+    lim = np.sqrt(6 / (I + 4 * H))
+    W = rng.uniform(-lim, lim, (I, 4 * H))
+    q, r = np.linalg.qr(rng.standard_normal((4 * H, H)))
+    U = (q * np.sign(np.diag(r))).T
+    b = np.zeros(4 * H)
+    b[H:2 * H] = 1
+    return _f32(rng.standard_normal((B, T, I)), W, U, b)
+
+
+@pytest.mark.parametrize(("T", "B", "I", "H"), [(100, 32, 10, 50), (100, 8, 128, 256)])
+def test_bf16_forward_accuracy_over_100_steps(T, B, I, H):
+    # issue 16: max abs error <= 1e-2 against float32 over 100 steps, and not 0 (the
+    # operands were rounded)
+    x, W, U, b = _keras_like(np.random.default_rng(T + B + I + H), T, B, I, H)
+    f32 = lstm_forward(x, W, U, b)
+    for path in ("rows", "rows_fused"):
+        bf = lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan=path)
+        err = float(np.abs(bf.output - f32.output).max())
+        assert 0 < err <= 1e-2, (path, err)
+        assert float(np.abs(bf.c - f32.c).max()) > 0
+
+
+def test_compute_dtype_float_names_are_the_plain_kernels():
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(71), 4, 5, 3, 6))
+    plain = lstm_forward(x, W, U, b).output
+    for name in (None, "float32", np.float32):
+        np.testing.assert_array_equal(lstm_forward(x, W, U, b, compute_dtype=name).output,
+                                      plain)
+    W64, U64, b64 = (a.astype(np.float64) for a in (W, U, b))
+    lstm_forward(x, W64, U64, b64, compute_dtype="float64")
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    ("bf16", r"compute_dtype must be one of \[None, 'float32', 'float64', 'bfloat16'\]"),
+    ("float16", "compute_dtype must be one of"),
+    ("mixed_bfloat16", "compute_dtype must be one of"),
+    (3, "compute_dtype must be one of"),
+    ("float64", "compute_dtype='float64' with float32 weights"),
+])
+def test_compute_dtype_refuses_bad_values(value, match):
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(72), 2, 3, 3, 4))
+    with pytest.raises(ValueError, match=match):
+        lstm_forward(x, W, U, b, compute_dtype=value)
+
+
+def test_bfloat16_needs_float32_weights():
+    x, W, U, b = random_lstm(np.random.default_rng(73), 2, 3, 3, 4)   # float64
+    with pytest.raises(ValueError, match="compute_dtype='bfloat16' needs float32 weights.*"
+                                         "float64"):
+        lstm_forward(x, W, U, b, compute_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("path", ["units", "stacked"])
+def test_a_forced_panel_path_is_refused_under_bfloat16(path):
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(74), 8, 3, 3, 40))
+    with pytest.raises(ValueError, match=f"_plan='{path}' cannot run this call: "
+                                         "compute_dtype='bfloat16' runs on the BLAS paths"):
+        lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan=path)
+
+
+MiB = 2**20
+AVX512 = _tuning.CpuFacts(vendor="AuthenticAMD", model_name="test", n_cores=8, isa_level=2,
+                          isa_name="avx512", fma512_ports=1, l2_per_core=MiB,
+                          l3_total=32 * MiB, l3_shared_by=8, l3_per_core=4 * MiB,
+                          l3_source="test", llc_budget=32 * MiB, blas_core="Haswell")
+
+
+@pytest.mark.parametrize(("B", "H", "training", "lengths"), [
+    (1, 128, False, False), (64, 512, False, False), (2, 1024, True, False),
+    (64, 256, False, True), (32, 64, True, False)])
+@pytest.mark.parametrize("facts", [AVX512, dataclasses.replace(AVX512, isa_level=1,
+                                                               isa_name="avx2")])
+def test_the_planner_keeps_bfloat16_on_the_blas_paths(B, H, training, lengths, facts):
+    # shapes whose float32 plans take the panel paths on these CPUs (facts injected)
+    p32 = plan_forward(B, 20, 64, H, np.float32, 2, training, has_lengths=lengths, facts=facts)
+    p16 = plan_forward(B, 20, 64, H, np.float32, 2, training, has_lengths=lengths, facts=facts,
+                       compute_dtype="bfloat16")
+    assert p16.bf16 and not p32.bf16
+    assert p16.path in ("rows", "rows_fused") and "bfloat16" in p16.reason
+    assert p16.path == ("rows" if lengths else p16.path)
+    if B >= 64 and not training:
+        assert p32.path in ("units", "stacked")   # the case this test is for
