@@ -6,16 +6,31 @@ float32 sums, float32 master variables.
 - ``lstm_forward(..., compute_dtype="bfloat16")`` and its backward against the
   float64 reference (tests/reference.py) of the emulated semantics, on both paths
   that run it, and its accuracy against float32;
+- the policy API (cylstm.mixed_precision, Keras 3's names), the layers under it
+  (attributes, configs, save/load, fit on float32 master weights, the issue's Keras
+  example).
 """
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 from reference import bf16_round, lstm_ref, lstm_ref_backward, random_lstm
 
-from cylstm import _testing, _tuning
+from cylstm import _testing, _tuning, mixed_precision
 from cylstm.functional import lstm_backward, lstm_forward, plan_forward
+from cylstm.layers import LSTM, Bidirectional, Dense, Embedding, Input, TimeDistributed
+from cylstm.mixed_precision import DTypePolicy
+from cylstm.models import Model, Sequential, load_model
 from cylstm.quantization import bfloat16_bits, round_bfloat16
+
+
+@pytest.fixture(autouse=True)
+def restore_global_policy():
+    """Every test leaves the global policy as it found it (other tests' layers too)."""
+    before = mixed_precision.global_policy()
+    yield
+    mixed_precision.set_global_policy(before)
 
 F32_MAX = np.finfo(np.float32).max
 
@@ -406,3 +421,278 @@ def test_the_planner_keeps_bfloat16_on_the_blas_paths(B, H, training, lengths, f
     assert p16.path == ("rows" if lengths else p16.path)
     if B >= 64 and not training:
         assert p32.path in ("units", "stacked")   # the case this test is for
+
+
+# ---------------------------------------------------------------------------
+# The policy API
+# ---------------------------------------------------------------------------
+
+KERAS_MIXED = {"module": "keras", "class_name": "DTypePolicy",
+               "config": {"name": "mixed_bfloat16"}, "registered_name": None}
+
+
+@pytest.mark.parametrize(("name", "compute", "variable"), [
+    ("float32", "float32", "float32"), ("float64", "float64", "float64"),
+    ("mixed_bfloat16", "bfloat16", "float32")])
+def test_policy_names(name, compute, variable):
+    p = DTypePolicy(name)
+    assert (p.name, p.compute_dtype, p.variable_dtype) == (name, compute, variable)
+    assert mixed_precision.Policy is DTypePolicy
+    assert repr(p) == f'<DTypePolicy "{name}">'
+    assert p == DTypePolicy.from_config(p.get_config()) and hash(p) == hash(DTypePolicy(name))
+    assert DTypePolicy().name == "float32"
+    assert mixed_precision.get({"class_name": "DTypePolicy", "config": {"name": name}}) == p
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("mixed_float16", "no float16 compute on CPUs"),
+    ("float16", "float32 master variables"),
+    ("bfloat16", "float32 master variables"),
+    ("int8", "unknown dtype policy 'int8'"),
+])
+def test_refused_policy_names_say_why_and_list_the_valid_ones(name, why):
+    for make in (DTypePolicy, mixed_precision.set_global_policy,
+                 lambda n: LSTM(4, dtype=n), lambda n: Dense(2, dtype=n)):
+        with pytest.raises(ValueError, match=why) as e:
+            make(name)
+        assert "float32, float64, mixed_bfloat16" in str(e.value)
+        if name != "int8":
+            assert "use 'mixed_bfloat16'" in str(e.value)
+    assert mixed_precision.global_policy().name == "float32"   # a refused one is not set
+
+
+def test_policy_arguments_of_the_wrong_type():
+    with pytest.raises(TypeError, match="must be a string"):
+        DTypePolicy(32)
+    with pytest.raises(TypeError, match="must be a string"):
+        mixed_precision.set_global_policy(np.float32)
+    with pytest.raises(TypeError, match="dtype must be a dtype policy name"):
+        LSTM(4, dtype=3)
+
+
+def test_global_policy_applies_to_layers_made_after_it():
+    before = LSTM(4)
+    assert mixed_precision.global_policy() == DTypePolicy("float32")
+    mixed_precision.set_global_policy("mixed_bfloat16")
+    assert mixed_precision.global_policy().name == "mixed_bfloat16"
+    after, dense = LSTM(4), Dense(2)
+    explicit = LSTM(4, dtype="float32")
+    assert after.compute_dtype == dense.compute_dtype == "bfloat16"
+    assert before.compute_dtype == explicit.compute_dtype == "float32"
+    # wrappers take their layer's policy, not the global one
+    assert Bidirectional(LSTM(3, dtype="float32")).compute_dtype == "float32"
+    assert TimeDistributed(Dense(3, dtype="float32")).compute_dtype == "float32"
+    assert Bidirectional(LSTM(3)).compute_dtype == "bfloat16"
+    mixed_precision.set_global_policy(DTypePolicy("float64"))
+    assert LSTM(4).dtype == np.float64
+    mixed_precision.set_global_policy(KERAS_MIXED)
+    assert LSTM(4).compute_dtype == "bfloat16"
+    mixed_precision.set_global_policy(None)
+    assert mixed_precision.global_policy().name == "float32"
+    assert LSTM(4)._dtype is None   # the default: the layer takes its model's dtype
+
+
+@pytest.mark.parametrize("spelling", ["mixed_bfloat16", DTypePolicy("mixed_bfloat16"),
+                                      KERAS_MIXED, {"name": "mixed_bfloat16"}])
+def test_layer_policy_attributes(spelling):
+    for layer in (LSTM(4, dtype=spelling), Dense(2, dtype=spelling)):
+        assert layer.dtype_policy == DTypePolicy("mixed_bfloat16")
+        assert layer.compute_dtype == "bfloat16"
+        assert layer.variable_dtype == "float32"
+        assert layer.dtype == np.float32 and isinstance(layer.dtype, np.dtype)
+        assert layer.get_config()["dtype"] == KERAS_MIXED
+    plain = LSTM(4)
+    assert (plain.compute_dtype, plain.variable_dtype) == ("float32", "float32")
+    assert plain.get_config()["dtype"] is None
+    assert LSTM(4, dtype="float64").dtype_policy == DTypePolicy("float64")
+    assert LSTM(4, dtype=np.float64).get_config()["dtype"] == "float64"
+
+
+def _mixed_stack(I=5, dtype="mixed_bfloat16", seed=0):
+    return Sequential([LSTM(12, return_sequences=True, input_shape=(None, I), dtype=dtype,
+                            seed=seed),
+                       LSTM(6, dtype=dtype, seed=seed + 1), Dense(2, dtype=dtype, seed=seed + 2)])
+
+
+def _x(B=4, T=9, I=5, seed=3):
+    return np.random.default_rng(seed).standard_normal((B, T, I)).astype(np.float32)
+
+
+def test_layer_calls_are_the_functional_bf16_kernels():
+    m = _mixed_stack()
+    x = _x()
+    l1, l2, d = m.layers
+    h = lstm_forward(x, l1.kernel, l1.recurrent_kernel, l1.bias,
+                     compute_dtype="bfloat16").output
+    h = lstm_forward(h, l2.kernel, l2.recurrent_kernel, l2.bias, return_sequences=False,
+                     compute_dtype="bfloat16").output
+    want = round_bfloat16(h) @ round_bfloat16(d.kernel) + d.bias
+    np.testing.assert_array_equal(m.predict(x, verbose=0), want)
+    f32 = _mixed_stack(dtype=None)
+    f32.set_weights(m.get_weights())
+    err = np.abs(f32.predict(x, verbose=0) - want).max()
+    assert 0 < err < 1e-2
+
+
+def test_models_may_mix_float32_and_mixed_layers_but_not_variable_dtypes():
+    m = Sequential([LSTM(6, input_shape=(None, 3), dtype="mixed_bfloat16"), Dense(1)])
+    assert m.dtype == np.float32
+    assert [lay.compute_dtype for lay in m.layers] == ["bfloat16", "float32"]
+    m.predict(_x(I=3), verbose=0)
+    with pytest.raises(ValueError, match="mixed_bfloat16"):
+        Sequential([Input(shape=(None, 3), dtype="float64"),
+                    LSTM(6, dtype="mixed_bfloat16")]).predict(_x(I=3).astype(np.float64))
+
+
+def test_dense_gradients_pass_straight_through_the_roundings():
+    rng = np.random.default_rng(81)
+    d = Dense(3, dtype="mixed_bfloat16", activation="tanh")
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    d(x)
+    y, _ = d._forward(x, None, True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = d._backward(dy.copy())   # (the backward may reuse its argument's memory)
+    x16, k16 = round_bfloat16(x), round_bfloat16(d.kernel)
+    np.testing.assert_array_equal(y, np.tanh(x16 @ k16 + d.bias))
+    dz = dy * (1 - y**2)
+    np.testing.assert_allclose(d._grads["kernel"], x16.T @ dz, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d._grads["bias"], dz.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, dz @ k16.T, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_layer_gradients_are_the_functional_ones():
+    rng = np.random.default_rng(82)
+    layer = LSTM(5, return_sequences=True, dtype="mixed_bfloat16")
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    layer(x)
+    y, _ = layer._forward(x, None, True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer._backward(dy)
+    r = lstm_forward(x, layer.kernel, layer.recurrent_kernel, layer.bias, training=True,
+                     compute_dtype="bfloat16")
+    g = lstm_backward(r.cache, grad_output=dy)
+    np.testing.assert_array_equal(y, r.output)
+    np.testing.assert_allclose(dx, g.dx, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(layer._grads["kernel"], g.dkernel, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(layer._grads["recurrent_kernel"], g.drecurrent_kernel,
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_config_round_trips_keep_the_policy():
+    m = _mixed_stack()
+    x = _x()
+    cfg = m.get_config()
+    assert [lc["config"]["dtype"] for lc in cfg["layers"]] == [KERAS_MIXED] * 3
+    json.dumps(cfg)
+    m2 = Sequential.from_config(cfg)
+    assert [lay.compute_dtype for lay in m2.layers] == ["bfloat16"] * 3
+    # a plain string, as older files and hand-written configs have it
+    lc = dict(cfg["layers"][0]["config"], dtype="mixed_bfloat16")
+    assert LSTM.from_config(lc).compute_dtype == "bfloat16"
+    m2.set_weights(m.get_weights())
+    np.testing.assert_array_equal(m2.predict(x, verbose=0), m.predict(x, verbose=0))
+
+
+def test_save_and_load_keep_the_policy_and_the_predictions(tmp_path):
+    inp = Input(shape=(None, 5))
+    h = Bidirectional(LSTM(6, return_sequences=True, dtype="mixed_bfloat16"))(inp)
+    h = TimeDistributed(Dense(4, dtype="mixed_bfloat16"))(h)
+    out = Dense(1)(LSTM(3, dtype="mixed_bfloat16")(h))
+    fm = Model(inp, out)
+    fm.compile(optimizer="adam", loss="mse")
+    x = _x()
+    fm.fit(x, np.ones((4, 1), np.float32), epochs=1, verbose=0)
+    for model, name in ((fm, "f.cylstm"), (_mixed_stack(), "s.cylstm")):
+        p = model.predict(x, verbose=0)
+        model.save(tmp_path / name)
+        back = load_model(tmp_path / name)
+        assert [lay.compute_dtype for lay in back.layers] == \
+            [lay.compute_dtype for lay in model.layers]
+        assert "bfloat16" in [lay.compute_dtype for lay in back.layers]
+        np.testing.assert_array_equal(back.predict(x, verbose=0), p)
+
+
+def test_fit_updates_the_float32_master_weights():
+    m = _mixed_stack()
+    m.compile(optimizer="adam", loss="mse")
+    x = _x(B=32)
+    y = x[:, -3:, :2].mean(axis=1)
+    before = [w.copy() for w in m.get_weights()]
+    hist = m.fit(x, y, epochs=8, batch_size=16, verbose=0).history["loss"]
+    after = m.get_weights()
+    assert hist[-1] < hist[0]
+    for a, b in zip(before, after):
+        assert b.dtype == np.float32 and not np.array_equal(a, b)
+    # the masters keep float32 steps, not bf16 ones: their low halves move too
+    k = m.layers[0].kernel
+    assert (k.view(np.uint32) & 0xFFFF).any()
+    assert m.evaluate(x, y, verbose=0) == pytest.approx(
+        float(np.mean((m.predict(x, verbose=0) - y) ** 2)), rel=1e-4)
+
+
+def test_checkpointed_layer_trains_as_the_full_one():
+    x = _x(B=8, T=20)
+    y = x[:, -1, :2]
+    losses = []
+    for every in (None, 6):
+        np.random.seed(0)
+        m = Sequential([LSTM(8, input_shape=(None, 5), dtype="mixed_bfloat16", seed=1,
+                             checkpoint_every=every, recurrent_dropout=0.2),
+                        Dense(2, dtype="mixed_bfloat16", seed=2)])
+        m.compile(optimizer="sgd", loss="mse")
+        losses.append(m.fit(x, y, epochs=3, batch_size=8, shuffle=False,
+                            verbose=0).history["loss"])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def _keras_example(dtype, epochs=30):
+    """tests/test_keras_example.py's model and data, seeded."""
+    from cylstm.optimizers import Adam
+
+    rng = np.random.default_rng(0)
+    x_train = rng.standard_normal((96, 12, 10)).astype(np.float32)
+    y_train = x_train[:, -3:, 0].mean(axis=1, keepdims=True)
+    np.random.seed(0)   # the layers' initial weights and the shuffling
+    model = Sequential()
+    model.add(LSTM(units=50, return_sequences=True, input_shape=(None, 10), dtype=dtype))
+    model.add(LSTM(units=20, dtype=dtype))
+    model.add(Dense(units=1, dtype=dtype))
+    model.compile(optimizer=Adam(learning_rate=0.001), loss="mean_squared_error")
+    return model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0).history["loss"]
+
+
+def test_keras_example_trained_in_mixed_bfloat16_ends_near_float32():
+    # issue 16: within 5% of the float32 final loss, same seed
+    f32 = _keras_example(None)
+    bf16 = _keras_example("mixed_bfloat16")
+    assert bf16[-1] < 0.5 * bf16[0]
+    assert abs(bf16[-1] - f32[-1]) <= 0.05 * f32[-1], (f32[-1], bf16[-1])
+    assert bf16 != f32   # (the products were rounded)
+
+
+def test_global_policy_trains_the_keras_example_unchanged():
+    mixed_precision.set_global_policy("mixed_bfloat16")
+    assert _keras_example(None, epochs=2) == _keras_example("mixed_bfloat16", epochs=2)
+
+
+def test_quantize_leaves_the_policy_for_the_int8_model():
+    m = _mixed_stack()
+    m.quantize("int8")
+    assert [lay.compute_dtype for lay in m.layers] == ["float32"] * 3
+    assert m.streamer().weights_dtype == "int8"
+    back = Sequential.from_config(m.get_config())
+    assert [lay.compute_dtype for lay in back.layers] == ["float32"] * 3
+
+
+def test_mixed_lstm_refuses_the_cuda_backend():
+    layer = LSTM(4, dtype="mixed_bfloat16")
+    layer._device = ("cuda", 0)   # as model.to('cuda') would set it
+    with pytest.raises(ValueError, match="mixed_bfloat16 policy, which runs on the CPU only"):
+        layer(_x(I=3))
+
+
+def test_layers_without_products_compute_float32_under_the_policy():
+    e = Embedding(10, 4, dtype="mixed_bfloat16", seed=0)
+    ids = np.array([[1, 2, 3]])
+    np.testing.assert_array_equal(e(ids), e.embeddings[ids])   # not rounded
+    assert e.compute_dtype == "bfloat16"   # (its policy says so, as Keras's)
