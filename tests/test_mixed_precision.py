@@ -8,15 +8,17 @@ float32 sums, float32 master variables.
   that run it, and its accuracy against float32;
 - the policy API (cylstm.mixed_precision, Keras 3's names), the layers under it
   (attributes, configs, save/load, fit on float32 master weights, the issue's Keras
-  example).
+  example), the streaming runner's bf16 default, show_config, ONNX and Keras interop.
 """
 import dataclasses
+import io
 import json
 
 import numpy as np
 import pytest
 from reference import bf16_round, lstm_ref, lstm_ref_backward, random_lstm
 
+import cylstm
 from cylstm import _testing, _tuning, mixed_precision
 from cylstm.functional import lstm_backward, lstm_forward, plan_forward
 from cylstm.layers import LSTM, Bidirectional, Dense, Embedding, Input, TimeDistributed
@@ -689,6 +691,144 @@ def test_mixed_lstm_refuses_the_cuda_backend():
     layer._device = ("cuda", 0)   # as model.to('cuda') would set it
     with pytest.raises(ValueError, match="mixed_bfloat16 policy, which runs on the CPU only"):
         layer(_x(I=3))
+
+
+# ---------------------------------------------------------------------------
+# Streaming, show_config, ONNX and Keras interop
+# ---------------------------------------------------------------------------
+
+def test_streamer_of_a_mixed_model_reads_bf16_weights_and_agrees_with_predict():
+    # The runner multiplies float32 activations by bf16 weights; predict rounds x and
+    # h_prev too.  Both are within the bf16 error of float32: stated bound 1e-2 over
+    # 50 steps (measured 2e-4 here).
+    m = _mixed_stack(I=5)
+    x = _x(B=3, T=50)
+    runner = m.streamer(batch_size=3)
+    assert runner.weights_dtype == "bfloat16"
+    ys = np.stack([runner.step(x[:, t]).copy() for t in range(x.shape[1])], 1)
+    p = m.predict(x, verbose=0)
+    assert np.abs(ys[:, -1] - p).max() <= 1e-2
+    f32 = _mixed_stack(dtype=None)
+    f32.set_weights(m.get_weights())
+    assert np.abs(ys[:, -1] - f32.predict(x, verbose=0)).max() <= 1e-2
+    # an explicit weights_dtype wins
+    exact = m.streamer(batch_size=3, weights_dtype="float32")
+    assert exact.weights_dtype == "float32"
+    pool = m.stream_pool(max_streams=4)
+    assert pool.weights_dtype == "bfloat16"
+    np.testing.assert_array_equal(pool.run("a", x[0]), _run_one(m, x[0]))
+
+
+def _run_one(model, block):
+    r = model.streamer(batch_size=1)
+    return np.stack([r.step(block[t]).copy() for t in range(block.shape[0])])
+
+
+def test_streamer_defaults_stay_for_float_models():
+    assert _mixed_stack(dtype=None).streamer().weights_dtype == "float32"
+    part = Sequential([LSTM(4, return_sequences=True, input_shape=(None, 3),
+                            dtype="mixed_bfloat16"), LSTM(3)])
+    assert part.streamer().weights_dtype == "float32"   # not every LSTM is mixed
+
+
+def test_show_config_names_the_policy_and_the_emulation():
+    from cylstm import _config
+
+    for flags, want in ((frozenset(), "AVX512-BF16 no, AMX-BF16 no"),
+                        (frozenset({"avx512_bf16", "amx_bf16"}),
+                         "AVX512-BF16 yes, AMX-BF16 yes")):
+        line = _config._mixed_precision_line(_tuning.CpuFacts(flags=flags))
+        assert "mixed_bfloat16: emulated (operands rounded to bf16, float32 FMAs)" in line
+        assert f"CPU bf16 instructions: {want}" in line
+    mixed_precision.set_global_policy("mixed_bfloat16")
+    buf = io.StringIO()
+    cylstm.show_config(file=buf)
+    assert "dtype policy: global 'mixed_bfloat16'; mixed_bfloat16: emulated" in buf.getvalue()
+
+
+def test_onnx_export_of_a_mixed_model_writes_the_float32_masters(tmp_path):
+    pytest.importorskip("onnx", reason="onnx not installed")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    m = _mixed_stack()
+    path = m.to_onnx(tmp_path / "m.onnx")
+    x = _x()
+    got = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    f32 = _mixed_stack(dtype=None)
+    f32.set_weights(m.get_weights())
+    np.testing.assert_allclose(got, f32.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    assert np.abs(got - m.predict(x, verbose=0)).max() <= 1e-2
+
+
+class _KerasLayer:
+    """A stand-in for a live Keras layer: what cylstm.interop.from_keras reads of one."""
+
+    def __init__(self, weights, **parts):
+        self._w = weights
+        self.__dict__.update(parts)
+
+    def get_weights(self):
+        return self._w
+
+
+class _KerasModel:
+    def __init__(self, config, layers):
+        self._config, self.layers = config, layers
+
+    def get_config(self):
+        return json.loads(json.dumps(self._config))
+
+
+# from_keras takes live models by their class (keras...Sequential): named as Keras's own
+_KerasSequential = type("Sequential", (_KerasModel,), {"__module__": "keras.src.models"})
+
+
+def _keras_cfg(cls, policy, **cfg):
+    return {"module": "keras.layers", "class_name": cls, "registered_name": None,
+            "config": dict(cfg, dtype={"module": "keras", "class_name": "DTypePolicy",
+                                       "config": {"name": policy}, "registered_name": None})}
+
+
+def _keras_like_model(policy):
+    """A Keras 3 Sequential saved under ``policy``: LSTM(4, return_sequences), a
+    Bidirectional(LSTM(3)), Dense(2); its config as Keras writes it."""
+    rng = np.random.default_rng(0)
+
+    def lstm_w(i, h):
+        return [rng.uniform(-0.5, 0.5, s).astype(np.float32) for s in ((i, 4 * h), (h, 4 * h),
+                                                                      (4 * h,))]
+
+    lstm = _keras_cfg("LSTM", policy, name="lstm", units=4, return_sequences=True,
+                      batch_shape=[None, None, 3])
+    fwd = _keras_cfg("LSTM", policy, name="forward_lstm_1", units=3)
+    bwd = _keras_cfg("LSTM", policy, name="backward_lstm_1", units=3, go_backwards=True)
+    bi = _keras_cfg("Bidirectional", policy, name="bidirectional", layer=fwd,
+                    backward_layer=bwd, merge_mode="concat")
+    dense = _keras_cfg("Dense", policy, name="dense", units=2, activation="linear")
+    config = {"module": "keras", "class_name": "Sequential",
+              "config": {"name": "sequential", "layers": [lstm, bi, dense]}}
+    layers = [_KerasLayer(lstm_w(3, 4)),
+              _KerasLayer([], forward_layer=_KerasLayer(lstm_w(4, 3)),
+                          backward_layer=_KerasLayer(lstm_w(4, 3))),
+              _KerasLayer([rng.uniform(-0.5, 0.5, (6, 2)).astype(np.float32),
+                           np.zeros(2, np.float32)])]
+    return _KerasSequential(config, layers)
+
+
+def test_keras_import_keeps_the_mixed_policy():
+    from cylstm.interop import from_keras
+
+    model = from_keras(_keras_like_model("mixed_bfloat16"))
+    assert [lay.compute_dtype for lay in model.layers] == ["bfloat16"] * 3
+    assert model.layers[1].forward_layer.compute_dtype == "bfloat16"
+    assert model.layers[1].backward_layer.compute_dtype == "bfloat16"
+    assert model.dtype == np.float32
+    f32 = from_keras(_keras_like_model("float32"))
+    assert [lay.compute_dtype for lay in f32.layers] == ["float32"] * 3
+    x = _x(B=3, T=6, I=3)
+    err = np.abs(model.predict(x, verbose=0) - f32.predict(x, verbose=0)).max()
+    assert 0 < err <= 1e-2
+    # and the cylstm model saves the policy it imported
+    assert model.get_config()["layers"][0]["config"]["dtype"] == KERAS_MIXED
 
 
 def test_layers_without_products_compute_float32_under_the_policy():
