@@ -8,7 +8,7 @@ Cython kernels over SciPy's BLAS with OpenMP, under a Keras-compatible API::
 Submodules: ``functional`` (the kernels over NumPy arrays), ``layers``,
 ``models``, ``optimizers``, ``losses``, ``metrics``, ``callbacks``,
 ``initializers``, ``regularizers``, ``constraints``, ``utils``, ``stream``,
-``interop``, ``cuda``.
+``interop``, ``cuda``, ``mixed_precision`` (dtype policies: ``mixed_bfloat16``).
 """
 import importlib
 import os as _os
@@ -60,7 +60,7 @@ _LAZY = {
 }
 _SUBMODULES = {"layers", "models", "optimizers", "losses", "metrics", "callbacks",
                "initializers", "regularizers", "constraints", "utils", "stream", "interop",
-               "cuda", "activations", "preprocessing"}
+               "cuda", "activations", "preprocessing", "mixed_precision"}
 
 # (the starred names are _LAZY's and _SUBMODULES' strings, which ruff cannot see through)
 __all__ = ["get_num_threads", "set_num_threads", "get_memory_budget",  # noqa: PLE0604

@@ -35,6 +35,7 @@ cdef extern from "cylstm_math.h" nogil:
     float cyl_tanhf(float x) noexcept
     double cyl_sigmoid(double x) noexcept
     double cyl_tanh(double x) noexcept
+    float cyl_bf16_roundf(float x) noexcept
 
 cdef extern from "cylstm_cell.h" nogil:
     # The loops live in C (include/cylstm_cell.h) so that they vectorize and
@@ -67,6 +68,16 @@ cdef inline floating tanh_(floating x) noexcept nogil:
         return cyl_tanhf(x)
     else:
         return cyl_tanh(x)
+
+
+cdef inline floating bf16_round(floating x) noexcept nogil:
+    """``x`` rounded to bfloat16 (nearest even), kept as float32: the mixed_bfloat16
+    policy's operands (include/cylstm_math.h).  float32 only: a float64 call gets
+    ``x`` back, and the kernels' wrappers refuse bfloat16 products on float64."""
+    if floating is float:
+        return cyl_bf16_roundf(x)
+    else:
+        return x
 
 
 cdef inline void cell_forward(Py_ssize_t H, const floating* za,

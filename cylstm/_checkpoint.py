@@ -297,7 +297,8 @@ class _Runner:
         self.G = take((B * k * 4 * H,), dtype)
         self.C = take((B * k * H,), dtype)
         self.Hp = take((B * k * H,), dtype)
-        self.hm = None if c["rmask"] is None else take((B, H), dtype)
+        # the recurrent operand of each step (h_prev * mask and/or bf16(h_prev))
+        self.hm = None if c["rmask"] is None and not c["bf16"] else take((B, H), dtype)
         self.plans = {}  # (steps, ragged): the forward plan (the planner costs ~0.1 ms)
 
     def layout(self, si):
@@ -320,7 +321,8 @@ class _Runner:
         if plan is None:
             plan = self.plans[key] = self.F.plan_forward(
                 B, kk, I, H, self.dtype, c["n_threads"], True, c["rmask"] is not None,
-                lay.lens is not None, c["reverse"], force=c["force"])
+                lay.lens is not None, c["reverse"], force=c["force"],
+                compute_dtype="bfloat16" if c["bf16"] else None)
         self.F._run_forward_plan(plan, xs, c["W"], c["U"], c["b"], lay.lens, c["reverse"],
                                  c["rmask"], self.hm, y, hs, cs, G, C, Hp)
         return xs, G, C, Hp
@@ -331,10 +333,13 @@ class _Runner:
 
 
 def forward(x, W, U, b, lens, hs, cs, rmask, reverse, return_sequences, n_threads, plan,
-            force=None):
+            force=None, bf16=False):
     """The checkpointed training forward (arguments validated by
     :func:`cylstm.functional.lstm_forward`; ``hs``/``cs`` hold the initial state
-    and receive the final one).  Returns (output or None, cache)."""
+    and receive the final one).  ``bf16``: the bfloat16 products
+    (``compute_dtype="bfloat16"``; x, W and U come rounded): the segments, and
+    their recomputation in the backward, round h_prev as the full forward does.
+    Returns (output or None, cache)."""
     B, T, _ = x.shape
     H = U.shape[0]
     Lmax = T if lens is None else int(lens.max())
@@ -343,7 +348,7 @@ def forward(x, W, U, b, lens, hs, cs, rmask, reverse, return_sequences, n_thread
     cache = {"checkpoints": ckpt, "plan": plan, "x": x, "W": W, "U": U, "b": b,
              "lengths": lens, "max_steps": Lmax, "reverse": bool(reverse), "rmask": rmask,
              "return_sequences": bool(return_sequences), "n_threads": n_threads,
-             "force": force, "used": False}
+             "force": force, "bf16": bool(bf16), "used": False}
     y = None
     if return_sequences:
         y = np.zeros((B, T, H), x.dtype) if lens is not None else np.empty((B, T, H), x.dtype)

@@ -221,6 +221,20 @@ def _reduced_precision_line(f):
             f"{' '.join(have) if have else 'none'} (not used yet)")
 
 
+def _mixed_precision_line(f):
+    """The global dtype policy, and how mixed_bfloat16 runs here: always emulated (no
+    BF16 instruction is used yet, issue 16), with the CPU's bf16 instructions named."""
+    from cylstm import mixed_precision  # (a leaf module)
+
+    def yes(flag):
+        return "yes" if flag in f.flags else "no"
+
+    return (f"  dtype policy: global {mixed_precision.global_policy().name!r}; "
+            "mixed_bfloat16: emulated (operands rounded to bf16, float32 FMAs); "
+            f"CPU bf16 instructions: AVX512-BF16 {yes('avx512_bf16')}, "
+            f"AMX-BF16 {yes('amx_bf16')} (not used yet)")
+
+
 def _planner_lines():
     """The CPU facts, thresholds and tuning cache the forward planner uses."""
     f = _tuning.cpu_facts()
@@ -236,6 +250,7 @@ def _planner_lines():
         (f"  BLAS core: {f.blas_core}; per-step BLAS products "
          f"{'as small tiles' if f.blas_tiles_steps else 'in one call'} (STEP_TILE_BLAS_CORES)"),
         _reduced_precision_line(f),
+        _mixed_precision_line(f),
         "  thresholds (cylstm/_tuning.py):",
     ]
     lines += [f"    {name} = {value}: {src}" for name, value, src in _tuning.threshold_sources()]

@@ -33,7 +33,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled
-from cylstm._cell cimport cell_forward, cell_forward_units, cell_backward
+from cylstm._cell cimport bf16_round, cell_forward, cell_forward_units, cell_backward
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
@@ -93,6 +93,24 @@ cdef inline void _step_gemm(bint tiled, int m, int n, int k, const floating* a, 
         gemm(False, False, m, n, k, 1, a, lda, b, n, beta, c, n)
 
 
+cdef inline void _recurrent_operand(Py_ssize_t n, const floating* h, const floating* rmask,
+                                    bint bf16, floating* out) noexcept nogil:
+    """``out`` = h_prev as the recurrent product reads it: ``h * rmask``
+    (recurrent dropout; ``rmask`` may be NULL), rounded to bfloat16 when ``bf16``
+    (the mixed_bfloat16 policy: bf16 operands, float32 sums).  The carried state
+    ``h`` itself stays unrounded."""
+    cdef Py_ssize_t j
+    if bf16 and rmask != NULL:
+        for j in range(n):
+            out[j] = bf16_round(h[j] * rmask[j])
+    elif bf16:
+        for j in range(n):
+            out[j] = bf16_round(h[j])
+    else:
+        for j in range(n):
+            out[j] = h[j] * rmask[j]
+
+
 cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         Py_ssize_t I, Py_ssize_t H,
                         const floating* x, const floating* W,
@@ -101,7 +119,7 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         const floating* rmask, floating* hm,
                         floating* y, floating* G, floating* C, floating* Hp,
                         floating* hs, floating* cs, floating* Z,
-                        int big_threads, bint fused, bint tiled) noexcept nogil:
+                        int big_threads, bint fused, bint tiled, bint bf16) noexcept nogil:
     """Forward over samples [b0, b1) for all steps; hs/cs hold the state.
 
     ``fused`` (no lengths): each step computes x_t @ W + h_prev @ U into Z,
@@ -120,11 +138,16 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     ``rmask`` (B, H) or NULL: recurrent dropout, one mask per sequence as in
     Keras: the recurrent product reads h_prev * mask (kept in ``hm``), the
     carried state and the outputs stay unmasked.
+
+    ``bf16`` (float32 only; the mixed_bfloat16 policy): the recurrent product
+    reads bf16(h_prev) (or bf16(h_prev * mask)), rounded into ``hm`` every step,
+    which ``Hp`` then keeps for dU; x, W and U arrive rounded already
+    (cylstm.functional), so every product has bf16 operands and float32 sums.
     """
     cdef Py_ssize_t nb = b1 - b0, H4 = 4 * H
-    cdef Py_ssize_t s, b, t, L, row, j, Lmax = 0
+    cdef Py_ssize_t s, b, t, L, row, Lmax = 0
     cdef size_t hbytes = H * sizeof(floating)
-    cdef floating* hsrc = hs if rmask == NULL else hm
+    cdef floating* hsrc = hm if (rmask != NULL or bf16) else hs
     cdef floating* gates
     if nb <= 0:
         return
@@ -138,9 +161,9 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
              x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
         _blas_threads(1)
     for s in range(Lmax):
-        if rmask != NULL:
-            for j in range(b0 * H, b1 * H):
-                hm[j] = hs[j] * rmask[j]
+        if rmask != NULL or bf16:
+            _recurrent_operand(nb * H, hs + b0 * H, NULL if rmask == NULL else rmask + b0 * H,
+                               bf16, hm + b0 * H)
         if fused:
             # every sample is at the same t: Z (nb, 4H) = x_t (nb, I) @ W, rows T*I apart
             t = T - 1 - s if reverse else s
@@ -925,6 +948,7 @@ cdef struct SeqJob:
     const void* bias
     const int64_t* lengths
     bint reverse, fused, tiled
+    bint bf16           # (forward_rows) bfloat16 recurrent operands: see _forward_rows
     const void* rmask
     void* hm
     void* y
@@ -951,7 +975,7 @@ cdef void _rows_piece_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
                   <const floating*> j.bias, j.lengths, j.reverse,
                   <const floating*> j.rmask, <floating*> j.hm, <floating*> j.y,
                   <floating*> j.G, <floating*> j.C, <floating*> j.Hp, <floating*> j.hs,
-                  <floating*> j.cs, <floating*> j.Z, 1, j.fused, j.tiled)
+                  <floating*> j.cs, <floating*> j.Z, 1, j.fused, j.tiled, j.bf16)
 
 
 cdef void _rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -1393,6 +1417,9 @@ cdef void _fill_job(SeqJob* j, floating* kind, const floating[:, :, ::1] x,
     j.Lmax = _lmax(j.lengths, j.B, j.T)
     if j.rmask != NULL and j.hm == NULL:
         raise ValueError("forward: a recurrent mask needs the hm scratch buffer")
+    if hm is not None and (hm.shape[0] != j.B or hm.shape[1] != j.H):
+        raise ValueError(f"forward: hm must be (B, H) = {(j.B, j.H)}; got "
+                         f"{(hm.shape[0], hm.shape[1])}")
 
 
 cdef void _check_panel_buffers(str name, Py_ssize_t n_packed, Py_ssize_t want_packed,
@@ -1415,7 +1442,8 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                  floating[:, :, ::1] y, floating[:, ::1] hs, floating[:, ::1] cs,
                  floating[:, :, ::1] G, floating[:, :, ::1] C,
                  floating[:, :, ::1] Hp, floating[:, ::1] Z,
-                 int n_threads, int blas_threads, bint fuse, bint tiled=False):
+                 int n_threads, int blas_threads, bint fuse, bint tiled=False,
+                 bint bf16=False):
     """Forward, threads splitting the batch into ``n_threads`` slices, BLAS per step.
 
     Arguments are validated by cylstm.functional.  ``hs``/``cs`` (B, H) hold
@@ -1425,7 +1453,10 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     projection of all steps from ``G``, which then only receives the gates for
     training and may be None in inference.  With one thread BLAS may use
     ``blas_threads`` for the projection.  ``tiled``: the per-step products as
-    small BLAS tiles (a plan's ``tile_steps``).
+    small BLAS tiles (a plan's ``tile_steps``).  ``bf16`` (float32): the
+    recurrent product reads h_prev rounded to bfloat16 each step, into ``hm``
+    (B, H), which is then required (x, W and U must come rounded: a plan's
+    ``bf16``, see cylstm.functional).
     """
     cdef SeqJob j
     cdef floating* kind = NULL
@@ -1437,6 +1468,11 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     # (x_t rows lie T * I apart: a BLAS leading dimension, a C int)
     j.fused = fuse and lengths is None and T * I <= INT_MAX_C
     j.tiled = tiled
+    if bf16 and floating is double:
+        raise ValueError("forward_rows: bfloat16 products need float32 arrays; got float64")
+    if bf16 and j.hm == NULL:
+        raise ValueError("forward_rows: bfloat16 products need the hm scratch buffer (B, H)")
+    j.bf16 = bf16
     if j.G == NULL and not j.fused:
         raise ValueError("forward_rows: G is needed unless fuse is set (and there are no lengths)")
     if Z.shape[0] != B or Z.shape[1] != 4 * H:
@@ -1450,7 +1486,7 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                           j.lengths, reverse, <const floating*> j.rmask, <floating*> j.hm,
                           <floating*> j.y, <floating*> j.G, <floating*> j.C,
                           <floating*> j.Hp, &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads,
-                          j.fused, j.tiled)
+                          j.fused, j.tiled, j.bf16)
             _blas_threads(blas_threads)
         elif not _pool_job(_rows_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
                            NULL, 0, NULL, 0):

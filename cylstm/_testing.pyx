@@ -19,6 +19,7 @@ from cylstm._blas cimport gemm_tiled as _gemm_tiled
 from cylstm._blas cimport gemv_rowvec as _gemv_rowvec
 from cylstm._blas cimport gemv_rowvec_t as _gemv_rowvec_t
 from cylstm._blas cimport matmul as _matmul
+from cylstm._cell cimport bf16_round as _bf16_round
 from cylstm._cell cimport cell_backward as _cell_backward
 from cylstm._cell cimport cell_forward as _cell_forward
 from cylstm._cell cimport sigmoid as _sigmoid
@@ -146,6 +147,22 @@ def tanh(x):
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     _activation(x, y, True)
+    return y
+
+
+def _bf16_round_array(const float[::1] x, float[::1] y):
+    cdef Py_ssize_t j
+    with nogil:
+        for j in range(x.shape[0]):
+            y[j] = _bf16_round(x[j])
+
+
+def bf16_round(x):
+    """``_cell.bf16_round`` (cylstm_math.h's ``cyl_bf16_roundf``, what the kernels round
+    the mixed_bfloat16 policy's operands with) elementwise over a 1-D float32 array."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty_like(x)
+    _bf16_round_array(x, y)
     return y
 
 

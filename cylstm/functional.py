@@ -37,10 +37,20 @@ from cylstm._validate import (
     weights_dtype,
 )
 from cylstm._workspace import give, take
+from cylstm.quantization import round_bfloat16
 
-__all__ = ["BackwardPlan", "CheckpointPlan", "ForwardPlan", "LSTMForward", "LSTMGrads",
-           "as_float_array", "cache_nbytes", "lstm_backward", "lstm_forward", "plan_backward",
-           "plan_checkpoints", "plan_forward"]
+__all__ = ["COMPUTE_DTYPES", "BackwardPlan", "CheckpointPlan", "ForwardPlan", "LSTMForward",
+           "LSTMGrads", "as_float_array", "cache_nbytes", "lstm_backward", "lstm_forward",
+           "plan_backward", "plan_checkpoints", "plan_forward"]
+
+#: The values ``compute_dtype`` takes (:func:`lstm_forward`, :func:`plan_forward`):
+#: None, "float32" or "float64" compute in the weights' dtype (a name must be it);
+#: "bfloat16" runs the matrix products on operands rounded to bfloat16 with float32
+#: sums (float32 weights; the mixed_bfloat16 policy, :mod:`cylstm.mixed_precision`).
+COMPUTE_DTYPES = (None, "float32", "float64", "bfloat16")
+
+# the paths that can round h_prev to bfloat16 every step (_lstm._forward_rows)
+_BF16_PATHS = ("rows", "rows_fused")
 
 LSTMForward = namedtuple("LSTMForward", ["output", "h", "c", "cache"])
 LSTMForward.__doc__ = """Result of :func:`lstm_forward`.
@@ -91,6 +101,9 @@ class ForwardPlan:
         (any number of rows on AVX-512, at most ``_tuning.PANEL_PROJ_MAX_ROWS``
         on other CPUs), into gates of shape (B, T, 4 H_pad) whose rows are in
         panel order (H_pad: H rounded up to whole vectors).
+    bf16 : (``compute_dtype="bfloat16"``; "rows" and "rows_fused" only) the kernel
+        rounds h_prev to bfloat16 before every recurrent product; x, W and U
+        reach it rounded already (:func:`lstm_forward`).
     """
 
     path: str
@@ -104,6 +117,7 @@ class ForwardPlan:
     prepacked: bool = False
     panel_projection: bool = False
     tile_steps: bool = False
+    bf16: bool = False
 
     @property
     def fuse(self):
@@ -122,10 +136,15 @@ class BackwardPlan:
     reason: str = ""
 
 
-def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse):
+def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,
+                bf16=False):
     """Why ``path`` cannot run this call (a sentence), or None when it can."""
     if path not in _tuning.PATHS:
         return f"unknown path {path!r}; expected one of {', '.join(_tuning.PATHS)}"
+    if bf16 and path not in _BF16_PATHS:
+        return (f"compute_dtype='bfloat16' runs on the BLAS paths "
+                f"({', '.join(repr(p) for p in _BF16_PATHS)}); {path!r} multiplies on packed "
+                f"float32 panels, which do not round h_prev to bfloat16 each step")
     if path == "rows_fused" and has_lengths:
         return ("'rows_fused' cannot take lengths (every sample is at its own time index, "
                 "so x_t is not one slice of x)")
@@ -146,15 +165,18 @@ def _n_panels(H, dtype):
 
 
 def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths, reverse,
-                facts):
+                facts, bf16=False):
     """The model rules (see cylstm/_tuning.py for what each threshold measured):
-    (path, reason)."""
+    (path, reason).  ``bf16``: only the BLAS paths' rules (7 and 8) apply."""
     t = _tuning
     budget = facts.llc_budget if _LLC is None else _LLC
     item = dtype.itemsize
     u_bytes = H * 4 * H * item
     wu_bytes = (I + H) * 4 * H * item
     fits = wu_bytes * t.FIT_LLC_FRACTION <= budget
+    if bf16:
+        path, reason = _rows_path(B, nt, has_lengths, fits, wu_bytes)
+        return path, f"compute_dtype='bfloat16' (BLAS paths only): {reason}"
     panels_fast = facts.isa_level == 2
     if not has_mask and H > _panel_units(dtype):  # two panels at least
         if n_total >= 2 and nt == 1 and u_bytes >= t.PANEL_TEAM_MIN_BYTES:
@@ -194,6 +216,12 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         return "units", (f"U ({u_bytes >> 10} KiB) > a core's L2 "
                          f"({facts.l2_per_core >> 10} KiB): split by batch, every thread "
                          f"would stream all of it each step")
+    return _rows_path(B, nt, has_lengths, fits, wu_bytes)
+
+
+def _rows_path(B, nt, has_lengths, fits, wu_bytes):
+    """Rules 7 and 8 of :func:`plan_forward`: "rows_fused" or "rows", (path, reason)."""
+    t = _tuning
     if (not has_lengths and B // nt >= t.FUSE_MIN_ROWS and fits
             and wu_bytes <= t.FUSE_MAX_BYTES):
         return "rows_fused", (f"{B // nt} rows per thread >= FUSE_MIN_ROWS, [W; U] in "
@@ -204,8 +232,36 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
     return "rows", "default: batch split, BLAS per step"
 
 
+def _bf16_products(compute_dtype, dtype):
+    """Validate ``compute_dtype`` (see :data:`COMPUTE_DTYPES`) for weights of ``dtype``:
+    True for bfloat16 products, False for plain ones in ``dtype``."""
+    dtype = np.dtype(dtype)
+    if compute_dtype is None:
+        return False
+    name = compute_dtype
+    if not isinstance(name, str):
+        try:
+            name = np.dtype(compute_dtype).name
+        except TypeError:
+            name = None
+    if name not in COMPUTE_DTYPES[1:]:
+        raise ValueError(f"compute_dtype must be one of {list(COMPUTE_DTYPES)}; got "
+                         f"{compute_dtype!r}")
+    if name == "bfloat16":
+        if dtype != np.float32:
+            raise ValueError(f"compute_dtype='bfloat16' needs float32 weights (its float32 "
+                             f"master copy); got {dtype.name} weights")
+        return True
+    if name != dtype.name:
+        raise ValueError(f"compute_dtype={name!r} with {dtype.name} weights: the kernels "
+                         f"compute in the weights' dtype (pass None or {dtype.name!r}, or "
+                         f"cast the weights)")
+    return False
+
+
 def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
-                 has_lengths=False, reverse=False, facts=None, *, force=None):
+                 has_lengths=False, reverse=False, facts=None, *, force=None,
+                 compute_dtype=None):
     """Choose the forward path for a call and the scratch it needs.
 
     Parameters
@@ -220,6 +276,9 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
         :func:`cylstm.tune`) are consulted only when ``facts`` is None.
     force : a path name or a ForwardPlan to take instead of choosing;
         ValueError when the call cannot take it.
+    compute_dtype : see :data:`COMPUTE_DTYPES`.  "bfloat16" restricts the call to
+        "rows" and "rows_fused" (rules 7 and 8; a forced panel path is a ValueError)
+        and sets the plan's ``bf16``.
 
     Returns
     -------
@@ -252,11 +311,12 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     9. "rows".
     """
     dtype = np.dtype(dtype)
+    bf16 = _bf16_products(compute_dtype, dtype)
     n_total = int(n_threads)
     if n_total < 1:
         raise ValueError(f"num_threads must be >= 1; got {n_total}")
     nt = max(1, min(n_total, B // _tuning.MIN_ROWS_PER_THREAD))
-    args = (B, H, dtype, n_total, training, has_mask, has_lengths, reverse)
+    args = (B, H, dtype, n_total, training, has_mask, has_lengths, reverse, bf16)
     if force is not None:
         path = force.path if isinstance(force, ForwardPlan) else force
         if not isinstance(path, str):
@@ -279,17 +339,17 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
             facts = _tuning.cpu_facts()
         if path is None:
             path, reason = _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask,
-                                       has_lengths, reverse, facts)
-    return _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts)
+                                       has_lengths, reverse, facts, bf16)
+    return _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts, bf16)
 
 
-def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None):
+def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None, bf16=False):
     gates = (B, T, 4 * H) if (training or path in ("rows", "units")) else None
     if path in ("rows", "rows_fused"):
         if facts is None:
             facts = _tuning.cpu_facts()
         return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason,
-                           tile_steps=facts.blas_tiles_steps)
+                           tile_steps=facts.blas_tiles_steps, bf16=bf16)
     # inference reuses packed weights while they are exact (training changes them
     # every step: each lookup would miss)
     pre = not training and B * T > 0 and H > 0 and _packcache.cacheable(I, H, dtype)
@@ -379,7 +439,8 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
                  lengths: ArrayLike | None = None, go_backwards: bool = False,
                  return_sequences: bool = True, training: bool = False,
                  recurrent_mask: ArrayLike | None = None,
-                 checkpoint_every: int | str | None = None, num_threads: int | None = None,
+                 checkpoint_every: int | str | None = None,
+                 compute_dtype: str | None = None, num_threads: int | None = None,
                  _plan: ForwardPlan | None = None) -> LSTMForward:
     """Run an LSTM over whole sequences.
 
@@ -420,12 +481,26 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         sample and step) fits in :func:`cylstm.get_memory_budget`, else about
         sqrt(T) steps per segment (see :func:`plan_checkpoints`).  A segment that
         cannot fit in the budget is a MemoryError, raised before allocating.
+    compute_dtype : None, "float32", "float64" or "bfloat16"
+        None, or the weights' own dtype's name: compute in that dtype.
+        "bfloat16" (float32 weights; the mixed_bfloat16 policy's products, emulated
+        exactly on any CPU): x, ``kernel`` and ``recurrent_kernel`` are rounded to
+        bfloat16 once (copies: the caller's arrays are not changed) and h_prev
+        before every step's ``h_prev @ U``; the products of bf16 values are exact
+        in float32, so the float32 GEMMs over them are the bf16-operand,
+        float32-accumulate products.  The bias, the gate math, c, h and the
+        outputs stay float32.  The training cache holds the rounded operands, so
+        :func:`lstm_backward` gives the straight-through gradients (the casts'
+        derivative taken as 1, as Keras and TensorFlow do): dW = x16^T dz,
+        dU = h16^T dz, dx = dz W16^T, dh_prev = dz U16^T, float32, for the float32
+        master weights.  Runs on the "rows" and "rows_fused" paths only.
     num_threads : int or None
         Defaults to :func:`cylstm.get_num_threads`.
     _plan : str or ForwardPlan, optional
         Private: force a kernel path ("rows", "rows_fused", "units", "stacked";
         see :func:`plan_forward`) instead of letting the planner choose, for tests
-        and :func:`cylstm.tune`.  A path the call cannot take is a ValueError.
+        and :func:`cylstm.tune`.  A path the call cannot take is a ValueError
+        (with ``compute_dtype="bfloat16"``, either panel path).
 
     Returns
     -------
@@ -433,6 +508,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
     """
     every = _checkpoint.check_every(checkpoint_every)
     dtype = weights_dtype(kernel)
+    bf16 = _bf16_products(compute_dtype, dtype)
     W = as_float_array("kernel", kernel, dtype, 2)
     xs = np.shape(x) if isinstance(x, np.ndarray) else np.shape(real_array("x", x))
     if len(xs) != 3:
@@ -451,19 +527,25 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
     U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
     lens = check_lengths(lengths, B, T)
     hs, cs, rmask = check_states(initial_state, recurrent_mask, B, H, dtype)
-    hm = None if rmask is None else np.empty((B, H), dtype)
+    if bf16:
+        # the operands rounded once (copies; the bias joins in float32, in the cell)
+        x, W, U = round_bfloat16(x), round_bfloat16(W), round_bfloat16(U)
+    # the recurrent operand, h_prev * mask and/or bf16(h_prev), built per step
+    hm = None if rmask is None and not bf16 else np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
     n_total, _ = _threads_for(B, num_threads)
     _config._blas()
     if cplan is not None:
         y, cache = _checkpoint.forward(x, W, U, b, lens, hs, cs, rmask, go_backwards,
-                                       return_sequences, n_total, cplan, force=_plan)
+                                       return_sequences, n_total, cplan, force=_plan,
+                                       bf16=bf16)
         return LSTMForward(y if return_sequences else hs.copy(), hs, cs, cache)
 
     ragged = lens is not None
     alloc = np.zeros if ragged else np.empty
     plan = plan_forward(B, T, I, H, dtype, n_total, training, rmask is not None, ragged,
-                        bool(go_backwards), force=_plan)
+                        bool(go_backwards), force=_plan,
+                        compute_dtype="bfloat16" if bf16 else None)
     G = take(plan.gates, dtype) if plan.gates is not None else None
     y = alloc((B, T, H), dtype) if (return_sequences or training) else None
     C = take((B, T, H), dtype) if training else None
@@ -518,7 +600,10 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
         args = (x, W, U, b, lens, bool(reverse), rmask, hm, y, hs, cs, G, C, Hp, Z)
         if plan.path in ("rows", "rows_fused"):
             _lstm.forward_rows(*args, plan.n_threads, plan.blas_threads, plan.fuse,
-                               plan.tile_steps)
+                               plan.tile_steps, plan.bf16)
+        elif plan.bf16:  # (the planner never makes one)
+            raise ValueError(f"a bfloat16 plan must run on 'rows' or 'rows_fused'; got "
+                             f"{plan.path!r}")
         elif plan.path == "units":
             _lstm.forward_units(*args, Pu if P is None else P, hs2, plan.n_threads,
                                 plan.blas_threads, P is not None, plan.panel_projection)

@@ -138,12 +138,15 @@ class Sequential(Model):
         if self._input is not None and self._input.dtype is not None \
                 and self._input.dtype.kind == "f":
             found["Input"] = _layers._canon_dtype(self._input.dtype)
+        labels = {}
         for layer in self.layers:
             if layer._dtype is not None:
                 found[layer.name] = layer._dtype
+                labels[layer.name] = _layers._variable_dtype_label(layer)
         kinds = set(found.values())
         if len(kinds) > 1:
-            raise ValueError(f"layers disagree on dtype: { {k: v.name for k, v in found.items()} }")
+            shown = {k: labels.get(k, v.name) for k, v in found.items()}
+            raise ValueError(f"layers disagree on dtype: {shown}")
         return kinds.pop() if kinds else np.dtype(np.float32)
 
     def build(self, input_shape=None):

@@ -1,7 +1,21 @@
-"""Int8 weights: per-output-channel symmetric quantization, the one definition.
+"""Reduced-precision values, each with its one definition: bfloat16 rounding and
+int8 per-output-channel symmetric quantization.
 
-A weight matrix W (K, N) becomes int8 values q (K, N) and float32 column scales
-s (N,) with ``W ~= q * s``: ``s[j] = max_k |W[k, j]| / 127`` and
+**bfloat16.**  A bf16 value is the upper half of a float32 (sign, 8 exponent
+bits, 7 stored significand bits).  :func:`bfloat16_bits` rounds float32 to it,
+to nearest with ties to even; :func:`round_bfloat16` returns the rounded value
+as a float32 (low 16 bits zero).  Subnormals round like every other value (no
+flush to zero), a value of half a bf16 ulp or more past the largest bf16
+(3.3895e38, so FLT_MAX too) becomes inf, inf stays inf, and NaN stays NaN
+(quiet, sign and upper payload kept): nothing raises.  The C kernels round with
+``cyl_bf16_bits`` / ``cyl_bf16_roundf`` (include/cylstm_math.h), the same rule;
+tests/test_mixed_precision.py checks the two bit for bit.  The users: the
+``mixed_bfloat16`` policy (:mod:`cylstm.mixed_precision`: the operands of the
+matrix products) and the streaming runner's bf16 weight panels
+(``weights_dtype="bfloat16"``, which also refuses non-finite weights).
+
+**int8.**  A weight matrix W (K, N) becomes int8 values q (K, N) and float32
+column scales s (N,) with ``W ~= q * s``: ``s[j] = max_k |W[k, j]| / 127`` and
 ``q = round(W / s)`` in [-127, 127] (round half to even; -128 is never used, so
 the range is symmetric).  An all-zero column gets ``s = 1`` and ``q = 0``.  The
 error of a weight is at most ``s[j] / 2``.
@@ -14,7 +28,44 @@ scales.
 """
 import numpy as np
 
-__all__ = ["dequantize_int8", "quantize_int8"]
+__all__ = ["bfloat16_bits", "dequantize_int8", "quantize_int8", "round_bfloat16"]
+
+
+def _float32_bits(a, name):
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} takes a real numeric array; got dtype {a.dtype}")
+    return np.asarray(a, np.float32).view(np.uint32)
+
+
+def _bf16_upper(u):
+    """The rounded upper halves of float32 bits ``u`` (uint32), still in place:
+    a uint32 array whose low 16 bits are zero (see the module docstring)."""
+    r = (u >> 16) & 1
+    r += 0x7FFF
+    r += u           # wraps only for NaNs, replaced below
+    r &= 0xFFFF0000
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    if nan.any():
+        r = np.where(nan, (u & 0xFFFF0000) | 0x00400000, r)
+    return np.asarray(r, np.uint32)
+
+
+def bfloat16_bits(a):
+    """``a`` rounded to bfloat16 as its bits (uint16, same shape), nearest even.
+
+    Float32 input is rounded once; other real input is first cast to float32.
+    Never raises on non-finite values (see the module docstring)."""
+    return (_bf16_upper(_float32_bits(a, "bfloat16_bits")) >> 16).astype(np.uint16)
+
+
+def round_bfloat16(a):
+    """``a`` rounded to bfloat16 (nearest even), as a new float32 array of its shape.
+
+    The value bf16 hardware would hold, widened back exactly: its low 16 bits are
+    zero.  The input is never modified (a float32 array is read, not written).
+    """
+    return _bf16_upper(_float32_bits(a, "round_bfloat16")).view(np.float32)
 
 
 def quantize_int8(w):

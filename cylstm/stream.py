@@ -90,13 +90,13 @@ def _bf16_slots(wv):
 
 
 def _to_bf16(a):
-    """float32 -> bfloat16 bits (uint16), rounded to nearest even."""
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even
+    (:func:`cylstm.quantization.bfloat16_bits`, the one definition).  Packed
+    weights must be finite: a NaN or inf weight is refused here."""
     a = np.ascontiguousarray(a, np.float32)
     if not np.all(np.isfinite(a)):
         raise ValueError("bfloat16 weights: the weights must be finite")
-    u = a.view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return u.astype(np.uint16)
+    return _quant.bfloat16_bits(a)
 
 
 def _pack_columns(M, col_groups, K, dtype, bf16=False):
@@ -323,14 +323,21 @@ def _specs_from_model(model):
 def _model_weights_dtype(model, dtype, weights_dtype):
     """``weights_dtype``, or for None: 'int8' when ``model`` (a float32 chain) was
     quantized by ``model.quantize('int8')`` -- every LSTM and Dense layer of it --
-    so the runner reads int8 panels, else None (the model's own dtype)."""
+    so the runner reads int8 panels; 'bfloat16' when every LSTM layer of it has the
+    mixed_bfloat16 policy (:mod:`cylstm.mixed_precision`); else None (the model's
+    own dtype)."""
     if weights_dtype is not None or np.dtype(dtype) != np.float32:
         return weights_dtype
     from cylstm import layers as L  # defers import cost: the layers
 
     modes = {getattr(layer, "quantization_mode", None) for layer in model.layers
              if isinstance(layer, (L.LSTM, L.Dense))}
-    return "int8" if modes == {"int8"} else None
+    if modes == {"int8"}:
+        return "int8"
+    lstms = [layer for layer in model.layers if isinstance(layer, L.LSTM)]
+    if lstms and all(layer.compute_dtype == "bfloat16" for layer in lstms):
+        return "bfloat16"
+    return None
 
 
 def _fingerprint(specs, dtype):
@@ -397,11 +404,20 @@ class StreamRunner(_stream.Core):
         it on your model before serving.  'int8' packs per-output-channel int8
         weights (:mod:`cylstm.quantization`), a quarter of the bytes.  None
         (the default) means 'int8' for a float32 model whose LSTM and Dense
-        layers were all quantized by ``model.quantize('int8')``, else the
+        layers were all quantized by ``model.quantize('int8')``, 'bfloat16' for
+        one whose LSTM layers all have the mixed_bfloat16 policy, else the
         model's own dtype.
 
     Notes
     -----
+    **mixed_bfloat16 models.**  Their runner reads bfloat16 weights (its Dense
+    layers' too) but multiplies them with the float32 activations as they are:
+    it does not round x or h_prev, as ``predict`` does under the policy.  So
+    the runner and ``predict`` are both within the bf16 error of the float32
+    model, not equal bit for bit (tests/test_mixed_precision.py bounds their
+    difference); pass ``weights_dtype='float32'`` for the float32 model's
+    numbers.
+
     **Weights.**  The runner uses the weights the model had when the runner
     was created (a packed copy, made once per model and weights version and
     shared by all its runners -- creating more runners does not copy them).
@@ -605,7 +621,9 @@ class StreamPool:
         :func:`cylstm.get_num_threads`) when the packed weights' bytes times
         the streams in the step reach :data:`PARALLEL_MIN_BYTES`, else one.
     weights_dtype : None, 'bfloat16' or 'int8'
-        As for :class:`StreamRunner` (None: 'int8' for a quantized model).
+        As for :class:`StreamRunner` (None: 'int8' for a quantized model,
+        'bfloat16' for a mixed_bfloat16 one, with the runner's difference from
+        ``predict``).
     clock : callable, optional
         Returns the time in seconds, never going back (default
         :func:`time.monotonic`); inject another to test eviction.

@@ -90,4 +90,38 @@ CYL_INLINE double cyl_tanh(double x)
     return tanh(x);
 }
 
+/*
+ * bfloat16 rounding (the mixed_bfloat16 policy's emulated products, and the one
+ * C twin of cylstm.quantization.bfloat16_bits; tests/test_mixed_precision.py
+ * compares them bit for bit).  bf16 is the upper half of a float32: 8 exponent
+ * bits, 8 significant bits.  Round to nearest, ties to even, on the bits:
+ * adding 0x7FFF plus the lowest kept bit carries into the kept half exactly
+ * when the dropped half is above the tie, or at the tie with an odd kept half.
+ * Subnormals round the same way (no flush to zero); values past the largest
+ * bf16 (3.3895e38) by half an ulp or more, FLT_MAX among them, become inf, as
+ * an IEEE conversion does; inf stays inf.  NaN keeps its sign and its upper
+ * payload and is made quiet (bit 6 of the bf16 set), so that it stays a NaN
+ * even when its payload lived only in the dropped bits.
+ */
+CYL_INLINE uint16_t cyl_bf16_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof(u));
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u)      /* NaN (the carry could reach the sign) */
+        return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* x rounded to bfloat16, as a float32 (its low 16 bits zero).  The product of two
+ * such values is exact in float32 (8 x 8 significant bits), so float32 FMAs over
+ * rounded operands compute what bf16-operand / float32-accumulate hardware does. */
+CYL_INLINE float cyl_bf16_roundf(float x)
+{
+    uint32_t u = (uint32_t)cyl_bf16_bits(x) << 16;
+    float y;
+    memcpy(&y, &u, sizeof(y));
+    return y;
+}
+
 #endif /* CYLSTM_MATH_H */

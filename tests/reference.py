@@ -10,8 +10,14 @@ def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def lstm_ref(x, W, U, b, h0=None, c0=None, lengths=None, reverse=False, rmask=None):
-    """Returns y (B, T, H) by time index (zeros past each length), hT, cT, tape."""
+def lstm_ref(x, W, U, b, h0=None, c0=None, lengths=None, reverse=False, rmask=None,
+             hround=None):
+    """Returns y (B, T, H) by time index (zeros past each length), hT, cT, tape.
+
+    ``hround(hr, n, t)``, optional: what the recurrent product reads instead of
+    ``hr = h_prev * mask`` at sample n's step at time t (the mixed_bfloat16 tests
+    pass a bf16 rounding); the tape keeps it, so the backward's dU uses it and its
+    dh_prev passes straight through it."""
     x = np.asarray(x, np.float64)
     W, U, b = (np.asarray(a, np.float64) for a in (W, U, b))
     B, T, _ = x.shape
@@ -30,6 +36,8 @@ def lstm_ref(x, W, U, b, h0=None, c0=None, lengths=None, reverse=False, rmask=No
         sample = []
         for t in steps:
             hr = h * rmask[n] if rmask is not None else h
+            if hround is not None:
+                hr = hround(hr, n, t)
             z = x[n, t] @ W + hr @ U + b
             i = sigmoid(z[:H])
             f = sigmoid(z[H:2 * H])

@@ -294,12 +294,12 @@ def test_forced_plan_object_and_kernel_arguments(monkeypatch):
     lstm_forward(x, W, U, b, num_threads=2, _plan="rows_fused")
     lstm_forward(x, W, U, b, num_threads=2, _plan="stacked")
     # (entry point, [packed, h buffer,] threads, BLAS threads[, fuse | prepacked,
-    # panel projection]): batch 3 runs one batch thread; inference takes the packed
-    # weights from the cache, and 12 rows of x project on the panels
+    # panel projection | tiles, bf16]): batch 3 runs one batch thread; inference takes
+    # the packed weights from the cache, and 12 rows of x project on the panels
     assert [(c[0],) + (c[1:] if c[0] == "forward_rows" else c[3:]) for c in calls] == [
         ("forward_units", 2, 2, True, True),
         ("forward_rows", 1, 2, True, plan_forward(3, 4, 5, 40, np.float32, 2,
-                                                  force="rows_fused").tile_steps),
+                                                  force="rows_fused").tile_steps, False),
         ("forward_stacked", 1, 2, True)]
 
 

@@ -166,13 +166,16 @@ class Model(Trainer):
         for t in self.inputs:
             if t.dtype is not None and np.dtype(t.dtype).kind == "f":
                 found[f"input {t.name}"] = np.dtype(t.dtype)
+        labels = {}
         for layer in self._leaf_layers():
             if layer._dtype is not None:
                 found[layer.name] = np.dtype(layer._dtype)
+                labels[layer.name] = _layers._variable_dtype_label(layer)
         kinds = set(found.values())
         if len(kinds) > 1:
-            raise ValueError(f"layers disagree on dtype: { {k: v.name for k, v in found.items()} }"
-                             "; give all layers (and float Inputs) the same dtype")
+            shown = {k: labels.get(k, v.name) for k, v in found.items()}
+            raise ValueError(f"layers disagree on dtype: {shown}; give all layers (and float "
+                             "Inputs) the same dtype")
         return kinds.pop() if kinds else np.dtype(np.float32)
 
     def _is_index_input(self, t):
@@ -656,6 +659,12 @@ class Model(Trainer):
 
         kind, index = cuda.resolve_device(device)
         dev = None if kind == "cpu" else (kind, index)
+        mixed = [layer.name for layer in self._lstm_layers() if layer._bf16]
+        if dev is not None and mixed:
+            raise ValueError(f"model {self.name!r}: LSTM layers {mixed} have the "
+                             "mixed_bfloat16 policy, which runs on the CPU only (the CUDA "
+                             "backend computes float32); build the model with float32 layers "
+                             "to run it on a GPU")
         for layer in self._lstm_layers():
             layer._device = dev
         self._on_device = dev is not None

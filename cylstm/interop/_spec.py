@@ -66,6 +66,9 @@ class LSTMSpec:
     options: dict = field(default_factory=dict)  # extra LSTM(...) arguments (dropout, ...)
     #: the kernels are int8 values (q * scale): the built layer gets ``quantize("int8")``
     quantized: bool = False
+    #: "mixed_bfloat16" when the source layer had that policy (Keras 3): the built layer
+    #: keeps it (float32 models only); None: the model's dtype
+    dtype_policy: object = None
 
     @property
     def units(self):
@@ -110,6 +113,7 @@ class DenseSpec:
     kernel: np.ndarray
     bias: object = None
     activation: str = "linear"
+    dtype_policy: object = None   # as LSTMSpec's
 
     @property
     def input_dim(self):
@@ -145,13 +149,21 @@ def _cast(a, dtype):
     return None if a is None else np.ascontiguousarray(a, dtype=dtype)
 
 
+def _policy(spec, dtype):
+    """The ``dtype=`` of the layer built from ``spec``: the model's dtype, or the source
+    layer's mixed_bfloat16 policy (its variables are float32) in a float32 model."""
+    if spec.dtype_policy == "mixed_bfloat16" and dtype == np.float32:
+        return "mixed_bfloat16"
+    return dtype.name
+
+
 def _lstm_layer(spec, dtype, input_shape=None):
     from cylstm.layers import LSTM  # defers import cost: specs are plain data
 
     kw = {} if input_shape is None else {"input_shape": input_shape}
     return LSTM(spec.units, use_bias=spec.bias is not None,
                 return_sequences=spec.return_sequences, go_backwards=spec.go_backwards,
-                dtype=dtype.name, **spec.options, **kw)
+                dtype=_policy(spec, dtype), **spec.options, **kw)
 
 
 def _lstm_weights(spec, dtype):
@@ -198,7 +210,7 @@ def build_sequential(model_spec, name=None):
             fwd = _lstm_layer(spec.forward, dtype)
             bwd = _lstm_layer(spec.backward, dtype)
             built.append(L.Bidirectional(fwd, merge_mode=spec.merge_mode, backward_layer=bwd,
-                                         **kw))
+                                         **dict(kw, dtype=_policy(spec.forward, dtype))))
             weights += _lstm_weights(spec.forward, dtype) + _lstm_weights(spec.backward, dtype)
             quantized += [(built[-1].forward_layer, spec.forward),
                           (built[-1].backward_layer, spec.backward)]
@@ -207,7 +219,8 @@ def build_sequential(model_spec, name=None):
                     spec.bias is not None and not np.all(np.isfinite(spec.bias))):
                 raise ValueError(f"layer {i} (Dense): weights hold NaN or infinite values")
             built.append(L.Dense(spec.kernel.shape[1], activation=spec.activation,
-                                 use_bias=spec.bias is not None, **kw))
+                                 use_bias=spec.bias is not None,
+                                 **dict(kw, dtype=_policy(spec, dtype))))
             weights.append(_cast(spec.kernel, dtype))
             if spec.bias is not None:
                 weights.append(_cast(spec.bias, dtype))

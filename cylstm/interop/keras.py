@@ -60,6 +60,12 @@ def _dtype_name(cfg):
     return d if isinstance(d, str) else None
 
 
+def _mixed(cfg):
+    """"mixed_bfloat16" when a layer config has that policy (the imported layer keeps it:
+    float32 variables, bf16 products, cylstm.mixed_precision), else None."""
+    return "mixed_bfloat16" if _dtype_name(cfg) == "mixed_bfloat16" else None
+
+
 def _act_name(value):
     """The name of an activation given as a string or a serialized object."""
     if isinstance(value, dict):  # {'class_name': ..., 'config': {'name': ...}}
@@ -228,7 +234,7 @@ def _build_spec(plans, input_dim, dtype, weights_of):
                 raise ValueError(f"{p.where}: bias has shape {b.shape}; expected "
                                  f"({k.shape[1]},)")
             spec = DenseSpec(k, b, _activation(p.where, cfg.get("activation"),
-                                               DENSE_ACTIVATIONS))
+                                               DENSE_ACTIVATIONS), dtype_policy=_mixed(cfg))
             feat = k.shape[1]
         elif p.kind == "Embedding":
             (table,) = weights_of(p, None, 1)
@@ -272,7 +278,7 @@ def _lstm_spec(p, cfg, w, feat):
         raise ValueError(f"{p.where}: bias has shape {bias.shape}; expected ({4 * H},)")
     return LSTMSpec(kernel, rk, bias, return_sequences=bool(cfg.get("return_sequences", False)),
                     go_backwards=bool(cfg.get("go_backwards", False)),
-                    options=_lstm_options(p.where, cfg))
+                    options=_lstm_options(p.where, cfg), dtype_policy=_mixed(cfg))
 
 
 # --------------------------------------------------------------------------- weights

@@ -263,6 +263,10 @@ def to_onnx(model: Sequential, path: str | os.PathLike, *, dtype: str | None = N
     the int8 weights): its outputs differ from ``predict`` by about 1e-2.
     ``Masking`` and ``Embedding(mask_zero=True)`` are refused: the ONNX LSTM operator has
     no per-step mask.
+    Layers with the ``mixed_bfloat16`` policy export their float32 master weights in a
+    float32 graph: the ONNX ``LSTM`` and ``MatMul`` have no bf16-operand,
+    float32-accumulate mode, so the graph computes the float32 model, which differs
+    from ``predict`` under the policy by the bf16 rounding (a few 1e-3).
     """
     onnx = _require_onnx()
     from onnx import TensorProto, helper  # defers import cost: onnx is optional

@@ -39,6 +39,7 @@ from cylstm.layers.base import _check_quantization_mode as _check_quantization_m
 from cylstm.layers.base import _make_rng as _make_rng
 from cylstm.layers.base import _snake as _snake
 from cylstm.layers.base import _unique_name as _unique_name
+from cylstm.layers.base import _variable_dtype_label as _variable_dtype_label
 from cylstm.layers.base import assign_weights as assign_weights
 from cylstm.layers.base import quantizable_layers as quantizable_layers
 from cylstm.layers.base import quantize_layers as quantize_layers

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cylstm import constraints, initializers, regularizers
+from cylstm import constraints, initializers, mixed_precision, regularizers
 from cylstm._typing import DTypeLike, ShapeLike
 from cylstm.engine import graph as _graph
 
@@ -66,21 +66,69 @@ def quantize_layers(layers, mode):
         w[...] = v  # in place: the weights may be views into a model's flat buffer
     for layer in todo:
         layer.quantization_mode = mode
+        # the int8 model computes as the int8 runner does, on float32 activations
+        # (a mixed_bfloat16 layer would round its q * scale weights to bf16)
+        layer._bf16 = False
 
 
-def _canon_dtype(dtype):
-    """np.float32 / np.float64 from a dtype-like, None passes through."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, dict):  # Keras 3 DTypePolicy config
-        dtype = dtype.get("config", {}).get("name", dtype.get("name"))
+def _parse_policy(dtype):
+    """(variable dtype, bfloat16 products) of a non-None ``dtype=``: a policy name
+    (:data:`cylstm.mixed_precision.POLICY_NAMES`), a DTypePolicy, a Keras 3 policy
+    config dict, or a NumPy float32 / float64 dtype-like."""
+    if isinstance(dtype, (str, dict, mixed_precision.DTypePolicy)):
+        if isinstance(dtype, str) and dtype not in mixed_precision.POLICY_NAMES:
+            try:  # other NumPy spellings of the two float dtypes ('f4', 'double', ...)
+                dt = np.dtype(dtype)
+            except TypeError:
+                dt = None
+            if dt in (np.float32, np.float64):
+                return dt, False
+        try:
+            policy = mixed_precision.get(dtype)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"dtype: {e}") from None
+        return np.dtype(policy.variable_dtype), policy.compute_dtype == "bfloat16"
     try:
         dt = np.dtype(dtype)
     except TypeError as e:
-        raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}") from e
+        raise TypeError(f"dtype must be a dtype policy name "
+                        f"({', '.join(mixed_precision.POLICY_NAMES)}), a DTypePolicy or "
+                        f"np.float32 / np.float64; got {dtype!r}") from e
     if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
-    return dt
+        raise ValueError(f"dtype must be 'float32', 'float64' or 'mixed_bfloat16'; got "
+                         f"{dtype!r}")
+    return dt, False
+
+
+def _canon_dtype(dtype):
+    """The variable dtype (np.float32 / np.float64) of a dtype-like or a dtype policy
+    (see :func:`_parse_policy`); None passes through."""
+    if dtype is None:
+        return None
+    return _parse_policy(dtype)[0]
+
+
+def _canon_policy(dtype, wrapper=False):
+    """A layer's ``(variable dtype or None, bfloat16 products)`` from its ``dtype=``.
+
+    None takes the global policy (:func:`cylstm.mixed_precision.global_policy`, at
+    construction, as Keras); under the default 'float32' the variable dtype stays
+    unset (None: the layer takes its model's dtype).  A ``wrapper`` (Bidirectional,
+    TimeDistributed) without ``dtype=`` takes its wrapped layer's policy instead.
+    """
+    if dtype is None:
+        policy = mixed_precision.global_policy()
+        if wrapper or policy.name == "float32":
+            return None, False
+        dtype = policy
+    return _parse_policy(dtype)
+
+
+def _variable_dtype_label(layer):
+    """A layer's variable dtype for messages: 'float32 (mixed_bfloat16)' under that
+    policy (a nested model has no policy)."""
+    name = np.dtype(layer._dtype).name
+    return f"{name} (mixed_bfloat16)" if getattr(layer, "_computes_bf16", False) else name
 
 
 def _check_rate(name, rate):
@@ -222,7 +270,12 @@ class Layer:
         Shape of one sample (without the batch axis), e.g. ``(None, 10)``.
     batch_input_shape, batch_shape : tuple, optional
         Full input shape with the batch axis.
-    dtype : 'float32' (default) or 'float64'
+    dtype : None, a policy name ('float32', 'float64', 'mixed_bfloat16'), a
+        :class:`cylstm.mixed_precision.DTypePolicy` or its Keras 3 config dict
+        None takes the global policy (:func:`cylstm.mixed_precision.global_policy`);
+        under the default, 'float32', the layer takes its model's dtype.
+        ``layer.dtype`` is the variable dtype (a NumPy dtype); ``dtype_policy``,
+        ``compute_dtype`` and ``variable_dtype`` as Keras 3's.
     trainable : bool
 
     Regularizers and constraints (on the layers that take them): ``layer.losses``
@@ -244,6 +297,10 @@ class Layer:
     #: Whether the layer takes a mask and passes one on (Keras 3.15's values per class).
     supports_masking = True
     activity_regularizer = None
+    #: Wrappers (Bidirectional, TimeDistributed) take their wrapped layer's policy when
+    #: made without ``dtype=``, not the global one.
+    _WRAPPER = False
+    _bf16 = False
 
     def __init__(self, name: str | None = None, input_shape: ShapeLike | None = None,
                  dtype: DTypeLike = None, trainable: bool = True,
@@ -258,7 +315,9 @@ class Layer:
             raise TypeError(f"name must be a string; got {name!r}")
         self._auto_name = name is None
         self.name = name or _unique_name(_snake(type(self).__name__))
-        self._dtype = _canon_dtype(dtype)
+        # the variable dtype (None: the model's) and whether the products run on
+        # bfloat16 operands (the mixed_bfloat16 policy, cylstm.mixed_precision)
+        self._dtype, self._bf16 = _canon_policy(dtype, self._WRAPPER)
         self.trainable = bool(trainable)
         bshape = batch_input_shape if batch_input_shape is not None else batch_shape
         if input_shape is None and input_dim is not None:
@@ -279,8 +338,39 @@ class Layer:
     # ---- dtype / shapes -------------------------------------------------------------------
     @property
     def dtype(self):
-        """Compute and weight dtype (np.float32 unless set)."""
+        """The variable (weight) dtype, np.float32 unless set; also the compute
+        dtype except under 'mixed_bfloat16' (see :attr:`dtype_policy`)."""
         return self._dtype if self._dtype is not None else np.dtype(np.float32)
+
+    @property
+    def _computes_bf16(self):
+        """Whether the layer's products run on bfloat16 operands (wrappers: their
+        wrapped layers')."""
+        return self._bf16
+
+    @property
+    def dtype_policy(self):
+        """The layer's :class:`cylstm.mixed_precision.DTypePolicy` (Keras 3)."""
+        return mixed_precision.DTypePolicy(
+            "mixed_bfloat16" if self._computes_bf16 else self.dtype.name)
+
+    @property
+    def compute_dtype(self):
+        """'float32', 'float64' or 'bfloat16' (the products' operands under
+        'mixed_bfloat16'; sums, states and outputs stay float32)."""
+        return self.dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self):
+        """'float32' or 'float64': the dtype of the weights."""
+        return self.dtype.name
+
+    def _dtype_config(self):
+        """``get_config()["dtype"]``: None (unset), a name, or under mixed_bfloat16 the
+        Keras 3 policy config."""
+        if self._computes_bf16:
+            return mixed_precision.serialize(self.dtype_policy)
+        return None if self._dtype is None else self._dtype.name
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -401,9 +491,11 @@ class Layer:
     def _set_dtype(self, dtype):
         """Adopt the model's dtype (before build); an explicit different one is an error."""
         if self._dtype is not None and self._dtype != dtype:
+            what = ("policy mixed_bfloat16 (float32 variables)" if self._computes_bf16
+                    else f"dtype {self._dtype.name}")
             raise ValueError(
-                f"layer {self.name!r} has dtype {self._dtype.name} but the model computes in "
-                f"{np.dtype(dtype).name}; give all layers the same dtype"
+                f"layer {self.name!r} has {what} but the model computes in "
+                f"{np.dtype(dtype).name}; give all layers the same variable dtype"
             )
         if self.built and self.dtype != dtype:
             raise ValueError(f"layer {self.name!r} is already built in {self.dtype.name}")
@@ -559,8 +651,7 @@ class Layer:
 
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):
-        cfg = {"name": self.name, "trainable": self.trainable,
-               "dtype": None if self._dtype is None else self._dtype.name}
+        cfg = {"name": self.name, "trainable": self.trainable, "dtype": self._dtype_config()}
         if self._batch_input_shape is not None:
             cfg["batch_input_shape"] = list(self._batch_input_shape)
         if self._QUANTIZED_WEIGHTS and self.quantization_mode is not None:
@@ -581,6 +672,7 @@ class Layer:
         layer = cls(**cfg)
         if mode is not None:
             layer.quantization_mode = mode
+            layer._bf16 = False  # (as quantize() leaves it)
         return layer
 
     def __repr__(self):

@@ -29,6 +29,7 @@ from cylstm.layers.base import (
     _regularizer,
     serialize,
 )
+from cylstm.quantization import round_bfloat16
 
 
 class Dense(Layer):
@@ -46,6 +47,10 @@ class Dense(Layer):
         :mod:`cylstm.regularizers` names or objects (see :class:`Layer`).
     kernel_constraint, bias_constraint : optional
         :mod:`cylstm.constraints` names or callables.
+    dtype : see :class:`cylstm.layers.Layer`.  'mixed_bfloat16': x and the kernel
+        are rounded to bfloat16 before the float32 product (exact products, float32
+        sums); the bias and the activation stay float32, and the gradients pass
+        straight through the roundings to the float32 kernel.
     """
 
     _REGULARIZED = (("kernel", "kernel_regularizer"), ("bias", "bias_regularizer"))
@@ -114,6 +119,8 @@ class Dense(Layer):
                 f"axis; got shape {x.shape}"
             )
         x2 = x.reshape(-1, K.shape[0]) if x.ndim != 2 else x
+        if self._bf16:  # mixed_bfloat16: bf16 operands (copies), float32 product and sums
+            x2, K = round_bfloat16(x2), round_bfloat16(K)
         z = x2 @ K
         if self.use_bias:
             z += self.bias
@@ -122,14 +129,16 @@ class Dense(Layer):
             z = z.copy()
         a = _act.forward_(self.activation, z)
         if training:
-            self._cache = (x2, a)
+            # the operands the product read: the gradients pass straight through the
+            # roundings (dK = x16^T dz, dx = dz K16^T)
+            self._cache = (x2, a, K)
         if x.ndim != 2:
             a = a.reshape(x.shape[:-1] + (self.units,))
         self._record_activity(a, training)
         return a, mask
 
     def _backward(self, dy, need_input_grad=True):
-        x2, a = self._cache
+        x2, a, K = self._cache
         self._cache = None
         dz = dy.reshape(a.shape) if dy.ndim != 2 else dy
         act_g = self._activity_grads()
@@ -147,8 +156,8 @@ class Dense(Layer):
         self._add_regularizer_grads()
         if not need_input_grad:
             return None
-        dx = dz @ self.kernel.T
-        return dx.reshape(dy.shape[:-1] + (self.kernel.shape[0],))
+        dx = dz @ K.T
+        return dx.reshape(dy.shape[:-1] + (K.shape[0],))
 
     def get_config(self):
         cfg = super().get_config()
@@ -431,14 +440,22 @@ class TimeDistributed(Layer):
 
     _SUPPORTED = ()  # filled below
 
+    _WRAPPER = True
+
     def __init__(self, layer: Layer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(layer, self._SUPPORTED):
             raise TypeError("TimeDistributed supports Dense, Dropout and Activation layers; got "
                             f"{type(layer).__name__}")
         self.layer = layer
+        if kwargs.get("dtype") is not None:  # a policy given to the wrapper is its layer's
+            layer._bf16 = self._bf16
         if self._dtype is None and layer._dtype is not None:
             self._dtype = layer._dtype
+
+    @property
+    def _computes_bf16(self):
+        return self.layer._computes_bf16
 
     def _set_dtype(self, dtype):
         super()._set_dtype(dtype)

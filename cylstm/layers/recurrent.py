@@ -89,6 +89,10 @@ class LSTM(Layer):
         sqrt(T) steps per segment, only when a batch's full cache would exceed
         :func:`cylstm.get_memory_budget`.  On a CUDA device the layer trains with
         full BPTT and warns once.
+    dtype : see :class:`cylstm.layers.Layer`.  'mixed_bfloat16': float32 weights,
+        the products on bfloat16 operands (x, both kernels and h_prev rounded; the
+        gates, c, h and outputs float32), emulated on any CPU
+        (:mod:`cylstm.mixed_precision`); CPU only.
 
     Notes
     -----
@@ -184,7 +188,12 @@ class LSTM(Layer):
     def _ops(self):
         """(functional module, extra kwargs) for this layer's device."""
         if self._device is None:
-            return _F, {}
+            # mixed_bfloat16: the kernels' bf16 products (cylstm.functional.lstm_forward)
+            return _F, ({"compute_dtype": "bfloat16"} if self._bf16 else {})
+        if self._bf16:
+            raise ValueError(f"LSTM {self.name!r} has the mixed_bfloat16 policy, which runs "
+                             "on the CPU only (the CUDA backend computes float32); make the "
+                             "layer with dtype='float32' to run it on a GPU")
         from cylstm.cuda import functional as gpu  # defers import cost: the CUDA backend
 
         return gpu, {"device": self._device[1], "weights_version": self._weights_version}
@@ -476,6 +485,8 @@ class Bidirectional(Layer):
     With ``return_sequences`` the backward outputs are put back in time order.
     """
 
+    _WRAPPER = True
+
     def __init__(self, layer: LSTM, merge_mode: str | None = "concat",
                  weights: Sequence[ArrayLike] | None = None, backward_layer: LSTM | None = None,
                  activity_regularizer: RegularizerLike = None, **kwargs: Any) -> None:
@@ -518,13 +529,20 @@ class Bidirectional(Layer):
         self.return_sequences = layer.return_sequences
         self.return_state = layer.return_state
         self.stateful = layer.stateful
+        explicit = kwargs.get("dtype") is not None
         for sub in (self.forward_layer, self.backward_layer):
             # Keras: sequence outputs of a bidirectional RNN are zero at masked steps
             sub.zero_output_for_mask = self.return_sequences
             sub._dtype = self._dtype if self._dtype is not None else sub._dtype
+            if explicit:  # a policy given to the wrapper is its layers' policy
+                sub._bf16 = self._bf16
         if self._dtype is None and layer._dtype is not None:
             self._dtype = layer._dtype
         self._initial_weights = weights
+
+    @property
+    def _computes_bf16(self):
+        return self.forward_layer._bf16 or self.backward_layer._bf16
 
     def _set_dtype(self, dtype):
         super()._set_dtype(dtype)
