@@ -21,8 +21,9 @@ __version__ = "0.1.0"
 # (100, 32, 128, 256) took it from 24-26 ms to 45-48 ms, slower than one thread.
 # 2**18 cycles (~0.1 ms) keeps back-to-back BLAS calls warm and frees the core:
 # 25-27 ms (AMD EPYC (2 cores), Zen 3, 2026-12-02; README "Threads").  OpenBLAS
-# reads it when it loads, so it applies to the copies loaded after this line (SciPy's, and NumPy's when cylstm is imported first);
-# a value the user set is kept.  show_config() says what each copy runs with.
+# reads it when it loads, so it applies to the copies loaded after this line
+# (SciPy's, and NumPy's when cylstm is imported first); a value the user set is
+# kept.  show_config() says what each copy runs with.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
 try:  # the compiled kernels: missing in a source tree that was never built
