@@ -7,7 +7,11 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import cylstm
+
+# the directory the cylstm under test was imported from (an installed copy, or a
+# built source tree), not this checkout, which may be unbuilt
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cylstm.__file__)))
 
 
 def _spins(code, env_value=None):
