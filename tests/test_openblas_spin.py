@@ -22,7 +22,8 @@ def _spins(code, env_value=None):
     # cwd: not a checkout (python -c puts the working directory first on sys.path)
     out = subprocess.run([sys.executable, "-c", code + "\nfrom cylstm import _config\n"
                           "import json; print(json.dumps(_config.openblas_spin()))"],
-                         env=env, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+                         env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -49,7 +50,8 @@ def test_numpy_first_keeps_its_default_and_show_config_says_so():
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", "import numpy, cylstm; cylstm.show_config()"],
-                         env=env, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+                         env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         check=False)
     assert out.returncode == 0, out.stderr
     line = [ln for ln in out.stdout.splitlines() if "OPENBLAS_THREAD_TIMEOUT" in ln]
     assert len(line) == 1
