@@ -332,7 +332,7 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
         path = reason = None
         if facts is None:
             # measured in inference (cylstm.tune), so only inference calls take them
-            tuned = None if training else _tuning.tuned_path(B, I, H, dtype.name, n_total)
+            tuned = None if training else _tuning.tuned_path(B, I, H, dtype, n_total)
             if tuned is not None and _path_error(tuned, *args) is None:
                 key = _tuning.shape_class(B, I, H, dtype.name, n_total)
                 path, reason = tuned, f"tuned cache ({key})"

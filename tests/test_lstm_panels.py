@@ -60,6 +60,9 @@ ZEN4 = CpuFacts(vendor="AuthenticAMD", model_name="AMD Ryzen 7 7700X", family=25
 def no_tuned_cache(monkeypatch):
     """Plans from the model rules only: a user's tuned cache must not change them."""
     monkeypatch.setenv("CYLSTM_TUNE", "0")
+    _tuning.forget()
+    yield
+    _tuning.forget()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

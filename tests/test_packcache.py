@@ -16,9 +16,11 @@ TOL = {np.float32: {"rtol": 2e-4, "atol": 2e-5}, np.float64: {"rtol": 1e-9, "ato
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch):
     monkeypatch.setenv("CYLSTM_TUNE", "0")
+    _tuning.forget()
     _packcache.clear()
     yield
     _packcache.clear()
+    _tuning.forget()
 
 
 def _case(seed, B, T, I, H, dtype):

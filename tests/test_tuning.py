@@ -78,9 +78,9 @@ def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("CYLSTM_CACHE_DIR", str(d))
     monkeypatch.delenv("CYLSTM_TUNE", raising=False)
-    _tuning._memo["key"] = None
+    _tuning.forget()
     yield d
-    _tuning._memo["key"] = None
+    _tuning.forget()
 
 
 # ------------------------------------------------------------------ CPU facts
@@ -372,8 +372,10 @@ def _identity():
 
 
 def _write(cache_dir, text):
+    """Write the cache file as another process would, and let RESTAT_S pass."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / "tuning.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    _tuning.forget()
 
 
 def _valid(choices, **extra):
@@ -404,6 +406,26 @@ def test_stored_choice_is_used_when_valid(cache_dir):
     np.testing.assert_allclose(lstm_forward(x, W, U, b, num_threads=2).output,
                                lstm_forward(x, W, U, b, num_threads=2, _plan="rows").output,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_cache_file_and_environment_are_looked_at_again_after_restat_s(cache_dir,
+                                                                       monkeypatch):
+    key = _tuning.shape_class(2, 3, 20, "float32", 2)
+    _write(cache_dir, _valid({key: {"path": "units"}}))
+    assert _plan_now().reason.startswith("tuned cache")
+    # within RESTAT_S a file another process rewrites, or a changed environment,
+    # is not looked at (a forward call does not stat the file or read the environment)
+    monkeypatch.setattr(_tuning, "RESTAT_S", 3600.0)
+    (cache_dir / "tuning.json").write_text(_valid({key: {"path": "rows"}}))
+    monkeypatch.setenv("CYLSTM_TUNE", "0")
+    assert _plan_now().reason == "tuned cache (float32/t2/B2/I2/H16)"
+    assert _plan_now().path == "units"
+    # once it has passed, both are
+    monkeypatch.setattr(_tuning, "RESTAT_S", 0.0)
+    assert not _plan_now().reason.startswith("tuned")
+    monkeypatch.delenv("CYLSTM_TUNE")
+    p = _plan_now()
+    assert p.path == "rows" and p.reason.startswith("tuned cache")
 
 
 def test_stored_choice_invalid_for_the_call_falls_back(cache_dir):
