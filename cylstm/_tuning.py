@@ -164,6 +164,17 @@ STACKED_MIN_UNITS = 256
 # [W; U] the unit split is ahead on 1 thread: (50, 64, 512, 512) units 181,
 # stacked 232 (2 threads: 103 and 97).
 STACKED_PACKING_BLAS_MAX_BYTES = 4 * 2**20
+# Below MIN_ROWS_PER_THREAD rows (batches 2 and 3, which no thread split takes)
+# the same BLAS repacks U for a product of 2 or 3 rows every step, 3-4x the
+# panel kernel's time; batch 1 is a GEMV, which packs nothing.  The unit split
+# (one thread, or a team where rule 2 takes it) from SMALL_BATCH_UNITS_MIN_BYTES
+# of U, the stacked step below.  2-vCPU AMD EPYC (Zen 3, AVX2, OpenBLAS core
+# Haswell), 2026-12-02, inference, lstm_forward forced per path, 10 interleaved
+# rounds, rows / units / stacked (ms), one thread: (100, 2, 64, 64) 1.65 / 0.55 /
+# 0.50, (100, 2, 128, 128) 5.47 / 1.42 / 1.51, (100, 2, 256, 256) 21.8 / 4.93 /
+# 5.90, (100, 3, 128, 128) 6.36 / 1.78 / 1.77, (100, 3, 256, 256) 26.2 / 6.84 /
+# 7.24; two threads (100, 2, 64, 64) 1.45 / 0.56 / 0.41 (stacked on one thread).
+SMALL_BATCH_UNITS_MIN_BYTES = 128 * 2**10
 
 # The streaming runner (cylstm/stream.py).  Batch sizes from here up use SciPy's
 # BLAS (one GEMM per panel, single-threaded BLAS) instead of the kernel.  The
@@ -278,6 +289,8 @@ THRESHOLDS = {
     "STACKED_MIN_UNITS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "STACKED_PACKING_BLAS_MAX_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
                                       "Haswell), inference, 2026-12-02",
+    "SMALL_BATCH_UNITS_MIN_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
+                                   "Haswell), batches 2-3, 2026-12-02",
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",

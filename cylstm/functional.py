@@ -203,6 +203,16 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: {B // nt} "
                            f"rows per thread >= MIN_ROWS_PER_THREAD on packed [W; U] "
                            f"({wu_bytes >> 10} KiB <= STACKED_PACKING_BLAS_MAX_BYTES)")
+    if (facts.isa_level >= 1 and not facts.blas_tiles_steps and not training
+            and 2 <= B < t.MIN_ROWS_PER_THREAD and not (has_lengths and reverse)):
+        if (H > _panel_units(dtype) and u_bytes >= t.SMALL_BATCH_UNITS_MIN_BYTES
+                and (not has_mask or n_total == 1)):
+            return "units", (f"BLAS ({facts.blas_core}) packs every per-step call: batch "
+                             f"{B} < MIN_ROWS_PER_THREAD on U's panels (U {u_bytes >> 10} "
+                             f"KiB >= SMALL_BATCH_UNITS_MIN_BYTES)")
+        if wu_bytes <= t.STACKED_PACKING_BLAS_MAX_BYTES:
+            return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: batch "
+                               f"{B} < MIN_ROWS_PER_THREAD on one thread, packed [W; U]")
     if (facts.isa_level >= 1 and not facts.blas_tiles_steps and training
             and H > _panel_units(dtype) and B <= t.UNITS_TRAIN_MAX_BATCH
             and (not has_mask or min(n_total, _n_panels(H, dtype)) == 1)):
@@ -300,6 +310,11 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     5. "stacked" (AVX2 or AVX-512, inference) where BLAS packs every per-step
        call (``facts.blas_tiles_steps`` false), with MIN_ROWS_PER_THREAD rows per
        thread and [W; U] of at most STACKED_PACKING_BLAS_MAX_BYTES;
+    5b. inference where BLAS packs every per-step call, batches of 2 up to
+       MIN_ROWS_PER_THREAD (too small to split): "units" with U of at least
+       SMALL_BATCH_UNITS_MIN_BYTES over two panels or more (with a recurrent
+       mask, one thread only), else "stacked" on one thread while [W; U] is at
+       most STACKED_PACKING_BLAS_MAX_BYTES;
     6. "units" (AVX2 or AVX-512) in training where BLAS packs every per-step call,
        for batches of at most UNITS_TRAIN_MAX_BATCH (the recurrent mask rule of 2
        applies);

@@ -186,7 +186,15 @@ def test_plan_without_avx512_keeps_large_batches_on_blas():
     assert _path(16, 256, 2, facts=haswell, training=True) == "units"
     assert _path(32, 256, 2, facts=haswell, training=True) == "rows"
     assert _path(4, 256, 1, facts=haswell) == "stacked"
-    assert _path(2, 256, 1, facts=haswell) == "rows"          # < MIN_ROWS_PER_THREAD
+    # batches 2 and 3 (< MIN_ROWS_PER_THREAD, no thread split): BLAS would repack U
+    # every step; U's panels from SMALL_BATCH_UNITS_MIN_BYTES, else the stacked step
+    assert _path(2, 256, 1, facts=haswell) == "units"
+    assert _path(3, 91, 1, facts=haswell) == "units"               # 129 KiB of U
+    assert _path(3, 90, 1, facts=haswell) == "stacked"             # 127 KiB
+    assert _path(2, 32, 2, facts=haswell) == "stacked"             # no team below 128 KiB
+    assert _path(2, 256, 1, facts=haswell, training=True) == "units"   # (rule 6)
+    assert _path(1, 32, 1, facts=haswell) == "rows"                # batch 1: BLAS's gemv
+    assert _path(2, 256, 1, facts=avx2) == "rows"                  # BLAS with step kernels
     assert _path(64, 1024, 2, I=1024, facts=haswell) == "units"   # 32 MiB of [W; U]
 
 

@@ -196,8 +196,11 @@ def test_avx2_plans(avx2_desktop):
     g = dataclasses.replace(f, blas_core="SkylakeX")     # (BLAS kernels as on AVX-512)
     assert _path(g, 32, 25, 64, 128, 2).path == "rows_fused"
     assert _path(f, 1, 25, 64, 128, 2).path == "units"        # small batch: still split
-    # the serial small-batch rule is AVX-512 only; 2 rows are below MIN_ROWS_PER_THREAD
-    assert _path(f, 2, 25, 256, 256, 1).path == "rows"
+    # 2 rows are below MIN_ROWS_PER_THREAD, and this BLAS would repack U every step:
+    # U's panels (SMALL_BATCH_UNITS_MIN_BYTES); with small-matrix kernels, BLAS
+    p = _path(f, 2, 25, 256, 256, 1)
+    assert p.path == "units" and "SMALL_BATCH_UNITS_MIN_BYTES" in p.reason
+    assert _path(g, 2, 25, 256, 256, 1).path == "rows"
     # a recurrent mask keeps a multi-thread call off the unit split
     assert _path(f, 64, 25, 512, 512, 2, has_mask=True).path == "rows"
     assert _path(f, 16, 25, 512, 512, 1, has_mask=True).path == "units"
