@@ -105,6 +105,26 @@ UNITS_L2_SERIAL_MAX_BATCH = 32
 # (100, 32, 128, 256) 67/79/60 (2 threads 48/57/46), (100, 128, 128, 128)
 # 81/76/93, (100, 48, 128, 256) on 2 threads 66/76/73.
 UNITS_TRAIN_MAX_BATCH = 16
+# Remeasured on a quieter host of the same kind (2-vCPU AMD EPYC, Zen 3, AVX2,
+# OpenBLAS Haswell, 512 KiB L2), 2026-12-02, training forward, medians of 5-9
+# alternated in one process, rows / rows_fused / units (ms), 1 thread:
+# (100, 32, 10, 50) 2.6/2.6/2.4, (100, 32, 64, 96) 8.9/10.1/8.1, (100, 32, 128,
+# 128) 16.3/19.4/15.1, (100, 32, 128, 256) 49.4/56.1/39.9, (100, 48, 128, 256)
+# 66.2/70.2/62.8, (100, 64, 128, 256) 83.0/86.1/81.5, (100, 48, 64, 128)
+# 19.8/19.9/20.5, (100, 64, 64, 128) 25.6/24.4/25.3, (100, 128, 128, 128)
+# 56.3/53.7/62.3; 2 threads (100, 32, 128, 256) 32.0/38.9/22.8, (100, 32, 64,
+# 128) 8.5/10.3/6.9, (100, 64, 128, 256) 51.2/53.9/47.7, (100, 64, 64, 128)
+# 14.2/15.2/16.5, (100, 128, 128, 256) 85.2/91.3/103.  So the unit path up to
+# UNITS_TRAIN_WIDE_MAX_BATCH, and up to UNITS_TRAIN_L2_MAX_BATCH where U is
+# larger than a core's L2; the fused BLAS step is no better than the plain one
+# there (rows_fused is not taken in training on such a BLAS) ...
+UNITS_TRAIN_WIDE_MAX_BATCH = 32
+UNITS_TRAIN_L2_MAX_BATCH = 64
+# ... and above UNITS_TRAIN_MAX_BATCH on a team only from UNITS_TRAIN_TEAM_MIN_BYTES
+# of U, below which the barrier per step costs more than half the panels save:
+# 2 threads (100, 32, 10, 50) (U 40 KiB) rows 1.7-2.8 / units 1.9-2.9 ms,
+# (100, 32, 32, 64) (64 KiB) 3.7/3.3.
+UNITS_TRAIN_TEAM_MIN_BYTES = 64 * 2**10
 
 # Batches that split into slices of at least FUSE_MIN_ROWS samples per thread
 # compute x_t @ W inside each step, next to h_prev @ U, instead of one input
@@ -280,6 +300,12 @@ THRESHOLDS = {
     "UNITS_L2_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Zen 3, one thread, 2026-12-02",
     "UNITS_TRAIN_MAX_BATCH": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS Haswell), "
                              "training forward, 2026-12-02",
+    "UNITS_TRAIN_WIDE_MAX_BATCH": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
+                                  "Haswell), training forward, 2026-12-02",
+    "UNITS_TRAIN_L2_MAX_BATCH": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
+                                "Haswell), training forward, 2026-12-02",
+    "UNITS_TRAIN_TEAM_MIN_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
+                                  "Haswell), training forward, 2026-12-02",
     "FUSE_MIN_ROWS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "FUSE_MAX_BYTES": "forward planner; 2-vCPU Xeon, (50, 64, 512, 512), 2026-12-01",
     "FIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",

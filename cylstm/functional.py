@@ -175,7 +175,7 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
     wu_bytes = (I + H) * 4 * H * item
     fits = wu_bytes * t.FIT_LLC_FRACTION <= budget
     if bf16:
-        path, reason = _rows_path(B, nt, has_lengths, fits, wu_bytes)
+        path, reason = _rows_path(B, nt, has_lengths, fits, wu_bytes, training, facts)
         return path, f"compute_dtype='bfloat16' (BLAS paths only): {reason}"
     panels_fast = facts.isa_level == 2
     if not has_mask and H > _panel_units(dtype):  # two panels at least
@@ -214,11 +214,22 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
             return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: batch "
                                f"{B} < MIN_ROWS_PER_THREAD on one thread, packed [W; U]")
     if (facts.isa_level >= 1 and not facts.blas_tiles_steps and training
-            and H > _panel_units(dtype) and B <= t.UNITS_TRAIN_MAX_BATCH
+            and H > _panel_units(dtype)
             and (not has_mask or min(n_total, _n_panels(H, dtype)) == 1)):
-        return "units", (f"BLAS ({facts.blas_core}) packs every per-step call and training "
-                         f"cannot take the stacked path: batch {B} <= UNITS_TRAIN_MAX_BATCH "
-                         f"on U's panels")
+        why = None
+        if B <= t.UNITS_TRAIN_MAX_BATCH:
+            why = f"batch {B} <= UNITS_TRAIN_MAX_BATCH"
+        elif (B <= t.UNITS_TRAIN_WIDE_MAX_BATCH
+              and (n_total == 1 or u_bytes >= t.UNITS_TRAIN_TEAM_MIN_BYTES)):
+            why = (f"batch {B} <= UNITS_TRAIN_WIDE_MAX_BATCH"
+                   + ("" if n_total == 1 else ", U >= UNITS_TRAIN_TEAM_MIN_BYTES"))
+        elif (B <= t.UNITS_TRAIN_L2_MAX_BATCH and u_bytes > facts.l2_per_core
+              and (n_total == 1 or u_bytes >= t.UNITS_TRAIN_TEAM_MIN_BYTES)):
+            why = (f"batch {B} <= UNITS_TRAIN_L2_MAX_BATCH and U ({u_bytes >> 10} KiB) > a "
+                   f"core's L2")
+        if why is not None:
+            return "units", (f"BLAS ({facts.blas_core}) packs every per-step call and "
+                             f"training cannot take the stacked path: {why}, on U's panels")
     if (facts.isa_level >= 1 and H > _panel_units(dtype) and u_bytes > facts.l2_per_core
             and u_bytes >= t.UNITS_L2_MIN_BYTES
             and (n_total >= 2 or 2 <= B <= t.UNITS_L2_SERIAL_MAX_BATCH)
@@ -226,12 +237,15 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         return "units", (f"U ({u_bytes >> 10} KiB) > a core's L2 "
                          f"({facts.l2_per_core >> 10} KiB): split by batch, every thread "
                          f"would stream all of it each step")
-    return _rows_path(B, nt, has_lengths, fits, wu_bytes)
+    return _rows_path(B, nt, has_lengths, fits, wu_bytes, training, facts)
 
 
-def _rows_path(B, nt, has_lengths, fits, wu_bytes):
-    """Rules 7 and 8 of :func:`plan_forward`: "rows_fused" or "rows", (path, reason)."""
+def _rows_path(B, nt, has_lengths, fits, wu_bytes, training, facts):
+    """Rules 8 and 9 of :func:`plan_forward`: "rows_fused" or "rows", (path, reason)."""
     t = _tuning
+    if training and not facts.blas_tiles_steps:
+        return "rows", (f"training where BLAS ({facts.blas_core}) packs every per-step "
+                        f"call: the fused step is no faster (UNITS_TRAIN_WIDE_MAX_BATCH)")
     if (not has_lengths and B // nt >= t.FUSE_MIN_ROWS and fits
             and wu_bytes <= t.FUSE_MAX_BYTES):
         return "rows_fused", (f"{B // nt} rows per thread >= FUSE_MIN_ROWS, [W; U] in "
@@ -287,7 +301,7 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     force : a path name or a ForwardPlan to take instead of choosing;
         ValueError when the call cannot take it.
     compute_dtype : see :data:`COMPUTE_DTYPES`.  "bfloat16" restricts the call to
-        "rows" and "rows_fused" (rules 7 and 8; a forced panel path is a ValueError)
+        "rows" and "rows_fused" (rules 8 and 9; a forced panel path is a ValueError)
         and sets the plan's ``bf16``.
 
     Returns
@@ -316,13 +330,17 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        mask, one thread only), else "stacked" on one thread while [W; U] is at
        most STACKED_PACKING_BLAS_MAX_BYTES;
     6. "units" (AVX2 or AVX-512) in training where BLAS packs every per-step call,
-       for batches of at most UNITS_TRAIN_MAX_BATCH (the recurrent mask rule of 2
+       for batches of at most UNITS_TRAIN_MAX_BATCH, of at most
+       UNITS_TRAIN_WIDE_MAX_BATCH (on several threads only with U of at least
+       UNITS_TRAIN_TEAM_MIN_BYTES), or of at most UNITS_TRAIN_L2_MAX_BATCH with U
+       larger than a core's L2 (the same team bound; the recurrent mask rule of 2
        applies);
     7. "units" (AVX2 or AVX-512) when U is larger than a core's L2 and at least
        UNITS_L2_MIN_BYTES, on one thread only for batches of 2 to
        UNITS_L2_SERIAL_MAX_BATCH (the recurrent mask rule of 2 applies);
     8. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
-       within 1/FIT_LLC_FRACTION of the budget and at most FUSE_MAX_BYTES;
+       within 1/FIT_LLC_FRACTION of the budget and at most FUSE_MAX_BYTES (not in
+       training where BLAS packs every per-step call);
     9. "rows".
     """
     dtype = np.dtype(dtype)

@@ -182,9 +182,13 @@ def test_plan_without_avx512_keeps_large_batches_on_blas():
     # stacked step while [W; U] is small, BLAS beyond STACKED_PACKING_BLAS_MAX_BYTES
     haswell = dataclasses.replace(avx2, blas_core="Haswell")
     assert _path(16, 256, 2, facts=haswell) == "stacked"
-    # training cannot take the stacked step: the unit split up to UNITS_TRAIN_MAX_BATCH
+    # training cannot take the stacked step: the unit split up to UNITS_TRAIN_WIDE_MAX_BATCH,
+    # and up to UNITS_TRAIN_L2_MAX_BATCH where U is larger than a core's L2
     assert _path(16, 256, 2, facts=haswell, training=True) == "units"
-    assert _path(32, 256, 2, facts=haswell, training=True) == "rows"
+    assert _path(32, 256, 2, facts=haswell, training=True) == "units"
+    assert _path(64, 300, 2, facts=haswell, training=True) == "units"   # 1.4 MiB of U
+    assert _path(65, 300, 2, facts=haswell, training=True) == "rows"
+    assert _path(64, 256, 2, facts=haswell, training=True) == "rows"    # 1 MiB: the L2
     assert _path(4, 256, 1, facts=haswell) == "stacked"
     # batches 2 and 3 (< MIN_ROWS_PER_THREAD, no thread split): BLAS would repack U
     # every step; U's panels from SMALL_BATCH_UNITS_MIN_BYTES, else the stacked step

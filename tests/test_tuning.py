@@ -192,7 +192,7 @@ def test_avx2_plans(avx2_desktop):
     # no small-matrix BLAS kernels known ("unknown" core): the stacked step on AVX2
     p = _path(f, 32, 25, 64, 128, 2)
     assert p.path == "stacked" and "STACKED_PACKING_BLAS_MAX_BYTES" in p.reason
-    assert _path(f, 32, 25, 64, 128, 2, training=True).path == "rows_fused"
+    assert _path(f, 65, 25, 64, 128, 2, training=True).path == "rows"   # (not fused here)
     g = dataclasses.replace(f, blas_core="SkylakeX")     # (BLAS kernels as on AVX-512)
     assert _path(g, 32, 25, 64, 128, 2).path == "rows_fused"
     assert _path(f, 1, 25, 64, 128, 2).path == "units"        # small batch: still split
@@ -213,10 +213,26 @@ def test_training_unit_rule_where_blas_packs_each_step(avx2_desktop):
         for B in ((1,) if n == 1 else ()) + (8, t.UNITS_TRAIN_MAX_BATCH):
             p = _path(f, B, 100, 64, 128, n, training=True)
             assert p.path == "units" and "UNITS_TRAIN_MAX_BATCH" in p.reason, (B, n)
-        # larger batches, and inference (the stacked step), keep their own rules
-        assert _path(f, t.UNITS_TRAIN_MAX_BATCH + 1, 100, 64, 128, n,
-                     training=True).path != "units"
+        # up to UNITS_TRAIN_WIDE_MAX_BATCH (256 KiB of U: enough for a team too)
+        p = _path(f, t.UNITS_TRAIN_WIDE_MAX_BATCH, 100, 64, 128, n, training=True)
+        assert p.path == "units" and "UNITS_TRAIN_WIDE_MAX_BATCH" in p.reason
+        # beyond it only where U is larger than a core's L2 (128 KiB here), up to
+        # UNITS_TRAIN_L2_MAX_BATCH
+        B = t.UNITS_TRAIN_WIDE_MAX_BATCH + 1
+        assert _path(f, B, 100, 64, 64, n, training=True).path == "rows"     # 64 KiB
+        p = _path(f, B, 100, 64, 128, n, training=True)                      # 256 KiB
+        assert p.path == "units" and "UNITS_TRAIN_L2_MAX_BATCH" in p.reason
+        assert _path(f, t.UNITS_TRAIN_L2_MAX_BATCH + 1, 100, 64, 128, n,
+                     training=True).path == "rows"   # (not rows_fused on this BLAS)
+        # inference (the stacked step) keeps its own rules
         assert _path(f, 8, 100, 64, 128, n).path == "stacked"
+    # above UNITS_TRAIN_MAX_BATCH a team needs UNITS_TRAIN_TEAM_MIN_BYTES of U
+    B = t.UNITS_TRAIN_MAX_BATCH + 1
+    assert _path(f, B, 100, 10, 64, 1, training=True).path == "units"      # 64 KiB
+    assert _path(f, B, 100, 10, 64, 2, training=True).path == "units"
+    assert _path(f, B, 100, 10, 63, 1, training=True).path == "units"      # 62 KiB
+    assert _path(f, B, 100, 10, 63, 2, training=True).path == "rows"
+    assert _path(f, t.UNITS_TRAIN_MAX_BATCH, 100, 10, 63, 2, training=True).path == "units"
     # one panel: nothing to split; a mask on two threads: the threads share h_prev
     assert _path(f, 8, 100, 64, 16, 1, training=True).path != "units"
     assert _path(f, 8, 100, 64, 128, 2, training=True, has_mask=True).path != "units"
