@@ -92,6 +92,12 @@ UNITS_L2_MIN_BYTES = 2 * 2**20
 # (50, 64, 512, 512) 556/684 ms, (25, 16, 1024, 1024) 396/379; inference
 # (25, 1, 512, 512) 3.86/4.57 ms, (25, 16, 1024, 1024) 162/126.
 UNITS_L2_SERIAL_MAX_BATCH = 32
+# In inference the unit path stays ahead to twice that batch (the BLAS step has
+# no gate cache to fill then either): same CPU and host kind, 2026-12-02, one
+# thread, inference, rows / units / stacked (ms): (50, 64, 512, 512)
+# 184.5/168.9/165.6, (25, 64, 1024, 1024) 362/335/382, (50, 128, 512, 512)
+# 343/341/336 (a draw).
+UNITS_L2_SERIAL_MAX_BATCH_INFERENCE = 64
 # In training, where BLAS packs every per-step call (CpuFacts.blas_tiles_steps
 # false: OpenBLAS Haswell) and the stacked path cannot run (no gate cache), the
 # unit path for batches of up to UNITS_TRAIN_MAX_BATCH on any thread count: the
@@ -298,6 +304,8 @@ THRESHOLDS = {
     "UNITS_SERIAL_MIN_UNITS": "forward planner; 2-vCPU Xeon, training forward, 2026-12-01",
     "UNITS_L2_MIN_BYTES": "forward planner; 2-vCPU Xeon, (100, 32, 256, 384), 2026-12-01",
     "UNITS_L2_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Zen 3, one thread, 2026-12-02",
+    "UNITS_L2_SERIAL_MAX_BATCH_INFERENCE": "forward planner; 2-vCPU Zen 3, one thread, "
+                                           "inference, 2026-12-02",
     "UNITS_TRAIN_MAX_BATCH": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS Haswell), "
                              "training forward, 2026-12-02",
     "UNITS_TRAIN_WIDE_MAX_BATCH": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "

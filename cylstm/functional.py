@@ -232,7 +232,8 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
                              f"training cannot take the stacked path: {why}, on U's panels")
     if (facts.isa_level >= 1 and H > _panel_units(dtype) and u_bytes > facts.l2_per_core
             and u_bytes >= t.UNITS_L2_MIN_BYTES
-            and (n_total >= 2 or 2 <= B <= t.UNITS_L2_SERIAL_MAX_BATCH)
+            and (n_total >= 2 or 2 <= B <= (t.UNITS_L2_SERIAL_MAX_BATCH if training
+                                            else t.UNITS_L2_SERIAL_MAX_BATCH_INFERENCE))
             and (not has_mask or min(n_total, _n_panels(H, dtype)) == 1)):
         return "units", (f"U ({u_bytes >> 10} KiB) > a core's L2 "
                          f"({facts.l2_per_core >> 10} KiB): split by batch, every thread "
@@ -337,7 +338,8 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        applies);
     7. "units" (AVX2 or AVX-512) when U is larger than a core's L2 and at least
        UNITS_L2_MIN_BYTES, on one thread only for batches of 2 to
-       UNITS_L2_SERIAL_MAX_BATCH (the recurrent mask rule of 2 applies);
+       UNITS_L2_SERIAL_MAX_BATCH (UNITS_L2_SERIAL_MAX_BATCH_INFERENCE in inference;
+       the recurrent mask rule of 2 applies);
     8. "rows_fused" without lengths, with FUSE_MIN_ROWS rows per thread and [W; U]
        within 1/FIT_LLC_FRACTION of the budget and at most FUSE_MAX_BYTES (not in
        training where BLAS packs every per-step call);

@@ -186,8 +186,11 @@ def test_avx2_plans(avx2_desktop):
     assert p.path == "units" and "L2" in p.reason
     assert _path(f, 64, 25, 512, 512, 2).path == "units"      # 8 MiB of [W; U]: not stacked
     assert _path(f, 16, 25, 512, 512, 1).path == "units"
-    # one thread, 64 rows: BLAS's step (UNITS_L2_SERIAL_MAX_BATCH)
-    assert _path(f, 64, 25, 512, 512, 1).path in ("rows", "rows_fused")
+    # one thread, 64 rows: the unit path in inference up to
+    # UNITS_L2_SERIAL_MAX_BATCH_INFERENCE (in training, UNITS_TRAIN_L2_MAX_BATCH)
+    assert _path(f, 64, 25, 512, 512, 1).path == "units"
+    assert _path(f, 65, 25, 512, 512, 1).path in ("rows", "rows_fused")
+    assert _path(f, 65, 25, 512, 512, 1, training=True).path == "rows"
     assert _path(f, 1, 25, 512, 512, 1).path == "rows"       # batch 1: BLAS's gemv
     # no small-matrix BLAS kernels known ("unknown" core): the stacked step on AVX2
     p = _path(f, 32, 25, 64, 128, 2)
