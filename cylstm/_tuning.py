@@ -73,6 +73,15 @@ PANEL_SPLIT_LLC_FRACTION = 2
 # panel bodies trail BLAS's gemv at batch 1 there (CYLSTM_CPU=avx2,
 # (100, 1, 256, 256) 5.6 against 6.4 ms).
 UNITS_SERIAL_MAX_BATCH = 4
+# With AVX2 the same holds at batch 1 where BLAS is the OpenBLAS of the AVX2
+# cores (CpuFacts.blas_tiles_steps false: core Haswell, whose sgemv streams U
+# slower than the panel body), from UNITS_SERIAL_B1_MIN_BYTES of U.  2-vCPU AMD
+# EPYC (Zen 3), 2026-12-02, one thread, alternated with ONNX Runtime in one
+# process, ms, ORT / rows / units: (100, 1, 32, 64) 0.153/0.165/0.208,
+# (200, 1, 64, 128) 1.11/0.974/0.973, (100, 1, 128, 256) 2.34/2.16/2.04,
+# (150, 1, 256, 256) 3.91/3.80/3.50, (50, 1, 384, 384) 2.91/3.04/2.98,
+# (100, 1, 256, 512) 9.24/9.56/9.23, (25, 1, 512, 512) 2.65/3.35/3.37.
+UNITS_SERIAL_B1_MIN_BYTES = 256 * 2**10
 UNITS_SERIAL_MIN_UNITS = 256
 # And on any thread count (AVX2 or AVX-512), the unit path whenever U does not
 # fit in a core's L2 (CpuFacts.l2_per_core): the batch path's threads each stream
@@ -301,6 +310,8 @@ THRESHOLDS = {
     "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",
     "PANEL_SPLIT_LLC_FRACTION": "forward planner; 2-core Zen 4, (25, 16, 1024, 1024), 2026-11",
     "UNITS_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Xeon, (100, B, 256, 256), 2026-12-01",
+    "UNITS_SERIAL_B1_MIN_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS Haswell), "
+                                 "batch 1, one thread, 2026-12-02",
     "UNITS_SERIAL_MIN_UNITS": "forward planner; 2-vCPU Xeon, training forward, 2026-12-01",
     "UNITS_L2_MIN_BYTES": "forward planner; 2-vCPU Xeon, (100, 32, 256, 384), 2026-12-01",
     "UNITS_L2_SERIAL_MAX_BATCH": "forward planner; 2-vCPU Zen 3, one thread, 2026-12-02",

@@ -185,6 +185,13 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         if panels_fast and t.PANEL_SPLIT_LLC_FRACTION * u_bytes >= budget:
             return "units", (f"U ({u_bytes >> 10} KiB) >= 1/{t.PANEL_SPLIT_LLC_FRACTION} of "
                              f"the LLC budget ({budget >> 10} KiB): panels stay in cache")
+    if (facts.isa_level == 1 and not facts.blas_tiles_steps and n_total == 1 and B == 1
+            and not training and H > _panel_units(dtype)
+            and u_bytes >= t.UNITS_SERIAL_B1_MIN_BYTES):
+        return "units", (f"one thread, batch 1, AVX2 with BLAS ({facts.blas_core}) that packs "
+                         f"every per-step call: U ({u_bytes >> 10} KiB) >= "
+                         f"UNITS_SERIAL_B1_MIN_BYTES streams faster through the panel kernel "
+                         f"than through its gemv")
     if panels_fast and n_total == 1 and H > _panel_units(dtype):
         if B <= t.UNITS_SERIAL_MAX_BATCH:
             return "units", (f"one thread, batch {B} <= UNITS_SERIAL_MAX_BATCH: the panel "
@@ -319,7 +326,9 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        1/PANEL_SPLIT_LLC_FRACTION of ``facts.llc_budget``;
     3. "units" on one thread (AVX-512 only) with H spanning two panels or more
        and either a batch of at most UNITS_SERIAL_MAX_BATCH or, in training, at
-       least UNITS_SERIAL_MIN_UNITS units;
+       least UNITS_SERIAL_MIN_UNITS units; on AVX2 where BLAS packs every
+       per-step call, in inference at batch 1 with U of at least
+       UNITS_SERIAL_B1_MIN_BYTES;
     4. "stacked" (AVX-512 only, inference) with STACKED_MIN_ROWS rows per thread,
        STACKED_MIN_UNITS units and [W; U] within 1/FIT_LLC_FRACTION of the budget;
     5. "stacked" (AVX2 or AVX-512, inference) where BLAS packs every per-step

@@ -191,7 +191,14 @@ def test_avx2_plans(avx2_desktop):
     assert _path(f, 64, 25, 512, 512, 1).path == "units"
     assert _path(f, 65, 25, 512, 512, 1).path in ("rows", "rows_fused")
     assert _path(f, 65, 25, 512, 512, 1, training=True).path == "rows"
-    assert _path(f, 1, 25, 512, 512, 1).path == "rows"       # batch 1: BLAS's gemv
+    # batch 1: U's panels where this BLAS's gemv is the slower stream (its
+    # core packs every per-step call: UNITS_SERIAL_B1_MIN_BYTES), else BLAS's gemv
+    p = _path(f, 1, 25, 512, 512, 1)
+    assert p.path == "units" and "UNITS_SERIAL_B1_MIN_BYTES" in p.reason
+    assert _path(f, 1, 25, 64, 127, 1).path == "rows"                  # 252 KiB of U
+    assert _path(f, 1, 25, 512, 512, 1, training=True).path == "units"  # (rule 6)
+    g1 = dataclasses.replace(f, blas_core="SkylakeX")
+    assert _path(g1, 1, 25, 512, 512, 1).path == "rows"
     # no small-matrix BLAS kernels known ("unknown" core): the stacked step on AVX2
     p = _path(f, 32, 25, 64, 128, 2)
     assert p.path == "stacked" and "STACKED_PACKING_BLAS_MAX_BYTES" in p.reason
