@@ -8,7 +8,7 @@ import numpy
 import scipy
 import scipy.linalg.cython_blas  # (loads the BLAS that _find_scipy_blas looks for)
 
-from cylstm import _build_info, _cpu, _lstm, _openmp_helpers, _packcache, _stream, _tuning
+from cylstm import _build_info, _cpu, _lstm, _openmp_helpers, _packcache, _tuning
 
 _lock = threading.Lock()
 _num_threads = None
@@ -95,18 +95,17 @@ def _find_scipy_blas():
 def _blas():
     """SciPy's BLAS as (path, set_fn, get_fn, core name), or None; found once.
 
-    The first call also installs its ``set_num_threads`` in every extension that
-    switches BLAS threads around a kernel (each holds its own pointer, C static
-    state): this is the only place that does, and the kernels call it before they
-    run (cylstm.functional, cylstm.stream).
+    The first call also installs its ``set_num_threads`` in _lstm.pyx, the one
+    holder of the setter (_stream.pyx calls it through cylstm/_lstm.pxd): this
+    is the only place that does, and the kernels call it before they run
+    (cylstm.functional, cylstm.stream).
     """
     global _blas_lib
     if _blas_lib is None:
         found = _find_scipy_blas()
         _blas_lib = found if found is not None else False
         addr = ctypes.cast(found[1], ctypes.c_void_p).value if found else 0
-        for ext in (_lstm, _stream):
-            ext._set_blas_thread_setter(addr or 0)
+        _lstm._set_blas_thread_setter(addr or 0)
     return _blas_lib or None
 
 

@@ -76,7 +76,10 @@ def _cpu_levels():
     return cyl_cpu_detected_level(), cyl_cpu_level()
 
 
-cdef inline void _blas_threads(int n) noexcept nogil:
+cdef void set_blas_threads(int n) noexcept nogil:
+    """SciPy's BLAS on ``n`` threads (nothing until cylstm._config installs the
+    setter).  The only holder of the setter: _stream.pyx cimports this
+    (cylstm/_lstm.pxd)."""
     if _blas_set_threads != NULL:
         _blas_set_threads(n)
 
@@ -156,10 +159,10 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         Lmax = L if L > Lmax else Lmax
     if not fused:
         # G[b0:b1] (nb*T, 4H) = X[b0:b1] (nb*T, I) @ W (I, 4H); bias joins in the cell
-        _blas_threads(big_threads)
+        set_blas_threads(big_threads)
         gemm(False, False, <int> (nb * T), <int> H4, <int> I, 1,
              x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
-        _blas_threads(1)
+        set_blas_threads(1)
     for s in range(Lmax):
         if rmask != NULL or bf16:
             _recurrent_operand(nb * H, hs + b0 * H, NULL if rmask == NULL else rmask + b0 * H,
@@ -556,7 +559,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         Lmax = L if L > Lmax else Lmax
         if L < T:  # padding rows take no gradient
             memset(G + (b * T + L) * H4, 0, (T - L) * H4 * sizeof(floating))
-    _blas_threads(1)
+    set_blas_threads(1)
     # subnormal gradients (faded back through time) flushed: see cyl_ftz_begin
     fp_mode = cyl_ftz_begin()
     for s in range(Lmax - 1, -1, -1):
@@ -602,7 +605,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         dhs[b * H + j] = dHp[b * hpw + j] * rmask[b * H + j]
                 else:
                     memcpy(dhs + b * H, dHp + b * hpw, hbytes)
-    _blas_threads(big_threads)
+    set_blas_threads(big_threads)
     # (B8) over all nb*T rows of this slice (padding rows are zero in dz):
     # [dW; dU] (I+H, 4H) = [X, Hp]^T (I+H, nb*T) @ dz (nb*T, 4H), one GEMM over
     # [x_t, h_prev] rows gathered side by side, so that BLAS packs dz once, not
@@ -1367,9 +1370,9 @@ cdef bint _pool_job(cyl_pool_fn fn, void* job, int nt, int blas_threads,
             ptrs[i][0] = _zeroed_flags(sizes[i])
             ok = ok and ptrs[i][0] != NULL
     if ok:
-        _blas_threads(1)
+        set_blas_threads(1)
         cyl_pool_run(fn, job, nt)
-        _blas_threads(blas_threads)
+        set_blas_threads(blas_threads)
     for i in range(3):
         if ptrs[i] != NULL:
             free(ptrs[i][0])
@@ -1481,13 +1484,13 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.n_pieces = j.nt
     with nogil:
         if j.nt == 1:
-            _blas_threads(blas_threads)
+            set_blas_threads(blas_threads)
             _forward_rows(0, B, T, I, H, &x[0, 0, 0], &W[0, 0], &U[0, 0], &bias[0],
                           j.lengths, reverse, <const floating*> j.rmask, <floating*> j.hm,
                           <floating*> j.y, <floating*> j.G, <floating*> j.C,
                           <floating*> j.Hp, &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads,
                           j.fused, j.tiled, j.bf16)
-            _blas_threads(blas_threads)
+            set_blas_threads(blas_threads)
         elif not _pool_job(_rows_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
                            NULL, 0, NULL, 0):
             j.n_pieces = 0
@@ -1756,9 +1759,9 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.parts = NULL if parts is None else &parts[0, 0, 0]
     with nogil:
         if nt == 1:
-            _blas_threads(blas_threads)
+            set_blas_threads(blas_threads)
             _back_piece_t(&j, 0, &db[0])
-            _blas_threads(blas_threads)
+            set_blas_threads(blas_threads)
         elif not _pool_job(_back_job, &j, nt, blas_threads, &j.flags, nt, NULL, 0, NULL, 0):
             j.n_pieces = 0
         else:

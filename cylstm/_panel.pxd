@@ -29,7 +29,6 @@ cdef extern from "cylstm_stream.h" nogil:
                              Py_ssize_t w, Py_ssize_t nrows, const float* a0, Py_ssize_t ka,
                              Py_ssize_t lda, const float* b0, Py_ssize_t kb,
                              Py_ssize_t ldb, float* z0, Py_ssize_t ldz) noexcept
-    int cyl_stream_cpu_level() noexcept
     const char* CYL_STREAM_CLONES_NAME
     void cyl_stream_barrier() noexcept
     int cyl_stream_team_size() noexcept

@@ -29,23 +29,20 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm
+from cylstm._lstm cimport set_blas_threads
 from cylstm._cell cimport cell_forward, sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
 cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
-                            cyl_stream_barrier, cyl_stream_cpu_level,
+                            cyl_stream_barrier,
                             cyl_stream_panel_bf16, cyl_stream_panel_f32,
                             cyl_stream_panel_i8,
                             cyl_stream_panel_f64, cyl_stream_team_size)
 
 cdef extern from "cylstm_math.h" nogil:
     float cyl_expf(float x) noexcept
-
-ctypedef void (*set_threads_fn)(int) noexcept nogil
-
-cdef set_threads_fn _blas_set_threads = NULL
 
 # Widest panel (elements) the local arrays hold: 4 gates x 16 float32 units,
 # or 4 x 8 float64 units; Dense panels are as wide.
@@ -104,12 +101,6 @@ cdef struct Ctx:
     void* scratch          # n_threads x (B, MAXW): a panel's z for every row (B > 1)
 
 
-def _set_blas_thread_setter(size_t address):
-    """Install ``openblas_set_num_threads`` of SciPy's BLAS (0 to disable)."""
-    global _blas_set_threads
-    _blas_set_threads = <set_threads_fn> address
-
-
 def _force_cpu_level(int level):
     """Force this extension's kernels to ISA ``level`` (0..2, never above the
     CPU's; -1 drops the override); return the override replaced.  Use
@@ -125,12 +116,7 @@ def _cpu_levels():
 def cpu_level():
     """The ISA level the kernels run now: 2 AVX-512, 1 AVX2 + FMA, 0 baseline
     (the CPU's, or a lower one forced by CYLSTM_CPU or cylstm._cpu)."""
-    return cyl_stream_cpu_level()
-
-
-cdef inline void _blas_threads(int n) noexcept nogil:
-    if _blas_set_threads != NULL:
-        _blas_set_threads(n)
+    return cyl_cpu_level()
 
 
 cdef inline void _kernel_ld(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
@@ -361,7 +347,7 @@ cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
     cdef Py_ssize_t stride = ctx.B * MAXW
     if ctx.use_blas:
         # each panel's GEMM is small: threads come from the panel split, not BLAS
-        _blas_threads(1)
+        set_blas_threads(1)
     if nt <= 1:
         _run(ctx, 0, ctx.n_layers, 0, 1, scratch)
     else:
@@ -377,7 +363,7 @@ cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
         if n_par < ctx.n_layers:
             _run(ctx, n_par, ctx.n_layers, 0, 1, scratch)
     if ctx.use_blas:
-        _blas_threads(ctx.blas_threads)
+        set_blas_threads(ctx.blas_threads)
     memcpy(ctx.out, _output_of(last, ctx.par),
            ctx.B * last.n_out * sizeof(floating))
     ctx.par = 1 - ctx.par
@@ -714,7 +700,7 @@ cdef class Core:
         return {"batch_size": self.ctx.B, "num_threads": self.ctx.n_threads,
                 "use_blas": bool(self.ctx.use_blas), "n_in": self._n_in,
                 "n_out": self._n_out, "dtype": self._dtype,
-                "isa_level": cyl_stream_cpu_level()}
+                "isa_level": cyl_cpu_level()}
 
 
 cdef void _move_states(Ctx* ctx, void** sh, void** sc, const Py_ssize_t* slots, Py_ssize_t n,

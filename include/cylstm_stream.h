@@ -892,14 +892,6 @@ CYL_STREAM_KERNEL(cyl_stream_panel_i8,
     (P, sa, sb, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz),
     CYL_PANEL_I8_BODY, ())
 
-/* The kernel variant calls run now: 2 = AVX-512 (x86-64-v4),
- * 1 = AVX2 + FMA (x86-64-v3), 0 = baseline (the CPU's level, or a lower one
- * forced: cylstm_cpu.h). */
-static int cyl_stream_cpu_level(void)
-{
-    return cyl_cpu_level();
-}
-
 /* Threads in the current OpenMP team (1 outside a parallel region, and without
  * OpenMP).  The team may be smaller than asked for (nested regions, OMP_DYNAMIC,
  * thread limits), so work is split by this, never by the number requested. */
