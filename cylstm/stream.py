@@ -494,7 +494,7 @@ class StreamRunner(_stream.Core):
         use_blas = batch_size >= BLAS_MIN_BATCH and pack.weights_dtype not in ("bfloat16",
                                                                                 "int8")
         if use_blas:
-            _config._blas()  # installs BLAS's thread setter in _stream (once per process)
+            _config._blas()  # installs BLAS's thread setter (once per process)
         self._setup(pack, int(batch_size), nt, use_blas, cap)
 
     # ---- public API; step() is the compiled Core.step (no Python frame per step) -------
