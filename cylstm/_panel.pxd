@@ -5,14 +5,6 @@ from libc.stdint cimport int8_t, uint16_t
 
 
 cdef extern from "cylstm_stream.h" nogil:
-    void cyl_stream_panel_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
-                              const float* a0, Py_ssize_t ka, Py_ssize_t lda,
-                              const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                              float* z0, Py_ssize_t ldz) noexcept
-    void cyl_stream_panel_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
-                              const double* a0, Py_ssize_t ka, Py_ssize_t lda,
-                              const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                              double* z0, Py_ssize_t ldz) noexcept
     void cyl_stream_panel_next_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
                                    const float* a0, Py_ssize_t ka, Py_ssize_t lda,
                                    const float* b0, Py_ssize_t kb, Py_ssize_t ldb,

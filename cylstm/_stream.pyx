@@ -37,9 +37,9 @@ cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_stream_barrier,
-                            cyl_stream_panel_bf16, cyl_stream_panel_f32,
-                            cyl_stream_panel_i8,
-                            cyl_stream_panel_f64, cyl_stream_team_size)
+                            cyl_stream_panel_bf16, cyl_stream_panel_i8,
+                            cyl_stream_panel_next_f32, cyl_stream_panel_next_f64,
+                            cyl_stream_team_size)
 
 cdef extern from "cylstm_math.h" nogil:
     float cyl_expf(float x) noexcept
@@ -136,11 +136,11 @@ cdef inline void _kernel_ld(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ss
             cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
                                   z, ldz)
         else:
-            cyl_stream_panel_f32(<const float*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
-                                 z, ldz)
+            cyl_stream_panel_next_f32(<const float*> L.P + off, w, nrows, a, ka, ka, b, kb,
+                                      kb, z, ldz, NULL)
     else:
-        cyl_stream_panel_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
-                             z, ldz)
+        cyl_stream_panel_next_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
+                                  z, ldz, NULL)
 
 
 cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,

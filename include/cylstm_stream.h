@@ -603,7 +603,7 @@ CYL_PANEL_ROWS6N_BODY_PF(double, cyl_vd4, 4, CYL_PF_DIST)
  * kb may be 0 (b is then not read: Dense layers).
  * next: the panel the caller computes after this one (any readable address,
  * or NULL): the AVX2 six-row pass streams it into the cache while it computes
- * (see CYL_PANEL_ROWS6N_BODY_PF).  cyl_stream_panel_f32/f64 pass NULL.
+ * (see CYL_PANEL_ROWS6N_BODY_PF).
  */
 CYL_STREAM_KERNEL(cyl_stream_panel_next_f32,
     (const float* P, ptrdiff_t w, ptrdiff_t nrows,
@@ -613,14 +613,6 @@ CYL_STREAM_KERNEL(cyl_stream_panel_next_f32,
     (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next),
     CYL_PANEL_FN_BODY, (float, cyl_vf, CYL_STREAM_VLF, cyl_stream_rows6_f32))
 
-static inline void cyl_stream_panel_f32(const float* P, ptrdiff_t w, ptrdiff_t nrows,
-                                        const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                        const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                        float* z0, ptrdiff_t ldz)
-{
-    cyl_stream_panel_next_f32(P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, NULL);
-}
-
 CYL_STREAM_KERNEL(cyl_stream_panel_next_f64,
     (const double* P, ptrdiff_t w, ptrdiff_t nrows,
      const double* a0, ptrdiff_t ka, ptrdiff_t lda,
@@ -628,14 +620,6 @@ CYL_STREAM_KERNEL(cyl_stream_panel_next_f64,
      double* z0, ptrdiff_t ldz, const void* next),
     (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next),
     CYL_PANEL_FN_BODY, (double, cyl_vd, CYL_STREAM_VLD, cyl_stream_rows6_f64))
-
-static inline void cyl_stream_panel_f64(const double* P, ptrdiff_t w, ptrdiff_t nrows,
-                                        const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                        const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                        double* z0, ptrdiff_t ldz)
-{
-    cyl_stream_panel_next_f64(P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, NULL);
-}
 
 /*
  * The same product over bfloat16 weights (the upper 16 bits of float32, rounded
