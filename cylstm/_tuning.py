@@ -199,6 +199,15 @@ STACKED_MIN_UNITS = 256
 # [W; U] the unit split is ahead on 1 thread: (50, 64, 512, 512) units 181,
 # stacked 232 (2 threads: 103 and 97).
 STACKED_PACKING_BLAS_MAX_BYTES = 4 * 2**20
+# ... and up to STACKED_PACKING_BLAS_WIDE_MAX_BYTES of [W; U] from
+# STACKED_WIDE_MIN_ROWS rows per thread.  Same CPU, quieter host, 2026-12-02,
+# inference, lstm_forward forced per path, 7 alternated, units / stacked (ms), 8
+# MiB of [W; U]: 2 threads (50, 64, 512, 512) 92.9/88.0, (50, 128, 512, 512)
+# 187/166, (50, 64, 384, 512) 82.3/76.0, (50, 32, 512, 512) 45.0/48.2; one
+# thread (50, 64, 512, 512) 168.6/166.4, (50, 64, 384, 512) 149/142, (50, 32, 512,
+# 512) 86.7/88.0; 18 MiB: (50, 64, 768, 768) 195/211 (2 threads), 367/400.
+STACKED_PACKING_BLAS_WIDE_MAX_BYTES = 8 * 2**20
+STACKED_WIDE_MIN_ROWS = 32
 # Below MIN_ROWS_PER_THREAD rows (batches 2 and 3, which no thread split takes)
 # the same BLAS repacks U for a product of 2 or 3 rows every step, 3-4x the
 # panel kernel's time; batch 1 is a GEMV, which packs nothing.  The unit split
@@ -334,6 +343,10 @@ THRESHOLDS = {
     "STACKED_MIN_UNITS": "forward planner; 2-core Zen 4, (100, 32, 128, 256), 2026-11",
     "STACKED_PACKING_BLAS_MAX_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
                                       "Haswell), inference, 2026-12-02",
+    "STACKED_PACKING_BLAS_WIDE_MAX_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
+                                           "Haswell), inference, 2026-12-02",
+    "STACKED_WIDE_MIN_ROWS": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS Haswell), "
+                             "inference, 2026-12-02",
     "SMALL_BATCH_UNITS_MIN_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
                                    "Haswell), batches 2-3, 2026-12-02",
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",

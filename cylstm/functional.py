@@ -205,11 +205,17 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
                            f"STACKED_MIN_UNITS, [W; U] in 1/{t.FIT_LLC_FRACTION} of the "
                            f"LLC budget")
     if (facts.isa_level >= 1 and not facts.blas_tiles_steps and not training
-            and B // nt >= t.MIN_ROWS_PER_THREAD and wu_bytes <= t.STACKED_PACKING_BLAS_MAX_BYTES
-            and not (has_lengths and reverse)):
-        return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: {B // nt} "
-                           f"rows per thread >= MIN_ROWS_PER_THREAD on packed [W; U] "
-                           f"({wu_bytes >> 10} KiB <= STACKED_PACKING_BLAS_MAX_BYTES)")
+            and B // nt >= t.MIN_ROWS_PER_THREAD and not (has_lengths and reverse)):
+        if wu_bytes <= t.STACKED_PACKING_BLAS_MAX_BYTES:
+            return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: {B // nt} "
+                               f"rows per thread >= MIN_ROWS_PER_THREAD on packed [W; U] "
+                               f"({wu_bytes >> 10} KiB <= STACKED_PACKING_BLAS_MAX_BYTES)")
+        if (wu_bytes <= t.STACKED_PACKING_BLAS_WIDE_MAX_BYTES
+                and B // nt >= t.STACKED_WIDE_MIN_ROWS):
+            return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: {B // nt} "
+                               f"rows per thread >= STACKED_WIDE_MIN_ROWS on packed [W; U] "
+                               f"({wu_bytes >> 10} KiB <= "
+                               f"STACKED_PACKING_BLAS_WIDE_MAX_BYTES)")
     if (facts.isa_level >= 1 and not facts.blas_tiles_steps and not training
             and 2 <= B < t.MIN_ROWS_PER_THREAD and not (has_lengths and reverse)):
         if (H > _panel_units(dtype) and u_bytes >= t.SMALL_BATCH_UNITS_MIN_BYTES
@@ -333,7 +339,9 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        STACKED_MIN_UNITS units and [W; U] within 1/FIT_LLC_FRACTION of the budget;
     5. "stacked" (AVX2 or AVX-512, inference) where BLAS packs every per-step
        call (``facts.blas_tiles_steps`` false), with MIN_ROWS_PER_THREAD rows per
-       thread and [W; U] of at most STACKED_PACKING_BLAS_MAX_BYTES;
+       thread and [W; U] of at most STACKED_PACKING_BLAS_MAX_BYTES, or
+       STACKED_WIDE_MIN_ROWS rows per thread and at most
+       STACKED_PACKING_BLAS_WIDE_MAX_BYTES;
     5b. inference where BLAS packs every per-step call, batches of 2 up to
        MIN_ROWS_PER_THREAD (too small to split): "units" with U of at least
        SMALL_BATCH_UNITS_MIN_BYTES over two panels or more (with a recurrent

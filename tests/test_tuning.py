@@ -184,12 +184,17 @@ def test_avx2_plans(avx2_desktop):
     # U beyond a core's L2 (128 KiB here): the unit split keeps shares in L2
     p = _path(f, 16, 25, 1024, 1024, 2)
     assert p.path == "units" and "L2" in p.reason
-    assert _path(f, 64, 25, 512, 512, 2).path == "units"      # 8 MiB of [W; U]: not stacked
+    # 8 MiB of [W; U]: stacked from STACKED_WIDE_MIN_ROWS rows per thread, else units
+    p = _path(f, 64, 25, 512, 512, 2)
+    assert p.path == "stacked" and "STACKED_WIDE_MIN_ROWS" in p.reason
+    assert _path(f, 63, 25, 512, 512, 2).path == "units"
+    assert _path(f, 64, 25, 768, 768, 2).path == "units"      # 18 MiB: not stacked
     assert _path(f, 16, 25, 512, 512, 1).path == "units"
     # one thread, 64 rows: the unit path in inference up to
     # UNITS_L2_SERIAL_MAX_BATCH_INFERENCE (in training, UNITS_TRAIN_L2_MAX_BATCH)
-    assert _path(f, 64, 25, 512, 512, 1).path == "units"
-    assert _path(f, 65, 25, 512, 512, 1).path in ("rows", "rows_fused")
+    assert _path(f, 64, 25, 768, 768, 1).path == "units"
+    assert _path(f, 65, 25, 768, 768, 1).path in ("rows", "rows_fused")
+    assert _path(f, 64, 25, 512, 512, 1).path == "stacked"   # (STACKED_WIDE_MIN_ROWS)
     assert _path(f, 65, 25, 512, 512, 1, training=True).path == "rows"
     # batch 1: U's panels where this BLAS's gemv is the slower stream (its
     # core packs every per-step call: UNITS_SERIAL_B1_MIN_BYTES), else BLAS's gemv
@@ -212,7 +217,8 @@ def test_avx2_plans(avx2_desktop):
     assert p.path == "units" and "SMALL_BATCH_UNITS_MIN_BYTES" in p.reason
     assert _path(g, 2, 25, 256, 256, 1).path == "rows"
     # a recurrent mask keeps a multi-thread call off the unit split
-    assert _path(f, 64, 25, 512, 512, 2, has_mask=True).path == "rows"
+    assert _path(f, 64, 25, 512, 512, 2, has_mask=True).path == "stacked"   # (batch split)
+    assert _path(f, 64, 25, 768, 768, 2, has_mask=True).path == "rows"
     assert _path(f, 16, 25, 512, 512, 1, has_mask=True).path == "units"
 
 
