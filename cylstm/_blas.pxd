@@ -93,9 +93,10 @@ cdef inline void matmul(bint trans_b, int m, int n, int k, floating alpha,
 # costs up to half the time (measured: 16x256x1024 at 54 GFLOP/s in one call,
 # 110 GFLOP/s as 8 tiles of 128 columns).  So per-step products go through
 # gemm_tiled, which cuts them into tiles of about TILE_VOLUME multiply-adds.
-DEF TILE_VOLUME = 524288
-DEF TILE_ROWS = 8
-DEF TILE_K = 256
+cdef enum:
+    TILE_VOLUME = 524288
+    TILE_ROWS = 8
+    TILE_K = 256
 
 
 cdef inline void gemm_tiled(bint trans_b, int m, int n, int k, floating alpha,
