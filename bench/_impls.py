@@ -96,6 +96,31 @@ def cylstm_forward(cylstm, d, num_threads=None):
     return Impl(name, "cylstm", run)
 
 
+def cylstm_forward_reduced(cylstm, d, precision):
+    """cylstm's forward in reduced precision (issue 16), to be read against its float32
+    row: "bf16" is the mixed_bfloat16 policy's products (``compute_dtype="bfloat16"``:
+    bf16 operands, float32 accumulation; emulated where the CPU has no BF16
+    instructions), "int8" the weights of ``model.quantize("int8")`` (per-output-
+    channel symmetric int8, computed as float32)."""
+    from cylstm import quantization
+    from cylstm.functional import lstm_forward
+
+    x, W, U, b = d["x"], d["W"], d["U"], d["b"]
+    if precision == "bf16":
+        def run():
+            return lstm_forward(x, W, U, b, return_sequences=True,
+                                compute_dtype="bfloat16").output
+    elif precision == "int8":
+        Wq, Uq = (quantization.dequantize_int8(*quantization.quantize_int8(w)) for w in (W, U))
+        Wq, Uq = np.ascontiguousarray(Wq, F32), np.ascontiguousarray(Uq, F32)
+
+        def run():
+            return lstm_forward(x, Wq, Uq, b, return_sequences=True).output
+    else:
+        raise ValueError(f"precision must be 'bf16' or 'int8'; got {precision!r}")
+    return Impl(f"cylstm {precision}", "cylstm", run)
+
+
 def cylstm_train(cylstm, d):
     from cylstm.functional import lstm_backward, lstm_forward
 
