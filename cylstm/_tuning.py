@@ -574,7 +574,7 @@ def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=N
     if isa_level is None:
         if own:
             try:
-                from cylstm import _stream
+                from cylstm import _stream  # (defers import cost; an unbuilt source tree lacks it)
 
                 isa_level = int(_stream.cpu_level())
             except (ImportError, AttributeError):
@@ -698,7 +698,7 @@ def cache_path():
 
 
 def _version():
-    from cylstm import __version__
+    from cylstm import __version__  # (breaks a cycle: cylstm/__init__ imports this module)
 
     return __version__
 
@@ -826,7 +826,7 @@ def probe_l3_per_core(max_bytes=64 * 2**20, budget_s=0.25):
     or the time budget (then sysfs and the cap stand).  Runs only inside
     :func:`tune`; well under 0.3 s.
     """
-    import numpy as np
+    import numpy as np  # (defers import cost: only tune() needs it)
 
     buf = np.ones(max_bytes // 4, np.float32)
     t_end = time.perf_counter() + budget_s
@@ -850,7 +850,7 @@ def probe_l3_per_core(max_bytes=64 * 2**20, budget_s=0.25):
 
 
 def _candidates(B, H, dtype, n_threads):
-    from cylstm import functional
+    from cylstm import functional  # (breaks a cycle: functional imports this module)
 
     out = []
     for p in PATHS:
@@ -888,10 +888,10 @@ def tune(shapes=None, num_threads=None, *, repeats=3, dtype="float32", probe=Tru
         shape class -> {"path": fastest, "ms": {path: best milliseconds}, "shape": [T, B, I, H]}
         for the shapes measured now (empty when tuning is off).
     """
-    import numpy as np
+    import numpy as np  # (defers import cost: only tune() needs it)
 
-    from cylstm import _config
-    from cylstm.functional import lstm_forward
+    from cylstm import _config  # (breaks a cycle: _config imports this module)
+    from cylstm.functional import lstm_forward  # (breaks a cycle: functional imports this module)
 
     if not tuning_enabled():
         warnings.warn("cylstm.tune: CYLSTM_TUNE=0, nothing measured", stacklevel=2)

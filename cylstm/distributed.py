@@ -29,6 +29,15 @@ import time
 
 import numpy as np
 
+import cylstm
+from cylstm import callbacks as _cbm
+from cylstm import saving
+from cylstm._config import _available_cores
+from cylstm._progress import Progbar
+from cylstm.engine import data_adapters as _da
+from cylstm.engine.model import Model
+from cylstm.engine.trainer import _check_int
+
 __all__ = ["RayPredictor", "fit", "loads", "predict"]
 
 _lock = threading.Lock()
@@ -43,8 +52,6 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
-            from cylstm import saving
-
             return saving.model_from_bytes
         raise pickle.UnpicklingError(
             f"refused to unpickle {module}.{name}: a cylstm model pickle names only "
@@ -78,7 +85,6 @@ def loads(data):
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes; got {type(data).__name__}")
     obj = _SafeUnpickler(io.BytesIO(bytes(data))).load()
-    from cylstm.engine.model import Model
 
     if not isinstance(obj, Model):
         raise pickle.UnpicklingError(f"the pickle holds a {type(obj).__name__}, not a model")
@@ -110,11 +116,10 @@ def _engine_threads():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    from cylstm._config import _available_cores
 
     cores = _available_cores()
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # (optional engine: imported on use)
 
         return max(1, cores // max(1, int(get_worker().state.nthreads)))
     except (ImportError, ValueError, AttributeError):
@@ -131,8 +136,6 @@ def _set_worker_threads(again=False):
         if not _threads_set or again:
             n = _engine_threads()
             if n is not None:
-                import cylstm
-
                 cylstm.set_num_threads(n)
             _threads_set = True
 
@@ -144,8 +147,6 @@ def _cached_model(digest, blob):
         cache = _local.models = {}
     model = cache.get(digest)
     if model is None:
-        from cylstm import saving
-
         cache.clear()  # a worker keeps one model per thread, not every model it has seen
         model = cache[digest] = saving.model_from_bytes(blob, compile=False)
     return model
@@ -163,8 +164,6 @@ def _is_ray_dataset(x):
 
 
 def _check_model(model):
-    from cylstm.engine.model import Model
-
     if not isinstance(model, Model):
         raise TypeError(f"model must be a cylstm Sequential or Model; got {type(model).__name__}")
     model._require_built("distributed.predict")
@@ -238,7 +237,7 @@ def _predict_block(block, blob, digest, batch_size, out_tail, dtype):
 
 def _default_client():
     try:
-        from distributed import get_client
+        from distributed import get_client  # (optional engine: imported on use)
 
         return get_client()
     except (ImportError, ValueError):
@@ -274,8 +273,6 @@ def _dask_predict(model, x, batch_size, client):
 
 
 def _model_blob(model):
-    from cylstm import saving
-
     return saving.model_to_bytes(model, include_optimizer=False)
 
 
@@ -303,15 +300,13 @@ class RayPredictor:
 
     def __init__(self, model, column="data", batch_size=None, output_column="predictions"):
         try:
-            import ray
+            import ray  # (optional engine: imported on use)
 
             if isinstance(model, ray.ObjectRef):
                 model = ray.get(model)
         except ImportError:
             pass
         if isinstance(model, (bytes, bytearray, memoryview)):
-            from cylstm import saving
-
             model = saving.model_from_bytes(model, compile=False)
         _check_model(model)
         self.model = model
@@ -340,8 +335,8 @@ class RayPredictor:
 
 def _ray_compute(concurrency, compute, num_cpus):
     """The actor pool ``map_batches(compute=)`` takes, from ``predict``'s keywords."""
-    import ray
-    import ray.data
+    import ray  # (optional engine: imported on use)
+    import ray.data  # (optional engine: imported on use)
 
     if compute is not None:
         if concurrency is not None:
@@ -365,7 +360,7 @@ def _ray_compute(concurrency, compute, num_cpus):
 
 
 def _ray_predict(model, ds, batch_size, column, concurrency, compute, num_cpus):
-    import ray
+    import ray  # (optional engine: imported on use)
 
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus <= 0:
         raise ValueError(f"num_cpus must be > 0; got {num_cpus!r}")
@@ -406,7 +401,6 @@ def _apply_update(model, g):
 def _replica_model(blob, again=False):
     """A replica of the driver's model (optimizer state included), ready to step."""
     _set_worker_threads(again)
-    from cylstm import saving
 
     model = saving.model_from_bytes(blob)
     model._ensure_bound()
@@ -414,8 +408,6 @@ def _replica_model(blob, again=False):
 
 
 def _replica_info():
-    import cylstm
-
     return {"pid": os.getpid(), "threads": cylstm.get_num_threads()}
 
 
@@ -501,7 +493,7 @@ class _DaskBackend:
 
     def _gather(self, futs):
         """Results of ``futs``; fails when a worker they are pinned to leaves the cluster."""
-        from distributed import wait
+        from distributed import wait  # (optional engine: imported on use)
 
         while True:
             try:
@@ -543,7 +535,7 @@ _ray_replica_cls = None
 def _ray_replica_class():
     global _ray_replica_cls
     if _ray_replica_cls is None:
-        import ray
+        import ray  # (optional engine: imported on use)
 
         # no restarts: a replica that died lost its place in the steps, so the fit fails
         _ray_replica_cls = ray.remote(max_restarts=0, max_task_retries=0)(_RayReplica)
@@ -561,7 +553,7 @@ class _RayBackend:
         self.key = f"cylstm-fit-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
 
     def start(self, blob, data):
-        import ray
+        import ray  # (optional engine: imported on use)
 
         cls = _ray_replica_class()
         blob_ref, data_ref = ray.put(blob), ray.put(data)
@@ -575,7 +567,7 @@ class _RayBackend:
         return self._get([a.step.remote(idx, g_prev) for a, idx in zip(self.actors, shards)])
 
     def close(self):
-        import ray
+        import ray  # (optional engine: imported on use)
 
         for a in self.actors:
             try:
@@ -585,7 +577,7 @@ class _RayBackend:
         self.actors = []
 
     def _get(self, refs):
-        import ray
+        import ray  # (optional engine: imported on use)
 
         try:
             return ray.get(refs)
@@ -602,7 +594,7 @@ def _is_dask_client(client):
 
 def _ray_backend(num_workers, num_cpus):
     try:
-        import ray
+        import ray  # (optional engine: imported on use)
     except ImportError as e:
         raise ImportError("distributed.fit(client='ray') needs Ray: pip install cylstm[ray]") \
             from e
@@ -695,8 +687,6 @@ class _DataParallelFit:
     """The driver's loop of a data-parallel fit, the same for every backend."""
 
     def __init__(self, model):
-        from cylstm.engine.model import Model
-
         if not isinstance(model, Model):
             raise TypeError(f"model must be a cylstm model; got {type(model).__name__}")
         model._require_compiled("distributed.fit")
@@ -706,11 +696,6 @@ class _DataParallelFit:
     def run(self, backend, x, y, epochs, batch_size, verbose="auto", callbacks=None,
             shuffle=True, sample_weight=None, class_weight=None, initial_epoch=0,
             validation_data=None, validation_freq=1, validation_batch_size=None):
-        from cylstm import callbacks as _cbm
-        from cylstm import saving
-        from cylstm.engine import data_adapters as _da
-        from cylstm.engine.trainer import _check_int
-
         m = self.model
         batch_size = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
         epochs = _check_int("epochs", epochs, 0)
@@ -756,8 +741,6 @@ class _DataParallelFit:
 
     def _epochs(self, nw, n, epochs, batch_size, verbose, callbacks, shuffle, initial_epoch,
                 val, validation_freq, _cbm):
-        from cylstm._progress import Progbar
-
         m = self.model
         steps = -(-n // batch_size)
         history = _cbm.History()
@@ -834,7 +817,6 @@ class _DataParallelFit:
 
 def _restore(model, blob):
     """Put back the weights and optimizer state ``blob`` holds, in place."""
-    from cylstm import saving
 
     saved = saving.model_from_bytes(blob)
     model.set_weights(saved.get_weights())
