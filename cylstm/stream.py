@@ -33,7 +33,7 @@ import hashlib
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,7 +43,13 @@ from cylstm import quantization as _quant
 from cylstm._typing import ArrayLike
 
 if TYPE_CHECKING:  # annotations only: the runner does not need the models
+    from typing import TypeAlias
+
     from cylstm.engine.model import Model
+
+    # StreamPool.step: {key: frame}, or (keys, frames stacked (n, features))
+    _PoolFrames: TypeAlias = Mapping[Hashable, ArrayLike] | tuple[Sequence[Hashable], ArrayLike]
+    _PoolOutputs: TypeAlias = dict[Hashable, np.ndarray] | tuple[list[Hashable], np.ndarray]
 
 __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "PoolFullError", "StreamPool", "StreamRunner"]
 
@@ -659,8 +665,9 @@ class StreamPool:
     >>> pool.end("bob")
     """
 
-    def __init__(self, model, max_streams=64, idle_timeout=None, num_threads=None,
-                 weights_dtype=None, clock=None):
+    def __init__(self, model: Model, max_streams: int = 64, idle_timeout: float | None = None,
+                 num_threads: int | None = None, weights_dtype: str | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         specs = _specs_from_model(model)
         dtype = np.dtype(getattr(model, "dtype", np.float32))
         weights_dtype = _model_weights_dtype(model, dtype, weights_dtype)
@@ -714,29 +721,29 @@ class StreamPool:
 
     # ---- properties ----------------------------------------------------------
     @property
-    def max_streams(self):
+    def max_streams(self) -> int:
         return self._max_streams
 
     @property
-    def idle_timeout(self):
+    def idle_timeout(self) -> float | None:
         return self._idle_timeout
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         return self._dtype
 
     @property
-    def weights_dtype(self):
+    def weights_dtype(self) -> str:
         """'float32', 'float64' or 'bfloat16': the type of the packed weights."""
         return self._pack.weights_dtype
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int]:
         """(features,) of one stream's frame."""
         return (self._n_in,)
 
     @property
-    def output_shape(self):
+    def output_shape(self) -> tuple[int]:
         """(units,) of one stream's output."""
         return (self._n_out,)
 
@@ -866,7 +873,7 @@ class StreamPool:
                            "ended, or evicted after idle_timeout)") from None
 
     # ---- public API ----------------------------------------------------------
-    def step(self, frames):
+    def step(self, frames: _PoolFrames) -> _PoolOutputs:
         """Advance every stream named in ``frames`` by one time step, in one call.
 
         Parameters
@@ -903,7 +910,7 @@ class StreamPool:
             return dict(zip(keys, Y))
         return keys, Y
 
-    def run(self, key, block):
+    def run(self, key: Hashable, block: ArrayLike) -> np.ndarray:
         """Run a whole block of one stream's frames in one call, carrying its state on.
 
         Parameters
@@ -935,7 +942,8 @@ class StreamPool:
             self._touch(key, now)
         return Y
 
-    def start(self, key, initial_state=None):
+    def start(self, key: Hashable,
+              initial_state: Sequence[tuple[ArrayLike, ArrayLike]] | None = None) -> None:
         """Start (or restart) stream ``key`` from ``initial_state``, or from zeros.
 
         Parameters
@@ -958,14 +966,14 @@ class StreamPool:
                     cs[slot] = c
             self._touch(key, now)
 
-    def end(self, key):
+    def end(self, key: Hashable) -> None:
         """End stream ``key`` and free its slot (KeyError if it is not live)."""
         with self._lock:
             self._evict(self._clock())
             self._known(key)
             self._drop(key)
 
-    def reset(self, key):
+    def reset(self, key: Hashable) -> None:
         """Zero the state of stream ``key`` (KeyError if it is not live)."""
         with self._lock:
             now = self._clock()
@@ -973,14 +981,14 @@ class StreamPool:
             self._zero(self._known(key))
             self._touch(key, now)
 
-    def state(self, key):
+    def state(self, key: Hashable) -> list[tuple[np.ndarray, np.ndarray]]:
         """Copies of stream ``key``'s state: one ``(h, c)`` per LSTM layer, each (units,)."""
         with self._lock:
             self._evict(self._clock())
             slot = self._known(key)
             return [(hs[slot].copy(), cs[slot].copy()) for hs, cs in self._core._slot_states]
 
-    def keys(self):
+    def keys(self) -> list[Hashable]:
         """The live streams' keys, least recently used first."""
         with self._lock:
             self._evict(self._clock())
