@@ -326,6 +326,7 @@ def _replace_init(m, name, value):
     ("rz", np.zeros((2,), np.uint8), r"input R_zero_point must have shape"),
     ("wz", np.zeros((1,), np.int8), "input W_zero_point must be uint8"),
     ("ws", np.array([np.inf], np.float32), "input W_scale holds NaN"),
+    ("ws", np.array([3e38], np.float32), "input W_scale makes the dequantized weights overflow"),
     ("W", np.zeros((1, 3, 7), np.uint8), r"input W must have shape \(1, input_size"),
     ("R", np.zeros((1, 8, 2), np.uint8), r"input R must have shape \(1, 2, 8\)"),
     ("R", np.zeros((1, 2, 8), np.int8), "must both be int8 or both uint8"),

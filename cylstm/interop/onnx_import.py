@@ -768,6 +768,9 @@ class _Importer:
             sc = scale.reshape(D, 1, -1)
             z = zp.astype(np.float64).reshape(D, 1, -1)
             w = (q.astype(np.float64) - z) * sc                          # [D, rows, 4H]
+            if not np.all(np.abs(w) <= np.finfo(np.float32).max):
+                raise _err(n, f"input {nm}_scale makes the dequantized weights overflow "
+                              f"float32 (max |w| {np.abs(w).max():.3g})")
             if on_grid:
                 for d in range(D):
                     # cylstm's layout: rows stay, columns become i, f, c, o (a permutation:
