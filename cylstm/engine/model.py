@@ -659,12 +659,8 @@ class Model(Trainer):
 
         kind, index = cuda.resolve_device(device)
         dev = None if kind == "cpu" else (kind, index)
-        mixed = [layer.name for layer in self._lstm_layers() if layer._bf16]
-        if dev is not None and mixed:
-            raise ValueError(f"model {self.name!r}: LSTM layers {mixed} have the "
-                             "mixed_bfloat16 policy, which runs on the CPU only (the CUDA "
-                             "backend computes float32); build the model with float32 layers "
-                             "to run it on a GPU")
+        for layer in self._lstm_layers():   # every layer agrees before any moves
+            layer._check_device(dev)
         for layer in self._lstm_layers():
             layer._device = dev
         self._on_device = dev is not None

@@ -185,15 +185,20 @@ class LSTM(Layer):
         # (cylstm.engine.tbptt), as ``stateful`` passes them from batch to batch
         self._carry = None
 
+    def _check_device(self, device):
+        """Refuse a GPU ``device`` (not None) under mixed_bfloat16, which runs on the CPU
+        only (``Model.to`` asks before it moves any layer)."""
+        if device is not None and self._bf16:
+            raise ValueError(f"LSTM {self.name!r} has the mixed_bfloat16 policy, which runs "
+                             "on the CPU only (the CUDA backend computes float32); make the "
+                             "layer with dtype='float32' to run it on a GPU")
+
     def _ops(self):
         """(functional module, extra kwargs) for this layer's device."""
         if self._device is None:
             # mixed_bfloat16: the kernels' bf16 products (cylstm.functional.lstm_forward)
             return _F, ({"compute_dtype": "bfloat16"} if self._bf16 else {})
-        if self._bf16:
-            raise ValueError(f"LSTM {self.name!r} has the mixed_bfloat16 policy, which runs "
-                             "on the CPU only (the CUDA backend computes float32); make the "
-                             "layer with dtype='float32' to run it on a GPU")
+        self._check_device(self._device)
         from cylstm.cuda import functional as gpu  # defers import cost: the CUDA backend
 
         return gpu, {"device": self._device[1], "weights_version": self._weights_version}
