@@ -82,17 +82,26 @@ def _bf(a):
 # ---------------------------------------------------------------------------
 # cylstm
 
-def cylstm_forward(cylstm, d, num_threads=None):
-    """cylstm's forward; ``num_threads`` overrides cylstm's thread setting."""
-    from cylstm.functional import lstm_forward
+def cylstm_forward(cylstm, d, num_threads=None, vouch=True):
+    """cylstm's forward; ``num_threads`` overrides cylstm's thread setting.
+
+    ``vouch``: pass a ``weights_version`` (the case's weights never change), so the
+    panel paths take the weights they packed on the first call without reading them
+    again, as ONNX Runtime's session packs once.  False: a plain call, which
+    compares the weights with the packed copy's source, byte for byte, every call
+    (the row "cylstm, weights compared")."""
+    from cylstm.functional import lstm_forward, new_weights_version
 
     x, W, U, b = d["x"], d["W"], d["U"], d["b"]
+    version = new_weights_version() if vouch else None
 
     def run():
         return lstm_forward(x, W, U, b, return_sequences=True,
-                            num_threads=num_threads).output
+                            num_threads=num_threads, weights_version=version).output
 
     name = "cylstm" if num_threads is None else f"cylstm {num_threads} thread"
+    if not vouch:
+        name += ", weights compared"
     return Impl(name, "cylstm", run)
 
 
@@ -103,7 +112,7 @@ def cylstm_forward_reduced(cylstm, d, precision):
     instructions), "int8" the weights of ``model.quantize("int8")`` (per-output-
     channel symmetric int8, computed as float32)."""
     from cylstm import quantization
-    from cylstm.functional import lstm_forward
+    from cylstm.functional import lstm_forward, new_weights_version
 
     x, W, U, b = d["x"], d["W"], d["U"], d["b"]
     if precision == "bf16":
@@ -113,9 +122,11 @@ def cylstm_forward_reduced(cylstm, d, precision):
     elif precision == "int8":
         Wq, Uq = (quantization.dequantize_int8(*quantization.quantize_int8(w)) for w in (W, U))
         Wq, Uq = np.ascontiguousarray(Wq, F32), np.ascontiguousarray(Uq, F32)
+        version = new_weights_version()   # fixed weights, packed once (cylstm_forward)
 
         def run():
-            return lstm_forward(x, Wq, Uq, b, return_sequences=True).output
+            return lstm_forward(x, Wq, Uq, b, return_sequences=True,
+                                weights_version=version).output
     else:
         raise ValueError(f"precision must be 'bf16' or 'int8'; got {precision!r}")
     return Impl(f"cylstm {precision}", "cylstm", run)

@@ -36,7 +36,10 @@ Workloads (names for ``--only``; a case name or ``workload/case`` selects one ca
               saved activations (each implementation's own count), RSS held after the
               forward, peak RSS of the step, and cylstm's checkpointed / full step time
 
-Implementations: cylstm; NumPy "naive" (per step ``x_t @ W + h @ U + b`` with fresh arrays)
+Implementations: cylstm (forward: ``lstm_forward(..., weights_version=v)``, the case's
+fixed weights packed once, as ONNX Runtime's session packs its initializers; the row
+"cylstm, weights compared" is the plain call, which checks them byte for byte against the
+packed copy every call); NumPy "naive" (per step ``x_t @ W + h @ U + b`` with fresh arrays)
 and "good" (the input projection of all steps as one GEMM, then one ``h @ U`` per step into a
 preallocated gate-major buffer, one tanh pass serving all gates); PyTorch ``nn.LSTM`` with its
 default oneDNN path and with oneDNN disabled; ONNX Runtime (an ONNX ``LSTM`` node, W/R/B
@@ -409,6 +412,7 @@ class Bench:
         cy = self.cylstm
         builders = [
             ("cylstm", lambda: _impls.cylstm_forward(cy, d)),
+            ("cylstm, weights compared", lambda: _impls.cylstm_forward(cy, d, vouch=False)),
             ("cylstm bf16", lambda: _impls.cylstm_forward_reduced(cy, d, "bf16")),
             ("cylstm int8", lambda: _impls.cylstm_forward_reduced(cy, d, "int8")),
             ("numpy naive", lambda: _impls.numpy_naive_forward(d)),

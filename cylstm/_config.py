@@ -269,7 +269,8 @@ def _planner_lines():
             lines += [f"    {k}: {v['path']}" for k, v in sorted(ch.items())]
     pc = _packcache.stats()
     lines.append(f"  packed-weight cache (inference on the panel paths; checked against the "
-                 f"weights each call): {pc['entries']} entries, {pc['bytes'] >> 10} KiB of "
-                 f"{pc['budget'] >> 20} MiB; {pc['hits']} hits, {pc['misses']} misses, "
-                 f"{pc['skipped']} skipped")
+                 f"weights each call unless a weights_version vouches for them): "
+                 f"{pc['entries']} entries, {pc['bytes'] >> 10} KiB of "
+                 f"{pc['budget'] >> 20} MiB; {pc['hits']} hits ({pc['vouched']} vouched), "
+                 f"{pc['misses']} misses, {pc['skipped']} skipped")
     return lines

@@ -18,8 +18,9 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from cylstm.quantization import round_bfloat16
 
 __all__ = ["COMPUTE_DTYPES", "BackwardPlan", "CheckpointPlan", "ForwardPlan", "LSTMForward",
            "LSTMGrads", "as_float_array", "cache_nbytes", "lstm_backward", "lstm_forward",
-           "plan_backward", "plan_checkpoints", "plan_forward"]
+           "new_weights_version", "plan_backward", "plan_checkpoints", "plan_forward"]
 
 #: The values ``compute_dtype`` takes (:func:`lstm_forward`, :func:`plan_forward`):
 #: None, "float32" or "float64" compute in the weights' dtype (a name must be it);
@@ -458,6 +459,25 @@ def _mem_available():
     return None
 
 
+_versions = itertools.count(1)
+
+
+def new_weights_version() -> int:
+    """A process-wide unique number to pass as ``weights_version`` (this module's
+    :func:`lstm_forward`, and :mod:`cylstm.cuda.functional`'s): take a new one after
+    every change of the weights (optimizer step, ``set_weights``, an edit in place)."""
+    return next(_versions)
+
+
+def _check_version(version):
+    try:
+        hash(version)
+    except TypeError:
+        raise TypeError(f"weights_version must be hashable (an int from "
+                        f"new_weights_version(), a string, ...) or None; got "
+                        f"{type(version).__name__}") from None
+
+
 def _check_sizes(B, T, I, H, itemsize, training):
     """Refuse, before allocating anything, work that cannot be done.
 
@@ -493,6 +513,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
                  recurrent_mask: ArrayLike | None = None,
                  checkpoint_every: int | str | None = None,
                  compute_dtype: str | None = None, num_threads: int | None = None,
+                 weights_version: Hashable | None = None,
                  _plan: ForwardPlan | None = None) -> LSTMForward:
     """Run an LSTM over whole sequences.
 
@@ -548,6 +569,15 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         master weights.  Runs on the "rows" and "rows_fused" paths only.
     num_threads : int or None
         Defaults to :func:`cylstm.get_num_threads`.
+    weights_version : hashable or None
+        The caller's promise that ``kernel``, ``recurrent_kernel`` and ``bias`` (the
+        same array objects) have not changed since a call with the same version,
+        as in :mod:`cylstm.cuda.functional`: inference then takes the weights it
+        packed then without reading them again.  Without it (None), each call
+        compares the arrays with the copy it packed from, byte for byte, which at
+        batch 1 can be a quarter of the call (see cylstm/_packcache.py).  Give a
+        new version after every change (:func:`new_weights_version` makes one);
+        new array objects always repack, whatever the version.  Training ignores it.
     _plan : str or ForwardPlan, optional
         Private: force a kernel path ("rows", "rows_fused", "units", "stacked";
         see :func:`plan_forward`) instead of letting the planner choose, for tests
@@ -559,6 +589,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
     LSTMForward(output, h, c, cache)
     """
     every = _checkpoint.check_every(checkpoint_every)
+    _check_version(weights_version)
     dtype = weights_dtype(kernel)
     bf16 = _bf16_products(compute_dtype, dtype)
     W = as_float_array("kernel", kernel, dtype, 2)
@@ -607,7 +638,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         # (a converted copy is new every call, and would only evict)
         own = W is kernel and U is recurrent_kernel and (bias is None or b is bias)
         _run_forward_plan(plan, x, W, U, b, lens, go_backwards, rmask, hm, y, hs, cs, G, C, Hp,
-                          None if bias is None else b, own)
+                          None if bias is None else b, own, weights_version)
     if not training:
         give(G)
     cache = None
@@ -622,18 +653,19 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
 
 
 def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp,
-                      bias=None, cache=False):
+                      bias=None, cache=False, version=None):
     """Run ``plan``'s kernel entry point on validated buffers, with the per-step
     scratch it names (the only place that calls the forward kernels).  ``cache``:
     W, U and ``bias`` (None: zeros, ``b``) are the caller's own arrays, so a
-    prepacked plan may take their packed copy from the cache."""
+    prepacked plan may take their packed copy from the cache (``version``: the
+    caller's ``weights_version``)."""
     dtype = W.dtype
     P = None
     if plan.prepacked and cache:
         units = plan.path == "units"
         P = _packcache.lookup(W, U, bias, "units" if units else "stacked",
                               with_w=plan.panel_projection or not units,
-                              n_threads=plan.blas_threads)
+                              n_threads=plan.blas_threads, version=version)
     Pp = None
     if plan.panel_projection and P is None:
         # no cache entry (skipped, too big, or converted arrays): pack here as the

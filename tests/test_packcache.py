@@ -8,7 +8,7 @@ import pytest
 from reference import lstm_ref, random_lstm
 
 from cylstm import _lstm, _packcache, _tuning
-from cylstm.functional import lstm_forward
+from cylstm.functional import lstm_forward, new_weights_version
 
 TOL = {np.float32: {"rtol": 2e-4, "atol": 2e-5}, np.float64: {"rtol": 1e-9, "atol": 1e-11}}
 
@@ -92,6 +92,63 @@ def test_bias_none_and_a_new_array_at_the_same_id():
         del W, U
         _, W, U, _ = _case(seed, 1, 6, 4, 24, np.float64)
         _check(lstm_forward(x, W, U, b, _plan="units"), x, W, U, b, np.float64)
+
+
+@pytest.mark.parametrize("path", ["units", "stacked"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_weights_version_skips_the_compare_and_keeps_the_bits(monkeypatch, path, threads):
+    """A call under the version the entry holds, for the same arrays, is a hit
+    without the byte compare (the compare is made to fail, so a compare would
+    repack); it gives the plain call's bits and matches the reference."""
+    x, W, U, b = _case(21, 2, 6, 9, 40, np.float32)
+    plain = lstm_forward(x, W, U, b, num_threads=threads, _plan=path)
+    v = new_weights_version()
+    first = lstm_forward(x, W, U, b, num_threads=threads, _plan=path, weights_version=v)
+    monkeypatch.setattr(_lstm, "same_weights", lambda *a, **k: False)
+    again = lstm_forward(x, W, U, b, num_threads=threads, _plan=path, weights_version=v)
+    s = _packcache.stats()
+    assert (s["entries"], s["misses"], s["hits"], s["vouched"]) == (1, 1, 2, 1)
+    for out in (first, again):
+        np.testing.assert_array_equal(out.output, plain.output)
+        np.testing.assert_array_equal(out.c, plain.c)
+    _check(again, x, W, U, b, np.float32)
+
+
+@pytest.mark.parametrize("change", ["new_version", "no_version", "new_arrays", "freed_ids"])
+def test_a_weights_version_never_vouches_for_other_weights(change):
+    """Changed weights under a new version, a later call without one, other array
+    objects under the same version, and arrays freed and replaced at reused ids
+    under the same version are all compared (and repacked), never trusted."""
+    x, W, U, b = _case(22, 1, 5, 6, 24, np.float64)
+    v = new_weights_version()
+    for _ in range(2):
+        lstm_forward(x, W, U, b, _plan="units", weights_version=v)
+    if change == "new_version":
+        U[3, 5] += 0.5
+        out = lstm_forward(x, W, U, b, _plan="units", weights_version=new_weights_version())
+    elif change == "no_version":
+        W[0] *= -1
+        out = lstm_forward(x, W, U, b, _plan="units")
+    elif change == "new_arrays":
+        W, U = W + 0.25, U[::-1].copy()
+        out = lstm_forward(x, W, U, b, _plan="units", weights_version=v)
+    else:
+        for seed in range(6):   # CPython often reuses the ids of what it just freed
+            del W, U
+            _, W, U, _ = _case(seed, 1, 5, 6, 24, np.float64)
+            out = lstm_forward(x, W, U, b, _plan="units", weights_version=v)
+            _check(out, x, W, U, b, np.float64)
+    _check(out, x, W, U, b, np.float64)
+    assert _packcache.stats()["vouched"] == 1
+
+
+def test_weights_version_must_be_hashable_and_training_ignores_it():
+    x, W, U, b = _case(23, 1, 4, 5, 20, np.float32)
+    with pytest.raises(TypeError, match="weights_version must be hashable.*got list"):
+        lstm_forward(x, W, U, b, weights_version=[1])
+    out = lstm_forward(x, W, U, b, training=True, _plan="units", weights_version="v1")
+    _check(out, x, W, U, b, np.float32)
+    assert _packcache.stats()["entries"] == 0
 
 
 def test_weights_that_change_every_call_stop_being_cached():

@@ -22,7 +22,6 @@ is accepted and ignored.
 arrays (one cudaMemcpy each into a model's gradient buffer: host memory in use, no page
 faults), as the CPU version writes them there.
 """
-import itertools
 from collections import OrderedDict
 
 import numpy as np
@@ -37,25 +36,13 @@ from cylstm._validate import (
     check_weights,
     weights_dtype,
 )
-from cylstm.functional import LSTMForward, LSTMGrads
+from cylstm.functional import LSTMForward, LSTMGrads, new_weights_version
 
 __all__ = ["lstm_backward", "lstm_forward", "new_weights_version"]
 
 MAX_CACHED_WEIGHTS = 64  # device copies kept (LRU); a model has 3 per LSTM layer
 
 _weights = OrderedDict()  # key -> (version, DeviceArray)
-_versions = itertools.count(1)
-
-
-def new_weights_version():
-    """A process-wide unique version number for :func:`lstm_forward`'s weight cache.
-
-    A model calls this after every change of its weights (optimizer step,
-    ``set_weights``, ``load_weights``) and passes the result as ``weights_version``.
-    """
-    return next(_versions)
-
-
 def _backend():
     ext = cuda._require()
     return cuda, ext
