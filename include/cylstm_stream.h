@@ -24,9 +24,10 @@
  * broadcast of v[k] and w/VL fused multiply-adds into accumulators that stay in
  * registers for the whole panel (no load/store of z per k, as an axpy would).
  *
- * Small batches take rows six at a time (AVX-512 and AVX2 variants), then four
- * or two, so that each weight vector loaded serves several rows; a batch of one
- * streams the panel once per step.
+ * Small batches take rows six at a time (AVX-512 and AVX2 variants; AVX2 ends
+ * in blocks of five or four of the same body), then four or two, so that each
+ * weight vector loaded serves several rows; a batch of one streams the panel
+ * once per step.
  *
  * VL is 16 floats / 8 doubles (64 bytes).  The kernel is written with GCC/Clang
  * vector extensions and compiled three times (CYL_ISA_KERNEL, cylstm_cpu.h):
@@ -421,34 +422,42 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
  * 64-byte layout vectors (no transposed tail).  Same arithmetic as the other
  * bodies (one accumulator per output, summed in k order): the same bits for
  * every row.  Called only from the x86-64-v3 variant (CYL_ISA == 1). */
-#define CYL_R6N_K(VT, VL, v0, v1, v2, v3, v4, v5)                                 \
+#define CYL_R6N_K(R, VT, VL, v0, v1, v2, v3, v4, v5)                              \
     {                                                                              \
         const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);                      \
         s00 += (v0) * w0; s01 += (v0) * w1; s10 += (v1) * w0; s11 += (v1) * w1;    \
         s20 += (v2) * w0; s21 += (v2) * w1; s30 += (v3) * w0; s31 += (v3) * w1;    \
-        s40 += (v4) * w0; s41 += (v4) * w1; s50 += (v5) * w0; s51 += (v5) * w1;    \
+        if ((R) > 4) { s40 += (v4) * w0; s41 += (v4) * w1; }                       \
+        if ((R) > 5) { s50 += (v5) * w0; s51 += (v5) * w1; }                       \
     }
-#define CYL_PANEL_ROWS6N_BODY(T, VT, VL)                                           \
-    {                                                                              \
-        const char* pfn = NULL;                                                    \
-        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, 0)                                     \
-    }
-/* PFD: the first pass.  With pfn (the panel the caller reads next) it streams
- * that panel in, one line per k in address order (the pass's k loop runs once
- * per line of a panel), so that the next panel's passes find it in L2; without,
- * it prefetches its own k row PFD ahead.  The strided 2-vector chunks of this
- * body defeat the hardware prefetchers when the weights come from memory:
- * on a 2-vCPU Zen 3 (AMD EPYC, AVX2), 2026-12-02, lstm_forward alternated in
- * one process, the next-panel stream took (25, 16, 1024, 1024) from 160-166 to
- * 136-143 ms on one thread (84 to 72 on two) and its training step from 558 to
- * 476 ms; shapes whose weights stay in L2 or L3 did not move (ratios 0.99-1.05
- * at (100, 32, 128, 256), (100, 16, 256, 256), (50, 64, 512, 512) rows). */
-#define CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, PFD)                                   \
+/* R = 4, 5 or 6 rows, a compile-time constant (the rows past R are never
+ * read).  After its six-row blocks a batch's last 10, 9, 8, 5 or 4 rows go
+ * 5 + 5, 5 + 4, 6 + 2, 5 and 4 (CYL_ROWS6_PASS) instead of the generic four-
+ * and two-row bodies: a batch of 5 went 43-46 -> 52-59 GFLOP/s, batches of 16
+ * and 64 (tails 4, 10) 0.91-0.95x the time (kernel micro-bench, K = 256-1024,
+ * the two builds alternated in one process); lstm_forward (100, 5, 256, 256)
+ * 0.84x on one thread, (100, 10, 256, 256) 0.82x on two, others 0.99-1.01x
+ * (builds alternated by process, 5 rounds; 8 = 4 + 4 made (100, 32, 128, 256)
+ * 1.045x, so 8 stays 6 + 2).  2-vCPU AMD EPYC Zen 3, 2026-12-02.
+ * PFD: the first block of a pass.  With pfn (the panel the caller reads next)
+ * it streams that panel in, one line per k in address order (the pass's k loop
+ * runs once per line of a panel), so that the next panel's passes find it in
+ * L2; without, it prefetches its own k row PFD ahead.  The strided 2-vector
+ * chunks of this body defeat the hardware prefetchers when the weights come
+ * from memory: on a 2-vCPU Zen 3 (AMD EPYC, AVX2), 2026-12-02, lstm_forward
+ * alternated in one process, the next-panel stream took (25, 16, 1024, 1024)
+ * from 160-166 to 136-143 ms on one thread (84 to 72 on two) and its training
+ * step from 558 to 476 ms; shapes whose weights stay in L2 or L3 did not move
+ * (ratios 0.99-1.05 at (100, 32, 128, 256), (100, 16, 256, 256), (50, 64,
+ * 512, 512) rows). */
+#define CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, PFD, R)                                \
     {                                                                              \
         const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
-        const T* A3 = A2 + lda; const T* A4 = A3 + lda; const T* A5 = A4 + lda;    \
+        const T* A3 = A2 + lda;                                                    \
+        const T* A4 = (R) > 4 ? A3 + lda : A3; const T* A5 = (R) > 5 ? A4 + lda : A4; \
         const T* B0 = b0; const T* B1 = B0 + ldb; const T* B2 = B1 + ldb;          \
-        const T* B3 = B2 + ldb; const T* B4 = B3 + ldb; const T* B5 = B4 + ldb;    \
+        const T* B3 = B2 + ldb;                                                    \
+        const T* B4 = (R) > 4 ? B3 + ldb : B3; const T* B5 = (R) > 5 ? B4 + ldb : B4; \
         ptrdiff_t j, k;                                                            \
         const char* pfq = pfn;                                                     \
         for (j = 0; j + 2 * VL <= w; j += 2 * VL) {                                \
@@ -458,52 +467,45 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
             for (k = 0; k < ka; k++, p += w) {                                     \
                 if (PFD && pfq) { __builtin_prefetch(pfq, 0, 3); pfq += 64; }      \
                 else if (PFD) __builtin_prefetch((const char*)(p + PFD * w), 0, 3); \
-                CYL_R6N_K(VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])        \
+                CYL_R6N_K(R, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])     \
             }                                                                      \
             for (k = 0; k < kb; k++, p += w) {                                     \
                 if (PFD && pfq) { __builtin_prefetch(pfq, 0, 3); pfq += 64; }      \
                 else if (PFD) __builtin_prefetch((const char*)(p + PFD * w), 0, 3); \
-                CYL_R6N_K(VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])        \
+                CYL_R6N_K(R, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])     \
             }                                                                      \
             T* Z = z0 + j;                                                         \
             CYL_ST(Z, s00); CYL_ST(Z + VL, s01); Z += ldz;                         \
             CYL_ST(Z, s10); CYL_ST(Z + VL, s11); Z += ldz;                         \
             CYL_ST(Z, s20); CYL_ST(Z + VL, s21); Z += ldz;                         \
-            CYL_ST(Z, s30); CYL_ST(Z + VL, s31); Z += ldz;                         \
-            CYL_ST(Z, s40); CYL_ST(Z + VL, s41); Z += ldz;                         \
-            CYL_ST(Z, s50); CYL_ST(Z + VL, s51);                                   \
+            CYL_ST(Z, s30); CYL_ST(Z + VL, s31);                                   \
+            if ((R) > 4) { Z += ldz; CYL_ST(Z, s40); CYL_ST(Z + VL, s41); }        \
+            if ((R) > 5) { Z += ldz; CYL_ST(Z, s50); CYL_ST(Z + VL, s51); }        \
         }                                                                          \
     }
 typedef float cyl_vf8 __attribute__((vector_size(32)));
 typedef double cyl_vd4 __attribute__((vector_size(32)));
-__attribute__((target("arch=x86-64-v3")))
-static void cyl_stream_rows6_f32n(const float* P, ptrdiff_t w,
-                                  const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                  float* z0, ptrdiff_t ldz)
-CYL_PANEL_ROWS6N_BODY(float, cyl_vf8, 8)
-
-__attribute__((target("arch=x86-64-v3")))
-static void cyl_stream_rows6_f64n(const double* P, ptrdiff_t w,
-                                  const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                  const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                  double* z0, ptrdiff_t ldz)
-CYL_PANEL_ROWS6N_BODY(double, cyl_vd4, 4)
-
-/* the first six rows of a pass prefetch CYL_PF_DIST k rows ahead, as above */
-__attribute__((target("arch=x86-64-v3")))
-static void cyl_stream_rows6_f32npf(const float* P, ptrdiff_t w,
-                                    const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                    const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                    float* z0, ptrdiff_t ldz, const char* pfn)
-CYL_PANEL_ROWS6N_BODY_PF(float, cyl_vf8, 8, CYL_PF_DIST)
-
-__attribute__((target("arch=x86-64-v3")))
-static void cyl_stream_rows6_f64npf(const double* P, ptrdiff_t w,
-                                    const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                    const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                    double* z0, ptrdiff_t ldz, const char* pfn)
-CYL_PANEL_ROWS6N_BODY_PF(double, cyl_vd4, 4, CYL_PF_DIST)
+/* cyl_stream_rows6_f32n<R> / _f64n<R>: a block of R rows; pf != 0 (the first
+ * block of a pass) prefetches: pfn, or its own k rows CYL_PF_DIST ahead. */
+#define CYL_ROWS6N_FN(NAME, T, VT, VL, R)                                          \
+__attribute__((target("arch=x86-64-v3")))                                          \
+static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t lda, \
+                 const T* b0, ptrdiff_t kb, ptrdiff_t ldb, T* z0, ptrdiff_t ldz,   \
+                 const char* pfn, int pf)                                          \
+{                                                                                  \
+    if (pf)                                                                        \
+        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST, R)                        \
+    else {                                                                         \
+        pfn = NULL;                                                                \
+        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, 0, R)                                  \
+    }                                                                              \
+}
+CYL_ROWS6N_FN(cyl_stream_rows6_f32n6, float, cyl_vf8, 8, 6)
+CYL_ROWS6N_FN(cyl_stream_rows6_f32n5, float, cyl_vf8, 8, 5)
+CYL_ROWS6N_FN(cyl_stream_rows6_f32n4, float, cyl_vf8, 8, 4)
+CYL_ROWS6N_FN(cyl_stream_rows6_f64n6, double, cyl_vd4, 4, 6)
+CYL_ROWS6N_FN(cyl_stream_rows6_f64n5, double, cyl_vd4, 4, 5)
+CYL_ROWS6N_FN(cyl_stream_rows6_f64n4, double, cyl_vd4, 4, 4)
 #else
 #define CYL_STREAM_ROWS6 0
 #endif
@@ -530,22 +532,25 @@ CYL_PANEL_ROWS6N_BODY_PF(double, cyl_vd4, 4, CYL_PF_DIST)
     }
 #endif
 
-/* The passes of the panel functions below: six-row blocks (AVX-512, AVX2), then
- * blocks of 4 rows (a last 3 as 4, one repeated), a last 2 as 2, a last 1 alone. */
+/* The passes of the panel functions below: six-row blocks (AVX-512, AVX2; AVX2
+ * ends in blocks of 5 or 4 down to fewer than 4 rows left), then blocks of 4
+ * rows (a last 3 as 4, one repeated), a last 2 as 2, a last 1 alone. */
 #if CYL_STREAM_ROWS6
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
     if (CYL_ISA_IS_V4 && nrows >= 6 && w % (4 * VL) == 0)                          \
         for (; nrows - r >= 6; r += 6)                                             \
             (r == 0 ? ROWS6_FN##pf : ROWS6_FN)(P, w, a0 + r * lda, ka, lda,        \
                      b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);                    \
-    if (CYL_ISA == 1 && nrows >= 6 && w % (VL) == 0)                               \
-        for (; nrows - r >= 6; r += 6) {                                           \
-            if (r == 0)                                                            \
-                ROWS6_FN##npf(P, w, a0, ka, lda, b0, kb, ldb, z0, ldz,             \
-                              (const char*)next);                                  \
-            else                                                                   \
-                ROWS6_FN##n(P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb,    \
-                            z0 + r * ldz, ldz);                                    \
+    if (CYL_ISA == 1 && nrows >= 4 && w % (VL) == 0)                               \
+        while (nrows - r >= 4) {                                                   \
+            /* six-row blocks, then 10 = 5 + 5, 9 = 5 + 4, 5, 4 (8 = 6 + 2) */     \
+            const ptrdiff_t left_ = nrows - r;                                     \
+            const int R_ = (left_ >= 11 || (left_ >= 6 && left_ <= 8)) ? 6         \
+                         : (left_ == 10 || left_ == 9 || left_ == 5) ? 5 : 4;      \
+            (R_ == 6 ? ROWS6_FN##n6 : R_ == 5 ? ROWS6_FN##n5 : ROWS6_FN##n4)(      \
+                P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb, z0 + r * ldz,  \
+                ldz, (const char*)next, r == 0);                                   \
+            r += R_;                                                               \
         }
 #else
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)

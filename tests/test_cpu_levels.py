@@ -190,6 +190,30 @@ def test_stacked_panels_forward(level, dtype):
         _check_forward_backward(dtype, B, T, I, H, 2, seed=3, training=False, plan="stacked")
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_row_split_of_the_panel_passes(level, dtype):
+    """Batches 1-23 on one thread: every way the panel passes cut a batch (six-row
+    blocks; on AVX2 then 5 + 5, 5 + 4, 4 + 4, 5 or 4; then 4, 2, 1) matches the
+    reference, and each row's output has the bits of that row run alone (one
+    accumulator per output, summed in k order, whichever block computes it).  H = 48
+    and K = I + H = 61: whole 64-byte vectors, no transposed tail (the AVX2 blocks'
+    condition); the stacked path puts x_t and h_prev in one panel pass."""
+    T, I, H = 4, 13, 48
+    x, W, U, b = random_lstm(np.random.default_rng(23), 23, T, I, H)
+    cast = [a.astype(dtype) for a in (x, W, U, b)]
+    with _cpu.forced_level(level):
+        alone = [lstm_forward(cast[0][i:i + 1], *cast[1:], num_threads=1,
+                              _plan="stacked").output for i in range(23)]
+        for B in range(1, 24):
+            out = lstm_forward(cast[0][:B], *cast[1:], num_threads=1, _plan="stacked")
+            y = lstm_ref(x[:B], W, U, b)[0]
+            np.testing.assert_allclose(out.output, y, err_msg=f"B={B}", **TOL[dtype])
+            for i in range(B):
+                np.testing.assert_array_equal(out.output[i], alone[i][0],
+                                              err_msg=f"B={B}, row {i}")
+
+
 def _lstm_spec(rng, I, H, scale=0.4):
     return {"type": "lstm", "kernel": rng.uniform(-scale, scale, (I, 4 * H)),
             "recurrent_kernel": rng.uniform(-scale, scale, (H, 4 * H)),
