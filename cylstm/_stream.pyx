@@ -24,7 +24,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from libc.math cimport exp
-from libc.stdint cimport int8_t, uint16_t
+from libc.stdint cimport int8_t, int16_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -36,7 +36,7 @@ from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
-                            cyl_stream_barrier,
+                            cyl_i8q_qmax, cyl_i8q_quantize, cyl_stream_barrier,
                             cyl_stream_panel_bf16, cyl_stream_panel_i8,
                             cyl_stream_panel_next_f32, cyl_stream_panel_next_f64,
                             cyl_stream_team_size)
@@ -71,9 +71,14 @@ cdef struct LayerC:
     int kind
     int act
     int bf16               # P holds bfloat16 weights (float32 runners only)
-    int i8                 # P holds int8 weights, scaled by ``scale`` (float32 only)
+    int i8                 # P holds int8 weights, scaled by ``scale`` (float32 only), in
+    #                        the k-pair layout of cyl_stream_panel_i8 (cylstm_stream.h)
     const float* scale     # int8: column scales in panel order, ncols for the kernel, then
-    #                        ncols for the recurrent kernel (unused by Dense layers)
+    #                        ncols for the recurrent kernel (unused by Dense layers), then 8
+    #                        zeros (the kernel reads whole groups of 8 columns)
+    Py_ssize_t ka2         # int8: n_in, and (LSTM) n_out, rounded up to even: the rows
+    Py_ssize_t kb2         # of each part of a panel and of the int16 activations
+    float qmax             # int8: the activations' int16 range (cyl_i8q_qmax)
     Py_ssize_t ncols       # columns of the packed matrix: 4H (LSTM), units (Dense)
     Py_ssize_t n_in        # I (LSTM) or input width (Dense)
     Py_ssize_t n_out       # H (LSTM) or units (Dense)
@@ -99,6 +104,8 @@ cdef struct Ctx:
     const void* x          # this step's input (B, n_in)
     void* out              # where the final output goes (B, n_out of the last layer)
     void* scratch          # n_threads x (B, MAXW): a panel's z for every row (B > 1)
+    char* qscratch         # n_threads x qstride bytes: int8 layers' int16 rows and scales
+    Py_ssize_t qstride
 
 
 def _force_cpu_level(int level):
@@ -119,20 +126,50 @@ def cpu_level():
     return cyl_cpu_level()
 
 
+cdef struct QAct:
+    # this step's rows of an int8 layer, quantized to int16 (cyl_i8q_quantize)
+    const int16_t* aq      # (B, ka2): x_t
+    const int16_t* bq      # (B, kb2): h_prev (LSTM)
+    const float* ra        # (B,) their scales
+    const float* rb
+
+
+cdef inline QAct _quantize_rows(const LayerC* L, const Ctx* ctx, int tid, const float* a,
+                                const float* b) noexcept nogil:
+    """Quantize the B rows of a (n_in wide) and b (n_out wide, LSTM; NULL for Dense)
+    into thread ``tid``'s int16 scratch, once per layer and step."""
+    cdef QAct q
+    cdef char* base = ctx.qscratch + tid * ctx.qstride
+    cdef Py_ssize_t B = ctx.B
+    cdef int16_t* aq = <int16_t*> base
+    cdef int16_t* bq = aq + B * L.ka2
+    cdef float* ra = <float*> (bq + B * L.kb2)
+    cdef float* rb = ra + B
+    cyl_i8q_quantize(a, B, L.n_in, L.n_in, L.ka2, L.qmax, aq, ra)
+    if b != NULL:
+        cyl_i8q_quantize(b, B, L.n_out, L.n_out, L.kb2, L.qmax, bq, rb)
+    q.aq, q.bq, q.ra, q.rb = aq, bq, ra, rb
+    return q
+
+
+cdef inline void _kernel_i8(const LayerC* L, const QAct* q, Py_ssize_t p, Py_ssize_t w,
+                            Py_ssize_t nrows, float* z, Py_ssize_t ldz) noexcept nogil:
+    """z (nrows, w) = the int8 panel p's product with the quantized rows.  Its sums
+    are exact integers: every row has the same bits in any block, on any thread."""
+    cdef Py_ssize_t wfull = 4 * L.span if L.kind == KIND_LSTM else L.span
+    cdef Py_ssize_t col = p * wfull
+    cyl_stream_panel_i8(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + col,
+                        L.scale + L.ncols + col, w, nrows, q.aq, L.ka2, q.ra,
+                        q.bq, L.kb2, q.rb, z, ldz)
+
+
 cdef inline void _kernel_ld(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
                             const floating* a, Py_ssize_t ka, const floating* b,
                             Py_ssize_t kb, floating* z, Py_ssize_t ldz) noexcept nogil:
     """z (nrows, w) = [a (nrows, ka), b (nrows, kb)] @ the panel starting ``off``
     elements into L.P (rows of a, b contiguous: strides ka, kb; rows of z ldz apart)."""
-    cdef Py_ssize_t col
     if floating is float:
-        if L.i8:
-            # a panel (or its tail) starts ``off`` = K x its first column in
-            col = off // L.K
-            cyl_stream_panel_i8(<const int8_t*> L.P + off, L.scale + col,
-                                L.scale + L.ncols + col, w, nrows, a, ka, ka, b, kb, kb,
-                                z, ldz)
-        elif L.bf16:
+        if L.bf16:
             cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
                                   z, ldz)
         else:
@@ -182,8 +219,9 @@ cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
 
 
 cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
-                       Py_ssize_t p1, floating* zs) noexcept nogil:
-    """Panels [p0, p1) of one LSTM layer for every row of the batch."""
+                       Py_ssize_t p1, floating* zs, int tid) noexcept nogil:
+    """Panels [p0, p1) of one LSTM layer for every row of the batch (``tid``: the
+    thread, whose scratch an int8 layer quantizes its rows into)."""
     cdef Py_ssize_t B = ctx.B, I = L.n_in, H = L.n_out, K = L.K, span = L.span
     cdef Py_ssize_t p, r, j0, hb, w, wv, vl
     cdef const floating* P
@@ -195,8 +233,13 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     cdef const floating* z
     cdef floating zl[MAXW]
     cdef floating gl[MAXW]
+    cdef QAct q
+    cdef bint i8 = False
     if floating is float:
         vl = CYL_STREAM_VLF
+        if L.i8 and p1 > p0:
+            q = _quantize_rows(L, ctx, tid, x, hprev)
+            i8 = True
     else:
         vl = CYL_STREAM_VLD
     P = <const floating*> L.P
@@ -206,7 +249,11 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
         w = 4 * hb
         Pp = P + p * K * 4 * span
         bp = <const floating*> L.bias + p * 4 * span
-        if ctx.use_blas:
+        if i8:
+            # exact integer sums: every row's bits as at batch 1 (the pooled step too)
+            if floating is float:
+                _kernel_i8(L, &q, p, w, B, &zl[0] if B == 1 else zs, w)
+        elif ctx.use_blas:
             wv = (w // vl) * vl
             # Zs[:, :wv] (B, wv) = X (B, I) @ M_main[:I] (I, wv) + Hp (B, H) @ M_main[I:]
             gemm(False, False, <int> B, <int> wv, <int> I, 1, x, <int> I, Pp, <int> wv,
@@ -237,7 +284,7 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
 
 
 cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
-                        Py_ssize_t p1, floating* zs) noexcept nogil:
+                        Py_ssize_t p1, floating* zs, int tid) noexcept nogil:
     """Panels [p0, p1) of one Dense layer: y = act(x @ kernel + bias)."""
     cdef Py_ssize_t B = ctx.B, K = L.K, U = L.n_out, span = L.span
     cdef Py_ssize_t p, r, j, j0, w, wv, vl
@@ -249,15 +296,23 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     cdef floating zl[MAXW]
     cdef floating v
     cdef int act = L.act
+    cdef QAct q
+    cdef bint i8 = False
     if floating is float:
         vl = CYL_STREAM_VLF
+        if L.i8 and p1 > p0:
+            q = _quantize_rows(L, ctx, tid, x, NULL)
+            i8 = True
     else:
         vl = CYL_STREAM_VLD
     for p in range(p0, p1):
         j0 = p * span
         w = U - j0 if U - j0 < span else span
         Pp = P + p * K * span
-        if ctx.use_blas:
+        if i8:
+            if floating is float:
+                _kernel_i8(L, &q, p, w, B, &zl[0] if B == 1 else zs, w)
+        elif ctx.use_blas:
             wv = (w // vl) * vl
             # Zs (B, wv) = X (B, K) @ M_main (K, wv); Zs[:, wv:] = X @ T^T, T (w - wv, K)
             gemm(False, False, <int> B, <int> wv, <int> K, 1, x, <int> K, Pp, <int> wv,
@@ -319,9 +374,9 @@ cdef void _run(Ctx* ctx, int l0, int l1, int tid, int nt, floating* zs) noexcept
         p0 = (tid * L.n_panels) // nt
         p1 = ((tid + 1) * L.n_panels) // nt
         if L.kind == KIND_LSTM:
-            _lstm_panels(L, ctx, x, p0, p1, zs)
+            _lstm_panels(L, ctx, x, p0, p1, zs, tid)
         else:
-            _dense_panels(L, ctx, x, p0, p1, zs)
+            _dense_panels(L, ctx, x, p0, p1, zs, tid)
         if L.kind == KIND_DENSE and L.act == ACT_SOFTMAX:
             # the row maximum and sum need every panel
             if nt > 1:
@@ -384,6 +439,7 @@ cdef class Core:
     cdef cnp.ndarray _out1d
     cdef cnp.ndarray _xbuf
     cdef cnp.ndarray _scratch
+    cdef cnp.ndarray _qscratch
     cdef int _typenum
     cdef int _busy            # a step is running (GIL released): refuse concurrent use
     cdef Py_ssize_t _n_in
@@ -422,6 +478,7 @@ cdef class Core:
         if self._layers == NULL:
             raise MemoryError()
         memset(self._layers, 0, n * sizeof(LayerC))
+        qbytes = 0
         for i, spec in enumerate(pack.layers):
             L = &self._layers[i]
             L.kind = KIND_LSTM if spec.kind == "lstm" else KIND_DENSE
@@ -430,14 +487,24 @@ cdef class Core:
             if (L.bf16 or L.i8) and (self._typenum != cnp.NPY_FLOAT32 or use_blas):
                 raise ValueError(f"{spec.P.dtype} weights need a float32 runner on the "
                                  "kernel path")
-            L.ncols = spec.P.size // spec.K
+            L.ncols = spec.ncols
             if L.i8:
+                L.ka2 = spec.n_in + spec.n_in % 2
+                L.kb2 = spec.n_out + spec.n_out % 2 if L.kind == KIND_LSTM else 0
+                L.qmax = cyl_i8q_qmax(max(L.ka2, L.kb2))
+                width = 4 * spec.span if L.kind == KIND_LSTM else spec.span
+                want = sum((L.ka2 + L.kb2) * ((min(width, L.ncols - p * width) + 7) // 8 * 8)
+                           for p in range(spec.n_panels))
                 if spec.scale is None or spec.scale.dtype != np.float32 or \
-                        spec.scale.shape != (2 * L.ncols,):
-                    raise ValueError("int8 weights need float32 column scales "
-                                     f"(2 x {L.ncols})")
+                        spec.scale.shape != (2 * L.ncols + 8,) or spec.P.size != want:
+                    raise ValueError(f"int8 weights need {want} packed bytes and float32 "
+                                     f"column scales (2 x {L.ncols} + 8)")
                 a = spec.scale
                 L.scale = <const float*> cnp.PyArray_DATA(a)
+                qbytes = max(qbytes, B * ((L.ka2 + L.kb2) * 2 + 8))
+            elif spec.P.size != spec.K * L.ncols:
+                raise ValueError(f"packed weights of {spec.P.size} elements for K = {spec.K} "
+                                 f"and {L.ncols} columns")
             L.act = ACTIVATIONS[spec.activation]
             L.n_in = spec.n_in
             L.n_out = spec.n_out
@@ -471,6 +538,11 @@ cdef class Core:
         self._xbuf = np.zeros((B, self._n_in), dtype)
         n_threads = max(1, n_threads)
         self._scratch = np.zeros(n_threads * B * MAXW, dtype)
+        # int8 layers' int16 rows and scales, per thread (64-byte multiples)
+        qstride = (qbytes + 63) // 64 * 64
+        self._qscratch = np.zeros(max(1, n_threads * qstride), np.uint8)
+        self.ctx.qscratch = <char*> cnp.PyArray_DATA(self._qscratch)
+        self.ctx.qstride = qstride
         self.ctx.B = B
         self.ctx.n_layers = n
         self.ctx.n_threads = n_threads

@@ -223,3 +223,49 @@ def force_cpu_level(int level):
     """Force this module's cell to ISA ``level`` (-1 drops the override);
     return the override replaced.  Never above :func:`detected_level`."""
     return cyl_cpu_force(level)
+
+
+# ---- the int8 panel product (include/cylstm_stream.h, cyl_stream_panel_i8) ---------------
+
+from libc.stdint cimport int8_t, int16_t
+
+from cylstm._panel cimport cyl_i8q_qmax, cyl_i8q_quantize, cyl_stream_panel_i8
+
+
+def i8q_qmax(Py_ssize_t k2):
+    """The int16 activations' largest magnitude for sums of ``k2`` terms."""
+    return cyl_i8q_qmax(k2)
+
+
+def i8q_quantize(const float[:, ::1] x, Py_ssize_t n2, float qmax):
+    """(q (rows, n2) int16, scale (rows,) float32): cyl_i8q_quantize on x's rows."""
+    q = np.empty((x.shape[0], n2), np.int16)
+    s = np.empty(x.shape[0], np.float32)
+    cdef int16_t[:, ::1] qv = q
+    cdef float[::1] sv = s
+    if n2 < x.shape[1] or n2 < 1 or x.shape[0] < 1:
+        raise ValueError(f"n2 must be at least x's width {x.shape[1]} and x non-empty")
+    cyl_i8q_quantize(&x[0, 0], x.shape[0], x.shape[1], x.shape[1], n2, qmax, &qv[0, 0],
+                     &sv[0])
+    return q, s
+
+
+def i8q_panel(const int8_t[::1] P, const float[::1] sa, const float[::1] sb, Py_ssize_t w,
+              const int16_t[:, ::1] aq, const float[::1] ra, const int16_t[:, ::1] bq,
+              const float[::1] rb):
+    """z (rows, w) = cyl_stream_panel_i8 of one panel P (``bq`` with 0 columns: no b
+    part) with its scales (at least w rounded up to 8 each)."""
+    cdef Py_ssize_t n = aq.shape[0], ka2 = aq.shape[1], kb2 = bq.shape[1]
+    cdef Py_ssize_t wp = (w + 7) // 8 * 8
+    if n < 1 or bq.shape[0] != n or ra.shape[0] != n or rb.shape[0] != n:
+        raise ValueError("aq, bq, ra and rb must have the same rows (at least 1)")
+    if ka2 % 2 or kb2 % 2 or ka2 < 2 or P.shape[0] != (ka2 + kb2) * wp or \
+            sa.shape[0] < wp or sb.shape[0] < wp:
+        raise ValueError(f"P must hold (ka2 + kb2) x {wp} bytes (even ka2 >= 2, kb2) and "
+                         f"the scales {wp} each")
+    z = np.full((n, w), np.nan, np.float32)
+    cdef float[:, ::1] zv = z
+    cdef int16_t dummy = 0
+    cyl_stream_panel_i8(&P[0], &sa[0], &sb[0], w, n, &aq[0, 0], ka2, &ra[0],
+                        &bq[0, 0] if kb2 else &dummy, kb2, &rb[0], &zv[0, 0], w)
+    return z

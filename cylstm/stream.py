@@ -80,8 +80,8 @@ def _aligned_empty(n, dtype):
 class _LayerPack:
     """One layer, laid out for the kernel (read-only; shared by runners)."""
 
-    __slots__ = ("K", "P", "activation", "bias", "kind", "n_in", "n_out", "n_panels", "scale",
-                 "span")
+    __slots__ = ("K", "P", "activation", "bias", "kind", "n_in", "n_out", "n_panels", "ncols",
+                 "scale", "span")
 
 
 def _bf16_slots(wv):
@@ -111,13 +111,13 @@ def _pack_columns(M, col_groups, K, dtype, bf16=False):
     Within a panel of width w the first wv = w - w % VL columns are stored
     row-major (K, wv), the rest transposed (w - wv, K) (include/cylstm_stream.h).
     Panel p starts at p * K * w_full (every panel but the last is full).  With
-    ``bf16`` the panels hold bfloat16 bits, main-block columns interleaved; an
-    int8 ``M`` (quantized weights) is packed as it is, with the float32 layout's VL.
+    ``bf16`` the panels hold bfloat16 bits, main-block columns interleaved (int8
+    weights: :func:`_pack_int8`).
     """
-    vl = _VL[np.dtype(np.float32) if M.dtype == np.int8 else dtype]
+    vl = _VL[dtype]
     w_full = len(col_groups[0])
     n = sum(K * len(c) for c in col_groups)
-    out = _aligned_empty(n, np.uint16 if bf16 else M.dtype if M.dtype == np.int8 else dtype)
+    out = _aligned_empty(n, np.uint16 if bf16 else dtype)
     for p, cols in enumerate(col_groups):
         w = len(cols)
         wv = w - w % vl
@@ -134,14 +134,38 @@ def _pack_columns(M, col_groups, K, dtype, bf16=False):
     return out
 
 
+def _pack_int8(M, col_groups, ka):
+    """Pack int8 M (K, N) for cyl_stream_panel_i8 (include/cylstm_stream.h): per
+    panel, its columns padded to a multiple of 8 (zeros), the first ``ka`` rows
+    (the kernel) then the rest (the recurrent kernel, none for Dense), each part
+    padded to an even row count and stored as k pairs: for pair t and group g of
+    8 columns, q[2t, c0], q[2t + 1, c0], ..., q[2t + 1, c7]."""
+    parts = [M[:ka], M[ka:]]
+    chunks = []
+    for cols in col_groups:
+        wp = -(-len(cols) // 8) * 8
+        for part in parts:
+            if part.shape[0] == 0:
+                continue
+            k2 = part.shape[0] + part.shape[0] % 2
+            Q = np.zeros((k2, wp), np.int8)
+            Q[:part.shape[0], :len(cols)] = part[:, cols]
+            chunks.append(Q.reshape(k2 // 2, 2, wp // 8, 8).transpose(0, 2, 3, 1).ravel())
+    out = _aligned_empty(sum(c.size for c in chunks), np.int8)
+    out[:] = np.concatenate(chunks)
+    out.flags.writeable = False
+    return out
+
+
 def _int8_scales(scales, order):
     """The kernel's and the recurrent kernel's column scales (None: Dense, unused)
-    in panel column order, as one read-only float32 array (2 x columns)."""
+    in panel column order, as one read-only float32 array (2 x columns, then 8
+    zeros: the kernel reads whole groups of 8 columns)."""
     sa, sb = scales
-    out = np.zeros(2 * len(order), np.float32)
+    out = np.zeros(2 * len(order) + 8, np.float32)
     out[:len(order)] = sa[order]
     if sb is not None:
-        out[len(order):] = sb[order]
+        out[len(order):2 * len(order)] = sb[order]
     out.flags.writeable = False
     return out
 
@@ -158,13 +182,14 @@ def _pack_lstm(kernel, recurrent_kernel, bias, dtype, wd):
     lp.kind, lp.activation = "lstm", "linear"
     lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = I, H, I + H, span, len(groups)
     lp.scale = None
+    lp.ncols = 4 * H
     if wd == "int8":
         (qw, sw), (qu, su) = _quant.quantize_int8(kernel), _quant.quantize_int8(recurrent_kernel)
-        M = np.concatenate([qw, qu], axis=0)
         lp.scale = _int8_scales((sw, su), np.concatenate(groups))
+        lp.P = _pack_int8(np.concatenate([qw, qu], axis=0), groups, I)
     else:
         M = np.concatenate([kernel, recurrent_kernel], axis=0).astype(dtype, copy=False)
-    lp.P = _pack_columns(M, groups, I + H, dtype, wd == "bfloat16")
+        lp.P = _pack_columns(M, groups, I + H, dtype, wd == "bfloat16")
     b = np.empty(4 * H, dtype)
     b[:] = np.asarray(bias, dtype)[np.concatenate(groups)]
     b.flags.writeable = False
@@ -180,11 +205,13 @@ def _pack_dense(kernel, bias, activation, dtype, wd):
     lp.kind, lp.activation = "dense", activation
     lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = K, U, K, span, len(groups)
     lp.scale = None
-    M = np.asarray(kernel, dtype)
+    lp.ncols = U
     if wd == "int8":
         M, s = _quant.quantize_int8(kernel)
         lp.scale = _int8_scales((s, None), np.concatenate(groups))
-    lp.P = _pack_columns(M, groups, K, dtype, wd == "bfloat16")
+        lp.P = _pack_int8(M, groups, K)
+    else:
+        lp.P = _pack_columns(np.asarray(kernel, dtype), groups, K, dtype, wd == "bfloat16")
     b = np.array(bias, dtype).reshape(U)
     b.flags.writeable = False
     lp.bias = b
@@ -408,7 +435,9 @@ class StreamRunner(_stream.Core):
         Zen 4, at an error of a few 1e-3 relative in the outputs (about 3e-3
         of the largest output there; tests/test_stream.py bounds it) -- check
         it on your model before serving.  'int8' packs per-output-channel int8
-        weights (:mod:`cylstm.quantization`), a quarter of the bytes.  None
+        weights (:mod:`cylstm.quantization`), a quarter of the bytes, which
+        multiply each step's rows quantized to int16 (exact integer sums; see
+        ``cyl_stream_panel_i8`` in include/cylstm_stream.h).  None
         (the default) means 'int8' for a float32 model whose LSTM and Dense
         layers were all quantized by ``model.quantize('int8')``, 'bfloat16' for
         one whose LSTM layers all have the mixed_bfloat16 policy, else the

@@ -140,3 +140,17 @@ def int8_round(a):
     amax = np.abs(a).max(axis=0)
     s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
     return np.clip(np.rint(a / s), -127, 127) * s.astype(np.float64)
+
+
+def int16_rows(a, k2):
+    """The rows of ``a`` (last axis) as the int8 kernels quantize their activations
+    for sums of ``k2`` terms (include/cylstm_stream.h, written apart from it): the
+    largest magnitude qmax = min(32767, (2^31 - 1) // (128 k2)); per row, in float32,
+    q = rint(a * (qmax / max|a|)) times the scale max|a| / qmax; as float64."""
+    qmax = np.float32(min(32767, (2 ** 31 - 1) // (128 * k2)))
+    a = np.asarray(a, np.float32)
+    m = np.abs(a).max(axis=-1, keepdims=True)
+    safe = np.where(m > 0, m, np.float32(1))
+    inv = np.where(m > 0, qmax / safe, np.float32(0)).astype(np.float32)
+    q = np.rint(a * inv)
+    return q.astype(np.float64) * (m / qmax).astype(np.float32).astype(np.float64)

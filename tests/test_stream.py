@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from reference import bf16_round, int8_round, lstm_ref
+from reference import bf16_round, int8_round, int16_rows, lstm_ref
 
 from cylstm import stream
 from cylstm.layers import LSTM, Dense, Dropout
@@ -51,6 +51,26 @@ def _stack_ref(specs, x):
             y = lstm_ref(y, s["kernel"], s["recurrent_kernel"], s["bias"])[0]
         else:
             y = _act_ref(y @ s["kernel"] + s["bias"], s["activation"])
+    return y
+
+
+def _int8_stack_ref(specs, x):
+    """The stack as the int8 runner computes it, in float64: int8 weights
+    (int8_round), and every row the products read -- x_t and h_prev of each LSTM,
+    the input of each Dense -- quantized to int16 (int16_rows, for sums of max(I, H)
+    or K terms rounded up to even)."""
+    y = np.asarray(x, np.float64)
+    even = lambda n: n + n % 2   # noqa: E731
+    for s in specs:
+        W = int8_round(s["kernel"])
+        b = np.asarray(s["bias"], np.float32).astype(np.float64)
+        if s["type"] == "lstm":
+            I, H = W.shape[0], W.shape[1] // 4
+            k2 = max(even(I), even(H))
+            y = lstm_ref(int16_rows(y, k2), W, int8_round(s["recurrent_kernel"]), b,
+                         hround=lambda hr, n, t, k2=k2: int16_rows(hr, k2))[0]
+        else:
+            y = _act_ref(int16_rows(y, even(W.shape[0])) @ W + b, s["activation"])
     return y
 
 
@@ -174,13 +194,17 @@ def test_reduced_precision_weights(wd, rounded_to, bound, H, threads):
     r = StreamRunner._from_specs(specs, 2, num_threads=threads, weights_dtype=wd)
     assert r.weights_dtype == wd
     got = _run(r, x.astype(np.float32))
-    # exactly the model whose weights are the rounded ones (biases stay float32)
+    # exactly the model whose weights are the rounded ones (biases stay float32), and
+    # for int8 whose products read int16 rows
     rounded = [dict(s, kernel=rounded_to(s["kernel"]),
                     **({"recurrent_kernel": rounded_to(s["recurrent_kernel"])}
                        if s["type"] == "lstm" else {}),
                     bias=np.asarray(s["bias"], np.float32).astype(np.float64))
                for s in specs]
-    np.testing.assert_allclose(got, _stack_ref(rounded, x), rtol=2e-5, atol=2e-5)
+    want = _stack_ref(rounded, x) if wd == "bfloat16" else _int8_stack_ref(specs, x)
+    # (int8: a row of h_prev whose float64 and float32 values fall either side of an
+    # int16 rounding boundary moves by one quantum, max|h| / 32767)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=5e-5)
     # and within the reduced precision of the float32 model
     err = np.abs(got - _stack_ref(specs, x)).max()
     assert 0 < err < bound
