@@ -79,9 +79,10 @@ def test_quantize_rounds_each_row_as_the_reference():
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("w", [8, 20, 36, 64])
-@pytest.mark.parametrize("ka,kb", [(1, 3), (7, 20), (64, 0), (255, 512)])
+@pytest.mark.parametrize("ka,kb", [(1, 3), (5, 13), (7, 20), (64, 0), (255, 512)])
 def test_panel_gives_the_exact_formula_at_every_level(level, w, ka, kb):
-    """Widths with a padded last group (20, 36), odd parts, no b part (Dense), 1-9
+    """Widths with a padded last group (20, 36), odd parts, odd and even numbers of
+    k pairs (the kernel takes two per iteration), no b part (Dense), 1-9
     rows (the four-row and one-row blocks), and the extreme values: weights of
     +-127 and activations of +-qmax, where the int32 sums come nearest overflow."""
     rng = np.random.default_rng(ka * 1000 + kb + w)
