@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from isa_levels import DETECTED, LEVELS
 from reference import bf16_round, int8_round, lstm_ref, lstm_ref_backward, random_lstm
 
 from cylstm import _cpu, _lstm, _stream, stream
@@ -19,12 +20,6 @@ from cylstm.functional import lstm_backward, lstm_forward
 from cylstm.stream import StreamRunner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DETECTED = _cpu.detected_level()
-LEVELS = [pytest.param(n, id=_cpu.level_name(n),
-                       marks=pytest.mark.skipif(
-                           n > DETECTED,
-                           reason=f"this CPU runs up to {_cpu.level_name(DETECTED)!r}"))
-          for n in (2, 1, 0)]
 DTYPES = [np.float32, np.float64]
 # as tests/test_lstm_panels.py (cell) and tests/test_stream.py (runner)
 TOL = {np.float64: {"rtol": 1e-10, "atol": 1e-12}, np.float32: {"rtol": 1e-5, "atol": 2e-6}}

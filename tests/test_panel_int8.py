@@ -7,15 +7,9 @@ ISA level must give the float32 result of the documented formula bit for bit:
 """
 import numpy as np
 import pytest
+from isa_levels import LEVELS
 
 from cylstm import _cpu, _testing
-
-DETECTED = _cpu.detected_level()
-LEVELS = [pytest.param(n, id=_cpu.level_name(n),
-                       marks=pytest.mark.skipif(
-                           n > DETECTED,
-                           reason=f"this CPU runs up to {_cpu.level_name(DETECTED)!r}"))
-          for n in (2, 1, 0)]
 
 
 def _qmax(k2):
