@@ -174,7 +174,28 @@ directives = {
     "cdivision": not DEBUG,
     "embedsignature": True,
 }
-ext_modules = cythonize(exts, compiler_directives=directives, include_path=["cylstm"])
+
+
+def _directives_changed(directives):
+    """Whether the generated C was made under other directives (a debug build after
+    an optimized one, or back): cythonize compares only timestamps, and would
+    compile the old C.  A stamp in build/ remembers the last directives."""
+    stamp = os.path.join(HERE, "build", "cython-directives.txt")
+    text = repr(sorted(directives.items()))
+    try:
+        with open(stamp) as f:
+            if f.read() == text:
+                return False
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(text)
+    return True
+
+
+ext_modules = cythonize(exts, compiler_directives=directives, include_path=["cylstm"],
+                        force=_directives_changed(directives))
 if CUDA:
     ext_modules += cuda_extensions()  # raises, naming what is missing, before anything is written
 _write_build_info(has_openmp)
