@@ -782,20 +782,25 @@ static inline float cyl_i8q_qmax(ptrdiff_t K2)
 /* q[r, 0:n2] = rint(x[r, 0:n] * (qmax / max|x[r]|)) (then 0 up to n2), and
  * scale[r] = max|x[r]| / qmax (0 for a zero row), for rows r < nrows of x
  * (ld apart).  Rounds to nearest even with the 1.5 * 2^23 trick (|v| <= qmax
- * < 2^22), as numpy.rint; float32 throughout. */
+ * < 2^22), as numpy.rint; float32 throughout.  A row holding a NaN or an
+ * infinity gets q = 0 and scale NaN, so that its outputs are NaN, as the
+ * float32 kernels' would be (never a finite answer from garbage). */
 static void cyl_i8q_quantize(const float* x, ptrdiff_t nrows, ptrdiff_t n, ptrdiff_t ld,
                              ptrdiff_t n2, float qmax, int16_t* q, float* scale)
 {
     for (ptrdiff_t r = 0; r < nrows; r++) {
         const float* xr = x + r * ld;
         int16_t* qr = q + r * n2;
-        float m = 0.0f;
+        float m = 0.0f, bad = 0.0f;
         for (ptrdiff_t k = 0; k < n; k++) {
             const float a = xr[k] < 0 ? -xr[k] : xr[k];
             m = a > m ? a : m;
+            bad += xr[k] - xr[k];   /* 0, or NaN for a NaN or an infinity */
         }
         ptrdiff_t k = 0;
-        if (m > 0.0f) {
+        if (bad != bad) {
+            scale[r] = __builtin_nanf("");
+        } else if (m > 0.0f) {
             const float inv = qmax / m;
             /* (v + c) - c is not folded without -ffast-math (setup.py) */
             for (; k < n; k++)

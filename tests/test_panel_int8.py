@@ -71,6 +71,22 @@ def test_quantize_rounds_each_row_as_the_reference():
     assert np.abs(q).max() <= qmax and q[1].max() == q[1].min() == 0 and s[1] == 0
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_row_with_nan_or_inf_gives_nan_not_a_finite_answer(bad):
+    """As the float32 kernels propagate a NaN or an infinity into their outputs, a
+    quantized row holding one has scale NaN (its q are 0); the other rows are
+    untouched."""
+    x = np.linspace(-1, 1, 3 * 10, dtype=np.float32).reshape(3, 10)
+    x[1, 4] = bad
+    q, s = _testing.i8q_quantize(x, 10, np.float32(_qmax(10)))
+    assert np.isnan(s[1]) and not q[1].any()
+    assert np.isfinite(s[[0, 2]]).all() and q[0].any() and q[2].any()
+    P = _pack(np.ones((10, 8), np.int8), np.zeros((0, 8), np.int8), 8)
+    z = _testing.i8q_panel(P, np.ones(8, np.float32), np.ones(8, np.float32), 8, q, s,
+                           np.zeros((3, 0), np.int16), np.zeros(3, np.float32))
+    assert np.isnan(z[1]).all() and np.isfinite(z[[0, 2]]).all()
+
+
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("w", [8, 20, 36, 64])
 @pytest.mark.parametrize("ka,kb", [(1, 3), (5, 13), (7, 20), (64, 0), (255, 512)])

@@ -210,6 +210,19 @@ def test_reduced_precision_weights(wd, rounded_to, bound, H, threads):
     assert 0 < err < bound
 
 
+@pytest.mark.parametrize("wd", [None, "bfloat16", "int8"])
+def test_a_nan_input_gives_nan_outputs_at_every_weights_dtype(wd):
+    """A NaN in a step's input reaches the outputs, as in float32: the int8 kernel's
+    quantized row must not turn it into a finite answer."""
+    rng = np.random.default_rng(5)
+    specs = [_lstm_spec(rng, 6, 20), _dense_spec(rng, 20, 3, "linear")]
+    r = StreamRunner._from_specs(specs, 2, weights_dtype=wd)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    x[1, 2] = np.nan
+    y = r.step(x)
+    assert np.isnan(y[1]).all() and np.isfinite(y[0]).all()
+
+
 def test_int8_runner_steps_batch_rows_as_alone():
     # a batch's rows (groups of four, a last one alone) give each row's batch-1 result
     rng = np.random.default_rng(5)
