@@ -215,8 +215,9 @@ def _reduced_precision_line(f):
     VNNI or AMX instruction is used yet: issue 16)."""
     have = sorted(f.flags & {"avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"})
     return ("  reduced-precision weights (streaming runner, pool): bf16 widened to float32 by "
-            "shifts, int8 converted to float32 (vpmovsxbd + vcvtdq2ps on AVX2/AVX-512), "
-            "float32 FMAs; CPU's bf16/int8 dot-product instructions: "
+            "shifts, float32 FMAs; int8 times int16-quantized rows, exact int32 sums "
+            "(vpmovsxbw + vpmaddwd on AVX2/AVX-512, portable C below), scaled in float32; "
+            "CPU's bf16/int8 dot-product instructions: "
             f"{' '.join(have) if have else 'none'} (not used yet)")
 
 
