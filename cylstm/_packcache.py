@@ -138,7 +138,8 @@ def lookup(W, U, bias, layout, with_w=True, n_threads=1, version=None):
             e.misses = 0
             _new_streak = 0
             _counts["hits"] += 1
-            e.vouch(version, arrays)
+            if with_w:   # a version vouches only for an entry this call checked whole
+                e.vouch(version, arrays)
         return e.packed
     misses = 0 if e is None else e.misses + 1
     copies = (np.array(W), np.array(U), None if bias is None else np.array(bias))

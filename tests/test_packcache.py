@@ -142,6 +142,25 @@ def test_a_weights_version_never_vouches_for_other_weights(change):
     assert _packcache.stats()["vouched"] == 1
 
 
+def test_a_version_never_vouches_for_a_w_the_cache_did_not_check(monkeypatch):
+    """A unit-path call whose x @ W runs on BLAS compares U only; a version given
+    then must not vouch for the entry's W panels, which a later call projecting on
+    the panels would read: that call compares W, finds it changed and repacks."""
+    x, W, U, b = _case(24, 1, 5, 6, 24, np.float64)
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS", 0)           # x @ W on BLAS
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS_AVX512", 0)
+    lstm_forward(x, W, U, b, _plan="units")
+    W[1] += 0.5                                                       # unnoticed: U only
+    v = new_weights_version()
+    _check(lstm_forward(x, W, U, b, _plan="units", weights_version=v), x, W, U, b,
+           np.float64)
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS", 1000)        # x @ W on the panels
+    monkeypatch.setattr(_tuning, "PANEL_PROJ_MAX_ROWS_AVX512", 1000)
+    _check(lstm_forward(x, W, U, b, _plan="units", weights_version=v), x, W, U, b,
+           np.float64)
+    assert _packcache.stats()["vouched"] == 0
+
+
 def test_weights_version_must_be_hashable_and_training_ignores_it():
     x, W, U, b = _case(23, 1, 4, 5, 20, np.float32)
     with pytest.raises(TypeError, match="weights_version must be hashable.*got list"):
