@@ -872,6 +872,9 @@ static void cyl_i8q_panel_c(const int8_t* P, const float* sa, const float* sb, p
                 _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
                     s_[rr][cc] = _mm256_setzero_si256();                           \
             ptrdiff_t t = 0;                                                       \
+            /* one row: each group's weights loaded where used (8 groups of two    \
+             * widened loads would not fit the 16 registers beside 8 sums); more  \
+             * rows: the groups' weights loaded once, then every row's pairs */   \
             if ((R) == 1)                                                          \
             for (; t + 2 <= K2 / 2; t += 2, Q += 4 * wp) {                         \
                 int32_t p0_, p1_;                                                  \
