@@ -38,7 +38,7 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF,
-                            cyl_stream_panel_next_f32, cyl_stream_panel_next_f64)
+                            cyl_panel_next_f32, cyl_panel_next_f64)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -198,7 +198,7 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
 
 # ---------------------------------------------------------------------------
 # Packed-panel paths: the per-step product runs on the streaming runner's
-# kernel (include/cylstm_stream.h) over weights packed once per call into
+# kernel (include/cylstm_panel.h) over weights packed once per call into
 # panels of `span` units: panel p holds the columns of units j0 .. j0 + hb of
 # the four gates, [i | f | g | o], and the cell runs on that panel's units
 # right after its product, while z is in L1.  h is double-buffered (every
@@ -344,9 +344,9 @@ cdef inline void _stacked_product(const floating* P, Py_ssize_t w, Py_ssize_t nr
     (I may be 0: h @ a panel of U).  ``next``: the panel this thread reads after
     this one, or NULL (the kernel may prefetch it)."""
     if floating is float:
-        cyl_stream_panel_next_f32(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
+        cyl_panel_next_f32(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
     else:
-        cyl_stream_panel_next_f64(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
+        cyl_panel_next_f64(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
 
 
 cdef inline Py_ssize_t _plain_width(floating* kind) noexcept nogil:
@@ -359,30 +359,41 @@ cdef inline Py_ssize_t _plain_len(Py_ssize_t K, Py_ssize_t N, floating* kind) no
     return K * ((N + pw - 1) // pw) * pw
 
 
-cdef void _pack_transposed(Py_ssize_t H, const floating* U, floating* P) noexcept nogil:
-    """Pack U^T (K = 4H rows, N = H columns) of U (H, 4H) row-major into the panel
-    kernel's layout, panels of _plain_width columns: panel p at p * K * pw holds
-    columns j0 .. j0 + w of U^T (rows j0 .. j0 + w of U) as a main block (K x wp)
-    row-major, wp = w rounded up to whole vectors, the columns past w zero.  No
-    transposed tail (include/cylstm_stream.h): at H = 50 its 2 columns of dot
+cdef void _pack_plain(Py_ssize_t K, Py_ssize_t N, const floating* M, Py_ssize_t sk,
+                      Py_ssize_t sn, floating* P) noexcept nogil:
+    """Pack a plain matrix (K rows, N columns; element (k, n) at M[k * sk + n * sn])
+    into the panel kernel's layout, panels of _plain_width columns: panel p at
+    p * K * pw holds columns j0 .. j0 + w as a block (K x wp) row-major, wp = w
+    rounded up to whole vectors, the columns past w zero.  There is no
+    transposed tail (include/cylstm_panel.h): at H = 50 its 2 columns of dot
     products per row took a third of the backward ((100, 32, 10, 50), one
     thread: 3.56 ms against 2.34 at H = 48), where a zero column costs one
     lane.  _plain_product writes the padded columns, so its output rows are
-    _plain_padded(N) wide."""
-    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), K = 4 * H, p, j0, w, wp, k, j
-    cdef const floating* row
+    _plain_padded(N) wide.  The source is read in address order (its rows if
+    sn == 1, else its columns, which are then its rows in memory)."""
+    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), p, j0, w, wp, k, j
     cdef floating* dst
-    for p in range((H + pw - 1) // pw):
+    for p in range((N + pw - 1) // pw):
         j0 = p * pw
-        w = H - j0 if H - j0 < pw else pw
+        w = N - j0 if N - j0 < pw else pw
         wp = ((w + vl - 1) // vl) * vl
         dst = P + p * K * pw
         if wp > w:
             memset(dst, 0, K * wp * sizeof(floating))
-        for j in range(w):   # reads each row of U in order
-            row = U + (j0 + j) * K
+        if sn == 1:
             for k in range(K):
-                dst[k * wp + j] = row[k]
+                for j in range(w):
+                    dst[k * wp + j] = M[k * sk + j0 + j]
+        else:
+            for j in range(w):
+                for k in range(K):
+                    dst[k * wp + j] = M[k * sk + (j0 + j) * sn]
+
+
+cdef inline void _pack_transposed(Py_ssize_t H, const floating* U, floating* P) noexcept nogil:
+    """Pack U^T (K = 4H rows, N = H columns) of U (H, 4H) row-major (the backward's
+    dh = dz @ U^T): :func:`_pack_plain` reading U a row at a time."""
+    _pack_plain(4 * H, H, U, 1, 4 * H, P)
 
 
 cdef inline Py_ssize_t _plain_padded(Py_ssize_t N, floating* kind) noexcept nogil:
@@ -417,6 +428,32 @@ def pack_transposed(const floating[:, ::1] U, floating[::1] out):
         _pack_transposed(H, &U[0, 0], &out[0])
 
 
+def plain_len(Py_ssize_t K, Py_ssize_t N, dtype):
+    """Elements of a (K, N) matrix packed by :func:`pack_plain`."""
+    if str(dtype) == "float32":
+        return _plain_len(K, N, <float*> NULL)
+    return _plain_len(K, N, <double*> NULL)
+
+
+def plain_width(dtype):
+    """Columns per panel of :func:`pack_plain` (whole vectors; the last panel may be
+    narrower, rounded up to whole vectors with zero columns)."""
+    if str(dtype) == "float32":
+        return _plain_width(<float*> NULL)
+    return _plain_width(<double*> NULL)
+
+
+def pack_plain(const floating[:, ::1] M, floating[::1] out):
+    """Pack M (K, N) into panels of :func:`plain_width` columns (``out``:
+    plain_len(K, N) elements; the streaming runner's Dense layers)."""
+    cdef Py_ssize_t K = M.shape[0], N = M.shape[1]
+    if K == 0 or N == 0 or out.shape[0] != _plain_len(K, N, &out[0]):
+        raise ValueError(f"pack_plain: M must be non-empty and out plain_len(K, N) long; "
+                         f"got M {K, N}, out {out.shape[0]}")
+    with nogil:
+        _pack_plain(K, N, &M[0, 0], N, 1, &out[0])
+
+
 cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, Py_ssize_t s,
                                 Py_ssize_t nrows, const floating* a, Py_ssize_t lda,
                                 floating* z, Py_ssize_t ldz) noexcept nogil:
@@ -434,11 +471,11 @@ cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, P
         w = ((w + vl - 1) // vl) * vl
         nx = P + _snake(q + 1, s, n_p) * K * pw if q + 1 < n_p else NULL
         if floating is float:
-            cyl_stream_panel_next_f32(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
-                                      z + j0, ldz, nx)
+            cyl_panel_next_f32(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
+                               z + j0, ldz, nx)
         else:
-            cyl_stream_panel_next_f64(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
-                                      z + j0, ldz, nx)
+            cyl_panel_next_f64(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
+                               z + j0, ldz, nx)
 
 
 cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t H,
@@ -1092,11 +1129,11 @@ cdef void _project_panels(SeqJob* j, Py_ssize_t p0, Py_ssize_t p1,
         w = 4 * _padded_units(hb, vl)
         nx = P + (p + 1) * I * 4 * span if p + 1 < p1 else NULL
         if floating is float:
-            cyl_stream_panel_next_f32(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
-                                      G + j0 * 4, j.ldg, nx)
+            cyl_panel_next_f32(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
+                               G + j0 * 4, j.ldg, nx)
         else:
-            cyl_stream_panel_next_f64(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
-                                      G + j0 * 4, j.ldg, nx)
+            cyl_panel_next_f64(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
+                               G + j0 * 4, j.ldg, nx)
 
 
 cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:

@@ -2,18 +2,19 @@
 """Streaming runner kernels: one call per time step for a whole LSTM/Dense stack.
 
 One step of the whole stack is one call into ``_step``: every LSTM layer
-computes, panel by panel (see include/cylstm_stream.h),
+computes, panel by panel (see include/cylstm_panel.h),
 
-    z[panel] (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)   (kernel)
-    c, h[panel]     = cell_forward(hb, z, bias[panel], c_prev[panel])
+    z[panel] (4 hp) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hp)   (kernel)
+    c, h[panel]     = cell_forward_units(hb, hp, z, bias[panel], c_prev[panel])
 
+(hb units stored as hp, whole vectors: the sequence kernels' layout and packer)
 and every Dense layer y = act(x @ kernel + bias), panel by panel.  Panels are
 split across the OpenMP team (one barrier after each layer, because the next
 layer reads all of this one's output), or run on the calling thread.
 
 Buffers: h is double-buffered per LSTM layer (panels read the whole h_prev
 while others write h_new); ``par`` says which half is the current state.  The
-c of a panel is updated in place (cell_forward allows c_out == c_prev).
+c of a panel is updated in place (the cell allows c_out == c_prev).
 
 Nothing here allocates: the runner (``Core``) owns every buffer, the packed
 weights belong to a ``cylstm.stream._Pack`` shared by all runners of a model.
@@ -30,15 +31,15 @@ from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm
 from cylstm._lstm cimport set_blas_threads
-from cylstm._cell cimport cell_forward, sigmoid, tanh_
+from cylstm._cell cimport cell_forward_units, sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
 cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_stream_barrier,
-                            cyl_stream_panel_bf16, cyl_stream_panel_i8,
-                            cyl_stream_panel_next_f32, cyl_stream_panel_next_f64,
+                            cyl_panel_bf16, cyl_panel_i8,
+                            cyl_panel_next_f32, cyl_panel_next_f64,
                             cyl_stream_team_size)
 
 cdef extern from "cylstm_math.h" nogil:
@@ -72,7 +73,7 @@ cdef struct LayerC:
     int act
     int bf16               # P holds bfloat16 weights (float32 runners only)
     int i8                 # P holds int8 weights, scaled by ``scale`` (float32 only), in
-    #                        the k-pair layout of cyl_stream_panel_i8 (cylstm_stream.h)
+    #                        the k-pair layout of cyl_panel_i8 (cylstm_panel.h)
     const float* scale     # int8: column scales in panel order, ncols for the kernel, then
     #                        ncols for the recurrent kernel (unused by Dense layers), then 8
     #                        zeros (the kernel reads whole groups of 8 columns)
@@ -99,7 +100,6 @@ cdef struct Ctx:
     int use_blas
     int blas_threads
     int par                # which half of each LSTM's h is the current state
-    int exact_rows         # batches > 1: every row's bits as at batch 1 (the pool)
     LayerC* L
     const void* x          # this step's input (B, n_in)
     void* out              # where the final output goes (B, n_out of the last layer)
@@ -158,57 +158,26 @@ cdef inline void _kernel_i8(const LayerC* L, const QAct* q, Py_ssize_t p, Py_ssi
     are exact integers: every row has the same bits in any block, on any thread."""
     cdef Py_ssize_t wfull = 4 * L.span if L.kind == KIND_LSTM else L.span
     cdef Py_ssize_t col = p * wfull
-    cyl_stream_panel_i8(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + col,
-                        L.scale + L.ncols + col, w, nrows, q.aq, L.ka2, q.ra,
-                        q.bq, L.kb2, q.rb, z, ldz)
-
-
-cdef inline void _kernel_ld(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
-                            const floating* a, Py_ssize_t ka, const floating* b,
-                            Py_ssize_t kb, floating* z, Py_ssize_t ldz) noexcept nogil:
-    """z (nrows, w) = [a (nrows, ka), b (nrows, kb)] @ the panel starting ``off``
-    elements into L.P (rows of a, b contiguous: strides ka, kb; rows of z ldz apart)."""
-    if floating is float:
-        if L.bf16:
-            cyl_stream_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
-                                  z, ldz)
-        else:
-            cyl_stream_panel_next_f32(<const float*> L.P + off, w, nrows, a, ka, ka, b, kb,
-                                      kb, z, ldz, NULL)
-    else:
-        cyl_stream_panel_next_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
-                                  z, ldz, NULL)
+    cyl_panel_i8(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + col,
+                 L.scale + L.ncols + col, w, nrows, q.aq, L.ka2, q.ra,
+                 q.bq, L.kb2, q.rb, z, ldz)
 
 
 cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
                          const floating* a, Py_ssize_t ka, const floating* b,
                          Py_ssize_t kb, floating* z) noexcept nogil:
-    """z (nrows, w) = [a, b] @ the panel at ``off`` (rows of z contiguous: stride w)."""
-    _kernel_ld(L, off, w, nrows, a, ka, b, kb, z, w)
-
-
-cdef inline void _kernel_rows_exact(const LayerC* L, Py_ssize_t off, Py_ssize_t w,
-                                    Py_ssize_t K, Py_ssize_t vl, Py_ssize_t nrows,
-                                    const floating* a, Py_ssize_t ka, const floating* b,
-                                    Py_ssize_t kb, floating* z) noexcept nogil:
-    """As _kernel, with every row bit for bit what the kernel gives it at nrows = 1.
-
-    The main block (wv columns, row-major) runs for all rows together: every row
-    body of include/cylstm_stream.h (six, four, two rows or one) sums each output
-    with one accumulator in k order, so the blocking does not change a bit.  The
-    transposed tail columns are summed differently (the one-row body as vector
-    dot products, the multi-row bodies in scalar k order), so they run row by
-    row through the one-row body: a sub-panel of width w - wv whose main block
-    is empty starts K * wv elements in.  Used by the pooled step (StreamPool).
-    """
-    cdef Py_ssize_t wv = (w // vl) * vl, r
-    if wv > 0:
-        # Z[:, :wv] (nrows, wv) = [A, B] @ M_main (K, wv), row stride of Z still w
-        _kernel_ld(L, off, wv, nrows, a, ka, b, kb, z, w)
-    if wv < w:
-        for r in range(nrows):
-            _kernel_ld(L, off + K * wv, w - wv, 1, a + r * ka, ka, b + r * kb, kb,
-                       z + r * w + wv, w)
+    """z (nrows, w) = [a (nrows, ka), b (nrows, kb)] @ the panel starting ``off``
+    elements into L.P (rows of a, b and z contiguous: strides ka, kb, w)."""
+    if floating is float:
+        if L.bf16:
+            cyl_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
+                           z, w)
+        else:
+            cyl_panel_next_f32(<const float*> L.P + off, w, nrows, a, ka, ka, b, kb,
+                               kb, z, w, NULL)
+    else:
+        cyl_panel_next_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
+                           z, w, NULL)
 
 
 cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
@@ -221,78 +190,69 @@ cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
 cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
                        Py_ssize_t p1, floating* zs, int tid) noexcept nogil:
     """Panels [p0, p1) of one LSTM layer for every row of the batch (``tid``: the
-    thread, whose scratch an int8 layer quantizes its rows into)."""
+    thread, whose scratch an int8 layer quantizes its rows into).  Panel p holds
+    hb units stored as hp (whole vectors, the sequence kernels' layout): its
+    products are 4 hp wide, the cell reads each gate block hp apart."""
     cdef Py_ssize_t B = ctx.B, I = L.n_in, H = L.n_out, K = L.K, span = L.span
-    cdef Py_ssize_t p, r, j0, hb, w, wv, vl
+    cdef Py_ssize_t p, r, j0, hb, hp, w, q4
     cdef const floating* P
     cdef const floating* Pp
     cdef const floating* bp
     cdef const floating* hprev = <const floating*> (L.h0 if ctx.par == 0 else L.h1)
     cdef floating* hnew = <floating*> (L.h1 if ctx.par == 0 else L.h0)
     cdef floating* c = <floating*> L.c
-    cdef const floating* z
+    cdef floating* z
     cdef floating zl[MAXW]
     cdef floating gl[MAXW]
     cdef QAct q
     cdef bint i8 = False
     if floating is float:
-        vl = CYL_STREAM_VLF
+        q4 = CYL_STREAM_VLF // 4
         if L.i8 and p1 > p0:
             q = _quantize_rows(L, ctx, tid, x, hprev)
             i8 = True
     else:
-        vl = CYL_STREAM_VLD
+        q4 = CYL_STREAM_VLD // 4
     P = <const floating*> L.P
     for p in range(p0, p1):
         j0 = p * span
         hb = H - j0 if H - j0 < span else span
-        w = 4 * hb
+        hp = ((hb + q4 - 1) // q4) * q4
+        w = 4 * hp
         Pp = P + p * K * 4 * span
         bp = <const floating*> L.bias + p * 4 * span
+        z = &zl[0] if B == 1 and not ctx.use_blas else zs
         if i8:
             # exact integer sums: every row's bits as at batch 1 (the pooled step too)
             if floating is float:
-                _kernel_i8(L, &q, p, w, B, &zl[0] if B == 1 else zs, w)
+                _kernel_i8(L, &q, p, w, B, z, w)
         elif ctx.use_blas:
-            wv = (w // vl) * vl
-            # Zs[:, :wv] (B, wv) = X (B, I) @ M_main[:I] (I, wv) + Hp (B, H) @ M_main[I:]
-            gemm(False, False, <int> B, <int> wv, <int> I, 1, x, <int> I, Pp, <int> wv,
-                 0, zs, <int> w)
-            gemm(False, False, <int> B, <int> wv, <int> H, 1, hprev, <int> H,
-                 Pp + I * wv, <int> wv, 1, zs, <int> w)
-            # Zs[:, wv:w] (B, w - wv) = X @ T[:, :I]^T + Hp @ T[:, I:]^T, T (w - wv, K)
-            gemm(False, True, <int> B, <int> (w - wv), <int> I, 1, x, <int> I,
-                 Pp + K * wv, <int> K, 0, zs + wv, <int> w)
-            gemm(False, True, <int> B, <int> (w - wv), <int> H, 1, hprev, <int> H,
-                 Pp + K * wv + I, <int> K, 1, zs + wv, <int> w)
-        elif B == 1:
-            # z (4 hb) = [x_t, h_prev] (K) @ M[:, panel] (K, 4 hb)
-            _kernel(L, p * K * 4 * span, w, 1, x, I, hprev, H, zl)
-        elif ctx.exact_rows:
-            # the same product, each row's bits as at batch 1 (the pooled step)
-            _kernel_rows_exact(L, p * K * 4 * span, w, K, vl, B, x, I, hprev, H, zs)
+            # Zs (B, w) = X (B, I) @ M[:I] (I, w) + Hp (B, H) @ M[I:] (H, w)
+            gemm(False, False, <int> B, <int> w, <int> I, 1, x, <int> I, Pp, <int> w,
+                 0, z, <int> w)
+            gemm(False, False, <int> B, <int> w, <int> H, 1, hprev, <int> H,
+                 Pp + I * w, <int> w, 1, z, <int> w)
         else:
-            # Zs (B, 4 hb) = [X, Hp] (B, K) @ M[:, panel]: four rows per weight load
-            _kernel(L, p * K * 4 * span, w, B, x, I, hprev, H, zs)
+            # Zs (B, 4 hp) = [X, Hp] (B, K) @ M[:, panel], several rows per weight
+            # load; every row body sums each output in k order with one
+            # accumulator, so a row has its batch-1 bits (the pooled step)
+            _kernel(L, p * K * 4 * span, w, B, x, I, hprev, H, z)
         for r in range(B):
-            if B == 1 and not ctx.use_blas:
-                z = &zl[0]
-            else:
-                z = zs + r * w
-            cell_forward(hb, z, NULL, bp, c + r * H + j0, gl, c + r * H + j0,
-                         hnew + r * H + j0)
+            cell_forward_units(hb, hp, z + r * w, NULL, hp, bp, c + r * H + j0, gl,
+                               c + r * H + j0, hnew + r * H + j0)
 
 
 cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
                         Py_ssize_t p1, floating* zs, int tid) noexcept nogil:
-    """Panels [p0, p1) of one Dense layer: y = act(x @ kernel + bias)."""
+    """Panels [p0, p1) of one Dense layer: y = act(x @ kernel + bias).  A panel's
+    w columns are stored as wp (whole vectors, zero columns past w)."""
     cdef Py_ssize_t B = ctx.B, K = L.K, U = L.n_out, span = L.span
-    cdef Py_ssize_t p, r, j, j0, w, wv, vl
+    cdef Py_ssize_t p, r, j, j0, w, wp, vl
     cdef const floating* P = <const floating*> L.P
     cdef const floating* Pp
     cdef const floating* bias = <const floating*> L.bias
     cdef floating* y = <floating*> L.h0
-    cdef const floating* z
+    cdef floating* z
     cdef floating zl[MAXW]
     cdef floating v
     cdef int act = L.act
@@ -308,30 +268,21 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     for p in range(p0, p1):
         j0 = p * span
         w = U - j0 if U - j0 < span else span
+        wp = ((w + vl - 1) // vl) * vl
         Pp = P + p * K * span
+        z = &zl[0] if B == 1 and not ctx.use_blas else zs
         if i8:
             if floating is float:
-                _kernel_i8(L, &q, p, w, B, &zl[0] if B == 1 else zs, w)
+                _kernel_i8(L, &q, p, wp, B, z, wp)
         elif ctx.use_blas:
-            wv = (w // vl) * vl
-            # Zs (B, wv) = X (B, K) @ M_main (K, wv); Zs[:, wv:] = X @ T^T, T (w - wv, K)
-            gemm(False, False, <int> B, <int> wv, <int> K, 1, x, <int> K, Pp, <int> wv,
-                 0, zs, <int> w)
-            gemm(False, True, <int> B, <int> (w - wv), <int> K, 1, x, <int> K,
-                 Pp + K * wv, <int> K, 0, zs + wv, <int> w)
-        elif B == 1:
-            _kernel(L, p * K * span, w, 1, x, K, x, 0, zl)
-        elif ctx.exact_rows:
-            _kernel_rows_exact(L, p * K * span, w, K, vl, B, x, K, x, 0, zs)
+            # Zs (B, wp) = X (B, K) @ M_panel (K, wp)
+            gemm(False, False, <int> B, <int> wp, <int> K, 1, x, <int> K, Pp, <int> wp,
+                 0, z, <int> wp)
         else:
-            _kernel(L, p * K * span, w, B, x, K, x, 0, zs)
+            _kernel(L, p * K * span, wp, B, x, K, x, 0, z)
         for r in range(B):
-            if B == 1 and not ctx.use_blas:
-                z = &zl[0]
-            else:
-                z = zs + r * w
             for j in range(w):
-                v = z[j] + bias[j0 + j]
+                v = z[r * wp + j] + bias[j0 + j]
                 if act == ACT_RELU:
                     v = v if v > 0 else 0
                 elif act == ACT_TANH:
@@ -549,7 +500,6 @@ cdef class Core:
         self.ctx.use_blas = use_blas
         self.ctx.blas_threads = max(1, blas_threads)
         self.ctx.par = 0
-        self.ctx.exact_rows = 0
         self.ctx.L = self._layers
         self.ctx.x = NULL
         self.ctx.out = NULL
@@ -807,7 +757,7 @@ cdef class PoolCore(Core):
     A Core whose batch is a capacity (max_streams rows) plus, per LSTM layer,
     the states of every slot, (max_streams, units) for h and c.  A pooled step
     gathers the named slots into rows 0 .. n-1, runs the runner's step at batch
-    n on the panel kernel with ``exact_rows`` (never BLAS), and scatters the new
+    n on the panel kernel (never BLAS), and scatters the new
     states back, all with the GIL released.
     """
     cdef list _stores
@@ -828,7 +778,6 @@ cdef class PoolCore(Core):
         cdef int m
         cdef cnp.ndarray a
         self._setup(pack, max_streams, n_threads, False, 1)
-        self.ctx.exact_rows = 1
         self._capacity = max_streams
         self._stores = []
         n = max(1, len(self._lstm_layers))

@@ -225,11 +225,11 @@ def force_cpu_level(int level):
     return cyl_cpu_force(level)
 
 
-# ---- the int8 panel product (include/cylstm_stream.h, cyl_stream_panel_i8) ---------------
+# ---- the int8 panel product (include/cylstm_panel.h, cyl_panel_i8) ---------------
 
 from libc.stdint cimport int8_t, int16_t
 
-from cylstm._panel cimport cyl_i8q_qmax, cyl_i8q_quantize, cyl_stream_panel_i8
+from cylstm._panel cimport cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_i8
 
 
 def i8q_qmax(Py_ssize_t k2):
@@ -253,7 +253,7 @@ def i8q_quantize(const float[:, ::1] x, Py_ssize_t n2, float qmax):
 def i8q_panel(const int8_t[::1] P, const float[::1] sa, const float[::1] sb, Py_ssize_t w,
               const int16_t[:, ::1] aq, const float[::1] ra, const int16_t[:, ::1] bq,
               const float[::1] rb):
-    """z (rows, w) = cyl_stream_panel_i8 of one panel P (``bq`` with 0 columns: no b
+    """z (rows, w) = cyl_panel_i8 of one panel P (``bq`` with 0 columns: no b
     part) with its scales (at least w rounded up to 8 each)."""
     cdef Py_ssize_t n = aq.shape[0], ka2 = aq.shape[1], kb2 = bq.shape[1]
     cdef Py_ssize_t wp = (w + 7) // 8 * 8
@@ -266,6 +266,6 @@ def i8q_panel(const int8_t[::1] P, const float[::1] sa, const float[::1] sb, Py_
     z = np.full((n, w), np.nan, np.float32)
     cdef float[:, ::1] zv = z
     cdef int16_t dummy = 0
-    cyl_stream_panel_i8(&P[0], &sa[0], &sb[0], w, n, &aq[0, 0], ka2, &ra[0],
+    cyl_panel_i8(&P[0], &sa[0], &sb[0], w, n, &aq[0, 0], ka2, &ra[0],
                         &bq[0, 0] if kb2 else &dummy, kb2, &rb[0], &zv[0, 0], w)
     return z

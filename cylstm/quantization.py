@@ -21,7 +21,7 @@ the range is symmetric).  An all-zero column gets ``s = 1`` and ``q = 0``.  The
 error of a weight is at most ``s[j] / 2``.
 
 The streaming runner's int8 weights (``weights_dtype="int8"``,
-include/cylstm_stream.h ``cyl_stream_panel_i8``) are these values: each weight is
+include/cylstm_panel.h ``cyl_panel_i8``) are these values: each weight is
 converted to float in registers and multiplied with float32 activations, and each
 output's two sums (input rows, recurrent rows) are scaled by their own column
 scales.

@@ -16,7 +16,7 @@ How it is fast
 - At creation the weights of every LSTM layer are laid out once as one fused
   matrix [kernel; recurrent_kernel] cut into column panels that each hold the
   four gates of a few units, in the order the product kernel reads them
-  (include/cylstm_stream.h).  That packed copy is made once per model and
+  (include/cylstm_panel.h).  That packed copy is made once per model and
   weights version and shared by every runner of the model.
 - Small batches use that kernel (a BLAS GEMV call costs more than the
   arithmetic at these sizes; it takes six rows per pass over the weights on
@@ -61,8 +61,8 @@ __all__ = ["BLAS_MIN_BATCH", "PARALLEL_MIN_BYTES", "PoolFullError", "StreamPool"
 BLAS_MIN_BATCH = _tuning.BLAS_MIN_BATCH
 PARALLEL_MIN_BYTES = _tuning.PARALLEL_MIN_BYTES
 
-# LSTM units per panel, as the sequence kernels (cylstm/_lstm.pyx) cut theirs (their
-# packer, pack_recurrent, lays the panels out differently: the unification is issue 17)
+# LSTM units per panel: the sequence kernels' (cylstm/_lstm.pyx), whose packers lay
+# out the runner's weights too
 _PANEL_UNITS = {np.dtype(np.float32): _lstm.PANEL_UNITS_F32,
                 np.dtype(np.float64): _lstm.PANEL_UNITS_F64}
 _VL = {np.dtype(np.float32): _stream.VECTOR_FLOATS, np.dtype(np.float64): _stream.VECTOR_DOUBLES}
@@ -85,8 +85,8 @@ class _LayerPack:
 
 
 def _bf16_slots(wv):
-    """Memory position of each main-block column in a bfloat16 panel row
-    (cyl_bf16_slot in include/cylstm_stream.h: groups of 32 interleaved)."""
+    """Memory position of each column in a bfloat16 panel row (cyl_bf16_slot in
+    include/cylstm_panel.h: groups of 32 interleaved, a last 16 plain)."""
     j = np.arange(wv)
     g, m = j // 32, j % 32
     slot = g * 32 + np.where(m < 16, 2 * m, 2 * (m - 16) + 1)
@@ -105,116 +105,148 @@ def _to_bf16(a):
     return _quant.bfloat16_bits(a)
 
 
-def _pack_columns(M, col_groups, K, dtype, bf16=False):
-    """Pack the columns of M (K, N) panel by panel; col_groups[p] = column indices.
+# The layout.  Every layer is packed by the sequence kernels' own packers in
+# cylstm/_lstm.pyx (one layout for the runner and the sequence kernels): an
+# LSTM layer by pack_stacked, [kernel; recurrent_kernel] in panels of `span`
+# units whose four gate blocks are each padded with zero columns to whole
+# vectors (include/cylstm_panel.h); a Dense layer by pack_plain, panels of
+# whole vectors.  bfloat16 and int8 weights are variants of that layout: the
+# same panels and columns, the values converted (bf16: columns interleaved in
+# groups of 32) or stored as k pairs (int8, cyl_panel_i8).
 
-    Within a panel of width w the first wv = w - w % VL columns are stored
-    row-major (K, wv), the rest transposed (w - wv, K) (include/cylstm_stream.h).
-    Panel p starts at p * K * w_full (every panel but the last is full).  With
-    ``bf16`` the panels hold bfloat16 bits, main-block columns interleaved (int8
-    weights: :func:`_pack_int8`).
-    """
-    vl = _VL[dtype]
+
+def _lstm_columns(H, span, vl):
+    """Per panel, the source column (of 4H) of each packed column, -1 for padding."""
+    q = vl // 4
+    out = []
+    for j0 in range(0, H, span):
+        hb = min(H, j0 + span) - j0
+        hp = -(-hb // q) * q
+        cols = np.full((4, hp), -1, np.int64)
+        cols[:, :hb] = np.arange(4)[:, None] * H + j0 + np.arange(hb)
+        out.append(cols.ravel())
+    return out
+
+
+def _plain_columns(N, pw, vl):
+    """:func:`_lstm_columns` for a plain matrix of N columns (panels of pw)."""
+    out = []
+    for j0 in range(0, N, pw):
+        w = min(N, j0 + pw) - j0
+        cols = np.full(-(-w // vl) * vl, -1, np.int64)
+        cols[:w] = np.arange(j0, j0 + w)
+        out.append(cols)
+    return out
+
+
+def _bf16_panels(P, col_groups, K):
+    """The float32 panels P (as packed) as bfloat16 bits, columns interleaved."""
+    out = _aligned_empty(P.size, np.uint16)
     w_full = len(col_groups[0])
-    n = sum(K * len(c) for c in col_groups)
-    out = _aligned_empty(n, np.uint16 if bf16 else dtype)
     for p, cols in enumerate(col_groups):
-        w = len(cols)
-        wv = w - w % vl
-        off = p * K * w_full
-        main = M[:, cols[:wv]]
-        tail = M[:, cols[wv:]].T
-        if bf16:
-            rows = np.empty_like(main)
-            rows[:, _bf16_slots(wv)] = main
-            main, tail = _to_bf16(rows), _to_bf16(tail)
-        out[off:off + K * wv] = main.ravel()
-        out[off + K * wv:off + K * w] = tail.ravel()
-    out.flags.writeable = False
+        w, off = len(cols), p * K * w_full
+        panel = P[off:off + K * w].reshape(K, w)
+        rows = np.empty_like(panel)
+        rows[:, _bf16_slots(w)] = panel
+        out[off:off + K * w] = _to_bf16(rows).ravel()
     return out
 
 
 def _pack_int8(M, col_groups, ka):
-    """Pack int8 M (K, N) for cyl_stream_panel_i8 (include/cylstm_stream.h): per
-    panel, its columns padded to a multiple of 8 (zeros), the first ``ka`` rows
-    (the kernel) then the rest (the recurrent kernel, none for Dense), each part
-    padded to an even row count and stored as k pairs: for pair t and group g of
-    8 columns, q[2t, c0], q[2t + 1, c0], ..., q[2t + 1, c7]."""
+    """Pack int8 M (K, N) for cyl_panel_i8 (include/cylstm_panel.h): per
+    panel, its columns (``col_groups``, -1 a zero padding column) then zero
+    columns up to a multiple of 8, the first ``ka`` rows (the kernel) then the
+    rest (the recurrent kernel, none for Dense), each part padded to an even
+    row count and stored as k pairs: for pair t and group g of 8 columns,
+    q[2t, c0], q[2t + 1, c0], ..., q[2t + 1, c7]."""
     parts = [M[:ka], M[ka:]]
     chunks = []
     for cols in col_groups:
         wp = -(-len(cols) // 8) * 8
+        real = np.flatnonzero(cols >= 0)
         for part in parts:
             if part.shape[0] == 0:
                 continue
             k2 = part.shape[0] + part.shape[0] % 2
             Q = np.zeros((k2, wp), np.int8)
-            Q[:part.shape[0], :len(cols)] = part[:, cols]
+            Q[:part.shape[0], real] = part[:, cols[real]]
             chunks.append(Q.reshape(k2 // 2, 2, wp // 8, 8).transpose(0, 2, 3, 1).ravel())
     out = _aligned_empty(sum(c.size for c in chunks), np.int8)
     out[:] = np.concatenate(chunks)
-    out.flags.writeable = False
     return out
 
 
 def _int8_scales(scales, order):
     """The kernel's and the recurrent kernel's column scales (None: Dense, unused)
-    in panel column order, as one read-only float32 array (2 x columns, then 8
-    zeros: the kernel reads whole groups of 8 columns)."""
-    sa, sb = scales
-    out = np.zeros(2 * len(order) + 8, np.float32)
-    out[:len(order)] = sa[order]
-    if sb is not None:
-        out[len(order):2 * len(order)] = sb[order]
-    out.flags.writeable = False
+    in packed column order (``order``: -1 for a padding column, scale 0), as one
+    float32 array (2 x columns, then 8 zeros: the kernel reads whole groups of
+    8 columns)."""
+    n = len(order)
+    out = np.zeros(2 * n + 8, np.float32)
+    real = np.flatnonzero(order >= 0)
+    for i, s in enumerate(scales):
+        if s is not None:
+            out[i * n + real] = s[order[real]]
     return out
+
+
+def _frozen(*arrays):
+    for a in arrays:
+        a.flags.writeable = False
 
 
 def _pack_lstm(kernel, recurrent_kernel, bias, dtype, wd):
     I, H4 = kernel.shape
     H = H4 // 4
     span = _PANEL_UNITS[dtype]
-    groups = []
-    for j0 in range(0, H, span):
-        j1 = min(H, j0 + span)
-        groups.append(np.concatenate([np.arange(g * H + j0, g * H + j1) for g in range(4)]))
+    groups = _lstm_columns(H, span, _VL[dtype])
+    ncols = sum(len(c) for c in groups)
     lp = _LayerPack()
     lp.kind, lp.activation = "lstm", "linear"
     lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = I, H, I + H, span, len(groups)
     lp.scale = None
-    lp.ncols = 4 * H
+    lp.ncols = ncols
+    # the sequence kernels' packer: the panels, then the bias in panel order
+    packed = _aligned_empty(_lstm.stacked_len(I, H, dtype), dtype)
+    _lstm.pack_stacked(np.ascontiguousarray(kernel, dtype),
+                       np.ascontiguousarray(recurrent_kernel, dtype),
+                       np.ascontiguousarray(np.reshape(bias, -1), dtype), packed)
+    P, lp.bias = packed[:(I + H) * ncols], packed[(I + H) * ncols:]
     if wd == "int8":
         (qw, sw), (qu, su) = _quant.quantize_int8(kernel), _quant.quantize_int8(recurrent_kernel)
-        lp.scale = _int8_scales((sw, su), np.concatenate(groups))
+        order = np.concatenate(groups)
+        lp.scale = _int8_scales((sw, su), order)
         lp.P = _pack_int8(np.concatenate([qw, qu], axis=0), groups, I)
+        _frozen(lp.scale)
+    elif wd == "bfloat16":
+        lp.P = _bf16_panels(P, groups, I + H)
     else:
-        M = np.concatenate([kernel, recurrent_kernel], axis=0).astype(dtype, copy=False)
-        lp.P = _pack_columns(M, groups, I + H, dtype, wd == "bfloat16")
-    b = np.empty(4 * H, dtype)
-    b[:] = np.asarray(bias, dtype)[np.concatenate(groups)]
-    b.flags.writeable = False
-    lp.bias = b
+        lp.P = P
+    _frozen(lp.P, lp.bias)
     return lp
 
 
 def _pack_dense(kernel, bias, activation, dtype, wd):
     K, U = kernel.shape
-    span = 4 * _PANEL_UNITS[dtype]
-    groups = [np.arange(j0, min(U, j0 + span)) for j0 in range(0, U, span)]
+    span = _lstm.plain_width(dtype)
+    groups = _plain_columns(U, span, _VL[dtype])
     lp = _LayerPack()
     lp.kind, lp.activation = "dense", activation
     lp.n_in, lp.n_out, lp.K, lp.span, lp.n_panels = K, U, K, span, len(groups)
     lp.scale = None
-    lp.ncols = U
+    lp.ncols = sum(len(c) for c in groups)
     if wd == "int8":
         M, s = _quant.quantize_int8(kernel)
         lp.scale = _int8_scales((s, None), np.concatenate(groups))
         lp.P = _pack_int8(M, groups, K)
+        _frozen(lp.scale)
     else:
-        lp.P = _pack_columns(np.asarray(kernel, dtype), groups, K, dtype, wd == "bfloat16")
-    b = np.array(bias, dtype).reshape(U)
-    b.flags.writeable = False
-    lp.bias = b
+        P = _aligned_empty(_lstm.plain_len(K, U, dtype), dtype)
+        _lstm.pack_plain(np.ascontiguousarray(kernel, dtype), P)
+        P = P[:K * lp.ncols]  # the last panel is stored lp.ncols % span wide
+        lp.P = _bf16_panels(P, groups, K) if wd == "bfloat16" else P
+    lp.bias = np.array(bias, dtype).reshape(U)
+    _frozen(lp.P, lp.bias)
     return lp
 
 
@@ -437,7 +469,7 @@ class StreamRunner(_stream.Core):
         it on your model before serving.  'int8' packs per-output-channel int8
         weights (:mod:`cylstm.quantization`), a quarter of the bytes, which
         multiply each step's rows quantized to int16 (exact integer sums; see
-        ``cyl_stream_panel_i8`` in include/cylstm_stream.h).  None
+        ``cyl_panel_i8`` in include/cylstm_panel.h).  None
         (the default) means 'int8' for a float32 model whose LSTM and Dense
         layers were all quantized by ``model.quantize('int8')``, 'bfloat16' for
         one whose LSTM layers all have the mixed_bfloat16 policy, else the
@@ -670,9 +702,8 @@ class StreamPool:
     streams share its steps and in whatever order they join and leave.  The
     pooled step runs the runner's panel kernel (never BLAS) over several rows
     per weight load; that kernel sums each output with one accumulator in k
-    order whatever the row blocking, and the few transposed tail columns of a
-    narrow last panel (whose one-row sums are vectorised differently) are
-    computed row by row through the one-row body.  Rows never mix: NaN or Inf
+    order whatever the row blocking (int8 weights: exact integer sums), so the
+    blocking never changes a bit.  Rows never mix: NaN or Inf
     in one stream's frame stays in that stream.
 
     **Threads.**  Any number of threads may call any method of one pool.

@@ -33,7 +33,7 @@
 
 /* z = za + zb + bias (zb may be NULL: pass za holding everything but bias).
  * zb's gate blocks lie gzb apart (gzb == gs, except for a packed panel's
- * product, whose blocks are hb apart: see cylstm_stream.h). */
+ * product, whose blocks are hb apart: see cylstm_panel.h). */
 #define CYL_CELL_FORWARD_BODY(T, SIG, TANH)                                   \
     if (zb != NULL) {                                                         \
         CYL_SIMD                                                              \

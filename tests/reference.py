@@ -144,7 +144,7 @@ def int8_round(a):
 
 def int16_rows(a, k2):
     """The rows of ``a`` (last axis) as the int8 kernels quantize their activations
-    for sums of ``k2`` terms (include/cylstm_stream.h, written apart from it): the
+    for sums of ``k2`` terms (include/cylstm_panel.h, written apart from it): the
     largest magnitude qmax = min(32767, (2^31 - 1) // (128 k2)); per row, in float32,
     q = rint(a * (qmax / max|a|)) times the scale max|a| / qmax; as float64."""
     qmax = np.float32(min(32767, (2 ** 31 - 1) // (128 * k2)))

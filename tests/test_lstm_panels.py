@@ -424,3 +424,30 @@ def test_backward_refuses_a_dhp_scratch_of_the_wrong_width(monkeypatch):
     monkeypatch.setattr(_lstm, "backward", narrow)
     with pytest.raises(ValueError, match=r"dHp must be \(B, transposed_width\(H\)\)"):
         lstm_backward(out.cache, grad_output=np.ones((B, T, H)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N", [1, 5, 16, 64, 70, 130])
+def test_pack_plain_is_m_zero_padded(dtype, N):
+    """pack_plain lays M (K, N) out in panels of plain_width columns, the last one
+    rounded up to whole vectors with zero columns: rebuilt, it is M exactly."""
+    rng = np.random.default_rng(N)
+    K = 7
+    M = rng.standard_normal((K, N)).astype(dtype)
+    P = np.full(_lstm.plain_len(K, N, dtype), np.nan, dtype)
+    _lstm.pack_plain(M, P)
+    vl = 64 // np.dtype(dtype).itemsize
+    pw = _lstm.plain_width(dtype)
+    assert pw == 4 * vl
+    cols = []
+    for p in range(-(-N // pw)):
+        w = min(pw, N - p * pw)
+        wp = -(-w // vl) * vl
+        block = P[p * K * pw:p * K * pw + K * wp].reshape(K, wp)
+        np.testing.assert_array_equal(block[:, w:], 0)
+        cols.append(block[:, :w])
+    np.testing.assert_array_equal(np.hstack(cols), M)
+    with pytest.raises(ValueError, match="plain_len"):
+        _lstm.pack_plain(M, np.empty(P.size + 1, dtype))
+    with pytest.raises(ValueError, match="plain_len"):
+        _lstm.pack_plain(np.empty((0, N), dtype), np.empty(0, dtype))

@@ -1,5 +1,5 @@
-"""The int8 panel product at its doorway (include/cylstm_stream.h,
-``cyl_stream_panel_i8``, through cylstm._testing): int8 weights in the k-pair
+"""The int8 panel product at its doorway (include/cylstm_panel.h,
+``cyl_panel_i8``, through cylstm._testing): int8 weights in the k-pair
 layout, rows quantized to int16 per row.  Its integer sums are exact, so every
 ISA level must give the float32 result of the documented formula bit for bit:
 

@@ -522,3 +522,38 @@ def test_no_python_allocation_per_step(threads):
     finally:
         tracemalloc.stop()
     assert cur == base and peak == base, (base, cur, peak)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H", [1, 5, 16, 21, 50])
+def test_runner_packs_the_sequence_kernels_layout(dtype, H):
+    """One layout: a runner's LSTM panels are pack_stacked's (the sequence
+    kernels'), bias included, and its Dense panels pack_plain's; bfloat16 weights
+    are the same float32 panels rounded, columns interleaved as documented."""
+    from cylstm import _lstm, quantization
+    rng = np.random.default_rng(H)
+    specs = [_lstm_spec(rng, 3, H), _dense_spec(rng, H, 70, "linear")]
+    name = np.dtype(dtype).name
+    pack = stream._Pack(stream._check_specs(specs, dtype), dtype)
+    lp, dp = pack.layers
+    want = np.empty(_lstm.stacked_len(3, H, name), dtype)
+    _lstm.pack_stacked(specs[0]["kernel"].astype(dtype), specs[0]["recurrent_kernel"].astype(dtype),
+                       specs[0]["bias"].astype(dtype), want)
+    np.testing.assert_array_equal(np.concatenate([lp.P, lp.bias]), want)
+    plain = np.empty(_lstm.plain_len(H, 70, name), dtype)
+    _lstm.pack_plain(specs[1]["kernel"].astype(dtype), plain)
+    np.testing.assert_array_equal(dp.P, plain[:dp.P.size])
+    assert dp.P.size == H * dp.ncols
+    assert dp.ncols == (80 if dtype == np.float32 else 72)  # 70 columns, whole vectors
+    if dtype == np.float32:
+        b16 = stream._Pack(stream._check_specs(specs, dtype), dtype, "bfloat16").layers[0]
+        w_full = 4 * lp.span
+        for p in range(lp.n_panels):
+            w = min(w_full, lp.ncols - p * w_full)
+            panel = lp.P[p * lp.K * w_full:][:lp.K * w].reshape(lp.K, w)
+            got = b16.P[p * lp.K * w_full:][:lp.K * w].reshape(lp.K, w)
+            j = np.arange(w)
+            g, m = j // 32, j % 32
+            slot = np.where(g * 32 + 32 > w, j,
+                            g * 32 + np.where(m < 16, 2 * m, 2 * (m - 16) + 1))
+            np.testing.assert_array_equal(got[:, slot], quantization.bfloat16_bits(panel))

@@ -1,5 +1,6 @@
 /*
- * cylstm_stream.h -- the small-batch product kernel of the streaming runner.
+ * cylstm_panel.h -- the packed-panel product kernels: the streaming runner's
+ * step and the sequence kernels' small-batch products.
  *
  * One streaming step of an LSTM layer needs z = [x_t, h_prev] @ [W; U], a
  * (1 x K) @ (K x 4H) product with K = I + H.  At batch 1 that is a GEMV, and
@@ -8,19 +9,20 @@
  * overhead of a few hundred nanoseconds), so the runner uses this kernel over
  * weights it laid out once, at creation, in the order the loop reads them.
  *
- * Packed panel layout.  The fused matrix M (K x N) is cut into column panels;
- * panel p holds w_p columns.  For an LSTM layer a panel holds the four gate
- * blocks of hb hidden units, columns [i(hb) | f(hb) | g(hb) | o(hb)], so that
- * cylstm/_cell.pxd's cell_forward runs on it with H = hb right after the
- * product, while the panel's pre-activations are still in L1.  In memory a
- * panel of width w is
+ * Packed panel layout.  The matrix M (K x N) is cut into column panels; panel
+ * p holds w_p columns, always a whole number of 64-byte vectors (16 floats, 8
+ * doubles), stored row-major (K rows, row stride w).  For an LSTM layer a panel
+ * holds the four gate blocks of hb hidden units, each padded with zero columns
+ * to hp units (4 hp whole vectors), columns [i(hp) | f(hp) | g(hp) | o(hp)], so
+ * that the cell (include/cylstm_cell.h) runs on it right after the product,
+ * while the panel's pre-activations are still in L1; a plain matrix (a Dense
+ * layer, U^T in the backward) is padded to whole vectors at its last panel.
+ * The packers are in cylstm/_lstm.pyx (pack_stacked, pack_units, pack_plain),
+ * for the sequence kernels and the streaming runner alike.  A zero column
+ * costs one lane; the transposed tail columns of an earlier layout, read as
+ * dot products, took a third of the backward at H = 50.
  *
- *     main block  K rows x wv columns, row-major (row stride wv),
- *                 wv = w rounded down to a multiple of the vector length VL
- *     tail block  the remaining w - wv columns, stored transposed
- *                 ((w - wv) rows x K), each read as a dot product
- *
- * so the main block streams through memory in address order: for each k, one
+ * The panel streams through memory in address order: for each k, one
  * broadcast of v[k] and w/VL fused multiply-adds into accumulators that stay in
  * registers for the whole panel (no load/store of z per k, as an axpy would).
  *
@@ -44,8 +46,8 @@
  * (256, 512) 6.3 MB from L3 in 64 us, 34 us with the panels split across two
  * threads.
  */
-#ifndef CYLSTM_STREAM_H
-#define CYLSTM_STREAM_H
+#ifndef CYLSTM_PANEL_H
+#define CYLSTM_PANEL_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -89,16 +91,14 @@ typedef double cyl_vd __attribute__((vector_size(64)));
  * T: scalar type, VT: vector type, VL: elements per vector. */
 #define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
     {                                                                              \
-        const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         ptrdiff_t j = 0, k;                                                        \
         /* narrower registers (AVX2, SSE2): 8 accumulators, so that one pass over  \
          * the rows covers 64 bytes x 8 / (64 / VL / sizeof(T)) of the panel */     \
-        for (; (VL) * (ptrdiff_t)sizeof(T) < 64 && j + 8 * VL <= wv; j += 8 * VL) { \
+        for (; (VL) * (ptrdiff_t)sizeof(T) < 64 && j + 8 * VL <= w; j += 8 * VL) {  \
             VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
             VT s4 = {0}, s5 = {0}, s6 = {0}, s7 = {0};                             \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka + kb; k++, p += wv) {                               \
+            for (k = 0; k < ka + kb; k++, p += w) {                                \
                 const T v = k < ka ? a[k] : b[k - ka];                             \
                 s0 += v * CYL_LD(VT, p);                                           \
                 s1 += v * CYL_LD(VT, p + VL);                                      \
@@ -118,17 +118,17 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             CYL_ST(z + j + 6 * VL, s6);                                            \
             CYL_ST(z + j + 7 * VL, s7);                                            \
         }                                                                          \
-        for (; j + 4 * VL <= wv; j += 4 * VL) {                                    \
+        for (; j + 4 * VL <= w; j += 4 * VL) {                                     \
             VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += wv) {                                    \
+            for (k = 0; k < ka; k++, p += w) {                                     \
                 const T v = a[k];                                                  \
                 s0 += v * CYL_LD(VT, p);                                           \
                 s1 += v * CYL_LD(VT, p + VL);                                      \
                 s2 += v * CYL_LD(VT, p + 2 * VL);                                  \
                 s3 += v * CYL_LD(VT, p + 3 * VL);                                  \
             }                                                                      \
-            for (k = 0; k < kb; k++, p += wv) {                                    \
+            for (k = 0; k < kb; k++, p += w) {                                     \
                 const T v = b[k];                                                  \
                 s0 += v * CYL_LD(VT, p);                                           \
                 s1 += v * CYL_LD(VT, p + VL);                                      \
@@ -140,33 +140,14 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             CYL_ST(z + j + 2 * VL, s2);                                            \
             CYL_ST(z + j + 3 * VL, s3);                                            \
         }                                                                          \
-        for (; j < wv; j += VL) {                                                  \
+        for (; j < w; j += VL) {                                                   \
             VT s0 = {0};                                                           \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += wv)                                      \
+            for (k = 0; k < ka; k++, p += w)                                       \
                 s0 += a[k] * CYL_LD(VT, p);                                        \
-            for (k = 0; k < kb; k++, p += wv)                                      \
+            for (k = 0; k < kb; k++, p += w)                                       \
                 s0 += b[k] * CYL_LD(VT, p);                                        \
             CYL_ST(z + j, s0);                                                     \
-        }                                                                          \
-        /* tail columns, stored transposed: dot products of length K */            \
-        for (; j < w; j++) {                                                       \
-            const T* q = P + K * wv + (j - wv) * K;                                \
-            VT s0 = {0};                                                           \
-            T acc = 0;                                                             \
-            ptrdiff_t i;                                                           \
-            for (k = 0; k + VL <= ka; k += VL)                                     \
-                s0 += CYL_LD(VT, a + k) * CYL_LD(VT, q + k);                       \
-            for (; k < ka; k++)                                                    \
-                acc += a[k] * q[k];                                                \
-            q += ka;                                                               \
-            for (k = 0; k + VL <= kb; k += VL)                                     \
-                s0 += CYL_LD(VT, b + k) * CYL_LD(VT, q + k);                       \
-            for (; k < kb; k++)                                                    \
-                acc += b[k] * q[k];                                                \
-            for (i = 0; i < VL; i++)                                               \
-                acc += s0[i];                                                      \
-            z[j] = acc;                                                            \
         }                                                                          \
     }
 
@@ -174,32 +155,29 @@ typedef double cyl_vd __attribute__((vector_size(64)));
  * vector loaded serves four rows (8 accumulators), so a small batch streams the
  * panel once instead of once per row.  Rows r0 .. r0 + 3; past the last row
  * (nrows - r0 < 4) the last row is repeated: it computes the same values again
- * into the same place, which is cheaper than a second pass over the weights.
- * Tail columns as in the one-row body, row by row. */
+ * into the same place, which is cheaper than a second pass over the weights. */
 #define CYL_ROW(r) ((r0 + (r) < nrows) ? r0 + (r) : nrows - 1)
 #define CYL_PANEL_ROWS4_BODY(T, VT, VL)                                            \
     {                                                                              \
-        const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         const T* A0 = a0 + CYL_ROW(0) * lda; const T* A1 = a0 + CYL_ROW(1) * lda;  \
         const T* A2 = a0 + CYL_ROW(2) * lda; const T* A3 = a0 + CYL_ROW(3) * lda;  \
         const T* B0 = b0 + CYL_ROW(0) * ldb; const T* B1 = b0 + CYL_ROW(1) * ldb;  \
         const T* B2 = b0 + CYL_ROW(2) * ldb; const T* B3 = b0 + CYL_ROW(3) * ldb;  \
         T* Z0 = z0 + CYL_ROW(0) * ldz; T* Z1 = z0 + CYL_ROW(1) * ldz;              \
         T* Z2 = z0 + CYL_ROW(2) * ldz; T* Z3 = z0 + CYL_ROW(3) * ldz;              \
-        ptrdiff_t j = 0, k, r;                                                     \
-        for (; j + 2 * VL <= wv; j += 2 * VL) {                                    \
+        ptrdiff_t j = 0, k;                                                        \
+        for (; j + 2 * VL <= w; j += 2 * VL) {                                     \
             VT s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0};                         \
             VT s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};                         \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += wv) {                                    \
+            for (k = 0; k < ka; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
                 s00 += A0[k] * w0; s01 += A0[k] * w1;                              \
                 s10 += A1[k] * w0; s11 += A1[k] * w1;                              \
                 s20 += A2[k] * w0; s21 += A2[k] * w1;                              \
                 s30 += A3[k] * w0; s31 += A3[k] * w1;                              \
             }                                                                      \
-            for (k = 0; k < kb; k++, p += wv) {                                    \
+            for (k = 0; k < kb; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
                 s00 += B0[k] * w0; s01 += B0[k] * w1;                              \
                 s10 += B1[k] * w0; s11 += B1[k] * w1;                              \
@@ -211,15 +189,15 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             CYL_ST(Z2 + j, s20); CYL_ST(Z2 + j + VL, s21);                         \
             CYL_ST(Z3 + j, s30); CYL_ST(Z3 + j + VL, s31);                         \
         }                                                                          \
-        for (; j < wv; j += VL) {                                                  \
+        for (; j < w; j += VL) {                                                   \
             VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                             \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += wv) {                                    \
+            for (k = 0; k < ka; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p);                                       \
                 s0 += A0[k] * w0; s1 += A1[k] * w0;                                \
                 s2 += A2[k] * w0; s3 += A3[k] * w0;                                \
             }                                                                      \
-            for (k = 0; k < kb; k++, p += wv) {                                    \
+            for (k = 0; k < kb; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p);                                       \
                 s0 += B0[k] * w0; s1 += B1[k] * w0;                                \
                 s2 += B2[k] * w0; s3 += B3[k] * w0;                                \
@@ -227,34 +205,20 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             CYL_ST(Z0 + j, s0); CYL_ST(Z1 + j, s1);                                \
             CYL_ST(Z2 + j, s2); CYL_ST(Z3 + j, s3);                                \
         }                                                                          \
-        for (r = 0; r < 4 && r0 + r < nrows && wv < w; r++) {                      \
-            const T* a = a0 + (r0 + r) * lda;                                      \
-            const T* b = b0 + (r0 + r) * ldb;                                      \
-            T* z = z0 + (r0 + r) * ldz;                                            \
-            for (j = wv; j < w; j++) {                                             \
-                const T* q = P + K * wv + (j - wv) * K;                            \
-                T acc = 0;                                                         \
-                for (k = 0; k < ka; k++) acc += a[k] * q[k];                       \
-                for (k = 0; k < kb; k++) acc += b[k] * q[ka + k];                  \
-                z[j] = acc;                                                        \
-            }                                                                      \
-        }                                                                          \
     }
 
 /* Two rows at once, 4 VL columns at a time (8 accumulators); rows r0, r0 + 1. */
 #define CYL_PANEL_ROWS2_BODY(T, VT, VL)                                            \
     {                                                                              \
-        const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         const T* A0 = a0 + r0 * lda; const T* A1 = A0 + lda;                       \
         const T* B0 = b0 + r0 * ldb; const T* B1 = B0 + ldb;                       \
         T* Z0 = z0 + r0 * ldz; T* Z1 = Z0 + ldz;                                   \
-        ptrdiff_t j = 0, k, r;                                                     \
-        for (; j + 4 * VL <= wv; j += 4 * VL) {                                    \
+        ptrdiff_t j = 0, k;                                                        \
+        for (; j + 4 * VL <= w; j += 4 * VL) {                                     \
             VT s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0};                         \
             VT s10 = {0}, s11 = {0}, s12 = {0}, s13 = {0};                         \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += wv) {                                    \
+            for (k = 0; k < ka; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
                 const VT w2 = CYL_LD(VT, p + 2 * VL), w3 = CYL_LD(VT, p + 3 * VL); \
                 s00 += A0[k] * w0; s01 += A0[k] * w1;                              \
@@ -262,7 +226,7 @@ typedef double cyl_vd __attribute__((vector_size(64)));
                 s10 += A1[k] * w0; s11 += A1[k] * w1;                              \
                 s12 += A1[k] * w2; s13 += A1[k] * w3;                              \
             }                                                                      \
-            for (k = 0; k < kb; k++, p += wv) {                                    \
+            for (k = 0; k < kb; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);              \
                 const VT w2 = CYL_LD(VT, p + 2 * VL), w3 = CYL_LD(VT, p + 3 * VL); \
                 s00 += B0[k] * w0; s01 += B0[k] * w1;                              \
@@ -275,30 +239,18 @@ typedef double cyl_vd __attribute__((vector_size(64)));
             CYL_ST(Z1 + j, s10); CYL_ST(Z1 + j + VL, s11);                         \
             CYL_ST(Z1 + j + 2 * VL, s12); CYL_ST(Z1 + j + 3 * VL, s13);            \
         }                                                                          \
-        for (; j < wv; j += VL) {                                                  \
+        for (; j < w; j += VL) {                                                   \
             VT s0 = {0}, s1 = {0};                                                 \
             const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += wv) {                                    \
+            for (k = 0; k < ka; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p);                                       \
                 s0 += A0[k] * w0; s1 += A1[k] * w0;                                \
             }                                                                      \
-            for (k = 0; k < kb; k++, p += wv) {                                    \
+            for (k = 0; k < kb; k++, p += w) {                                     \
                 const VT w0 = CYL_LD(VT, p);                                       \
                 s0 += B0[k] * w0; s1 += B1[k] * w0;                                \
             }                                                                      \
             CYL_ST(Z0 + j, s0); CYL_ST(Z1 + j, s1);                                \
-        }                                                                          \
-        for (r = 0; r < 2 && wv < w; r++) {                                        \
-            const T* a = A0 + r * lda;                                             \
-            const T* b = B0 + r * ldb;                                             \
-            T* z = Z0 + r * ldz;                                                   \
-            for (j = wv; j < w; j++) {                                             \
-                const T* q = P + K * wv + (j - wv) * K;                            \
-                T acc = 0;                                                         \
-                for (k = 0; k < ka; k++) acc += a[k] * q[k];                       \
-                for (k = 0; k < kb; k++) acc += b[k] * q[ka + k];                  \
-                z[j] = acc;                                                        \
-            }                                                                      \
         }                                                                          \
     }
 
@@ -377,17 +329,17 @@ typedef double cyl_vd __attribute__((vector_size(64)));
     }
 /* z[0:6, 0:w] = [a, b][0:6] @ panel; w a multiple of 4 vectors (no tail). */
 __attribute__((target("arch=x86-64-v4")))
-static void cyl_stream_rows6_f32(const float* P, ptrdiff_t w,
-                                 const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                 const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                 float* z0, ptrdiff_t ldz)
+static void cyl_panel_rows6_f32(const float* P, ptrdiff_t w,
+                                const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                float* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY(float, cyl_vf, CYL_STREAM_VLF)
 
 __attribute__((target("arch=x86-64-v4")))
-static void cyl_stream_rows6_f64(const double* P, ptrdiff_t w,
-                                 const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                 const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                 double* z0, ptrdiff_t ldz)
+static void cyl_panel_rows6_f64(const double* P, ptrdiff_t w,
+                                const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                double* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
 
 /* The first six rows of a pass, which read the panel from L3 or memory (the
@@ -402,17 +354,17 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
 #define CYL_PF_DIST 16
 #endif
 __attribute__((target("arch=x86-64-v4")))
-static void cyl_stream_rows6_f32pf(const float* P, ptrdiff_t w,
-                                   const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                   const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                   float* z0, ptrdiff_t ldz)
+static void cyl_panel_rows6_f32pf(const float* P, ptrdiff_t w,
+                                  const float* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                  float* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY_PF(float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST)
 
 __attribute__((target("arch=x86-64-v4")))
-static void cyl_stream_rows6_f64pf(const double* P, ptrdiff_t w,
-                                   const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                   const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                   double* z0, ptrdiff_t ldz)
+static void cyl_panel_rows6_f64pf(const double* P, ptrdiff_t w,
+                                  const double* a0, ptrdiff_t ka, ptrdiff_t lda,
+                                  const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
+                                  double* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
 
 /* The same six-row block for AVX2 (16 registers): 6 rows x 2 vectors of 32
@@ -485,7 +437,7 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
     }
 typedef float cyl_vf8 __attribute__((vector_size(32)));
 typedef double cyl_vd4 __attribute__((vector_size(32)));
-/* cyl_stream_rows6_f32n<R> / _f64n<R>: a block of R rows; pf != 0 (the first
+/* cyl_panel_rows6_f32n<R> / _f64n<R>: a block of R rows; pf != 0 (the first
  * block of a pass) prefetches: pfn, or its own k rows CYL_PF_DIST ahead. */
 #define CYL_ROWS6N_FN(NAME, T, VT, VL, R)                                          \
 __attribute__((target("arch=x86-64-v3")))                                          \
@@ -500,12 +452,12 @@ static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t l
         CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, 0, R)                                  \
     }                                                                              \
 }
-CYL_ROWS6N_FN(cyl_stream_rows6_f32n6, float, cyl_vf8, 8, 6)
-CYL_ROWS6N_FN(cyl_stream_rows6_f32n5, float, cyl_vf8, 8, 5)
-CYL_ROWS6N_FN(cyl_stream_rows6_f32n4, float, cyl_vf8, 8, 4)
-CYL_ROWS6N_FN(cyl_stream_rows6_f64n6, double, cyl_vd4, 4, 6)
-CYL_ROWS6N_FN(cyl_stream_rows6_f64n5, double, cyl_vd4, 4, 5)
-CYL_ROWS6N_FN(cyl_stream_rows6_f64n4, double, cyl_vd4, 4, 4)
+CYL_ROWS6N_FN(cyl_panel_rows6_f32n6, float, cyl_vf8, 8, 6)
+CYL_ROWS6N_FN(cyl_panel_rows6_f32n5, float, cyl_vf8, 8, 5)
+CYL_ROWS6N_FN(cyl_panel_rows6_f32n4, float, cyl_vf8, 8, 4)
+CYL_ROWS6N_FN(cyl_panel_rows6_f64n6, double, cyl_vd4, 4, 6)
+CYL_ROWS6N_FN(cyl_panel_rows6_f64n5, double, cyl_vd4, 4, 5)
+CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
 #else
 #define CYL_STREAM_ROWS6 0
 #endif
@@ -513,20 +465,11 @@ CYL_ROWS6N_FN(cyl_stream_rows6_f64n4, double, cyl_vd4, 4, 4)
 /* Portable C: the same arithmetic, one column at a time. */
 #define CYL_PANEL_ROW_BODY(T, VT, VL)                                              \
     {                                                                              \
-        const ptrdiff_t K = ka + kb;                                               \
-        const ptrdiff_t wv = (w / CYL_LAYOUT_VL(T)) * CYL_LAYOUT_VL(T);            \
         ptrdiff_t j, k;                                                            \
-        for (j = 0; j < wv; j++) {                                                 \
+        for (j = 0; j < w; j++) {                                                  \
             T acc = 0;                                                             \
-            for (k = 0; k < ka; k++) acc += a[k] * P[k * wv + j];                  \
-            for (k = 0; k < kb; k++) acc += b[k] * P[(ka + k) * wv + j];           \
-            z[j] = acc;                                                            \
-        }                                                                          \
-        for (; j < w; j++) {                                                       \
-            const T* q = P + K * wv + (j - wv) * K;                                \
-            T acc = 0;                                                             \
-            for (k = 0; k < ka; k++) acc += a[k] * q[k];                           \
-            for (k = 0; k < kb; k++) acc += b[k] * q[ka + k];                      \
+            for (k = 0; k < ka; k++) acc += a[k] * P[k * w + j];                   \
+            for (k = 0; k < kb; k++) acc += b[k] * P[(ka + k) * w + j];            \
             z[j] = acc;                                                            \
         }                                                                          \
     }
@@ -604,27 +547,28 @@ CYL_ROWS6N_FN(cyl_stream_rows6_f64n4, double, cyl_vd4, 4, 4)
 
 /*
  * z[r, 0:w] = [a[r, 0:ka], b[r, 0:kb]] @ panel, for r in [0, nrows).
+ * w is a whole number of 64-byte vectors (CYL_LAYOUT_VL: the packed layout).
  * Row r of a, b and z starts at a + r*lda, b + r*ldb, z + r*ldz.
  * kb may be 0 (b is then not read: Dense layers).
  * next: the panel the caller computes after this one (any readable address,
  * or NULL): the AVX2 six-row pass streams it into the cache while it computes
  * (see CYL_PANEL_ROWS6N_BODY_PF).
  */
-CYL_STREAM_KERNEL(cyl_stream_panel_next_f32,
+CYL_STREAM_KERNEL(cyl_panel_next_f32,
     (const float* P, ptrdiff_t w, ptrdiff_t nrows,
      const float* a0, ptrdiff_t ka, ptrdiff_t lda,
      const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
      float* z0, ptrdiff_t ldz, const void* next),
     (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next),
-    CYL_PANEL_FN_BODY, (float, cyl_vf, CYL_STREAM_VLF, cyl_stream_rows6_f32))
+    CYL_PANEL_FN_BODY, (float, cyl_vf, CYL_STREAM_VLF, cyl_panel_rows6_f32))
 
-CYL_STREAM_KERNEL(cyl_stream_panel_next_f64,
+CYL_STREAM_KERNEL(cyl_panel_next_f64,
     (const double* P, ptrdiff_t w, ptrdiff_t nrows,
      const double* a0, ptrdiff_t ka, ptrdiff_t lda,
      const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
      double* z0, ptrdiff_t ldz, const void* next),
     (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next),
-    CYL_PANEL_FN_BODY, (double, cyl_vd, CYL_STREAM_VLD, cyl_stream_rows6_f64))
+    CYL_PANEL_FN_BODY, (double, cyl_vd, CYL_STREAM_VLD, cyl_panel_rows6_f64))
 
 /*
  * The same product over bfloat16 weights (the upper 16 bits of float32, rounded
@@ -637,7 +581,7 @@ CYL_STREAM_KERNEL(cyl_stream_panel_next_f64,
  * so one 64-byte load holds 16 32-bit lanes (c_j | c_{j+16} << 16): `lane << 16`
  * is columns c0..c15 as float32 and `lane & 0xffff0000` columns c16..c31 -- two
  * cheap integer operations per 32 weights, no widening shuffles.  A last group
- * of 16 columns (w % 32 == 16) is stored plainly; tail columns transposed.
+ * of 16 columns (w % 32 == 16) is stored plainly.
  */
 static inline float cyl_bf16_to_f32(uint16_t v)
 {
@@ -647,11 +591,11 @@ static inline float cyl_bf16_to_f32(uint16_t v)
     return f;
 }
 
-/* Position of column j (0 <= j < wv) of a bf16 main-block row in memory. */
-static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t wv)
+/* Position of column j (0 <= j < w) of a bf16 main-block row in memory. */
+static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t w)
 {
     ptrdiff_t g = j / 32, m = j % 32;
-    if (g * 32 + 32 > wv)
+    if (g * 32 + 32 > w)
         return j;                               /* the plain last 16 */
     return g * 32 + (m < 16 ? 2 * m : 2 * (m - 16) + 1);
 }
@@ -666,7 +610,7 @@ static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t wv)
  * in the other bodies. */
 #if CYL_STREAM_VECTOR
 #define CYL_BF16_GROUPS(NG)                                                          \
-        for (; j + 32 * (NG) <= wv; j += 32 * (NG)) {                                \
+        for (; j + 32 * (NG) <= w; j += 32 * (NG)) {                                 \
             enum { NV_ = 16 / VLn };                                                 \
             VTn s_[NG][NV_][2];                                                      \
             int gi_, vi_;                                                              \
@@ -674,7 +618,7 @@ static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t wv)
             _Pragma("GCC unroll 2") for (gi_ = 0; gi_ < (NG); gi_++)                    \
                 _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++)                 \
                     s_[gi_][vi_][0] = s_[gi_][vi_][1] = (VTn){0};                        \
-            for (k = 0; k < ka + kb; k++, p += wv) {                                 \
+            for (k = 0; k < ka + kb; k++, p += w) {                                  \
                 const float x_ = k < ka ? a[k] : b[k - ka];                          \
                 _Pragma("GCC unroll 2") for (gi_ = 0; gi_ < (NG); gi_++)                \
                     _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {           \
@@ -692,8 +636,29 @@ static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t wv)
 #define CYL_BF16_VECTOR_PART                                                         \
         {                                                                            \
             typedef uint32_t VTu __attribute__((vector_size(VLn * 4)));             \
+            typedef uint16_t VTh_ __attribute__((vector_size(VLn * 2)));            \
             CYL_BF16_GROUPS(2)                                                       \
             CYL_BF16_GROUPS(1)                                                       \
+            /* a last 16 columns, stored plainly: widened 16 to 32 bits */            \
+            if (j + 16 <= w) {                                                       \
+                enum { NV_ = 16 / VLn };                                             \
+                VTn s_[NV_];                                                         \
+                int vi_;                                                             \
+                const uint16_t* p = P + j;                                           \
+                _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++)              \
+                    s_[vi_] = (VTn){0};                                              \
+                for (k = 0; k < ka + kb; k++, p += w) {                              \
+                    const float x_ = k < ka ? a[k] : b[k - ka];                      \
+                    _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {        \
+                        const VTu u_ = __builtin_convertvector(                      \
+                            CYL_LD(VTh_, p + VLn * vi_), VTu);                       \
+                        s_[vi_] += x_ * (VTn)(u_ << 16);                             \
+                    }                                                                \
+                }                                                                    \
+                _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++)              \
+                    CYL_ST(z + j + VLn * vi_, s_[vi_]);                              \
+                j += 16;                                                             \
+            }                                                                        \
         }
 #else
 #define CYL_BF16_VECTOR_PART
@@ -701,38 +666,26 @@ static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t wv)
 #define CYL_PANEL_BF16_BODY()                                                           \
     {                                                                                   \
         CYL_DECLARE_VTN(float)                                                          \
-        const ptrdiff_t VL = CYL_STREAM_VLF;                                            \
         ptrdiff_t r;                                                                    \
         for (r = 0; r < nrows; r++) {                                                   \
             const float* a = a0 + r * lda;                                              \
             const float* b = b0 + r * ldb;                                              \
             float* z = z0 + r * ldz;                                                    \
-            const ptrdiff_t K = ka + kb;                                                \
-            const ptrdiff_t wv = (w / VL) * VL;                                         \
             ptrdiff_t j = 0, k;                                                         \
             CYL_BF16_VECTOR_PART                                                        \
-            for (; j < wv; j++) {   /* the plain last 16 (or everything, portable C) */ \
-                const ptrdiff_t c = cyl_bf16_slot(j, wv);                               \
+            for (; j < w; j++) {   /* portable C: every column */                     \
+                const ptrdiff_t c = cyl_bf16_slot(j, w);                                \
                 float acc = 0;                                                          \
                 for (k = 0; k < ka; k++)                                                \
-                    acc += a[k] * cyl_bf16_to_f32(P[k * wv + c]);                       \
+                    acc += a[k] * cyl_bf16_to_f32(P[k * w + c]);                        \
                 for (k = 0; k < kb; k++)                                                \
-                    acc += b[k] * cyl_bf16_to_f32(P[(ka + k) * wv + c]);                \
-                z[j] = acc;                                                             \
-            }                                                                           \
-            for (; j < w; j++) {                                                        \
-                const uint16_t* q = P + K * wv + (j - wv) * K;                          \
-                float acc = 0;                                                          \
-                for (k = 0; k < ka; k++)                                                \
-                    acc += a[k] * cyl_bf16_to_f32(q[k]);                                \
-                for (k = 0; k < kb; k++)                                                \
-                    acc += b[k] * cyl_bf16_to_f32(q[ka + k]);                           \
+                    acc += b[k] * cyl_bf16_to_f32(P[(ka + k) * w + c]);                 \
                 z[j] = acc;                                                             \
             }                                                                           \
         }                                                                               \
     }
 
-CYL_STREAM_KERNEL(cyl_stream_panel_bf16,
+CYL_STREAM_KERNEL(cyl_panel_bf16,
     (const uint16_t* P, ptrdiff_t w, ptrdiff_t nrows,
      const float* a0, ptrdiff_t ka, ptrdiff_t lda,
      const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
@@ -967,10 +920,10 @@ CYL_TARGET_V3 static void cyl_i8q_panel_v3(const int8_t* P, const float* sa, con
 #endif
 
 /* z[r, 0:w] for rows r < nrows (ldz apart): see the layout above. */
-static inline void cyl_stream_panel_i8(const int8_t* P, const float* sa, const float* sb,
-                                       ptrdiff_t w, ptrdiff_t nrows, const int16_t* aq,
-                                       ptrdiff_t ka2, const float* ra, const int16_t* bq,
-                                       ptrdiff_t kb2, const float* rb, float* z0, ptrdiff_t ldz)
+static inline void cyl_panel_i8(const int8_t* P, const float* sa, const float* sb,
+                                ptrdiff_t w, ptrdiff_t nrows, const int16_t* aq,
+                                ptrdiff_t ka2, const float* ra, const int16_t* bq,
+                                ptrdiff_t kb2, const float* rb, float* z0, ptrdiff_t ldz)
 {
 #if CYL_ISA_VARIANTS
     if (cyl_cpu_level() >= 1) {
@@ -1002,4 +955,4 @@ static void cyl_stream_barrier(void)
 #endif
 }
 
-#endif /* CYLSTM_STREAM_H */
+#endif /* CYLSTM_PANEL_H */
