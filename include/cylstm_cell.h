@@ -153,70 +153,6 @@ CYL_V4 static inline __m512 cyl_tanh16(__m512 x)
     return _mm512_or_ps(y, _mm512_and_ps(x, sign));
 }
 
-CYL_V4 static void cyl_cell_forward_f32_avx512(
-    ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
-    const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
-{
-    for (ptrdiff_t j = 0; j < H; j += 16) {
-        const __mmask16 m = H - j >= 16 ? (__mmask16)0xFFFF
-                                        : (__mmask16)((1u << (H - j)) - 1u);
-        __m512 zi = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + j),
-                                  _mm512_maskz_loadu_ps(m, bias + j));
-        __m512 zf = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + gs + j),
-                                  _mm512_maskz_loadu_ps(m, bias + gs + j));
-        __m512 zg = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + 2 * gs + j),
-                                  _mm512_maskz_loadu_ps(m, bias + 2 * gs + j));
-        __m512 zo = _mm512_add_ps(_mm512_maskz_loadu_ps(m, za + 3 * gs + j),
-                                  _mm512_maskz_loadu_ps(m, bias + 3 * gs + j));
-        if (zb != NULL) {
-            zi = _mm512_add_ps(zi, _mm512_maskz_loadu_ps(m, zb + j));
-            zf = _mm512_add_ps(zf, _mm512_maskz_loadu_ps(m, zb + gzb + j));
-            zg = _mm512_add_ps(zg, _mm512_maskz_loadu_ps(m, zb + 2 * gzb + j));
-            zo = _mm512_add_ps(zo, _mm512_maskz_loadu_ps(m, zb + 3 * gzb + j));
-        }
-        const __m512 gi = cyl_sigmoid16(zi), gf = cyl_sigmoid16(zf);
-        const __m512 gg = cyl_tanh16(zg), go = cyl_sigmoid16(zo);
-        const __m512 c = _mm512_fmadd_ps(gf, _mm512_maskz_loadu_ps(m, c_prev + j),
-                                         _mm512_mul_ps(gi, gg));
-        _mm512_mask_storeu_ps(gates + j, m, gi);
-        _mm512_mask_storeu_ps(gates + gs + j, m, gf);
-        _mm512_mask_storeu_ps(gates + 2 * gs + j, m, gg);
-        _mm512_mask_storeu_ps(gates + 3 * gs + j, m, go);
-        _mm512_mask_storeu_ps(c_out + j, m, c);
-        _mm512_mask_storeu_ps(h_out + j, m, _mm512_mul_ps(go, cyl_tanh16(c)));
-    }
-}
-
-CYL_V4 static void cyl_cell_backward_f32_avx512(
-    ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
-    const float *dh, float *dc, float *dz)
-{
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (ptrdiff_t j = 0; j < H; j += 16) {
-        const __mmask16 m = H - j >= 16 ? (__mmask16)0xFFFF
-                                        : (__mmask16)((1u << (H - j)) - 1u);
-        const __m512 gi = _mm512_maskz_loadu_ps(m, gates + j);
-        const __m512 gf = _mm512_maskz_loadu_ps(m, gates + gs + j);
-        const __m512 gg = _mm512_maskz_loadu_ps(m, gates + 2 * gs + j);
-        const __m512 go = _mm512_maskz_loadu_ps(m, gates + 3 * gs + j);
-        const __m512 dhj = _mm512_maskz_loadu_ps(m, dh + j);
-        const __m512 tc = cyl_tanh16(_mm512_maskz_loadu_ps(m, c + j));           /* B1 */
-        const __m512 dcj = _mm512_fmadd_ps(_mm512_mul_ps(dhj, go),                /* B3 */
-                                           _mm512_fnmadd_ps(tc, tc, one),
-                                           _mm512_maskz_loadu_ps(m, dc + j));
-        const __m512 cp = _mm512_maskz_loadu_ps(m, c_prev + j);
-        _mm512_mask_storeu_ps(dz + j, m, _mm512_mul_ps(_mm512_mul_ps(dcj, gg),    /* B4, B6 */
-            _mm512_mul_ps(gi, _mm512_sub_ps(one, gi))));
-        _mm512_mask_storeu_ps(dz + gs + j, m, _mm512_mul_ps(_mm512_mul_ps(dcj, cp),
-            _mm512_mul_ps(gf, _mm512_sub_ps(one, gf))));
-        _mm512_mask_storeu_ps(dz + 2 * gs + j, m, _mm512_mul_ps(_mm512_mul_ps(dcj, gi),
-            _mm512_fnmadd_ps(gg, gg, one)));
-        _mm512_mask_storeu_ps(dz + 3 * gs + j, m, _mm512_mul_ps(_mm512_mul_ps(dhj, tc), /* B2, B6 */
-            _mm512_mul_ps(go, _mm512_sub_ps(one, go))));
-        _mm512_mask_storeu_ps(dc + j, m, _mm512_mul_ps(dcj, gf));                /* B5 */
-    }
-}
-
 /*
  * AVX2+FMA float32 cell: the same formulation with 8-wide intrinsics.  The
  * portable loop vectorizes for x86-64-v3 only with -fno-trapping-math (setup.py),
@@ -291,20 +227,45 @@ CYL_V3 static inline __m256 cyl_tanh8(__m256 x)
     return _mm256_or_ps(y, _mm256_and_ps(x, sign));
 }
 
-/* Lanes j < n of a tail (n < 8): a vmaskmovps mask. */
+/* AVX2 loads and stores of the units j .. j + 7, masked at a tail (n < 8). */
 CYL_V3 static inline __m256i cyl_tail8(ptrdiff_t n)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-
-#define CYL_LD8(p, m) (full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m))
-#define CYL_ST8(p, m, v)                                                       \
-    do {                                                                       \
-        if (full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v);   \
+#define CYL_V8_MASK(n) cyl_tail8(n)
+#define CYL_V8_LD(p, m) (full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m))
+#define CYL_V8_ST(p, m, v)                                                         \
+    do {                                                                           \
+        if (full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v);       \
     } while (0)
+#define CYL_V8_ADD _mm256_add_ps
+#define CYL_V8_SUB _mm256_sub_ps
+#define CYL_V8_MUL _mm256_mul_ps
+#define CYL_V8_FMA _mm256_fmadd_ps
+#define CYL_V8_FNMA _mm256_fnmadd_ps
+#define CYL_V8_SET1 _mm256_set1_ps
+#define CYL_V8_SIG cyl_sigmoid8
+#define CYL_V8_TANH cyl_tanh8
 
-/* Two passes: the gates and c, then h = o tanh(c).  In one pass each unit's
+/* AVX-512: the same with 16 lanes and mask registers. */
+#define CYL_V16_MASK(n) ((n) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n)) - 1u))
+#define CYL_V16_LD(p, m) _mm512_maskz_loadu_ps(m, p)
+#define CYL_V16_ST(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define CYL_V16_ADD _mm512_add_ps
+#define CYL_V16_SUB _mm512_sub_ps
+#define CYL_V16_MUL _mm512_mul_ps
+#define CYL_V16_FMA _mm512_fmadd_ps
+#define CYL_V16_FNMA _mm512_fnmadd_ps
+#define CYL_V16_SET1 _mm512_set1_ps
+#define CYL_V16_SIG cyl_sigmoid16
+#define CYL_V16_TANH cyl_tanh16
+
+/* The intrinsics cell, written once for both widths: W lanes (8 or 16), the
+ * operations of V (CYL_V8_*, CYL_V16_*), the mask type M, the vector type VT.
+ * TWO_PASS: the gates and c, then h = o tanh(c) in a second loop (AVX2); the
+ * AVX-512 cell keeps the one pass it was measured with on Zen 4 (two passes
+ * are untried there: no AVX-512 CPU since).  In one pass each unit's
  * chain runs through a gate's activation, c and tanh(c), about 150 cycles deep,
  * and the out-of-order window holds under two units' worth of it: the loop waited
  * on latency, not on its ports (vrcpps and two Newton steps in place of the
@@ -314,71 +275,94 @@ CYL_V3 static inline __m256i cyl_tail8(ptrdiff_t n)
  * 3.70 / 3.90, two passes 3.50 / 2.93 / 3.09, with the exponent in one
  * multiply-add and Estrin's polynomial 3.49 / 2.83 / 3.06 (backward, whose
  * chain is one tanh: 1.92 / 1.30 / 1.70 -> 1.80 / 1.23 / 1.61). */
+#define CYL_CELL_FORWARD_SIMD(W, V, VT, M, TWO_PASS)                               \
+    {                                                                              \
+        ptrdiff_t j;                                                               \
+        for (j = 0; j < H; j += (W)) {                                             \
+            const int full = H - j >= (W);                                         \
+            const M m = V##_MASK(H - j);                                           \
+            VT zi = V##_ADD(V##_LD(za + j, m), V##_LD(bias + j, m));               \
+            VT zf = V##_ADD(V##_LD(za + gs + j, m), V##_LD(bias + gs + j, m));     \
+            VT zg = V##_ADD(V##_LD(za + 2 * gs + j, m), V##_LD(bias + 2 * gs + j, m)); \
+            VT zo = V##_ADD(V##_LD(za + 3 * gs + j, m), V##_LD(bias + 3 * gs + j, m)); \
+            (void)full;                                                            \
+            if (zb != NULL) {                                                      \
+                zi = V##_ADD(zi, V##_LD(zb + j, m));                               \
+                zf = V##_ADD(zf, V##_LD(zb + gzb + j, m));                         \
+                zg = V##_ADD(zg, V##_LD(zb + 2 * gzb + j, m));                     \
+                zo = V##_ADD(zo, V##_LD(zb + 3 * gzb + j, m));                     \
+            }                                                                      \
+            {                                                                      \
+                const VT gi = V##_SIG(zi), gf = V##_SIG(zf);                       \
+                const VT gg = V##_TANH(zg), go = V##_SIG(zo);                      \
+                const VT c = V##_FMA(gf, V##_LD(c_prev + j, m), V##_MUL(gi, gg));  \
+                V##_ST(gates + j, m, gi);                                          \
+                V##_ST(gates + gs + j, m, gf);                                     \
+                V##_ST(gates + 2 * gs + j, m, gg);                                 \
+                V##_ST(gates + 3 * gs + j, m, go);                                 \
+                V##_ST(c_out + j, m, c);                                           \
+                if (!(TWO_PASS))                                                   \
+                    V##_ST(h_out + j, m, V##_MUL(go, V##_TANH(c)));                \
+            }                                                                      \
+        }                                                                          \
+        for (j = 0; (TWO_PASS) && j < H; j += (W)) {                               \
+            const int full = H - j >= (W);                                         \
+            const M m = V##_MASK(H - j);                                           \
+            (void)full;                                                            \
+            V##_ST(h_out + j, m, V##_MUL(V##_LD(gates + 3 * gs + j, m),            \
+                                         V##_TANH(V##_LD(c_out + j, m))));         \
+        }                                                                          \
+    }
+
+/* Steps B1-B6 (as CYL_CELL_BACKWARD_BODY), W lanes at a time. */
+#define CYL_CELL_BACKWARD_SIMD(W, V, VT, M)                                        \
+    {                                                                              \
+        const VT one = V##_SET1(1.0f);                                             \
+        ptrdiff_t j;                                                               \
+        for (j = 0; j < H; j += (W)) {                                             \
+            const int full = H - j >= (W);                                         \
+            const M m = V##_MASK(H - j);                                           \
+            const VT gi = V##_LD(gates + j, m);                                    \
+            const VT gf = V##_LD(gates + gs + j, m);                               \
+            const VT gg = V##_LD(gates + 2 * gs + j, m);                           \
+            const VT go = V##_LD(gates + 3 * gs + j, m);                           \
+            const VT dhj = V##_LD(dh + j, m);                                      \
+            const VT tc = V##_TANH(V##_LD(c + j, m));                   /* B1 */   \
+            const VT dcj = V##_FMA(V##_MUL(dhj, go), V##_FNMA(tc, tc, one),        \
+                                   V##_LD(dc + j, m));                  /* B3 */   \
+            const VT cp = V##_LD(c_prev + j, m);                                   \
+            (void)full;                                                            \
+            V##_ST(dz + j, m, V##_MUL(V##_MUL(dcj, gg),                 /* B4, B6 */ \
+                                      V##_MUL(gi, V##_SUB(one, gi))));             \
+            V##_ST(dz + gs + j, m, V##_MUL(V##_MUL(dcj, cp),                       \
+                                           V##_MUL(gf, V##_SUB(one, gf))));        \
+            V##_ST(dz + 2 * gs + j, m, V##_MUL(V##_MUL(dcj, gi),                   \
+                                               V##_FNMA(gg, gg, one)));            \
+            V##_ST(dz + 3 * gs + j, m, V##_MUL(V##_MUL(dhj, tc),        /* B2, B6 */ \
+                                               V##_MUL(go, V##_SUB(one, go))));    \
+            V##_ST(dc + j, m, V##_MUL(dcj, gf));                        /* B5 */   \
+        }                                                                          \
+    }
+
+CYL_V4 static void cyl_cell_forward_f32_avx512(
+    ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
+    const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
+CYL_CELL_FORWARD_SIMD(16, CYL_V16, __m512, __mmask16, 0)
+
+CYL_V4 static void cyl_cell_backward_f32_avx512(
+    ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
+    const float *dh, float *dc, float *dz)
+CYL_CELL_BACKWARD_SIMD(16, CYL_V16, __m512, __mmask16)
+
 CYL_V3 static void cyl_cell_forward_f32_avx2(
     ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
     const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
-{
-    for (ptrdiff_t j = 0; j < H; j += 8) {
-        const int full = H - j >= 8;
-        const __m256i m = cyl_tail8(H - j);
-        __m256 zi = _mm256_add_ps(CYL_LD8(za + j, m), CYL_LD8(bias + j, m));
-        __m256 zf = _mm256_add_ps(CYL_LD8(za + gs + j, m), CYL_LD8(bias + gs + j, m));
-        __m256 zg = _mm256_add_ps(CYL_LD8(za + 2 * gs + j, m), CYL_LD8(bias + 2 * gs + j, m));
-        __m256 zo = _mm256_add_ps(CYL_LD8(za + 3 * gs + j, m), CYL_LD8(bias + 3 * gs + j, m));
-        if (zb != NULL) {
-            zi = _mm256_add_ps(zi, CYL_LD8(zb + j, m));
-            zf = _mm256_add_ps(zf, CYL_LD8(zb + gzb + j, m));
-            zg = _mm256_add_ps(zg, CYL_LD8(zb + 2 * gzb + j, m));
-            zo = _mm256_add_ps(zo, CYL_LD8(zb + 3 * gzb + j, m));
-        }
-        const __m256 gi = cyl_sigmoid8(zi), gf = cyl_sigmoid8(zf);
-        const __m256 gg = cyl_tanh8(zg), go = cyl_sigmoid8(zo);
-        const __m256 c = _mm256_fmadd_ps(gf, CYL_LD8(c_prev + j, m), _mm256_mul_ps(gi, gg));
-        CYL_ST8(gates + j, m, gi);
-        CYL_ST8(gates + gs + j, m, gf);
-        CYL_ST8(gates + 2 * gs + j, m, gg);
-        CYL_ST8(gates + 3 * gs + j, m, go);
-        CYL_ST8(c_out + j, m, c);
-    }
-    for (ptrdiff_t j = 0; j < H; j += 8) {
-        const int full = H - j >= 8;
-        const __m256i m = cyl_tail8(H - j);
-        CYL_ST8(h_out + j, m, _mm256_mul_ps(CYL_LD8(gates + 3 * gs + j, m),
-                                            cyl_tanh8(CYL_LD8(c_out + j, m))));
-    }
-}
+CYL_CELL_FORWARD_SIMD(8, CYL_V8, __m256, __m256i, 1)
 
 CYL_V3 static void cyl_cell_backward_f32_avx2(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
     const float *dh, float *dc, float *dz)
-{
-    const __m256 one = _mm256_set1_ps(1.0f);
-    for (ptrdiff_t j = 0; j < H; j += 8) {
-        const int full = H - j >= 8;
-        const __m256i m = cyl_tail8(H - j);
-        const __m256 gi = CYL_LD8(gates + j, m);
-        const __m256 gf = CYL_LD8(gates + gs + j, m);
-        const __m256 gg = CYL_LD8(gates + 2 * gs + j, m);
-        const __m256 go = CYL_LD8(gates + 3 * gs + j, m);
-        const __m256 dhj = CYL_LD8(dh + j, m);
-        const __m256 tc = cyl_tanh8(CYL_LD8(c + j, m));                          /* B1 */
-        const __m256 dcj = _mm256_fmadd_ps(_mm256_mul_ps(dhj, go),               /* B3 */
-                                           _mm256_fnmadd_ps(tc, tc, one),
-                                           CYL_LD8(dc + j, m));
-        const __m256 cp = CYL_LD8(c_prev + j, m);
-        CYL_ST8(dz + j, m, _mm256_mul_ps(_mm256_mul_ps(dcj, gg),                 /* B4, B6 */
-                _mm256_mul_ps(gi, _mm256_sub_ps(one, gi))));
-        CYL_ST8(dz + gs + j, m, _mm256_mul_ps(_mm256_mul_ps(dcj, cp),
-                _mm256_mul_ps(gf, _mm256_sub_ps(one, gf))));
-        CYL_ST8(dz + 2 * gs + j, m, _mm256_mul_ps(_mm256_mul_ps(dcj, gi),
-                _mm256_fnmadd_ps(gg, gg, one)));
-        CYL_ST8(dz + 3 * gs + j, m, _mm256_mul_ps(_mm256_mul_ps(dhj, tc),       /* B2, B6 */
-                _mm256_mul_ps(go, _mm256_sub_ps(one, go))));
-        CYL_ST8(dc + j, m, _mm256_mul_ps(dcj, gf));                              /* B5 */
-    }
-}
-#undef CYL_LD8
-#undef CYL_ST8
+CYL_CELL_BACKWARD_SIMD(8, CYL_V8, __m256, __m256i)
 
 /* The float32 variants for x86-64-v4 and -v3 run the intrinsics above (a
  * compile-time branch: CYL_ISA is a constant in each variant). */
