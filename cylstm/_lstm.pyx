@@ -37,15 +37,12 @@ from cylstm._cell cimport bf16_round, cell_forward, cell_forward_units, cell_bac
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
-from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF,
-                            cyl_panel_next_f32, cyl_panel_next_f64)
+from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
+                            PANEL_UNITS_F64_C, padded_units, panel_product, panel_span,
+                            panel_vlen)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
-    # Units per packed panel of the recurrent kernel (cylstm.stream uses the same):
-    # a panel's 4 gate blocks are one 64-byte vector wide each.
-    PANEL_UNITS_F32_C = 16
-    PANEL_UNITS_F64_C = 8
 PANEL_UNITS_F32 = PANEL_UNITS_F32_C
 PANEL_UNITS_F64 = PANEL_UNITS_F64_C
 # Whether the kernels were compiled once per ISA level (x86-64 GCC >= 12 / Clang on
@@ -229,34 +226,13 @@ cdef inline Py_ssize_t _snake(Py_ssize_t q, Py_ssize_t s, Py_ssize_t n) noexcept
     return q if s % 2 == 0 else n - 1 - q
 
 
-cdef inline Py_ssize_t _span(floating* dummy) noexcept nogil:
-    if floating is float:
-        return PANEL_UNITS_F32_C
-    else:
-        return PANEL_UNITS_F64_C
-
-
-cdef inline Py_ssize_t _vlen(floating* dummy) noexcept nogil:
-    if floating is float:
-        return CYL_STREAM_VLF
-    else:
-        return CYL_STREAM_VLD
-
-
-cdef inline Py_ssize_t _padded_units(Py_ssize_t hb, Py_ssize_t vl) noexcept nogil:
-    """Units a panel of hb units is stored as: a multiple of vl / 4, so that its
-    width 4 * hb_pad is whole vectors (no transposed tail columns)."""
-    cdef Py_ssize_t q = vl // 4
-    return ((hb + q - 1) // q) * q
-
-
 cdef inline Py_ssize_t _packed_len(Py_ssize_t H, Py_ssize_t span,
                                    Py_ssize_t vl) noexcept nogil:
     cdef Py_ssize_t last
     if H <= 0:
         return 0
     last = H - ((H - 1) // span) * span
-    return H * 4 * (H - last + _padded_units(last, vl))
+    return H * 4 * (H - last + padded_units(last, vl))
 
 
 cdef inline Py_ssize_t _stacked_len(Py_ssize_t I, Py_ssize_t H, Py_ssize_t span,
@@ -306,7 +282,7 @@ cdef void _pack_panels(Py_ssize_t I, Py_ssize_t KU, Py_ssize_t H, const floating
                        Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
     """Panels [p0, p1) of the rows of W (I, 4H) then of U (KU, 4H): K = I + KU
     rows per panel (KU is H or 0), and the bias in panel order if ``bp``."""
-    cdef Py_ssize_t span = _span(P), vl = _vlen(P), H4 = 4 * H, K = I + KU
+    cdef Py_ssize_t span = panel_span(P), vl = panel_vlen(P), H4 = 4 * H, K = I + KU
     cdef Py_ssize_t p, j0, hb, hp, w, k, g, u
     cdef const floating* src
     cdef floating* dst
@@ -317,7 +293,7 @@ cdef void _pack_panels(Py_ssize_t I, Py_ssize_t KU, Py_ssize_t H, const floating
         for p in range(p0, p1):
             j0 = p * span
             hb = H - j0 if H - j0 < span else span
-            hp = _padded_units(hb, vl)
+            hp = padded_units(hb, vl)
             w = 4 * hp
             src = (W + k * H4 if k < I else U + (k - I) * H4) + j0
             dst = P + j0 * 4 * K + k * w
@@ -329,7 +305,7 @@ cdef void _pack_panels(Py_ssize_t I, Py_ssize_t KU, Py_ssize_t H, const floating
     for p in range(p0, p1):
         j0 = p * span
         hb = H - j0 if H - j0 < span else span
-        hp = _padded_units(hb, vl)
+        hp = padded_units(hb, vl)
         if bp != NULL:
             for g in range(4):
                 for u in range(hp):
@@ -343,15 +319,12 @@ cdef inline void _stacked_product(const floating* P, Py_ssize_t w, Py_ssize_t nr
     """z (nrows, w) = [x (nrows, I; rows ldx apart), h (nrows, H)] @ panel (I + H, w)
     (I may be 0: h @ a panel of U).  ``next``: the panel this thread reads after
     this one, or NULL (the kernel may prefetch it)."""
-    if floating is float:
-        cyl_panel_next_f32(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
-    else:
-        cyl_panel_next_f64(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
+    panel_product(P, w, nrows, x, I, ldx, h, H, H, z, w, next)
 
 
 cdef inline Py_ssize_t _plain_width(floating* kind) noexcept nogil:
     """Columns per panel of a plain (not gate-structured) packed matrix: four vectors."""
-    return 4 * _vlen(kind)
+    return 4 * panel_vlen(kind)
 
 
 cdef inline Py_ssize_t _plain_len(Py_ssize_t K, Py_ssize_t N, floating* kind) noexcept nogil:
@@ -371,7 +344,7 @@ cdef void _pack_plain(Py_ssize_t K, Py_ssize_t N, const floating* M, Py_ssize_t 
     lane.  _plain_product writes the padded columns, so its output rows are
     _plain_padded(N) wide.  The source is read in address order (its rows if
     sn == 1, else its columns, which are then its rows in memory)."""
-    cdef Py_ssize_t pw = _plain_width(P), vl = _vlen(P), p, j0, w, wp, k, j
+    cdef Py_ssize_t pw = _plain_width(P), vl = panel_vlen(P), p, j0, w, wp, k, j
     cdef floating* dst
     for p in range((N + pw - 1) // pw):
         j0 = p * pw
@@ -398,7 +371,7 @@ cdef inline void _pack_transposed(Py_ssize_t H, const floating* U, floating* P) 
 
 cdef inline Py_ssize_t _plain_padded(Py_ssize_t N, floating* kind) noexcept nogil:
     """Columns a row of _plain_product's output needs: N rounded up to whole vectors."""
-    cdef Py_ssize_t vl = _vlen(kind)
+    cdef Py_ssize_t vl = panel_vlen(kind)
     return ((N + vl - 1) // vl) * vl
 
 
@@ -461,7 +434,7 @@ cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, P
     _pack_transposed packed into P, panel by panel in _snake order for step s.
     Each row of z is written up to _plain_padded(N) (the zero columns of the
     last panel): ldz must be at least that."""
-    cdef Py_ssize_t pw = _plain_width(z), vl = _vlen(z), n_p = (N + pw - 1) // pw
+    cdef Py_ssize_t pw = _plain_width(z), vl = panel_vlen(z), n_p = (N + pw - 1) // pw
     cdef Py_ssize_t q, p, j0, w
     cdef const floating* nx
     for q in range(n_p):
@@ -470,12 +443,7 @@ cdef inline void _plain_product(const floating* P, Py_ssize_t K, Py_ssize_t N, P
         w = N - j0 if N - j0 < pw else pw
         w = ((w + vl - 1) // vl) * vl
         nx = P + _snake(q + 1, s, n_p) * K * pw if q + 1 < n_p else NULL
-        if floating is float:
-            cyl_panel_next_f32(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
-                               z + j0, ldz, nx)
-        else:
-            cyl_panel_next_f64(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0,
-                               z + j0, ldz, nx)
+        panel_product(P + p * K * pw, w, nrows, a, K, lda, a, 0, 0, z + j0, ldz, nx)
 
 
 cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t H,
@@ -494,7 +462,7 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
     the other half of the double buffer (rows [b0, b1) of both are this
     caller's alone).  ``rmask`` (B, H) or NULL: recurrent dropout, the product
     reads h_prev * mask (kept in ``hm``)."""
-    cdef Py_ssize_t span = _span(hs), vl = _vlen(hs), H4 = 4 * H, nb = b1 - b0
+    cdef Py_ssize_t span = panel_span(hs), vl = panel_vlen(hs), H4 = 4 * H, nb = b1 - b0
     cdef Py_ssize_t s, p, q, b, t, L, row, hb, hp, w, g, K = I + H
     cdef Py_ssize_t n_panels = (H + span - 1) // span
     cdef floating* zr
@@ -517,7 +485,7 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
         for q in range(n_panels):
             p = _snake(q, s, n_panels)
             hb = H - p * span if H - p * span < span else span
-            hp = _padded_units(hb, vl)
+            hp = padded_units(hb, vl)
             w = 4 * hp
             _stacked_product(P + p * K * 4 * span, w, nb, x + (b0 * T + t) * I, I,
                              T * I, src + b0 * H, H, zs,
@@ -695,8 +663,8 @@ def pack_stacked(const floating[:, ::1] W, const floating[:, ::1] U,
     read them (``out``: stacked_len(I, H) elements, 64-byte aligned)."""
     cdef Py_ssize_t I = W.shape[0], H = U.shape[0], span, n
     cdef floating* kind = NULL
-    span = _span(kind)
-    n = _stacked_len(I, H, span, _vlen(kind))
+    span = panel_span(kind)
+    n = _stacked_len(I, H, span, panel_vlen(kind))
     if (U.shape[1] != 4 * H or W.shape[1] != 4 * H or bias.shape[0] != 4 * H
             or out.shape[0] != n or H == 0):
         raise ValueError(f"pack_stacked: W must be (I, 4H), U (H, 4H), bias (4H,) and out "
@@ -718,9 +686,9 @@ def pack_units(const floating[:, ::1] W, const floating[:, ::1] U,
     2026-12-02)."""
     cdef Py_ssize_t I = W.shape[0], H = U.shape[0], span, n, nu
     cdef floating* kind = NULL
-    span = _span(kind)
-    n = _stacked_len(I, H, span, _vlen(kind))
-    nu = _packed_len(H, span, _vlen(kind))
+    span = panel_span(kind)
+    n = _stacked_len(I, H, span, panel_vlen(kind))
+    nu = _packed_len(H, span, panel_vlen(kind))
     if (U.shape[1] != 4 * H or W.shape[1] != 4 * H or bias.shape[0] != 4 * H
             or out.shape[0] != n or H == 0):
         raise ValueError(f"pack_units: W must be (I, 4H), U (H, 4H), bias (4H,) and out "
@@ -835,11 +803,11 @@ def pack_recurrent(const floating[:, ::1] U, floating[::1] out):
     """Pack ``U`` (H, 4H) into the panel layout of the panel path (``out``: H * 4H)."""
     cdef Py_ssize_t H = U.shape[0]
     cdef floating* kind = NULL
-    if U.shape[1] != 4 * H or out.shape[0] != _packed_len(H, _span(kind), _vlen(kind)):
+    if U.shape[1] != 4 * H or out.shape[0] != _packed_len(H, panel_span(kind), panel_vlen(kind)):
         raise ValueError("pack_recurrent: U must be (H, 4H) and out packed_len(H) long")
     if H:
         with nogil:
-            _pack_recurrent(H, &U[0, 0], &out[0], 0, (H + _span(kind) - 1) // _span(kind))
+            _pack_recurrent(H, &U[0, 0], &out[0], 0, (H + panel_span(kind) - 1) // panel_span(kind))
 
 
 # ---------------------------------------------------------------------------
@@ -1100,7 +1068,7 @@ def units_scratch(Py_ssize_t B, Py_ssize_t H, dtype):
 cdef void _units_prep_t(SeqJob* j, Py_ssize_t c, int tid, floating* kind) noexcept nogil:
     """Block c of the panels: their columns of G = X @ W, and their packing
     (prepacked: the projection only, on the W rows of the packed panels)."""
-    cdef Py_ssize_t span = _span(kind), p0, p1
+    cdef Py_ssize_t span = panel_span(kind), p0, p1
     p0 = (c * j.n_panels) // j.n_blocks
     p1 = ((c + 1) * j.n_panels) // j.n_blocks
     if j.panel_proj:
@@ -1117,7 +1085,7 @@ cdef void _project_panels(SeqJob* j, Py_ssize_t p0, Py_ssize_t p1,
     """Panels [p0, p1) of G (B T, 4 H_pad; rows in panel order) = X (B T, I) @ W,
     on the W panels of the unit layout in ``j.P`` (see :func:`pack_units`): each
     panel (I x 4 span, in L2) runs all rows of X, straight into its columns."""
-    cdef Py_ssize_t span = _span(kind), vl = _vlen(kind), H = j.H, I = j.In
+    cdef Py_ssize_t span = panel_span(kind), vl = panel_vlen(kind), H = j.H, I = j.In
     cdef Py_ssize_t M = j.B * j.T, p, j0, hb, w
     cdef const floating* x = <const floating*> j.x
     cdef const floating* P = <const floating*> j.P + _packed_len(H, span, vl)
@@ -1126,14 +1094,9 @@ cdef void _project_panels(SeqJob* j, Py_ssize_t p0, Py_ssize_t p1,
     for p in range(p0, p1):
         j0 = p * span
         hb = H - j0 if H - j0 < span else span
-        w = 4 * _padded_units(hb, vl)
+        w = 4 * padded_units(hb, vl)
         nx = P + (p + 1) * I * 4 * span if p + 1 < p1 else NULL
-        if floating is float:
-            cyl_panel_next_f32(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
-                               G + j0 * 4, j.ldg, nx)
-        else:
-            cyl_panel_next_f64(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0,
-                               G + j0 * 4, j.ldg, nx)
+        panel_product(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0, G + j0 * 4, j.ldg, nx)
 
 
 cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -1152,11 +1115,11 @@ cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, Py_ssize_t pn, i
     With one thread (``j.nt == 1``) nothing is shared: the cell writes its
     results in place (the gates over the projection in G, c over c_prev, h
     into the other h buffer), with no scratch, copies or commit."""
-    cdef Py_ssize_t span = _span(kind), vl = _vlen(kind)
+    cdef Py_ssize_t span = panel_span(kind), vl = panel_vlen(kind)
     cdef Py_ssize_t B = j.B, T = j.T, H = j.H, H4 = 4 * H, b, t, L, row, g
     cdef Py_ssize_t j0 = p * span
     cdef Py_ssize_t hb = H - j0 if H - j0 < span else span
-    cdef Py_ssize_t hp = _padded_units(hb, vl), w = 4 * hp
+    cdef Py_ssize_t hp = padded_units(hb, vl), w = 4 * hp
     cdef int64_t k = s + 1
     cdef floating* hs = <floating*> j.hs
     cdef floating* hs2 = <floating*> j.hs2
@@ -1556,7 +1519,7 @@ def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef SeqJob j
     cdef floating* kind = NULL
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = U.shape[0]
-    cdef Py_ssize_t span = _span(kind)
+    cdef Py_ssize_t span = panel_span(kind)
     cdef int nt = n_threads if n_threads < B else <int> B
     if B == 0 or T == 0:
         return
@@ -1566,7 +1529,7 @@ def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.nt = nt if nt > 1 else 1
     # a panel is at most 4 * span wide (padding only rounds a short last one up)
     _check_panel_buffers("forward_stacked", -1 if Pu is None else Pu.shape[0],
-                         _stacked_len(I, H, span, _vlen(kind)), "stacked_len(I, H)", hs2, B, H,
+                         _stacked_len(I, H, span, panel_vlen(kind)), "stacked_len(I, H)", hs2, B, H,
                          Z.shape[0], Z.shape[1], j.nt, B * 4 * span, "B * 4 * span")
     j.P = <void*> &Pu[0]  # written unless prepacked (const: a cached pack is read-only)
     j.nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
@@ -1610,7 +1573,7 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef SeqJob j
     cdef floating* kind = NULL
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], H = U.shape[0]
-    cdef Py_ssize_t span = _span(kind)
+    cdef Py_ssize_t span = panel_span(kind)
     cdef Py_ssize_t n_panels = (H + span - 1) // span
     cdef int nt = n_threads if n_threads < n_panels else <int> n_panels
     if B == 0 or T == 0:
@@ -1622,8 +1585,8 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if j.rmask != NULL and j.nt > 1:
         raise ValueError("forward_units: the unit split cannot take a recurrent mask")
     _check_panel_buffers("forward_units", -1 if Pu is None else Pu.shape[0],
-                         _stacked_len(x.shape[2], H, span, _vlen(kind)) if prepacked
-                         else _packed_len(H, span, _vlen(kind)),
+                         _stacked_len(x.shape[2], H, span, panel_vlen(kind)) if prepacked
+                         else _packed_len(H, span, panel_vlen(kind)),
                          "stacked_len(I, H)" if prepacked else "packed_len(H)", hs2, B, H,
                          Z.shape[0], Z.shape[1], j.nt, units_scratch_len(B, H, span),
                          "units_scratch(B, H)")
@@ -1631,7 +1594,7 @@ def forward_units(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.prepacked = prepacked
     j.panel_proj = prepacked and panel_projection
     j.ldg = G.shape[2]
-    cdef Py_ssize_t hpad = _packed_len(H, span, _vlen(kind)) // (4 * H)
+    cdef Py_ssize_t hpad = _packed_len(H, span, panel_vlen(kind)) // (4 * H)
     if j.panel_proj and (C is not None or Hp is not None):
         raise ValueError("forward_units: the panel projection is inference only")
     if G.shape[2] != (4 * hpad if j.panel_proj else 4 * H):

@@ -1,6 +1,8 @@
 # cython: language_level=3
-"""The packed-panel kernel of include/cylstm_panel.h, declared once for the
-streaming runner (_stream.pyx) and the sequence kernels (_lstm.pyx)."""
+"""The packed panels, for the streaming runner (_stream.pyx) and the sequence
+kernels (_lstm.pyx) alike: the kernels of include/cylstm_panel.h, the panel
+geometry, and the one product call both make.  The packers are in _lstm.pyx."""
+from cython cimport floating
 from libc.stdint cimport int8_t, int16_t, uint16_t
 
 
@@ -30,3 +32,46 @@ cdef extern from "cylstm_panel.h" nogil:
     int cyl_stream_team_size() noexcept
     int CYL_STREAM_VLF
     int CYL_STREAM_VLD
+
+
+cdef enum:
+    # LSTM units per packed panel: a panel's 4 gate blocks are one 64-byte vector
+    # wide each (cylstm._lstm.PANEL_UNITS_F32 / _F64 from Python)
+    PANEL_UNITS_F32_C = 16
+    PANEL_UNITS_F64_C = 8
+
+
+cdef inline Py_ssize_t panel_span(floating* kind) noexcept nogil:
+    """LSTM units per panel for the element type of ``kind`` (never read)."""
+    if floating is float:
+        return PANEL_UNITS_F32_C
+    else:
+        return PANEL_UNITS_F64_C
+
+
+cdef inline Py_ssize_t panel_vlen(floating* kind) noexcept nogil:
+    """Elements per 64-byte vector of the layout."""
+    if floating is float:
+        return CYL_STREAM_VLF
+    else:
+        return CYL_STREAM_VLD
+
+
+cdef inline Py_ssize_t padded_units(Py_ssize_t hb, Py_ssize_t vl) noexcept nogil:
+    """Units a panel of hb units is stored as: a multiple of vl / 4, so that its
+    width 4 * hb_pad is whole vectors (zero columns past hb)."""
+    cdef Py_ssize_t q = vl // 4
+    return ((hb + q - 1) // q) * q
+
+
+cdef inline void panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
+                               const floating* a, Py_ssize_t ka, Py_ssize_t lda,
+                               const floating* b, Py_ssize_t kb, Py_ssize_t ldb,
+                               floating* z, Py_ssize_t ldz, const void* next) noexcept nogil:
+    """z (nrows, w; rows ldz apart) = [a (nrows, ka), b (nrows, kb)] @ the panel P
+    (K = ka + kb rows, w columns: whole vectors); kb may be 0.  ``next``: the
+    panel the caller reads after this one, or NULL (the kernel may prefetch it)."""
+    if floating is float:
+        cyl_panel_next_f32(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next)
+    else:
+        cyl_panel_next_f64(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next)

@@ -37,10 +37,9 @@ from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
-                            cyl_i8q_qmax, cyl_i8q_quantize, cyl_stream_barrier,
-                            cyl_panel_bf16, cyl_panel_i8,
-                            cyl_panel_next_f32, cyl_panel_next_f64,
-                            cyl_stream_team_size)
+                            cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
+                            cyl_stream_barrier, cyl_stream_team_size, padded_units,
+                            panel_product, panel_vlen)
 
 cdef extern from "cylstm_math.h" nogil:
     float cyl_expf(float x) noexcept
@@ -172,12 +171,8 @@ cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize
         if L.bf16:
             cyl_panel_bf16(<const uint16_t*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
                            z, w)
-        else:
-            cyl_panel_next_f32(<const float*> L.P + off, w, nrows, a, ka, ka, b, kb,
-                               kb, z, w, NULL)
-    else:
-        cyl_panel_next_f64(<const double*> L.P + off, w, nrows, a, ka, ka, b, kb, kb,
-                           z, w, NULL)
+            return
+    panel_product(<const floating*> L.P + off, w, nrows, a, ka, ka, b, kb, kb, z, w, NULL)
 
 
 cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
@@ -194,7 +189,7 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     hb units stored as hp (whole vectors, the sequence kernels' layout): its
     products are 4 hp wide, the cell reads each gate block hp apart."""
     cdef Py_ssize_t B = ctx.B, I = L.n_in, H = L.n_out, K = L.K, span = L.span
-    cdef Py_ssize_t p, r, j0, hb, hp, w, q4
+    cdef Py_ssize_t p, r, j0, hb, hp, w
     cdef const floating* P
     cdef const floating* Pp
     cdef const floating* bp
@@ -207,17 +202,14 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     cdef QAct q
     cdef bint i8 = False
     if floating is float:
-        q4 = CYL_STREAM_VLF // 4
         if L.i8 and p1 > p0:
             q = _quantize_rows(L, ctx, tid, x, hprev)
             i8 = True
-    else:
-        q4 = CYL_STREAM_VLD // 4
     P = <const floating*> L.P
     for p in range(p0, p1):
         j0 = p * span
         hb = H - j0 if H - j0 < span else span
-        hp = ((hb + q4 - 1) // q4) * q4
+        hp = padded_units(hb, panel_vlen(c))
         w = 4 * hp
         Pp = P + p * K * 4 * span
         bp = <const floating*> L.bias + p * 4 * span
@@ -258,13 +250,11 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     cdef int act = L.act
     cdef QAct q
     cdef bint i8 = False
+    vl = panel_vlen(y)
     if floating is float:
-        vl = CYL_STREAM_VLF
         if L.i8 and p1 > p0:
             q = _quantize_rows(L, ctx, tid, x, NULL)
             i8 = True
-    else:
-        vl = CYL_STREAM_VLD
     for p in range(p0, p1):
         j0 = p * span
         w = U - j0 if U - j0 < span else span
