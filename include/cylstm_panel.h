@@ -530,11 +530,78 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
 #else
 #define CYL_DECLARE_VTN(T) typedef T VTn; enum { VLn = 1 };
 #endif
+/* A panel one 64-byte vector wide (a Dense head of a few units, the last panel
+ * of a layer whose units are not a multiple of the span).  With one sum per
+ * output, a row is one multiply-add chain K long there: a Dense(1) head over
+ * K = 128 took ~150 ns of a 5.7 us step at batch 1 ((64, 128), AMD EPYC
+ * (2 cores), Zen 3, 2026-12-03).  So each output is summed in NS_ interleaved
+ * partial sums (k = s, s + NS_, ... into sum s; the last n % NS_ rows of a part
+ * into sum 0; each part, a then b, on its own), added pairwise at the end
+ * (s_t += s_(t + NS_/2), ...).  R_ rows share each weight load (past the last
+ * row, the last is repeated, as in the four-row body); every row gets the same
+ * bits in any block.  NS_ and R_ fill the registers: 4 sums x 6 rows of one
+ * vector on AVX-512 (32 registers), 2 x 3 rows of two on AVX2, 2 x 1 of four
+ * on SSE2. */
+#if CYL_STREAM_VECTOR
+#define CYL_PANEL_NARROW_PASS(T)                                                   \
+    if (w == CYL_LAYOUT_VL(T)) {                                                   \
+        enum { NV_ = 64 / (VLn * (int)sizeof(T)),                                  \
+               NS_ = CYL_REG_BYTES == 64 ? 4 : 2,                                  \
+               R_ = CYL_REG_BYTES == 64 ? 6 : CYL_REG_BYTES == 32 ? 3 : 1 };       \
+        for (r = 0; r < nrows; r += R_) {                                          \
+            const T* A_[R_];                                                       \
+            const T* B_[R_];                                                       \
+            VTn s_[R_][NS_][NV_];                                                  \
+            int ri_, si_, vi_;                                                     \
+            ptrdiff_t k;                                                           \
+            const T* p = P;                                                        \
+            _Pragma("GCC unroll 6") for (ri_ = 0; ri_ < R_; ri_++) {               \
+                const ptrdiff_t row_ = r + ri_ < nrows ? r + ri_ : nrows - 1;      \
+                A_[ri_] = a0 + row_ * lda;                                         \
+                B_[ri_] = b0 + row_ * ldb;                                         \
+                _Pragma("GCC unroll 4") for (si_ = 0; si_ < NS_; si_++)            \
+                    _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++)        \
+                        s_[ri_][si_][vi_] = (VTn){0};                              \
+            }                                                                      \
+            CYL_NARROW_PART(T, A_, ka)                                             \
+            CYL_NARROW_PART(T, B_, kb)                                             \
+            _Pragma("GCC unroll 6") for (ri_ = 0; ri_ < R_; ri_++) {               \
+                const ptrdiff_t row_ = r + ri_ < nrows ? r + ri_ : nrows - 1;      \
+                _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {          \
+                    _Pragma("GCC unroll 2") for (si_ = 0; si_ < NS_ / 2; si_++)    \
+                        s_[ri_][si_][vi_] += s_[ri_][si_ + NS_ / 2][vi_];          \
+                    _Pragma("GCC unroll 1") for (si_ = 0; si_ < NS_ / 4; si_++)    \
+                        s_[ri_][si_][vi_] += s_[ri_][si_ + NS_ / 4][vi_];          \
+                    CYL_ST(z0 + row_ * ldz + VLn * vi_, s_[ri_][0][vi_]);          \
+                }                                                                  \
+            }                                                                      \
+        }                                                                          \
+        return;                                                                    \
+    }
+/* the n rows of one part (row values V[ri][k]) of the panel, k into sum k % NS_ */
+#define CYL_NARROW_PART(T, V, n)                                                   \
+    for (k = 0; k + NS_ <= (n); k += NS_, p += NS_ * CYL_LAYOUT_VL(T))             \
+        _Pragma("GCC unroll 4") for (si_ = 0; si_ < NS_; si_++)                    \
+            _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {              \
+                const VTn w_ = CYL_LD(VTn, p + si_ * CYL_LAYOUT_VL(T) + VLn * vi_); \
+                _Pragma("GCC unroll 6") for (ri_ = 0; ri_ < R_; ri_++)             \
+                    s_[ri_][si_][vi_] += V[ri_][k + si_] * w_;                     \
+            }                                                                      \
+    for (; k < (n); k++, p += CYL_LAYOUT_VL(T))                                    \
+        _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {                  \
+            const VTn w_ = CYL_LD(VTn, p + VLn * vi_);                             \
+            _Pragma("GCC unroll 6") for (ri_ = 0; ri_ < R_; ri_++)                 \
+                s_[ri_][0][vi_] += V[ri_][k] * w_;                                 \
+        }
+#else
+#define CYL_PANEL_NARROW_PASS(T)
+#endif
 #define CYL_PANEL_FN_BODY(T, VT64, VL64, ROWS6_FN)                                 \
     {                                                                              \
         CYL_DECLARE_VTN(T)                                                         \
         ptrdiff_t r = 0;                                                           \
         (void)next;                                                                \
+        CYL_PANEL_NARROW_PASS(T)                                                   \
         CYL_ROWS6_PASS(ROWS6_FN, VL64)                                             \
         CYL_ROWS42_PASS(T, VTn, VLn)                                               \
         for (; r < nrows; r++) {                                                   \

@@ -187,14 +187,16 @@ def test_stacked_panels_forward(level, dtype):
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_every_row_split_of_the_panel_passes(level, dtype):
+@pytest.mark.parametrize("H", [48, 50, 3])
+def test_every_row_split_of_the_panel_passes(level, dtype, H):
     """Batches 1-23 on one thread: every way the panel passes cut a batch (six-row
-    blocks; on AVX2 then 5 + 5, 5 + 4, 4 + 4, 5 or 4; then 4, 2, 1) matches the
-    reference, and each row's output has the bits of that row run alone (one
-    accumulator per output, summed in k order, whichever block computes it).  H = 48
-    and K = I + H = 61: whole 64-byte vectors, no transposed tail (the AVX2 blocks'
-    condition); the stacked path puts x_t and h_prev in one panel pass."""
-    T, I, H = 4, 13, 48
+    blocks; on AVX2 then 5 + 5, 5 + 4, 4 + 4, 5 or 4; then 4, 2, 1; a panel one
+    vector wide in blocks of its own pass) matches the reference, and each row's
+    output has the bits of that row run alone, whichever block computes it.
+    H = 48: whole panels; 50: a last panel of 2 units, one vector wide; 3: one
+    such panel.  The stacked path puts x_t and h_prev in one panel pass (K = 13 + H,
+    an odd part length for the narrow pass's partial sums)."""
+    T, I = 4, 13
     x, W, U, b = random_lstm(np.random.default_rng(23), 23, T, I, H)
     cast = [a.astype(dtype) for a in (x, W, U, b)]
     with _cpu.forced_level(level):

@@ -388,6 +388,22 @@ def test_panel_projection_rule_follows_the_isa(isa_level, rows, want):
     assert (p.prepacked, p.panel_projection) == (False, False)
 
 
+def _unpack_plain(P, K, N, dtype):
+    """The (K, N) matrix in plain panels P, read back from the documented layout
+    (panels of 4 vectors, the last rounded up to whole vectors), checking that
+    the padding columns are zero."""
+    vl = 64 // np.dtype(dtype).itemsize
+    pw = 4 * vl
+    cols = []
+    for p in range(-(-N // pw)):
+        w = min(pw, N - p * pw)
+        wp = -(-w // vl) * vl
+        block = P[p * K * pw:p * K * pw + K * wp].reshape(K, wp)
+        np.testing.assert_array_equal(block[:, w:], 0)
+        cols.append(block[:, :w])
+    return np.hstack(cols)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("H", [1, 5, 16, 50, 64, 70])
 def test_packed_transpose_is_u_transposed_zero_padded(dtype, H):
@@ -397,16 +413,8 @@ def test_packed_transpose_is_u_transposed_zero_padded(dtype, H):
     U = rng.standard_normal((H, 4 * H)).astype(dtype)
     P = np.full(_lstm.transposed_len(H, dtype), np.nan, dtype)
     _lstm.pack_transposed(U, P)
+    np.testing.assert_array_equal(_unpack_plain(P, 4 * H, H, dtype), U.T)
     vl = 64 // np.dtype(dtype).itemsize
-    pw, K = 4 * vl, 4 * H
-    cols = []
-    for p in range(-(-H // pw)):
-        w = min(pw, H - p * pw)
-        wp = -(-w // vl) * vl
-        block = P[p * K * pw:p * K * pw + K * wp].reshape(K, wp)
-        np.testing.assert_array_equal(block[:, w:], 0)
-        cols.append(block[:, :w])
-    np.testing.assert_array_equal(np.hstack(cols), U.T)
     assert _lstm.transposed_width(H, dtype) == -(-H // vl) * vl
 
 
@@ -436,17 +444,8 @@ def test_pack_plain_is_m_zero_padded(dtype, N):
     M = rng.standard_normal((K, N)).astype(dtype)
     P = np.full(_lstm.plain_len(K, N, dtype), np.nan, dtype)
     _lstm.pack_plain(M, P)
-    vl = 64 // np.dtype(dtype).itemsize
-    pw = _lstm.plain_width(dtype)
-    assert pw == 4 * vl
-    cols = []
-    for p in range(-(-N // pw)):
-        w = min(pw, N - p * pw)
-        wp = -(-w // vl) * vl
-        block = P[p * K * pw:p * K * pw + K * wp].reshape(K, wp)
-        np.testing.assert_array_equal(block[:, w:], 0)
-        cols.append(block[:, :w])
-    np.testing.assert_array_equal(np.hstack(cols), M)
+    assert _lstm.plain_width(dtype) == 4 * (64 // np.dtype(dtype).itemsize)
+    np.testing.assert_array_equal(_unpack_plain(P, K, N, dtype), M)
     with pytest.raises(ValueError, match="plain_len"):
         _lstm.pack_plain(M, np.empty(P.size + 1, dtype))
     with pytest.raises(ValueError, match="plain_len"):
