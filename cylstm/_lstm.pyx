@@ -38,8 +38,8 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
-                            PANEL_UNITS_F64_C, padded_units, panel_product, panel_span,
-                            panel_vlen)
+                            PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
+                            panel_span, panel_vlen)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -491,19 +491,17 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
                              T * I, src + b0 * H, H, zs,
                              P + _snake(q + 1, s, n_panels) * K * 4 * span
                              if q + 1 < n_panels else NULL)
+            panel_cells(hb, hp, nb, zs, bias + p * 4 * span, cs + b0 * H + p * span,
+                        nxt + b0 * H + p * span, H, lengths + b0 if lengths != NULL else NULL,
+                        s)
             for b in range(b0, b1):
-                L = T if lengths == NULL else lengths[b]
-                if s >= L:
+                if G == NULL or (lengths != NULL and s >= lengths[b]):
                     continue
                 zr = zs + (b - b0) * w
-                cell_forward_units(hb, hp, zr, NULL, hp, bias + p * 4 * span,
-                                   cs + b * H + p * span, zr, cs + b * H + p * span,
-                                   nxt + b * H + p * span)
-                if G != NULL:
-                    row = b * T + t
-                    for g in range(4):
-                        memcpy(G + row * H4 + g * H + p * span, zr + g * hp,
-                               hb * sizeof(floating))
+                row = b * T + t
+                for g in range(4):
+                    memcpy(G + row * H4 + g * H + p * span, zr + g * hp,
+                           hb * sizeof(floating))
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s >= L:  # finished: the state carries over unchanged

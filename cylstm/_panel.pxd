@@ -3,7 +3,9 @@
 kernels (_lstm.pyx) alike: the kernels of include/cylstm_panel.h, the panel
 geometry, and the one product call both make.  The packers are in _lstm.pyx."""
 from cython cimport floating
-from libc.stdint cimport int8_t, int16_t, uint16_t
+from libc.stdint cimport int8_t, int16_t, int64_t, uint16_t
+
+from cylstm._cell cimport cell_forward_units
 
 
 cdef extern from "cylstm_panel.h" nogil:
@@ -75,3 +77,20 @@ cdef inline void panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows
         cyl_panel_next_f32(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next)
     else:
         cyl_panel_next_f64(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next)
+
+
+cdef inline void panel_cells(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t nrows,
+                             floating* z, const floating* bias, floating* c,
+                             floating* h, Py_ssize_t H, const int64_t* lengths,
+                             Py_ssize_t s) noexcept nogil:
+    """The cell on one panel's products, the second half of a panel step: z
+    (nrows, 4 hp; the panel's hb units stored as hp) holds [x_t, h_prev] @ panel
+    and gets the activated gates; c and h (rows H apart, at the panel's first
+    unit) the new cell and hidden state.  ``bias``: the panel's (4 hp).  Rows with
+    lengths[r] <= s are skipped (finished; lengths NULL: none)."""
+    cdef Py_ssize_t r, w = 4 * hp
+    for r in range(nrows):
+        if lengths != NULL and s >= lengths[r]:
+            continue
+        cell_forward_units(hb, hp, z + r * w, NULL, hp, bias, c + r * H, z + r * w,
+                           c + r * H, h + r * H)

@@ -31,7 +31,7 @@ from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm
 from cylstm._lstm cimport set_blas_threads
-from cylstm._cell cimport cell_forward_units, sigmoid, tanh_
+from cylstm._cell cimport sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
 cnp.import_array()
@@ -39,7 +39,7 @@ cnp.import_array()
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
                             cyl_stream_barrier, cyl_stream_team_size, padded_units,
-                            panel_product, panel_vlen)
+                            panel_cells, panel_product, panel_vlen)
 
 cdef extern from "cylstm_math.h" nogil:
     float cyl_expf(float x) noexcept
@@ -189,7 +189,7 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     hb units stored as hp (whole vectors, the sequence kernels' layout): its
     products are 4 hp wide, the cell reads each gate block hp apart."""
     cdef Py_ssize_t B = ctx.B, I = L.n_in, H = L.n_out, K = L.K, span = L.span
-    cdef Py_ssize_t p, r, j0, hb, hp, w
+    cdef Py_ssize_t p, j0, hb, hp, w
     cdef const floating* P
     cdef const floating* Pp
     cdef const floating* bp
@@ -198,7 +198,6 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     cdef floating* c = <floating*> L.c
     cdef floating* z
     cdef floating zl[MAXW]
-    cdef floating gl[MAXW]
     cdef QAct q
     cdef bint i8 = False
     if floating is float:
@@ -229,9 +228,7 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
             # load; every row body sums each output in k order with one
             # accumulator, so a row has its batch-1 bits (the pooled step)
             _kernel(L, p * K * 4 * span, w, B, x, I, hprev, H, z)
-        for r in range(B):
-            cell_forward_units(hb, hp, z + r * w, NULL, hp, bp, c + r * H + j0, gl,
-                               c + r * H + j0, hnew + r * H + j0)
+        panel_cells(hb, hp, B, z, bp, c + j0, hnew + j0, H, NULL, 0)
 
 
 cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
