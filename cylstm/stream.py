@@ -20,7 +20,7 @@ How it is fast
   weights version and shared by every runner of the model.
 - Small batches use that kernel (a BLAS GEMV call costs more than the
   arithmetic at these sizes; it takes six rows per pass over the weights on
-  AVX-512, four elsewhere, and the last two or one together);
+  AVX-512 and AVX2, four on the baseline, and the last rows in smaller blocks);
   batches of :data:`BLAS_MIN_BATCH` rows and more use SciPy's BLAS per panel.
   When the weights do not fit in one core's cache (or are close to it) the
   panels are split across two OpenMP threads; small models run on the calling
