@@ -175,6 +175,29 @@ cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize
     panel_product(<const floating*> L.P + off, w, nrows, a, ka, ka, b, kb, kb, z, w, NULL)
 
 
+cdef inline void _panel_z(const LayerC* L, const Ctx* ctx, const QAct* q, Py_ssize_t p,
+                          Py_ssize_t off, Py_ssize_t w, const floating* a, Py_ssize_t ka,
+                          const floating* b, Py_ssize_t kb, floating* z) noexcept nogil:
+    """z (B, w) = [a (B, ka), b (B, kb)] @ panel p of layer L (``off`` elements into
+    L.P; kb = 0 for Dense), on the path the runner was set up for: the int8
+    kernel (``q``: the quantized rows, exact integer sums), SciPy's BLAS, or the
+    panel kernel, which sums each output in k order in any row block, so every
+    row has its batch-1 bits (the pooled step)."""
+    cdef Py_ssize_t B = ctx.B
+    if q != NULL:
+        if floating is float:
+            _kernel_i8(L, q, p, w, B, z, w)
+    elif ctx.use_blas:
+        # Z (B, w) = A (B, ka) @ M[:ka] (ka, w) + B (B, kb) @ M[ka:] (kb, w)
+        gemm(False, False, <int> B, <int> w, <int> ka, 1, a, <int> ka,
+             <const floating*> L.P + off, <int> w, 0, z, <int> w)
+        if kb > 0:
+            gemm(False, False, <int> B, <int> w, <int> kb, 1, b, <int> kb,
+                 <const floating*> L.P + off + ka * w, <int> w, 1, z, <int> w)
+    else:
+        _kernel(L, off, w, B, a, ka, b, kb, z)
+
+
 cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
     """The layer's output after this step: the new h (the half not current)."""
     if L.kind == KIND_LSTM:
@@ -190,8 +213,6 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     products are 4 hp wide, the cell reads each gate block hp apart."""
     cdef Py_ssize_t B = ctx.B, I = L.n_in, H = L.n_out, K = L.K, span = L.span
     cdef Py_ssize_t p, j0, hb, hp, w
-    cdef const floating* P
-    cdef const floating* Pp
     cdef const floating* bp
     cdef const floating* hprev = <const floating*> (L.h0 if ctx.par == 0 else L.h1)
     cdef floating* hnew = <floating*> (L.h1 if ctx.par == 0 else L.h0)
@@ -204,30 +225,14 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
         if L.i8 and p1 > p0:
             q = _quantize_rows(L, ctx, tid, x, hprev)
             i8 = True
-    P = <const floating*> L.P
     for p in range(p0, p1):
         j0 = p * span
         hb = H - j0 if H - j0 < span else span
         hp = padded_units(hb, panel_vlen(c))
         w = 4 * hp
-        Pp = P + p * K * 4 * span
         bp = <const floating*> L.bias + p * 4 * span
         z = &zl[0] if B == 1 and not ctx.use_blas else zs
-        if i8:
-            # exact integer sums: every row's bits as at batch 1 (the pooled step too)
-            if floating is float:
-                _kernel_i8(L, &q, p, w, B, z, w)
-        elif ctx.use_blas:
-            # Zs (B, w) = X (B, I) @ M[:I] (I, w) + Hp (B, H) @ M[I:] (H, w)
-            gemm(False, False, <int> B, <int> w, <int> I, 1, x, <int> I, Pp, <int> w,
-                 0, z, <int> w)
-            gemm(False, False, <int> B, <int> w, <int> H, 1, hprev, <int> H,
-                 Pp + I * w, <int> w, 1, z, <int> w)
-        else:
-            # Zs (B, 4 hp) = [X, Hp] (B, K) @ M[:, panel], several rows per weight
-            # load; every row body sums each output in k order with one
-            # accumulator, so a row has its batch-1 bits (the pooled step)
-            _kernel(L, p * K * 4 * span, w, B, x, I, hprev, H, z)
+        _panel_z(L, ctx, &q if i8 else NULL, p, p * K * 4 * span, w, x, I, hprev, H, z)
         panel_cells(hb, hp, B, z, bp, c + j0, hnew + j0, H, NULL, 0)
 
 
@@ -237,8 +242,6 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     w columns are stored as wp (whole vectors, zero columns past w)."""
     cdef Py_ssize_t B = ctx.B, K = L.K, U = L.n_out, span = L.span
     cdef Py_ssize_t p, r, j, j0, w, wp, vl
-    cdef const floating* P = <const floating*> L.P
-    cdef const floating* Pp
     cdef const floating* bias = <const floating*> L.bias
     cdef floating* y = <floating*> L.h0
     cdef floating* z
@@ -256,17 +259,8 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
         j0 = p * span
         w = U - j0 if U - j0 < span else span
         wp = ((w + vl - 1) // vl) * vl
-        Pp = P + p * K * span
         z = &zl[0] if B == 1 and not ctx.use_blas else zs
-        if i8:
-            if floating is float:
-                _kernel_i8(L, &q, p, wp, B, z, wp)
-        elif ctx.use_blas:
-            # Zs (B, wp) = X (B, K) @ M_panel (K, wp)
-            gemm(False, False, <int> B, <int> wp, <int> K, 1, x, <int> K, Pp, <int> wp,
-                 0, z, <int> wp)
-        else:
-            _kernel(L, p * K * span, wp, B, x, K, x, 0, z)
+        _panel_z(L, ctx, &q if i8 else NULL, p, p * K * span, wp, x, K, x, 0, z)
         for r in range(B):
             for j in range(w):
                 v = z[r * wp + j] + bias[j0 + j]
