@@ -171,7 +171,7 @@ def test_packed_panels_forward_backward(level, dtype, B, H, threads):
     # the unit split: packed panels of U, threads sharing the panels of each step (one
     # thread: the cell writes in place, no commits); H = 70: the backward's U^T panels
     # take a full 64-float panel (the eight-accumulator body on AVX2/SSE2) and a
-    # transposed tail
+    # zero-padded last one
     with _cpu.forced_level(level):
         _check_forward_backward(dtype, B, 9, 6, H, threads, seed=B + H, plan="units")
 

@@ -85,7 +85,7 @@ def _run(runner, x):
 @pytest.mark.parametrize("I,H", [(5, 16), (7, 20), (3, 37), (33, 48)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_layer_matches_reference(dtype, I, H, threads):
-    # H = 20, 37: a last panel narrower than the others, with transposed tail columns
+    # H = 20, 37: a last panel narrower than the others, one vector wide (zero padded)
     rng = np.random.default_rng(I * 100 + H)
     specs = [_lstm_spec(rng, I, H)]
     x = rng.standard_normal((1, 12, I))
@@ -185,8 +185,8 @@ def test_threads_give_bitwise_serial_results():
 @pytest.mark.parametrize("H", [20, 24, 37, 80])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_reduced_precision_weights(wd, rounded_to, bound, H, threads):
-    # H = 20, 24, 37: panels of 64, 32 and 16 (+ tail) columns (bf16's interleaved
-    # groups; int8's 16-column main blocks and transposed tails)
+    # H = 20, 24, 37: last panels of 16, 32 and 32 columns, zero padded (bf16's
+    # interleaved groups and plain last 16; int8's groups of 8)
     rng = np.random.default_rng(H)
     specs = [_lstm_spec(rng, 7, H), _dense_spec(rng, H, 70, "tanh")]
     specs[0]["kernel"][:, 3] = 0   # an all-zero column (int8: scale 1, every q 0)
