@@ -85,7 +85,8 @@ def _run(runner, x):
 @pytest.mark.parametrize("I,H", [(5, 16), (7, 20), (3, 37), (33, 48)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_layer_matches_reference(dtype, I, H, threads):
-    # H = 20, 37: a last panel narrower than the others, one vector wide (zero padded)
+    # H = 20, 37: a last panel narrower than the others (4 units: one vector wide, the
+    # narrow pass; 5 units: two vectors), zero padded
     rng = np.random.default_rng(I * 100 + H)
     specs = [_lstm_spec(rng, I, H)]
     x = rng.standard_normal((1, 12, I))

@@ -18,8 +18,8 @@ from cylstm.stream import PoolFullError, StreamPool, StreamRunner
 
 
 def _specs(rng, I=5, H1=37, H2=20, head="softmax", U=3):
-    # H = 37, 20: last panels of 5 and 4 units, one vector wide (their own pass); a
-    # 3-wide Dense head is one such panel too
+    # H = 37, 20: last panels of 5 units (two vectors) and 4 (one vector wide: the
+    # narrow pass); a 3-wide Dense head is one vector wide too
     return [_lstm_spec(rng, I, H1), _lstm_spec(rng, H1, H2), _dense_spec(rng, H2, U, head)]
 
 
