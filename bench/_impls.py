@@ -110,7 +110,8 @@ def cylstm_forward_reduced(cylstm, d, precision):
     row: "bf16" is the mixed_bfloat16 policy's products (``compute_dtype="bfloat16"``:
     bf16 operands, float32 accumulation; emulated where the CPU has no BF16
     instructions), "int8" the weights of ``model.quantize("int8")`` (per-output-
-    channel symmetric int8, computed as float32)."""
+    channel symmetric int8 on the int8 kernel: ``weights_dtype="int8"``, each step's
+    rows quantized to int16)."""
     from cylstm import quantization
     from cylstm.functional import lstm_forward, new_weights_version
 
@@ -120,12 +121,14 @@ def cylstm_forward_reduced(cylstm, d, precision):
             return lstm_forward(x, W, U, b, return_sequences=True,
                                 compute_dtype="bfloat16").output
     elif precision == "int8":
+        # the weights of model.quantize("int8"): int8 values, which the kernel packs as
+        # they are; fixed weights, packed once (cylstm_forward)
         Wq, Uq = (quantization.dequantize_int8(*quantization.quantize_int8(w)) for w in (W, U))
         Wq, Uq = np.ascontiguousarray(Wq, F32), np.ascontiguousarray(Uq, F32)
-        version = new_weights_version()   # fixed weights, packed once (cylstm_forward)
+        version = new_weights_version()
 
         def run():
-            return lstm_forward(x, Wq, Uq, b, return_sequences=True,
+            return lstm_forward(x, Wq, Uq, b, return_sequences=True, weights_dtype="int8",
                                 weights_version=version).output
     else:
         raise ValueError(f"precision must be 'bf16' or 'int8'; got {precision!r}")
@@ -406,6 +409,52 @@ def ort_session(model, n_threads):
     so.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
+
+
+def onnx_dq_lstm_model(W, U, b):
+    """:func:`onnx_lstm_model` as ONNX Runtime's ``com.microsoft.DynamicQuantizeLSTM``:
+    the kernels as per-column int8 (cylstm.quantization's values, so the same weights
+    as "cylstm int8"), stored as uint8 with zero point 128 (ORT's int8-weight kernel
+    saturates without VNNI, bench/stream_bench.py), activations quantized to 8 bits
+    by ORT at run time."""
+    try:
+        from onnx import TensorProto, helper, numpy_helper
+    except Exception as e:
+        raise Skip(f"onnx not importable ({type(e).__name__}: {e})".splitlines()[0]) from e
+    from cylstm.quantization import quantize_int8
+
+    I, H4 = W.shape
+    H = H4 // 4
+    order = np.r_[0:H, 3 * H:4 * H, H:2 * H, 2 * H:3 * H]  # i, o, f, c
+    inits = []
+    for name, M in (("W", W), ("R", U)):
+        q, sc = quantize_int8(np.ascontiguousarray(M[:, order]))   # (n, 4H), ONNX order
+        inits += [numpy_helper.from_array((q.astype(np.int16) + 128).astype(np.uint8)[None],
+                                          name),
+                  numpy_helper.from_array(sc[None].astype(F32), f"{name}s"),
+                  numpy_helper.from_array(np.full((1, 4 * H), 128, np.uint8), f"{name}z")]
+    Bo = np.concatenate([b[order], np.zeros(4 * H, F32)])[None].astype(F32)
+    inits.append(numpy_helper.from_array(Bo, "B"))
+    X = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", I])
+    Y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "B", H])
+    node = helper.make_node("DynamicQuantizeLSTM",
+                            ["X", "W", "R", "B", "", "", "", "", "Ws", "Wz", "Rs", "Rz"],
+                            ["Y"], hidden_size=H, domain="com.microsoft")
+    graph = helper.make_graph([node], "dq_lstm", [X], [Y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+def ort_int8_forward(d, n_threads):
+    sess = ort_session(onnx_dq_lstm_model(d["W"], d["U"], d["b"]), n_threads)
+    feed = {"X": d["xt"]}
+
+    def run():
+        return sess.run(None, feed)[0]
+
+    return Impl("onnxruntime int8", "ort", run, lambda y: (_bf(y[:, 0]),))
 
 
 def ort_forward(d, n_threads):

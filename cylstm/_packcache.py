@@ -91,14 +91,17 @@ def cacheable(I, H, dtype):
     return 2 * entry_bytes(I, H, dtype) <= _tuning.WEIGHT_CACHE_BYTES
 
 
-def lookup(W, U, bias, layout, with_w=True, n_threads=1, version=None):
+def lookup(W, U, bias, layout, with_w=True, n_threads=1, version=None, make=None):
     """The weights packed in ``layout`` (a read-only array), or None when this call
     should pack for itself (too big, a key whose bytes keep changing, or a run of
     calls each with arrays never seen before).
 
     layout : "stacked" ([W; U] per panel and the bias, ``_lstm.pack_stacked``: the
-        batch split's steps) or "units" (U's panels, then W's and the bias:
-        ``_lstm.pack_units``).
+        batch split's steps), "units" (U's panels, then W's and the bias:
+        ``_lstm.pack_units``) or another name with ``make``.
+    make : None, or ``make(W, U, bias)`` that packs for ``layout`` (the copies are
+        passed; any object with ``nbytes``: the int8 layer pack of
+        ``lstm_forward(weights_dtype="int8")``).
     W, U, bias : C-contiguous arrays of one float dtype, validated by the caller;
         ``bias`` may be None (zeros).
     with_w : compare W too (False: the caller reads W itself, not its panels; a
@@ -143,10 +146,14 @@ def lookup(W, U, bias, layout, with_w=True, n_threads=1, version=None):
         return e.packed
     misses = 0 if e is None else e.misses + 1
     copies = (np.array(W), np.array(U), None if bias is None else np.array(bias))
-    packed = _aligned(_lstm.stacked_len(I, H, dtype.name), dtype)
-    pack = _lstm.pack_units if layout == "units" else _lstm.pack_stacked
-    pack(copies[0], copies[1], np.zeros(4 * H, dtype) if bias is None else copies[2], packed)
-    packed.flags.writeable = False
+    if make is not None:
+        packed = make(*copies)
+    else:
+        packed = _aligned(_lstm.stacked_len(I, H, dtype.name), dtype)
+        pack = _lstm.pack_units if layout == "units" else _lstm.pack_stacked
+        pack(copies[0], copies[1], np.zeros(4 * H, dtype) if bias is None else copies[2],
+             packed)
+        packed.flags.writeable = False
     new = _Entry(copies, packed)
     new.vouch(version, arrays)
     new.misses = misses

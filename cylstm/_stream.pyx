@@ -21,9 +21,11 @@ weights belong to a ``cylstm.stream._Pack`` shared by all runners of a model.
 """
 import numpy as np
 
+from cylstm import _tuning
+
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport parallel, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp
 from libc.stdint cimport int8_t, int16_t, uint16_t
 from libc.stdlib cimport free, malloc
@@ -38,6 +40,7 @@ cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
+                            cyl_panel_i8_b,
                             cyl_stream_barrier, cyl_stream_team_size, padded_units,
                             panel_cells, panel_product, panel_vlen)
 
@@ -90,6 +93,8 @@ cdef struct LayerC:
     void* h0               # LSTM: state h, half 0; Dense: the output (B, units)
     void* h1               # LSTM: state h, half 1; Dense: == h0
     void* c                # LSTM: cell state (B, H)
+    const float* zx        # int8 LSTM, NULL but inside run(): this step's x_t products
+    #                        (B, ncols), computed for a chunk of steps at once (_project)
 
 
 cdef struct Ctx:
@@ -144,7 +149,8 @@ cdef inline QAct _quantize_rows(const LayerC* L, const Ctx* ctx, int tid, const 
     cdef int16_t* bq = aq + B * L.ka2
     cdef float* ra = <float*> (bq + B * L.kb2)
     cdef float* rb = ra + B
-    cyl_i8q_quantize(a, B, L.n_in, L.n_in, L.ka2, L.qmax, aq, ra)
+    if L.zx == NULL:   # (with zx, x_t's products are done)
+        cyl_i8q_quantize(a, B, L.n_in, L.n_in, L.ka2, L.qmax, aq, ra)
     if b != NULL:
         cyl_i8q_quantize(b, B, L.n_out, L.n_out, L.kb2, L.qmax, bq, rb)
     q.aq, q.bq, q.ra, q.rb = aq, bq, ra, rb
@@ -156,10 +162,39 @@ cdef inline void _kernel_i8(const LayerC* L, const QAct* q, Py_ssize_t p, Py_ssi
     """z (nrows, w) = the int8 panel p's product with the quantized rows.  Its sums
     are exact integers: every row has the same bits in any block, on any thread."""
     cdef Py_ssize_t wfull = 4 * L.span if L.kind == KIND_LSTM else L.span
-    cdef Py_ssize_t col = p * wfull
+    cdef Py_ssize_t col = p * wfull, r
+    if L.zx != NULL:
+        # x_t's part is in zx already (_project): the h_prev part added to it, the
+        # same bits as both parts here
+        for r in range(nrows):
+            memcpy(z + r * ldz, L.zx + r * L.ncols + col, w * sizeof(float))
+        cyl_panel_i8_b(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + L.ncols + col,
+                       w, nrows, L.ka2, q.bq, L.kb2, q.rb, z, ldz)
+        return
     cyl_panel_i8(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + col,
                  L.scale + L.ncols + col, w, nrows, q.aq, L.ka2, q.ra,
                  q.bq, L.kb2, q.rb, z, ldz)
+
+
+cdef void _project(const LayerC* L, const float* x, Py_ssize_t nrows, int16_t* aq,
+                   float* ra, float* zx, int nt) noexcept nogil:
+    """zx (nrows, ncols) = the x part of every panel of the int8 LSTM layer L for
+    nrows rows of x (n_in wide): several time steps' x_t at once, so that each
+    panel's kernel rows are read once per block of rows instead of once per step.
+    The rows are quantized as a step quantizes them (aq, ra: nrows x ka2 and
+    nrows of scratch), and the a part of cyl_panel_i8 is the same for any block of
+    rows: the steps then give the bits they give without it."""
+    cdef Py_ssize_t p, col, hb, w, wfull = 4 * L.span
+    cyl_i8q_quantize(x, nrows, L.n_in, L.n_in, L.ka2, L.qmax, aq, ra)
+    for p in prange(L.n_panels, num_threads=nt, schedule="static"):
+        col = p * wfull
+        hb = L.n_out - p * L.span
+        if hb > L.span:
+            hb = L.span
+        w = 4 * padded_units(hb, CYL_STREAM_VLF)
+        cyl_panel_i8(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + col,
+                     L.scale + L.ncols + col, w, nrows, aq, L.ka2, ra, NULL, 0, NULL,
+                     zx + col, L.ncols)
 
 
 cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
@@ -609,16 +644,45 @@ cdef class Core:
         op = <char*> cnp.PyArray_DATA(oa)
         xstride = B * self._n_in * cnp.PyArray_ITEMSIZE(xa)
         ostride = B * self._n_out * cnp.PyArray_ITEMSIZE(oa)
-        with nogil:
-            for t in range(T):
-                # step t: x = block[t] (B, n_in), out[t] (B, n_out)
-                self.ctx.x = xp + t * xstride
-                self.ctx.out = op + t * ostride
-                if self._typenum == cnp.NPY_FLOAT32:
-                    _step(&self.ctx, <float*> self.ctx.scratch)
-                else:
-                    _step(&self.ctx, <double*> self.ctx.scratch)
-        self._busy = 0
+        cdef LayerC* L0 = &self._layers[0]
+        cdef Py_ssize_t tc = 0, t0, t1
+        cdef cnp.ndarray zxa, aqa, raa
+        cdef float* zxp = NULL
+        cdef int16_t* aqp = NULL
+        cdef float* rap = NULL
+        if L0.i8 and L0.kind == KIND_LSTM and T > 1 and _tuning.INT8_PROJECT_BYTES > 0 \
+                and L0.n_in >= _tuning.INT8_PROJECT_MIN_INPUTS * L0.n_out:
+            # a first int8 LSTM layer: its x_t products for a chunk of steps at once
+            # (_project), the chunk bounded in bytes (cylstm/_tuning.py)
+            tc = max(1, min(T, _tuning.INT8_PROJECT_BYTES // (B * L0.ncols * 4)))
+            zxa = np.empty(tc * B * L0.ncols, np.float32)
+            aqa = np.empty(tc * B * L0.ka2, np.int16)
+            raa = np.empty(tc * B, np.float32)
+            zxp = <float*> cnp.PyArray_DATA(zxa)
+            aqp = <int16_t*> cnp.PyArray_DATA(aqa)
+            rap = <float*> cnp.PyArray_DATA(raa)
+        try:
+            with nogil:
+                t0 = 0
+                while t0 < T:
+                    t1 = T if tc == 0 else min(T, t0 + tc)
+                    if tc:
+                        _project(L0, <const float*> (xp + t0 * xstride), (t1 - t0) * B, aqp,
+                                 rap, zxp, self.ctx.n_threads)
+                    for t in range(t0, t1):
+                        # step t: x = block[t] (B, n_in), out[t] (B, n_out)
+                        self.ctx.x = xp + t * xstride
+                        self.ctx.out = op + t * ostride
+                        if tc:
+                            L0.zx = zxp + (t - t0) * B * L0.ncols
+                        if self._typenum == cnp.NPY_FLOAT32:
+                            _step(&self.ctx, <float*> self.ctx.scratch)
+                        else:
+                            _step(&self.ctx, <double*> self.ctx.scratch)
+                    t0 = t1
+        finally:
+            L0.zx = NULL
+            self._busy = 0
         return oa
 
     def _refuse_concurrent(self):

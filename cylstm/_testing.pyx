@@ -229,7 +229,7 @@ def force_cpu_level(int level):
 
 from libc.stdint cimport int8_t, int16_t
 
-from cylstm._panel cimport cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_i8
+from cylstm._panel cimport cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_i8, cyl_panel_i8_b
 
 
 def i8q_qmax(Py_ssize_t k2):
@@ -269,3 +269,18 @@ def i8q_panel(const int8_t[::1] P, const float[::1] sa, const float[::1] sb, Py_
     cyl_panel_i8(&P[0], &sa[0], &sb[0], w, n, &aq[0, 0], ka2, &ra[0],
                         &bq[0, 0] if kb2 else &dummy, kb2, &rb[0], &zv[0, 0], w)
     return z
+
+
+def i8q_panel_b(const int8_t[::1] P, const float[::1] sb, Py_ssize_t w, Py_ssize_t ka2,
+                const int16_t[:, ::1] bq, const float[::1] rb, float[:, ::1] z):
+    """cyl_panel_i8_b: panel P's b part (its a part ka2 rows) added to z (rows, w) in
+    place, as the runner adds h_prev's part to the x_t products it projected."""
+    cdef Py_ssize_t n = bq.shape[0], kb2 = bq.shape[1]
+    cdef Py_ssize_t wp = (w + 7) // 8 * 8
+    if n < 1 or rb.shape[0] != n or z.shape[0] != n or z.shape[1] != w:
+        raise ValueError(f"bq, rb and z must have the same rows (at least 1), z {w} wide")
+    if ka2 % 2 or kb2 % 2 or ka2 < 2 or kb2 < 2 or P.shape[0] != (ka2 + kb2) * wp or \
+            sb.shape[0] < wp:
+        raise ValueError(f"P must hold (ka2 + kb2) x {wp} bytes (even ka2, kb2 >= 2) and "
+                         f"the scales {wp}")
+    cyl_panel_i8_b(&P[0], &sb[0], w, n, ka2, &bq[0, 0], kb2, &rb[0], &z[0, 0], w)

@@ -238,6 +238,26 @@ BLAS_MIN_BATCH = 256
 # quarter of that the fork/join is most of the step.
 PARALLEL_MIN_BYTES = 256 * 1024
 
+# StreamRunner.run (and so lstm_forward(weights_dtype="int8")) over a first int8 LSTM
+# layer with at least INT8_PROJECT_MIN_INPUTS inputs per unit computes the x_t part of
+# its products for a chunk of steps at once (_stream.pyx, _project): the kernel's int8
+# panels are read once per chunk, by the four-row blocks, instead of once per step; a
+# chunk's products take at most INT8_PROJECT_BYTES (float32, rows x 4H; 0: never).
+# The same bits either way.  AMD EPYC (2 cores), Zen 3, one thread, 2026-12-03, time
+# with / without, alternated in one process: (T, B, I, H) = (25, 1, 512, 512) 0.93x,
+# (150, 1, 256, 256) 0.89x; (200, 1, 64, 128) 1.04x, (100, 32, 128, 256) 1.01x,
+# (100, 32, 10, 50) 1.05x; chunks of 64 KiB to 1 MiB within 2% of each other.
+INT8_PROJECT_BYTES = 1 << 20
+INT8_PROJECT_MIN_INPUTS = 1.0
+
+# lstm_forward(weights_dtype="int8") splits each step's panels over threads from this
+# many int8 weight bytes ((I + H) x 4H) times the batch.  AMD EPYC (2 cores), Zen 3,
+# 2026-12-03, 2 threads over 1, T = 100-200: (B, I, H) = (1, 64, 128) 98 KB 1.62x
+# slower, (2, 10, 50) 24 KB 1.46x, (4, 64, 128) 393 KB 1.10x slower, (1, 256, 256)
+# 524 KB 0.87x (0.66x in a bench run).  The streaming runner's PARALLEL_MIN_BYTES (a
+# step between idle gaps) is half of it.
+INT8_SEQ_PARALLEL_MIN_BYTES = 512 * 1024
+
 # The optimizers (cylstm/optimizers.py): vectors shorter than this are updated on
 # one thread: below it, waking the OpenMP team costs more than the elementwise
 # pass it would split.  Measured on 2 cores (float32 Adam, check + update pass,

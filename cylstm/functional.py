@@ -35,8 +35,8 @@ from cylstm._validate import (
     check_states,
     check_weights,
     real_array,
-    weights_dtype,
 )
+from cylstm._validate import weights_dtype as _float_dtype
 from cylstm._workspace import give, take
 from cylstm.quantization import round_bfloat16
 
@@ -298,9 +298,104 @@ def _bf16_products(compute_dtype, dtype):
     return False
 
 
+#: The path of ``weights_dtype="int8"`` calls (not one of :data:`cylstm._tuning.PATHS`:
+#: it is the only path such a call can take, so there is nothing to tune).
+INT8_PATH = "int8"
+
+
+def _int8_products(weights_dtype, dtype, training=False, bf16=False):
+    """Validate ``weights_dtype`` (None or "int8") for a call with weights of ``dtype``:
+    True for int8 products."""
+    if weights_dtype is None:
+        return False
+    if not (isinstance(weights_dtype, str) and weights_dtype.lower() == "int8"):
+        raise ValueError(f"weights_dtype must be None or 'int8'; got {weights_dtype!r}")
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"weights_dtype='int8' needs float32 weights (int8 products "
+                         f"scaled in float32); got weights of dtype {np.dtype(dtype).name}")
+    if training:
+        raise ValueError("weights_dtype='int8' is for inference (training=False): train in "
+                         "float32 or mixed_bfloat16 and quantize after")
+    if bf16:
+        raise ValueError("weights_dtype='int8' and compute_dtype='bfloat16' are two "
+                         "precisions for the same products; give one")
+    return True
+
+
+def _int8_plan(B, I, H, n_total, force=None):
+    """Rule 0 of :func:`plan_forward`: the "int8" path (one step is one streaming
+    runner step).  Several threads once the int8 weights' bytes times the batch
+    reach ``_tuning.INT8_SEQ_PARALLEL_MIN_BYTES``, at most one per panel."""
+    if force is not None:
+        path = force.path if isinstance(force, ForwardPlan) else force
+        if path != INT8_PATH:
+            raise ValueError(f"_plan={path!r} cannot run this call: weights_dtype='int8' "
+                             f"runs on the {INT8_PATH!r} path only")
+        if isinstance(force, ForwardPlan):
+            return force   # (its threads too: tests and measurements)
+        reason = "forced"
+    else:
+        reason = "weights_dtype='int8'"
+    nbytes = (I + H) * 4 * H   # the int8 panels, about one byte per weight
+    nt = n_total if nbytes * max(B, 1) >= _tuning.INT8_SEQ_PARALLEL_MIN_BYTES else 1
+    nt = max(1, min(nt, _n_panels(H, np.dtype(np.float32))))
+    pre = B > 0 and H > 0 and _packcache.cacheable(I, H, np.float32)
+    return ForwardPlan(INT8_PATH, nt, 1, None, (), 0, None, reason, prepacked=pre)
+
+
+def _int8_pack(W, U, bias):
+    """The int8 panels of one LSTM layer (``cylstm.stream``'s, the runner's own)."""
+    from cylstm import stream  # defers import cost: the streaming runner
+
+    H = U.shape[0]
+    for name, w in (("kernel", W), ("recurrent_kernel", U)):
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"weights_dtype='int8': {name} must be finite to be quantized "
+                             f"to int8 (shape {w.shape})")
+    return stream._Pack([{"type": "lstm", "kernel": W, "recurrent_kernel": U,
+                          "bias": np.zeros(4 * H, np.float32) if bias is None else bias}],
+                        np.float32, "int8")
+
+
+def _int8_forward(plan, x, W, U, b, bias, lens, reverse, y, hs, cs, own, version):
+    """Run the "int8" plan: the streaming runner's step over each group of samples of
+    one length (all of them without lengths), their valid steps only, in time order
+    or reversed (``reverse``, within each sample's own length).  Writes the valid
+    outputs into ``y`` (zeros elsewhere; None: not kept) and the final states into
+    ``hs``, ``cs``."""
+    from cylstm import stream  # defers import cost: the streaming runner
+
+    B, T, _ = x.shape
+    if B == 0 or T == 0 or U.shape[0] == 0:
+        return
+    pack = None
+    if plan.prepacked and own:
+        pack = _packcache.lookup(W, U, bias, "int8", n_threads=plan.n_threads,
+                                 version=version, make=_int8_pack)
+    if pack is None:
+        pack = _int8_pack(W, U, bias)
+    if lens is None:
+        groups = [(slice(None), T)]
+    else:
+        groups = [(np.flatnonzero(lens == n), int(n)) for n in np.unique(lens) if n > 0]
+    for rows, n in groups:
+        xr = x[rows, :n]
+        if reverse:
+            xr = xr[:, ::-1]
+        nb = xr.shape[0]
+        runner = stream.StreamRunner._over_pack(pack, nb, plan.n_threads)
+        runner._set_state([(hs[rows], cs[rows])])
+        out = runner.run(np.ascontiguousarray(xr.transpose(1, 0, 2)))   # (n, nb, H)
+        (h, c), = runner._get_state()
+        hs[rows], cs[rows] = h, c
+        if y is not None:
+            o = out.transpose(1, 0, 2)
+            y[rows, :n] = o[:, ::-1] if reverse else o
+
+
 def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
                  has_lengths=False, reverse=False, facts=None, *, force=None,
-                 compute_dtype=None):
+                 compute_dtype=None, weights_dtype=None):
     """Choose the forward path for a call and the scratch it needs.
 
     Parameters
@@ -318,6 +413,9 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     compute_dtype : see :data:`COMPUTE_DTYPES`.  "bfloat16" restricts the call to
         "rows" and "rows_fused" (rules 8 and 9; a forced panel path is a ValueError)
         and sets the plan's ``bf16``.
+    weights_dtype : None or "int8" (:func:`lstm_forward`'s): "int8" is the "int8"
+        path, inference only (rule 0), the only one such a call can take.
+    lengths : the call has lengths (``has_lengths``'s other name, for the "int8" path).
 
     Returns
     -------
@@ -325,6 +423,8 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
 
     The rules, in order (thresholds in cylstm/_tuning.py):
 
+    0. ``weights_dtype="int8"``: "int8", the streaming runner's int8 panel step
+       over the whole sequence (:func:`_int8_plan`);
     1. ``force``, else (inference, ``facts`` None) a tuned choice for this shape
        class when valid for the call;
     2. "units" when there is no recurrent mask, H spans two panels or more, and
@@ -368,6 +468,12 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     n_total = int(n_threads)
     if n_total < 1:
         raise ValueError(f"num_threads must be >= 1; got {n_total}")
+    if _int8_products(weights_dtype, dtype, training, bf16):
+        return _int8_plan(B, I, H, n_total, force)
+    if force is not None and (force.path if isinstance(force, ForwardPlan) else force) \
+            == INT8_PATH:
+        raise ValueError(f"_plan={INT8_PATH!r} cannot run this call: the {INT8_PATH!r} path "
+                         "multiplies int8 weights; pass weights_dtype='int8'")
     nt = max(1, min(n_total, B // _tuning.MIN_ROWS_PER_THREAD))
     args = (B, H, dtype, n_total, training, has_mask, has_lengths, reverse, bf16)
     if force is not None:
@@ -514,6 +620,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
                  checkpoint_every: int | str | None = None,
                  compute_dtype: str | None = None, num_threads: int | None = None,
                  weights_version: Hashable | None = None,
+                 weights_dtype: str | None = None,
                  _plan: ForwardPlan | None = None) -> LSTMForward:
     """Run an LSTM over whole sequences.
 
@@ -578,9 +685,27 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         batch 1 can be a quarter of the call (see cylstm/_packcache.py).  Give a
         new version after every change (:func:`new_weights_version` makes one);
         new array objects always repack, whatever the version.  Training ignores it.
+    weights_dtype : None or "int8"
+        "int8" (float32 weights, inference): the products read per-output-channel
+        symmetric int8 weights, ``quantize_int8`` of ``kernel`` and
+        ``recurrent_kernel`` (exact for the weights of ``model.quantize("int8")``,
+        which already are such values; :mod:`cylstm.quantization`), with float32
+        scales, as the streaming runner's ``weights_dtype='int8'``.  Each step's
+        ``[x_t, h_prev]`` row is quantized to int16 (at most 2^-15 of the row's
+        largest value off), multiplied with exact int32 sums, and scaled back in
+        float32; the bias, the gate math, c and h stay float32.  Runs on the "int8"
+        path only (the panel kernel ``cyl_panel_i8``, include/cylstm_panel.h),
+        a quarter of the weight bytes of float32: on the AMD EPYC (2 cores), Zen 3,
+        0.42-0.58x of the float32 call at batch 1 and 0.66-0.88x at batch 32 with
+        H >= 128 (one thread, 2026-12-03; within 1.1x of it at H <= 64 and batch
+        16 or more).  Its outputs differ from the float32 call on the same int8
+        weights by the int16 rows' rounding (about 1e-4 absolute at H = 512,
+        tests/test_int8_forward.py).  Not for training: train in float32 or
+        mixed_bfloat16 and quantize after.
     _plan : str or ForwardPlan, optional
         Private: force a kernel path ("rows", "rows_fused", "units", "stacked";
-        see :func:`plan_forward`) instead of letting the planner choose, for tests
+        "int8", the only one, with ``weights_dtype="int8"``; see
+        :func:`plan_forward`) instead of letting the planner choose, for tests
         and :func:`cylstm.tune`.  A path the call cannot take is a ValueError
         (with ``compute_dtype="bfloat16"``, either panel path).
 
@@ -590,8 +715,9 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
     """
     every = _checkpoint.check_every(checkpoint_every)
     _check_version(weights_version)
-    dtype = weights_dtype(kernel)
+    dtype = _float_dtype(kernel)
     bf16 = _bf16_products(compute_dtype, dtype)
+    i8 = _int8_products(weights_dtype, dtype, training, bf16)
     W = as_float_array("kernel", kernel, dtype, 2)
     xs = np.shape(x) if isinstance(x, np.ndarray) else np.shape(real_array("x", x))
     if len(xs) != 3:
@@ -610,6 +736,18 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
     U, b, H = check_weights(x.shape, W, recurrent_kernel, bias, dtype)
     lens = check_lengths(lengths, B, T)
     hs, cs, rmask = check_states(initial_state, recurrent_mask, B, H, dtype)
+    if i8:
+        if rmask is not None:
+            raise ValueError("weights_dtype='int8' takes no recurrent_mask (recurrent "
+                             "dropout is for training; int8 weights are for inference)")
+        n_total, _ = _threads_for(B, num_threads)
+        plan = plan_forward(B, T, I, H, dtype, n_total, has_lengths=lens is not None,
+                            reverse=bool(go_backwards), force=_plan, weights_dtype="int8")
+        y = np.zeros((B, T, H), dtype) if return_sequences else None
+        own = W is kernel and U is recurrent_kernel and (bias is None or b is bias)
+        _int8_forward(plan, x, W, U, b, None if bias is None else b, lens,
+                      bool(go_backwards), y, hs, cs, own, weights_version)
+        return LSTMForward(y if return_sequences else hs.copy(), hs, cs, None)
     if bf16:
         # the operands rounded once (copies; the bias joins in float32, in the cell)
         x, W, U = round_bfloat16(x), round_bfloat16(W), round_bfloat16(U)

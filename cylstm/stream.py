@@ -542,6 +542,14 @@ class StreamRunner(_stream.Core):
                              batch_size, num_threads)
         return self
 
+    @classmethod
+    def _over_pack(cls, pack, batch_size, num_threads):
+        """A runner over an existing ``_Pack`` (``lstm_forward(weights_dtype='int8')``
+        runs its sequences on one, over the packed-weight cache's pack)."""
+        self = cls.__new__(cls)
+        self._init_from_pack(pack, batch_size, num_threads)
+        return self
+
     def _init_from_pack(self, pack, batch_size, num_threads):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
             raise TypeError(f"batch_size must be an int; got {type(batch_size).__name__}")

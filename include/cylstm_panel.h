@@ -845,13 +845,13 @@ static void cyl_i8q_quantize(const float* x, ptrdiff_t nrows, ptrdiff_t n, ptrdi
 static void cyl_i8q_panel_c(const int8_t* P, const float* sa, const float* sb, ptrdiff_t w,
                             ptrdiff_t nrows, const int16_t* aq, ptrdiff_t ka2,
                             const float* ra, const int16_t* bq, ptrdiff_t kb2,
-                            const float* rb, float* z0, ptrdiff_t ldz)
+                            const float* rb, float* z0, ptrdiff_t ldz, int first)
 {
     const ptrdiff_t wp = (w + 7) / 8 * 8;
     for (ptrdiff_t r = 0; r < nrows; r++)
         for (ptrdiff_t g = 0; g < wp; g += 8) {
             const ptrdiff_t n = w - g < 8 ? w - g : 8;
-            for (int part = 0; part < (kb2 > 0 ? 2 : 1); part++) {
+            for (int part = first; part < (kb2 > 0 ? 2 : 1); part++) {
                 const int8_t* Q = P + (part ? ka2 * wp : 0) + 2 * g;
                 const int16_t* x = part ? bq + r * kb2 : aq + r * ka2;
                 const ptrdiff_t K2 = part ? kb2 : ka2;
@@ -879,7 +879,7 @@ static void cyl_i8q_panel_c(const int8_t* P, const float* sa, const float* sb, p
  * (kernel micro-bench, 2-vCPU AMD EPYC Zen 3, 2026-12-02). */
 #define CYL_I8Q_BLOCK(R, C)                                                        \
     for (; g + (C) * 8 <= wp; g += (C) * 8)                                        \
-        for (int part = 0; part < (kb2 > 0 ? 2 : 1); part++) {                     \
+        for (int part = first; part < (kb2 > 0 ? 2 : 1); part++) {                 \
             const int8_t* Q = P + (part ? ka2 * wp : 0) + 2 * g;                   \
             const ptrdiff_t K2 = part ? kb2 : ka2;                                 \
             const int16_t* X_[4];                                                  \
@@ -969,7 +969,7 @@ CYL_TARGET_V3 static void cyl_i8q_panel_v3(const int8_t* P, const float* sa, con
                                            ptrdiff_t w, ptrdiff_t nrows, const int16_t* aq,
                                            ptrdiff_t ka2, const float* ra, const int16_t* bq,
                                            ptrdiff_t kb2, const float* rb, float* z0,
-                                           ptrdiff_t ldz)
+                                           ptrdiff_t ldz, int first)
 {
     const ptrdiff_t wp = (w + 7) / 8 * 8;
     for (ptrdiff_t r0 = 0; r0 < nrows; r0 += (nrows - r0 >= 2 ? 4 : 1)) {
@@ -994,11 +994,29 @@ static inline void cyl_panel_i8(const int8_t* P, const float* sa, const float* s
 {
 #if CYL_ISA_VARIANTS
     if (cyl_cpu_level() >= 1) {
-        cyl_i8q_panel_v3(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz);
+        cyl_i8q_panel_v3(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, 0);
         return;
     }
 #endif
-    cyl_i8q_panel_c(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz);
+    cyl_i8q_panel_c(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, 0);
+}
+
+/* The b part alone (kb2 > 0), added to the a part that z already holds: with z from
+ * cyl_panel_i8 over the a rows only (kb2 = 0; any row block, for instance every time
+ * step's x_t at once), the same bits as cyl_panel_i8 over both parts, whose b part
+ * is this same fma on the same a part.  P is the whole panel (its b part starts
+ * ka2 * wp bytes in). */
+static inline void cyl_panel_i8_b(const int8_t* P, const float* sb, ptrdiff_t w,
+                                  ptrdiff_t nrows, ptrdiff_t ka2, const int16_t* bq,
+                                  ptrdiff_t kb2, const float* rb, float* z0, ptrdiff_t ldz)
+{
+#if CYL_ISA_VARIANTS
+    if (cyl_cpu_level() >= 1) {
+        cyl_i8q_panel_v3(P, sb, sb, w, nrows, bq, ka2, rb, bq, kb2, rb, z0, ldz, 1);
+        return;
+    }
+#endif
+    cyl_i8q_panel_c(P, sb, sb, w, nrows, bq, ka2, rb, bq, kb2, rb, z0, ldz, 1);
 }
 
 /* Threads in the current OpenMP team (1 outside a parallel region, and without

@@ -154,3 +154,17 @@ def int16_rows(a, k2):
     inv = np.where(m > 0, qmax / safe, np.float32(0)).astype(np.float32)
     q = np.rint(a * inv)
     return q.astype(np.float64) * (m / qmax).astype(np.float32).astype(np.float64)
+
+
+def lstm_int8_ref(x, W, U, b, h0=None, c0=None, lengths=None, reverse=False):
+    """:func:`lstm_ref` as the int8 kernels compute (``weights_dtype="int8"``), in
+    float64: int8 weights (:func:`int8_round`) and the rows the products read, x_t and
+    h_prev, quantized to int16 (:func:`int16_rows`, for sums of max(I, H) terms
+    rounded up to even).  Returns y, hT, cT."""
+    even = lambda n: n + n % 2   # noqa: E731
+    I, H = np.shape(W)[0], np.shape(U)[0]
+    k2 = max(even(I), even(H))
+    y, hT, cT, _ = lstm_ref(int16_rows(x, k2), int8_round(W), int8_round(U),
+                            np.asarray(b, np.float32).astype(np.float64), h0, c0, lengths,
+                            reverse, hround=lambda hr, n, t: int16_rows(hr, k2))
+    return y, hT, cT

@@ -120,6 +120,11 @@ def test_panel_gives_the_exact_formula_at_every_level(level, w, ka, kb):
     with _cpu.forced_level(level):
         got = _testing.i8q_panel(P, sa, sb, w, aq, ra, bq, rb)
         np.testing.assert_array_equal(got, want)
+        if kb:   # the a part alone (kb2 = 0), then the b part added: the same bits
+            za = _testing.i8q_panel(P[:ka2 * wp], sa, sb, w, aq, ra,
+                                    np.zeros((n, 0), np.int16), rb)
+            _testing.i8q_panel_b(P, sb, w, ka2, bq, rb, za)
+            np.testing.assert_array_equal(za, want)
         for rows in (1, 2, 5):    # blocks of other sizes: the same bits per row
             part = _testing.i8q_panel(P, sa, sb, w, aq[:rows].copy(), ra[:rows].copy(),
                                       bq[:rows].copy(), rb[:rows].copy())

@@ -69,6 +69,41 @@ def quantize_layers(layers, mode):
         # the int8 model computes as the int8 runner does, on float32 activations
         # (a mixed_bfloat16 layer would round its q * scale weights to bf16)
         layer._bf16 = False
+        sealed_version(layer)
+
+
+# Quantized layers keep their weights read-only ("sealed"), so that the int8 kernel
+# may take its packed int8 copy without reading them again at every call (at batch 1
+# that compare would cost about as much as the int8 products: cylstm/_packcache.py).
+# Every write that cylstm makes goes through write_weight, which forgets the version;
+# an edit in place by the user is a ValueError from NumPy ("assignment destination is
+# read-only"), unless they set ``flags.writeable`` back first, which the next call
+# sees, as it sees new array objects (_bind).
+def sealed_version(layer):
+    """Seal ``layer``'s weights (read-only) and return the weights version they have
+    had since they were last sealed: a new one after any write or rebinding."""
+    from cylstm.functional import new_weights_version  # breaks a cycle: functional, layers
+
+    arrays = [getattr(o, n) for o, n in layer._param_items()]
+    if layer._sealed is None or any(a.flags.writeable for a in arrays):
+        for a in arrays:
+            a.flags.writeable = False
+        layer._sealed = new_weights_version()
+    return layer._sealed
+
+
+def write_weight(owner, dst, value):
+    """``dst[...] = value`` for a weight of ``owner``, sealed or not: a sealed weight is
+    written, sealed again, and its version forgotten (the next call packs anew)."""
+    if dst.flags.writeable:
+        dst[...] = value
+        return
+    dst.flags.writeable = True
+    try:
+        dst[...] = value
+    finally:
+        dst.flags.writeable = False
+        owner._sealed = None
 
 
 def _parse_policy(dtype):
@@ -254,9 +289,9 @@ def assign_weights(items, weights, expects):
             # a quantized layer stays int8 (its own int8 values come back bit for bit);
             # rounded here, so that a refused (non-finite) weight changes nothing
             w = _int8_values(w, f"weight {o.name}/{n} of the quantized layer {o.name!r}")
-        checked.append((dst, w))
-    for dst, w in checked:
-        dst[...] = w
+        checked.append((o, dst, w))
+    for o, dst, w in checked:
+        write_weight(o, dst, w)
 
 
 class Layer:
@@ -294,6 +329,8 @@ class Layer:
     _QUANTIZED_WEIGHTS = ()
     #: None, or "int8" after ``quantize("int8")`` (on Dense and LSTM layers).
     quantization_mode = None
+    #: The weights version of a quantized layer's sealed weights (sealed_version).
+    _sealed = None
     #: Whether the layer takes a mask and passes one on (Keras 3.15's values per class).
     supports_masking = True
     activity_regularizer = None
@@ -466,7 +503,8 @@ class Layer:
             return
         for n in self._QUANTIZED_WEIGHTS:
             w = getattr(self, n)
-            w[...] = _int8_values(w, f"layer {self.name!r}: cannot quantize {n}")
+            write_weight(self, w, _int8_values(w, f"layer {self.name!r}: cannot quantize {n}"))
+        sealed_version(self)
 
     def count_params(self):
         if not self.built:

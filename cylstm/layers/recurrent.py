@@ -33,6 +33,7 @@ from cylstm.layers.base import (
     _make_rng,
     _reg_config,
     _regularizer,
+    sealed_version,
 )
 
 
@@ -203,6 +204,12 @@ class LSTM(Layer):
 
         return gpu, {"device": self._device[1], "weights_version": self._weights_version}
 
+    def _int8_kernel(self):
+        """Whether inference runs on the int8 kernel: a layer quantized by
+        ``quantize("int8")``, on the CPU, in float32."""
+        return (self.quantization_mode == "int8" and self._device is None
+                and self.dtype == np.float32 and not self._bf16)
+
     def _weights_changed(self):
         if self._device is not None:
             from cylstm.cuda.functional import new_weights_version  # defers import cost: CUDA
@@ -370,6 +377,12 @@ class LSTM(Layer):
         F, extra = self._ops()
         if training and self.checkpoint_every is not None:
             extra = self._checkpoint_kw(extra)
+        if not training and self._int8_kernel():
+            # the int8 weights on the int8 kernel (a quarter of the bytes), vouched for
+            # by the sealed weights' version; training (a frozen quantized layer under
+            # fit) runs the float32 products on the same int8 values, for the backward
+            extra = dict(extra, weights_dtype="int8",
+                         weights_version=sealed_version(self))
         if mask is None:
             r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
                                initial_state=state, go_backwards=self.go_backwards,
