@@ -110,10 +110,12 @@ def cylstm_forward_reduced(cylstm, d, precision):
     row: "bf16" is the mixed_bfloat16 policy's products (``compute_dtype="bfloat16"``:
     bf16 operands, float32 accumulation; emulated where the CPU has no BF16
     instructions), "int8" the weights of ``model.quantize("int8")`` (per-output-
-    channel symmetric int8 on the int8 kernel: ``weights_dtype="int8"``, each step's
-    rows quantized to int16)."""
+    channel symmetric int8, as a quantized LSTM layer runs them: on the int8 kernel,
+    ``weights_dtype="int8"``, each step's rows quantized to int16, but for the wide
+    batches of narrow layers where float32 products on the int8 values are faster,
+    ``functional.int8_kernel_pays``)."""
     from cylstm import quantization
-    from cylstm.functional import lstm_forward, new_weights_version
+    from cylstm.functional import int8_kernel_pays, lstm_forward, new_weights_version
 
     x, W, U, b = d["x"], d["W"], d["U"], d["b"]
     if precision == "bf16":
@@ -122,14 +124,16 @@ def cylstm_forward_reduced(cylstm, d, precision):
                                 compute_dtype="bfloat16").output
     elif precision == "int8":
         # the weights of model.quantize("int8"): int8 values, which the kernel packs as
-        # they are; fixed weights, packed once (cylstm_forward)
+        # they are; fixed weights, packed once (cylstm_forward); the products a
+        # quantized LSTM layer runs: the int8 kernel, or float32 where that is faster
         Wq, Uq = (quantization.dequantize_int8(*quantization.quantize_int8(w)) for w in (W, U))
         Wq, Uq = np.ascontiguousarray(Wq, F32), np.ascontiguousarray(Uq, F32)
         version = new_weights_version()
+        kw = {"weights_dtype": "int8"} if int8_kernel_pays(x.shape[0], U.shape[0]) else {}
 
         def run():
-            return lstm_forward(x, Wq, Uq, b, return_sequences=True, weights_dtype="int8",
-                                weights_version=version).output
+            return lstm_forward(x, Wq, Uq, b, return_sequences=True,
+                                weights_version=version, **kw).output
     else:
         raise ValueError(f"precision must be 'bf16' or 'int8'; got {precision!r}")
     return Impl(f"cylstm {precision}", "cylstm", run)

@@ -11,8 +11,9 @@ Workloads (names for ``--only``; a case name or ``workload/case`` selects one ca
               100x32x128x256, 50x64x512x512, 25x16x1024x1024 and 25x1x512x512 (DeepBench),
               150x1x256x256 and 200x1x64x128 (batch-1 sequences); with the rows
               "cylstm bf16" (compute_dtype="bfloat16", emulated without BF16
-              instructions) and "cylstm int8" (int8-quantized weights on the int8
-              kernel, weights_dtype="int8"), checked against cylstm's float32 output
+              instructions) and "cylstm int8" (int8-quantized weights as a quantized
+              layer runs them: the int8 kernel, weights_dtype="int8", where
+              functional.int8_kernel_pays, else float32 products), checked against cylstm's float32 output
               to issue 16's bounds (1e-2, 3e-2 max abs), their speed-up column their
               time over float32's; "onnxruntime int8" (com.microsoft.DynamicQuantizeLSTM
               on the same int8 weights), its speed-up column its time over "cylstm

@@ -412,6 +412,7 @@ cdef class Core:
     cdef Py_ssize_t _n_in
     cdef Py_ssize_t _n_out
     cdef object _dtype
+    cdef object _proj         # run()'s projection buffers (zx, aq, ra), kept for reuse
 
     def __cinit__(self):
         self._layers = NULL
@@ -655,9 +656,11 @@ cdef class Core:
             # a first int8 LSTM layer: its x_t products for a chunk of steps at once
             # (_project), the chunk bounded in bytes (cylstm/_tuning.py)
             tc = max(1, min(T, _tuning.INT8_PROJECT_BYTES // (B * L0.ncols * 4)))
-            zxa = np.empty(tc * B * L0.ncols, np.float32)
-            aqa = np.empty(tc * B * L0.ka2, np.int16)
-            raa = np.empty(tc * B, np.float32)
+            # kept by the runner from call to call (fresh pages cost page faults)
+            if self._proj is None or self._proj[0].shape[0] < tc * B * L0.ncols:
+                self._proj = (np.empty(tc * B * L0.ncols, np.float32),
+                              np.empty(tc * B * L0.ka2, np.int16), np.empty(tc * B, np.float32))
+            zxa, aqa, raa = self._proj
             zxp = <float*> cnp.PyArray_DATA(zxa)
             aqp = <int16_t*> cnp.PyArray_DATA(aqa)
             rap = <float*> cnp.PyArray_DATA(raa)

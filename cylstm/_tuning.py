@@ -258,6 +258,18 @@ INT8_PROJECT_MIN_INPUTS = 1.0
 # step between idle gaps) is half of it.
 INT8_SEQ_PARALLEL_MIN_BYTES = 512 * 1024
 
+# A quantized LSTM layer's inference runs on the int8 kernel but for batches of at
+# least INT8_FLOAT_MIN_ROWS with at most INT8_FLOAT_MAX_UNITS units, which take the
+# float32 products on the same int8 values (functional.int8_kernel_pays).  There the
+# int8 kernel's per-step row quantization and narrow panels cost more than the
+# float32 path's one input projection and batch split.  int8 / float32 time, AMD
+# EPYC (2 cores), Zen 3, 2026-12-03, (T, B, I, H), 1 / 2 threads: (100, 16, 10, 50)
+# 1.20 / 1.98, (100, 32, 10, 50) 1.15 / 2.11, (100, 32, 32, 64) 1.07 / 1.28; (100,
+# 32, 32, 96) 0.98 / 0.60, (100, 16, 64, 128) 0.88 / 0.98, (100, 4, 10, 50) 0.79 /
+# 0.90, (200, 1, 64, 128) 0.68 / 0.98.
+INT8_FLOAT_MIN_ROWS = 16
+INT8_FLOAT_MAX_UNITS = 64
+
 # The optimizers (cylstm/optimizers.py): vectors shorter than this are updated on
 # one thread: below it, waking the OpenMP team costs more than the elementwise
 # pass it would split.  Measured on 2 cores (float32 Adam, check + update pass,
@@ -371,6 +383,14 @@ THRESHOLDS = {
                                    "Haswell), batches 2-3, 2026-12-02",
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
+    "INT8_PROJECT_BYTES": "int8 runner's x_t projection; 2-vCPU Zen 3, one thread, "
+                          "2026-12-03",
+    "INT8_PROJECT_MIN_INPUTS": "int8 runner's x_t projection; 2-vCPU Zen 3, one thread, "
+                               "2026-12-03",
+    "INT8_SEQ_PARALLEL_MIN_BYTES": "lstm_forward(weights_dtype='int8'); 2-vCPU Zen 3, "
+                                   "2 threads over 1, 2026-12-03",
+    "INT8_FLOAT_MIN_ROWS": "quantized LSTM layers' products; 2-vCPU Zen 3, 2026-12-03",
+    "INT8_FLOAT_MAX_UNITS": "quantized LSTM layers' products; 2-vCPU Zen 3, 2026-12-03",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",
     "WEIGHT_CACHE_BYTES": "packed-weight cache (a memory bound); 2-vCPU Xeon, 2026-12-02",
     "COMPARE_PARALLEL_MIN_BYTES": "packed-weight cache compare; a pool start against "

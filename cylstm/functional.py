@@ -322,6 +322,15 @@ def _int8_products(weights_dtype, dtype, training=False, bf16=False):
     return True
 
 
+def int8_kernel_pays(B, H):
+    """Whether a quantized LSTM layer (``model.quantize("int8")``) runs a batch of B
+    on the int8 kernel, ``weights_dtype="int8"`` (True), or as the float32 products
+    on its int8 values (False: batches of ``_tuning.INT8_FLOAT_MIN_ROWS`` or more
+    with at most ``_tuning.INT8_FLOAT_MAX_UNITS`` units, where that is faster).  Both
+    compute the int8 model, within the int8 kernel's int16 rows of each other."""
+    return not (B >= _tuning.INT8_FLOAT_MIN_ROWS and H <= _tuning.INT8_FLOAT_MAX_UNITS)
+
+
 def _int8_plan(B, I, H, n_total, force=None):
     """Rule 0 of :func:`plan_forward`: the "int8" path (one step is one streaming
     runner step).  Several threads once the int8 weights' bytes times the batch
@@ -385,12 +394,22 @@ def _int8_forward(plan, x, W, U, b, bias, lens, reverse, y, hs, cs, own, version
         nb = xr.shape[0]
         runner = stream.StreamRunner._over_pack(pack, nb, plan.n_threads)
         runner._set_state([(hs[rows], cs[rows])])
-        out = runner.run(np.ascontiguousarray(xr.transpose(1, 0, 2)))   # (n, nb, H)
-        (h, c), = runner._get_state()
-        hs[rows], cs[rows] = h, c
-        if y is not None:
-            o = out.transpose(1, 0, 2)
-            y[rows, :n] = o[:, ::-1] if reverse else o
+        xt = xr.transpose(1, 0, 2)   # time major: contiguous as it is at batch 1
+        tmp = None
+        if not xt.flags.c_contiguous:
+            tmp = take(xt.shape, dtype=np.float32)
+            np.copyto(tmp, xt)
+            xt = tmp
+        out = take((n, nb, U.shape[0]), np.float32)
+        try:
+            runner.run(xt, out=out)
+            (h, c), = runner._get_state()
+            hs[rows], cs[rows] = h, c
+            if y is not None:
+                o = out.transpose(1, 0, 2)
+                y[rows, :n] = o[:, ::-1] if reverse else o
+        finally:
+            give(tmp, out)
 
 
 def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
@@ -743,7 +762,9 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         n_total, _ = _threads_for(B, num_threads)
         plan = plan_forward(B, T, I, H, dtype, n_total, has_lengths=lens is not None,
                             reverse=bool(go_backwards), force=_plan, weights_dtype="int8")
-        y = np.zeros((B, T, H), dtype) if return_sequences else None
+        y = None
+        if return_sequences:   # (every step written but past the lengths)
+            y = np.empty((B, T, H), dtype) if lens is None else np.zeros((B, T, H), dtype)
         own = W is kernel and U is recurrent_kernel and (bias is None or b is bias)
         _int8_forward(plan, x, W, U, b, None if bias is None else b, lens,
                       bool(go_backwards), y, hs, cs, own, weights_version)

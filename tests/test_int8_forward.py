@@ -259,3 +259,24 @@ def test_projected_run_has_the_bits_of_the_steps(monkeypatch, chunk_bytes, level
         np.testing.assert_array_equal(got, steps)
         # the state carries on from a projected run as from the steps
         np.testing.assert_array_equal(projected.step(x[0]), r.step(x[0]))
+
+
+def test_wide_batches_of_narrow_layers_take_the_float32_products():
+    # int8_kernel_pays: from INT8_FLOAT_MIN_ROWS rows with at most INT8_FLOAT_MAX_UNITS
+    # units, the float32 products on the same int8 values (faster there)
+    from cylstm import _tuning
+
+    H = _tuning.INT8_FLOAT_MAX_UNITS
+    n = _tuning.INT8_FLOAT_MIN_ROWS
+    assert F.int8_kernel_pays(n - 1, H) and F.int8_kernel_pays(n, H + 1)
+    assert not F.int8_kernel_pays(n, H)
+    rng = np.random.default_rng(9)
+    m = _model(rng, L.LSTM(H, return_sequences=True), 4)
+    m.quantize("int8")
+    lstm = m.layers[0]
+    x = rng.standard_normal((n, 6, 4)).astype(np.float32)
+    args = (lstm.kernel, lstm.recurrent_kernel, lstm.bias)
+    np.testing.assert_array_equal(lstm(x), F.lstm_forward(x, *args).output)
+    np.testing.assert_array_equal(lstm(x[:n - 1]),
+                                  F.lstm_forward(x[:n - 1], *args, weights_dtype="int8").output)
+    np.testing.assert_allclose(lstm(x)[:n - 1], lstm(x[:n - 1]), rtol=0, atol=2e-5)

@@ -378,11 +378,13 @@ class LSTM(Layer):
         if training and self.checkpoint_every is not None:
             extra = self._checkpoint_kw(extra)
         if not training and self._int8_kernel():
-            # the int8 weights on the int8 kernel (a quarter of the bytes), vouched for
-            # by the sealed weights' version; training (a frozen quantized layer under
-            # fit) runs the float32 products on the same int8 values, for the backward
-            extra = dict(extra, weights_dtype="int8",
-                         weights_version=sealed_version(self))
+            # the int8 weights on the int8 kernel (a quarter of the bytes), or the
+            # float32 products on them where those are faster (int8_kernel_pays), the
+            # pack vouched for by the sealed weights' version; training (a frozen
+            # quantized layer under fit) runs the float32 products, for the backward
+            extra = dict(extra, weights_version=sealed_version(self))
+            if _F.int8_kernel_pays(B, self.units):
+                extra["weights_dtype"] = "int8"
         if mask is None:
             r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
                                initial_state=state, go_backwards=self.go_backwards,
