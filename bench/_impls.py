@@ -129,9 +129,10 @@ def cylstm_forward_reduced(cylstm, d, precision):
         Wq, Uq = (quantization.dequantize_int8(*quantization.quantize_int8(w)) for w in (W, U))
         Wq, Uq = np.ascontiguousarray(Wq, F32), np.ascontiguousarray(Uq, F32)
         version = new_weights_version()
-        kw = {"weights_dtype": "int8"} if int8_kernel_pays(x.shape[0], U.shape[0]) else {}
 
-        def run():
+        def run():   # (the rule reads the threads the run has)
+            kw = ({"weights_dtype": "int8"}
+                  if int8_kernel_pays(x.shape[0], U.shape[0], cylstm.get_num_threads()) else {})
             return lstm_forward(x, Wq, Uq, b, return_sequences=True,
                                 weights_version=version, **kw).output
     else:

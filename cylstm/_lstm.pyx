@@ -862,6 +862,27 @@ cdef extern from "cylstm_pool.h" nogil:
     bint cyl_pool_beside_caller()
 
 
+cdef void pool_run(pool_fn fn, void* arg, int n_threads) noexcept nogil:
+    """Run ``fn(arg, tid)`` as a pool job on ``n_threads`` (the caller is tid 0)."""
+    cyl_pool_run(<cyl_pool_fn> fn, arg, n_threads)
+
+
+cdef bint pool_claim(int64_t* flag) noexcept nogil:
+    return cyl_claim(flag)
+
+
+cdef void pool_claim_done(int64_t* flag) noexcept nogil:
+    cyl_claim_done(flag)
+
+
+cdef void pool_claim_wait(int64_t* flag) noexcept nogil:
+    cyl_claim_wait(flag)
+
+
+cdef int64_t pool_load(const int64_t* word) noexcept nogil:
+    return cyl_load(word)
+
+
 def set_pool_spin_ns(int64_t ns):
     """How long an idle worker spins before it sleeps (cylstm._tuning sets it)."""
     cyl_pool_set_spin_ns(ns)

@@ -27,12 +27,13 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp
-from libc.stdint cimport int8_t, int16_t, uint16_t
+from libc.stdint cimport int8_t, int16_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm
-from cylstm._lstm cimport set_blas_threads
+from cylstm._lstm cimport (pool_claim, pool_claim_done, pool_claim_wait, pool_load,
+                           pool_run, set_blas_threads)
 from cylstm._cell cimport sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
@@ -176,25 +177,56 @@ cdef inline void _kernel_i8(const LayerC* L, const QAct* q, Py_ssize_t p, Py_ssi
                  q.bq, L.kb2, q.rb, z, ldz)
 
 
+cdef struct ProjJob:
+    const LayerC* L
+    const int16_t* aq
+    const float* ra
+    float* zx
+    Py_ssize_t nrows
+    int64_t* flags         # one per panel: 0 free, 1 taken, 2 done
+
+
+cdef void _project_panel(const LayerC* L, Py_ssize_t p, Py_ssize_t nrows, const int16_t* aq,
+                         const float* ra, float* zx) noexcept nogil:
+    cdef Py_ssize_t wfull = 4 * L.span, col = p * wfull
+    cdef Py_ssize_t hb = L.n_out - p * L.span
+    if hb > L.span:
+        hb = L.span
+    cyl_panel_i8(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + col,
+                 L.scale + L.ncols + col, 4 * padded_units(hb, CYL_STREAM_VLF), nrows, aq,
+                 L.ka2, ra, NULL, 0, NULL, zx + col, L.ncols)
+
+
+cdef void _project_job(void* arg, int tid) noexcept nogil:
+    """_project's panels on the worker pool, each claimed by one thread."""
+    cdef ProjJob* j = <ProjJob*> arg
+    cdef Py_ssize_t p
+    for p in range(j.L.n_panels):
+        if pool_load(j.flags + p) == 0 and pool_claim(j.flags + p):
+            _project_panel(j.L, p, j.nrows, j.aq, j.ra, j.zx)
+            pool_claim_done(j.flags + p)
+    if tid == 0:
+        for p in range(j.L.n_panels):
+            pool_claim_wait(j.flags + p)
+
+
 cdef void _project(const LayerC* L, const float* x, Py_ssize_t nrows, int16_t* aq,
-                   float* ra, float* zx, int nt) noexcept nogil:
+                   float* ra, float* zx, int nt, int64_t* pool_flags=NULL) noexcept nogil:
     """zx (nrows, ncols) = the x part of every panel of the int8 LSTM layer L for
     nrows rows of x (n_in wide): several time steps' x_t at once, so that each
     panel's kernel rows are read once per block of rows instead of once per step.
     The rows are quantized as a step quantizes them (aq, ra: nrows x ka2 and
     nrows of scratch), and the a part of cyl_panel_i8 is the same for any block of
     rows: the steps then give the bits they give without it."""
-    cdef Py_ssize_t p, col, hb, w, wfull = 4 * L.span
+    cdef Py_ssize_t p
+    cdef ProjJob j
     cyl_i8q_quantize(x, nrows, L.n_in, L.n_in, L.ka2, L.qmax, aq, ra)
+    if pool_flags != NULL:   # (``pool_flags``: n_panels zeros) on the worker pool
+        j.L, j.aq, j.ra, j.zx, j.nrows, j.flags = L, aq, ra, zx, nrows, pool_flags
+        pool_run(_project_job, &j, nt)
+        return
     for p in prange(L.n_panels, num_threads=nt, schedule="static"):
-        col = p * wfull
-        hb = L.n_out - p * L.span
-        if hb > L.span:
-            hb = L.span
-        w = 4 * padded_units(hb, CYL_STREAM_VLF)
-        cyl_panel_i8(<const int8_t*> L.P + col * (L.ka2 + L.kb2), L.scale + col,
-                     L.scale + L.ncols + col, w, nrows, aq, L.ka2, ra, NULL, 0, NULL,
-                     zx + col, L.ncols)
+        _project_panel(L, p, nrows, aq, ra, zx)
 
 
 cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize_t nrows,
@@ -241,11 +273,13 @@ cdef inline const void* _output_of(LayerC* L, int par) noexcept nogil:
 
 
 cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
-                       Py_ssize_t p1, floating* zs, int tid) noexcept nogil:
+                       Py_ssize_t p1, floating* zs, int tid,
+                       const QAct* given=NULL) noexcept nogil:
     """Panels [p0, p1) of one LSTM layer for every row of the batch (``tid``: the
-    thread, whose scratch an int8 layer quantizes its rows into).  Panel p holds
-    hb units stored as hp (whole vectors, the sequence kernels' layout): its
-    products are 4 hp wide, the cell reads each gate block hp apart."""
+    thread, whose scratch an int8 layer quantizes its rows into, unless ``given``
+    holds them quantized already).  Panel p holds hb units stored as hp (whole
+    vectors, the sequence kernels' layout): its products are 4 hp wide, the cell
+    reads each gate block hp apart."""
     cdef Py_ssize_t B = ctx.B, I = L.n_in, H = L.n_out, K = L.K, span = L.span
     cdef Py_ssize_t p, j0, hb, hp, w
     cdef const floating* bp
@@ -258,7 +292,7 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     cdef bint i8 = False
     if floating is float:
         if L.i8 and p1 > p0:
-            q = _quantize_rows(L, ctx, tid, x, hprev)
+            q = given[0] if given != NULL else _quantize_rows(L, ctx, tid, x, hprev)
             i8 = True
     for p in range(p0, p1):
         j0 = p * span
@@ -355,6 +389,67 @@ cdef void _run(Ctx* ctx, int l0, int l1, int tid, int nt, floating* zs) noexcept
         if nt > 1 and l + 1 < l1:
             cyl_stream_barrier()
         x = <const floating*> _output_of(L, ctx.par)
+
+
+cdef struct SeqRun:
+    # one block of run() on the worker pool: a single LSTM layer, its panels of each
+    # step claimed by whichever thread gets to them (include/cylstm_pool.h)
+    Ctx* ctx
+    Py_ssize_t T
+    const char* x          # block (T, B, n_in)
+    char* out              # (T, B, n_out)
+    Py_ssize_t xstride
+    Py_ssize_t ostride
+    const float* zx        # projected x_t products (T, B, ncols), or NULL
+    int64_t* flags         # T x n_panels: 0 free, 1 taken, 2 done
+    int par0               # ctx.par at the first step
+
+
+cdef void _seq_job(void* arg, int tid) noexcept nogil:
+    """A thread's share of a pooled block: step by step, once the previous step's
+    panels are all done (its h is this step's h_prev), every panel of this step
+    that no thread took yet: its product, its cell, its slice of the output.  A
+    late or preempted worker finds less to do; the caller (tid 0) waits only for
+    panels a worker took and has not finished.  The arithmetic is the serial
+    step's, panel by panel: the same bits on any number of threads."""
+    cdef SeqRun* r = <SeqRun*> arg
+    cdef Ctx c = r.ctx[0]          # private: this thread's parity and input each step
+    cdef LayerC L = r.ctx.L[0]     # private: its zx each step
+    cdef Py_ssize_t t, p, b, n = L.n_panels, B = c.B, H = L.n_out, j0, hb
+    cdef int64_t* f
+    cdef float* zs = <float*> c.scratch + tid * B * MAXW
+    cdef const float* hnew
+    cdef QAct q
+    cdef bint ready
+    c.L = &L
+    for t in range(r.T):
+        f = r.flags + t * n
+        if t > 0:   # h_prev: every panel of step t - 1
+            for p in range(n):
+                pool_claim_wait(f - n + p)
+        c.par = r.par0 ^ <int> (t & 1)
+        c.x = r.x + t * r.xstride
+        L.zx = NULL if r.zx == NULL else r.zx + t * B * L.ncols
+        hnew = <const float*> (L.h1 if c.par == 0 else L.h0)
+        ready = False
+        for p in range(n):
+            if pool_load(f + p) != 0 or not pool_claim(f + p):
+                continue
+            if L.i8 and not ready:   # this step's rows, quantized once per thread
+                q = _quantize_rows(&L, &c, tid, <const float*> c.x,
+                                   <const float*> (L.h0 if c.par == 0 else L.h1))
+                ready = True
+            _lstm_panels(&L, &c, <const float*> c.x, p, p + 1, zs, tid, &q if L.i8 else NULL)
+            j0 = p * L.span
+            hb = H - j0 if H - j0 < L.span else L.span
+            for b in range(B):
+                memcpy(r.out + t * r.ostride + (b * H + j0) * sizeof(float),
+                       hnew + b * H + j0, hb * sizeof(float))
+            pool_claim_done(f + p)
+    if tid == 0:   # the last step's panels, before the caller reads its state
+        f = r.flags + (r.T - 1) * n
+        for p in range(n):
+            pool_claim_wait(f + p)
 
 
 cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
@@ -664,14 +759,44 @@ cdef class Core:
             zxp = <float*> cnp.PyArray_DATA(zxa)
             aqp = <int16_t*> cnp.PyArray_DATA(aqa)
             rap = <float*> cnp.PyArray_DATA(raa)
+        # a single LSTM layer on several threads: the block on the worker pool, whose
+        # late or preempted workers never hold up the caller (_seq_job)
+        cdef bint pooled = (self.ctx.n_threads > 1 and self.ctx.n_layers == 1
+                            and L0.kind == KIND_LSTM and not self.ctx.use_blas
+                            and self._typenum == cnp.NPY_FLOAT32 and T > 1)
+        cdef SeqRun sr
+        cdef cnp.ndarray flags_a
+        cdef int64_t* flags = NULL
+        cdef Py_ssize_t nf = 0
+        if pooled:
+            nf = (tc if tc else T) * L0.n_panels
+            flags_a = np.zeros(nf + L0.n_panels, np.int64)
+            flags = <int64_t*> cnp.PyArray_DATA(flags_a)
         try:
             with nogil:
                 t0 = 0
                 while t0 < T:
                     t1 = T if tc == 0 else min(T, t0 + tc)
                     if tc:
+                        if pooled:
+                            memset(flags + nf, 0, L0.n_panels * sizeof(int64_t))
                         _project(L0, <const float*> (xp + t0 * xstride), (t1 - t0) * B, aqp,
-                                 rap, zxp, self.ctx.n_threads)
+                                 rap, zxp, self.ctx.n_threads,
+                                 flags + nf if pooled else NULL)
+                    if pooled:
+                        memset(flags, 0, (t1 - t0) * L0.n_panels * sizeof(int64_t))
+                        sr.ctx = &self.ctx
+                        sr.T = t1 - t0
+                        sr.x = xp + t0 * xstride
+                        sr.out = op + t0 * ostride
+                        sr.xstride, sr.ostride = xstride, ostride
+                        sr.zx = zxp if tc else NULL
+                        sr.flags = flags
+                        sr.par0 = self.ctx.par
+                        pool_run(_seq_job, &sr, self.ctx.n_threads)
+                        self.ctx.par = self.ctx.par ^ <int> ((t1 - t0) & 1)
+                        t0 = t1
+                        continue
                     for t in range(t0, t1):
                         # step t: x = block[t] (B, n_in), out[t] (B, n_out)
                         self.ctx.x = xp + t * xstride

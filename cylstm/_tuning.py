@@ -250,25 +250,32 @@ PARALLEL_MIN_BYTES = 256 * 1024
 INT8_PROJECT_BYTES = 1 << 20
 INT8_PROJECT_MIN_INPUTS = 1.0
 
-# lstm_forward(weights_dtype="int8") splits each step's panels over threads from this
-# many int8 weight bytes ((I + H) x 4H) times the batch.  AMD EPYC (2 cores), Zen 3,
-# 2026-12-03, 2 threads over 1, T = 100-200: (B, I, H) = (1, 64, 128) 98 KB 1.62x
-# slower, (2, 10, 50) 24 KB 1.46x, (4, 64, 128) 393 KB 1.10x slower, (1, 256, 256)
-# 524 KB 0.87x (0.66x in a bench run).  The streaming runner's PARALLEL_MIN_BYTES (a
-# step between idle gaps) is half of it.
-INT8_SEQ_PARALLEL_MIN_BYTES = 512 * 1024
+# lstm_forward(weights_dtype="int8") splits each step's panels over threads (on the
+# worker pool: StreamRunner.run's pooled block, _stream.pyx _seq_job) from this many
+# int8 weight bytes ((I + H) x 4H) times the batch.  AMD EPYC (2 cores), Zen 3,
+# 2026-12-03, 2 threads over 1, (T, B, I, H): (100, 1, 32, 64) 24 KB 1.01, (100, 2,
+# 10, 50) 24 KB 0.96, (100, 8, 10, 50) 96 KB 0.81, (200, 1, 64, 128) 98 KB 0.79,
+# (100, 4, 64, 128) 0.72, (150, 1, 256, 256) 0.63, (25, 1, 512, 512) 0.59, (100, 32,
+# 128, 256) 0.57.  (With an OpenMP team woken every step instead, (200, 1, 64, 128)
+# had been 1.62x slower on 2 threads.)
+INT8_SEQ_PARALLEL_MIN_BYTES = 64 * 1024
 
 # A quantized LSTM layer's inference runs on the int8 kernel but for batches of at
-# least INT8_FLOAT_MIN_ROWS with at most INT8_FLOAT_MAX_UNITS units, which take the
-# float32 products on the same int8 values (functional.int8_kernel_pays).  There the
-# int8 kernel's per-step row quantization and narrow panels cost more than the
-# float32 path's one input projection and batch split.  int8 / float32 time, AMD
-# EPYC (2 cores), Zen 3, 2026-12-03, (T, B, I, H), 1 / 2 threads: (100, 16, 10, 50)
-# 1.20 / 1.98, (100, 32, 10, 50) 1.15 / 2.11, (100, 32, 32, 64) 1.07 / 1.28; (100,
-# 32, 32, 96) 0.98 / 0.60, (100, 16, 64, 128) 0.88 / 0.98, (100, 4, 10, 50) 0.79 /
-# 0.90, (200, 1, 64, 128) 0.68 / 0.98.
+# least INT8_FLOAT_MIN_ROWS with at most INT8_FLOAT_MAX_UNITS units (one thread;
+# INT8_FLOAT_MAX_UNITS_TEAM on several), which take the float32 products on the same
+# int8 values (functional.int8_kernel_pays).  There the int8 kernel's per-step row
+# quantization and narrow panels cost more than the float32 path's one input
+# projection and its batch split.  int8 / float32 time, AMD EPYC (2 cores), Zen 3,
+# 2026-12-03, (T, B, I, H).  One thread: (100, 16, 10, 50) 1.20, (100, 32, 10, 50)
+# 1.15, (100, 32, 32, 64) 1.07; (100, 32, 32, 96) 0.98, (100, 16, 64, 128) 0.88,
+# (100, 32, 64, 128) 0.91, (100, 4, 10, 50) 0.79, (200, 1, 64, 128) 0.68.  Two
+# threads (the int8 block on the worker pool): (100, 16, 10, 50) 1.50, (100, 32, 10,
+# 50) 1.49, (100, 32, 32, 64) 1.35, (100, 32, 32, 96) 1.19, (100, 32, 64, 128) 1.10,
+# (100, 64, 64, 128) 1.06, (100, 16, 64, 128) 0.97; (100, 32, 128, 256) 0.80-0.94,
+# (200, 1, 64, 128) 0.78.
 INT8_FLOAT_MIN_ROWS = 16
 INT8_FLOAT_MAX_UNITS = 64
+INT8_FLOAT_MAX_UNITS_TEAM = 128
 
 # The optimizers (cylstm/optimizers.py): vectors shorter than this are updated on
 # one thread: below it, waking the OpenMP team costs more than the elementwise
@@ -391,6 +398,8 @@ THRESHOLDS = {
                                    "2 threads over 1, 2026-12-03",
     "INT8_FLOAT_MIN_ROWS": "quantized LSTM layers' products; 2-vCPU Zen 3, 2026-12-03",
     "INT8_FLOAT_MAX_UNITS": "quantized LSTM layers' products; 2-vCPU Zen 3, 2026-12-03",
+    "INT8_FLOAT_MAX_UNITS_TEAM": "quantized LSTM layers' products, several threads; 2-vCPU "
+                                 "Zen 3, 2026-12-03",
     "PARALLEL_MIN_SIZE": "optimizers; 2 cores, float32 Adam",
     "WEIGHT_CACHE_BYTES": "packed-weight cache (a memory bound); 2-vCPU Xeon, 2026-12-02",
     "COMPARE_PARALLEL_MIN_BYTES": "packed-weight cache compare; a pool start against "

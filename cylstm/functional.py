@@ -322,13 +322,15 @@ def _int8_products(weights_dtype, dtype, training=False, bf16=False):
     return True
 
 
-def int8_kernel_pays(B, H):
+def int8_kernel_pays(B, H, n_threads=1):
     """Whether a quantized LSTM layer (``model.quantize("int8")``) runs a batch of B
     on the int8 kernel, ``weights_dtype="int8"`` (True), or as the float32 products
     on its int8 values (False: batches of ``_tuning.INT8_FLOAT_MIN_ROWS`` or more
-    with at most ``_tuning.INT8_FLOAT_MAX_UNITS`` units, where that is faster).  Both
-    compute the int8 model, within the int8 kernel's int16 rows of each other."""
-    return not (B >= _tuning.INT8_FLOAT_MIN_ROWS and H <= _tuning.INT8_FLOAT_MAX_UNITS)
+    with at most ``_tuning.INT8_FLOAT_MAX_UNITS`` units on one thread,
+    ``INT8_FLOAT_MAX_UNITS_TEAM`` on several, where that is faster).  Both compute
+    the int8 model, within the int8 kernel's int16 rows of each other."""
+    most = _tuning.INT8_FLOAT_MAX_UNITS if n_threads <= 1 else _tuning.INT8_FLOAT_MAX_UNITS_TEAM
+    return not (B >= _tuning.INT8_FLOAT_MIN_ROWS and H <= most)
 
 
 def _int8_plan(B, I, H, n_total, force=None):

@@ -90,12 +90,12 @@ def test_same_bits_as_the_int8_runner(B, threads):
 
 def test_plan_threads_follow_the_runner_rule():
     # a team only from INT8_SEQ_PARALLEL_MIN_BYTES of int8 weights times the batch
-    small = F.plan_forward(1, 100, 10, 20, np.float32, 2, weights_dtype="int8")
+    small = F.plan_forward(1, 100, 10, 20, np.float32, 2, weights_dtype="int8")   # 24 KB
     assert (small.path, small.n_threads) == ("int8", 1)
     big = F.plan_forward(1, 100, 512, 512, np.float32, 2, weights_dtype="int8")
     assert (big.path, big.n_threads) == ("int8", 2)
-    assert F.plan_forward(4, 100, 64, 128, np.float32, 2, weights_dtype="int8").n_threads == 1
-    assert F.plan_forward(8, 100, 64, 128, np.float32, 2, weights_dtype="int8").n_threads == 2
+    assert F.plan_forward(1, 100, 32, 64, np.float32, 2, weights_dtype="int8").n_threads == 1
+    assert F.plan_forward(1, 100, 64, 128, np.float32, 2, weights_dtype="int8").n_threads == 2
     # never more threads than panels
     assert F.plan_forward(64, 10, 500, 8, np.float32, 4, weights_dtype="int8").n_threads == 1
     assert F.plan_forward(1, 5, 5, 5, np.float32, 2,
@@ -270,13 +270,57 @@ def test_wide_batches_of_narrow_layers_take_the_float32_products():
     n = _tuning.INT8_FLOAT_MIN_ROWS
     assert F.int8_kernel_pays(n - 1, H) and F.int8_kernel_pays(n, H + 1)
     assert not F.int8_kernel_pays(n, H)
+    team = _tuning.INT8_FLOAT_MAX_UNITS_TEAM   # several threads: wider layers too
+    assert not F.int8_kernel_pays(n, team, 2) and F.int8_kernel_pays(n, team + 1, 2)
     rng = np.random.default_rng(9)
     m = _model(rng, L.LSTM(H, return_sequences=True), 4)
     m.quantize("int8")
     lstm = m.layers[0]
     x = rng.standard_normal((n, 6, 4)).astype(np.float32)
     args = (lstm.kernel, lstm.recurrent_kernel, lstm.bias)
-    np.testing.assert_array_equal(lstm(x), F.lstm_forward(x, *args).output)
-    np.testing.assert_array_equal(lstm(x[:n - 1]),
-                                  F.lstm_forward(x[:n - 1], *args, weights_dtype="int8").output)
-    np.testing.assert_allclose(lstm(x)[:n - 1], lstm(x[:n - 1]), rtol=0, atol=2e-5)
+    import cylstm
+
+    threads = cylstm.get_num_threads()
+    cylstm.set_num_threads(1)   # (float32 BLAS rows round by their split: one thread)
+    try:
+        np.testing.assert_array_equal(lstm(x), F.lstm_forward(x, *args).output)
+        np.testing.assert_array_equal(
+            lstm(x[:n - 1]), F.lstm_forward(x[:n - 1], *args, weights_dtype="int8").output)
+        np.testing.assert_allclose(lstm(x)[:n - 1], lstm(x[:n - 1]), rtol=0, atol=1e-4)
+    finally:
+        cylstm.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("weights_dtype", [None, "bfloat16", "int8"])
+@pytest.mark.parametrize("alone", [False, True])
+def test_pooled_block_has_the_bits_of_one_thread(weights_dtype, alone):
+    # run() of a single LSTM layer on several threads: its panels claimed step by step
+    # on the worker pool (_stream.pyx, _seq_job); ``alone``: the pool backing off, as
+    # after a preempted worker, so the caller runs every panel itself
+    from cylstm import _lstm
+
+    rng = np.random.default_rng(11)
+    for I, H, B, T in [(40, 36, 1, 30), (24, 70, 3, 17), (64, 130, 2, 9)]:
+        W, U, b = _weights(rng, I, H)
+        specs = [{"type": "lstm", "kernel": W, "recurrent_kernel": U, "bias": b}]
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        one = stream.StreamRunner._from_specs(specs, batch_size=B, num_threads=1,
+                                              weights_dtype=weights_dtype)
+        steps = np.stack([one.step(x[t]).copy() for t in range(T)])
+        two = stream.StreamRunner._from_specs(specs, batch_size=B, num_threads=2,
+                                              weights_dtype=weights_dtype)
+        assert two.num_threads == 2
+        if alone:
+            _lstm._pool_back_off_now()
+        try:
+            np.testing.assert_array_equal(two.run(x), steps)
+            np.testing.assert_array_equal(two.run(x[:1]), one.run(x[:1]))   # T = 1
+        finally:
+            _lstm.set_pool_backoff_ns(_tuning_backoff())
+        np.testing.assert_array_equal(two.step(x[0]), one.step(x[0]))   # the state
+
+
+def _tuning_backoff():
+    from cylstm import _tuning
+
+    return _tuning.POOL_BACKOFF_NS

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from cylstm import _config
 from cylstm import activations as _act
 from cylstm import functional as _F
 from cylstm._checkpoint import check_every as _check_every
@@ -383,7 +384,7 @@ class LSTM(Layer):
             # pack vouched for by the sealed weights' version; training (a frozen
             # quantized layer under fit) runs the float32 products, for the backward
             extra = dict(extra, weights_version=sealed_version(self))
-            if _F.int8_kernel_pays(B, self.units):
+            if _F.int8_kernel_pays(B, self.units, _config.get_num_threads()):
                 extra["weights_dtype"] = "int8"
         if mask is None:
             r = F.lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias,
