@@ -499,7 +499,10 @@ class StreamRunner(_stream.Core):
     that finds the runner busy in another thread raises RuntimeError).  With
     ``num_threads=2`` the second thread is an OpenMP worker that spins briefly
     between steps; a service stepping rarely may prefer ``num_threads=1`` for
-    the steadiest latency.
+    the steadiest latency.  :meth:`run` of a model with a single LSTM layer
+    splits the block on cylstm's worker pool instead (include/cylstm_pool.h):
+    each step's panels go to whichever thread takes them first, so a late or
+    preempted worker never holds the call up, with the same bits.
 
     **Inputs.**  ``x_t`` of the runner's dtype, C-contiguous, shape
     ``(batch_size, features)`` (or ``(features,)`` at batch size 1, giving a
