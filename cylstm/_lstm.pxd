@@ -13,3 +13,9 @@ cdef bint pool_claim(int64_t* flag) noexcept nogil
 cdef void pool_claim_done(int64_t* flag) noexcept nogil
 cdef void pool_claim_wait(int64_t* flag) noexcept nogil
 cdef int64_t pool_load(const int64_t* word) noexcept nogil
+cdef void pool_release() noexcept nogil
+cdef bint pool_acquire() noexcept nogil
+cdef bint pool_job_open() noexcept nogil
+cdef void pool_tick_set(int64_t v) noexcept nogil
+cdef int64_t pool_tick_get() noexcept nogil
+cdef void pool_relax() noexcept nogil

@@ -858,6 +858,7 @@ cdef extern from "cylstm_pool.h" nogil:
     bint cyl_pool_acquire()
     bint cyl_pool_job_open()
     void cyl_pool_tick_set(int64_t v)
+    void cyl_pool_tick_store(int64_t v)
     int64_t cyl_pool_tick_get()
     bint cyl_pool_beside_caller()
 
@@ -881,6 +882,30 @@ cdef void pool_claim_wait(int64_t* flag) noexcept nogil:
 
 cdef int64_t pool_load(const int64_t* word) noexcept nogil:
     return cyl_load(word)
+
+
+cdef void pool_release() noexcept nogil:
+    cyl_pool_release()
+
+
+cdef bint pool_acquire() noexcept nogil:
+    return cyl_pool_acquire()
+
+
+cdef bint pool_job_open() noexcept nogil:
+    return cyl_pool_job_open()
+
+
+cdef void pool_tick_set(int64_t v) noexcept nogil:
+    cyl_pool_tick_store(v)
+
+
+cdef int64_t pool_tick_get() noexcept nogil:
+    return cyl_pool_tick_get()
+
+
+cdef void pool_relax() noexcept nogil:
+    cyl_relax()
 
 
 def set_pool_spin_ns(int64_t ns):

@@ -32,8 +32,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from cylstm._blas cimport gemm
-from cylstm._lstm cimport (pool_claim, pool_claim_done, pool_claim_wait, pool_load,
-                           pool_run, set_blas_threads)
+from cylstm._lstm cimport (pool_acquire, pool_claim, pool_claim_done, pool_claim_wait,
+                           pool_job_open, pool_load, pool_relax, pool_release, pool_run,
+                           pool_tick_get, pool_tick_set, set_blas_threads)
 from cylstm._cell cimport sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
@@ -405,13 +406,34 @@ cdef struct SeqRun:
     int par0               # ctx.par at the first step
 
 
+cdef enum:
+    # how many pauses a pooled block's worker spins on the previous step's panels,
+    # holding the job, before it waits on the pool's tick without it: a step's
+    # hand-over, some 10-50 us (a step of (200, 1, 64, 128) takes 2.5 us on one
+    # thread).  Timing the spin with clock_gettime, and ticking with the caller's
+    # CPU (sched_getcpu) every step, had made that case's 2 threads 1.3x slower
+    # than one (AMD EPYC (2 cores), a KVM guest, 2026-12-03).
+    SEQ_SPINS = 1000
+
+
+cdef inline bint _all_done(int64_t* flags, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t p
+    for p in range(n):
+        if pool_load(flags + p) != 2:
+            return False
+    return True
+
+
 cdef void _seq_job(void* arg, int tid) noexcept nogil:
     """A thread's share of a pooled block: step by step, once the previous step's
     panels are all done (its h is this step's h_prev), every panel of this step
     that no thread took yet: its product, its cell, its slice of the output.  A
     late or preempted worker finds less to do; the caller (tid 0) waits only for
-    panels a worker took and has not finished.  The arithmetic is the serial
-    step's, panel by panel: the same bits on any number of threads."""
+    panels a worker took and has not finished, and a worker waiting for a step
+    holds none of the job's memory (it watches the pool's tick, which the caller
+    sets to each step it finished), so the job's end never waits for a worker
+    preempted there.  The arithmetic is the serial step's, panel by panel: the
+    same bits on any number of threads."""
     cdef SeqRun* r = <SeqRun*> arg
     cdef Ctx c = r.ctx[0]          # private: this thread's parity and input each step
     cdef LayerC L = r.ctx.L[0]     # private: its zx each step
@@ -421,12 +443,29 @@ cdef void _seq_job(void* arg, int tid) noexcept nogil:
     cdef const float* hnew
     cdef QAct q
     cdef bint ready
+    cdef int spins
     c.L = &L
     for t in range(r.T):
         f = r.flags + t * n
-        if t > 0:   # h_prev: every panel of step t - 1
+        if t > 0 and tid == 0:   # h_prev: every panel of step t - 1
             for p in range(n):
                 pool_claim_wait(f - n + p)
+            pool_tick_set(t)
+        elif t > 0:
+            # a short spin on the flags (a step's hand-over), then waiting on the tick
+            # without the job's memory
+            spins = 0
+            while not _all_done(f - n, n) and spins < SEQ_SPINS:
+                pool_relax()
+                spins += 1
+            while not _all_done(f - n, n):
+                pool_release()   # (waiting, a worker holds none of the job's memory)
+                while pool_tick_get() < t:
+                    if not pool_job_open():
+                        return
+                    pool_relax()
+                if not pool_acquire():
+                    return
         c.par = r.par0 ^ <int> (t & 1)
         c.x = r.x + t * r.xstride
         L.zx = NULL if r.zx == NULL else r.zx + t * B * L.ncols

@@ -474,6 +474,13 @@ static void cyl_pool_tick_set(int64_t v)
         __atomic_store_n(&cyl_pool.tick, v, __ATOMIC_RELEASE);
     }
 }
+/* cyl_pool_tick_set without the caller's CPU (sched_getcpu can be a system call in
+ * a VM): for callers that tick every time step. */
+static void cyl_pool_tick_store(int64_t v)
+{
+    if (cyl_pool_owner)
+        __atomic_store_n(&cyl_pool.tick, v, __ATOMIC_RELEASE);
+}
 static int64_t cyl_pool_tick_get(void) { return __atomic_load_n(&cyl_pool.tick, __ATOMIC_ACQUIRE); }
 
 static void cyl_pool_set_spin_ns(int64_t ns) { cyl_pool_spin_ns = ns < 0 ? 0 : ns; }
