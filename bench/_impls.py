@@ -452,24 +452,17 @@ def onnx_dq_lstm_model(W, U, b):
     return model
 
 
-def ort_int8_forward(d, n_threads):
-    sess = ort_session(onnx_dq_lstm_model(d["W"], d["U"], d["b"]), n_threads)
+def ort_forward(d, n_threads, int8=False):
+    """ONNX Runtime's LSTM over the case (``int8``: its DynamicQuantizeLSTM)."""
+    model = (onnx_dq_lstm_model if int8 else onnx_lstm_model)(d["W"], d["U"], d["b"])
+    sess = ort_session(model, n_threads)
     feed = {"X": d["xt"]}
 
     def run():
         return sess.run(None, feed)[0]
 
-    return Impl("onnxruntime int8", "ort", run, lambda y: (_bf(y[:, 0]),))
-
-
-def ort_forward(d, n_threads):
-    sess = ort_session(onnx_lstm_model(d["W"], d["U"], d["b"]), n_threads)
-    feed = {"X": d["xt"]}
-
-    def run():
-        return sess.run(None, feed)[0]
-
-    return Impl("onnxruntime", "ort", run, lambda y: (_bf(y[:, 0]),))
+    return Impl("onnxruntime int8" if int8 else "onnxruntime", "ort", run,
+                lambda y: (_bf(y[:, 0]),))
 
 
 # ---------------------------------------------------------------------------

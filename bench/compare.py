@@ -433,7 +433,7 @@ class Bench:
             ("torch (oneDNN)", lambda: _impls.torch_forward(d, onednn=True)),
             ("torch (oneDNN off)", lambda: _impls.torch_forward(d, onednn=False)),
             ("onnxruntime", lambda: _impls.ort_forward(d, n)),
-            ("onnxruntime int8", lambda: _impls.ort_int8_forward(d, n)),
+            ("onnxruntime int8", lambda: _impls.ort_forward(d, n, int8=True)),
             ("keras/TF tf.function", lambda: _impls.keras_forward(d, n)),
             ("keras/TF XLA", lambda: _impls.keras_forward(d, n, xla=True)),
         ]

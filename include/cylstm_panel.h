@@ -986,19 +986,29 @@ CYL_TARGET_V3 static void cyl_i8q_panel_v3(const int8_t* P, const float* sa, con
 }
 #endif
 
+/* The ISA level's body from part ``first`` (0: both parts; 1: the b part alone). */
+static inline void cyl_i8q_panel(const int8_t* P, const float* sa, const float* sb,
+                                 ptrdiff_t w, ptrdiff_t nrows, const int16_t* aq,
+                                 ptrdiff_t ka2, const float* ra, const int16_t* bq,
+                                 ptrdiff_t kb2, const float* rb, float* z0, ptrdiff_t ldz,
+                                 int first)
+{
+#if CYL_ISA_VARIANTS
+    if (cyl_cpu_level() >= 1) {
+        cyl_i8q_panel_v3(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, first);
+        return;
+    }
+#endif
+    cyl_i8q_panel_c(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, first);
+}
+
 /* z[r, 0:w] for rows r < nrows (ldz apart): see the layout above. */
 static inline void cyl_panel_i8(const int8_t* P, const float* sa, const float* sb,
                                 ptrdiff_t w, ptrdiff_t nrows, const int16_t* aq,
                                 ptrdiff_t ka2, const float* ra, const int16_t* bq,
                                 ptrdiff_t kb2, const float* rb, float* z0, ptrdiff_t ldz)
 {
-#if CYL_ISA_VARIANTS
-    if (cyl_cpu_level() >= 1) {
-        cyl_i8q_panel_v3(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, 0);
-        return;
-    }
-#endif
-    cyl_i8q_panel_c(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, 0);
+    cyl_i8q_panel(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, 0);
 }
 
 /* The b part alone (kb2 > 0), added to the a part that z already holds: with z from
@@ -1010,13 +1020,7 @@ static inline void cyl_panel_i8_b(const int8_t* P, const float* sb, ptrdiff_t w,
                                   ptrdiff_t nrows, ptrdiff_t ka2, const int16_t* bq,
                                   ptrdiff_t kb2, const float* rb, float* z0, ptrdiff_t ldz)
 {
-#if CYL_ISA_VARIANTS
-    if (cyl_cpu_level() >= 1) {
-        cyl_i8q_panel_v3(P, sb, sb, w, nrows, bq, ka2, rb, bq, kb2, rb, z0, ldz, 1);
-        return;
-    }
-#endif
-    cyl_i8q_panel_c(P, sb, sb, w, nrows, bq, ka2, rb, bq, kb2, rb, z0, ldz, 1);
+    cyl_i8q_panel(P, sb, sb, w, nrows, bq, ka2, rb, bq, kb2, rb, z0, ldz, 1);
 }
 
 /* Threads in the current OpenMP team (1 outside a parallel region, and without
