@@ -436,7 +436,6 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
         and sets the plan's ``bf16``.
     weights_dtype : None or "int8" (:func:`lstm_forward`'s): "int8" is the "int8"
         path, inference only (rule 0), the only one such a call can take.
-    lengths : the call has lengths (``has_lengths``'s other name, for the "int8" path).
 
     Returns
     -------
