@@ -407,6 +407,9 @@ cdef struct SeqRun:
 
 
 cdef enum:
+    # steps per pool job of a pooled block without the x_t projection (a job's start
+    # wakes the workers: a few us, against some 256 x 2.5 us of steps at the least)
+    POOL_CHUNK_STEPS = 256
     # how many pauses a pooled block's worker spins on the previous step's panels,
     # holding the job, before it waits on the pool's tick without it: a step's
     # hand-over, some 10-50 us (a step of (200, 1, 64, 128) takes 2.5 us on one
@@ -806,16 +809,20 @@ cdef class Core:
         cdef SeqRun sr
         cdef cnp.ndarray flags_a
         cdef int64_t* flags = NULL
-        cdef Py_ssize_t nf = 0
+        cdef Py_ssize_t nf = 0, chunk = tc if tc else T
         if pooled:
-            nf = (tc if tc else T) * L0.n_panels
+            # one pool job per chunk of steps: its flags (a word per panel and step)
+            # stay bounded on long blocks
+            if not tc:
+                chunk = min(T, POOL_CHUNK_STEPS)
+            nf = chunk * L0.n_panels
             flags_a = np.zeros(nf + L0.n_panels, np.int64)
             flags = <int64_t*> cnp.PyArray_DATA(flags_a)
         try:
             with nogil:
                 t0 = 0
                 while t0 < T:
-                    t1 = T if tc == 0 else min(T, t0 + tc)
+                    t1 = min(T, t0 + chunk)
                     if tc:
                         if pooled:
                             memset(flags + nf, 0, L0.n_panels * sizeof(int64_t))

@@ -296,11 +296,12 @@ def test_wide_batches_of_narrow_layers_take_the_float32_products():
 def test_pooled_block_has_the_bits_of_one_thread(weights_dtype, alone):
     # run() of a single LSTM layer on several threads: its panels claimed step by step
     # on the worker pool (_stream.pyx, _seq_job); ``alone``: the pool backing off, as
-    # after a preempted worker, so the caller runs every panel itself
+    # after a preempted worker, so the caller runs every panel itself; T = 300: two
+    # pool jobs (POOL_CHUNK_STEPS)
     from cylstm import _lstm
 
     rng = np.random.default_rng(11)
-    for I, H, B, T in [(40, 36, 1, 30), (24, 70, 3, 17), (64, 130, 2, 9)]:
+    for I, H, B, T in [(40, 36, 1, 30), (24, 70, 3, 17), (64, 130, 2, 9), (12, 20, 1, 300)]:
         W, U, b = _weights(rng, I, H)
         specs = [{"type": "lstm", "kernel": W, "recurrent_kernel": U, "bias": b}]
         x = rng.standard_normal((T, B, I)).astype(np.float32)

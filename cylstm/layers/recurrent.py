@@ -206,8 +206,10 @@ class LSTM(Layer):
         return gpu, {"device": self._device[1], "weights_version": self._weights_version}
 
     def _int8_kernel(self):
-        """Whether inference runs on the int8 kernel: a layer quantized by
-        ``quantize("int8")``, on the CPU, in float32."""
+        """Whether inference takes the quantized path (the int8 kernel, or the float32
+        products on the int8 values where ``int8_kernel_pays`` says so, vouched for by
+        the sealed weights): a layer quantized by ``quantize("int8")``, on the CPU, in
+        float32."""
         return (self.quantization_mode == "int8" and self._device is None
                 and self.dtype == np.float32 and not self._bf16)
 
