@@ -9,6 +9,7 @@ from libc.stdint cimport int64_t
 # static, one pool per process), for the streaming runner's pooled block
 ctypedef void (*pool_fn)(void* arg, int tid) noexcept nogil
 cdef void pool_run(pool_fn fn, void* arg, int n_threads) noexcept nogil
+cdef void pool_run_small(pool_fn fn, void* arg, int n_threads) noexcept nogil
 cdef bint pool_claim(int64_t* flag) noexcept nogil
 cdef void pool_claim_done(int64_t* flag) noexcept nogil
 cdef void pool_claim_wait(int64_t* flag) noexcept nogil

@@ -831,6 +831,9 @@ def pack_recurrent(const floating[:, ::1] U, floating[::1] out):
 cdef extern from "cylstm_pool.h" nogil:
     ctypedef void (*cyl_pool_fn)(void* arg, int tid) noexcept nogil
     void cyl_pool_run(cyl_pool_fn fn, void* arg, int n_threads)
+    void cyl_pool_run_small(cyl_pool_fn fn, void* arg, int n_threads)
+    int64_t cyl_pool_small_alone
+    int64_t cyl_pool_joins
     void cyl_pool_set_spin_ns(int64_t ns)
     void cyl_pool_set_backoff_ns(int64_t ns)
     void cyl_pool_back_off_now()
@@ -866,6 +869,13 @@ cdef extern from "cylstm_pool.h" nogil:
 cdef void pool_run(pool_fn fn, void* arg, int n_threads) noexcept nogil:
     """Run ``fn(arg, tid)`` as a pool job on ``n_threads`` (the caller is tid 0)."""
     cyl_pool_run(<cyl_pool_fn> fn, arg, n_threads)
+
+
+cdef void pool_run_small(pool_fn fn, void* arg, int n_threads) noexcept nogil:
+    """:func:`pool_run` for a job too small to pay for waking a sleeping worker: it
+    runs alone while they sleep, but for a stream of such jobs
+    (include/cylstm_pool.h, cyl_pool_small_stays_alone)."""
+    cyl_pool_run_small(<cyl_pool_fn> fn, arg, n_threads)
 
 
 cdef bint pool_claim(int64_t* flag) noexcept nogil:
@@ -926,9 +936,12 @@ def _pool_back_off_now():
 
 def pool_stats(bint reset=False):
     """Where callers waited for workers so far (diagnostics): jobs run on the
-    pool, and ns waited for a piece a worker took, for workers to leave a job's
-    memory at its end, and for a commit in flight."""
+    pool, the workers that joined them, small jobs that ran alone while the
+    workers slept, and ns waited for
+    a piece a worker took, for workers to leave a job's memory at its end, and
+    for a commit in flight."""
     out = {"jobs": cyl_pool_jobs, "backoffs": cyl_pool_backoffs,
+           "small_alone": cyl_pool_small_alone, "joins": cyl_pool_joins,
            "worker_ns": cyl_pool_worked_ns, "worker_preempted_ns": cyl_pool_lost_ns,
            "piece_wait_ns": cyl_pool_waited_ns[0],
            "end_wait_ns": cyl_pool_waited_ns[1], "commit_wait_ns": cyl_pool_waited_ns[2]}

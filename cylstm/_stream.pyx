@@ -25,7 +25,6 @@ from cylstm import _tuning
 
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp
 from libc.stdint cimport int8_t, int16_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
@@ -34,7 +33,7 @@ from libc.string cimport memcpy, memset
 from cylstm._blas cimport gemm
 from cylstm._lstm cimport (pool_acquire, pool_claim, pool_claim_done, pool_claim_wait,
                            pool_job_open, pool_load, pool_relax, pool_release, pool_run,
-                           pool_tick_get, pool_tick_set, set_blas_threads)
+                           pool_run_small, pool_tick_get, pool_tick_set, set_blas_threads)
 from cylstm._cell cimport sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
@@ -43,7 +42,7 @@ cnp.import_array()
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
                             cyl_panel_i8_b,
-                            cyl_stream_barrier, cyl_stream_team_size, padded_units,
+                            padded_units,
                             panel_cells, panel_product, panel_vlen)
 
 cdef extern from "cylstm_math.h" nogil:
@@ -112,6 +111,18 @@ cdef struct Ctx:
     void* scratch          # n_threads x (B, MAXW): a panel's z for every row (B > 1)
     char* qscratch         # n_threads x qstride bytes: int8 layers' int16 rows and scales
     Py_ssize_t qstride
+    # a step's work on the worker pool (_stack_work): phases in order, each a layer's
+    # panels (or a softmax layer's normalization, one piece) that need all of the
+    # phase before them; a phase's pieces are claimed by whichever thread gets there
+    int n_phases
+    const int* ph_layer    # the layer of each phase
+    const int* ph_soft     # 1: the softmax of that layer's rows (a single piece)
+    const Py_ssize_t* ph_first   # n_phases + 1: where each phase's pieces start
+    Py_ssize_t n_pieces    # pieces of a step (ph_first[n_phases])
+    int64_t* step_flags    # n_pieces words for a step's job
+    Py_ssize_t row_bytes   # packed weight bytes (all layers): a step's work per row
+    Py_ssize_t wake_min_bytes   # a job of fewer (row_bytes x rows x steps) is small
+    #                             (pool_run_small; cylstm._tuning.POOL_WAKE_MIN_BYTES)
 
 
 def _force_cpu_level(int level):
@@ -226,7 +237,7 @@ cdef void _project(const LayerC* L, const float* x, Py_ssize_t nrows, int16_t* a
         j.L, j.aq, j.ra, j.zx, j.nrows, j.flags = L, aq, ra, zx, nrows, pool_flags
         pool_run(_project_job, &j, nt)
         return
-    for p in prange(L.n_panels, num_threads=nt, schedule="static"):
+    for p in range(L.n_panels):
         _project_panel(L, p, nrows, aq, ra, zx)
 
 
@@ -307,9 +318,11 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
 
 
 cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
-                        Py_ssize_t p1, floating* zs, int tid) noexcept nogil:
+                        Py_ssize_t p1, floating* zs, int tid,
+                        const QAct* given=NULL) noexcept nogil:
     """Panels [p0, p1) of one Dense layer: y = act(x @ kernel + bias).  A panel's
-    w columns are stored as wp (whole vectors, zero columns past w)."""
+    w columns are stored as wp (whole vectors, zero columns past w).  ``given``:
+    the rows quantized already (int8), as for :func:`_lstm_panels`."""
     cdef Py_ssize_t B = ctx.B, K = L.K, U = L.n_out, span = L.span
     cdef Py_ssize_t p, r, j, j0, w, wp, vl
     cdef const floating* bias = <const floating*> L.bias
@@ -323,7 +336,7 @@ cdef void _dense_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     vl = panel_vlen(y)
     if floating is float:
         if L.i8 and p1 > p0:
-            q = _quantize_rows(L, ctx, tid, x, NULL)
+            q = given[0] if given != NULL else _quantize_rows(L, ctx, tid, x, NULL)
             i8 = True
     for p in range(p0, p1):
         j0 = p * span
@@ -364,45 +377,34 @@ cdef void _softmax_rows(Py_ssize_t B, Py_ssize_t U, floating* y) noexcept nogil:
             row[j] = row[j] * s
 
 
-cdef void _run(Ctx* ctx, int l0, int l1, int tid, int nt, floating* zs) noexcept nogil:
-    """Layers [l0, l1) for thread ``tid`` of ``nt``: its share of each, then a barrier."""
+cdef void _run(Ctx* ctx, int l0, int l1, floating* zs) noexcept nogil:
+    """Layers [l0, l1) of one step on the calling thread alone."""
     cdef int l
     cdef LayerC* L
     cdef const floating* x
-    cdef Py_ssize_t p0, p1
     x = <const floating*> (ctx.x if l0 == 0 else _output_of(&ctx.L[l0 - 1], ctx.par))
     for l in range(l0, l1):
         L = &ctx.L[l]
-        p0 = (tid * L.n_panels) // nt
-        p1 = ((tid + 1) * L.n_panels) // nt
         if L.kind == KIND_LSTM:
-            _lstm_panels(L, ctx, x, p0, p1, zs, tid)
+            _lstm_panels(L, ctx, x, 0, L.n_panels, zs, 0)
         else:
-            _dense_panels(L, ctx, x, p0, p1, zs, tid)
-        if L.kind == KIND_DENSE and L.act == ACT_SOFTMAX:
-            # the row maximum and sum need every panel
-            if nt > 1:
-                cyl_stream_barrier()
-            if tid == 0:
+            _dense_panels(L, ctx, x, 0, L.n_panels, zs, 0)
+            if L.act == ACT_SOFTMAX:
                 _softmax_rows(ctx.B, L.n_out, <floating*> L.h0)
-        # the next layer reads all of this one's output; after the last layer the
-        # end of the parallel region is the barrier
-        if nt > 1 and l + 1 < l1:
-            cyl_stream_barrier()
         x = <const floating*> _output_of(L, ctx.par)
 
 
-cdef struct SeqRun:
-    # one block of run() on the worker pool: a single LSTM layer, its panels of each
-    # step claimed by whichever thread gets to them (include/cylstm_pool.h)
+cdef struct StackRun:
+    # T steps of the whole stack on the worker pool: every phase's pieces (Ctx's piece
+    # table) claimed by whichever thread gets to them (include/cylstm_pool.h)
     Ctx* ctx
     Py_ssize_t T
-    const char* x          # block (T, B, n_in)
-    char* out              # (T, B, n_out)
+    const char* x          # (T, B, n_in), xstride bytes apart
+    char* out              # (T, B, n_out of the last layer), ostride bytes apart
     Py_ssize_t xstride
     Py_ssize_t ostride
-    const float* zx        # projected x_t products (T, B, ncols), or NULL
-    int64_t* flags         # T x n_panels: 0 free, 1 taken, 2 done
+    const float* zx        # the first layer's projected x_t products (T, B, ncols), or NULL
+    int64_t* flags         # T x n_pieces: 0 free, 1 taken, 2 done
     int par0               # ctx.par at the first step
 
 
@@ -410,12 +412,12 @@ cdef enum:
     # steps per pool job of a pooled block without the x_t projection (a job's start
     # wakes the workers: a few us, against some 256 x 2.5 us of steps at the least)
     POOL_CHUNK_STEPS = 256
-    # how many pauses a pooled block's worker spins on the previous step's panels,
-    # holding the job, before it waits on the pool's tick without it: a step's
-    # hand-over, some 10-50 us (a step of (200, 1, 64, 128) takes 2.5 us on one
-    # thread).  Timing the spin with clock_gettime, and ticking with the caller's
-    # CPU (sched_getcpu) every step, had made that case's 2 threads 1.3x slower
-    # than one (AMD EPYC (2 cores), a KVM guest, 2026-12-03).
+    # how many pauses a worker spins on the previous phase's pieces, holding the job,
+    # before it waits on the pool's tick without it: a step's hand-over, some 10-50 us
+    # (a step of (200, 1, 64, 128) takes 2.5 us on one thread).  Timing the spin with
+    # clock_gettime, and ticking with the caller's CPU (sched_getcpu) every step, had
+    # made that case's 2 threads 1.3x slower than one (AMD EPYC (2 cores), a KVM
+    # guest, 2026-12-03).
     SEQ_SPINS = 1000
 
 
@@ -427,100 +429,181 @@ cdef inline bint _all_done(int64_t* flags, Py_ssize_t n) noexcept nogil:
     return True
 
 
-cdef void _seq_job(void* arg, int tid) noexcept nogil:
-    """A thread's share of a pooled block: step by step, once the previous step's
-    panels are all done (its h is this step's h_prev), every panel of this step
-    that no thread took yet: its product, its cell, its slice of the output.  A
-    late or preempted worker finds less to do; the caller (tid 0) waits only for
-    panels a worker took and has not finished, and a worker waiting for a step
-    holds none of the job's memory (it watches the pool's tick, which the caller
-    sets to each step it finished), so the job's end never waits for a worker
-    preempted there.  The arithmetic is the serial step's, panel by panel: the
-    same bits on any number of threads."""
-    cdef SeqRun* r = <SeqRun*> arg
+cdef inline bint _phase_open(int64_t* prev, Py_ssize_t n, Py_ssize_t g,
+                             int tid) noexcept nogil:
+    """Wait until the n pieces of the phase before phase ``g`` of a job are done
+    (their outputs are this phase's inputs).  The caller (tid 0) has been through
+    every one of them, so it waits only for pieces a worker took, then ticks the
+    pool to ``g``.  A worker spins briefly on the flags (a phase's hand-over), then
+    waits on the tick without holding the job's memory; False: the job ended
+    without it."""
+    cdef Py_ssize_t p
+    cdef int spins = 0
+    if tid == 0:
+        for p in range(n):
+            pool_claim_wait(prev + p)
+        pool_tick_set(g)
+        return True
+    while not _all_done(prev, n) and spins < SEQ_SPINS:
+        pool_relax()
+        spins += 1
+    while not _all_done(prev, n):
+        pool_release()   # (waiting, a worker holds none of the job's memory)
+        while pool_tick_get() < g:
+            if not pool_job_open():
+                return False
+            pool_relax()
+        if not pool_acquire():
+            return False
+    return True
+
+
+cdef extern from *:
+    """
+    static long long cyl_stream_pieces[2] = {0, 0};
+    static inline void cyl_stream_count_pieces(int worker, long long n)
+    {
+        if (n)
+            __atomic_fetch_add(&cyl_stream_pieces[worker != 0], n, __ATOMIC_RELAXED);
+    }
+    """
+    long long cyl_stream_pieces[2]
+    void cyl_stream_count_pieces(int worker, long long n) noexcept nogil
+
+
+def pooled_pieces():
+    """Pieces of pooled steps and blocks done so far by their callers and by
+    workers (diagnostics and tests: whether the workers took part)."""
+    return {"caller": cyl_stream_pieces[0], "workers": cyl_stream_pieces[1]}
+
+
+cdef void _copy_cols(char* out, const void* src, Py_ssize_t B, Py_ssize_t U, Py_ssize_t j0,
+                     Py_ssize_t w, Py_ssize_t item) noexcept nogil:
+    """Columns [j0, j0 + w) of B rows U wide, from src to out."""
+    cdef Py_ssize_t b
+    for b in range(B):
+        memcpy(out + (b * U + j0) * item, <const char*> src + (b * U + j0) * item, w * item)
+
+
+cdef void _stack_work(StackRun* r, int tid, floating* zs) noexcept nogil:
+    """A thread's share of T steps of the stack: phase by phase, once every piece
+    of the phase before is done, every piece of this phase that no thread took
+    yet: a panel's product and cell (or activation), and its columns of the
+    step's output when it is the last layer's.  A late or preempted worker finds
+    less to do; the caller (tid 0) waits only for pieces a worker took and has
+    not finished, and a worker waiting for a phase holds none of the job's
+    memory, so the job's end never waits for a worker preempted there.  Workers
+    take a phase's pieces from its end, the caller from its start.  Each piece
+    is the serial step's arithmetic for its panel: the same bits on any number
+    of threads."""
     cdef Ctx c = r.ctx[0]          # private: this thread's parity and input each step
-    cdef LayerC L = r.ctx.L[0]     # private: its zx each step
-    cdef Py_ssize_t t, p, b, n = L.n_panels, B = c.B, H = L.n_out, j0, hb
+    cdef LayerC L0 = r.ctx.L[0]    # private: the first layer's zx each step
+    cdef LayerC* Lp
+    cdef Py_ssize_t t, k, i, p, n, B = c.B, j0, w, nprev = 0
+    cdef Py_ssize_t item = sizeof(floating)
     cdef int64_t* f
-    cdef float* zs = <float*> c.scratch + tid * B * MAXW
-    cdef const float* hnew
+    cdef int64_t* fprev = NULL
+    cdef int l, last = c.n_layers - 1
+    cdef const floating* x
+    cdef char* out_t
     cdef QAct q
-    cdef bint ready
-    cdef int spins
-    c.L = &L
+    cdef bint ready, soft
+    cdef long long done = 0
     for t in range(r.T):
-        f = r.flags + t * n
-        if t > 0 and tid == 0:   # h_prev: every panel of step t - 1
-            for p in range(n):
-                pool_claim_wait(f - n + p)
-            pool_tick_set(t)
-        elif t > 0:
-            # a short spin on the flags (a step's hand-over), then waiting on the tick
-            # without the job's memory
-            spins = 0
-            while not _all_done(f - n, n) and spins < SEQ_SPINS:
-                pool_relax()
-                spins += 1
-            while not _all_done(f - n, n):
-                pool_release()   # (waiting, a worker holds none of the job's memory)
-                while pool_tick_get() < t:
-                    if not pool_job_open():
-                        return
-                    pool_relax()
-                if not pool_acquire():
-                    return
         c.par = r.par0 ^ <int> (t & 1)
         c.x = r.x + t * r.xstride
-        L.zx = NULL if r.zx == NULL else r.zx + t * B * L.ncols
-        hnew = <const float*> (L.h1 if c.par == 0 else L.h0)
-        ready = False
-        for p in range(n):
-            if pool_load(f + p) != 0 or not pool_claim(f + p):
-                continue
-            if L.i8 and not ready:   # this step's rows, quantized once per thread
-                q = _quantize_rows(&L, &c, tid, <const float*> c.x,
-                                   <const float*> (L.h0 if c.par == 0 else L.h1))
-                ready = True
-            _lstm_panels(&L, &c, <const float*> c.x, p, p + 1, zs, tid, &q if L.i8 else NULL)
-            j0 = p * L.span
-            hb = H - j0 if H - j0 < L.span else L.span
-            for b in range(B):
-                memcpy(r.out + t * r.ostride + (b * H + j0) * sizeof(float),
-                       hnew + b * H + j0, hb * sizeof(float))
-            pool_claim_done(f + p)
-    if tid == 0:   # the last step's panels, before the caller reads its state
-        f = r.flags + (r.T - 1) * n
-        for p in range(n):
-            pool_claim_wait(f + p)
+        L0.zx = NULL if r.zx == NULL else r.zx + t * B * L0.ncols
+        out_t = r.out + t * r.ostride
+        for k in range(c.n_phases):
+            f = r.flags + t * c.n_pieces + c.ph_first[k]
+            n = c.ph_first[k + 1] - c.ph_first[k]
+            if fprev != NULL and not _phase_open(fprev, nprev, t * c.n_phases + k, tid):
+                cyl_stream_count_pieces(tid, done)
+                return
+            fprev, nprev = f, n
+            l = c.ph_layer[k]
+            soft = c.ph_soft[k]
+            Lp = &L0 if l == 0 else &c.L[l]
+            x = <const floating*> (c.x if l == 0 else _output_of(&c.L[l - 1], c.par))
+            ready = False
+            for i in range(n):
+                p = n - 1 - i if tid else i
+                if pool_load(f + p) != 0 or not pool_claim(f + p):
+                    continue
+                if floating is float:
+                    if Lp.i8 and not soft and not ready:   # the rows, once per phase
+                        q = _quantize_rows(
+                            Lp, &c, tid, <const float*> x,
+                            <const float*> (Lp.h0 if c.par == 0 else Lp.h1)
+                            if Lp.kind == KIND_LSTM else NULL)
+                        ready = True
+                j0 = p * Lp.span
+                w = Lp.n_out - j0 if Lp.n_out - j0 < Lp.span else Lp.span
+                if soft:
+                    _softmax_rows(B, Lp.n_out, <floating*> Lp.h0)
+                    if l == last:
+                        memcpy(out_t, Lp.h0, B * Lp.n_out * item)
+                elif Lp.kind == KIND_LSTM:
+                    _lstm_panels(Lp, &c, x, p, p + 1, zs, tid, &q if ready else NULL)
+                    if l == last:
+                        _copy_cols(out_t, _output_of(Lp, c.par), B, Lp.n_out, j0, w, item)
+                else:
+                    _dense_panels(Lp, &c, x, p, p + 1, zs, tid, &q if ready else NULL)
+                    if l == last and Lp.act != ACT_SOFTMAX:
+                        _copy_cols(out_t, Lp.h0, B, Lp.n_out, j0, w, item)
+                pool_claim_done(f + p)
+                done += 1
+    cyl_stream_count_pieces(tid, done)
+    if tid == 0:   # the last phase's pieces, before the caller reads the state
+        for i in range(nprev):
+            pool_claim_wait(fprev + i)
+
+
+cdef void _stack_job_f32(void* arg, int tid) noexcept nogil:
+    cdef StackRun* r = <StackRun*> arg
+    _stack_work(r, tid, <float*> r.ctx.scratch + tid * r.ctx.B * MAXW)
+
+
+cdef void _stack_job_f64(void* arg, int tid) noexcept nogil:
+    cdef StackRun* r = <StackRun*> arg
+    _stack_work(r, tid, <double*> r.ctx.scratch + tid * r.ctx.B * MAXW)
+
+
+cdef void _stack_pooled(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
+                        Py_ssize_t xstride, Py_ssize_t ostride, const float* zx,
+                        int64_t* flags, bint f32) noexcept nogil:
+    """T steps of the stack on the worker pool (``flags``: T x n_pieces words, any
+    values), the state carried on."""
+    cdef StackRun sr
+    memset(flags, 0, T * ctx.n_pieces * sizeof(int64_t))
+    sr.ctx, sr.T, sr.x, sr.out = ctx, T, x, out
+    sr.xstride, sr.ostride, sr.zx, sr.flags, sr.par0 = xstride, ostride, zx, flags, ctx.par
+    if ctx.use_blas:
+        # each panel's GEMM is small: threads come from the pieces, not BLAS
+        set_blas_threads(1)
+    if ctx.row_bytes * ctx.B * T < ctx.wake_min_bytes:
+        pool_run_small(_stack_job_f32 if f32 else _stack_job_f64, &sr, ctx.n_threads)
+    else:
+        pool_run(_stack_job_f32 if f32 else _stack_job_f64, &sr, ctx.n_threads)
+    if ctx.use_blas:
+        set_blas_threads(ctx.blas_threads)
+    ctx.par = ctx.par ^ <int> (T & 1)
 
 
 cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
     """One time step of the whole stack (called with the GIL released).
 
-    With a team, the layers up to the last LSTM run split across it; the Dense
-    layers after it (the head: narrow, a fraction of the weights) run on the
-    calling thread after the join, which saves a barrier per step.
+    On several threads, the step's panels go to the worker pool (_stack_work):
+    a late or preempted worker never holds the step up, with the same bits.
     """
-    cdef int tid, nt = ctx.n_threads, n_par = 0, l
     cdef LayerC* last = &ctx.L[ctx.n_layers - 1]
-    cdef Py_ssize_t stride = ctx.B * MAXW
+    if ctx.n_threads > 1:
+        _stack_pooled(ctx, 1, <const char*> ctx.x, <char*> ctx.out, 0, 0, ctx.L[0].zx,
+                      ctx.step_flags, floating is float)
+        return
     if ctx.use_blas:
-        # each panel's GEMM is small: threads come from the panel split, not BLAS
         set_blas_threads(1)
-    if nt <= 1:
-        _run(ctx, 0, ctx.n_layers, 0, 1, scratch)
-    else:
-        for l in range(ctx.n_layers):
-            if ctx.L[l].kind == KIND_LSTM:
-                n_par = l + 1
-        if n_par > 0:
-            with parallel(num_threads=nt):
-                tid = threadid()
-                # the team actually granted may be smaller than nt (nested
-                # regions, OMP_DYNAMIC); split the panels over the real team
-                _run(ctx, 0, n_par, tid, cyl_stream_team_size(), scratch + tid * stride)
-        if n_par < ctx.n_layers:
-            _run(ctx, n_par, ctx.n_layers, 0, 1, scratch)
+    _run(ctx, 0, ctx.n_layers, scratch)
     if ctx.use_blas:
         set_blas_threads(ctx.blas_threads)
     memcpy(ctx.out, _output_of(last, ctx.par),
@@ -550,6 +633,7 @@ cdef class Core:
     cdef Py_ssize_t _n_out
     cdef object _dtype
     cdef object _proj         # run()'s projection buffers (zx, aq, ra), kept for reuse
+    cdef object _phases       # the pooled step's phase table and flags (see Ctx)
 
     def __cinit__(self):
         self._layers = NULL
@@ -658,6 +742,34 @@ cdef class Core:
         self.ctx.x = NULL
         self.ctx.out = NULL
         self.ctx.scratch = cnp.PyArray_DATA(self._scratch)
+        # the pooled step's phases (_stack_work): each layer's panels, and a softmax
+        # layer's normalization after them
+        ph_layer, ph_soft, ph_first, pieces = [], [], [0], 0
+        for i in range(n):
+            L = &self._layers[i]
+            pieces += L.n_panels
+            ph_layer.append(i)
+            ph_soft.append(0)
+            ph_first.append(pieces)
+            if L.kind == KIND_DENSE and L.act == ACT_SOFTMAX:
+                pieces += 1
+                ph_layer.append(i)
+                ph_soft.append(1)
+                ph_first.append(pieces)
+        self._phases = (np.array(ph_layer, np.intc), np.array(ph_soft, np.intc),
+                        np.array(ph_first, np.intp), np.zeros(pieces, np.int64))
+        a = self._phases[0]
+        self.ctx.ph_layer = <const int*> cnp.PyArray_DATA(a)
+        a = self._phases[1]
+        self.ctx.ph_soft = <const int*> cnp.PyArray_DATA(a)
+        a = self._phases[2]
+        self.ctx.ph_first = <const Py_ssize_t*> cnp.PyArray_DATA(a)
+        a = self._phases[3]
+        self.ctx.step_flags = <int64_t*> cnp.PyArray_DATA(a)
+        self.ctx.n_phases = len(ph_layer)
+        self.ctx.n_pieces = pieces
+        self.ctx.row_bytes = pack.nbytes
+        self.ctx.wake_min_bytes = _tuning.POOL_WAKE_MIN_BYTES
 
     # ---- the hot path -------------------------------------------------------
 
@@ -801,21 +913,19 @@ cdef class Core:
             zxp = <float*> cnp.PyArray_DATA(zxa)
             aqp = <int16_t*> cnp.PyArray_DATA(aqa)
             rap = <float*> cnp.PyArray_DATA(raa)
-        # a single LSTM layer on several threads: the block on the worker pool, whose
-        # late or preempted workers never hold up the caller (_seq_job)
-        cdef bint pooled = (self.ctx.n_threads > 1 and self.ctx.n_layers == 1
-                            and L0.kind == KIND_LSTM and not self.ctx.use_blas
-                            and self._typenum == cnp.NPY_FLOAT32 and T > 1)
-        cdef SeqRun sr
+        # on several threads, the block on the worker pool, whose late or preempted
+        # workers never hold up the caller (_stack_work)
+        cdef bint pooled = self.ctx.n_threads > 1 and T > 1
         cdef cnp.ndarray flags_a
         cdef int64_t* flags = NULL
         cdef Py_ssize_t nf = 0, chunk = tc if tc else T
+        cdef bint f32 = self._typenum == cnp.NPY_FLOAT32
         if pooled:
-            # one pool job per chunk of steps: its flags (a word per panel and step)
+            # one pool job per chunk of steps: its flags (a word per piece and step)
             # stay bounded on long blocks
             if not tc:
                 chunk = min(T, POOL_CHUNK_STEPS)
-            nf = chunk * L0.n_panels
+            nf = chunk * self.ctx.n_pieces
             flags_a = np.zeros(nf + L0.n_panels, np.int64)
             flags = <int64_t*> cnp.PyArray_DATA(flags_a)
         try:
@@ -830,17 +940,8 @@ cdef class Core:
                                  rap, zxp, self.ctx.n_threads,
                                  flags + nf if pooled else NULL)
                     if pooled:
-                        memset(flags, 0, (t1 - t0) * L0.n_panels * sizeof(int64_t))
-                        sr.ctx = &self.ctx
-                        sr.T = t1 - t0
-                        sr.x = xp + t0 * xstride
-                        sr.out = op + t0 * ostride
-                        sr.xstride, sr.ostride = xstride, ostride
-                        sr.zx = zxp if tc else NULL
-                        sr.flags = flags
-                        sr.par0 = self.ctx.par
-                        pool_run(_seq_job, &sr, self.ctx.n_threads)
-                        self.ctx.par = self.ctx.par ^ <int> ((t1 - t0) & 1)
+                        _stack_pooled(&self.ctx, t1 - t0, xp + t0 * xstride, op + t0 * ostride,
+                                      xstride, ostride, zxp if tc else NULL, flags, f32)
                         t0 = t1
                         continue
                     for t in range(t0, t1):
@@ -849,7 +950,7 @@ cdef class Core:
                         self.ctx.out = op + t * ostride
                         if tc:
                             L0.zx = zxp + (t - t0) * B * L0.ncols
-                        if self._typenum == cnp.NPY_FLOAT32:
+                        if f32:
                             _step(&self.ctx, <float*> self.ctx.scratch)
                         else:
                             _step(&self.ctx, <double*> self.ctx.scratch)
@@ -1079,12 +1180,23 @@ cdef class PoolCore(Core):
                                                           // (self._capacity * MAXW))))
         xp = <char*> cnp.PyArray_DATA(x)
         op = <char*> cnp.PyArray_DATA(out)
+        cdef bint f32 = self._typenum == cnp.NPY_FLOAT32
+        cdef Py_ssize_t chunk = min(T, POOL_CHUNK_STEPS), t0 = 0, t1
+        cdef cnp.ndarray flags_a = np.zeros(chunk * self.ctx.n_pieces
+                                            if self.ctx.n_threads > 1 else 0, np.int64)
+        cdef int64_t* flags = <int64_t*> cnp.PyArray_DATA(flags_a)
         with nogil:
             _move_states(&self.ctx, self._sh, self._sc, &s, 1, item, 0)
-            for t in range(T):
+            while self.ctx.n_threads > 1 and t0 < T:   # on the worker pool (_stack_work)
+                t1 = min(T, t0 + chunk)
+                _stack_pooled(&self.ctx, t1 - t0, xp + t0 * self._n_in * item,
+                              op + t0 * self._n_out * item, self._n_in * item,
+                              self._n_out * item, NULL, flags, f32)
+                t0 = t1
+            for t in range(t0, T):
                 self.ctx.x = xp + t * self._n_in * item
                 self.ctx.out = op + t * self._n_out * item
-                if self._typenum == cnp.NPY_FLOAT32:
+                if f32:
                     _step(&self.ctx, <float*> self.ctx.scratch)
                 else:
                     _step(&self.ctx, <double*> self.ctx.scratch)

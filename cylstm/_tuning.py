@@ -343,6 +343,17 @@ PANEL_PROJ_MAX_ROWS_AVX512 = None   # no limit
 # bench/compare.py --only cold,busy: 50 us kept back-to-back calls warm.
 POOL_SPIN_NS = 50_000
 
+# A streaming step (or block) on the worker pool whose packed weight bytes x rows x
+# steps are fewer is "small" (include/cylstm_pool.h, cyl_pool_small_stays_alone): it
+# runs alone while the workers sleep, but for the third of a stream of such calls.
+# Waking a sleeping worker costs the caller 8-30 us (a futex syscall in a KVM guest;
+# the worker runs 14-28 us later).  First step after a 50 ms gap, float32 runners at
+# batch 1, packed bytes, median us, waking the worker / running alone / one thread:
+# (64, 128) x 2 layers 917 KB 120 / 110 / 105; (96, 192) 885 KB 127 / 121 / 116;
+# (128, 256) 1.57 MB 168 / 177 / 173; (128, 256) x 2 3.67 MB 288 / 385 / 336; (256,
+# 512) 6.3 MB 408 / 547 / 554.  AMD EPYC (2 cores), Zen 3, 2026-12-03.
+POOL_WAKE_MIN_BYTES = 1_250_000
+
 # After a worker finds it was preempted for a good part of a job (another
 # process on its core), callers run alone for POOL_BACKOFF_NS, then try the
 # workers again.  2-vCPU Xeon, 2026-12-01, beside a spinning process:
@@ -353,6 +364,8 @@ POOL_BACKOFF_NS = 100_000_000
 THRESHOLDS = {
     "POOL_SPIN_NS": "thread pool; 2-vCPU Xeon, bench/compare.py cold/busy, 2026-12-01",
     "POOL_BACKOFF_NS": "thread pool; 2-vCPU Xeon, bench/compare.py busy, 2026-12-01",
+    "POOL_WAKE_MIN_BYTES": "thread pool, streaming steps; AMD EPYC (2 cores), Zen 3, first "
+                           "step after a 50 ms gap, 2026-12-03",
     "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11; "
                            "2-vCPU Zen 3, 2026-12-02",
     "PANEL_TEAM_MIN_BYTES": "forward planner; 2-core Zen 4, (200, 1, 64, 96), 2026-11",

@@ -22,9 +22,11 @@ How it is fast
   arithmetic at these sizes; it takes six rows per pass over the weights on
   AVX-512 and AVX2, four on the baseline, and the last rows in smaller blocks);
   batches of :data:`BLAS_MIN_BATCH` rows and more use SciPy's BLAS per panel.
-  When the weights do not fit in one core's cache (or are close to it) the
-  panels are split across two OpenMP threads; small models run on the calling
-  thread, where a fork/join would cost more than it saves.
+  When the weights do not fit in one core's cache (or are close to it) a step's
+  panels are shared by two threads on cylstm's worker pool
+  (include/cylstm_pool.h), claimed by whichever thread gets to them, so that a
+  late or preempted worker never holds a step up; small models run on the
+  calling thread.
 """
 from __future__ import annotations
 
@@ -497,12 +499,14 @@ class StreamRunner(_stream.Core):
     step at the same time from different threads and give exactly the serial
     results.  One runner is not thread-safe: give each thread its own (a step
     that finds the runner busy in another thread raises RuntimeError).  With
-    ``num_threads=2`` the second thread is an OpenMP worker that spins briefly
-    between steps; a service stepping rarely may prefer ``num_threads=1`` for
-    the steadiest latency.  :meth:`run` of a model with a single LSTM layer
-    splits the block on cylstm's worker pool instead (include/cylstm_pool.h):
-    each step's panels go to whichever thread takes them first, so a late or
-    preempted worker never holds the call up, with the same bits.
+    ``num_threads=2`` a step's panels (layer by layer) go to whichever of the
+    calling thread and a worker of cylstm's pool (include/cylstm_pool.h) takes
+    them first, as do a block's in :meth:`run`: a late or preempted worker
+    never holds a call up, and the bits are those of one thread.  The worker
+    spins for ``POOL_SPIN_NS`` (50 us) between calls, then sleeps; waking it
+    costs the caller a system call (8-30 us in a VM), so a step too small to
+    pay for that (``_tuning.POOL_WAKE_MIN_BYTES``) runs alone while it sleeps,
+    and the third of a stream of such steps wakes it.
 
     **Inputs.**  ``x_t`` of the runner's dtype, C-contiguous, shape
     ``(batch_size, features)`` (or ``(features,)`` at batch size 1, giving a

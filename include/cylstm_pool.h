@@ -97,15 +97,28 @@ static inline int64_t cyl_thread_cpu_ns(void)
  * 2 a commit in flight.  Updated by callers only, so relaxed adds suffice. */
 static int64_t cyl_pool_waited_ns[3] = {0, 0, 0};
 static int64_t cyl_pool_jobs = 0;
+static int64_t cyl_pool_joins = 0;   /* workers that joined a job (diagnostics) */
+/* A worker went to sleep because it shares the caller's CPU and may not leave it
+ * (the process is allowed that one CPU): waking it for a small job only costs the
+ * caller the wake.  Cleared when a worker joins a job again. */
+static int cyl_pool_stuck = 0;
 static void cyl_pool_caller_waited(int64_t now);
+static int cyl_pool_job_small = 0;   /* the open job is small (cyl_pool_run_small) */
 static int64_t cyl_pool_preempted_min_ns;
 static inline void cyl_pool_note_wait(int what, int64_t t0)
 {
     int64_t now = cyl_now_ns();
     __atomic_fetch_add(&cyl_pool_waited_ns[what], now - t0, __ATOMIC_RELAXED);
     /* A running worker leaves a job's memory, or ends a commit, within one
-     * panel's work (tens of us); waiting longer means it lost its core. */
-    if (what != 0 && now - t0 > cyl_pool_preempted_min_ns)
+     * panel's work (tens of us), and a piece of a small job takes no longer
+     * (its workers do not account for their preemption); waiting longer means
+     * it lost its core.  For a small job that was often another thread of the
+     * process on the worker's CPU: NumPy's OpenBLAS spins 2**28 cycles after
+     * each call when NumPy was imported before cylstm, and 4 ms waits (a time
+     * slice) came every 10-100 ms of back-to-back steps of a 2-thread (64, 128)
+     * runner then (AMD EPYC (2 cores), 2026-12-03).  The common back-off costs
+     * such a neighbour one slow step per back-off. */
+    if ((what != 0 || cyl_pool_job_small) && now - t0 > cyl_pool_preempted_min_ns)
         cyl_pool_caller_waited(now);
 }
 
@@ -302,7 +315,9 @@ static void *cyl_pool_worker(void *unused)
                 cyl_relax();
                 if (++n % 64 == 0) {
                     if (cyl_pool_beside_caller() && !cyl_pool_move_off_caller()) {
-                        cyl_pool_sleep(seen);   /* (cannot move: do not spin here) */
+                        /* (cannot move: do not spin here, nor be woken for small jobs) */
+                        __atomic_store_n(&cyl_pool_stuck, 1, __ATOMIC_RELAXED);
+                        cyl_pool_sleep(seen);
                         t0 = cyl_now_ns();
                     } else if (cyl_now_ns() - t0 > cyl_pool_spin_ns) {
                         cyl_pool_sleep(seen);
@@ -321,8 +336,18 @@ static void *cyl_pool_worker(void *unused)
                 !cyl_pool_beside_caller()) {
             int64_t slot = __atomic_fetch_add(&cyl_pool.joined, 1, __ATOMIC_SEQ_CST);
             if (slot < cyl_pool.want) {
-                int64_t w0 = cyl_now_ns(), c0 = cyl_thread_cpu_ns();
+                __atomic_fetch_add(&cyl_pool_joins, 1, __ATOMIC_RELAXED);
+                if (__atomic_load_n(&cyl_pool_stuck, __ATOMIC_RELAXED))
+                    __atomic_store_n(&cyl_pool_stuck, 0, __ATOMIC_RELAXED);
+                /* (a small job skips the account of its preemption: the CPU clock
+                 * is a syscall, 0.8 us in a KVM guest, against jobs of a few us;
+                 * a caller that waits for a preempted worker backs off itself) */
+                int small = cyl_pool_job_small;
+                int64_t w0 = cyl_now_ns(), c0 = small ? -1 : cyl_thread_cpu_ns();
                 cyl_pool.fn(cyl_pool.arg, (int)slot + 1);
+                if (cyl_pool_holding)   /* done with the job's memory */
+                    __atomic_fetch_sub(&cyl_pool.active, 1, __ATOMIC_SEQ_CST);
+                cyl_pool_holding = 0;
                 if (c0 >= 0) {
                     int64_t now = cyl_now_ns(), wall = now - w0;
                     int64_t lost = wall - (cyl_thread_cpu_ns() - c0);
@@ -356,7 +381,8 @@ static int cyl_pool_reserve(int n)
 {
     if (n > CYL_POOL_MAX)
         n = CYL_POOL_MAX;
-    if (__atomic_load_n(&cyl_pool.n_workers, __ATOMIC_ACQUIRE) >= n && cyl_pool.pid == getpid())
+    /* (the fork handler resets n_workers in a child: no getpid, a syscall, per job) */
+    if (__atomic_load_n(&cyl_pool.n_workers, __ATOMIC_ACQUIRE) >= n)
         return n;
     pthread_mutex_lock(&cyl_pool.lock);
     if (cyl_pool.pid != getpid()) {
@@ -387,15 +413,42 @@ static int cyl_pool_reserve(int n)
  * busy runs its job alone. */
 static int cyl_pool_busy = 0;
 
-/* Run fn(arg, tid) on the calling thread (tid 0) and on up to n_threads - 1
- * workers (tids 1..), each worker joining when it wakes.  fn must be written
- * so that tid 0 alone finishes the job.  Returns when the job is done and no
- * worker reads its memory any more. */
-static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
+/* Small jobs (a streaming step) and sleeping workers.  Waking a sleeping worker
+ * costs the caller a futex syscall, and the worker arrives later still, with
+ * cold caches: on a 2-vCPU AMD EPYC KVM guest (2026-12-03) the wake took the
+ * caller 8-30 us and the worker ran 14-28 us after it, on the caller's CPU, so
+ * the first step of a 2-layer (64, 128) runner after a 50 ms gap took 126-143 us
+ * on 2 threads against 108-126 on one.  A job its caller marks small therefore
+ * runs alone while a worker sleeps (or none was started), unless it is the
+ * third in a row to start within cyl_pool_spin_ns of the previous job's end: a
+ * stream of steps, for which the workers, once woken, stay awake between
+ * steps.  The first and second call after an idle gap never pay the wake. */
+static int64_t cyl_pool_last_end_ns = 0;
+static int cyl_pool_quick_jobs = 0;    /* small jobs in a row, each soon after the last */
+static int64_t cyl_pool_small_alone = 0;   /* small jobs run alone so (diagnostics) */
+static inline int cyl_pool_small_stays_alone(int nw)
+{
+    int64_t now = cyl_now_ns();
+    int quick = now - __atomic_load_n(&cyl_pool_last_end_ns, __ATOMIC_RELAXED) < cyl_pool_spin_ns;
+    int run = quick ? __atomic_load_n(&cyl_pool_quick_jobs, __ATOMIC_RELAXED) + 1 : 0;
+    __atomic_store_n(&cyl_pool_quick_jobs, run, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&cyl_pool.n_workers, __ATOMIC_ACQUIRE) >= nw &&
+            __atomic_load_n(&cyl_pool.sleepers, __ATOMIC_SEQ_CST) == 0)
+        return 0;   /* workers awake (spinning): no wake to pay */
+    if (run >= 2 && !__atomic_load_n(&cyl_pool_stuck, __ATOMIC_RELAXED))
+        return 0;   /* a stream: wake them once */
+    __atomic_fetch_add(&cyl_pool_small_alone, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+/* cyl_pool_run and cyl_pool_run_small (below). */
+static void cyl_pool_run_job(cyl_pool_fn fn, void *arg, int n_threads, int small)
 {
     int nw = n_threads - 1;
     if (nw > 0 && cyl_now_ns() < __atomic_load_n(&cyl_pool_contended_until, __ATOMIC_RELAXED))
         nw = 0;   /* backing off from a busy machine: alone */
+    if (nw > 0 && small && cyl_pool_small_stays_alone(nw))
+        nw = 0;
     if (nw > 0 && !__atomic_exchange_n(&cyl_pool_busy, 1, __ATOMIC_ACQ_REL)) {
         nw = cyl_pool_reserve(nw);
         if (nw > 0) {
@@ -403,6 +456,7 @@ static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
             cyl_pool.fn = fn;
             cyl_pool.arg = arg;
             cyl_pool.want = nw;
+            cyl_pool_job_small = small;
             __atomic_store_n(&cyl_pool.caller_cpu, cyl_pool_cur_cpu(), __ATOMIC_RELAXED);
             __atomic_store_n(&cyl_pool.tick, 0, __ATOMIC_SEQ_CST);
             __atomic_store_n(&cyl_pool.joined, 0, __ATOMIC_SEQ_CST);
@@ -430,12 +484,30 @@ static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
                     cyl_relax();
                 cyl_pool_note_wait(1, t0);
             }
+            __atomic_store_n(&cyl_pool_last_end_ns, cyl_now_ns(), __ATOMIC_RELAXED);
             __atomic_store_n(&cyl_pool_busy, 0, __ATOMIC_RELEASE);
             return;
         }
         __atomic_store_n(&cyl_pool_busy, 0, __ATOMIC_RELEASE);
     }
     fn(arg, 0);
+    __atomic_store_n(&cyl_pool_last_end_ns, cyl_now_ns(), __ATOMIC_RELAXED);
+}
+
+/* Run fn(arg, tid) on the calling thread (tid 0) and on up to n_threads - 1
+ * workers (tids 1..), each worker joining when it wakes.  fn must be written
+ * so that tid 0 alone finishes the job.  Returns when the job is done and no
+ * worker reads its memory any more. */
+static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
+{
+    cyl_pool_run_job(fn, arg, n_threads, 0);
+}
+
+/* The same for a job too small to pay for waking a sleeping worker (see
+ * cyl_pool_small_stays_alone). */
+static void cyl_pool_run_small(cyl_pool_fn fn, void *arg, int n_threads)
+{
+    cyl_pool_run_job(fn, arg, n_threads, 1);
 }
 
 /* For a worker's job function that waits for its caller: let go of the job's

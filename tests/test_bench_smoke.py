@@ -219,3 +219,21 @@ def test_scale_quick_runs_without_engines():
     assert "| - | one process | 1 x 2 threads |" in out
     assert "Data-parallel epoch of the Keras example (512 x 50 x 10" in out
     assert "MISMATCH" not in out
+
+
+def test_stream_threads_runs_and_reports():
+    """bench/stream_threads.py on one small case, quiet and busy: a row per condition."""
+    env = dict(os.environ)
+    if _source_tree_is_built():
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "stream_threads.py"),
+                        "--cases", "8x40x2", "--rounds", "2", "--warm-steps", "20",
+                        "--gap-ms", "1"], check=False, capture_output=True, text=True,
+                       timeout=180, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "| 8x40x2 | quiet, 2 threads |" in p.stdout
+    assert "| 8x40x2 | busy, 2 threads |" in p.stdout
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "stream_threads.py"),
+                          "--cases", "8x40"], check=False, capture_output=True, text=True,
+                         timeout=60, env=env, cwd=ROOT)
+    assert bad.returncode != 0 and "a case is IxHxLAYERS" in bad.stderr

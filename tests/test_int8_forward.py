@@ -295,7 +295,7 @@ def test_wide_batches_of_narrow_layers_take_the_float32_products():
 @pytest.mark.parametrize("alone", [False, True])
 def test_pooled_block_has_the_bits_of_one_thread(weights_dtype, alone):
     # run() of a single LSTM layer on several threads: its panels claimed step by step
-    # on the worker pool (_stream.pyx, _seq_job); ``alone``: the pool backing off, as
+    # on the worker pool (_stream.pyx, _stack_work); ``alone``: the pool backing off, as
     # after a preempted worker, so the caller runs every panel itself; T = 300: two
     # pool jobs (POOL_CHUNK_STEPS)
     from cylstm import _lstm

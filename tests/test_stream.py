@@ -5,6 +5,7 @@ same sequence, state handling, threads, bad input and allocation on the hot path
 """
 import itertools
 import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -139,10 +140,10 @@ def test_dense_between_lstms(threads):
                                rtol=2e-5, atol=2e-5)
 
 
-def test_smaller_openmp_team_than_asked_still_computes_every_panel():
-    # OMP_THREAD_LIMIT=1 grants a team of one where the runner asks for two: the
-    # panels must be split over the team granted (regression: half of them were
-    # skipped when the split used the number requested)
+def test_an_openmp_thread_limit_leaves_every_panel_computed():
+    # OMP_THREAD_LIMIT=1 (regression: when steps split their panels over an OpenMP
+    # team, half of them were skipped with a team smaller than asked for; steps now
+    # run on cylstm's worker pool, which the limit does not bind)
     import os
     import subprocess
     import sys
@@ -449,6 +450,153 @@ def test_bad_specs_and_arguments():
 
 # ---------------------------------------------------------------------------------------
 # threads and allocation
+
+# Steps on several threads run on the worker pool (include/cylstm_pool.h): each
+# phase's panels (a layer's, then a softmax's normalization) go to whichever thread
+# claims them.  These stacks cross every kind of phase hand-over.
+_POOLED_STACKS = {
+    "lstm-softmax-lstm-head": lambda rng: [_lstm_spec(rng, 5, 40),
+                                           _dense_spec(rng, 40, 90, "softmax"),
+                                           _lstm_spec(rng, 90, 33),
+                                           _dense_spec(rng, 33, 2, "sigmoid")],
+    "lstm-lstm-softmax-head": lambda rng: [_lstm_spec(rng, 7, 70), _lstm_spec(rng, 70, 37),
+                                           _dense_spec(rng, 37, 5, "softmax")],
+    "wide-dense-last": lambda rng: [_lstm_spec(rng, 3, 20), _dense_spec(rng, 20, 130, "relu")],
+}
+
+
+@pytest.fixture(params=[0, 50_000], ids=["workers-sleep", "workers-spin"])
+def pooled_steps(request, monkeypatch):
+    """Every pooled step wakes the workers (no small-step rule, no back-off), which
+    sleep between steps or spin."""
+    from cylstm import _lstm, _tuning
+
+    monkeypatch.setattr(_tuning, "POOL_WAKE_MIN_BYTES", 0)
+    _lstm.set_pool_backoff_ns(0)
+    _lstm.set_pool_spin_ns(request.param)
+    yield request.param
+    _lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
+    _lstm.set_pool_backoff_ns(_tuning.POOL_BACKOFF_NS)
+
+
+@pytest.mark.parametrize("stack", sorted(_POOLED_STACKS))
+@pytest.mark.parametrize("dtype,wd,B,path", [
+    (np.float32, None, 1, "kernel"), (np.float64, None, 3, "kernel"),
+    (np.float32, "int8", 2, "kernel"), (np.float32, "bfloat16", 1, "kernel"),
+    (np.float32, None, 3, "blas")])
+def test_pooled_steps_give_the_serial_bits(pooled_steps, stack, dtype, wd, B, path,
+                                           monkeypatch):
+    from cylstm import _stream
+
+    monkeypatch.setattr(stream, "BLAS_MIN_BATCH", 1 if path == "blas" else 10**9)
+    rng = np.random.default_rng(sorted(_POOLED_STACKS).index(stack))
+    specs = _POOLED_STACKS[stack](rng)
+    T = 40
+    x = rng.standard_normal((B, T, specs[0]["kernel"].shape[0])).astype(dtype)
+    one = StreamRunner._from_specs(specs, B, num_threads=1, dtype=dtype, weights_dtype=wd)
+    two = StreamRunner._from_specs(specs, B, num_threads=2, dtype=dtype, weights_dtype=wd)
+    assert two.num_threads == 2
+    if wd is None:
+        np.testing.assert_allclose(_run(one, x), _stack_ref(specs, x), **TOL[dtype])
+        one.reset()
+    before = _stream.pooled_pieces()["workers"]
+    deadline = time.monotonic() + 5
+    for rep in itertools.count():
+        np.testing.assert_array_equal(_run(two, x), _run(one, x))
+        block = np.ascontiguousarray(x.transpose(1, 0, 2))     # run(): (T, B, F)
+        np.testing.assert_array_equal(two.run(block), one.run(block))
+        for (h2, c2), (h1, c1) in zip(two.state, one.state):
+            np.testing.assert_array_equal(h2, h1)
+            np.testing.assert_array_equal(c2, c1)
+        # (spinning workers join the steps, sooner or later on a loaded machine: go
+        # on until some of the pieces were theirs)
+        took_part = _stream.pooled_pieces()["workers"] > before
+        if rep >= 2 and (took_part or not pooled_steps or time.monotonic() > deadline):
+            break
+    assert took_part or not pooled_steps
+
+
+def _step_times(runner, x, n):
+    from cylstm import _lstm
+
+    s0 = _lstm.pool_stats()["small_alone"]
+    for _ in range(n):
+        runner.step(x)
+    return _lstm.pool_stats()["small_alone"] - s0
+
+
+def test_small_steps_run_alone_after_a_gap_and_wake_the_workers_for_a_stream():
+    """A step too small to pay for waking a sleeping worker runs alone, the first
+    and second after an idle gap; the third of a stream wakes the workers, which
+    then join the steps that follow (include/cylstm_pool.h,
+    cyl_pool_small_stays_alone)."""
+    from cylstm import _lstm, _tuning
+
+    rng = np.random.default_rng(5)
+    specs = [_lstm_spec(rng, 8, 40)]
+    runner = StreamRunner._from_specs(specs, 1, num_threads=2)
+    ref = StreamRunner._from_specs(specs, 1, num_threads=1)
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    assert (8 + 40) * 4 * 48 * 4 < _tuning.POOL_WAKE_MIN_BYTES   # packed float32 bytes: small
+    _lstm.set_pool_backoff_ns(0)
+    _lstm.set_pool_spin_ns(5_000_000)   # "a stream": steps within 5 ms of each other
+    try:
+        for _ in range(5):   # (a host hiccup may wake a worker)
+            runner.step(x)
+            time.sleep(0.05)             # the workers spin 5 ms, then sleep
+            alone = _step_times(runner, x, 2)
+            woke = _step_times(runner, x, 1)
+            if (alone, woke) == (2, 0):
+                break
+        assert (alone, woke) == (2, 0)
+        assert _step_times(runner, x, 20) == 0   # the workers stay awake in the stream
+    finally:
+        _lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
+        _lstm.set_pool_backoff_ns(_tuning.POOL_BACKOFF_NS)
+    seq = rng.standard_normal((1, 9, 8)).astype(np.float32)
+    runner.reset()
+    np.testing.assert_array_equal(_run(runner, seq), _run(ref, seq))
+
+
+_ONE_CPU_STREAM = """
+import os, sys
+import numpy as np
+os.sched_setaffinity(0, {int(sys.argv[1])})   # the caller and its workers share one CPU
+from cylstm import _lstm
+from cylstm.stream import StreamRunner
+rng = np.random.default_rng(2)
+specs = [dict(type="lstm", kernel=rng.uniform(-.4, .4, (6, 4 * 48)),
+              recurrent_kernel=rng.uniform(-.4, .4, (48, 4 * 48)), bias=None)]
+one = StreamRunner._from_specs(specs, 1, num_threads=1)
+two = StreamRunner._from_specs(specs, 1, num_threads=2)
+x = rng.standard_normal((300, 6)).astype(np.float32)
+for t in range(300):
+    assert np.array_equal(two.step(x[t]), one.step(x[t])), t
+s = _lstm.pool_stats()
+print("ok", s["small_alone"], s["joins"])
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"),
+                    reason="needs sched_setaffinity")
+def test_steps_on_the_callers_only_cpu_neither_hang_nor_change_results(tmp_path):
+    """With one CPU allowed, the worker cannot leave its caller's CPU: it never
+    joins a step (it would only take the caller's time), and every step has the
+    one-thread bits."""
+    import os
+    import subprocess
+    import sys
+
+    import cylstm
+
+    cpu = min(os.sched_getaffinity(0))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cylstm.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", _ONE_CPU_STREAM, str(cpu)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    word, _, joins = p.stdout.split()
+    assert word == "ok" and int(joins) == 0
 
 def test_eight_threads_with_own_runners_match_serial():
     m = _model(seed=3)
