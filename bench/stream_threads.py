@@ -11,7 +11,8 @@ and each of ``num_threads`` 1 and 2, in the same process:
     warm        median and 99th percentile of back-to-back steps (us)
     1st, 2nd    median of the first and second step after an idle gap (``--gap-ms``)
 
-then the same again with another process spinning on a core ("busy").  Two threads
+then the same again with another process spinning on a core ("busy"); the two thread
+counts alternate in five slices of each.  Two threads
 "never cost time" when each of their figures is at most the one-thread figure beside it.
 Run it on a quiet machine (``vmstat 1 3``: idle near 100%), and compare builds by
 running it on each: host noise moves warm figures by 20-30% between runs.
@@ -45,36 +46,40 @@ def _case(text):
     return I, H, L
 
 
-def measure(cylstm, I, H, L, gap_s, rounds, warm_steps):
-    """{threads: {"warm", "p99", "first", "second"}} in us, for one condition."""
+def measure(cylstm, I, H, L, gap_s, rounds, warm_steps, slices=5):
+    """{threads: {"warm", "p99", "first", "second"}} in us, for one condition.  The
+    two thread counts alternate in ``slices`` slices of the warm steps and the gaps,
+    so that a change of the host's load touches both."""
     model = cylstm.models.Sequential(
         [cylstm.layers.LSTM(H, return_sequences=True, input_shape=(None, I), dtype="float32",
                             seed=i) for i in range(L)])
     x = np.random.default_rng(0).standard_normal((1, I)).astype(np.float32)
     runners = {n: model.streamer(1, num_threads=n) for n in (1, 2)}
     outs = {n: np.empty((1, H), np.float32) for n in (1, 2)}
+    warm = {n: [] for n in runners}
+    pairs = {n: [] for n in runners}
     for n, r in runners.items():
         for _ in range(200):
             r.step(x, out=outs[n])
+    for s in range(slices):
+        for n in (1, 2) if s % 2 == 0 else (2, 1):
+            r, o = runners[n], outs[n]
+            for _ in range(max(1, warm_steps // slices)):
+                t = time.perf_counter()
+                r.step(x, out=o)
+                warm[n].append(time.perf_counter() - t)
+            for _ in range(max(1, rounds // slices)):
+                time.sleep(gap_s)
+                t0 = time.perf_counter()
+                r.step(x, out=o)
+                t1 = time.perf_counter()
+                r.step(x, out=o)
+                pairs[n].append((t1 - t0, time.perf_counter() - t1))
     res = {}
-    for n, r in runners.items():
-        o = outs[n]
-        warm = np.empty(warm_steps)
-        for i in range(warm_steps):
-            t = time.perf_counter()
-            r.step(x, out=o)
-            warm[i] = time.perf_counter() - t
-        pairs = np.empty((rounds, 2))
-        for i in range(rounds):
-            time.sleep(gap_s)
-            t0 = time.perf_counter()
-            r.step(x, out=o)
-            t1 = time.perf_counter()
-            r.step(x, out=o)
-            pairs[i] = (t1 - t0, time.perf_counter() - t1)
-        res[n] = {"warm": np.median(warm) * 1e6, "p99": np.percentile(warm, 99) * 1e6,
-                  "first": np.median(pairs[:, 0]) * 1e6,
-                  "second": np.median(pairs[:, 1]) * 1e6}
+    for n in runners:
+        w, p = np.array(warm[n]), np.array(pairs[n])
+        res[n] = {"warm": np.median(w) * 1e6, "p99": np.percentile(w, 99) * 1e6,
+                  "first": np.median(p[:, 0]) * 1e6, "second": np.median(p[:, 1]) * 1e6}
     return res
 
 

@@ -10,6 +10,8 @@ from libc.stdint cimport int64_t
 ctypedef void (*pool_fn)(void* arg, int tid) noexcept nogil
 cdef void pool_run(pool_fn fn, void* arg, int n_threads) noexcept nogil
 cdef void pool_run_small(pool_fn fn, void* arg, int n_threads) noexcept nogil
+cdef bint pool_small_alone(int n_threads) noexcept nogil
+cdef void pool_small_alone_end() noexcept nogil
 cdef bint pool_claim(int64_t* flag) noexcept nogil
 cdef void pool_claim_done(int64_t* flag) noexcept nogil
 cdef void pool_claim_wait(int64_t* flag) noexcept nogil

@@ -832,6 +832,8 @@ cdef extern from "cylstm_pool.h" nogil:
     ctypedef void (*cyl_pool_fn)(void* arg, int tid) noexcept nogil
     void cyl_pool_run(cyl_pool_fn fn, void* arg, int n_threads)
     void cyl_pool_run_small(cyl_pool_fn fn, void* arg, int n_threads)
+    bint cyl_pool_small_runs_alone(int n_threads)
+    void cyl_pool_small_alone_end()
     int64_t cyl_pool_small_alone
     int64_t cyl_pool_joins
     void cyl_pool_set_spin_ns(int64_t ns)
@@ -871,10 +873,20 @@ cdef void pool_run(pool_fn fn, void* arg, int n_threads) noexcept nogil:
     cyl_pool_run(<cyl_pool_fn> fn, arg, n_threads)
 
 
+cdef bint pool_small_alone(int n_threads) noexcept nogil:
+    """Whether a job too small to pay for waking a sleeping worker should run alone
+    now: while they sleep, but for a stream of such jobs (include/cylstm_pool.h,
+    cyl_pool_small_stays_alone).  If so, run it serially and then call
+    :func:`pool_small_alone_end`; else :func:`pool_run_small`."""
+    return cyl_pool_small_runs_alone(n_threads)
+
+
+cdef void pool_small_alone_end() noexcept nogil:
+    cyl_pool_small_alone_end()
+
+
 cdef void pool_run_small(pool_fn fn, void* arg, int n_threads) noexcept nogil:
-    """:func:`pool_run` for a job too small to pay for waking a sleeping worker: it
-    runs alone while they sleep, but for a stream of such jobs
-    (include/cylstm_pool.h, cyl_pool_small_stays_alone)."""
+    """:func:`pool_run` for a small job (see :func:`pool_small_alone`)."""
     cyl_pool_run_small(<cyl_pool_fn> fn, arg, n_threads)
 
 

@@ -33,7 +33,8 @@ from libc.string cimport memcpy, memset
 from cylstm._blas cimport gemm
 from cylstm._lstm cimport (pool_acquire, pool_claim, pool_claim_done, pool_claim_wait,
                            pool_job_open, pool_load, pool_relax, pool_release, pool_run,
-                           pool_run_small, pool_tick_get, pool_tick_set, set_blas_threads)
+                           pool_run_small, pool_small_alone, pool_small_alone_end,
+                           pool_tick_get, pool_tick_set, set_blas_threads)
 from cylstm._cell cimport sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
@@ -569,19 +570,51 @@ cdef void _stack_job_f64(void* arg, int tid) noexcept nogil:
     _stack_work(r, tid, <double*> r.ctx.scratch + tid * r.ctx.B * MAXW)
 
 
+cdef void _steps_alone(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
+                       Py_ssize_t xstride, Py_ssize_t ostride, const float* zx,
+                       floating* scratch) noexcept nogil:
+    """T steps of the stack on the calling thread (the serial step's code)."""
+    cdef Py_ssize_t t
+    cdef LayerC* last = &ctx.L[ctx.n_layers - 1]
+    cdef const float* zx0 = ctx.L[0].zx
+    for t in range(T):
+        ctx.x = x + t * xstride
+        if zx != NULL:
+            ctx.L[0].zx = zx + t * ctx.B * ctx.L[0].ncols
+        _run(ctx, 0, ctx.n_layers, scratch)
+        memcpy(out + t * ostride, _output_of(last, ctx.par),
+               ctx.B * last.n_out * sizeof(floating))
+        ctx.par = 1 - ctx.par
+    ctx.L[0].zx = zx0
+
+
 cdef void _stack_pooled(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
                         Py_ssize_t xstride, Py_ssize_t ostride, const float* zx,
                         int64_t* flags, bint f32) noexcept nogil:
     """T steps of the stack on the worker pool (``flags``: T x n_pieces words, any
-    values), the state carried on."""
+    values), the state carried on.  A job too small to pay for waking a sleeping
+    worker (POOL_WAKE_MIN_BYTES) runs alone, on the serial step's code, unless the
+    pool says otherwise (pool_small_alone)."""
     cdef StackRun sr
+    cdef bint small = ctx.row_bytes * ctx.B * T < ctx.wake_min_bytes
+    if small and pool_small_alone(ctx.n_threads):
+        if ctx.use_blas:
+            set_blas_threads(1)
+        if f32:
+            _steps_alone(ctx, T, x, out, xstride, ostride, zx, <float*> ctx.scratch)
+        else:
+            _steps_alone(ctx, T, x, out, xstride, ostride, zx, <double*> ctx.scratch)
+        if ctx.use_blas:
+            set_blas_threads(ctx.blas_threads)
+        pool_small_alone_end()
+        return
     memset(flags, 0, T * ctx.n_pieces * sizeof(int64_t))
     sr.ctx, sr.T, sr.x, sr.out = ctx, T, x, out
     sr.xstride, sr.ostride, sr.zx, sr.flags, sr.par0 = xstride, ostride, zx, flags, ctx.par
     if ctx.use_blas:
         # each panel's GEMM is small: threads come from the pieces, not BLAS
         set_blas_threads(1)
-    if ctx.row_bytes * ctx.B * T < ctx.wake_min_bytes:
+    if small:
         pool_run_small(_stack_job_f32 if f32 else _stack_job_f64, &sr, ctx.n_threads)
     else:
         pool_run(_stack_job_f32 if f32 else _stack_job_f64, &sr, ctx.n_threads)

@@ -447,8 +447,6 @@ static void cyl_pool_run_job(cyl_pool_fn fn, void *arg, int n_threads, int small
     int nw = n_threads - 1;
     if (nw > 0 && cyl_now_ns() < __atomic_load_n(&cyl_pool_contended_until, __ATOMIC_RELAXED))
         nw = 0;   /* backing off from a busy machine: alone */
-    if (nw > 0 && small && cyl_pool_small_stays_alone(nw))
-        nw = 0;
     if (nw > 0 && !__atomic_exchange_n(&cyl_pool_busy, 1, __ATOMIC_ACQ_REL)) {
         nw = cyl_pool_reserve(nw);
         if (nw > 0) {
@@ -503,8 +501,26 @@ static void cyl_pool_run(cyl_pool_fn fn, void *arg, int n_threads)
     cyl_pool_run_job(fn, arg, n_threads, 0);
 }
 
-/* The same for a job too small to pay for waking a sleeping worker (see
- * cyl_pool_small_stays_alone). */
+/* A job too small to pay for waking a sleeping worker: whether it should run
+ * alone now (backing off, or cyl_pool_small_stays_alone).  If so the caller runs
+ * it its own way (the serial code: the pool's claims cost a cold first call after
+ * an idle gap 5-15 us more, AMD EPYC (2 cores), 2026-12-03) and then calls
+ * cyl_pool_small_alone_end; else cyl_pool_run_small. */
+static int cyl_pool_small_runs_alone(int n_threads)
+{
+    int nw = n_threads - 1;
+    if (nw <= 0)
+        return 1;
+    if (cyl_now_ns() < __atomic_load_n(&cyl_pool_contended_until, __ATOMIC_RELAXED))
+        return 1;
+    return cyl_pool_small_stays_alone(nw);
+}
+static void cyl_pool_small_alone_end(void)
+{
+    __atomic_store_n(&cyl_pool_last_end_ns, cyl_now_ns(), __ATOMIC_RELAXED);
+}
+/* cyl_pool_run for a small job (its workers do not account for their
+ * preemption: its caller's long waits start the back-off). */
 static void cyl_pool_run_small(cyl_pool_fn fn, void *arg, int n_threads)
 {
     cyl_pool_run_job(fn, arg, n_threads, 1);

@@ -462,6 +462,8 @@ _POOLED_STACKS = {
     "lstm-lstm-softmax-head": lambda rng: [_lstm_spec(rng, 7, 70), _lstm_spec(rng, 70, 37),
                                            _dense_spec(rng, 37, 5, "softmax")],
     "wide-dense-last": lambda rng: [_lstm_spec(rng, 3, 20), _dense_spec(rng, 20, 130, "relu")],
+    # I >= H: an int8 first layer's run() projects x_t for the block (_project)
+    "wide-input": lambda rng: [_lstm_spec(rng, 40, 36), _lstm_spec(rng, 36, 20)],
 }
 
 
