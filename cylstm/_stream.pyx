@@ -573,10 +573,14 @@ cdef void _stack_job_f64(void* arg, int tid) noexcept nogil:
 cdef void _steps_alone(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
                        Py_ssize_t xstride, Py_ssize_t ostride, const float* zx,
                        floating* scratch) noexcept nogil:
-    """T steps of the stack on the calling thread (the serial step's code)."""
+    """T steps of the stack on the calling thread, the state carried on (``zx``:
+    the first layer's x_t products, as for :func:`_stack_pooled`)."""
     cdef Py_ssize_t t
     cdef LayerC* last = &ctx.L[ctx.n_layers - 1]
     cdef const float* zx0 = ctx.L[0].zx
+    if ctx.use_blas:
+        # each panel's GEMM is small: threads come from the panels, not BLAS
+        set_blas_threads(1)
     for t in range(T):
         ctx.x = x + t * xstride
         if zx != NULL:
@@ -586,6 +590,8 @@ cdef void _steps_alone(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
                ctx.B * last.n_out * sizeof(floating))
         ctx.par = 1 - ctx.par
     ctx.L[0].zx = zx0
+    if ctx.use_blas:
+        set_blas_threads(ctx.blas_threads)
 
 
 cdef void _stack_pooled(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
@@ -598,14 +604,10 @@ cdef void _stack_pooled(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
     cdef StackRun sr
     cdef bint small = ctx.row_bytes * ctx.B * T < ctx.wake_min_bytes
     if small and pool_small_alone(ctx.n_threads):
-        if ctx.use_blas:
-            set_blas_threads(1)
         if f32:
             _steps_alone(ctx, T, x, out, xstride, ostride, zx, <float*> ctx.scratch)
         else:
             _steps_alone(ctx, T, x, out, xstride, ostride, zx, <double*> ctx.scratch)
-        if ctx.use_blas:
-            set_blas_threads(ctx.blas_threads)
         pool_small_alone_end()
         return
     memset(flags, 0, T * ctx.n_pieces * sizeof(int64_t))
@@ -629,19 +631,12 @@ cdef void _step(Ctx* ctx, floating* scratch) noexcept nogil:
     On several threads, the step's panels go to the worker pool (_stack_work):
     a late or preempted worker never holds the step up, with the same bits.
     """
-    cdef LayerC* last = &ctx.L[ctx.n_layers - 1]
     if ctx.n_threads > 1:
         _stack_pooled(ctx, 1, <const char*> ctx.x, <char*> ctx.out, 0, 0, ctx.L[0].zx,
                       ctx.step_flags, floating is float)
-        return
-    if ctx.use_blas:
-        set_blas_threads(1)
-    _run(ctx, 0, ctx.n_layers, scratch)
-    if ctx.use_blas:
-        set_blas_threads(ctx.blas_threads)
-    memcpy(ctx.out, _output_of(last, ctx.par),
-           ctx.B * last.n_out * sizeof(floating))
-    ctx.par = 1 - ctx.par
+    else:
+        _steps_alone(ctx, 1, <const char*> ctx.x, <char*> ctx.out, 0, 0, ctx.L[0].zx,
+                     scratch)
 
 
 cdef class Core:
