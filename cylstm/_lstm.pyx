@@ -949,9 +949,8 @@ def _pool_back_off_now():
 def pool_stats(bint reset=False):
     """Where callers waited for workers so far (diagnostics): jobs run on the
     pool, the workers that joined them, small jobs that ran alone while the
-    workers slept, and ns waited for
-    a piece a worker took, for workers to leave a job's memory at its end, and
-    for a commit in flight."""
+    workers slept, and ns waited for a piece a worker took, for workers to leave
+    a job's memory at its end, and for a commit in flight."""
     out = {"jobs": cyl_pool_jobs, "backoffs": cyl_pool_backoffs,
            "small_alone": cyl_pool_small_alone, "joins": cyl_pool_joins,
            "worker_ns": cyl_pool_worked_ns, "worker_preempted_ns": cyl_pool_lost_ns,

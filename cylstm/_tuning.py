@@ -251,7 +251,7 @@ INT8_PROJECT_BYTES = 1 << 20
 INT8_PROJECT_MIN_INPUTS = 1.0
 
 # lstm_forward(weights_dtype="int8") splits each step's panels over threads (on the
-# worker pool: StreamRunner.run's pooled block, _stream.pyx _seq_job) from this many
+# worker pool: StreamRunner.run's pooled block, _stream.pyx _stack_work) from this many
 # int8 weight bytes ((I + H) x 4H) times the batch.  AMD EPYC (2 cores), Zen 3,
 # 2026-12-03, 2 threads over 1, (T, B, I, H): (100, 1, 32, 64) 24 KB 1.01, (100, 2,
 # 10, 50) 24 KB 0.96, (100, 8, 10, 50) 96 KB 0.81, (200, 1, 64, 128) 98 KB 0.79,
