@@ -119,9 +119,13 @@ def cylstm_forward_reduced(cylstm, d, precision):
 
     x, W, U, b = d["x"], d["W"], d["U"], d["b"]
     if precision == "bf16":
+        # fixed weights, vouched for as the float32 row's are: on AMX tiles the
+        # bf16 pack is made once and kept (cylstm/_packcache.py)
+        version = new_weights_version()
+
         def run():
-            return lstm_forward(x, W, U, b, return_sequences=True,
-                                compute_dtype="bfloat16").output
+            return lstm_forward(x, W, U, b, return_sequences=True, compute_dtype="bfloat16",
+                                weights_version=version).output
     elif precision == "int8":
         # the weights of model.quantize("int8"): int8 values, which the kernel packs as
         # they are; fixed weights, packed once (cylstm_forward); the products a
@@ -345,6 +349,28 @@ def torch_forward(d, onednn=True):
             return m(xt)[0]
 
     return Impl(_torch_label(onednn), "torch", run, lambda y: (_bf(y.numpy()),))
+
+
+def torch_forward_bf16(d):
+    """PyTorch's nn.LSTM in bfloat16 (``model.to(torch.bfloat16)``, bf16 input), the
+    peer of "cylstm bf16": oneDNN's bf16 kernels (AMX tiles where the CPU has them).
+    PyTorch refuses bf16 LSTMs on CPUs without AVX512-BF16 (pytorch issue 88136):
+    a Skip with its message."""
+    torch = import_torch()
+    if not torch.backends.mkldnn.is_available():
+        raise Skip("this torch build has no oneDNN (mkldnn)")
+    m = _torch_lstm(torch, d["W"], d["U"], d["b"]).eval().to(torch.bfloat16)
+    xt = torch.from_numpy(d["xt"]).to(torch.bfloat16)
+
+    def run():
+        with torch.inference_mode():
+            return m(xt)[0]
+
+    try:
+        run()
+    except RuntimeError as e:
+        raise Skip(f"torch's bf16 LSTM does not run on this CPU: {str(e)[:120]}") from None
+    return Impl("torch bf16", "torch", run, lambda y: (_bf(y.float().numpy()),))
 
 
 def torch_train(d, onednn=True):

@@ -10,14 +10,16 @@ Workloads (names for ``--only``; a case name or ``workload/case`` selects one ca
     forward   full-sequence inference, shapes TxBxIxH: 100x32x10x50 (the Keras example),
               100x32x128x256, 50x64x512x512, 25x16x1024x1024 and 25x1x512x512 (DeepBench),
               150x1x256x256 and 200x1x64x128 (batch-1 sequences); with the rows
-              "cylstm bf16" (compute_dtype="bfloat16", emulated without BF16
-              instructions) and "cylstm int8" (int8-quantized weights as a quantized
+              "cylstm bf16" (compute_dtype="bfloat16": AMX tiles where the CPU has
+              AMX-BF16, emulated elsewhere) and "cylstm int8" (int8-quantized weights as a quantized
               layer runs them: the int8 kernel, weights_dtype="int8", where
               functional.int8_kernel_pays, else float32 products), checked against cylstm's float32 output
               to issue 16's bounds (1e-2, 3e-2 max abs), their speed-up column their
               time over float32's; "onnxruntime int8" (com.microsoft.DynamicQuantizeLSTM
               on the same int8 weights), its speed-up column its time over "cylstm
-              int8"'s (not --quick)
+              int8"'s, and "torch bf16" (nn.LSTM in bfloat16, oneDNN; skipped where
+              torch refuses it), its speed-up column its time over "cylstm bf16"'s
+              (not --quick)
     train     one training step on the first four shapes: forward + backward with the
               gradients of x, W, U and b, for a fixed upstream gradient dL/dy
     stream    per-step latency at batch 1 (median and p99) of a stack of L LSTM layers and a
@@ -152,7 +154,8 @@ EPOCH_CASE = "keras-example"
 POOL_CASES = ["64x128", "256x512"]
 # --quick keeps the strongest peer of each library and drops these slower variants.
 QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1", "keras/TF XLA",
-              "keras/TF fit XLA", "cylstm bf16", "cylstm int8", "onnxruntime int8"}
+              "keras/TF fit XLA", "cylstm bf16", "cylstm int8", "onnxruntime int8",
+              "torch bf16"}
 # Reduced-precision rows are checked against cylstm's float32 output with issue 16's
 # bounds (max abs difference over the sequence) instead of the workload's tolerance;
 # their "speed-up" column is their time over cylstm's float32 time (< 1: faster).
@@ -160,8 +163,8 @@ QUICK_DROP = {"numpy naive", "torch (oneDNN off)", "torch LSTM T=1", "keras/TF X
 # issue 16's int8 bound, against cylstm's float32 output too; its speed-up column is
 # against "cylstm int8" (SPEEDUP_AGAINST), the same weights in the same precision.
 REDUCED_TOL = {"cylstm bf16": (1e-2, 0.0), "cylstm int8": (3e-2, 0.0),
-               "onnxruntime int8": (3e-2, 0.0)}
-SPEEDUP_AGAINST = {"onnxruntime int8": "cylstm int8"}
+               "onnxruntime int8": (3e-2, 0.0), "torch bf16": (1e-2, 0.0)}
+SPEEDUP_AGAINST = {"onnxruntime int8": "cylstm int8", "torch bf16": "cylstm bf16"}
 STREAM_IMPLS = ["cylstm", "cylstm-bf16", "cylstm-int8", "torch LSTMCell", "torch LSTM T=1",
                 "onnxruntime", "onnxruntime-int8", "numpy"]
 WORKLOADS = ["forward", "train", "stream", "pool", "epoch", "cold", "busy", "longseq"]
@@ -432,6 +435,7 @@ class Bench:
             ("numpy good", lambda: _impls.numpy_good_forward(d)),
             ("torch (oneDNN)", lambda: _impls.torch_forward(d, onednn=True)),
             ("torch (oneDNN off)", lambda: _impls.torch_forward(d, onednn=False)),
+            ("torch bf16", lambda: _impls.torch_forward_bf16(d)),
             ("onnxruntime", lambda: _impls.ort_forward(d, n)),
             ("onnxruntime int8", lambda: _impls.ort_forward(d, n, int8=True)),
             ("keras/TF tf.function", lambda: _impls.keras_forward(d, n)),

@@ -222,17 +222,21 @@ def _reduced_precision_line(f):
 
 
 def _mixed_precision_line(f):
-    """The global dtype policy, and how mixed_bfloat16 runs here: always emulated (no
-    BF16 instruction is used yet, issue 16), with the CPU's bf16 instructions named."""
-    from cylstm import mixed_precision  # (a leaf module)
+    """The global dtype policy, and how mixed_bfloat16 runs here: the LSTM forward's
+    products on AMX tiles where this process may use them, else emulated; with the
+    CPU's bf16 instructions named."""
+    from cylstm import _lstm, mixed_precision  # (a leaf module; the kernels)
 
     def yes(flag):
         return "yes" if flag in f.flags else "no"
 
+    code, why = _lstm.amx_status()
+    how = ("LSTM forward products on AMX tiles (tdpbf16ps, float32 sums); backward and "
+           "Dense emulated (operands rounded to bf16, float32 FMAs)" if code == 5 else
+           f"emulated (operands rounded to bf16, float32 FMAs): AMX tiles {why}")
     return (f"  dtype policy: global {mixed_precision.global_policy().name!r}; "
-            "mixed_bfloat16: emulated (operands rounded to bf16, float32 FMAs); "
-            f"CPU bf16 instructions: AVX512-BF16 {yes('avx512_bf16')}, "
-            f"AMX-BF16 {yes('amx_bf16')} (not used yet)")
+            f"mixed_bfloat16: {how}; CPU bf16 instructions: AVX512-BF16 "
+            f"{yes('avx512_bf16')}, AMX-BF16 {yes('amx_bf16')}")
 
 
 def _planner_lines():

@@ -28,7 +28,7 @@ units instead (forward ``mode`` 1, one barrier per step).  The caller
 calling thread and BLAS may use its own threads.
 """
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -48,6 +48,90 @@ PANEL_UNITS_F64 = PANEL_UNITS_F64_C
 # Whether the kernels were compiled once per ISA level (x86-64 GCC >= 12 / Clang on
 # Linux, without -DCYLSTM_NO_CLONES) or once for all (include/cylstm_cpu.h)
 ISA_VARIANTS = bool(CYL_ISA_VARIANTS)
+
+
+cdef extern from "cylstm_bf16.h" nogil:
+    # AMX tiles for the mixed_bfloat16 products (include/cylstm_bf16.h)
+    int CYL_HAVE_AMX
+    Py_ssize_t cyl_bf16_tiles_len(Py_ssize_t K, Py_ssize_t N) noexcept
+    Py_ssize_t cyl_bf16_abuf_len(Py_ssize_t K) noexcept
+    void cyl_bf16_tiles_pack(const float* W, Py_ssize_t K, Py_ssize_t N, Py_ssize_t ldw,
+                             uint16_t* P) noexcept
+    int cyl_amx_bf16_usable() noexcept
+    int cyl_amx_bf16_status() noexcept
+    int cyl_amx_force(int on) noexcept
+    void cyl_amx_bf16_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                           Py_ssize_t lda, const uint16_t* P, float* C, Py_ssize_t ldc,
+                           int accumulate, uint16_t* abuf) noexcept
+
+# What cyl_amx_bf16_status() answers
+AMX_STATUS = {0: "the CPU has no AMX-BF16 (or no AVX512-BF16)",
+              1: "this build has no AMX kernel (not x86-64 Linux with GCC >= 11 or Clang)",
+              2: "Linux refused the AMX state (arch_prctl ARCH_REQ_XCOMP_PERM)",
+              3: "a level below AVX-512 is forced (CYLSTM_CPU)",
+              4: "turned off (cylstm._lstm._force_amx(False))",
+              5: "usable"}
+
+
+def amx_status():
+    """(code, sentence): whether the AMX bf16 kernel runs in this process (it asks
+    Linux for the AMX state the first time); code 5 is usable (AMX_STATUS)."""
+    cdef int code = cyl_amx_bf16_status()
+    return code, AMX_STATUS.get(code, "unknown")
+
+
+def amx_usable():
+    """Whether the AMX bf16 kernel runs in this process now."""
+    return bool(cyl_amx_bf16_usable())
+
+
+def _force_amx(bint on):
+    """Turn the AMX kernel off (False) or back to detection (True); returns whether
+    it was on before (tests: the planner then takes the emulated paths)."""
+    return cyl_amx_force(1 if on else 0) != 0
+
+
+def bf16_tiles_len(Py_ssize_t K, Py_ssize_t N):
+    """uint16 elements of the AMX tile-packed bf16 copy of a K x N matrix."""
+    return cyl_bf16_tiles_len(K, N)
+
+
+def bf16_abuf_len(Py_ssize_t K):
+    """uint16 elements of one thread's A scratch for products over K."""
+    return cyl_bf16_abuf_len(K)
+
+
+def bf16_tiles_pack(const float[:, ::1] W, uint16_t[::1] out):
+    """Pack W (K x N float32) into ``out`` (bf16_tiles_len(K, N) uint16), rounded to
+    bfloat16 (nearest even) in AMX's tile layout (include/cylstm_bf16.h)."""
+    cdef Py_ssize_t K = W.shape[0], N = W.shape[1]
+    if out.shape[0] != cyl_bf16_tiles_len(K, N):
+        raise ValueError(f"bf16_tiles_pack: out must hold {cyl_bf16_tiles_len(K, N)} "
+                         f"elements for a {K} x {N} matrix; got {out.shape[0]}")
+    if K == 0 or N == 0:
+        return
+    with nogil:
+        cyl_bf16_tiles_pack(&W[0, 0], K, N, N, &out[0])
+
+
+def amx_gemm(const float[:, ::1] A, const uint16_t[::1] P, float[:, ::1] C,
+             bint accumulate=False):
+    """C (M x N) = (or +=) bf16(A) (M x K) @ P (tile-packed K x N): the AMX kernel
+    alone, for tests.  ValueError where it cannot run."""
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = C.shape[1]
+    cdef uint16_t[::1] abuf
+    if C.shape[0] != M:
+        raise ValueError(f"amx_gemm: C must have A's {M} rows; got {C.shape[0]}")
+    if P.shape[0] != cyl_bf16_tiles_len(K, N):
+        raise ValueError(f"amx_gemm: P must hold {cyl_bf16_tiles_len(K, N)} elements")
+    if not cyl_amx_bf16_usable():
+        raise ValueError(f"amx_gemm: the AMX kernel cannot run here: {amx_status()[1]}")
+    if M == 0 or N == 0:
+        return
+    import numpy as np
+    abuf = np.empty(cyl_bf16_abuf_len(K), np.uint16)
+    with nogil:
+        cyl_amx_bf16_gemm(M, N, K, &A[0, 0], K, &P[0], &C[0, 0], N, accumulate, &abuf[0])
 
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
@@ -119,7 +203,9 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                         const floating* rmask, floating* hm,
                         floating* y, floating* G, floating* C, floating* Hp,
                         floating* hs, floating* cs, floating* Z,
-                        int big_threads, bint fused, bint tiled, bint bf16) noexcept nogil:
+                        int big_threads, bint fused, bint tiled, bint bf16,
+                        const uint16_t* Wt, const uint16_t* Ut,
+                        uint16_t* abuf) noexcept nogil:
     """Forward over samples [b0, b1) for all steps; hs/cs hold the state.
 
     ``fused`` (no lengths): each step computes x_t @ W + h_prev @ U into Z,
@@ -143,6 +229,11 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     reads bf16(h_prev) (or bf16(h_prev * mask)), rounded into ``hm`` every step,
     which ``Hp`` then keeps for dU; x, W and U arrive rounded already
     (cylstm.functional), so every product has bf16 operands and float32 sums.
+
+    ``Ut`` not NULL (float32, ``bf16``; the "rows_amx" paths): the products run
+    on AMX tiles (include/cylstm_bf16.h) over ``Wt`` and ``Ut``, W and U packed
+    in its tile layout, the kernel rounding x and hm to bf16 as it reads them
+    (x may come unrounded), with ``abuf`` as its scratch.
     """
     cdef Py_ssize_t nb = b1 - b0, H4 = 4 * H
     cdef Py_ssize_t s, b, t, L, row, Lmax = 0
@@ -156,10 +247,14 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         Lmax = L if L > Lmax else Lmax
     if not fused:
         # G[b0:b1] (nb*T, 4H) = X[b0:b1] (nb*T, I) @ W (I, 4H); bias joins in the cell
-        set_blas_threads(big_threads)
-        gemm(False, False, <int> (nb * T), <int> H4, <int> I, 1,
-             x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
-        set_blas_threads(1)
+        if floating is float and Ut != NULL:
+            cyl_amx_bf16_gemm(nb * T, H4, I, x + b0 * T * I, I, Wt, G + b0 * T * H4, H4,
+                              0, abuf)
+        else:
+            set_blas_threads(big_threads)
+            gemm(False, False, <int> (nb * T), <int> H4, <int> I, 1,
+                 x + b0 * T * I, <int> I, W, <int> H4, 0, G + b0 * T * H4, <int> H4)
+            set_blas_threads(1)
     for s in range(Lmax):
         if rmask != NULL or bf16:
             _recurrent_operand(nb * H, hs + b0 * H, NULL if rmask == NULL else rmask + b0 * H,
@@ -167,11 +262,19 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         if fused:
             # every sample is at the same t: Z (nb, 4H) = x_t (nb, I) @ W, rows T*I apart
             t = T - 1 - s if reverse else s
-            _step_gemm(tiled, <int> nb, <int> H4, <int> I, x + (b0 * T + t) * I,
-                       <int> (T * I), W, 0, Z + b0 * H4, False)
+            if floating is float and Ut != NULL:
+                cyl_amx_bf16_gemm(nb, H4, I, x + (b0 * T + t) * I, T * I, Wt, Z + b0 * H4,
+                                  H4, 0, abuf)
+            else:
+                _step_gemm(tiled, <int> nb, <int> H4, <int> I, x + (b0 * T + t) * I,
+                           <int> (T * I), W, 0, Z + b0 * H4, False)
         # Z[b0:b1] (nb, 4H) (+)= h_prev (nb, H) @ U (H, 4H)
-        _step_gemm(tiled, <int> nb, <int> H4, <int> H, hsrc + b0 * H, <int> H,
-                   U, 1 if fused else 0, Z + b0 * H4, s % 2 == 1)
+        if floating is float and Ut != NULL:
+            cyl_amx_bf16_gemm(nb, H4, H, hsrc + b0 * H, H, Ut, Z + b0 * H4, H4,
+                              1 if fused else 0, abuf)
+        else:
+            _step_gemm(tiled, <int> nb, <int> H4, <int> H, hsrc + b0 * H, <int> H,
+                       U, 1 if fused else 0, Z + b0 * H4, s % 2 == 1)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s >= L:
@@ -1025,6 +1128,10 @@ cdef struct SeqJob:
     const int64_t* lengths
     bint reverse, fused, tiled
     bint bf16           # (forward_rows) bfloat16 recurrent operands: see _forward_rows
+    const uint16_t* Wt  # (forward_rows on AMX) W and U tile-packed, NULL otherwise
+    const uint16_t* Ut
+    uint16_t* abuf      # (forward_rows on AMX) one AMX A scratch per piece
+    Py_ssize_t abuf_len
     const void* rmask
     void* hm
     void* y
@@ -1051,7 +1158,8 @@ cdef void _rows_piece_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
                   <const floating*> j.bias, j.lengths, j.reverse,
                   <const floating*> j.rmask, <floating*> j.hm, <floating*> j.y,
                   <floating*> j.G, <floating*> j.C, <floating*> j.Hp, <floating*> j.hs,
-                  <floating*> j.cs, <floating*> j.Z, 1, j.fused, j.tiled, j.bf16)
+                  <floating*> j.cs, <floating*> j.Z, 1, j.fused, j.tiled, j.bf16,
+                  j.Wt, j.Ut, NULL if j.abuf == NULL else j.abuf + c * j.abuf_len)
 
 
 cdef void _rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -1506,6 +1614,24 @@ cdef void _check_panel_buffers(str name, Py_ssize_t n_packed, Py_ssize_t want_pa
         raise ValueError(f"{name}: Z too small (n_threads, {z_len})")
 
 
+cdef void _check_amx(bint bf16, bint dbl, Py_ssize_t n_packed, object abuf, Py_ssize_t I,
+                     Py_ssize_t H, int nt) except *:
+    """The checks of forward_rows's AMX arguments: ValueError, never a crash."""
+    cdef Py_ssize_t want = cyl_bf16_tiles_len(I, 4 * H) + cyl_bf16_tiles_len(H, 4 * H)
+    if dbl or not bf16:
+        raise ValueError("forward_rows: the AMX products need float32 arrays and bf16=True")
+    if n_packed != want:
+        raise ValueError(f"forward_rows: WUt must hold {want} elements (W and U "
+                         f"tile-packed); got {n_packed}")
+    if (abuf is None or abuf.shape[0] < nt
+            or abuf.shape[1] < cyl_bf16_abuf_len(I if I > H else H)):
+        raise ValueError(f"forward_rows: abuf must be (n_threads, "
+                         f"{cyl_bf16_abuf_len(I if I > H else H)}) at least")
+    if not cyl_amx_bf16_usable():
+        raise ValueError(f"forward_rows: the AMX products cannot run here: "
+                         f"{amx_status()[1]}")
+
+
 def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                  const floating[:, ::1] U, const floating[::1] bias,
                  const int64_t[::1] lengths, bint reverse,
@@ -1514,7 +1640,7 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                  floating[:, :, ::1] G, floating[:, :, ::1] C,
                  floating[:, :, ::1] Hp, floating[:, ::1] Z,
                  int n_threads, int blas_threads, bint fuse, bint tiled=False,
-                 bint bf16=False):
+                 bint bf16=False, const uint16_t[::1] WUt=None, uint16_t[:, ::1] abuf=None):
     """Forward, threads splitting the batch into ``n_threads`` slices, BLAS per step.
 
     Arguments are validated by cylstm.functional.  ``hs``/``cs`` (B, H) hold
@@ -1527,7 +1653,11 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     small BLAS tiles (a plan's ``tile_steps``).  ``bf16`` (float32): the
     recurrent product reads h_prev rounded to bfloat16 each step, into ``hm``
     (B, H), which is then required (x, W and U must come rounded: a plan's
-    ``bf16``, see cylstm.functional).
+    ``bf16``, see cylstm.functional).  ``WUt`` (with ``bf16``; the "rows_amx"
+    paths): W then U tile-packed (:func:`bf16_tiles_pack`, one after the other),
+    the products on AMX tiles, ``abuf`` (n_threads, bf16_abuf_len(max(I, H)))
+    their scratch; x and W need not come rounded then (the kernel rounds x, the
+    pack rounded W and U).
     """
     cdef SeqJob j
     cdef floating* kind = NULL
@@ -1544,6 +1674,12 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if bf16 and j.hm == NULL:
         raise ValueError("forward_rows: bfloat16 products need the hm scratch buffer (B, H)")
     j.bf16 = bf16
+    if WUt is not None:
+        _check_amx(bf16, floating is double, WUt.shape[0], abuf, I, H, nt)
+        j.Wt = &WUt[0]
+        j.Ut = j.Wt + cyl_bf16_tiles_len(I, 4 * H)
+        j.abuf = &abuf[0, 0]
+        j.abuf_len = abuf.shape[1]
     if j.G == NULL and not j.fused:
         raise ValueError("forward_rows: G is needed unless fuse is set (and there are no lengths)")
     if Z.shape[0] != B or Z.shape[1] != 4 * H:
@@ -1557,7 +1693,7 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
                           j.lengths, reverse, <const floating*> j.rmask, <floating*> j.hm,
                           <floating*> j.y, <floating*> j.G, <floating*> j.C,
                           <floating*> j.Hp, &hs[0, 0], &cs[0, 0], &Z[0, 0], blas_threads,
-                          j.fused, j.tiled, j.bf16)
+                          j.fused, j.tiled, j.bf16, j.Wt, j.Ut, j.abuf)
             set_blas_threads(blas_threads)
         elif not _pool_job(_rows_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
                            NULL, 0, NULL, 0):

@@ -149,6 +149,22 @@ UNITS_TRAIN_TEAM_MIN_BYTES = 64 * 2**10
 # step, so only while [W; U] fits in 1 / FIT_LLC_FRACTION of the cache budget
 # ((25, 16, 1024, 1024), 32 MiB of weights, went 39 -> 72 ms).
 FUSE_MIN_ROWS = 8
+
+# compute_dtype="bfloat16" on AMX tiles (cylstm.functional.AMX_PATHS), measured
+# on a 2-vCPU Xeon (Sapphire Rapids class, 2 MiB L2), 2026-12-03, ms per call,
+# "rows_amx" (x @ W for all steps first) / "rows_amx_fused" (x_t @ W each step):
+# - threads split the batch in slices of at least AMX_MIN_ROWS_PER_THREAD rows
+#   (an A tile's 16): (25, 16, 1024, 1024) took 13.1 ms on one thread and 43 on
+#   two of 8 rows each, both streaming all of U (8 MiB in bf16) every step;
+# - slices of AMX_FUSE_MIN_ROWS rows or more, with W's bf16 copy at most
+#   AMX_FUSE_MAX_BYTES, take x_t @ W inside each step: (100, 32, 128, 256) 2
+#   threads of 16 rows 3.55 / 3.23, 1 thread 4.98 / 3.95; (100, 32, 10, 50)
+#   0.534 / 0.442; (50, 64, 512, 512) (W 2 MiB) 10.5 / 10.2; but (25, 16, 1024,
+#   1024) (W 8 MiB, read again every step) 13.1 / 16.7, and batch 1 (25, 1,
+#   512, 512) 1.17 / 3.78.
+AMX_MIN_ROWS_PER_THREAD = 16
+AMX_FUSE_MIN_ROWS = 16
+AMX_FUSE_MAX_BYTES = 2 * 2**20
 # ... and only while [W; U] is at most FUSE_MAX_BYTES: the fused step's BLAS
 # calls repack W and U every step, which the cache budget alone does not see.
 # 2-vCPU Xeon, 2026-12-01 (min of 3-5): (50, 64, 512, 512), 8 MiB of weights,
@@ -476,6 +492,7 @@ class CpuFacts:
     l3_source: str = "default (no sysfs)"
     llc_budget: int = _DEFAULT_L3
     blas_core: str = "unknown"
+    amx_bf16: bool = False
 
     @property
     def blas_tiles_steps(self):
@@ -703,7 +720,9 @@ def detect_cpu(sysfs_root=_SYSFS, cpuinfo=_CPUINFO, *, n_cores=None, isa_level=N
                     fma512_ports=_fma512_ports(vendor, family, model, name, flags),
                     l2_per_core=l2, l3_total=l3_total, l3_shared_by=shared,
                     l3_per_core=l3, l3_source=src, llc_budget=l3 * n_cores,
-                    blas_core=str(blas_core))
+                    blas_core=str(blas_core),
+                    amx_bf16=int(isa_level) == 2 and "amx_bf16" in flags
+                    and "avx512_bf16" in flags)
 
 
 _lock = threading.Lock()

@@ -50,8 +50,13 @@ __all__ = ["COMPUTE_DTYPES", "BackwardPlan", "CheckpointPlan", "ForwardPlan", "L
 #: sums (float32 weights; the mixed_bfloat16 policy, :mod:`cylstm.mixed_precision`).
 COMPUTE_DTYPES = (None, "float32", "float64", "bfloat16")
 
+#: The paths whose products run on AMX tiles (``compute_dtype="bfloat16"`` only, on
+#: CPUs with AMX-BF16: :func:`cylstm._lstm.amx_status`); not in
+#: :data:`cylstm._tuning.PATHS`, which are the float paths the tuner measures.
+AMX_PATHS = ("rows_amx", "rows_amx_fused")
+
 # the paths that can round h_prev to bfloat16 every step (_lstm._forward_rows)
-_BF16_PATHS = ("rows", "rows_fused")
+_BF16_PATHS = ("rows", "rows_fused") + AMX_PATHS
 
 LSTMForward = namedtuple("LSTMForward", ["output", "h", "c", "cache"])
 LSTMForward.__doc__ = """Result of :func:`lstm_forward`.
@@ -102,9 +107,13 @@ class ForwardPlan:
         (any number of rows on AVX-512, at most ``_tuning.PANEL_PROJ_MAX_ROWS``
         on other CPUs), into gates of shape (B, T, 4 H_pad) whose rows are in
         panel order (H_pad: H rounded up to whole vectors).
-    bf16 : (``compute_dtype="bfloat16"``; "rows" and "rows_fused" only) the kernel
-        rounds h_prev to bfloat16 before every recurrent product; x, W and U
-        reach it rounded already (:func:`lstm_forward`).
+    bf16 : (``compute_dtype="bfloat16"``; "rows", "rows_fused" and the AMX paths)
+        the kernel rounds h_prev to bfloat16 before every recurrent product; x,
+        W and U reach it rounded already (:func:`lstm_forward`), except on the
+        AMX paths in inference, whose kernel and pack round them.
+    abuf : (the AMX paths: "rows_amx", "rows_amx_fused", the "rows" paths with
+        their products on AMX tiles, include/cylstm_bf16.h) shape of the uint16
+        scratch the tile kernel rounds its A rows into, one row per thread.
     """
 
     path: str
@@ -119,10 +128,11 @@ class ForwardPlan:
     panel_projection: bool = False
     tile_steps: bool = False
     bf16: bool = False
+    abuf: tuple = None
 
     @property
     def fuse(self):
-        return self.path == "rows_fused"
+        return self.path in ("rows_fused", "rows_amx_fused")
 
 
 
@@ -140,14 +150,21 @@ class BackwardPlan:
 def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,
                 bf16=False):
     """Why ``path`` cannot run this call (a sentence), or None when it can."""
-    if path not in _tuning.PATHS:
-        return f"unknown path {path!r}; expected one of {', '.join(_tuning.PATHS)}"
+    if path not in _tuning.PATHS + AMX_PATHS:
+        return (f"unknown path {path!r}; expected one of "
+                f"{', '.join(_tuning.PATHS + AMX_PATHS)}")
+    if path in AMX_PATHS:
+        if not bf16:
+            return (f"{path!r} multiplies bfloat16 operands on AMX tiles: it takes "
+                    f"compute_dtype='bfloat16' only")
+        if not _lstm.amx_usable():
+            return f"{path!r} needs AMX tiles, and they cannot run here: {_lstm.amx_status()[1]}"
     if bf16 and path not in _BF16_PATHS:
         return (f"compute_dtype='bfloat16' runs on the BLAS paths "
                 f"({', '.join(repr(p) for p in _BF16_PATHS)}); {path!r} multiplies on packed "
                 f"float32 panels, which do not round h_prev to bfloat16 each step")
-    if path == "rows_fused" and has_lengths:
-        return ("'rows_fused' cannot take lengths (every sample is at its own time index, "
+    if path in ("rows_fused", "rows_amx_fused") and has_lengths:
+        return (f"{path!r} cannot take lengths (every sample is at its own time index, "
                 "so x_t is not one slice of x)")
     if path == "units" and has_mask and min(n_threads, _n_panels(H, dtype)) > 1:
         return ("'units' cannot take a recurrent mask on more than one thread (the threads "
@@ -175,9 +192,22 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
     u_bytes = H * 4 * H * item
     wu_bytes = (I + H) * 4 * H * item
     fits = wu_bytes * t.FIT_LLC_FRACTION <= budget
+    if bf16 and facts.amx_bf16:
+        rows = B // _amx_threads(B, n_total)
+        w_bytes = I * 4 * H * 2
+        if not has_lengths and rows >= t.AMX_FUSE_MIN_ROWS and w_bytes <= t.AMX_FUSE_MAX_BYTES:
+            return "rows_amx_fused", (f"compute_dtype='bfloat16' on AMX tiles: {rows} rows "
+                                      f"per thread >= AMX_FUSE_MIN_ROWS and bf16 W "
+                                      f"<= AMX_FUSE_MAX_BYTES: x_t @ W each step")
+        why = ("lengths" if has_lengths else
+               f"{rows} rows per thread < AMX_FUSE_MIN_ROWS" if rows < t.AMX_FUSE_MIN_ROWS
+               else f"bf16 W ({w_bytes >> 10} KiB) > AMX_FUSE_MAX_BYTES")
+        return "rows_amx", (f"compute_dtype='bfloat16' on AMX tiles: x @ W for all steps "
+                            f"first ({why})")
     if bf16:
         path, reason = _rows_path(B, nt, has_lengths, fits, wu_bytes, training, facts)
-        return path, f"compute_dtype='bfloat16' (BLAS paths only): {reason}"
+        return path, (f"compute_dtype='bfloat16' emulated (no AMX-BF16 here; BLAS paths "
+                      f"only): {reason}")
     panels_fast = facts.isa_level == 2
     if not has_mask and H > _panel_units(dtype):  # two panels at least
         if n_total >= 2 and nt == 1 and u_bytes >= t.PANEL_TEAM_MIN_BYTES:
@@ -269,6 +299,12 @@ def _rows_path(B, nt, has_lengths, fits, wu_bytes, training, facts):
     if not fits:
         return "rows", f"[W; U] ({wu_bytes >> 10} KiB) too big to read every step: BLAS"
     return "rows", "default: batch split, BLAS per step"
+
+
+def _amx_threads(B, n_total):
+    """Threads an AMX path splits a batch of B over: slices of at least
+    ``_tuning.AMX_MIN_ROWS_PER_THREAD`` rows (an A tile's 16)."""
+    return max(1, min(n_total, B // _tuning.AMX_MIN_ROWS_PER_THREAD))
 
 
 def _bf16_products(compute_dtype, dtype):
@@ -516,6 +552,10 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
                 key = _tuning.shape_class(B, I, H, dtype.name, n_total)
                 path, reason = tuned, f"tuned cache ({key})"
             facts = _tuning.cpu_facts()
+            if bf16 and facts.amx_bf16 and not _lstm.amx_usable():
+                # the CPU has AMX, but not this process now (refused, or a lower
+                # level forced since the facts were read)
+                facts = dataclasses.replace(facts, amx_bf16=False)
         if path is None:
             path, reason = _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask,
                                        has_lengths, reverse, facts, bf16)
@@ -523,7 +563,13 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
 
 
 def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None, bf16=False):
-    gates = (B, T, 4 * H) if (training or path in ("rows", "units")) else None
+    gates = (B, T, 4 * H) if (training or path in ("rows", "units", "rows_amx")) else None
+    if path in AMX_PATHS:
+        pre = not training and B * T > 0 and H > 0 and _packcache.cacheable(I, H, dtype)
+        nt = _amx_threads(B, n_total)
+        return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason,
+                           prepacked=pre, bf16=True,
+                           abuf=(nt, _lstm.bf16_abuf_len(max(I, H))))
     if path in ("rows", "rows_fused"):
         if facts is None:
             facts = _tuning.cpu_facts()
@@ -770,13 +816,20 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         _int8_forward(plan, x, W, U, b, None if bias is None else b, lens,
                       bool(go_backwards), y, hs, cs, own, weights_version)
         return LSTMForward(y if return_sequences else hs.copy(), hs, cs, None)
-    if bf16:
-        # the operands rounded once (copies; the bias joins in float32, in the cell)
+    n_total, _ = _threads_for(B, num_threads)
+    ragged = lens is not None
+    plan = None
+    if cplan is None:
+        plan = plan_forward(B, T, I, H, dtype, n_total, training, rmask is not None, ragged,
+                            bool(go_backwards), force=_plan,
+                            compute_dtype="bfloat16" if bf16 else None)
+    if bf16 and (training or plan is None or plan.path not in AMX_PATHS):
+        # the operands rounded once (copies; the bias joins in float32, in the cell);
+        # in inference the AMX pack rounds W and U, its kernel x
         x, W, U = round_bfloat16(x), round_bfloat16(W), round_bfloat16(U)
     # the recurrent operand, h_prev * mask and/or bf16(h_prev), built per step
     hm = None if rmask is None and not bf16 else np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
-    n_total, _ = _threads_for(B, num_threads)
     _config._blas()
     if cplan is not None:
         y, cache = _checkpoint.forward(x, W, U, b, lens, hs, cs, rmask, go_backwards,
@@ -784,11 +837,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
                                        bf16=bf16)
         return LSTMForward(y if return_sequences else hs.copy(), hs, cs, cache)
 
-    ragged = lens is not None
     alloc = np.zeros if ragged else np.empty
-    plan = plan_forward(B, T, I, H, dtype, n_total, training, rmask is not None, ragged,
-                        bool(go_backwards), force=_plan,
-                        compute_dtype="bfloat16" if bf16 else None)
     G = take(plan.gates, dtype) if plan.gates is not None else None
     y = alloc((B, T, H), dtype) if (return_sequences or training) else None
     C = take((B, T, H), dtype) if training else None
@@ -820,6 +869,10 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
     prepacked plan may take their packed copy from the cache (``version``: the
     caller's ``weights_version``)."""
     dtype = W.dtype
+    if plan.path in AMX_PATHS:
+        _run_amx_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp, bias,
+                      cache, version)
+        return
     P = None
     if plan.prepacked and cache:
         units = plan.path == "units"
@@ -856,6 +909,37 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
                                   plan.blas_threads, P is not None)
     finally:
         give(Z, Pu, hs2, Pp)
+
+
+def _amx_pack(W, U, bias=None):
+    """W then U in the AMX kernel's tile layout (bf16, one uint16 array), read-only."""
+    I, H4 = W.shape
+    nw = _lstm.bf16_tiles_len(I, H4)
+    out = _packcache._aligned(nw + _lstm.bf16_tiles_len(U.shape[0], H4), np.uint16)
+    _lstm.bf16_tiles_pack(W, out[:nw])
+    _lstm.bf16_tiles_pack(U, out[nw:])
+    out.flags.writeable = False
+    return out
+
+
+def _run_amx_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp, bias,
+                  cache, version):
+    """The AMX paths: forward_rows with W and U tile-packed (from the packed-weight
+    cache when the caller's own weights are cached there, else packed here)."""
+    WUt = None
+    if plan.prepacked and cache:
+        WUt = _packcache.lookup(W, U, bias, "amx", n_threads=plan.blas_threads,
+                                version=version, make=_amx_pack)
+    if WUt is None:
+        WUt = _amx_pack(W, U)
+    Z = take(plan.z, np.float32)
+    abuf = take(plan.abuf, np.uint16)
+    try:
+        _lstm.forward_rows(x, W, U, b, lens, bool(reverse), rmask, hm, y, hs, cs, G, C, Hp, Z,
+                           plan.n_threads, plan.blas_threads, plan.fuse, False, True, WUt,
+                           abuf)
+    finally:
+        give(Z, abuf)
 
 
 def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,

@@ -19,7 +19,7 @@ import pytest
 from reference import bf16_round, lstm_ref, lstm_ref_backward, random_lstm
 
 import cylstm
-from cylstm import _testing, _tuning, mixed_precision
+from cylstm import _lstm, _testing, _tuning, mixed_precision
 from cylstm.functional import lstm_backward, lstm_forward, plan_forward
 from cylstm.layers import LSTM, Bidirectional, Dense, Embedding, Input, TimeDistributed
 from cylstm.mixed_precision import DTypePolicy
@@ -734,16 +734,27 @@ def test_streamer_defaults_stay_for_float_models():
 def test_show_config_names_the_policy_and_the_emulation():
     from cylstm import _config
 
-    for flags, want in ((frozenset(), "AVX512-BF16 no, AMX-BF16 no"),
-                        (frozenset({"avx512_bf16", "amx_bf16"}),
-                         "AVX512-BF16 yes, AMX-BF16 yes")):
-        line = _config._mixed_precision_line(_tuning.CpuFacts(flags=flags))
-        assert "mixed_bfloat16: emulated (operands rounded to bf16, float32 FMAs)" in line
-        assert f"CPU bf16 instructions: {want}" in line
+    was = _lstm._force_amx(False)   # as on a CPU without AMX
+    try:
+        for flags, want in ((frozenset(), "AVX512-BF16 no, AMX-BF16 no"),
+                            (frozenset({"avx512_bf16", "amx_bf16"}),
+                             "AVX512-BF16 yes, AMX-BF16 yes")):
+            line = _config._mixed_precision_line(_tuning.CpuFacts(flags=flags))
+            assert ("mixed_bfloat16: emulated (operands rounded to bf16, float32 FMAs): "
+                    "AMX tiles turned off") in line
+            assert f"CPU bf16 instructions: {want}" in line
+    finally:
+        _lstm._force_amx(was)
+    line = _config._mixed_precision_line(_tuning.CpuFacts())
+    if _lstm.amx_usable():
+        assert "mixed_bfloat16: LSTM forward products on AMX tiles" in line
+    else:
+        assert f"AMX tiles {_lstm.amx_status()[1]}" in line
     mixed_precision.set_global_policy("mixed_bfloat16")
     buf = io.StringIO()
     cylstm.show_config(file=buf)
-    assert "dtype policy: global 'mixed_bfloat16'; mixed_bfloat16: emulated" in buf.getvalue()
+    how = "LSTM forward products on AMX tiles" if _lstm.amx_usable() else "emulated"
+    assert f"dtype policy: global 'mixed_bfloat16'; mixed_bfloat16: {how}" in buf.getvalue()
 
 
 def test_onnx_export_of_a_mixed_model_writes_the_float32_masters(tmp_path):

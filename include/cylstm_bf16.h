@@ -1,0 +1,347 @@
+/*
+ * cylstm_bf16.h -- matrix products on the CPU's bfloat16 hardware: AMX tiles.
+ *
+ * The mixed_bfloat16 policy multiplies bf16 operands and sums in float32
+ * (cylstm/mixed_precision.py).  Without bf16 instructions cylstm emulates that:
+ * float32 GEMMs over operands rounded to bf16 (exact: the product of two bf16
+ * values fits float32).  A CPU with AMX (Intel Sapphire Rapids and later) has a
+ * matrix unit for exactly this product: `tdpbf16ps` multiplies a 16 x 32 bf16
+ * tile by a 32 x 16 one into a 16 x 16 float32 tile, 8192 multiply-adds per
+ * instruction against 32 for a float32 AVX-512 FMA.
+ *
+ * C (M x N, float32) = or += bf16(A) (M x K, float32, rounded here to nearest
+ * even) @ P, P the bf16 weights packed once (cyl_bf16_tiles_pack):
+ *
+ *   Tile-packed layout.  K is padded with zeros to Kp (a multiple of 32), N to
+ *   Np (a multiple of 16).  The matrix is cut into blocks of 32 k x 16 columns,
+ *   each 16 rows of 64 bytes, as a B tile of `tdpbf16ps` reads it: row r holds
+ *   k = 2r and 2r + 1 of the block for each of its 16 columns, interleaved
+ *   (element 2c + e is column c, k = 2r + e).  The blocks of one column block
+ *   follow each other along K (block (n16, kb) at (n16 * Kp / 32 + kb) * 512).
+ *
+ * The kernel rounds A's rows into a bf16 scratch (`abuf`, CYL_BF16_MS rows of Kp
+ * at a time: cyl_bf16_abuf_len), then, for each pair of column blocks, runs the
+ * rows 32 at a time: four C tiles (2 x 2), two A tiles and two B tiles, the
+ * eight tiles AMX has.  The pair's B blocks (2 x Kp x 32 bytes) stay in L1 over
+ * the row blocks; A's rows come from L2.  Edge tiles (rows past M, columns
+ * past N) go through a 16 x 16 float32 scratch, one tile at a time.
+ *
+ * Every output is a sum of bf16 products in float32; the order in which the
+ * hardware adds them (pairs, then the tile's k, then the k blocks in order) is
+ * not the emulated GEMM's, so results agree with the emulated path within
+ * float32 rounding of the sums, not bit for bit.  AMX flushes denormal inputs
+ * and outputs to zero.
+ *
+ * Linux gives a process AMX state only after it asks (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XTILEDATA): cyl_amx_bf16_usable() asks once and
+ * caches the answer, and also answers no where CYLSTM_CPU forces a level below
+ * AVX-512 (cylstm_cpu.h) or cyl_amx_force(0) turned it off.  Each call loads
+ * its tile configuration and releases the tiles when it returns, so the kernel
+ * saves no AMX state for a thread between calls.
+ */
+#ifndef CYLSTM_BF16_H
+#define CYLSTM_BF16_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include "cylstm_cpu.h"
+#include "cylstm_math.h"
+
+/* rows of A rounded into the bf16 scratch at a time */
+#define CYL_BF16_MS 256
+
+static inline ptrdiff_t cyl_bf16_kp(ptrdiff_t K) { return (K + 31) / 32 * 32; }
+static inline ptrdiff_t cyl_bf16_np(ptrdiff_t N) { return (N + 15) / 16 * 16; }
+
+/* Elements (uint16) of the tile-packed copy of a K x N matrix. */
+static inline ptrdiff_t cyl_bf16_tiles_len(ptrdiff_t K, ptrdiff_t N)
+{
+    return cyl_bf16_kp(K) * cyl_bf16_np(N);
+}
+
+/* Elements (uint16) of the A scratch one cyl_amx_bf16_gemm call needs. */
+static inline ptrdiff_t cyl_bf16_abuf_len(ptrdiff_t K)
+{
+    return (ptrdiff_t)CYL_BF16_MS * cyl_bf16_kp(K);
+}
+
+/* P = the tile-packed bf16 copy of W (K x N, row stride ldw), rounded to nearest
+ * even (cyl_bf16_bits, as cylstm.quantization.round_bfloat16 rounds). */
+static void cyl_bf16_tiles_pack(const float* W, ptrdiff_t K, ptrdiff_t N, ptrdiff_t ldw,
+                                uint16_t* P)
+{
+    const ptrdiff_t kp = cyl_bf16_kp(K), np = cyl_bf16_np(N), kb_n = kp / 32;
+    ptrdiff_t k2, nb, c;
+    for (k2 = 0; k2 < kp / 2; k2++) {
+        const ptrdiff_t k = 2 * k2, kb = k / 32, r = (k % 32) / 2;
+        const float* w0 = k < K ? W + k * ldw : NULL;
+        const float* w1 = k + 1 < K ? W + (k + 1) * ldw : NULL;
+        for (nb = 0; nb < np / 16; nb++) {
+            uint16_t* d = P + ((nb * kb_n + kb) * 16 + r) * 32;
+            for (c = 0; c < 16; c++) {
+                const ptrdiff_t n = nb * 16 + c;
+                d[2 * c] = (w0 != NULL && n < N) ? cyl_bf16_bits(w0[n]) : 0;
+                d[2 * c + 1] = (w1 != NULL && n < N) ? cyl_bf16_bits(w1[n]) : 0;
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
+    !defined(__INTEL_COMPILER) && !defined(CYLSTM_NO_AMX) && \
+    (defined(__clang__) || __GNUC__ >= 11)
+#define CYL_HAVE_AMX 1
+#include <immintrin.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <cpuid.h>
+
+#define CYL_AMX_TARGET \
+    __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+static int cyl_amx_state = -1;    /* -1: not asked yet; 0: no; 1: granted */
+static int cyl_amx_forced = -1;   /* cyl_amx_force: -1 none, 0 off */
+static int cyl_amx_why = 0;       /* 0 ok, 1 no CPU support, 2 the kernel refused */
+
+static int cyl_amx_ask(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22))) {
+        cyl_amx_why = 1;                 /* no AMX-TILE / AMX-BF16 */
+        return 0;
+    }
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) {
+        cyl_amx_why = 1;                 /* no AVX512-BF16 (the A rounding uses it) */
+        return 0;
+    }
+    /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
+    if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) {
+        cyl_amx_why = 2;
+        return 0;
+    }
+    cyl_amx_why = 0;
+    return 1;
+}
+
+/* Whether this process may run the AMX kernel now (asks the kernel once). */
+static int cyl_amx_bf16_usable(void)
+{
+    if (cyl_cpu_level() < 2 || cyl_amx_forced == 0)
+        return 0;
+    if (cyl_amx_state < 0)
+        cyl_amx_state = cyl_amx_ask();
+    return cyl_amx_state;
+}
+
+/* 0: the CPU lacks AMX-BF16 (or AVX512-BF16), 2: Linux refused the AMX state,
+ * 3: a lower level forced (CYLSTM_CPU), 4: turned off (cyl_amx_force), 5: usable. */
+static int cyl_amx_bf16_status(void)
+{
+    if (cyl_amx_forced == 0)
+        return 4;
+    if (cyl_cpu_level() < 2)
+        return cyl_cpu_detected_level() == 2 ? 3 : 0;
+    if (cyl_amx_bf16_usable())
+        return 5;
+    return cyl_amx_why == 2 ? 2 : 0;
+}
+
+/* 0 turns the AMX kernel off, -1 restores detection; returns the previous value. */
+static int cyl_amx_force(int on)
+{
+    int previous = cyl_amx_forced;
+    cyl_amx_forced = on == 0 ? 0 : -1;
+    return previous;
+}
+
+typedef struct {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} cyl_tilecfg;
+
+/* Eight tiles of 16 rows x 64 bytes.  A constant in memory, not a local: GCC 12's
+ * _tile_loadconfig tells the compiler it reads 8 bytes of the 64, and at -O3 the
+ * stores to the rest of a local configuration were dropped (ldtilecfg then
+ * faulted on the garbage). */
+static const cyl_tilecfg cyl_amx_cfg __attribute__((aligned(64))) = {
+    1, 0, {0},
+    {64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0},
+    {16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0}};
+
+CYL_AMX_TARGET static void cyl_amx_config(void)
+{
+    _tile_loadconfig(&cyl_amx_cfg);
+}
+
+/* Rows [0, m) of A (row stride lda) rounded to bf16 into abuf (row stride kp),
+ * k from K to kp and rows from m to the next multiple of 16 zero. */
+CYL_AMX_TARGET static void cyl_amx_round_rows(const float* A, ptrdiff_t lda, ptrdiff_t m,
+                                              ptrdiff_t K, ptrdiff_t kp, uint16_t* abuf)
+{
+    const ptrdiff_t m16 = (m + 15) / 16 * 16;
+    ptrdiff_t r, k;
+    for (r = 0; r < m; r++) {
+        const float* a = A + r * lda;
+        uint16_t* d = abuf + r * kp;
+        for (k = 0; k + 32 <= K; k += 32) {
+            const __m512 lo = _mm512_loadu_ps(a + k), hi = _mm512_loadu_ps(a + k + 16);
+            _mm512_storeu_si512((void*)(d + k), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+        if (k < kp) {   /* the last, partial block of 32, zero-padded */
+            const ptrdiff_t left = K - k;
+            const __mmask16 mlo = left >= 16 ? (__mmask16)0xFFFF
+                                             : (__mmask16)((1u << left) - 1);
+            const __mmask16 mhi = left <= 16 ? (__mmask16)0
+                                             : (__mmask16)((1u << (left - 16)) - 1);
+            const __m512 lo = _mm512_maskz_loadu_ps(mlo, a + k);
+            const __m512 hi = _mm512_maskz_loadu_ps(mhi, a + k + 16);
+            _mm512_storeu_si512((void*)(d + k), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+    }
+    for (; r < m16; r++)
+        memset(abuf + r * kp, 0, (size_t)kp * sizeof(uint16_t));
+}
+
+/* One 16 x 16 C tile at (m0, n0) of the superblock, through `tmp` where it is
+ * partial (rows past m, columns past N). */
+CYL_AMX_TARGET static void cyl_amx_tile1(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m0,
+                                         ptrdiff_t m, const uint16_t* P, ptrdiff_t n0,
+                                         ptrdiff_t N, float* C, ptrdiff_t ldc, int accumulate)
+{
+    float tmp[256];
+    const ptrdiff_t kb_n = kp / 32, rows = m - m0 < 16 ? m - m0 : 16;
+    const ptrdiff_t cols = N - n0 < 16 ? N - n0 : 16;
+    const int direct = rows == 16 && cols == 16;
+    const uint16_t* b = P + (n0 / 16) * kb_n * 512;
+    const uint16_t* a = abuf + m0 * kp;
+    float* c = C + m0 * ldc + n0;
+    ptrdiff_t kb, r;
+    if (!accumulate) {
+        _tile_zero(0);
+    } else if (direct) {
+        _tile_loadd(0, c, ldc * 4);
+    } else {
+        memset(tmp, 0, sizeof(tmp));
+        for (r = 0; r < rows; r++)
+            memcpy(tmp + 16 * r, c + r * ldc, (size_t)cols * sizeof(float));
+        _tile_loadd(0, tmp, 64);
+    }
+    for (kb = 0; kb < kb_n; kb++) {
+        _tile_loadd(4, a + kb * 32, kp * 2);
+        _tile_loadd(6, b + kb * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+    }
+    if (direct) {
+        _tile_stored(0, c, ldc * 4);
+    } else {
+        _tile_stored(0, tmp, 64);
+        for (r = 0; r < rows; r++)
+            memcpy(c + r * ldc, tmp + 16 * r, (size_t)cols * sizeof(float));
+    }
+}
+
+/* Four full C tiles: rows m0 .. m0 + 31, columns n0 .. n0 + 31. */
+CYL_AMX_TARGET static void cyl_amx_tile22(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m0,
+                                          const uint16_t* P, ptrdiff_t n0, float* C,
+                                          ptrdiff_t ldc, int accumulate)
+{
+    const ptrdiff_t kb_n = kp / 32;
+    const uint16_t* b0 = P + (n0 / 16) * kb_n * 512;
+    const uint16_t* b1 = b0 + kb_n * 512;
+    const uint16_t* a0 = abuf + m0 * kp;
+    const uint16_t* a1 = a0 + 16 * kp;
+    float* c = C + m0 * ldc + n0;
+    ptrdiff_t kb;
+    if (accumulate) {
+        _tile_loadd(0, c, ldc * 4);
+        _tile_loadd(1, c + 16, ldc * 4);
+        _tile_loadd(2, c + 16 * ldc, ldc * 4);
+        _tile_loadd(3, c + 16 * ldc + 16, ldc * 4);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    /* both B tiles first, then each A tile and its two products: one product
+     * per 16 cycles from L1 (Sapphire Rapids class Xeon, 2026-12-03), where
+     * loading A0 first and B1 between the products took 17-23 */
+    for (kb = 0; kb < kb_n; kb++) {
+        _tile_loadd(6, b0 + kb * 512, 64);
+        _tile_loadd(7, b1 + kb * 512, 64);
+        _tile_loadd(4, a0 + kb * 32, kp * 2);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, a1 + kb * 32, kp * 2);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, c, ldc * 4);
+    _tile_stored(1, c + 16, ldc * 4);
+    _tile_stored(2, c + 16 * ldc, ldc * 4);
+    _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+}
+
+/* C (M x N, row stride ldc) = (accumulate: +=) bf16(A) (M x K, row stride lda) @ P
+ * (tile-packed K x N).  `abuf`: cyl_bf16_abuf_len(K) elements.  Only where
+ * cyl_amx_bf16_usable(). */
+CYL_AMX_TARGET static void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                             const float* A, ptrdiff_t lda,
+                                             const uint16_t* P, float* C, ptrdiff_t ldc,
+                                             int accumulate, uint16_t* abuf)
+{
+    const ptrdiff_t kp = cyl_bf16_kp(K);
+    ptrdiff_t s0, n0, m0;
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {   /* an empty sum */
+        if (!accumulate)
+            for (m0 = 0; m0 < M; m0++)
+                memset(C + m0 * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    cyl_amx_config();
+    for (s0 = 0; s0 < M; s0 += CYL_BF16_MS) {
+        const ptrdiff_t m = M - s0 < CYL_BF16_MS ? M - s0 : CYL_BF16_MS;
+        const ptrdiff_t m32 = m / 32 * 32;
+        float* cs = C + s0 * ldc;
+        cyl_amx_round_rows(A + s0 * lda, lda, m, K, kp, abuf);
+        for (n0 = 0; n0 < N; n0 += 32) {
+            if (n0 + 32 <= N) {
+                for (m0 = 0; m0 < m32; m0 += 32)
+                    cyl_amx_tile22(abuf, kp, m0, P, n0, cs, ldc, accumulate);
+                for (m0 = m32; m0 < m; m0 += 16) {
+                    cyl_amx_tile1(abuf, kp, m0, m, P, n0, N, cs, ldc, accumulate);
+                    cyl_amx_tile1(abuf, kp, m0, m, P, n0 + 16, N, cs, ldc, accumulate);
+                }
+            } else {
+                for (m0 = 0; m0 < m; m0 += 16) {
+                    cyl_amx_tile1(abuf, kp, m0, m, P, n0, N, cs, ldc, accumulate);
+                    if (n0 + 16 < N)
+                        cyl_amx_tile1(abuf, kp, m0, m, P, n0 + 16, N, cs, ldc, accumulate);
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+
+#else   /* no AMX in this build */
+#define CYL_HAVE_AMX 0
+
+static inline int cyl_amx_bf16_usable(void) { return 0; }
+static inline int cyl_amx_bf16_status(void) { return 1; }
+static inline int cyl_amx_force(int on) { (void)on; return -1; }
+static inline void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                     ptrdiff_t lda, const uint16_t* P, float* C,
+                                     ptrdiff_t ldc, int accumulate, uint16_t* abuf)
+{
+    (void)M; (void)N; (void)K; (void)A; (void)lda; (void)P; (void)C; (void)ldc;
+    (void)accumulate; (void)abuf;
+}
+#endif
+
+#endif /* CYLSTM_BF16_H */

@@ -1,0 +1,288 @@
+"""The mixed_bfloat16 products on AMX tiles (issue 16; include/cylstm_bf16.h).
+
+- the tile packer's layout against a NumPy rewrite of it (any CPU);
+- the AMX product against float64 sums of the same bf16 operands, edge tiles
+  included (CPUs with AMX-BF16 only: skipped with the reason elsewhere);
+- ``lstm_forward`` on the "rows_amx" paths against the float64 reference of the
+  emulated semantics (tests/test_mixed_precision.py's), with lengths, masks,
+  threads, backwards; the training cache and gradients; the packed-weight cache;
+- the planner with injected CPU facts (any CPU), and a forced AMX path refused
+  where it cannot run (any CPU: the AMX kernel is turned off for it).
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+from reference import bf16_round, random_lstm
+from test_mixed_precision import F32, _check_grads, _f32, _grads_case, _keras_like, _ref_bf16
+
+from cylstm import _cpu, _lstm, _packcache, _tuning
+from cylstm.functional import AMX_PATHS, lstm_backward, lstm_forward, plan_forward
+
+AMX_CODE, AMX_WHY = _lstm.amx_status()
+needs_amx = pytest.mark.skipif(AMX_CODE != 5, reason=f"no AMX bf16 tiles here: {AMX_WHY}")
+
+
+@pytest.fixture
+def amx_off():
+    """The AMX kernel turned off for one test (as on a CPU without it)."""
+    was = _lstm._force_amx(False)
+    yield
+    _lstm._force_amx(was)
+
+
+# ---------------------------------------------------------------------------
+# The tile layout and the product
+# ---------------------------------------------------------------------------
+
+def _pack_ref(W):
+    """The layout of include/cylstm_bf16.h, written apart: K padded to 32, N to 16,
+    blocks of 32 k x 16 columns (k pairs interleaved per column), a column block's
+    K blocks one after the other."""
+    K, N = W.shape
+    kp, np_ = -(-K // 32) * 32, -(-N // 16) * 16
+    bits = np.zeros((kp, np_), np.uint16)
+    u = np.asarray(bf16_round(W), np.float32).view(np.uint32) >> 16
+    bits[:K, :N] = u.astype(np.uint16)
+    # (kb, r, e, nb, c) -> block (nb, kb), row r, element 2c + e
+    t = bits.reshape(kp // 32, 16, 2, np_ // 16, 16)
+    return t.transpose(3, 0, 1, 4, 2).reshape(-1)
+
+
+@pytest.mark.parametrize(("K", "N"), [(1, 1), (31, 15), (32, 16), (33, 17), (64, 200), (7, 48)])
+def test_tile_packer_layout(K, N):
+    W = np.random.default_rng(K * N).standard_normal((K, N)).astype(np.float32)
+    W[0, 0] = np.float32(1 + 2**-8)   # a tie: rounds to even (1.0)
+    out = np.full(_lstm.bf16_tiles_len(K, N), 0xABCD, np.uint16)
+    _lstm.bf16_tiles_pack(W, out)
+    np.testing.assert_array_equal(out, _pack_ref(W))
+    assert out[0] == 0x3F80
+
+
+def test_tile_packer_refuses_a_wrong_length():
+    W = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="out must hold 512 elements for a 3 x 4 matrix"):
+        _lstm.bf16_tiles_pack(W, np.empty(100, np.uint16))
+
+
+@needs_amx
+@pytest.mark.parametrize(("M", "N", "K"), [
+    (1, 16, 32), (15, 17, 33), (16, 32, 32), (17, 48, 64), (32, 32, 512), (33, 200, 50),
+    (64, 2048, 40), (300, 77, 7), (257, 96, 31), (5, 3, 1), (40, 64, 0)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_amx_product_matches_float64_sums(M, N, K, accumulate):
+    rng = np.random.default_rng(M + 7 * N + 13 * K)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
+    _lstm.bf16_tiles_pack(W, P)
+    C0 = rng.standard_normal((M, N)).astype(np.float32)
+    C = C0.copy()
+    _lstm.amx_gemm(A, P, C, accumulate)
+    want = bf16_round(A) @ bf16_round(W) + (C0 if accumulate else 0)
+    # float32 sums of K exact products: K ulps of the largest partial sum at most
+    scale = np.abs(bf16_round(A)) @ np.abs(bf16_round(W)) + np.abs(C0 if accumulate else 0)
+    assert np.all(np.abs(C - want) <= 2 * max(K, 1) * 2**-24 * scale + 1e-30)
+
+
+@needs_amx
+def test_amx_product_refuses_mismatched_buffers():
+    A = np.ones((4, 8), np.float32)
+    P = np.empty(_lstm.bf16_tiles_len(8, 16), np.uint16)
+    with pytest.raises(ValueError, match="C must have A's 4 rows"):
+        _lstm.amx_gemm(A, P, np.empty((5, 16), np.float32))
+    with pytest.raises(ValueError, match="P must hold"):
+        _lstm.amx_gemm(A, P[:-1], np.empty((4, 16), np.float32))
+
+
+def test_amx_product_is_refused_where_it_cannot_run(amx_off):
+    A = np.ones((4, 8), np.float32)
+    P = np.empty(_lstm.bf16_tiles_len(8, 16), np.uint16)
+    with pytest.raises(ValueError, match="AMX kernel cannot run here: turned off"):
+        _lstm.amx_gemm(A, P, np.empty((4, 16), np.float32))
+
+
+# ---------------------------------------------------------------------------
+# lstm_forward on the AMX paths
+# ---------------------------------------------------------------------------
+
+CASES = [  # (B, T, I, H): batch 1, T = 1, edge tiles in every direction, 2 A tiles a thread
+    (9, 7, 4, 5), (1, 6, 3, 8), (5, 1, 6, 4), (16, 12, 20, 24), (3, 9, 33, 17), (40, 5, 40, 36)]
+
+
+@needs_amx
+@pytest.mark.parametrize("path", AMX_PATHS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", CASES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_amx_matches_reference(path, threads, shape, reverse):
+    B, T, I, H = shape
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(sum(shape)), B, T, I, H))
+    h0, c0 = _f32(*np.random.default_rng(5).standard_normal((2, B, H)) * 0.5)
+    keep = [a.copy() for a in (x, W, U, b, h0, c0)]
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), go_backwards=reverse,
+                       compute_dtype="bfloat16", num_threads=threads, _plan=path)
+    for a, k in zip((x, W, U, b, h0, c0), keep):
+        np.testing.assert_array_equal(a, k)        # the caller's arrays stay as they were
+    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, h0, c0, reverse=reverse)
+    np.testing.assert_allclose(out.output, y, **F32)
+    np.testing.assert_allclose(out.h, hT, **F32)
+    np.testing.assert_allclose(out.c, cT, **F32)
+
+
+@needs_amx
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_amx_with_lengths_matches_reference(threads, reverse):
+    B, T, I, H = 34, 8, 5, 6
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(11), B, T, I, H))
+    lengths = np.random.default_rng(12).integers(0, T + 1, B)
+    lengths[-1], lengths[0] = 0, T
+    out = lstm_forward(x, W, U, b, lengths=lengths, go_backwards=reverse,
+                       compute_dtype="bfloat16", num_threads=threads, _plan="rows_amx")
+    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, lengths=lengths, reverse=reverse)
+    np.testing.assert_allclose(out.output, y, **F32)
+    np.testing.assert_allclose(out.h, hT, **F32)
+    np.testing.assert_allclose(out.c, cT, **F32)
+    for n, L in enumerate(lengths):
+        assert not out.output[n, L:].any()
+
+
+@needs_amx
+@pytest.mark.parametrize("path", AMX_PATHS)
+def test_forward_amx_with_recurrent_mask_matches_reference(path):
+    B, T, I, H = 20, 9, 7, 10
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(21), B, T, I, H))
+    rng = np.random.default_rng(22)
+    rmask = ((rng.random((B, H)) < 0.7) / 0.7).astype(np.float32)
+    out = lstm_forward(x, W, U, b, recurrent_mask=rmask, compute_dtype="bfloat16",
+                       num_threads=2, _plan=path)
+    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, rmask=rmask)
+    np.testing.assert_allclose(out.output, y, **F32)
+    np.testing.assert_allclose(out.h, hT, **F32)
+    np.testing.assert_allclose(out.c, cT, **F32)
+
+
+@needs_amx
+@pytest.mark.parametrize("path", AMX_PATHS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mask", [False, True])
+def test_backward_after_an_amx_forward_is_the_straight_through_reference(path, threads, mask):
+    x, W, U, b, h0, c0, dy, dhT, dcT, rmask = _grads_case(41, B=34, mask=mask)
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), recurrent_mask=rmask,
+                       training=True, compute_dtype="bfloat16", num_threads=threads,
+                       _plan=path)
+    y = out.output.copy()
+    g = lstm_backward(out.cache, grad_output=dy, grad_h=dhT, grad_c=dcT, num_threads=threads)
+    _check_grads(g, x, W, U, b, y, h0, c0, dy, dhT, dcT, rmask)
+
+
+@needs_amx
+def test_amx_accuracy_against_float32_over_100_steps():
+    # issue 16's bound, and the same model as the emulated path computes (within the
+    # float32 rounding of sums added in another order, which a bf16 rounding of h can
+    # amplify to a bf16 ulp of h times the weights)
+    T, B, I, H = 100, 32, 10, 50
+    x, W, U, b = _keras_like(np.random.default_rng(3), T, B, I, H)
+    f32 = lstm_forward(x, W, U, b)
+    emulated = lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan="rows")
+    for path in AMX_PATHS:
+        bf = lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan=path)
+        err = float(np.abs(bf.output - f32.output).max())
+        assert 0 < err <= 1e-2, (path, err)
+        assert float(np.abs(bf.output - emulated.output).max()) <= 2e-3
+
+
+@needs_amx
+def test_amx_pack_is_cached_and_never_stale():
+    B, T, I, H = 32, 6, 24, 40
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(7), B, T, I, H))
+    _packcache.clear()
+    first = lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan="rows_amx_fused").output
+    again = lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan="rows_amx_fused").output
+    np.testing.assert_array_equal(again, first)
+    assert _packcache.stats()["hits"] >= 1
+    U[3, 5] += 0.5   # changed in place: a new pack, not the old one
+    changed = lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan="rows_amx_fused")
+    y, _, _, _ = _ref_bf16(x, W, U, b, changed.output)
+    np.testing.assert_allclose(changed.output, y, **F32)
+    assert np.abs(changed.output - first).max() > 1e-4
+
+
+# ---------------------------------------------------------------------------
+# The planner, and forced paths
+# ---------------------------------------------------------------------------
+
+MiB = 2**20
+AMX = _tuning.CpuFacts(vendor="GenuineIntel", model_name="test Xeon", n_cores=2, isa_level=2,
+                       isa_name="avx512", flags=frozenset({"amx_bf16", "avx512_bf16"}),
+                       fma512_ports=2, l2_per_core=2 * MiB, l3_total=32 * MiB,
+                       l3_shared_by=2, l3_per_core=16 * MiB, l3_source="test",
+                       llc_budget=32 * MiB, blas_core="SkylakeX", amx_bf16=True)
+
+
+@pytest.mark.parametrize(("B", "I", "H", "n", "lengths", "training", "want", "threads"), [
+    (64, 512, 512, 2, False, False, "rows_amx_fused", 2),
+    (32, 128, 256, 2, False, True, "rows_amx_fused", 2),
+    (16, 1024, 1024, 2, False, False, "rows_amx", 1),     # bf16 W > AMX_FUSE_MAX_BYTES
+    (1, 512, 512, 2, False, False, "rows_amx", 1),        # one row: one thread, projection
+    (40, 10, 50, 2, True, False, "rows_amx", 2),          # lengths: the projection first
+    (24, 10, 50, 2, False, False, "rows_amx_fused", 1)])  # 12 rows a thread < 16
+def test_the_planner_takes_amx_where_the_cpu_has_it(B, I, H, n, lengths, training, want,
+                                                      threads):
+    p = plan_forward(B, 20, I, H, np.float32, n, training, has_lengths=lengths, facts=AMX,
+                     compute_dtype="bfloat16")
+    assert (p.path, p.n_threads, p.bf16) == (want, threads, True)
+    assert "AMX" in p.reason
+    assert p.abuf == (threads, _lstm.bf16_abuf_len(max(I, H)))
+    assert p.prepacked == (not training)
+    # float32 calls never take them, nor bf16 calls on a CPU without AMX
+    assert plan_forward(B, 20, I, H, np.float32, n, training, has_lengths=lengths,
+                        facts=AMX).path not in AMX_PATHS
+    no = dataclasses.replace(AMX, amx_bf16=False, flags=frozenset())
+    p = plan_forward(B, 20, I, H, np.float32, n, training, has_lengths=lengths, facts=no,
+                     compute_dtype="bfloat16")
+    assert p.path in ("rows", "rows_fused") and "emulated" in p.reason
+
+
+def test_detected_facts_say_amx_only_with_the_flags_at_avx512():
+    # the facts come from /proc/cpuinfo's flags and the level; the planner checks the
+    # process itself (amx_usable) before it plans from this machine's facts
+    f = _tuning.detected_cpu()
+    assert f.amx_bf16 == (f.isa_level == 2 and {"amx_bf16", "avx512_bf16"} <= f.flags)
+
+
+def test_a_forced_amx_path_is_refused_where_it_cannot_run(amx_off):
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(74), 8, 3, 3, 40))
+    for path in AMX_PATHS:
+        with pytest.raises(ValueError, match=f"_plan='{path}' cannot run this call: .*"
+                                             "needs AMX tiles.*turned off"):
+            lstm_forward(x, W, U, b, compute_dtype="bfloat16", _plan=path)
+    # and the planner takes the emulated paths meanwhile
+    p = plan_forward(8, 3, 3, 40, np.float32, 2, compute_dtype="bfloat16")
+    assert p.path in ("rows", "rows_fused")
+
+
+@pytest.mark.parametrize("path", AMX_PATHS)
+def test_amx_paths_take_bfloat16_calls_only(path):
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(75), 8, 3, 3, 40))
+    with pytest.raises(ValueError, match=f"'{path}' multiplies bfloat16 operands on AMX "
+                                         "tiles: it takes compute_dtype='bfloat16' only"):
+        lstm_forward(x, W, U, b, _plan=path)
+
+
+@needs_amx
+def test_the_fused_amx_path_refuses_lengths():
+    x, W, U, b = _f32(*random_lstm(np.random.default_rng(76), 8, 3, 3, 40))
+    with pytest.raises(ValueError, match="'rows_amx_fused' cannot take lengths"):
+        lstm_forward(x, W, U, b, lengths=np.array([3, 2] * 4), compute_dtype="bfloat16",
+                     _plan="rows_amx_fused")
+
+
+@pytest.mark.skipif(_cpu.detected_level() < 2, reason="needs an AVX-512 CPU to force avx2 on")
+def test_a_forced_lower_level_turns_amx_off():
+    with _cpu.forced_level("avx2"):
+        assert not _lstm.amx_usable()
+        assert _lstm.amx_status()[0] == 3
+        p = plan_forward(64, 10, 64, 64, np.float32, 1, compute_dtype="bfloat16")
+        assert p.path not in AMX_PATHS
