@@ -12,6 +12,8 @@ cdef void pool_run(pool_fn fn, void* arg, int n_threads) noexcept nogil
 cdef void pool_run_small(pool_fn fn, void* arg, int n_threads) noexcept nogil
 cdef bint pool_small_alone(int n_threads) noexcept nogil
 cdef void pool_small_alone_end() noexcept nogil
+cdef bint pool_workers_awake(int n_threads) noexcept nogil
+cdef int64_t pool_now_ns() noexcept nogil
 cdef bint pool_claim(int64_t* flag) noexcept nogil
 cdef void pool_claim_done(int64_t* flag) noexcept nogil
 cdef void pool_claim_wait(int64_t* flag) noexcept nogil

@@ -946,6 +946,7 @@ cdef extern from "cylstm_pool.h" nogil:
     int64_t cyl_pool_lost_ns
     int64_t cyl_pool_worked_ns
     int cyl_pool_workers()
+    bint cyl_pool_workers_awake(int n_threads)
     int64_t cyl_load(const int64_t* p)
     int cyl_load_int(const int* p)
     void cyl_store_int(int* p, int v)
@@ -986,6 +987,17 @@ cdef bint pool_small_alone(int n_threads) noexcept nogil:
 
 cdef void pool_small_alone_end() noexcept nogil:
     cyl_pool_small_alone_end()
+
+
+cdef bint pool_workers_awake(int n_threads) noexcept nogil:
+    """Whether a job on ``n_threads`` would find its workers awake (no wake-up to
+    pay): for timing small jobs fairly."""
+    return cyl_pool_workers_awake(n_threads)
+
+
+cdef int64_t pool_now_ns() noexcept nogil:
+    """The pool's monotonic clock, ns."""
+    return cyl_now_ns()
 
 
 cdef void pool_run_small(pool_fn fn, void* arg, int n_threads) noexcept nogil:

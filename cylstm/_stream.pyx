@@ -34,7 +34,8 @@ from cylstm._blas cimport gemm
 from cylstm._lstm cimport (pool_acquire, pool_claim, pool_claim_done, pool_claim_wait,
                            pool_job_open, pool_load, pool_relax, pool_release, pool_run,
                            pool_run_small, pool_small_alone, pool_small_alone_end,
-                           pool_tick_get, pool_tick_set, set_blas_threads)
+                           pool_now_ns, pool_tick_get, pool_tick_set, pool_workers_awake,
+                           set_blas_threads)
 from cylstm._cell cimport sigmoid, tanh_
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
 
@@ -124,6 +125,17 @@ cdef struct Ctx:
     Py_ssize_t row_bytes   # packed weight bytes (all layers): a step's work per row
     Py_ssize_t wake_min_bytes   # a job of fewer (row_bytes x rows x steps) is small
     #                             (pool_run_small; cylstm._tuning.POOL_WAKE_MIN_BYTES)
+    # small jobs in a warm stream run alone or on the pool, whichever this runner
+    # measured faster (_small_alone; cylstm._tuning.POOL_SMALL_PROBE_EVERY)
+    int64_t small_calls
+    int64_t probe_every
+    int probe_left         # calls left in a probe of one choice
+    bint probe_alone       # which choice the probe measures
+    int small_forced       # tests: 0 as measured, 1 always split, 2 always alone
+    int sample_mode        # how this call's time is counted: 0 not, 1 replaces the
+    #                        average, 2 is averaged with the one before, 3 moves it
+    double alone_ns        # moving averages, ns per step
+    double split_ns
 
 
 def _force_cpu_level(int level):
@@ -594,20 +606,76 @@ cdef void _steps_alone(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
         set_blas_threads(ctx.blas_threads)
 
 
+cdef inline void _note_ns(Ctx* ctx, double* avg, double sample) noexcept nogil:
+    """Count a small call's ns per step into ``avg`` as _small_alone said."""
+    if ctx.sample_mode == 1 or avg[0] == 0:   # a probe's first counted sample
+        avg[0] = sample
+    elif ctx.sample_mode == 2:                # its second
+        avg[0] = (avg[0] + sample) * 0.5
+    elif ctx.sample_mode == 3:                # a call of the chosen way
+        avg[0] = avg[0] + (sample - avg[0]) * 0.125
+
+
+cdef bint _small_alone(Ctx* ctx) noexcept nogil:
+    """A small job in a warm stream (its workers awake, or a stream worth waking
+    them for): run it alone (True) or split (False), whichever this runner measured
+    faster per step.  Whether a split pays at these sizes depends on the CPU: the
+    step of a (64, 128) runner at batch 1 took 6.0 us alone and 4.7 split on a
+    2-vCPU AMD EPYC (Zen 3), 3.1 alone and 4.0 split on a 2-vCPU Xeon (Sapphire
+    Rapids class), 2026-12-03.  Each choice is measured over a probe of four calls
+    (the first two, which may find cold caches or pay a worker's wake-up, are not
+    counted), after a new runner's first eight steps, then the other one again every
+    ``probe_every`` small calls: a probe's two samples replace that choice's
+    average, the chosen one's calls move it by an eighth each.  Sets
+    ``sample_mode``: how this call's time goes into the averages (_note_ns)."""
+    ctx.small_calls += 1
+    if ctx.small_forced:       # (tests)
+        ctx.sample_mode = 0
+        return ctx.small_forced == 2
+    if ctx.small_calls <= 8:   # a new runner's first steps: cold caches, first touches
+        ctx.sample_mode = 0
+        return True
+    if ctx.probe_left == 0:
+        if ctx.alone_ns == 0 or ctx.split_ns == 0:
+            ctx.probe_alone = ctx.alone_ns == 0
+            ctx.probe_left = 4
+        elif ctx.probe_every > 0 and ctx.small_calls % ctx.probe_every == 0:
+            ctx.probe_alone = ctx.alone_ns > ctx.split_ns   # the other choice
+            ctx.probe_left = 4
+        else:   # (one call in eight is timed: the clock costs ~30 ns a reading)
+            ctx.sample_mode = 3 if ctx.small_calls % 8 == 0 else 0
+            return ctx.alone_ns <= ctx.split_ns
+    ctx.probe_left -= 1
+    ctx.sample_mode = 2 - ctx.probe_left if ctx.probe_left < 2 else 0
+    return ctx.probe_alone
+
+
 cdef void _stack_pooled(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
                         Py_ssize_t xstride, Py_ssize_t ostride, const float* zx,
                         int64_t* flags, bint f32) noexcept nogil:
     """T steps of the stack on the worker pool (``flags``: T x n_pieces words, any
     values), the state carried on.  A job too small to pay for waking a sleeping
     worker (POOL_WAKE_MIN_BYTES) runs alone, on the serial step's code, unless the
-    pool says otherwise (pool_small_alone)."""
+    pool says otherwise (pool_small_alone); in a warm stream it runs alone or split
+    as this runner measured faster (_small_alone)."""
     cdef StackRun sr
     cdef bint small = ctx.row_bytes * ctx.B * T < ctx.wake_min_bytes
-    if small and pool_small_alone(ctx.n_threads):
+    cdef bint timed = False, alone = False
+    cdef int64_t t0 = 0
+    if small:
+        alone = pool_small_alone(ctx.n_threads)
+        if not alone:
+            # warm: time the choice (a split only when no worker had to be woken)
+            alone = _small_alone(ctx)
+            timed = ctx.sample_mode != 0 and (alone or pool_workers_awake(ctx.n_threads))
+            t0 = pool_now_ns()
+    if alone:
         if f32:
             _steps_alone(ctx, T, x, out, xstride, ostride, zx, <float*> ctx.scratch)
         else:
             _steps_alone(ctx, T, x, out, xstride, ostride, zx, <double*> ctx.scratch)
+        if timed:
+            _note_ns(ctx, &ctx.alone_ns, <double> (pool_now_ns() - t0) / T)
         pool_small_alone_end()
         return
     memset(flags, 0, T * ctx.n_pieces * sizeof(int64_t))
@@ -618,6 +686,8 @@ cdef void _stack_pooled(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
         set_blas_threads(1)
     if small:
         pool_run_small(_stack_job_f32 if f32 else _stack_job_f64, &sr, ctx.n_threads)
+        if timed:
+            _note_ns(ctx, &ctx.split_ns, <double> (pool_now_ns() - t0) / T)
     else:
         pool_run(_stack_job_f32 if f32 else _stack_job_f64, &sr, ctx.n_threads)
     if ctx.use_blas:
@@ -798,6 +868,7 @@ cdef class Core:
         self.ctx.n_pieces = pieces
         self.ctx.row_bytes = pack.nbytes
         self.ctx.wake_min_bytes = _tuning.POOL_WAKE_MIN_BYTES
+        self.ctx.probe_every = _tuning.POOL_SMALL_PROBE_EVERY
 
     # ---- the hot path -------------------------------------------------------
 
@@ -1042,6 +1113,17 @@ cdef class Core:
             hbuf.fill(0)
             cbuf.fill(0)
         self._out.fill(0)
+
+    def _small_timing(self):
+        """(alone_ns, split_ns, small_calls): this runner's measured ns per step of
+        its small warm calls, alone and split (0: not measured), and their count."""
+        return self.ctx.alone_ns, self.ctx.split_ns, self.ctx.small_calls
+
+    def _force_small_choice(self, choice):
+        """Tests: small warm steps always run "alone" or "split" (None: as measured)."""
+        if choice not in (None, "alone", "split"):
+            raise ValueError(f"choice must be None, 'alone' or 'split'; got {choice!r}")
+        self.ctx.small_forced = 0 if choice is None else 1 + int(choice == "alone")
 
     def _get_state(self):
         cdef int par = self.ctx.par

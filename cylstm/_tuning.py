@@ -369,6 +369,13 @@ POOL_SPIN_NS = 50_000
 # (128, 256) 1.57 MB 168 / 177 / 173; (128, 256) x 2 3.67 MB 288 / 385 / 336; (256,
 # 512) 6.3 MB 408 / 547 / 554.  AMD EPYC (2 cores), Zen 3, 2026-12-03.
 POOL_WAKE_MIN_BYTES = 1_250_000
+# Such small jobs in a warm stream run alone or split, as each runner measures
+# (cylstm/_stream.pyx, _small_alone): the other choice is tried again every this
+# many small calls, so a change (a busy neighbour, a model in another cache level)
+# is seen within as many steps.  A probe of the split wakes the worker, which then
+# spins POOL_SPIN_NS beside the caller (on a 2-vCPU Xeon the steps of a (64, 128)
+# runner that stays alone went 3.2 -> 3.6 us median with a probe every 64 calls).
+POOL_SMALL_PROBE_EVERY = 1024
 
 # After a worker finds it was preempted for a good part of a job (another
 # process on its core), callers run alone for POOL_BACKOFF_NS, then try the
@@ -380,6 +387,8 @@ POOL_BACKOFF_NS = 100_000_000
 THRESHOLDS = {
     "POOL_SPIN_NS": "thread pool; 2-vCPU Xeon, bench/compare.py cold/busy, 2026-12-01",
     "POOL_BACKOFF_NS": "thread pool; 2-vCPU Xeon, bench/compare.py busy, 2026-12-01",
+    "POOL_SMALL_PROBE_EVERY": "thread pool, streaming steps: a re-measuring interval "
+                              "(each runner measures alone against split), 2026-12-03",
     "POOL_WAKE_MIN_BYTES": "thread pool, streaming steps; AMD EPYC (2 cores), Zen 3, first "
                            "step after a 50 ms gap, 2026-12-03",
     "MIN_ROWS_PER_THREAD": "forward planner; 2-core Zen 4, bench/compare.py, 2026-11; "
@@ -438,6 +447,11 @@ THRESHOLDS = {
     "PANEL_PROJ_MAX_ROWS_AVX512": "unit path, cached weights, AVX-512; 2-vCPU Xeon, "
                                   "(T, B, I, H) up to 4000 rows, 2026-12-02",
     "L3_PER_CORE_CAP": "cache budget bound; 2-vCPU Zen 4 sysfs and 2-vCPU Xeon paths, 2026-12-01",
+    "AMX_MIN_ROWS_PER_THREAD": "bf16 forward on AMX tiles; 2-vCPU Xeon (Sapphire Rapids "
+                               "class), (25, 16, 1024, 1024), 2026-12-03",
+    "AMX_FUSE_MIN_ROWS": "bf16 forward on AMX tiles; 2-vCPU Xeon, bench shapes, 2026-12-03",
+    "AMX_FUSE_MAX_BYTES": "bf16 forward on AMX tiles; 2-vCPU Xeon, (50, 64, 512, 512) and "
+                          "(25, 16, 1024, 1024), 2026-12-03",
 }
 _DEFAULTS = {name: globals()[name] for name in THRESHOLDS}
 

@@ -586,4 +586,13 @@ static void cyl_pool_set_backoff_ns(int64_t ns)
 }
 static int cyl_pool_workers(void) { return cyl_pool.n_workers; }
 
+/* Whether a job on n_threads would find its workers started and none asleep (it
+ * pays no wake-up): a moment's reading, for timing small jobs fairly. */
+static int cyl_pool_workers_awake(int n_threads)
+{
+    int nw = n_threads - 1;
+    return nw <= 0 || (__atomic_load_n(&cyl_pool.n_workers, __ATOMIC_ACQUIRE) >= nw &&
+                       __atomic_load_n(&cyl_pool.sleepers, __ATOMIC_SEQ_CST) == 0);
+}
+
 #endif /* CYLSTM_POOL_H */

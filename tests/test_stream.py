@@ -560,6 +560,47 @@ def test_small_steps_run_alone_after_a_gap_and_wake_the_workers_for_a_stream():
     np.testing.assert_array_equal(_run(runner, seq), _run(ref, seq))
 
 
+def test_small_steps_in_a_stream_run_the_way_measured_faster():
+    """In a warm stream a small step runs alone or split, whichever the runner
+    measured faster (cylstm/_stream.pyx, _small_alone): a new runner measures both
+    within its first steps; with each choice forced, the workers take no piece or
+    take some; the bits are the one-thread runner's."""
+    from cylstm import _lstm, _stream, _tuning
+
+    rng = np.random.default_rng(6)
+    specs = [_lstm_spec(rng, 8, 40)]
+    two = StreamRunner._from_specs(specs, 1, num_threads=2)
+    one = StreamRunner._from_specs(specs, 1, num_threads=1)
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    _lstm.set_pool_backoff_ns(0)
+    _lstm.set_pool_spin_ns(5_000_000)   # the workers stay awake between these steps
+    try:
+        # alone first, then split: a split is timed only once the worker is awake,
+        # which may take a few steps on a loaded machine
+        for n in range(1, 2001):
+            np.testing.assert_array_equal(two.step(x), one.step(x))
+            alone_ns, split_ns, calls = two._small_timing()
+            if split_ns > 0 and n >= 24:
+                break
+        assert alone_ns > 0 and split_ns > 0 and calls > 16
+        two._force_small_choice("alone")
+        before = _stream.pooled_pieces()["workers"]
+        for _ in range(50):
+            np.testing.assert_array_equal(two.step(x), one.step(x))
+        assert _stream.pooled_pieces()["workers"] == before
+        two._force_small_choice("split")
+        for _ in range(2000):
+            np.testing.assert_array_equal(two.step(x), one.step(x))
+            if _stream.pooled_pieces()["workers"] > before:
+                break
+        assert _stream.pooled_pieces()["workers"] > before
+        with pytest.raises(ValueError, match="choice must be None, 'alone' or 'split'"):
+            two._force_small_choice("both")
+    finally:
+        _lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
+        _lstm.set_pool_backoff_ns(_tuning.POOL_BACKOFF_NS)
+
+
 _ONE_CPU_STREAM = """
 import os, sys
 import numpy as np
