@@ -124,6 +124,11 @@ def lookup(W, U, bias, layout, with_w=True, n_threads=1, version=None, make=None
         if e is not None:
             _entries.move_to_end(key)
             if e.vouched(version, arrays):
+                # (a hit breaks a run of unseen keys, as a compared hit does: else a
+                # caller that vouches for its weights, between its first calls on
+                # new weights, looked like one passing fresh copies every call, and
+                # its later new keys were skipped, packed again on every call)
+                _new_streak = 0
                 _counts["hits"] += 1
                 _counts["vouched"] += 1
                 return e.packed

@@ -193,6 +193,22 @@ def test_fresh_arrays_every_call_are_not_cached():
     assert s["misses"] <= 5 and s["skipped"] >= 7 and s["entries"] <= 5
 
 
+def test_vouched_callers_with_many_models_keep_every_model_cached():
+    """A caller that vouches for its weights (``weights_version``) and serves several
+    models, each new one called a few times: every model is packed once and then
+    hit; its hits break the run of new keys, so the later models are not taken for
+    fresh copies and skipped (they were, and packed on every call)."""
+    _packcache.clear()
+    for seed in range(8):
+        x, W, U, b = _case(40 + seed, 2, 3, 5, 20, np.float32)
+        v = new_weights_version()
+        for _ in range(3):
+            _check(lstm_forward(x, W, U, b, _plan="units", weights_version=v), x, W, U, b,
+                   np.float32)
+    s = _packcache.stats()
+    assert (s["misses"], s["hits"], s["skipped"]) == (8, 16, 0)
+
+
 def test_converted_weights_and_training_bypass_the_cache():
     """Weights the call had to convert (another dtype, not contiguous) are new
     arrays every call, and training changes them every step: neither is cached."""
