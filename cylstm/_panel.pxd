@@ -29,6 +29,7 @@ cdef extern from "cylstm_panel.h" nogil:
     void cyl_panel_i8_b(const int8_t* P, const float* sb, Py_ssize_t w, Py_ssize_t nrows,
                         Py_ssize_t ka2, const int16_t* bq, Py_ssize_t kb2, const float* rb,
                         float* z0, Py_ssize_t ldz) noexcept
+    int cyl_i8q_allow_vnni(int allowed) noexcept   # tests: 0, the AVX-512 body without VNNI
     float cyl_i8q_qmax(Py_ssize_t K2) noexcept
     void cyl_i8q_quantize(const float* x, Py_ssize_t nrows, Py_ssize_t n, Py_ssize_t ld,
                           Py_ssize_t n2, float qmax, int16_t* q, float* scale) noexcept

@@ -229,7 +229,15 @@ def force_cpu_level(int level):
 
 from libc.stdint cimport int8_t, int16_t
 
-from cylstm._panel cimport cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_i8, cyl_panel_i8_b
+from cylstm._panel cimport (cyl_i8q_allow_vnni, cyl_i8q_qmax, cyl_i8q_quantize,
+                            cyl_panel_i8, cyl_panel_i8_b)
+
+
+def i8q_allow_vnni(bint allowed):
+    """Let the AVX-512 int8 body use VNNI where the CPU has it (True, the default) or
+    not (False: the vpmaddwd body, as on AVX-512 CPUs without VNNI); returns the
+    previous setting.  This extension's copy of the kernel only."""
+    return bool(cyl_i8q_allow_vnni(1 if allowed else 0))
 
 
 def i8q_qmax(Py_ssize_t k2):

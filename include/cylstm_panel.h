@@ -868,6 +868,15 @@ static void cyl_i8q_panel_c(const int8_t* P, const float* sa, const float* sb, p
         }
 }
 
+/* 0: the int8 AVX-512 body without VNNI even where the CPU has it (tests). */
+static int cyl_i8q_vnni_allowed = 1;
+static inline int cyl_i8q_allow_vnni(int allowed)
+{
+    int previous = cyl_i8q_vnni_allowed;
+    cyl_i8q_vnni_allowed = allowed != 0;
+    return previous;
+}
+
 #if CYL_ISA_VARIANTS
 #include <immintrin.h>
 /* AVX2 (any CPU with x86-64-v3, the AVX-512 ones too): R rows (R <= 4, past
@@ -984,6 +993,99 @@ CYL_TARGET_V3 static void cyl_i8q_panel_v3(const int8_t* P, const float* sa, con
         }
     }
 }
+
+/* AVX-512 (x86-64-v4): the same blocks at twice the width, C groups of 16
+ * columns (two 8-column groups of the layout, 32 contiguous bytes per k pair,
+ * widened to 32 int16 lanes: int32 lanes 0-7 are the first group's columns,
+ * 8-15 the second's), with VNNI's vpdpwssd (multiply pairs and add to the
+ * accumulator: one instruction for vpmaddwd + vpaddd) where the CPU has it.
+ * The groups left past the last whole 16 (a last group of 8) take the AVX2
+ * blocks.  The integer sums are the same exact ones, so are the bits. */
+#define CYL_I8Q_DP512(acc, q, v, VNNI)                                             \
+    ((VNNI) ? _mm512_dpwssd_epi32((acc), (q), (v))                                 \
+            : _mm512_add_epi32((acc), _mm512_madd_epi16((q), (v))))
+#define CYL_I8Q_BLOCK512(R, C, VNNI)                                               \
+    for (; g + (C) * 16 <= wp; g += (C) * 16)                                      \
+        for (int part = first; part < (kb2 > 0 ? 2 : 1); part++) {                 \
+            const int8_t* Q = P + (part ? ka2 * wp : 0) + 2 * g;                   \
+            const ptrdiff_t K2 = part ? kb2 : ka2;                                 \
+            const int16_t* X_[4];                                                  \
+            for (int rr = 0; rr < 4; rr++) {                                       \
+                const ptrdiff_t row_ = r0 + rr < nrows ? r0 + rr : nrows - 1;      \
+                X_[rr] = part ? bq + row_ * kb2 : aq + row_ * ka2;                 \
+            }                                                                      \
+            __m512i s_[R][C];                                                      \
+            _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++)               \
+                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
+                    s_[rr][cc] = _mm512_setzero_si512();                           \
+            for (ptrdiff_t t = 0; t < K2 / 2; t++, Q += 2 * wp) {                  \
+                __m512i q_[C];                                                     \
+                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
+                    q_[cc] = _mm512_cvtepi8_epi16(                                 \
+                        _mm256_loadu_si256((const __m256i*)(Q + 32 * cc)));        \
+                _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {         \
+                    int32_t pair_;                                                 \
+                    memcpy(&pair_, X_[rr] + 2 * t, 4);                             \
+                    const __m512i v_ = _mm512_set1_epi32(pair_);                   \
+                    _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)       \
+                        s_[rr][cc] = CYL_I8Q_DP512(s_[rr][cc], q_[cc], v_, VNNI);  \
+                }                                                                  \
+            }                                                                      \
+            _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {             \
+                if (r0 + rr >= nrows)                                              \
+                    continue;                                                      \
+                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++) {         \
+                    const ptrdiff_t j_ = g + 16 * cc;                              \
+                    const ptrdiff_t n_ = w - j_ < 16 ? w - j_ : 16;                \
+                    const __mmask16 m_ = n_ >= 16 ? (__mmask16)0xFFFF              \
+                                                  : (__mmask16)((1u << n_) - 1u);  \
+                    float* zp = z0 + (r0 + rr) * ldz + j_;                         \
+                    const __m512 t_ = _mm512_mul_ps(_mm512_cvtepi32_ps(s_[rr][cc]), \
+                        _mm512_loadu_ps((part ? sb : sa) + j_));                   \
+                    const __m512 rs_ = _mm512_set1_ps(part ? rb[r0 + rr] : ra[r0 + rr]); \
+                    _mm512_mask_storeu_ps(zp, m_, part                             \
+                        ? _mm512_fmadd_ps(t_, rs_, _mm512_maskz_loadu_ps(m_, zp))  \
+                        : _mm512_mul_ps(t_, rs_));                                 \
+                }                                                                  \
+            }                                                                      \
+        }
+
+#define CYL_I8Q_PANEL_V4(NAME, TARGET, VNNI)                                       \
+TARGET static void NAME(const int8_t* P, const float* sa, const float* sb,         \
+                        ptrdiff_t w, ptrdiff_t nrows, const int16_t* aq,           \
+                        ptrdiff_t ka2, const float* ra, const int16_t* bq,         \
+                        ptrdiff_t kb2, const float* rb, float* z0, ptrdiff_t ldz,  \
+                        int first)                                                 \
+{                                                                                  \
+    const ptrdiff_t wp = (w + 7) / 8 * 8;                                          \
+    for (ptrdiff_t r0 = 0; r0 < nrows; r0 += (nrows - r0 >= 2 ? 4 : 1)) {          \
+        ptrdiff_t g = 0;                                                           \
+        if (nrows - r0 >= 2) {                                                     \
+            CYL_I8Q_BLOCK512(4, 2, VNNI)                                           \
+            CYL_I8Q_BLOCK512(4, 1, VNNI)                                           \
+            CYL_I8Q_BLOCK(4, 1)                                                    \
+        } else {                                                                   \
+            CYL_I8Q_BLOCK512(1, 8, VNNI)                                           \
+            CYL_I8Q_BLOCK512(1, 2, VNNI)                                           \
+            CYL_I8Q_BLOCK512(1, 1, VNNI)                                           \
+            CYL_I8Q_BLOCK(1, 1)                                                    \
+        }                                                                          \
+    }                                                                              \
+}
+CYL_I8Q_PANEL_V4(cyl_i8q_panel_v4, CYL_TARGET_V4, 0)
+CYL_I8Q_PANEL_V4(cyl_i8q_panel_v4vnni,
+                 __attribute__((target("arch=x86-64-v4,avx512vnni"))), 1)
+
+/* Whether the CPU has AVX512-VNNI (asked once). */
+static int cyl_i8q_vnni_cache = -1;
+static inline int cyl_i8q_vnni(void)
+{
+    if (cyl_i8q_vnni_cache < 0) {
+        __builtin_cpu_init();
+        cyl_i8q_vnni_cache = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+    }
+    return cyl_i8q_vnni_cache && cyl_i8q_vnni_allowed;
+}
 #endif
 
 /* The ISA level's body from part ``first`` (0: both parts; 1: the b part alone). */
@@ -994,7 +1096,16 @@ static inline void cyl_i8q_panel(const int8_t* P, const float* sa, const float* 
                                  int first)
 {
 #if CYL_ISA_VARIANTS
-    if (cyl_cpu_level() >= 1) {
+    const int level = cyl_cpu_level();
+    if (level >= 2 && cyl_i8q_vnni()) {
+        cyl_i8q_panel_v4vnni(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, first);
+        return;
+    }
+    if (level >= 2) {
+        cyl_i8q_panel_v4(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, first);
+        return;
+    }
+    if (level >= 1) {
         cyl_i8q_panel_v3(P, sa, sb, w, nrows, aq, ka2, ra, bq, kb2, rb, z0, ldz, first);
         return;
     }

@@ -87,10 +87,18 @@ def test_a_row_with_nan_or_inf_gives_nan_not_a_finite_answer(bad):
     assert np.isnan(z[1]).all() and np.isfinite(z[[0, 2]]).all()
 
 
+@pytest.fixture(params=[True, False], ids=["vnni-if-any", "no-vnni"])
+def vnni(request):
+    """The AVX-512 body with VNNI where the CPU has it, and without (its other path)."""
+    previous = _testing.i8q_allow_vnni(request.param)
+    yield request.param
+    _testing.i8q_allow_vnni(previous)
+
+
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("w", [8, 20, 36, 64])
+@pytest.mark.parametrize("w", [8, 20, 25, 36, 64, 72, 136])
 @pytest.mark.parametrize("ka,kb", [(1, 3), (5, 13), (7, 20), (64, 0), (255, 512)])
-def test_panel_gives_the_exact_formula_at_every_level(level, w, ka, kb):
+def test_panel_gives_the_exact_formula_at_every_level(level, w, ka, kb, vnni):
     """Widths with a padded last group (20, 36), odd parts, odd and even numbers of
     k pairs (the kernel takes two per iteration), no b part (Dense), 1-9
     rows (the four-row and one-row blocks), and the extreme values: weights of
