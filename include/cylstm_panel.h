@@ -1018,7 +1018,29 @@ CYL_TARGET_V3 static void cyl_i8q_panel_v3(const int8_t* P, const float* sa, con
             _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++)               \
                 _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
                     s_[rr][cc] = _mm512_setzero_si512();                           \
-            for (ptrdiff_t t = 0; t < K2 / 2; t++, Q += 2 * wp) {                  \
+            ptrdiff_t t = 0;                                                       \
+            /* one row: two sets of sums over alternate k pairs, so that a narrow  \
+             * block (C = 1 or 2) still has four add chains in flight */          \
+            if ((R) == 1) {                                                        \
+                __m512i u_[C];                                                     \
+                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
+                    u_[cc] = _mm512_setzero_si512();                               \
+                for (; t + 2 <= K2 / 2; t += 2, Q += 4 * wp) {                     \
+                    int32_t p0_, p1_;                                              \
+                    memcpy(&p0_, X_[0] + 2 * t, 4); memcpy(&p1_, X_[0] + 2 * t + 2, 4); \
+                    const __m512i v0_ = _mm512_set1_epi32(p0_), v1_ = _mm512_set1_epi32(p1_); \
+                    _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++) {     \
+                        s_[0][cc] = CYL_I8Q_DP512(s_[0][cc], _mm512_cvtepi8_epi16( \
+                            _mm256_loadu_si256((const __m256i*)(Q + 32 * cc))), v0_, VNNI); \
+                        u_[cc] = CYL_I8Q_DP512(u_[cc], _mm512_cvtepi8_epi16(       \
+                            _mm256_loadu_si256((const __m256i*)(Q + 2 * wp + 32 * cc))), \
+                            v1_, VNNI);                                            \
+                    }                                                              \
+                }                                                                  \
+                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
+                    s_[0][cc] = _mm512_add_epi32(s_[0][cc], u_[cc]);               \
+            }                                                                      \
+            for (; t < K2 / 2; t++, Q += 2 * wp) {                                 \
                 __m512i q_[C];                                                     \
                 _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
                     q_[cc] = _mm512_cvtepi8_epi16(                                 \
@@ -1066,6 +1088,7 @@ TARGET static void NAME(const int8_t* P, const float* sa, const float* sb,      
             CYL_I8Q_BLOCK(4, 1)                                                    \
         } else {                                                                   \
             CYL_I8Q_BLOCK512(1, 8, VNNI)                                           \
+            CYL_I8Q_BLOCK512(1, 4, VNNI)                                           \
             CYL_I8Q_BLOCK512(1, 2, VNNI)                                           \
             CYL_I8Q_BLOCK512(1, 1, VNNI)                                           \
             CYL_I8Q_BLOCK(1, 1)                                                    \
