@@ -144,19 +144,23 @@ def cylstm_forward_reduced(cylstm, d, precision):
     return Impl(f"cylstm {precision}", "cylstm", run)
 
 
-def cylstm_train(cylstm, d):
+def cylstm_train(cylstm, d, bf16=False):
+    """One training step; ``bf16``: under the mixed_bfloat16 policy's products
+    (``compute_dtype="bfloat16"``: the forward on AMX tiles where the CPU has them,
+    the backward emulated)."""
     from cylstm.functional import lstm_backward, lstm_forward
 
     x, W, U, b, dy = d["x"], d["W"], d["U"], d["b"], d["dy"]
+    cd = "bfloat16" if bf16 else None
 
     def run():
-        out = lstm_forward(x, W, U, b, return_sequences=True, training=True)
+        out = lstm_forward(x, W, U, b, return_sequences=True, training=True, compute_dtype=cd)
         return lstm_backward(out.cache, grad_output=dy)
 
     def result(g):
         return g.dx, g.dkernel, g.drecurrent_kernel, g.dbias
 
-    return Impl("cylstm", "cylstm", run, result)
+    return Impl("cylstm bf16" if bf16 else "cylstm", "cylstm", run, result)
 
 
 # ---------------------------------------------------------------------------

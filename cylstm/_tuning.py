@@ -384,6 +384,21 @@ POOL_SMALL_PROBE_EVERY = 1024
 # one thread (the worker took the caller's time or held it at the end of the call).
 POOL_BACKOFF_NS = 100_000_000
 
+# Whether a team of threads pays for a small "units" call depends on the CPU: at
+# (T, B, I, H) = (200, 1, 64, 128), 2 threads against 1, 0.64 against 0.91 ms on a
+# 2-vCPU AMD EPYC (Zen 3, 2026-12-02), 0.551 against 0.560 on a 2-vCPU Xeon
+# (Sapphire Rapids class, 2026-12-03), where the team's first call after a 200 ms
+# gap then took 1.36 ms against 1.17 for one thread.  So calls of such shapes
+# (U of at most TEAM_MEASURE_MAX_BYTES) time both, in the process, per shape
+# class: the team is kept where it takes at most TEAM_MIN_GAIN of one thread's
+# time (a tie goes to one thread: nothing to wake after a gap, a core left to
+# the neighbours), and the other choice is timed again every TEAM_PROBE_EVERY
+# calls.  Both give the same bits (the unit split sums each output in one order).
+TEAM_MEASURE_MAX_BYTES = 2 * 2**20
+TEAM_MIN_GAIN = 0.9
+TEAM_PROBE_EVERY = 64
+
+
 THRESHOLDS = {
     "POOL_SPIN_NS": "thread pool; 2-vCPU Xeon, bench/compare.py cold/busy, 2026-12-01",
     "POOL_BACKOFF_NS": "thread pool; 2-vCPU Xeon, bench/compare.py busy, 2026-12-01",
@@ -447,6 +462,11 @@ THRESHOLDS = {
     "PANEL_PROJ_MAX_ROWS_AVX512": "unit path, cached weights, AVX-512; 2-vCPU Xeon, "
                                   "(T, B, I, H) up to 4000 rows, 2026-12-02",
     "L3_PER_CORE_CAP": "cache budget bound; 2-vCPU Zen 4 sysfs and 2-vCPU Xeon paths, 2026-12-01",
+    "TEAM_MEASURE_MAX_BYTES": "small 'units' calls timed on a team and alone; 2-vCPU "
+                              "Zen 3 and Xeon, (200, 1, 64, 128), 2026-12-03",
+    "TEAM_MIN_GAIN": "small 'units' calls: a team kept at most this fraction of one "
+                     "thread's time; 2-vCPU Xeon, 2026-12-03",
+    "TEAM_PROBE_EVERY": "small 'units' calls: re-measuring interval, 2026-12-03",
     "AMX_MIN_ROWS_PER_THREAD": "bf16 forward on AMX tiles; 2-vCPU Xeon (Sapphire Rapids "
                                "class), (25, 16, 1024, 1024), 2026-12-03",
     "AMX_FUSE_MIN_ROWS": "bf16 forward on AMX tiles; 2-vCPU Xeon, bench shapes, 2026-12-03",
@@ -779,6 +799,63 @@ _FORMAT = 1
 def tuning_enabled():
     """False when ``CYLSTM_TUNE=0``: no cache is read and :func:`tune` measures nothing."""
     return os.environ.get("CYLSTM_TUNE", "1").strip() != "0"
+
+
+# ----------------------------------------------------------------------------- teams, measured
+_teams = {}   # key -> [calls, alone ns/step, team ns/step, probe calls left, probe alone]
+_teams_lock = threading.Lock()
+
+
+def team_threads(key, n):
+    """(threads, how): the threads a call of shape class ``key`` that a plan gives
+    ``n`` threads should run on now, and how its time counts (note_team_time): 0
+    not, 1 replaces that choice's average, 2 is averaged with it, 3 moves it."""
+    with _teams_lock:
+        e = _teams.get(key)
+        if e is None:
+            e = _teams[key] = [0, 0.0, 0.0, 0, True]
+        e[0] += 1
+        if e[0] <= 2:                    # first calls: cold caches, first touches
+            return 1, 0
+        if e[3] == 0:
+            if e[1] == 0 or e[2] == 0:   # a probe of the one not measured yet
+                e[3], e[4] = 3, e[1] == 0
+            elif e[0] % TEAM_PROBE_EVERY == 0:
+                e[3], e[4] = 3, not e[2] > TEAM_MIN_GAIN * e[1]   # the other choice
+            else:
+                return (n if e[2] <= TEAM_MIN_GAIN * e[1] else 1), 3
+        e[3] -= 1
+        how = 0 if e[3] == 2 else 1 if e[3] == 1 else 2   # (its first call not counted)
+        return (1 if e[4] else n), how
+
+
+def note_team_time(key, threads, ns_per_step, how):
+    """Count a call's time per step for its choice (see team_threads)."""
+    if how == 0:
+        return
+    with _teams_lock:
+        e = _teams.get(key)
+        if e is None:
+            return
+        i = 1 if threads == 1 else 2
+        if how == 1 or e[i] == 0:
+            e[i] = ns_per_step
+        elif how == 2:
+            e[i] = (e[i] + ns_per_step) * 0.5
+        else:
+            e[i] += (ns_per_step - e[i]) * 0.125
+
+
+def team_stats():
+    """{key: (calls, alone ns per step, team ns per step)} (diagnostics, tests)."""
+    with _teams_lock:
+        return {k: (e[0], e[1], e[2]) for k, e in _teams.items()}
+
+
+def clear_teams():
+    """Forget the measured team choices (tests)."""
+    with _teams_lock:
+        _teams.clear()
 
 
 def cache_path():

@@ -18,7 +18,9 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import time
 from collections import namedtuple
 from collections.abc import Hashable, Sequence
 
@@ -813,8 +815,10 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         if return_sequences:   # (every step written but past the lengths)
             y = np.empty((B, T, H), dtype) if lens is None else np.zeros((B, T, H), dtype)
         own = W is kernel and U is recurrent_kernel and (bias is None or b is bias)
-        _int8_forward(plan, x, W, U, b, None if bias is None else b, lens,
-                      bool(go_backwards), y, hs, cs, own, weights_version)
+        key = None if _plan is not None else _team_key(plan, "int8", B, I, H, dtype, False)
+        _timed_team(plan, key, T, lambda p: _int8_forward(
+            p, x, W, U, b, None if bias is None else b, lens, bool(go_backwards), y, hs, cs,
+            own, weights_version))
         return LSTMForward(y if return_sequences else hs.copy(), hs, cs, None)
     n_total, _ = _threads_for(B, num_threads)
     ragged = lens is not None
@@ -846,8 +850,11 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         # the cache keys on the caller's arrays: only when none was converted
         # (a converted copy is new every call, and would only evict)
         own = W is kernel and U is recurrent_kernel and (bias is None or b is bias)
-        _run_forward_plan(plan, x, W, U, b, lens, go_backwards, rmask, hm, y, hs, cs, G, C, Hp,
-                          None if bias is None else b, own, weights_version)
+        key = (None if _plan is not None or plan.path != "units" else
+               _team_key(plan, "units", B, I, H, dtype, training))
+        _timed_team(plan, key, T, lambda p: _run_forward_plan(
+            p, x, W, U, b, lens, go_backwards, rmask, hm, y, hs, cs, G, C, Hp,
+            None if bias is None else b, own, weights_version))
     if not training:
         give(G)
     cache = None
@@ -859,6 +866,38 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         }
     out = y if return_sequences else hs.copy()
     return LSTMForward(out, hs, cs, cache)
+
+
+def _team_key(plan, kind, B, I, H, dtype, training):
+    """The shape class whose team of threads is timed against one thread
+    (_tuning.team_threads), or None: plans of one thread, U larger than
+    _tuning.TEAM_MEASURE_MAX_BYTES (a team pays there), CYLSTM_TUNE=0."""
+    if plan.n_threads < 2 or not _tuning.tuning_enabled():
+        return None
+    if H * 4 * H * (1 if kind == "int8" else dtype.itemsize) > _tuning.TEAM_MEASURE_MAX_BYTES:
+        return None
+    return (kind, B, I, H, dtype.name, plan.n_threads, bool(training))
+
+
+def _timed_team(plan, key, T, run):
+    """``run(plan)``, or ``run`` of the plan on one thread where its team was measured
+    no faster (``key``: _team_key; None runs the plan as it is).  The unit split and
+    the int8 runner sum every output in one order, so either gives the same bits."""
+    if key is None:
+        run(plan)
+        return
+    threads, how = _tuning.team_threads(key, plan.n_threads)
+    if threads != plan.n_threads:
+        plan = _on_threads(plan, threads)
+    t0 = time.perf_counter_ns()
+    run(plan)
+    _tuning.note_team_time(key, threads, (time.perf_counter_ns() - t0) / max(T, 1), how)
+
+
+@functools.lru_cache(maxsize=64)
+def _on_threads(plan, threads):
+    """``plan`` on ``threads`` threads (a replaced copy costs a few us: kept)."""
+    return dataclasses.replace(plan, n_threads=threads, blas_threads=threads)
 
 
 def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp,

@@ -631,3 +631,75 @@ def test_show_config_says_none_without_those_instructions(avx2_desktop):
     from cylstm import _config
 
     assert "instructions: none" in _config._reduced_precision_line(detect_cpu(*avx2_desktop))
+
+
+# ---------------------------------------------------------------------------
+# Small "units" calls: a team timed against one thread (_tuning.team_threads)
+# ---------------------------------------------------------------------------
+
+def _drive(key, n, alone_ns, team_ns, calls):
+    """Feed team_threads / note_team_time ``calls`` calls whose times per step are
+    ``alone_ns`` on one thread and ``team_ns`` on ``n``: the threads each took."""
+    took = []
+    for _ in range(calls):
+        threads, how = _tuning.team_threads(key, n)
+        _tuning.note_team_time(key, threads, alone_ns if threads == 1 else team_ns, how)
+        took.append(threads)
+    return took
+
+
+@pytest.fixture
+def fresh_teams():
+    _tuning.clear_teams()
+    yield
+    _tuning.clear_teams()
+
+
+@pytest.mark.parametrize(("team_ns", "kept"), [(50.0, True), (95.0, False), (150.0, False)])
+def test_a_team_is_kept_only_where_it_measured_faster(fresh_teams, team_ns, kept):
+    key = ("units", 1, 8, 40, "float32", 2, False)
+    took = _drive(key, 2, 100.0, team_ns, 3 * _tuning.TEAM_PROBE_EVERY)
+    assert took[:2] == [1, 1]                          # cold first calls: one thread
+    assert 2 in took[2:12] and 1 in took[2:12]         # both measured early on
+    steady = took[12:]
+    want = 2 if kept else 1
+    # the other choice only in the probes, three calls every TEAM_PROBE_EVERY
+    assert sum(t != want for t in steady) <= 3 * (len(steady) // _tuning.TEAM_PROBE_EVERY + 1)
+    calls, alone, team = _tuning.team_stats()[key]
+    assert calls == 3 * _tuning.TEAM_PROBE_EVERY and (alone, team) == (100.0, team_ns)
+
+
+def test_a_changed_machine_is_seen_at_the_next_probe(fresh_teams):
+    key = ("units", 1, 8, 40, "float32", 2, False)
+    _drive(key, 2, 100.0, 50.0, 2 * _tuning.TEAM_PROBE_EVERY)   # the team pays
+    # then a busy neighbour: the team takes twice one thread's time
+    took = _drive(key, 2, 100.0, 200.0, 3 * _tuning.TEAM_PROBE_EVERY)
+    # one thread from the probe on, but for the next probes of the team (3 calls)
+    assert took[-_tuning.TEAM_PROBE_EVERY:].count(2) <= 3
+
+
+def test_small_unit_calls_time_the_team_and_keep_the_bits(fresh_teams):
+    B, T, I, H = 1, 12, 8, 40
+    x, W, U, b = (np.asarray(a, np.float32) for a in random_lstm(np.random.default_rng(3),
+                                                                  B, T, I, H))
+    p = plan_forward(B, T, I, H, np.float32, 2)
+    one = lstm_forward(x, W, U, b, num_threads=1, _plan="units").output
+    for _ in range(12):
+        np.testing.assert_array_equal(lstm_forward(x, W, U, b, num_threads=2).output, one)
+    if p.path == "units" and p.n_threads == 2:
+        calls, alone, team = _tuning.team_stats()[("units", B, I, H, "float32", 2, False)]
+        assert calls == 12 and alone > 0 and team > 0
+    # forced plans are never re-threaded nor timed
+    _tuning.clear_teams()
+    lstm_forward(x, W, U, b, num_threads=2, _plan="units")
+    assert _tuning.team_stats() == {}
+
+
+def test_tune_off_times_no_team(fresh_teams, monkeypatch):
+    monkeypatch.setenv("CYLSTM_TUNE", "0")
+    B, T, I, H = 1, 6, 8, 40
+    x, W, U, b = (np.asarray(a, np.float32) for a in random_lstm(np.random.default_rng(4),
+                                                                  B, T, I, H))
+    for _ in range(4):
+        lstm_forward(x, W, U, b, num_threads=2)
+    assert _tuning.team_stats() == {}
