@@ -389,14 +389,19 @@ POOL_BACKOFF_NS = 100_000_000
 # 2-vCPU AMD EPYC (Zen 3, 2026-12-02), 0.551 against 0.560 on a 2-vCPU Xeon
 # (Sapphire Rapids class, 2026-12-03), where the team's first call after a 200 ms
 # gap then took 1.36 ms against 1.17 for one thread.  So calls of such shapes
-# (U of at most TEAM_MEASURE_MAX_BYTES) time both, in the process, per shape
+# (U's bytes times the batch at most TEAM_MEASURE_MAX_BYTES) time both, per shape
 # class: the team is kept where it takes at most TEAM_MIN_GAIN of one thread's
 # time (a tie goes to one thread: nothing to wake after a gap, a core left to
 # the neighbours), and the other choice is timed again every TEAM_PROBE_EVERY
 # calls.  Both give the same bits (the unit split sums each output in one order).
+# A call more than TEAM_GAP_NS after the last one of its class is not counted: it
+# measures the host's wake-up after an idle gap, not the team (bench/compare.py's
+# cold calls after 200 ms had made one thread look faster, and a quiet stream of
+# calls after them ran alone until the next probe).
 TEAM_MEASURE_MAX_BYTES = 2 * 2**20
 TEAM_MIN_GAIN = 0.9
 TEAM_PROBE_EVERY = 64
+TEAM_GAP_NS = 10_000_000
 
 
 THRESHOLDS = {
@@ -467,6 +472,8 @@ THRESHOLDS = {
     "TEAM_MIN_GAIN": "small 'units' calls: a team kept at most this fraction of one "
                      "thread's time; 2-vCPU Xeon, 2026-12-03",
     "TEAM_PROBE_EVERY": "small 'units' calls: re-measuring interval, 2026-12-03",
+    "TEAM_GAP_NS": "small 'units' calls: after this idle time a call is not timed; "
+                   "bench/compare.py cold, 2-vCPU Xeon, 2026-12-03",
     "AMX_MIN_ROWS_PER_THREAD": "bf16 forward on AMX tiles; 2-vCPU Xeon (Sapphire Rapids "
                                "class), (25, 16, 1024, 1024), 2026-12-03",
     "AMX_FUSE_MIN_ROWS": "bf16 forward on AMX tiles; 2-vCPU Xeon, bench shapes, 2026-12-03",
@@ -802,7 +809,8 @@ def tuning_enabled():
 
 
 # ----------------------------------------------------------------------------- teams, measured
-_teams = {}   # key -> [calls, alone ns/step, team ns/step, probe calls left, probe alone]
+_teams = {}   # key -> [calls, alone ns/step, team ns/step, probe calls left, probe alone,
+#                      end of the last call (perf_counter_ns)]
 _teams_lock = threading.Lock()
 
 
@@ -810,13 +818,16 @@ def team_threads(key, n):
     """(threads, how): the threads a call of shape class ``key`` that a plan gives
     ``n`` threads should run on now, and how its time counts (note_team_time): 0
     not, 1 replaces that choice's average, 2 is averaged with it, 3 moves it."""
+    now = time.perf_counter_ns()
     with _teams_lock:
         e = _teams.get(key)
         if e is None:
-            e = _teams[key] = [0, 0.0, 0.0, 0, True]
+            e = _teams[key] = [0, 0.0, 0.0, 0, True, now]
         e[0] += 1
         if e[0] <= 2:                    # first calls: cold caches, first touches
             return 1, 0
+        if now - e[5] > TEAM_GAP_NS:     # after an idle gap: as chosen, not counted
+            return (n if 0 < e[2] <= TEAM_MIN_GAIN * e[1] else 1), 0
         if e[3] == 0:
             if e[1] == 0 or e[2] == 0:   # a probe of the one not measured yet
                 e[3], e[4] = 3, e[1] == 0
@@ -831,11 +842,12 @@ def team_threads(key, n):
 
 def note_team_time(key, threads, ns_per_step, how):
     """Count a call's time per step for its choice (see team_threads)."""
-    if how == 0:
-        return
     with _teams_lock:
         e = _teams.get(key)
         if e is None:
+            return
+        e[5] = time.perf_counter_ns()
+        if how == 0:
             return
         i = 1 if threads == 1 else 2
         if how == 1 or e[i] == 0:

@@ -870,11 +870,12 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
 
 def _team_key(plan, kind, B, I, H, dtype, training):
     """The shape class whose team of threads is timed against one thread
-    (_tuning.team_threads), or None: plans of one thread, U larger than
-    _tuning.TEAM_MEASURE_MAX_BYTES (a team pays there), CYLSTM_TUNE=0."""
+    (_tuning.team_threads), or None: plans of one thread, U's bytes times the batch
+    above _tuning.TEAM_MEASURE_MAX_BYTES (a team pays there), CYLSTM_TUNE=0."""
     if plan.n_threads < 2 or not _tuning.tuning_enabled():
         return None
-    if H * 4 * H * (1 if kind == "int8" else dtype.itemsize) > _tuning.TEAM_MEASURE_MAX_BYTES:
+    item = 1 if kind == "int8" else dtype.itemsize
+    if H * 4 * H * item * max(B, 1) > _tuning.TEAM_MEASURE_MAX_BYTES:
         return None
     return (kind, B, I, H, dtype.name, plan.n_threads, bool(training))
 

@@ -703,3 +703,12 @@ def test_tune_off_times_no_team(fresh_teams, monkeypatch):
     for _ in range(4):
         lstm_forward(x, W, U, b, num_threads=2)
     assert _tuning.team_stats() == {}
+
+
+def test_calls_after_an_idle_gap_are_not_timed(fresh_teams, monkeypatch):
+    key = ("units", 1, 8, 40, "float32", 2, False)
+    _drive(key, 2, 100.0, 50.0, 20)                 # the team pays
+    monkeypatch.setattr(_tuning, "TEAM_GAP_NS", -1)  # every call now "after a gap"
+    took = _drive(key, 2, 100.0, 500.0, 20)         # slow wake-ups: not counted
+    assert took == [2] * 20
+    assert _tuning.team_stats()[key][2] == 50.0
