@@ -211,14 +211,20 @@ def show_config(file=None):
 
 
 def _reduced_precision_line(f):
-    """How the streaming runner's bf16 and int8 weights run on this CPU (no BF16,
-    VNNI or AMX instruction is used yet: issue 16)."""
+    """How the streaming runner's bf16 and int8 weights run on this CPU."""
     have = sorted(f.flags & {"avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"})
+    if f.isa_level == 2 and "avx512_vnni" in f.flags:
+        i8 = "vpmovsxbw + vpdpwssd (AVX512-VNNI)"
+    elif f.isa_level == 2:
+        i8 = "vpmovsxbw + vpmaddwd (AVX-512)"
+    elif f.isa_level == 1:
+        i8 = "vpmovsxbw + vpmaddwd (AVX2)"
+    else:
+        i8 = "portable C"
     return ("  reduced-precision weights (streaming runner, pool): bf16 widened to float32 by "
             "shifts, float32 FMAs; int8 times int16-quantized rows, exact int32 sums "
-            "(vpmovsxbw + vpmaddwd on AVX2/AVX-512, portable C below), scaled in float32; "
-            "CPU's bf16/int8 dot-product instructions: "
-            f"{' '.join(have) if have else 'none'} (not used yet)")
+            f"({i8}), scaled in float32; CPU's bf16/int8 dot-product instructions: "
+            f"{' '.join(have) if have else 'none'}")
 
 
 def _mixed_precision_line(f):

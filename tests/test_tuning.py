@@ -620,17 +620,22 @@ def test_cpufacts_is_frozen():
 
 def test_show_config_names_the_reduced_precision_instructions(xeon_vm):
     # the line that says how bf16 / int8 weights run, and which of the CPU's bf16 and
-    # int8 dot-product instructions exist (none is used yet): facts injected
+    # int8 dot-product instructions exist: facts injected
     from cylstm import _config
 
-    line = _config._reduced_precision_line(detect_cpu(*xeon_vm))
-    assert "amx_bf16 amx_int8 avx512_bf16" in line and "(not used yet)" in line
+    f = detect_cpu(*xeon_vm, isa_level=2)
+    line = _config._reduced_precision_line(f)
+    assert "amx_bf16 amx_int8 avx512_bf16" in line
+    assert ("vpdpwssd (AVX512-VNNI)" if "avx512_vnni" in f.flags else "vpmaddwd (AVX-512)") in line
+    no_vnni = dataclasses.replace(f, flags=f.flags - {"avx512_vnni"})
+    assert "vpmovsxbw + vpmaddwd (AVX-512)" in _config._reduced_precision_line(no_vnni)
 
 
 def test_show_config_says_none_without_those_instructions(avx2_desktop):
     from cylstm import _config
 
-    assert "instructions: none" in _config._reduced_precision_line(detect_cpu(*avx2_desktop))
+    line = _config._reduced_precision_line(detect_cpu(*avx2_desktop, isa_level=1))
+    assert "instructions: none" in line and "vpmaddwd (AVX2)" in line
 
 
 # ---------------------------------------------------------------------------
