@@ -10,9 +10,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from isa_levels import LEVELS
 from reference import bf16_round, int8_round, int16_rows, lstm_ref
 
-from cylstm import stream
+from cylstm import _cpu, stream
 from cylstm.layers import LSTM, Dense, Dropout
 from cylstm.models import Sequential
 from cylstm.stream import StreamRunner
@@ -234,6 +235,22 @@ def test_int8_runner_steps_batch_rows_as_alone():
     for b in range(5):
         one = _run(StreamRunner._from_specs(specs, 1, weights_dtype="int8"), x[b:b + 1])
         np.testing.assert_allclose(got[b:b + 1], one, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("H", [20, 37, 64])
+def test_bf16_runner_steps_batch_rows_as_alone(level, H):
+    # rows in blocks (4 a weight load on AVX-512, 2 on AVX2, the rest one at a time)
+    # give each row's batch-1 bits, last plain 16 columns and odd widths included
+    rng = np.random.default_rng(H)
+    specs = [_lstm_spec(rng, 9, H), _dense_spec(rng, H, 3, "linear")]
+    x = rng.standard_normal((7, 5, 9)).astype(np.float32)
+    with _cpu.forced_level(level):
+        got = _run(StreamRunner._from_specs(specs, 7, weights_dtype="bfloat16"), x)
+        for b in range(7):
+            one = _run(StreamRunner._from_specs(specs, 1, weights_dtype="bfloat16"),
+                       x[b:b + 1])
+            np.testing.assert_array_equal(got[b:b + 1], one)
 
 
 @pytest.mark.parametrize("wd", ["bfloat16", "int8"])
