@@ -91,7 +91,10 @@ class ForwardPlan:
            "units"       threads split the recurrent kernel's units (packed
                          panels of U, each panel's step committed once);
            "stacked"     threads split the batch, each step [x_t, h_prev] @ packed
-                         [W; U] panels (inference only).
+                         [W; U] panels (inference only);
+           "rows_amx", "rows_amx_fused"  "rows" / "rows_fused" with the products on
+                         AMX tiles (``compute_dtype="bfloat16"`` only, where the
+                         process may use AMX: include/cylstm_bf16.h).
     n_threads : threads the kernel runs (batch paths: at least
         ``_tuning.MIN_ROWS_PER_THREAD`` rows each; "units": at most one per panel).
     blas_threads : threads SciPy's BLAS may use when the kernel runs serial.
@@ -470,8 +473,8 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
     force : a path name or a ForwardPlan to take instead of choosing;
         ValueError when the call cannot take it.
     compute_dtype : see :data:`COMPUTE_DTYPES`.  "bfloat16" restricts the call to
-        "rows" and "rows_fused" (rules 8 and 9; a forced panel path is a ValueError)
-        and sets the plan's ``bf16``.
+        the AMX paths (rule 1b) or "rows" and "rows_fused" (rules 8 and 9; a forced
+        panel path is a ValueError) and sets the plan's ``bf16``.
     weights_dtype : None or "int8" (:func:`lstm_forward`'s): "int8" is the "int8"
         path, inference only (rule 0), the only one such a call can take.
 
@@ -485,6 +488,11 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        over the whole sequence (:func:`_int8_plan`);
     1. ``force``, else (inference, ``facts`` None) a tuned choice for this shape
        class when valid for the call;
+    1b. ``compute_dtype="bfloat16"`` where ``facts.amx_bf16`` (and, for this
+       machine's facts, the process may use AMX now): "rows_amx_fused" without
+       lengths for slices of AMX_FUSE_MIN_ROWS rows or more per thread with W's
+       bf16 copy at most AMX_FUSE_MAX_BYTES, else "rows_amx"; threads split the
+       batch in slices of at least AMX_MIN_ROWS_PER_THREAD rows;
     2. "units" when there is no recurrent mask, H spans two panels or more, and
        either the batch is too small to split (one batch thread of several) with
        U of at least PANEL_TEAM_MIN_BYTES, or (AVX-512 only) U is at least
