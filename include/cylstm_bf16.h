@@ -134,7 +134,8 @@ static int cyl_amx_bf16_usable(void)
     return cyl_amx_state;
 }
 
-/* 0: the CPU lacks AMX-BF16 (or AVX512-BF16), 2: Linux refused the AMX state,
+/* 0: the CPU lacks AMX-BF16 (or AVX512-BF16), 1: no AMX kernel in this build (the
+ * stub below), 2: Linux refused the AMX state,
  * 3: a lower level forced (CYLSTM_CPU), 4: turned off (cyl_amx_force), 5: usable. */
 static int cyl_amx_bf16_status(void)
 {

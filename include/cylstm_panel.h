@@ -943,16 +943,40 @@ static inline int cyl_i8q_allow_vnni(int allowed)
  * chain per two pairs).  The unrolled loop took a (256, 512) step's panels
  * from 45-50 to 31-37 us at one row and 0.90-0.98x the time at four to eight
  * (kernel micro-bench, 2-vCPU AMD EPYC Zen 3, 2026-12-02). */
-#define CYL_I8Q_BLOCK(R, C)                                                        \
-    for (; g + (C) * 8 <= wp; g += (C) * 8)                                        \
-        for (int part = first; part < (kb2 > 0 ? 2 : 1); part++) {                 \
+/* In a block: part ``part``'s weights Q from group g, its K2, and the block's four
+ * int16 rows X_ (past nrows the last one repeated). */
+#define CYL_I8Q_PART_ROWS                                                          \
             const int8_t* Q = P + (part ? ka2 * wp : 0) + 2 * g;                   \
             const ptrdiff_t K2 = part ? kb2 : ka2;                                 \
             const int16_t* X_[4];                                                  \
             for (int rr = 0; rr < 4; rr++) {                                       \
                 const ptrdiff_t row_ = r0 + rr < nrows ? r0 + rr : nrows - 1;      \
                 X_[rr] = part ? bq + row_ * kb2 : aq + row_ * ka2;                 \
-            }                                                                      \
+            }
+/* The k pairs left one at a time, at either width: VT the register type, WIDEN
+ * the load-widen of a group's k pair (cc-th register of the group), SET1 the
+ * broadcast of a row's pair, DP the multiply-accumulate. */
+#define CYL_I8Q_TAIL(R, C, VT, WIDEN, SET1, DP, VNNI)                              \
+            for (; t < K2 / 2; t++, Q += 2 * wp) {                                 \
+                VT q_[C];                                                          \
+                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
+                    q_[cc] = WIDEN(Q, cc);                                         \
+                _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {         \
+                    int32_t pair_;                                                 \
+                    memcpy(&pair_, X_[rr] + 2 * t, 4);                             \
+                    const VT v_ = SET1(pair_);                                     \
+                    _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)       \
+                        s_[rr][cc] = DP(s_[rr][cc], q_[cc], v_, VNNI);             \
+                }                                                                  \
+            }
+#define CYL_I8Q_W256(Q, cc) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)((Q) + 16 * (cc))))
+#define CYL_I8Q_W512(Q, cc) \
+    _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)((Q) + 32 * (cc))))
+#define CYL_I8Q_DP256(acc, q, v, VNNI) _mm256_add_epi32((acc), _mm256_madd_epi16((q), (v)))
+#define CYL_I8Q_BLOCK(R, C)                                                        \
+    for (; g + (C) * 8 <= wp; g += (C) * 8)                                        \
+        for (int part = first; part < (kb2 > 0 ? 2 : 1); part++) {                 \
+            CYL_I8Q_PART_ROWS                                                      \
             __m256i s_[R][C];                                                      \
             _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++)               \
                 _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
@@ -992,20 +1016,7 @@ static inline int cyl_i8q_allow_vnni(int allowed)
                             _mm256_madd_epi16(q0_[cc], v0_), _mm256_madd_epi16(q1_[cc], v1_))); \
                 }                                                                  \
             }                                                                      \
-            for (; t < K2 / 2; t++, Q += 2 * wp) {                                 \
-                __m256i q_[C];                                                     \
-                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
-                    q_[cc] = _mm256_cvtepi8_epi16(                                 \
-                        _mm_loadu_si128((const __m128i*)(Q + 16 * cc)));           \
-                _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {         \
-                    int32_t pair_;                                                 \
-                    memcpy(&pair_, X_[rr] + 2 * t, 4);                             \
-                    const __m256i v_ = _mm256_set1_epi32(pair_);                   \
-                    _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)       \
-                        s_[rr][cc] = _mm256_add_epi32(s_[rr][cc],                  \
-                                                      _mm256_madd_epi16(q_[cc], v_)); \
-                }                                                                  \
-            }                                                                      \
+            CYL_I8Q_TAIL(R, C, __m256i, CYL_I8Q_W256, _mm256_set1_epi32, CYL_I8Q_DP256, 0) \
             _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {             \
                 if (r0 + rr >= nrows)                                              \
                     continue;                                                      \
@@ -1064,13 +1075,7 @@ CYL_TARGET_V3 static void cyl_i8q_panel_v3(const int8_t* P, const float* sa, con
 #define CYL_I8Q_BLOCK512(R, C, VNNI)                                               \
     for (; g + (C) * 16 <= wp; g += (C) * 16)                                      \
         for (int part = first; part < (kb2 > 0 ? 2 : 1); part++) {                 \
-            const int8_t* Q = P + (part ? ka2 * wp : 0) + 2 * g;                   \
-            const ptrdiff_t K2 = part ? kb2 : ka2;                                 \
-            const int16_t* X_[4];                                                  \
-            for (int rr = 0; rr < 4; rr++) {                                       \
-                const ptrdiff_t row_ = r0 + rr < nrows ? r0 + rr : nrows - 1;      \
-                X_[rr] = part ? bq + row_ * kb2 : aq + row_ * ka2;                 \
-            }                                                                      \
+            CYL_I8Q_PART_ROWS                                                      \
             __m512i s_[R][C];                                                      \
             _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++)               \
                 _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
@@ -1097,19 +1102,7 @@ CYL_TARGET_V3 static void cyl_i8q_panel_v3(const int8_t* P, const float* sa, con
                 _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
                     s_[0][cc] = _mm512_add_epi32(s_[0][cc], u_[cc]);               \
             }                                                                      \
-            for (; t < K2 / 2; t++, Q += 2 * wp) {                                 \
-                __m512i q_[C];                                                     \
-                _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)           \
-                    q_[cc] = _mm512_cvtepi8_epi16(                                 \
-                        _mm256_loadu_si256((const __m256i*)(Q + 32 * cc)));        \
-                _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {         \
-                    int32_t pair_;                                                 \
-                    memcpy(&pair_, X_[rr] + 2 * t, 4);                             \
-                    const __m512i v_ = _mm512_set1_epi32(pair_);                   \
-                    _Pragma("GCC unroll 8") for (int cc = 0; cc < (C); cc++)       \
-                        s_[rr][cc] = CYL_I8Q_DP512(s_[rr][cc], q_[cc], v_, VNNI);  \
-                }                                                                  \
-            }                                                                      \
+            CYL_I8Q_TAIL(R, C, __m512i, CYL_I8Q_W512, _mm512_set1_epi32, CYL_I8Q_DP512, VNNI) \
             _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {             \
                 if (r0 + rr >= nrows)                                              \
                     continue;                                                      \

@@ -4,8 +4,8 @@
 - the AMX product against float64 sums of the same bf16 operands, edge tiles
   included (CPUs with AMX-BF16 only: skipped with the reason elsewhere);
 - ``lstm_forward`` on the "rows_amx" paths against the float64 reference of the
-  emulated semantics (tests/test_mixed_precision.py's), with lengths, masks,
-  threads, backwards; the training cache and gradients; the packed-weight cache;
+  emulated semantics (tests/test_mixed_precision.py's, whose forward, lengths and
+  gradient tests run the AMX paths too), with masks; the packed-weight cache;
 - the planner with injected CPU facts (any CPU), and a forced AMX path refused
   where it cannot run (any CPU: the AMX kernel is turned off for it).
 """
@@ -14,10 +14,10 @@ import dataclasses
 import numpy as np
 import pytest
 from reference import bf16_round, random_lstm
-from test_mixed_precision import F32, _check_grads, _f32, _grads_case, _keras_like, _ref_bf16
+from test_mixed_precision import F32, _f32, _keras_like, _ref_bf16
 
 from cylstm import _cpu, _lstm, _packcache, _tuning
-from cylstm.functional import AMX_PATHS, lstm_backward, lstm_forward, plan_forward
+from cylstm.functional import AMX_PATHS, lstm_forward, plan_forward
 
 AMX_CODE, AMX_WHY = _lstm.amx_status()
 needs_amx = pytest.mark.skipif(AMX_CODE != 5, reason=f"no AMX bf16 tiles here: {AMX_WHY}")
@@ -106,48 +106,6 @@ def test_amx_product_is_refused_where_it_cannot_run(amx_off):
 # lstm_forward on the AMX paths
 # ---------------------------------------------------------------------------
 
-CASES = [  # (B, T, I, H): batch 1, T = 1, edge tiles in every direction, 2 A tiles a thread
-    (9, 7, 4, 5), (1, 6, 3, 8), (5, 1, 6, 4), (16, 12, 20, 24), (3, 9, 33, 17), (40, 5, 40, 36)]
-
-
-@needs_amx
-@pytest.mark.parametrize("path", AMX_PATHS)
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", CASES)
-@pytest.mark.parametrize("reverse", [False, True])
-def test_forward_amx_matches_reference(path, threads, shape, reverse):
-    B, T, I, H = shape
-    x, W, U, b = _f32(*random_lstm(np.random.default_rng(sum(shape)), B, T, I, H))
-    h0, c0 = _f32(*np.random.default_rng(5).standard_normal((2, B, H)) * 0.5)
-    keep = [a.copy() for a in (x, W, U, b, h0, c0)]
-    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), go_backwards=reverse,
-                       compute_dtype="bfloat16", num_threads=threads, _plan=path)
-    for a, k in zip((x, W, U, b, h0, c0), keep):
-        np.testing.assert_array_equal(a, k)        # the caller's arrays stay as they were
-    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, h0, c0, reverse=reverse)
-    np.testing.assert_allclose(out.output, y, **F32)
-    np.testing.assert_allclose(out.h, hT, **F32)
-    np.testing.assert_allclose(out.c, cT, **F32)
-
-
-@needs_amx
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_forward_amx_with_lengths_matches_reference(threads, reverse):
-    B, T, I, H = 34, 8, 5, 6
-    x, W, U, b = _f32(*random_lstm(np.random.default_rng(11), B, T, I, H))
-    lengths = np.random.default_rng(12).integers(0, T + 1, B)
-    lengths[-1], lengths[0] = 0, T
-    out = lstm_forward(x, W, U, b, lengths=lengths, go_backwards=reverse,
-                       compute_dtype="bfloat16", num_threads=threads, _plan="rows_amx")
-    y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, lengths=lengths, reverse=reverse)
-    np.testing.assert_allclose(out.output, y, **F32)
-    np.testing.assert_allclose(out.h, hT, **F32)
-    np.testing.assert_allclose(out.c, cT, **F32)
-    for n, L in enumerate(lengths):
-        assert not out.output[n, L:].any()
-
-
 @needs_amx
 @pytest.mark.parametrize("path", AMX_PATHS)
 def test_forward_amx_with_recurrent_mask_matches_reference(path):
@@ -161,20 +119,6 @@ def test_forward_amx_with_recurrent_mask_matches_reference(path):
     np.testing.assert_allclose(out.output, y, **F32)
     np.testing.assert_allclose(out.h, hT, **F32)
     np.testing.assert_allclose(out.c, cT, **F32)
-
-
-@needs_amx
-@pytest.mark.parametrize("path", AMX_PATHS)
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("mask", [False, True])
-def test_backward_after_an_amx_forward_is_the_straight_through_reference(path, threads, mask):
-    x, W, U, b, h0, c0, dy, dhT, dcT, rmask = _grads_case(41, B=34, mask=mask)
-    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), recurrent_mask=rmask,
-                       training=True, compute_dtype="bfloat16", num_threads=threads,
-                       _plan=path)
-    y = out.output.copy()
-    g = lstm_backward(out.cache, grad_output=dy, grad_h=dhT, grad_c=dcT, num_threads=threads)
-    _check_grads(g, x, W, U, b, y, h0, c0, dy, dhT, dcT, rmask)
 
 
 @needs_amx

@@ -193,11 +193,15 @@ def _f32(*arrays):
     return [np.asarray(a, np.float32) for a in arrays]
 
 
-CASES = [  # (B, T, I, H): batch 1, T = 1, more units than inputs, more inputs than units
-    (9, 7, 4, 5), (1, 6, 3, 8), (5, 1, 6, 4), (16, 12, 20, 24), (3, 9, 33, 17)]
+CASES = [  # (B, T, I, H): batch 1, T = 1, more units than inputs, more inputs than units;
+    # on AMX tiles, edge tiles in every direction and two A tiles a thread (40 rows)
+    (9, 7, 4, 5), (1, 6, 3, 8), (5, 1, 6, 4), (16, 12, 20, 24), (3, 9, 33, 17), (40, 5, 40, 36)]
+_AMX = pytest.mark.skipif(_lstm.amx_status()[0] != 5,
+                          reason=f"no AMX bf16 tiles here: {_lstm.amx_status()[1]}")
 
 
-@pytest.mark.parametrize("path", ["rows", "rows_fused"])
+@pytest.mark.parametrize("path", ["rows", "rows_fused", pytest.param("rows_amx", marks=_AMX),
+                                  pytest.param("rows_amx_fused", marks=_AMX)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", CASES)
 @pytest.mark.parametrize("reverse", [False, True])
@@ -221,15 +225,17 @@ def test_forward_bf16_matches_reference(path, threads, shape, reverse):
     np.testing.assert_array_equal(last.output, out.h)
 
 
+@pytest.mark.parametrize(("path", "B"), [("rows", 10), pytest.param("rows_amx", 34, marks=_AMX)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_forward_bf16_with_lengths_matches_reference(threads, reverse):
-    B, T, I, H = 10, 8, 5, 6
+def test_forward_bf16_with_lengths_matches_reference(path, B, threads, reverse):
+    # (34 rows: two AMX slices of 16 rows and more, edge tiles in each)
+    T, I, H = 8, 5, 6
     x, W, U, b = _f32(*random_lstm(np.random.default_rng(11), B, T, I, H))
     lengths = np.random.default_rng(12).integers(0, T + 1, B)
     lengths[-1], lengths[0] = 0, T
     out = lstm_forward(x, W, U, b, lengths=lengths, go_backwards=reverse,
-                       compute_dtype="bfloat16", num_threads=threads, _plan="rows")
+                       compute_dtype="bfloat16", num_threads=threads, _plan=path)
     y, hT, cT, _ = _ref_bf16(x, W, U, b, out.output, lengths=lengths, reverse=reverse)
     np.testing.assert_allclose(out.output, y, **F32)
     np.testing.assert_allclose(out.h, hT, **F32)
@@ -293,11 +299,14 @@ def _check_grads(g, x, W, U, b, out_y, h0, c0, dy, dhT, dcT, rmask=None, lengths
         np.testing.assert_allclose(got, ref, **F32_GRAD, err_msg=name)
 
 
-@pytest.mark.parametrize("path", ["rows", "rows_fused"])
+@pytest.mark.parametrize(("path", "B"), [("rows", 8), ("rows_fused", 8),
+                                         pytest.param("rows_amx", 34, marks=_AMX),
+                                         pytest.param("rows_amx_fused", 34, marks=_AMX)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("mask", [False, True])
-def test_backward_bf16_is_the_straight_through_reference(path, threads, mask):
-    x, W, U, b, h0, c0, dy, dhT, dcT, rmask = _grads_case(41, mask=mask)
+def test_backward_bf16_is_the_straight_through_reference(path, B, threads, mask):
+    # (the AMX paths' training forward: the cache the emulated backward reads)
+    x, W, U, b, h0, c0, dy, dhT, dcT, rmask = _grads_case(41, B=B, mask=mask)
     out = lstm_forward(x, W, U, b, initial_state=(h0, c0), recurrent_mask=rmask,
                        training=True, compute_dtype="bfloat16", num_threads=threads,
                        _plan=path)
