@@ -668,7 +668,8 @@ cdef void _stack_pooled(Ctx* ctx, Py_ssize_t T, const char* x, char* out,
             # warm: time the choice (a split only when no worker had to be woken)
             alone = _small_alone(ctx)
             timed = ctx.sample_mode != 0 and (alone or pool_workers_awake(ctx.n_threads))
-            t0 = pool_now_ns()
+            if timed:
+                t0 = pool_now_ns()
     if alone:
         if f32:
             _steps_alone(ctx, T, x, out, xstride, ostride, zx, <float*> ctx.scratch)
