@@ -52,7 +52,6 @@ ISA_VARIANTS = bool(CYL_ISA_VARIANTS)
 
 cdef extern from "cylstm_bf16.h" nogil:
     # AMX tiles for the mixed_bfloat16 products (include/cylstm_bf16.h)
-    int CYL_HAVE_AMX
     Py_ssize_t cyl_bf16_tiles_len(Py_ssize_t K, Py_ssize_t N) noexcept
     Py_ssize_t cyl_bf16_abuf_len(Py_ssize_t K) noexcept
     void cyl_bf16_tiles_pack(const float* W, Py_ssize_t K, Py_ssize_t N, Py_ssize_t ldw,
