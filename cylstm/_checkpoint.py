@@ -391,8 +391,13 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
     cs = take((B, H), dtype)
     D = take((B, 4 * H), dtype)
     dHp = take((B, _lstm.transposed_width(H, np.dtype(dtype).name)), dtype)
-    UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
-    _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
+    from cylstm import functional as F  # (a cycle, as in _Runner)
+    UT = amx = None
+    if bplan.amx:  # U^T and W^T tile-packed for the AMX backward
+        amx = F._amx_backward_pack(W, U)
+    else:
+        UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
+        _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
     acc = take((I + H + 1, 4 * H), dtype)  # one segment's weight gradients
     sW, sU, sb = acc[:I], acc[I:I + H], acc[I + H]
@@ -415,7 +420,7 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
             tW, tU, tb = (dW, dU, db) if first else (sW, sU, sb)
             _lstm.backward(xs, W, UT, ckpt[si, 1], lay.lens, cache["reverse"], cache["rmask"],
                            G, C, Hp, dyb, dhs, dcs, D, dHp, dxb, tW, tU, tb, parts, nt,
-                           n_total)
+                           n_total, cache["bf16"], amx)
             if not first:
                 dW += sW
                 dU += sU
@@ -425,6 +430,6 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
                 lay.scatter(dx, dxb)
     finally:
         run.close()
-        give(hs, cs, D, dHp, UT, parts, acc, dys, dxs, ckpt)
+        give(hs, cs, D, dHp, UT, amx, parts, acc, dys, dxs, ckpt)
         cache["checkpoints"] = None  # the checkpoints go back to the pool now
     return dx

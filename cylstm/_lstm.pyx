@@ -56,12 +56,21 @@ cdef extern from "cylstm_bf16.h" nogil:
     Py_ssize_t cyl_bf16_abuf_len(Py_ssize_t K) noexcept
     void cyl_bf16_tiles_pack(const float* W, Py_ssize_t K, Py_ssize_t N, Py_ssize_t ldw,
                              uint16_t* P) noexcept
+    void cyl_bf16_tiles_pack_strided(const float* W, Py_ssize_t K, Py_ssize_t N,
+                                     Py_ssize_t sk, Py_ssize_t sn, uint16_t* P) noexcept
+    void cyl_amx_tiles_pack(const float* W, Py_ssize_t K, Py_ssize_t N, Py_ssize_t ldw,
+                            uint16_t* P) noexcept
+    void cyl_amx_tiles_pack_t(const float* W, Py_ssize_t K, Py_ssize_t N, Py_ssize_t ldw,
+                              uint16_t* P) noexcept
     int cyl_amx_bf16_usable() noexcept
     int cyl_amx_bf16_status() noexcept
     int cyl_amx_force(int on) noexcept
     void cyl_amx_bf16_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
                            Py_ssize_t lda, const uint16_t* P, float* C, Py_ssize_t ldc,
                            int accumulate, uint16_t* abuf) noexcept
+    void cyl_amx_bf16_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                              Py_ssize_t lda, const uint16_t* P, float* C, Py_ssize_t ldc,
+                              int accumulate, uint16_t* abuf) noexcept
 
 # What cyl_amx_bf16_status() answers
 AMX_STATUS = {0: "the CPU has no AMX-BF16 (or no AVX512-BF16)",
@@ -100,27 +109,56 @@ def bf16_abuf_len(Py_ssize_t K):
     return cyl_bf16_abuf_len(K)
 
 
-def bf16_tiles_pack(const float[:, ::1] W, uint16_t[::1] out):
-    """Pack W (K x N float32) into ``out`` (bf16_tiles_len(K, N) uint16), rounded to
-    bfloat16 (nearest even) in AMX's tile layout (include/cylstm_bf16.h)."""
-    cdef Py_ssize_t K = W.shape[0], N = W.shape[1]
+def bf16_tiles_pack(const float[:, ::1] W, uint16_t[::1] out, bint transposed=False,
+                    bint hardware=False):
+    """Pack W (K x N float32; ``transposed``: W^T, K = W's columns) into ``out``
+    (bf16_tiles_len(K, N) uint16), rounded to bfloat16 (nearest even) in AMX's tile
+    layout (include/cylstm_bf16.h).  ``hardware``: the AVX-512 BF16 pack (where the
+    process may use AMX: the packs the AMX paths run, of W, U, U^T, W^T and dz),
+    which flushes denormals to zero, as the AMX product does with its inputs."""
+    cdef Py_ssize_t K = W.shape[1] if transposed else W.shape[0]
+    cdef Py_ssize_t N = W.shape[0] if transposed else W.shape[1]
     if out.shape[0] != cyl_bf16_tiles_len(K, N):
         raise ValueError(f"bf16_tiles_pack: out must hold {cyl_bf16_tiles_len(K, N)} "
                          f"elements for a {K} x {N} matrix; got {out.shape[0]}")
+    if hardware and not cyl_amx_bf16_usable():
+        raise ValueError(f"bf16_tiles_pack: the hardware pack needs AMX ({amx_status()[1]})")
     if K == 0 or N == 0:
         return
     with nogil:
-        cyl_bf16_tiles_pack(&W[0, 0], K, N, N, &out[0])
+        if hardware and transposed:
+            cyl_amx_tiles_pack_t(&W[0, 0], K, N, K, &out[0])
+        elif hardware:
+            cyl_amx_tiles_pack(&W[0, 0], K, N, N, &out[0])
+        elif transposed:
+            cyl_bf16_tiles_pack_strided(&W[0, 0], K, N, 1, K, &out[0])
+        else:
+            cyl_bf16_tiles_pack(&W[0, 0], K, N, N, &out[0])
+
+
+def round_bf16(const float[::1] a, float[::1] out):
+    """out = a rounded to bfloat16 (nearest even), widened back to float32: the C
+    twin of :func:`cylstm.quantization.round_bfloat16` (cyl_bf16_roundf), which
+    takes this for float32 arrays (numpy's ufuncs took 20 ms for a 1024 x 4096
+    kernel, the training step's copy of each weight matrix)."""
+    cdef Py_ssize_t i, n = a.shape[0]
+    if out.shape[0] != n:
+        raise ValueError(f"round_bf16: out must hold {n} elements; got {out.shape[0]}")
+    with nogil:
+        for i in range(n):
+            out[i] = bf16_round(a[i])
 
 
 def amx_gemm(const float[:, ::1] A, const uint16_t[::1] P, float[:, ::1] C,
-             bint accumulate=False):
+             bint accumulate=False, bint transa=False):
     """C (M x N) = (or +=) bf16(A) (M x K) @ P (tile-packed K x N): the AMX kernel
-    alone, for tests.  ValueError where it cannot run."""
-    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = C.shape[1]
+    alone, for tests (``transa``: A given as its transpose, K x M).  ValueError
+    where it cannot run."""
+    cdef Py_ssize_t M = A.shape[1] if transa else A.shape[0]
+    cdef Py_ssize_t K = A.shape[0] if transa else A.shape[1], N = C.shape[1]
     cdef uint16_t[::1] abuf
     if C.shape[0] != M:
-        raise ValueError(f"amx_gemm: C must have A's {M} rows; got {C.shape[0]}")
+        raise ValueError(f"amx_gemm: C must have {M} rows (A's); got {C.shape[0]}")
     if P.shape[0] != cyl_bf16_tiles_len(K, N):
         raise ValueError(f"amx_gemm: P must hold {cyl_bf16_tiles_len(K, N)} elements")
     if not cyl_amx_bf16_usable():
@@ -130,7 +168,12 @@ def amx_gemm(const float[:, ::1] A, const uint16_t[::1] P, float[:, ::1] C,
     import numpy as np
     abuf = np.empty(cyl_bf16_abuf_len(K), np.uint16)
     with nogil:
-        cyl_amx_bf16_gemm(M, N, K, &A[0, 0], K, &P[0], &C[0, 0], N, accumulate, &abuf[0])
+        if transa:
+            cyl_amx_bf16_gemm_tn(M, N, K, &A[0, 0], M, &P[0], &C[0, 0], N, accumulate,
+                                 &abuf[0])
+        else:
+            cyl_amx_bf16_gemm(M, N, K, &A[0, 0], K, &P[0], &C[0, 0], N, accumulate,
+                              &abuf[0])
 
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
@@ -625,6 +668,30 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
 cdef enum:
     # the backward's [x_t, h_prev] gather for one weight-gradient GEMM (see B8)
     BACKWARD_GATHER_MAX_BYTES = 16 * 1024 * 1024
+    # rows of dz the AMX backward packs at a time for [dW; dU] (B8): see
+    # _tuning.AMX_BACK_ROWS
+    AMX_BACK_ROWS_C = 512
+AMX_BACK_ROWS = AMX_BACK_ROWS_C
+
+
+cdef void _amx_weight_grads(Py_ssize_t r0, Py_ssize_t n, Py_ssize_t I, Py_ssize_t H,
+                            const float* x, const float* Hp, const float* G, float* dx,
+                            float* dW, float* dU, const uint16_t* amxT, uint16_t* dzP,
+                            uint16_t* abuf) noexcept nogil:
+    """(B8) and dx of rows [r0, r0 + n) on AMX tiles: [dW; dU] = [x, h_prev]^T dz
+    over dz packed AMX_BACK_ROWS_C rows at a time (x^T and h_prev^T rounded from
+    their rows, no gather: both products share each pack), dx = dz W^T over
+    ``amxT``'s W^T (after its U^T).  dz, x and h_prev hold bf16 values already."""
+    cdef Py_ssize_t H4 = 4 * H, r = 0, kc
+    while r < n:
+        kc = n - r if n - r < AMX_BACK_ROWS_C else AMX_BACK_ROWS_C
+        cyl_amx_tiles_pack(G + (r0 + r) * H4, kc, H4, H4, dzP)
+        cyl_amx_bf16_gemm_tn(I, H4, kc, x + (r0 + r) * I, I, dzP, dW, H4, r > 0, abuf)
+        cyl_amx_bf16_gemm_tn(H, H4, kc, Hp + (r0 + r) * H, H, dzP, dU, H4, r > 0, abuf)
+        r += kc
+    if dx != NULL:
+        cyl_amx_bf16_gemm(n, I, H4, G + r0 * H4, H4, amxT + cyl_bf16_tiles_len(H4, H),
+                          dx + r0 * I, I, 0, abuf)
 
 
 cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
@@ -637,9 +704,17 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          const floating* dy, floating* dhs, floating* dcs,
                          floating* D, floating* dHp, floating* dx,
                          floating* dW, floating* dU, floating* db,
-                         int big_threads) noexcept nogil:
+                         int big_threads, bint bf16, const uint16_t* amxT) noexcept nogil:
     """BPTT over samples [b0, b1); dW/dU/db receive this slice's sums.  ``UT`` is
     U^T (4H, H) packed by _pack_transposed.
+
+    ``bf16`` (the mixed_bfloat16 products): every dz is rounded to bfloat16 in
+    place once db has taken it in float32, so that the products over it (B7, B8,
+    dx) are bf16-operand products, as the forward's are (x, h_prev, W, U reach
+    this rounded already: the training cache holds them so).  ``amxT`` (float32
+    with bf16 only): U^T then W^T tile-packed (include/cylstm_bf16.h): those
+    products run on AMX tiles, dz packed AMX_BACK_ROWS_C rows at a time; NULL: on
+    BLAS and the panel kernel, the same sums in another order.
 
     The time loop runs single-threaded BLAS; the weight-gradient GEMMs after
     it may use ``big_threads``."""
@@ -654,6 +729,21 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     cdef unsigned fp_mode
     cdef floating* XH
     cdef floating* WU
+    cdef floating* gz
+    cdef uint16_t* abuf = NULL
+    cdef uint16_t* dzP = NULL
+    cdef bint amx = False
+    if floating is float:
+        amx = amxT != NULL and nb > 0
+    if amx:
+        abuf = <uint16_t*> malloc(cyl_bf16_abuf_len(H4 if H4 > AMX_BACK_ROWS_C
+                                                    else AMX_BACK_ROWS_C) * sizeof(uint16_t))
+        dzP = <uint16_t*> malloc(cyl_bf16_tiles_len(AMX_BACK_ROWS_C, H4) * sizeof(uint16_t))
+        if abuf == NULL or dzP == NULL:  # no memory for the tiles' scratch: BLAS, same sums
+            free(abuf)
+            free(dzP)
+            abuf = dzP = NULL
+            amx = False
     if nb <= 0:
         memset(dW, 0, I * H4 * sizeof(floating))
         memset(dU, 0, H * H4 * sizeof(floating))
@@ -665,6 +755,8 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         if L < T:  # padding rows take no gradient
             memset(G + (b * T + L) * H4, 0, (T - L) * H4 * sizeof(floating))
     set_blas_threads(1)
+    if bf16:
+        memset(db, 0, H4 * sizeof(floating))
     # subnormal gradients (faded back through time) flushed: see cyl_ftz_begin
     fp_mode = cyl_ftz_begin()
     for s in range(Lmax - 1, -1, -1):
@@ -686,6 +778,11 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
             # (B1)-(B6), dz written over the gates
             cell_backward(H, G + row * H4, C + row * H, cp, dh, dcs + b * H,
                           G + row * H4)
+            if bf16:  # db in float32 (the bias joins in float32), the products' dz in bf16
+                gz = G + row * H4
+                for j in range(H4):
+                    db[j] += gz[j]
+                    gz[j] = bf16_round(gz[j])
             if not inplace:
                 memcpy(D + b * H4, G + row * H4, H4 * sizeof(floating))
         # (B7) dh_prev (nb, H) = dz (nb, 4H) @ UT (4H, H), on the panel kernel over
@@ -701,7 +798,13 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         else:
             dz = D + b0 * H4
             ldz = H4
-        _plain_product(UT, H4, H, s, nb, dz, ldz, dHp + b0 * hpw, hpw)
+        if floating is float:
+            if amx:
+                cyl_amx_bf16_gemm(nb, H, H4, dz, ldz, amxT, dHp + b0 * hpw, hpw, 0, abuf)
+            else:
+                _plain_product(UT, H4, H, s, nb, dz, ldz, dHp + b0 * hpw, hpw)
+        else:
+            _plain_product(UT, H4, H, s, nb, dz, ldz, dHp + b0 * hpw, hpw)
         for b in range(b0, b1):
             L = T if lengths == NULL else lengths[b]
             if s < L:
@@ -720,6 +823,13 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     # BACKWARD_GATHER_MAX_BYTES (a memory bound, not a tuned crossover: past it dz
     # is long and its packing a small share); above that, or without the
     # scratch, two GEMMs.
+    if amx:
+        if floating is float:
+            _amx_weight_grads(b0 * T, nb * T, I, H, x, Hp, G, dx, dW, dU, amxT, dzP, abuf)
+        free(abuf)
+        free(dzP)
+        cyl_ftz_end(fp_mode)
+        return
     XH = NULL
     if 0 < nb * T * (I + H) * <Py_ssize_t> sizeof(floating) <= BACKWARD_GATHER_MAX_BYTES:
         XH = <floating*> malloc(nb * T * (I + H) * sizeof(floating))
@@ -741,11 +851,11 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
              G + b0 * T * H4, <int> H4, 0, dU, <int> H4)
     free(XH)
     free(WU)
-    # db = sum over rows of dz
-    memset(db, 0, H4 * sizeof(floating))
-    for r in range(b0 * T, b1 * T):
-        for j in range(H4):
-            db[j] += G[r * H4 + j]
+    if not bf16:  # db = sum over rows of dz (bf16: summed before dz was rounded)
+        memset(db, 0, H4 * sizeof(floating))
+        for r in range(b0 * T, b1 * T):
+            for j in range(H4):
+                db[j] += G[r * H4 + j]
     if dx != NULL:
         # dx (nb*T, I) = dz (nb*T, 4H) @ W^T, W stored (I, 4H)
         gemm(False, True, <int> (nb * T), <int> I, <int> H4, 1, G + b0 * T * H4,
@@ -1871,6 +1981,8 @@ cdef struct BackJob:
     void* db
     void* parts
     int64_t* flags
+    bint bf16
+    const uint16_t* amxT
 
 
 cdef void _back_piece_t(BackJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
@@ -1889,7 +2001,8 @@ cdef void _back_piece_t(BackJob* j, Py_ssize_t c, floating* kind) noexcept nogil
                    <const floating*> j.c0, j.lengths, j.reverse, <const floating*> j.rmask,
                    <floating*> j.G, <const floating*> j.C, <const floating*> j.Hp,
                    <const floating*> j.dy, <floating*> j.dhs, <floating*> j.dcs,
-                   <floating*> j.D, <floating*> j.dHp, <floating*> j.dx, dWp, dUp, dbp, 1)
+                   <floating*> j.D, <floating*> j.dHp, <floating*> j.dx, dWp, dUp, dbp, 1,
+                   j.bf16, j.amxT)
 
 
 cdef void _back_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -1914,10 +2027,14 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              floating[:, ::1] dhs, floating[:, ::1] dcs,
              floating[:, ::1] D, floating[:, ::1] dHp, floating[:, :, ::1] dx,
              floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
-             floating[:, :, ::1] parts, int n_threads, int blas_threads):
+             floating[:, :, ::1] parts, int n_threads, int blas_threads,
+             bint bf16=False, const uint16_t[::1] amx=None):
     """Run BPTT.  ``PU`` is the recurrent kernel transposed and packed by
     :func:`pack_transposed` (once per weights: the checkpointed backward calls
-    this once per segment).
+    this once per segment).  ``bf16``: the mixed_bfloat16 backward (dz rounded
+    to bf16 for the products, _backward_rows); ``amx`` (float32, bf16): U^T then
+    W^T tile-packed (:func:`bf16_tiles_pack` ``transposed``), the products on AMX
+    tiles (``PU`` may then be None).
     ``G`` holds the training forward's gates and is overwritten
     with dL/dz.  ``dhs``/``dcs`` hold dL/dh_T, dL/dc_T on entry and dL/dh0,
     dL/dc0 on exit.  ``parts`` (n_threads - 1, I + H + 1, 4H) is scratch for
@@ -1949,9 +2066,9 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.H = H
     j.x = &x[0, 0, 0]
     j.W = &W[0, 0]
-    if PU.shape[0] != _plain_len(H4, H, &db[0]):
+    if amx is None and (PU is None or PU.shape[0] != _plain_len(H4, H, &db[0])):
         raise ValueError("backward: PU must be transposed_len(H) long")
-    j.UT = &PU[0]
+    j.UT = NULL if PU is None else &PU[0]
     j.c0 = &c0[0, 0]
     j.lengths = NULL if lengths is None else &lengths[0]
     j.reverse = reverse
@@ -1972,6 +2089,17 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.dU = &dU[0, 0]
     j.db = &db[0]
     j.parts = NULL if parts is None else &parts[0, 0, 0]
+    j.bf16 = bf16
+    if amx is not None:
+        n = cyl_bf16_tiles_len(H4, H) + cyl_bf16_tiles_len(H4, I)
+        if not bf16 or sizeof(floating) != sizeof(float):
+            raise ValueError("backward: amx takes float32 with bf16=True")
+        if amx.shape[0] != n:
+            raise ValueError(f"backward: amx must hold U^T then W^T tile-packed, {n} "
+                             f"elements; got {amx.shape[0]}")
+        if not cyl_amx_bf16_usable():
+            raise ValueError(f"backward: the AMX kernel cannot run here: {amx_status()[1]}")
+        j.amxT = &amx[0]
     with nogil:
         if nt == 1:
             set_blas_threads(blas_threads)

@@ -165,6 +165,18 @@ FUSE_MIN_ROWS = 8
 AMX_MIN_ROWS_PER_THREAD = 16
 AMX_FUSE_MIN_ROWS = 16
 AMX_FUSE_MAX_BYTES = 2 * 2**20
+# The mixed_bfloat16 backward on AMX tiles (_lstm._backward_rows) packs dz
+# AMX_BACK_ROWS rows at a time for [dW; dU] = [x, h]^T dz (the C constant
+# _lstm.AMX_BACK_ROWS_C, compiled in; a test checks the two agree).  Each tile
+# pair's B blocks are then 2 x 512 x 32 bytes, 32 KiB, in the 48 KiB L1 over the
+# row blocks (1024 rows: 64 KiB), and the pack a bounded 2 x 4H bytes a row.
+# Intel(R) Xeon(R) Processor (2 cores), 2026-12-03, backward alone, 1 thread,
+# 256 / 512 / 1024 rows: (50, 64, 512, 512) 92.9 / 93.3 / 85.5 ms, (100, 32, 128,
+# 256) 19.6 / 19.7 / 21.2, (25, 16, 1024, 1024) 97.1 / 83.2 / 92.8: within the
+# host's noise of each other that hour.  The backward splits threads by
+# MIN_ROWS_PER_THREAD as the float32 one: (25, 16, 1024, 1024) on 2 threads, 2
+# slices of 8 rows 86 / 85 ms against one thread of 16 rows 98 / 94.
+AMX_BACK_ROWS = 512
 # ... and only while [W; U] is at most FUSE_MAX_BYTES: the fused step's BLAS
 # calls repack W and U every step, which the cache budget alone does not see.
 # 2-vCPU Xeon, 2026-12-01 (min of 3-5): (50, 64, 512, 512), 8 MiB of weights,

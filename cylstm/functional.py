@@ -150,6 +150,9 @@ class BackwardPlan:
     n_threads: int
     blas_threads: int
     reason: str = ""
+    #: the mixed_bfloat16 backward's products on AMX tiles (U^T and W^T packed per
+    #: call, dz per block of rows: _lstm._backward_rows), else on BLAS and panels
+    amx: bool = False
 
 
 def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,
@@ -603,15 +606,39 @@ def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None,
                        _lstm.stacked_len(I, H, dtype.name), (B, H), reason, pre)
 
 
-def plan_backward(B, n_threads):
-    """How :func:`lstm_backward` splits its work: a BackwardPlan."""
+def plan_backward(B, n_threads, bf16=False, facts=None):
+    """How :func:`lstm_backward` splits its work: a BackwardPlan.  ``bf16``: the
+    cache is a ``compute_dtype="bfloat16"`` forward's; its products run on AMX
+    tiles where ``facts`` (default: this machine's, and this process may use
+    AMX now) has them."""
     n_total = int(n_threads)
     if n_total < 1:
         raise ValueError(f"num_threads must be >= 1; got {n_total}")
     nt = max(1, min(n_total, B // _tuning.MIN_ROWS_PER_THREAD))
     why = (f"batch split, {nt} threads of >= MIN_ROWS_PER_THREAD rows" if nt > 1
            else "one thread (BLAS threaded)")
-    return BackwardPlan(nt, n_total, why)
+    amx = False
+    if bf16:
+        if facts is None:
+            facts = _tuning.cpu_facts()
+            amx = facts.amx_bf16 and _lstm.amx_usable()
+        else:
+            amx = facts.amx_bf16
+        why += ("; bf16 products on AMX tiles" if amx else
+                "; bf16 products emulated (float32 BLAS over bf16 values)")
+    return BackwardPlan(nt, n_total, why, amx)
+
+
+def _amx_backward_pack(W, U):
+    """U^T then W^T in the AMX kernel's tile layout (bf16; pool buffer): the
+    backward's dh_prev = dz U^T and dx = dz W^T."""
+    I, H4 = W.shape
+    H = U.shape[0]
+    nu = _lstm.bf16_tiles_len(H4, H)
+    out = take((nu + _lstm.bf16_tiles_len(H4, I),), np.uint16)
+    _lstm.bf16_tiles_pack(U, out[:nu], transposed=True, hardware=True)
+    _lstm.bf16_tiles_pack(W, out[nu:], transposed=True, hardware=True)
+    return out
 
 
 def _panel_units(dtype):
@@ -747,9 +774,13 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         float32-accumulate products.  The bias, the gate math, c, h and the
         outputs stay float32.  The training cache holds the rounded operands, so
         :func:`lstm_backward` gives the straight-through gradients (the casts'
-        derivative taken as 1, as Keras and TensorFlow do): dW = x16^T dz,
-        dU = h16^T dz, dx = dz W16^T, dh_prev = dz U16^T, float32, for the float32
-        master weights.  Runs on the "rows" and "rows_fused" paths only.
+        derivative taken as 1, as Keras and TensorFlow do) with the backward's
+        products on bf16 operands too, as a bf16 matmul's gradient is in Keras,
+        TensorFlow and torch.autocast: dz16 = bf16(dz), dW = x16^T dz16,
+        dU = h16^T dz16, dx = dz16 W16^T, dh_prev = dz16 U16^T, summed in float32;
+        db sums the float32 dz.  On AMX tiles where the CPU has them
+        (BackwardPlan.amx), else emulated by float32 BLAS and panels over the
+        rounded values.
     num_threads : int or None
         Defaults to :func:`cylstm.get_num_threads`.
     weights_version : hashable or None
@@ -835,10 +866,14 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         plan = plan_forward(B, T, I, H, dtype, n_total, training, rmask is not None, ragged,
                             bool(go_backwards), force=_plan,
                             compute_dtype="bfloat16" if bf16 else None)
-    if bf16 and (training or plan is None or plan.path not in AMX_PATHS):
+    rounded = False
+    if bf16 and (plan is None or plan.path not in AMX_PATHS):
         # the operands rounded once (copies; the bias joins in float32, in the cell);
-        # in inference the AMX pack rounds W and U, its kernel x
+        # on the AMX paths the pack rounds W and U, the kernel x, and in training
+        # the AMX backward rounds them as it packs (lstm_backward rounds copies
+        # where its plan has no AMX)
         x, W, U = round_bfloat16(x), round_bfloat16(W), round_bfloat16(U)
+        rounded = True
     # the recurrent operand, h_prev * mask and/or bf16(h_prev), built per step
     hm = None if rmask is None and not bf16 else np.empty((B, H), dtype)
     c0 = cs.copy() if training else None
@@ -870,7 +905,8 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
         cache = {
             "x": x, "W": W, "U": U, "c0": c0, "lengths": lens,
             "reverse": bool(go_backwards), "G": G, "C": C, "Hp": Hp, "rmask": rmask,
-            "return_sequences": bool(return_sequences), "used": False,
+            "return_sequences": bool(return_sequences), "used": False, "bf16": bf16,
+            "rounded": rounded,
         }
     out = y if return_sequences else hs.copy()
     return LSTMForward(out, hs, cs, cache)
@@ -964,8 +1000,8 @@ def _amx_pack(W, U, bias=None):
     I, H4 = W.shape
     nw = _lstm.bf16_tiles_len(I, H4)
     out = _packcache._aligned(nw + _lstm.bf16_tiles_len(U.shape[0], H4), np.uint16)
-    _lstm.bf16_tiles_pack(W, out[:nw])
-    _lstm.bf16_tiles_pack(U, out[nw:])
+    _lstm.bf16_tiles_pack(W, out[:nw], hardware=True)
+    _lstm.bf16_tiles_pack(U, out[nw:], hardware=True)
     out.flags.writeable = False
     return out
 
@@ -1025,7 +1061,7 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
     H = U.shape[0]
     dy, dhs, dcs = check_output_grads(grad_output, grad_h, grad_c, cache["return_sequences"],
                                       B, T, H, dtype)
-    bplan = plan_backward(B, _threads_for(B, num_threads)[0])
+    bplan = plan_backward(B, _threads_for(B, num_threads)[0], bf16=cache.get("bf16", False))
     n_total, nt = bplan.blas_threads, bplan.n_threads
     _config._blas()
     outs = check_grad_out(out, I, H, dtype)
@@ -1057,12 +1093,19 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
     dHp = take((B, _lstm.transposed_width(H, np.dtype(dtype).name)), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
-    UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
-    _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
+    if bplan.amx:  # U^T and W^T tile-packed, rounded as they are packed
+        UT, amx = None, _amx_backward_pack(W, U)
+    else:
+        if cache.get("bf16") and not cache.get("rounded", True):
+            # an AMX forward's cache (the caller's operands), AMX now off
+            x, W, U = round_bfloat16(x), round_bfloat16(W), round_bfloat16(U)
+        amx = None
+        UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
+        _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
-                   parts, nt, n_total)
-    give(D, dHp, parts, UT, G, cache["C"], cache["Hp"], *scratch)
+                   parts, nt, n_total, cache.get("bf16", False), amx)
+    give(D, dHp, parts, UT, amx, G, cache["C"], cache["Hp"], *scratch)
     for k in ("G", "C", "Hp"):
         cache[k] = None  # the activations go back to the pool now
     return LSTMGrads(dx, dW, dU, db, dhs, dcs)

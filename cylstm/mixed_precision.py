@@ -12,11 +12,15 @@ Under ``mixed_bfloat16`` an LSTM rounds x, its kernel and its recurrent kernel t
 bfloat16 once per call and h_prev before every step's recurrent product; a Dense
 rounds x and its kernel.  The products of bf16 values are exact in float32, so
 float32 GEMMs over the rounded operands give the bf16-operand, float32-accumulate
-products of ``vdpbf16ps`` / AMX hardware on any CPU: here they are emulated (no
-BF16 instruction is used; ``cylstm.show_config()`` says which the CPU has).  The
+products of ``vdpbf16ps`` / AMX hardware on any CPU.  Where the process may use
+AMX tiles, an LSTM's forward and backward products run on them
+(include/cylstm_bf16.h); elsewhere, and for Dense, they are emulated
+(``cylstm.show_config()`` says which the CPU has and which runs).  The
 bias, the gate math, the cell state, h and every output stay float32; gradients
 pass straight through the roundings (Keras's and TensorFlow's autodiff of a
-cast) and arrive in float32 on the float32 variables.  bf16 has float32's
+cast) and arrive in float32 on the float32 variables, the backward's products
+over the gate gradient rounded to bf16 as well (a bf16 matmul's gradient, as in
+Keras and torch.autocast; the bias gradient sums it in float32).  bf16 has float32's
 exponent range, so no loss scaling is needed.  Layers without products
 (Embedding, Activation, the merge layers, ...) compute in float32 under any
 policy; the LSTM or Dense after them rounds its input.

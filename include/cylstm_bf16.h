@@ -66,26 +66,36 @@ static inline ptrdiff_t cyl_bf16_abuf_len(ptrdiff_t K)
     return (ptrdiff_t)CYL_BF16_MS * cyl_bf16_kp(K);
 }
 
-/* P = the tile-packed bf16 copy of W (K x N, row stride ldw), rounded to nearest
- * even (cyl_bf16_bits, as cylstm.quantization.round_bfloat16 rounds). */
-static void cyl_bf16_tiles_pack(const float* W, ptrdiff_t K, ptrdiff_t N, ptrdiff_t ldw,
-                                uint16_t* P)
+/* P = the tile-packed bf16 copy of the K x N matrix whose element (k, n) is
+ * W[k * sk + n * sn], rounded to nearest even (cyl_bf16_bits, as
+ * cylstm.quantization.round_bfloat16 rounds).  sn = 1: W row-major with row
+ * stride sk; sk = 1: the transpose of a row-major matrix (the backward's U^T and
+ * W^T, read from U and W). */
+static void cyl_bf16_tiles_pack_strided(const float* W, ptrdiff_t K, ptrdiff_t N,
+                                        ptrdiff_t sk, ptrdiff_t sn, uint16_t* P)
 {
     const ptrdiff_t kp = cyl_bf16_kp(K), np = cyl_bf16_np(N), kb_n = kp / 32;
     ptrdiff_t k2, nb, c;
     for (k2 = 0; k2 < kp / 2; k2++) {
         const ptrdiff_t k = 2 * k2, kb = k / 32, r = (k % 32) / 2;
-        const float* w0 = k < K ? W + k * ldw : NULL;
-        const float* w1 = k + 1 < K ? W + (k + 1) * ldw : NULL;
+        const float* w0 = k < K ? W + k * sk : NULL;
+        const float* w1 = k + 1 < K ? W + (k + 1) * sk : NULL;
         for (nb = 0; nb < np / 16; nb++) {
             uint16_t* d = P + ((nb * kb_n + kb) * 16 + r) * 32;
             for (c = 0; c < 16; c++) {
                 const ptrdiff_t n = nb * 16 + c;
-                d[2 * c] = (w0 != NULL && n < N) ? cyl_bf16_bits(w0[n]) : 0;
-                d[2 * c + 1] = (w1 != NULL && n < N) ? cyl_bf16_bits(w1[n]) : 0;
+                d[2 * c] = (w0 != NULL && n < N) ? cyl_bf16_bits(w0[n * sn]) : 0;
+                d[2 * c + 1] = (w1 != NULL && n < N) ? cyl_bf16_bits(w1[n * sn]) : 0;
             }
         }
     }
+}
+
+/* The row-major case: W (K x N, row stride ldw). */
+static void cyl_bf16_tiles_pack(const float* W, ptrdiff_t K, ptrdiff_t N, ptrdiff_t ldw,
+                                uint16_t* P)
+{
+    cyl_bf16_tiles_pack_strided(W, K, N, ldw, 1, P);
 }
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
@@ -206,6 +216,105 @@ CYL_AMX_TARGET static void cyl_amx_round_rows(const float* A, ptrdiff_t lda, ptr
         memset(abuf + r * kp, 0, (size_t)kp * sizeof(uint16_t));
 }
 
+/* Rows [0, m) of A^T rounded to bf16 into abuf (row stride kp), A being K x (>= m)
+ * with row stride lda: abuf row r is column r of A (the backward's x^T and h^T,
+ * whose columns are the rows of a weight gradient).  Zero-padded as
+ * cyl_amx_round_rows pads.  Blocks of 16 k x 16 columns: each A row segment read
+ * is one cache line, each abuf row written 16 k at a time. */
+CYL_AMX_TARGET static void cyl_amx_round_cols(const float* A, ptrdiff_t lda, ptrdiff_t m,
+                                              ptrdiff_t K, ptrdiff_t kp, uint16_t* abuf)
+{
+    const ptrdiff_t m16 = (m + 15) / 16 * 16;
+    ptrdiff_t r0, k0, r, k;
+    for (r0 = 0; r0 < m; r0 += 16) {
+        const ptrdiff_t re = m - r0 < 16 ? m : r0 + 16;
+        for (k0 = 0; k0 < K; k0 += 16) {
+            const ptrdiff_t ke = K - k0 < 16 ? K : k0 + 16;
+            for (k = k0; k < ke; k++) {
+                const float* a = A + k * lda;
+                for (r = r0; r < re; r++)
+                    abuf[r * kp + k] = cyl_bf16_bits(a[r]);
+            }
+        }
+        for (r = r0; r < re; r++)
+            if (kp > K)
+                memset(abuf + r * kp + K, 0, (size_t)(kp - K) * sizeof(uint16_t));
+    }
+    for (r = m; r < m16; r++)
+        memset(abuf + r * kp, 0, (size_t)kp * sizeof(uint16_t));
+}
+
+/* cyl_bf16_tiles_pack of a row-major W, 16 columns and two rows of K at a time
+ * (the backward packs dz, a fresh matrix, every call: the scalar pack ran at 2
+ * GB/s).  Rounds as the hardware's vcvtne2ps2bf16 does (nearest even; it flushes
+ * denormals to zero, as the AMX product does with its inputs). */
+CYL_AMX_TARGET static void cyl_amx_tiles_pack(const float* W, ptrdiff_t K, ptrdiff_t N,
+                                              ptrdiff_t ldw, uint16_t* P)
+{
+    const ptrdiff_t kp = cyl_bf16_kp(K), np = cyl_bf16_np(N), kb_n = kp / 32;
+    uint16_t order[32];
+    __m512i idx;
+    ptrdiff_t k2, nb, c;
+    for (c = 0; c < 16; c++) {   /* element 2c: row k's column c; 2c + 1: row k + 1's */
+        order[2 * c] = (uint16_t)c;
+        order[2 * c + 1] = (uint16_t)(16 + c);
+    }
+    idx = _mm512_loadu_si512((const void*)order);
+    for (k2 = 0; k2 < kp / 2; k2++) {
+        const ptrdiff_t k = 2 * k2, kb = k / 32, r = (k % 32) / 2;
+        const float* w0 = W + k * ldw;
+        const float* w1 = W + (k + 1) * ldw;
+        for (nb = 0; nb < np / 16; nb++) {
+            const ptrdiff_t n0 = nb * 16, left = N - n0;
+            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            const __m512 lo = k < K ? _mm512_maskz_loadu_ps(mk, w0 + n0) : _mm512_setzero_ps();
+            const __m512 hi = k + 1 < K ? _mm512_maskz_loadu_ps(mk, w1 + n0)
+                                        : _mm512_setzero_ps();
+            const __m512i v = _mm512_permutexvar_epi16(
+                idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512((void*)(P + ((nb * kb_n + kb) * 16 + r) * 32), v);
+        }
+    }
+}
+
+/* The same layout of the transpose of a row-major W (N x K, row stride ldw):
+ * element (k, n) is W[n * ldw + k] (the backward's U^T and W^T, packed from U and
+ * W every training step).  Per 32 k x 16 column block: each column's 32 k are one
+ * row segment of W, rounded into 16 pairs, the pairs scattered to the block's 16
+ * rows. */
+CYL_AMX_TARGET static void cyl_amx_tiles_pack_t(const float* W, ptrdiff_t K, ptrdiff_t N,
+                                                ptrdiff_t ldw, uint16_t* P)
+{
+    const ptrdiff_t kp = cyl_bf16_kp(K), np = cyl_bf16_np(N), kb_n = kp / 32;
+    int rows16[16];
+    __m512i vidx;
+    ptrdiff_t nb, kb, c;
+    for (c = 0; c < 16; c++)
+        rows16[c] = (int)(16 * c);   /* pair r of a column at uint32 r * 16 + column */
+    vidx = _mm512_loadu_si512((const void*)rows16);
+    for (nb = 0; nb < np / 16; nb++) {
+        for (kb = 0; kb < kb_n; kb++) {
+            const ptrdiff_t k0 = kb * 32, left = K - k0;
+            const __mmask16 mlo = left >= 16 ? (__mmask16)0xFFFF
+                                             : (__mmask16)((1u << left) - 1);
+            const __mmask16 mhi = left >= 32 ? (__mmask16)0xFFFF
+                                  : left <= 16 ? (__mmask16)0
+                                               : (__mmask16)((1u << (left - 16)) - 1);
+            int* d = (int*)(P + (nb * kb_n + kb) * 512);
+            for (c = 0; c < 16; c++) {
+                const ptrdiff_t n = nb * 16 + c;
+                __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+                if (n < N) {
+                    lo = _mm512_maskz_loadu_ps(mlo, W + n * ldw + k0);
+                    hi = _mm512_maskz_loadu_ps(mhi, W + n * ldw + k0 + 16);
+                }
+                _mm512_i32scatter_epi32((void*)(d + c), vidx,
+                                        (__m512i)_mm512_cvtne2ps_pbh(hi, lo), 4);
+            }
+        }
+    }
+}
+
 /* One 16 x 16 C tile at (m0, n0) of the superblock, through `tmp` where it is
  * partial (rows past m, columns past N). */
 CYL_AMX_TARGET static void cyl_amx_tile1(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m0,
@@ -286,11 +395,9 @@ CYL_AMX_TARGET static void cyl_amx_tile22(const uint16_t* abuf, ptrdiff_t kp, pt
     _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
 }
 
-/* C (M x N, row stride ldc) = (accumulate: +=) bf16(A) (M x K, row stride lda) @ P
- * (tile-packed K x N).  `abuf`: cyl_bf16_abuf_len(K) elements.  Only where
- * cyl_amx_bf16_usable(). */
-CYL_AMX_TARGET static void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
-                                             const float* A, ptrdiff_t lda,
+/* cyl_amx_bf16_gemm and cyl_amx_bf16_gemm_tn (transa: A stored transposed). */
+CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                             const float* A, ptrdiff_t lda, int transa,
                                              const uint16_t* P, float* C, ptrdiff_t ldc,
                                              int accumulate, uint16_t* abuf)
 {
@@ -309,7 +416,10 @@ CYL_AMX_TARGET static void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
         const ptrdiff_t m = M - s0 < CYL_BF16_MS ? M - s0 : CYL_BF16_MS;
         const ptrdiff_t m32 = m / 32 * 32;
         float* cs = C + s0 * ldc;
-        cyl_amx_round_rows(A + s0 * lda, lda, m, K, kp, abuf);
+        if (transa)
+            cyl_amx_round_cols(A + s0, lda, m, K, kp, abuf);
+        else
+            cyl_amx_round_rows(A + s0 * lda, lda, m, K, kp, abuf);
         for (n0 = 0; n0 < N; n0 += 32) {
             if (n0 + 32 <= N) {
                 for (m0 = 0; m0 < m32; m0 += 32)
@@ -330,6 +440,27 @@ CYL_AMX_TARGET static void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
     _tile_release();
 }
 
+/* C (M x N, row stride ldc) = (accumulate: +=) bf16(A) (M x K, row stride lda) @ P
+ * (tile-packed K x N).  `abuf`: cyl_bf16_abuf_len(K) elements.  Only where
+ * cyl_amx_bf16_usable(). */
+CYL_AMX_TARGET static void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                             const float* A, ptrdiff_t lda,
+                                             const uint16_t* P, float* C, ptrdiff_t ldc,
+                                             int accumulate, uint16_t* abuf)
+{
+    cyl_amx_gemm_body(M, N, K, A, lda, 0, P, C, ldc, accumulate, abuf);
+}
+
+/* The same with A given transposed: C (M x N) = (+=) bf16(A^T) @ P, A stored K x M
+ * (row stride lda >= M), as BLAS's transa = 'T'. */
+CYL_AMX_TARGET static void cyl_amx_bf16_gemm_tn(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                                const float* A, ptrdiff_t lda,
+                                                const uint16_t* P, float* C, ptrdiff_t ldc,
+                                                int accumulate, uint16_t* abuf)
+{
+    cyl_amx_gemm_body(M, N, K, A, lda, 1, P, C, ldc, accumulate, abuf);
+}
+
 #else   /* no AMX in this build */
 #define CYL_HAVE_AMX 0
 
@@ -342,6 +473,23 @@ static inline void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, cons
 {
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)P; (void)C; (void)ldc;
     (void)accumulate; (void)abuf;
+}
+static inline void cyl_amx_bf16_gemm_tn(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                        const float* A, ptrdiff_t lda, const uint16_t* P,
+                                        float* C, ptrdiff_t ldc, int accumulate,
+                                        uint16_t* abuf)
+{
+    cyl_amx_bf16_gemm(M, N, K, A, lda, P, C, ldc, accumulate, abuf);
+}
+static inline void cyl_amx_tiles_pack(const float* W, ptrdiff_t K, ptrdiff_t N,
+                                      ptrdiff_t ldw, uint16_t* P)
+{
+    cyl_bf16_tiles_pack(W, K, N, ldw, P);
+}
+static inline void cyl_amx_tiles_pack_t(const float* W, ptrdiff_t K, ptrdiff_t N,
+                                        ptrdiff_t ldw, uint16_t* P)
+{
+    cyl_bf16_tiles_pack_strided(W, K, N, 1, ldw, P);
 }
 #endif
 

@@ -54,8 +54,10 @@ def lstm_ref(x, W, U, b, h0=None, c0=None, lengths=None, reverse=False, rmask=No
     return y, hT, cT, tape
 
 
-def lstm_ref_backward(x, W, U, tape, dy=None, dhT=None, dcT=None, rmask=None):
-    """Gradients of sum(dy * y) + sum(dhT * hT) + sum(dcT * cT)."""
+def lstm_ref_backward(x, W, U, tape, dy=None, dhT=None, dcT=None, rmask=None, dzround=None):
+    """Gradients of sum(dy * y) + sum(dhT * hT) + sum(dcT * cT).  ``dzround``: a
+    rounding applied to dz where it multiplies (B7, B8, dx), not where it sums
+    into db (the mixed_bfloat16 backward: bf16 products, a float32 bias)."""
     x = np.asarray(x, np.float64)
     B, _T, I = x.shape
     H = U.shape[0]
@@ -78,11 +80,13 @@ def lstm_ref_backward(x, W, U, tape, dy=None, dhT=None, dcT=None, rmask=None):
             dc_prev = dc * f                              # (B5)
             dz = np.concatenate([di * i * (1 - i), df * f * (1 - f),
                                  dg * (1 - g ** 2), do * o * (1 - o)])  # (B6)
+            db += dz
+            if dzround is not None:
+                dz = dzround(dz)
             dhr = U @ dz                                  # (B7)
             dh = dhr * rmask[n] if rmask is not None else dhr
             dW += np.outer(x[n, t], dz)                   # (B8)
             dU += np.outer(hr, dz)
-            db += dz
             dx[n, t] = W @ dz
             dc = dc_prev
         dh0[n], dc0[n] = dh, dc

@@ -7,17 +7,20 @@
   emulated semantics (tests/test_mixed_precision.py's, whose forward, lengths and
   gradient tests run the AMX paths too), with masks; the packed-weight cache;
 - the planner with injected CPU facts (any CPU), and a forced AMX path refused
-  where it cannot run (any CPU: the AMX kernel is turned off for it).
+  where it cannot run (any CPU: the AMX kernel is turned off for it);
+- the mixed_bfloat16 backward on tiles (dz packed per block, x^T and h^T rounded
+  from their rows) and emulated with the kernel off, both against the float64
+  reference that rounds dz where it multiplies.
 """
 import dataclasses
 
 import numpy as np
 import pytest
 from reference import bf16_round, random_lstm
-from test_mixed_precision import F32, _f32, _keras_like, _ref_bf16
+from test_mixed_precision import F32, _check_grads, _f32, _grads_case, _keras_like, _ref_bf16
 
 from cylstm import _cpu, _lstm, _packcache, _tuning
-from cylstm.functional import AMX_PATHS, lstm_forward, plan_forward
+from cylstm.functional import AMX_PATHS, lstm_backward, lstm_forward, plan_backward, plan_forward
 
 AMX_CODE, AMX_WHY = _lstm.amx_status()
 needs_amx = pytest.mark.skipif(AMX_CODE != 5, reason=f"no AMX bf16 tiles here: {AMX_WHY}")
@@ -59,6 +62,30 @@ def test_tile_packer_layout(K, N):
     assert out[0] == 0x3F80
 
 
+@pytest.mark.parametrize(("K", "N"), [(1, 1), (31, 15), (33, 17), (64, 200), (7, 48)])
+def test_tile_packer_reads_a_transposed_matrix(K, N):
+    # the backward's U^T and W^T, packed from U and W as they are stored
+    W = np.random.default_rng(K + N).standard_normal((K, N)).astype(np.float32)
+    out = np.full(_lstm.bf16_tiles_len(K, N), 0xABCD, np.uint16)
+    _lstm.bf16_tiles_pack(np.ascontiguousarray(W.T), out, transposed=True)
+    np.testing.assert_array_equal(out, _pack_ref(W))
+
+
+@needs_amx
+@pytest.mark.parametrize(("K", "N"), [(1, 1), (31, 15), (32, 16), (33, 17), (64, 200), (513, 48)])
+def test_hardware_tile_packer_rounds_as_the_scalar_one(K, N):
+    # the AVX-512 BF16 pack of dz (normal numbers: it flushes subnormals, as AMX does)
+    W = np.random.default_rng(K * N + 1).standard_normal((K, N)).astype(np.float32)
+    W[0, 0] = np.float32(1 + 2**-8)            # a tie to even (down)
+    W[-1, -1] = np.float32(1 + 3 * 2**-8)      # a tie to even (up)
+    out = np.full(_lstm.bf16_tiles_len(K, N), 0xABCD, np.uint16)
+    _lstm.bf16_tiles_pack(W, out, hardware=True)
+    np.testing.assert_array_equal(out, _pack_ref(W))
+    out[:] = 0xABCD   # the transposed read (U^T, W^T from U, W)
+    _lstm.bf16_tiles_pack(np.ascontiguousarray(W.T), out, transposed=True, hardware=True)
+    np.testing.assert_array_equal(out, _pack_ref(W))
+
+
 def test_tile_packer_refuses_a_wrong_length():
     W = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match="out must hold 512 elements for a 3 x 4 matrix"):
@@ -86,10 +113,29 @@ def test_amx_product_matches_float64_sums(M, N, K, accumulate):
 
 
 @needs_amx
+@pytest.mark.parametrize(("M", "N", "K"), [(1, 16, 32), (15, 17, 33), (33, 200, 50),
+                                           (300, 77, 7), (257, 96, 513)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_amx_product_of_a_transposed_a(M, N, K, accumulate):
+    # the backward's x^T dz and h^T dz: A stored K x M, rounded from its rows
+    rng = np.random.default_rng(M + 3 * N + 5 * K)
+    AT = rng.standard_normal((K, M)).astype(np.float32)
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
+    _lstm.bf16_tiles_pack(W, P)
+    C0 = rng.standard_normal((M, N)).astype(np.float32)
+    C = C0.copy()
+    _lstm.amx_gemm(AT, P, C, accumulate, transa=True)
+    want = bf16_round(AT).T @ bf16_round(W) + (C0 if accumulate else 0)
+    scale = np.abs(bf16_round(AT)).T @ np.abs(bf16_round(W)) + np.abs(C0 if accumulate else 0)
+    assert np.all(np.abs(C - want) <= 2 * K * 2**-24 * scale + 1e-30)
+
+
+@needs_amx
 def test_amx_product_refuses_mismatched_buffers():
     A = np.ones((4, 8), np.float32)
     P = np.empty(_lstm.bf16_tiles_len(8, 16), np.uint16)
-    with pytest.raises(ValueError, match="C must have A's 4 rows"):
+    with pytest.raises(ValueError, match=r"C must have 4 rows \(A's\)"):
         _lstm.amx_gemm(A, P, np.empty((5, 16), np.float32))
     with pytest.raises(ValueError, match="P must hold"):
         _lstm.amx_gemm(A, P[:-1], np.empty((4, 16), np.float32))
@@ -230,3 +276,82 @@ def test_a_forced_lower_level_turns_amx_off():
         assert _lstm.amx_status()[0] == 3
         p = plan_forward(64, 10, 64, 64, np.float32, 1, compute_dtype="bfloat16")
         assert p.path not in AMX_PATHS
+
+
+# ---------------------------------------------------------------------------
+# The mixed_bfloat16 backward
+# ---------------------------------------------------------------------------
+
+def _bf16_grads(B, threads, mask, T=7, I=5, H=6, lengths=None, every=None):
+    x, W, U, b, h0, c0, dy, dhT, dcT, rmask = _grads_case(43, B=B, T=T, I=I, H=H, mask=mask)
+    if lengths is not None:
+        dy = dy * (np.arange(T)[None, :] < lengths[:, None])[..., None]
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), recurrent_mask=rmask,
+                       lengths=lengths, training=True, compute_dtype="bfloat16",
+                       num_threads=threads, checkpoint_every=every)
+    y = out.output.copy()
+    g = lstm_backward(out.cache, grad_output=dy, grad_h=dhT, grad_c=dcT, num_threads=threads)
+    _check_grads(g, x, W, U, b, y, h0, c0, dy, dhT, dcT, rmask, lengths=lengths,
+                 bound=None if B * T * H < 2000 else 1e-3)
+
+
+# B = 34 on 2 threads: slices of 17 rows (edge tiles); (I, H) = (40, 36): 4H = 144
+# columns, two tile pairs and an edge; T = 40 at B = 34: 1360 rows of dz, three
+# blocks of AMX_BACK_ROWS_C (the last partial) accumulated into dW and dU
+_BACKWARD_CASES = [(34, 1, False, 7, 5, 6, None), (34, 2, True, 7, 5, 6, None),
+                   (17, 1, False, 40, 40, 36, None), (34, 2, False, 40, 40, 36, None),
+                   (9, 1, False, 7, 5, 6, "lengths"), (34, 2, True, 12, 40, 36, 5),
+                   (64, 2, True, 50, 64, 64, None)]
+
+
+def _lengths(kind, B, T):
+    return None if kind != "lengths" else np.random.default_rng(B).integers(0, T + 1, B)
+
+
+@needs_amx
+@pytest.mark.parametrize(("B", "threads", "mask", "T", "I", "H", "extra"), _BACKWARD_CASES)
+def test_backward_on_amx_tiles_matches_the_reference(B, threads, mask, T, I, H, extra):
+    assert plan_backward(B, threads, bf16=True).amx
+    _bf16_grads(B, threads, mask, T, I, H, _lengths(extra, B, T),
+                extra if isinstance(extra, int) else None)
+
+
+@pytest.mark.parametrize(("B", "threads", "mask", "T", "I", "H", "extra"), _BACKWARD_CASES)
+def test_backward_emulated_matches_the_reference(amx_off, B, threads, mask, T, I, H, extra):
+    # the same semantics without AMX (any CPU; on an AMX CPU the kernel is turned off)
+    assert not plan_backward(B, threads, bf16=True).amx
+    _bf16_grads(B, threads, mask, T, I, H, _lengths(extra, B, T),
+                extra if isinstance(extra, int) else None)
+
+
+def test_the_backward_block_of_rows_is_the_tuned_one():
+    assert _lstm.AMX_BACK_ROWS == _tuning.AMX_BACK_ROWS
+
+
+def test_the_backward_plan_takes_amx_where_the_cpu_has_it():
+    p = plan_backward(64, 2, bf16=True, facts=AMX)
+    assert p.amx and "AMX" in p.reason
+    no = dataclasses.replace(AMX, amx_bf16=False, flags=frozenset())
+    p = plan_backward(64, 2, bf16=True, facts=no)
+    assert not p.amx and "emulated" in p.reason
+    assert not plan_backward(64, 2, facts=AMX).amx   # float32 training never does
+
+
+@needs_amx
+def test_an_amx_forward_cache_trains_where_the_backward_has_no_amx():
+    # the AMX training forward keeps the caller's operands (the AMX backward rounds
+    # them as it packs); a backward planned without AMX rounds copies itself
+    x, W, U, b, h0, c0, dy, dhT, dcT, _ = _grads_case(47, B=34)
+    keep = [a.copy() for a in (x, W, U)]
+    out = lstm_forward(x, W, U, b, initial_state=(h0, c0), training=True,
+                       compute_dtype="bfloat16", _plan="rows_amx")
+    assert out.cache["rounded"] is False and out.cache["W"] is W
+    y = out.output.copy()
+    was = _lstm._force_amx(False)
+    try:
+        g = lstm_backward(out.cache, grad_output=dy, grad_h=dhT, grad_c=dcT)
+    finally:
+        _lstm._force_amx(was)
+    _check_grads(g, x, W, U, b, y, h0, c0, dy, dhT, dcT)
+    for a, k in zip((x, W, U), keep):
+        np.testing.assert_array_equal(a, k)   # the caller's arrays untouched

@@ -289,14 +289,26 @@ def _grads_case(seed, B=8, T=7, I=5, H=6, mask=False):
 
 
 def _check_grads(g, x, W, U, b, out_y, h0, c0, dy, dhT, dcT, rmask=None, lengths=None,
-                 reverse=False):
+                 reverse=False, bound=None):
+    """The gradients ``g`` against the float64 reference, elementwise (F32_GRAD), or
+    with ``bound``, as max |error| <= bound * max |reference| per gradient: for
+    cases with thousands of dz values, some of which lie within float32's noise of
+    a bf16 tie and round to the other neighbour than the float64 reference's (each
+    such flip a bf16 ulp, 2**-8, of one dz; measured: <= 6e-4 of the largest
+    gradient at (B, T, I, H) = (64, 50, 64, 64), where the reference without dz's
+    rounding is 1.3e-3 to 2.2e-3 away)."""
     _, _, _, tape = _ref_bf16(x, W, U, b, out_y, h0, c0, lengths, reverse, rmask)
-    # straight through the casts: the rounded x, W, U stand in the backward
+    # straight through the casts: the rounded x, W, U stand in the backward, and
+    # dz is rounded where it multiplies (bf16 products both ways, as the forward's)
     want = lstm_ref_backward(bf16_round(x), bf16_round(W), bf16_round(U), tape, dy, dhT, dcT,
-                             rmask)
+                             rmask, dzround=bf16_round)
     for name, got, ref in zip(("dx", "dW", "dU", "db", "dh0", "dc0"), g, want):
         assert got.dtype == np.float32, name
-        np.testing.assert_allclose(got, ref, **F32_GRAD, err_msg=name)
+        if bound is None:
+            np.testing.assert_allclose(got, ref, **F32_GRAD, err_msg=name)
+        else:
+            err = np.abs(got - ref).max() / np.abs(ref).max()
+            assert err <= bound, f"{name}: {err:.2e} of the largest > {bound}"
 
 
 @pytest.mark.parametrize(("path", "B"), [("rows", 8), ("rows_fused", 8),
@@ -566,9 +578,10 @@ def test_dense_gradients_pass_straight_through_the_roundings():
     x16, k16 = round_bfloat16(x), round_bfloat16(d.kernel)
     np.testing.assert_array_equal(y, np.tanh(x16 @ k16 + d.bias))
     dz = dy * (1 - y**2)
-    np.testing.assert_allclose(d._grads["kernel"], x16.T @ dz, rtol=1e-5, atol=1e-6)
+    dz16 = bf16_round(dz)   # the products' operand; the bias sums the float32 dz
+    np.testing.assert_allclose(d._grads["kernel"], x16.T @ dz16, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(d._grads["bias"], dz.sum(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(dx, dz @ k16.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, dz16 @ k16.T, rtol=1e-5, atol=1e-6)
 
 
 def test_lstm_layer_gradients_are_the_functional_ones():

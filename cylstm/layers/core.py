@@ -130,7 +130,8 @@ class Dense(Layer):
         a = _act.forward_(self.activation, z)
         if training:
             # the operands the product read: the gradients pass straight through the
-            # roundings (dK = x16^T dz, dx = dz K16^T)
+            # roundings, over dz rounded too (bf16 products, as the LSTM's backward:
+            # dK = x16^T dz16, dx = dz16 K16^T; the bias takes the float32 dz)
             self._cache = (x2, a, K)
         if x.ndim != 2:
             a = a.reshape(x.shape[:-1] + (self.units,))
@@ -150,9 +151,11 @@ class Dense(Layer):
                 dz = dz + ga
         if not self._logits_out:  # else dy is already dL/dlogits
             dz = _act.backward_(self.activation, a, dz)
-        np.matmul(x2.T, dz, out=self._grads["kernel"])
         if self.use_bias:
             np.sum(dz, axis=0, out=self._grads["bias"])
+        if self._bf16:
+            dz = round_bfloat16(dz)
+        np.matmul(x2.T, dz, out=self._grads["kernel"])
         self._add_regularizer_grads()
         if not need_input_grad:
             return None
