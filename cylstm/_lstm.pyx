@@ -63,6 +63,8 @@ cdef extern from "cylstm_bf16.h" nogil:
     void cyl_amx_tiles_pack_t(const float* W, Py_ssize_t K, Py_ssize_t N, Py_ssize_t ldw,
                               uint16_t* P) noexcept
     int cyl_amx_bf16_usable() noexcept
+    int cyl_bf16_set_dot_rows(int n) noexcept
+    enum: CYL_BF16_DOT_DEFAULT
     int cyl_amx_bf16_status() noexcept
     int cyl_amx_force(int on) noexcept
     void cyl_amx_bf16_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
@@ -134,6 +136,13 @@ def bf16_tiles_pack(const float[:, ::1] W, uint16_t[::1] out, bint transposed=Fa
             cyl_bf16_tiles_pack_strided(&W[0, 0], K, N, 1, K, &out[0])
         else:
             cyl_bf16_tiles_pack(&W[0, 0], K, N, N, &out[0])
+
+
+def _set_bf16_dot_rows(int n):
+    """Products of at most ``n`` rows (0 to 4) skip the AMX tiles for AVX512-BF16
+    dot products (include/cylstm_bf16.h); returns the previous value.  Tests and
+    measurements only: BF16_DOT_ROWS (_tuning's) is the default."""
+    return cyl_bf16_set_dot_rows(n)
 
 
 def round_bf16(const float[::1] a, float[::1] out):
@@ -672,6 +681,7 @@ cdef enum:
     # _tuning.AMX_BACK_ROWS
     AMX_BACK_ROWS_C = 512
 AMX_BACK_ROWS = AMX_BACK_ROWS_C
+BF16_DOT_ROWS = CYL_BF16_DOT_DEFAULT
 
 
 cdef void _amx_weight_grads(Py_ssize_t r0, Py_ssize_t n, Py_ssize_t I, Py_ssize_t H,

@@ -177,6 +177,16 @@ AMX_FUSE_MAX_BYTES = 2 * 2**20
 # MIN_ROWS_PER_THREAD as the float32 one: (25, 16, 1024, 1024) on 2 threads, 2
 # slices of 8 rows 86 / 85 ms against one thread of 16 rows 98 / 94.
 AMX_BACK_ROWS = 512
+# Products of at most BF16_DOT_ROWS rows (a batch-1 step's h @ U) skip the tiles,
+# which would use one of their 16 rows, for AVX512-BF16 dot products over the same
+# packed layout (include/cylstm_bf16.h's cyl_bf16_rows_dot; the C constant
+# CYL_BF16_DOT_DEFAULT, a test checks the two agree).  Intel(R) Xeon(R) Processor
+# (2 cores), 2026-12-03, one product (us, dot / tiles), rows 1 / 2 / 3 / 4 / 5:
+# (K, N) = (256, 1024) 11.1/22.4, 15.2/23.4, 18.7/23.3, 23.4/23.2, (5: tiles);
+# (512, 2048) 58/109, 77/107, 88/108, 105/108; (1024, 4096) 318/362, 323/353,
+# 336/368, 394/366.  lstm_forward bf16 at (200, 1, 64, 128) 0.66 -> 0.51-0.56
+# ms, (25, 1, 512, 512) 1.50 -> 1.17-1.44.
+BF16_DOT_ROWS = 3
 # ... and only while [W; U] is at most FUSE_MAX_BYTES: the fused step's BLAS
 # calls repack W and U every step, which the cache budget alone does not see.
 # 2-vCPU Xeon, 2026-12-01 (min of 3-5): (50, 64, 512, 512), 8 MiB of weights,

@@ -24,7 +24,9 @@
  * rows 32 at a time: four C tiles (2 x 2), two A tiles and two B tiles, the
  * eight tiles AMX has.  The pair's B blocks (2 x Kp x 32 bytes) stay in L1 over
  * the row blocks; A's rows come from L2.  Edge tiles (rows past M, columns
- * past N) go through a 16 x 16 float32 scratch, one tile at a time.
+ * past N) go through a 16 x 16 float32 scratch, one tile at a time.  A product of
+ * a few rows (a batch-1 step) skips the tiles for AVX512-BF16 dot products over
+ * the same layout (cyl_bf16_rows_dot).
  *
  * Every output is a sum of bf16 products in float32; the order in which the
  * hardware adds them (pairs, then the tile's k, then the k blocks in order) is
@@ -50,6 +52,21 @@
 
 /* rows of A rounded into the bf16 scratch at a time */
 #define CYL_BF16_MS 256
+/* Products of at most cyl_bf16_dot_max rows of A skip the tiles (cyl_bf16_rows_dot):
+ * CYL_BF16_DOT_DEFAULT, _tuning.BF16_DOT_ROWS with its measurement; at most
+ * CYL_BF16_DOT_ROWS, the dot kernel's register block. */
+#define CYL_BF16_DOT_ROWS 4
+#define CYL_BF16_DOT_DEFAULT 3
+static int cyl_bf16_dot_max = CYL_BF16_DOT_DEFAULT;
+
+/* Set the row count below which products skip the tiles (0: never; clamped to
+ * CYL_BF16_DOT_ROWS); returns the previous one.  For measuring and tests. */
+static int cyl_bf16_set_dot_rows(int n)
+{
+    int previous = cyl_bf16_dot_max;
+    cyl_bf16_dot_max = n < 0 ? 0 : n > CYL_BF16_DOT_ROWS ? CYL_BF16_DOT_ROWS : n;
+    return previous;
+}
 
 static inline ptrdiff_t cyl_bf16_kp(ptrdiff_t K) { return (K + 31) / 32 * 32; }
 static inline ptrdiff_t cyl_bf16_np(ptrdiff_t N) { return (N + 15) / 16 * 16; }
@@ -315,6 +332,70 @@ CYL_AMX_TARGET static void cyl_amx_tiles_pack_t(const float* W, ptrdiff_t K, ptr
     }
 }
 
+/* Rows [0, m) (m <= CYL_BF16_DOT_ROWS) of C (+)= abuf's bf16 rows @ P without the
+ * tiles: AVX512-BF16 `vdpbf16ps` over the tile layout as it lies.  A B tile's row r
+ * holds, per column, the pair (k = 2r, 2r + 1): multiplied by A's pair broadcast to
+ * every lane it adds both products into that column's sum, and a column block's
+ * rows follow each other along K, so each block streams once, four blocks side by
+ * side (four chains of sums per row of A).  A tile product would use one of its 16
+ * rows here: at (T, B, I, H) = (150, 1, 256, 256) the step's h @ U took 11 us on
+ * tiles (Intel(R) Xeon(R) Processor (2 cores), 2026-12-03).  The sums are float32
+ * sums of the same bf16 products in another order. */
+CYL_AMX_TARGET static inline __attribute__((always_inline)) void
+cyl_bf16_dot_rows(const uint16_t* abuf, ptrdiff_t kp, const int m, const uint16_t* P,
+                  ptrdiff_t N, float* C, ptrdiff_t ldc, int accumulate)
+{
+    const ptrdiff_t kb_n = kp / 32, nblk = (N + 15) / 16, k2n = kp / 2;
+    ptrdiff_t nb0, k2;
+    int r, g;
+    for (nb0 = 0; nb0 < nblk; nb0 += 4) {
+        const int ng = nblk - nb0 < 4 ? (int)(nblk - nb0) : 4;
+        const uint16_t* b = P + nb0 * kb_n * 512;
+        __m512 acc[CYL_BF16_DOT_ROWS][4];
+        for (r = 0; r < m; r++)
+            for (g = 0; g < 4; g++)
+                acc[r][g] = _mm512_setzero_ps();
+        for (k2 = 0; k2 < k2n; k2++) {
+            __m512i bv[4];
+            for (g = 0; g < 4; g++)
+                bv[g] = g < ng ? _mm512_loadu_si512((const void*)(b + (g * kb_n * 512)
+                                                                  + k2 * 32))
+                               : _mm512_setzero_si512();
+            for (r = 0; r < m; r++) {
+                uint32_t pair;
+                memcpy(&pair, abuf + r * kp + 2 * k2, sizeof(pair));
+                const __m512i av = _mm512_set1_epi32((int)pair);
+                for (g = 0; g < 4; g++)
+                    acc[r][g] = _mm512_dpbf16_ps(acc[r][g], (__m512bh)av, (__m512bh)bv[g]);
+            }
+        }
+        for (g = 0; g < ng; g++) {
+            const ptrdiff_t n0 = (nb0 + g) * 16, left = N - n0;
+            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF
+                                            : (__mmask16)((1u << left) - 1);
+            for (r = 0; r < m; r++) {
+                float* c = C + r * ldc + n0;
+                __m512 v = acc[r][g];
+                if (accumulate)
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
+                _mm512_mask_storeu_ps(c, mk, v);
+            }
+        }
+    }
+}
+
+CYL_AMX_TARGET static void cyl_bf16_rows_dot(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m,
+                                             const uint16_t* P, ptrdiff_t N, float* C,
+                                             ptrdiff_t ldc, int accumulate)
+{
+    switch (m) {
+    case 1: cyl_bf16_dot_rows(abuf, kp, 1, P, N, C, ldc, accumulate); break;
+    case 2: cyl_bf16_dot_rows(abuf, kp, 2, P, N, C, ldc, accumulate); break;
+    case 3: cyl_bf16_dot_rows(abuf, kp, 3, P, N, C, ldc, accumulate); break;
+    default: cyl_bf16_dot_rows(abuf, kp, 4, P, N, C, ldc, accumulate); break;
+    }
+}
+
 /* One 16 x 16 C tile at (m0, n0) of the superblock, through `tmp` where it is
  * partial (rows past m, columns past N). */
 CYL_AMX_TARGET static void cyl_amx_tile1(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m0,
@@ -409,6 +490,14 @@ CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
         if (!accumulate)
             for (m0 = 0; m0 < M; m0++)
                 memset(C + m0 * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    if (M <= cyl_bf16_dot_max) {   /* a row or a few: no tiles */
+        if (transa)
+            cyl_amx_round_cols(A, lda, M, K, kp, abuf);
+        else
+            cyl_amx_round_rows(A, lda, M, K, kp, abuf);
+        cyl_bf16_rows_dot(abuf, kp, M, P, N, C, ldc, accumulate);
         return;
     }
     cyl_amx_config();

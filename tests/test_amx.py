@@ -131,6 +131,35 @@ def test_amx_product_of_a_transposed_a(M, N, K, accumulate):
     assert np.all(np.abs(C - want) <= 2 * K * 2**-24 * scale + 1e-30)
 
 
+@pytest.fixture(params=[0, 4], ids=["tiles", "dots"])
+def dot_rows(request):
+    """Products of a few rows on the tiles (0) or on the AVX512-BF16 dots (up to 4)."""
+    was = _lstm._set_bf16_dot_rows(request.param)
+    yield request.param
+    _lstm._set_bf16_dot_rows(was)
+
+
+@needs_amx
+@pytest.mark.parametrize(("M", "N", "K"), [(1, 16, 32), (2, 17, 33), (3, 70, 64), (4, 200, 513),
+                                           (1, 1, 1), (4, 48, 7)])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("transa", [False, True])
+def test_products_of_a_few_rows_both_ways(dot_rows, M, N, K, accumulate, transa):
+    # a batch-1 step's products: four column blocks at a time, partial ones, odd K
+    rng = np.random.default_rng(M + 11 * N + 17 * K)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
+    _lstm.bf16_tiles_pack(W, P)
+    C0 = rng.standard_normal((M, N)).astype(np.float32)
+    C = C0.copy()
+    _lstm.amx_gemm(np.ascontiguousarray(A.T) if transa else A, P, C, accumulate,
+                   transa=transa)
+    want = bf16_round(A) @ bf16_round(W) + (C0 if accumulate else 0)
+    scale = np.abs(bf16_round(A)) @ np.abs(bf16_round(W)) + np.abs(C0 if accumulate else 0)
+    assert np.all(np.abs(C - want) <= 2 * K * 2**-24 * scale + 1e-30)
+
+
 @needs_amx
 def test_amx_product_refuses_mismatched_buffers():
     A = np.ones((4, 8), np.float32)
@@ -324,8 +353,9 @@ def test_backward_emulated_matches_the_reference(amx_off, B, threads, mask, T, I
                 extra if isinstance(extra, int) else None)
 
 
-def test_the_backward_block_of_rows_is_the_tuned_one():
+def test_the_compiled_thresholds_are_the_tuned_ones():
     assert _lstm.AMX_BACK_ROWS == _tuning.AMX_BACK_ROWS
+    assert _lstm.BF16_DOT_ROWS == _tuning.BF16_DOT_ROWS
 
 
 def test_the_backward_plan_takes_amx_where_the_cpu_has_it():
