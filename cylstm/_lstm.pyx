@@ -704,6 +704,47 @@ cdef void _amx_weight_grads(Py_ssize_t r0, Py_ssize_t n, Py_ssize_t I, Py_ssize_
                           dx + r0 * I, I, 0, abuf)
 
 
+cdef void _blas_weight_grads(Py_ssize_t r0, Py_ssize_t n, Py_ssize_t I, Py_ssize_t H,
+                             const floating* x, const floating* W, const floating* Hp,
+                             const floating* G, floating* dx, floating* dW,
+                             floating* dU) noexcept nogil:
+    """(B8) and dx of rows [r0, r0 + n) on BLAS (at the threads set for it):
+    [dW; dU] (I+H, 4H) = [X, Hp]^T (I+H, n) @ dz (n, 4H), one GEMM over [x_t, h_prev]
+    rows gathered side by side, so that BLAS packs dz once, not once for dW and
+    again for dU ((100, 32, 10, 50) backward, one thread: the repacking was a tenth
+    of it: 2.71 -> 2.47 ms).  The gathered copy is a transient the size of (I + H)
+    / 4H of the gates, so only up to BACKWARD_GATHER_MAX_BYTES (a memory bound, not
+    a tuned crossover: past it dz is long and its packing a small share); above
+    that, or without the scratch, two GEMMs.  Then dx (n, I) = dz @ W^T."""
+    cdef Py_ssize_t H4 = 4 * H, r
+    cdef floating* XH = NULL
+    cdef floating* WU = NULL
+    if 0 < n * (I + H) * <Py_ssize_t> sizeof(floating) <= BACKWARD_GATHER_MAX_BYTES:
+        XH = <floating*> malloc(n * (I + H) * sizeof(floating))
+    WU = <floating*> malloc((I + H) * H4 * sizeof(floating)) if XH != NULL else NULL
+    if WU != NULL:
+        for r in range(n):
+            memcpy(XH + r * (I + H), x + (r0 + r) * I, I * sizeof(floating))
+            memcpy(XH + r * (I + H) + I, Hp + (r0 + r) * H, H * sizeof(floating))
+        gemm(True, False, <int> (I + H), <int> H4, <int> n, 1, XH, <int> (I + H),
+             G + r0 * H4, <int> H4, 0, WU, <int> H4)
+        memcpy(dW, WU, I * H4 * sizeof(floating))
+        memcpy(dU, WU + I * H4, H * H4 * sizeof(floating))
+    else:
+        # dW (I, 4H) = X^T (I, n) @ dz (n, 4H)
+        gemm(True, False, <int> I, <int> H4, <int> n, 1, x + r0 * I, <int> I,
+             G + r0 * H4, <int> H4, 0, dW, <int> H4)
+        # dU (H, 4H) = Hp^T (H, n) @ dz (n, 4H)
+        gemm(True, False, <int> H, <int> H4, <int> n, 1, Hp + r0 * H, <int> H,
+             G + r0 * H4, <int> H4, 0, dU, <int> H4)
+    free(XH)
+    free(WU)
+    if dx != NULL:
+        # dx (n, I) = dz (n, 4H) @ W^T, W stored (I, 4H)
+        gemm(False, True, <int> n, <int> I, <int> H4, 1, G + r0 * H4,
+             <int> H4, W, <int> H4, 0, dx + r0 * I, <int> I)
+
+
 cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          Py_ssize_t I, Py_ssize_t H,
                          const floating* x, const floating* W,
@@ -714,7 +755,8 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          const floating* dy, floating* dhs, floating* dcs,
                          floating* D, floating* dHp, floating* dx,
                          floating* dW, floating* dU, floating* db,
-                         int big_threads, bint bf16, const uint16_t* amxT) noexcept nogil:
+                         int big_threads, bint bf16, const uint16_t* amxT,
+                         bint loop_only=False) noexcept nogil:
     """BPTT over samples [b0, b1); dW/dU/db receive this slice's sums.  ``UT`` is
     U^T (4H, H) packed by _pack_transposed.
 
@@ -727,7 +769,8 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     BLAS and the panel kernel, the same sums in another order.
 
     The time loop runs single-threaded BLAS; the weight-gradient GEMMs after
-    it may use ``big_threads``."""
+    it may use ``big_threads``.  ``loop_only`` (BLAS, not AMX): the time loop and
+    db only; the caller runs _blas_weight_grads over every slice's rows at once."""
     cdef Py_ssize_t nb = b1 - b0, H4 = 4 * H, hpw = _plain_padded(H, dW)
     cdef Py_ssize_t s, b, t, tp, L, row, j, r, Lmax = 0
     cdef const floating* cp
@@ -737,8 +780,6 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     cdef const floating* dz
     cdef Py_ssize_t ldz
     cdef unsigned fp_mode
-    cdef floating* XH
-    cdef floating* WU
     cdef floating* gz
     cdef uint16_t* abuf = NULL
     cdef uint16_t* dzP = NULL
@@ -824,15 +865,7 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                 else:
                     memcpy(dhs + b * H, dHp + b * hpw, hbytes)
     set_blas_threads(big_threads)
-    # (B8) over all nb*T rows of this slice (padding rows are zero in dz):
-    # [dW; dU] (I+H, 4H) = [X, Hp]^T (I+H, nb*T) @ dz (nb*T, 4H), one GEMM over
-    # [x_t, h_prev] rows gathered side by side, so that BLAS packs dz once, not
-    # once for dW and again for dU ((100, 32, 10, 50) backward, one thread: the
-    # repacking was a tenth of it: 2.71 -> 2.47 ms).  The gathered copy is a
-    # transient the size of (I + H) / 4H of the gates, so only up to
-    # BACKWARD_GATHER_MAX_BYTES (a memory bound, not a tuned crossover: past it dz
-    # is long and its packing a small share); above that, or without the
-    # scratch, two GEMMs.
+    # (B8) and dx over all nb*T rows of this slice (padding rows are zero in dz)
     if amx:
         if floating is float:
             _amx_weight_grads(b0 * T, nb * T, I, H, x, Hp, G, dx, dW, dU, amxT, dzP, abuf)
@@ -840,36 +873,13 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         free(dzP)
         cyl_ftz_end(fp_mode)
         return
-    XH = NULL
-    if 0 < nb * T * (I + H) * <Py_ssize_t> sizeof(floating) <= BACKWARD_GATHER_MAX_BYTES:
-        XH = <floating*> malloc(nb * T * (I + H) * sizeof(floating))
-    WU = <floating*> malloc((I + H) * H4 * sizeof(floating)) if XH != NULL else NULL
-    if WU != NULL:
-        for r in range(nb * T):
-            memcpy(XH + r * (I + H), x + (b0 * T + r) * I, I * sizeof(floating))
-            memcpy(XH + r * (I + H) + I, Hp + (b0 * T + r) * H, H * sizeof(floating))
-        gemm(True, False, <int> (I + H), <int> H4, <int> (nb * T), 1, XH, <int> (I + H),
-             G + b0 * T * H4, <int> H4, 0, WU, <int> H4)
-        memcpy(dW, WU, I * H4 * sizeof(floating))
-        memcpy(dU, WU + I * H4, H * H4 * sizeof(floating))
-    else:
-        # dW (I, 4H) = X^T (I, nb*T) @ dz (nb*T, 4H)
-        gemm(True, False, <int> I, <int> H4, <int> (nb * T), 1, x + b0 * T * I, <int> I,
-             G + b0 * T * H4, <int> H4, 0, dW, <int> H4)
-        # dU (H, 4H) = Hp^T (H, nb*T) @ dz (nb*T, 4H)
-        gemm(True, False, <int> H, <int> H4, <int> (nb * T), 1, Hp + b0 * T * H, <int> H,
-             G + b0 * T * H4, <int> H4, 0, dU, <int> H4)
-    free(XH)
-    free(WU)
     if not bf16:  # db = sum over rows of dz (bf16: summed before dz was rounded)
         memset(db, 0, H4 * sizeof(floating))
         for r in range(b0 * T, b1 * T):
             for j in range(H4):
                 db[j] += G[r * H4 + j]
-    if dx != NULL:
-        # dx (nb*T, I) = dz (nb*T, 4H) @ W^T, W stored (I, 4H)
-        gemm(False, True, <int> (nb * T), <int> I, <int> H4, 1, G + b0 * T * H4,
-             <int> H4, W, <int> H4, 0, dx + b0 * T * I, <int> I)
+    if not loop_only:
+        _blas_weight_grads(b0 * T, nb * T, I, H, x, W, Hp, G, dx, dW, dU)
     cyl_ftz_end(fp_mode)
 
 
@@ -1993,6 +2003,8 @@ cdef struct BackJob:
     int64_t* flags
     bint bf16
     const uint16_t* amxT
+    bint loop_only         # slices run the time loop and db; the caller the GEMMs after
+    int big                # BLAS threads for a lone slice's GEMMs after its time loop
 
 
 cdef void _back_piece_t(BackJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
@@ -2011,8 +2023,8 @@ cdef void _back_piece_t(BackJob* j, Py_ssize_t c, floating* kind) noexcept nogil
                    <const floating*> j.c0, j.lengths, j.reverse, <const floating*> j.rmask,
                    <floating*> j.G, <const floating*> j.C, <const floating*> j.Hp,
                    <const floating*> j.dy, <floating*> j.dhs, <floating*> j.dcs,
-                   <floating*> j.D, <floating*> j.dHp, <floating*> j.dx, dWp, dUp, dbp, 1,
-                   j.bf16, j.amxT)
+                   <floating*> j.D, <floating*> j.dHp, <floating*> j.dx, dWp, dUp, dbp, j.big,
+                   j.bf16, j.amxT, j.loop_only)
 
 
 cdef void _back_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -2038,13 +2050,16 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              floating[:, ::1] D, floating[:, ::1] dHp, floating[:, :, ::1] dx,
              floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
              floating[:, :, ::1] parts, int n_threads, int blas_threads,
-             bint bf16=False, const uint16_t[::1] amx=None):
+             bint bf16=False, const uint16_t[::1] amx=None, bint whole_grads=False):
     """Run BPTT.  ``PU`` is the recurrent kernel transposed and packed by
     :func:`pack_transposed` (once per weights: the checkpointed backward calls
     this once per segment).  ``bf16``: the mixed_bfloat16 backward (dz rounded
     to bf16 for the products, _backward_rows); ``amx`` (float32, bf16): U^T then
     W^T tile-packed (:func:`bf16_tiles_pack` ``transposed``), the products on AMX
-    tiles (``PU`` may then be None).
+    tiles (``PU`` may then be None).  ``whole_grads`` (BLAS only, n_threads > 1):
+    the slices split the time loop, and the weight-gradient GEMMs after it run
+    once over the whole batch on ``blas_threads`` (no per-slice partial sums of
+    dW and dU to add).  With one slice its GEMMs run on ``blas_threads``.
     ``G`` holds the training forward's gates and is overwritten
     with dL/dz.  ``dhs``/``dcs`` hold dL/dh_T, dL/dc_T on entry and dL/dh0,
     dL/dc0 on exit.  ``parts`` (n_threads - 1, I + H + 1, 4H) is scratch for
@@ -2058,6 +2073,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     cdef floating* pp
     cdef floating* dWp
     cdef floating* dUp
+    cdef unsigned fp_mode
     if B == 0 or T == 0:
         dW[:, :] = 0
         dU[:, :] = 0
@@ -2100,6 +2116,8 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.db = &db[0]
     j.parts = NULL if parts is None else &parts[0, 0, 0]
     j.bf16 = bf16
+    j.big = blas_threads if nt == 1 else 1
+    j.loop_only = whole_grads and nt > 1 and amx is None
     if amx is not None:
         n = cyl_bf16_tiles_len(H4, H) + cyl_bf16_tiles_len(H4, I)
         if not bf16 or sizeof(floating) != sizeof(float):
@@ -2122,13 +2140,20 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             # on scheduling)
             for c in range(1, nt):
                 pp = &parts[c - 1, 0, 0]
-                dWp = &dW[0, 0]
-                for n in range(I * H4):
-                    dWp[n] += pp[n]
-                dUp = &dU[0, 0]
-                for n in range(H * H4):
-                    dUp[n] += pp[I * H4 + n]
+                if not j.loop_only:
+                    dWp = &dW[0, 0]
+                    for n in range(I * H4):
+                        dWp[n] += pp[n]
+                    dUp = &dU[0, 0]
+                    for n in range(H * H4):
+                        dUp[n] += pp[I * H4 + n]
                 for n in range(H4):
                     db[n] += pp[(I + H) * H4 + n]
+            if j.loop_only:  # the weight gradients over every row at once
+                set_blas_threads(blas_threads)
+                fp_mode = cyl_ftz_begin()
+                _blas_weight_grads(0, B * T, I, H, &x[0, 0, 0], &W[0, 0], &Hp[0, 0, 0],
+                                   &G[0, 0, 0], <floating*> j.dx, &dW[0, 0], &dU[0, 0])
+                cyl_ftz_end(fp_mode)
     if j.n_pieces == 0:
         raise MemoryError("backward: no memory for the thread flags")

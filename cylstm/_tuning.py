@@ -162,6 +162,16 @@ FUSE_MIN_ROWS = 8
 #   0.534 / 0.442; (50, 64, 512, 512) (W 2 MiB) 10.5 / 10.2; but (25, 16, 1024,
 #   1024) (W 8 MiB, read again every step) 13.1 / 16.7, and batch 1 (25, 1,
 #   512, 512) 1.17 / 3.78.
+# The float32 backward split over threads (MIN_ROWS_PER_THREAD samples a slice):
+# each slice runs its time loop, then its own weight-gradient GEMMs, summed after
+# ([dW; dU] partial sums, (I + H + 1) x 4H each).  Where a slice holds fewer rows
+# (samples x T) than the gradient (I + H), those GEMMs run instead once over the
+# whole batch on BLAS's threads (functional.plan_backward; off: False).  2
+# threads, Intel(R) Xeon(R) Processor (2 cores), 2026-12-03, backward alone,
+# slices / whole (ms): (25, 16, 1024, 1024) (200 rows a slice, 2048 gradient
+# rows) 93.0 / 82.1 and 91.7 / 83.9; (50, 64, 512, 512) (1600, 1024) 104 / 111;
+# (100, 32, 128, 256) (1600, 384) 22.6 / 23.2; (100, 32, 10, 50) 1.25 / 1.75.
+BACKWARD_WHOLE_GRADS = True
 AMX_MIN_ROWS_PER_THREAD = 16
 AMX_FUSE_MIN_ROWS = 16
 AMX_FUSE_MAX_BYTES = 2 * 2**20

@@ -153,6 +153,9 @@ class BackwardPlan:
     #: the mixed_bfloat16 backward's products on AMX tiles (U^T and W^T packed per
     #: call, dz per block of rows: _lstm._backward_rows), else on BLAS and panels
     amx: bool = False
+    #: (BLAS, n_threads > 1) the slices split the time loop only; the weight-gradient
+    #: GEMMs after it run once over the whole batch on blas_threads
+    whole_grads: bool = False
 
 
 def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,
@@ -606,11 +609,14 @@ def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None,
                        _lstm.stacked_len(I, H, dtype.name), (B, H), reason, pre)
 
 
-def plan_backward(B, n_threads, bf16=False, facts=None):
+def plan_backward(B, n_threads, bf16=False, facts=None, T=None, I=None, H=None):
     """How :func:`lstm_backward` splits its work: a BackwardPlan.  ``bf16``: the
     cache is a ``compute_dtype="bfloat16"`` forward's; its products run on AMX
     tiles where ``facts`` (default: this machine's, and this process may use
-    AMX now) has them."""
+    AMX now) has them.  With the sequence length ``T`` and the sizes ``I``, ``H``:
+    a batch split whose slices hold fewer rows (samples x T) than the weight
+    gradient (I + H) runs that gradient's GEMMs once, over the whole batch
+    (_tuning.BACKWARD_WHOLE_GRADS)."""
     n_total = int(n_threads)
     if n_total < 1:
         raise ValueError(f"num_threads must be >= 1; got {n_total}")
@@ -626,7 +632,11 @@ def plan_backward(B, n_threads, bf16=False, facts=None):
             amx = facts.amx_bf16
         why += ("; bf16 products on AMX tiles" if amx else
                 "; bf16 products emulated (float32 BLAS over bf16 values)")
-    return BackwardPlan(nt, n_total, why, amx)
+    whole = (nt > 1 and not amx and T is not None and _tuning.BACKWARD_WHOLE_GRADS
+             and (B // nt) * T < I + H)
+    if whole:
+        why += "; weight gradients over the whole batch on BLAS's threads"
+    return BackwardPlan(nt, n_total, why, amx, whole)
 
 
 def _amx_backward_pack(W, U):
@@ -1061,7 +1071,9 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
     H = U.shape[0]
     dy, dhs, dcs = check_output_grads(grad_output, grad_h, grad_c, cache["return_sequences"],
                                       B, T, H, dtype)
-    bplan = plan_backward(B, _threads_for(B, num_threads)[0], bf16=cache.get("bf16", False))
+    steps = T if "checkpoints" not in cache else min(T, cache["plan"].every)  # per GEMM
+    bplan = plan_backward(B, _threads_for(B, num_threads)[0], bf16=cache.get("bf16", False),
+                          T=steps, I=I, H=H)
     n_total, nt = bplan.blas_threads, bplan.n_threads
     _config._blas()
     outs = check_grad_out(out, I, H, dtype)
@@ -1104,7 +1116,7 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
         _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
-                   parts, nt, n_total, cache.get("bf16", False), amx)
+                   parts, nt, n_total, cache.get("bf16", False), amx, bplan.whole_grads)
     give(D, dHp, parts, UT, amx, G, cache["C"], cache["Hp"], *scratch)
     for k in ("G", "C", "Hp"):
         cache[k] = None  # the activations go back to the pool now

@@ -288,6 +288,35 @@ def test_backward_plan():
     assert functional.plan_backward(7, 2).blas_threads == 2
     with pytest.raises(ValueError, match="num_threads"):
         functional.plan_backward(7, 0)
+    # the weight gradients over the whole batch where a slice's rows (samples x T)
+    # are fewer than the gradient's (I + H); never on one slice, nor without sizes
+    assert functional.plan_backward(16, 2, T=25, I=1024, H=1024).whole_grads
+    assert not functional.plan_backward(64, 2, T=50, I=512, H=512).whole_grads
+    assert not functional.plan_backward(7, 2, T=2, I=1024, H=1024).whole_grads
+    assert not functional.plan_backward(16, 2).whole_grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("whole", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_backward_split_both_ways_matches_reference(monkeypatch, dtype, whole, lengths):
+    # 2 slices of 5 samples x 3 steps = 15 rows < I + H = 36: the whole-batch GEMMs
+    monkeypatch.setattr(_tuning, "BACKWARD_WHOLE_GRADS", whole)
+    B, T, I, H = 10, 3, 20, 16
+    assert functional.plan_backward(B, 2, T=T, I=I, H=H).whole_grads == whole
+    x, W, U, b = random_lstm(np.random.default_rng(5), B, T, I, H)
+    lens = np.array([3, 1, 0, 2, 3, 3, 2, 1, 3, 2]) if lengths else None
+    dy = np.random.default_rng(6).standard_normal((B, T, H))
+    if lengths:
+        dy = dy * (np.arange(T)[None, :] < lens[:, None])[..., None]
+    out = lstm_forward(*(a.astype(dtype) for a in (x, W, U, b)), lengths=lens,
+                       training=True, num_threads=2)
+    g = lstm_backward(out.cache, grad_output=dy.astype(dtype), num_threads=2)
+    _, _, _, tape = lstm_ref(x, W, U, b, lengths=lens)
+    want = lstm_ref_backward(x, W, U, tape, dy)
+    tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
+    for name, got, ref in zip(("dx", "dW", "dU", "db"), g[:4], want[:4]):
+        np.testing.assert_allclose(got, ref, **tol, err_msg=name)
 
 
 # ------------------------------------------------------------------ forcing paths
