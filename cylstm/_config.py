@@ -237,8 +237,9 @@ def _mixed_precision_line(f):
         return "yes" if flag in f.flags else "no"
 
     code, why = _lstm.amx_status()
-    how = ("LSTM forward products on AMX tiles (tdpbf16ps, float32 sums); backward and "
-           "Dense emulated (operands rounded to bf16, float32 FMAs)" if code == 5 else
+    how = ("LSTM forward and backward products on AMX tiles (tdpbf16ps, float32 sums; "
+           "up to 3 rows on AVX512-BF16 vdpbf16ps); Dense emulated (operands rounded to "
+           "bf16, float32 FMAs)" if code == 5 else
            f"emulated (operands rounded to bf16, float32 FMAs): AMX tiles {why}")
     return (f"  dtype policy: global {mixed_precision.global_policy().name!r}; "
             f"mixed_bfloat16: {how}; CPU bf16 instructions: AVX512-BF16 "

@@ -511,6 +511,12 @@ THRESHOLDS = {
     "AMX_FUSE_MIN_ROWS": "bf16 forward on AMX tiles; 2-vCPU Xeon, bench shapes, 2026-12-03",
     "AMX_FUSE_MAX_BYTES": "bf16 forward on AMX tiles; 2-vCPU Xeon, (50, 64, 512, 512) and "
                           "(25, 16, 1024, 1024), 2026-12-03",
+    "AMX_BACK_ROWS": "bf16 backward on AMX tiles, dz rows packed at a time (compiled in: "
+                     "_lstm.AMX_BACK_ROWS_C); 2-vCPU Xeon, bench shapes, 2026-12-03",
+    "BF16_DOT_ROWS": "bf16 products of this many rows or fewer on AVX512-BF16 dots, not "
+                     "tiles (compiled in); 2-vCPU Xeon, one product, 2026-12-03",
+    "BACKWARD_WHOLE_GRADS": "float32 backward on threads: weight GEMMs over the whole "
+                            "batch for short slices; 2-vCPU Xeon, bench shapes, 2026-12-03",
 }
 _DEFAULTS = {name: globals()[name] for name in THRESHOLDS}
 

@@ -769,13 +769,13 @@ def test_show_config_names_the_policy_and_the_emulation():
         _lstm._force_amx(was)
     line = _config._mixed_precision_line(_tuning.CpuFacts())
     if _lstm.amx_usable():
-        assert "mixed_bfloat16: LSTM forward products on AMX tiles" in line
+        assert "mixed_bfloat16: LSTM forward and backward products on AMX tiles" in line
     else:
         assert f"AMX tiles {_lstm.amx_status()[1]}" in line
     mixed_precision.set_global_policy("mixed_bfloat16")
     buf = io.StringIO()
     cylstm.show_config(file=buf)
-    how = "LSTM forward products on AMX tiles" if _lstm.amx_usable() else "emulated"
+    how = "LSTM forward and backward products on AMX tiles" if _lstm.amx_usable() else "emulated"
     assert f"dtype policy: global 'mixed_bfloat16'; mixed_bfloat16: {how}" in buf.getvalue()
 
 
