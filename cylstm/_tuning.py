@@ -307,6 +307,14 @@ INT8_PROJECT_MIN_INPUTS = 1.0
 # 128, 256) 0.57.  (With an OpenMP team woken every step instead, (200, 1, 64, 128)
 # had been 1.62x slower on 2 threads.)
 INT8_SEQ_PARALLEL_MIN_BYTES = 64 * 1024
+# ... and where the batch gives each thread INT8_ROW_MIN_ROWS rows or more, it cuts
+# the batch into one slice per thread instead, each slice run through all its
+# steps by a one-thread runner (no per-step meeting of the threads; the same
+# bits).  Intel(R) Xeon(R) Processor (2 cores), 2026-12-03, ms, 1 thread / 2 on
+# panels / 2 slices: (100, 32, 128, 256) 14.5 / 9.9-11.0 / 8.0-8.2; (50, 64, 512,
+# 512) 68 / 42-45 / 35-37; (25, 16, 1024, 1024) (8 rows a slice) 35.9 /
+# 20.8-25.8 / 19.6-20.1.
+INT8_ROW_MIN_ROWS = 8
 
 # A quantized LSTM layer's inference runs on the int8 kernel but for batches of at
 # least INT8_FLOAT_MIN_ROWS with at most INT8_FLOAT_MAX_UNITS units (one thread;
@@ -515,6 +523,8 @@ THRESHOLDS = {
                      "_lstm.AMX_BACK_ROWS_C); 2-vCPU Xeon, bench shapes, 2026-12-03",
     "BF16_DOT_ROWS": "bf16 products of this many rows or fewer on AVX512-BF16 dots, not "
                      "tiles (compiled in); 2-vCPU Xeon, one product, 2026-12-03",
+    "INT8_ROW_MIN_ROWS": "int8 forward: a batch slice per thread from this many rows a "
+                         "slice; 2-vCPU Xeon, bench shapes, 2026-12-03",
     "BACKWARD_WHOLE_GRADS": "float32 backward on threads: weight GEMMs over the whole "
                             "batch for short slices; 2-vCPU Xeon, bench shapes, 2026-12-03",
 }

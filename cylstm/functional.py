@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
 import time
 from collections import namedtuple
 from collections.abc import Hashable, Sequence
@@ -119,6 +120,9 @@ class ForwardPlan:
     abuf : (the AMX paths: "rows_amx", "rows_amx_fused", the "rows" paths with
         their products on AMX tiles, include/cylstm_bf16.h) shape of the uint16
         scratch the tile kernel rounds its A rows into, one row per thread.
+    row_slices : ("int8") the batch is cut into this many slices of rows, each run
+        through all its steps on its own thread by a one-thread runner (no
+        per-step meeting); 1: the threads split each step's panels.
     """
 
     path: str
@@ -134,6 +138,7 @@ class ForwardPlan:
     tile_steps: bool = False
     bf16: bool = False
     abuf: tuple = None
+    row_slices: int = 1
 
     @property
     def fuse(self):
@@ -383,7 +388,9 @@ def int8_kernel_pays(B, H, n_threads=1):
 def _int8_plan(B, I, H, n_total, force=None):
     """Rule 0 of :func:`plan_forward`: the "int8" path (one step is one streaming
     runner step).  Several threads once the int8 weights' bytes times the batch
-    reach ``_tuning.INT8_SEQ_PARALLEL_MIN_BYTES``, at most one per panel."""
+    reach ``_tuning.INT8_SEQ_PARALLEL_MIN_BYTES``: a slice of the batch each where
+    that gives each at least ``_tuning.INT8_ROW_MIN_ROWS`` rows, else splitting
+    each step's panels (at most one thread per panel)."""
     if force is not None:
         path = force.path if isinstance(force, ForwardPlan) else force
         if path != INT8_PATH:
@@ -396,9 +403,14 @@ def _int8_plan(B, I, H, n_total, force=None):
         reason = "weights_dtype='int8'"
     nbytes = (I + H) * 4 * H   # the int8 panels, about one byte per weight
     nt = n_total if nbytes * max(B, 1) >= _tuning.INT8_SEQ_PARALLEL_MIN_BYTES else 1
+    slices = n_total if nt > 1 and B // n_total >= _tuning.INT8_ROW_MIN_ROWS else 1
     nt = max(1, min(nt, _n_panels(H, np.dtype(np.float32))))
+    if slices > 1:
+        nt = slices
+        reason += f"; {slices} slices of >= INT8_ROW_MIN_ROWS rows, a thread each"
     pre = B > 0 and H > 0 and _packcache.cacheable(I, H, np.float32)
-    return ForwardPlan(INT8_PATH, nt, 1, None, (), 0, None, reason, prepacked=pre)
+    return ForwardPlan(INT8_PATH, nt, 1, None, (), 0, None, reason, prepacked=pre,
+                       row_slices=slices)
 
 
 def _int8_pack(W, U, bias):
@@ -436,12 +448,12 @@ def _int8_forward(plan, x, W, U, b, bias, lens, reverse, y, hs, cs, own, version
         groups = [(slice(None), T)]
     else:
         groups = [(np.flatnonzero(lens == n), int(n)) for n in np.unique(lens) if n > 0]
-    for rows, n in groups:
+    def run(rows, n, threads):
         xr = x[rows, :n]
         if reverse:
             xr = xr[:, ::-1]
         nb = xr.shape[0]
-        runner = stream.StreamRunner._over_pack(pack, nb, plan.n_threads)
+        runner = stream.StreamRunner._over_pack(pack, nb, threads)
         runner._set_state([(hs[rows], cs[rows])])
         xt = xr.transpose(1, 0, 2)   # time major: contiguous as it is at batch 1
         tmp = None
@@ -459,6 +471,49 @@ def _int8_forward(plan, x, W, U, b, bias, lens, reverse, y, hs, cs, own, version
                 y[rows, :n] = o[:, ::-1] if reverse else o
         finally:
             give(tmp, out)
+
+    for rows, n in groups:
+        idx = np.arange(B)[rows]
+        k = min(plan.row_slices, len(idx))
+        if k <= 1:
+            run(rows, n, plan.n_threads)
+            continue
+        # slices of rows, each through all n steps on its own thread (the caller
+        # runs the first): a row's int8 sums do not depend on its block, so the
+        # bits are the panel split's
+        parts = np.array_split(idx, k)
+        pool = _row_threads(k - 1)
+        futures = [pool.submit(run, part, n, 1) for part in parts[1:]]
+        try:
+            run(parts[0], n, 1)
+        finally:
+            for f in futures:
+                f.result()
+
+
+_ROW_POOL = None
+
+
+def _row_threads(n):
+    """A thread pool of at least ``n`` workers for the int8 row slices (made on
+    first use, grown as asked; a forked child starts without one)."""
+    global _ROW_POOL
+    if _ROW_POOL is None or _ROW_POOL._max_workers < n:
+        from concurrent.futures import ThreadPoolExecutor
+        old, _ROW_POOL = _ROW_POOL, ThreadPoolExecutor(max_workers=n,
+                                                        thread_name_prefix="cylstm-int8")
+        if old is not None:
+            old.shutdown(wait=False)
+    return _ROW_POOL
+
+
+def _forget_row_threads():
+    global _ROW_POOL
+    _ROW_POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_row_threads)
 
 
 def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
@@ -952,7 +1007,8 @@ def _timed_team(plan, key, T, run):
 @functools.lru_cache(maxsize=64)
 def _on_threads(plan, threads):
     """``plan`` on ``threads`` threads (a replaced copy costs a few us: kept)."""
-    return dataclasses.replace(plan, n_threads=threads, blas_threads=threads)
+    return dataclasses.replace(plan, n_threads=threads, blas_threads=threads,
+                               row_slices=min(plan.row_slices, threads))
 
 
 def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp,

@@ -71,7 +71,7 @@ def test_lengths_zero_included(reverse):
     np.testing.assert_array_equal(r.c[1], c0[1])
 
 
-@pytest.mark.parametrize("B,threads", [(1, 1), (4, 1), (4, 2), (9, 2)])
+@pytest.mark.parametrize("B,threads", [(1, 1), (4, 1), (4, 2), (9, 2), (16, 2), (33, 2)])
 def test_same_bits_as_the_int8_runner(B, threads):
     # one kernel: the sequence call is the runner's step, step after step
     rng = np.random.default_rng(B)
@@ -96,8 +96,16 @@ def test_plan_threads_follow_the_runner_rule():
     assert (big.path, big.n_threads) == ("int8", 2)
     assert F.plan_forward(1, 100, 32, 64, np.float32, 2, weights_dtype="int8").n_threads == 1
     assert F.plan_forward(1, 100, 64, 128, np.float32, 2, weights_dtype="int8").n_threads == 2
-    # never more threads than panels
-    assert F.plan_forward(64, 10, 500, 8, np.float32, 4, weights_dtype="int8").n_threads == 1
+    # never more threads than panels to split each step; slices of the batch
+    # (INT8_ROW_MIN_ROWS rows each at least) need none
+    assert F.plan_forward(4, 10, 500, 8, np.float32, 4, weights_dtype="int8").n_threads == 1
+    p = F.plan_forward(64, 10, 500, 8, np.float32, 4, weights_dtype="int8")
+    assert (p.n_threads, p.row_slices) == (4, 4)
+    p = F.plan_forward(16, 25, 1024, 1024, np.float32, 2, weights_dtype="int8")
+    assert (p.n_threads, p.row_slices) == (2, 2) and "slices" in p.reason
+    p = F.plan_forward(15, 25, 1024, 1024, np.float32, 2, weights_dtype="int8")
+    assert (p.n_threads, p.row_slices) == (2, 1)   # 7 rows a slice: the panels split
+    assert F.plan_forward(64, 10, 4, 4, np.float32, 2, weights_dtype="int8").row_slices == 1
     assert F.plan_forward(1, 5, 5, 5, np.float32, 2,
                           weights_dtype="int8", force="int8").reason == "forced"
 
@@ -325,3 +333,23 @@ def _tuning_backoff():
     from cylstm import _tuning
 
     return _tuning.POOL_BACKOFF_NS
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_row_slices_with_lengths_have_the_bits_of_one_thread(reverse):
+    # groups of one length each cut into slices on their own threads
+    rng = np.random.default_rng(77)
+    B, T, I, H = 40, 9, 24, 70
+    W, U, b = _weights(rng, I, H)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[:20] = T   # one group large enough to be cut
+    h0, c0 = rng.standard_normal((2, B, H)).astype(np.float32)
+    plan = F.plan_forward(B, T, I, H, np.float32, 2, weights_dtype="int8")
+    assert plan.row_slices == 2
+    kw = {"weights_dtype": "int8", "lengths": lengths, "go_backwards": reverse,
+          "initial_state": (h0, c0)}
+    two = F.lstm_forward(x, W, U, b, num_threads=2, _plan=plan, **kw)
+    one = F.lstm_forward(x, W, U, b, num_threads=1, **kw)
+    for a, c in zip((two.output, two.h, two.c), (one.output, one.h, one.c)):
+        np.testing.assert_array_equal(a, c)
