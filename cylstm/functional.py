@@ -640,7 +640,7 @@ def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None,
         nt = _amx_threads(B, n_total)
         return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason,
                            prepacked=pre, bf16=True,
-                           abuf=(nt, _lstm.bf16_abuf_len(max(I, H))))
+                           abuf=(nt, _lstm.bf16_abuf2_len(I, H)))
     if path in ("rows", "rows_fused"):
         if facts is None:
             facts = _tuning.cpu_facts()

@@ -83,6 +83,12 @@ static inline ptrdiff_t cyl_bf16_abuf_len(ptrdiff_t K)
     return (ptrdiff_t)CYL_BF16_MS * cyl_bf16_kp(K);
 }
 
+/* ... and one cyl_amx_bf16_gemm2 call (two operands). */
+static inline ptrdiff_t cyl_bf16_abuf2_len(ptrdiff_t K, ptrdiff_t K2)
+{
+    return cyl_bf16_abuf_len(K) + cyl_bf16_abuf_len(K2);
+}
+
 /* P = the tile-packed bf16 copy of the K x N matrix whose element (k, n) is
  * W[k * sk + n * sn], rounded to nearest even (cyl_bf16_bits, as
  * cylstm.quantization.round_bfloat16 rounds).  sn = 1: W row-major with row
@@ -396,20 +402,27 @@ CYL_AMX_TARGET static void cyl_bf16_rows_dot(const uint16_t* abuf, ptrdiff_t kp,
     }
 }
 
+/* One operand pair of a sum of products: A's rows rounded into abuf (row stride
+ * kp, the padded K), times the tile-packed P (K x N). */
+typedef struct {
+    const uint16_t* abuf;
+    ptrdiff_t kp;
+    const uint16_t* P;
+} cyl_bf16_src;
+
 /* One 16 x 16 C tile at (m0, n0) of the superblock, through `tmp` where it is
  * partial (rows past m, columns past N). */
-CYL_AMX_TARGET static void cyl_amx_tile1(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m0,
-                                         ptrdiff_t m, const uint16_t* P, ptrdiff_t n0,
-                                         ptrdiff_t N, float* C, ptrdiff_t ldc, int accumulate)
+CYL_AMX_TARGET static void cyl_amx_tile1(const cyl_bf16_src* src, int nsrc, ptrdiff_t m0,
+                                         ptrdiff_t m, ptrdiff_t n0, ptrdiff_t N, float* C,
+                                         ptrdiff_t ldc, int accumulate)
 {
     float tmp[256];
-    const ptrdiff_t kb_n = kp / 32, rows = m - m0 < 16 ? m - m0 : 16;
+    const ptrdiff_t rows = m - m0 < 16 ? m - m0 : 16;
     const ptrdiff_t cols = N - n0 < 16 ? N - n0 : 16;
     const int direct = rows == 16 && cols == 16;
-    const uint16_t* b = P + (n0 / 16) * kb_n * 512;
-    const uint16_t* a = abuf + m0 * kp;
     float* c = C + m0 * ldc + n0;
     ptrdiff_t kb, r;
+    int i;
     if (!accumulate) {
         _tile_zero(0);
     } else if (direct) {
@@ -420,10 +433,15 @@ CYL_AMX_TARGET static void cyl_amx_tile1(const uint16_t* abuf, ptrdiff_t kp, ptr
             memcpy(tmp + 16 * r, c + r * ldc, (size_t)cols * sizeof(float));
         _tile_loadd(0, tmp, 64);
     }
-    for (kb = 0; kb < kb_n; kb++) {
-        _tile_loadd(4, a + kb * 32, kp * 2);
-        _tile_loadd(6, b + kb * 512, 64);
-        _tile_dpbf16ps(0, 4, 6);
+    for (i = 0; i < nsrc; i++) {
+        const ptrdiff_t kp = src[i].kp, kb_n = kp / 32;
+        const uint16_t* b = src[i].P + (n0 / 16) * kb_n * 512;
+        const uint16_t* a = src[i].abuf + m0 * kp;
+        for (kb = 0; kb < kb_n; kb++) {
+            _tile_loadd(4, a + kb * 32, kp * 2);
+            _tile_loadd(6, b + kb * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+        }
     }
     if (direct) {
         _tile_stored(0, c, ldc * 4);
@@ -435,17 +453,12 @@ CYL_AMX_TARGET static void cyl_amx_tile1(const uint16_t* abuf, ptrdiff_t kp, ptr
 }
 
 /* Four full C tiles: rows m0 .. m0 + 31, columns n0 .. n0 + 31. */
-CYL_AMX_TARGET static void cyl_amx_tile22(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m0,
-                                          const uint16_t* P, ptrdiff_t n0, float* C,
-                                          ptrdiff_t ldc, int accumulate)
+CYL_AMX_TARGET static void cyl_amx_tile22(const cyl_bf16_src* src, int nsrc, ptrdiff_t m0,
+                                          ptrdiff_t n0, float* C, ptrdiff_t ldc, int accumulate)
 {
-    const ptrdiff_t kb_n = kp / 32;
-    const uint16_t* b0 = P + (n0 / 16) * kb_n * 512;
-    const uint16_t* b1 = b0 + kb_n * 512;
-    const uint16_t* a0 = abuf + m0 * kp;
-    const uint16_t* a1 = a0 + 16 * kp;
     float* c = C + m0 * ldc + n0;
     ptrdiff_t kb;
+    int i;
     if (accumulate) {
         _tile_loadd(0, c, ldc * 4);
         _tile_loadd(1, c + 16, ldc * 4);
@@ -460,15 +473,22 @@ CYL_AMX_TARGET static void cyl_amx_tile22(const uint16_t* abuf, ptrdiff_t kp, pt
     /* both B tiles first, then each A tile and its two products: one product
      * per 16 cycles from L1 (Sapphire Rapids class Xeon, 2026-12-03), where
      * loading A0 first and B1 between the products took 17-23 */
-    for (kb = 0; kb < kb_n; kb++) {
-        _tile_loadd(6, b0 + kb * 512, 64);
-        _tile_loadd(7, b1 + kb * 512, 64);
-        _tile_loadd(4, a0 + kb * 32, kp * 2);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_loadd(5, a1 + kb * 32, kp * 2);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+    for (i = 0; i < nsrc; i++) {
+        const ptrdiff_t kp = src[i].kp, kb_n = kp / 32;
+        const uint16_t* b0 = src[i].P + (n0 / 16) * kb_n * 512;
+        const uint16_t* b1 = b0 + kb_n * 512;
+        const uint16_t* a0 = src[i].abuf + m0 * kp;
+        const uint16_t* a1 = a0 + 16 * kp;
+        for (kb = 0; kb < kb_n; kb++) {
+            _tile_loadd(6, b0 + kb * 512, 64);
+            _tile_loadd(7, b1 + kb * 512, 64);
+            _tile_loadd(4, a0 + kb * 32, kp * 2);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_loadd(5, a1 + kb * 32, kp * 2);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
     }
     _tile_stored(0, c, ldc * 4);
     _tile_stored(1, c + 16, ldc * 4);
@@ -476,17 +496,31 @@ CYL_AMX_TARGET static void cyl_amx_tile22(const uint16_t* abuf, ptrdiff_t kp, pt
     _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
 }
 
-/* cyl_amx_bf16_gemm and cyl_amx_bf16_gemm_tn (transa: A stored transposed). */
+/* cyl_amx_bf16_gemm, cyl_amx_bf16_gemm_tn (transa: A stored transposed) and, with
+ * A2 (M x K2, row stride lda2; not NULL), cyl_amx_bf16_gemm2: C (+)= bf16(A) @ P +
+ * bf16(A2) @ P2, both sums in the C tiles before they are stored.  abuf:
+ * cyl_bf16_abuf_len(K) (+ cyl_bf16_abuf_len(K2)) elements. */
 CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                              const float* A, ptrdiff_t lda, int transa,
-                                             const uint16_t* P, float* C, ptrdiff_t ldc,
+                                             const uint16_t* P, ptrdiff_t K2,
+                                             const float* A2, ptrdiff_t lda2,
+                                             const uint16_t* P2, float* C, ptrdiff_t ldc,
                                              int accumulate, uint16_t* abuf)
 {
-    const ptrdiff_t kp = cyl_bf16_kp(K);
+    const ptrdiff_t kp = cyl_bf16_kp(K), kp2 = A2 != NULL ? cyl_bf16_kp(K2) : 0;
+    uint16_t* abuf2 = abuf + (ptrdiff_t)CYL_BF16_MS * kp;
+    cyl_bf16_src src[2];
+    const int nsrc = A2 != NULL ? 2 : 1;
     ptrdiff_t s0, n0, m0;
+    src[0].abuf = abuf;
+    src[0].kp = kp;
+    src[0].P = P;
+    src[1].abuf = abuf2;
+    src[1].kp = kp2;
+    src[1].P = P2;
     if (M <= 0 || N <= 0)
         return;
-    if (K <= 0) {   /* an empty sum */
+    if (K <= 0 && A2 == NULL) {   /* an empty sum */
         if (!accumulate)
             for (m0 = 0; m0 < M; m0++)
                 memset(C + m0 * ldc, 0, (size_t)N * sizeof(float));
@@ -498,6 +532,10 @@ CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
         else
             cyl_amx_round_rows(A, lda, M, K, kp, abuf);
         cyl_bf16_rows_dot(abuf, kp, M, P, N, C, ldc, accumulate);
+        if (A2 != NULL) {
+            cyl_amx_round_rows(A2, lda2, M, K2, kp2, abuf2);
+            cyl_bf16_rows_dot(abuf2, kp2, M, P2, N, C, ldc, 1);
+        }
         return;
     }
     cyl_amx_config();
@@ -509,19 +547,21 @@ CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
             cyl_amx_round_cols(A + s0, lda, m, K, kp, abuf);
         else
             cyl_amx_round_rows(A + s0 * lda, lda, m, K, kp, abuf);
+        if (A2 != NULL)
+            cyl_amx_round_rows(A2 + s0 * lda2, lda2, m, K2, kp2, abuf2);
         for (n0 = 0; n0 < N; n0 += 32) {
             if (n0 + 32 <= N) {
                 for (m0 = 0; m0 < m32; m0 += 32)
-                    cyl_amx_tile22(abuf, kp, m0, P, n0, cs, ldc, accumulate);
+                    cyl_amx_tile22(src, nsrc, m0, n0, cs, ldc, accumulate);
                 for (m0 = m32; m0 < m; m0 += 16) {
-                    cyl_amx_tile1(abuf, kp, m0, m, P, n0, N, cs, ldc, accumulate);
-                    cyl_amx_tile1(abuf, kp, m0, m, P, n0 + 16, N, cs, ldc, accumulate);
+                    cyl_amx_tile1(src, nsrc, m0, m, n0, N, cs, ldc, accumulate);
+                    cyl_amx_tile1(src, nsrc, m0, m, n0 + 16, N, cs, ldc, accumulate);
                 }
             } else {
                 for (m0 = 0; m0 < m; m0 += 16) {
-                    cyl_amx_tile1(abuf, kp, m0, m, P, n0, N, cs, ldc, accumulate);
+                    cyl_amx_tile1(src, nsrc, m0, m, n0, N, cs, ldc, accumulate);
                     if (n0 + 16 < N)
-                        cyl_amx_tile1(abuf, kp, m0, m, P, n0 + 16, N, cs, ldc, accumulate);
+                        cyl_amx_tile1(src, nsrc, m0, m, n0 + 16, N, cs, ldc, accumulate);
                 }
             }
         }
@@ -537,7 +577,7 @@ CYL_AMX_TARGET static void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
                                              const uint16_t* P, float* C, ptrdiff_t ldc,
                                              int accumulate, uint16_t* abuf)
 {
-    cyl_amx_gemm_body(M, N, K, A, lda, 0, P, C, ldc, accumulate, abuf);
+    cyl_amx_gemm_body(M, N, K, A, lda, 0, P, 0, NULL, 0, NULL, C, ldc, accumulate, abuf);
 }
 
 /* The same with A given transposed: C (M x N) = (+=) bf16(A^T) @ P, A stored K x M
@@ -547,7 +587,19 @@ CYL_AMX_TARGET static void cyl_amx_bf16_gemm_tn(ptrdiff_t M, ptrdiff_t N, ptrdif
                                                 const uint16_t* P, float* C, ptrdiff_t ldc,
                                                 int accumulate, uint16_t* abuf)
 {
-    cyl_amx_gemm_body(M, N, K, A, lda, 1, P, C, ldc, accumulate, abuf);
+    cyl_amx_gemm_body(M, N, K, A, lda, 1, P, 0, NULL, 0, NULL, C, ldc, accumulate, abuf);
+}
+
+/* C (+)= bf16(A) (M x K) @ P + bf16(A2) (M x K2) @ P2 in one pass over C's tiles
+ * (a fused step's x_t @ W + h_prev @ U).  abuf: cyl_bf16_abuf2_len(K, K2). */
+CYL_AMX_TARGET static void cyl_amx_bf16_gemm2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                              const float* A, ptrdiff_t lda,
+                                              const uint16_t* P, ptrdiff_t K2,
+                                              const float* A2, ptrdiff_t lda2,
+                                              const uint16_t* P2, float* C, ptrdiff_t ldc,
+                                              int accumulate, uint16_t* abuf)
+{
+    cyl_amx_gemm_body(M, N, K, A, lda, 0, P, K2, A2, lda2, P2, C, ldc, accumulate, abuf);
 }
 
 #else   /* no AMX in this build */
@@ -562,6 +614,14 @@ static inline void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, cons
 {
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)P; (void)C; (void)ldc;
     (void)accumulate; (void)abuf;
+}
+static inline void cyl_amx_bf16_gemm2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                       ptrdiff_t lda, const uint16_t* P, ptrdiff_t K2,
+                                       const float* A2, ptrdiff_t lda2, const uint16_t* P2,
+                                       float* C, ptrdiff_t ldc, int accumulate, uint16_t* abuf)
+{
+    (void)M; (void)N; (void)K; (void)A; (void)lda; (void)P; (void)K2; (void)A2;
+    (void)lda2; (void)P2; (void)C; (void)ldc; (void)accumulate; (void)abuf;
 }
 static inline void cyl_amx_bf16_gemm_tn(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                         const float* A, ptrdiff_t lda, const uint16_t* P,

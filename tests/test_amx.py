@@ -131,6 +131,37 @@ def test_amx_product_of_a_transposed_a(M, N, K, accumulate):
     assert np.all(np.abs(C - want) <= 2 * K * 2**-24 * scale + 1e-30)
 
 
+@needs_amx
+@pytest.mark.parametrize("dots", [0, 4])
+@pytest.mark.parametrize(("M", "N", "K", "K2"), [(1, 16, 32, 32), (3, 17, 5, 40), (15, 33, 64, 7),
+                                                 (32, 200, 50, 128), (40, 48, 128, 256),
+                                                 (300, 64, 20, 30)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_two_products_in_one_pass(M, N, K, K2, accumulate, dots):
+    # a fused step's x_t @ W + h_prev @ U, the sums kept in the tiles between them
+    rng = np.random.default_rng(M + 5 * N + 7 * K + 11 * K2)
+    A, A2 = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((M, K2))
+    A2 = A2.astype(np.float32)
+    W, W2 = rng.standard_normal((K, N)).astype(np.float32), rng.standard_normal((K2, N))
+    W2 = W2.astype(np.float32)
+    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
+    P2 = np.empty(_lstm.bf16_tiles_len(K2, N), np.uint16)
+    _lstm.bf16_tiles_pack(W, P)
+    _lstm.bf16_tiles_pack(W2, P2)
+    C0 = rng.standard_normal((M, N)).astype(np.float32)
+    C = C0.copy()
+    was = _lstm._set_bf16_dot_rows(dots)
+    try:
+        _lstm.amx_gemm(A, P, C, accumulate, A2=A2, P2=P2)
+    finally:
+        _lstm._set_bf16_dot_rows(was)
+    base = C0 if accumulate else 0
+    want = bf16_round(A) @ bf16_round(W) + bf16_round(A2) @ bf16_round(W2) + base
+    scale = (np.abs(bf16_round(A)) @ np.abs(bf16_round(W))
+             + np.abs(bf16_round(A2)) @ np.abs(bf16_round(W2)) + np.abs(base))
+    assert np.all(np.abs(C - want) <= 2 * (K + K2) * 2**-24 * scale + 1e-30)
+
+
 @pytest.fixture(params=[0, 4], ids=["tiles", "dots"])
 def dot_rows(request):
     """Products of a few rows on the tiles (0) or on the AVX512-BF16 dots (up to 4)."""
@@ -253,7 +284,7 @@ def test_the_planner_takes_amx_where_the_cpu_has_it(B, I, H, n, lengths, trainin
                      compute_dtype="bfloat16")
     assert (p.path, p.n_threads, p.bf16) == (want, threads, True)
     assert "AMX" in p.reason
-    assert p.abuf == (threads, _lstm.bf16_abuf_len(max(I, H)))
+    assert p.abuf == (threads, _lstm.bf16_abuf2_len(I, H))
     assert p.prepacked == (not training)
     # float32 calls never take them, nor bf16 calls on a CPU without AMX
     assert plan_forward(B, 20, I, H, np.float32, n, training, has_lengths=lengths,
