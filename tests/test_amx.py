@@ -92,24 +92,36 @@ def test_tile_packer_refuses_a_wrong_length():
         _lstm.bf16_tiles_pack(W, np.empty(100, np.uint16))
 
 
+def _product(seed, M, N, Ks, accumulate, **kw):
+    """amx_gemm over random operands (Ks: one K, or two for the fused pass) and the
+    check against float64 sums of the same bf16 products: float32 sums of K exact
+    products are within K ulps of the largest partial sum."""
+    rng = np.random.default_rng(seed)
+    As = [rng.standard_normal((M, K)).astype(np.float32) for K in Ks]
+    Ws = [rng.standard_normal((K, N)).astype(np.float32) for K in Ks]
+    Ps = [np.empty(_lstm.bf16_tiles_len(K, N), np.uint16) for K in Ks]
+    for W, P in zip(Ws, Ps):
+        _lstm.bf16_tiles_pack(W, P)
+    C0 = rng.standard_normal((M, N)).astype(np.float32)
+    C = C0.copy()
+    A = np.ascontiguousarray(As[0].T) if kw.get("transa") else As[0]
+    if len(Ks) == 2:
+        kw.update(A2=As[1], P2=Ps[1])
+    _lstm.amx_gemm(A, Ps[0], C, accumulate, **kw)
+    base = C0 if accumulate else 0
+    want = sum(bf16_round(a) @ bf16_round(w) for a, w in zip(As, Ws)) + base
+    scale = sum(np.abs(bf16_round(a)) @ np.abs(bf16_round(w)) for a, w in zip(As, Ws))
+    assert np.all(np.abs(C - want) <= 2 * max(sum(Ks), 1) * 2**-24 * (scale + np.abs(base))
+                  + 1e-30)
+
+
 @needs_amx
 @pytest.mark.parametrize(("M", "N", "K"), [
     (1, 16, 32), (15, 17, 33), (16, 32, 32), (17, 48, 64), (32, 32, 512), (33, 200, 50),
     (64, 2048, 40), (300, 77, 7), (257, 96, 31), (5, 3, 1), (40, 64, 0)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_amx_product_matches_float64_sums(M, N, K, accumulate):
-    rng = np.random.default_rng(M + 7 * N + 13 * K)
-    A = rng.standard_normal((M, K)).astype(np.float32)
-    W = rng.standard_normal((K, N)).astype(np.float32)
-    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
-    _lstm.bf16_tiles_pack(W, P)
-    C0 = rng.standard_normal((M, N)).astype(np.float32)
-    C = C0.copy()
-    _lstm.amx_gemm(A, P, C, accumulate)
-    want = bf16_round(A) @ bf16_round(W) + (C0 if accumulate else 0)
-    # float32 sums of K exact products: K ulps of the largest partial sum at most
-    scale = np.abs(bf16_round(A)) @ np.abs(bf16_round(W)) + np.abs(C0 if accumulate else 0)
-    assert np.all(np.abs(C - want) <= 2 * max(K, 1) * 2**-24 * scale + 1e-30)
+    _product(M + 7 * N + 13 * K, M, N, [K], accumulate)
 
 
 @needs_amx
@@ -118,17 +130,7 @@ def test_amx_product_matches_float64_sums(M, N, K, accumulate):
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_amx_product_of_a_transposed_a(M, N, K, accumulate):
     # the backward's x^T dz and h^T dz: A stored K x M, rounded from its rows
-    rng = np.random.default_rng(M + 3 * N + 5 * K)
-    AT = rng.standard_normal((K, M)).astype(np.float32)
-    W = rng.standard_normal((K, N)).astype(np.float32)
-    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
-    _lstm.bf16_tiles_pack(W, P)
-    C0 = rng.standard_normal((M, N)).astype(np.float32)
-    C = C0.copy()
-    _lstm.amx_gemm(AT, P, C, accumulate, transa=True)
-    want = bf16_round(AT).T @ bf16_round(W) + (C0 if accumulate else 0)
-    scale = np.abs(bf16_round(AT)).T @ np.abs(bf16_round(W)) + np.abs(C0 if accumulate else 0)
-    assert np.all(np.abs(C - want) <= 2 * K * 2**-24 * scale + 1e-30)
+    _product(M + 3 * N + 5 * K, M, N, [K], accumulate, transa=True)
 
 
 @needs_amx
@@ -139,27 +141,11 @@ def test_amx_product_of_a_transposed_a(M, N, K, accumulate):
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_two_products_in_one_pass(M, N, K, K2, accumulate, dots):
     # a fused step's x_t @ W + h_prev @ U, the sums kept in the tiles between them
-    rng = np.random.default_rng(M + 5 * N + 7 * K + 11 * K2)
-    A, A2 = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((M, K2))
-    A2 = A2.astype(np.float32)
-    W, W2 = rng.standard_normal((K, N)).astype(np.float32), rng.standard_normal((K2, N))
-    W2 = W2.astype(np.float32)
-    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
-    P2 = np.empty(_lstm.bf16_tiles_len(K2, N), np.uint16)
-    _lstm.bf16_tiles_pack(W, P)
-    _lstm.bf16_tiles_pack(W2, P2)
-    C0 = rng.standard_normal((M, N)).astype(np.float32)
-    C = C0.copy()
     was = _lstm._set_bf16_dot_rows(dots)
     try:
-        _lstm.amx_gemm(A, P, C, accumulate, A2=A2, P2=P2)
+        _product(M + 5 * N + 7 * K + 11 * K2, M, N, [K, K2], accumulate)
     finally:
         _lstm._set_bf16_dot_rows(was)
-    base = C0 if accumulate else 0
-    want = bf16_round(A) @ bf16_round(W) + bf16_round(A2) @ bf16_round(W2) + base
-    scale = (np.abs(bf16_round(A)) @ np.abs(bf16_round(W))
-             + np.abs(bf16_round(A2)) @ np.abs(bf16_round(W2)) + np.abs(base))
-    assert np.all(np.abs(C - want) <= 2 * (K + K2) * 2**-24 * scale + 1e-30)
 
 
 @pytest.fixture(params=[0, 4], ids=["tiles", "dots"])
@@ -177,18 +163,7 @@ def dot_rows(request):
 @pytest.mark.parametrize("transa", [False, True])
 def test_products_of_a_few_rows_both_ways(dot_rows, M, N, K, accumulate, transa):
     # a batch-1 step's products: four column blocks at a time, partial ones, odd K
-    rng = np.random.default_rng(M + 11 * N + 17 * K)
-    A = rng.standard_normal((M, K)).astype(np.float32)
-    W = rng.standard_normal((K, N)).astype(np.float32)
-    P = np.empty(_lstm.bf16_tiles_len(K, N), np.uint16)
-    _lstm.bf16_tiles_pack(W, P)
-    C0 = rng.standard_normal((M, N)).astype(np.float32)
-    C = C0.copy()
-    _lstm.amx_gemm(np.ascontiguousarray(A.T) if transa else A, P, C, accumulate,
-                   transa=transa)
-    want = bf16_round(A) @ bf16_round(W) + (C0 if accumulate else 0)
-    scale = np.abs(bf16_round(A)) @ np.abs(bf16_round(W)) + np.abs(C0 if accumulate else 0)
-    assert np.all(np.abs(C - want) <= 2 * K * 2**-24 * scale + 1e-30)
+    _product(M + 11 * N + 17 * K, M, N, [K], accumulate, transa=transa)
 
 
 @needs_amx
