@@ -498,13 +498,13 @@ def _row_threads(n):
     """A thread pool of at least ``n`` workers for the int8 row slices (made on
     first use, grown as asked; a forked child starts without one)."""
     global _ROW_POOL
-    if _ROW_POOL is None or _ROW_POOL._max_workers < n:
+    pool = _ROW_POOL
+    if pool is None or pool._max_workers < n:
         from concurrent.futures import ThreadPoolExecutor
-        old, _ROW_POOL = _ROW_POOL, ThreadPoolExecutor(max_workers=n,
-                                                        thread_name_prefix="cylstm-int8")
-        if old is not None:
-            old.shutdown(wait=False)
-    return _ROW_POOL
+        # (a smaller pool is dropped, not shut down: a call on another thread may
+        # still be submitting to it; its idle workers end once it is collected)
+        pool = _ROW_POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cylstm-int8")
+    return pool
 
 
 def _forget_row_threads():
