@@ -725,7 +725,9 @@ cdef void _amx_weight_grads(Py_ssize_t r0, Py_ssize_t n, Py_ssize_t I, Py_ssize_
     """(B8) and dx of rows [r0, r0 + n) on AMX tiles: [dW; dU] = [x, h_prev]^T dz
     over dz packed AMX_BACK_ROWS_C rows at a time (x^T and h_prev^T rounded from
     their rows, no gather: both products share each pack), dx = dz W^T over
-    ``amxT``'s W^T (after its U^T).  dz, x and h_prev hold bf16 values already."""
+    ``amxT``'s W^T (after its U^T).  dz and h_prev hold bf16 values already; x may
+    be the caller's float32 (an AMX training forward keeps it): its rounding here
+    is the one the forward's tiles applied."""
     cdef Py_ssize_t H4 = 4 * H, r = 0, kc
     while r < n:
         kc = n - r if n - r < AMX_BACK_ROWS_C else AMX_BACK_ROWS_C
@@ -796,8 +798,9 @@ cdef void _backward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
 
     ``bf16`` (the mixed_bfloat16 products): every dz is rounded to bfloat16 in
     place once db has taken it in float32, so that the products over it (B7, B8,
-    dx) are bf16-operand products, as the forward's are (x, h_prev, W, U reach
-    this rounded already: the training cache holds them so).  ``amxT`` (float32
+    dx) are bf16-operand products, as the forward's are (h_prev reaches this
+    rounded; x, W and U too on BLAS, where lstm_backward passes rounded copies;
+    on tiles the packs and the A rounding round them).  ``amxT`` (float32
     with bf16 only): U^T then W^T tile-packed (include/cylstm_bf16.h): those
     products run on AMX tiles, dz packed AMX_BACK_ROWS_C rows at a time; NULL: on
     BLAS and the panel kernel, the same sums in another order.
