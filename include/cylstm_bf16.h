@@ -210,6 +210,14 @@ CYL_AMX_TARGET static void cyl_amx_config(void)
     _tile_loadconfig(&cyl_amx_cfg);
 }
 
+/* The lanes of a 16-float load that hold elements when `left` remain (all 16 from
+ * 16 on, none from 0 down). */
+static inline __mmask16 cyl_mask16(ptrdiff_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF
+                      : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+}
+
 /* Rows [0, m) of A (row stride lda) rounded to bf16 into abuf (row stride kp),
  * k from K to kp and rows from m to the next multiple of 16 zero. */
 CYL_AMX_TARGET static void cyl_amx_round_rows(const float* A, ptrdiff_t lda, ptrdiff_t m,
@@ -226,10 +234,7 @@ CYL_AMX_TARGET static void cyl_amx_round_rows(const float* A, ptrdiff_t lda, ptr
         }
         if (k < kp) {   /* the last, partial block of 32, zero-padded */
             const ptrdiff_t left = K - k;
-            const __mmask16 mlo = left >= 16 ? (__mmask16)0xFFFF
-                                             : (__mmask16)((1u << left) - 1);
-            const __mmask16 mhi = left <= 16 ? (__mmask16)0
-                                             : (__mmask16)((1u << (left - 16)) - 1);
+            const __mmask16 mlo = cyl_mask16(left), mhi = cyl_mask16(left - 16);
             const __m512 lo = _mm512_maskz_loadu_ps(mlo, a + k);
             const __m512 hi = _mm512_maskz_loadu_ps(mhi, a + k + 16);
             _mm512_storeu_si512((void*)(d + k), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
@@ -289,7 +294,7 @@ CYL_AMX_TARGET static void cyl_amx_tiles_pack(const float* W, ptrdiff_t K, ptrdi
         const float* w1 = W + (k + 1) * ldw;
         for (nb = 0; nb < np / 16; nb++) {
             const ptrdiff_t n0 = nb * 16, left = N - n0;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 mk = cyl_mask16(left);
             const __m512 lo = k < K ? _mm512_maskz_loadu_ps(mk, w0 + n0) : _mm512_setzero_ps();
             const __m512 hi = k + 1 < K ? _mm512_maskz_loadu_ps(mk, w1 + n0)
                                         : _mm512_setzero_ps();
@@ -318,11 +323,7 @@ CYL_AMX_TARGET static void cyl_amx_tiles_pack_t(const float* W, ptrdiff_t K, ptr
     for (nb = 0; nb < np / 16; nb++) {
         for (kb = 0; kb < kb_n; kb++) {
             const ptrdiff_t k0 = kb * 32, left = K - k0;
-            const __mmask16 mlo = left >= 16 ? (__mmask16)0xFFFF
-                                             : (__mmask16)((1u << left) - 1);
-            const __mmask16 mhi = left >= 32 ? (__mmask16)0xFFFF
-                                  : left <= 16 ? (__mmask16)0
-                                               : (__mmask16)((1u << (left - 16)) - 1);
+            const __mmask16 mlo = cyl_mask16(left), mhi = cyl_mask16(left - 16);
             int* d = (int*)(P + (nb * kb_n + kb) * 512);
             for (c = 0; c < 16; c++) {
                 const ptrdiff_t n = nb * 16 + c;
@@ -377,8 +378,7 @@ cyl_bf16_dot_rows(const uint16_t* abuf, ptrdiff_t kp, const int m, const uint16_
         }
         for (g = 0; g < ng; g++) {
             const ptrdiff_t n0 = (nb0 + g) * 16, left = N - n0;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF
-                                            : (__mmask16)((1u << left) - 1);
+            const __mmask16 mk = cyl_mask16(left);
             for (r = 0; r < m; r++) {
                 float* c = C + r * ldc + n0;
                 __m512 v = acc[r][g];
