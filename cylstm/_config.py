@@ -228,19 +228,25 @@ def _reduced_precision_line(f):
 
 
 def _mixed_precision_line(f):
-    """The global dtype policy, and how mixed_bfloat16 runs here: the LSTM forward's
-    products on AMX tiles where this process may use them, else emulated; with the
-    CPU's bf16 instructions named."""
+    """The global dtype policy, and how mixed_bfloat16 runs here: the LSTM's products
+    on the bf16 engine this process may use (AMX tiles, or AVX512-BF16 dot products
+    on a CPU without AMX), else emulated; with the CPU's bf16 instructions named."""
     from cylstm import _lstm, mixed_precision  # (a leaf module; the kernels)
 
     def yes(flag):
         return "yes" if flag in f.flags else "no"
 
-    code, why = _lstm.amx_status()
-    how = ("LSTM forward and backward products on AMX tiles (tdpbf16ps, float32 sums; "
-           "up to 3 rows on AVX512-BF16 vdpbf16ps); Dense emulated (operands rounded to "
-           "bf16, float32 FMAs)" if code == 5 else
-           f"emulated (operands rounded to bf16, float32 FMAs): AMX tiles {why}")
+    engine = _lstm.bf16_engine()
+    dense = "; Dense emulated (operands rounded to bf16, float32 FMAs)"
+    if engine == "amx":
+        how = ("LSTM forward and backward products on AMX tiles (tdpbf16ps, float32 sums; "
+               "products of a few rows on AVX512-BF16 vdpbf16ps)" + dense)
+    elif engine == "avx512_bf16":
+        how = ("LSTM forward and backward products on AVX512-BF16 dot products (vdpbf16ps, "
+               f"float32 sums; no AMX tiles: {_lstm.amx_status()[1]})" + dense)
+    else:
+        how = ("emulated (operands rounded to bf16, float32 FMAs): "
+               f"{_lstm._bf16_engine_why()}")
     return (f"  dtype policy: global {mixed_precision.global_policy().name!r}; "
             f"mixed_bfloat16: {how}; CPU bf16 instructions: AVX512-BF16 "
             f"{yes('avx512_bf16')}, AMX-BF16 {yes('amx_bf16')}")

@@ -68,6 +68,10 @@ cdef extern from "cylstm_bf16.h" nogil:
     enum: CYL_BF16_DOT_DEFAULT
     int cyl_amx_bf16_status() noexcept
     int cyl_amx_force(int on) noexcept
+    int cyl_bf16_dots_usable() noexcept
+    int cyl_bf16_dots_force(int on) noexcept
+    int cyl_bf16_dots_status() noexcept
+    int cyl_bf16_engine() noexcept
     void cyl_amx_bf16_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
                            Py_ssize_t lda, const uint16_t* P, float* C, Py_ssize_t ldc,
                            int accumulate, uint16_t* abuf) noexcept
@@ -106,6 +110,35 @@ def _force_amx(bint on):
     return cyl_amx_force(1 if on else 0) != 0
 
 
+#: What runs the tile-layout bf16 products, by cyl_bf16_engine()'s answer
+BF16_ENGINES = {0: None, 1: "avx512_bf16", 2: "amx"}
+
+
+def bf16_engine():
+    """What runs ``compute_dtype="bfloat16"``'s products in this process now:
+    "amx" (AMX tiles, AVX512-BF16 dot products for products of a few rows),
+    "avx512_bf16" (dot products only: a CPU without AMX, as AMD Zen 4, or AMX off
+    or refused), or None (emulated: float32 products of bf16-rounded operands)."""
+    return BF16_ENGINES[cyl_bf16_engine()]
+
+
+def _bf16_engine_why():
+    """Why the bf16 kernel cannot run here (for error messages)."""
+    code = cyl_bf16_dots_status()
+    if code == 0:
+        return "the CPU has no AVX512-BF16"
+    if code == 4:
+        return "AVX512-BF16 turned off (cylstm._lstm._force_bf16_dots(False))"
+    return AMX_STATUS.get(code, "unknown").replace("AMX kernel", "bf16 kernel")
+
+
+def _force_bf16_dots(bint on):
+    """Turn the AVX512-BF16 kernels off (False: with them AMX's, whose rounding and
+    packs they are; the planner then emulates) or back to detection (True);
+    returns whether they were on before.  Tests and measurements."""
+    return cyl_bf16_dots_force(1 if on else 0) != 0
+
+
 def bf16_tiles_len(Py_ssize_t K, Py_ssize_t N):
     """uint16 elements of the AMX tile-packed bf16 copy of a K x N matrix."""
     return cyl_bf16_tiles_len(K, N)
@@ -126,16 +159,17 @@ def bf16_tiles_pack(const float[:, ::1] W, uint16_t[::1] out, bint transposed=Fa
                     bint hardware=False):
     """Pack W (K x N float32; ``transposed``: W^T, K = W's columns) into ``out``
     (bf16_tiles_len(K, N) uint16), rounded to bfloat16 (nearest even) in AMX's tile
-    layout (include/cylstm_bf16.h).  ``hardware``: the AVX-512 BF16 pack (where the
-    process may use AMX: the packs the AMX paths run, of W, U, U^T, W^T and dz),
-    which flushes denormals to zero, as the AMX product does with its inputs."""
+    layout (include/cylstm_bf16.h).  ``hardware``: the AVX-512 BF16 pack (where
+    bf16_engine() is not None: the packs the bf16 paths run, of W, U, U^T, W^T and
+    dz), which flushes denormals to zero, as the products do with their inputs."""
     cdef Py_ssize_t K = W.shape[1] if transposed else W.shape[0]
     cdef Py_ssize_t N = W.shape[0] if transposed else W.shape[1]
     if out.shape[0] != cyl_bf16_tiles_len(K, N):
         raise ValueError(f"bf16_tiles_pack: out must hold {cyl_bf16_tiles_len(K, N)} "
                          f"elements for a {K} x {N} matrix; got {out.shape[0]}")
-    if hardware and not cyl_amx_bf16_usable():
-        raise ValueError(f"bf16_tiles_pack: the hardware pack needs AMX ({amx_status()[1]})")
+    if hardware and cyl_bf16_engine() == 0:
+        raise ValueError(f"bf16_tiles_pack: the hardware pack needs AVX512-BF16 "
+                         f"({_bf16_engine_why()})")
     if K == 0 or N == 0:
         return
     with nogil:
@@ -150,7 +184,7 @@ def bf16_tiles_pack(const float[:, ::1] W, uint16_t[::1] out, bint transposed=Fa
 
 
 def _set_bf16_dot_rows(int n):
-    """Products of at most ``n`` rows (0 to 4) skip the AMX tiles for AVX512-BF16
+    """Products of at most ``n`` rows (0: none) skip the AMX tiles for AVX512-BF16
     dot products (include/cylstm_bf16.h); returns the previous value.  Tests and
     measurements only: BF16_DOT_ROWS (_tuning's) is the default."""
     return cyl_bf16_set_dot_rows(n)
@@ -172,8 +206,8 @@ def round_bf16(const float[::1] a, float[::1] out):
 def amx_gemm(const float[:, ::1] A, const uint16_t[::1] P, float[:, ::1] C,
              bint accumulate=False, bint transa=False, const float[:, ::1] A2=None,
              const uint16_t[::1] P2=None):
-    """C (M x N) = (or +=) bf16(A) (M x K) @ P (tile-packed K x N): the AMX kernel
-    alone, for tests (``transa``: A given as its transpose, K x M; ``A2``, ``P2``:
+    """C (M x N) = (or +=) bf16(A) (M x K) @ P (tile-packed K x N): the bf16 kernel
+    (bf16_engine()'s) alone, for tests (``transa``: A given as its transpose, K x M; ``A2``, ``P2``:
     + bf16(A2) (M x K2) @ P2 in the same pass, as a fused step).  ValueError
     where it cannot run."""
     cdef Py_ssize_t M = A.shape[1] if transa else A.shape[0]
@@ -185,8 +219,9 @@ def amx_gemm(const float[:, ::1] A, const uint16_t[::1] P, float[:, ::1] C,
             raise ValueError(f"amx_gemm: A2 must have A's {M} rows, with P2, not transa")
         if P2.shape[0] != cyl_bf16_tiles_len(K2, N):
             raise ValueError(f"amx_gemm: P2 must hold {cyl_bf16_tiles_len(K2, N)} elements")
-        if not cyl_amx_bf16_usable():
-            raise ValueError(f"amx_gemm: the AMX kernel cannot run here: {amx_status()[1]}")
+        if cyl_bf16_engine() == 0:
+            raise ValueError(f"amx_gemm: the bf16 kernel cannot run here: "
+                             f"{_bf16_engine_why()}")
         if M == 0 or N == 0:
             return
         import numpy as np
@@ -199,8 +234,8 @@ def amx_gemm(const float[:, ::1] A, const uint16_t[::1] P, float[:, ::1] C,
         raise ValueError(f"amx_gemm: C must have {M} rows (A's); got {C.shape[0]}")
     if P.shape[0] != cyl_bf16_tiles_len(K, N):
         raise ValueError(f"amx_gemm: P must hold {cyl_bf16_tiles_len(K, N)} elements")
-    if not cyl_amx_bf16_usable():
-        raise ValueError(f"amx_gemm: the AMX kernel cannot run here: {amx_status()[1]}")
+    if cyl_bf16_engine() == 0:
+        raise ValueError(f"amx_gemm: the bf16 kernel cannot run here: {_bf16_engine_why()}")
     if M == 0 or N == 0:
         return
     import numpy as np
@@ -310,7 +345,7 @@ cdef void _forward_rows(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     which ``Hp`` then keeps for dU; x, W and U arrive rounded already
     (cylstm.functional), so every product has bf16 operands and float32 sums.
 
-    ``Ut`` not NULL (float32, ``bf16``; the "rows_amx" paths): the products run
+    ``Ut`` not NULL (float32, ``bf16``; the "rows_bf16" paths): the products run
     on AMX tiles (include/cylstm_bf16.h) over ``Wt`` and ``Ut``, W and U packed
     in its tile layout, the kernel rounding x and hm to bf16 as it reads them
     (x may come unrounded), with ``abuf`` as its scratch.
@@ -1805,9 +1840,9 @@ cdef void _check_amx(bint bf16, bint dbl, Py_ssize_t n_packed, object abuf, Py_s
             or abuf.shape[1] < cyl_bf16_abuf2_len(I, H)):
         raise ValueError(f"forward_rows: abuf must be (n_threads, "
                          f"{cyl_bf16_abuf2_len(I, H)}) at least")
-    if not cyl_amx_bf16_usable():
-        raise ValueError(f"forward_rows: the AMX products cannot run here: "
-                         f"{amx_status()[1]}")
+    if cyl_bf16_engine() == 0:
+        raise ValueError(f"forward_rows: the bf16 products cannot run here: "
+                         f"{_bf16_engine_why()}")
 
 
 def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
@@ -1831,7 +1866,7 @@ def forward_rows(const floating[:, :, ::1] x, const floating[:, ::1] W,
     small BLAS tiles (a plan's ``tile_steps``).  ``bf16`` (float32): the
     recurrent product reads h_prev rounded to bfloat16 each step, into ``hm``
     (B, H), which is then required (x, W and U must come rounded: a plan's
-    ``bf16``, see cylstm.functional).  ``WUt`` (with ``bf16``; the "rows_amx"
+    ``bf16``, see cylstm.functional).  ``WUt`` (with ``bf16``; the "rows_bf16"
     paths): W then U tile-packed (:func:`bf16_tiles_pack`, one after the other),
     the products on AMX tiles, ``abuf`` (n_threads, bf16_abuf2_len(I, H))
     their scratch; x and W need not come rounded then (the kernel rounds x, the
@@ -2162,8 +2197,9 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
         if amx.shape[0] != n:
             raise ValueError(f"backward: amx must hold U^T then W^T tile-packed, {n} "
                              f"elements; got {amx.shape[0]}")
-        if not cyl_amx_bf16_usable():
-            raise ValueError(f"backward: the AMX kernel cannot run here: {amx_status()[1]}")
+        if cyl_bf16_engine() == 0:
+            raise ValueError(f"backward: the bf16 kernel cannot run here: "
+                             f"{_bf16_engine_why()}")
         j.amxT = &amx[0]
     with nogil:
         if nt == 1:

@@ -150,9 +150,9 @@ UNITS_TRAIN_TEAM_MIN_BYTES = 64 * 2**10
 # ((25, 16, 1024, 1024), 32 MiB of weights, went 39 -> 72 ms).
 FUSE_MIN_ROWS = 8
 
-# compute_dtype="bfloat16" on AMX tiles (cylstm.functional.AMX_PATHS), measured
+# compute_dtype="bfloat16" on AMX tiles (cylstm.functional.BF16_PATHS), measured
 # on a 2-vCPU Xeon (Sapphire Rapids class, 2 MiB L2), 2026-12-03, ms per call,
-# "rows_amx" (x @ W for all steps first) / "rows_amx_fused" (x_t @ W each step):
+# "rows_bf16" (x @ W for all steps first) / "rows_bf16_fused" (x_t @ W each step):
 # - threads split the batch in slices of at least AMX_MIN_ROWS_PER_THREAD rows
 #   (an A tile's 16): (25, 16, 1024, 1024) took 13.1 ms on one thread and 43 on
 #   two of 8 rows each, both streaming all of U (8 MiB in bf16) every step;
@@ -187,6 +187,27 @@ AMX_FUSE_MAX_BYTES = 2 * 2**20
 # MIN_ROWS_PER_THREAD as the float32 one: (25, 16, 1024, 1024) on 2 threads, 2
 # slices of 8 rows 86 / 85 ms against one thread of 16 rows 98 / 94.
 AMX_BACK_ROWS = 512
+# Without AMX, the bf16 paths' products run on AVX512-BF16 dot products
+# (include/cylstm_bf16.h's cyl_bf16_dots_gemm: rows 6 at a time by 64 columns,
+# K 128 at a time), which beat the emulated path (float32 BLAS over operands
+# rounded each call) on any core that has them.  Intel(R) Xeon(R) Processor (2
+# cores, Sapphire Rapids class) with AMX turned off, 2026-12-03, lstm_forward
+# bf16 over float32's time, dots / emulated: (100, 32, 128, 256) 1.51x / 1.47x
+# (1 thr), 1.53x / 1.78x (2); (50, 64, 512, 512) 1.52x / 1.73x, 1.42x / 1.54x;
+# (25, 1, 512, 512) 0.62x / 1.61x; (200, 1, 64, 128) 1.03x / 1.29x.  Slower
+# than float32 there: a core with two 512-bit FMA ports issues vdpbf16ps a
+# quarter as often as FMAs (a loop of independent zmm ops: 1.8 vs 7.1 G/s, 115
+# vs 228 GFLOP/s; the dots kernel reached 104-115, about that bound).  AMD Zen 4
+# issues both at the same rate, one zmm op a cycle, so there the dot products'
+# 32 multiply-adds an instruction are twice an FMA's (AMD's and uops.info's
+# tables; not measured on a Zen 4 yet).
+# Slices of BF16_DOTS_MIN_ROWS_PER_THREAD rows or more per thread split the
+# batch (no tile granularity on dots), same machine, AMX off, 2 threads, one
+# thread against two: (25, 16, 1024, 1024) 70.1 -> 37.4 ms, (50, 8, 512, 512)
+# 17.5 -> 9.7, (200, 4, 64, 128) 1.87 -> 1.18 (2 rows a thread).  The fused
+# step's rule (AMX_FUSE_MIN_ROWS) serves both: at 8 rows a thread the two were
+# within 10%, at 16 even.
+BF16_DOTS_MIN_ROWS_PER_THREAD = 2
 # Products of at most BF16_DOT_ROWS rows (a batch-1 step's h @ U) skip the tiles,
 # which would use one of their 16 rows, for AVX512-BF16 dot products over the same
 # packed layout (include/cylstm_bf16.h's cyl_bf16_rows_dot; the C constant
@@ -521,6 +542,9 @@ THRESHOLDS = {
                           "(25, 16, 1024, 1024), 2026-12-03",
     "AMX_BACK_ROWS": "bf16 backward on AMX tiles, dz rows packed at a time (compiled in: "
                      "_lstm.AMX_BACK_ROWS_C); 2-vCPU Xeon, bench shapes, 2026-12-03",
+    "BF16_DOTS_MIN_ROWS_PER_THREAD": "bf16 forward on AVX512-BF16 dots (no AMX): the "
+                                     "batch split; 2-vCPU Xeon (Sapphire Rapids class) "
+                                     "with AMX turned off, 2026-12-03",
     "BF16_DOT_ROWS": "bf16 products of this many rows or fewer on AVX512-BF16 dots, not "
                      "tiles (compiled in); 2-vCPU Xeon, one product, 2026-12-03",
     "INT8_ROW_MIN_ROWS": "int8 forward: a batch slice per thread from this many rows a "
@@ -582,6 +606,13 @@ class CpuFacts:
     llc_budget: int = _DEFAULT_L3
     blas_core: str = "unknown"
     amx_bf16: bool = False
+
+    @property
+    def bf16_dots(self):
+        """Whether the bf16 paths can run on AVX512-BF16 dot products (``vdpbf16ps``)
+        where there are no AMX tiles (AMD Zen 4, Intel Cooper Lake; see
+        BF16_DOTS_MIN_ROWS_PER_THREAD for what they measured)."""
+        return self.isa_level == 2 and "avx512_bf16" in self.flags
 
     @property
     def blas_tiles_steps(self):

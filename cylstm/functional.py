@@ -53,13 +53,14 @@ __all__ = ["COMPUTE_DTYPES", "BackwardPlan", "CheckpointPlan", "ForwardPlan", "L
 #: sums (float32 weights; the mixed_bfloat16 policy, :mod:`cylstm.mixed_precision`).
 COMPUTE_DTYPES = (None, "float32", "float64", "bfloat16")
 
-#: The paths whose products run on AMX tiles (``compute_dtype="bfloat16"`` only, on
-#: CPUs with AMX-BF16: :func:`cylstm._lstm.amx_status`); not in
-#: :data:`cylstm._tuning.PATHS`, which are the float paths the tuner measures.
-AMX_PATHS = ("rows_amx", "rows_amx_fused")
+#: The paths whose products run on the CPU's bf16 hardware (``compute_dtype=
+#: "bfloat16"`` only): AMX tiles, or AVX512-BF16 dot products on a CPU without
+#: them (:func:`cylstm._lstm.bf16_engine`); not in :data:`cylstm._tuning.PATHS`,
+#: which are the float paths the tuner measures.
+BF16_PATHS = ("rows_bf16", "rows_bf16_fused")
 
 # the paths that can round h_prev to bfloat16 every step (_lstm._forward_rows)
-_BF16_PATHS = ("rows", "rows_fused") + AMX_PATHS
+_ROUNDING_PATHS = ("rows", "rows_fused") + BF16_PATHS
 
 LSTMForward = namedtuple("LSTMForward", ["output", "h", "c", "cache"])
 LSTMForward.__doc__ = """Result of :func:`lstm_forward`.
@@ -93,9 +94,10 @@ class ForwardPlan:
                          panels of U, each panel's step committed once);
            "stacked"     threads split the batch, each step [x_t, h_prev] @ packed
                          [W; U] panels (inference only);
-           "rows_amx", "rows_amx_fused"  "rows" / "rows_fused" with the products on
-                         AMX tiles (``compute_dtype="bfloat16"`` only, where the
-                         process may use AMX: include/cylstm_bf16.h).
+           "rows_bf16", "rows_bf16_fused"  "rows" / "rows_fused" with the products on
+                         the bf16 hardware (``compute_dtype="bfloat16"`` only):
+                         AMX tiles where the process may use them, else
+                         AVX512-BF16 dot products (include/cylstm_bf16.h).
     n_threads : threads the kernel runs (batch paths: at least
         ``_tuning.MIN_ROWS_PER_THREAD`` rows each; "units": at most one per panel).
     blas_threads : threads SciPy's BLAS may use when the kernel runs serial.
@@ -113,13 +115,13 @@ class ForwardPlan:
         (any number of rows on AVX-512, at most ``_tuning.PANEL_PROJ_MAX_ROWS``
         on other CPUs), into gates of shape (B, T, 4 H_pad) whose rows are in
         panel order (H_pad: H rounded up to whole vectors).
-    bf16 : (``compute_dtype="bfloat16"``; "rows", "rows_fused" and the AMX paths)
+    bf16 : (``compute_dtype="bfloat16"``; "rows", "rows_fused" and the bf16 paths)
         the kernel rounds h_prev to bfloat16 before every recurrent product; x,
         W and U reach it rounded already (:func:`lstm_forward`), except on the
-        AMX paths in inference, whose kernel and pack round them.
-    abuf : (the AMX paths: "rows_amx", "rows_amx_fused", the "rows" paths with
-        their products on AMX tiles, include/cylstm_bf16.h) shape of the uint16
-        scratch the tile kernel rounds its A rows into, one row per thread.
+        bf16 paths in inference, whose kernel and pack round them.
+    abuf : (the bf16 paths: "rows_bf16", "rows_bf16_fused", the "rows" paths with
+        their products on the bf16 hardware, include/cylstm_bf16.h) shape of the
+        uint16 scratch the kernel rounds its A rows into, one row per thread.
     row_slices : ("int8") the batch is cut into this many slices of rows, each run
         through all its steps on its own thread by a one-thread runner (no
         per-step meeting); 1: the threads split each step's panels.
@@ -142,7 +144,7 @@ class ForwardPlan:
 
     @property
     def fuse(self):
-        return self.path in ("rows_fused", "rows_amx_fused")
+        return self.path in ("rows_fused", "rows_bf16_fused")
 
 
 
@@ -155,8 +157,9 @@ class BackwardPlan:
     n_threads: int
     blas_threads: int
     reason: str = ""
-    #: the mixed_bfloat16 backward's products on AMX tiles (U^T and W^T packed per
-    #: call, dz per block of rows: _lstm._backward_rows), else on BLAS and panels
+    #: the mixed_bfloat16 backward's products on the bf16 hardware (AMX tiles or
+    #: AVX512-BF16 dots; U^T and W^T packed per call, dz per block of rows:
+    #: _lstm._backward_rows), else emulated on BLAS and panels
     amx: bool = False
     #: (BLAS, n_threads > 1) the slices split the time loop only; the weight-gradient
     #: GEMMs after it run once over the whole batch on blas_threads
@@ -166,20 +169,21 @@ class BackwardPlan:
 def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,
                 bf16=False):
     """Why ``path`` cannot run this call (a sentence), or None when it can."""
-    if path not in _tuning.PATHS + AMX_PATHS:
+    if path not in _tuning.PATHS + BF16_PATHS:
         return (f"unknown path {path!r}; expected one of "
-                f"{', '.join(_tuning.PATHS + AMX_PATHS)}")
-    if path in AMX_PATHS:
+                f"{', '.join(_tuning.PATHS + BF16_PATHS)}")
+    if path in BF16_PATHS:
         if not bf16:
-            return (f"{path!r} multiplies bfloat16 operands on AMX tiles: it takes "
-                    f"compute_dtype='bfloat16' only")
-        if not _lstm.amx_usable():
-            return f"{path!r} needs AMX tiles, and they cannot run here: {_lstm.amx_status()[1]}"
-    if bf16 and path not in _BF16_PATHS:
+            return (f"{path!r} multiplies bfloat16 operands on the bf16 hardware: it "
+                    f"takes compute_dtype='bfloat16' only")
+        if _lstm.bf16_engine() is None:
+            return (f"{path!r} needs AMX tiles or AVX512-BF16, and neither runs here: "
+                    f"{_lstm._bf16_engine_why()}")
+    if bf16 and path not in _ROUNDING_PATHS:
         return (f"compute_dtype='bfloat16' runs on the BLAS paths "
-                f"({', '.join(repr(p) for p in _BF16_PATHS)}); {path!r} multiplies on packed "
+                f"({', '.join(repr(p) for p in _ROUNDING_PATHS)}); {path!r} multiplies on packed "
                 f"float32 panels, which do not round h_prev to bfloat16 each step")
-    if path in ("rows_fused", "rows_amx_fused") and has_lengths:
+    if path in ("rows_fused", "rows_bf16_fused") and has_lengths:
         return (f"{path!r} cannot take lengths (every sample is at its own time index, "
                 "so x_t is not one slice of x)")
     if path == "units" and has_mask and min(n_threads, _n_panels(H, dtype)) > 1:
@@ -208,22 +212,23 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
     u_bytes = H * 4 * H * item
     wu_bytes = (I + H) * 4 * H * item
     fits = wu_bytes * t.FIT_LLC_FRACTION <= budget
-    if bf16 and facts.amx_bf16:
-        rows = B // _amx_threads(B, n_total)
+    if bf16 and (facts.amx_bf16 or facts.bf16_dots):
+        rows = B // _amx_threads(B, n_total, facts.amx_bf16)
         w_bytes = I * 4 * H * 2
+        on = "AMX tiles" if facts.amx_bf16 else "AVX512-BF16 dot products (no AMX)"
         if not has_lengths and rows >= t.AMX_FUSE_MIN_ROWS and w_bytes <= t.AMX_FUSE_MAX_BYTES:
-            return "rows_amx_fused", (f"compute_dtype='bfloat16' on AMX tiles: {rows} rows "
-                                      f"per thread >= AMX_FUSE_MIN_ROWS and bf16 W "
-                                      f"<= AMX_FUSE_MAX_BYTES: x_t @ W each step")
+            return "rows_bf16_fused", (f"compute_dtype='bfloat16' on {on}: {rows} rows "
+                                       f"per thread >= AMX_FUSE_MIN_ROWS and bf16 W "
+                                       f"<= AMX_FUSE_MAX_BYTES: x_t @ W each step")
         why = ("lengths" if has_lengths else
                f"{rows} rows per thread < AMX_FUSE_MIN_ROWS" if rows < t.AMX_FUSE_MIN_ROWS
                else f"bf16 W ({w_bytes >> 10} KiB) > AMX_FUSE_MAX_BYTES")
-        return "rows_amx", (f"compute_dtype='bfloat16' on AMX tiles: x @ W for all steps "
-                            f"first ({why})")
+        return "rows_bf16", (f"compute_dtype='bfloat16' on {on}: x @ W for all steps "
+                             f"first ({why})")
     if bf16:
         path, reason = _rows_path(B, nt, has_lengths, fits, wu_bytes, training, facts)
-        return path, (f"compute_dtype='bfloat16' emulated (no AMX-BF16 here; BLAS paths "
-                      f"only): {reason}")
+        return path, (f"compute_dtype='bfloat16' emulated (no AMX-BF16 or AVX512-BF16 "
+                      f"here; BLAS paths only): {reason}")
     panels_fast = facts.isa_level == 2
     if not has_mask and H > _panel_units(dtype):  # two panels at least
         if n_total >= 2 and nt == 1 and u_bytes >= t.PANEL_TEAM_MIN_BYTES:
@@ -317,10 +322,12 @@ def _rows_path(B, nt, has_lengths, fits, wu_bytes, training, facts):
     return "rows", "default: batch split, BLAS per step"
 
 
-def _amx_threads(B, n_total):
-    """Threads an AMX path splits a batch of B over: slices of at least
-    ``_tuning.AMX_MIN_ROWS_PER_THREAD`` rows (an A tile's 16)."""
-    return max(1, min(n_total, B // _tuning.AMX_MIN_ROWS_PER_THREAD))
+def _amx_threads(B, n_total, amx=True):
+    """Threads a bf16 path splits a batch of B over: slices of at least
+    ``_tuning.AMX_MIN_ROWS_PER_THREAD`` rows (an A tile's 16) on AMX tiles, of
+    ``_tuning.BF16_DOTS_MIN_ROWS_PER_THREAD`` on AVX512-BF16 dots (``amx`` False)."""
+    least = _tuning.AMX_MIN_ROWS_PER_THREAD if amx else _tuning.BF16_DOTS_MIN_ROWS_PER_THREAD
+    return max(1, min(n_total, B // least))
 
 
 def _bf16_products(compute_dtype, dtype):
@@ -549,11 +556,13 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        over the whole sequence (:func:`_int8_plan`);
     1. ``force``, else (inference, ``facts`` None) a tuned choice for this shape
        class when valid for the call;
-    1b. ``compute_dtype="bfloat16"`` where ``facts.amx_bf16`` (and, for this
-       machine's facts, the process may use AMX now): "rows_amx_fused" without
+    1b. ``compute_dtype="bfloat16"`` where ``facts.amx_bf16`` or
+       ``facts.bf16_dots`` (and, for this machine's facts, the process may use
+       them now: AMX tiles, else AVX512-BF16 dots): "rows_bf16_fused" without
        lengths for slices of AMX_FUSE_MIN_ROWS rows or more per thread with W's
-       bf16 copy at most AMX_FUSE_MAX_BYTES, else "rows_amx"; threads split the
-       batch in slices of at least AMX_MIN_ROWS_PER_THREAD rows;
+       bf16 copy at most AMX_FUSE_MAX_BYTES, else "rows_bf16"; threads split the
+       batch in slices of at least AMX_MIN_ROWS_PER_THREAD rows on AMX,
+       BF16_DOTS_MIN_ROWS_PER_THREAD on dots;
     2. "units" when there is no recurrent mask, H spans two panels or more, and
        either the batch is too small to split (one batch thread of several) with
        U of at least PANEL_TEAM_MIN_BYTES, or (AVX-512 only) U is at least
@@ -623,21 +632,31 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
                 key = _tuning.shape_class(B, I, H, dtype.name, n_total)
                 path, reason = tuned, f"tuned cache ({key})"
             facts = _tuning.cpu_facts()
-            if bf16 and facts.amx_bf16 and not _lstm.amx_usable():
-                # the CPU has AMX, but not this process now (refused, or a lower
-                # level forced since the facts were read)
-                facts = dataclasses.replace(facts, amx_bf16=False)
+            if bf16:
+                facts = _bf16_facts_now(facts)
         if path is None:
             path, reason = _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask,
                                        has_lengths, reverse, facts, bf16)
     return _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts, bf16)
 
 
+def _bf16_facts_now(facts):
+    """This machine's ``facts`` less the bf16 hardware this process cannot use now
+    (AMX refused or turned off, a lower level forced since the facts were read)."""
+    engine = _lstm.bf16_engine()
+    if facts.amx_bf16 and engine != "amx":
+        facts = dataclasses.replace(facts, amx_bf16=False)
+    if facts.bf16_dots and engine is None:
+        facts = dataclasses.replace(facts, flags=facts.flags - {"avx512_bf16"})
+    return facts
+
+
 def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None, bf16=False):
-    gates = (B, T, 4 * H) if (training or path in ("rows", "units", "rows_amx")) else None
-    if path in AMX_PATHS:
+    gates = (B, T, 4 * H) if (training or path in ("rows", "units", "rows_bf16")) else None
+    if path in BF16_PATHS:
         pre = not training and B * T > 0 and H > 0 and _packcache.cacheable(I, H, dtype)
-        nt = _amx_threads(B, n_total)
+        amx = facts.amx_bf16 if facts is not None else _lstm.bf16_engine() == "amx"
+        nt = _amx_threads(B, n_total, amx)
         return ForwardPlan(path, nt, n_total, gates, (B, 4 * H), 0, None, reason,
                            prepacked=pre, bf16=True,
                            abuf=(nt, _lstm.bf16_abuf2_len(I, H)))
@@ -681,11 +700,10 @@ def plan_backward(B, n_threads, bf16=False, facts=None, T=None, I=None, H=None):
     amx = False
     if bf16:
         if facts is None:
-            facts = _tuning.cpu_facts()
-            amx = facts.amx_bf16 and _lstm.amx_usable()
-        else:
-            amx = facts.amx_bf16
-        why += ("; bf16 products on AMX tiles" if amx else
+            facts = _bf16_facts_now(_tuning.cpu_facts())
+        amx = facts.amx_bf16 or facts.bf16_dots
+        why += ("; bf16 products on AMX tiles" if facts.amx_bf16 else
+                "; bf16 products on AVX512-BF16 dots" if amx else
                 "; bf16 products emulated (float32 BLAS over bf16 values)")
     whole = (nt > 1 and not amx and T is not None and _tuning.BACKWARD_WHOLE_GRADS
              and (B // nt) * T < I + H)
@@ -932,7 +950,7 @@ def lstm_forward(x: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
                             bool(go_backwards), force=_plan,
                             compute_dtype="bfloat16" if bf16 else None)
     rounded = False
-    if bf16 and (plan is None or plan.path not in AMX_PATHS):
+    if bf16 and (plan is None or plan.path not in BF16_PATHS):
         # the operands rounded once (copies; the bias joins in float32, in the cell);
         # on the AMX paths the pack rounds W and U, the kernel x, and in training
         # the AMX backward rounds them as it packs (lstm_backward rounds copies
@@ -1019,7 +1037,7 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
     prepacked plan may take their packed copy from the cache (``version``: the
     caller's ``weights_version``)."""
     dtype = W.dtype
-    if plan.path in AMX_PATHS:
+    if plan.path in BF16_PATHS:
         _run_amx_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, Hp, bias,
                       cache, version)
         return

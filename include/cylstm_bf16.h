@@ -1,5 +1,6 @@
 /*
- * cylstm_bf16.h -- matrix products on the CPU's bfloat16 hardware: AMX tiles.
+ * cylstm_bf16.h -- matrix products on the CPU's bfloat16 hardware: AMX tiles, or
+ * AVX512-BF16 dot products where there are no tiles.
  *
  * The mixed_bfloat16 policy multiplies bf16 operands and sums in float32
  * (cylstm/mixed_precision.py).  Without bf16 instructions cylstm emulates that:
@@ -26,7 +27,10 @@
  * the row blocks; A's rows come from L2.  Edge tiles (rows past M, columns
  * past N) go through a 16 x 16 float32 scratch, one tile at a time.  A product of
  * a few rows (a batch-1 step) skips the tiles for AVX512-BF16 dot products over
- * the same layout (cyl_bf16_rows_dot).
+ * the same layout (cyl_bf16_dots_gemm), and a CPU with AVX512-BF16 but no AMX
+ * (AMD Zen 4, Intel Cooper Lake) runs every product on them: `vdpbf16ps` does
+ * 32 multiply-adds per instruction where a float32 FMA does 16
+ * (cyl_bf16_engine() says which runs).
  *
  * Every output is a sum of bf16 products in float32; the order in which the
  * hardware adds them (pairs, then the tile's k, then the k blocks in order) is
@@ -52,19 +56,24 @@
 
 /* rows of A rounded into the bf16 scratch at a time */
 #define CYL_BF16_MS 256
-/* Products of at most cyl_bf16_dot_max rows of A skip the tiles (cyl_bf16_rows_dot):
- * CYL_BF16_DOT_DEFAULT, _tuning.BF16_DOT_ROWS with its measurement; at most
- * CYL_BF16_DOT_ROWS, the dot kernel's register block. */
-#define CYL_BF16_DOT_ROWS 4
+/* Products of at most cyl_bf16_dot_max rows of A skip the tiles for the dot
+ * products (cyl_bf16_dots_gemm): CYL_BF16_DOT_DEFAULT, _tuning.BF16_DOT_ROWS with
+ * its measurement.  Without AMX every product runs on them. */
 #define CYL_BF16_DOT_DEFAULT 3
+/* The dot kernel's register block: CYL_BF16_DOT_RB rows x 4 column blocks of 16
+ * (24 sums, 4 B vectors and A's broadcast pair: 29 of AVX-512's 32 registers),
+ * over CYL_BF16_DOT_KB tiles of K per pass (the four blocks' B: 16 KiB, within a
+ * 32 KiB L1). */
+#define CYL_BF16_DOT_RB 6
+#define CYL_BF16_DOT_KB 4
 static int cyl_bf16_dot_max = CYL_BF16_DOT_DEFAULT;
 
-/* Set the row count below which products skip the tiles (0: never; clamped to
- * CYL_BF16_DOT_ROWS); returns the previous one.  For measuring and tests. */
+/* Set the row count up to which products skip the tiles (0: never); returns the
+ * previous one.  For measuring and tests. */
 static int cyl_bf16_set_dot_rows(int n)
 {
     int previous = cyl_bf16_dot_max;
-    cyl_bf16_dot_max = n < 0 ? 0 : n > CYL_BF16_DOT_ROWS ? CYL_BF16_DOT_ROWS : n;
+    cyl_bf16_dot_max = n < 0 ? 0 : n;
     return previous;
 }
 
@@ -187,6 +196,52 @@ static int cyl_amx_force(int on)
     int previous = cyl_amx_forced;
     cyl_amx_forced = on == 0 ? 0 : -1;
     return previous;
+}
+
+static int cyl_dots_state = -1;   /* -1: not asked yet; 0: no AVX512-BF16; 1: yes */
+static int cyl_dots_forced = -1;  /* cyl_bf16_dots_force: -1 none, 0 off */
+
+/* Whether the AVX512-BF16 kernels (the dot products, the hardware packs and A's
+ * rounding) run here: an AVX-512 level not forced lower, and the CPU's
+ * AVX512-BF16 (AMD Zen 4, Intel Cooper Lake and Sapphire Rapids on). */
+static int cyl_bf16_dots_usable(void)
+{
+    unsigned a, b, c, d;
+    if (cyl_cpu_level() < 2 || cyl_dots_forced == 0)
+        return 0;
+    if (cyl_dots_state < 0)
+        cyl_dots_state = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)) ? 1 : 0;
+    return cyl_dots_state;
+}
+
+/* Why (not): 0 the CPU lacks AVX512-BF16, 3 a lower level forced (CYLSTM_CPU), 4
+ * turned off (cyl_bf16_dots_force), 5 usable (the codes of cyl_amx_bf16_status). */
+static int cyl_bf16_dots_status(void)
+{
+    if (cyl_dots_forced == 0)
+        return 4;
+    if (cyl_cpu_level() < 2)
+        return cyl_cpu_detected_level() == 2 ? 3 : 0;
+    return cyl_bf16_dots_usable() ? 5 : 0;
+}
+
+/* 0 turns the AVX512-BF16 kernels off (the AMX ones too: they round and pack with
+ * them), -1 restores detection; returns the previous value. */
+static int cyl_bf16_dots_force(int on)
+{
+    int previous = cyl_dots_forced;
+    cyl_dots_forced = on == 0 ? 0 : -1;
+    return previous;
+}
+
+/* What runs the tile-layout bf16 products (cyl_amx_bf16_gemm and its kin): 2 AMX
+ * tiles (dot products for the few-row ones), 1 AVX512-BF16 dot products only, 0
+ * nothing (the caller emulates: float32 products of rounded operands). */
+static int cyl_bf16_engine(void)
+{
+    if (!cyl_bf16_dots_usable())
+        return 0;
+    return cyl_amx_bf16_usable() ? 2 : 1;
 }
 
 typedef struct {
@@ -339,66 +394,96 @@ CYL_AMX_TARGET static void cyl_amx_tiles_pack_t(const float* W, ptrdiff_t K, ptr
     }
 }
 
-/* Rows [0, m) (m <= CYL_BF16_DOT_ROWS) of C (+)= abuf's bf16 rows @ P without the
- * tiles: AVX512-BF16 `vdpbf16ps` over the tile layout as it lies.  A B tile's row r
- * holds, per column, the pair (k = 2r, 2r + 1): multiplied by A's pair broadcast to
- * every lane it adds both products into that column's sum, and a column block's
- * rows follow each other along K, so each block streams once, four blocks side by
- * side (four chains of sums per row of A).  A tile product would use one of its 16
- * rows here: at (T, B, I, H) = (150, 1, 256, 256) the step's h @ U took 11 us on
- * tiles (Intel(R) Xeon(R) Processor (2 cores), 2026-12-03).  The sums are float32
- * sums of the same bf16 products in another order. */
+/* C's rows [0, m) (m <= CYL_BF16_DOT_RB), column blocks [0, ng) (ng <= 4) from
+ * column n0, (+)= a's bf16 rows (row stride kp) @ b over the k pairs [k2a, k2b),
+ * without the tiles: AVX512-BF16 `vdpbf16ps` over the tile layout as it lies.  A
+ * B tile's row r holds, per column, the pair (k = 2r, 2r + 1): multiplied by A's
+ * pair broadcast to every lane it adds both products into that column's sum, and
+ * a column block's rows follow each other along K (block g at b + g * bstride), so
+ * each block streams once, four blocks side by side: m x 4 chains of sums, the
+ * four B vectors of a pair reused by the m rows.  The sums are float32 sums of the
+ * same bf16 products as the tiles', in another order. */
 CYL_AMX_TARGET static inline __attribute__((always_inline)) void
-cyl_bf16_dot_rows(const uint16_t* abuf, ptrdiff_t kp, const int m, const uint16_t* P,
-                  ptrdiff_t N, float* C, ptrdiff_t ldc, int accumulate)
+cyl_bf16_dot_block(const uint16_t* a, ptrdiff_t kp, const int m, const uint16_t* b,
+                   ptrdiff_t bstride, const int ng, ptrdiff_t k2a, ptrdiff_t k2b, float* C,
+                   ptrdiff_t ldc, ptrdiff_t n0, ptrdiff_t N, int accumulate)
 {
-    const ptrdiff_t kb_n = kp / 32, nblk = (N + 15) / 16, k2n = kp / 2;
-    ptrdiff_t nb0, k2;
+    __m512 acc[CYL_BF16_DOT_RB][4];
+    ptrdiff_t k2;
     int r, g;
-    for (nb0 = 0; nb0 < nblk; nb0 += 4) {
-        const int ng = nblk - nb0 < 4 ? (int)(nblk - nb0) : 4;
-        const uint16_t* b = P + nb0 * kb_n * 512;
-        __m512 acc[CYL_BF16_DOT_ROWS][4];
-        for (r = 0; r < m; r++)
-            for (g = 0; g < 4; g++)
-                acc[r][g] = _mm512_setzero_ps();
-        for (k2 = 0; k2 < k2n; k2++) {
-            __m512i bv[4];
-            for (g = 0; g < 4; g++)
-                bv[g] = g < ng ? _mm512_loadu_si512((const void*)(b + (g * kb_n * 512)
-                                                                  + k2 * 32))
-                               : _mm512_setzero_si512();
-            for (r = 0; r < m; r++) {
-                uint32_t pair;
-                memcpy(&pair, abuf + r * kp + 2 * k2, sizeof(pair));
-                const __m512i av = _mm512_set1_epi32((int)pair);
-                for (g = 0; g < 4; g++)
-                    acc[r][g] = _mm512_dpbf16_ps(acc[r][g], (__m512bh)av, (__m512bh)bv[g]);
-            }
+    for (r = 0; r < m; r++)
+        for (g = 0; g < ng; g++)
+            acc[r][g] = _mm512_setzero_ps();
+    for (k2 = k2a; k2 < k2b; k2++) {
+        __m512i bv[4];
+        for (g = 0; g < ng; g++)
+            bv[g] = _mm512_loadu_si512((const void*)(b + g * bstride + k2 * 32));
+        for (r = 0; r < m; r++) {
+            uint32_t pair;
+            memcpy(&pair, a + r * kp + 2 * k2, sizeof(pair));
+            const __m512i av = _mm512_set1_epi32((int)pair);
+            for (g = 0; g < ng; g++)
+                acc[r][g] = _mm512_dpbf16_ps(acc[r][g], (__m512bh)av, (__m512bh)bv[g]);
         }
-        for (g = 0; g < ng; g++) {
-            const ptrdiff_t n0 = (nb0 + g) * 16, left = N - n0;
-            const __mmask16 mk = cyl_mask16(left);
-            for (r = 0; r < m; r++) {
-                float* c = C + r * ldc + n0;
-                __m512 v = acc[r][g];
-                if (accumulate)
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
-                _mm512_mask_storeu_ps(c, mk, v);
-            }
+    }
+    for (g = 0; g < ng; g++) {
+        const ptrdiff_t c0 = n0 + g * 16;
+        const __mmask16 mk = cyl_mask16(N - c0);
+        for (r = 0; r < m; r++) {
+            float* c = C + r * ldc + c0;
+            __m512 v = acc[r][g];
+            if (accumulate)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
+            _mm512_mask_storeu_ps(c, mk, v);
         }
     }
 }
 
-CYL_AMX_TARGET static void cyl_bf16_rows_dot(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t m,
-                                             const uint16_t* P, ptrdiff_t N, float* C,
-                                             ptrdiff_t ldc, int accumulate)
+#define CYL_BF16_DOT_CASE(M_, G_)                                                      \
+    case (M_) * 8 + (G_):                                                              \
+        cyl_bf16_dot_block(a, kp, M_, b, bstride, G_, k2a, k2b, C, ldc, n0, N, accumulate); \
+        break;
+#define CYL_BF16_DOT_ROW(M_) \
+    CYL_BF16_DOT_CASE(M_, 1) CYL_BF16_DOT_CASE(M_, 2) CYL_BF16_DOT_CASE(M_, 3) \
+    CYL_BF16_DOT_CASE(M_, 4)
+
+CYL_AMX_TARGET static void cyl_bf16_dot_any(const uint16_t* a, ptrdiff_t kp, int m,
+                                            const uint16_t* b, ptrdiff_t bstride, int ng,
+                                            ptrdiff_t k2a, ptrdiff_t k2b, float* C,
+                                            ptrdiff_t ldc, ptrdiff_t n0, ptrdiff_t N,
+                                            int accumulate)
 {
-    switch (m) {
-    case 1: cyl_bf16_dot_rows(abuf, kp, 1, P, N, C, ldc, accumulate); break;
-    case 2: cyl_bf16_dot_rows(abuf, kp, 2, P, N, C, ldc, accumulate); break;
-    case 3: cyl_bf16_dot_rows(abuf, kp, 3, P, N, C, ldc, accumulate); break;
-    default: cyl_bf16_dot_rows(abuf, kp, 4, P, N, C, ldc, accumulate); break;
+    switch (m * 8 + ng) {
+    CYL_BF16_DOT_ROW(1) CYL_BF16_DOT_ROW(2) CYL_BF16_DOT_ROW(3)
+    CYL_BF16_DOT_ROW(4) CYL_BF16_DOT_ROW(5) CYL_BF16_DOT_ROW(6)
+    default: break;
+    }
+}
+#undef CYL_BF16_DOT_ROW
+#undef CYL_BF16_DOT_CASE
+
+/* C (M x N) (+)= abuf's M bf16 rows (row stride kp) @ P on dot products, any M:
+ * the k pairs CYL_BF16_DOT_KB tiles (32 k each) at a time, so that a group of four
+ * column blocks' B (4 x CYL_BF16_DOT_KB KiB) stays in L1 while row blocks of
+ * CYL_BF16_DOT_RB rows run over it; C takes each pass's partial sums. */
+CYL_AMX_TARGET static void cyl_bf16_dots_gemm(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t M,
+                                              const uint16_t* P, ptrdiff_t N, float* C,
+                                              ptrdiff_t ldc, int accumulate)
+{
+    const ptrdiff_t kb_n = kp / 32, nblk = (N + 15) / 16, bstride = kb_n * 512;
+    ptrdiff_t kb0, nb0, r0;
+    for (kb0 = 0; kb0 < kb_n; kb0 += CYL_BF16_DOT_KB) {
+        const ptrdiff_t kb1 = kb_n - kb0 < CYL_BF16_DOT_KB ? kb_n : kb0 + CYL_BF16_DOT_KB;
+        const int acc = accumulate || kb0 > 0;
+        for (nb0 = 0; nb0 < nblk; nb0 += 4) {
+            const int ng = nblk - nb0 < 4 ? (int)(nblk - nb0) : 4;
+            const uint16_t* b = P + nb0 * bstride;
+            for (r0 = 0; r0 < M; r0 += CYL_BF16_DOT_RB) {
+                const int m = M - r0 < CYL_BF16_DOT_RB ? (int)(M - r0) : CYL_BF16_DOT_RB;
+                cyl_bf16_dot_any(abuf + r0 * kp, kp, m, b, bstride, ng, kb0 * 16, kb1 * 16,
+                                 C + r0 * ldc, ldc, nb0 * 16, N, acc);
+            }
+        }
     }
 }
 
@@ -526,15 +611,20 @@ CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
                 memset(C + m0 * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
-    if (M <= cyl_bf16_dot_max) {   /* a row or a few: no tiles */
-        if (transa)
-            cyl_amx_round_cols(A, lda, M, K, kp, abuf);
-        else
-            cyl_amx_round_rows(A, lda, M, K, kp, abuf);
-        cyl_bf16_rows_dot(abuf, kp, M, P, N, C, ldc, accumulate);
-        if (A2 != NULL) {
-            cyl_amx_round_rows(A2, lda2, M, K2, kp2, abuf2);
-            cyl_bf16_rows_dot(abuf2, kp2, M, P2, N, C, ldc, 1);
+    if (M <= cyl_bf16_dot_max || !cyl_amx_bf16_usable()) {
+        /* a row or a few, or no AMX here (cyl_bf16_engine() 1): dot products */
+        for (s0 = 0; s0 < M; s0 += CYL_BF16_MS) {
+            const ptrdiff_t m = M - s0 < CYL_BF16_MS ? M - s0 : CYL_BF16_MS;
+            float* cs = C + s0 * ldc;
+            if (transa)
+                cyl_amx_round_cols(A + s0, lda, m, K, kp, abuf);
+            else
+                cyl_amx_round_rows(A + s0 * lda, lda, m, K, kp, abuf);
+            cyl_bf16_dots_gemm(abuf, kp, m, P, N, cs, ldc, accumulate);
+            if (A2 != NULL) {
+                cyl_amx_round_rows(A2 + s0 * lda2, lda2, m, K2, kp2, abuf2);
+                cyl_bf16_dots_gemm(abuf2, kp2, m, P2, N, cs, ldc, 1);
+            }
         }
         return;
     }
@@ -608,6 +698,10 @@ CYL_AMX_TARGET static void cyl_amx_bf16_gemm2(ptrdiff_t M, ptrdiff_t N, ptrdiff_
 static inline int cyl_amx_bf16_usable(void) { return 0; }
 static inline int cyl_amx_bf16_status(void) { return 1; }
 static inline int cyl_amx_force(int on) { (void)on; return -1; }
+static inline int cyl_bf16_dots_usable(void) { return 0; }
+static inline int cyl_bf16_dots_force(int on) { (void)on; return -1; }
+static inline int cyl_bf16_dots_status(void) { return 1; }
+static inline int cyl_bf16_engine(void) { return 0; }
 static inline void cyl_amx_bf16_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
                                      ptrdiff_t lda, const uint16_t* P, float* C,
                                      ptrdiff_t ldc, int accumulate, uint16_t* abuf)

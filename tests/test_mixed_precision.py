@@ -200,8 +200,8 @@ _AMX = pytest.mark.skipif(_lstm.amx_status()[0] != 5,
                           reason=f"no AMX bf16 tiles here: {_lstm.amx_status()[1]}")
 
 
-@pytest.mark.parametrize("path", ["rows", "rows_fused", pytest.param("rows_amx", marks=_AMX),
-                                  pytest.param("rows_amx_fused", marks=_AMX)])
+@pytest.mark.parametrize("path", ["rows", "rows_fused", pytest.param("rows_bf16", marks=_AMX),
+                                  pytest.param("rows_bf16_fused", marks=_AMX)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", CASES)
 @pytest.mark.parametrize("reverse", [False, True])
@@ -225,7 +225,7 @@ def test_forward_bf16_matches_reference(path, threads, shape, reverse):
     np.testing.assert_array_equal(last.output, out.h)
 
 
-@pytest.mark.parametrize(("path", "B"), [("rows", 10), pytest.param("rows_amx", 34, marks=_AMX)])
+@pytest.mark.parametrize(("path", "B"), [("rows", 10), pytest.param("rows_bf16", 34, marks=_AMX)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_forward_bf16_with_lengths_matches_reference(path, B, threads, reverse):
@@ -312,8 +312,8 @@ def _check_grads(g, x, W, U, b, out_y, h0, c0, dy, dhT, dcT, rmask=None, lengths
 
 
 @pytest.mark.parametrize(("path", "B"), [("rows", 8), ("rows_fused", 8),
-                                         pytest.param("rows_amx", 34, marks=_AMX),
-                                         pytest.param("rows_amx_fused", 34, marks=_AMX)])
+                                         pytest.param("rows_bf16", 34, marks=_AMX),
+                                         pytest.param("rows_bf16_fused", 34, marks=_AMX)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("mask", [False, True])
 def test_backward_bf16_is_the_straight_through_reference(path, B, threads, mask):
@@ -756,28 +756,36 @@ def test_streamer_defaults_stay_for_float_models():
 def test_show_config_names_the_policy_and_the_emulation():
     from cylstm import _config
 
-    was = _lstm._force_amx(False)   # as on a CPU without AMX
+    was = _lstm._force_bf16_dots(False)   # as on a CPU without the bf16 instructions
     try:
         for flags, want in ((frozenset(), "AVX512-BF16 no, AMX-BF16 no"),
                             (frozenset({"avx512_bf16", "amx_bf16"}),
                              "AVX512-BF16 yes, AMX-BF16 yes")):
             line = _config._mixed_precision_line(_tuning.CpuFacts(flags=flags))
             assert ("mixed_bfloat16: emulated (operands rounded to bf16, float32 FMAs): "
-                    "AMX tiles turned off") in line
+                    "AVX512-BF16 turned off") in line
             assert f"CPU bf16 instructions: {want}" in line
     finally:
-        _lstm._force_amx(was)
+        _lstm._force_bf16_dots(was)
+    if _lstm.bf16_engine() == "amx":
+        was = _lstm._force_amx(False)   # as on a Zen 4: dot products, no tiles
+        try:
+            line = _config._mixed_precision_line(_tuning.CpuFacts())
+            assert ("mixed_bfloat16: LSTM forward and backward products on AVX512-BF16 dot "
+                    "products (vdpbf16ps, float32 sums; no AMX tiles: turned off") in line
+        finally:
+            _lstm._force_amx(was)
     line = _config._mixed_precision_line(_tuning.CpuFacts())
-    if _lstm.amx_usable():
-        assert "mixed_bfloat16: LSTM forward and backward products on AMX tiles" in line
-    else:
-        assert f"AMX tiles {_lstm.amx_status()[1]}" in line
+    engine = _lstm.bf16_engine()
+    how = {"amx": "LSTM forward and backward products on AMX tiles",
+           "avx512_bf16": "LSTM forward and backward products on AVX512-BF16 dot products",
+           None: "emulated (operands rounded to bf16, float32 FMAs): "
+                 + _lstm._bf16_engine_why()}[engine]
+    assert f"mixed_bfloat16: {how}" in line
     mixed_precision.set_global_policy("mixed_bfloat16")
     buf = io.StringIO()
     cylstm.show_config(file=buf)
-    how = "LSTM forward and backward products on AMX tiles" if _lstm.amx_usable() else "emulated"
     assert f"dtype policy: global 'mixed_bfloat16'; mixed_bfloat16: {how}" in buf.getvalue()
-
 
 def test_onnx_export_of_a_mixed_model_writes_the_float32_masters(tmp_path):
     pytest.importorskip("onnx", reason="onnx not installed")
