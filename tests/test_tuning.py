@@ -713,16 +713,18 @@ def test_a_changed_machine_is_seen_at_the_next_probe(fresh_teams):
 
 
 def test_small_unit_calls_time_the_team_and_keep_the_bits(fresh_teams):
-    B, T, I, H = 1, 12, 8, 40
+    # batch 1 and U >= PANEL_TEAM_MIN_BYTES: the threads split the units on any CPU
+    B, T, I, H = 1, 12, 8, 96
+    assert H * 4 * H * 4 >= _tuning.PANEL_TEAM_MIN_BYTES
     x, W, U, b = (np.asarray(a, np.float32) for a in random_lstm(np.random.default_rng(3),
                                                                   B, T, I, H))
     p = plan_forward(B, T, I, H, np.float32, 2)
+    assert (p.path, p.n_threads) == ("units", 2), p.reason
     one = lstm_forward(x, W, U, b, num_threads=1, _plan="units").output
     for _ in range(12):
         np.testing.assert_array_equal(lstm_forward(x, W, U, b, num_threads=2).output, one)
-    if p.path == "units" and p.n_threads == 2:
-        calls, alone, team = _tuning.team_stats()[("units", B, I, H, "float32", 2, False)]
-        assert calls == 12 and alone > 0 and team > 0
+    calls, alone, team = _tuning.team_stats()[("units", B, I, H, "float32", 2, False)]
+    assert calls == 12 and alone > 0 and team > 0
     # forced plans are never re-threaded nor timed
     _tuning.clear_teams()
     lstm_forward(x, W, U, b, num_threads=2, _plan="units")
