@@ -39,7 +39,7 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
-                            panel_span, panel_vlen)
+                            cyl_panel_set_pf_rest, panel_span, panel_vlen)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -188,6 +188,14 @@ def _set_bf16_dot_rows(int n):
     dot products (include/cylstm_bf16.h); returns the previous value.  Tests and
     measurements only: BF16_DOT_ROWS (_tuning's) is the default."""
     return cyl_bf16_set_dot_rows(n)
+
+
+def _set_panel_prefetch(bint on):
+    """Whether the AVX2 six-row panel blocks after a pass's first prefetch their
+    own weight rows (include/cylstm_panel.h, CYL_PF_DIST_REST); returns the
+    previous setting.  This module's sequence kernels only; measuring and tests:
+    it changes no result."""
+    return bool(cyl_panel_set_pf_rest(on))
 
 
 def round_bf16(const float[::1] a, float[::1] out):

@@ -254,6 +254,18 @@ typedef double cyl_vd __attribute__((vector_size(64)));
         }                                                                          \
     }
 
+/* Whether the AVX2 six-row blocks after a pass's first prefetch their own k rows
+ * (CYL_PF_DIST_REST below; 1 unless a measurement or a test turns it off with
+ * cyl_panel_set_pf_rest, which returns the previous value).  In every build, so
+ * that the switch exists where the body does not. */
+static int cyl_panel_pf_rest = 1;
+static inline int cyl_panel_set_pf_rest(int on)
+{
+    int previous = cyl_panel_pf_rest;
+    cyl_panel_pf_rest = on != 0;
+    return previous;
+}
+
 /* Six rows at once over a panel whose main block is a whole number of 4-vector
  * column groups (every full LSTM panel: 4 gates x 16 float32 / 8 float64 units):
  * 24 accumulators (6 rows x 4 vectors) stay in the 32 AVX-512 registers, and
@@ -437,8 +449,30 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
     }
 typedef float cyl_vf8 __attribute__((vector_size(32)));
 typedef double cyl_vd4 __attribute__((vector_size(32)));
+/* The later blocks of a pass find the panel in L2, but this body reads 64 bytes
+ * of each w-wide panel row per k (a stride of w elements), which the hardware
+ * prefetchers follow poorly: each k also prefetches its own k row
+ * CYL_PF_DIST_REST ahead.  Kernel micro-bench (this body over a packed panel,
+ * K x 4H, all rows of a batch, the variants alternated 41 times in one process,
+ * medians), 2-vCPU AMD EPYC (Zen 3, AVX2), 2026-12-04, GFLOP/s without / with
+ * distance 24 / 32 / 48: K 1024, 4H 2048, 64 rows 67.6 / 81.8 / 81.4 / 82.2;
+ * K 1024, 4H 4096, 16 rows (weights from L3) 30.1 / 44.4 / 45.5 / 47.0; K 512,
+ * 4H 2048, 32 rows 91.9 / 95.1 / 93.4 / 92.4; K 256, 4H 1024, 32 rows 74.4 /
+ * 75.0 / 72.6 / 72.3.  The same panel as contiguous 16-column strips (a layout
+ * this kernel does not use) ran 85.2 / 55.6 / 97.4 / 77.1.  In lstm_forward
+ * (forced path, on / off alternated 9 times in one process, median ratios, two
+ * runs; same CPU and day, a noisy host): (25, 16, 1024, 1024) units 0.957 / 0.943
+ * on one thread, 0.874 / 0.990 on two; (50, 64, 512, 512) stacked 0.967 / 0.984,
+ * 0.993 / 1.018; (100, 32, 128, 256), (100, 16, 256, 256), (100, 8, 512, 512)
+ * 0.97-1.04 but for one 0.77 (stacked (100, 16, 256, 256), two threads): the
+ * library's step does more than this product, so it gains less.
+ * cyl_panel_pf_rest (above) turns it off. */
+#ifndef CYL_PF_DIST_REST
+#define CYL_PF_DIST_REST 32
+#endif
 /* cyl_panel_rows6_f32n<R> / _f64n<R>: a block of R rows; pf != 0 (the first
- * block of a pass) prefetches: pfn, or its own k rows CYL_PF_DIST ahead. */
+ * block of a pass) prefetches: pfn, or its own k rows CYL_PF_DIST ahead; the
+ * others their own k rows CYL_PF_DIST_REST ahead. */
 #define CYL_ROWS6N_FN(NAME, T, VT, VL, R)                                          \
 __attribute__((target("arch=x86-64-v3")))                                          \
 static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t lda, \
@@ -447,7 +481,10 @@ static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t l
 {                                                                                  \
     if (pf)                                                                        \
         CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST, R)                        \
-    else {                                                                         \
+    else if (cyl_panel_pf_rest) {                                                  \
+        pfn = NULL;                                                                \
+        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST_REST, R)                   \
+    } else {                                                                       \
         pfn = NULL;                                                                \
         CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, 0, R)                                  \
     }                                                                              \

@@ -122,6 +122,29 @@ def test_team_is_bitwise_equal_to_serial_panels(dtype):
     np.testing.assert_allclose(outs[0][0], ref.output, **TOL[dtype])
 
 
+@pytest.mark.parametrize("path", ["stacked", "units"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_panel_prefetch_changes_no_bit(path, dtype):
+    """The AVX2 six-row blocks' prefetch of their own weight rows (on by default)
+    reads ahead and computes nothing: the same bits with it off, and both equal
+    the float64 reference.  (On other ISA levels the switch has nothing to turn.)"""
+    B, T, I, H = 23, 7, 40, 48     # six-row blocks, then 5 + 5 + 1... over 3 panels
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(6), B, T, I, H))
+    plan = functional.plan_forward(B, T, I, H, dtype, 1, force=path)
+    was = _lstm._set_panel_prefetch(False)
+    try:
+        off = lstm_forward(x, W, U, b, num_threads=1, _plan=plan)
+        assert _lstm._set_panel_prefetch(True) is False
+        on = lstm_forward(x, W, U, b, num_threads=1, _plan=plan)
+    finally:
+        _lstm._set_panel_prefetch(was)
+    np.testing.assert_array_equal(on.output, off.output)
+    np.testing.assert_array_equal(on.c, off.c)
+    y_ref = lstm_ref(x.astype(np.float64), W.astype(np.float64), U.astype(np.float64),
+                     b.astype(np.float64))[0]
+    np.testing.assert_allclose(on.output, y_ref, **TOL[dtype])
+
+
 def _path(B, H, n_threads, I=8, facts=ZEN4, mask=False, lens=False, reverse=False,
           training=False, dtype=np.float32):
     return functional.plan_forward(B, 25, I, H, dtype, n_threads, training, mask, lens,
