@@ -461,8 +461,8 @@ typedef double cyl_vd4 __attribute__((vector_size(32)));
  * 75.0 / 72.6 / 72.3.  The same panel as contiguous 16-column strips (a layout
  * this kernel does not use) ran 85.2 / 55.6 / 97.4 / 77.1.  In lstm_forward
  * (forced path, on / off alternated 9 times in one process, median ratios, two
- * runs; same CPU and day, a noisy host): (25, 16, 1024, 1024) units 0.957 / 0.943
- * on one thread, 0.874 / 0.990 on two; (50, 64, 512, 512) stacked 0.967 / 0.984,
+ * runs; AMD EPYC (2 cores), Zen 3, same day, a noisy host): (25, 16, 1024,
+ * 1024) units 0.957 / 0.943 on one thread, 0.874 / 0.990 on two; (50, 64, 512, 512) stacked 0.967 / 0.984,
  * 0.993 / 1.018; (100, 32, 128, 256), (100, 16, 256, 256), (100, 8, 512, 512)
  * 0.97-1.04 but for one 0.77 (stacked (100, 16, 256, 256), two threads): the
  * library's step does more than this product, so it gains less.
