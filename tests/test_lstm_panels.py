@@ -128,7 +128,7 @@ def test_panel_prefetch_changes_no_bit(path, dtype):
     """The AVX2 six-row blocks' prefetch of their own weight rows (on by default)
     reads ahead and computes nothing: the same bits with it off, and both equal
     the float64 reference.  (On other ISA levels the switch has nothing to turn.)"""
-    B, T, I, H = 23, 7, 40, 48     # six-row blocks, then 5 + 5 + 1... over 3 panels
+    B, T, I, H = 23, 7, 40, 48     # AVX2: blocks of 6 + 6 + 6 + 5 rows, 3 panels
     x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(6), B, T, I, H))
     plan = functional.plan_forward(B, T, I, H, dtype, 1, force=path)
     was = _lstm._set_panel_prefetch(False)
