@@ -48,6 +48,9 @@ cdef extern from "cylstm_cell.h" nogil:
                               Py_ssize_t gzb,
                               const double* bias, const double* c_prev, double* gates,
                               double* c_out, double* h_out) noexcept
+    void cyl_cell_rows_f32(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t nrows, float* z,
+                           Py_ssize_t zs, const float* bias, float* c, float* h,
+                           Py_ssize_t ldc) noexcept
     void cyl_cell_backward_f32(Py_ssize_t H, Py_ssize_t gs, const float* gates, const float* c,
                                const float* c_prev, const float* dh, float* dc,
                                float* dz) noexcept
@@ -113,6 +116,24 @@ cdef inline void cell_forward_units(Py_ssize_t n, Py_ssize_t gs, const floating*
         cyl_cell_forward_f32(n, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out)
     else:
         cyl_cell_forward_f64(n, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out)
+
+
+cdef inline void cell_forward_rows(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t nrows,
+                                   floating* z, Py_ssize_t zs, const floating* bias,
+                                   floating* c, floating* h,
+                                   Py_ssize_t ldc) noexcept nogil:
+    """:func:`cell_forward_units` on ``nrows`` rows of one packed panel's products:
+    row r's ``hb`` units at ``z + r zs`` (gate blocks ``hp`` apart; the gates
+    overwrite them), its cell and hidden state at ``c + r ldc`` and ``h + r ldc``
+    (the cell in place).  The same bits as one call per row, in fewer calls
+    whose passes run over all the rows (include/cylstm_cell.h)."""
+    cdef Py_ssize_t r
+    if floating is float:
+        cyl_cell_rows_f32(hb, hp, nrows, z, zs, bias, c, h, ldc)
+    else:
+        for r in range(nrows):
+            cyl_cell_forward_f64(hb, hp, z + r * zs, NULL, hp, bias, c + r * ldc,
+                                 z + r * zs, c + r * ldc, h + r * ldc)
 
 
 cdef inline void cell_backward(Py_ssize_t H, const floating* gates,

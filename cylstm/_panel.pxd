@@ -5,7 +5,7 @@ geometry, and the one product call both make.  The packers are in _lstm.pyx."""
 from cython cimport floating
 from libc.stdint cimport int8_t, int16_t, int64_t, uint16_t
 
-from cylstm._cell cimport cell_forward_units
+from cylstm._cell cimport cell_forward_rows, cell_forward_units
 
 
 cdef extern from "cylstm_panel.h" nogil:
@@ -94,8 +94,11 @@ cdef inline void panel_cells(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t nrows,
     unit) the new cell and hidden state.  ``bias``: the panel's (4 hp).  Rows with
     lengths[r] <= s are skipped (finished; lengths NULL: none)."""
     cdef Py_ssize_t r, w = 4 * hp
+    if lengths == NULL:
+        cell_forward_rows(hb, hp, nrows, z, w, bias, c, h, H)
+        return
     for r in range(nrows):
-        if lengths != NULL and s >= lengths[r]:
+        if s >= lengths[r]:
             continue
         cell_forward_units(hb, hp, z + r * w, NULL, hp, bias, c + r * H, z + r * w,
                            c + r * H, h + r * H)

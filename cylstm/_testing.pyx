@@ -22,6 +22,7 @@ from cylstm._blas cimport matmul as _matmul
 from cylstm._cell cimport bf16_round as _bf16_round
 from cylstm._cell cimport cell_backward as _cell_backward
 from cylstm._cell cimport cell_forward as _cell_forward
+from cylstm._cell cimport cell_forward_rows as _cell_forward_rows
 from cylstm._cell cimport sigmoid as _sigmoid
 from cylstm._cell cimport tanh_ as _tanh
 from cylstm._isa cimport cyl_cpu_detected_level, cyl_cpu_force, cyl_cpu_level
@@ -187,6 +188,32 @@ def cell_forward(za, bias, c_prev):
     gates, c, h = np.empty_like(za), np.empty_like(c_prev), np.empty_like(c_prev)
     _cell_fw(za, bias, c_prev, gates, c, h)
     return gates, c, h
+
+
+def _cell_rows(Py_ssize_t hb, Py_ssize_t hp, floating[:, ::1] z, const floating[::1] bias,
+               floating[:, ::1] c, floating[:, ::1] h):
+    with nogil:
+        _cell_forward_rows(hb, hp, z.shape[0], &z[0, 0], z.shape[1], &bias[0], &c[0, 0],
+                           &h[0, 0], c.shape[1])
+
+
+def cell_rows(z, bias, c_prev, hb):
+    """The cell on every row of one packed panel's products, in one
+    ``_cell.cell_forward_rows`` call (the stacked forward's and the streaming
+    runner's step): ``z`` (rows, 4 hp) holds each row's pre-activations, its
+    gate blocks hp apart (hb <= hp units used), ``bias`` (4 hp,), ``c_prev``
+    (rows, hb).  Returns ``(gates, c, h)``, gates (rows, 4 hp) with the padding
+    columns as they came in."""
+    z = np.array(z, order="C")
+    bias, c = np.ascontiguousarray(bias), np.array(c_prev, order="C")
+    n, w = z.shape
+    if w % 4 or not 0 < hb <= w // 4 or bias.shape != (w,) or c.shape != (n, hb):
+        raise ValueError(f"cell_rows: z (rows, 4 hp), bias (4 hp,), c_prev (rows, hb) with "
+                         f"hb <= hp; got z {z.shape}, bias {bias.shape}, c_prev {c.shape}, "
+                         f"hb {hb}")
+    h = np.empty_like(c)
+    _cell_rows(hb, w // 4, z, bias, c, h)
+    return z, c, h
 
 
 def _cell_bw(const floating[::1] gates, const floating[::1] c, const floating[::1] c_prev,

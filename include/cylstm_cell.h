@@ -275,43 +275,63 @@ CYL_V3 static inline __m256i cyl_tail8(ptrdiff_t n)
  * 3.70 / 3.90, two passes 3.50 / 2.93 / 3.09, with the exponent in one
  * multiply-add and Estrin's polynomial 3.49 / 2.83 / 3.06 (backward, whose
  * chain is one tanh: 1.92 / 1.30 / 1.70 -> 1.80 / 1.23 / 1.61). */
-#define CYL_CELL_FORWARD_SIMD(W, V, VT, M, TWO_PASS)                               \
-    {                                                                              \
-        ptrdiff_t j;                                                               \
-        for (j = 0; j < H; j += (W)) {                                             \
-            const int full = H - j >= (W);                                         \
-            const M m = V##_MASK(H - j);                                           \
-            VT zi = V##_ADD(V##_LD(za + j, m), V##_LD(bias + j, m));               \
-            VT zf = V##_ADD(V##_LD(za + gs + j, m), V##_LD(bias + gs + j, m));     \
-            VT zg = V##_ADD(V##_LD(za + 2 * gs + j, m), V##_LD(bias + 2 * gs + j, m)); \
-            VT zo = V##_ADD(V##_LD(za + 3 * gs + j, m), V##_LD(bias + 3 * gs + j, m)); \
-            (void)full;                                                            \
-            if (zb != NULL) {                                                      \
-                zi = V##_ADD(zi, V##_LD(zb + j, m));                               \
-                zf = V##_ADD(zf, V##_LD(zb + gzb + j, m));                         \
-                zg = V##_ADD(zg, V##_LD(zb + 2 * gzb + j, m));                     \
-                zo = V##_ADD(zo, V##_LD(zb + 3 * gzb + j, m));                     \
-            }                                                                      \
-            {                                                                      \
-                const VT gi = V##_SIG(zi), gf = V##_SIG(zf);                       \
-                const VT gg = V##_TANH(zg), go = V##_SIG(zo);                      \
-                const VT c = V##_FMA(gf, V##_LD(c_prev + j, m), V##_MUL(gi, gg));  \
-                V##_ST(gates + j, m, gi);                                          \
-                V##_ST(gates + gs + j, m, gf);                                     \
-                V##_ST(gates + 2 * gs + j, m, gg);                                 \
-                V##_ST(gates + 3 * gs + j, m, go);                                 \
-                V##_ST(c_out + j, m, c);                                           \
-                if (!(TWO_PASS))                                                   \
-                    V##_ST(h_out + j, m, V##_MUL(go, V##_TANH(c)));                \
-            }                                                                      \
-        }                                                                          \
-        for (j = 0; (TWO_PASS) && j < H; j += (W)) {                               \
-            const int full = H - j >= (W);                                         \
-            const M m = V##_MASK(H - j);                                           \
-            (void)full;                                                            \
-            V##_ST(h_out + j, m, V##_MUL(V##_LD(gates + 3 * gs + j, m),            \
-                                         V##_TANH(V##_LD(c_out + j, m))));         \
-        }                                                                          \
+#define CYL_CELL_FORWARD_SIMD(W, V, VT, M, TWO_PASS)                           \
+    CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, TWO_PASS, 1, 0, 0)
+/* The same over NR rows, each pass over all of them (cyl_cell_rows_f32_avx2):
+ * row r_ reads za + r_ ZS (zb + r_ ZS), c_prev + r_ CS and writes gates + r_ ZS,
+ * c_out + r_ CS, h_out + r_ CS. */
+#define CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, TWO_PASS, NR, ZS, CS)          \
+    {                                                                          \
+        ptrdiff_t j, r_;                                                       \
+        for (r_ = 0; r_ < (NR); r_++) {                                        \
+            const float *za_ = za + r_ * (ZS), *cp_ = c_prev + r_ * (CS);      \
+            const float *zb_ = zb != NULL ? zb + r_ * (ZS) : NULL;             \
+            float *gt_ = gates + r_ * (ZS), *co_ = c_out + r_ * (CS);          \
+            float *ho_ = h_out + r_ * (CS);                                    \
+            (void)ho_;                                                         \
+            for (j = 0; j < H; j += (W)) {                                     \
+                const int full = H - j >= (W);                                 \
+                const M m = V##_MASK(H - j);                                   \
+                VT zi = V##_ADD(V##_LD(za_ + j, m), V##_LD(bias + j, m));      \
+                VT zf = V##_ADD(V##_LD(za_ + gs + j, m),                       \
+                                V##_LD(bias + gs + j, m));                     \
+                VT zg = V##_ADD(V##_LD(za_ + 2 * gs + j, m),                   \
+                                V##_LD(bias + 2 * gs + j, m));                 \
+                VT zo = V##_ADD(V##_LD(za_ + 3 * gs + j, m),                   \
+                                V##_LD(bias + 3 * gs + j, m));                 \
+                (void)full;                                                    \
+                if (zb_ != NULL) {                                             \
+                    zi = V##_ADD(zi, V##_LD(zb_ + j, m));                      \
+                    zf = V##_ADD(zf, V##_LD(zb_ + gzb + j, m));                \
+                    zg = V##_ADD(zg, V##_LD(zb_ + 2 * gzb + j, m));            \
+                    zo = V##_ADD(zo, V##_LD(zb_ + 3 * gzb + j, m));            \
+                }                                                              \
+                {                                                              \
+                    const VT gi = V##_SIG(zi), gf = V##_SIG(zf);               \
+                    const VT gg = V##_TANH(zg), go = V##_SIG(zo);              \
+                    const VT c = V##_FMA(gf, V##_LD(cp_ + j, m),               \
+                                         V##_MUL(gi, gg));                     \
+                    V##_ST(gt_ + j, m, gi);                                    \
+                    V##_ST(gt_ + gs + j, m, gf);                               \
+                    V##_ST(gt_ + 2 * gs + j, m, gg);                           \
+                    V##_ST(gt_ + 3 * gs + j, m, go);                           \
+                    V##_ST(co_ + j, m, c);                                     \
+                    if (!(TWO_PASS))                                           \
+                        V##_ST(ho_ + j, m, V##_MUL(go, V##_TANH(c)));          \
+                }                                                              \
+            }                                                                  \
+        }                                                                      \
+        for (r_ = 0; (TWO_PASS) && r_ < (NR); r_++) {                          \
+            const float *gt_ = gates + r_ * (ZS), *co_ = c_out + r_ * (CS);    \
+            float *ho_ = h_out + r_ * (CS);                                    \
+            for (j = 0; j < H; j += (W)) {                                     \
+                const int full = H - j >= (W);                                 \
+                const M m = V##_MASK(H - j);                                   \
+                (void)full;                                                    \
+                V##_ST(ho_ + j, m, V##_MUL(V##_LD(gt_ + 3 * gs + j, m),        \
+                                           V##_TANH(V##_LD(co_ + j, m))));     \
+            }                                                                  \
+        }                                                                      \
     }
 
 /* Steps B1-B6 (as CYL_CELL_BACKWARD_BODY), W lanes at a time. */
@@ -359,6 +379,27 @@ CYL_V3 static void cyl_cell_forward_f32_avx2(
     const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
 CYL_CELL_FORWARD_SIMD(8, CYL_V8, __m256, __m256i, 1)
 
+/* nrows rows of one packed panel's products (the stacked forward's and the
+ * streaming runner's step, through panel_cells in cylstm/_panel.pxd): row r's
+ * hb units at z + r zs (gate blocks hp apart; the gates written over them), its
+ * state at c + r ldc and h + r ldc.  Each pass runs over all the rows, so the
+ * out-of-order window always has independent units to work on: one call per row
+ * of a 16-unit panel (two vectors) waited on each row's chain.  Kernel
+ * micro-bench (32 rows, 16-unit panels, H = 256; both over the same data, best
+ * of 200), 2-vCPU AMD EPYC (2 cores), Zen 3, 2026-12-04: 3.44 -> 2.74 ns per
+ * unit (16 rows 3.48 -> 2.65; 64 rows of 32-unit panels 2.77 -> 2.62; one row
+ * 4.42 -> 4.46).  Same operations per element: the same bits. */
+CYL_V3 static void cyl_cell_rows_f32_avx2(
+    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t nrows, float *z, ptrdiff_t zs,
+    const float *bias, float *c, float *h, ptrdiff_t ldc)
+{
+    const ptrdiff_t H = hb, gs = hp, gzb = 0;
+    const float *za = z, *zb = NULL, *c_prev = c;
+    float *gates = z, *c_out = c, *h_out = h;
+    (void)gzb;
+    CYL_CELL_FORWARD_SIMD_ROWS(8, CYL_V8, __m256, __m256i, 1, nrows, zs, ldc)
+}
+
 CYL_V3 static void cyl_cell_backward_f32_avx2(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
     const float *dh, float *dc, float *dz)
@@ -404,6 +445,34 @@ CYL_ISA_KERNEL(cyl_cell_forward_f32,
      const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out),
     (H, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out),
     CYL_CELL_FORWARD_F32_BODY, ())
+
+/* cyl_cell_forward_f32 on nrows rows of a panel (see cyl_cell_rows_f32_avx2):
+ * the AVX2 rows body on x86-64-v3, one call per row elsewhere (the AVX-512
+ * cell's one pass is measured per row only). */
+#if CYL_CELL_AVX2
+#define CYL_CELL_ROWS_F32_AVX2                                                \
+    if (CYL_ISA == 1) {                                                       \
+        cyl_cell_rows_f32_avx2(hb, hp, nrows, z, zs, bias, c, h, ldc);        \
+        return;                                                               \
+    }
+#else
+#define CYL_CELL_ROWS_F32_AVX2
+#endif
+#define CYL_CELL_ROWS_F32_BODY()                                              \
+    {                                                                         \
+        ptrdiff_t r;                                                          \
+        CYL_CELL_ROWS_F32_AVX2                                                \
+        for (r = 0; r < nrows; r++)                                           \
+            cyl_cell_forward_f32(hb, hp, z + r * zs, NULL, hp, bias,          \
+                                 c + r * ldc, z + r * zs, c + r * ldc,        \
+                                 h + r * ldc);                                \
+    }
+
+CYL_ISA_KERNEL(cyl_cell_rows_f32,
+    (ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t nrows, float *z, ptrdiff_t zs,
+     const float *bias, float *c, float *h, ptrdiff_t ldc),
+    (hb, hp, nrows, z, zs, bias, c, h, ldc),
+    CYL_CELL_ROWS_F32_BODY, ())
 
 CYL_ISA_KERNEL(cyl_cell_forward_f64,
     (ptrdiff_t H, ptrdiff_t gs, const double *za, const double *zb, ptrdiff_t gzb,

@@ -10,6 +10,7 @@ that link through lstm_forward on a layer small enough to run in milliseconds.""
 import numpy as np
 import pytest
 
+from cylstm import _cpu
 from cylstm import _testing as T
 from cylstm.functional import lstm_forward
 
@@ -112,3 +113,27 @@ def test_cell_is_the_kernels_cell():
                        np.zeros((n, 4 * n), np.float32), z)
     np.testing.assert_allclose(out.c[0], c_twin, rtol=0, atol=1e-7)
     np.testing.assert_allclose(out.h[0], h_twin, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,hb,hp", [(32, 16, 16), (7, 13, 16), (1, 16, 16), (5, 3, 8)])
+def test_cell_rows_is_the_cell_row_by_row(level, dtype, rows, hb, hp):
+    """The cell over all rows of a panel in one call (each pass over every row) has the
+    bits of one cell call per row, masked last vectors (hb = 13, 3) included."""
+    rng = np.random.default_rng(rows * hb)
+    z = (rng.standard_normal((rows, 4 * hp)) * 4).astype(dtype)
+    bias = rng.standard_normal(4 * hp).astype(dtype)
+    c0 = rng.standard_normal((rows, hb)).astype(dtype)
+    with _cpu.forced_level(level):
+        gates, c, h = T.cell_rows(z, bias, c0, hb)
+        for r in range(rows):
+            za = np.concatenate([z[r, g * hp:g * hp + hb] for g in range(4)])
+            bb = np.concatenate([bias[g * hp:g * hp + hb] for g in range(4)])
+            g1, c1, h1 = T.cell_forward(za, bb, c0[r])
+            got = np.concatenate([gates[r, g * hp:g * hp + hb] for g in range(4)])
+            assert np.array_equal(got, g1) and np.array_equal(c[r], c1), r
+            assert np.array_equal(h[r], h1), r
+    # the padding columns past hb are left as they were
+    for g in range(4):
+        assert np.array_equal(gates[:, g * hp + hb:(g + 1) * hp], z[:, g * hp + hb:(g + 1) * hp])
