@@ -386,7 +386,7 @@ CYL_CELL_FORWARD_SIMD(8, CYL_V8, __m256, __m256i, 1)
  * out-of-order window always has independent units to work on: one call per row
  * of a 16-unit panel (two vectors) waited on each row's chain.  Kernel
  * micro-bench (32 rows, 16-unit panels, H = 256; both over the same data, best
- * of 200), 2-vCPU AMD EPYC (2 cores), Zen 3, 2026-12-04: 3.44 -> 2.74 ns per
+ * of 200), AMD EPYC (2 cores), Zen 3, 2026-12-04: 3.44 -> 2.74 ns per
  * unit (16 rows 3.48 -> 2.65; 64 rows of 32-unit panels 2.77 -> 2.62; one row
  * 4.42 -> 4.46).  Same operations per element: the same bits. */
 CYL_V3 static void cyl_cell_rows_f32_avx2(

@@ -459,13 +459,13 @@ typedef double cyl_vd4 __attribute__((vector_size(32)));
  * K 1024, 4H 4096, 16 rows (weights from L3) 30.1 / 44.4 / 45.5 / 47.0; K 512,
  * 4H 2048, 32 rows 91.9 / 95.1 / 93.4 / 92.4; K 256, 4H 1024, 32 rows 74.4 /
  * 75.0 / 72.6 / 72.3.  The same panel as contiguous 16-column strips (a layout
- * this kernel does not use) ran 85.2 / 55.6 / 97.4 / 77.1; built into every body
- * and packer (branch panel-strips-experiment) it moved lstm_forward by 0.88-1.07x
- * on one thread, 0.96-1.08x on two (same CPU, 2026-12-04): not taken.  In lstm_forward
- * (forced path, on / off alternated 9 times in one process, median ratios, two
- * runs; AMD EPYC (2 cores), Zen 3, same day, a noisy host): (25, 16, 1024,
- * 1024) units 0.957 / 0.943 on one thread, 0.874 / 0.990 on two; (50, 64, 512, 512) stacked 0.967 / 0.984,
- * 0.993 / 1.018; (100, 32, 128, 256), (100, 16, 256, 256), (100, 8, 512, 512)
+ * this kernel does not use) ran 85.2 / 55.6 / 97.4 / 77.1; built into every
+ * body and packer (branch panel-strips-experiment) it moved lstm_forward by
+ * 0.88-1.07x on one thread, 0.96-1.08x on two (same CPU, 2026-12-04): not
+ * taken.  In lstm_forward (forced path, on / off alternated 9 times in one
+ * process, median ratios, two runs; AMD EPYC (2 cores), Zen 3, same day, a
+ * noisy host): (25, 16, 1024, 1024) units 0.957 / 0.943 on one thread, 0.874 /
+ * 0.990 on two; (50, 64, 512, 512) stacked 0.967 / 0.984, 0.993 / 1.018; (100, 32, 128, 256), (100, 16, 256, 256), (100, 8, 512, 512)
  * 0.97-1.04 but for one 0.77 (stacked (100, 16, 256, 256), two threads): the
  * library's step does more than this product, so it gains less.
  * cyl_panel_pf_rest (above) turns it off. */
