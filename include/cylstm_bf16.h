@@ -62,10 +62,15 @@
 #define CYL_BF16_DOT_DEFAULT 3
 /* The dot kernel's register block: CYL_BF16_DOT_RB rows x 4 column blocks of 16
  * (24 sums, 4 B vectors and A's broadcast pair: 29 of AVX-512's 32 registers),
- * over CYL_BF16_DOT_KB tiles of K per pass (the four blocks' B: 16 KiB, within a
- * 32 KiB L1). */
+ * over CYL_BF16_DOT_KB tiles of K per pass: the four blocks' B, 4 x 32 KiB at 32
+ * tiles, stays in L2 (1-2 MiB per core on every AVX512-BF16 CPU) while all the row
+ * blocks run over it, and C takes one pass's sums per 1024 k.  Holding B in L1
+ * instead (4 tiles, 16 KiB, 8 passes over C at K = 1024) ran 177-198 GFLOP/s
+ * where 32 tiles run 219-229 (64 x 1024 @ 1024 x 2048 and 32 x 384 @ 384 x 1024,
+ * one thread, AMD EPYC (2 cores), Zen 4, 2026-12-06, cyl_bf16_dots_gemm timed
+ * alone; 1.23x on the fused step of (50, 64, 512, 512)). */
 #define CYL_BF16_DOT_RB 6
-#define CYL_BF16_DOT_KB 4
+#define CYL_BF16_DOT_KB 32
 static int cyl_bf16_dot_max = CYL_BF16_DOT_DEFAULT;
 
 /* Set the row count up to which products skip the tiles (0: never); returns the
@@ -394,36 +399,61 @@ CYL_AMX_TARGET static void cyl_amx_tiles_pack_t(const float* W, ptrdiff_t K, ptr
     }
 }
 
+/* One operand pair of a sum of products: A's rows rounded into abuf (row stride
+ * kp, the padded K), times the tile-packed P (K x N). */
+typedef struct {
+    const uint16_t* abuf;
+    ptrdiff_t kp;
+    const uint16_t* P;
+} cyl_bf16_src;
+
+/* A k range of one operand pair for the dot kernel: A's bf16 rows from `a` (row
+ * stride kp), the column group's B from `b` (block g at b + g * bstride), the k
+ * pairs [k2a, k2b). */
+typedef struct {
+    const uint16_t* a;
+    ptrdiff_t kp;
+    const uint16_t* b;
+    ptrdiff_t bstride, k2a, k2b;
+} cyl_bf16_span;
+
 /* C's rows [0, m) (m <= CYL_BF16_DOT_RB), column blocks [0, ng) (ng <= 4) from
- * column n0, (+)= a's bf16 rows (row stride kp) @ b over the k pairs [k2a, k2b),
- * without the tiles: AVX512-BF16 `vdpbf16ps` over the tile layout as it lies.  A
- * B tile's row r holds, per column, the pair (k = 2r, 2r + 1): multiplied by A's
- * pair broadcast to every lane it adds both products into that column's sum, and
- * a column block's rows follow each other along K (block g at b + g * bstride), so
+ * column n0, (+)= the sum over the spans of a's bf16 rows from row r0 @ b over
+ * the span's k pairs, without the tiles: AVX512-BF16 `vdpbf16ps` over the tile
+ * layout as it lies.  A B tile's row r holds, per column, the pair (k = 2r,
+ * 2r + 1): multiplied by A's pair broadcast to every lane it adds both products
+ * into that column's sum, and a column block's rows follow each other along K, so
  * each block streams once, four blocks side by side: m x 4 chains of sums, the
- * four B vectors of a pair reused by the m rows.  The sums are float32 sums of the
- * same bf16 products as the tiles', in another order. */
+ * four B vectors of a pair reused by the m rows.  Two spans (a fused step's x_t @ W
+ * and h_prev @ U) add into the same registers, so C is read and written once.
+ * The sums are float32 sums of the same bf16 products as the tiles', in another
+ * order. */
 CYL_AMX_TARGET static inline __attribute__((always_inline)) void
-cyl_bf16_dot_block(const uint16_t* a, ptrdiff_t kp, const int m, const uint16_t* b,
-                   ptrdiff_t bstride, const int ng, ptrdiff_t k2a, ptrdiff_t k2b, float* C,
-                   ptrdiff_t ldc, ptrdiff_t n0, ptrdiff_t N, int accumulate)
+cyl_bf16_dot_block(const cyl_bf16_span* sp, int nsp, ptrdiff_t r0, const int m,
+                   const int ng, float* C, ptrdiff_t ldc, ptrdiff_t n0, ptrdiff_t N,
+                   int accumulate)
 {
     __m512 acc[CYL_BF16_DOT_RB][4];
     ptrdiff_t k2;
-    int r, g;
+    int r, g, s;
     for (r = 0; r < m; r++)
         for (g = 0; g < ng; g++)
             acc[r][g] = _mm512_setzero_ps();
-    for (k2 = k2a; k2 < k2b; k2++) {
-        __m512i bv[4];
-        for (g = 0; g < ng; g++)
-            bv[g] = _mm512_loadu_si512((const void*)(b + g * bstride + k2 * 32));
-        for (r = 0; r < m; r++) {
-            uint32_t pair;
-            memcpy(&pair, a + r * kp + 2 * k2, sizeof(pair));
-            const __m512i av = _mm512_set1_epi32((int)pair);
+    for (s = 0; s < nsp; s++) {
+        const uint16_t* a = sp[s].a + r0 * sp[s].kp;
+        const uint16_t* b = sp[s].b;
+        const ptrdiff_t kp = sp[s].kp, bstride = sp[s].bstride;
+        for (k2 = sp[s].k2a; k2 < sp[s].k2b; k2++) {
+            __m512i bv[4];
             for (g = 0; g < ng; g++)
-                acc[r][g] = _mm512_dpbf16_ps(acc[r][g], (__m512bh)av, (__m512bh)bv[g]);
+                bv[g] = _mm512_loadu_si512((const void*)(b + g * bstride + k2 * 32));
+            for (r = 0; r < m; r++) {
+                uint32_t pair;
+                memcpy(&pair, a + r * kp + 2 * k2, sizeof(pair));
+                const __m512i av = _mm512_set1_epi32((int)pair);
+                for (g = 0; g < ng; g++)
+                    acc[r][g] = _mm512_dpbf16_ps(acc[r][g], (__m512bh)av, (__m512bh)bv[g]);
+            }
         }
     }
     for (g = 0; g < ng; g++) {
@@ -439,19 +469,17 @@ cyl_bf16_dot_block(const uint16_t* a, ptrdiff_t kp, const int m, const uint16_t*
     }
 }
 
-#define CYL_BF16_DOT_CASE(M_, G_)                                                      \
-    case (M_) * 8 + (G_):                                                              \
-        cyl_bf16_dot_block(a, kp, M_, b, bstride, G_, k2a, k2b, C, ldc, n0, N, accumulate); \
+#define CYL_BF16_DOT_CASE(M_, G_)                                                \
+    case (M_) * 8 + (G_):                                                        \
+        cyl_bf16_dot_block(sp, nsp, r0, M_, G_, C, ldc, n0, N, accumulate);      \
         break;
 #define CYL_BF16_DOT_ROW(M_) \
     CYL_BF16_DOT_CASE(M_, 1) CYL_BF16_DOT_CASE(M_, 2) CYL_BF16_DOT_CASE(M_, 3) \
     CYL_BF16_DOT_CASE(M_, 4)
 
-CYL_AMX_TARGET static void cyl_bf16_dot_any(const uint16_t* a, ptrdiff_t kp, int m,
-                                            const uint16_t* b, ptrdiff_t bstride, int ng,
-                                            ptrdiff_t k2a, ptrdiff_t k2b, float* C,
-                                            ptrdiff_t ldc, ptrdiff_t n0, ptrdiff_t N,
-                                            int accumulate)
+CYL_AMX_TARGET static void cyl_bf16_dot_any(const cyl_bf16_span* sp, int nsp, ptrdiff_t r0,
+                                            int m, int ng, float* C, ptrdiff_t ldc,
+                                            ptrdiff_t n0, ptrdiff_t N, int accumulate)
 {
     switch (m * 8 + ng) {
     CYL_BF16_DOT_ROW(1) CYL_BF16_DOT_ROW(2) CYL_BF16_DOT_ROW(3)
@@ -462,38 +490,71 @@ CYL_AMX_TARGET static void cyl_bf16_dot_any(const uint16_t* a, ptrdiff_t kp, int
 #undef CYL_BF16_DOT_ROW
 #undef CYL_BF16_DOT_CASE
 
-/* C (M x N) (+)= abuf's M bf16 rows (row stride kp) @ P on dot products, any M:
- * the k pairs CYL_BF16_DOT_KB tiles (32 k each) at a time, so that a group of four
- * column blocks' B (4 x CYL_BF16_DOT_KB KiB) stays in L1 while row blocks of
- * CYL_BF16_DOT_RB rows run over it; C takes each pass's partial sums. */
-CYL_AMX_TARGET static void cyl_bf16_dots_gemm(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t M,
-                                              const uint16_t* P, ptrdiff_t N, float* C,
-                                              ptrdiff_t ldc, int accumulate)
+/* C (M x N) (+)= the sum over the nsrc (1 or 2) operand pairs of their M bf16
+ * rows @ P, on dot products, any M: for each group of four column blocks, the
+ * operands' k tiles (32 k each) in turn, CYL_BF16_DOT_KB at a time, so that the
+ * group's B for a pass (4 x CYL_BF16_DOT_KB KiB) stays in L2 while row blocks of
+ * CYL_BF16_DOT_RB rows run over it; C takes each pass's partial sums (one pass
+ * for both products of a fused step up to 1024 k: 114 us where the two products
+ * one after the other took 121, 32 x (128 + 256) @ 1024, the dot kernel alone, AMD
+ * EPYC (2 cores), Zen 4, 2026-12-06). */
+CYL_AMX_TARGET static void cyl_bf16_dots_gemmn(const cyl_bf16_src* src, int nsrc, ptrdiff_t M,
+                                               ptrdiff_t N, float* C, ptrdiff_t ldc,
+                                               int accumulate)
 {
-    const ptrdiff_t kb_n = kp / 32, nblk = (N + 15) / 16, bstride = kb_n * 512;
-    ptrdiff_t kb0, nb0, r0;
-    for (kb0 = 0; kb0 < kb_n; kb0 += CYL_BF16_DOT_KB) {
-        const ptrdiff_t kb1 = kb_n - kb0 < CYL_BF16_DOT_KB ? kb_n : kb0 + CYL_BF16_DOT_KB;
-        const int acc = accumulate || kb0 > 0;
-        for (nb0 = 0; nb0 < nblk; nb0 += 4) {
-            const int ng = nblk - nb0 < 4 ? (int)(nblk - nb0) : 4;
-            const uint16_t* b = P + nb0 * bstride;
+    const ptrdiff_t nblk = (N + 15) / 16;
+    ptrdiff_t tiles = 0, t0, nb0, r0;
+    int s;
+    for (s = 0; s < nsrc; s++)
+        tiles += src[s].kp / 32;
+    if (tiles == 0) {   /* an empty sum */
+        if (!accumulate)
+            for (r0 = 0; r0 < M; r0++)
+                memset(C + r0 * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    for (nb0 = 0; nb0 < nblk; nb0 += 4) {
+        const int ng = nblk - nb0 < 4 ? (int)(nblk - nb0) : 4;
+        for (t0 = 0; t0 < tiles; t0 += CYL_BF16_DOT_KB) {
+            const ptrdiff_t t1 = tiles - t0 < CYL_BF16_DOT_KB ? tiles : t0 + CYL_BF16_DOT_KB;
+            cyl_bf16_span sp[2];
+            ptrdiff_t base = 0;
+            int nsp = 0;
+            for (s = 0; s < nsrc; s++) {
+                const ptrdiff_t kb_n = src[s].kp / 32;
+                const ptrdiff_t lo = t0 > base ? t0 : base;
+                const ptrdiff_t hi = t1 < base + kb_n ? t1 : base + kb_n;
+                if (lo < hi) {
+                    sp[nsp].a = src[s].abuf;
+                    sp[nsp].kp = src[s].kp;
+                    sp[nsp].bstride = kb_n * 512;
+                    sp[nsp].b = src[s].P + nb0 * sp[nsp].bstride;
+                    sp[nsp].k2a = (lo - base) * 16;
+                    sp[nsp].k2b = (hi - base) * 16;
+                    nsp++;
+                }
+                base += kb_n;
+            }
             for (r0 = 0; r0 < M; r0 += CYL_BF16_DOT_RB) {
                 const int m = M - r0 < CYL_BF16_DOT_RB ? (int)(M - r0) : CYL_BF16_DOT_RB;
-                cyl_bf16_dot_any(abuf + r0 * kp, kp, m, b, bstride, ng, kb0 * 16, kb1 * 16,
-                                 C + r0 * ldc, ldc, nb0 * 16, N, acc);
+                cyl_bf16_dot_any(sp, nsp, r0, m, ng, C + r0 * ldc, ldc, nb0 * 16, N,
+                                 accumulate || t0 > 0);
             }
         }
     }
 }
 
-/* One operand pair of a sum of products: A's rows rounded into abuf (row stride
- * kp, the padded K), times the tile-packed P (K x N). */
-typedef struct {
-    const uint16_t* abuf;
-    ptrdiff_t kp;
-    const uint16_t* P;
-} cyl_bf16_src;
+/* C (M x N) (+)= abuf's M bf16 rows (row stride kp) @ P on dot products. */
+CYL_AMX_TARGET static void cyl_bf16_dots_gemm(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t M,
+                                              const uint16_t* P, ptrdiff_t N, float* C,
+                                              ptrdiff_t ldc, int accumulate)
+{
+    cyl_bf16_src src;
+    src.abuf = abuf;
+    src.kp = kp;
+    src.P = P;
+    cyl_bf16_dots_gemmn(&src, 1, M, N, C, ldc, accumulate);
+}
 
 /* One 16 x 16 C tile at (m0, n0) of the superblock, through `tmp` where it is
  * partial (rows past m, columns past N). */
@@ -620,11 +681,9 @@ CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
                 cyl_amx_round_cols(A + s0, lda, m, K, kp, abuf);
             else
                 cyl_amx_round_rows(A + s0 * lda, lda, m, K, kp, abuf);
-            cyl_bf16_dots_gemm(abuf, kp, m, P, N, cs, ldc, accumulate);
-            if (A2 != NULL) {
+            if (A2 != NULL)
                 cyl_amx_round_rows(A2 + s0 * lda2, lda2, m, K2, kp2, abuf2);
-                cyl_bf16_dots_gemm(abuf2, kp2, m, P2, N, cs, ldc, 1);
-            }
+            cyl_bf16_dots_gemmn(src, nsrc, m, N, cs, ldc, accumulate);
         }
         return;
     }

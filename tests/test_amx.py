@@ -139,7 +139,8 @@ def _product(seed, M, N, Ks, accumulate, **kw):
 
 @pytest.mark.parametrize(("M", "N", "K"), [
     (1, 16, 32), (15, 17, 33), (16, 32, 32), (17, 48, 64), (32, 32, 512), (33, 200, 50),
-    (64, 2048, 40), (300, 77, 7), (257, 96, 31), (5, 3, 1), (40, 64, 0)])
+    (64, 2048, 40), (300, 77, 7), (257, 96, 31), (5, 3, 1), (40, 64, 0),
+    (7, 70, 2100)])   # the dots' passes of 1024 k (CYL_BF16_DOT_KB): three here
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_amx_product_matches_float64_sums(engine, M, N, K, accumulate):
     _product(M + 7 * N + 13 * K, M, N, [K], accumulate)
@@ -156,7 +157,10 @@ def test_amx_product_of_a_transposed_a(engine, M, N, K, accumulate):
 @pytest.mark.parametrize("dots", [0, 4])
 @pytest.mark.parametrize(("M", "N", "K", "K2"), [(1, 16, 32, 32), (3, 17, 5, 40), (15, 33, 64, 7),
                                                  (32, 200, 50, 128), (40, 48, 128, 256),
-                                                 (300, 64, 20, 30)])
+                                                 (300, 64, 20, 30),
+                                                 # a pass of the dots (1024 k) that ends
+                                                 # inside the second product
+                                                 (9, 40, 900, 200), (13, 70, 1100, 30)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_two_products_in_one_pass(engine, M, N, K, K2, accumulate, dots):
     # a fused step's x_t @ W + h_prev @ U, the sums kept in the tiles between them
