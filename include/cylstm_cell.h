@@ -364,10 +364,20 @@ CYL_V3 static inline __m256i cyl_tail8(ptrdiff_t n)
         }                                                                          \
     }
 
+/* AVX-512: two passes where a row has more than one vector of units, one where it
+ * has one (whose second pass only lengthens its chain).  Cell alone, ns per unit,
+ * one pass -> two: 32 rows of H = 50 / 128 / 512 2.44 -> 2.27 / 1.82 -> 1.64 /
+ * 1.79 -> 1.61, one row of 512 1.90 -> 1.66, one row of 16 2.29 -> 2.64; AMD EPYC
+ * (2 cores), Zen 4, 2026-12-06, best of 200. */
 CYL_V4 static void cyl_cell_forward_f32_avx512(
     ptrdiff_t H, ptrdiff_t gs, const float *za, const float *zb, ptrdiff_t gzb,
     const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
-CYL_CELL_FORWARD_SIMD(16, CYL_V16, __m512, __mmask16, 0)
+{
+    if (H <= 16)
+        CYL_CELL_FORWARD_SIMD(16, CYL_V16, __m512, __mmask16, 0)
+    else
+        CYL_CELL_FORWARD_SIMD(16, CYL_V16, __m512, __mmask16, 1)
+}
 
 CYL_V4 static void cyl_cell_backward_f32_avx512(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
@@ -398,6 +408,26 @@ CYL_V3 static void cyl_cell_rows_f32_avx2(
     float *gates = z, *c_out = c, *h_out = h;
     (void)gzb;
     CYL_CELL_FORWARD_SIMD_ROWS(8, CYL_V8, __m256, __m256i, 1, nrows, zs, ldc)
+}
+
+/* The same on AVX-512, two passes over all the rows where the panel has several
+ * rows or more than one vector of units (a single 16-unit row: one pass, as
+ * cyl_cell_forward_f32_avx512).  Kernel micro-bench, ns per unit, one call per row
+ * -> this: 32 rows of 16-unit panels (H = 256) 2.05 -> 1.66, 16 rows 2.10 -> 1.67,
+ * 64 rows of 32-unit panels 1.90 -> 1.64, 4 rows of 16 (H = 1024) 2.12 -> 1.76;
+ * AMD EPYC (2 cores), Zen 4, 2026-12-06, best of 200.  The same bits. */
+CYL_V4 static void cyl_cell_rows_f32_avx512(
+    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t nrows, float *z, ptrdiff_t zs,
+    const float *bias, float *c, float *h, ptrdiff_t ldc)
+{
+    const ptrdiff_t H = hb, gs = hp, gzb = 0;
+    const float *za = z, *zb = NULL, *c_prev = c;
+    float *gates = z, *c_out = c, *h_out = h;
+    (void)gzb;
+    if (nrows == 1 && hb <= 16)
+        CYL_CELL_FORWARD_SIMD_ROWS(16, CYL_V16, __m512, __mmask16, 0, 1, zs, ldc)
+    else
+        CYL_CELL_FORWARD_SIMD_ROWS(16, CYL_V16, __m512, __mmask16, 1, nrows, zs, ldc)
 }
 
 CYL_V3 static void cyl_cell_backward_f32_avx2(
@@ -447,10 +477,13 @@ CYL_ISA_KERNEL(cyl_cell_forward_f32,
     CYL_CELL_FORWARD_F32_BODY, ())
 
 /* cyl_cell_forward_f32 on nrows rows of a panel (see cyl_cell_rows_f32_avx2):
- * the AVX2 rows body on x86-64-v3, one call per row elsewhere (the AVX-512
- * cell's one pass is measured per row only). */
+ * the rows bodies on x86-64-v4 and -v3, one call per row elsewhere. */
 #if CYL_CELL_AVX2
 #define CYL_CELL_ROWS_F32_AVX2                                                \
+    if (CYL_ISA_IS_V4) {                                                      \
+        cyl_cell_rows_f32_avx512(hb, hp, nrows, z, zs, bias, c, h, ldc);      \
+        return;                                                               \
+    }                                                                         \
     if (CYL_ISA == 1) {                                                       \
         cyl_cell_rows_f32_avx2(hb, hp, nrows, z, zs, bias, c, h, ldc);        \
         return;                                                               \
