@@ -458,10 +458,18 @@ POOL_BACKOFF_NS = 100_000_000
 # A call more than TEAM_GAP_NS after the last one of its class is not counted: it
 # measures the host's wake-up after an idle gap, not the team (bench/compare.py's
 # cold calls after 200 ms had made one thread look faster, and a quiet stream of
-# calls after them ran alone until the next probe).
+# calls after them ran alone until the next probe).  After the choice changes (a
+# probe, or the running average, moved it) the other one is timed again after
+# TEAM_PROBE_MIN calls, then at twice the interval each time the choice holds, up
+# to TEAM_PROBE_EVERY: a choice made while the second core was briefly taken (a
+# peer's threads still spinning after its own call; (200, 1, 64, 128) on 2 threads
+# in one run of bench/compare.py ran at its 1-thread time, 0.765 ms, where the
+# case alone gave 0.61; AMD EPYC (2 cores), Zen 4, 2026-12-06) is undone within a
+# few calls instead of up to 64.
 TEAM_MEASURE_MAX_BYTES = 2 * 2**20
 TEAM_MIN_GAIN = 0.9
 TEAM_PROBE_EVERY = 64
+TEAM_PROBE_MIN = 8
 TEAM_GAP_NS = 10_000_000
 
 
@@ -533,6 +541,8 @@ THRESHOLDS = {
     "TEAM_MIN_GAIN": "small 'units' calls: a team kept at most this fraction of one "
                      "thread's time; 2-vCPU Xeon, 2026-12-03",
     "TEAM_PROBE_EVERY": "small 'units' calls: re-measuring interval, 2026-12-03",
+    "TEAM_PROBE_MIN": "small 'units' calls: re-measuring interval after a changed "
+                      "choice; AMD EPYC (2 cores), Zen 4, bench/compare.py, 2026-12-06",
     "TEAM_GAP_NS": "small 'units' calls: after this idle time a call is not timed; "
                    "bench/compare.py cold, 2-vCPU Xeon, 2026-12-03",
     "AMX_MIN_ROWS_PER_THREAD": "bf16 forward on AMX tiles; 2-vCPU Xeon (Sapphire Rapids "
@@ -889,7 +899,8 @@ def tuning_enabled():
 
 # ----------------------------------------------------------------------------- teams, measured
 _teams = {}   # key -> [calls, alone ns/step, team ns/step, probe calls left, probe alone,
-#                      end of the last call (perf_counter_ns)]
+#                      end of the last call (perf_counter_ns), calls to the next
+#                      probe, probe interval, the last choice (threads, 0: none)]
 _teams_lock = threading.Lock()
 
 
@@ -901,7 +912,7 @@ def team_threads(key, n):
     with _teams_lock:
         e = _teams.get(key)
         if e is None:
-            e = _teams[key] = [0, 0.0, 0.0, 0, True, now]
+            e = _teams[key] = [0, 0.0, 0.0, 0, True, now, 0, TEAM_PROBE_MIN, 0]
         e[0] += 1
         if e[0] <= 2:                    # first calls: cold caches, first touches
             return 1, 0
@@ -910,10 +921,16 @@ def team_threads(key, n):
         if e[3] == 0:
             if e[1] == 0 or e[2] == 0:   # a probe of the one not measured yet
                 e[3], e[4] = 3, e[1] == 0
-            elif e[0] % TEAM_PROBE_EVERY == 0:
-                e[3], e[4] = 3, not e[2] > TEAM_MIN_GAIN * e[1]   # the other choice
             else:
-                return (n if e[2] <= TEAM_MIN_GAIN * e[1] else 1), 3
+                choice = n if e[2] <= TEAM_MIN_GAIN * e[1] else 1
+                if choice != e[8]:       # a new choice: time the other one again soon
+                    e[6], e[7], e[8] = TEAM_PROBE_MIN, TEAM_PROBE_MIN, choice
+                e[6] -= 1
+                if e[6] > 0:
+                    return choice, 3
+                e[7] = min(2 * e[7], TEAM_PROBE_EVERY)   # held: probe less often
+                e[6] = e[7]
+                e[3], e[4] = 3, choice != 1              # the other choice
         e[3] -= 1
         how = 0 if e[3] == 2 else 1 if e[3] == 1 else 2   # (its first call not counted)
         return (1 if e[4] else n), how
