@@ -51,6 +51,9 @@ cdef extern from "cylstm_cell.h" nogil:
     void cyl_cell_rows_f32(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t nrows, float* z,
                            Py_ssize_t zs, const float* bias, float* c, float* h,
                            Py_ssize_t ldc) noexcept
+    void cyl_cell_panels_f32(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t npanels, float* g,
+                             const float* zb, const float* bias, float* c,
+                             float* h) noexcept
     void cyl_cell_backward_f32(Py_ssize_t H, Py_ssize_t gs, const float* gates, const float* c,
                                const float* c_prev, const float* dh, float* dc,
                                float* dz) noexcept

@@ -281,24 +281,29 @@ CYL_V3 static inline __m256i cyl_tail8(ptrdiff_t n)
  * row r_ reads za + r_ ZS (zb + r_ ZS), c_prev + r_ CS and writes gates + r_ ZS,
  * c_out + r_ CS, h_out + r_ CS. */
 #define CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, TWO_PASS, NR, ZS, CS)          \
+    CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, TWO_PASS, NR, ZS, ZS, 0, CS)
+/* ... with zb's rows ZBS apart and the bias's BS (cyl_cell_panels_f32: the rows
+ * are the panels of one batch row, each with its own bias). */
+#define CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, TWO_PASS, NR, ZS, ZBS, BS, CS) \
     {                                                                          \
         ptrdiff_t j, r_;                                                       \
         for (r_ = 0; r_ < (NR); r_++) {                                        \
             const float *za_ = za + r_ * (ZS), *cp_ = c_prev + r_ * (CS);      \
-            const float *zb_ = zb != NULL ? zb + r_ * (ZS) : NULL;             \
+            const float *zb_ = zb != NULL ? zb + r_ * (ZBS) : NULL;            \
+            const float *bi_ = bias + r_ * (BS);                               \
             float *gt_ = gates + r_ * (ZS), *co_ = c_out + r_ * (CS);          \
             float *ho_ = h_out + r_ * (CS);                                    \
             (void)ho_;                                                         \
             for (j = 0; j < H; j += (W)) {                                     \
                 const int full = H - j >= (W);                                 \
                 const M m = V##_MASK(H - j);                                   \
-                VT zi = V##_ADD(V##_LD(za_ + j, m), V##_LD(bias + j, m));      \
+                VT zi = V##_ADD(V##_LD(za_ + j, m), V##_LD(bi_ + j, m));      \
                 VT zf = V##_ADD(V##_LD(za_ + gs + j, m),                       \
-                                V##_LD(bias + gs + j, m));                     \
+                                V##_LD(bi_ + gs + j, m));                     \
                 VT zg = V##_ADD(V##_LD(za_ + 2 * gs + j, m),                   \
-                                V##_LD(bias + 2 * gs + j, m));                 \
+                                V##_LD(bi_ + 2 * gs + j, m));                 \
                 VT zo = V##_ADD(V##_LD(za_ + 3 * gs + j, m),                   \
-                                V##_LD(bias + 3 * gs + j, m));                 \
+                                V##_LD(bi_ + 3 * gs + j, m));                 \
                 (void)full;                                                    \
                 if (zb_ != NULL) {                                             \
                     zi = V##_ADD(zi, V##_LD(zb_ + j, m));                      \
@@ -430,6 +435,41 @@ CYL_V4 static void cyl_cell_rows_f32_avx512(
         CYL_CELL_FORWARD_SIMD_ROWS(16, CYL_V16, __m512, __mmask16, 1, nrows, zs, ldc)
 }
 
+/* The cells of npanels consecutive panels of one batch row, each hb units (gate
+ * blocks hp apart): panel q's gates at g + 4 hp q (its products summed in: x @ W
+ * there, h_prev @ U at zb + 4 hp q, the bias at bias + 4 hp q; the gates written
+ * over g), its units' c at c + hb q (in place) and h at h + hb q.  One call per
+ * step where the unit path calls the cell once per 16-unit panel (a single vector
+ * each, whose activation chain the loop waits on): the same bits, the passes over
+ * all the panels (batch 1, one thread: cylstm/_lstm.pyx, _units_step_b1). */
+CYL_V4 static void cyl_cell_panels_f32_avx512(
+    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,
+    const float *bias, float *c, float *h)
+{
+    const ptrdiff_t H = hb, gs = hp, gzb = hp;
+    const float *za = g, *c_prev = c;
+    float *gates = g, *c_out = c, *h_out = h;
+    (void)gzb;
+    if (npanels == 1 && hb <= 16)
+        CYL_CELL_FORWARD_SIMD_ROWSX(16, CYL_V16, __m512, __mmask16, 0, 1, 4 * hp, 4 * hp,
+                                    4 * hp, hb)
+    else
+        CYL_CELL_FORWARD_SIMD_ROWSX(16, CYL_V16, __m512, __mmask16, 1, npanels, 4 * hp,
+                                    4 * hp, 4 * hp, hb)
+}
+
+CYL_V3 static void cyl_cell_panels_f32_avx2(
+    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,
+    const float *bias, float *c, float *h)
+{
+    const ptrdiff_t H = hb, gs = hp, gzb = hp;
+    const float *za = g, *c_prev = c;
+    float *gates = g, *c_out = c, *h_out = h;
+    (void)gzb;
+    CYL_CELL_FORWARD_SIMD_ROWSX(8, CYL_V8, __m256, __m256i, 1, npanels, 4 * hp, 4 * hp,
+                                4 * hp, hb)
+}
+
 CYL_V3 static void cyl_cell_backward_f32_avx2(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
     const float *dh, float *dc, float *dz)
@@ -506,6 +546,35 @@ CYL_ISA_KERNEL(cyl_cell_rows_f32,
      const float *bias, float *c, float *h, ptrdiff_t ldc),
     (hb, hp, nrows, z, zs, bias, c, h, ldc),
     CYL_CELL_ROWS_F32_BODY, ())
+
+#if CYL_CELL_AVX2
+#define CYL_CELL_PANELS_F32_SIMD                                              \
+    if (CYL_ISA_IS_V4) {                                                      \
+        cyl_cell_panels_f32_avx512(hb, hp, npanels, g, zb, bias, c, h);       \
+        return;                                                               \
+    }                                                                         \
+    if (CYL_ISA == 1) {                                                       \
+        cyl_cell_panels_f32_avx2(hb, hp, npanels, g, zb, bias, c, h);         \
+        return;                                                               \
+    }
+#else
+#define CYL_CELL_PANELS_F32_SIMD
+#endif
+#define CYL_CELL_PANELS_F32_BODY()                                            \
+    {                                                                         \
+        ptrdiff_t q;                                                          \
+        CYL_CELL_PANELS_F32_SIMD                                              \
+        for (q = 0; q < npanels; q++)                                         \
+            cyl_cell_forward_f32(hb, hp, g + 4 * hp * q, zb + 4 * hp * q, hp, \
+                                 bias + 4 * hp * q, c + hb * q,               \
+                                 g + 4 * hp * q, c + hb * q, h + hb * q);     \
+    }
+
+CYL_ISA_KERNEL(cyl_cell_panels_f32,
+    (ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,
+     const float *bias, float *c, float *h),
+    (hb, hp, npanels, g, zb, bias, c, h),
+    CYL_CELL_PANELS_F32_BODY, ())
 
 CYL_ISA_KERNEL(cyl_cell_forward_f64,
     (ptrdiff_t H, ptrdiff_t gs, const double *za, const double *zb, ptrdiff_t gzb,

@@ -473,3 +473,25 @@ def test_pack_plain_is_m_zero_padded(dtype, N):
         _lstm.pack_plain(M, np.empty(P.size + 1, dtype))
     with pytest.raises(ValueError, match="plain_len"):
         _lstm.pack_plain(np.empty((0, N), dtype), np.empty(0, dtype))
+
+
+@pytest.mark.parametrize(("T", "I", "H"), [(30, 64, 128), (20, 7, 50), (9, 5, 17), (10, 3, 16),
+                                           (12, 40, 8)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("sequences", [True, False])
+def test_batch_one_whole_steps_match_the_panel_split(T, I, H, reverse, sequences):
+    # batch 1 on one thread runs whole steps (_units_step_b1: every panel's product,
+    # then all the cells in one call); two threads split the panels and run the
+    # cell per panel: the same bits, and both the float64 reference's numbers
+    x, W, U, b = (np.asarray(a, np.float32) for a in random_lstm(np.random.default_rng(H + T),
+                                                                  1, T, I, H))
+    p = functional.plan_forward(1, T, I, H, np.float32, 1, force="units")
+    assert (p.path, p.panel_projection) == ("units", True), p.reason
+    kw = {"go_backwards": reverse, "return_sequences": sequences}
+    one = lstm_forward(x, W, U, b, num_threads=1, _plan="units", **kw)
+    two = lstm_forward(x, W, U, b, num_threads=2, _plan="units", **kw)
+    for a, c in zip((one.output, one.h, one.c), (two.output, two.h, two.c)):
+        np.testing.assert_array_equal(a, c)
+    ys, hT, cT, _ = lstm_ref(*(a.astype(np.float64) for a in (x, W, U, b)), reverse=reverse)
+    np.testing.assert_allclose(one.output, ys if sequences else hT, atol=2e-6)
+    np.testing.assert_allclose(one.c, cT, atol=2e-6)
