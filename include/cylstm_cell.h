@@ -394,46 +394,54 @@ CYL_V3 static void cyl_cell_forward_f32_avx2(
     const float *bias, const float *c_prev, float *gates, float *c_out, float *h_out)
 CYL_CELL_FORWARD_SIMD(8, CYL_V8, __m256, __m256i, 1)
 
-/* nrows rows of one packed panel's products (the stacked forward's and the
- * streaming runner's step, through panel_cells in cylstm/_panel.pxd): row r's
- * hb units at z + r zs (gate blocks hp apart; the gates written over them), its
- * state at c + r ldc and h + r ldc.  Each pass runs over all the rows, so the
- * out-of-order window always has independent units to work on: one call per row
- * of a 16-unit panel (two vectors) waited on each row's chain.  Kernel
- * micro-bench (32 rows, 16-unit panels, H = 256; both over the same data, best
- * of 200), AMD EPYC (2 cores), Zen 3, 2026-12-04: 3.44 -> 2.74 ns per
- * unit (16 rows 3.48 -> 2.65; 64 rows of 32-unit panels 2.77 -> 2.62; one row
- * 4.42 -> 4.46).  Same operations per element: the same bits. */
-CYL_V3 static void cyl_cell_rows_f32_avx2(
-    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t nrows, float *z, ptrdiff_t zs,
-    const float *bias, float *c, float *h, ptrdiff_t ldc)
-{
-    const ptrdiff_t H = hb, gs = hp, gzb = 0;
-    const float *za = z, *zb = NULL, *c_prev = c;
-    float *gates = z, *c_out = c, *h_out = h;
-    (void)gzb;
-    CYL_CELL_FORWARD_SIMD_ROWS(8, CYL_V8, __m256, __m256i, 1, nrows, zs, ldc)
-}
-
+/* The rows bodies, one per width: n rows of hb units, row r's products at
+ * z + r zs (gate blocks hp apart; the gates written over them) plus zb + r zs
+ * (zb NULL: none), its bias at bias + r bs, its c at c + r cs (in place) and h at
+ * h + r cs; each pass over all the rows, a single row of at most ONE_PASS_MAX
+ * units in one pass. */
+#define CYL_CELL_STRIDED_FN(ISA, TARGET, W, V, VT, M, ONE_PASS_MAX)                 \
+    TARGET static void cyl_cell_strided_f32_##ISA(                                  \
+        ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t n, float *z, const float *zb,         \
+        ptrdiff_t zs, const float *bias, ptrdiff_t bs, float *c, float *h,          \
+        ptrdiff_t cs)                                                               \
+    {                                                                               \
+        const ptrdiff_t H = hb, gs = hp, gzb = hp;                                  \
+        const float *za = z, *c_prev = c;                                           \
+        float *gates = z, *c_out = c, *h_out = h;                                   \
+        (void)gzb;                                                                  \
+        if (n == 1 && hb <= (ONE_PASS_MAX))                                         \
+            CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, 0, 1, zs, zs, bs, cs)          \
+        else                                                                        \
+            CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, 1, n, zs, zs, bs, cs)          \
+    }
+CYL_CELL_STRIDED_FN(avx2, CYL_V3, 8, CYL_V8, __m256, __m256i, 0)
 /* The same on AVX-512, two passes over all the rows where the panel has several
  * rows or more than one vector of units (a single 16-unit row: one pass, as
  * cyl_cell_forward_f32_avx512).  Kernel micro-bench, ns per unit, one call per row
  * -> this: 32 rows of 16-unit panels (H = 256) 2.05 -> 1.66, 16 rows 2.10 -> 1.67,
  * 64 rows of 32-unit panels 1.90 -> 1.64, 4 rows of 16 (H = 1024) 2.12 -> 1.76;
  * AMD EPYC (2 cores), Zen 4, 2026-12-06, best of 200.  The same bits. */
-CYL_V4 static void cyl_cell_rows_f32_avx512(
-    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t nrows, float *z, ptrdiff_t zs,
-    const float *bias, float *c, float *h, ptrdiff_t ldc)
-{
-    const ptrdiff_t H = hb, gs = hp, gzb = 0;
-    const float *za = z, *zb = NULL, *c_prev = c;
-    float *gates = z, *c_out = c, *h_out = h;
-    (void)gzb;
-    if (nrows == 1 && hb <= 16)
-        CYL_CELL_FORWARD_SIMD_ROWS(16, CYL_V16, __m512, __mmask16, 0, 1, zs, ldc)
-    else
-        CYL_CELL_FORWARD_SIMD_ROWS(16, CYL_V16, __m512, __mmask16, 1, nrows, zs, ldc)
-}
+CYL_CELL_STRIDED_FN(avx512, CYL_V4, 16, CYL_V16, __m512, __mmask16, 16)
+
+/* nrows rows of one packed panel's products (the stacked forward's and the
+ * streaming runner's step, through panel_cells in cylstm/_panel.pxd): row r's
+ * hb units at z + r zs (gate blocks hp apart; the gates written over them), its
+ * state at c + r ldc and h + r ldc, the panel's bias shared.  Each pass runs over
+ * all the rows, so the out-of-order window always has independent units to work
+ * on: one call per row of a 16-unit panel (two vectors) waited on each row's
+ * chain.  Kernel micro-bench (32 rows, 16-unit panels, H = 256; both over the
+ * same data, best of 200), AMD EPYC (2 cores), Zen 3, 2026-12-04: 3.44 -> 2.74 ns
+ * per unit (16 rows 3.48 -> 2.65; 64 rows of 32-unit panels 2.77 -> 2.62; one row
+ * 4.42 -> 4.46).  Same operations per element: the same bits. */
+#define CYL_CELL_ROWS_VIA_STRIDED(ISA)                                              \
+    static inline void cyl_cell_rows_f32_##ISA(                                     \
+        ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t nrows, float *z, ptrdiff_t zs,        \
+        const float *bias, float *c, float *h, ptrdiff_t ldc)                       \
+    {                                                                               \
+        cyl_cell_strided_f32_##ISA(hb, hp, nrows, z, NULL, zs, bias, 0, c, h, ldc); \
+    }
+CYL_CELL_ROWS_VIA_STRIDED(avx2)
+CYL_CELL_ROWS_VIA_STRIDED(avx512)
 
 /* The cells of npanels consecutive panels of one batch row, each hb units (gate
  * blocks hp apart): panel q's gates at g + 4 hp q (its products summed in: x @ W
@@ -445,33 +453,16 @@ CYL_V4 static void cyl_cell_rows_f32_avx512(
  * may be NULL (the products are all in g).  (The streaming runner's batch-1 step,
  * four panels at a time, ran no faster: its (64, 128) step is bound by reading the
  * panels from L2, 4.2 us either way; AMD EPYC (2 cores), Zen 4, 2026-12-06.) */
-CYL_V4 static void cyl_cell_panels_f32_avx512(
-    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,
-    const float *bias, float *c, float *h)
-{
-    const ptrdiff_t H = hb, gs = hp, gzb = hp;
-    const float *za = g, *c_prev = c;
-    float *gates = g, *c_out = c, *h_out = h;
-    (void)gzb;
-    if (npanels == 1 && hb <= 16)
-        CYL_CELL_FORWARD_SIMD_ROWSX(16, CYL_V16, __m512, __mmask16, 0, 1, 4 * hp, 4 * hp,
-                                    4 * hp, hb)
-    else
-        CYL_CELL_FORWARD_SIMD_ROWSX(16, CYL_V16, __m512, __mmask16, 1, npanels, 4 * hp,
-                                    4 * hp, 4 * hp, hb)
-}
-
-CYL_V3 static void cyl_cell_panels_f32_avx2(
-    ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,
-    const float *bias, float *c, float *h)
-{
-    const ptrdiff_t H = hb, gs = hp, gzb = hp;
-    const float *za = g, *c_prev = c;
-    float *gates = g, *c_out = c, *h_out = h;
-    (void)gzb;
-    CYL_CELL_FORWARD_SIMD_ROWSX(8, CYL_V8, __m256, __m256i, 1, npanels, 4 * hp, 4 * hp,
-                                4 * hp, hb)
-}
+#define CYL_CELL_PANELS_VIA_STRIDED(ISA)                                            \
+    static inline void cyl_cell_panels_f32_##ISA(                                   \
+        ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,   \
+        const float *bias, float *c, float *h)                                      \
+    {                                                                               \
+        cyl_cell_strided_f32_##ISA(hb, hp, npanels, g, zb, 4 * hp, bias, 4 * hp, c, \
+                                   h, hb);                                          \
+    }
+CYL_CELL_PANELS_VIA_STRIDED(avx2)
+CYL_CELL_PANELS_VIA_STRIDED(avx512)
 
 CYL_V3 static void cyl_cell_backward_f32_avx2(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
@@ -480,26 +471,22 @@ CYL_CELL_BACKWARD_SIMD(8, CYL_V8, __m256, __m256i)
 
 /* The float32 variants for x86-64-v4 and -v3 run the intrinsics above (a
  * compile-time branch: CYL_ISA is a constant in each variant). */
+/* In a variant of an ISA kernel: on x86-64-v4 and -v3, run NAME's intrinsics
+ * version for that width (NAME_avx512, NAME_avx2) on ARGS and return. */
+#define CYL_CELL_SIMD(NAME, ARGS)                                             \
+    if (CYL_ISA_IS_V4) {                                                      \
+        NAME##_avx512 ARGS;                                                   \
+        return;                                                               \
+    }                                                                         \
+    if (CYL_ISA == 1) {                                                       \
+        NAME##_avx2 ARGS;                                                     \
+        return;                                                               \
+    }
 #define CYL_CELL_FWD_F32_AVX512                                               \
-    if (CYL_ISA_IS_V4) {                                                      \
-        cyl_cell_forward_f32_avx512(H, gs, za, zb, gzb, bias, c_prev, gates,  \
-                                    c_out, h_out);                            \
-        return;                                                               \
-    }                                                                         \
-    if (CYL_ISA == 1) {                                                       \
-        cyl_cell_forward_f32_avx2(H, gs, za, zb, gzb, bias, c_prev, gates,    \
-                                  c_out, h_out);                              \
-        return;                                                               \
-    }
+    CYL_CELL_SIMD(cyl_cell_forward_f32,                                       \
+                  (H, gs, za, zb, gzb, bias, c_prev, gates, c_out, h_out))
 #define CYL_CELL_BWD_F32_AVX512                                               \
-    if (CYL_ISA_IS_V4) {                                                      \
-        cyl_cell_backward_f32_avx512(H, gs, gates, c, c_prev, dh, dc, dz);    \
-        return;                                                               \
-    }                                                                         \
-    if (CYL_ISA == 1) {                                                       \
-        cyl_cell_backward_f32_avx2(H, gs, gates, c, c_prev, dh, dc, dz);      \
-        return;                                                               \
-    }
+    CYL_CELL_SIMD(cyl_cell_backward_f32, (H, gs, gates, c, c_prev, dh, dc, dz))
 #else
 #define CYL_CELL_AVX512 0
 #define CYL_CELL_AVX2 0
@@ -523,14 +510,7 @@ CYL_ISA_KERNEL(cyl_cell_forward_f32,
  * the rows bodies on x86-64-v4 and -v3, one call per row elsewhere. */
 #if CYL_CELL_AVX2
 #define CYL_CELL_ROWS_F32_AVX2                                                \
-    if (CYL_ISA_IS_V4) {                                                      \
-        cyl_cell_rows_f32_avx512(hb, hp, nrows, z, zs, bias, c, h, ldc);      \
-        return;                                                               \
-    }                                                                         \
-    if (CYL_ISA == 1) {                                                       \
-        cyl_cell_rows_f32_avx2(hb, hp, nrows, z, zs, bias, c, h, ldc);        \
-        return;                                                               \
-    }
+    CYL_CELL_SIMD(cyl_cell_rows_f32, (hb, hp, nrows, z, zs, bias, c, h, ldc))
 #else
 #define CYL_CELL_ROWS_F32_AVX2
 #endif
@@ -552,14 +532,7 @@ CYL_ISA_KERNEL(cyl_cell_rows_f32,
 
 #if CYL_CELL_AVX2
 #define CYL_CELL_PANELS_F32_SIMD                                              \
-    if (CYL_ISA_IS_V4) {                                                      \
-        cyl_cell_panels_f32_avx512(hb, hp, npanels, g, zb, bias, c, h);       \
-        return;                                                               \
-    }                                                                         \
-    if (CYL_ISA == 1) {                                                       \
-        cyl_cell_panels_f32_avx2(hb, hp, npanels, g, zb, bias, c, h);         \
-        return;                                                               \
-    }
+    CYL_CELL_SIMD(cyl_cell_panels_f32, (hb, hp, npanels, g, zb, bias, c, h))
 #else
 #define CYL_CELL_PANELS_F32_SIMD
 #endif
