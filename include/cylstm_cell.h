@@ -398,9 +398,11 @@ CYL_CELL_FORWARD_SIMD(8, CYL_V8, __m256, __m256i, 1)
  * z + r zs (gate blocks hp apart; the gates written over them) plus zb + r zs
  * (zb NULL: none), its bias at bias + r bs, its c at c + r cs (in place) and h at
  * h + r cs; each pass over all the rows, a single row of at most ONE_PASS_MAX
- * units in one pass. */
+ * units in one pass.  Inlined into each caller below, so that the rows cell's
+ * NULL zb and shared bias stay constants there. */
 #define CYL_CELL_STRIDED_FN(ISA, TARGET, W, V, VT, M, ONE_PASS_MAX)                 \
-    TARGET static void cyl_cell_strided_f32_##ISA(                                  \
+    TARGET static inline __attribute__((always_inline)) void                        \
+    cyl_cell_strided_f32_##ISA(                                                     \
         ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t n, float *z, const float *zb,         \
         ptrdiff_t zs, const float *bias, ptrdiff_t bs, float *c, float *h,          \
         ptrdiff_t cs)                                                               \
@@ -433,15 +435,15 @@ CYL_CELL_STRIDED_FN(avx512, CYL_V4, 16, CYL_V16, __m512, __mmask16, 16)
  * same data, best of 200), AMD EPYC (2 cores), Zen 3, 2026-12-04: 3.44 -> 2.74 ns
  * per unit (16 rows 3.48 -> 2.65; 64 rows of 32-unit panels 2.77 -> 2.62; one row
  * 4.42 -> 4.46).  Same operations per element: the same bits. */
-#define CYL_CELL_ROWS_VIA_STRIDED(ISA)                                              \
-    static inline void cyl_cell_rows_f32_##ISA(                                     \
+#define CYL_CELL_ROWS_VIA_STRIDED(ISA, TARGET)                                      \
+    TARGET static void cyl_cell_rows_f32_##ISA(                                     \
         ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t nrows, float *z, ptrdiff_t zs,        \
         const float *bias, float *c, float *h, ptrdiff_t ldc)                       \
     {                                                                               \
         cyl_cell_strided_f32_##ISA(hb, hp, nrows, z, NULL, zs, bias, 0, c, h, ldc); \
     }
-CYL_CELL_ROWS_VIA_STRIDED(avx2)
-CYL_CELL_ROWS_VIA_STRIDED(avx512)
+CYL_CELL_ROWS_VIA_STRIDED(avx2, CYL_V3)
+CYL_CELL_ROWS_VIA_STRIDED(avx512, CYL_V4)
 
 /* The cells of npanels consecutive panels of one batch row, each hb units (gate
  * blocks hp apart): panel q's gates at g + 4 hp q (its products summed in: x @ W
@@ -453,16 +455,16 @@ CYL_CELL_ROWS_VIA_STRIDED(avx512)
  * may be NULL (the products are all in g).  (The streaming runner's batch-1 step,
  * four panels at a time, ran no faster: its (64, 128) step is bound by reading the
  * panels from L2, 4.2 us either way; AMD EPYC (2 cores), Zen 4, 2026-12-06.) */
-#define CYL_CELL_PANELS_VIA_STRIDED(ISA)                                            \
-    static inline void cyl_cell_panels_f32_##ISA(                                   \
+#define CYL_CELL_PANELS_VIA_STRIDED(ISA, TARGET)                                    \
+    TARGET static void cyl_cell_panels_f32_##ISA(                                   \
         ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,   \
         const float *bias, float *c, float *h)                                      \
     {                                                                               \
         cyl_cell_strided_f32_##ISA(hb, hp, npanels, g, zb, 4 * hp, bias, 4 * hp, c, \
                                    h, hb);                                          \
     }
-CYL_CELL_PANELS_VIA_STRIDED(avx2)
-CYL_CELL_PANELS_VIA_STRIDED(avx512)
+CYL_CELL_PANELS_VIA_STRIDED(avx2, CYL_V3)
+CYL_CELL_PANELS_VIA_STRIDED(avx512, CYL_V4)
 
 CYL_V3 static void cyl_cell_backward_f32_avx2(
     ptrdiff_t H, ptrdiff_t gs, const float *gates, const float *c, const float *c_prev,
