@@ -498,9 +498,9 @@ CYL_AMX_TARGET static void cyl_bf16_dot_any(const cyl_bf16_span* sp, int nsp, pt
  * for both products of a fused step up to 1024 k: 114 us where the two products
  * one after the other took 121, 32 x (128 + 256) @ 1024, the dot kernel alone, AMD
  * EPYC (2 cores), Zen 4, 2026-12-06). */
-CYL_AMX_TARGET static void cyl_bf16_dots_gemmn(const cyl_bf16_src* src, int nsrc, ptrdiff_t M,
-                                               ptrdiff_t N, float* C, ptrdiff_t ldc,
-                                               int accumulate)
+CYL_AMX_TARGET static void cyl_bf16_dots_gemm(const cyl_bf16_src* src, int nsrc, ptrdiff_t M,
+                                              ptrdiff_t N, float* C, ptrdiff_t ldc,
+                                              int accumulate)
 {
     const ptrdiff_t nblk = (N + 15) / 16;
     ptrdiff_t tiles = 0, t0, nb0, r0;
@@ -542,18 +542,6 @@ CYL_AMX_TARGET static void cyl_bf16_dots_gemmn(const cyl_bf16_src* src, int nsrc
             }
         }
     }
-}
-
-/* C (M x N) (+)= abuf's M bf16 rows (row stride kp) @ P on dot products. */
-CYL_AMX_TARGET static void cyl_bf16_dots_gemm(const uint16_t* abuf, ptrdiff_t kp, ptrdiff_t M,
-                                              const uint16_t* P, ptrdiff_t N, float* C,
-                                              ptrdiff_t ldc, int accumulate)
-{
-    cyl_bf16_src src;
-    src.abuf = abuf;
-    src.kp = kp;
-    src.P = P;
-    cyl_bf16_dots_gemmn(&src, 1, M, N, C, ldc, accumulate);
 }
 
 /* One 16 x 16 C tile at (m0, n0) of the superblock, through `tmp` where it is
@@ -683,7 +671,7 @@ CYL_AMX_TARGET static void cyl_amx_gemm_body(ptrdiff_t M, ptrdiff_t N, ptrdiff_t
                 cyl_amx_round_rows(A + s0 * lda, lda, m, K, kp, abuf);
             if (A2 != NULL)
                 cyl_amx_round_rows(A2 + s0 * lda2, lda2, m, K2, kp2, abuf2);
-            cyl_bf16_dots_gemmn(src, nsrc, m, N, cs, ldc, accumulate);
+            cyl_bf16_dots_gemm(src, nsrc, m, N, cs, ldc, accumulate);
         }
         return;
     }

@@ -276,20 +276,16 @@ CYL_V3 static inline __m256i cyl_tail8(ptrdiff_t n)
  * multiply-add and Estrin's polynomial 3.49 / 2.83 / 3.06 (backward, whose
  * chain is one tanh: 1.92 / 1.30 / 1.70 -> 1.80 / 1.23 / 1.61). */
 #define CYL_CELL_FORWARD_SIMD(W, V, VT, M, TWO_PASS)                           \
-    CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, TWO_PASS, 1, 0, 0)
-/* The same over NR rows, each pass over all of them (cyl_cell_rows_f32_avx2):
- * row r_ reads za + r_ ZS (zb + r_ ZS), c_prev + r_ CS and writes gates + r_ ZS,
- * c_out + r_ CS, h_out + r_ CS. */
-#define CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, TWO_PASS, NR, ZS, CS)          \
-    CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, TWO_PASS, NR, ZS, ZS, 0, CS)
-/* ... with zb's rows ZBS apart and the bias's BS (cyl_cell_panels_f32: the rows
- * are the panels of one batch row, each with its own bias). */
-#define CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, TWO_PASS, NR, ZS, ZBS, BS, CS) \
+    CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, TWO_PASS, 1, 0, 0, 0)
+/* The same over NR rows, each pass over all of them (cyl_cell_strided_f32_*):
+ * row r_ reads za + r_ ZS (zb + r_ ZS), bias + r_ BS, c_prev + r_ CS and writes
+ * gates + r_ ZS, c_out + r_ CS, h_out + r_ CS. */
+#define CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, TWO_PASS, NR, ZS, BS, CS)      \
     {                                                                          \
         ptrdiff_t j, r_;                                                       \
         for (r_ = 0; r_ < (NR); r_++) {                                        \
             const float *za_ = za + r_ * (ZS), *cp_ = c_prev + r_ * (CS);      \
-            const float *zb_ = zb != NULL ? zb + r_ * (ZBS) : NULL;            \
+            const float *zb_ = zb != NULL ? zb + r_ * (ZS) : NULL;             \
             const float *bi_ = bias + r_ * (BS);                               \
             float *gt_ = gates + r_ * (ZS), *co_ = c_out + r_ * (CS);          \
             float *ho_ = h_out + r_ * (CS);                                    \
@@ -412,9 +408,9 @@ CYL_CELL_FORWARD_SIMD(8, CYL_V8, __m256, __m256i, 1)
         float *gates = z, *c_out = c, *h_out = h;                                   \
         (void)gzb;                                                                  \
         if (n == 1 && hb <= (ONE_PASS_MAX))                                         \
-            CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, 0, 1, zs, zs, bs, cs)          \
+            CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, 0, 1, zs, bs, cs)               \
         else                                                                        \
-            CYL_CELL_FORWARD_SIMD_ROWSX(W, V, VT, M, 1, n, zs, zs, bs, cs)          \
+            CYL_CELL_FORWARD_SIMD_ROWS(W, V, VT, M, 1, n, zs, bs, cs)               \
     }
 CYL_CELL_STRIDED_FN(avx2, CYL_V3, 8, CYL_V8, __m256, __m256i, 0)
 /* The same on AVX-512, two passes over all the rows where the panel has several
