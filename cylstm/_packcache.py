@@ -41,6 +41,7 @@ import weakref
 import numpy as np
 
 from cylstm import _lstm, _tuning
+from cylstm._validate import dtype_name
 
 __all__ = ["clear", "lookup", "stats"]
 
@@ -83,7 +84,7 @@ class _Entry:
 def entry_bytes(I, H, dtype):
     """Bytes one entry of (I, H) weights holds: the copies of W, U, bias and the pack."""
     dtype = np.dtype(dtype)
-    return ((I + H + 1) * 4 * H + _lstm.stacked_len(I, H, dtype.name)) * dtype.itemsize
+    return ((I + H + 1) * 4 * H + _lstm.stacked_len(I, H, dtype_name(dtype))) * dtype.itemsize
 
 
 def cacheable(I, H, dtype):
@@ -154,7 +155,7 @@ def lookup(W, U, bias, layout, with_w=True, n_threads=1, version=None, make=None
     if make is not None:
         packed = make(*copies)
     else:
-        packed = _aligned(_lstm.stacked_len(I, H, dtype.name), dtype)
+        packed = _aligned(_lstm.stacked_len(I, H, dtype_name(dtype)), dtype)
         pack = _lstm.pack_units if layout == "units" else _lstm.pack_stacked
         pack(copies[0], copies[1], np.zeros(4 * H, dtype) if bias is None else copies[2],
              packed)

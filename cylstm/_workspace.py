@@ -33,7 +33,7 @@ def take(shape, dtype, zero=False, align=None):
     only promises 16; the packed kernels stream 64-byte vectors).
     """
     dtype = np.dtype(dtype)
-    n = math.prod(int(d) for d in shape) * dtype.itemsize   # (np.prod: 4 us a call)
+    n = int(math.prod(shape)) * dtype.itemsize   # (np.prod: 4 us a call)
     pad = 0 if align is None else int(align)
     key = max(n + pad, 1)
     lst = _pool.free.get(key)

@@ -37,6 +37,7 @@ from cylstm._validate import (
     check_output_grads,
     check_states,
     check_weights,
+    dtype_name,
     real_array,
 )
 from cylstm._validate import weights_dtype as _float_dtype
@@ -629,7 +630,7 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
             # measured in inference (cylstm.tune), so only inference calls take them
             tuned = None if training else _tuning.tuned_path(B, I, H, dtype, n_total)
             if tuned is not None and _path_error(tuned, *args) is None:
-                key = _tuning.shape_class(B, I, H, dtype.name, n_total)
+                key = _tuning.shape_class(B, I, H, dtype_name(dtype), n_total)
                 path, reason = tuned, f"tuned cache ({key})"
             facts = _tuning.cpu_facts()
             if bf16:
@@ -675,12 +676,13 @@ def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None,
         max_rows = (_tuning.PANEL_PROJ_MAX_ROWS_AVX512 if facts.isa_level == 2
                     else _tuning.PANEL_PROJ_MAX_ROWS)
         proj = pre and (max_rows is None or B * T <= max_rows)
+        name = dtype_name(dtype)
         if proj:  # the panel projection's rows are in panel order, padded units too
-            gates = (B, T, _lstm.packed_len(H, dtype.name) // H)
-        return ForwardPlan(path, n, n_total, gates, (n, _lstm.units_scratch(B, H, dtype.name)),
-                           _lstm.packed_len(H, dtype.name), (B, H), reason, pre, proj)
+            gates = (B, T, _lstm.packed_len(H, name) // H)
+        return ForwardPlan(path, n, n_total, gates, (n, _lstm.units_scratch(B, H, name)),
+                           _lstm.packed_len(H, name), (B, H), reason, pre, proj)
     return ForwardPlan(path, nt, n_total, gates, (nt, B * 4 * _panel_units(dtype)),
-                       _lstm.stacked_len(I, H, dtype.name), (B, H), reason, pre)
+                       _lstm.stacked_len(I, H, dtype_name(dtype)), (B, H), reason, pre)
 
 
 def plan_backward(B, n_threads, bf16=False, facts=None, T=None, I=None, H=None):
@@ -1004,7 +1006,7 @@ def _team_key(plan, kind, B, I, H, dtype, training):
     item = 1 if kind == "int8" else dtype.itemsize
     if H * 4 * H * item * max(B, 1) > _tuning.TEAM_MEASURE_MAX_BYTES:
         return None
-    return (kind, B, I, H, dtype.name, plan.n_threads, bool(training))
+    return (kind, B, I, H, dtype_name(dtype), plan.n_threads, bool(training))
 
 
 def _timed_team(plan, key, T, run):
@@ -1053,7 +1055,7 @@ def _run_forward_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, 
         # cache would, so that the projection runs on the same panels and a call's
         # bits never depend on the cache's state (BLAS's projection rounds
         # differently: 1 ulp in half the outputs of a debug build's units path)
-        Pp = take((_lstm.stacked_len(W.shape[0], U.shape[0], dtype.name),), dtype, align=64)
+        Pp = take((_lstm.stacked_len(W.shape[0], U.shape[0], dtype_name(dtype)),), dtype, align=64)
         _lstm.pack_units(W, U, b, Pp)
         P = Pp
     # per-thread panel products (64-byte aligned for the panel kernel), the packed
@@ -1176,7 +1178,7 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
         give(*scratch)
         return LSTMGrads(dx, dW, dU, db, dhs, dcs)
     D = take((B, 4 * H), dtype, zero=True)
-    dHp = take((B, _lstm.transposed_width(H, np.dtype(dtype).name)), dtype)
+    dHp = take((B, _lstm.transposed_width(H, dtype_name(dtype))), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
     if bplan.amx:  # U^T and W^T tile-packed, rounded as they are packed
@@ -1186,7 +1188,7 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
             # an AMX forward's cache (the caller's operands), AMX now off
             x, W, U = round_bfloat16(x), round_bfloat16(W), round_bfloat16(U)
         amx = None
-        UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
+        UT = take((_lstm.transposed_len(H, dtype_name(dtype)),), dtype, align=64)
         _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
