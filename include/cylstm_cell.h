@@ -448,9 +448,10 @@ CYL_CELL_ROWS_VIA_STRIDED(avx512, CYL_V4)
  * step where the unit path calls the cell once per 16-unit panel (a single vector
  * each, whose activation chain the loop waits on): the same bits, the passes over
  * all the panels (batch 1, one thread: cylstm/_lstm.pyx, _units_step_b1).  zb
- * may be NULL (the products are all in g).  (The streaming runner's batch-1 step,
- * four panels at a time, ran no faster: its (64, 128) step is bound by reading the
- * panels from L2, 4.2 us either way; AMD EPYC (2 cores), Zen 4, 2026-12-06.) */
+ * may be NULL (the products are all in g).  The streaming runner's batch-1 step
+ * calls it on four panels at a time (cylstm/_stream.pyx, CELL_GROUP): no faster
+ * at (64, 128), bound by reading the panels from L2 (4.2 us either way), 2% at
+ * (256, 512) with bf16 weights; AMD EPYC (2 cores), Zen 4, 2026-12-06. */
 #define CYL_CELL_PANELS_VIA_STRIDED(ISA, TARGET)                                    \
     TARGET static void cyl_cell_panels_f32_##ISA(                                   \
         ptrdiff_t hb, ptrdiff_t hp, ptrdiff_t npanels, float *g, const float *zb,   \
