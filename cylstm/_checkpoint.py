@@ -33,6 +33,7 @@ import numbers
 import numpy as np
 
 from cylstm import _lstm, _memory
+from cylstm._validate import dtype_name
 from cylstm._workspace import give, take
 
 __all__ = ["CheckpointPlan", "cache_nbytes", "check_every", "plan_checkpoints"]
@@ -396,7 +397,7 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
     if bplan.amx:  # U^T and W^T tile-packed for the AMX backward
         amx = F._amx_backward_pack(W, U)
     else:
-        UT = take((_lstm.transposed_len(H, dtype.name),), dtype, align=64)
+        UT = take((_lstm.transposed_len(H, dtype_name(dtype)),), dtype, align=64)
         _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
     acc = take((I + H + 1, 4 * H), dtype)  # one segment's weight gradients

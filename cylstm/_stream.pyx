@@ -318,7 +318,7 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
     cdef floating* z
     cdef floating zl[MAXW]
     cdef float zg[CELL_GROUP * MAXW]
-    cdef Py_ssize_t n, t
+    cdef Py_ssize_t n, t, pf
     cdef QAct q
     cdef bint i8 = False
     if floating is float:
@@ -331,11 +331,10 @@ cdef void _lstm_panels(LayerC* L, Ctx* ctx, const floating* x, Py_ssize_t p0,
         # one call (cyl_cell_panels_f32: the same operations per unit, so the same
         # bits), where a cell per 16-unit panel is one vector's activation chain
         # that the next panel's loads wait behind
-        if B == 1 and not ctx.use_blas and padded_units(span, panel_vlen(c)) == span:
-            while p + 1 < p1 and (p + 2) * span <= H:
-                n = p1 - p if p1 - p < CELL_GROUP else CELL_GROUP
-                if (p + n) * span > H:
-                    n = H // span - p
+        if B == 1 and not ctx.use_blas:
+            pf = p1 if p1 < H // span else H // span   # the whole panels' end
+            while p + 1 < pf:
+                n = pf - p if pf - p < CELL_GROUP else CELL_GROUP
                 for t in range(n):
                     _panel_z(L, ctx, &q if i8 else NULL, p + t, (p + t) * K * 4 * span,
                              4 * span, x, I, hprev, H, &zg[t * 4 * span])
