@@ -714,6 +714,22 @@ static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t w)
  * ((I, H) = (256, 512) at batch 1: 1176 against 125 us, AMD EPYC (2 cores),
  * Zen 3, 2026-12-02).  Every output is one accumulator summed in k order, as
  * in the other bodies. */
+/* The one-row bf16 groups on AVX2 (CYL_ISA == 1) prefetch the k row
+ * CYL_BF16_PFD ahead.  A k row of a 64-column group is 128 bytes read by ~20
+ * instructions (loads, shift, mask, FMAs), three times the float32 body's per
+ * byte, so the reorder window holds a third of the misses in flight and the
+ * stream from L3 ran at 51 GB/s where float32's reached 66.  Streaming runner
+ * (256, 512) at batch 1, bf16 us per step, distance 0 / 8 / 16 / 32, builds
+ * alternated by process, 3 rounds: one thread 62.1-63.5 / 58.0-58.4 /
+ * 54.4-63.5 / 56.3-65.3, two threads 34.5-38.9 / 31.8-35.9 / 31.6-36.5 (bf16
+ * over float32 0.66 -> 0.61 on two threads); 2-vCPU AMD EPYC (Zen 3, AVX2),
+ * 2026-12-06.  The same weights as int8 (vpmaddwd rows, 2 pairs a loop) did
+ * not move with a prefetch at 2, 4 or 8 loops ahead (30-35 us), and on the
+ * 2-core Zen 4 (AVX-512) a prefetch made its bf16 step slower (2026-12-06):
+ * AVX2 only. */
+#ifndef CYL_BF16_PFD
+#define CYL_BF16_PFD 8
+#endif
 #if CYL_STREAM_VECTOR
 #define CYL_BF16_GROUPS(NG)                                                          \
         for (; j + 32 * (NG) <= w; j += 32 * (NG)) {                                 \
@@ -726,6 +742,10 @@ static inline ptrdiff_t cyl_bf16_slot(ptrdiff_t j, ptrdiff_t w)
                     s_[gi_][vi_][0] = s_[gi_][vi_][1] = (VTn){0};                        \
             for (k = 0; k < ka + kb; k++, p += w) {                                  \
                 const float x_ = k < ka ? a[k] : b[k - ka];                          \
+                if (CYL_ISA == 1 && CYL_BF16_PFD) {                                  \
+                    _Pragma("GCC unroll 2") for (gi_ = 0; gi_ < (NG); gi_++)            \
+                        __builtin_prefetch(p + CYL_BF16_PFD * w + 32 * gi_, 0, 3);   \
+                }                                                                    \
                 _Pragma("GCC unroll 2") for (gi_ = 0; gi_ < (NG); gi_++)                \
                     _Pragma("GCC unroll 4") for (vi_ = 0; vi_ < NV_; vi_++) {           \
                         const VTu u_ = CYL_LD(VTu, p + 32 * gi_ + 2 * VLn * vi_);      \
