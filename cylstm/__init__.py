@@ -42,6 +42,11 @@ except ImportError as e:
 from cylstm import _cpu
 
 _cpu.check_env()
+# the AVX2 panel passes' K blocks, from the core's L2 (cylstm/_tuning.py)
+from cylstm import _tuning as _tuning_facts
+
+_cpu.set_panel_kblock(_tuning_facts.panel_kblock_bytes())
+del _tuning_facts
 
 from cylstm import functional
 from cylstm._config import get_num_threads, set_num_threads, show_config

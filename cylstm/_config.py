@@ -252,6 +252,17 @@ def _mixed_precision_line(f):
             f"{yes('avx512_bf16')}, AMX-BF16 {yes('amx_bf16')}")
 
 
+def _panel_kblock_line(f):
+    """The AVX2 panel passes' K blocks: the budget in force and where it came from."""
+    from cylstm import _cpu
+    now = _cpu.current_panel_kblock()
+    rule = _tuning.panel_kblock_bytes(f)
+    src = ("L2 per core / PANEL_KBLOCK_L2_FRACTION" if now == rule
+           else f"set at run time (the rule gives {rule >> 10} KiB)")
+    return (f"  AVX2 panel passes: K blocks of at most {now >> 10} KiB of a panel ({src}; "
+            f"0: whole panels; AVX-512 passes are not blocked)")
+
+
 def _planner_lines():
     """The CPU facts, thresholds and tuning cache the forward planner uses."""
     f = _tuning.cpu_facts()
@@ -264,6 +275,7 @@ def _planner_lines():
         (f"  caches: L2 {f.l2_per_core / mib:.2f} MiB per core; L3 {f.l3_per_core / mib:.2f} MiB "
          f"per core ({f.l3_source}); LLC budget {f.llc_budget / mib:.2f} MiB (model rule: "
          f"L3 per core x cores)"),
+        _panel_kblock_line(f),
         (f"  BLAS core: {f.blas_core}; per-step BLAS products "
          f"{'as small tiles' if f.blas_tiles_steps else 'in one call'} (STEP_TILE_BLAS_CORES)"),
         _reduced_precision_line(f),

@@ -24,8 +24,9 @@ import os
 
 from cylstm import _lstm, _stream
 
-__all__ = ["LEVELS", "VARIANTS", "active_level", "check_env", "detected_level", "forced_level",
-           "level_name", "parse_cpu_env"]
+__all__ = ["LEVELS", "VARIANTS", "active_level", "check_env", "current_panel_kblock",
+           "detected_level", "forced_level", "level_name", "panel_kblock", "parse_cpu_env",
+           "set_panel_kblock"]
 
 LEVELS = {"avx512": 2, "avx2": 1, "baseline": 0}
 _NAMES = {level: name for name, level in LEVELS.items()}
@@ -141,3 +142,32 @@ def forced_level(name_or_int):
     finally:
         for ext, p in zip(_EXTENSIONS, previous):
             ext._force_cpu_level(p)
+
+
+def set_panel_kblock(nbytes):
+    """Set the K-block budget of the AVX2 six-row panel passes in every extension
+    (bytes of one panel a pass of row blocks reads before the next K block; 0:
+    whole panels) and return the previous one.  ``import cylstm`` sets it from the
+    core's L2 (:func:`cylstm._tuning.panel_kblock_bytes`); results do not depend
+    on it, bit for bit."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"nbytes must be an int >= 0; got {nbytes!r}")
+    previous = [ext._set_panel_kblock(nbytes) for ext in _EXTENSIONS]
+    return previous[0]
+
+
+def current_panel_kblock():
+    """The K-block budget the panel passes use now (bytes; 0: whole panels)."""
+    previous = _lstm._set_panel_kblock(0)
+    _lstm._set_panel_kblock(previous)
+    return previous
+
+
+@contextlib.contextmanager
+def panel_kblock(nbytes):
+    """:func:`set_panel_kblock` inside the block, the previous budget after it."""
+    previous = set_panel_kblock(nbytes)
+    try:
+        yield nbytes
+    finally:
+        set_panel_kblock(previous)

@@ -40,7 +40,8 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
-                            cyl_panel_set_pf_rest, panel_span, panel_vlen)
+                            cyl_panel_set_kblock, cyl_panel_set_pf_rest, panel_span,
+                            panel_vlen)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -197,6 +198,14 @@ def _set_panel_prefetch(bint on):
     previous setting.  This module's sequence kernels only; measuring and tests:
     it changes no result."""
     return bool(cyl_panel_set_pf_rest(on))
+
+
+def _set_panel_kblock(Py_ssize_t nbytes):
+    """The K-block budget of the AVX2 six-row panel passes, in bytes of a panel
+    (include/cylstm_panel.h, cyl_panel_kblock; 0: whole panels); returns the
+    previous one.  Set for every extension by cylstm._cpu.set_panel_kblock; it
+    changes no result."""
+    return cyl_panel_set_kblock(nbytes)
 
 
 def round_bf16(const float[::1] a, float[::1] out):
@@ -1495,7 +1504,10 @@ cdef void _project_panels(SeqJob* j, Py_ssize_t p0, Py_ssize_t p1,
         hb = H - j0 if H - j0 < span else span
         w = 4 * padded_units(hb, vl)
         nx = P + (p + 1) * I * 4 * span if p + 1 < p1 else NULL
-        panel_product(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0, G + j0 * 4, j.ldg, nx)
+        # whole panels: with the panel projection the caller redoes a late worker's
+        # piece into the same G (_claim_pieces, redo), so no partial sums there
+        panel_product(P + p * I * 4 * span, w, M, x, I, I, x, 0, 0, G + j0 * 4, j.ldg, nx,
+                      True)
 
 
 cdef void _units_prep_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:

@@ -10,14 +10,17 @@ from cylstm._cell cimport cell_forward_rows, cell_forward_units
 
 cdef extern from "cylstm_panel.h" nogil:
     int cyl_panel_set_pf_rest(int on) noexcept
+    Py_ssize_t cyl_panel_set_kblock(Py_ssize_t nbytes) noexcept
     void cyl_panel_next_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
                             const float* a0, Py_ssize_t ka, Py_ssize_t lda,
                             const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                            float* z0, Py_ssize_t ldz, const void* next) noexcept
+                            float* z0, Py_ssize_t ldz, const void* next,
+                            int whole) noexcept
     void cyl_panel_next_f64(const double* P, Py_ssize_t w, Py_ssize_t nrows,
                             const double* a0, Py_ssize_t ka, Py_ssize_t lda,
                             const double* b0, Py_ssize_t kb, Py_ssize_t ldb,
-                            double* z0, Py_ssize_t ldz, const void* next) noexcept
+                            double* z0, Py_ssize_t ldz, const void* next,
+                            int whole) noexcept
     void cyl_panel_bf16(const uint16_t* P, Py_ssize_t w, Py_ssize_t nrows,
                         const float* a0, Py_ssize_t ka, Py_ssize_t lda,
                         const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
@@ -74,14 +77,17 @@ cdef inline Py_ssize_t padded_units(Py_ssize_t hb, Py_ssize_t vl) noexcept nogil
 cdef inline void panel_product(const floating* P, Py_ssize_t w, Py_ssize_t nrows,
                                const floating* a, Py_ssize_t ka, Py_ssize_t lda,
                                const floating* b, Py_ssize_t kb, Py_ssize_t ldb,
-                               floating* z, Py_ssize_t ldz, const void* next) noexcept nogil:
+                               floating* z, Py_ssize_t ldz, const void* next,
+                               bint whole=False) noexcept nogil:
     """z (nrows, w; rows ldz apart) = [a (nrows, ka), b (nrows, kb)] @ the panel P
     (K = ka + kb rows, w columns: whole vectors); kb may be 0.  ``next``: the
-    panel the caller reads after this one, or NULL (the kernel may prefetch it)."""
+    panel the caller reads after this one, or NULL (the kernel may prefetch it).
+    ``whole``: no K blocks (each z element stored once, final), for a product
+    that another thread may redo into the same z at the same time."""
     if floating is float:
-        cyl_panel_next_f32(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next)
+        cyl_panel_next_f32(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next, whole)
     else:
-        cyl_panel_next_f64(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next)
+        cyl_panel_next_f64(P, w, nrows, a, ka, lda, b, kb, ldb, z, ldz, next, whole)
 
 
 cdef inline void panel_cells(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t nrows,

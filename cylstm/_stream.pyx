@@ -43,8 +43,7 @@ cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
-                            cyl_panel_i8_b,
-                            padded_units,
+                            cyl_panel_i8_b, cyl_panel_set_kblock, padded_units,
                             panel_cells, panel_product, panel_vlen)
 
 cdef extern from "cylstm_math.h" nogil:
@@ -147,6 +146,13 @@ def _force_cpu_level(int level):
     CPU's; -1 drops the override); return the override replaced.  Use
     cylstm._cpu.forced_level, which validates and sets every extension."""
     return cyl_cpu_force(level)
+
+
+def _set_panel_kblock(Py_ssize_t nbytes):
+    """This extension's K-block budget of the AVX2 six-row panel passes (bytes of
+    a panel; 0: whole panels); returns the previous one.  Use
+    cylstm._cpu.set_panel_kblock, which sets every extension."""
+    return cyl_panel_set_kblock(nbytes)
 
 
 def _cpu_levels():

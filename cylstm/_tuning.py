@@ -411,6 +411,27 @@ COMPARE_PARALLEL_MIN_BYTES = 2**20
 PANEL_PROJ_MAX_ROWS = 256
 PANEL_PROJ_MAX_ROWS_AVX512 = None   # no limit
 
+# The AVX2 six-row panel passes (include/cylstm_panel.h, cyl_panel_kblock) cut a
+# panel read by more than one pass of row blocks into K blocks of at most
+# l2_per_core / PANEL_KBLOCK_L2_FRACTION bytes, each block's passes before the
+# next's.  The first pass of a panel streams in the next one, so a whole panel
+# needs two panels of L2 beside the rows: at K = 1024 a 64-column float32 panel
+# is 256 KiB, and with a 512 KiB L2 (Zen 3) the next panel evicted the one the
+# later passes still read.  Kernel micro-bench (the product alone, K-blocked
+# at 128 KiB against whole panels, same bits), 2-vCPU AMD EPYC (Zen 3, AVX2),
+# 2026-12-06, GFLOP/s: 16 rows K 1024 4H 4096 (weights from L3) 78.1 -> 86.1,
+# 76.4 -> 84.4; K 2048 64.4 -> 78.4; 32 rows K 1024 4H 2048 84.2 -> 86.1; 64
+# rows 92.2 -> 92.8; 32 rows K 512 (one 128 KiB block) 89.2 -> 89.7; a 64 KiB
+# budget 85.7, 256 KiB (no block at K 1024) 81.8.  lstm_forward, blocked /
+# whole alternated in one process (median ratios of 9 pairs, several runs, a
+# noisy host): (25, 16, 1024, 1024) units 0.93-0.98 on one thread, 0.90-1.03 on
+# two, training step 0.95-0.99; (50, 64, 512, 512) stacked 0.98-1.02 and
+# 0.89-1.00; shapes whose panels fit the budget do not block.  AVX-512 CPUs run
+# their own passes (not blocked); on an L2 of 1 MiB or more a K 1024 panel
+# stays whole.  The units path's panel projection never blocks: a late
+# worker's piece is redone into the same G, where partial sums would race.
+PANEL_KBLOCK_L2_FRACTION = 4
+
 #: Each threshold and what it was measured on (show_config prints them).
 # How long an idle pool worker (include/cylstm_pool.h) spins for the next job
 # before it sleeps on a futex.  A call that comes sooner finds it awake; past it
@@ -535,6 +556,9 @@ THRESHOLDS = {
                            "to AVX2, 2026-12-02",
     "PANEL_PROJ_MAX_ROWS_AVX512": "unit path, cached weights, AVX-512; 2-vCPU Xeon, "
                                   "(T, B, I, H) up to 4000 rows, 2026-12-02",
+    "PANEL_KBLOCK_L2_FRACTION": "AVX2 panel passes' K blocks, a core's L2 over this; "
+                                "2-vCPU Zen 3, kernel micro-bench and lstm_forward, "
+                                "2026-12-06",
     "L3_PER_CORE_CAP": "cache budget bound; 2-vCPU Zen 4 sysfs and 2-vCPU Xeon paths, 2026-12-01",
     "TEAM_MEASURE_MAX_BYTES": "small 'units' calls timed on a team and alone; 2-vCPU "
                               "Zen 3 and Xeon, (200, 1, 64, 128), 2026-12-03",
@@ -886,6 +910,13 @@ def cpu_facts():
             _memo["probed"] = (w, facts, probed)
             return probed
     return facts
+
+
+def panel_kblock_bytes(facts=None):
+    """The K-block budget of the AVX2 panel passes for ``facts`` (default: this
+    CPU, :func:`detected_cpu`): a core's L2 over ``PANEL_KBLOCK_L2_FRACTION``."""
+    facts = detected_cpu() if facts is None else facts
+    return int(facts.l2_per_core // PANEL_KBLOCK_L2_FRACTION)
 
 
 # ----------------------------------------------------------------------------- tuning cache

@@ -266,6 +266,34 @@ static inline int cyl_panel_set_pf_rest(int on)
     return previous;
 }
 
+/* K blocks for the AVX2 row blocks (CYL_ROWS6_PASS): 0, or the most bytes of
+ * a panel that one pass of row blocks reads before the next K block.  A panel
+ * read by several passes (more than 6 rows) is cut into K blocks of at most
+ * that many bytes, each block's passes run before the next block's, and a
+ * later block goes on from the sums in z (the same sums in the same k order:
+ * the same bits).  Set from the core's L2 by cylstm/_tuning.py
+ * (PANEL_KBLOCK_L2_FRACTION) through cyl_panel_set_kblock, which returns the
+ * previous value; in every build. */
+static ptrdiff_t cyl_panel_kblock_bytes = 0;
+static inline ptrdiff_t cyl_panel_set_kblock(ptrdiff_t bytes)
+{
+    ptrdiff_t previous = cyl_panel_kblock_bytes;
+    cyl_panel_kblock_bytes = bytes > 0 ? bytes : 0;
+    return previous;
+}
+/* The K block (rows of the panel) for a panel of K rows of row_bytes each read
+ * by nrows rows: K itself where one pass reads it, or it fits the budget; else
+ * K cut into equal blocks under the budget, a multiple of 16 rows. */
+static inline ptrdiff_t cyl_panel_kblock(ptrdiff_t K, ptrdiff_t row_bytes, ptrdiff_t nrows)
+{
+    const ptrdiff_t budget = cyl_panel_kblock_bytes;
+    if (budget <= 0 || nrows <= 6 || K * row_bytes <= budget || K < 32)
+        return K;
+    const ptrdiff_t nb = (K * row_bytes + budget - 1) / budget;
+    const ptrdiff_t kc = ((K + nb - 1) / nb + 15) / 16 * 16;
+    return kc < K ? kc : K;
+}
+
 /* Six rows at once over a panel whose main block is a whole number of 4-vector
  * column groups (every full LSTM panel: 4 gates x 16 float32 / 8 float64 units):
  * 24 accumulators (6 rows x 4 vectors) stay in the 32 AVX-512 registers, and
@@ -427,6 +455,15 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
         for (j = 0; j + 2 * VL <= w; j += 2 * VL) {                                \
             VT s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0};   \
             VT s30 = {0}, s31 = {0}, s40 = {0}, s41 = {0}, s50 = {0}, s51 = {0};   \
+            if (acc) {   /* a later K block: go on from the sums in z */           \
+                const T* Zs = z0 + j;                                              \
+                s00 = CYL_LD(VT, Zs); s01 = CYL_LD(VT, Zs + VL); Zs += ldz;        \
+                s10 = CYL_LD(VT, Zs); s11 = CYL_LD(VT, Zs + VL); Zs += ldz;        \
+                s20 = CYL_LD(VT, Zs); s21 = CYL_LD(VT, Zs + VL); Zs += ldz;        \
+                s30 = CYL_LD(VT, Zs); s31 = CYL_LD(VT, Zs + VL);                   \
+                if ((R) > 4) { Zs += ldz; s40 = CYL_LD(VT, Zs); s41 = CYL_LD(VT, Zs + VL); } \
+                if ((R) > 5) { Zs += ldz; s50 = CYL_LD(VT, Zs); s51 = CYL_LD(VT, Zs + VL); } \
+            }                                                                      \
             const T* p = P + j;                                                    \
             for (k = 0; k < ka; k++, p += w) {                                     \
                 if (PFD && pfq) { __builtin_prefetch(pfq, 0, 3); pfq += 64; }      \
@@ -479,7 +516,7 @@ typedef double cyl_vd4 __attribute__((vector_size(32)));
 __attribute__((target("arch=x86-64-v3")))                                          \
 static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t lda, \
                  const T* b0, ptrdiff_t kb, ptrdiff_t ldb, T* z0, ptrdiff_t ldz,   \
-                 const char* pfn, int pf)                                          \
+                 const char* pfn, int pf, int acc)                                 \
 {                                                                                  \
     if (pf)                                                                        \
         CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST, R)                        \
@@ -523,17 +560,32 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
         for (; nrows - r >= 6; r += 6)                                             \
             (r == 0 ? ROWS6_FN##pf : ROWS6_FN)(P, w, a0 + r * lda, ka, lda,        \
                      b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);                    \
-    if (CYL_ISA == 1 && nrows >= 4 && w % (VL) == 0)                               \
-        while (nrows - r >= 4) {                                                   \
-            /* six-row blocks, then 10 = 5 + 5, 9 = 5 + 4, 5, 4 (8 = 6 + 2) */     \
-            const ptrdiff_t left_ = nrows - r;                                     \
-            const int R_ = (left_ >= 11 || (left_ >= 6 && left_ <= 8)) ? 6         \
-                         : (left_ == 10 || left_ == 9 || left_ == 5) ? 5 : 4;      \
-            (R_ == 6 ? ROWS6_FN##n6 : R_ == 5 ? ROWS6_FN##n5 : ROWS6_FN##n4)(      \
-                P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb, z0 + r * ldz,  \
-                ldz, (const char*)next, r == 0);                                   \
-            r += R_;                                                               \
-        }
+    if (CYL_ISA == 1 && nrows >= 4 && w % (VL) == 0) {                             \
+        const ptrdiff_t K_ = ka + kb;                                              \
+        const ptrdiff_t kc_ = whole ? K_ : cyl_panel_kblock(K_, w * (ptrdiff_t)sizeof(*P), nrows); \
+        ptrdiff_t r1_ = 0;                                                         \
+        for (ptrdiff_t k0_ = 0; k0_ < K_; k0_ += kc_) {                            \
+            const ptrdiff_t k1_ = k0_ + kc_ < K_ ? k0_ + kc_ : K_;                 \
+            const ptrdiff_t ka_ = (ka < k1_ ? ka : k1_) - k0_ > 0                  \
+                                ? (ka < k1_ ? ka : k1_) - k0_ : 0;                 \
+            const ptrdiff_t ab_ = k0_ < ka ? k0_ : ka, bb_ = k0_ > ka ? k0_ - ka : 0; \
+            /* the first block of a pass streams in what the pass after reads */  \
+            const char* nx_ = k1_ < K_ ? (const char*)(P + k1_ * w) : (const char*)next; \
+            r1_ = 0;                                                               \
+            while (nrows - r1_ >= 4) {                                             \
+                /* six-row blocks, then 10 = 5 + 5, 9 = 5 + 4, 5, 4 (8 = 6 + 2) */ \
+                const ptrdiff_t left_ = nrows - r1_;                               \
+                const int R_ = (left_ >= 11 || (left_ >= 6 && left_ <= 8)) ? 6     \
+                             : (left_ == 10 || left_ == 9 || left_ == 5) ? 5 : 4;  \
+                (R_ == 6 ? ROWS6_FN##n6 : R_ == 5 ? ROWS6_FN##n5 : ROWS6_FN##n4)(  \
+                    P + k0_ * w, w, a0 + r1_ * lda + ab_, ka_, lda,                \
+                    b0 + r1_ * ldb + bb_, k1_ - k0_ - ka_, ldb, z0 + r1_ * ldz,    \
+                    ldz, nx_, r1_ == 0, k0_ > 0);                                  \
+                r1_ += R_;                                                         \
+            }                                                                      \
+        }                                                                          \
+        r = r1_;                                                                   \
+    }
 #else
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)
 #endif
@@ -639,7 +691,7 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
     {                                                                              \
         CYL_DECLARE_VTN(T)                                                         \
         ptrdiff_t r = 0;                                                           \
-        (void)next;                                                                \
+        (void)next; (void)whole;                                                   \
         CYL_PANEL_NARROW_PASS(T)                                                   \
         CYL_ROWS6_PASS(ROWS6_FN, VL64)                                             \
         CYL_ROWS42_PASS(T, VTn, VLn)                                               \
@@ -659,21 +711,24 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
  * next: the panel the caller computes after this one (any readable address,
  * or NULL): the AVX2 six-row pass streams it into the cache while it computes
  * (see CYL_PANEL_ROWS6N_BODY_PF).
+ * whole: never in K blocks (cyl_panel_kblock), so that every element of z is
+ * stored once, with its final value: for products that a second thread may
+ * redo into the same z while the first still runs (a late worker's piece).
  */
 CYL_STREAM_KERNEL(cyl_panel_next_f32,
     (const float* P, ptrdiff_t w, ptrdiff_t nrows,
      const float* a0, ptrdiff_t ka, ptrdiff_t lda,
      const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-     float* z0, ptrdiff_t ldz, const void* next),
-    (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next),
+     float* z0, ptrdiff_t ldz, const void* next, int whole),
+    (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next, whole),
     CYL_PANEL_FN_BODY, (float, cyl_vf, CYL_STREAM_VLF, cyl_panel_rows6_f32))
 
 CYL_STREAM_KERNEL(cyl_panel_next_f64,
     (const double* P, ptrdiff_t w, ptrdiff_t nrows,
      const double* a0, ptrdiff_t ka, ptrdiff_t lda,
      const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-     double* z0, ptrdiff_t ldz, const void* next),
-    (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next),
+     double* z0, ptrdiff_t ldz, const void* next, int whole),
+    (P, w, nrows, a0, ka, lda, b0, kb, ldb, z0, ldz, next, whole),
     CYL_PANEL_FN_BODY, (double, cyl_vd, CYL_STREAM_VLD, cyl_panel_rows6_f64))
 
 /*

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from isa_levels import LEVELS
 from reference import lstm_ref, lstm_ref_backward, random_lstm
 
-from cylstm import _lstm, _tuning, functional
+from cylstm import _cpu, _lstm, _tuning, functional
 from cylstm._tuning import CpuFacts
 from cylstm.functional import lstm_backward, lstm_forward
 
@@ -143,6 +144,45 @@ def test_panel_prefetch_changes_no_bit(path, dtype):
     y_ref = lstm_ref(x.astype(np.float64), W.astype(np.float64), U.astype(np.float64),
                      b.astype(np.float64))[0]
     np.testing.assert_allclose(on.output, y_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("path,n_threads", [("stacked", 1), ("units", 1), ("units", 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_panel_kblocks_change_no_bit(level, path, n_threads, dtype):
+    """K blocks of the AVX2 six-row passes (a later block goes on from the sums in
+    z) give the whole panel's bits: blocks of 16 k rows here, the stacked path's
+    crossing the x / h boundary (I = 40), 23 rows in 6 + 6 + 6 + 5; a 2-row batch
+    (one pass) and the float64 reference too.  Other levels: nothing to block."""
+    B, T, I, H = 23, 6, 40, 48
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(8), B, T, I, H))
+    plan = functional.plan_forward(B, T, I, H, dtype, n_threads, force=path)
+    y_ref = lstm_ref(x.astype(np.float64), W.astype(np.float64), U.astype(np.float64),
+                     b.astype(np.float64))[0]
+    with _cpu.forced_level(level):
+        with _cpu.panel_kblock(0):
+            whole = lstm_forward(x, W, U, b, num_threads=n_threads, _plan=plan)
+            two = lstm_forward(x[:2], W, U, b, num_threads=1, _plan=path)
+        with _cpu.panel_kblock(1024):
+            assert _cpu.current_panel_kblock() == 1024
+            blocked = lstm_forward(x, W, U, b, num_threads=n_threads, _plan=plan)
+            two_b = lstm_forward(x[:2], W, U, b, num_threads=1, _plan=path)
+    np.testing.assert_array_equal(blocked.output, whole.output)
+    np.testing.assert_array_equal(blocked.c, whole.c)
+    np.testing.assert_array_equal(two_b.output, two.output)
+    np.testing.assert_allclose(blocked.output, y_ref, **TOL[dtype])
+
+
+def test_panel_kblock_budget_from_l2():
+    """The budget follows the core's L2 (injected facts), and the setter refuses
+    what is not a byte count."""
+    assert _tuning.panel_kblock_bytes(dataclasses.replace(ZEN4, l2_per_core=2**19)) == \
+        2**19 // _tuning.PANEL_KBLOCK_L2_FRACTION
+    assert _tuning.panel_kblock_bytes(dataclasses.replace(ZEN4, l2_per_core=2**21)) == \
+        2**21 // _tuning.PANEL_KBLOCK_L2_FRACTION
+    for bad in (-1, 1.5, "64", True):
+        with pytest.raises(ValueError, match="nbytes"):
+            _cpu.set_panel_kblock(bad)
 
 
 def _path(B, H, n_threads, I=8, facts=ZEN4, mask=False, lens=False, reverse=False,

@@ -253,6 +253,23 @@ def test_bf16_runner_steps_batch_rows_as_alone(level, H):
             np.testing.assert_array_equal(got[b:b + 1], one)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_runner_rows_in_k_blocks_keep_their_bits(level):
+    # a batch of 13 rows reads each panel in 3 passes: K blocks of 16 k rows
+    # (include/cylstm_panel.h, cyl_panel_kblock) give the whole panels' bits
+    rng = np.random.default_rng(13)
+    specs = [_lstm_spec(rng, 40, 48), _lstm_spec(rng, 48, 32), _dense_spec(rng, 32, 3, "linear")]
+    x = rng.standard_normal((13, 4, 40)).astype(np.float32)
+    with _cpu.forced_level(level):
+        with _cpu.panel_kblock(0):
+            whole = _run(StreamRunner._from_specs(specs, 13), x)
+        with _cpu.panel_kblock(1024):
+            blocked = _run(StreamRunner._from_specs(specs, 13), x)
+    np.testing.assert_array_equal(blocked, whole)
+    one = _run(StreamRunner._from_specs(specs, 1), x[4:5])
+    np.testing.assert_allclose(blocked[4:5], one, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("wd", ["bfloat16", "int8"])
 def test_reduced_weights_need_float32(wd):
     rng = np.random.default_rng(1)
