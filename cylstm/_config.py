@@ -259,7 +259,7 @@ def _panel_kblock_line(f):
     rule = _tuning.panel_kblock_bytes(f)
     src = ("L2 per core / PANEL_KBLOCK_L2_FRACTION" if now == rule
            else f"set at run time (the rule gives {rule >> 10} KiB)")
-    return (f"  AVX2 panel passes: K blocks of at most {now >> 10} KiB of a panel ({src}; "
+    return (f"  AVX2 panel passes: K blocks of about {now >> 10} KiB of a panel ({src}; "
             f"0: whole panels; AVX-512 passes are not blocked)")
 
 

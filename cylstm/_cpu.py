@@ -158,9 +158,7 @@ def set_panel_kblock(nbytes):
 
 def current_panel_kblock():
     """The K-block budget the panel passes use now (bytes; 0: whole panels)."""
-    previous = _lstm._set_panel_kblock(0)
-    _lstm._set_panel_kblock(previous)
-    return previous
+    return _lstm._panel_kblock()
 
 
 @contextlib.contextmanager

@@ -40,8 +40,8 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
-                            cyl_panel_set_kblock, cyl_panel_set_pf_rest, panel_span,
-                            panel_vlen)
+                            cyl_panel_get_kblock, cyl_panel_set_kblock, cyl_panel_set_pf_rest,
+                            panel_span, panel_vlen)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -206,6 +206,11 @@ def _set_panel_kblock(Py_ssize_t nbytes):
     previous one.  Set for every extension by cylstm._cpu.set_panel_kblock; it
     changes no result."""
     return cyl_panel_set_kblock(nbytes)
+
+
+def _panel_kblock():
+    """The K-block budget in force (bytes; 0: whole panels)."""
+    return cyl_panel_get_kblock()
 
 
 def round_bf16(const float[::1] a, float[::1] out):

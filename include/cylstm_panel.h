@@ -281,9 +281,11 @@ static inline ptrdiff_t cyl_panel_set_kblock(ptrdiff_t bytes)
     cyl_panel_kblock_bytes = bytes > 0 ? bytes : 0;
     return previous;
 }
+static inline ptrdiff_t cyl_panel_get_kblock(void) { return cyl_panel_kblock_bytes; }
 /* The K block (rows of the panel) for a panel of K rows of row_bytes each read
  * by nrows rows: K itself where one pass reads it, or it fits the budget; else
- * K cut into equal blocks under the budget, a multiple of 16 rows. */
+ * K cut into as many equal blocks as the budget asks, each rounded up to a
+ * multiple of 16 rows (so a block may pass the budget by up to 15 rows). */
 static inline ptrdiff_t cyl_panel_kblock(ptrdiff_t K, ptrdiff_t row_bytes, ptrdiff_t nrows)
 {
     const ptrdiff_t budget = cyl_panel_kblock_bytes;
