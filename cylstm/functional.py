@@ -1167,6 +1167,11 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
         return LSTMGrads(np.zeros((0, T, I), dtype) if need_input_grad else None,
                          *grads, dhs, dcs)
     scratch = []  # gradients the caller did not ask for: pool buffers, given back below
+    if out is None:
+        # dW and dU as the two halves of one [dW; dU] array: the kernel's one GEMM
+        # over [x_t, h_prev] writes them in place (_lstm._blas_weight_grads)
+        WU = np.empty((I + H, 4 * H), dtype)
+        outs[0], outs[1] = WU[:I], WU[I:]
     for k, shape in enumerate(((I, 4 * H), (H, 4 * H), (4 * H,))):
         if outs[k] is None:
             outs[k] = np.empty(shape, dtype) if out is None else take(shape, dtype)

@@ -212,6 +212,40 @@ def test_backward_writes_weight_gradients_into_out():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradients_same_bits_wherever_out_lies(dtype, threads):
+    """The one GEMM over [x_t, h_prev] writes [dW; dU] in place where dU follows dW
+    in memory (lstm_backward's own arrays, a flat buffer), else into a scratch
+    copied out: the same bits either way, and the float64 reference's numbers."""
+    B, T, I, H = 8, 6, 5, 7
+    x, W, U, b = (a.astype(dtype) for a in _case(B, T, I, H, seed=3))
+    dy = np.random.default_rng(2).standard_normal((B, T, H)).astype(dtype)
+
+    def grads(out):
+        f = lstm_forward(x, W, U, b, return_sequences=True, training=True,
+                         num_threads=threads)
+        g = lstm_backward(f.cache, dy, out=out, num_threads=threads)
+        return g.dkernel, g.drecurrent_kernel
+
+    own = grads(None)
+    apart = grads((np.full(W.shape, np.nan, dtype), np.full(U.shape, np.nan, dtype), None))
+    gap = np.full(W.size + 3 + U.size, np.nan, dtype)   # dU not right after dW
+    spaced = grads((gap[:W.size].reshape(W.shape), gap[W.size + 3:].reshape(U.shape), None))
+    flat = np.full(W.size + U.size, np.nan, dtype)
+    joined = grads((flat[:W.size].reshape(W.shape), flat[W.size:].reshape(U.shape), None))
+    for got in (apart, spaced, joined):
+        for g, w in zip(got, own):
+            np.testing.assert_array_equal(g, w)
+    assert np.isnan(gap[W.size:W.size + 3]).all()   # the gap is never written
+    x64, W64, U64 = (a.astype(np.float64) for a in (x, W, U))
+    *_, tape = lstm_ref(x64, W64, U64, b.astype(np.float64))
+    ref = lstm_ref_backward(x64, W64, U64, tape, dy.astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(own[0], ref[1], rtol=0, atol=tol)
+    np.testing.assert_allclose(own[1], ref[2], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("fuse", [True, False])

@@ -468,10 +468,12 @@ def _unpack_plain(P, K, N, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("H", [1, 5, 16, 50, 64, 70])
+@pytest.mark.parametrize("H", [1, 5, 16, 50, 64, 70, 130, 300])
 def test_packed_transpose_is_u_transposed_zero_padded(dtype, H):
     """pack_transposed lays U^T out in panels of whole vectors, the columns past H
-    zero (no transposed tail): rebuilt from the layout, it is U^T exactly."""
+    zero (no transposed tail): rebuilt from the layout, it is U^T exactly (H = 130
+    and 300: K = 4H crosses the packer's 128 KiB blocks of panel rows, and a last
+    panel of 2 or 12 columns ends in columns that are not a group of four)."""
     rng = np.random.default_rng(H)
     U = rng.standard_normal((H, 4 * H)).astype(dtype)
     P = np.full(_lstm.transposed_len(H, dtype), np.nan, dtype)
