@@ -251,7 +251,8 @@ STEP_TILE_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # and below 256 units the per-panel cell calls cost what the kernel saves.
 # Inference only: a training forward must also scatter each panel's gates into
 # the (B, T, 4H) buffer the backward reads, which cost more than the kernel
-# saved ((100, 32, 128, 256) training step 86.2 -> 90.2 ms on one thread).
+# saved ((100, 32, 128, 256) training step 86.2 -> 90.2 ms on one thread; on AVX2
+# where BLAS packs every call it is ahead: STACKED_TRAIN_MIN_ROWS below).
 # AVX-512 only (isa level 2) at these thresholds; AVX2 takes the stacked step
 # where BLAS packs every per-step call (STACKED_PACKING_BLAS_MAX_BYTES below).
 STACKED_MIN_ROWS = 16
@@ -288,6 +289,27 @@ STACKED_WIDE_MIN_ROWS = 32
 # 5.90, (100, 3, 128, 128) 6.36 / 1.78 / 1.77, (100, 3, 256, 256) 26.2 / 6.84 /
 # 7.24; two threads (100, 2, 64, 64) 1.45 / 0.56 / 0.41 (stacked on one thread).
 SMALL_BATCH_UNITS_MIN_BYTES = 128 * 2**10
+# Training on AVX2 where BLAS packs every per-step call: the stacked step with
+# the training buffers (each panel's gates scattered into G, c and h_prev kept)
+# from STACKED_TRAIN_MIN_ROWS rows per thread while [W; U] is at most
+# STACKED_TRAIN_MAX_BYTES on one thread, STACKED_TRAIN_TEAM_MAX_BYTES on a
+# team: it reads no (B, T, 4H) projection back each step, which the unit split
+# does from L3.  (On Zen 4, AVX-512, the scatter cost more than the kernel
+# saved: "Inference only" above.)  AMD EPYC (2 cores), Zen 3 (AVX2, OpenBLAS
+# core Haswell), 2026-12-06, training step (forward + backward) stacked over the
+# planner's path then (units, or rows where noted), 6 alternated rounds of 3:
+# one thread (100, 32, 10, 50) 0.85-0.93, (100, 32, 128, 256) 0.92-0.99, (200,
+# 32, 64, 128) 0.82-0.87, (100, 64, 64, 64; rows) 0.93, (100, 64, 128, 256)
+# 0.98, (100, 16, 256, 256) 0.98; above the byte bound (100, 32, 256, 384; 3.75
+# MiB) 1.03, (50, 32, 512, 512) 1.02, (50, 64, 512, 512) 1.00; below the rows
+# (100, 8, 256, 256) 1.03, (100, 8, 128, 128) 1.00.  Two threads (100, 32, 10,
+# 50; rows) 0.76-0.81, (100, 32, 128, 256) 0.83-0.84, (200, 32, 64, 128) 0.85,
+# (100, 64, 128, 256) 0.89, (100, 32, 256, 384) 0.93, (50, 64, 512, 512; 8 MiB)
+# 0.94-0.95, (50, 32, 512, 512) 0.98; 8 rows per thread (100, 16, 256, 256)
+# 0.98, 4 rows (100, 8, 256, 256) 1.03.
+STACKED_TRAIN_MIN_ROWS = 16
+STACKED_TRAIN_MAX_BYTES = 2 * 2**20
+STACKED_TRAIN_TEAM_MAX_BYTES = 8 * 2**20
 
 # The streaming runner (cylstm/stream.py).  Batch sizes from here up use SciPy's
 # BLAS (one GEMM per panel, single-threaded BLAS) instead of the kernel.  The
@@ -536,6 +558,12 @@ THRESHOLDS = {
                              "inference, 2026-12-02",
     "SMALL_BATCH_UNITS_MIN_BYTES": "forward planner; 2-vCPU Zen 3 (AVX2, OpenBLAS "
                                    "Haswell), batches 2-3, 2026-12-02",
+    "STACKED_TRAIN_MIN_ROWS": "forward planner; AMD EPYC (2 cores), Zen 3 (AVX2, OpenBLAS "
+                              "Haswell), training step, 2026-12-06",
+    "STACKED_TRAIN_MAX_BYTES": "forward planner; AMD EPYC (2 cores), Zen 3 (AVX2, OpenBLAS "
+                               "Haswell), training step, one thread, 2026-12-06",
+    "STACKED_TRAIN_TEAM_MAX_BYTES": "forward planner; AMD EPYC (2 cores), Zen 3 (AVX2, "
+                                    "OpenBLAS Haswell), training step, 2 threads, 2026-12-06",
     "BLAS_MIN_BATCH": "streaming runner; 2-core Zen 4, stream_bench",
     "PARALLEL_MIN_BYTES": "streaming runner; 2-core Zen 4, (64, 128)",
     "INT8_PROJECT_BYTES": "int8 runner's x_t projection; 2-vCPU Zen 3, one thread, "

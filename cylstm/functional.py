@@ -94,7 +94,8 @@ class ForwardPlan:
            "units"       threads split the recurrent kernel's units (packed
                          panels of U, each panel's step committed once);
            "stacked"     threads split the batch, each step [x_t, h_prev] @ packed
-                         [W; U] panels (inference only);
+                         [W; U] panels (in training each panel's gates, c and
+                         h_prev kept for the backward);
            "rows_bf16", "rows_bf16_fused"  "rows" / "rows_fused" with the products on
                          the bf16 hardware (``compute_dtype="bfloat16"`` only):
                          AMX tiles where the process may use them, else
@@ -191,8 +192,6 @@ def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, r
         return ("'units' cannot take a recurrent mask on more than one thread (the threads "
                 "share h_prev across panels)")
     if path == "stacked":
-        if training:
-            return "'stacked' is inference only (training=True asks for the gate buffer)"
         if has_lengths and reverse:
             return "'stacked' cannot run lengths backwards (go_backwards with lengths)"
     return None
@@ -279,6 +278,14 @@ def _model_path(B, T, I, H, dtype, n_total, nt, training, has_mask, has_lengths,
         if wu_bytes <= t.STACKED_PACKING_BLAS_MAX_BYTES:
             return "stacked", (f"BLAS ({facts.blas_core}) packs every per-step call: batch "
                                f"{B} < MIN_ROWS_PER_THREAD on one thread, packed [W; U]")
+    if (facts.isa_level == 1 and not facts.blas_tiles_steps and training
+            and B // nt >= t.STACKED_TRAIN_MIN_ROWS and not (has_lengths and reverse)
+            and wu_bytes <= (t.STACKED_TRAIN_MAX_BYTES if nt == 1
+                             else t.STACKED_TRAIN_TEAM_MAX_BYTES)):
+        return "stacked", (f"training, AVX2, BLAS ({facts.blas_core}) packs every per-step "
+                           f"call: {B // nt} rows per thread >= STACKED_TRAIN_MIN_ROWS on "
+                           f"packed [W; U] ({wu_bytes >> 10} KiB <= STACKED_TRAIN_"
+                           f"{'' if nt == 1 else 'TEAM_'}MAX_BYTES), the gates kept per panel")
     if (facts.isa_level >= 1 and not facts.blas_tiles_steps and training
             and H > _panel_units(dtype)
             and (not has_mask or min(n_total, _n_panels(H, dtype)) == 1)):
@@ -585,6 +592,11 @@ def plan_forward(B, T, I, H, dtype, n_threads, training=False, has_mask=False,
        SMALL_BATCH_UNITS_MIN_BYTES over two panels or more (with a recurrent
        mask, one thread only), else "stacked" on one thread while [W; U] is at
        most STACKED_PACKING_BLAS_MAX_BYTES;
+    5c. "stacked" in training on AVX2 where BLAS packs every per-step call, with
+       STACKED_TRAIN_MIN_ROWS rows per thread and [W; U] of at most
+       STACKED_TRAIN_MAX_BYTES on one thread, STACKED_TRAIN_TEAM_MAX_BYTES on a
+       team (the gates, c and h_prev kept for the backward; not with lengths
+       backwards);
     6. "units" (AVX2 or AVX-512) in training where BLAS packs every per-step call,
        for batches of at most UNITS_TRAIN_MAX_BATCH, of at most
        UNITS_TRAIN_WIDE_MAX_BATCH (on several threads only with U of at least

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from isa_levels import LEVELS
 from reference import lstm_ref, lstm_ref_backward, random_lstm
 
-from cylstm import _cpu, _lstm, _tuning, functional
+from cylstm import _cpu, _lstm, _tuning, _workspace, functional
 from cylstm._tuning import CpuFacts
 from cylstm.functional import lstm_backward, lstm_forward
 
@@ -245,13 +245,22 @@ def test_plan_without_avx512_keeps_large_batches_on_blas():
     # stacked step while [W; U] is small, BLAS beyond STACKED_PACKING_BLAS_MAX_BYTES
     haswell = dataclasses.replace(avx2, blas_core="Haswell")
     assert _path(16, 256, 2, facts=haswell) == "stacked"
-    # training cannot take the stacked step: the unit split up to UNITS_TRAIN_WIDE_MAX_BATCH,
-    # and up to UNITS_TRAIN_L2_MAX_BATCH where U is larger than a core's L2
-    assert _path(16, 256, 2, facts=haswell, training=True) == "units"
-    assert _path(32, 256, 2, facts=haswell, training=True) == "units"
-    assert _path(64, 300, 2, facts=haswell, training=True) == "units"   # 1.4 MiB of U
-    assert _path(65, 300, 2, facts=haswell, training=True) == "rows"
-    assert _path(64, 256, 2, facts=haswell, training=True) == "rows"    # 1 MiB: the L2
+    # training: the stacked step (the gates kept per panel) from STACKED_TRAIN_MIN_ROWS
+    # rows per thread while [W; U] is at most STACKED_TRAIN_MAX_BYTES on one thread,
+    # STACKED_TRAIN_TEAM_MAX_BYTES on two; else the unit split up to
+    # UNITS_TRAIN_WIDE_MAX_BATCH, and up to UNITS_TRAIN_L2_MAX_BATCH where U is larger
+    # than a core's L2
+    assert _path(16, 256, 2, facts=haswell, training=True) == "units"     # 8 rows a thread
+    assert _path(32, 256, 2, facts=haswell, training=True) == "stacked"   # 16, 1 MiB
+    assert _path(16, 256, 1, facts=haswell, training=True) == "stacked"
+    assert _path(16, 512, 1, I=512, facts=haswell, training=True) == "units"     # 8 MiB
+    assert _path(32, 512, 2, I=512, facts=haswell, training=True) == "stacked"   # 8 MiB
+    assert _path(32, 600, 2, I=512, facts=haswell, training=True) == "units"     # 10.7 MiB
+    assert _path(32, 256, 2, facts=haswell, training=True, lens=True, reverse=True) == "units"
+    assert _path(32, 256, 2, facts=avx2, training=True) != "stacked"   # BLAS step kernels
+    assert _path(64, 300, 2, I=2000, facts=haswell, training=True) == "units"   # 1.4 MiB of U
+    assert _path(65, 300, 2, I=2000, facts=haswell, training=True) == "rows"
+    assert _path(64, 256, 2, I=2000, facts=haswell, training=True) == "rows"    # 1 MiB: the L2
     assert _path(4, 256, 1, facts=haswell) == "stacked"
     # batches 2 and 3 (< MIN_ROWS_PER_THREAD, no thread split): BLAS would repack U
     # every step; U's panels from SMALL_BATCH_UNITS_MIN_BYTES, else the stacked step
@@ -341,6 +350,18 @@ def test_stacked_forward_and_backward_match_reference(monkeypatch, dtype, revers
     tol = TOL[dtype] if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for got, want, name in zip(g, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
         np.testing.assert_allclose(got, want, err_msg=name, **tol)
+    # the stacked step itself in training (rule 5c on AVX2), its gate buffer from a
+    # pool whose last buffer of that size was all NaN: the step writes the gates of
+    # running rows only, and the backward must not read the rest
+    poison = _workspace.take((B, T, 4 * H), dtype)
+    poison.fill(np.nan)
+    _workspace.give(poison)
+    so = lstm_forward(*cast, training=True, _plan="stacked", **kw)
+    for got, want in ((so.output, y), (so.h, hT), (so.c, cT)):
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+    gs = lstm_backward(so.cache, dy.astype(dtype), num_threads=threads)
+    for got, want, name in zip(gs, ref, ["dx", "dW", "dU", "db", "dh0", "dc0"]):
+        np.testing.assert_allclose(got, want, err_msg=f"stacked {name}", **tol)
 
 
 def test_kernel_refuses_inconsistent_panel_buffers():

@@ -207,7 +207,9 @@ def test_avx2_plans(avx2_desktop):
     # no small-matrix BLAS kernels known ("unknown" core): the stacked step on AVX2
     p = _path(f, 32, 25, 64, 128, 2)
     assert p.path == "stacked" and "STACKED_PACKING_BLAS_MAX_BYTES" in p.reason
-    assert _path(f, 65, 25, 64, 128, 2, training=True).path == "rows"   # (not fused here)
+    # in training too, the gates kept per panel (STACKED_TRAIN_MIN_ROWS rows a thread)
+    p = _path(f, 65, 25, 64, 128, 2, training=True)
+    assert p.path == "stacked" and "STACKED_TRAIN_MIN_ROWS" in p.reason
     g = dataclasses.replace(f, blas_core="SkylakeX")     # (BLAS kernels as on AVX-512)
     assert _path(g, 32, 25, 64, 128, 2).path == "rows_fused"
     assert _path(f, 1, 25, 64, 128, 2).path == "units"        # small batch: still split
@@ -222,9 +224,37 @@ def test_avx2_plans(avx2_desktop):
     assert _path(f, 16, 25, 512, 512, 1, has_mask=True).path == "units"
 
 
-def test_training_unit_rule_where_blas_packs_each_step(avx2_desktop):
+def test_training_stacked_rule_where_blas_packs_each_step(avx2_desktop, monkeypatch):
+    """Rule 5c: training on AVX2 takes the stacked step (the gates kept per panel)
+    from STACKED_TRAIN_MIN_ROWS rows per thread while [W; U] is at most
+    STACKED_TRAIN_MAX_BYTES on one thread, STACKED_TRAIN_TEAM_MAX_BYTES on more."""
     f = detect_cpu(*avx2_desktop)        # BLAS core unknown: packs every per-step call
     t = _tuning
+    rows, one, team = t.STACKED_TRAIN_MIN_ROWS, t.STACKED_TRAIN_MAX_BYTES, \
+        t.STACKED_TRAIN_TEAM_MAX_BYTES
+    for n in (1, 2):
+        p = _path(f, n * rows, 100, 64, 128, n, training=True)
+        assert p.path == "stacked" and "STACKED_TRAIN_MIN_ROWS" in p.reason, n
+        assert _path(f, n * rows - 1, 100, 64, 128, n, training=True).path != "stacked"
+        assert _path(f, n * rows, 100, 64, 128, n, training=True, has_lengths=True,
+                     reverse=True).path != "stacked"
+    # [W; U] bytes: (I + H) 4 H 4; I = H = 256 is 2 MiB, I = H = 512 is 8 MiB
+    assert _path(f, rows, 100, 256, 256, 1, training=True).path == "stacked"
+    assert _path(f, rows, 100, 257, 256, 1, training=True).path != "stacked"
+    assert (256 + 256) * 4 * 256 * 4 == one and (512 + 512) * 4 * 512 * 4 == team
+    assert _path(f, 2 * rows, 100, 512, 512, 2, training=True).path == "stacked"
+    assert _path(f, 2 * rows, 100, 513, 512, 2, training=True).path != "stacked"
+    # AVX-512, or a BLAS with small-matrix kernels: not this rule
+    g = dataclasses.replace(f, blas_core="SkylakeX")
+    assert _path(g, rows, 100, 64, 128, 1, training=True).path != "stacked"
+    v4 = dataclasses.replace(f, isa_level=2)
+    assert _path(v4, rows, 100, 64, 128, 1, training=True).path != "stacked"
+
+
+def test_training_unit_rule_where_blas_packs_each_step(avx2_desktop, monkeypatch):
+    f = detect_cpu(*avx2_desktop)        # BLAS core unknown: packs every per-step call
+    t = _tuning
+    monkeypatch.setattr(t, "STACKED_TRAIN_MIN_ROWS", 10**9)   # rule 6 alone (not 5c)
     for n in (1, 2):
         for B in ((1,) if n == 1 else ()) + (8, t.UNITS_TRAIN_MAX_BATCH):
             p = _path(f, B, 100, 64, 128, n, training=True)
@@ -330,7 +360,7 @@ def test_forced_path_matches_reference(path, threads, dtype):
     h0, c0 = rng.standard_normal((2, B, H)) * 0.5
     y, hT, cT, tape = lstm_ref(x, W, U, b, h0, c0)
     cast = [a.astype(dtype) for a in (x, W, U, b)]
-    training = path != "stacked"
+    training = True   # every path trains ("stacked" too: the gates kept per panel)
     out = lstm_forward(*cast, initial_state=(h0, c0), num_threads=threads, training=training,
                        _plan=path)
     for got, want in ((out.output, y), (out.h, hT), (out.c, cT)):
@@ -402,7 +432,6 @@ def test_tiled_and_whole_step_products_match_the_reference(path, dtype):
 
 @pytest.mark.parametrize("path,kw,match", [
     ("units", {"recurrent_mask": np.ones((3, 40))}, "recurrent mask"),
-    ("stacked", {"training": True}, "inference only"),
     ("stacked", {"lengths": [1, 2, 4], "go_backwards": True}, "backwards"),
     ("rows_fused", {"lengths": [1, 2, 4]}, "lengths"),
     ("fastest", {}, "unknown path"),
