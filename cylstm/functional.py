@@ -191,9 +191,8 @@ def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, r
     if path == "units" and has_mask and min(n_threads, _n_panels(H, dtype)) > 1:
         return ("'units' cannot take a recurrent mask on more than one thread (the threads "
                 "share h_prev across panels)")
-    if path == "stacked":
-        if has_lengths and reverse:
-            return "'stacked' cannot run lengths backwards (go_backwards with lengths)"
+    if path == "stacked" and has_lengths and reverse:
+        return "'stacked' cannot run lengths backwards (go_backwards with lengths)"
     return None
 
 
