@@ -847,7 +847,6 @@ cdef void _blas_weight_grads(Py_ssize_t r0, Py_ssize_t n, Py_ssize_t I, Py_ssize
             memcpy(dW, WU, I * H4 * sizeof(floating))
             memcpy(dU, WU + I * H4, H * H4 * sizeof(floating))
             free(WU)
-        WU = NULL
     else:
         # dW (I, 4H) = X^T (I, n) @ dz (n, 4H)
         gemm(True, False, <int> I, <int> H4, <int> n, 1, x + r0 * I, <int> I,
