@@ -162,6 +162,23 @@ def current_panel_kblock():
 
 
 @contextlib.contextmanager
+def panel_spread(n):
+    """Inside the block, every extension's AVX2 six-row passes spread the stream
+    of the next K block over their first ``n`` passes (0: all in the first, with
+    no prefetch of a pass's own rows: the earlier scheme, for measuring); the
+    default (include/cylstm_panel.h, CYL_PANEL_PF_SPREAD) after it.  Prefetches
+    only: results do not change, bit for bit."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0; got {n!r}")
+    previous = [ext._set_panel_spread(n) for ext in _EXTENSIONS]
+    try:
+        yield n
+    finally:
+        for ext, p in zip(_EXTENSIONS, previous):
+            ext._set_panel_spread(p)
+
+
+@contextlib.contextmanager
 def panel_kblock(nbytes):
     """:func:`set_panel_kblock` inside the block, the previous budget after it."""
     previous = set_panel_kblock(nbytes)

@@ -41,6 +41,7 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
                             cyl_panel_get_kblock, cyl_panel_set_kblock, cyl_panel_set_pf_rest,
+                            cyl_panel_set_pf_spread,
                             panel_span, panel_vlen)
 
 cdef enum:
@@ -198,6 +199,15 @@ def _set_panel_prefetch(bint on):
     previous setting.  This module's sequence kernels only; measuring and tests:
     it changes no result."""
     return bool(cyl_panel_set_pf_rest(on))
+
+
+def _set_panel_spread(int n):
+    """Over how many of a K block's passes the AVX2 six-row panel blocks spread
+    the stream of the next block (include/cylstm_panel.h, CYL_PANEL_PF_SPREAD;
+    0: all in the first pass, with no prefetch of a pass's own rows, the
+    earlier scheme); returns the previous value.  Use cylstm._cpu.panel_spread,
+    which sets every extension; measuring and tests: it changes no result."""
+    return cyl_panel_set_pf_spread(n)
 
 
 def _set_panel_kblock(Py_ssize_t nbytes):

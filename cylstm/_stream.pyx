@@ -43,7 +43,8 @@ cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
-                            cyl_panel_i8_b, cyl_panel_set_kblock, padded_units,
+                            cyl_panel_i8_b, cyl_panel_set_kblock, cyl_panel_set_pf_spread,
+                            padded_units,
                             panel_cells, panel_product, panel_vlen)
 
 cdef extern from "cylstm_math.h" nogil:
@@ -153,6 +154,13 @@ def _set_panel_kblock(Py_ssize_t nbytes):
     a panel; 0: whole panels); returns the previous one.  Use
     cylstm._cpu.set_panel_kblock, which sets every extension."""
     return cyl_panel_set_kblock(nbytes)
+
+
+def _set_panel_spread(int n):
+    """This extension's spread of the AVX2 six-row passes' stream of the next K
+    block (include/cylstm_panel.h, CYL_PANEL_PF_SPREAD); returns the previous
+    one.  Use cylstm._cpu.panel_spread, which sets every extension."""
+    return cyl_panel_set_pf_spread(n)
 
 
 def _cpu_levels():

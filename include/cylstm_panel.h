@@ -266,6 +266,23 @@ static inline int cyl_panel_set_pf_rest(int on)
     return previous;
 }
 
+/* How the AVX2 six-row passes stream in the weights the next block reads
+ * (CYL_ROWS6_PASS; set with cyl_panel_set_pf_spread, which returns the previous
+ * value): n >= 1, every pass also prefetches its own k rows, and a K-blocked
+ * panel's stream is spread over its first min(passes, n) passes, each
+ * prefetching its share one line every that-many k steps; 0 (measuring only),
+ * the first pass streams everything and prefetches nothing of its own.
+ * CYL_PANEL_PF_SPREAD is the default; see CYL_PANEL_ROWS6N_BODY_PF for the
+ * measurements.  In every build. */
+#define CYL_PANEL_PF_SPREAD 3
+static int cyl_panel_pf_spread = CYL_PANEL_PF_SPREAD;
+static inline int cyl_panel_set_pf_spread(int n)
+{
+    int previous = cyl_panel_pf_spread;
+    cyl_panel_pf_spread = n > 0 ? n : 0;
+    return previous;
+}
+
 /* K blocks for the AVX2 row blocks (CYL_ROWS6_PASS): 0, or the most bytes of
  * a panel that one pass of row blocks reads before the next K block.  A panel
  * read by several passes (more than 6 rows) is cut into K blocks of at most
@@ -433,18 +450,45 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
  * 0.84x on one thread, (100, 10, 256, 256) 0.82x on two, others 0.99-1.01x
  * (builds alternated by process, 5 rounds; 8 = 4 + 4 made (100, 32, 128, 256)
  * 1.045x, so 8 stays 6 + 2).  2-vCPU AMD EPYC Zen 3, 2026-12-02.
- * PFD: the first block of a pass.  With pfn (the panel the caller reads next)
- * it streams that panel in, one line per k in address order (the pass's k loop
- * runs once per line of a panel), so that the next panel's passes find it in
- * L2; without, it prefetches its own k row PFD ahead.  The strided 2-vector
+ * PFD: its own k row PFD ahead.  pfn (or NULL): lines of what the passes after
+ * read (the next K block, or the panel the caller reads next), streamed in
+ * address order, one every pfe k steps (the pass's k loop runs once per line
+ * of the block it reads), so that the next block's passes find it in L2;
+ * BOTH: a block with a stream also prefetches its own k rows.  The strided 2-vector
  * chunks of this body defeat the hardware prefetchers when the weights come
  * from memory: on a 2-vCPU Zen 3 (AMD EPYC, AVX2), 2026-12-02, lstm_forward
  * alternated in one process, the next-panel stream took (25, 16, 1024, 1024)
  * from 160-166 to 136-143 ms on one thread (84 to 72 on two) and its training
  * step from 558 to 476 ms; shapes whose weights stay in L2 or L3 did not move
  * (ratios 0.99-1.05 at (100, 32, 128, 256), (100, 16, 256, 256), (50, 64,
- * 512, 512) rows). */
-#define CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, PFD, R)                                \
+ * 512, 512) rows).  That stream was all in the first pass of a K block, one
+ * line per k: a block's worth of L3 (or memory) misses in a third of the
+ * block's time at 16 rows, with no prefetch of the pass's own rows, whose
+ * lines the stream had not always brought in yet.  On a host whose other
+ * guests load the L3 the misses queue up: (25, 16, 1024, 1024) ran 0.76x of
+ * ONNX Runtime's time on one thread, 0.67x on two (in-process alternation,
+ * 2026-12-07, sgemm 56-80 GFLOP/s, a slow spell).  Now each of the first
+ * CYL_PANEL_PF_SPREAD passes streams its share, and every pass prefetches its
+ * own rows.  Kernel micro-bench (cyl_panel_next_f32 over N/64 panels, K-block
+ * budget 128 KiB, 31 alternated rounds, medians, GFLOP/s) first pass only /
+ * spread over 2 / 3: M 16, K 1024, N 4096 (16 MiB of weights) 57.5 / 66.7 /
+ * 70.1; M 6, K 1024, N 4096 40.0 / 46.9 / 47.1; M 64, K 1024, N 2048 36.3 /
+ * 38.4 / 38.7; M 12, K 1024, N 2048 47.9 / 49.8 / 49.9; unblocked panels (M 32,
+ * K 512 or 256; M 16, K 512) within 0.3.  lstm_forward, in-process
+ * alternation, median per-round ratios spread 3 / first pass only: (25, 16,
+ * 1024, 1024) 0.82-0.83 on one thread, 0.91-0.92 on two; (50, 64, 512, 512)
+ * 0.94-0.97, 0.89-0.96; (100, 32, 512, 512) 0.94; unblocked (100, 32, 128,
+ * 256), (100, 16, 512, 512) 0.99-1.01; training steps (25, 16, 1024, 1024)
+ * 0.92 / 0.98 (one / two threads), (50, 64, 512, 512) 0.98-0.99, (100, 32,
+ * 128, 256) 0.97 / 0.99.  Spreading over 6 or 12 passes: within the noise of
+ * 3 (ratios moved by 0.1 between variants that run the same code).  2-vCPU
+ * AMD EPYC (2 cores), Zen 3, 2026-12-07. */
+#define CYL_R6N_PF(PFD, BOTH)                                                      \
+    if (pfq) {                                                                     \
+        if (--pfc == 0) { __builtin_prefetch(pfq, 0, 3); pfq += 64; pfc = pfe; }   \
+        if ((BOTH) && (PFD)) __builtin_prefetch((const char*)(p + (PFD) * w), 0, 3); \
+    } else if (PFD) __builtin_prefetch((const char*)(p + (PFD) * w), 0, 3);
+#define CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, PFD, R, BOTH)                          \
     {                                                                              \
         const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
         const T* A3 = A2 + lda;                                                    \
@@ -454,6 +498,7 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
         const T* B4 = (R) > 4 ? B3 + ldb : B3; const T* B5 = (R) > 5 ? B4 + ldb : B4; \
         ptrdiff_t j, k;                                                            \
         const char* pfq = pfn;                                                     \
+        ptrdiff_t pfc = 1;                                                         \
         for (j = 0; j + 2 * VL <= w; j += 2 * VL) {                                \
             VT s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0};   \
             VT s30 = {0}, s31 = {0}, s40 = {0}, s41 = {0}, s50 = {0}, s51 = {0};   \
@@ -468,13 +513,11 @@ CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
             }                                                                      \
             const T* p = P + j;                                                    \
             for (k = 0; k < ka; k++, p += w) {                                     \
-                if (PFD && pfq) { __builtin_prefetch(pfq, 0, 3); pfq += 64; }      \
-                else if (PFD) __builtin_prefetch((const char*)(p + PFD * w), 0, 3); \
+                CYL_R6N_PF(PFD, BOTH)                                              \
                 CYL_R6N_K(R, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])     \
             }                                                                      \
             for (k = 0; k < kb; k++, p += w) {                                     \
-                if (PFD && pfq) { __builtin_prefetch(pfq, 0, 3); pfq += 64; }      \
-                else if (PFD) __builtin_prefetch((const char*)(p + PFD * w), 0, 3); \
+                CYL_R6N_PF(PFD, BOTH)                                              \
                 CYL_R6N_K(R, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])     \
             }                                                                      \
             T* Z = z0 + j;                                                         \
@@ -511,24 +554,35 @@ typedef double cyl_vd4 __attribute__((vector_size(32)));
 #ifndef CYL_PF_DIST_REST
 #define CYL_PF_DIST_REST 32
 #endif
-/* cyl_panel_rows6_f32n<R> / _f64n<R>: a block of R rows; pf != 0 (the first
- * block of a pass) prefetches: pfn, or its own k rows CYL_PF_DIST ahead; the
- * others their own k rows CYL_PF_DIST_REST ahead. */
+/* The rows of the next AVX2 block of a pass with `left` rows to go: six-row
+ * blocks, then 10 = 5 + 5, 9 = 5 + 4, 5, 4 (8 = 6 + 2; CYL_ROWS6_PASS); and
+ * how many blocks a pass over nrows rows makes (down to fewer than 4 left). */
+#define CYL_ROWS6_NEXT(left) \
+    (((left) >= 11 || ((left) >= 6 && (left) <= 8)) ? 6 \
+     : ((left) == 10 || (left) == 9 || (left) == 5) ? 5 : 4)
+static inline ptrdiff_t cyl_rows6_passes(ptrdiff_t nrows)
+{
+    ptrdiff_t n = 0;
+    while (nrows >= 4) { nrows -= CYL_ROWS6_NEXT(nrows); n++; }
+    return n > 0 ? n : 1;
+}
+/* cyl_panel_rows6_f32n<R> / _f64n<R>: a block of R rows.  pfn (or NULL): the
+ * lines this block streams in, one every pfe k steps (CYL_R6N_PF); each k also
+ * prefetches its own k row CYL_PF_DIST_REST ahead while cyl_panel_pf_rest is
+ * on, but for the measuring mode cyl_panel_pf_spread == 0, where a block with a
+ * stream prefetches nothing else. */
 #define CYL_ROWS6N_FN(NAME, T, VT, VL, R)                                          \
 __attribute__((target("arch=x86-64-v3")))                                          \
 static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t lda, \
                  const T* b0, ptrdiff_t kb, ptrdiff_t ldb, T* z0, ptrdiff_t ldz,   \
-                 const char* pfn, int pf, int acc)                                 \
+                 const char* pfn, ptrdiff_t pfe, int acc)                          \
 {                                                                                  \
-    if (pf)                                                                        \
-        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST, R)                        \
-    else if (cyl_panel_pf_rest) {                                                  \
-        pfn = NULL;                                                                \
-        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST_REST, R)                   \
-    } else {                                                                       \
-        pfn = NULL;                                                                \
-        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, 0, R)                                  \
-    }                                                                              \
+    if (pfn && !cyl_panel_pf_spread)                                               \
+        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST, R, 0)                     \
+    else if (cyl_panel_pf_rest)                                                    \
+        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, CYL_PF_DIST_REST, R, 1)                \
+    else                                                                           \
+        CYL_PANEL_ROWS6N_BODY_PF(T, VT, VL, 0, R, 1)                               \
 }
 CYL_ROWS6N_FN(cyl_panel_rows6_f32n6, float, cyl_vf8, 8, 6)
 CYL_ROWS6N_FN(cyl_panel_rows6_f32n5, float, cyl_vf8, 8, 5)
@@ -571,19 +625,25 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
             const ptrdiff_t ka_ = (ka < k1_ ? ka : k1_) - k0_ > 0                  \
                                 ? (ka < k1_ ? ka : k1_) - k0_ : 0;                 \
             const ptrdiff_t ab_ = k0_ < ka ? k0_ : ka, bb_ = k0_ > ka ? k0_ - ka : 0; \
-            /* the first block of a pass streams in what the pass after reads */  \
+            /* the next block (or the next panel): streamed in by the first np_ \
+             * passes, 1/np_ each (CYL_PANEL_PF_SPREAD) */                       \
             const char* nx_ = k1_ < K_ ? (const char*)(P + k1_ * w) : (const char*)next; \
+            ptrdiff_t np_ = 1, ip_ = 0;                                            \
+            if (kc_ < K_ && cyl_panel_pf_spread > 1) {                             \
+                np_ = cyl_rows6_passes(nrows);                                     \
+                np_ = np_ < cyl_panel_pf_spread ? np_ : cyl_panel_pf_spread;       \
+            }                                                                      \
+            const ptrdiff_t ch_ = ((k1_ - k0_) * w * (ptrdiff_t)sizeof(*P) / 64 + np_ - 1) / np_; \
             r1_ = 0;                                                               \
             while (nrows - r1_ >= 4) {                                             \
-                /* six-row blocks, then 10 = 5 + 5, 9 = 5 + 4, 5, 4 (8 = 6 + 2) */ \
-                const ptrdiff_t left_ = nrows - r1_;                               \
-                const int R_ = (left_ >= 11 || (left_ >= 6 && left_ <= 8)) ? 6     \
-                             : (left_ == 10 || left_ == 9 || left_ == 5) ? 5 : 4;  \
+                const int R_ = CYL_ROWS6_NEXT(nrows - r1_);                        \
                 (R_ == 6 ? ROWS6_FN##n6 : R_ == 5 ? ROWS6_FN##n5 : ROWS6_FN##n4)(  \
                     P + k0_ * w, w, a0 + r1_ * lda + ab_, ka_, lda,                \
                     b0 + r1_ * ldb + bb_, k1_ - k0_ - ka_, ldb, z0 + r1_ * ldz,    \
-                    ldz, nx_, r1_ == 0, k0_ > 0);                                  \
+                    ldz, nx_ && ip_ < np_ ? nx_ + 64 * ch_ * ip_ : NULL, np_,      \
+                    k0_ > 0);                                                      \
                 r1_ += R_;                                                         \
+                ip_++;                                                             \
             }                                                                      \
         }                                                                          \
         r = r1_;                                                                   \

@@ -153,7 +153,8 @@ def test_panel_kblocks_change_no_bit(level, path, n_threads, dtype):
     """K blocks of the AVX2 six-row passes (a later block goes on from the sums in
     z) give the whole panel's bits: blocks of 16 k rows here, the stacked path's
     crossing the x / h boundary (I = 40), 23 rows in 6 + 6 + 6 + 5; a 2-row batch
-    (one pass) and the float64 reference too.  Other levels: nothing to block."""
+    (one pass) and the float64 reference too; so does each spread of the next
+    block's stream over the passes.  Other levels: nothing to block."""
     B, T, I, H = 23, 6, 40, 48
     x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(8), B, T, I, H))
     plan = functional.plan_forward(B, T, I, H, dtype, n_threads, force=path)
@@ -167,9 +168,17 @@ def test_panel_kblocks_change_no_bit(level, path, n_threads, dtype):
             assert _cpu.current_panel_kblock() == 1024
             blocked = lstm_forward(x, W, U, b, num_threads=n_threads, _plan=plan)
             two_b = lstm_forward(x[:2], W, U, b, num_threads=1, _plan=path)
+            # the next block's stream spread over 1, 2, 4 or all passes, or all
+            # in the first (0): prefetches only, the same bits
+            spread = {}
+            for n in (0, 1, 2, 4, 12):
+                with _cpu.panel_spread(n):
+                    spread[n] = lstm_forward(x, W, U, b, num_threads=n_threads, _plan=plan)
     np.testing.assert_array_equal(blocked.output, whole.output)
     np.testing.assert_array_equal(blocked.c, whole.c)
     np.testing.assert_array_equal(two_b.output, two.output)
+    for n, out in spread.items():
+        np.testing.assert_array_equal(out.output, whole.output, err_msg=f"spread {n}")
     np.testing.assert_allclose(blocked.output, y_ref, **TOL[dtype])
 
 
@@ -183,6 +192,25 @@ def test_panel_kblock_budget_from_l2():
     for bad in (-1, 1.5, "64", True):
         with pytest.raises(ValueError, match="nbytes"):
             _cpu.set_panel_kblock(bad)
+
+
+def test_panel_spread_switch_sets_every_extension_and_restores():
+    """The measuring switch of the panel passes' stream: both extensions see the
+    value inside the block and get their previous one back; bad values refused."""
+    from cylstm import _stream
+    default = _lstm._set_panel_spread(5)
+    assert _stream._set_panel_spread(5) == default
+    try:
+        with _cpu.panel_spread(0):
+            assert _lstm._set_panel_spread(0) == 0 and _stream._set_panel_spread(0) == 0
+        assert _lstm._set_panel_spread(5) == 5 and _stream._set_panel_spread(5) == 5
+    finally:
+        _lstm._set_panel_spread(default)
+        _stream._set_panel_spread(default)
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="n must"):
+            with _cpu.panel_spread(bad):
+                pass
 
 
 def _path(B, H, n_threads, I=8, facts=ZEN4, mask=False, lens=False, reverse=False,
