@@ -208,9 +208,8 @@ def test_panel_spread_switch_sets_every_extension_and_restores():
         _lstm._set_panel_spread(default)
         _stream._set_panel_spread(default)
     for bad in (-1, 1.5, "2", True):
-        with pytest.raises(ValueError, match="n must"):
-            with _cpu.panel_spread(bad):
-                pass
+        with pytest.raises(ValueError, match="n must"), _cpu.panel_spread(bad):
+            pass
 
 
 def _path(B, H, n_threads, I=8, facts=ZEN4, mask=False, lens=False, reverse=False,
