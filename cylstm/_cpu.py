@@ -136,12 +136,20 @@ def forced_level(name_or_int):
     """
     level = _as_level(name_or_int)
     _check_supported(level, f"forced_level({name_or_int!r})")
-    previous = [ext._force_cpu_level(level) for ext in _EXTENSIONS]
-    try:
+    with _on_every_extension("_force_cpu_level", level):
         yield level
+
+
+@contextlib.contextmanager
+def _on_every_extension(setter, value):
+    """Call each extension's ``setter`` with ``value`` inside the block (each
+    returns its previous value), and with that previous value after it."""
+    previous = [getattr(ext, setter)(value) for ext in _EXTENSIONS]
+    try:
+        yield
     finally:
         for ext, p in zip(_EXTENSIONS, previous):
-            ext._force_cpu_level(p)
+            getattr(ext, setter)(p)
 
 
 def set_panel_kblock(nbytes):
@@ -170,12 +178,8 @@ def panel_spread(n):
     only: results do not change, bit for bit."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0; got {n!r}")
-    previous = [ext._set_panel_spread(n) for ext in _EXTENSIONS]
-    try:
+    with _on_every_extension("_set_panel_spread", n):
         yield n
-    finally:
-        for ext, p in zip(_EXTENSIONS, previous):
-            ext._set_panel_spread(p)
 
 
 @contextlib.contextmanager
