@@ -28,7 +28,7 @@ units instead (forward ``mode`` 1, one barrier per step).  The caller
 calling thread and BLAS may use its own threads.
 """
 from cython cimport floating
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int64_t, uint16_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -723,8 +723,9 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
                           const floating* rmask, floating* hm,
                           floating* y, floating* G, floating* C, floating* Hp,
                           floating* hs, floating* hs2, floating* cs,
-                          floating* zs) noexcept nogil:
-    """Stacked time loop over rows [b0, b1): each step is the streaming runner's
+                          floating* zs, Py_ssize_t s_begin, Py_ssize_t s_end) noexcept nogil:
+    """Stacked time loop over rows [b0, b1), steps [s_begin, s_end) of Lmax
+    (rows move between threads at step boundaries, see _stacked_rows): each step is the streaming runner's
     [x_t, h_prev] @ panel of the packed [W; U] ``P``, then the cell, panel by
     panel.  ``bias`` is in panel order; G, if not NULL, receives the gates
     (training); every row must be at the same time index (no lengths with
@@ -743,7 +744,7 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
     cdef size_t ub = H * sizeof(floating)
     if nb <= 0:
         return
-    for s in range(Lmax):
+    for s in range(s_begin, s_end):
         cur = hs if s % 2 == 0 else hs2
         nxt = hs2 if s % 2 == 0 else hs
         src = cur
@@ -785,7 +786,7 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
                 memcpy(y + row * H, nxt + b * H, ub)
             if C != NULL:
                 memcpy(C + row * H, cs + b * H, ub)
-    if Lmax % 2 == 1:  # the final h is in hs2
+    if s_end == Lmax and Lmax % 2 == 1:  # the final h is in hs2
         for b in range(b0, b1):
             memcpy(hs + b * H, hs2 + b * H, ub)
 
@@ -1211,6 +1212,9 @@ cdef extern from "cylstm_pool.h" nogil:
     int64_t cyl_pool_jobs
     void cyl_pool_note_wait(int what, int64_t t0)
     void cyl_store(int64_t* p, int64_t v)
+    bint cyl_cas(int64_t* p, int64_t expected, int64_t desired)
+    int64_t cyl_exchange(int64_t* p, int64_t v)
+    int64_t cyl_fetch_add(int64_t* p, int64_t v)
     bint cyl_claim(int64_t* flag)
     void cyl_claim_done(int64_t* flag)
     void cyl_claim_wait(int64_t* flag)
@@ -1453,14 +1457,195 @@ cdef void _stacked_pack_t(SeqJob* j, Py_ssize_t c, floating* kind) noexcept nogi
                   (c * j.n_panels) // j.n_blocks, ((c + 1) * j.n_panels) // j.n_blocks)
 
 
-cdef void _stacked_rows_t(SeqJob* j, Py_ssize_t c, int tid, floating* kind) noexcept nogil:
+cdef void _stacked_steps_t(SeqJob* j, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t s0,
+                           Py_ssize_t s1, int tid, floating* kind) noexcept nogil:
     cdef floating* P = <floating*> j.P
-    _forward_panels((c * j.B) // j.n_pieces, ((c + 1) * j.B) // j.n_pieces, j.T, j.H,
-                    j.Lmax, <const floating*> j.x, j.In, P, P + j.nbias, j.lengths,
-                    j.reverse, <const floating*> j.rmask, <floating*> j.hm,
+    _forward_panels(b0, b1, j.T, j.H, j.Lmax, <const floating*> j.x, j.In, P, P + j.nbias,
+                    j.lengths, j.reverse, <const floating*> j.rmask, <floating*> j.hm,
                     <floating*> j.y, <floating*> j.G, <floating*> j.C, <floating*> j.Hp,
                     <floating*> j.hs, <floating*> j.hs2, <floating*> j.cs,
-                    <floating*> j.Z + tid * j.zstride)
+                    <floating*> j.Z + tid * j.zstride, s0, s1)
+
+
+cdef inline void _stacked_steps(SeqJob* j, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t s0,
+                                Py_ssize_t s1, int tid) noexcept nogil:
+    if j.dbl:
+        _stacked_steps_t(j, b0, b1, s0, s1, tid, <double*> NULL)
+    else:
+        _stacked_steps_t(j, b0, b1, s0, s1, tid, <float*> NULL)
+
+
+# The batch split's rows move between threads at step boundaries.  Rows are
+# independent chains of steps, so a thread that has run out of rows asks the
+# one with the most work left for part of its range: at its next step that one
+# hands over its top rows and the step they are at (their state so far is in
+# hs / hs2 / cs, published by the hand-over's release store), and both go on.
+# A slowed thread (a busy host core, a late wake) so sheds work to the other
+# instead of holding the call up with half of it; each row is computed by one
+# thread per step with the same kernel, so the bits do not depend on who ran it
+# (a row's sums run in one order whatever rows share its pass).  One cache line
+# of words per thread (STEAL_*): its request word (0 open, k + 1 thread k asks,
+# -1 closed: no rows), its inbox (a grant's rows and step), and its range now.
+cdef enum:
+    STEAL_REQ = 0
+    STEAL_GRANT = 1     # 0 waiting, 1 granted, 2 refused (this thread's inbox)
+    STEAL_LO = 2
+    STEAL_HI = 3
+    STEAL_STEP = 4
+    STEAL_MY_LO = 5
+    STEAL_MY_HI = 6
+    STEAL_MY_STEP = 7
+    STEAL_SLOT = 8      # int64 words a thread (one cache line)
+
+# the fewest rows a hand-over leaves or gives (cylstm._tuning.STEAL_MIN_ROWS)
+cdef Py_ssize_t _steal_min_rows = 5
+# 0: rows stay where they started (the static split; for measuring and tests)
+cdef bint _steal_on = True
+# slices the batch starts in (0: one a thread; tests set 1 so that every other
+# thread's rows come from hand-overs)
+cdef int _steal_pieces = 0
+cdef int64_t _steal_grants = 0   # hand-overs so far (diagnostics, tests)
+
+
+def set_steal(bint on, Py_ssize_t min_rows, int pieces=0):
+    """Whether the batch split's threads hand rows over (see _stacked_rows), the
+    fewest rows a hand-over leaves or gives (cylstm._tuning sets it), and the
+    slices the batch starts in (0: one a thread)."""
+    global _steal_on, _steal_min_rows, _steal_pieces
+    if min_rows < 1 or pieces < 0:
+        raise ValueError(f"set_steal: min_rows must be at least 1 and pieces at least 0, "
+                         f"got {min_rows} and {pieces}")
+    _steal_on = on
+    _steal_min_rows = min_rows
+    _steal_pieces = pieces
+
+
+def get_steal():
+    """(on, min_rows, pieces) of :func:`set_steal`, and the hand-overs so far."""
+    return bool(_steal_on), int(_steal_min_rows), int(_steal_pieces), int(_steal_grants)
+
+
+cdef inline Py_ssize_t _steal_give(Py_ssize_t n) noexcept nogil:
+    """Rows of a range of ``n`` to give a thief (0: keep them all): about half,
+    a multiple of the six-row pass where that leaves both sides whole passes."""
+    cdef Py_ssize_t g = n // 2, m = _steal_min_rows
+    if g >= 6:
+        g -= g % 6
+    if g < m or n - g < m:
+        return 0
+    return g
+
+
+cdef void _steal_answer(int64_t* w, Py_ssize_t lo, Py_ssize_t* hi, Py_ssize_t s,
+                        Py_ssize_t Lmax, int64_t req) noexcept nogil:
+    """Answer thread req - 2's request before step s: hand over the top rows of
+    [lo, hi) (``hi`` shrinks) from step s on, or refuse."""
+    cdef int64_t* box = w + (req - 2) * STEAL_SLOT
+    cdef Py_ssize_t g = _steal_give(hi[0] - lo) if Lmax - s >= 2 else 0
+    if g == 0:
+        cyl_store(&box[STEAL_GRANT], 2)
+        return
+    box[STEAL_LO] = hi[0] - g   # (published by the release store of the grant)
+    box[STEAL_HI] = hi[0]
+    box[STEAL_STEP] = s
+    hi[0] -= g
+    cyl_fetch_add(&_steal_grants, 1)
+    cyl_store(&box[STEAL_GRANT], 1)
+
+
+cdef void _stacked_range(SeqJob* j, int64_t* w, int tid, Py_ssize_t lo, Py_ssize_t hi,
+                         Py_ssize_t s0) noexcept nogil:
+    """Run steps s0.. of rows [lo, hi) to the end, answering requests for rows
+    at each step; then close (refuse a late request) and count the rows done."""
+    cdef int64_t* me = w + tid * STEAL_SLOT
+    cdef int64_t r
+    cdef Py_ssize_t s
+    cyl_store(&me[STEAL_MY_LO], lo)
+    cyl_store(&me[STEAL_MY_HI], hi)
+    cyl_store(&me[STEAL_MY_STEP], s0)
+    if _steal_on:
+        cyl_store(&me[STEAL_REQ], 1)   # open (it was closed: no request can be lost)
+    for s in range(s0, j.Lmax):
+        r = cyl_load(&me[STEAL_REQ])
+        if r > 1:
+            _steal_answer(w, lo, &hi, s, j.Lmax, r)
+            cyl_store(&me[STEAL_MY_HI], hi)
+            cyl_store(&me[STEAL_REQ], 1)
+        _stacked_steps(j, lo, hi, s, s + 1, tid)
+        cyl_store(&me[STEAL_MY_STEP], s + 1)
+    r = cyl_exchange(&me[STEAL_REQ], 0)
+    if r > 1:
+        cyl_store(&w[(r - 2) * STEAL_SLOT + STEAL_GRANT], 2)
+    cyl_store(&me[STEAL_MY_HI], lo)
+    cyl_fetch_add(&w[j.nt * STEAL_SLOT], hi - lo)
+
+
+cdef int _steal(SeqJob* j, int64_t* w, int tid, Py_ssize_t* lo, Py_ssize_t* hi,
+                Py_ssize_t* s0) noexcept nogil:
+    """Ask the thread with the most work left (rows x steps) for part of its
+    rows: 1 granted (in lo, hi, s0), 2 refused or outrun (look again), 0 no
+    thread has rows to give.  The wait is for the victim's next step: its own
+    request word is closed meanwhile, so nobody waits on this thread."""
+    cdef int64_t* me = w + tid * STEAL_SLOT
+    cdef int64_t* v
+    cdef int k, best = -1
+    cdef int64_t n, left, work, most = 0, g
+    for k in range(j.nt):
+        if k == tid:
+            continue
+        v = w + k * STEAL_SLOT
+        if cyl_load(&v[STEAL_REQ]) != 1:
+            continue
+        n = cyl_load(&v[STEAL_MY_HI]) - cyl_load(&v[STEAL_MY_LO])
+        left = j.Lmax - cyl_load(&v[STEAL_MY_STEP])
+        if left < 2 or _steal_give(n) == 0:
+            continue
+        work = n * left
+        if work > most:
+            most = work
+            best = k
+    if best < 0:
+        return 0
+    cyl_store(&me[STEAL_GRANT], 0)
+    if not cyl_cas(&w[best * STEAL_SLOT + STEAL_REQ], 1, tid + 2):
+        return 2
+    g = cyl_load(&me[STEAL_GRANT])
+    while g == 0:
+        cyl_relax()
+        g = cyl_load(&me[STEAL_GRANT])
+    if g != 1:
+        return 2
+    lo[0] = me[STEAL_LO]
+    hi[0] = me[STEAL_HI]
+    s0[0] = me[STEAL_STEP]
+    return 1
+
+
+cdef void _stacked_rows(SeqJob* j, int tid) noexcept nogil:
+    """The batch split's time loop: this thread's slice of rows (its piece),
+    pieces nobody took, then rows handed over by threads with more work left;
+    the caller (tid 0) returns when every row has run every step."""
+    cdef int64_t* w = <int64_t*> ((<uintptr_t> j.words + 63) & ~(<uintptr_t> 63))
+    cdef Py_ssize_t c, n = j.n_pieces, lo = 0, hi = 0, s0 = 0
+    cdef int got
+    cdef int64_t t0 = 0
+    if tid < n and cyl_claim(&j.flags[tid]):
+        _stacked_range(j, w, tid, (tid * j.B) // n, ((tid + 1) * j.B) // n, 0)
+    for c in range(n - 1, -1, -1):
+        if cyl_claim(&j.flags[c]):
+            _stacked_range(j, w, tid, (c * j.B) // n, ((c + 1) * j.B) // n, 0)
+    while cyl_load(&w[j.nt * STEAL_SLOT]) < j.B:
+        got = _steal(j, w, tid, &lo, &hi, &s0) if _steal_on else 0
+        if got == 1:
+            _stacked_range(j, w, tid, lo, hi, s0)
+        elif got == 0:
+            if tid != 0:
+                return
+            if t0 == 0:
+                t0 = cyl_now_ns()
+            cyl_relax()
+    if t0 != 0:
+        cyl_pool_note_wait(0, t0)
 
 
 cdef void _stacked_pack_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
@@ -1469,14 +1654,6 @@ cdef void _stacked_pack_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
         _stacked_pack_t(j, c, <double*> NULL)
     else:
         _stacked_pack_t(j, c, <float*> NULL)
-
-
-cdef void _stacked_rows_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
-    cdef SeqJob* j = <SeqJob*> job
-    if j.dbl:
-        _stacked_rows_t(j, c, tid, <double*> NULL)
-    else:
-        _stacked_rows_t(j, c, tid, <float*> NULL)
 
 
 cdef void _stacked_job(void* job, int tid) noexcept nogil:
@@ -1492,7 +1669,7 @@ cdef void _stacked_job(void* job, int tid) noexcept nogil:
             return
     else:
         cyl_pool_tick_set(1)
-    _claim_pieces(j.flags, j.n_pieces, tid, j.nt, _stacked_rows_piece, job)
+    _stacked_rows(j, tid)
 
 
 # --- unit split, packed panels of U, committed per step (forward_units) -------
@@ -2054,11 +2231,11 @@ def forward_stacked(const floating[:, :, ::1] x, const floating[:, ::1] W,
     j.nbias = Pu.shape[0] - Pu.shape[0] // (I + H + 1)  # where the bias starts
     j.hs2 = &hs2[0, 0]
     j.n_panels = (H + span - 1) // span
-    j.n_pieces = j.nt
+    j.n_pieces = j.nt if _steal_pieces == 0 or not _steal_on else min(_steal_pieces, j.nt)
     j.n_blocks = 0 if prepacked else j.nt
     with nogil:
         if not _pool_job(_stacked_job, &j, j.nt, blas_threads, &j.flags, j.n_pieces,
-                         &j.bflags, j.n_blocks, NULL, 0):
+                         &j.bflags, j.n_blocks, &j.words, STEAL_SLOT * (j.nt + 2)):
             j.n_pieces = 0
     if j.n_pieces == 0:
         raise MemoryError("forward_stacked: no memory for the thread flags")

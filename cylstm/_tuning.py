@@ -454,6 +454,15 @@ PANEL_PROJ_MAX_ROWS_AVX512 = None   # no limit
 # worker's piece is redone into the same G, where partial sums would race.
 PANEL_KBLOCK_L2_FRACTION = 4
 
+# The batch split's rows move at step boundaries from a thread with work left to
+# one that has run out (cylstm/_lstm.pyx, _stacked_rows); a hand-over gives and
+# leaves at least this many rows, about half, in multiples of six where that
+# leaves both whole six-row passes.  Fewer rows run the packed panels below their
+# rate: one thread, (T, I, H) = (100, 128, 256), ms a row: 4 rows 1.25, 6 1.02, 8
+# (6 + 2) 1.13, 10 (5 + 5) 1.03, 12 0.98-1.02, 16 0.97-1.01; (50, 512, 512): 8 rows
+# 3.1-3.3, 12 2.46-2.51, 16 2.48-2.52; AMD EPYC (2 cores), Zen 3, 2026-12-07.
+STEAL_MIN_ROWS = 5
+
 #: Each threshold and what it was measured on (show_config prints them).
 # How long an idle pool worker (include/cylstm_pool.h) spins for the next job
 # before it sleeps on a futex.  A call that comes sooner finds it awake; past it
@@ -519,6 +528,8 @@ TEAM_GAP_NS = 10_000_000
 THRESHOLDS = {
     "POOL_SPIN_NS": "thread pool; 2-vCPU Xeon, bench/compare.py cold/busy, 2026-12-01",
     "POOL_BACKOFF_NS": "thread pool; 2-vCPU Xeon, bench/compare.py busy, 2026-12-01",
+    "STEAL_MIN_ROWS": "batch split hand-overs; AMD EPYC (2 cores), Zen 3, rows a pass, "
+                      "2026-12-07",
     "POOL_SMALL_PROBE_EVERY": "thread pool, streaming steps: a re-measuring interval "
                               "(each runner measures alone against split), 2026-12-03",
     "POOL_WAKE_MIN_BYTES": "thread pool, streaming steps; AMD EPYC (2 cores), Zen 3, first "

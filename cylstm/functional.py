@@ -82,6 +82,7 @@ _LLC = None
 
 _lstm.set_pool_spin_ns(_tuning.POOL_SPIN_NS)
 _lstm.set_pool_backoff_ns(_tuning.POOL_BACKOFF_NS)
+_lstm.set_steal(True, _tuning.STEAL_MIN_ROWS)
 
 @dataclasses.dataclass(frozen=True)
 class ForwardPlan:

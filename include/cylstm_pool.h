@@ -72,6 +72,10 @@ static inline int64_t cyl_fetch_add(int64_t *p, int64_t v)
 {
     return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
 }
+static inline int64_t cyl_exchange(int64_t *p, int64_t v)
+{
+    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+}
 static inline void cyl_relax(void) { cyl_cpu_relax(); }
 
 static inline int64_t cyl_now_ns(void)

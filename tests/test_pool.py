@@ -124,7 +124,7 @@ def test_threads_give_the_serial_bits_however_late_the_workers(spin, path, dtype
             np.testing.assert_allclose(g, w1, **tol)
 
 
-@pytest.mark.parametrize("path", ["units", "rows"])
+@pytest.mark.parametrize("path", ["units", "rows", "stacked"])
 def test_training_buffers_match_serial_with_lengths(spin, path):
     B = 3 if path == "units" else 16
     T, I, H = 9, 5, 40
@@ -136,6 +136,65 @@ def test_training_buffers_match_serial_with_lengths(spin, path):
         got = _run(path, x, W, U, b, nt, lengths, training=True)
         for g, w in zip(got, wants[nt]):
             np.testing.assert_array_equal(g, w)
+
+
+@pytest.fixture
+def one_slice():
+    """The batch split starts in one slice, the caller's: every row another thread
+    runs was handed over at a step boundary (_lstm.pyx, _stacked_rows)."""
+    _lstm.set_steal(True, 2, 1)
+    yield
+    _lstm.set_steal(True, _tuning.STEAL_MIN_ROWS)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_rows_handed_over_between_steps_keep_the_serial_bits(spin, one_slice, dtype,
+                                                             training):
+    B, T, I, H = 23, 15, 6, 37
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(11), B, T, I, H))
+    lengths = np.random.default_rng(12).integers(1, T + 1, B).astype(np.int64)
+    for lens in (None, lengths):
+        want = _run("stacked", x, W, U, b, 1, lens, training)
+        ref = lstm_ref(x.astype(np.float64), W.astype(np.float64), U.astype(np.float64),
+                       b.astype(np.float64),
+                       *(np.random.default_rng(1).standard_normal((2, B, H)) * 0.5),
+                       lengths=lens)
+        tol = {"rtol": 1e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-10,
+                                                                          "atol": 1e-12}
+        np.testing.assert_allclose(want[0], ref[0], **tol)
+        grants0 = _lstm.get_steal()[3]
+        for rep in range(200):
+            nt = 2 + rep % 3
+            got = _run("stacked", x, W, U, b, nt, lens, training)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+            if rep >= 30 and _lstm.get_steal()[3] > grants0:
+                break
+        # the workers joined and took rows from the caller's slice
+        assert _lstm.get_steal()[3] > grants0
+
+
+def test_static_split_and_hand_overs_give_the_same_bits(spin):
+    x, W, U, b = (a.astype(np.float32) for a in random_lstm(np.random.default_rng(13), 32, 20,
+                                                             9, 50))
+    want = _run("stacked", x, W, U, b, 1)
+    try:
+        for on in (False, True, False, True):
+            _lstm.set_steal(on, _tuning.STEAL_MIN_ROWS)
+            assert _lstm.get_steal()[0] is on
+            for _ in range(10):
+                for g, w in zip(_run("stacked", x, W, U, b, 2), want):
+                    np.testing.assert_array_equal(g, w)
+    finally:
+        _lstm.set_steal(True, _tuning.STEAL_MIN_ROWS)
+
+
+@pytest.mark.parametrize("args", [(True, 0), (True, -3), (True, 5, -1)])
+def test_set_steal_refuses_bad_values(args):
+    with pytest.raises(ValueError, match="min_rows"):
+        _lstm.set_steal(*args)
+    assert _lstm.get_steal()[:3] == (True, _tuning.STEAL_MIN_ROWS, 0)
 
 
 @pytest.fixture
