@@ -725,14 +725,15 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
                           floating* hs, floating* hs2, floating* cs,
                           floating* zs, Py_ssize_t s_begin, Py_ssize_t s_end) noexcept nogil:
     """Stacked time loop over rows [b0, b1), steps [s_begin, s_end) of Lmax
-    (rows move between threads at step boundaries, see _stacked_rows): each step is the streaming runner's
-    [x_t, h_prev] @ panel of the packed [W; U] ``P``, then the cell, panel by
-    panel.  ``bias`` is in panel order; G, if not NULL, receives the gates
-    (training); every row must be at the same time index (no lengths with
-    ``reverse``).  ``hs`` holds h0 on entry and the final h on exit; ``hs2`` is
-    the other half of the double buffer (rows [b0, b1) of both are this
-    caller's alone).  ``rmask`` (B, H) or NULL: recurrent dropout, the product
-    reads h_prev * mask (kept in ``hm``)."""
+    (rows move between threads at step boundaries, see _stacked_rows): each
+    step is the streaming runner's [x_t, h_prev] @ panel of the packed [W; U]
+    ``P``, then the cell, panel by panel.  ``bias`` is in panel order; G, if
+    not NULL, receives the gates (training); every row must be at the same
+    time index (no lengths with ``reverse``).  ``hs`` holds h0 on entry and the
+    final h on exit; ``hs2`` is the other half of the double buffer (rows
+    [b0, b1) of both are this caller's alone for these steps).  ``rmask``
+    (B, H) or NULL: recurrent dropout, the product reads h_prev * mask (kept
+    in ``hm``)."""
     cdef Py_ssize_t span = panel_span(hs), vl = panel_vlen(hs), H4 = 4 * H, nb = b1 - b0
     cdef Py_ssize_t s, p, q, b, t, L, row, hb, hp, w, g, K = I + H
     cdef Py_ssize_t n_panels = (H + span - 1) // span
