@@ -1345,19 +1345,12 @@ def pool_workers():
 ctypedef void (*piece_fn)(void* job, Py_ssize_t piece, int tid) noexcept nogil
 
 
-cdef void _claim_pieces(int64_t* flags, Py_ssize_t n, int tid, int nt, piece_fn fn,
-                        void* job, bint redo=False) noexcept nogil:
-    """Run pieces [0, n) of ``job``: this thread's share (tid of nt) first, then
-    any piece nobody has taken, from the last back; the caller (tid 0) then
-    waits for the pieces workers took.
-
-    ``redo``: each piece writes every element once, with its final value, the
-    same whoever computes it (packing; not BLAS, which may store partial sums
-    first), so the caller waits for a worker's piece at most
-    as long as a piece of its own took, then computes it too: a preempted
-    worker does not hold the call up (its late writes are the same values)."""
+cdef Py_ssize_t _claim_each(int64_t* flags, Py_ssize_t n, int tid, int nt, piece_fn fn,
+                            void* job) noexcept nogil:
+    """Run the pieces of [0, n) this thread claims: its share (tid of nt; piece
+    tid when n == nt, none when n < nt puts it past the last) first, then any
+    piece nobody has taken, from the last back.  Returns how many it ran."""
     cdef Py_ssize_t c, c0 = (tid * n) // nt, c1 = ((tid + 1) * n) // nt, mine = 0
-    cdef int64_t t0 = cyl_now_ns(), patience, since
     for c in range(c0, c1):
         if cyl_claim(&flags[c]):
             fn(job, c, tid)
@@ -1368,6 +1361,22 @@ cdef void _claim_pieces(int64_t* flags, Py_ssize_t n, int tid, int nt, piece_fn 
             fn(job, c, tid)
             cyl_claim_done(&flags[c])
             mine += 1
+    return mine
+
+
+cdef void _claim_pieces(int64_t* flags, Py_ssize_t n, int tid, int nt, piece_fn fn,
+                        void* job, bint redo=False) noexcept nogil:
+    """Run pieces [0, n) of ``job`` (_claim_each); the caller (tid 0) then
+    waits for the pieces workers took.
+
+    ``redo``: each piece writes every element once, with its final value, the
+    same whoever computes it (packing; not BLAS, which may store partial sums
+    first), so the caller waits for a worker's piece at most
+    as long as a piece of its own took, then computes it too: a preempted
+    worker does not hold the call up (its late writes are the same values)."""
+    cdef Py_ssize_t c, mine
+    cdef int64_t t0 = cyl_now_ns(), patience, since
+    mine = _claim_each(flags, n, tid, nt, fn, job)
     if tid != 0:
         return
     patience = (cyl_now_ns() - t0) // (mine if mine > 0 else 1)
@@ -1622,19 +1631,27 @@ cdef int _steal(SeqJob* j, int64_t* w, int tid, Py_ssize_t* lo, Py_ssize_t* hi,
     return 1
 
 
+cdef inline int64_t* _steal_words(SeqJob* j) noexcept nogil:
+    """The hand-over words (STEAL_SLOT per thread), at the first 64-byte line."""
+    return <int64_t*> ((<uintptr_t> j.words + 63) & ~(<uintptr_t> 63))
+
+
+cdef void _stacked_piece(void* job, Py_ssize_t c, int tid) noexcept nogil:
+    """Slice c of the batch split's rows, every step (hand-overs answered)."""
+    cdef SeqJob* j = <SeqJob*> job
+    _stacked_range(j, _steal_words(j), tid, (c * j.B) // j.n_pieces,
+                   ((c + 1) * j.B) // j.n_pieces, 0)
+
+
 cdef void _stacked_rows(SeqJob* j, int tid) noexcept nogil:
     """The batch split's time loop: this thread's slice of rows (its piece),
     pieces nobody took, then rows handed over by threads with more work left;
     the caller (tid 0) returns when every row has run every step."""
-    cdef int64_t* w = <int64_t*> ((<uintptr_t> j.words + 63) & ~(<uintptr_t> 63))
-    cdef Py_ssize_t c, n = j.n_pieces, lo = 0, hi = 0, s0 = 0
+    cdef int64_t* w = _steal_words(j)
+    cdef Py_ssize_t lo = 0, hi = 0, s0 = 0
     cdef int got
     cdef int64_t t0 = 0
-    if tid < n and cyl_claim(&j.flags[tid]):
-        _stacked_range(j, w, tid, (tid * j.B) // n, ((tid + 1) * j.B) // n, 0)
-    for c in range(n - 1, -1, -1):
-        if cyl_claim(&j.flags[c]):
-            _stacked_range(j, w, tid, (c * j.B) // n, ((c + 1) * j.B) // n, 0)
+    _claim_each(j.flags, j.n_pieces, tid, j.nt, _stacked_piece, j)
     while cyl_load(&w[j.nt * STEAL_SLOT]) < j.B:
         got = _steal(j, w, tid, &lo, &hi, &s0) if _steal_on else 0
         if got == 1:
