@@ -25,8 +25,8 @@ import os
 from cylstm import _lstm, _stream
 
 __all__ = ["LEVELS", "VARIANTS", "active_level", "check_env", "current_panel_kblock",
-           "detected_level", "forced_level", "level_name", "panel_kblock", "parse_cpu_env",
-           "set_panel_kblock"]
+           "detected_level", "forced_level", "level_name", "panel_block_rows", "panel_kblock",
+           "parse_cpu_env", "set_panel_kblock"]
 
 LEVELS = {"avx512": 2, "avx2": 1, "baseline": 0}
 _NAMES = {level: name for name, level in LEVELS.items()}
@@ -180,6 +180,19 @@ def panel_spread(n):
         raise ValueError(f"n must be an int >= 0; got {n!r}")
     with _on_every_extension("_set_panel_spread", n):
         yield n
+
+
+@contextlib.contextmanager
+def panel_block_rows(on):
+    """Inside the block, every extension's AVX2 passes over K-blocked panels split
+    their rows so that no block leaves fewer than four (``True``, the default:
+    include/cylstm_panel.h, CYL_ROWS6_NEXT) or as over whole panels (``False``,
+    for measuring); the previous setting after it.  Results do not change, bit
+    for bit."""
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool; got {on!r}")
+    with _on_every_extension("_set_panel_block_rows", on):
+        yield on
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
                             cyl_panel_get_kblock, cyl_panel_set_kblock, cyl_panel_set_pf_rest,
-                            cyl_panel_set_pf_spread,
+                            cyl_panel_set_pf_spread, cyl_panel_set_block_rows,
                             panel_span, panel_vlen)
 
 cdef enum:
@@ -208,6 +208,15 @@ def _set_panel_spread(int n):
     earlier scheme); returns the previous value.  Use cylstm._cpu.panel_spread,
     which sets every extension; measuring and tests: it changes no result."""
     return cyl_panel_set_pf_spread(n)
+
+
+def _set_panel_block_rows(bint on):
+    """Whether the AVX2 passes over K-blocked panels split their rows so that no
+    block leaves fewer than four (include/cylstm_panel.h, CYL_ROWS6_NEXT), or as
+    over whole panels; returns the previous setting.  This extension only: use
+    cylstm._cpu.panel_block_rows, which sets every extension; measuring and
+    tests: it changes no result."""
+    return bool(cyl_panel_set_block_rows(on))
 
 
 def _set_panel_kblock(Py_ssize_t nbytes):

@@ -11,6 +11,7 @@ from cylstm._cell cimport cell_forward_rows, cell_forward_units
 cdef extern from "cylstm_panel.h" nogil:
     int cyl_panel_set_pf_rest(int on) noexcept
     int cyl_panel_set_pf_spread(int n) noexcept
+    int cyl_panel_set_block_rows(int on) noexcept
     Py_ssize_t cyl_panel_set_kblock(Py_ssize_t nbytes) noexcept
     Py_ssize_t cyl_panel_get_kblock() noexcept
     void cyl_panel_next_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,

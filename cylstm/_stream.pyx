@@ -43,7 +43,8 @@ cnp.import_array()
 
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
-                            cyl_panel_i8_b, cyl_panel_set_kblock, cyl_panel_set_pf_spread,
+                            cyl_panel_i8_b, cyl_panel_set_block_rows, cyl_panel_set_kblock,
+                            cyl_panel_set_pf_spread,
                             padded_units,
                             panel_cells, panel_product, panel_vlen)
 
@@ -154,6 +155,13 @@ def _set_panel_kblock(Py_ssize_t nbytes):
     a panel; 0: whole panels); returns the previous one.  Use
     cylstm._cpu.set_panel_kblock, which sets every extension."""
     return cyl_panel_set_kblock(nbytes)
+
+
+def _set_panel_block_rows(bint on):
+    """This extension's row split of the AVX2 passes over K-blocked panels
+    (include/cylstm_panel.h, CYL_ROWS6_NEXT); returns the previous setting.  Use
+    cylstm._cpu.panel_block_rows, which sets every extension."""
+    return bool(cyl_panel_set_block_rows(on))
 
 
 def _set_panel_spread(int n):

@@ -555,15 +555,46 @@ typedef double cyl_vd4 __attribute__((vector_size(32)));
 #define CYL_PF_DIST_REST 32
 #endif
 /* The rows of the next AVX2 block of a pass with `left` rows to go: six-row
- * blocks, then 10 = 5 + 5, 9 = 5 + 4, 5, 4 (8 = 6 + 2; CYL_ROWS6_PASS); and
- * how many blocks a pass over nrows rows makes (down to fewer than 4 left). */
-#define CYL_ROWS6_NEXT(left) \
-    (((left) >= 11 || ((left) >= 6 && (left) <= 8)) ? 6 \
-     : ((left) == 10 || (left) == 9 || (left) == 5) ? 5 : 4)
-static inline ptrdiff_t cyl_rows6_passes(ptrdiff_t nrows)
+ * blocks, then 10 = 5 + 5, 9 = 5 + 4, 5, 4; and how many blocks a pass over
+ * nrows rows makes (down to fewer than 4 left, which CYL_ROWS42_PASS takes).
+ *
+ * Where the panel is not cut into K blocks, 8 = 6 + 2 and 13 = 6 + 6 + 1:
+ * a six-row block serves more rows per weight load, and the last rows read
+ * the panel from L2 as the blocks did.  Where it is cut (`blocked`,
+ * cyl_panel_kblock), the last rows past the blocks read the whole panel again
+ * after the blocks have moved on, from L3: so no block leaves fewer than 4
+ * rows where it need not (8 = 4 + 4, 13 = 5 + 4 + 4, 14 = 6 + 4 + 4; only 7
+ * keeps a last row).  Kernel micro-bench (the product alone, K-blocked at 128
+ * KiB, each partition's build run alternately, medians of 31 rounds), 2-vCPU
+ * AMD EPYC (Zen 3, AVX2), 2026-12-07, a noisy host, GFLOP/s 6 + 2 against
+ * 4 + 4: 8 rows K 4096 4H 1024 (the 2-thread backward's U^T product at
+ * (25, 16, 1024, 1024)) 26-28 -> 45-65; K 1024 4H 4096 34-39 -> 43-44; K 2048
+ * 4H 2048 31-39 -> 46-47; 14 rows K 4096 28-32 -> 39-55; unblocked, K 256
+ * 4H 2048, 8 rows: 55 with 6 + 2 against 46 with 4 + 4 (kept).  In the
+ * library (cylstm._cpu.panel_block_rows on / off alternated 9-13 times in one
+ * process, median ratios, same CPU and day): lstm_backward on two threads
+ * (8 rows a thread) (25, 16, 1024, 1024) 0.942 / 0.949, (50, 16, 512, 512)
+ * 0.944 / 1.005; lstm_forward (100, 16, 512, 512) 0.962 / 0.985, (50, 14,
+ * 512, 512) 0.982; one thread, 8 rows, 0.99-1.00. */
+#define CYL_ROWS6_NEXT(left, blocked)                                              \
+    ((blocked) ? ((left) <= 6 ? (left) : (left) == 8 ? 4                           \
+                  : ((left) == 9 || (left) == 10 || (left) == 13) ? 5 : 6)         \
+     : (((left) >= 11 || ((left) >= 6 && (left) <= 8)) ? 6                         \
+        : ((left) == 10 || (left) == 9 || (left) == 5) ? 5 : 4))
+/* 1: K-blocked passes split their rows as above; 0: as whole panels do (tests
+ * and measuring; set with cyl_panel_set_block_rows, which returns the previous
+ * value; it changes no result). */
+static int cyl_panel_block_rows = 1;
+static inline int cyl_panel_set_block_rows(int on)
+{
+    int previous = cyl_panel_block_rows;
+    cyl_panel_block_rows = on != 0;
+    return previous;
+}
+static inline ptrdiff_t cyl_rows6_passes(ptrdiff_t nrows, int blocked)
 {
     ptrdiff_t n = 0;
-    while (nrows >= 4) { nrows -= CYL_ROWS6_NEXT(nrows); n++; }
+    while (nrows >= 4) { nrows -= CYL_ROWS6_NEXT(nrows, blocked); n++; }
     return n > 0 ? n : 1;
 }
 /* cyl_panel_rows6_f32n<R> / _f64n<R>: a block of R rows.  pfn (or NULL): the
@@ -630,13 +661,13 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
             const char* nx_ = k1_ < K_ ? (const char*)(P + k1_ * w) : (const char*)next; \
             ptrdiff_t np_ = 1, ip_ = 0;                                            \
             if (kc_ < K_ && cyl_panel_pf_spread > 1) {                             \
-                np_ = cyl_rows6_passes(nrows);                                     \
+                np_ = cyl_rows6_passes(nrows, cyl_panel_block_rows);               \
                 np_ = np_ < cyl_panel_pf_spread ? np_ : cyl_panel_pf_spread;       \
             }                                                                      \
             const ptrdiff_t ch_ = ((k1_ - k0_) * w * (ptrdiff_t)sizeof(*P) / 64 + np_ - 1) / np_; \
             r1_ = 0;                                                               \
             while (nrows - r1_ >= 4) {                                             \
-                const int R_ = CYL_ROWS6_NEXT(nrows - r1_);                        \
+                const int R_ = CYL_ROWS6_NEXT(nrows - r1_, kc_ < K_ && cyl_panel_block_rows); \
                 (R_ == 6 ? ROWS6_FN##n6 : R_ == 5 ? ROWS6_FN##n5 : ROWS6_FN##n4)(  \
                     P + k0_ * w, w, a0 + r1_ * lda + ab_, ka_, lda,                \
                     b0 + r1_ * ldb + bb_, k1_ - k0_ - ka_, ldb, z0 + r1_ * ldz,    \

@@ -154,7 +154,8 @@ def test_panel_kblocks_change_no_bit(level, path, n_threads, dtype):
     z) give the whole panel's bits: blocks of 16 k rows here, the stacked path's
     crossing the x / h boundary (I = 40), 23 rows in 6 + 6 + 6 + 5; a 2-row batch
     (one pass) and the float64 reference too; so does each spread of the next
-    block's stream over the passes.  Other levels: nothing to block."""
+    block's stream over the passes, and each split of a pass's rows into blocks
+    (_cpu.panel_block_rows).  Other levels: nothing to block."""
     B, T, I, H = 23, 6, 40, 48
     x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(8), B, T, I, H))
     plan = functional.plan_forward(B, T, I, H, dtype, n_threads, force=path)
@@ -174,7 +175,19 @@ def test_panel_kblocks_change_no_bit(level, path, n_threads, dtype):
             for n in (0, 1, 2, 4, 12):
                 with _cpu.panel_spread(n):
                     spread[n] = lstm_forward(x, W, U, b, num_threads=n_threads, _plan=plan)
+            # batches that K-blocked passes split otherwise than whole panels do
+            # (8 = 4 + 4, not 6 + 2; 13 = 5 + 4 + 4; 14 = 6 + 4 + 4), each split
+            split = {(n, on): None for n in (7, 8, 13, 14) for on in (True, False)}
+            for n, on in split:
+                with _cpu.panel_block_rows(on):
+                    split[n, on] = lstm_forward(x[:n], W, U, b, num_threads=n_threads,
+                                                _plan=path)
+        rows = {n: lstm_forward(x[:n], W, U, b, num_threads=n_threads, _plan=path)
+                for n in (7, 8, 13, 14)}
     np.testing.assert_array_equal(blocked.output, whole.output)
+    for (n, on), out in split.items():
+        np.testing.assert_array_equal(out.output, rows[n].output, err_msg=f"{n} rows, {on}")
+        np.testing.assert_array_equal(out.output, whole.output[:n], err_msg=f"{n} rows")
     np.testing.assert_array_equal(blocked.c, whole.c)
     np.testing.assert_array_equal(two_b.output, two.output)
     for n, out in spread.items():
@@ -209,6 +222,20 @@ def test_panel_spread_switch_sets_every_extension_and_restores():
         _stream._set_panel_spread(default)
     for bad in (-1, 1.5, "2", True):
         with pytest.raises(ValueError, match="n must"), _cpu.panel_spread(bad):
+            pass
+
+
+def test_panel_block_rows_switch_sets_every_extension_and_restores():
+    """The measuring switch of the K-blocked passes' row split: both extensions see
+    it inside the block and get their previous setting back; non-bools refused."""
+    from cylstm import _stream
+    with _cpu.panel_block_rows(False):
+        assert _lstm._set_panel_block_rows(False) is False
+        assert _stream._set_panel_block_rows(False) is False
+    assert _lstm._set_panel_block_rows(True) is True
+    assert _stream._set_panel_block_rows(True) is True
+    for bad in (0, 1, None, "yes"):
+        with pytest.raises(TypeError, match="on must be a bool"), _cpu.panel_block_rows(bad):
             pass
 
 
