@@ -150,7 +150,18 @@ cdef inline void cell_backward(Py_ssize_t H, const floating* gates,
     ``dc`` holds dL/dc from the next step on entry and dL/dc_prev on exit.
     Writes dL/dz to ``dz`` (4H; may alias ``gates``).
     """
+    cell_backward_units(H, H, gates, c, c_prev, dh, dc, dz)
+
+
+cdef inline void cell_backward_units(Py_ssize_t n, Py_ssize_t gs, const floating* gates,
+                                     const floating* c, const floating* c_prev,
+                                     const floating* dh, floating* dc,
+                                     floating* dz) noexcept nogil:
+    """:func:`cell_backward` for ``n`` units of a row whose gate blocks (of
+    ``gates`` and ``dz``) are ``gs`` apart: units [u, u + n) of a sample are
+    ``cell_backward_units(n, H, gates + u, c + u, ...)``, the same bits as that
+    sample's whole-row call (each unit on its own, the same operations)."""
     if floating is float:
-        cyl_cell_backward_f32(H, H, gates, c, c_prev, dh, dc, dz)
+        cyl_cell_backward_f32(n, gs, gates, c, c_prev, dh, dc, dz)
     else:
-        cyl_cell_backward_f64(H, H, gates, c, c_prev, dh, dc, dz)
+        cyl_cell_backward_f64(n, gs, gates, c, c_prev, dh, dc, dz)

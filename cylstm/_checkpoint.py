@@ -390,7 +390,7 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
     run = _Runner(cache)
     hs = take((B, H), dtype)
     cs = take((B, H), dtype)
-    D = take((B, 4 * H), dtype)
+    D = take((2 * B if bplan.units else B, 4 * H), dtype)
     dHp = take((B, _lstm.transposed_width(H, np.dtype(dtype).name)), dtype)
     from cylstm import functional as F  # (a cycle, as in _Runner)
     UT = amx = None
@@ -399,7 +399,7 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
     else:
         UT = take((_lstm.transposed_len(H, dtype_name(dtype)),), dtype, align=64)
         _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
-    parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
+    parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 and not bplan.units else None
     acc = take((I + H + 1, 4 * H), dtype)  # one segment's weight gradients
     sW, sU, sb = acc[:I], acc[I:I + H], acc[I + H]
     dys = take((B * k * H,), dtype) if dy is not None else None
@@ -421,7 +421,7 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
             tW, tU, tb = (dW, dU, db) if first else (sW, sU, sb)
             _lstm.backward(xs, W, UT, ckpt[si, 1], lay.lens, cache["reverse"], cache["rmask"],
                            G, C, Hp, dyb, dhs, dcs, D, dHp, dxb, tW, tU, tb, parts, nt,
-                           n_total, cache["bf16"], amx, bplan.whole_grads)
+                           n_total, cache["bf16"], amx, bplan.whole_grads, bplan.units)
             if not first:
                 dW += sW
                 dU += sU

@@ -34,7 +34,7 @@ from libc.string cimport memcmp, memcpy, memset
 
 from cylstm._blas cimport gemm, gemm_tiled
 from cylstm._cell cimport (bf16_round, cell_forward, cell_forward_units, cell_backward,
-                           cyl_cell_panels_f32)
+                           cell_backward_units, cyl_cell_panels_f32)
 from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_force,
                           cyl_cpu_level, cyl_ftz_begin, cyl_ftz_end)
 
@@ -2387,6 +2387,10 @@ cdef struct BackJob:
     const uint16_t* amxT
     bint loop_only         # slices run the time loop and db; the caller the GEMMs after
     int big                # BLAS threads for a lone slice's GEMMs after its time loop
+    # (units: the time loop split by units, _bu_job) steps, dz read in place in G
+    # (else gathered into D, two (B, 4H) halves by step parity), panels of U^T
+    Py_ssize_t Lmax, n_panels
+    bint inplace
 
 
 cdef void _back_piece_t(BackJob* j, Py_ssize_t c, floating* kind) noexcept nogil:
@@ -2422,6 +2426,197 @@ cdef void _back_job(void* job, int tid) noexcept nogil:
     _claim_pieces(j.flags, j.n_pieces, tid, j.nt, _back_piece, job)
 
 
+# --- the time loop split by units (BackwardPlan.units) -----------------------
+#
+# Each step s is two phases over n_pieces pieces of U^T's plain panels (their
+# units): A, (B1)-(B6) for every sample on the piece's units (dh from the piece's
+# own columns of the last product), then, once every piece's A is done, B, the
+# piece's columns of dh_prev = dz @ U^T over every sample.  A(s - 1, p) needs
+# only B(s, p).  A thread claims a piece only once what it reads is done, so a
+# claimed piece never waits and nothing can wait in a cycle; pieces nobody has
+# claimed, the caller (or any thread that gets there) runs.  Each element is
+# computed as on one thread (the same products in k order, the same cell
+# operations): the same bits as the serial loop over the whole batch.
+#
+# Progress words, one per piece and phase, a cache line apart: 2 m when m steps
+# (counted from the last) are done, 2 m + 1 while step m is claimed.
+
+cdef enum:
+    BU_SLOT = 8            # int64 words between two progress words (64 bytes)
+    # pieces per thread (of U^T's panels; fewer where H has fewer panels): two, so
+    # that a thread that gets ahead can take half of a slow one's share (not
+    # measured against other counts)
+    BACKWARD_UNITS_PIECES_C = 2
+BACKWARD_UNITS_PIECES = BACKWARD_UNITS_PIECES_C
+
+
+cdef inline void _bu_units(BackJob* j, Py_ssize_t p, Py_ssize_t pw, Py_ssize_t* u0,
+                           Py_ssize_t* p0, Py_ssize_t* p1) noexcept nogil:
+    """Piece p: U^T panels [p0, p1), units [u0, min(p1 pw, H))."""
+    p0[0] = (p * j.n_panels) // j.n_pieces
+    p1[0] = ((p + 1) * j.n_panels) // j.n_pieces
+    u0[0] = p0[0] * pw
+
+
+cdef void _bu_cells_t(BackJob* j, Py_ssize_t s, Py_ssize_t p, floating* kind) noexcept nogil:
+    """Phase A of step s, piece p: dh += dy, then (B1)-(B6) on the piece's units,
+    dz over the gates in G (and into D's half for this step's parity)."""
+    cdef Py_ssize_t H = j.H, H4 = 4 * H, T = j.T, b, L, t, tp, row, k, g, u0, p0, p1, u1
+    cdef Py_ssize_t pw = _plain_width(kind)
+    cdef floating* G = <floating*> j.G
+    cdef const floating* C = <const floating*> j.C
+    cdef const floating* dy = <const floating*> j.dy
+    cdef floating* dhs = <floating*> j.dhs
+    cdef floating* dcs = <floating*> j.dcs
+    cdef floating* D = <floating*> j.D + (s % 2) * j.B * H4
+    cdef const floating* cp
+    cdef floating* dh
+    _bu_units(j, p, pw, &u0, &p0, &p1)
+    u1 = p1 * pw if p1 * pw < H else H
+    for b in range(j.B):
+        L = T if j.lengths == NULL else j.lengths[b]
+        if s >= L:
+            continue
+        t = L - 1 - s if j.reverse else s
+        row = b * T + t
+        dh = dhs + b * H
+        if dy != NULL:
+            for k in range(u0, u1):
+                dh[k] += dy[row * H + k]
+        if s == 0:
+            cp = <const floating*> j.c0 + b * H
+        else:
+            tp = t + 1 if j.reverse else t - 1
+            cp = C + (b * T + tp) * H
+        cell_backward_units(u1 - u0, H, G + row * H4 + u0, C + row * H + u0, cp + u0,
+                            dh + u0, dcs + b * H + u0, G + row * H4 + u0)
+        if not j.inplace:
+            for g in range(4):
+                memcpy(D + b * H4 + g * H + u0, G + row * H4 + g * H + u0,
+                       (u1 - u0) * sizeof(floating))
+
+
+cdef void _bu_product_t(BackJob* j, Py_ssize_t s, Py_ssize_t p, floating* kind) noexcept nogil:
+    """Phase B of step s, piece p: its columns of dh_prev (B, H) = dz (B, 4H) @
+    U^T on its panels (in _snake order over them), then into dhs (times the
+    recurrent mask)."""
+    cdef Py_ssize_t H = j.H, H4 = 4 * H, b, L, q, pp, j0, w, k, u0, p0, p1, u1
+    cdef Py_ssize_t pw = _plain_width(kind), vl = panel_vlen(kind), hpw = _plain_padded(H, kind)
+    cdef const floating* UT = <const floating*> j.UT
+    cdef floating* dHp = <floating*> j.dHp
+    cdef floating* dhs = <floating*> j.dhs
+    cdef const floating* rm = <const floating*> j.rmask
+    cdef const floating* dz
+    cdef const floating* nx
+    cdef Py_ssize_t ldz
+    _bu_units(j, p, pw, &u0, &p0, &p1)
+    u1 = p1 * pw if p1 * pw < H else H
+    if j.inplace:
+        dz = <const floating*> j.G + (j.T - 1 - s if j.reverse else s) * H4
+        ldz = j.T * H4
+    else:
+        dz = <const floating*> j.D + (s % 2) * j.B * H4
+        ldz = H4
+    for q in range(p1 - p0):
+        pp = p0 + _snake(q, s, p1 - p0)
+        j0 = pp * pw
+        w = H - j0 if H - j0 < pw else pw
+        w = ((w + vl - 1) // vl) * vl
+        nx = UT + (p0 + _snake(q + 1, s, p1 - p0)) * H4 * pw if q + 1 < p1 - p0 else NULL
+        panel_product(UT + pp * H4 * pw, w, j.B, dz, H4, ldz, dz, 0, 0, dHp + j0, hpw, nx)
+    for b in range(j.B):
+        L = j.T if j.lengths == NULL else j.lengths[b]
+        if s >= L:
+            continue
+        if rm != NULL:
+            for k in range(u0, u1):
+                dhs[b * H + k] = dHp[b * hpw + k] * rm[b * H + k]
+        else:
+            memcpy(dhs + b * H + u0, dHp + b * hpw + u0, (u1 - u0) * sizeof(floating))
+
+
+cdef inline void _bu_wait(const int64_t* word, int64_t at_least, int tid) noexcept nogil:
+    """Wait until a progress word reaches ``at_least`` (a running thread's piece)."""
+    cdef int64_t t0
+    if cyl_load(word) >= at_least:
+        return
+    t0 = cyl_now_ns()
+    while cyl_load(word) < at_least:
+        cyl_relax()
+    if tid == 0:
+        cyl_pool_note_wait(0, t0)
+
+
+cdef inline Py_ssize_t _bu_order(Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1,
+                                 Py_ssize_t n) noexcept nogil:
+    """The i-th piece a thread tries: its share [c0, c1), then all from the last back."""
+    return c0 + i if i < c1 - c0 else n - 1 - (i - (c1 - c0))
+
+
+cdef void _bu_job(void* job, int tid) noexcept nogil:
+    cdef BackJob* j = <BackJob*> job
+    cdef Py_ssize_t n = j.n_pieces, s, p, i, m
+    cdef Py_ssize_t c0 = (tid * n) // j.nt, c1 = ((tid + 1) * n) // j.nt
+    cdef int64_t* A = j.flags
+    cdef int64_t* Bw = j.flags + n * BU_SLOT
+    cdef unsigned fp_mode = cyl_ftz_begin()
+    for s in range(j.Lmax - 1, -1, -1):
+        m = j.Lmax - 1 - s
+        for i in range(c1 - c0 + n):
+            p = _bu_order(i, c0, c1, n)
+            if cyl_load(&A[p * BU_SLOT]) > 2 * m:
+                continue  # claimed or done
+            _bu_wait(&Bw[p * BU_SLOT], 2 * m, tid)  # B(s + 1, p): dh of its units
+            if cyl_cas(&A[p * BU_SLOT], 2 * m, 2 * m + 1):
+                if j.dbl:
+                    _bu_cells_t(j, s, p, <double*> NULL)
+                else:
+                    _bu_cells_t(j, s, p, <float*> NULL)
+                cyl_store(&A[p * BU_SLOT], 2 * m + 2)
+        for p in range(n):  # every piece's dz of step s
+            _bu_wait(&A[p * BU_SLOT], 2 * m + 2, tid)
+        for i in range(c1 - c0 + n):
+            p = _bu_order(i, c0, c1, n)
+            if cyl_cas(&Bw[p * BU_SLOT], 2 * m, 2 * m + 1):
+                if j.dbl:
+                    _bu_product_t(j, s, p, <double*> NULL)
+                else:
+                    _bu_product_t(j, s, p, <float*> NULL)
+                cyl_store(&Bw[p * BU_SLOT], 2 * m + 2)
+    if tid == 0:
+        for p in range(n):
+            _bu_wait(&Bw[p * BU_SLOT], 2 * j.Lmax, tid)
+    cyl_ftz_end(fp_mode)
+
+
+cdef void _backward_units(BackJob* j, floating* kind, int blas_threads) noexcept nogil:
+    """The time loop split by units on the pool (_bu_job), then db and the
+    weight-gradient GEMMs over the whole batch on ``blas_threads`` (j.n_pieces
+    is 0 on return when the progress words could not be allocated)."""
+    cdef Py_ssize_t B = j.B, T = j.T, H4 = 4 * j.H, b, L, r, k
+    cdef floating* G = <floating*> j.G
+    cdef floating* db = <floating*> j.db
+    cdef unsigned fp_mode
+    for b in range(B):
+        L = T if j.lengths == NULL else j.lengths[b]
+        if L < T:  # padding rows take no gradient
+            memset(G + (b * T + L) * H4, 0, (T - L) * H4 * sizeof(floating))
+    if j.Lmax > 0 and not _pool_job(_bu_job, j, j.nt, blas_threads, &j.flags,
+                                    2 * j.n_pieces * BU_SLOT, NULL, 0, NULL, 0):
+        j.n_pieces = 0
+        return
+    fp_mode = cyl_ftz_begin()
+    memset(db, 0, H4 * sizeof(floating))
+    for r in range(B * T):
+        for k in range(H4):
+            db[k] += G[r * H4 + k]
+    set_blas_threads(blas_threads)
+    _blas_weight_grads(0, B * T, j.In, j.H, <const floating*> j.x, <const floating*> j.W,
+                       <const floating*> j.Hp, G, <floating*> j.dx, <floating*> j.dW,
+                       <floating*> j.dU)
+    cyl_ftz_end(fp_mode)
+
+
 def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              const floating[::1] PU, const floating[:, ::1] c0,
              const int64_t[::1] lengths, bint reverse,
@@ -2432,7 +2627,8 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              floating[:, ::1] D, floating[:, ::1] dHp, floating[:, :, ::1] dx,
              floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
              floating[:, :, ::1] parts, int n_threads, int blas_threads,
-             bint bf16=False, const uint16_t[::1] amx=None, bint whole_grads=False):
+             bint bf16=False, const uint16_t[::1] amx=None, bint whole_grads=False,
+             bint units=False):
     """Run BPTT.  ``PU`` is the recurrent kernel transposed and packed by
     :func:`pack_transposed` (once per weights: the checkpointed backward calls
     this once per segment).  ``bf16``: the mixed_bfloat16 backward (dz rounded
@@ -2447,6 +2643,10 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     dL/dc0 on exit.  ``parts`` (n_threads - 1, I + H + 1, 4H) is scratch for
     the per-slice weight-gradient sums (None when n_threads == 1); slices are
     summed in a fixed order, so results do not depend on which thread ran which.
+    ``units`` (n_threads > 1, not bf16): the threads split the time loop by
+    units instead (_bu_job; every sample on each thread, no ``parts``), the
+    weight gradients after it over the whole batch on ``blas_threads``; with
+    lengths ``D`` holds two (B, 4H) halves, (2B, 4H) zeroed.
     """
     cdef BackJob j
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
@@ -2462,7 +2662,17 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
         db[:] = 0
         return
     nt = nt if nt > 1 else 1
-    if nt > 1 and (parts is None or parts.shape[0] < nt - 1):
+    if units:
+        if bf16 or amx is not None:
+            raise ValueError("backward: units takes no bf16 cache (its dz rounding "
+                             "runs on the batch split)")
+        if lengths is not None and D.shape[0] < 2 * B:
+            raise ValueError(f"backward: with units and lengths D must be (2B, 4H) = "
+                             f"{(2 * B, H4)}; got {(D.shape[0], D.shape[1])}")
+        n = (H + _plain_width(&db[0]) - 1) // _plain_width(&db[0])
+        nt = n_threads if n_threads < n else <int> n
+        units = nt > 1
+    if nt > 1 and not units and (parts is None or parts.shape[0] < nt - 1):
         raise ValueError("backward: parts buffer too small for n_threads")
     memset(&j, 0, sizeof(BackJob))
     j.dbl = floating is double
@@ -2511,8 +2721,15 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
             raise ValueError(f"backward: the bf16 kernel cannot run here: "
                              f"{_bf16_engine_why()}")
         j.amxT = &amx[0]
+    if units:
+        j.Lmax = _lmax(j.lengths, B, T)
+        j.n_panels = n
+        j.n_pieces = nt * BACKWARD_UNITS_PIECES_C if nt * BACKWARD_UNITS_PIECES_C < n else n
+        j.inplace = lengths is None and T * H4 <= INT_MAX_C
     with nogil:
-        if nt == 1:
+        if units:
+            _backward_units(&j, &db[0], blas_threads)
+        elif nt == 1:
             set_blas_threads(blas_threads)
             _back_piece_t(&j, 0, &db[0])
             set_blas_threads(blas_threads)

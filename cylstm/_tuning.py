@@ -172,6 +172,23 @@ FUSE_MIN_ROWS = 8
 # rows) 93.0 / 82.1 and 91.7 / 83.9; (50, 64, 512, 512) (1600, 1024) 104 / 111;
 # (100, 32, 128, 256) (1600, 384) 22.6 / 23.2; (100, 32, 10, 50) 1.25 / 1.75.
 BACKWARD_WHOLE_GRADS = True
+# The backward's time loop split by units (functional.plan_backward, BackwardPlan
+# .units; cylstm/_lstm.pyx, _bu_job) where the batch split would give each thread
+# at most this many samples and U^T (4H x H) is larger than a core's L2: each
+# thread of the batch split streams all of U^T every step for its few rows, or
+# (below MIN_ROWS_PER_THREAD) one thread runs the whole loop; the unit split
+# streams each thread's part of U^T for every row, meets the others once a step,
+# and gives the serial bits.  lstm_backward alone on 2 threads, unit split /
+# batch split alternated 9-13 times in one process (median ratios), 2-vCPU AMD
+# EPYC (Zen 3), 2026-12-07, a noisy host: 8 samples a thread (25, 16, 1024,
+# 1024) 0.951 / 0.949 (0.983 beside a busy core), (50, 16, 512, 512) 0.967,
+# (100, 16, 512, 512) 1.030, (100, 16, 256, 256) 1.027 / 0.985; 4 a thread
+# (100, 8, 512, 512) 0.977 (0.943 busy), (100, 8, 256, 256) 0.965; batch 4 and 1
+# (no batch split) (100, 4, 256, 256) 0.952 / 0.856 (0.859 busy), (150, 1, 256,
+# 256) 0.916; 12 a thread (50, 24, 512, 512) 1.013; 16 (50, 32, 512, 512) 1.002,
+# (25, 32, 1024, 1024) 1.030, (100, 32, 128, 256) 1.052; 24 1.091.  U^T within
+# L2, (200, 2, 128, 128): 1.004.  0: never.
+BACKWARD_UNITS_MAX_ROWS = 8
 AMX_MIN_ROWS_PER_THREAD = 16
 AMX_FUSE_MIN_ROWS = 16
 AMX_FUSE_MAX_BYTES = 2 * 2**20
@@ -624,6 +641,9 @@ THRESHOLDS = {
                          "slice; 2-vCPU Xeon, bench shapes, 2026-12-03",
     "BACKWARD_WHOLE_GRADS": "float32 backward on threads: weight GEMMs over the whole "
                             "batch for short slices; 2-vCPU Xeon, bench shapes, 2026-12-03",
+    "BACKWARD_UNITS_MAX_ROWS": "backward on threads: the time loop split by units up to "
+                               "this many samples a thread (U^T past L2); 2-vCPU AMD "
+                               "EPYC (Zen 3), 2026-12-07",
 }
 _DEFAULTS = {name: globals()[name] for name in THRESHOLDS}
 
@@ -949,6 +969,15 @@ def cpu_facts():
             _memo["probed"] = (w, facts, probed)
             return probed
     return facts
+
+
+def backward_units(B, n_threads, H, facts=None, itemsize=4):
+    """Whether the backward on ``n_threads`` splits its time loop by units: at
+    most BACKWARD_UNITS_MAX_ROWS samples a thread, and U^T (4H x H of
+    ``itemsize`` bytes) larger than a core's L2 in ``facts`` (default: this CPU)."""
+    facts = cpu_facts() if facts is None else facts
+    return (n_threads > 1 and B // n_threads <= BACKWARD_UNITS_MAX_ROWS
+            and 4 * H * H * itemsize > facts.l2_per_core)
 
 
 def panel_kblock_bytes(facts=None):

@@ -167,6 +167,10 @@ class BackwardPlan:
     #: (BLAS, n_threads > 1) the slices split the time loop only; the weight-gradient
     #: GEMMs after it run once over the whole batch on blas_threads
     whole_grads: bool = False
+    #: (n_threads > 1) the threads split the time loop by units, every sample on
+    #: each (_lstm._bu_job: the same bits as one thread), and the weight-gradient
+    #: GEMMs after it run over the whole batch on blas_threads
+    units: bool = False
 
 
 def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,
@@ -719,6 +723,13 @@ def plan_backward(B, n_threads, bf16=False, facts=None, T=None, I=None, H=None):
         why += ("; bf16 products on AMX tiles" if facts.amx_bf16 else
                 "; bf16 products on AVX512-BF16 dots" if amx else
                 "; bf16 products emulated (float32 BLAS over bf16 values)")
+    if (n_total > 1 and not bf16 and H is not None
+            and _tuning.backward_units(B, n_total, H, facts)):
+        return BackwardPlan(n_total, n_total,
+                            f"time loop split by units ({B // n_total} samples a thread "
+                            f"<= BACKWARD_UNITS_MAX_ROWS, U^T past a core's L2); weight "
+                            f"gradients over the whole batch on BLAS's threads",
+                            units=True)
     whole = (nt > 1 and not amx and T is not None and _tuning.BACKWARD_WHOLE_GRADS
              and (B // nt) * T < I + H)
     if whole:
@@ -1127,7 +1138,8 @@ def _run_amx_plan(plan, x, W, U, b, lens, reverse, rmask, hm, y, hs, cs, G, C, H
 def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
                   grad_h: ArrayLike | None = None, grad_c: ArrayLike | None = None, *,
                   need_input_grad: bool = True, num_threads: int | None = None,
-                  out: Sequence[np.ndarray | None] | None = None) -> LSTMGrads:
+                  out: Sequence[np.ndarray | None] | None = None,
+                  _plan: BackwardPlan | None = None) -> LSTMGrads:
     """Backpropagate through a training-mode :func:`lstm_forward`.
 
     Parameters
@@ -1160,8 +1172,13 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
     dy, dhs, dcs = check_output_grads(grad_output, grad_h, grad_c, cache["return_sequences"],
                                       B, T, H, dtype)
     steps = T if "checkpoints" not in cache else min(T, cache["plan"].every)  # per GEMM
-    bplan = plan_backward(B, _threads_for(B, num_threads)[0], bf16=cache.get("bf16", False),
-                          T=steps, I=I, H=H)
+    if _plan is None:
+        bplan = plan_backward(B, _threads_for(B, num_threads)[0],
+                              bf16=cache.get("bf16", False), T=steps, I=I, H=H)
+    elif isinstance(_plan, BackwardPlan):  # tests force a split
+        bplan = _plan
+    else:
+        raise TypeError(f"_plan must be a BackwardPlan or None; got {type(_plan).__name__}")
     n_total, nt = bplan.blas_threads, bplan.n_threads
     _config._blas()
     outs = check_grad_out(out, I, H, dtype)
@@ -1194,10 +1211,10 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
         dx = _checkpoint.backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs)
         give(*scratch)
         return LSTMGrads(dx, dW, dU, db, dhs, dcs)
-    D = take((B, 4 * H), dtype, zero=True)
+    D = take((2 * B if bplan.units else B, 4 * H), dtype, zero=True)
     dHp = take((B, _lstm.transposed_width(H, dtype_name(dtype))), dtype)
     dx = np.empty((B, T, I), dtype) if need_input_grad else None
-    parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 else None
+    parts = take((nt - 1, I + H + 1, 4 * H), dtype) if nt > 1 and not bplan.units else None
     if bplan.amx:  # U^T and W^T tile-packed, rounded as they are packed
         UT, amx = None, _amx_backward_pack(W, U)
     else:
@@ -1209,7 +1226,8 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
         _lstm.pack_transposed(U, UT)  # U^T in the panel kernel's layout, once per call
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
-                   parts, nt, n_total, cache.get("bf16", False), amx, bplan.whole_grads)
+                   parts, nt, n_total, cache.get("bf16", False), amx, bplan.whole_grads,
+                   bplan.units)
     give(D, dHp, parts, UT, amx, G, cache["C"], cache["Hp"], *scratch)
     for k in ("G", "C", "Hp"):
         cache[k] = None  # the activations go back to the pool now

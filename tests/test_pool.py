@@ -14,10 +14,10 @@ import threading
 
 import numpy as np
 import pytest
-from reference import lstm_ref, random_lstm
+from reference import lstm_ref, lstm_ref_backward, random_lstm
 
 from cylstm import _lstm, _tuning
-from cylstm.functional import lstm_backward, lstm_forward
+from cylstm.functional import BackwardPlan, lstm_backward, lstm_forward
 
 PATHS = ("rows", "units", "stacked")
 
@@ -238,6 +238,86 @@ def test_backward_threads_give_the_same_bits_every_time(spin):
         for _ in range(8):
             for g, w in zip(grads(nt), want):
                 np.testing.assert_array_equal(g, w)
+
+
+def _unit_split_case(dtype, lengths, reverse, rmask, every=None, grad_seq=True):
+    B, T, I, H = 5, 9, 6, 150     # 3 panels of U^T (float32), 5 (float64)
+    rng = np.random.default_rng(11)
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(rng, B, T, I, H))
+    lens = np.array([9, 1, 4, 0, 7]) if lengths else None
+    mask = (rng.random((B, H)) < 0.8).astype(dtype) / 0.8 if rmask else None
+    dy = rng.standard_normal((B, T, H)).astype(dtype) if grad_seq else None
+    dh = rng.standard_normal((B, H)).astype(dtype)
+
+    def grads(plan, nt):
+        out = lstm_forward(x, W, U, b, lengths=lens, go_backwards=reverse, training=True,
+                           recurrent_mask=mask, checkpoint_every=every, num_threads=1)
+        return lstm_backward(out.cache, grad_output=dy, grad_h=dh, num_threads=nt,
+                             _plan=plan)
+    return grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["plain", "lengths", "reverse", "rmask", "checkpointed",
+                                  "grad_h only"])
+def test_backward_unit_split_gives_the_serial_bits(spin, dtype, case):
+    """The backward's time loop split by units (BackwardPlan.units: every sample on
+    each thread, a piece's columns of dh_prev and its cells per step) gives the
+    bits of the serial loop over the whole batch, whose weight-gradient GEMMs run
+    on the same BLAS threads; 2-4 threads, workers sleeping or spinning, the
+    threads' pieces claimed in any order (8 repeats)."""
+    grads = _unit_split_case(dtype, case == "lengths", case == "reverse", case == "rmask",
+                             every=3 if case == "checkpointed" else None,
+                             grad_seq=case != "grad_h only")
+    for nt in (2, 3, 4):
+        want = grads(BackwardPlan(1, nt), nt)
+        for _ in range(8):
+            got = grads(BackwardPlan(nt, nt, units=True), nt)
+            for name, g, w in zip(want._fields, got, want):
+                if w is not None:
+                    np.testing.assert_array_equal(g, w, err_msg=f"{name}, {nt} threads")
+
+
+def test_backward_unit_split_beside_a_busy_core_gives_the_serial_bits(busy_core):
+    grads = _unit_split_case(np.float32, True, False, False)
+    want = grads(BackwardPlan(1, 2), 2)
+    for _ in range(20):
+        for g, w in zip(grads(BackwardPlan(2, 2, units=True), 2), want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_backward_unit_split_matches_the_reference():
+    """Against the float64 NumPy reference (not only the serial kernel)."""
+    B, T, I, H = 4, 6, 5, 130
+    x, W, U, b = random_lstm(np.random.default_rng(12), B, T, I, H)
+    lens = np.array([6, 2, 5, 1])
+    dy = np.random.default_rng(13).standard_normal((B, T, H))
+    dy = dy * (np.arange(T)[None, :] < lens[:, None])[..., None]
+    out = lstm_forward(x, W, U, b, lengths=lens, training=True)
+    g = lstm_backward(out.cache, grad_output=dy, num_threads=2,
+                      _plan=BackwardPlan(2, 2, units=True))
+    _, _, _, tape = lstm_ref(x, W, U, b, lengths=lens)
+    want = lstm_ref_backward(x, W, U, tape, dy)
+    for name, got, ref in zip(("dx", "dW", "dU", "db"), g[:4], want[:4]):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_backward_unit_split_refuses_what_it_cannot_run():
+    x, W, U, b = random_lstm(np.random.default_rng(14), 2, 3, 4, 5)
+    out = lstm_forward(x, W, U, b, training=True)
+    with pytest.raises(TypeError, match="_plan must be a BackwardPlan"):
+        lstm_backward(out.cache, np.ones((2, 3, 5)), _plan="units")
+    B, T, I, H = 2, 3, 4, 5
+    f = np.zeros
+    args = [f((B, T, I)), f((I, 4 * H)), f(_lstm.transposed_len(H, "float64")), f((B, H)),
+            np.array([3, 2]), False, None, f((B, T, 4 * H)), f((B, T, H)), f((B, T, H)),
+            None, f((B, H)), f((B, H)), f((B, 4 * H)),
+            f((B, _lstm.transposed_width(H, "float64"))), f((B, T, I)), f((I, 4 * H)),
+            f((H, 4 * H)), f(4 * H), None, 2, 2]
+    with pytest.raises(ValueError, match=r"D must be \(2B, 4H\) = \(4, 20\); got \(2, 20\)"):
+        _lstm.backward(*args, units=True)
+    with pytest.raises(ValueError, match="units takes no bf16"):
+        _lstm.backward(*args, bf16=True, units=True)
 
 
 def test_concurrent_callers_share_the_pool():

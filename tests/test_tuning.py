@@ -312,7 +312,8 @@ def test_no_sysfs_plans(tmp_path):
     assert _path(f, 0, 25, 8, 8, 2).path == "rows"
 
 
-def test_backward_plan():
+def test_backward_plan(monkeypatch):
+    monkeypatch.setattr(_tuning, "BACKWARD_UNITS_MAX_ROWS", 0)   # the batch split here
     assert functional.plan_backward(16, 2).n_threads == 2
     assert functional.plan_backward(7, 2).n_threads == 1
     assert functional.plan_backward(7, 2).blas_threads == 2
@@ -326,12 +327,35 @@ def test_backward_plan():
     assert not functional.plan_backward(16, 2).whole_grads
 
 
+def test_backward_plan_splits_the_time_loop_by_units_for_few_rows_and_a_large_u():
+    """At most BACKWARD_UNITS_MAX_ROWS samples a thread and U^T (4H x H float32)
+    past a core's L2 (injected facts): the unit split, on every thread even where
+    the batch split could not split at all; never on one thread or for bf16."""
+    small_l2 = dataclasses.replace(_tuning.detected_cpu(), l2_per_core=2**19)
+    big_l2 = dataclasses.replace(_tuning.detected_cpu(), l2_per_core=2**24)
+    p = functional.plan_backward(16, 2, T=25, I=1024, H=1024, facts=small_l2)
+    assert p.units and p.n_threads == 2 and p.blas_threads == 2 and not p.whole_grads
+    assert functional.plan_backward(1, 2, T=150, I=256, H=256, facts=small_l2).n_threads == 2
+    rows = _tuning.BACKWARD_UNITS_MAX_ROWS
+    assert not functional.plan_backward(2 * rows + 2, 2, T=9, I=8, H=1024,
+                                        facts=small_l2).units
+    assert functional.plan_backward(2 * rows + 1, 2, T=9, I=8, H=1024, facts=small_l2).units
+    # 4 x 256 x 256 x 4 bytes = 1 MiB of U^T against the L2
+    assert functional.plan_backward(4, 2, T=9, I=8, H=256, facts=small_l2).units
+    assert not functional.plan_backward(4, 2, T=9, I=8, H=256, facts=big_l2).units
+    assert not functional.plan_backward(4, 1, T=9, I=8, H=1024, facts=small_l2).units
+    assert not functional.plan_backward(4, 2, T=9, I=8, H=1024, facts=small_l2,
+                                        bf16=True).units
+    assert not functional.plan_backward(4, 2, facts=small_l2).units   # no sizes given
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("lengths", [False, True])
 def test_backward_split_both_ways_matches_reference(monkeypatch, dtype, whole, lengths):
     # 2 slices of 5 samples x 3 steps = 15 rows < I + H = 36: the whole-batch GEMMs
     monkeypatch.setattr(_tuning, "BACKWARD_WHOLE_GRADS", whole)
+    monkeypatch.setattr(_tuning, "BACKWARD_UNITS_MAX_ROWS", 0)
     B, T, I, H = 10, 3, 20, 16
     assert functional.plan_backward(B, 2, T=T, I=I, H=H).whole_grads == whole
     x, W, U, b = random_lstm(np.random.default_rng(5), B, T, I, H)
