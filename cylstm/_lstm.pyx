@@ -2553,6 +2553,23 @@ cdef inline Py_ssize_t _bu_order(Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1,
     return c0 + i if i < c1 - c0 else n - 1 - (i - (c1 - c0))
 
 
+cdef inline void _bu_run(BackJob* j, int64_t* word, Py_ssize_t m, Py_ssize_t s, Py_ssize_t p,
+                         bint product) noexcept nogil:
+    """Claim step s (the m-th from the last) of piece p's phase at ``word`` and
+    run it (phase B if ``product``, else A), unless another thread has."""
+    if not cyl_cas(word, 2 * m, 2 * m + 1):
+        return
+    if product and j.dbl:
+        _bu_product_t(j, s, p, <double*> NULL)
+    elif product:
+        _bu_product_t(j, s, p, <float*> NULL)
+    elif j.dbl:
+        _bu_cells_t(j, s, p, <double*> NULL)
+    else:
+        _bu_cells_t(j, s, p, <float*> NULL)
+    cyl_store(word, 2 * m + 2)
+
+
 cdef void _bu_job(void* job, int tid) noexcept nogil:
     cdef BackJob* j = <BackJob*> job
     cdef Py_ssize_t n = j.n_pieces, s, p, i, m
@@ -2567,22 +2584,12 @@ cdef void _bu_job(void* job, int tid) noexcept nogil:
             if cyl_load(&A[p * BU_SLOT]) > 2 * m:
                 continue  # claimed or done
             _bu_wait(&Bw[p * BU_SLOT], 2 * m, tid)  # B(s + 1, p): dh of its units
-            if cyl_cas(&A[p * BU_SLOT], 2 * m, 2 * m + 1):
-                if j.dbl:
-                    _bu_cells_t(j, s, p, <double*> NULL)
-                else:
-                    _bu_cells_t(j, s, p, <float*> NULL)
-                cyl_store(&A[p * BU_SLOT], 2 * m + 2)
+            _bu_run(j, &A[p * BU_SLOT], m, s, p, False)
         for p in range(n):  # every piece's dz of step s
             _bu_wait(&A[p * BU_SLOT], 2 * m + 2, tid)
         for i in range(c1 - c0 + n):
             p = _bu_order(i, c0, c1, n)
-            if cyl_cas(&Bw[p * BU_SLOT], 2 * m, 2 * m + 1):
-                if j.dbl:
-                    _bu_product_t(j, s, p, <double*> NULL)
-                else:
-                    _bu_product_t(j, s, p, <float*> NULL)
-                cyl_store(&Bw[p * BU_SLOT], 2 * m + 2)
+            _bu_run(j, &Bw[p * BU_SLOT], m, s, p, True)
     if tid == 0:
         for p in range(n):
             _bu_wait(&Bw[p * BU_SLOT], 2 * j.Lmax, tid)
