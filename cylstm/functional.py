@@ -701,14 +701,17 @@ def _scratch(path, B, T, I, H, dtype, n_total, nt, training, reason, facts=None,
                        _lstm.stacked_len(I, H, dtype_name(dtype)), (B, H), reason, pre)
 
 
-def plan_backward(B, n_threads, bf16=False, facts=None, T=None, I=None, H=None):
+def plan_backward(B, n_threads, bf16=False, facts=None, T=None, I=None, H=None,
+                  dtype=np.float32):
     """How :func:`lstm_backward` splits its work: a BackwardPlan.  ``bf16``: the
     cache is a ``compute_dtype="bfloat16"`` forward's; its products run on AMX
     tiles where ``facts`` (default: this machine's, and this process may use
     AMX now) has them.  With the sequence length ``T`` and the sizes ``I``, ``H``:
     a batch split whose slices hold fewer rows (samples x T) than the weight
     gradient (I + H) runs that gradient's GEMMs once, over the whole batch
-    (_tuning.BACKWARD_WHOLE_GRADS)."""
+    (_tuning.BACKWARD_WHOLE_GRADS).  With few samples a thread and a U^T (of
+    ``dtype``) larger than a core's L2, the time loop splits by units
+    (_tuning.backward_units)."""
     n_total = int(n_threads)
     if n_total < 1:
         raise ValueError(f"num_threads must be >= 1; got {n_total}")
@@ -724,7 +727,7 @@ def plan_backward(B, n_threads, bf16=False, facts=None, T=None, I=None, H=None):
                 "; bf16 products on AVX512-BF16 dots" if amx else
                 "; bf16 products emulated (float32 BLAS over bf16 values)")
     if (n_total > 1 and not bf16 and H is not None
-            and _tuning.backward_units(B, n_total, H, facts)):
+            and _tuning.backward_units(B, n_total, H, facts, np.dtype(dtype).itemsize)):
         return BackwardPlan(n_total, n_total,
                             f"time loop split by units ({B // n_total} samples a thread "
                             f"<= BACKWARD_UNITS_MAX_ROWS, U^T past a core's L2); weight "
@@ -1174,7 +1177,8 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
     steps = T if "checkpoints" not in cache else min(T, cache["plan"].every)  # per GEMM
     if _plan is None:
         bplan = plan_backward(B, _threads_for(B, num_threads)[0],
-                              bf16=cache.get("bf16", False), T=steps, I=I, H=H)
+                              bf16=cache.get("bf16", False), T=steps, I=I, H=H,
+                              dtype=dtype)
     elif isinstance(_plan, BackwardPlan):  # tests force a split
         bplan = _plan
     else:

@@ -347,6 +347,10 @@ def test_backward_plan_splits_the_time_loop_by_units_for_few_rows_and_a_large_u(
     assert not functional.plan_backward(4, 2, T=9, I=8, H=1024, facts=small_l2,
                                         bf16=True).units
     assert not functional.plan_backward(4, 2, facts=small_l2).units   # no sizes given
+    # float64's U^T is twice float32's: H = 181 passes 512 KiB in float64 only
+    assert not functional.plan_backward(4, 2, T=9, I=8, H=181, facts=small_l2).units
+    assert functional.plan_backward(4, 2, T=9, I=8, H=181, facts=small_l2,
+                                    dtype=np.float64).units
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
