@@ -421,7 +421,8 @@ def backward(cache, dy, dhs, dcs, need_input_grad, bplan, outs):
             tW, tU, tb = (dW, dU, db) if first else (sW, sU, sb)
             _lstm.backward(xs, W, UT, ckpt[si, 1], lay.lens, cache["reverse"], cache["rmask"],
                            G, C, Hp, dyb, dhs, dcs, D, dHp, dxb, tW, tU, tb, parts, nt,
-                           n_total, cache["bf16"], amx, bplan.whole_grads, bplan.units)
+                           n_total, cache["bf16"], amx, bplan.whole_grads,
+                           bplan.units_pieces())
             if not first:
                 dW += sW
                 dU += sU

@@ -2443,11 +2443,6 @@ cdef void _back_job(void* job, int tid) noexcept nogil:
 
 cdef enum:
     BU_SLOT = 8            # int64 words between two progress words (64 bytes)
-    # pieces per thread (of U^T's panels; fewer where H has fewer panels): two, so
-    # that a thread that gets ahead can take half of a slow one's share (not
-    # measured against other counts)
-    BACKWARD_UNITS_PIECES_C = 2
-BACKWARD_UNITS_PIECES = BACKWARD_UNITS_PIECES_C
 
 
 cdef inline void _bu_units(BackJob* j, Py_ssize_t p, Py_ssize_t pw, Py_ssize_t* u0,
@@ -2635,7 +2630,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
              floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
              floating[:, :, ::1] parts, int n_threads, int blas_threads,
              bint bf16=False, const uint16_t[::1] amx=None, bint whole_grads=False,
-             bint units=False):
+             int units=0):
     """Run BPTT.  ``PU`` is the recurrent kernel transposed and packed by
     :func:`pack_transposed` (once per weights: the checkpointed backward calls
     this once per segment).  ``bf16``: the mixed_bfloat16 backward (dz rounded
@@ -2650,8 +2645,10 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     dL/dc0 on exit.  ``parts`` (n_threads - 1, I + H + 1, 4H) is scratch for
     the per-slice weight-gradient sums (None when n_threads == 1); slices are
     summed in a fixed order, so results do not depend on which thread ran which.
-    ``units`` (n_threads > 1, not bf16): the threads split the time loop by
-    units instead (_bu_job; every sample on each thread, no ``parts``), the
+    ``units`` (n_threads > 1, not bf16): > 0, the threads split the time loop
+    by units instead, ``units`` pieces a thread (of U^T's panels; fewer where
+    there are fewer panels; cylstm/_tuning.py's BACKWARD_UNITS_PIECES; any
+    count gives the same bits) (_bu_job; every sample on each thread, no ``parts``), the
     weight gradients after it over the whole batch on ``blas_threads``; with
     lengths ``D`` holds two (B, 4H) halves, (2B, 4H) zeroed.
     """
@@ -2669,6 +2666,8 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
         db[:] = 0
         return
     nt = nt if nt > 1 else 1
+    if units < 0:
+        raise ValueError(f"backward: units must be >= 0 (pieces a thread); got {units}")
     if units:
         if bf16 or amx is not None:
             raise ValueError("backward: units takes no bf16 cache (its dz rounding "
@@ -2731,7 +2730,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] W,
     if units:
         j.Lmax = _lmax(j.lengths, B, T)
         j.n_panels = n
-        j.n_pieces = nt * BACKWARD_UNITS_PIECES_C if nt * BACKWARD_UNITS_PIECES_C < n else n
+        j.n_pieces = nt * units if nt * units < n else n
         j.inplace = lengths is None and T * H4 <= INT_MAX_C
     with nogil:
         if units:

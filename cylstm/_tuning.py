@@ -189,6 +189,18 @@ BACKWARD_WHOLE_GRADS = True
 # (25, 32, 1024, 1024) 1.030, (100, 32, 128, 256) 1.052; 24 1.091.  U^T within
 # L2, (200, 2, 128, 128): 1.004.  0: never.
 BACKWARD_UNITS_MAX_ROWS = 8
+# Pieces a thread of that split (of U^T's panels; fewer where H has fewer):
+# four, so that a thread that gets ahead takes a slow one's last pieces in
+# smaller bites.  The unit-split backward alone, 2 threads, counts alternated
+# 11-15 times in one process (this constant patched between calls), median
+# ratios, 4 pieces over 2, five runs (the third beside a process spinning on
+# one core): (25, 16, 1024, 1024) 0.999 / 1.000 / 0.985 / 0.986 / 0.965; (100,
+# 8, 512, 512) 0.942 / 0.917 / 0.954 / 0.989 / 1.006; (100, 4, 256, 256) 0.939
+# / 0.988 / 0.856 / 0.999 / 0.986; (50, 16, 512, 512) 0.980 / 1.011 / 0.983;
+# (150, 1, 256, 256) 1.027 / 0.993 / 1.011 / 1.011; one piece a thread
+# 1.02-1.04 (0.98 at (150, 1, 256, 256)), six 0.96-1.02.  A few percent at
+# most, within this host's spread: 2-vCPU AMD EPYC (Zen 3), 2026-12-07, noisy.
+BACKWARD_UNITS_PIECES = 4
 AMX_MIN_ROWS_PER_THREAD = 16
 AMX_FUSE_MIN_ROWS = 16
 AMX_FUSE_MAX_BYTES = 2 * 2**20
@@ -644,6 +656,8 @@ THRESHOLDS = {
     "BACKWARD_UNITS_MAX_ROWS": "backward on threads: the time loop split by units up to "
                                "this many samples a thread (U^T past L2); 2-vCPU AMD "
                                "EPYC (Zen 3), 2026-12-07",
+    "BACKWARD_UNITS_PIECES": "backward unit split: pieces a thread; 2-vCPU AMD EPYC "
+                             "(Zen 3), 2026-12-07",
 }
 _DEFAULTS = {name: globals()[name] for name in THRESHOLDS}
 

@@ -172,6 +172,11 @@ class BackwardPlan:
     #: GEMMs after it run over the whole batch on blas_threads
     units: bool = False
 
+    def units_pieces(self):
+        """The kernel's ``units`` argument: 0 (no unit split) or the pieces a
+        thread, _tuning.BACKWARD_UNITS_PIECES (read at call time)."""
+        return _tuning.BACKWARD_UNITS_PIECES if self.units else 0
+
 
 def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,
                 bf16=False):
@@ -1231,7 +1236,7 @@ def lstm_backward(cache: dict, grad_output: ArrayLike | None = None,
     _lstm.backward(x, W, UT, cache["c0"], cache["lengths"], cache["reverse"], cache["rmask"], G,
                    cache["C"], cache["Hp"], dy, dhs, dcs, D, dHp, dx, dW, dU, db,
                    parts, nt, n_total, cache.get("bf16", False), amx, bplan.whole_grads,
-                   bplan.units)
+                   bplan.units_pieces())
     give(D, dHp, parts, UT, amx, G, cache["C"], cache["Hp"], *scratch)
     for k in ("G", "C", "Hp"):
         cache[k] = None  # the activations go back to the pool now

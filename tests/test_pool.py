@@ -318,6 +318,8 @@ def test_backward_unit_split_refuses_what_it_cannot_run():
         _lstm.backward(*args, units=True)
     with pytest.raises(ValueError, match="units takes no bf16"):
         _lstm.backward(*args, bf16=True, units=True)
+    with pytest.raises(ValueError, match=r"units must be >= 0 \(pieces a thread\); got -1"):
+        _lstm.backward(*args, units=-1)
 
 
 def test_concurrent_callers_share_the_pool():
@@ -423,3 +425,27 @@ def test_workers_on_the_callers_only_cpu_neither_hang_nor_change_results(tmp_pat
                        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_unit_split_bits_do_not_depend_on_the_pieces(monkeypatch, dtype):
+    """Any number of pieces a thread (one piece of several U^T panels, or one panel
+    a piece) gives the serial loop's bits, with lengths."""
+    B, T, I, H = 3, 5, 4, 300     # 5-19 panels of U^T, by ISA level and dtype
+    rng = np.random.default_rng(15)
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(rng, B, T, I, H))
+    lens = np.array([5, 2, 4])
+    dy = rng.standard_normal((B, T, H)).astype(dtype)
+
+    def grads(plan, nt):
+        out = lstm_forward(x, W, U, b, lengths=lens, training=True, num_threads=1)
+        return lstm_backward(out.cache, grad_output=dy, num_threads=nt, _plan=plan)
+    for nt in (2, 3):
+        want = grads(BackwardPlan(1, nt), nt)
+        for pieces in (1, 2, 3, 4, 7, 64):
+            monkeypatch.setattr(_tuning, "BACKWARD_UNITS_PIECES", pieces)
+            got = grads(BackwardPlan(nt, nt, units=True), nt)
+            for name, g, w in zip(want._fields, got, want):
+                if w is not None:
+                    np.testing.assert_array_equal(g, w, err_msg=f"{name}, {nt} threads, "
+                                                                f"{pieces} pieces a thread")
