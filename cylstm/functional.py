@@ -174,8 +174,8 @@ class BackwardPlan:
 
     def units_pieces(self):
         """The kernel's ``units`` argument: 0 (no unit split) or the pieces a
-        thread, _tuning.BACKWARD_UNITS_PIECES (read at call time)."""
-        return _tuning.BACKWARD_UNITS_PIECES if self.units else 0
+        thread, _tuning.BACKWARD_UNITS_PIECES (read at call time; at least 1)."""
+        return max(1, int(_tuning.BACKWARD_UNITS_PIECES)) if self.units else 0
 
 
 def _path_error(path, B, H, dtype, n_threads, training, has_mask, has_lengths, reverse,

@@ -430,7 +430,7 @@ def test_workers_on_the_callers_only_cpu_neither_hang_nor_change_results(tmp_pat
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backward_unit_split_bits_do_not_depend_on_the_pieces(monkeypatch, dtype):
     """Any number of pieces a thread (one piece of several U^T panels, or one panel
-    a piece) gives the serial loop's bits, with lengths."""
+    a piece; a patched 0 runs as 1) gives the serial loop's bits, with lengths."""
     B, T, I, H = 3, 5, 4, 300     # 5-19 panels of U^T, by ISA level and dtype
     rng = np.random.default_rng(15)
     x, W, U, b = (a.astype(dtype) for a in random_lstm(rng, B, T, I, H))
@@ -442,7 +442,7 @@ def test_backward_unit_split_bits_do_not_depend_on_the_pieces(monkeypatch, dtype
         return lstm_backward(out.cache, grad_output=dy, num_threads=nt, _plan=plan)
     for nt in (2, 3):
         want = grads(BackwardPlan(1, nt), nt)
-        for pieces in (1, 2, 3, 4, 7, 64):
+        for pieces in (0, 1, 2, 3, 4, 7, 64):   # (0 runs as 1)
             monkeypatch.setattr(_tuning, "BACKWARD_UNITS_PIECES", pieces)
             got = grads(BackwardPlan(nt, nt, units=True), nt)
             for name, g, w in zip(want._fields, got, want):
