@@ -6,6 +6,7 @@ the same thread count as the LSTM runs) is the ceiling a GEMM-bound LSTM can
 approach, so each row shows its fraction of it.
 """
 import contextlib
+import math
 import os
 import platform
 import sys
@@ -209,6 +210,30 @@ def sgemm_rate(n, repeat=3):
     flops = 2.0 * n ** 3
     return {"n": n, "gflops": flops / float(np.median(times)) / 1e9,
             "best_gflops": flops / min(times) / 1e9}
+
+
+_PROBE = {}
+
+
+def host_probe(n=1024, repeat=3):
+    """The best GFLOP/s of a few n^3 sgemm calls now, at the thread count in force:
+    after a case, how fast the host runs.  On a shared host (a VM whose cores
+    and caches other guests use) it drops while nothing shows in /proc/stat; the
+    operands are made once and kept."""
+    from scipy.linalg.blas import sgemm
+
+    if n not in _PROBE:
+        rng = np.random.default_rng(1)
+        _PROBE[n] = tuple(np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
+                          for _ in range(2)) + (np.zeros((n, n), np.float32, order="F"),)
+    a, b, c = _PROBE[n]
+    sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
 
 
 def _busy_jiffies():

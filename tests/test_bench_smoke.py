@@ -64,6 +64,7 @@ def test_quick_forward_case_writes_documented_json(tmp_path):
     assert len(doc["results"]) == 1
     res = doc["results"][0]
     assert res["outside_load_cores"] is None or res["outside_load_cores"] >= 0
+    assert res["host_probe_gflops"] > 0 and 0 < res["host_probe_ratio"] <= 1
     assert (res["workload"], res["case"], res["threads"]) == ("forward", "100x32x10x50", 1)
     assert res["flops"] == 2 * 100 * 32 * (10 + 50) * 4 * 50
     rows = {r["impl"]: r for r in res["rows"]}
@@ -159,6 +160,30 @@ def test_compare_flags_disagreement():
     assert not ok and mad == pytest.approx(0.02, rel=1e-3) and mrd == pytest.approx(0.01, 1e-3)
     assert not mod.Bench.compare((np.array([np.nan, 0.0]),), ref, 1e-4, 1e-4)[2]
     assert not mod.Bench.compare((np.zeros(3),), ref, 1e-4, 1e-4)[2]  # shape differs
+
+
+def test_noisy_cases_are_marked_with_their_reason():
+    """A case is noisy when other processes used CPU, or when the host probe after it
+    ran below HOST_SLOW of the run's fastest; the footnote says which, with numbers."""
+    mod = _load_compare()
+
+    def res(load, ratio, case="100x32x10x50"):
+        return {"workload": "forward", "case": case, "threads": 1, "outside_load_cores": load,
+                "host_probe_ratio": ratio,
+                "rows": [{"impl": "cylstm", "status": "ok", "reason": None, "median_s": 1e-3,
+                          "min_s": 1e-3, "max_s": 1e-3}]}
+    quiet = res(0.0, 0.99)
+    assert not mod.is_noisy(quiet) and mod.noisy_footer([quiet]) is None
+    assert not mod.is_noisy(res(None, None))        # unknown: not flagged
+    busy, slow = res(0.5, 0.99), res(0.0, 0.70)
+    assert mod.is_noisy(busy) and mod.is_noisy(slow)
+    assert not mod.is_noisy(res(0.0, mod.HOST_SLOW))
+    foot = mod.noisy_footer([quiet, busy, slow, res(0.1, 0.80)])
+    assert "other processes used more than 0.2 cores (up to 0.5)" in foot
+    assert "the host ran slow (an sgemm probe after the case at 70%-80% of the run's" in foot
+    _, _, lines, _, footer = mod.table("forward", [quiet, slow])
+    assert [ln[0] for ln in lines] == ["100x32x10x50", "100x32x10x50*"]
+    assert footer == mod.noisy_footer([slow]) and "70%" in footer and "other" not in footer
 
 
 def test_summary_fails_on_mismatch_or_cylstm_error():
