@@ -6,7 +6,6 @@ the same thread count as the LSTM runs) is the ceiling a GEMM-bound LSTM can
 approach, so each row shows its fraction of it.
 """
 import contextlib
-import math
 import os
 import platform
 import sys
@@ -189,18 +188,19 @@ class Threads:
         self._limits = threadpool_limits(limits=self.n, user_api="blas")
 
 
-def sgemm_rate(n, repeat=3):
+def sgemm_rate(n, repeat=3, keep=False):
     """GFLOP/s of SciPy's sgemm on an n x n x n float32 product (median, best).
 
     Fortran-ordered operands so the BLAS reads them without copies.  The
-    thread count in force (see :class:`Threads`) applies.
+    thread count in force (see :class:`Threads`) applies.  ``keep``: make the
+    operands once and keep them for the next call of this size (the host probe
+    after every case, :func:`host_probe`).
     """
     from scipy.linalg.blas import sgemm
 
-    rng = np.random.default_rng(0)
-    a = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
-    b = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
-    c = np.zeros((n, n), np.float32, order="F")
+    a, b, c = _OPERANDS.get(n) or _sgemm_operands(n)
+    if keep:
+        _OPERANDS[n] = (a, b, c)
     sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)  # warm-up: pool start, page faults
     times = []
     for _ in range(repeat):
@@ -212,28 +212,21 @@ def sgemm_rate(n, repeat=3):
             "best_gflops": flops / min(times) / 1e9}
 
 
-_PROBE = {}
+_OPERANDS = {}
+
+
+def _sgemm_operands(n):
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
+    b = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
+    return a, b, np.zeros((n, n), np.float32, order="F")
 
 
 def host_probe(n=1024, repeat=3):
-    """The best GFLOP/s of a few n^3 sgemm calls now, at the thread count in force:
-    after a case, how fast the host runs.  On a shared host (a VM whose cores
-    and caches other guests use) it drops while nothing shows in /proc/stat; the
-    operands are made once and kept."""
-    from scipy.linalg.blas import sgemm
-
-    if n not in _PROBE:
-        rng = np.random.default_rng(1)
-        _PROBE[n] = tuple(np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
-                          for _ in range(2)) + (np.zeros((n, n), np.float32, order="F"),)
-    a, b, c = _PROBE[n]
-    sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best / 1e9
+    """How fast the host runs now: the best GFLOP/s of a few n^3 sgemm calls at the
+    thread count in force (after a case; on a shared host, a VM whose cores and
+    caches other guests use, it drops while nothing shows in /proc/stat)."""
+    return sgemm_rate(n, repeat, keep=True)["best_gflops"]
 
 
 def _busy_jiffies():

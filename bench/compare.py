@@ -229,8 +229,8 @@ def _pct_floor(r):
     return f"{math.floor(r * 100 + 1e-9)}%"
 
 
-def noisy_footer(results):
-    """The footnote for the ``*`` marks of these results (None when there are none)."""
+def noisy_reasons(results):
+    """Why these results are noisy, as phrases with their figures ([]: quiet)."""
     loads = [r.get("outside_load_cores") or 0 for r in results]
     slow = [r["host_probe_ratio"] for r in results
             if (r.get("host_probe_ratio") or 1.0) < HOST_SLOW]
@@ -241,6 +241,12 @@ def noisy_footer(results):
         lo, hi = _pct_floor(min(slow)), _pct_floor(max(slow))
         why.append(f"the host ran slow (an sgemm probe after the case at {lo}"
                    f"{'' if lo == hi else f'-{hi}'} of the run's fastest)")
+    return why
+
+
+def noisy_footer(results):
+    """The footnote for the ``*`` marks of these results (None when there are none)."""
+    why = noisy_reasons(results)
     return ("* " + " or ".join(why) + " while this case ran: treat its figures as noisy"
             if why else None)
 
@@ -465,12 +471,8 @@ class Bench:
         load = meter.stop()
         res["outside_load_cores"] = load
         self.probe_host(res)
-        note = ""
-        if load is not None and load > 0.2:
-            note = f" (other processes used {load:.1f} cores meanwhile: noisy)"
-        elif res["host_probe_ratio"] < HOST_SLOW:
-            note = (f" (the host ran at {_pct_floor(res['host_probe_ratio'])} of its fastest "
-                    f"sgemm probe: noisy)")
+        why = noisy_reasons([res])
+        note = f" ({' and '.join(why)}: noisy)" if why else ""
         log(f" {time.perf_counter() - t_case:.1f} s{note}")
 
     def probe_host(self, res):
