@@ -40,7 +40,7 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
-                            cyl_panel_get_kblock, cyl_panel_set_kblock, cyl_panel_set_pf_rest,
+                            cyl_panel_get_kblock, cyl_panel_set_kblock, cyl_panel_set_pf_rest, cyl_pack_t_f32,
                             cyl_panel_set_pf_spread, cyl_panel_set_block_rows,
                             panel_span, panel_vlen)
 
@@ -627,11 +627,20 @@ cdef void _pack_plain(Py_ssize_t K, Py_ssize_t N, const floating* M, Py_ssize_t 
             # address order, into 4 adjacent elements of each panel row, over
             # blocks of kb panel rows (128 KiB: they stay in L2 for the w / 4
             # passes).  A column at a time wrote one element per 64-byte line,
-            # w passes over a panel larger than L2: U^T at H = 1024 took 7.7 ms
+            # w passes over a panel larger than L2: U^T at H = 1024 took 7.7 ms.
+            # float32 rows of the source (U^T's columns): 8 x 8 blocks through
+            # registers (cyl_pack_t_f32): 0.155 -> 0.072 ms at H = 256, 0.604 ->
+            # 0.291 at 512, 5.27 -> 3.57 at 1024 (memory-bound there), once per
+            # training step (AMD EPYC (2 cores), Zen 3, 2026-12-07, min of 30,
+            # alternated with the loop below)
             kb = 131072 // (wp * <Py_ssize_t> sizeof(floating))
             k0 = 0
             while k0 < K:
                 k1 = k0 + kb if k0 + kb < K else K
+                if floating is float and sk == 1:
+                    cyl_pack_t_f32(M + j0 * sn, sn, w, k0, k1, dst, wp)
+                    k0 = k1
+                    continue
                 for j in range(0, w - w % 4, 4):
                     for k in range(k0, k1):
                         for jj in range(4):

@@ -10,6 +10,8 @@ from cylstm._cell cimport cell_forward_rows, cell_forward_units
 
 cdef extern from "cylstm_panel.h" nogil:
     int cyl_panel_set_pf_rest(int on) noexcept
+    void cyl_pack_t_f32(const float* src, Py_ssize_t sn, Py_ssize_t w, Py_ssize_t k0,
+                        Py_ssize_t k1, float* dst, Py_ssize_t wp) noexcept
     int cyl_panel_set_pf_spread(int n) noexcept
     int cyl_panel_set_block_rows(int on) noexcept
     Py_ssize_t cyl_panel_set_kblock(Py_ssize_t nbytes) noexcept

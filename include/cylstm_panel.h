@@ -1449,4 +1449,69 @@ static void cyl_stream_barrier(void)
 #endif
 }
 
+/* Rows [k0, k1) of a packed panel of a transposed matrix (_pack_plain in
+ * cylstm/_lstm.pyx, the backward's U^T): dst[k wp + j] = src[j sn + k] for the
+ * panel's w columns j, each column j a row of the source, read in address order.
+ * On x86-64-v3 and up, 8 x 8 blocks go through registers (eight 32-byte loads
+ * from eight source rows, a transpose in shuffles, eight 32-byte stores into
+ * eight panel rows), where one element a time wrote a float into each 64-byte
+ * line it touched.  A copy: the same values on any path. */
+#if CYL_ISA_VARIANTS
+#define CYL_PACK_T8_AVX2                                                             \
+    if (CYL_ISA >= 1) {                                                              \
+        for (; j + 8 <= w; j += 8) {                                                 \
+            const float *s0 = src + j * sn;                                          \
+            for (k = k0; k + 8 <= k1; k += 8) {                                      \
+                __m256 r0 = _mm256_loadu_ps(s0 + k), r1 = _mm256_loadu_ps(s0 + sn + k); \
+                __m256 r2 = _mm256_loadu_ps(s0 + 2 * sn + k);                        \
+                __m256 r3 = _mm256_loadu_ps(s0 + 3 * sn + k);                        \
+                __m256 r4 = _mm256_loadu_ps(s0 + 4 * sn + k);                        \
+                __m256 r5 = _mm256_loadu_ps(s0 + 5 * sn + k);                        \
+                __m256 r6 = _mm256_loadu_ps(s0 + 6 * sn + k);                        \
+                __m256 r7 = _mm256_loadu_ps(s0 + 7 * sn + k);                        \
+                __m256 a0 = _mm256_unpacklo_ps(r0, r1), a1 = _mm256_unpackhi_ps(r0, r1); \
+                __m256 a2 = _mm256_unpacklo_ps(r2, r3), a3 = _mm256_unpackhi_ps(r2, r3); \
+                __m256 a4 = _mm256_unpacklo_ps(r4, r5), a5 = _mm256_unpackhi_ps(r4, r5); \
+                __m256 a6 = _mm256_unpacklo_ps(r6, r7), a7 = _mm256_unpackhi_ps(r6, r7); \
+                __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44);                         \
+                __m256 b1 = _mm256_shuffle_ps(a0, a2, 0xEE);                         \
+                __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44);                         \
+                __m256 b3 = _mm256_shuffle_ps(a1, a3, 0xEE);                         \
+                __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44);                         \
+                __m256 b5 = _mm256_shuffle_ps(a4, a6, 0xEE);                         \
+                __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44);                         \
+                __m256 b7 = _mm256_shuffle_ps(a5, a7, 0xEE);                         \
+                float *d = dst + k * wp + j;                                         \
+                _mm256_storeu_ps(d, _mm256_permute2f128_ps(b0, b4, 0x20));           \
+                _mm256_storeu_ps(d + wp, _mm256_permute2f128_ps(b1, b5, 0x20));      \
+                _mm256_storeu_ps(d + 2 * wp, _mm256_permute2f128_ps(b2, b6, 0x20));  \
+                _mm256_storeu_ps(d + 3 * wp, _mm256_permute2f128_ps(b3, b7, 0x20));  \
+                _mm256_storeu_ps(d + 4 * wp, _mm256_permute2f128_ps(b0, b4, 0x31));  \
+                _mm256_storeu_ps(d + 5 * wp, _mm256_permute2f128_ps(b1, b5, 0x31));  \
+                _mm256_storeu_ps(d + 6 * wp, _mm256_permute2f128_ps(b2, b6, 0x31));  \
+                _mm256_storeu_ps(d + 7 * wp, _mm256_permute2f128_ps(b3, b7, 0x31));  \
+            }                                                                        \
+            for (; k < k1; k++)                                                      \
+                for (r = 0; r < 8; r++)                                              \
+                    dst[k * wp + j + r] = s0[r * sn + k];                            \
+        }                                                                            \
+    }
+#else
+#define CYL_PACK_T8_AVX2
+#endif
+#define CYL_PACK_T_BODY()                                                            \
+    {                                                                                \
+        ptrdiff_t j = 0, k, r;                                                       \
+        (void)r;                                                                     \
+        CYL_PACK_T8_AVX2                                                             \
+        for (; j < w; j++)                                                           \
+            for (k = k0; k < k1; k++)                                                \
+                dst[k * wp + j] = src[j * sn + k];                                   \
+    }
+CYL_ISA_KERNEL(cyl_pack_t_f32,
+    (const float *src, ptrdiff_t sn, ptrdiff_t w, ptrdiff_t k0, ptrdiff_t k1, float *dst,
+     ptrdiff_t wp),
+    (src, sn, w, k0, k1, dst, wp),
+    CYL_PACK_T_BODY, ())
+
 #endif /* CYLSTM_PANEL_H */

@@ -542,17 +542,21 @@ def _unpack_plain(P, K, N, dtype):
     return np.hstack(cols)
 
 
+@pytest.mark.parametrize("level", [lv for lv in (0, 1, 2) if lv <= _cpu.detected_level()])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("H", [1, 5, 16, 50, 64, 70, 130, 300])
-def test_packed_transpose_is_u_transposed_zero_padded(dtype, H):
+def test_packed_transpose_is_u_transposed_zero_padded(dtype, H, level):
     """pack_transposed lays U^T out in panels of whole vectors, the columns past H
     zero (no transposed tail): rebuilt from the layout, it is U^T exactly (H = 130
     and 300: K = 4H crosses the packer's 128 KiB blocks of panel rows, and a last
-    panel of 2 or 12 columns ends in columns that are not a group of four)."""
+    panel of 2 or 12 columns ends in columns that are not a group of four or
+    eight; odd H: K = 4H ends in half an 8 x 8 block), on every ISA level this CPU
+    runs (float32 moves 8 x 8 blocks through registers from AVX2 on)."""
     rng = np.random.default_rng(H)
     U = rng.standard_normal((H, 4 * H)).astype(dtype)
     P = np.full(_lstm.transposed_len(H, dtype), np.nan, dtype)
-    _lstm.pack_transposed(U, P)
+    with _cpu.forced_level(level):
+        _lstm.pack_transposed(U, P)
     np.testing.assert_array_equal(_unpack_plain(P, 4 * H, H, dtype), U.T)
     vl = 64 // np.dtype(dtype).itemsize
     assert _lstm.transposed_width(H, dtype) == -(-H // vl) * vl
