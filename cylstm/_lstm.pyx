@@ -40,8 +40,9 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
-                            cyl_panel_get_kblock, cyl_panel_set_kblock, cyl_panel_set_pf_rest, cyl_pack_t_f32,
-                            cyl_panel_set_pf_spread, cyl_panel_set_block_rows,
+                            cyl_pack_t_f32, cyl_panel_get_kblock, cyl_panel_set_kblock,
+                            cyl_panel_set_pf_rest, cyl_panel_set_pf_spread,
+                            cyl_panel_set_block_rows,
                             panel_span, panel_vlen)
 
 cdef enum:
