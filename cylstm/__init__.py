@@ -42,10 +42,12 @@ except ImportError as e:
 from cylstm import _cpu
 
 _cpu.check_env()
-# the AVX2 panel passes' K blocks, from the core's L2 (cylstm/_tuning.py)
+# the AVX2 panel passes' K blocks, and the weights past which the kernels stream
+# in the next panel, from the core's L2 (cylstm/_tuning.py)
 from cylstm import _tuning as _tuning_facts
 
 _cpu.set_panel_kblock(_tuning_facts.panel_kblock_bytes())
+_cpu.set_panel_stream_min(_tuning_facts.detected_cpu().l2_per_core)
 del _tuning_facts
 
 from cylstm import functional

@@ -259,8 +259,11 @@ def _panel_kblock_line(f):
     rule = _tuning.panel_kblock_bytes(f)
     src = ("L2 per core / PANEL_KBLOCK_L2_FRACTION" if now == rule
            else f"set at run time (the rule gives {rule >> 10} KiB)")
+    stream = _lstm._panel_stream_min()
     return (f"  AVX2 panel passes: K blocks of about {now >> 10} KiB of a panel ({src}; "
-            f"0: whole panels; AVX-512 passes are not blocked)")
+            f"0: whole panels; AVX-512 passes are not blocked); the next panel streamed "
+            f"in where a product's weights pass {stream >> 10} KiB "
+            f"({'L2 per core' if stream == f.l2_per_core else 'set at run time'})")
 
 
 def _planner_lines():

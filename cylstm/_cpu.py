@@ -26,7 +26,8 @@ from cylstm import _lstm, _stream
 
 __all__ = ["LEVELS", "VARIANTS", "active_level", "check_env", "current_panel_kblock",
            "detected_level", "forced_level", "level_name", "panel_block_rows", "panel_kblock",
-           "parse_cpu_env", "set_panel_kblock"]
+           "parse_cpu_env", "set_panel_kblock",
+           "set_panel_stream_min"]
 
 LEVELS = {"avx512": 2, "avx2": 1, "baseline": 0}
 _NAMES = {level: name for name, level in LEVELS.items()}
@@ -169,11 +170,25 @@ def current_panel_kblock():
     return _lstm._panel_kblock()
 
 
+def set_panel_stream_min(nbytes):
+    """Set, in every extension, the size (bytes) the weights of a panel product
+    must pass for its kernel to stream in the next panel while it computes, and
+    return the previous one.  ``import cylstm`` sets it to a core's L2
+    (:class:`cylstm._tuning.CpuFacts`); 0 streams always.  Prefetches only:
+    results do not depend on it, bit for bit."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"nbytes must be an int >= 0; got {nbytes!r}")
+    previous = [ext._set_panel_stream_min(nbytes) for ext in _EXTENSIONS]
+    return previous[0]
+
+
 @contextlib.contextmanager
 def panel_spread(n):
     """Inside the block, every extension's AVX2 six-row passes spread the stream
     of the next K block over their first ``n`` passes (0: all in the first, with
-    no prefetch of a pass's own rows: the earlier scheme, for measuring); the
+    no prefetch of a pass's own rows: the earlier scheme, for measuring), and the
+    AVX-512 six-row blocks the stream of the next panel over their first ``n``
+    (0: no stream, the earlier scheme); the
     default (include/cylstm_panel.h, CYL_PANEL_PF_SPREAD) after it.  Prefetches
     only: results do not change, bit for bit."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:

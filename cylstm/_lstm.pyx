@@ -41,9 +41,10 @@ from cylstm._isa cimport (CYL_ISA_VARIANTS, cyl_cpu_detected_level, cyl_cpu_forc
 from cylstm._panel cimport (CYL_STREAM_VLD, CYL_STREAM_VLF, PANEL_UNITS_F32_C,
                             PANEL_UNITS_F64_C, padded_units, panel_cells, panel_product,
                             cyl_pack_t_f32, cyl_panel_get_kblock, cyl_panel_set_kblock,
+                            cyl_panel_get_stream_min, cyl_panel_set_stream_min,
                             cyl_panel_set_pf_rest, cyl_panel_set_pf_spread,
                             cyl_panel_set_block_rows,
-                            panel_span, panel_vlen)
+                            panel_span, panel_vlen, stream_next)
 
 cdef enum:
     INT_MAX_C = 2147483647     # BLAS (LP64) dimensions and leading dimensions are ints
@@ -226,6 +227,19 @@ def _set_panel_kblock(Py_ssize_t nbytes):
     previous one.  Set for every extension by cylstm._cpu.set_panel_kblock; it
     changes no result."""
     return cyl_panel_set_kblock(nbytes)
+
+
+def _set_panel_stream_min(Py_ssize_t nbytes):
+    """The size the weights of a product must pass for its kernel to stream in the
+    next panel (include/cylstm_panel.h, cyl_panel_set_stream_min); returns the
+    previous one.  Set for every extension by cylstm._cpu.set_panel_stream_min; it
+    changes no result."""
+    return cyl_panel_set_stream_min(nbytes)
+
+
+def _panel_stream_min():
+    """The stream threshold in force (bytes of a product's weights)."""
+    return cyl_panel_get_stream_min()
 
 
 def _panel_kblock():
@@ -780,7 +794,8 @@ cdef void _forward_panels(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t
             w = 4 * hp
             _stacked_product(P + p * K * 4 * span, w, nb, x + (b0 * T + t) * I, I,
                              T * I, src + b0 * H, H, zs,
-                             P + _snake(q + 1, s, n_panels) * K * 4 * span
+                             stream_next(P + _snake(q + 1, s, n_panels) * K * 4 * span,
+                                         n_panels * K * 4 * span * sizeof(floating))
                              if q + 1 < n_panels else NULL)
             panel_cells(hb, hp, nb, zs, bias + p * 4 * span, cs + b0 * H + p * span,
                         nxt + b0 * H + p * span, H, lengths + b0 if lengths != NULL else NULL,
@@ -1809,7 +1824,9 @@ cdef bint _units_panel_t(SeqJob* j, Py_ssize_t s, Py_ssize_t p, Py_ssize_t pn, i
         return False
     # z (B, w) = h_prev (B, H) @ panel p of U (H, w)
     _stacked_product(<const floating*> j.P + p * H * 4 * span, w, B, src, 0, 0, src, H, z,
-                     <const floating*> j.P + pn * H * 4 * span if pn >= 0 else NULL)
+                     stream_next(<const floating*> j.P + pn * H * 4 * span,
+                                 j.n_panels * H * 4 * span * sizeof(floating))
+                     if pn >= 0 else NULL)
     if po:
         for b in range(B):
             L = T if j.lengths == NULL else j.lengths[b]
@@ -1918,7 +1935,8 @@ cdef void _units_step_b1(SeqJob* j, Py_ssize_t s) noexcept nogil:
         hb = H - j0 if H - j0 < span else span
         hp = padded_units(hb, vl)
         _stacked_product(P + p * H * 4 * span, 4 * hp, 1, cur, 0, 0, cur, H, z + j0 * 4,
-                         P + pn * H * 4 * span if pn >= 0 else NULL)
+                         stream_next(P + pn * H * 4 * span, n * H * 4 * span * sizeof(float))
+                         if pn >= 0 else NULL)
     if nfull > 0:
         cyl_cell_panels_f32(span, span, nfull, g, z, gb, <float*> j.cs, nxt)
     if nfull < n:  # the last panel, narrower

@@ -16,6 +16,8 @@ cdef extern from "cylstm_panel.h" nogil:
     int cyl_panel_set_block_rows(int on) noexcept
     Py_ssize_t cyl_panel_set_kblock(Py_ssize_t nbytes) noexcept
     Py_ssize_t cyl_panel_get_kblock() noexcept
+    Py_ssize_t cyl_panel_set_stream_min(Py_ssize_t nbytes) noexcept
+    Py_ssize_t cyl_panel_get_stream_min() noexcept
     void cyl_panel_next_f32(const float* P, Py_ssize_t w, Py_ssize_t nrows,
                             const float* a0, Py_ssize_t ka, Py_ssize_t lda,
                             const float* b0, Py_ssize_t kb, Py_ssize_t ldb,
@@ -113,3 +115,10 @@ cdef inline void panel_cells(Py_ssize_t hb, Py_ssize_t hp, Py_ssize_t nrows,
             continue
         cell_forward_units(hb, hp, z + r * w, NULL, hp, bias, c + r * H, z + r * w,
                            c + r * H, h + r * H)
+
+
+cdef inline const void* stream_next(const void* nxt, Py_ssize_t nbytes) noexcept nogil:
+    """``nxt`` (the panel a product reads next, for the kernel to stream in) where
+    the weights the products walk over (``nbytes``) pass cyl_panel_get_stream_min
+    (a core's L2), else NULL (include/cylstm_panel.h)."""
+    return nxt if nbytes > cyl_panel_get_stream_min() else NULL

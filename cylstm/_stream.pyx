@@ -44,9 +44,9 @@ cnp.import_array()
 from cylstm._panel cimport (CYL_STREAM_CLONES_NAME, CYL_STREAM_VLD, CYL_STREAM_VLF,
                             cyl_i8q_qmax, cyl_i8q_quantize, cyl_panel_bf16, cyl_panel_i8,
                             cyl_panel_i8_b, cyl_panel_set_block_rows, cyl_panel_set_kblock,
-                            cyl_panel_set_pf_spread,
-                            padded_units,
-                            panel_cells, panel_product, panel_vlen)
+                            cyl_panel_set_pf_spread, cyl_panel_set_stream_min,
+                            padded_units, panel_cells, panel_product, panel_vlen,
+                            stream_next)
 
 cdef extern from "cylstm_math.h" nogil:
     float cyl_expf(float x) noexcept
@@ -155,6 +155,13 @@ def _set_panel_kblock(Py_ssize_t nbytes):
     a panel; 0: whole panels); returns the previous one.  Use
     cylstm._cpu.set_panel_kblock, which sets every extension."""
     return cyl_panel_set_kblock(nbytes)
+
+
+def _set_panel_stream_min(Py_ssize_t nbytes):
+    """This extension's size the weights of a product must pass for its kernel to
+    stream in the next panel (bytes); returns the previous one.  Use
+    cylstm._cpu.set_panel_stream_min, which sets every extension."""
+    return cyl_panel_set_stream_min(nbytes)
 
 
 def _set_panel_block_rows(bint on):
@@ -293,7 +300,8 @@ cdef inline void _kernel(const LayerC* L, Py_ssize_t off, Py_ssize_t w, Py_ssize
                            z, w)
             return
     panel_product(<const floating*> L.P + off, w, nrows, a, ka, ka, b, kb, kb, z, w,
-                  <const floating*> L.P + next_off if next_off >= 0 else NULL)
+                  stream_next(<const floating*> L.P + next_off,
+                              L.K * L.ncols * sizeof(floating)) if next_off >= 0 else NULL)
 
 
 cdef inline void _panel_z(const LayerC* L, const Ctx* ctx, const QAct* q, Py_ssize_t p,

@@ -299,6 +299,22 @@ static inline ptrdiff_t cyl_panel_set_kblock(ptrdiff_t bytes)
     return previous;
 }
 static inline ptrdiff_t cyl_panel_get_kblock(void) { return cyl_panel_kblock_bytes; }
+/* The callers (cylstm/_panel.pxd, stream_next) hand the kernels a `next` panel to
+ * stream in only where the weights a product walks over are larger than this
+ * (bytes; set to a core's L2 by `import cylstm`, cylstm/_cpu.py
+ * set_panel_stream_min): where they all stay in L2 the stream's prefetches only
+ * take load slots.  (100, 32, 128, 256) forward, [W; U] 1.5 MiB, 2 MiB of L2,
+ * the AVX-512 stream on / off alternated 21 times in one process: 1.016x the time
+ * on one thread, 1.021x on two; 2-vCPU Intel Xeon (Emerald Rapids class),
+ * 2026-12-08.  Prefetches only: no result depends on it. */
+static ptrdiff_t cyl_panel_stream_min_bytes = 0;
+static inline ptrdiff_t cyl_panel_set_stream_min(ptrdiff_t bytes)
+{
+    ptrdiff_t previous = cyl_panel_stream_min_bytes;
+    cyl_panel_stream_min_bytes = bytes > 0 ? bytes : 0;
+    return previous;
+}
+static inline ptrdiff_t cyl_panel_get_stream_min(void) { return cyl_panel_stream_min_bytes; }
 /* The K block (rows of the panel) for a panel of K rows of row_bytes each read
  * by nrows rows: K itself where one pass reads it, or it fits the budget; else
  * K cut into as many equal blocks as the budget asks, each rounded up to a
@@ -425,6 +441,76 @@ static void cyl_panel_rows6_f64pf(const double* P, ptrdiff_t w,
                                   const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
                                   double* z0, ptrdiff_t ldz)
 CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
+
+/* The six-row block with the next panel streamed in: pfq .. pfend (lines of
+ * `next`, the panel the caller computes after this one), pfl lines each k step,
+ * prefetched into L2 while this block computes from its own panel, which the
+ * passes before it (or the previous panel's) brought in.  Without it the first
+ * block of each pass read its panel from L3 at the rate of its own prefetches
+ * (CYL_PF_DIST) and the later blocks from L2: at 16 rows, K 1024 and 4H 4096
+ * (16 MiB of weights, L3 on every step) the product ran near 90 GFLOP/s on one
+ * core of a 2-vCPU Intel Xeon (Emerald Rapids class, 2 MiB L2), 2026-12-08;
+ * spread over the pass's first CYL_PANEL_PF_SPREAD blocks, the L3 traffic
+ * overlaps the whole panel's FMAs (see cyl_panel_rows6_f32nx's measurements in
+ * CYL_ROWS6_PASS).  PFD: own k rows PFD ahead as well (a pass's first block). */
+#define CYL_NX_PF(pfq, pfend, pfl)                                                 \
+    if ((pfq) < (pfend)) {                                                         \
+        __builtin_prefetch((pfq), 0, 2);                                           \
+        if ((pfl) > 1) __builtin_prefetch((pfq) + 64, 0, 2);                       \
+        if ((pfl) > 2) __builtin_prefetch((pfq) + 128, 0, 2);                      \
+        if ((pfl) > 3) __builtin_prefetch((pfq) + 192, 0, 2);                      \
+        (pfq) += 64 * (pfl);                                                       \
+    }
+#define CYL_PANEL_ROWS6_BODY_NX(T, VT, VL, PFD)                                    \
+    {                                                                              \
+        const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
+        const T* A3 = A2 + lda; const T* A4 = A3 + lda; const T* A5 = A4 + lda;    \
+        const T* B0 = b0; const T* B1 = B0 + ldb; const T* B2 = B1 + ldb;          \
+        const T* B3 = B2 + ldb; const T* B4 = B3 + ldb; const T* B5 = B4 + ldb;    \
+        ptrdiff_t j, k;                                                            \
+        for (j = 0; j + 4 * VL <= w; j += 4 * VL) {                                \
+            VT s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0};                         \
+            VT s10 = {0}, s11 = {0}, s12 = {0}, s13 = {0};                         \
+            VT s20 = {0}, s21 = {0}, s22 = {0}, s23 = {0};                         \
+            VT s30 = {0}, s31 = {0}, s32 = {0}, s33 = {0};                         \
+            VT s40 = {0}, s41 = {0}, s42 = {0}, s43 = {0};                         \
+            VT s50 = {0}, s51 = {0}, s52 = {0}, s53 = {0};                         \
+            const T* p = P + j;                                                    \
+            for (k = 0; k < ka; k++, p += w) {                                     \
+                if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
+                CYL_NX_PF(pfq, pfend, pfl)                                         \
+                CYL_R6_K(T, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])      \
+            }                                                                      \
+            for (k = 0; k < kb; k++, p += w) {                                     \
+                if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
+                CYL_NX_PF(pfq, pfend, pfl)                                         \
+                CYL_R6_K(T, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])      \
+            }                                                                      \
+            T* Z = z0 + j;                                                         \
+            CYL_ST(Z, s00); CYL_ST(Z + VL, s01);                                   \
+            CYL_ST(Z + 2 * VL, s02); CYL_ST(Z + 3 * VL, s03); Z += ldz;            \
+            CYL_ST(Z, s10); CYL_ST(Z + VL, s11);                                   \
+            CYL_ST(Z + 2 * VL, s12); CYL_ST(Z + 3 * VL, s13); Z += ldz;            \
+            CYL_ST(Z, s20); CYL_ST(Z + VL, s21);                                   \
+            CYL_ST(Z + 2 * VL, s22); CYL_ST(Z + 3 * VL, s23); Z += ldz;            \
+            CYL_ST(Z, s30); CYL_ST(Z + VL, s31);                                   \
+            CYL_ST(Z + 2 * VL, s32); CYL_ST(Z + 3 * VL, s33); Z += ldz;            \
+            CYL_ST(Z, s40); CYL_ST(Z + VL, s41);                                   \
+            CYL_ST(Z + 2 * VL, s42); CYL_ST(Z + 3 * VL, s43); Z += ldz;            \
+            CYL_ST(Z, s50); CYL_ST(Z + VL, s51);                                   \
+            CYL_ST(Z + 2 * VL, s52); CYL_ST(Z + 3 * VL, s53);                      \
+        }                                                                          \
+    }
+#define CYL_ROWS6_NX_FN(NAME, T, VT, VL, PFD)                                      \
+__attribute__((target("arch=x86-64-v4")))                                          \
+static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t lda, \
+                 const T* b0, ptrdiff_t kb, ptrdiff_t ldb, T* z0, ptrdiff_t ldz,   \
+                 const char* pfq, const char* pfend, int pfl)                      \
+CYL_PANEL_ROWS6_BODY_NX(T, VT, VL, PFD)
+CYL_ROWS6_NX_FN(cyl_panel_rows6_f32nxpf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST)
+CYL_ROWS6_NX_FN(cyl_panel_rows6_f32nx, float, cyl_vf, CYL_STREAM_VLF, 0)
+CYL_ROWS6_NX_FN(cyl_panel_rows6_f64nxpf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
+CYL_ROWS6_NX_FN(cyl_panel_rows6_f64nx, double, cyl_vd, CYL_STREAM_VLD, 0)
 
 /* The same six-row block for AVX2 (16 registers): 6 rows x 2 vectors of 32
  * bytes, 12 accumulators; each k costs 2 vector loads and 6 broadcasts for 12
@@ -643,10 +729,27 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
  * rows (a last 3 as 4, one repeated), a last 2 as 2, a last 1 alone. */
 #if CYL_STREAM_ROWS6
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
-    if (CYL_ISA_IS_V4 && nrows >= 6 && w % (4 * VL) == 0)                          \
-        for (; nrows - r >= 6; r += 6)                                             \
-            (r == 0 ? ROWS6_FN##pf : ROWS6_FN)(P, w, a0 + r * lda, ka, lda,        \
-                     b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);                    \
+    if (CYL_ISA_IS_V4 && nrows >= 6 && w % (4 * VL) == 0) {                        \
+        /* the next panel (as large as this one, or smaller: a prefetch past it \
+         * is harmless) streamed by the first ns_ six-row blocks, 1/ns_ each; \
+         * 4 lines a k step in all (a k row of a 4-vector column group) */    \
+        ptrdiff_t ns_ = nrows / 6;                                                 \
+        ns_ = next && cyl_panel_pf_spread > 0                                      \
+            ? (ns_ < cyl_panel_pf_spread ? ns_ : cyl_panel_pf_spread) : 0;         \
+        const ptrdiff_t nl_ = (ka + kb) * w * (ptrdiff_t)sizeof(*P) / 64;          \
+        const ptrdiff_t ch_ = ns_ ? (nl_ + ns_ - 1) / ns_ : 0;                     \
+        const int pl_ = ns_ ? (int)((4 + ns_ - 1) / ns_) : 0;                      \
+        for (ptrdiff_t i_ = 0; nrows - r >= 6; r += 6, i_++) {                     \
+            if (i_ < ns_) {                                                        \
+                const char* q_ = (const char*)next + 64 * ch_ * i_;                \
+                const char* e_ = (const char*)next + 64 * (ch_ * (i_ + 1) < nl_ ? ch_ * (i_ + 1) : nl_); \
+                (r == 0 ? ROWS6_FN##nxpf : ROWS6_FN##nx)(P, w, a0 + r * lda, ka,   \
+                    lda, b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz, q_, e_, pl_);   \
+            } else                                                                 \
+                (r == 0 ? ROWS6_FN##pf : ROWS6_FN)(P, w, a0 + r * lda, ka, lda,    \
+                         b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);                \
+        }                                                                          \
+    }                                                                              \
     if (CYL_ISA == 1 && nrows >= 4 && w % (VL) == 0) {                             \
         const ptrdiff_t K_ = ka + kb;                                              \
         const ptrdiff_t kc_ = whole ? K_ : cyl_panel_kblock(K_, w * (ptrdiff_t)sizeof(*P), nrows); \

@@ -195,6 +195,55 @@ def test_panel_kblocks_change_no_bit(level, path, n_threads, dtype):
     np.testing.assert_allclose(blocked.output, y_ref, **TOL[dtype])
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("path,n_threads", [("stacked", 1), ("units", 1), ("units", 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_next_panel_stream_changes_no_bit(level, path, n_threads, dtype):
+    """The next panel streamed in by the six-row blocks (AVX-512: the first n blocks
+    of a pass, 1/n each; AVX2: the K blocks' passes) wherever it is allowed
+    (stream threshold 0), spread over 0 (AVX-512: none), 1, 2, 3 or 12 blocks, gives
+    the bits of no stream at all (a threshold no weights pass), for batches of
+    one, two and three six-row blocks and a last 1, 4 or 5 rows; and the float64
+    reference's values."""
+    from cylstm import _stream
+    B, T, I, H = 23, 5, 24, 48
+    x, W, U, b = (a.astype(dtype) for a in random_lstm(np.random.default_rng(9), B, T, I, H))
+    y_ref = lstm_ref(x.astype(np.float64), W.astype(np.float64), U.astype(np.float64),
+                     b.astype(np.float64))[0]
+    default = _cpu.set_panel_stream_min(2**62)
+    try:
+        with _cpu.forced_level(level):
+            off = {n: lstm_forward(x[:n], W, U, b, num_threads=n_threads, _plan=path)
+                   for n in (6, 7, 10, 12, 13, 16, 23)}
+            _cpu.set_panel_stream_min(0)
+            assert _lstm._panel_stream_min() == 0 and _stream._set_panel_stream_min(0) == 0
+            for spread in (0, 1, 2, 3, 12):
+                with _cpu.panel_spread(spread):
+                    for n, ref in off.items():
+                        on = lstm_forward(x[:n], W, U, b, num_threads=n_threads, _plan=path)
+                        np.testing.assert_array_equal(on.output, ref.output,
+                                                      err_msg=f"{n} rows, spread {spread}")
+                        np.testing.assert_array_equal(on.c, ref.c)
+    finally:
+        _cpu.set_panel_stream_min(default)
+    np.testing.assert_allclose(off[23].output, y_ref, **TOL[dtype])
+
+
+def test_panel_stream_min_from_l2_and_refuses_bad_values():
+    """``import cylstm`` sets the stream threshold to a core's L2 in every
+    extension; the setter returns the previous value and refuses what is not a
+    byte count."""
+    from cylstm import _stream
+    l2 = _tuning.detected_cpu().l2_per_core
+    assert _lstm._panel_stream_min() == l2
+    assert _cpu.set_panel_stream_min(l2) == l2
+    assert _stream._set_panel_stream_min(l2) == l2
+    for bad in (-1, 1.5, "64", True, None):
+        with pytest.raises(ValueError, match="nbytes"):
+            _cpu.set_panel_stream_min(bad)
+    assert _lstm._panel_stream_min() == l2
+
+
 def test_panel_kblock_budget_from_l2():
     """The budget follows the core's L2 (injected facts), and the setter refuses
     what is not a byte count."""
