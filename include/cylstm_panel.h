@@ -341,8 +341,9 @@ static inline ptrdiff_t cyl_panel_kblock(ptrdiff_t K, ptrdiff_t row_bytes, ptrdi
 #if CYL_STREAM_VECTOR && defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 12) && \
     !defined(CYLSTM_NO_CLONES)
 #define CYL_STREAM_ROWS6 1
-/* one k of the six-row body: four weight vectors times six row values */
-#define CYL_R6_K(T, VT, VL, v0, v1, v2, v3, v4, v5)                                         \
+/* one k of an R-row block (R = 4, 5, 6, a compile-time constant): four weight
+ * vectors times R row values */
+#define CYL_RV_K(R, T, VT, VL, v0, v1, v2, v3, v4, v5)                             \
     {                                                                              \
         const VT w0 = CYL_LD(VT, p), w1 = CYL_LD(VT, p + VL);                      \
         const VT w2 = CYL_LD(VT, p + 2 * VL), w3 = CYL_LD(VT, p + 3 * VL);         \
@@ -351,16 +352,47 @@ static inline ptrdiff_t cyl_panel_kblock(ptrdiff_t K, ptrdiff_t row_bytes, ptrdi
         v = v1; s10 += v * w0; s11 += v * w1; s12 += v * w2; s13 += v * w3;       \
         v = v2; s20 += v * w0; s21 += v * w1; s22 += v * w2; s23 += v * w3;       \
         v = v3; s30 += v * w0; s31 += v * w1; s32 += v * w2; s33 += v * w3;       \
-        v = v4; s40 += v * w0; s41 += v * w1; s42 += v * w2; s43 += v * w3;       \
-        v = v5; s50 += v * w0; s51 += v * w1; s52 += v * w2; s53 += v * w3;       \
+        if ((R) > 4) { v = v4; s40 += v * w0; s41 += v * w1; s42 += v * w2; s43 += v * w3; } \
+        if ((R) > 5) { v = v5; s50 += v * w0; s51 += v * w1; s52 += v * w2; s53 += v * w3; } \
     }
-#define CYL_PANEL_ROWS6_BODY(T, VT, VL) CYL_PANEL_ROWS6_BODY_PF(T, VT, VL, 0)
-#define CYL_PANEL_ROWS6_BODY_PF(T, VT, VL, PFD)                                    \
+/* the 4 vectors (4 x 64 bytes) of one k row of a 4-vector column group */
+#define CYL_PF_ROW(q)                                                              \
+    {                                                                              \
+        __builtin_prefetch((const char*)(q), 0, 3);                                \
+        __builtin_prefetch((const char*)(q) + 64, 0, 3);                           \
+        __builtin_prefetch((const char*)(q) + 128, 0, 3);                          \
+        __builtin_prefetch((const char*)(q) + 192, 0, 3);                          \
+    }
+/* The six-row block with the next panel streamed in: pfq .. pfend (lines of
+ * `next`, the panel the caller computes after this one), pfl lines each k step,
+ * prefetched into L2 while this block computes from its own panel, which the
+ * passes before it (or the previous panel's) brought in.  Without it the first
+ * block of each pass read its panel from L3 at the rate of its own prefetches
+ * (CYL_PF_DIST) and the later blocks from L2: at 16 rows, K 1024 and 4H 4096
+ * (16 MiB of weights, L3 on every step) the product ran near 90 GFLOP/s on one
+ * core of a 2-vCPU Intel Xeon (Emerald Rapids class, 2 MiB L2), 2026-12-08;
+ * spread over the pass's first CYL_PANEL_PF_SPREAD blocks, the L3 traffic
+ * overlaps the whole panel's FMAs (see the measurements in
+ * CYL_ROWS6_PASS).  PFD: own k rows PFD ahead as well (a pass's first block). */
+#define CYL_NX_PF(pfq, pfend, pfl)                                                 \
+    if ((pfq) < (pfend)) {                                                         \
+        __builtin_prefetch((pfq), 0, 2);                                           \
+        if ((pfl) > 1) __builtin_prefetch((pfq) + 64, 0, 2);                       \
+        if ((pfl) > 2) __builtin_prefetch((pfq) + 128, 0, 2);                      \
+        if ((pfl) > 3) __builtin_prefetch((pfq) + 192, 0, 2);                      \
+        (pfq) += 64 * (pfl);                                                       \
+    }
+/* z[0:R, 0:w] = [a, b][0:R] @ panel, w a multiple of 4 vectors (no tail); the
+ * rows past R are never read.  PFD: own k rows PFD ahead (0: none); pfq ..
+ * pfend (NULL, NULL: none): the next panel's lines, pfl a k step (CYL_NX_PF). */
+#define CYL_PANEL_ROWSV_BODY(T, VT, VL, PFD, R)                                    \
     {                                                                              \
         const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
-        const T* A3 = A2 + lda; const T* A4 = A3 + lda; const T* A5 = A4 + lda;    \
+        const T* A3 = A2 + lda;                                                    \
+        const T* A4 = (R) > 4 ? A3 + lda : A3; const T* A5 = (R) > 5 ? A4 + lda : A4; \
         const T* B0 = b0; const T* B1 = B0 + ldb; const T* B2 = B1 + ldb;          \
-        const T* B3 = B2 + ldb; const T* B4 = B3 + ldb; const T* B5 = B4 + ldb;    \
+        const T* B3 = B2 + ldb;                                                    \
+        const T* B4 = (R) > 4 ? B3 + ldb : B3; const T* B5 = (R) > 5 ? B4 + ldb : B4; \
         ptrdiff_t j, k;                                                            \
         for (j = 0; j + 4 * VL <= w; j += 4 * VL) {                                \
             VT s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0};                         \
@@ -372,11 +404,13 @@ static inline ptrdiff_t cyl_panel_kblock(ptrdiff_t K, ptrdiff_t row_bytes, ptrdi
             const T* p = P + j;                                                    \
             for (k = 0; k < ka; k++, p += w) {                                     \
                 if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
-                CYL_R6_K(T, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])      \
+                CYL_NX_PF(pfq, pfend, pfl)                                         \
+                CYL_RV_K(R, T, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])   \
             }                                                                      \
             for (k = 0; k < kb; k++, p += w) {                                     \
                 if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
-                CYL_R6_K(T, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])      \
+                CYL_NX_PF(pfq, pfend, pfl)                                         \
+                CYL_RV_K(R, T, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])   \
             }                                                                      \
             T* Z = z0 + j;                                                         \
             CYL_ST(Z, s00); CYL_ST(Z + VL, s01);                                   \
@@ -386,37 +420,17 @@ static inline ptrdiff_t cyl_panel_kblock(ptrdiff_t K, ptrdiff_t row_bytes, ptrdi
             CYL_ST(Z, s20); CYL_ST(Z + VL, s21);                                   \
             CYL_ST(Z + 2 * VL, s22); CYL_ST(Z + 3 * VL, s23); Z += ldz;            \
             CYL_ST(Z, s30); CYL_ST(Z + VL, s31);                                   \
-            CYL_ST(Z + 2 * VL, s32); CYL_ST(Z + 3 * VL, s33); Z += ldz;            \
-            CYL_ST(Z, s40); CYL_ST(Z + VL, s41);                                   \
-            CYL_ST(Z + 2 * VL, s42); CYL_ST(Z + 3 * VL, s43); Z += ldz;            \
-            CYL_ST(Z, s50); CYL_ST(Z + VL, s51);                                   \
-            CYL_ST(Z + 2 * VL, s52); CYL_ST(Z + 3 * VL, s53);                      \
+            CYL_ST(Z + 2 * VL, s32); CYL_ST(Z + 3 * VL, s33);                      \
+            if ((R) > 4) {                                                         \
+                Z += ldz; CYL_ST(Z, s40); CYL_ST(Z + VL, s41);                     \
+                CYL_ST(Z + 2 * VL, s42); CYL_ST(Z + 3 * VL, s43);                  \
+            }                                                                      \
+            if ((R) > 5) {                                                         \
+                Z += ldz; CYL_ST(Z, s50); CYL_ST(Z + VL, s51);                     \
+                CYL_ST(Z + 2 * VL, s52); CYL_ST(Z + 3 * VL, s53);                  \
+            }                                                                      \
         }                                                                          \
     }
-
-/* the 4 vectors (4 x 64 bytes) of one k row of a 4-vector column group */
-#define CYL_PF_ROW(q)                                                              \
-    {                                                                              \
-        __builtin_prefetch((const char*)(q), 0, 3);                                \
-        __builtin_prefetch((const char*)(q) + 64, 0, 3);                           \
-        __builtin_prefetch((const char*)(q) + 128, 0, 3);                          \
-        __builtin_prefetch((const char*)(q) + 192, 0, 3);                          \
-    }
-/* z[0:6, 0:w] = [a, b][0:6] @ panel; w a multiple of 4 vectors (no tail). */
-__attribute__((target("arch=x86-64-v4")))
-static void cyl_panel_rows6_f32(const float* P, ptrdiff_t w,
-                                const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                float* z0, ptrdiff_t ldz)
-CYL_PANEL_ROWS6_BODY(float, cyl_vf, CYL_STREAM_VLF)
-
-__attribute__((target("arch=x86-64-v4")))
-static void cyl_panel_rows6_f64(const double* P, ptrdiff_t w,
-                                const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                double* z0, ptrdiff_t ldz)
-CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
-
 /* The first six rows of a pass, which read the panel from L3 or memory (the
  * later rows find it in L2): each k also prefetches the k row CYL_PF_DIST
  * ahead, so that loads overlap the FMAs instead of waiting on each miss (the L2
@@ -428,89 +442,39 @@ CYL_PANEL_ROWS6_BODY(double, cyl_vd, CYL_STREAM_VLD)
 #ifndef CYL_PF_DIST
 #define CYL_PF_DIST 16
 #endif
-__attribute__((target("arch=x86-64-v4")))
-static void cyl_panel_rows6_f32pf(const float* P, ptrdiff_t w,
-                                  const float* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                  const float* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                  float* z0, ptrdiff_t ldz)
-CYL_PANEL_ROWS6_BODY_PF(float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST)
-
-__attribute__((target("arch=x86-64-v4")))
-static void cyl_panel_rows6_f64pf(const double* P, ptrdiff_t w,
-                                  const double* a0, ptrdiff_t ka, ptrdiff_t lda,
-                                  const double* b0, ptrdiff_t kb, ptrdiff_t ldb,
-                                  double* z0, ptrdiff_t ldz)
-CYL_PANEL_ROWS6_BODY_PF(double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
-
-/* The six-row block with the next panel streamed in: pfq .. pfend (lines of
- * `next`, the panel the caller computes after this one), pfl lines each k step,
- * prefetched into L2 while this block computes from its own panel, which the
- * passes before it (or the previous panel's) brought in.  Without it the first
- * block of each pass read its panel from L3 at the rate of its own prefetches
- * (CYL_PF_DIST) and the later blocks from L2: at 16 rows, K 1024 and 4H 4096
- * (16 MiB of weights, L3 on every step) the product ran near 90 GFLOP/s on one
- * core of a 2-vCPU Intel Xeon (Emerald Rapids class, 2 MiB L2), 2026-12-08;
- * spread over the pass's first CYL_PANEL_PF_SPREAD blocks, the L3 traffic
- * overlaps the whole panel's FMAs (see cyl_panel_rows6_f32nx's measurements in
- * CYL_ROWS6_PASS).  PFD: own k rows PFD ahead as well (a pass's first block). */
-#define CYL_NX_PF(pfq, pfend, pfl)                                                 \
-    if ((pfq) < (pfend)) {                                                         \
-        __builtin_prefetch((pfq), 0, 2);                                           \
-        if ((pfl) > 1) __builtin_prefetch((pfq) + 64, 0, 2);                       \
-        if ((pfl) > 2) __builtin_prefetch((pfq) + 128, 0, 2);                      \
-        if ((pfl) > 3) __builtin_prefetch((pfq) + 192, 0, 2);                      \
-        (pfq) += 64 * (pfl);                                                       \
-    }
-#define CYL_PANEL_ROWS6_BODY_NX(T, VT, VL, PFD)                                    \
-    {                                                                              \
-        const T* A0 = a0; const T* A1 = A0 + lda; const T* A2 = A1 + lda;          \
-        const T* A3 = A2 + lda; const T* A4 = A3 + lda; const T* A5 = A4 + lda;    \
-        const T* B0 = b0; const T* B1 = B0 + ldb; const T* B2 = B1 + ldb;          \
-        const T* B3 = B2 + ldb; const T* B4 = B3 + ldb; const T* B5 = B4 + ldb;    \
-        ptrdiff_t j, k;                                                            \
-        for (j = 0; j + 4 * VL <= w; j += 4 * VL) {                                \
-            VT s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0};                         \
-            VT s10 = {0}, s11 = {0}, s12 = {0}, s13 = {0};                         \
-            VT s20 = {0}, s21 = {0}, s22 = {0}, s23 = {0};                         \
-            VT s30 = {0}, s31 = {0}, s32 = {0}, s33 = {0};                         \
-            VT s40 = {0}, s41 = {0}, s42 = {0}, s43 = {0};                         \
-            VT s50 = {0}, s51 = {0}, s52 = {0}, s53 = {0};                         \
-            const T* p = P + j;                                                    \
-            for (k = 0; k < ka; k++, p += w) {                                     \
-                if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
-                CYL_NX_PF(pfq, pfend, pfl)                                         \
-                CYL_R6_K(T, VT, VL, A0[k], A1[k], A2[k], A3[k], A4[k], A5[k])      \
-            }                                                                      \
-            for (k = 0; k < kb; k++, p += w) {                                     \
-                if (PFD) CYL_PF_ROW(p + PFD * w);                                  \
-                CYL_NX_PF(pfq, pfend, pfl)                                         \
-                CYL_R6_K(T, VT, VL, B0[k], B1[k], B2[k], B3[k], B4[k], B5[k])      \
-            }                                                                      \
-            T* Z = z0 + j;                                                         \
-            CYL_ST(Z, s00); CYL_ST(Z + VL, s01);                                   \
-            CYL_ST(Z + 2 * VL, s02); CYL_ST(Z + 3 * VL, s03); Z += ldz;            \
-            CYL_ST(Z, s10); CYL_ST(Z + VL, s11);                                   \
-            CYL_ST(Z + 2 * VL, s12); CYL_ST(Z + 3 * VL, s13); Z += ldz;            \
-            CYL_ST(Z, s20); CYL_ST(Z + VL, s21);                                   \
-            CYL_ST(Z + 2 * VL, s22); CYL_ST(Z + 3 * VL, s23); Z += ldz;            \
-            CYL_ST(Z, s30); CYL_ST(Z + VL, s31);                                   \
-            CYL_ST(Z + 2 * VL, s32); CYL_ST(Z + 3 * VL, s33); Z += ldz;            \
-            CYL_ST(Z, s40); CYL_ST(Z + VL, s41);                                   \
-            CYL_ST(Z + 2 * VL, s42); CYL_ST(Z + 3 * VL, s43); Z += ldz;            \
-            CYL_ST(Z, s50); CYL_ST(Z + VL, s51);                                   \
-            CYL_ST(Z + 2 * VL, s52); CYL_ST(Z + 3 * VL, s53);                      \
-        }                                                                          \
-    }
-#define CYL_ROWS6_NX_FN(NAME, T, VT, VL, PFD)                                      \
+#define CYL_ROWSV_FN(NAME, T, VT, VL, PFD, R)                                      \
 __attribute__((target("arch=x86-64-v4")))                                          \
 static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t lda, \
                  const T* b0, ptrdiff_t kb, ptrdiff_t ldb, T* z0, ptrdiff_t ldz,   \
                  const char* pfq, const char* pfend, int pfl)                      \
-CYL_PANEL_ROWS6_BODY_NX(T, VT, VL, PFD)
-CYL_ROWS6_NX_FN(cyl_panel_rows6_f32nxpf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST)
-CYL_ROWS6_NX_FN(cyl_panel_rows6_f32nx, float, cyl_vf, CYL_STREAM_VLF, 0)
-CYL_ROWS6_NX_FN(cyl_panel_rows6_f64nxpf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST)
-CYL_ROWS6_NX_FN(cyl_panel_rows6_f64nx, double, cyl_vd, CYL_STREAM_VLD, 0)
+CYL_PANEL_ROWSV_BODY(T, VT, VL, PFD, R)
+/* cyl_panel_rows6_f32v<R>[pf] / _f64v<R>[pf]: R rows; pf: own rows prefetched */
+CYL_ROWSV_FN(cyl_panel_rows6_f32v6pf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST, 6)
+CYL_ROWSV_FN(cyl_panel_rows6_f32v6, float, cyl_vf, CYL_STREAM_VLF, 0, 6)
+CYL_ROWSV_FN(cyl_panel_rows6_f32v5pf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST, 5)
+CYL_ROWSV_FN(cyl_panel_rows6_f32v5, float, cyl_vf, CYL_STREAM_VLF, 0, 5)
+CYL_ROWSV_FN(cyl_panel_rows6_f32v4pf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST, 4)
+CYL_ROWSV_FN(cyl_panel_rows6_f32v4, float, cyl_vf, CYL_STREAM_VLF, 0, 4)
+CYL_ROWSV_FN(cyl_panel_rows6_f64v6pf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST, 6)
+CYL_ROWSV_FN(cyl_panel_rows6_f64v6, double, cyl_vd, CYL_STREAM_VLD, 0, 6)
+CYL_ROWSV_FN(cyl_panel_rows6_f64v5pf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST, 5)
+CYL_ROWSV_FN(cyl_panel_rows6_f64v5, double, cyl_vd, CYL_STREAM_VLD, 0, 5)
+CYL_ROWSV_FN(cyl_panel_rows6_f64v4pf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST, 4)
+CYL_ROWSV_FN(cyl_panel_rows6_f64v4, double, cyl_vd, CYL_STREAM_VLD, 0, 4)
+/* The rows of the next AVX-512 block of a pass with `left` (>= 4) rows to go:
+ * six-row blocks down to 11 left, then 10 = 5 + 5, 9 = 5 + 4, 8 = 4 + 4, 7 = 5
+ * (+ a two-row body), 6, 5, 4: every block four vectors wide (a four-row block
+ * costs 8 loads for 16 FMAs; the generic four-row body below, 2 vectors wide,
+ * 6 for 8; the last rows of 16, 32 or 64 had gone 4, 2, 4 there).  Against
+ * six-row blocks with those tails (builds alternated by process, medians of 30
+ * calls, 4-5 rounds; 2-vCPU Intel Xeon, Emerald Rapids class, 2026-12-08):
+ * lstm_forward one thread (100, 32, 128, 256) 18.4 -> 17.5 ms, (100, 8, 512,
+ * 512) 31.7 -> 29.0, (100, 4, 256, 256) 3.35 -> 3.15, (50, 64, 512, 512) 89.3
+ * -> 88.5, (100, 16, 256, 256) 12.1 -> 11.9, (25, 16, 1024, 1024) 50.7 -> 50.5;
+ * two threads (50, 64, 512, 512) 48.2 -> 45.6, (100, 32, 128, 256) 9.5 -> 9.1.
+ * The same arithmetic per output: the same bits. */
+#define CYL_ROWSV_NEXT(left)                                                       \
+    ((left) >= 11 || (left) == 6 ? 6 : (left) >= 9 || (left) == 7 || (left) == 5 ? 5 : 4)
 
 /* The same six-row block for AVX2 (16 registers): 6 rows x 2 vectors of 32
  * bytes, 12 accumulators; each k costs 2 vector loads and 6 broadcasts for 12
@@ -729,25 +693,31 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
  * rows (a last 3 as 4, one repeated), a last 2 as 2, a last 1 alone. */
 #if CYL_STREAM_ROWS6
 #define CYL_ROWS6_PASS(ROWS6_FN, VL)                                               \
-    if (CYL_ISA_IS_V4 && nrows >= 6 && w % (4 * VL) == 0) {                        \
-        /* the next panel (as large as this one, or smaller: a prefetch past it \
-         * is harmless) streamed by the first ns_ six-row blocks, 1/ns_ each; \
-         * 4 lines a k step in all (a k row of a 4-vector column group) */    \
-        ptrdiff_t ns_ = nrows / 6;                                                 \
+    if (CYL_ISA_IS_V4 && nrows >= 4 && w % (4 * VL) == 0) {                        \
+        /* blocks of CYL_ROWSV_NEXT rows; the next panel (as large as this one, \
+         * or smaller: a prefetch past it is harmless) streamed by the first  \
+         * ns_ blocks, 1/ns_ each; 4 lines a k step in all (a k row of a      \
+         * 4-vector column group) */                                       \
+        ptrdiff_t ns_ = 0, left_ = nrows;                                          \
+        while (left_ >= 4) { left_ -= CYL_ROWSV_NEXT(left_); ns_++; }              \
         ns_ = next && cyl_panel_pf_spread > 0                                      \
             ? (ns_ < cyl_panel_pf_spread ? ns_ : cyl_panel_pf_spread) : 0;         \
         const ptrdiff_t nl_ = (ka + kb) * w * (ptrdiff_t)sizeof(*P) / 64;          \
         const ptrdiff_t ch_ = ns_ ? (nl_ + ns_ - 1) / ns_ : 0;                     \
         const int pl_ = ns_ ? (int)((4 + ns_ - 1) / ns_) : 0;                      \
-        for (ptrdiff_t i_ = 0; nrows - r >= 6; r += 6, i_++) {                     \
+        for (ptrdiff_t i_ = 0; nrows - r >= 4; i_++) {                             \
+            const int R_ = CYL_ROWSV_NEXT(nrows - r);                              \
+            const char* q_ = NULL;                                                 \
+            const char* e_ = NULL;                                                 \
             if (i_ < ns_) {                                                        \
-                const char* q_ = (const char*)next + 64 * ch_ * i_;                \
-                const char* e_ = (const char*)next + 64 * (ch_ * (i_ + 1) < nl_ ? ch_ * (i_ + 1) : nl_); \
-                (r == 0 ? ROWS6_FN##nxpf : ROWS6_FN##nx)(P, w, a0 + r * lda, ka,   \
-                    lda, b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz, q_, e_, pl_);   \
-            } else                                                                 \
-                (r == 0 ? ROWS6_FN##pf : ROWS6_FN)(P, w, a0 + r * lda, ka, lda,    \
-                         b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz);                \
+                q_ = (const char*)next + 64 * ch_ * i_;                            \
+                e_ = (const char*)next + 64 * (ch_ * (i_ + 1) < nl_ ? ch_ * (i_ + 1) : nl_); \
+            }                                                                      \
+            (r == 0 ? (R_ == 6 ? ROWS6_FN##v6pf : R_ == 5 ? ROWS6_FN##v5pf : ROWS6_FN##v4pf) \
+                    : (R_ == 6 ? ROWS6_FN##v6 : R_ == 5 ? ROWS6_FN##v5 : ROWS6_FN##v4))(   \
+                P, w, a0 + r * lda, ka, lda, b0 + r * ldb, kb, ldb, z0 + r * ldz, ldz, \
+                q_, e_, pl_);                                                      \
+            r += R_;                                                               \
         }                                                                          \
     }                                                                              \
     if (CYL_ISA == 1 && nrows >= 4 && w % (VL) == 0) {                             \
