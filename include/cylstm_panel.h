@@ -291,14 +291,18 @@ static inline int cyl_panel_set_pf_spread(int n)
  * the same bits).  Set from the core's L2 by cylstm/_tuning.py
  * (PANEL_KBLOCK_L2_FRACTION) through cyl_panel_set_kblock, which returns the
  * previous value; in every build. */
-static ptrdiff_t cyl_panel_kblock_bytes = 0;
-static inline ptrdiff_t cyl_panel_set_kblock(ptrdiff_t bytes)
-{
-    ptrdiff_t previous = cyl_panel_kblock_bytes;
-    cyl_panel_kblock_bytes = bytes > 0 ? bytes : 0;
-    return previous;
-}
-static inline ptrdiff_t cyl_panel_get_kblock(void) { return cyl_panel_kblock_bytes; }
+/* A byte count the kernels read: its static (0 at start), a setter that stores
+ * bytes (0 for a negative value) and returns the previous one, and a getter. */
+#define CYL_BYTES_SETTING(VAR, SET, GET)                                           \
+    static ptrdiff_t VAR = 0;                                                      \
+    static inline ptrdiff_t SET(ptrdiff_t bytes)                                   \
+    {                                                                              \
+        ptrdiff_t previous = VAR;                                                  \
+        VAR = bytes > 0 ? bytes : 0;                                               \
+        return previous;                                                           \
+    }                                                                              \
+    static inline ptrdiff_t GET(void) { return VAR; }
+CYL_BYTES_SETTING(cyl_panel_kblock_bytes, cyl_panel_set_kblock, cyl_panel_get_kblock)
 /* The callers (cylstm/_panel.pxd, stream_next) hand the kernels a `next` panel to
  * stream in only where the weights a product walks over are larger than this
  * (bytes; set to a core's L2 by `import cylstm`, cylstm/_cpu.py
@@ -307,14 +311,8 @@ static inline ptrdiff_t cyl_panel_get_kblock(void) { return cyl_panel_kblock_byt
  * the AVX-512 stream on / off alternated 21 times in one process: 1.016x the time
  * on one thread, 1.021x on two; 2-vCPU Intel Xeon (Emerald Rapids class),
  * 2026-12-08.  Prefetches only: no result depends on it. */
-static ptrdiff_t cyl_panel_stream_min_bytes = 0;
-static inline ptrdiff_t cyl_panel_set_stream_min(ptrdiff_t bytes)
-{
-    ptrdiff_t previous = cyl_panel_stream_min_bytes;
-    cyl_panel_stream_min_bytes = bytes > 0 ? bytes : 0;
-    return previous;
-}
-static inline ptrdiff_t cyl_panel_get_stream_min(void) { return cyl_panel_stream_min_bytes; }
+CYL_BYTES_SETTING(cyl_panel_stream_min_bytes, cyl_panel_set_stream_min,
+                  cyl_panel_get_stream_min)
 /* The K block (rows of the panel) for a panel of K rows of row_bytes each read
  * by nrows rows: K itself where one pass reads it, or it fits the budget; else
  * K cut into as many equal blocks as the budget asks, each rounded up to a
@@ -448,19 +446,16 @@ static void NAME(const T* P, ptrdiff_t w, const T* a0, ptrdiff_t ka, ptrdiff_t l
                  const T* b0, ptrdiff_t kb, ptrdiff_t ldb, T* z0, ptrdiff_t ldz,   \
                  const char* pfq, const char* pfend, int pfl)                      \
 CYL_PANEL_ROWSV_BODY(T, VT, VL, PFD, R)
-/* cyl_panel_rows6_f32v<R>[pf] / _f64v<R>[pf]: R rows; pf: own rows prefetched */
-CYL_ROWSV_FN(cyl_panel_rows6_f32v6pf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST, 6)
-CYL_ROWSV_FN(cyl_panel_rows6_f32v6, float, cyl_vf, CYL_STREAM_VLF, 0, 6)
-CYL_ROWSV_FN(cyl_panel_rows6_f32v5pf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST, 5)
-CYL_ROWSV_FN(cyl_panel_rows6_f32v5, float, cyl_vf, CYL_STREAM_VLF, 0, 5)
-CYL_ROWSV_FN(cyl_panel_rows6_f32v4pf, float, cyl_vf, CYL_STREAM_VLF, CYL_PF_DIST, 4)
-CYL_ROWSV_FN(cyl_panel_rows6_f32v4, float, cyl_vf, CYL_STREAM_VLF, 0, 4)
-CYL_ROWSV_FN(cyl_panel_rows6_f64v6pf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST, 6)
-CYL_ROWSV_FN(cyl_panel_rows6_f64v6, double, cyl_vd, CYL_STREAM_VLD, 0, 6)
-CYL_ROWSV_FN(cyl_panel_rows6_f64v5pf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST, 5)
-CYL_ROWSV_FN(cyl_panel_rows6_f64v5, double, cyl_vd, CYL_STREAM_VLD, 0, 5)
-CYL_ROWSV_FN(cyl_panel_rows6_f64v4pf, double, cyl_vd, CYL_STREAM_VLD, CYL_PF_DIST, 4)
-CYL_ROWSV_FN(cyl_panel_rows6_f64v4, double, cyl_vd, CYL_STREAM_VLD, 0, 4)
+/* NAME##v<R>[pf]: R rows (6, 5, 4); pf: own rows prefetched */
+#define CYL_ROWSV_FNS(NAME, T, VT, VL)                                             \
+    CYL_ROWSV_FN(NAME##v6pf, T, VT, VL, CYL_PF_DIST, 6)                            \
+    CYL_ROWSV_FN(NAME##v6, T, VT, VL, 0, 6)                                        \
+    CYL_ROWSV_FN(NAME##v5pf, T, VT, VL, CYL_PF_DIST, 5)                            \
+    CYL_ROWSV_FN(NAME##v5, T, VT, VL, 0, 5)                                        \
+    CYL_ROWSV_FN(NAME##v4pf, T, VT, VL, CYL_PF_DIST, 4)                            \
+    CYL_ROWSV_FN(NAME##v4, T, VT, VL, 0, 4)
+CYL_ROWSV_FNS(cyl_panel_rows6_f32, float, cyl_vf, CYL_STREAM_VLF)
+CYL_ROWSV_FNS(cyl_panel_rows6_f64, double, cyl_vd, CYL_STREAM_VLD)
 /* The rows of the next AVX-512 block of a pass with `left` (>= 4) rows to go:
  * six-row blocks down to 11 left, then 10 = 5 + 5, 9 = 5 + 4, 8 = 4 + 4, 7 = 5
  * (+ a two-row body), 6, 5, 4: every block four vectors wide (a four-row block
