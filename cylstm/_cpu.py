@@ -26,8 +26,7 @@ from cylstm import _lstm, _stream
 
 __all__ = ["LEVELS", "VARIANTS", "active_level", "check_env", "current_panel_kblock",
            "detected_level", "forced_level", "level_name", "panel_block_rows", "panel_kblock",
-           "parse_cpu_env", "set_panel_kblock",
-           "set_panel_stream_min"]
+           "parse_cpu_env", "set_panel_kblock", "set_panel_stream_min"]
 
 LEVELS = {"avx512": 2, "avx2": 1, "baseline": 0}
 _NAMES = {level: name for name, level in LEVELS.items()}
