@@ -470,6 +470,13 @@ CYL_ROWSV_FNS(cyl_panel_rows6_f64, double, cyl_vd, CYL_STREAM_VLD)
  * The same arithmetic per output: the same bits. */
 #define CYL_ROWSV_NEXT(left)                                                       \
     ((left) >= 11 || (left) == 6 ? 6 : (left) >= 9 || (left) == 7 || (left) == 5 ? 5 : 4)
+/* how many such blocks a pass over nrows rows makes (as cyl_rows6_passes, AVX2) */
+static inline ptrdiff_t cyl_rowsv_blocks(ptrdiff_t nrows)
+{
+    ptrdiff_t n = 0;
+    while (nrows >= 4) { nrows -= CYL_ROWSV_NEXT(nrows); n++; }
+    return n;
+}
 
 /* The same six-row block for AVX2 (16 registers): 6 rows x 2 vectors of 32
  * bytes, 12 accumulators; each k costs 2 vector loads and 6 broadcasts for 12
@@ -693,10 +700,8 @@ CYL_ROWS6N_FN(cyl_panel_rows6_f64n4, double, cyl_vd4, 4, 4)
          * or smaller: a prefetch past it is harmless) streamed by the first  \
          * ns_ blocks, 1/ns_ each; 4 lines a k step in all (a k row of a      \
          * 4-vector column group) */                                       \
-        ptrdiff_t ns_ = 0, left_ = nrows;                                          \
-        while (left_ >= 4) { left_ -= CYL_ROWSV_NEXT(left_); ns_++; }              \
-        ns_ = next && cyl_panel_pf_spread > 0                                      \
-            ? (ns_ < cyl_panel_pf_spread ? ns_ : cyl_panel_pf_spread) : 0;         \
+        ptrdiff_t ns_ = next && cyl_panel_pf_spread > 0 ? cyl_rowsv_blocks(nrows) : 0; \
+        ns_ = ns_ < cyl_panel_pf_spread ? ns_ : cyl_panel_pf_spread;               \
         const ptrdiff_t nl_ = (ka + kb) * w * (ptrdiff_t)sizeof(*P) / 64;          \
         const ptrdiff_t ch_ = ns_ ? (nl_ + ns_ - 1) / ns_ : 0;                     \
         const int pl_ = ns_ ? (int)((4 + ns_ - 1) / ns_) : 0;                      \
